@@ -1,0 +1,44 @@
+# Thin wrapper around Meson. `make test` does the whole setup on a fresh Debian 12 machine:
+# installs missing packages (apt-get, only when missing), configures, builds, tests.
+BUILD   ?= build
+MNT     ?= $(CURDIR)/mnt
+PYTHON  := /usr/bin/python3
+PKGS    := gcc libc6-dev make libfuse3-dev fuse3 libconfuse-dev libjansson-dev libjemalloc-dev \
+           meson ninja-build pkg-config python3-pytest fio attr psmisc procps uthash-dev
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all build deps setup test bench run stop clean
+
+all build: setup
+	ninja -C $(BUILD)
+
+deps:
+	@missing=$$(for p in $(PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+setup: deps
+	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD)
+
+test: build
+	meson test -C $(BUILD) --print-errorlogs --num-processes 2
+
+bench: build
+	$(BUILD)/tests/bench/alloc-bench --threads 1,2 --seconds 2
+	$(PYTHON) tests/bench/fsbench.py --heapfs $(BUILD)/fs/heapfs
+
+run: build
+	@mkdir -p $(MNT)
+	$(BUILD)/fs/heapfs $(MNT)
+	@echo "heapfs mounted at $(MNT) with the embedded default config."
+	@echo "  try:     ls $(MNT); df -h $(MNT)/heaps/scratch; cat $(MNT)/.heapfs/stats"
+	@echo "           $(BUILD)/fs/heapfsctl stats $(MNT)"
+	@echo "  unmount: make stop   (or: fusermount3 -u $(MNT))"
+
+stop:
+	fusermount3 -u $(MNT)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,91 @@
+/*
+ * conf.h — heapfs configuration: the one place that reads config (libconfuse) and turns
+ * it into policy structs.  Everything else reads only these structs.
+ *
+ * Errors are printed as "heapfs: FILE:LINE: what is wrong" (one line each) to the stream
+ * the caller passes; loading fails with -EINVAL when there was any.
+ */
+#ifndef HEAPFS_CONF_H
+#define HEAPFS_CONF_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum conf_layout { CONF_LAYOUT_EXTENTS, CONF_LAYOUT_CONTIGUOUS };
+enum conf_cache { CONF_CACHE_AUTO, CONF_CACHE_KEEP, CONF_CACHE_DIRECT };
+enum conf_writers { CONF_WRITERS_MANY, CONF_WRITERS_SINGLE };
+enum conf_replicate { CONF_REPLICATE_NONE, CONF_REPLICATE_ASYNC, CONF_REPLICATE_SYNC };
+
+#define CONF_NAME_MAX 255
+
+struct conf_heap {
+	char name[CONF_NAME_MAX + 1];
+	uint64_t size;      /* bytes, already rounded up to a power of two */
+	uint64_t min_block; /* power of two, 64 .. 1M, <= size */
+	uint64_t chunk;     /* power of two */
+	enum conf_layout layout;
+	enum conf_cache cache;
+	enum conf_writers writers;
+	enum conf_replicate replicate;
+	bool pin;
+	char *image;        /* NULL when unset/empty */
+	int line;           /* where it was declared (0 for heaps made at run time) */
+};
+
+struct conf_objects {
+	uint64_t size;      /* power of two */
+	uint64_t min_block;
+	enum conf_writers writers;
+	char *image;        /* NULL when unset */
+};
+
+struct conf_pool {
+	uint64_t size;
+	uint64_t donor_size;
+	unsigned max_donors;
+	uint64_t max_process_memory;
+	char *socket;
+};
+
+struct conf_partner {
+	bool present;       /* a partner section was given */
+	char *node, *listen, *connect, *secret_file;
+	unsigned timeout_ms;
+	bool auto_failover;
+};
+
+struct conf {
+	char *source;       /* file name, or "<default>" for the embedded default */
+	uint64_t default_heap_size;
+	struct conf_heap *heaps;
+	unsigned nheaps;
+	struct conf_objects objects;
+	struct conf_pool pool;
+	struct conf_partner partner;
+};
+
+/* The embedded default config, as text (what --print-default-config prints). */
+const char *conf_default_text(void);
+
+/* Load and validate; on success *out is owned by the caller (conf_free).  On any problem
+ * every error is printed to errs as "heapfs: FILE:LINE: message" and -EINVAL returned.
+ * -ENOENT/-EACCES (also printed) when the file cannot be read. */
+int conf_load_file(const char *path, FILE *errs, struct conf **out);
+int conf_load_string(const char *text, const char *source, FILE *errs, struct conf **out);
+int conf_load_default(struct conf **out);
+void conf_free(struct conf *c);
+
+/* The policy of a heap made at run time (mkdir heaps/NAME): defaults plus default_heap_size.
+ * -ENAMETOOLONG / -EINVAL for a bad name. */
+int conf_heap_defaults(const struct conf *c, const char *name, struct conf_heap *out);
+
+/* Parsing helpers shared with the command-line tools. */
+int conf_parse_size(const char *s, uint64_t *out);        /* "64M", "4K", "1G", "123" */
+int conf_parse_duration_ms(const char *s, unsigned *out); /* "2s", "500ms" */
+const char *conf_layout_name(enum conf_layout l);
+const char *conf_cache_name(enum conf_cache c);
+const char *conf_writers_name(enum conf_writers w);
+const char *conf_replicate_name(enum conf_replicate r);
+
+#endif
