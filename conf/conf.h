@@ -4,6 +4,9 @@
  *
  * Errors are printed as "heapfs: FILE:LINE: what is wrong" (one line each) to the stream
  * the caller passes; loading fails with -EINVAL when there was any.
+ *
+ * Threads: loads are serialised internally (libconfuse's lexer is global); a struct conf
+ * is read-only after loading and may be shared.
  */
 #ifndef HEAPFS_CONF_H
 #define HEAPFS_CONF_H
@@ -19,11 +22,17 @@ enum conf_replicate { CONF_REPLICATE_NONE, CONF_REPLICATE_ASYNC, CONF_REPLICATE_
 
 #define CONF_NAME_MAX 255
 
+/* Limits the config enforces (added by B; the allocator's: buddy.h BUDDY_*_ORDER). */
+#define CONF_MIN_BLOCK_MIN UINT64_C(64)         /* min_block range: a cache line .. */
+#define CONF_MIN_BLOCK_MAX (UINT64_C(1) << 20)  /* .. a stripe */
+#define CONF_HEAP_MAX (UINT64_C(1) << 40)       /* largest heap (BUDDY_MAX_ORDER) */
+#define CONF_SIZE_BUF 24                        /* room for conf_format_size() */
+
 struct conf_heap {
 	char name[CONF_NAME_MAX + 1];
 	uint64_t size;      /* bytes, already rounded up to a power of two */
 	uint64_t min_block; /* power of two, 64 .. 1M, <= size */
-	uint64_t chunk;     /* power of two */
+	uint64_t chunk;     /* power of two, >= 4K; may exceed size (the allocator caps it) */
 	enum conf_layout layout;
 	enum conf_cache cache;
 	enum conf_writers writers;
@@ -41,7 +50,7 @@ struct conf_objects {
 };
 
 struct conf_pool {
-	uint64_t size;
+	uint64_t size;      /* as given (not rounded); donor_size > 0; socket <= 107 bytes */
 	uint64_t donor_size;
 	unsigned max_donors;
 	uint64_t max_process_memory;
@@ -51,9 +60,9 @@ struct conf_pool {
 struct conf_partner {
 	bool present;       /* a partner section was given */
 	char *node, *listen, *connect, *secret_file;
-	unsigned timeout_ms;
+	unsigned timeout_ms; /* > 0; 2000 when there is no partner section */
 	bool auto_failover;
-};
+};  /* when present: node, listen, connect (HOST:PORT), secret_file are all set */
 
 struct conf {
 	char *source;       /* file name, or "<default>" for the embedded default */
@@ -83,6 +92,10 @@ int conf_heap_defaults(const struct conf *c, const char *name, struct conf_heap 
 /* Parsing helpers shared with the command-line tools. */
 int conf_parse_size(const char *s, uint64_t *out);        /* "64M", "4K", "1G", "123" */
 int conf_parse_duration_ms(const char *s, unsigned *out); /* "2s", "500ms" */
+/* (Added by B.)  "4K", "256M", "1G" when v is an exact multiple, else plain bytes. */
+const char *conf_format_size(uint64_t v, char buf[CONF_SIZE_BUF]);
+/* (Added by B.)  0, or -EINVAL (empty, ".", "..", contains '/') / -ENAMETOOLONG (> 255). */
+int conf_check_heap_name(const char *name);
 const char *conf_layout_name(enum conf_layout l);
 const char *conf_cache_name(enum conf_cache c);
 const char *conf_writers_name(enum conf_writers w);
