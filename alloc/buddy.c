@@ -1,0 +1,980 @@
+/*
+ * buddy.c — concurrent binary buddy allocator without a global lock.
+ *
+ * Free structure per order k: a hierarchical bitmap (buddy_i.h), one bit per block of
+ * order k at level 0, set when that block is free as a whole.  Block i's buddy is block
+ * i ^ 1: the two are adjacent bits of the same 64-bit word, so one CAS sees both.
+ *   free(i, k):  CAS on the word: buddy bit set -> clear it (we now own the pair) and go
+ *                on with (i >> 1, k + 1); buddy bit clear -> set our bit and stop.  Two
+ *                buddies freed at once serialise on that word, so a merge is never missed.
+ *   alloc(k):    take the lowest order j >= k whose bit in meta->nonempty is set, walk its
+ *                summary levels down to a non-zero word, CAS-clear one bit (the claim),
+ *                then split: for each order below j set the upper half's bit.
+ * Summary bits and meta->nonempty are hints kept by one rule: when a word becomes
+ * non-empty, set its bit above (and further up while the word above was empty); when a
+ * word is seen empty, clear its bit above, then look at the word again and set the bit
+ * back if it is non-empty.  So at rest every non-empty word is reachable from the top; a
+ * stale set bit only costs a searcher a look (and the searcher clears it).
+ *
+ * Per-CPU caches (like Linux's per-cpu pagesets): a slot per CPU (sched_getcpu), holding
+ * a LIFO stack of free blocks for each of the smaller orders, guarded by a try-lock.  A
+ * stack holds at most PCP_DEPTH blocks and heap_size >> PCP_BUDGET bytes (so at most about
+ * 1% of the heap per CPU); a full stack sends its older half down in one go.  A thread that finds its slot busy goes straight to the shared bitmaps, so
+ * nobody waits.  Cached blocks count as free in the stats and as held by their chunk;
+ * buddy_drain() gives them back, and an allocation that would fail drains first.
+ * Statistics counters sit in the slots too (changed only under the slot's lock), so no
+ * operation writes a heap-wide cache line.
+ *
+ * Searches start at a position that depends on the CPU slot, so threads on different CPUs
+ * tend to work in different words and chunks.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sysinfo.h>
+
+#include "buddy_i.h"
+#include "chunk.h"
+
+#define ALIGN64(x) (((x) + 63) & ~(uint64_t)63)
+
+static inline uint64_t bit(uint64_t i)
+{
+	return 1ull << (i & 63);
+}
+
+/* ---- geometry --------------------------------------------------------------------- */
+
+int buddy_order_of(uint64_t n, unsigned min_order)
+{
+	unsigned k = min_order;
+
+	if (n == 0 || min_order > BUDDY_MAX_ORDER)
+		return -EINVAL;
+	if (n > (1ull << BUDDY_MAX_ORDER))
+		return -E2BIG;
+	while ((1ull << k) < n)
+		k++;
+	return (int)k;
+}
+
+static unsigned slot_count(void)
+{
+	int n = get_nprocs_conf();
+
+	if (n < 1)
+		n = 1;
+	return n > PCP_MAX_SLOTS ? PCP_MAX_SLOTS : (unsigned)n;
+}
+
+static int check_params(const struct buddy_params *p)
+{
+	unsigned known = BUDDY_F_PIN | BUDDY_F_MEMFD | BUDDY_F_FD | BUDDY_F_TRACK |
+			 BUDDY_F_NOCACHE | BUDDY_F_NODATA;
+
+	if (!p || p->heap_order > BUDDY_MAX_ORDER || p->min_order < BUDDY_MIN_MIN_ORDER ||
+	    p->min_order > BUDDY_MAX_MIN_ORDER || p->min_order > p->heap_order ||
+	    p->chunk_order > BUDDY_MAX_ORDER || (p->flags & ~known))
+		return -EINVAL;
+	if ((p->flags & BUDDY_F_MEMFD) && (p->flags & BUDDY_F_FD))
+		return -EINVAL;
+	if ((p->flags & BUDDY_F_NODATA) && (p->flags & (BUDDY_F_MEMFD | BUDDY_F_FD | BUDDY_F_PIN)))
+		return -EINVAL;
+	if ((p->flags & BUDDY_F_FD) && (p->fd < 0 || (p->fd_offset & 4095)))
+		return -EINVAL;
+	return 0;
+}
+
+static unsigned eff_chunk_order(const struct buddy_params *p)
+{
+	unsigned c = p->chunk_order ? p->chunk_order : 21;
+
+	if (c > p->heap_order)
+		c = p->heap_order;
+	if (c < p->min_order) /* a chunk holds at least one block */
+		c = p->min_order;
+	return c;
+}
+
+/* Lay the metadata out (into m when non-NULL); returns its size. */
+static uint64_t layout(const struct buddy_params *p, struct buddy_meta *m)
+{
+	unsigned M = p->heap_order, cord = eff_chunk_order(p);
+	unsigned nslots = slot_count();
+	uint64_t nchunks = 1ull << (M - cord);
+	uint64_t off = ALIGN64(sizeof(struct buddy_meta));
+
+	if (m) {
+		m->heap_order = M;
+		m->min_order = p->min_order;
+		m->chunk_order = cord;
+		m->flags = p->flags;
+		m->fd_offset = (p->flags & BUDDY_F_FD) ? p->fd_offset : 0;
+		m->nslots = nslots;
+		m->pcp_orders = 0;
+		for (unsigned c = 0; c < PCP_ORDERS && !(p->flags & BUDDY_F_NOCACHE) &&
+				     M - p->min_order >= PCP_MIN_SPAN && p->min_order + c < M; c++) {
+			uint64_t d = (1ull << (M - PCP_BUDGET)) >> (p->min_order + c);
+
+			if (d > PCP_DEPTH)
+				d = PCP_DEPTH;
+			if (c == 0 && d < PCP_MIN_DEPTH)
+				d = PCP_MIN_DEPTH;
+			if (!d)
+				break;
+			m->pcp_depth[c] = (uint32_t)d;
+			m->pcp_orders = c + 1;
+		}
+		m->pcp_off = off;
+		m->nchunks = nchunks;
+	}
+	off += ALIGN64(nslots * sizeof(struct buddy_pcp));
+	if (m)
+		m->chunk_off = off;
+	off += ALIGN64(chunk_table_size(nchunks));
+	for (unsigned k = p->min_order; k <= M; k++) {
+		uint64_t words = ((1ull << (M - k)) + 63) / 64;
+		unsigned l = 0;
+
+		for (;;) {
+			if (m) {
+				m->ord[k].lv_off[l] = off;
+				m->ord[k].lv_words[l] = words;
+			}
+			off += ALIGN64(words * 8);
+			l++;
+			if (words == 1)
+				break;
+			words = (words + 63) / 64;
+		}
+		if (m) {
+			m->ord[k].nblocks = 1ull << (M - k);
+			m->ord[k].nlev = l;
+		}
+	}
+	if (p->flags & BUDDY_F_TRACK) {
+		for (unsigned k = p->min_order; k <= M; k++) {
+			if (m)
+				m->ord[k].track_off = off;
+			off += ALIGN64(((1ull << (M - k)) + 63) / 64 * 8);
+		}
+	}
+	return off;
+}
+
+int64_t buddy_meta_size(const struct buddy_params *p)
+{
+	int ret = check_params(p);
+
+	return ret < 0 ? ret : (int64_t)layout(p, NULL);
+}
+
+/* Process-local pointers into the metadata. */
+static void bind_handle(struct buddy *b)
+{
+	struct buddy_meta *m = b->meta;
+	char *base = (char *)m;
+
+	b->heap_order = m->heap_order;
+	b->min_order = m->min_order;
+	b->flags = m->flags;
+	b->nslots = m->nslots;
+	b->pcp_orders = m->pcp_orders;
+	memcpy(b->pcp_depth, m->pcp_depth, sizeof(b->pcp_depth));
+	b->pcp = (struct buddy_pcp *)(base + m->pcp_off);
+	for (unsigned k = m->min_order; k <= m->heap_order; k++) {
+		b->nlev[k] = m->ord[k].nlev;
+		for (unsigned l = 0; l < m->ord[k].nlev; l++)
+			b->lv[k][l] = (_Atomic uint64_t *)(base + m->ord[k].lv_off[l]);
+		b->track[k] = m->ord[k].track_off ?
+			(_Atomic uint64_t *)(base + m->ord[k].track_off) : NULL;
+	}
+}
+
+/* ---- hint protocol ---------------------------------------------------------------- */
+
+/* Word (k, lev, idx) just became non-empty: make it reachable from the top. */
+static void hint_set(struct buddy *b, unsigned k, unsigned lev, uint64_t idx)
+{
+	for (;;) {
+		if (lev + 1 == b->nlev[k]) {
+			atomic_fetch_or(&b->meta->nonempty, 1ull << k);
+			return;
+		}
+		if (atomic_fetch_or(&b->lv[k][lev + 1][idx >> 6], bit(idx)))
+			return;
+		lev++;
+		idx >>= 6;
+	}
+}
+
+/* Word (k, lev, idx) was seen empty: clear its bit above, then look again, so that a
+ * hint_set that found the bit above still set (and stopped) is not lost. */
+static void hint_clear(struct buddy *b, unsigned k, unsigned lev, uint64_t idx)
+{
+	if (lev + 1 == b->nlev[k]) {
+		atomic_fetch_and(&b->meta->nonempty, ~(1ull << k));
+	} else {
+		uint64_t old = atomic_fetch_and(&b->lv[k][lev + 1][idx >> 6], ~bit(idx));
+
+		if (old == bit(idx))
+			hint_clear(b, k, lev + 1, idx >> 6);
+	}
+	if (atomic_load(&b->lv[k][lev][idx]))
+		hint_set(b, k, lev, idx);
+}
+
+/* ---- shared free structures ------------------------------------------------------- */
+
+/* Set bit at or after pref in w (wrapping); w != 0. */
+static inline unsigned pick_bit(uint64_t w, unsigned pref)
+{
+	uint64_t hi = w & (~0ull << pref);
+
+	return (unsigned)__builtin_ctzll(hi ? hi : w);
+}
+
+/* Claim one free block of order k below word (lev, idx): its index, or -1. */
+static int64_t lv_claim(struct buddy *b, unsigned k, unsigned lev, uint64_t idx, uint64_t pref)
+{
+	_Atomic uint64_t *wp = &b->lv[k][lev][idx];
+	uint64_t w = atomic_load(wp);
+	unsigned pb = (unsigned)(pref >> (6 * lev)) & 63;
+
+	if (lev == 0) {
+		while (w) {
+			unsigned i = pick_bit(w, pb);
+			uint64_t nw = w & ~(1ull << i);
+
+			if (atomic_compare_exchange_weak(wp, &w, nw)) {
+				if (!nw)
+					hint_clear(b, k, 0, idx);
+				return (int64_t)(idx * 64 + i);
+			}
+		}
+		return -1;
+	}
+	if (!w)
+		return -1;
+	for (uint64_t left = w; left; ) {
+		unsigned i = pick_bit(left, pb);
+		uint64_t child = idx * 64 + i;
+		int64_t r = lv_claim(b, k, lev - 1, child, pref);
+
+		if (r >= 0)
+			return r;
+		if (!atomic_load(&b->lv[k][lev - 1][child]))
+			hint_clear(b, k, lev - 1, child); /* stale hint: tidy it */
+		left &= ~(1ull << i);
+	}
+	return -1;
+}
+
+/* Publish block i of order k as free without merging (its buddy is ours or absent). */
+static void publish(struct buddy *b, unsigned k, uint64_t i)
+{
+	if (!atomic_fetch_or(&b->lv[k][0][i >> 6], bit(i)))
+		hint_set(b, k, 0, i >> 6);
+}
+
+/* A block of order j is ours: split it down to order k keeping the half that holds block
+ * want (an index at order k), publishing the other halves.  Returns want's offset. */
+static uint64_t split_to(struct buddy *b, unsigned j, unsigned k, uint64_t want)
+{
+	while (j > k) {
+		j--;
+		publish(b, j, (want >> (j - k)) ^ 1);
+	}
+	return want << k;
+}
+
+static uint64_t pref_of(const struct buddy *b, unsigned k, unsigned slot)
+{
+	return (uint64_t)slot * (1ull << (b->heap_order - k)) / b->nslots;
+}
+
+/* A block of order k from the shared structures (counted into its chunk), or -ENOMEM. */
+static int64_t shared_alloc(struct buddy *b, unsigned k, unsigned slot)
+{
+	for (int tries = 0; tries < 2; tries++) {
+		uint64_t mask = atomic_load(&b->meta->nonempty) & (~0ull << k);
+
+		while (mask) {
+			unsigned j = (unsigned)__builtin_ctzll(mask);
+			int64_t i;
+
+			mask &= mask - 1;
+			i = lv_claim(b, j, b->nlev[j] - 1, 0, pref_of(b, j, slot));
+			if (i < 0)
+				continue;
+			uint64_t off = split_to(b, j, k, (uint64_t)i << (j - k));
+
+			chunk_hold(&b->cm, off, 1ull << k);
+			return (int64_t)off;
+		}
+	}
+	return -ENOMEM;
+}
+
+/* Give block (off, k) back to the shared structures, merging with free buddies. */
+static void shared_free(struct buddy *b, uint64_t off, unsigned k)
+{
+	uint64_t i = off >> k;
+
+	chunk_unhold(&b->cm, off, 1ull << k);
+	for (; k < b->heap_order; k++, i >>= 1) {
+		_Atomic uint64_t *wp = &b->lv[k][0][i >> 6];
+		uint64_t w = atomic_load(wp), nw;
+		bool merge;
+
+		do {
+			merge = w & bit(i ^ 1);
+			nw = merge ? w & ~bit(i ^ 1) : w | bit(i);
+		} while (!atomic_compare_exchange_weak(wp, &w, nw));
+		if (!merge) {
+			if (!w)
+				hint_set(b, k, 0, i >> 6);
+			return;
+		}
+		if (!nw)
+			hint_clear(b, k, 0, i >> 6);
+	}
+	publish(b, b->heap_order, 0);
+}
+
+/* Claim exactly block (off, k) if it lies in a free block: 0 or -EBUSY. */
+static int shared_alloc_at(struct buddy *b, uint64_t off, unsigned k)
+{
+	for (unsigned j = k; j <= b->heap_order; j++) {
+		uint64_t i = off >> j;
+		_Atomic uint64_t *wp = &b->lv[j][0][i >> 6];
+		uint64_t w = atomic_load(wp);
+
+		while (w & bit(i)) {
+			if (atomic_compare_exchange_weak(wp, &w, w & ~bit(i))) {
+				if (!(w & ~bit(i)))
+					hint_clear(b, j, 0, i >> 6);
+				split_to(b, j, k, off >> k);
+				chunk_hold(&b->cm, off, 1ull << k);
+				return 0;
+			}
+		}
+	}
+	return -EBUSY;
+}
+
+/* ---- per-CPU slots ---------------------------------------------------------------- */
+
+static inline unsigned cpu_slot(const struct buddy *b)
+{
+	int c = sched_getcpu();
+
+	return c < 0 ? 0 : (unsigned)c % b->nslots;
+}
+
+static inline bool pcp_trylock(struct buddy_pcp *p)
+{
+	return !atomic_load_explicit(&p->lock, memory_order_relaxed) &&
+	       !atomic_exchange_explicit(&p->lock, 1, memory_order_acquire);
+}
+
+static inline void pcp_unlock(struct buddy_pcp *p)
+{
+	atomic_store_explicit(&p->lock, 0, memory_order_release);
+}
+
+/* For drain and introspection only: holders keep a slot for one operation, but a process
+ * that died holding one keeps it forever, so give up after a while. */
+static bool pcp_lock_wait(struct buddy_pcp *p)
+{
+	for (unsigned spins = 0; spins < 100000; spins++) {
+		if (pcp_trylock(p))
+			return true;
+		sched_yield();
+	}
+	return false;
+}
+
+/* Relaxed read-modify-write of a counter only its lock holder changes. */
+static inline void ctr_add(_Atomic uint64_t *c, uint64_t v)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v,
+			      memory_order_relaxed);
+}
+
+/* Give the blocks of p's stacks above keep entries per order back.  Lock held. */
+static void __pcp_flush(struct buddy *b, struct buddy_pcp *p, uint32_t keep)
+{
+	for (unsigned c = 0; c < b->pcp_orders; c++) {
+		uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
+		unsigned k = b->min_order + c;
+
+		if (n <= keep)
+			continue;
+		for (uint32_t j = keep; j < n; j++)
+			shared_free(b, p->blk[c][j], k);
+		ctr_add(&p->cached, -((uint64_t)(n - keep) << k));
+		atomic_store_explicit(&p->n[c], keep, memory_order_relaxed);
+	}
+}
+
+/* Flush every slot; `held` is the caller's own (locked) slot or NULL.  A caller holding a
+ * slot must not wait for another (two such callers would wait for each other): it skips
+ * busy slots. */
+static void drain_slots(struct buddy *b, struct buddy_pcp *held, bool wait)
+{
+	for (unsigned s = 0; s < b->nslots && b->pcp_orders; s++) {
+		struct buddy_pcp *p = &b->pcp[s];
+
+		if (p == held) {
+			__pcp_flush(b, p, 0);
+			continue;
+		}
+		if (!(wait ? pcp_lock_wait(p) : pcp_trylock(p)))
+			continue;
+		__pcp_flush(b, p, 0);
+		pcp_unlock(p);
+	}
+}
+
+void buddy_drain(struct buddy *b)
+{
+	drain_slots(b, NULL, true);
+}
+
+static void count_op(struct buddy *b, struct buddy_pcp *p, bool locked, int64_t used_delta,
+		     _Atomic uint64_t *ctr, _Atomic uint64_t *spill)
+{
+	if (locked) {
+		ctr_add(&p->used, (uint64_t)used_delta);
+		ctr_add(ctr, 1);
+	} else {
+		atomic_fetch_add_explicit(&b->meta->used_spill, (uint64_t)used_delta,
+					  memory_order_relaxed);
+		atomic_fetch_add_explicit(spill, 1, memory_order_relaxed);
+	}
+}
+
+/* ---- public operations ------------------------------------------------------------ */
+
+static void track_set(struct buddy *b, uint64_t off, unsigned k)
+{
+	if (b->track[k])
+		atomic_fetch_or(&b->track[k][(off >> k) >> 6], bit(off >> k));
+}
+
+int64_t buddy_alloc(struct buddy *b, unsigned order)
+{
+	unsigned slot, c = order - b->min_order;
+	struct buddy_pcp *p;
+	int64_t off = -ENOMEM;
+	bool locked;
+
+	if (order < b->min_order || order > b->heap_order)
+		return -EINVAL;
+	slot = cpu_slot(b);
+	p = &b->pcp[slot];
+	locked = pcp_trylock(p);
+	if (locked && c < b->pcp_orders) {
+		uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
+
+		if (n) {
+			off = (int64_t)p->blk[c][n - 1];
+			atomic_store_explicit(&p->n[c], n - 1, memory_order_relaxed);
+			ctr_add(&p->cached, -(1ull << order));
+		}
+	}
+	if (off < 0)
+		off = shared_alloc(b, order, slot);
+	if (off < 0 && b->pcp_orders) {
+		drain_slots(b, locked ? p : NULL, false);
+		off = shared_alloc(b, order, slot);
+	}
+	if (off >= 0) {
+		track_set(b, (uint64_t)off, order);
+		count_op(b, p, locked, (int64_t)1 << order, &p->allocs, &b->meta->allocs_spill);
+	} else {
+		count_op(b, p, locked, 0, &p->failures, &b->meta->failures_spill);
+	}
+	if (locked)
+		pcp_unlock(p);
+	return off;
+}
+
+int buddy_alloc_at(struct buddy *b, uint64_t off, unsigned order)
+{
+	struct buddy_pcp *p;
+	bool locked;
+	int ret;
+
+	if (order < b->min_order || order > b->heap_order || (off & ((1ull << order) - 1)) ||
+	    off >= (1ull << b->heap_order))
+		return -EINVAL;
+	ret = shared_alloc_at(b, off, order);
+	if (ret == -EBUSY && b->pcp_orders) {
+		buddy_drain(b); /* the block may be parked in a cache, or a cached block's buddy */
+		ret = shared_alloc_at(b, off, order);
+	}
+	p = &b->pcp[cpu_slot(b)];
+	locked = pcp_trylock(p);
+	if (ret == 0) {
+		track_set(b, off, order);
+		count_op(b, p, locked, (int64_t)1 << order, &p->allocs, &b->meta->allocs_spill);
+	}
+	if (locked)
+		pcp_unlock(p);
+	return ret;
+}
+
+int buddy_free(struct buddy *b, uint64_t off, unsigned order)
+{
+	unsigned c = order - b->min_order;
+	struct buddy_pcp *p;
+	bool locked;
+
+	if (order < b->min_order || order > b->heap_order || (off & ((1ull << order) - 1)) ||
+	    off >= (1ull << b->heap_order))
+		return -EINVAL;
+	if (b->track[order]) {
+		uint64_t i = off >> order;
+
+		if (!(atomic_fetch_and(&b->track[order][i >> 6], ~bit(i)) & bit(i)))
+			return -EINVAL; /* not allocated at this order: bad or double free */
+	} else if (atomic_load(&b->lv[order][0][(off >> order) >> 6]) & bit(off >> order)) {
+		return -EINVAL; /* free already (the cheap check without tracking) */
+	}
+	p = &b->pcp[cpu_slot(b)];
+	locked = pcp_trylock(p);
+	if (locked && c < b->pcp_orders) {
+		uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
+
+		if (n == b->pcp_depth[c]) {
+			/* full: send the older half down in one go */
+			uint32_t half = (n + 1) / 2;
+
+			for (uint32_t j = 0; j < half; j++)
+				shared_free(b, p->blk[c][j], order);
+			memmove(p->blk[c], p->blk[c] + half, sizeof(p->blk[c][0]) * (n - half));
+			n -= half;
+			ctr_add(&p->cached, -((uint64_t)half << order));
+		}
+		p->blk[c][n] = off;
+		atomic_store_explicit(&p->n[c], n + 1, memory_order_relaxed);
+		ctr_add(&p->cached, 1ull << order);
+	} else {
+		shared_free(b, off, order);
+	}
+	count_op(b, p, locked, -((int64_t)1 << order), &p->frees, &b->meta->frees_spill);
+	if (locked)
+		pcp_unlock(p);
+	return 0;
+}
+
+/* ---- creation --------------------------------------------------------------------- */
+
+static int open_handle(struct buddy_meta *m, size_t meta_size, bool own_meta, int fd,
+		       const char *name, struct buddy **out)
+{
+	struct buddy *b = calloc(1, sizeof(*b));
+	int ret;
+
+	if (!b)
+		return -ENOMEM;
+	b->meta = m;
+	b->meta_size = meta_size;
+	bind_handle(b);
+	ret = chunk_map_open(&b->cm, (struct chunk_table *)((char *)m + m->chunk_off),
+			     m->heap_order, m->flags, fd, m->fd_offset, name);
+	if (ret < 0) {
+		free(b);
+		return ret;
+	}
+	b->own_meta = own_meta;
+	*out = b;
+	return 0;
+}
+
+static int init_meta(const struct buddy_params *p, void *meta, size_t meta_size, bool zeroed,
+		     struct buddy **out)
+{
+	struct buddy_meta *m = meta;
+	uint64_t need;
+	int ret = check_params(p);
+	struct buddy *b;
+
+	if (ret < 0)
+		return ret;
+	need = layout(p, NULL);
+	if (!meta || meta_size < need || ((uintptr_t)meta & 63))
+		return -EINVAL;
+	if (!zeroed)
+		memset(meta, 0, need);
+	layout(p, m);
+	m->magic = BUDDY_MAGIC;
+	m->version = BUDDY_VERSION;
+	m->meta_size = need;
+	chunk_table_init((struct chunk_table *)((char *)m + m->chunk_off), m->chunk_order,
+			 m->nchunks);
+	ret = open_handle(m, meta_size, false, (p->flags & BUDDY_F_FD) ? p->fd : -1, p->name, &b);
+	if (ret < 0)
+		return ret;
+	publish(b, b->heap_order, 0);
+	*out = b;
+	return 0;
+}
+
+int buddy_create_at(const struct buddy_params *p, void *meta, size_t meta_size, struct buddy **out)
+{
+	return init_meta(p, meta, meta_size, false, out);
+}
+
+int buddy_create(const struct buddy_params *p, struct buddy **out)
+{
+	int64_t size = buddy_meta_size(p);
+	void *meta;
+	int ret;
+
+	if (size < 0)
+		return (int)size;
+	meta = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (meta == MAP_FAILED)
+		return -errno;
+	ret = init_meta(p, meta, (size_t)size, true, out);
+	if (ret < 0)
+		munmap(meta, (size_t)size);
+	else
+		(*out)->own_meta = true;
+	return ret;
+}
+
+int buddy_attach(void *meta, size_t meta_size, int data_fd, struct buddy **out)
+{
+	struct buddy_meta *m = meta;
+
+	if (!m || meta_size < sizeof(*m) || ((uintptr_t)meta & 63) || m->magic != BUDDY_MAGIC ||
+	    m->version != BUDDY_VERSION || m->meta_size > meta_size)
+		return -EINVAL;
+	if ((m->flags & (BUDDY_F_MEMFD | BUDDY_F_FD)) && data_fd < 0)
+		return -EBADF;
+	return open_handle(m, meta_size, false,
+			   (m->flags & (BUDDY_F_MEMFD | BUDDY_F_FD)) ? data_fd : -1, NULL, out);
+}
+
+void buddy_destroy(struct buddy *b)
+{
+	if (!b)
+		return;
+	chunk_map_close(&b->cm);
+	if (b->own_meta)
+		munmap(b->meta, b->meta_size);
+	free(b);
+}
+
+void *buddy_ptr(const struct buddy *b, uint64_t off)
+{
+	return b->cm.base && off < b->cm.size ? b->cm.base + off : NULL;
+}
+
+int buddy_data_fd(const struct buddy *b)
+{
+	return b->cm.fd;
+}
+
+unsigned buddy_heap_order(const struct buddy *b)
+{
+	return b->heap_order;
+}
+
+unsigned buddy_min_order(const struct buddy *b)
+{
+	return b->min_order;
+}
+
+/* ---- introspection ---------------------------------------------------------------- */
+
+static uint64_t popcount_level(const _Atomic uint64_t *w, uint64_t n)
+{
+	uint64_t c = 0;
+
+	for (uint64_t i = 0; i < n; i++)
+		c += (uint64_t)__builtin_popcountll(atomic_load_explicit(&w[i], memory_order_relaxed));
+	return c;
+}
+
+void buddy_stats(struct buddy *b, struct buddy_stats *st)
+{
+	struct buddy_meta *m = b->meta;
+	uint64_t used = atomic_load(&m->used_spill);
+	uint64_t largest_cached = 0;
+
+	memset(st, 0, sizeof(*st));
+	st->size = 1ull << b->heap_order;
+	st->min_block = 1ull << b->min_order;
+	st->allocs = atomic_load(&m->allocs_spill);
+	st->frees = atomic_load(&m->frees_spill);
+	st->alloc_failures = atomic_load(&m->failures_spill);
+	for (unsigned s = 0; s < b->nslots; s++) {
+		struct buddy_pcp *p = &b->pcp[s];
+
+		used += atomic_load_explicit(&p->used, memory_order_relaxed);
+		st->cached += atomic_load_explicit(&p->cached, memory_order_relaxed);
+		st->allocs += atomic_load_explicit(&p->allocs, memory_order_relaxed);
+		st->frees += atomic_load_explicit(&p->frees, memory_order_relaxed);
+		st->alloc_failures += atomic_load_explicit(&p->failures, memory_order_relaxed);
+		for (unsigned c = 0; c < b->pcp_orders; c++)
+			if (atomic_load_explicit(&p->n[c], memory_order_relaxed))
+				largest_cached = 1ull << (b->min_order + c);
+	}
+	st->used = used;
+	st->free = st->size - used;
+	for (unsigned k = b->min_order; k <= b->heap_order; k++) {
+		st->free_blocks[k] = popcount_level(b->lv[k][0], m->ord[k].lv_words[0]);
+		if (st->free_blocks[k]) {
+			st->nonempty_orders |= 1ull << k;
+			st->largest_free = 1ull << k;
+		}
+	}
+	if (largest_cached > st->largest_free)
+		st->largest_free = largest_cached;
+	st->chunk_size = 1ull << m->chunk_order;
+	st->chunks_total = m->nchunks;
+	for (uint64_t i = 0; i < m->nchunks; i++)
+		if (atomic_load_explicit(&b->cm.t->slot[i].state, memory_order_relaxed) &
+		    CHUNK_HELD_MASK)
+			st->chunks_committed++;
+	st->chunks_released = atomic_load(&b->cm.t->released);
+	st->metadata_bytes = m->meta_size;
+}
+
+enum blk_kind { BLK_FREE, BLK_CACHED, BLK_USED };
+
+struct blk {
+	uint64_t off;
+	uint8_t order;
+	uint8_t kind;
+};
+
+struct blk_list {
+	struct blk *v;
+	size_t n, cap;
+};
+
+static void blk_add(struct blk_list *l, uint64_t off, unsigned order, enum blk_kind kind)
+{
+	if (l->n < l->cap)
+		l->v[l->n++] = (struct blk){ off, (uint8_t)order, (uint8_t)kind };
+}
+
+static int blk_cmp(const void *a, const void *b)
+{
+	const struct blk *x = a, *y = b;
+
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static void add_bitmap(struct blk_list *l, const _Atomic uint64_t *w, uint64_t words,
+		       unsigned k, enum blk_kind kind)
+{
+	for (uint64_t i = 0; i < words; i++) {
+		uint64_t v = atomic_load_explicit(&w[i], memory_order_relaxed);
+
+		while (v) {
+			unsigned j = (unsigned)__builtin_ctzll(v);
+
+			v &= v - 1;
+			blk_add(l, (i * 64 + j) << k, k, kind);
+		}
+	}
+}
+
+/* Every free (shared and cached) and, with tracking, allocated block, sorted by offset. */
+static int gather(struct buddy *b, struct blk_list *l)
+{
+	struct buddy_meta *m = b->meta;
+	size_t count = 0;
+
+	for (unsigned k = b->min_order; k <= b->heap_order; k++) {
+		count += popcount_level(b->lv[k][0], m->ord[k].lv_words[0]);
+		if (b->track[k])
+			count += popcount_level(b->track[k], m->ord[k].lv_words[0]);
+	}
+	count += (size_t)b->nslots * PCP_ORDERS * PCP_DEPTH;
+	l->cap = count + count / 8 + 64; /* room for concurrent changes */
+	l->n = 0;
+	l->v = malloc(l->cap * sizeof(*l->v));
+	if (!l->v)
+		return -ENOMEM;
+	for (unsigned k = b->min_order; k <= b->heap_order; k++) {
+		add_bitmap(l, b->lv[k][0], m->ord[k].lv_words[0], k, BLK_FREE);
+		if (b->track[k])
+			add_bitmap(l, b->track[k], m->ord[k].lv_words[0], k, BLK_USED);
+	}
+	for (unsigned s = 0; s < b->nslots && b->pcp_orders; s++) {
+		struct buddy_pcp *p = &b->pcp[s];
+
+		if (!pcp_lock_wait(p))
+			continue;
+		for (unsigned c = 0; c < b->pcp_orders; c++) {
+			uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
+
+			for (uint32_t j = 0; j < n; j++)
+				blk_add(l, p->blk[c][j], b->min_order + c, BLK_CACHED);
+		}
+		pcp_unlock(p);
+	}
+	qsort(l->v, l->n, sizeof(*l->v), blk_cmp);
+	return 0;
+}
+
+/* Report [from, to) as used: the largest aligned power-of-two pieces. */
+static int walk_gap(struct buddy *b, uint64_t from, uint64_t to, buddy_walk_fn fn, void *arg)
+{
+	while (from < to) {
+		unsigned k = from ? (unsigned)__builtin_ctzll(from) : b->heap_order;
+		int r;
+
+		while ((1ull << k) > to - from)
+			k--;
+		r = fn(arg, from, k, false);
+		if (r)
+			return r;
+		from += 1ull << k;
+	}
+	return 0;
+}
+
+int buddy_walk(struct buddy *b, buddy_walk_fn fn, void *arg)
+{
+	struct blk_list l;
+	uint64_t pos = 0;
+	int ret = gather(b, &l);
+
+	if (ret < 0)
+		return ret;
+	for (size_t i = 0; i < l.n && !ret; i++) {
+		const struct blk *x = &l.v[i];
+
+		if (x->off < pos)
+			continue; /* changed under us (concurrent users): skip the overlap */
+		ret = walk_gap(b, pos, x->off, fn, arg);
+		if (!ret)
+			ret = fn(arg, x->off, x->order, x->kind != BLK_USED);
+		pos = x->off + (1ull << x->order);
+	}
+	if (!ret)
+		ret = walk_gap(b, pos, 1ull << b->heap_order, fn, arg);
+	free(l.v);
+	return ret;
+}
+
+#define CHECK(cond, ...)                                                  \
+	do {                                                              \
+		if (!(cond)) {                                            \
+			fprintf(stderr, "buddy_check: " __VA_ARGS__);     \
+			fputc('\n', stderr);                              \
+			ret = -EUCLEAN;                                   \
+			goto out;                                         \
+		}                                                         \
+	} while (0)
+
+/* Hints: every non-empty word is reachable from the top. */
+static int check_hints(struct buddy *b)
+{
+	uint64_t nonempty = atomic_load(&b->meta->nonempty);
+	int ret = 0;
+
+	for (unsigned k = b->min_order; k <= b->heap_order; k++) {
+		const struct buddy_order *o = &b->meta->ord[k];
+
+		for (unsigned l = 0; l < o->nlev; l++)
+			for (uint64_t i = 0; i < o->lv_words[l]; i++) {
+				if (!atomic_load(&b->lv[k][l][i]))
+					continue;
+				if (l + 1 == o->nlev)
+					CHECK(nonempty & (1ull << k),
+					      "order %u has free blocks but no bit in nonempty_orders", k);
+				else
+					CHECK(atomic_load(&b->lv[k][l + 1][i >> 6]) & bit(i),
+					      "order %u level %u word %lu unreachable", k, l,
+					      (unsigned long)i);
+			}
+		/* bits past the last block of a short level-0 word never get set */
+		if (o->nblocks < 64)
+			CHECK(!(atomic_load(&b->lv[k][0][0]) & (~0ull << o->nblocks)),
+			      "order %u: bit beyond the heap", k);
+	}
+out:
+	return ret;
+}
+
+int buddy_check(struct buddy *b)
+{
+	struct buddy_meta *m = b->meta;
+	uint64_t size = 1ull << b->heap_order, pos = 0, free_b = 0, cached_b = 0, track_b = 0;
+	uint64_t cs = 1ull << m->chunk_order, *held = NULL, committed = 0;
+	struct buddy_stats st;
+	struct blk_list l = { 0 };
+	int ret = check_hints(b);
+
+	if (ret < 0)
+		return ret;
+	buddy_stats(b, &st);
+	ret = gather(b, &l);
+	if (ret < 0)
+		return ret;
+	held = calloc(m->nchunks, sizeof(*held));
+	CHECK(held, "out of memory");
+	for (uint64_t i = 0; i < m->nchunks; i++)
+		held[i] = cs;
+	for (size_t i = 0; i < l.n; i++) {
+		const struct blk *x = &l.v[i];
+		uint64_t len = 1ull << x->order;
+
+		CHECK(x->off >= pos, "block %#lx order %u overlaps the block before it",
+		      (unsigned long)x->off, x->order);
+		pos = x->off + len;
+		if (x->kind == BLK_USED) {
+			track_b += len;
+			continue;
+		}
+		if (x->kind == BLK_CACHED) {
+			cached_b += len;
+			continue;
+		}
+		free_b += len;
+		if (x->order < b->heap_order) {
+			uint64_t bi = (x->off >> x->order) ^ 1;
+
+			CHECK(!(atomic_load(&b->lv[x->order][0][bi >> 6]) & bit(bi)),
+			      "free block %#lx and its buddy (order %u) are not merged",
+			      (unsigned long)x->off, x->order);
+		}
+		for (uint64_t c = x->off / cs; c <= (x->off + len - 1) / cs; c++)
+			held[c] -= len < cs ? len : cs;
+	}
+	CHECK(pos <= size, "block past the end of the heap");
+	CHECK(st.cached == cached_b, "cached bytes %lu, caches hold %lu",
+	      (unsigned long)st.cached, (unsigned long)cached_b);
+	CHECK(st.used + free_b + cached_b == size, "used %lu + free %lu + cached %lu != size %lu",
+	      (unsigned long)st.used, (unsigned long)free_b, (unsigned long)cached_b,
+	      (unsigned long)size);
+	if (b->flags & BUDDY_F_TRACK)
+		CHECK(track_b == st.used, "tracked allocated bytes %lu != used %lu",
+		      (unsigned long)track_b, (unsigned long)st.used);
+	for (uint64_t c = 0; c < m->nchunks; c++) {
+		uint64_t s = atomic_load(&b->cm.t->slot[c].state);
+
+		CHECK(!(s & CHUNK_RELEASING), "chunk %lu is being released", (unsigned long)c);
+		CHECK(s == held[c], "chunk %lu holds %lu bytes, its blocks say %lu",
+		      (unsigned long)c, (unsigned long)s, (unsigned long)held[c]);
+		committed += s != 0;
+	}
+	CHECK(committed == st.chunks_committed, "committed chunk count");
+out:
+	free(held);
+	free(l.v);
+	return ret;
+}

@@ -1,0 +1,239 @@
+/*
+ * chunk.c — data memory of a buddy heap: reservation, lazy commit and release in chunks.
+ *
+ * The heap's bytes are one mapping made up front (anonymous MAP_NORESERVE, or MAP_SHARED
+ * of a memfd / the caller's fd), so "commit" is only the first touch (plus mlock() with
+ * BUDDY_F_PIN) and "release" gives the pages back: MADV_DONTNEED for anonymous private
+ * memory, FALLOC_FL_PUNCH_HOLE for file-backed memory (which also drops the pages from
+ * every other process mapping them).
+ *
+ * Accounting: the buddy layer calls chunk_hold() when a block leaves its shared free
+ * structures and chunk_unhold() before a block goes back into them.  Lock-free: one CAS
+ * per chunk spanned; see chunk_i.h for the release protocol and its one wait.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "buddy_i.h"
+#include "chunk.h"
+
+size_t chunk_table_size(uint64_t nchunks)
+{
+	return sizeof(struct chunk_table) + nchunks * sizeof(struct chunk_slot);
+}
+
+void chunk_table_init(struct chunk_table *t, unsigned chunk_order, uint64_t nchunks)
+{
+	t->nchunks = nchunks;
+	t->chunk_order = chunk_order;
+	atomic_init(&t->released, 0);
+	for (uint64_t i = 0; i < nchunks; i++) {
+		atomic_init(&t->slot[i].state, 0);
+		atomic_init(&t->slot[i].gen, 0);
+	}
+}
+
+static int map_fd_data(struct chunk_map *cm)
+{
+	struct stat st;
+
+	if (fstat(cm->fd, &st) < 0)
+		return -errno;
+	if ((uint64_t)st.st_size < cm->fd_offset + cm->size &&
+	    ftruncate(cm->fd, (off_t)(cm->fd_offset + cm->size)) < 0)
+		return -errno;
+	cm->base = mmap(NULL, cm->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+			cm->fd, (off_t)cm->fd_offset);
+	if (cm->base == MAP_FAILED) {
+		cm->base = NULL;
+		return -errno;
+	}
+	return 0;
+}
+
+int chunk_map_open(struct chunk_map *cm, struct chunk_table *t, unsigned heap_order,
+		   unsigned flags, int fd, uint64_t fd_offset, const char *name)
+{
+	int ret = 0;
+
+	memset(cm, 0, sizeof(*cm));
+	cm->t = t;
+	cm->size = 1ull << heap_order;
+	cm->fd = -1;
+	cm->flags = flags;
+	cm->fd_offset = fd_offset;
+	atomic_init(&cm->pin_failures, 0);
+	if (flags & BUDDY_F_NODATA)
+		goto out;
+	if (!(flags & (BUDDY_F_MEMFD | BUDDY_F_FD))) {
+		cm->base = mmap(NULL, cm->size, PROT_READ | PROT_WRITE,
+				MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (cm->base == MAP_FAILED) {
+			cm->base = NULL;
+			ret = -errno;
+		}
+		goto out;
+	}
+	if (fd < 0 && (flags & BUDDY_F_MEMFD)) {
+		fd = memfd_create(name ? name : "heapfs", MFD_CLOEXEC);
+		if (fd < 0) {
+			ret = -errno;
+			goto out;
+		}
+		cm->own_fd = true;
+	}
+	if (fd < 0) {
+		ret = -EBADF;
+		goto out;
+	}
+	cm->fd = fd;
+	ret = map_fd_data(cm);
+	if (ret < 0)
+		goto fail_fd;
+	goto out;
+
+fail_fd:
+	if (cm->own_fd)
+		close(cm->fd);
+	cm->fd = -1;
+	cm->own_fd = false;
+out:
+	return ret;
+}
+
+void chunk_map_close(struct chunk_map *cm)
+{
+	if (cm->base)
+		munmap(cm->base, cm->size);
+	if (cm->own_fd)
+		close(cm->fd);
+	cm->base = NULL;
+	cm->fd = -1;
+	cm->own_fd = false;
+}
+
+static uint64_t chunk_bytes(const struct chunk_map *cm)
+{
+	return 1ull << cm->t->chunk_order;
+}
+
+static void chunk_commit(struct chunk_map *cm, uint64_t idx)
+{
+	uint64_t cs = chunk_bytes(cm);
+
+	if (cm->base && (cm->flags & BUDDY_F_PIN) && mlock(cm->base + idx * cs, cs) < 0)
+		atomic_fetch_add_explicit(&cm->pin_failures, 1, memory_order_relaxed);
+}
+
+static void chunk_release(struct chunk_map *cm, uint64_t idx)
+{
+	uint64_t cs = chunk_bytes(cm);
+	char *addr = cm->base ? cm->base + idx * cs : NULL;
+
+	/* A chunk smaller than a page shares its page with neighbours: count it only. */
+	if (!addr || cs < (uint64_t)sysconf(_SC_PAGESIZE))
+		return;
+	if (cm->flags & BUDDY_F_PIN)
+		munlock(addr, cs);
+	if (cm->fd < 0)
+		madvise(addr, cs, MADV_DONTNEED);
+	else if (fallocate(cm->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			   (off_t)(cm->fd_offset + idx * cs), (off_t)cs) < 0)
+		madvise(addr, cs, MADV_REMOVE); /* same effect where fallocate is refused */
+}
+
+/* Apply fn to each chunk [off, off+len) spans with the bytes it holds of it. */
+#define FOR_EACH_CHUNK(cm, off, len, idx, n)                                              \
+	for (uint64_t idx = (off) >> (cm)->t->chunk_order,                                \
+		      n = (len) < chunk_bytes(cm) ? (len) : chunk_bytes(cm),              \
+		      _end = ((off) + (len) - 1) >> (cm)->t->chunk_order;                 \
+	     idx <= _end; idx++)
+
+void chunk_hold(struct chunk_map *cm, uint64_t off, uint64_t len)
+{
+	FOR_EACH_CHUNK(cm, off, len, idx, n) {
+		_Atomic uint64_t *st = &cm->t->slot[idx].state;
+		uint64_t s = atomic_load(st);
+		unsigned spins = 0;
+
+		for (;;) {
+			if (s & CHUNK_RELEASING) {
+				/* a release that started before us: our block must not be wiped */
+				if (++spins > 64)
+					sched_yield();
+				s = atomic_load(st);
+				continue;
+			}
+			if (atomic_compare_exchange_weak(st, &s, s + n))
+				break;
+		}
+		if (s == 0)
+			chunk_commit(cm, idx);
+	}
+}
+
+void chunk_unhold(struct chunk_map *cm, uint64_t off, uint64_t len)
+{
+	FOR_EACH_CHUNK(cm, off, len, idx, n) {
+		struct chunk_slot *cs = &cm->t->slot[idx];
+		uint64_t s = atomic_load(&cs->state), ns;
+
+		do
+			ns = (s - n) ? s - n : CHUNK_RELEASING;
+		while (!atomic_compare_exchange_weak(&cs->state, &s, ns));
+		if (ns != CHUNK_RELEASING)
+			continue;
+		chunk_release(cm, idx);
+		atomic_fetch_add(&cs->gen, 1);
+		atomic_fetch_add(&cm->t->released, 1);
+		atomic_store(&cs->state, 0);
+	}
+}
+
+uint64_t chunk_count(const struct buddy *b)
+{
+	return b->cm.t->nchunks;
+}
+
+unsigned chunk_order(const struct buddy *b)
+{
+	return b->cm.t->chunk_order;
+}
+
+int64_t chunk_index_of(const struct buddy *b, uint64_t off)
+{
+	if (off >= b->cm.size)
+		return -EINVAL;
+	return (int64_t)(off >> b->cm.t->chunk_order);
+}
+
+int chunk_describe(const struct buddy *b, uint64_t index, struct chunk_desc *d)
+{
+	const struct chunk_table *t = b->cm.t;
+	uint64_t s;
+
+	if (index >= t->nchunks)
+		return -EINVAL;
+	s = atomic_load((_Atomic uint64_t *)&t->slot[index].state);
+	d->index = index;
+	d->generation = atomic_load((_Atomic uint64_t *)&t->slot[index].gen);
+	d->size = 1ull << t->chunk_order;
+	d->addr = b->cm.base ? b->cm.base + index * d->size : NULL;
+	d->held = s & CHUNK_HELD_MASK;
+	d->committed = d->held != 0;
+	return 0;
+}
+
+uint64_t chunk_generation(const struct buddy *b, uint64_t index)
+{
+	const struct chunk_table *t = b->cm.t;
+
+	if (index >= t->nchunks)
+		return 0;
+	return atomic_load((_Atomic uint64_t *)&t->slot[index].gen);
+}

@@ -1,0 +1,60 @@
+/*
+ * chunk_i.h — chunk table internals shared by buddy.c and chunk.c.
+ *
+ * struct chunk_table lives in the heap's (possibly shared) metadata area; struct chunk_map
+ * is this process's view: the data mapping and how to give memory back.
+ *
+ * Per chunk one atomic state word: the bytes held in the chunk (bits 0..61) and
+ * CHUNK_RELEASING.  The free that takes the count to 0 sets CHUNK_RELEASING in the same
+ * CAS, gives the memory back, bumps the generation, then clears the flag.  An allocation
+ * that meets CHUNK_RELEASING waits for that one release (a syscall) before it counts
+ * itself in: its block must not be wiped by a release that started before it.
+ */
+#ifndef HEAPFS_CHUNK_I_H
+#define HEAPFS_CHUNK_I_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CHUNK_RELEASING (1ull << 62)
+#define CHUNK_HELD_MASK (CHUNK_RELEASING - 1)
+
+struct chunk_slot {
+	_Atomic uint64_t state;
+	_Atomic uint64_t gen;
+};
+
+struct chunk_table {
+	uint64_t nchunks;
+	uint32_t chunk_order;
+	uint32_t pad;
+	_Alignas(64) _Atomic uint64_t released; /* releases so far */
+	_Alignas(64) struct chunk_slot slot[];
+};
+
+struct chunk_map {
+	struct chunk_table *t;
+	char *base;         /* data mapping, NULL with BUDDY_F_NODATA */
+	uint64_t size;      /* heap bytes */
+	int fd;             /* memfd / caller's fd, -1 for anonymous */
+	bool own_fd;        /* memfd we created: closed by chunk_map_close */
+	uint64_t fd_offset;
+	unsigned flags;     /* BUDDY_F_* */
+	_Atomic uint64_t pin_failures; /* mlock() refusals in this process */
+};
+
+size_t chunk_table_size(uint64_t nchunks);
+void chunk_table_init(struct chunk_table *t, unsigned chunk_order, uint64_t nchunks);
+
+/* Map the data: create (memfd made here when BUDDY_F_MEMFD and fd < 0) or attach (fd given). */
+int chunk_map_open(struct chunk_map *cm, struct chunk_table *t, unsigned heap_order,
+		   unsigned flags, int fd, uint64_t fd_offset, const char *name);
+void chunk_map_close(struct chunk_map *cm);
+
+/* Count len bytes at off (one block) as held / no longer held by their chunks. */
+void chunk_hold(struct chunk_map *cm, uint64_t off, uint64_t len);
+void chunk_unhold(struct chunk_map *cm, uint64_t off, uint64_t len);
+
+#endif

@@ -1,0 +1,554 @@
+/*
+ * test-buddy.c — unit tests of the buddy allocator (single process, single thread).
+ *
+ * Splitting, merging, every order, exhaustion (-ENOMEM, heap unchanged), bad arguments,
+ * double/bad frees under BUDDY_F_TRACK, buddy_alloc_at, buddy_walk, chunk commit/release
+ * with the generation bump (anonymous and memfd data), metadata size, and a seeded random
+ * sequence checked against a model after every step.  Each heap variant runs with and
+ * without per-CPU caches.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "buddy.h"
+#include "chunk.h"
+#include "tcheck.h"
+
+static struct buddy *mk(unsigned heap, unsigned min, unsigned chunk, unsigned flags)
+{
+	struct buddy_params p = { .heap_order = heap, .min_order = min, .chunk_order = chunk,
+				  .flags = flags, .fd = -1 };
+	struct buddy *b = NULL;
+
+	if (buddy_create(&p, &b) < 0)
+		return NULL;
+	return b;
+}
+
+/* The heap is one free block of 2^M and every invariant holds. */
+static int pristine(struct buddy *b)
+{
+	struct buddy_stats st;
+
+	buddy_drain(b);
+	buddy_stats(b, &st);
+	if (buddy_check(b) < 0 || st.used || st.free != st.size ||
+	    st.free_blocks[buddy_heap_order(b)] != 1 ||
+	    st.nonempty_orders != 1ull << buddy_heap_order(b))
+		return 0;
+	for (unsigned k = buddy_min_order(b); k < buddy_heap_order(b); k++)
+		if (st.free_blocks[k])
+			return 0;
+	return 1;
+}
+
+static void test_order_of(void)
+{
+	TEQ(buddy_order_of(0, 12), -EINVAL);
+	TEQ(buddy_order_of(1, 12), 12);
+	TEQ(buddy_order_of(4096, 12), 12);
+	TEQ(buddy_order_of(4097, 12), 13);
+	TEQ(buddy_order_of(1ull << 30, 6), 30);
+	TEQ(buddy_order_of((1ull << 30) + 1, 6), 31);
+	TEQ(buddy_order_of((1ull << 40) + 1, 6), -E2BIG);
+}
+
+static void test_bad_params(void)
+{
+	struct buddy_params p = { .heap_order = 20, .min_order = 12, .fd = -1 };
+	struct buddy *b = NULL;
+
+	p.min_order = 5;
+	TEQ(buddy_create(&p, &b), -EINVAL);
+	p.min_order = 21;
+	TEQ(buddy_create(&p, &b), -EINVAL);
+	p.min_order = 12;
+	p.heap_order = 11;
+	TEQ(buddy_create(&p, &b), -EINVAL);
+	p.heap_order = 41;
+	TEQ(buddy_create(&p, &b), -EINVAL);
+	p.heap_order = 20;
+	p.flags = BUDDY_F_MEMFD | BUDDY_F_FD;
+	TEQ(buddy_create(&p, &b), -EINVAL);
+	p.flags = BUDDY_F_FD; /* no fd */
+	TEQ(buddy_create(&p, &b), -EINVAL);
+	p.flags = 1u << 20;
+	TEQ(buddy_create(&p, &b), -EINVAL);
+	p.flags = BUDDY_F_NODATA | BUDDY_F_MEMFD;
+	TEQ(buddy_meta_size(&p), -EINVAL);
+	TEQ(buddy_create(NULL, &b), -EINVAL);
+	T(b == NULL);
+	/* create_at: too little or misaligned memory */
+	p.flags = BUDDY_F_NODATA;
+	int64_t need = buddy_meta_size(&p);
+	T(need > 0);
+	char *m = aligned_alloc(64, (size_t)need + 64);
+	T(m);
+	TEQ(buddy_create_at(&p, m, (size_t)need - 1, &b), -EINVAL);
+	TEQ(buddy_create_at(&p, m + 8, (size_t)need, &b), -EINVAL);
+	memset(m, 0, 64);
+	TEQ(buddy_attach(m, (size_t)need, -1, &b), -EINVAL); /* no magic */
+	free(m);
+}
+
+static void test_split_merge(unsigned flags)
+{
+	struct buddy *b = mk(16, 12, 0, flags);
+	struct buddy_stats st;
+	int64_t a, c;
+
+	T(b);
+	T(pristine(b));
+	a = buddy_alloc(b, 12);
+	TEQ(a, 0);
+	buddy_stats(b, &st);
+	/* one 64K block split into 4K(used) + 4K + 8K + 16K + 32K free */
+	TEQ(st.free_blocks[12], 1);
+	TEQ(st.free_blocks[13], 1);
+	TEQ(st.free_blocks[14], 1);
+	TEQ(st.free_blocks[15], 1);
+	TEQ(st.free_blocks[16], 0);
+	TEQ(st.nonempty_orders, 0xfull << 12);
+	TEQ(st.used, 4096);
+	TEQ(st.free, 65536 - 4096);
+	TEQ(st.largest_free, 32768);
+	T(buddy_check(b) == 0);
+	c = buddy_alloc(b, 12);
+	TEQ(c, 4096); /* the buddy comes next: no new split */
+	buddy_stats(b, &st);
+	TEQ(st.free_blocks[12], 0);
+	TEQ(buddy_free(b, (uint64_t)a, 12), 0);
+	TEQ(buddy_free(b, (uint64_t)c, 12), 0);
+	T(pristine(b));
+	buddy_destroy(b);
+}
+
+static void test_split_merge_all(void)
+{
+	test_split_merge(BUDDY_F_NOCACHE);
+	if (tc_cur_failed)
+		return;
+	test_split_merge(BUDDY_F_TRACK | BUDDY_F_NOCACHE);
+}
+
+/* Fill the heap with blocks of one order, check exhaustion, free in a scrambled order. */
+static void fill_order(struct buddy *b, unsigned k)
+{
+	unsigned M = buddy_heap_order(b);
+	uint64_t n = 1ull << (M - k), *offs = calloc(n, sizeof(*offs));
+	unsigned char *seen = calloc(n, 1);
+	struct buddy_stats before, after;
+
+	T(offs && seen);
+	for (uint64_t i = 0; i < n; i++) {
+		int64_t o = buddy_alloc(b, k);
+
+		T(o >= 0);
+		T(((uint64_t)o & ((1ull << k) - 1)) == 0);
+		T((uint64_t)o < (1ull << M));
+		T(!seen[(uint64_t)o >> k]);
+		seen[(uint64_t)o >> k] = 1;
+		offs[i] = (uint64_t)o;
+	}
+	buddy_stats(b, &before);
+	TEQ(before.used, 1ull << M);
+	TEQ(before.free, 0);
+	for (unsigned j = buddy_min_order(b); j <= M; j++)
+		TEQ(buddy_alloc(b, j), -ENOMEM);
+	buddy_stats(b, &after);
+	TEQ(after.used, before.used);
+	TEQ(after.nonempty_orders, 0);
+	TEQ(after.alloc_failures, before.alloc_failures + (M - buddy_min_order(b) + 1));
+	T(buddy_check(b) == 0);
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t j = (i * 7919) % n; /* 7919 is prime: a permutation for these n */
+
+		TEQ(buddy_free(b, offs[j], k), 0);
+	}
+	T(pristine(b));
+	free(offs);
+	free(seen);
+}
+
+static void test_every_order(void)
+{
+	unsigned flags[] = { BUDDY_F_NOCACHE, 0, BUDDY_F_TRACK, BUDDY_F_NODATA };
+
+	for (unsigned f = 0; f < 4; f++) {
+		struct buddy *b = mk(20, 12, 14, flags[f]);
+
+		T(b);
+		for (unsigned k = 12; k <= 20; k++) {
+			int64_t o = buddy_alloc(b, k);
+
+			TEQ(o, 0);
+			if (!(flags[f] & BUDDY_F_NODATA))
+				memset(buddy_ptr(b, (uint64_t)o), 0xa5, 1ull << k);
+			T(buddy_check(b) == 0);
+			TEQ(buddy_free(b, (uint64_t)o, k), 0);
+			T(pristine(b));
+			fill_order(b, k);
+			if (tc_cur_failed)
+				return;
+		}
+		buddy_destroy(b);
+	}
+}
+
+static void test_small_heap_min_orders(void)
+{
+	/* 64 B cache-line blocks and a heap of one block */
+	struct buddy *b = mk(6, 6, 0, 0);
+
+	T(b);
+	TEQ(buddy_alloc(b, 6), 0);
+	TEQ(buddy_alloc(b, 6), -ENOMEM);
+	TEQ(buddy_free(b, 0, 6), 0);
+	T(pristine(b));
+	buddy_destroy(b);
+	b = mk(20, 20, 0, BUDDY_F_TRACK);
+	T(b);
+	TEQ(buddy_alloc(b, 19), -EINVAL);
+	TEQ(buddy_alloc(b, 20), 0);
+	TEQ(buddy_free(b, 0, 20), 0);
+	T(pristine(b));
+	buddy_destroy(b);
+	b = mk(14, 6, 0, BUDDY_F_NOCACHE);
+	T(b);
+	fill_order(b, 6);
+	buddy_destroy(b);
+}
+
+static void test_bad_args(void)
+{
+	struct buddy *b = mk(16, 12, 0, BUDDY_F_TRACK);
+	int64_t a;
+
+	T(b);
+	TEQ(buddy_alloc(b, 11), -EINVAL);
+	TEQ(buddy_alloc(b, 17), -EINVAL);
+	a = buddy_alloc(b, 13);
+	T(a >= 0);
+	TEQ(buddy_free(b, (uint64_t)a + 4096, 13), -EINVAL); /* misaligned */
+	TEQ(buddy_free(b, 1ull << 16, 12), -EINVAL);          /* past the end */
+	TEQ(buddy_free(b, (uint64_t)a, 11), -EINVAL);          /* below min order */
+	TEQ(buddy_free(b, (uint64_t)a, 12), -EINVAL);          /* wrong order */
+	TEQ(buddy_free(b, (uint64_t)a ^ 0x8000, 13), -EINVAL); /* never allocated */
+	T(buddy_check(b) == 0);
+	TEQ(buddy_free(b, (uint64_t)a, 13), 0);
+	TEQ(buddy_free(b, (uint64_t)a, 13), -EINVAL);          /* twice */
+	T(pristine(b));
+	TEQ(buddy_alloc_at(b, 4096, 13), -EINVAL);
+	TEQ(buddy_alloc_at(b, 1ull << 16, 12), -EINVAL);
+	TEQ(buddy_alloc_at(b, 0, 17), -EINVAL);
+	buddy_destroy(b);
+	/* without tracking, freeing a block that is free as a whole is still caught */
+	b = mk(16, 12, 0, BUDDY_F_NOCACHE);
+	T(b);
+	TEQ(buddy_free(b, 0, 16), -EINVAL);
+	a = buddy_alloc(b, 12);
+	TEQ(buddy_free(b, 4096, 12), -EINVAL);
+	TEQ(buddy_free(b, (uint64_t)a, 12), 0);
+	T(pristine(b));
+	buddy_destroy(b);
+}
+
+static void test_alloc_at(void)
+{
+	struct buddy *b = mk(20, 12, 0, BUDDY_F_TRACK);
+
+	T(b);
+	TEQ(buddy_alloc_at(b, 0x9000, 12), 0);
+	TEQ(buddy_alloc_at(b, 0x9000, 12), -EBUSY);
+	TEQ(buddy_alloc_at(b, 0x8000, 15), -EBUSY); /* overlaps */
+	TEQ(buddy_alloc_at(b, 0x8000, 12), 0);
+	TEQ(buddy_alloc_at(b, 0x0000, 15), 0);
+	T(buddy_check(b) == 0);
+	/* a cached block can be claimed too: free to the cache, then claim it */
+	TEQ(buddy_free(b, 0x9000, 12), 0);
+	TEQ(buddy_alloc_at(b, 0x9000, 12), 0);
+	TEQ(buddy_free(b, 0x8000, 12), 0);
+	TEQ(buddy_free(b, 0x9000, 12), 0);
+	TEQ(buddy_free(b, 0, 15), 0);
+	T(pristine(b));
+	buddy_destroy(b);
+}
+
+struct walk_rec {
+	uint64_t off[64];
+	unsigned order[64];
+	bool free[64];
+	int n;
+};
+
+static int rec(void *arg, uint64_t off, unsigned order, bool free)
+{
+	struct walk_rec *w = arg;
+
+	if (w->n == 64)
+		return -ENOSPC;
+	w->off[w->n] = off;
+	w->order[w->n] = order;
+	w->free[w->n++] = free;
+	return 0;
+}
+
+static void test_walk(void)
+{
+	unsigned flags[] = { BUDDY_F_TRACK, BUDDY_F_NOCACHE };
+
+	for (int f = 0; f < 2; f++) {
+		struct buddy *b = mk(16, 12, 0, flags[f]);
+		struct walk_rec w = { .n = 0 };
+
+		T(b);
+		TEQ(buddy_alloc_at(b, 0x0000, 13), 0);
+		TEQ(buddy_alloc_at(b, 0x2000, 12), 0);
+		TEQ(buddy_walk(b, rec, &w), 0);
+		/* used 8K@0 + used 4K@0x2000 (tracked) or used run [0,0x3000) as 8K+4K */
+		TEQ(w.n, 5);
+		TEQ(w.off[0], 0);
+		TEQ(w.order[0], 13);
+		T(!w.free[0]);
+		TEQ(w.off[1], 0x2000);
+		TEQ(w.order[1], 12);
+		T(!w.free[1]);
+		TEQ(w.off[2], 0x3000);
+		TEQ(w.order[2], 12);
+		T(w.free[2]);
+		TEQ(w.off[3], 0x4000);
+		TEQ(w.order[3], 14);
+		TEQ(w.off[4], 0x8000);
+		TEQ(w.order[4], 15);
+		T(w.free[4]);
+		TEQ(buddy_free(b, 0, 13), 0);
+		TEQ(buddy_free(b, 0x2000, 12), 0);
+		w.n = 0;
+		buddy_drain(b);
+		TEQ(buddy_walk(b, rec, &w), 0);
+		TEQ(w.n, 1);
+		TEQ(w.order[0], 16);
+		T(w.free[0]);
+		buddy_destroy(b);
+	}
+}
+
+static void test_chunks(unsigned flags)
+{
+	/* 1 MiB heap, 64 KiB chunks: 16 chunks */
+	struct buddy *b = mk(20, 12, 16, flags | BUDDY_F_NOCACHE);
+	struct buddy_stats st;
+	struct chunk_desc d, d2;
+	int64_t a, c;
+	char *p;
+
+	T(b);
+	TEQ(chunk_count(b), 16);
+	TEQ(chunk_order(b), 16);
+	buddy_stats(b, &st);
+	TEQ(st.chunks_total, 16);
+	TEQ(st.chunks_committed, 0);
+	TEQ(st.chunks_released, 0);
+	TEQ(st.chunk_size, 65536);
+	a = buddy_alloc(b, 12);
+	T(a >= 0);
+	TEQ(chunk_index_of(b, (uint64_t)a), (uint64_t)a >> 16);
+	TEQ(chunk_index_of(b, 1ull << 20), -EINVAL);
+	TEQ(chunk_describe(b, (uint64_t)a >> 16, &d), 0);
+	T(d.committed);
+	TEQ(d.held, 4096);
+	TEQ(d.generation, 0);
+	T(d.addr == (char *)buddy_ptr(b, 0) + ((uint64_t)a & ~0xffffull));
+	p = buddy_ptr(b, (uint64_t)a);
+	memset(p, 0x5a, 4096);
+	c = buddy_alloc(b, 12); /* same chunk */
+	T(c >= 0);
+	TEQ((uint64_t)c >> 16, (uint64_t)a >> 16);
+	TEQ(buddy_free(b, (uint64_t)a, 12), 0);
+	TEQ(chunk_generation(b, d.index), 0); /* still holds c */
+	TEQ(buddy_free(b, (uint64_t)c, 12), 0);
+	TEQ(chunk_generation(b, d.index), 1);
+	TEQ(chunk_describe(b, d.index, &d2), 0);
+	T(!d2.committed);
+	buddy_stats(b, &st);
+	TEQ(st.chunks_committed, 0);
+	TEQ(st.chunks_released, 1);
+	/* the memory went back to the OS: it reads as zeros again */
+	TEQ(p[0], 0);
+	TEQ(p[4095], 0);
+	/* a block larger than a chunk holds every chunk it spans */
+	a = buddy_alloc(b, 18);
+	T(a >= 0);
+	buddy_stats(b, &st);
+	TEQ(st.chunks_committed, 4);
+	T(buddy_check(b) == 0);
+	TEQ(buddy_free(b, (uint64_t)a, 18), 0);
+	buddy_stats(b, &st);
+	TEQ(st.chunks_committed, 0);
+	TEQ(st.chunks_released, 5);
+	TEQ(chunk_generation(b, ((uint64_t)a >> 16) + 3), d.index == ((uint64_t)a >> 16) + 3 ? 2 : 1);
+	TEQ(chunk_describe(b, 16, &d), -EINVAL);
+	T(pristine(b));
+	if (flags & BUDDY_F_MEMFD)
+		T(buddy_data_fd(b) >= 0);
+	else
+		TEQ(buddy_data_fd(b), -1);
+	buddy_destroy(b);
+}
+
+static void test_chunks_anon(void)
+{
+	test_chunks(0);
+}
+
+static void test_chunks_memfd(void)
+{
+	test_chunks(BUDDY_F_MEMFD);
+}
+
+static void test_chunks_pin(void)
+{
+	test_chunks(BUDDY_F_PIN);
+}
+
+static void test_cache_drain(void)
+{
+	struct buddy *b = mk(20, 12, 16, 0);
+	struct buddy_stats st;
+	int64_t o[8];
+
+	T(b);
+	for (int i = 0; i < 8; i++)
+		T((o[i] = buddy_alloc(b, 12)) >= 0);
+	for (int i = 0; i < 8; i++)
+		TEQ(buddy_free(b, (uint64_t)o[i], 12), 0);
+	buddy_stats(b, &st);
+	TEQ(st.used, 0);
+	TEQ(st.free, st.size);
+	/* blocks parked in this CPU's cache count as free and as held by their chunk */
+	T(st.cached > 0 && st.cached <= 8 * 4096);
+	T(buddy_check(b) == 0);
+	buddy_drain(b);
+	buddy_stats(b, &st);
+	TEQ(st.cached, 0);
+	TEQ(st.chunks_committed, 0);
+	T(pristine(b));
+	/* a heap full of cached blocks still satisfies a big request: it drains first */
+	for (int i = 0; i < 8; i++)
+		T((o[i] = buddy_alloc(b, 12)) >= 0);
+	for (int i = 0; i < 8; i++)
+		TEQ(buddy_free(b, (uint64_t)o[i], 12), 0);
+	TEQ(buddy_alloc(b, 20), 0);
+	TEQ(buddy_free(b, 0, 20), 0);
+	T(pristine(b));
+	buddy_destroy(b);
+}
+
+static void test_create_at_attach(void)
+{
+	struct buddy_params p = { .heap_order = 20, .min_order = 12, .flags = BUDDY_F_MEMFD,
+				  .fd = -1, .name = "heapfs-test" };
+	int64_t need = buddy_meta_size(&p);
+	struct buddy *a = NULL, *b = NULL;
+	void *meta;
+	int64_t o;
+
+	T(need > 0);
+	meta = mmap(NULL, (size_t)need, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	T(meta != MAP_FAILED);
+	TEQ(buddy_create_at(&p, meta, (size_t)need, &a), 0);
+	TEQ(buddy_attach(meta, (size_t)need, -1, &b), -EBADF);
+	TEQ(buddy_attach(meta, (size_t)need, buddy_data_fd(a), &b), 0);
+	o = buddy_alloc(a, 14);
+	T(o >= 0);
+	strcpy(buddy_ptr(a, (uint64_t)o), "shared");
+	T(strcmp(buddy_ptr(b, (uint64_t)o), "shared") == 0); /* another mapping, same data */
+	T(buddy_ptr(a, (uint64_t)o) != buddy_ptr(b, (uint64_t)o));
+	TEQ(buddy_free(b, (uint64_t)o, 14), 0);
+	T(pristine(a));
+	buddy_destroy(b);
+	buddy_destroy(a);
+	munmap(meta, (size_t)need);
+}
+
+static void test_metadata_size(void)
+{
+	/* 1 GiB at 4 KiB blocks: metadata <= 0.1% of the heap, with and without tracking */
+	struct buddy_params p = { .heap_order = 30, .min_order = 12, .fd = -1 };
+
+	T(buddy_meta_size(&p) <= (1 << 30) / 1000);
+	p.flags = BUDDY_F_TRACK;
+	T(buddy_meta_size(&p) <= (1 << 30) / 1000);
+}
+
+/* Seeded random alloc/free against a model: a byte per min block naming its owner. */
+static void test_random_model(void)
+{
+	unsigned flags[] = { 0, BUDDY_F_TRACK, BUDDY_F_NOCACHE | BUDDY_F_TRACK };
+
+	for (int f = 0; f < 3; f++) {
+		struct buddy *b = mk(20, 12, 16, flags[f]);
+		enum { N = 64 };
+		uint64_t off[N];
+		unsigned ord[N];
+		bool held[N] = { false };
+		unsigned char owner[256];
+		unsigned seed = 12345;
+
+		T(b);
+		memset(owner, 0xff, sizeof(owner));
+		for (int step = 0; step < 20000; step++) {
+			unsigned i = (unsigned)rand_r(&seed) % N;
+
+			if (held[i]) {
+				for (uint64_t u = off[i] >> 12; u < (off[i] >> 12) + (1u << (ord[i] - 12)); u++)
+					owner[u] = 0xff;
+				TEQ(buddy_free(b, off[i], ord[i]), 0);
+				held[i] = false;
+			} else {
+				unsigned k = 12 + (unsigned)rand_r(&seed) % 5;
+				int64_t o = buddy_alloc(b, k);
+
+				if (o == -ENOMEM)
+					continue;
+				T(o >= 0);
+				for (uint64_t u = (uint64_t)o >> 12; u < ((uint64_t)o >> 12) + (1u << (k - 12)); u++) {
+					TEQ(owner[u], 0xff);
+					owner[u] = (unsigned char)i;
+				}
+				off[i] = (uint64_t)o;
+				ord[i] = k;
+				held[i] = true;
+			}
+			if (step % 97 == 0)
+				TEQ(buddy_check(b), 0);
+		}
+		for (unsigned i = 0; i < N; i++)
+			if (held[i])
+				TEQ(buddy_free(b, off[i], ord[i]), 0);
+		T(pristine(b));
+		buddy_destroy(b);
+	}
+}
+
+int main(void)
+{
+	RUN(test_order_of);
+	RUN(test_bad_params);
+	RUN(test_split_merge_all);
+	RUN(test_every_order);
+	RUN(test_small_heap_min_orders);
+	RUN(test_bad_args);
+	RUN(test_alloc_at);
+	RUN(test_walk);
+	RUN(test_chunks_anon);
+	RUN(test_chunks_memfd);
+	RUN(test_chunks_pin);
+	RUN(test_cache_drain);
+	RUN(test_create_at_attach);
+	RUN(test_metadata_size);
+	RUN(test_random_model);
+	return tc_failed != 0;
+}

@@ -1,0 +1,866 @@
+/*
+ * alloc-bench.c — throughput and fragmentation of the heapfs buddy allocator against a
+ * buddy of the same semantics under one global mutex, glibc malloc and jemalloc.
+ *
+ * Workloads (1 GiB heap, orders 12..20; with --touch every block allocated gets a word
+ * written into it, so page faults and cache misses on the block count too):
+ *   cached  each thread allocates and frees one 4 KiB block in a loop
+ *   steady  prefill half the heap with random orders; each step frees a random held block
+ *           and allocates a new random order in its place
+ *   larson  thread i allocates blocks (orders 12..15) and hands them to thread i+1 through
+ *           a single-producer ring; the receiver frees them
+ *   frag    `steady`, then (after buddy_drain) the share of the free space still obtainable
+ *           as 1 MiB blocks (usable_max_order_fraction) and 1 - largest_free/free; buddy
+ *           allocators only
+ * An op is one allocation or one free; ops_per_s sums all threads.
+ *
+ * --verify: a multi-threaded stress of the heapfs allocator (per-CPU caches and tracking
+ * on, a 64 MiB heap): every 4 KiB unit of a block is stamped with its owner and serial,
+ * stamps are checked before every free (a block handed out twice shows as an overwritten
+ * stamp), blocks also travel between threads, one thread drains and walks concurrently;
+ * then everything is freed, the heap drained and it must be one free block of 2^M with
+ * buddy_check() passing.  Exit 0 only then.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "buddy.h"
+
+#define HEAP_ORDER 30
+#define MIN_ORDER  12
+#define MAX_ORDER  20
+#define MAX_THREADS 64
+#define RING 1024
+
+/* ---- a classic buddy under one mutex: the baseline -------------------------------- */
+
+struct mbuddy {
+	pthread_mutex_t lock;
+	unsigned M, m;
+	uint64_t nonempty;              /* bit k: list k non-empty */
+	uint32_t head[64];              /* per order, UINT32_MAX = empty */
+	uint32_t *next, *prev;          /* per min block: list links of free block heads */
+	uint8_t *forder;                /* per min block: order if a free block starts here, else 0xff */
+	char *data;
+};
+
+static void mb_push(struct mbuddy *b, uint32_t u, unsigned k)
+{
+	b->forder[u] = (uint8_t)k;
+	b->prev[u] = UINT32_MAX;
+	b->next[u] = b->head[k];
+	if (b->head[k] != UINT32_MAX)
+		b->prev[b->head[k]] = u;
+	b->head[k] = u;
+	b->nonempty |= 1ull << k;
+}
+
+static void mb_unlink(struct mbuddy *b, uint32_t u, unsigned k)
+{
+	b->forder[u] = 0xff;
+	if (b->prev[u] != UINT32_MAX)
+		b->next[b->prev[u]] = b->next[u];
+	else
+		b->head[k] = b->next[u];
+	if (b->next[u] != UINT32_MAX)
+		b->prev[b->next[u]] = b->prev[u];
+	if (b->head[k] == UINT32_MAX)
+		b->nonempty &= ~(1ull << k);
+}
+
+static struct mbuddy *mb_create(unsigned M, unsigned m)
+{
+	struct mbuddy *b = calloc(1, sizeof(*b));
+	uint64_t n = 1ull << (M - m);
+
+	if (!b)
+		return NULL;
+	pthread_mutex_init(&b->lock, NULL);
+	b->M = M;
+	b->m = m;
+	b->next = malloc(n * 4);
+	b->prev = malloc(n * 4);
+	b->forder = malloc(n);
+	b->data = mmap(NULL, 1ull << M, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (!b->next || !b->prev || !b->forder || b->data == MAP_FAILED) {
+		fprintf(stderr, "alloc-bench: out of memory\n");
+		exit(1);
+	}
+	memset(b->forder, 0xff, n);
+	for (int k = 0; k < 64; k++)
+		b->head[k] = UINT32_MAX;
+	mb_push(b, 0, M);
+	return b;
+}
+
+static void mb_destroy(struct mbuddy *b)
+{
+	munmap(b->data, 1ull << b->M);
+	free(b->next);
+	free(b->prev);
+	free(b->forder);
+	pthread_mutex_destroy(&b->lock);
+	free(b);
+}
+
+static int64_t mb_alloc(struct mbuddy *b, unsigned k)
+{
+	uint64_t mask;
+	unsigned j;
+	uint32_t u;
+
+	pthread_mutex_lock(&b->lock);
+	mask = b->nonempty & (~0ull << k);
+	if (!mask) {
+		pthread_mutex_unlock(&b->lock);
+		return -ENOMEM;
+	}
+	j = (unsigned)__builtin_ctzll(mask);
+	u = b->head[j];
+	mb_unlink(b, u, j);
+	while (j > k) {
+		j--;
+		mb_push(b, u + (1u << (j - b->m)), j);
+	}
+	pthread_mutex_unlock(&b->lock);
+	return (int64_t)u << b->m;
+}
+
+static void mb_free(struct mbuddy *b, uint64_t off, unsigned k)
+{
+	uint32_t u = (uint32_t)(off >> b->m);
+
+	pthread_mutex_lock(&b->lock);
+	while (k < b->M) {
+		uint32_t bu = u ^ (1u << (k - b->m));
+
+		if (b->forder[bu] != k)
+			break;
+		mb_unlink(b, bu, k);
+		u &= ~(1u << (k - b->m));
+		k++;
+	}
+	mb_push(b, u, k);
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* ---- allocators under test -------------------------------------------------------- */
+
+enum { A_HEAPFS, A_MUTEX, A_MALLOC, A_JEMALLOC, A_N };
+static const char *alloc_names[A_N] = { "heapfs", "mutex", "malloc", "jemalloc" };
+
+struct heap {
+	int kind;
+	struct buddy *b;
+	struct mbuddy *mb;
+};
+
+static bool touch; /* --touch: write a word into every block allocated */
+
+/* Debian's jemalloc has no symbol prefix: linked in, it is this process's malloc, and glibc's
+ * allocator stays reachable as __libc_malloc/__libc_free (it cannot be dlopen'ed: it needs
+ * static TLS).  Without jemalloc both names are glibc's. */
+extern void *__libc_malloc(size_t);
+extern void __libc_free(void *);
+#ifdef HAVE_JEMALLOC
+#define je_malloc malloc
+#define je_free free
+static bool have_jemalloc = true;
+#else
+#define je_malloc __libc_malloc
+#define je_free __libc_free
+static bool have_jemalloc = false;
+#endif
+
+static int heap_open(struct heap *h, int kind, unsigned heap_order, unsigned flags)
+{
+	struct buddy_params p = { .heap_order = heap_order, .min_order = MIN_ORDER,
+				  .flags = flags, .fd = -1 };
+
+	memset(h, 0, sizeof(*h));
+	h->kind = kind;
+	if (kind == A_HEAPFS)
+		return buddy_create(&p, &h->b);
+	if (kind == A_MUTEX)
+		h->mb = mb_create(heap_order, MIN_ORDER);
+	return 0;
+}
+
+static void heap_close(struct heap *h)
+{
+	if (h->b)
+		buddy_destroy(h->b);
+	if (h->mb)
+		mb_destroy(h->mb);
+}
+
+struct blk {
+	uint64_t off;
+	char *p;
+	unsigned order;
+};
+
+static bool h_alloc(struct heap *h, unsigned k, struct blk *x)
+{
+	int64_t o;
+
+	x->order = k;
+	switch (h->kind) {
+	case A_HEAPFS:
+		o = buddy_alloc(h->b, k);
+		if (o < 0)
+			return false;
+		x->off = (uint64_t)o;
+		x->p = buddy_ptr(h->b, x->off);
+		break;
+	case A_MUTEX:
+		o = mb_alloc(h->mb, k);
+		if (o < 0)
+			return false;
+		x->off = (uint64_t)o;
+		x->p = h->mb->data + o;
+		break;
+	case A_MALLOC:
+		x->p = __libc_malloc(1ull << k);
+		break;
+	default:
+		x->p = je_malloc(1ull << k);
+		break;
+	}
+	if (!x->p)
+		return false;
+	if (touch)
+		*(volatile uint64_t *)x->p = (uint64_t)k;
+	return true;
+}
+
+static void h_free(struct heap *h, const struct blk *x)
+{
+	switch (h->kind) {
+	case A_HEAPFS:
+		buddy_free(h->b, x->off, x->order);
+		break;
+	case A_MUTEX:
+		mb_free(h->mb, x->off, x->order);
+		break;
+	case A_MALLOC:
+		__libc_free(x->p);
+		break;
+	default:
+		je_free(x->p);
+		break;
+	}
+}
+
+/* ---- workloads -------------------------------------------------------------------- */
+
+enum { W_CACHED, W_STEADY, W_LARSON, W_FRAG, W_N };
+static const char *work_names[W_N] = { "cached", "steady", "larson", "frag" };
+
+static inline uint64_t rnd(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}
+
+/* Single producer / single consumer ring between neighbour threads (larson).  Each side
+ * keeps a private copy of the other side's index and re-reads it only when the ring looks
+ * full/empty, so the shared lines move once per batch, not once per block. */
+struct ring {
+	_Alignas(64) _Atomic uint64_t head; /* consumer */
+	uint64_t tail_seen;                 /* consumer's copy of tail */
+	_Alignas(64) _Atomic uint64_t tail; /* producer */
+	uint64_t head_seen;                 /* producer's copy of head */
+	_Alignas(64) struct blk v[RING];
+};
+
+static bool ring_push(struct ring *r, const struct blk *x)
+{
+	uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+
+	if (t - r->head_seen == RING) {
+		r->head_seen = atomic_load_explicit(&r->head, memory_order_acquire);
+		if (t - r->head_seen == RING)
+			return false;
+	}
+	r->v[t % RING] = *x;
+	atomic_store_explicit(&r->tail, t + 1, memory_order_release);
+	return true;
+}
+
+static bool ring_pop(struct ring *r, struct blk *x)
+{
+	uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+
+	if (h == r->tail_seen) {
+		r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
+		if (h == r->tail_seen)
+			return false;
+	}
+	*x = r->v[h % RING];
+	atomic_store_explicit(&r->head, h + 1, memory_order_release);
+	return true;
+}
+
+struct run;
+
+struct worker {
+	struct run *run;
+	int id;
+	pthread_t t;
+	uint64_t seed;
+	uint64_t ops;
+	struct blk *held;
+	size_t nheld, cap;
+	struct ring *in, *out;
+	_Alignas(64) char pad;
+};
+
+struct run {
+	struct heap h;
+	int work, nthreads;
+	_Atomic bool stop;
+	pthread_barrier_t bar;
+	struct worker w[MAX_THREADS];
+	struct ring *rings;
+};
+
+static unsigned rnd_order(uint64_t *s, unsigned lo, unsigned hi)
+{
+	return lo + (unsigned)(rnd(s) % (hi - lo + 1));
+}
+
+/* steady/frag: hold about a 1/nthreads share of half the heap */
+static void prefill(struct worker *w)
+{
+	uint64_t want = (1ull << (HEAP_ORDER - 1)) / (uint64_t)w->run->nthreads, got = 0;
+
+	w->cap = 2 * want / (1ull << MIN_ORDER) / 16 + 64;
+	w->held = calloc(w->cap, sizeof(*w->held));
+	while (got < want && w->nheld < w->cap) {
+		struct blk x;
+
+		if (!h_alloc(&w->run->h, rnd_order(&w->seed, MIN_ORDER, MAX_ORDER), &x))
+			break;
+		w->held[w->nheld++] = x;
+		got += 1ull << x.order;
+	}
+}
+
+static void *worker_main(void *v)
+{
+	struct worker *w = v;
+	struct run *r = w->run;
+	struct heap *h = &r->h;
+	uint64_t ops = 0;
+	struct blk x;
+
+	if (r->work == W_STEADY || r->work == W_FRAG)
+		prefill(w);
+	pthread_barrier_wait(&r->bar);
+	while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
+		for (int i = 0; i < 64; i++) {
+			switch (r->work) {
+			case W_CACHED:
+				if (h_alloc(h, MIN_ORDER, &x)) {
+					h_free(h, &x);
+					ops += 2;
+				}
+				break;
+			case W_STEADY:
+			case W_FRAG: {
+				size_t j = (size_t)(rnd(&w->seed) % w->nheld);
+
+				if (w->held[j].p) {
+					h_free(h, &w->held[j]);
+					w->held[j].p = NULL;
+					ops++;
+				}
+				if (h_alloc(h, rnd_order(&w->seed, MIN_ORDER, MAX_ORDER), &w->held[j]))
+					ops++;
+				else
+					w->held[j].p = NULL;
+				break;
+			}
+			default: /* W_LARSON */
+				if (h_alloc(h, rnd_order(&w->seed, MIN_ORDER, MIN_ORDER + 3), &x)) {
+					ops++;
+					if (!ring_push(w->out, &x)) {
+						h_free(h, &x); /* receiver behind: keep going */
+						ops++;
+					}
+				}
+				if (ring_pop(w->in, &x)) {
+					h_free(h, &x);
+					ops++;
+				}
+				break;
+			}
+		}
+	}
+	w->ops = ops;
+	pthread_barrier_wait(&r->bar); /* stopped: frag looks at the heap now */
+	pthread_barrier_wait(&r->bar);
+	for (size_t j = 0; j < w->nheld; j++)
+		if (w->held[j].p)
+			h_free(h, &w->held[j]);
+	free(w->held);
+	return NULL;
+}
+
+struct frag_result {
+	double usable, fragmentation;
+	uint64_t metadata, heap;
+};
+
+static void measure_frag(struct heap *h, struct frag_result *f)
+{
+	uint64_t free_b = 0, usable = 0, largest = 0;
+
+	f->heap = 1ull << HEAP_ORDER;
+	if (h->kind == A_HEAPFS) {
+		struct buddy_stats st;
+
+		buddy_drain(h->b);
+		buddy_stats(h->b, &st);
+		for (unsigned k = MIN_ORDER; k <= HEAP_ORDER; k++) {
+			free_b += st.free_blocks[k] << k;
+			if (k >= MAX_ORDER)
+				usable += st.free_blocks[k] << k;
+		}
+		largest = st.largest_free;
+		f->metadata = st.metadata_bytes;
+	} else {
+		struct mbuddy *b = h->mb;
+
+		for (unsigned k = MIN_ORDER; k <= HEAP_ORDER; k++)
+			for (uint32_t u = b->head[k]; u != UINT32_MAX; u = b->next[u]) {
+				free_b += 1ull << k;
+				usable += k >= MAX_ORDER ? 1ull << k : 0;
+				largest = 1ull << k;
+			}
+		f->metadata = (1ull << (HEAP_ORDER - MIN_ORDER)) * 9 + sizeof(*b);
+	}
+	f->usable = free_b ? (double)usable / (double)free_b : 0;
+	f->fragmentation = free_b ? 1.0 - (double)largest / (double)free_b : 0;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int run_one(int work, int kind, int nthreads, double seconds, double *ops_per_s,
+		   struct frag_result *f)
+{
+	struct run *r = calloc(1, sizeof(*r));
+	uint64_t ops = 0;
+	double t0, t1;
+
+	if (!r || heap_open(&r->h, kind, HEAP_ORDER, 0) < 0) {
+		free(r);
+		return -1;
+	}
+	r->work = work;
+	r->nthreads = nthreads;
+	r->rings = calloc((size_t)nthreads, sizeof(*r->rings));
+	pthread_barrier_init(&r->bar, NULL, (unsigned)nthreads + 1);
+	for (int i = 0; i < nthreads; i++) {
+		struct worker *w = &r->w[i];
+
+		w->run = r;
+		w->id = i;
+		w->seed = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
+		w->out = &r->rings[(i + 1) % nthreads];
+		w->in = &r->rings[i];
+		pthread_create(&w->t, NULL, worker_main, w);
+	}
+	pthread_barrier_wait(&r->bar);
+	t0 = now();
+	usleep((useconds_t)(seconds * 1e6));
+	atomic_store(&r->stop, true);
+	pthread_barrier_wait(&r->bar);
+	t1 = now();
+	if (work == W_FRAG)
+		measure_frag(&r->h, f);
+	pthread_barrier_wait(&r->bar);
+	for (int i = 0; i < nthreads; i++) {
+		pthread_join(r->w[i].t, NULL);
+		ops += r->w[i].ops;
+	}
+	for (int i = 0; i < nthreads; i++) { /* larson blocks still in flight */
+		struct blk x;
+
+		while (ring_pop(&r->rings[i], &x))
+			h_free(&r->h, &x);
+	}
+	*ops_per_s = (double)ops / (t1 - t0);
+	pthread_barrier_destroy(&r->bar);
+	heap_close(&r->h);
+	free(r->rings);
+	free(r);
+	return 0;
+}
+
+/* ---- --verify --------------------------------------------------------------------- */
+
+#define V_HEAP 26
+#define V_MAX  20
+
+struct vworker {
+	struct buddy *b;
+	int id, nthreads;
+	uint64_t seed, serial, violations, ops;
+	struct ring *in, *out;
+	_Atomic bool *stop;
+	pthread_t t;
+};
+
+static uint64_t stamp_of(int id, uint64_t serial)
+{
+	return (uint64_t)(id + 1) << 48 | serial;
+}
+
+static void stamp(struct buddy *b, const struct blk *x, uint64_t s)
+{
+	for (uint64_t u = 0; u < (1ull << x->order); u += 1ull << MIN_ORDER)
+		*(uint64_t *)((char *)buddy_ptr(b, x->off) + u) = s;
+}
+
+static uint64_t stamp_bad(struct buddy *b, const struct blk *x, uint64_t s)
+{
+	uint64_t bad = 0;
+
+	for (uint64_t u = 0; u < (1ull << x->order); u += 1ull << MIN_ORDER)
+		bad += *(uint64_t *)((char *)buddy_ptr(b, x->off) + u) != s;
+	return bad;
+}
+
+/* A block's stamp is kept next to it: off -> stamp in the owner's list (x->p). */
+static void *vworker_main(void *v)
+{
+	struct vworker *w = v;
+	enum { HOLD = 256 };
+	struct blk held[HOLD];
+	uint64_t stamps[HOLD];
+	size_t n = 0;
+
+	while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
+		uint64_t r = rnd(&w->seed);
+		struct blk x;
+
+		if (n < HOLD && (r & 1)) {
+			/* mostly small (the cached orders), sometimes up to 1 MiB */
+			unsigned k = (r & 0x70) ? MIN_ORDER + (unsigned)(r >> 8) % 4
+						: MIN_ORDER + (unsigned)(r >> 8) % (V_MAX - MIN_ORDER + 1);
+			int64_t o = buddy_alloc(w->b, k);
+
+			w->ops++;
+			if (o < 0)
+				continue;
+			held[n] = (struct blk){ (uint64_t)o, NULL, k };
+			stamps[n] = stamp_of(w->id, ++w->serial);
+			stamp(w->b, &held[n], stamps[n]);
+			n++;
+		} else if (n) {
+			size_t j = (size_t)(r >> 16) % n;
+
+			x = held[j];
+			w->violations += stamp_bad(w->b, &x, stamps[j]);
+			held[j] = held[n - 1];
+			stamps[j] = stamps[--n];
+			if ((r & 6) == 6 && w->nthreads > 1) {
+				/* hand it over: the receiver checks the stamp and frees it */
+				x.p = (char *)(uintptr_t)stamp_of(w->id, 0);
+				stamp(w->b, &x, (uint64_t)(uintptr_t)x.p);
+				if (ring_push(w->out, &x))
+					continue;
+			}
+			w->violations += buddy_free(w->b, x.off, x.order) != 0;
+			w->ops++;
+		}
+		if (ring_pop(w->in, &x)) {
+			w->violations += stamp_bad(w->b, &x, (uint64_t)(uintptr_t)x.p);
+			w->violations += buddy_free(w->b, x.off, x.order) != 0;
+		}
+		if (w->id == 0 && (r & 0xfff) == 0)
+			buddy_drain(w->b); /* draining is safe at any time */
+	}
+	for (size_t j = 0; j < n; j++) {
+		w->violations += stamp_bad(w->b, &held[j], stamps[j]);
+		w->violations += buddy_free(w->b, held[j].off, held[j].order) != 0;
+	}
+	return NULL;
+}
+
+static int count_block(void *arg, uint64_t off, unsigned order, bool free)
+{
+	(void)off;
+	(void)order;
+	(void)free;
+	++*(uint64_t *)arg;
+	return 0;
+}
+
+static int verify(int nthreads, double seconds)
+{
+	struct buddy_params p = { .heap_order = V_HEAP, .min_order = MIN_ORDER,
+				  .flags = BUDDY_F_TRACK, .fd = -1 };
+	struct vworker w[MAX_THREADS];
+	struct ring *rings = calloc((size_t)nthreads, sizeof(*rings));
+	_Atomic bool stop = false;
+	struct buddy_stats st;
+	struct buddy *b;
+	uint64_t violations = 0, ops = 0, walked = 0;
+	int ret;
+
+	if (!rings || buddy_create(&p, &b) < 0) {
+		fprintf(stderr, "alloc-bench: cannot create the heap\n");
+		return 1;
+	}
+	for (int i = 0; i < nthreads; i++) {
+		w[i] = (struct vworker){ .b = b, .id = i, .nthreads = nthreads,
+					 .seed = 0x2545f4914f6cdd1dull * (uint64_t)(i + 1),
+					 .in = &rings[i], .out = &rings[(i + 1) % nthreads], .stop = &stop };
+		pthread_create(&w[i].t, NULL, vworker_main, &w[i]);
+	}
+	for (double t0 = now(); now() - t0 < seconds; ) {
+		usleep(20000);
+		buddy_stats(b, &st);       /* introspection runs alongside */
+		buddy_walk(b, count_block, &walked);
+	}
+	atomic_store(&stop, true);
+	for (int i = 0; i < nthreads; i++) {
+		pthread_join(w[i].t, NULL);
+		violations += w[i].violations;
+		ops += w[i].ops;
+	}
+	for (int i = 0; i < nthreads; i++) { /* handed over after the receiver stopped */
+		struct blk x;
+
+		while (ring_pop(&rings[i], &x)) {
+			violations += stamp_bad(b, &x, (uint64_t)(uintptr_t)x.p);
+			violations += buddy_free(b, x.off, x.order) != 0;
+		}
+	}
+	buddy_drain(b);
+	buddy_stats(b, &st);
+	ret = buddy_check(b);
+	printf("verify: %d threads, %.1f s, %lu ops, %lu stamp/free violations, used %lu, "
+	       "free blocks of 2^%u: %lu, buddy_check %s\n", nthreads, seconds,
+	       (unsigned long)ops, (unsigned long)violations, (unsigned long)st.used, V_HEAP,
+	       (unsigned long)st.free_blocks[V_HEAP], ret ? "FAILED" : "ok");
+	ret = violations || ret || st.used || st.free_blocks[V_HEAP] != 1 ||
+	      st.free != st.size || ops == 0 || walked == 0;
+	buddy_destroy(b);
+	free(rings);
+	printf("verify: %s\n", ret ? "FAILED" : "ok");
+	return ret;
+}
+
+/* ---- command line and report ------------------------------------------------------ */
+
+static int parse_list(const char *arg, const char *const *names, int n, bool *on)
+{
+	char *dup = strdup(arg), *save = NULL;
+
+	memset(on, 0, sizeof(bool) * (size_t)n);
+	for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		int i = 0;
+
+		while (i < n && strcmp(t, names[i]))
+			i++;
+		if (i == n) {
+			fprintf(stderr, "alloc-bench: unknown name '%s'\n", t);
+			free(dup);
+			return -1;
+		}
+		on[i] = true;
+	}
+	free(dup);
+	return 0;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: alloc-bench [--threads 1,2] [--seconds S] [--workload cached,steady,larson,frag]\n"
+		   "                   [--allocator heapfs,mutex,malloc,jemalloc] [--json] [--touch] [--verify]\n");
+}
+
+struct result {
+	bool have;
+	double ops;
+	struct frag_result f;
+};
+
+static void print_tables(struct result res[W_N][A_N][MAX_THREADS + 1], const bool *won,
+			 const bool *aon, const int *threads, int nt)
+{
+	int t1 = threads[0], t2 = threads[nt - 1];
+
+	printf("%-8s %-9s", "workload", "allocator");
+	for (int i = 0; i < nt; i++)
+		printf(" %7dt Mops/s", threads[i]);
+	if (nt > 1)
+		printf("  %dt/%dt  vs mutex@%dt", t2, t1, t2);
+	printf("\n");
+	for (int w = 0; w < W_N; w++) {
+		if (!won[w])
+			continue;
+		for (int a = 0; a < A_N; a++) {
+			struct result *r = res[w][a];
+			struct result *m = res[w][A_MUTEX];
+
+			if (!aon[a] || !r[t1].have)
+				continue;
+			printf("%-8s %-9s", work_names[w], alloc_names[a]);
+			for (int i = 0; i < nt; i++)
+				printf(" %15.2f", r[threads[i]].ops / 1e6);
+			if (nt > 1) {
+				printf("  %5.2fx", r[t2].ops / r[t1].ops);
+				if (m[t2].have && a != A_MUTEX)
+					printf("  %8.2fx", r[t2].ops / m[t2].ops);
+			}
+			printf("\n");
+		}
+	}
+	if (won[W_FRAG]) {
+		printf("\nfrag (after steady, %dt): usable_max_order_fraction  fragmentation  metadata\n", t2);
+		for (int a = 0; a < A_N; a++) {
+			struct result *r = &res[W_FRAG][a][t2];
+
+			if (!aon[a] || !r->have || (a != A_HEAPFS && a != A_MUTEX))
+				continue;
+			printf("  %-9s %26.3f  %13.3f  %lu B = %.4f%% of %lu MiB\n", alloc_names[a],
+			       r->f.usable, r->f.fragmentation, (unsigned long)r->f.metadata,
+			       100.0 * (double)r->f.metadata / (double)r->f.heap,
+			       (unsigned long)(r->f.heap >> 20));
+		}
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "threads", required_argument, NULL, 't' },
+		{ "seconds", required_argument, NULL, 's' },
+		{ "workload", required_argument, NULL, 'w' },
+		{ "allocator", required_argument, NULL, 'a' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "verify", no_argument, NULL, 'v' },
+		{ "touch", no_argument, NULL, 'T' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	static struct result res[W_N][A_N][MAX_THREADS + 1];
+	bool won[W_N] = { true, true, true, true }, aon[A_N] = { true, true, true, true };
+	bool json = false, do_verify = false;
+	int threads[MAX_THREADS], nt = 0, c;
+	double seconds = 2;
+	char *tlist = strdup("1,2"), *save = NULL;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 't':
+			free(tlist);
+			tlist = strdup(optarg);
+			break;
+		case 's':
+			seconds = atof(optarg);
+			break;
+		case 'w':
+			if (parse_list(optarg, work_names, W_N, won) < 0)
+				return 2;
+			break;
+		case 'a':
+			if (parse_list(optarg, alloc_names, A_N, aon) < 0)
+				return 2;
+			break;
+		case 'j':
+			json = true;
+			break;
+		case 'v':
+			do_verify = true;
+			break;
+		case 'T':
+			touch = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	for (char *t = strtok_r(tlist, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		int n = atoi(t);
+
+		if (n < 1 || n > MAX_THREADS || nt == MAX_THREADS) {
+			fprintf(stderr, "alloc-bench: --threads takes 1..%d\n", MAX_THREADS);
+			return 2;
+		}
+		threads[nt++] = n;
+	}
+	free(tlist);
+	if (optind != argc || nt == 0 || seconds <= 0) {
+		usage(stderr);
+		return 2;
+	}
+	if (do_verify) {
+		int maxt = 1;
+
+		for (int i = 0; i < nt; i++)
+			maxt = threads[i] > maxt ? threads[i] : maxt;
+		return verify(maxt < 2 ? 2 : maxt, seconds);
+	}
+	if (aon[A_JEMALLOC] && !have_jemalloc) {
+		fprintf(stderr, "alloc-bench: built without jemalloc: skipping it\n");
+		aon[A_JEMALLOC] = false;
+	}
+	for (int w = 0; w < W_N; w++)
+		for (int a = 0; a < A_N; a++)
+			for (int i = 0; i < nt && won[w] && aon[a]; i++) {
+				struct result *r = &res[w][a][threads[i]];
+
+				if (w == W_FRAG && a != A_HEAPFS && a != A_MUTEX)
+					continue; /* free space is only defined for a buddy heap */
+				if (run_one(w, a, threads[i], seconds, &r->ops, &r->f) < 0) {
+					fprintf(stderr, "alloc-bench: %s/%s failed\n", work_names[w],
+						alloc_names[a]);
+					return 1;
+				}
+				r->have = true;
+				if (!json)
+					continue;
+				printf("{\"workload\": \"%s\", \"allocator\": \"%s\", \"threads\": %d, "
+				       "\"ops_per_s\": %.0f", work_names[w], alloc_names[a], threads[i], r->ops);
+				if (w == W_FRAG)
+					printf(", \"usable_max_order_fraction\": %.4f, \"fragmentation\": %.4f, "
+					       "\"metadata_bytes\": %lu, \"heap_bytes\": %lu", r->f.usable,
+					       r->f.fragmentation, (unsigned long)r->f.metadata,
+					       (unsigned long)r->f.heap);
+				printf("}\n");
+				fflush(stdout);
+			}
+	if (!json)
+		print_tables(res, won, aon, threads, nt);
+	return 0;
+}
