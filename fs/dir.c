@@ -1,0 +1,518 @@
+/*
+ * dir.c — the namespace: directory entries, the fixed tree (root, heaps/, objects/, pool/,
+ * .heapfs/), and the namespace mutations hfs_create / hfs_unlink / hfs_rmdir / hfs_rename /
+ * hfs_link.
+ *
+ * Each directory holds a uthash table name -> entry; an entry holds one reference to its
+ * inode and accounts for one link (two for a subdirectory: its own "." too, plus one on
+ * the parent for ".." ).  Lookups and listings hold hfs.ns shared, mutations hold it
+ * exclusive, so a rename (remove + add, or a swap of two entries) is atomic.  Directory
+ * listings are snapshots of names taken at offset 0; every later offset indexes that
+ * snapshot and each name is checked again against the live table, so offsets stay valid
+ * whatever is unlinked meanwhile.
+ *
+ * Only heap directories (heaps/NAME and below) hold user files: the fixed directories
+ * refuse changes with EPERM, heaps/ turns mkdir/rmdir into heap creation/removal.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs_i.h"
+
+static void touch_dir(struct hfs_inode *dir, int dlink, int dents)
+{
+	pthread_rwlock_wrlock(&dir->lock);
+	dir->nlink += dlink;
+	dir->dir.nents += dents;
+	hfs_now(&dir->mtime);
+	dir->ctime = dir->mtime;
+	pthread_rwlock_unlock(&dir->lock);
+}
+
+static void touch_links(struct hfs_inode *i, int dlink)
+{
+	pthread_rwlock_wrlock(&i->lock);
+	i->nlink += dlink;
+	hfs_now(&i->ctime);
+	pthread_rwlock_unlock(&i->lock);
+}
+
+struct hfs_inode *__hfs_dir_find(struct hfs_inode *dir, const char *name)
+{
+	struct hfs_dirent *de;
+
+	HASH_FIND(hh, dir->dir.ents, name, strlen(name), de);
+	return de ? de->inode : NULL;
+}
+
+int __hfs_dir_add(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
+{
+	size_t len = strlen(name);
+	struct hfs_dirent *de = malloc(sizeof(*de) + len + 1);
+	bool isdir = i->kind == HFS_DIR;
+
+	if (!de)
+		return -ENOMEM;
+	de->inode = i;
+	de->len = len;
+	memcpy(de->name, name, len + 1);
+	HASH_ADD_KEYPTR(hh, dir->dir.ents, de->name, len, de);
+	hfs_iref(i, 1);
+	if (isdir)
+		i->dir.parent = dir;
+	touch_links(i, isdir ? 2 : 1);
+	touch_dir(dir, isdir ? 1 : 0, 1);
+	return 0;
+}
+
+int __hfs_dir_del(struct hfs_inode *dir, const char *name)
+{
+	struct hfs_dirent *de;
+	struct hfs_inode *i;
+	bool isdir;
+
+	HASH_FIND(hh, dir->dir.ents, name, strlen(name), de);
+	if (!de)
+		return -ENOENT;
+	i = de->inode;
+	isdir = i->kind == HFS_DIR;
+	HASH_DEL(dir->dir.ents, de);
+	free(de);
+	touch_dir(dir, isdir ? -1 : 0, -1);
+	touch_links(i, isdir ? -2 : -1);
+	if (i->kind == HFS_REG)
+		hfs_file_reclaim(i);
+	hfs_iput(i, 1);
+	return 0;
+}
+
+static int check_name(const char *name)
+{
+	return strlen(name) > HFS_NAME_MAX ? -ENAMETOOLONG : 0;
+}
+
+/* May entries be added to / removed from dir?  (Only inside heaps.) */
+static int __dir_writable(struct hfs_inode *dir)
+{
+	if (dir->kind != HFS_DIR)
+		return -ENOTDIR;
+	if (dir->nlink == 0)
+		return -ENOENT; /* removed while someone sat in it */
+	if (dir->dir.role != HFS_R_PLAIN && dir->dir.role != HFS_R_HEAPDIR)
+		return -EPERM;
+	return 0;
+}
+
+int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out)
+{
+	struct hfs_inode *i;
+	int ret;
+
+	if (dir->kind != HFS_DIR)
+		return -ENOTDIR;
+	ret = check_name(name);
+	if (ret)
+		return ret;
+	pthread_rwlock_rdlock(&hfs.ns);
+	i = __hfs_dir_find(dir, name);
+	if (i)
+		hfs_iref(i, 1);
+	pthread_rwlock_unlock(&hfs.ns);
+	*out = i;
+	return i ? 0 : -ENOENT;
+}
+
+static enum hfs_kind kind_of(mode_t mode)
+{
+	switch (mode & S_IFMT) {
+	case S_IFDIR:
+		return HFS_DIR;
+	case S_IFREG:
+		return HFS_REG;
+	case S_IFLNK:
+		return HFS_LNK;
+	default:
+		return HFS_SPECIAL;
+	}
+}
+
+int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
+	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out)
+{
+	enum hfs_kind kind = kind_of(mode);
+	struct hfs_inode *i = NULL;
+	gid_t gid = ctx->gid;
+	int ret = check_name(name);
+
+	if (ret)
+		return ret;
+	pthread_rwlock_wrlock(&hfs.ns);
+	if (dir->kind == HFS_DIR && dir->dir.role == HFS_R_HEAPS && kind == HFS_DIR) {
+		ret = __hfs_dir_find(dir, name) ? -EEXIST : __hfs_heap_mkdir(name, NULL, false, &i);
+		goto out_ref;
+	}
+	ret = __dir_writable(dir);
+	if (ret)
+		goto out;
+	if (__hfs_dir_find(dir, name)) {
+		ret = -EEXIST;
+		goto out;
+	}
+	if (dir->mode & S_ISGID) {
+		gid = dir->gid;
+		if (kind == HFS_DIR)
+			mode |= S_ISGID;
+	}
+	i = hfs_inode_new(kind, mode, ctx->uid, gid, dir->heap);
+	if (!i) {
+		ret = -ENOSPC;
+		goto out;
+	}
+	if (kind == HFS_DIR)
+		i->dir.role = HFS_R_PLAIN;
+	else if (kind == HFS_LNK) {
+		i->lnk.target = strdup(target);
+		i->size = strlen(target);
+	} else if (kind == HFS_SPECIAL)
+		i->rdev = rdev;
+	if (kind == HFS_LNK && !i->lnk.target)
+		ret = -ENOMEM;
+	else
+		ret = __hfs_dir_add(dir, name, i);
+	if (ret) {
+		hfs_iref(i, 1);
+		hfs_iput(i, 1);
+		i = NULL;
+	}
+out_ref:
+	if (!ret)
+		hfs_iref(i, 1); /* the kernel's lookup */
+out:
+	pthread_rwlock_unlock(&hfs.ns);
+	*out = i;
+	return ret;
+}
+
+int hfs_unlink(struct hfs_inode *dir, const char *name)
+{
+	struct hfs_inode *i;
+	int ret;
+
+	pthread_rwlock_wrlock(&hfs.ns);
+	ret = __dir_writable(dir);
+	if (ret)
+		goto out;
+	i = __hfs_dir_find(dir, name);
+	if (!i)
+		ret = -ENOENT;
+	else if (i->kind == HFS_DIR)
+		ret = -EISDIR;
+	else
+		ret = __hfs_dir_del(dir, name);
+out:
+	pthread_rwlock_unlock(&hfs.ns);
+	return ret;
+}
+
+int hfs_rmdir(struct hfs_inode *dir, const char *name)
+{
+	struct hfs_inode *i;
+	int ret = 0;
+
+	pthread_rwlock_wrlock(&hfs.ns);
+	i = dir->kind == HFS_DIR ? __hfs_dir_find(dir, name) : NULL;
+	if (dir->kind == HFS_DIR && dir->dir.role == HFS_R_HEAPS) {
+		ret = i ? __hfs_heap_rmdir(i) : -ENOENT;
+		goto out;
+	}
+	ret = __dir_writable(dir);
+	if (ret)
+		goto out;
+	if (!i)
+		ret = -ENOENT;
+	else if (i->kind != HFS_DIR)
+		ret = -ENOTDIR;
+	else if (i->dir.nents)
+		ret = -ENOTEMPTY;
+	else
+		ret = __hfs_dir_del(dir, name);
+out:
+	pthread_rwlock_unlock(&hfs.ns);
+	return ret;
+}
+
+/* Is a inside (or equal to) the directory d?  hfs.ns held. */
+static bool __is_within(struct hfs_inode *a, struct hfs_inode *d)
+{
+	for (;;) {
+		if (a == d)
+			return true;
+		if (!a->dir.parent || a->dir.parent == a)
+			return false;
+		a = a->dir.parent;
+	}
+}
+
+/* Both directories in the same heap: 0, -EXDEV (different heaps), -EPERM (outside). */
+static int same_heap(struct hfs_inode *a, struct hfs_inode *b)
+{
+	if (!a->heap && !b->heap)
+		return -EPERM;
+	if (a->heap != b->heap)
+		return -EXDEV;
+	return 0;
+}
+
+static int __rename_exchange(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+			     const char *nname)
+{
+	struct hfs_dirent *a, *b;
+	struct hfs_inode *ia, *ib;
+	int da, db;
+
+	HASH_FIND(hh, dir->dir.ents, name, strlen(name), a);
+	HASH_FIND(hh, ndir->dir.ents, nname, strlen(nname), b);
+	if (!a || !b)
+		return -ENOENT;
+	ia = a->inode;
+	ib = b->inode;
+	if (ia == ib)
+		return 0;
+	if ((ia->kind == HFS_DIR && __is_within(ndir, ia)) ||
+	    (ib->kind == HFS_DIR && __is_within(dir, ib)))
+		return -EINVAL;
+	a->inode = ib;
+	b->inode = ia;
+	da = ia->kind == HFS_DIR;
+	db = ib->kind == HFS_DIR;
+	if (da)
+		ia->dir.parent = ndir;
+	if (db)
+		ib->dir.parent = dir;
+	touch_dir(dir, db - da, 0);
+	if (ndir != dir)
+		touch_dir(ndir, da - db, 0);
+	touch_links(ia, 0);
+	touch_links(ib, 0);
+	return 0;
+}
+
+int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+	       const char *nname, unsigned flags)
+{
+	struct hfs_inode *src, *dst;
+	int ret, links;
+
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) ||
+	    (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE))
+		return -EINVAL;
+	ret = check_name(nname);
+	if (ret)
+		return ret;
+	pthread_rwlock_wrlock(&hfs.ns);
+	ret = __dir_writable(dir);
+	if (!ret)
+		ret = __dir_writable(ndir);
+	if (!ret)
+		ret = same_heap(dir, ndir); /* renaming heaps/NAME itself got EPERM above */
+	if (ret)
+		goto out;
+	if (flags & RENAME_EXCHANGE) {
+		ret = __rename_exchange(dir, name, ndir, nname);
+		goto out;
+	}
+	src = __hfs_dir_find(dir, name);
+	dst = __hfs_dir_find(ndir, nname);
+	if (!src) {
+		ret = -ENOENT;
+		goto out;
+	}
+	if (src == dst)
+		goto out; /* two links to one inode: POSIX says do nothing */
+	if (dst && flags & RENAME_NOREPLACE) {
+		ret = -EEXIST;
+		goto out;
+	}
+	if (src->kind == HFS_DIR && __is_within(ndir, src)) {
+		ret = -EINVAL;
+		goto out;
+	}
+	if (dst) {
+		if (src->kind == HFS_DIR && dst->kind != HFS_DIR)
+			ret = -ENOTDIR;
+		else if (src->kind != HFS_DIR && dst->kind == HFS_DIR)
+			ret = -EISDIR;
+		else if (dst->kind == HFS_DIR && dst->dir.nents)
+			ret = -ENOTEMPTY;
+		if (ret)
+			goto out;
+	}
+	/* Only the add's malloc can fail after the first change: keep src alive across
+	 * remove + add and put it back where it was if the add fails. */
+	hfs_iref(src, 1);
+	links = src->kind == HFS_DIR ? 2 : 1;
+	touch_links(src, links); /* never unlinked in between: its data must stay */
+	if (dst)
+		__hfs_dir_del(ndir, nname);
+	__hfs_dir_del(dir, name);
+	ret = __hfs_dir_add(ndir, nname, src);
+	if (ret)
+		__hfs_dir_add(dir, name, src);
+	touch_links(src, -links);
+	hfs_iput(src, 1);
+out:
+	pthread_rwlock_unlock(&hfs.ns);
+	return ret;
+}
+
+int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname)
+{
+	int ret = check_name(nname);
+
+	if (ret)
+		return ret;
+	if (i->kind == HFS_DIR)
+		return -EPERM;
+	pthread_rwlock_wrlock(&hfs.ns);
+	ret = __dir_writable(ndir);
+	if (!ret && (i->kind == HFS_STATUS || !i->heap))
+		ret = -EPERM;
+	if (!ret && i->heap != ndir->heap)
+		ret = -EXDEV;
+	if (!ret && __hfs_dir_find(ndir, nname))
+		ret = -EEXIST;
+	if (!ret && i->nlink == 0)
+		ret = -ENOENT;
+	if (!ret)
+		ret = __hfs_dir_add(ndir, nname, i);
+	if (!ret)
+		hfs_iref(i, 1); /* the kernel's lookup */
+	pthread_rwlock_unlock(&hfs.ns);
+	return ret;
+}
+
+void hfs_dirsnap_clear(struct hfs_dirsnap *s)
+{
+	for (size_t k = 0; k < s->n; k++)
+		free(s->names[k]);
+	free(s->names);
+	s->names = NULL;
+	s->n = 0;
+}
+
+int hfs_dir_snapshot(struct hfs_inode *dir, struct hfs_dirsnap *s)
+{
+	struct hfs_dirent *de, *tmp;
+	size_t n = 0;
+	int ret = 0;
+
+	hfs_dirsnap_clear(s);
+	pthread_rwlock_rdlock(&hfs.ns);
+	s->names = malloc((HASH_COUNT(dir->dir.ents) + 1) * sizeof(*s->names));
+	if (!s->names) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	HASH_ITER(hh, dir->dir.ents, de, tmp) {
+		s->names[n] = strdup(de->name);
+		if (!s->names[n]) {
+			ret = -ENOMEM;
+			break;
+		}
+		n++;
+	}
+	s->n = n;
+out:
+	pthread_rwlock_unlock(&hfs.ns);
+	if (ret)
+		hfs_dirsnap_clear(s);
+	return ret;
+}
+
+int hfs_dir_entry(struct hfs_inode *dir, struct hfs_dirsnap *s, size_t idx, bool ref,
+		  const char **name, struct stat *st, struct hfs_inode **out)
+{
+	struct hfs_inode *i;
+	int ret = 0;
+
+	*out = NULL;
+	if (idx >= s->n + 2)
+		return 1;
+	pthread_rwlock_rdlock(&hfs.ns);
+	if (idx < 2) {
+		*name = idx ? ".." : ".";
+		i = dir;
+		if (idx && dir->dir.parent && dir->nlink)
+			i = dir->dir.parent;
+		ref = false;
+	} else {
+		*name = s->names[idx - 2];
+		i = __hfs_dir_find(dir, *name);
+	}
+	if (!i) {
+		ret = -ENOENT;
+		goto out;
+	}
+	hfs_stat(i, st);
+	if (ref) {
+		hfs_iref(i, 1);
+		*out = i;
+	}
+out:
+	pthread_rwlock_unlock(&hfs.ns);
+	return ret;
+}
+
+/* A fixed directory or status file of the tree built at mount. */
+static struct hfs_inode *__fixed(struct hfs_inode *dir, const char *name, enum hfs_kind kind,
+				 mode_t mode, int what)
+{
+	struct hfs_inode *i = hfs_inode_new(kind, mode, hfs.uid, hfs.gid, NULL);
+
+	if (!i)
+		return NULL;
+	if (kind == HFS_DIR)
+		i->dir.role = HFS_R_FIXED;
+	else
+		i->st.what = what;
+	if (__hfs_dir_add(dir, name, i)) {
+		hfs_iref(i, 1);
+		hfs_iput(i, 1);
+		return NULL;
+	}
+	return i;
+}
+
+int hfs_mount_tree(void)
+{
+	const mode_t dmode = S_IFDIR | 0755, rodir = S_IFDIR | 0555, rofile = S_IFREG | 0444;
+	int ret = -ENOMEM;
+
+	pthread_rwlock_wrlock(&hfs.ns);
+	hfs.root = hfs_inode_new(HFS_DIR, dmode, hfs.uid, hfs.gid, NULL);
+	if (!hfs.root || hfs.root->ino != FUSE_ROOT_ID)
+		goto out;
+	hfs.root->dir.role = HFS_R_FIXED;
+	hfs.root->dir.parent = hfs.root;
+	hfs.root->nlink = 2;
+	hfs_iref(hfs.root, 1);
+	hfs.heaps = __fixed(hfs.root, "heaps", HFS_DIR, dmode, 0);
+	hfs.objects = __fixed(hfs.root, "objects", HFS_DIR, dmode, 0);
+	hfs.pool = __fixed(hfs.root, "pool", HFS_DIR, dmode, 0);
+	hfs.dot = __fixed(hfs.root, ".heapfs", HFS_DIR, rodir, 0);
+	if (!hfs.heaps || !hfs.objects || !hfs.pool || !hfs.dot)
+		goto out;
+	hfs.heaps->dir.role = HFS_R_HEAPS;
+	hfs.dot_heaps = __fixed(hfs.dot, "heaps", HFS_DIR, rodir, 0);
+	hfs.dot_maps = __fixed(hfs.dot, "maps", HFS_DIR, rodir, 0);
+	if (!hfs.dot_heaps || !hfs.dot_maps ||
+	    !__fixed(hfs.dot, "stats", HFS_STATUS, rofile, HFS_ST_STATS) ||
+	    !__fixed(hfs.dot, "partner", HFS_STATUS, rofile, HFS_ST_PARTNER) ||
+	    !__fixed(hfs.dot, "donors", HFS_STATUS, rofile, HFS_ST_DONORS))
+		goto out;
+	ret = 0;
+out:
+	pthread_rwlock_unlock(&hfs.ns);
+	return ret;
+}

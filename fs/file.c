@@ -1,0 +1,599 @@
+/*
+ * file.c — regular file data in buddy blocks of the file's heap.
+ *
+ * A file is a sorted extent array {foff, hoff, order} covering [0, cap) with no holes;
+ * st_size <= cap and the bytes in [size, cap) are undefined (blocks are not zeroed on
+ * allocation), so every operation that moves size up zeroes what it exposes.
+ *   extents:    growing to `want` bytes appends blocks by binary decomposition of what is
+ *               still missing (the largest power of two <= it, at least min_block; a
+ *               smaller order when the heap has no block that large), so waste < min_block.
+ *   contiguous: one block 2^N >= size; growing allocates the larger block, copies, frees.
+ * Shrinking frees whole blocks past the end and refits the tail block when it wastes a
+ * min_block or more (allocate the smaller blocks, copy, free the big one; kept if the heap
+ * has no room).  ENOSPC: a write takes what it can and writes the bytes that fit (a short
+ * write; the next one fails); truncate and fallocate are all or nothing.
+ *
+ * Reads return iovecs pointing into heap memory (no copy here: fuse_reply_iov writes them
+ * straight to the kernel) and hold the inode read lock until the reply is sent.
+ * Locking: inode.lock for everything here; __ functions expect it held for writing.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "fs_i.h"
+
+#define ZERO_MADVISE_MIN (256 * 1024) /* below this memset beats a syscall */
+
+static inline uint64_t blk(unsigned order)
+{
+	return 1ull << order;
+}
+
+static unsigned floor_log2(uint64_t v)
+{
+	return 63 - (unsigned)__builtin_clzll(v);
+}
+
+static struct buddy *heap_of(struct hfs_inode *i)
+{
+	return i->heap->b;
+}
+
+/* Index of the extent that holds file offset off (< cap). */
+static size_t ext_find(const struct hfs_inode *i, uint64_t off)
+{
+	size_t lo = 0, hi = i->file.n;
+
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (i->file.ext[mid].foff <= off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static int __ext_push(struct hfs_inode *i, uint64_t hoff, unsigned order)
+{
+	if (i->file.n == i->file.alloc) {
+		size_t na = i->file.alloc ? 2 * i->file.alloc : 4;
+		struct hfs_ext *ne = realloc(i->file.ext, na * sizeof(*ne));
+
+		if (!ne)
+			return -ENOMEM;
+		i->file.ext = ne;
+		i->file.alloc = na;
+	}
+	i->file.ext[i->file.n++] = (struct hfs_ext){ .foff = i->file.cap, .hoff = hoff,
+						     .order = order };
+	i->file.cap += blk(order);
+	i->file.held += blk(order);
+	return 0;
+}
+
+/* Drop the last extent from the array; free its block unless keep. */
+static void __ext_pop(struct hfs_inode *i, bool keep)
+{
+	struct hfs_ext *e = &i->file.ext[--i->file.n];
+
+	if (!keep)
+		buddy_free(heap_of(i), e->hoff, e->order);
+	i->file.cap -= blk(e->order);
+	i->file.held -= blk(e->order);
+}
+
+static int64_t alloc_block(struct buddy *b, unsigned order)
+{
+	int64_t off = buddy_alloc(b, order);
+
+	return off == -ENOMEM ? -ENOSPC : off;
+}
+
+/* Calls fn for each piece of file range [off, off + len) (within cap) in heap memory. */
+typedef int (*span_fn)(void *arg, char *p, size_t n);
+static int for_span(struct hfs_inode *i, uint64_t off, uint64_t len, span_fn fn, void *arg)
+{
+	struct buddy *b = heap_of(i);
+	size_t k = ext_find(i, off);
+	int ret = 0;
+
+	while (len && !ret) {
+		const struct hfs_ext *e = &i->file.ext[k++];
+		uint64_t in = off - e->foff, n = blk(e->order) - in;
+
+		if (n > len)
+			n = len;
+		ret = fn(arg, buddy_ptr(b, e->hoff + in), n);
+		off += n;
+		len -= n;
+	}
+	return ret;
+}
+
+struct zero_arg {
+	bool madv;
+};
+
+static int zero_fn(void *arg, char *p, size_t n)
+{
+	struct zero_arg *z = arg;
+	uintptr_t a = (uintptr_t)p, pg = 4096;
+	uintptr_t s = (a + pg - 1) & ~(pg - 1), e = (a + n) & ~(pg - 1);
+
+	/* Whole pages of anonymous, unpinned memory: let the kernel hand back zero pages
+	 * instead of touching (and committing) them. */
+	if (z->madv && e > s && e - s >= ZERO_MADVISE_MIN &&
+	    madvise((void *)s, e - s, MADV_DONTNEED) == 0) {
+		memset(p, 0, s - a);
+		memset((void *)e, 0, a + n - e);
+		return 0;
+	}
+	memset(p, 0, n);
+	return 0;
+}
+
+static void __zero(struct hfs_inode *i, uint64_t from, uint64_t to)
+{
+	struct zero_arg z = { .madv = !i->heap->pol.pin && buddy_data_fd(heap_of(i)) < 0 };
+
+	if (to > from)
+		for_span(i, from, to - from, zero_fn, &z);
+}
+
+struct copy_arg {
+	const char *src;
+};
+
+static int copy_in_fn(void *arg, char *p, size_t n)
+{
+	struct copy_arg *c = arg;
+
+	memcpy(p, c->src, n);
+	c->src += n;
+	return 0;
+}
+
+/* contiguous layout: move to one block of order `order`, keeping `keep` bytes. */
+static int __contig_move(struct hfs_inode *i, unsigned order, uint64_t keep)
+{
+	struct buddy *b = heap_of(i);
+	int64_t off = alloc_block(b, order);
+	struct hfs_ext old;
+
+	if (off < 0)
+		return (int)off;
+	if (i->file.n) {
+		old = i->file.ext[0];
+		if (keep)
+			memcpy(buddy_ptr(b, off), buddy_ptr(b, old.hoff), keep);
+		__ext_pop(i, false);
+	}
+	return __ext_push(i, off, order); /* cannot fail: the array has room for one */
+}
+
+/* Make cap >= want.  partial: keep what was obtained when the heap runs out. */
+static int __grow(struct hfs_inode *i, uint64_t want, bool partial)
+{
+	struct buddy *b = heap_of(i);
+	unsigned min = i->heap->min_order, top = buddy_heap_order(b);
+	size_t n0 = i->file.n;
+	int ret = 0;
+
+	if (want <= i->file.cap)
+		return 0;
+	if (!partial && want > blk(top))
+		return -ENOSPC; /* a file never outgrows its heap */
+	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {
+		ret = buddy_order_of(want, min);
+		if (ret < 0)
+			return ret == -E2BIG ? -ENOSPC : ret;
+		if ((unsigned)ret > top)
+			return -ENOSPC;
+		if (!i->file.n && !i->file.alloc) {
+			i->file.ext = malloc(sizeof(*i->file.ext));
+			if (!i->file.ext)
+				return -ENOMEM;
+			i->file.alloc = 1;
+		}
+		return __contig_move(i, (unsigned)ret, i->size < i->file.cap ? i->size : i->file.cap);
+	}
+	while (i->file.cap < want) {
+		uint64_t need = want - i->file.cap;
+		unsigned order = need >= blk(top) ? top : floor_log2(need);
+		int64_t off;
+
+		if (order < min)
+			order = min;
+		while ((off = alloc_block(b, order)) == -ENOSPC && order > min)
+			order--;
+		if (off < 0) {
+			ret = (int)off;
+			break;
+		}
+		ret = __ext_push(i, (uint64_t)off, order);
+		if (ret) {
+			buddy_free(b, (uint64_t)off, order);
+			break;
+		}
+	}
+	if (ret && !partial)
+		while (i->file.n > n0)
+			__ext_pop(i, false);
+	return ret;
+}
+
+/* After size went down: free blocks wholly past it, refit the tail block. */
+static void __shrink(struct hfs_inode *i)
+{
+	struct buddy *b = heap_of(i);
+	uint64_t size = i->size, minb = blk(i->heap->min_order), used;
+	struct hfs_ext last;
+	struct copy_arg c;
+
+	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {
+		if (!size && i->file.n)
+			__ext_pop(i, false);
+		else if (i->file.n && buddy_order_of(size, i->heap->min_order) < (int)i->file.ext[0].order)
+			__contig_move(i, (unsigned)buddy_order_of(size, i->heap->min_order), size);
+		return;
+	}
+	while (i->file.n && i->file.ext[i->file.n - 1].foff >= size)
+		__ext_pop(i, false);
+	if (!i->file.n)
+		return;
+	last = i->file.ext[i->file.n - 1];
+	used = size - last.foff;
+	if (blk(last.order) - used < minb)
+		return;
+	__ext_pop(i, true);
+	if (__grow(i, size, false)) {
+		i->file.ext[i->file.n++] = last; /* no room to refit: keep the big block */
+		i->file.cap += blk(last.order);
+		i->file.held += blk(last.order);
+		return;
+	}
+	c.src = buddy_ptr(b, last.hoff);
+	for_span(i, last.foff, used, copy_in_fn, &c);
+	buddy_free(b, last.hoff, last.order);
+}
+
+/* With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us: a write or truncate by
+ * someone without CAP_FSETID (we take: not root), and any chown, clears suid and the
+ * sgid that means "executable setgid" (not the group-exec-less mandatory-lock bit). */
+static void __kill_suid(struct hfs_inode *i, uid_t who, bool always)
+{
+	if (!hfs.killpriv || (!always && who == 0))
+		return;
+	if (i->mode & S_ISUID)
+		i->mode &= ~S_ISUID;
+	if ((i->mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP))
+		i->mode &= ~S_ISGID;
+}
+
+static int __truncate(struct hfs_inode *i, uint64_t size)
+{
+	int ret = 0;
+
+	if (size > i->size) {
+		ret = __grow(i, size, false);
+		if (ret)
+			return ret;
+		__zero(i, i->size, size);
+		i->size = size;
+	} else if (size < i->size || i->file.cap > size) {
+		i->size = size;
+		__shrink(i);
+	}
+	hfs_now(&i->mtime);
+	i->ctime = i->mtime;
+	return 0;
+}
+
+int hfs_truncate(struct hfs_inode *i, uint64_t size)
+{
+	int ret;
+
+	if (i->kind != HFS_REG)
+		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
+	pthread_rwlock_wrlock(&i->lock);
+	ret = __truncate(i, size);
+	pthread_rwlock_unlock(&i->lock);
+	return ret;
+}
+
+/* Free every block now.  The kernel's forget of an unlinked file comes later and
+ * asynchronously; its data must go as soon as nobody can reach it. */
+static void __drop_data(struct hfs_inode *i)
+{
+	uint64_t held = i->file.held;
+
+	while (i->file.n)
+		__ext_pop(i, false);
+	i->size = 0;
+	/* Blocks parked in per-CPU caches would keep their chunks committed: give big
+	 * frees back at once so RSS follows what files hold. */
+	if (held >= i->heap->pol.chunk)
+		buddy_drain(heap_of(i));
+}
+
+static void __maybe_drop(struct hfs_inode *i)
+{
+	if (!i->nlink && !i->file.opens)
+		__drop_data(i);
+}
+
+void hfs_file_reclaim(struct hfs_inode *i)
+{
+	pthread_rwlock_wrlock(&i->lock);
+	__maybe_drop(i);
+	pthread_rwlock_unlock(&i->lock);
+}
+
+int hfs_open(struct hfs_inode *i, int flags, uid_t who)
+{
+	bool wr = (flags & O_ACCMODE) != O_RDONLY;
+	int ret = 0;
+
+	if (i->kind != HFS_REG)
+		return 0;
+	pthread_rwlock_wrlock(&i->lock);
+	if (wr && i->heap->pol.writers == CONF_WRITERS_SINGLE && i->file.writers) {
+		ret = -EBUSY;
+		goto out;
+	}
+	if (wr && flags & O_TRUNC) {
+		ret = __truncate(i, 0);
+		__kill_suid(i, who, false);
+	}
+	if (!ret) {
+		i->file.writers += wr;
+		i->file.opens++;
+	}
+out:
+	pthread_rwlock_unlock(&i->lock);
+	return ret;
+}
+
+void hfs_release(struct hfs_inode *i, int flags)
+{
+	if (i->kind != HFS_REG)
+		return;
+	pthread_rwlock_wrlock(&i->lock);
+	i->file.writers -= (flags & O_ACCMODE) != O_RDONLY;
+	i->file.opens--;
+	__maybe_drop(i);
+	pthread_rwlock_unlock(&i->lock);
+}
+
+/* iovecs for file range [off, off + len), merging pieces adjacent in memory. */
+struct iov_arg {
+	struct iovec *iov;
+	int n, max;
+};
+
+static int iov_fn(void *arg, char *p, size_t n)
+{
+	struct iov_arg *a = arg;
+
+	if (a->n && (char *)a->iov[a->n - 1].iov_base + a->iov[a->n - 1].iov_len == p) {
+		a->iov[a->n - 1].iov_len += n;
+		return 0;
+	}
+	if (a->n == a->max)
+		return -E2BIG;
+	a->iov[a->n++] = (struct iovec){ .iov_base = p, .iov_len = n };
+	return 0;
+}
+
+static int copy_out_fn(void *arg, char *p, size_t n)
+{
+	char **dst = arg;
+
+	memcpy(*dst, p, n);
+	*dst += n;
+	return 0;
+}
+
+ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec *iov,
+		       int *niov, void **bounce)
+{
+	struct iov_arg a = { .iov = iov, .max = *niov };
+	char *dst;
+
+	*bounce = NULL;
+	*niov = 0;
+	if (i->kind != HFS_REG)
+		return -EINVAL;
+	pthread_rwlock_rdlock(&i->lock);
+	if ((uint64_t)off >= i->size)
+		return 0;
+	if (len > i->size - (uint64_t)off)
+		len = i->size - (uint64_t)off;
+	if (for_span(i, (uint64_t)off, len, iov_fn, &a) == 0) {
+		*niov = a.n;
+		return (ssize_t)len;
+	}
+	/* Too many small blocks for one writev: copy once into a bounce buffer. */
+	dst = *bounce = malloc(len);
+	if (!dst) {
+		pthread_rwlock_unlock(&i->lock);
+		return -ENOMEM;
+	}
+	for_span(i, (uint64_t)off, len, copy_out_fn, &dst);
+	iov[0] = (struct iovec){ .iov_base = *bounce, .iov_len = len };
+	*niov = 1;
+	return (ssize_t)len;
+}
+
+void hfs_read_end(struct hfs_inode *i)
+{
+	pthread_rwlock_unlock(&i->lock);
+}
+
+#define WRITE_IOV_STACK 64
+
+int hfs_write(struct hfs_inode *i, struct fuse_bufvec *src, size_t len, off_t off, uid_t who)
+{
+	struct fuse_bufvec *dst = NULL;
+	struct iovec stack[WRITE_IOV_STACK], *iov = stack;
+	struct iov_arg a = { .iov = stack, .max = WRITE_IOV_STACK };
+	uint64_t end = (uint64_t)off + len;
+	ssize_t ret = 0;
+
+	if (i->kind != HFS_REG)
+		return -EINVAL;
+	if (!len)
+		return 0;
+	pthread_rwlock_wrlock(&i->lock);
+	if (end > i->file.cap) {
+		size_t n0 = i->file.n;
+
+		ret = __grow(i, end, true);
+		if (ret && i->file.cap <= (uint64_t)off) {
+			/* not one byte fits: keep nothing of what this write took */
+			while (i->file.n > n0)
+				__ext_pop(i, false);
+			goto out;
+		}
+		if (end > i->file.cap)
+			end = i->file.cap;
+		len = end - (uint64_t)off;
+	}
+	if ((uint64_t)off > i->size)
+		__zero(i, i->size, (uint64_t)off);
+	ret = for_span(i, (uint64_t)off, len, iov_fn, &a);
+	if (ret == -E2BIG) {
+		/* at most one piece per block: count them for the exact size */
+		size_t k = ext_find(i, (uint64_t)off), n = 0;
+
+		while (k < i->file.n && i->file.ext[k].foff < end)
+			k++, n++;
+		iov = malloc(n * sizeof(*iov));
+		ret = -ENOMEM;
+		if (!iov)
+			goto out;
+		a = (struct iov_arg){ .iov = iov, .max = (int)n };
+		ret = for_span(i, (uint64_t)off, len, iov_fn, &a);
+	}
+	if (ret)
+		goto out;
+	dst = malloc(sizeof(*dst) + (size_t)a.n * sizeof(dst->buf[0]));
+	ret = -ENOMEM;
+	if (!dst)
+		goto out;
+	*dst = (struct fuse_bufvec)FUSE_BUFVEC_INIT(0);
+	dst->count = (size_t)a.n;
+	for (int k = 0; k < a.n; k++)
+		dst->buf[k] = (struct fuse_buf){ .size = iov[k].iov_len, .mem = iov[k].iov_base,
+						 .fd = -1 };
+	ret = fuse_buf_copy(dst, src, 0);
+	if (ret < 0)
+		goto out;
+	if ((uint64_t)off + (uint64_t)ret > i->size)
+		i->size = (uint64_t)off + (uint64_t)ret;
+	__kill_suid(i, who, false);
+	hfs_now(&i->mtime);
+	i->ctime = i->mtime;
+out:
+	pthread_rwlock_unlock(&i->lock);
+	free(dst);
+	if (iov != stack)
+		free(iov);
+	return (int)ret;
+}
+
+int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
+{
+	uint64_t end = (uint64_t)off + (uint64_t)len;
+	int ret;
+
+	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE))
+		return -EOPNOTSUPP; /* no holes in a heap file: punch/collapse/insert */
+	if (i->kind != HFS_REG)
+		return i->kind == HFS_DIR ? -EISDIR : -ENODEV;
+	if (off < 0 || len <= 0)
+		return -EINVAL;
+	pthread_rwlock_wrlock(&i->lock);
+	ret = __grow(i, end, false);
+	if (ret)
+		goto out;
+	if (mode & FALLOC_FL_ZERO_RANGE)
+		__zero(i, (uint64_t)off, end < i->size ? end : i->size);
+	if (!(mode & FALLOC_FL_KEEP_SIZE) && end > i->size) {
+		__zero(i, i->size, end);
+		i->size = end;
+		hfs_now(&i->mtime);
+	}
+	hfs_now(&i->ctime);
+out:
+	pthread_rwlock_unlock(&i->lock);
+	return ret;
+}
+
+int hfs_setattr(struct hfs_inode *i, const struct stat *attr, int to_set, uid_t who)
+{
+	struct timespec now;
+	int ret = 0;
+
+	if (!i->heap && i->kind != HFS_STATUS)
+		return -EPERM; /* the fixed directories */
+	if (i->kind == HFS_STATUS)
+		return -EPERM;
+	if (to_set & FUSE_SET_ATTR_SIZE && i->kind != HFS_REG)
+		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
+	hfs_now(&now);
+	pthread_rwlock_wrlock(&i->lock);
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		ret = __truncate(i, (uint64_t)attr->st_size);
+		if (ret)
+			goto out;
+		__kill_suid(i, who, false);
+	}
+	if (to_set & FUSE_SET_ATTR_MODE)
+		i->mode = (i->mode & S_IFMT) | (attr->st_mode & 07777);
+	if (to_set & FUSE_SET_ATTR_UID)
+		i->uid = attr->st_uid;
+	if (to_set & FUSE_SET_ATTR_GID)
+		i->gid = attr->st_gid;
+	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) && i->kind != HFS_DIR &&
+	    !(to_set & FUSE_SET_ATTR_MODE))
+		__kill_suid(i, who, true);
+	if (to_set & FUSE_SET_ATTR_ATIME)
+		i->atime = attr->st_atim;
+	if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+		i->atime = now;
+	if (to_set & FUSE_SET_ATTR_MTIME)
+		i->mtime = attr->st_mtim;
+	if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+		i->mtime = now;
+	i->ctime = to_set & FUSE_SET_ATTR_CTIME ? attr->st_ctim : now;
+out:
+	pthread_rwlock_unlock(&i->lock);
+	return ret;
+}
+
+void hfs_file_free(struct hfs_inode *i)
+{
+	__drop_data(i);
+	free(i->file.ext);
+	i->file.ext = NULL;
+	i->file.alloc = 0;
+}
+
+unsigned hfs_file_max_order(struct hfs_inode *i)
+{
+	unsigned m = 0;
+
+	pthread_rwlock_rdlock(&i->lock);
+	for (size_t k = 0; k < i->file.n; k++)
+		if (i->file.ext[k].order > m)
+			m = i->file.ext[k].order;
+	pthread_rwlock_unlock(&i->lock);
+	return m;
+}

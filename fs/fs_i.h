@@ -1,0 +1,238 @@
+/*
+ * fs_i.h — private interface between the parts of the heapfs daemon (fs/).
+ *
+ * Layers: ops.c translates FUSE requests (the only caller of fuse_reply_*) into the
+ * hfs_* functions below; every mutation of file data or namespace is one hfs_* function
+ * (hfs_write, hfs_truncate, hfs_create, hfs_unlink, hfs_rename, hfs_link, hfs_setattr, ...)
+ * so replication can hook them later.  All functions return 0 / a non-negative value or
+ * -errno.
+ *
+ * Locking rule (see docs/DESIGN.md "Filesystem"):
+ *   - hfs.ns (rwlock): the namespace — every directory's entry table, dir.parent, the heap
+ *     list.  Lookup/readdir/status snapshots take it shared; create/unlink/rename/link/
+ *     mkdir/rmdir take it exclusive, so a rename is atomic.
+ *   - inode.lock (rwlock): the inode's attributes and file data (extents).  Taken after
+ *     hfs.ns when both are needed; two inode locks are only taken under hfs.ns exclusive.
+ *   - inode.refs (atomic): lookups held by the kernel + directory entries + open handles
+ *     (+1 forever for the fixed inodes).  The thread that drops it to 0 destroys the inode
+ *     (frees its blocks), so nothing else may touch an inode it holds no reference to.
+ *   - heap.refs (atomic): the heap list + every inode of the heap; the last put destroys
+ *     the buddy heap.
+ */
+#ifndef HEAPFS_FS_I_H
+#define HEAPFS_FS_I_H
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <uthash.h>
+
+#include "buddy.h"
+#include "conf.h"
+
+#define HFS_NAME_MAX 255
+#define HFS_TIMEOUT 86400.0 /* attr/entry cache: everything changes only through us */
+#define HFS_BLKSIZE (128 * 1024) /* st_blksize: cp and friends size their buffers by it */
+
+enum hfs_kind { HFS_DIR, HFS_REG, HFS_LNK, HFS_SPECIAL, HFS_STATUS };
+
+/* What a directory allows: only heap directories (and below) hold user files. */
+enum hfs_role {
+	HFS_R_PLAIN,  /* a directory inside a heap */
+	HFS_R_HEAPDIR, /* heaps/NAME */
+	HFS_R_HEAPS,  /* heaps/: mkdir makes a heap, rmdir removes one */
+	HFS_R_FIXED,  /* root, objects/, pool/, .heapfs/...: read-only (EPERM) */
+};
+
+enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP, HFS_ST_PARTNER, HFS_ST_DONORS };
+
+struct hfs_inode;
+
+struct hfs_heap {
+	struct conf_heap pol;
+	struct buddy *b;
+	unsigned min_order;
+	bool from_config;
+	atomic_uint_fast64_t refs;
+	atomic_uint_fast64_t files;      /* live regular files (linked or open) */
+	struct hfs_inode *dir;           /* heaps/NAME, NULL once removed (hfs.ns) */
+	struct hfs_inode *st_heap, *st_map; /* .heapfs/heaps/NAME, .heapfs/maps/NAME */
+};
+
+/* One buddy block of a file: file bytes [foff, foff + 2^order) live at heap offset hoff. */
+struct hfs_ext {
+	uint64_t foff;
+	uint64_t hoff;
+	unsigned order;
+};
+
+struct hfs_dirent {
+	UT_hash_handle hh;
+	struct hfs_inode *inode; /* holds one reference */
+	size_t len;
+	char name[];
+};
+
+struct hfs_xattr {
+	UT_hash_handle hh;
+	void *value;
+	size_t size;
+	char name[];
+};
+
+struct hfs_inode {
+	fuse_ino_t ino;
+	uint64_t gen;
+	atomic_uint_fast64_t refs;
+	pthread_rwlock_t lock;
+	enum hfs_kind kind;
+	struct hfs_heap *heap; /* NULL outside heaps */
+
+	/* attributes: lock */
+	mode_t mode;
+	uid_t uid;
+	gid_t gid;
+	nlink_t nlink;
+	uint64_t size;
+	dev_t rdev;
+	struct timespec atime, mtime, ctime;
+	struct hfs_xattr *xattrs;
+
+	union {
+		struct { /* HFS_DIR: hfs.ns */
+			enum hfs_role role;
+			struct hfs_dirent *ents;
+			struct hfs_inode *parent;
+			uint64_t nents;
+		} dir;
+		struct { /* HFS_REG: lock */
+			struct hfs_ext *ext;
+			size_t n, alloc;
+			uint64_t cap;     /* bytes covered by extents: [0, cap) */
+			uint64_t held;    /* bytes of buddy blocks held */
+			unsigned writers; /* opens for writing */
+			unsigned opens;   /* all opens */
+		} file;
+		struct { /* HFS_LNK */
+			char *target;
+		} lnk;
+		struct { /* HFS_STATUS */
+			enum hfs_status_kind what;
+			struct hfs_heap *heap; /* HEAP and MAP files: holds a heap reference */
+		} st;
+	};
+};
+
+struct hfs_fs {
+	struct conf *conf;
+	char *mountpoint;
+	pthread_rwlock_t ns;
+	struct hfs_inode *root, *heaps, *objects, *pool, *dot, *dot_heaps, *dot_maps;
+	struct hfs_heap **heapv; /* hfs.ns */
+	unsigned nheaps;
+	uid_t uid;
+	gid_t gid;
+	bool killpriv; /* FUSE_HANDLE_KILLPRIV_V2 negotiated: we clear suid/sgid (io.c) */
+	int64_t spin_ns; /* how long an idle worker polls the device before sleeping (io.c) */
+};
+extern struct hfs_fs hfs;
+
+/* Who asks: credentials for new inodes. */
+struct hfs_ctx {
+	uid_t uid;
+	gid_t gid;
+};
+
+/* inode.c — inode table (two-level, lock-free reads), generations, references. */
+int hfs_itable_init(void);
+void hfs_itable_fini(void);
+struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_t gid,
+				struct hfs_heap *heap);
+struct hfs_inode *hfs_iget(fuse_ino_t ino); /* caller knows the kernel holds a reference */
+void hfs_iref(struct hfs_inode *i, uint64_t n);
+void hfs_iput(struct hfs_inode *i, uint64_t n);
+void __hfs_stat(const struct hfs_inode *i, struct stat *st);
+void hfs_stat(struct hfs_inode *i, struct stat *st);
+void hfs_now(struct timespec *ts);
+uint64_t hfs_inodes_used(void);
+uint64_t hfs_inodes_max(void);
+
+/* dir.c — namespace. Entry-returning calls take one lookup reference for the kernel. */
+int hfs_mount_tree(void);
+void hfs_unmount_tree(void);
+int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
+int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
+	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out);
+int hfs_unlink(struct hfs_inode *dir, const char *name);
+int hfs_rmdir(struct hfs_inode *dir, const char *name);
+int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+	       const char *nname, unsigned flags);
+int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname);
+/* Fixed tree building and heap directories (called by heap.c under hfs.ns exclusive). */
+int __hfs_dir_add(struct hfs_inode *dir, const char *name, struct hfs_inode *i);
+int __hfs_dir_del(struct hfs_inode *dir, const char *name);
+struct hfs_inode *__hfs_dir_find(struct hfs_inode *dir, const char *name);
+
+/* A directory listing taken at readdir offset 0; later offsets index into it. */
+struct hfs_dirsnap {
+	pthread_mutex_t lock;
+	char **names;
+	size_t n;
+};
+int hfs_dir_snapshot(struct hfs_inode *dir, struct hfs_dirsnap *s);
+void hfs_dirsnap_clear(struct hfs_dirsnap *s);
+/* Entry idx of the snapshot, re-checked against the live directory (".", ".." first).
+ * 0 with *st (and *out referenced when ref, NULL for "." and "..") if it still exists,
+ * -ENOENT if it is gone, 1 past the end. */
+int hfs_dir_entry(struct hfs_inode *dir, struct hfs_dirsnap *s, size_t idx, bool ref,
+		  const char **name, struct stat *st, struct hfs_inode **out);
+
+/* heap.c — heaps from policy, mkdir/rmdir of heaps, statfs. */
+int hfs_heaps_init(void);
+int __hfs_heap_mkdir(const char *name, const struct conf_heap *pol, bool from_config,
+		     struct hfs_inode **dir);
+int __hfs_heap_rmdir(struct hfs_inode *dir);
+void hfs_heap_get(struct hfs_heap *h);
+void hfs_heap_put(struct hfs_heap *h);
+int hfs_statfs(struct hfs_inode *i, struct statvfs *st);
+
+/* file.c — file data in buddy blocks. */
+/* who: the caller's uid (root keeps suid/sgid bits on write, as with CAP_FSETID) */
+int hfs_open(struct hfs_inode *i, int flags, uid_t who);
+void hfs_release(struct hfs_inode *i, int flags);
+int hfs_write(struct hfs_inode *i, struct fuse_bufvec *src, size_t len, off_t off, uid_t who);
+/* Read: fills iov (up to *niov entries; may point into a bounce buffer *bounce the caller
+ * frees) with the bytes; hfs_read_end() drops the lock taken on success. */
+ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec *iov,
+		       int *niov, void **bounce);
+void hfs_read_end(struct hfs_inode *i);
+int hfs_truncate(struct hfs_inode *i, uint64_t size);
+int hfs_setattr(struct hfs_inode *i, const struct stat *attr, int to_set, uid_t who);
+int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len);
+void hfs_file_free(struct hfs_inode *i);
+void hfs_file_reclaim(struct hfs_inode *i);
+unsigned hfs_file_max_order(struct hfs_inode *i);
+
+/* xattr.c */
+int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_t size,
+		 int flags);
+ssize_t hfs_getxattr(struct hfs_inode *i, const char *name, void *buf, size_t size);
+ssize_t hfs_listxattr(struct hfs_inode *i, char *buf, size_t size);
+int hfs_removexattr(struct hfs_inode *i, const char *name);
+void hfs_xattr_free(struct hfs_inode *i);
+
+/* status.c — JSON snapshots of .heapfs/ files. */
+int hfs_status_render(struct hfs_inode *i, char **buf, size_t *len);
+
+/* io.c */
+int hfs_io_setup(struct fuse_session *se);
+
+/* ops.c */
+extern const struct fuse_lowlevel_ops hfs_ops;
+
+#endif

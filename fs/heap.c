@@ -1,0 +1,223 @@
+/*
+ * heap.c — heaps: one buddy allocator (alloc/buddy.h) per heap plus its policy, made from
+ * the config at mount or by `mkdir heaps/NAME` (conf_heap_defaults), removed by rmdir of an
+ * empty run-time heap.  A heap appears as heaps/NAME, .heapfs/heaps/NAME and
+ * .heapfs/maps/NAME.  Also statfs: per heap inside heaps/NAME, the sum elsewhere.
+ *
+ * Locking: the heap list (hfs.heapv) and the three entries change under hfs.ns exclusive
+ * (the __ functions).  A heap is reference counted (list + each inode in it) so a removed
+ * heap lives on until its last open-but-unlinked file is gone.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+#include "fs_i.h"
+
+void hfs_heap_get(struct hfs_heap *h)
+{
+	atomic_fetch_add(&h->refs, 1);
+}
+
+void hfs_heap_put(struct hfs_heap *h)
+{
+	if (atomic_fetch_sub(&h->refs, 1) == 1) {
+		buddy_destroy(h->b);
+		free(h->pol.image);
+		free(h);
+	}
+}
+
+static unsigned log2_of(uint64_t pow2)
+{
+	return (unsigned)__builtin_ctzll(pow2);
+}
+
+static int heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap **out)
+{
+	struct buddy_params bp = { 0 };
+	struct hfs_heap *h = calloc(1, sizeof(*h));
+	int ret;
+
+	if (!h)
+		return -ENOMEM;
+	h->pol = *pol;
+	h->pol.image = pol->image ? strdup(pol->image) : NULL;
+	h->from_config = from_config;
+	bp.heap_order = log2_of(pol->size);
+	bp.min_order = h->min_order = log2_of(pol->min_block);
+	bp.chunk_order = log2_of(pol->chunk);
+	bp.flags = BUDDY_F_TRACK | (pol->pin ? BUDDY_F_PIN : 0);
+	bp.name = pol->name;
+	ret = buddy_create(&bp, &h->b);
+	if (ret) {
+		free(h->pol.image);
+		free(h);
+		return ret;
+	}
+	atomic_init(&h->refs, 1);
+	*out = h;
+	return 0;
+}
+
+static struct hfs_inode *__status_file(struct hfs_inode *dir, struct hfs_heap *h,
+				       enum hfs_status_kind what)
+{
+	struct hfs_inode *i = hfs_inode_new(HFS_STATUS, S_IFREG | 0444, hfs.uid, hfs.gid, NULL);
+
+	if (!i)
+		return NULL;
+	i->st.what = what;
+	i->st.heap = h;
+	hfs_heap_get(h);
+	if (__hfs_dir_add(dir, h->pol.name, i)) {
+		hfs_iref(i, 1);
+		hfs_iput(i, 1);
+		return NULL;
+	}
+	return i;
+}
+
+static void __unlist(struct hfs_heap *h)
+{
+	for (unsigned k = 0; k < hfs.nheaps; k++) {
+		if (hfs.heapv[k] == h) {
+			memmove(&hfs.heapv[k], &hfs.heapv[k + 1],
+				(hfs.nheaps - k - 1) * sizeof(*hfs.heapv));
+			hfs.nheaps--;
+			break;
+		}
+	}
+}
+
+/* Remove what __hfs_heap_mkdir added, in reverse; drops the list's reference. */
+static void __heap_unlink(struct hfs_heap *h)
+{
+	const char *name = h->pol.name;
+
+	if (h->st_map)
+		__hfs_dir_del(hfs.dot_maps, name);
+	if (h->st_heap)
+		__hfs_dir_del(hfs.dot_heaps, name);
+	if (h->dir)
+		__hfs_dir_del(hfs.heaps, name);
+	h->st_map = h->st_heap = h->dir = NULL;
+	__unlist(h);
+	hfs_heap_put(h);
+}
+
+int __hfs_heap_mkdir(const char *name, const struct conf_heap *pol, bool from_config,
+		     struct hfs_inode **dir)
+{
+	struct conf_heap defpol;
+	struct hfs_heap *h, **nv;
+	struct hfs_inode *d;
+	int ret;
+
+	if (__hfs_dir_find(hfs.heaps, name))
+		return -EEXIST;
+	if (!pol) {
+		ret = conf_heap_defaults(hfs.conf, name, &defpol);
+		if (ret)
+			return ret;
+		pol = &defpol;
+	}
+	ret = heap_new(pol, from_config, &h);
+	if (ret)
+		return ret;
+	nv = realloc(hfs.heapv, (hfs.nheaps + 1) * sizeof(*nv));
+	if (!nv) {
+		hfs_heap_put(h);
+		return -ENOMEM;
+	}
+	hfs.heapv = nv;
+	hfs.heapv[hfs.nheaps++] = h;
+	ret = -ENOMEM;
+	d = hfs_inode_new(HFS_DIR, S_IFDIR | 01777, hfs.uid, hfs.gid, h);
+	if (!d)
+		goto fail;
+	d->dir.role = HFS_R_HEAPDIR;
+	ret = __hfs_dir_add(hfs.heaps, name, d);
+	if (ret) {
+		hfs_iref(d, 1);
+		hfs_iput(d, 1);
+		goto fail;
+	}
+	h->dir = d;
+	ret = -ENOMEM;
+	h->st_heap = __status_file(hfs.dot_heaps, h, HFS_ST_HEAP);
+	if (!h->st_heap)
+		goto fail;
+	h->st_map = __status_file(hfs.dot_maps, h, HFS_ST_MAP);
+	if (!h->st_map)
+		goto fail;
+	*dir = d;
+	return 0;
+fail:
+	__heap_unlink(h);
+	return ret;
+}
+
+int __hfs_heap_rmdir(struct hfs_inode *dir)
+{
+	struct hfs_heap *h = dir->heap;
+
+	if (dir->kind != HFS_DIR || !h || h->dir != dir)
+		return -ENOTDIR;
+	if (h->from_config)
+		return -EBUSY;
+	if (dir->dir.nents)
+		return -ENOTEMPTY;
+	__heap_unlink(h);
+	return 0;
+}
+
+int hfs_heaps_init(void)
+{
+	struct hfs_inode *d;
+	int ret = 0;
+
+	pthread_rwlock_wrlock(&hfs.ns);
+	for (unsigned k = 0; k < hfs.conf->nheaps && !ret; k++) {
+		ret = __hfs_heap_mkdir(hfs.conf->heaps[k].name, &hfs.conf->heaps[k], true, &d);
+		if (ret)
+			fprintf(stderr, "heapfs: heap \"%s\": %s\n", hfs.conf->heaps[k].name,
+				strerror(-ret));
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	return ret;
+}
+
+int hfs_statfs(struct hfs_inode *i, struct statvfs *st)
+{
+	struct buddy_stats bs;
+	uint64_t bsize = 4096, size = 0, free_b = 0;
+	struct hfs_heap *h = i->heap;
+
+	if (i->kind == HFS_STATUS && i->st.heap)
+		h = i->st.heap;
+	memset(st, 0, sizeof(*st));
+	if (h) {
+		buddy_stats(h->b, &bs);
+		bsize = bs.min_block;
+		size = bs.size;
+		free_b = bs.free;
+	} else {
+		pthread_rwlock_rdlock(&hfs.ns);
+		for (unsigned k = 0; k < hfs.nheaps; k++) {
+			buddy_stats(hfs.heapv[k]->b, &bs);
+			size += bs.size;
+			free_b += bs.free;
+		}
+		pthread_rwlock_unlock(&hfs.ns);
+	}
+	st->f_bsize = st->f_frsize = bsize;
+	st->f_blocks = size / bsize;
+	st->f_bfree = st->f_bavail = free_b / bsize;
+	st->f_files = hfs_inodes_max();
+	st->f_ffree = st->f_favail = hfs_inodes_max() - hfs_inodes_used();
+	st->f_namemax = HFS_NAME_MAX;
+	return 0;
+}

@@ -1,0 +1,249 @@
+/*
+ * inode.c — the inode table: inode numbers are indexes into a two-level table (a fixed
+ * array of lazily allocated segments, so a lookup by number is two loads and never takes
+ * a lock).  A slot carries a generation that grows each time its number is reused; freed
+ * numbers go on a free stack (mutex) and are reused first.
+ *
+ * References: refs counts kernel lookups + directory entries + open handles; the caller
+ * that drops it to zero destroys the inode (file blocks, xattrs, symlink target, heap
+ * reference) and frees its number.  See fs_i.h for the locking rule.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fs_i.h"
+
+#define SEG_SHIFT 16
+#define SEG_SIZE (1u << SEG_SHIFT)
+#define NSEG 4096 /* 2^28 inode numbers */
+
+struct slot {
+	_Atomic(struct hfs_inode *) inode;
+	uint64_t gen;
+};
+
+static _Atomic(struct slot *) segs[NSEG];
+static pthread_mutex_t tab_lock = PTHREAD_MUTEX_INITIALIZER;
+static fuse_ino_t next_ino = FUSE_ROOT_ID; /* tab_lock */
+static fuse_ino_t *free_stack;             /* tab_lock */
+static size_t free_n, free_alloc;
+static atomic_uint_fast64_t used;
+
+int hfs_itable_init(void)
+{
+	next_ino = FUSE_ROOT_ID;
+	return 0;
+}
+
+static void inode_destroy(struct hfs_inode *i);
+
+/* At unmount: destroy every inode still alive (the kernel's lookups die with the mount). */
+void hfs_itable_fini(void)
+{
+	for (unsigned s = 0; s < NSEG; s++) {
+		struct slot *seg = atomic_load(&segs[s]);
+
+		for (unsigned k = 0; seg && k < SEG_SIZE; k++) {
+			struct hfs_inode *i = atomic_load(&seg[k].inode);
+			struct hfs_dirent *de, *tmp;
+
+			if (!i)
+				continue;
+			if (i->kind == HFS_DIR) {
+				HASH_ITER(hh, i->dir.ents, de, tmp) {
+					HASH_DEL(i->dir.ents, de);
+					free(de);
+				}
+			}
+			inode_destroy(i);
+		}
+	}
+	for (unsigned s = 0; s < NSEG; s++) {
+		free(atomic_load(&segs[s]));
+		atomic_store(&segs[s], NULL);
+	}
+	free(free_stack);
+	free_stack = NULL;
+	free_n = free_alloc = 0;
+}
+
+static struct slot *slot_of(fuse_ino_t ino)
+{
+	struct slot *seg;
+
+	if (ino >> SEG_SHIFT >= NSEG)
+		return NULL;
+	seg = atomic_load_explicit(&segs[ino >> SEG_SHIFT], memory_order_acquire);
+	return seg ? &seg[ino & (SEG_SIZE - 1)] : NULL;
+}
+
+/* A free number and its slot's next generation; NULL when the table is full. */
+static struct slot *__slot_take(fuse_ino_t *ino)
+{
+	struct slot *sl;
+
+	if (free_n) {
+		*ino = free_stack[--free_n];
+		return slot_of(*ino);
+	}
+	if (next_ino >> SEG_SHIFT >= NSEG)
+		return NULL;
+	if (!atomic_load(&segs[next_ino >> SEG_SHIFT])) {
+		struct slot *seg = calloc(SEG_SIZE, sizeof(*seg));
+
+		if (!seg)
+			return NULL;
+		atomic_store_explicit(&segs[next_ino >> SEG_SHIFT], seg, memory_order_release);
+	}
+	*ino = next_ino++;
+	sl = slot_of(*ino);
+	return sl;
+}
+
+void hfs_now(struct timespec *ts)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+}
+
+struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_t gid,
+				struct hfs_heap *heap)
+{
+	struct hfs_inode *i = calloc(1, sizeof(*i));
+	struct slot *sl;
+
+	if (!i)
+		return NULL;
+	pthread_rwlock_init(&i->lock, NULL);
+	i->kind = kind;
+	i->mode = mode;
+	i->uid = uid;
+	i->gid = gid;
+	i->nlink = 0; /* directory entries add links (__hfs_dir_add) */
+	hfs_now(&i->ctime);
+	i->atime = i->mtime = i->ctime;
+	pthread_mutex_lock(&tab_lock);
+	sl = __slot_take(&i->ino);
+	if (sl) {
+		i->gen = ++sl->gen;
+		atomic_store_explicit(&sl->inode, i, memory_order_release);
+	}
+	pthread_mutex_unlock(&tab_lock);
+	if (!sl) {
+		pthread_rwlock_destroy(&i->lock);
+		free(i);
+		return NULL;
+	}
+	if (heap) {
+		i->heap = heap;
+		hfs_heap_get(heap);
+		if (kind == HFS_REG)
+			atomic_fetch_add(&heap->files, 1);
+	}
+	atomic_fetch_add(&used, 1);
+	return i;
+}
+
+struct hfs_inode *hfs_iget(fuse_ino_t ino)
+{
+	struct slot *sl = slot_of(ino);
+
+	return sl ? atomic_load_explicit(&sl->inode, memory_order_acquire) : NULL;
+}
+
+void hfs_iref(struct hfs_inode *i, uint64_t n)
+{
+	atomic_fetch_add_explicit(&i->refs, n, memory_order_relaxed);
+}
+
+static void inode_destroy(struct hfs_inode *i)
+{
+	struct slot *sl = slot_of(i->ino);
+
+	switch (i->kind) {
+	case HFS_REG:
+		hfs_file_free(i);
+		if (i->heap)
+			atomic_fetch_sub(&i->heap->files, 1);
+		break;
+	case HFS_LNK:
+		free(i->lnk.target);
+		break;
+	case HFS_STATUS:
+		if (i->st.heap)
+			hfs_heap_put(i->st.heap);
+		break;
+	default:
+		break;
+	}
+	hfs_xattr_free(i);
+	if (i->heap)
+		hfs_heap_put(i->heap);
+	pthread_mutex_lock(&tab_lock);
+	atomic_store(&sl->inode, NULL);
+	if (free_n == free_alloc) {
+		size_t na = free_alloc ? 2 * free_alloc : 1024;
+		fuse_ino_t *ns = realloc(free_stack, na * sizeof(*ns));
+
+		if (ns) {
+			free_stack = ns;
+			free_alloc = na;
+		}
+	}
+	if (free_n < free_alloc) /* else the number is lost: harmless */
+		free_stack[free_n++] = i->ino;
+	pthread_mutex_unlock(&tab_lock);
+	atomic_fetch_sub(&used, 1);
+	pthread_rwlock_destroy(&i->lock);
+	free(i);
+}
+
+void hfs_iput(struct hfs_inode *i, uint64_t n)
+{
+	if (n && atomic_fetch_sub_explicit(&i->refs, n, memory_order_acq_rel) == n)
+		inode_destroy(i);
+}
+
+void __hfs_stat(const struct hfs_inode *i, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = i->ino;
+	st->st_mode = i->mode;
+	st->st_nlink = i->nlink;
+	st->st_uid = i->uid;
+	st->st_gid = i->gid;
+	st->st_rdev = i->rdev;
+	st->st_size = i->size;
+	st->st_blksize = HFS_BLKSIZE;
+	st->st_atim = i->atime;
+	st->st_mtim = i->mtime;
+	st->st_ctim = i->ctime;
+	switch (i->kind) {
+	case HFS_REG:
+		st->st_blocks = i->file.held / 512;
+		break;
+	case HFS_DIR:
+		st->st_size = (i->dir.nents + 2) * 20; /* like tmpfs */
+		break;
+	default:
+		break;
+	}
+}
+
+void hfs_stat(struct hfs_inode *i, struct stat *st)
+{
+	pthread_rwlock_rdlock(&i->lock);
+	__hfs_stat(i, st);
+	pthread_rwlock_unlock(&i->lock);
+}
+
+uint64_t hfs_inodes_used(void)
+{
+	return atomic_load(&used);
+}
+
+uint64_t hfs_inodes_max(void)
+{
+	return (uint64_t)NSEG * SEG_SIZE - FUSE_ROOT_ID;
+}

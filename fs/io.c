@@ -1,0 +1,175 @@
+/*
+ * io.c — our own read/writev on /dev/fuse (fuse_session_custom_io), for two purposes.
+ *
+ * 1. FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 (protocol 7.31) cannot ask for.  Without
+ *    it the kernel asks GETXATTR("security.capability") before *every* write
+ *    (file_remove_privs), doubling the round trips of small writes.  With it the kernel
+ *    marks the superblock SB_NOSEC and leaves clearing suid/sgid on write/truncate/chown to
+ *    us (file.c, hfs.killpriv).  read() notes the unique id of the INIT request when the
+ *    kernel offers the flag; writev() ORs the flag into that request's reply.
+ *
+ * 2. A watcher that spins.  A FUSE round trip is two sleeps and two wake-ups; on a VM a
+ *    wake-up costs several microseconds.  One worker at a time is the watcher: it holds a
+ *    token (a semaphore: a cancellation point, as libfuse cancels idle workers at exit) and
+ *    polls the non-blocking device for up to hfs.spin_ns before it sleeps in poll() (halved
+ *    each time the wait outlasts it, reset when a request comes within it).  The
+ *    other idle workers sleep on the token, not on the device, so a request wakes nobody
+ *    needlessly.  A worker keeps the token while it handles a small request and goes back
+ *    to watching right after its reply: a synchronous client (one request at a time) then
+ *    meets a thread that is already awake.  Bulk reads and writes give the token up first,
+ *    so they run in parallel.  Only on the main device fd (clone_fd workers read their own
+ *    fds as usual), and off on one CPU or with -o spin_us=0.
+ *
+ * Every message passes through otherwise untouched.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <poll.h>
+#include <semaphore.h>
+#include <stddef.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs_i.h"
+
+#define BULK_BYTES (64 * 1024) /* reads/writes at least this big are handed off */
+
+static _Atomic uint64_t init_unique; /* INIT request to patch the reply of; 0: none */
+static int main_fd = -1;
+static sem_t token;
+static pthread_key_t holder; /* non-NULL while this thread holds the token */
+static int64_t budget;       /* current spin, adapted to the client (token held) */
+
+/* A worker that ends (libfuse trims idle workers, cancels them at exit) with the token
+ * must give it back. */
+static void drop_token(void *p)
+{
+	(void)p;
+	sem_post(&token);
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Is this request one to handle without the token? */
+static bool bulk(const void *buf, ssize_t n)
+{
+	const struct fuse_in_header *h = buf;
+
+	if (n < (ssize_t)sizeof(*h))
+		return true;
+	if (h->opcode == FUSE_WRITE)
+		return h->len >= BULK_BYTES;
+	if (h->opcode == FUSE_READ && n >= (ssize_t)(sizeof(*h) + sizeof(struct fuse_read_in)))
+		return ((const struct fuse_read_in *)(h + 1))->size >= BULK_BYTES;
+	return false;
+}
+
+static ssize_t watch_read(int fd, void *buf, size_t len)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	bool slept = false;
+	int64_t until;
+	ssize_t n;
+
+	if (!pthread_getspecific(holder)) {
+		if (sem_wait(&token))
+			return -1; /* EINTR: libfuse checks for exit */
+		pthread_setspecific(holder, &token);
+	}
+	until = now_ns() + budget;
+	for (;;) {
+		n = read(fd, buf, len);
+		if (n >= 0 || errno != EAGAIN)
+			break; /* a request, or an error (EINTR too: libfuse checks for exit) */
+		if (!slept && now_ns() <= until)
+			continue;
+		if (!slept && budget > hfs.spin_ns / 16)
+			budget /= 2; /* a slow client: spin less next time */
+		slept = true;
+		if (poll(&p, 1, -1) < 0) {
+			n = -1;
+			break;
+		}
+	}
+	if (!slept)
+		budget = hfs.spin_ns; /* caught while spinning: a fast client */
+	if (n < 0 || bulk(buf, n)) {
+		pthread_setspecific(holder, NULL);
+		sem_post(&token);
+	}
+	return n;
+}
+
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
+{
+	const struct fuse_in_header *h = buf;
+	ssize_t n;
+
+	(void)userdata;
+	n = fd == main_fd && hfs.spin_ns ? watch_read(fd, buf, len) : read(fd, buf, len);
+	if (n >= (ssize_t)(sizeof(*h) + offsetof(struct fuse_init_in, flags) + sizeof(uint32_t)) &&
+	    h->opcode == FUSE_INIT) {
+		const struct fuse_init_in *in = (const void *)(h + 1);
+
+		if (in->flags & FUSE_HANDLE_KILLPRIV_V2)
+			atomic_store(&init_unique, h->unique);
+	}
+	return n;
+}
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+	uint64_t u = atomic_load(&init_unique);
+
+	(void)userdata;
+	if (u && count >= 2 && iov[0].iov_len == sizeof(struct fuse_out_header) &&
+	    iov[1].iov_len >= offsetof(struct fuse_init_out, flags) + sizeof(uint32_t)) {
+		struct fuse_out_header *h = iov[0].iov_base;
+
+		if (h->unique == u && h->error == 0) {
+			struct fuse_init_out *o = iov[1].iov_base;
+
+			o->flags |= FUSE_HANDLE_KILLPRIV_V2;
+			hfs.killpriv = true;
+			atomic_store(&init_unique, 0);
+		}
+	}
+	return writev(fd, iov, count);
+}
+
+static ssize_t io_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,
+			 unsigned int flags, void *userdata)
+{
+	(void)userdata;
+	return splice(fdin, offin, fdout, offout, len, flags);
+}
+
+static const struct fuse_custom_io io = {
+	.read = io_read,
+	.writev = io_writev,
+	.splice_receive = io_splice,
+	.splice_send = io_splice,
+};
+
+int hfs_io_setup(struct fuse_session *se)
+{
+	int fd = fuse_session_fd(se);
+
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		hfs.spin_ns = 0; /* spinning would only steal the client's CPU */
+	if (hfs.spin_ns) {
+		if (sem_init(&token, 0, 1) || pthread_key_create(&holder, drop_token) ||
+		    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK))
+			return -errno;
+		main_fd = fd;
+		budget = hfs.spin_ns;
+	}
+	return fuse_session_custom_io(se, &io, fd);
+}

@@ -1,0 +1,298 @@
+/*
+ * main.c — the heapfs command line: options, config, mount, daemonize, session loop.
+ *
+ *   heapfs [-c FILE] [-o opt,...] [-f] [-d] [-s] [SOURCE] MOUNTPOINT
+ *
+ * Our options are taken out of the argument vector first (fuse_opt_parse): -c FILE and
+ * -o config=FILE, --help, --version, --print-default-config, --check-config FILE, and the
+ * positional arguments (an optional SOURCE, ignored, so mount.fuse3 and fstab lines work).
+ * The rest goes to fuse_parse_cmdline / fuse_session_new, so standard FUSE options pass
+ * through.  default_permissions is added unless given (the kernel checks permissions
+ * against the modes and owners we report), and fsname/subtype default to heapfs.
+ * Order: config (exit 2 on any problem, nothing mounted) -> heaps -> mount -> daemonize
+ * (the parent exits once the mount exists) -> raise readahead in a helper thread ->
+ * multi-threaded loop -> unmount and tear down.  Signals and unmount end it with 0.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "fs_i.h"
+
+struct hfs_fs hfs;
+
+#define READ_AHEAD_KB "1024"
+#define SPIN_US_DEFAULT 50
+
+enum {
+	KEY_HELP,
+	KEY_VERSION,
+	KEY_PRINT_DEFAULT,
+	KEY_DEFPERM,
+	KEY_FSNAME,
+	KEY_SUBTYPE,
+};
+
+struct opts {
+	char *config;
+	char *check;
+	int help, version, print_default, defperm, fsname, subtype;
+	char *pos[3];
+	int npos;
+	unsigned spin_us;
+};
+
+static const struct fuse_opt opt_spec[] = {
+	{ "-c %s", offsetof(struct opts, config), 0 },
+	{ "config=%s", offsetof(struct opts, config), 0 },
+	{ "spin_us=%u", offsetof(struct opts, spin_us), 0 },
+	{ "--check-config=%s", offsetof(struct opts, check), 0 },
+	{ "--check-config %s", offsetof(struct opts, check), 0 },
+	FUSE_OPT_KEY("--print-default-config", KEY_PRINT_DEFAULT),
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	FUSE_OPT_KEY("default_permissions", KEY_DEFPERM),
+	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
+	FUSE_OPT_KEY("subtype=", KEY_SUBTYPE),
+	FUSE_OPT_END
+};
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct opts *o = data;
+
+	(void)outargs;
+	switch (key) {
+	case FUSE_OPT_KEY_NONOPT:
+		if (o->npos == 2) {
+			fprintf(stderr, "heapfs: too many arguments: %s\n", arg);
+			return -1;
+		}
+		o->pos[o->npos] = strdup(arg);
+		return o->pos[o->npos++] ? 0 : -1;
+	case KEY_HELP:
+		o->help = 1;
+		return 0;
+	case KEY_VERSION:
+		o->version = 1;
+		return 0;
+	case KEY_PRINT_DEFAULT:
+		o->print_default = 1;
+		return 0;
+	case KEY_DEFPERM:
+		o->defperm = 1;
+		return 1;
+	case KEY_FSNAME:
+		o->fsname = 1;
+		return 1;
+	case KEY_SUBTYPE:
+		o->subtype = 1;
+		return 1;
+	default:
+		return 1;
+	}
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: heapfs [-c FILE] [-o opt,...] [-f] [-d] [-s] [SOURCE] MOUNTPOINT\n"
+		"       heapfs --check-config FILE | --print-default-config | --help | --version\n"
+		"\n"
+		"Mounts heaps of buddy-allocated memory as a filesystem (see README.md).\n"
+		"\n"
+		"heapfs options:\n"
+		"    -c FILE, -o config=FILE  config file (default: the embedded default)\n"
+		"    --check-config FILE      validate FILE, print problems, exit 0 or 2\n"
+		"    --print-default-config   print the embedded default config\n"
+		"    -o spin_us=N             idle workers poll for requests N microseconds before\n"
+		"                             sleeping (default 50; 0 = never)\n"
+		"    -h, --help               this help\n"
+		"    -V, --version            print versions\n"
+		"    SOURCE                   ignored (for mount -t fuse.heapfs and fstab)\n"
+		"\n");
+}
+
+/* Raise the mount's readahead (the kernel offers FUSE only 128 KiB): once the loop runs,
+ * stat(mountpoint) gives the connection's device, whose bdi holds the setting.  Failure
+ * (not permitted) is harmless. */
+static void *readahead_thread(void *arg)
+{
+	char path[64];
+	struct stat st;
+	int fd;
+
+	(void)arg;
+	if (stat(hfs.mountpoint, &st))
+		return NULL;
+	snprintf(path, sizeof(path), "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev),
+		 minor(st.st_dev));
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (write(fd, READ_AHEAD_KB, strlen(READ_AHEAD_KB)) < 0) {
+			/* not permitted: keep the default */
+		}
+		close(fd);
+	}
+	return NULL;
+}
+
+static int fs_init(void)
+{
+	pthread_rwlockattr_t a;
+	int ret;
+
+	/* writers first: a rename must not starve behind a stream of lookups */
+	pthread_rwlockattr_init(&a);
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&hfs.ns, &a);
+	pthread_rwlockattr_destroy(&a);
+	hfs.uid = getuid();
+	hfs.gid = getgid();
+	ret = hfs_itable_init();
+	if (!ret)
+		ret = hfs_mount_tree();
+	if (!ret)
+		ret = hfs_heaps_init();
+	return ret;
+}
+
+static void fs_fini(void)
+{
+	hfs_itable_fini();
+	while (hfs.nheaps)
+		hfs_heap_put(hfs.heapv[--hfs.nheaps]);
+	free(hfs.heapv);
+	pthread_rwlock_destroy(&hfs.ns);
+}
+
+static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
+{
+	struct fuse_loop_config *lc = NULL;
+	struct fuse_session *se;
+	pthread_t ra;
+	int ret = 1;
+
+	se = fuse_session_new(args, &hfs_ops, sizeof(hfs_ops), NULL);
+	if (!se)
+		return 2; /* libfuse printed what was wrong with the options */
+	if (fuse_set_signal_handlers(se))
+		goto out_destroy;
+	if (fuse_session_mount(se, cmd->mountpoint))
+		goto out_signals;
+	if (hfs_io_setup(se))
+		goto out_unmount;
+	if (fuse_daemonize(cmd->foreground))
+		goto out_unmount;
+	if (pthread_create(&ra, NULL, readahead_thread, NULL) == 0)
+		pthread_detach(ra);
+	if (cmd->singlethread) {
+		ret = fuse_session_loop(se);
+	} else {
+		lc = fuse_loop_cfg_create();
+		if (!lc)
+			goto out_unmount;
+		fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd->clone_fd);
+		if (cmd->max_threads != UINT_MAX) /* UINT_MAX: not given */
+			fuse_loop_cfg_set_max_threads(lc, cmd->max_threads);
+		if (cmd->max_idle_threads != UINT_MAX)
+			fuse_loop_cfg_set_idle_threads(lc, cmd->max_idle_threads);
+		ret = fuse_session_loop_mt(se, lc);
+		fuse_loop_cfg_destroy(lc);
+	}
+	/* a positive value is the signal that ended the loop: a clean stop */
+	ret = ret < 0 ? 1 : 0;
+out_unmount:
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_destroy:
+	fuse_session_destroy(se);
+	return ret;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts cmd = { 0 };
+	struct opts o = { .spin_us = SPIN_US_DEFAULT };
+	const char *mnt;
+	int ret = 2;
+
+	if (fuse_opt_parse(&args, &o, opt_spec, opt_proc) == -1) {
+		usage(stderr);
+		goto out;
+	}
+	if (o.help) {
+		usage(stdout);
+		fuse_cmdline_help();
+		fuse_lowlevel_help();
+		ret = 0;
+		goto out;
+	}
+	if (o.version) {
+		printf("heapfs %s\nFUSE library version %s\n", HEAPFS_VERSION, fuse_pkgversion());
+		fflush(stdout);
+		fuse_lowlevel_version();
+		ret = 0;
+		goto out;
+	}
+	if (o.print_default) {
+		fputs(conf_default_text(), stdout);
+		ret = 0;
+		goto out;
+	}
+	if (o.check) {
+		ret = conf_load_file(o.check, stderr, &hfs.conf) ? 2 : 0;
+		if (!ret)
+			printf("%s: ok\n", o.check);
+		goto out;
+	}
+	if (!o.npos) {
+		fprintf(stderr, "heapfs: no mountpoint given\n");
+		usage(stderr);
+		goto out;
+	}
+	mnt = o.pos[o.npos - 1];
+	if (fuse_opt_add_arg(&args, mnt) ||
+	    (!o.defperm && fuse_opt_add_arg(&args, "-odefault_permissions")) ||
+	    (!o.fsname && fuse_opt_add_arg(&args, "-ofsname=heapfs")) ||
+	    (!o.subtype && fuse_opt_add_arg(&args, "-osubtype=heapfs")))
+		goto out;
+	if (fuse_parse_cmdline(&args, &cmd)) {
+		usage(stderr);
+		goto out;
+	}
+	if (o.config ? conf_load_file(o.config, stderr, &hfs.conf) : conf_load_default(&hfs.conf))
+		goto out;
+	hfs.mountpoint = cmd.mountpoint;
+	hfs.spin_ns = (int64_t)o.spin_us * 1000;
+	ret = fs_init();
+	if (ret) {
+		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));
+		ret = 1;
+	} else {
+		ret = run(&args, &cmd);
+	}
+	fs_fini();
+out:
+	free(cmd.mountpoint);
+	if (hfs.conf)
+		conf_free(hfs.conf);
+	free(o.config);
+	free(o.check);
+	for (int k = 0; k < o.npos; k++)
+		free(o.pos[k]);
+	fuse_opt_free_args(&args);
+	return ret;
+}

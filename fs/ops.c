@@ -1,0 +1,575 @@
+/*
+ * ops.c — the FUSE low-level operation table: thin translation between requests and the
+ * hfs_* functions (the only file that calls fuse_reply_*).
+ *
+ * File handles: regular files carry nothing (fh = 0; the inode is the state), status
+ * files carry their JSON snapshot, directories a name snapshot (struct hfs_dirsnap).
+ * References: every entry reply hands the kernel one lookup reference (taken by the hfs_*
+ * call, dropped again here if the reply fails); an open handle holds one reference so an
+ * unlinked open file keeps its blocks until the last release.
+ * Caching: everything changes only through this mount, so attributes, entries and
+ * negative entries are cached for HFS_TIMEOUT, and file pages are kept across opens
+ * (cache = auto/keep) or bypassed (cache = direct).  The exceptions are .heapfs/heaps/ and
+ * .heapfs/maps/, whose entries change as a side effect of mkdir/rmdir in heaps/.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+#include "fs_i.h"
+
+struct status_fh {
+	char *buf;
+	size_t len;
+};
+
+#define READ_IOV 256
+
+static struct hfs_inode *I(fuse_ino_t ino)
+{
+	return hfs_iget(ino);
+}
+
+#define GET(req, var, ino)                          \
+	struct hfs_inode *var = I(ino);             \
+	do {                                        \
+		if (!var) {                         \
+			fuse_reply_err(req, ESTALE); \
+			return;                     \
+		}                                   \
+	} while (0)
+
+static double entry_timeout(const struct hfs_inode *dir)
+{
+	return dir == hfs.dot_heaps || dir == hfs.dot_maps ? 0.0 : HFS_TIMEOUT;
+}
+
+static void fill_entry(struct fuse_entry_param *e, struct hfs_inode *dir, struct hfs_inode *i,
+		       const struct stat *st)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = i->ino;
+	e->generation = i->gen;
+	e->attr = *st;
+	e->attr_timeout = HFS_TIMEOUT;
+	e->entry_timeout = entry_timeout(dir);
+}
+
+static void reply_entry(fuse_req_t req, struct hfs_inode *dir, struct hfs_inode *i)
+{
+	struct fuse_entry_param e;
+	struct stat st;
+
+	hfs_stat(i, &st);
+	fill_entry(&e, dir, i, &st);
+	if (fuse_reply_entry(req, &e))
+		hfs_iput(i, 1);
+}
+
+static void reply_err(fuse_req_t req, int ret)
+{
+	fuse_reply_err(req, -ret);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* Nobody else changes our files: mtime changes must not drop the page cache. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/* The kernel clears suid/sgid itself (setattr) on write; keep that simple. */
+	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
+	/* ENOSPC must come from write(), not later from writeback: no writeback cache. */
+	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+	if (conn->capable & FUSE_CAP_READDIRPLUS)
+		conn->want |= FUSE_CAP_READDIRPLUS;
+	/* Readahead and async direct I/O run as background requests: allow many at once. */
+	/* Lookups and listings of one directory may run at once: hfs.ns orders them. */
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
+	conn->time_gran = 1;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	GET(req, dir, parent);
+	struct hfs_inode *i;
+	int ret = hfs_lookup(dir, name, &i);
+
+	if (ret == -ENOENT) {
+		/* ino 0 = a negative entry the kernel may cache */
+		struct fuse_entry_param e = { .ino = 0, .entry_timeout = entry_timeout(dir) };
+
+		fuse_reply_entry(req, &e);
+	} else if (ret) {
+		reply_err(req, ret);
+	} else {
+		reply_entry(req, dir, i);
+	}
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	struct hfs_inode *i = I(ino);
+
+	if (i)
+		hfs_iput(i, nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	for (size_t k = 0; k < count; k++) {
+		struct hfs_inode *i = I(forgets[k].ino);
+
+		if (i)
+			hfs_iput(i, forgets[k].nlookup);
+	}
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+	struct stat st;
+
+	(void)fi;
+	hfs_stat(i, &st);
+	fuse_reply_attr(req, &st, HFS_TIMEOUT);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+	struct stat st;
+	int ret;
+
+	(void)fi;
+	ret = hfs_setattr(i, attr, to_set, fuse_req_ctx(req)->uid);
+	if (ret)
+		return reply_err(req, ret);
+	hfs_stat(i, &st);
+	fuse_reply_attr(req, &st, HFS_TIMEOUT);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	GET(req, i, ino);
+
+	if (i->kind != HFS_LNK)
+		return reply_err(req, -EINVAL);
+	fuse_reply_readlink(req, i->lnk.target);
+}
+
+static void new_node(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		     dev_t rdev, const char *target)
+{
+	GET(req, dir, parent);
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid };
+	struct hfs_inode *i;
+	int ret = hfs_create(dir, name, mode, rdev, target, &ctx, &i);
+
+	if (ret)
+		return reply_err(req, ret);
+	reply_entry(req, dir, i);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		     dev_t rdev)
+{
+	new_node(req, parent, name, mode, rdev, NULL);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	new_node(req, parent, name, S_IFDIR | (mode & 07777), 0, NULL);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	new_node(req, parent, name, S_IFLNK | 0777, 0, link);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	GET(req, dir, parent);
+
+	reply_err(req, hfs_unlink(dir, name));
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	GET(req, dir, parent);
+
+	reply_err(req, hfs_rmdir(dir, name));
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	GET(req, dir, parent);
+	GET(req, ndir, newparent);
+
+	reply_err(req, hfs_rename(dir, name, ndir, newname, flags));
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	GET(req, i, ino);
+	GET(req, ndir, newparent);
+	int ret = hfs_link(i, ndir, newname);
+
+	if (ret)
+		return reply_err(req, ret);
+	reply_entry(req, ndir, i);
+}
+
+/* Open flags for a regular file from its heap's cache policy. */
+static void file_flags(struct hfs_inode *i, struct fuse_file_info *fi)
+{
+	fi->noflush = 1; /* nothing to do at close(): data is in the heap already */
+	if (i->heap && i->heap->pol.cache == CONF_CACHE_DIRECT)
+		fi->direct_io = 1;
+	else
+		fi->keep_cache = 1;
+}
+
+static int status_open(struct hfs_inode *i, struct fuse_file_info *fi)
+{
+	struct status_fh *s;
+	int ret;
+
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || fi->flags & O_TRUNC)
+		return -EACCES;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	ret = hfs_status_render(i, &s->buf, &s->len);
+	if (ret) {
+		free(s);
+		return ret;
+	}
+	fi->fh = (uintptr_t)s;
+	fi->direct_io = 1; /* size unknown to the kernel and changing: never cache */
+	return 0;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+	int ret;
+
+	if (i->kind == HFS_STATUS) {
+		ret = status_open(i, fi);
+	} else {
+		ret = hfs_open(i, fi->flags, fuse_req_ctx(req)->uid);
+		file_flags(i, fi);
+	}
+	if (ret)
+		return reply_err(req, ret);
+	hfs_iref(i, 1);
+	if (fuse_reply_open(req, fi)) {
+		hfs_release(i, fi->flags);
+		hfs_iput(i, 1);
+	}
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	GET(req, dir, parent);
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid };
+	struct fuse_entry_param e;
+	struct hfs_inode *i;
+	struct stat st;
+	int ret = hfs_create(dir, name, S_IFREG | (mode & 07777), 0, NULL, &ctx, &i);
+
+	if (ret)
+		return reply_err(req, ret);
+	ret = hfs_open(i, fi->flags & ~O_TRUNC, c->uid);
+	if (ret) {
+		hfs_iput(i, 1);
+		return reply_err(req, ret);
+	}
+	file_flags(i, fi);
+	hfs_iref(i, 1);
+	hfs_stat(i, &st);
+	fill_entry(&e, dir, i, &st);
+	if (fuse_reply_create(req, &e, fi)) {
+		hfs_release(i, fi->flags);
+		hfs_iput(i, 2);
+	}
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+	struct iovec iov[READ_IOV];
+	int niov = READ_IOV;
+	void *bounce;
+	ssize_t n;
+
+	if (i->kind == HFS_STATUS) {
+		struct status_fh *s = (struct status_fh *)(uintptr_t)fi->fh;
+
+		char *copy;
+
+		if ((uint64_t)off >= s->len)
+			return (void)fuse_reply_buf(req, NULL, 0);
+		if (size > s->len - (uint64_t)off)
+			size = s->len - (uint64_t)off;
+		/* The reader may close (and our release free s) the moment the reply lands,
+		 * before writev() has returned; harmless, but sanitizers check the iovec after
+		 * the call.  Status files are small: reply from a private copy. */
+		copy = malloc(size);
+		if (!copy)
+			return reply_err(req, -ENOMEM);
+		memcpy(copy, s->buf + off, size);
+		fuse_reply_buf(req, copy, size);
+		free(copy);
+		return;
+	}
+	n = hfs_read_begin(i, size, off, iov, &niov, &bounce);
+	if (n < 0)
+		return reply_err(req, (int)n);
+	fuse_reply_iov(req, iov, niov);
+	hfs_read_end(i);
+	free(bounce);
+}
+
+static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off_t off,
+			 struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+	int ret;
+
+	(void)fi;
+	ret = hfs_write(i, bufv, fuse_buf_size(bufv), off, fuse_req_ctx(req)->uid);
+	if (ret < 0)
+		return reply_err(req, ret);
+	fuse_reply_write(req, (size_t)ret);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+
+	if (i->kind == HFS_STATUS) {
+		struct status_fh *s = (struct status_fh *)(uintptr_t)fi->fh;
+
+		free(s->buf);
+		free(s);
+	} else {
+		hfs_release(i, fi->flags);
+	}
+	hfs_iput(i, 1);
+	fuse_reply_err(req, 0);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+	struct hfs_dirsnap *s;
+
+	if (i->kind != HFS_DIR)
+		return reply_err(req, -ENOTDIR);
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return reply_err(req, -ENOMEM);
+	pthread_mutex_init(&s->lock, NULL);
+	fi->fh = (uintptr_t)s;
+	hfs_iref(i, 1);
+	if (fuse_reply_open(req, fi)) {
+		pthread_mutex_destroy(&s->lock);
+		free(s);
+		hfs_iput(i, 1);
+	}
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi, bool plus)
+{
+	GET(req, dir, ino);
+	struct hfs_dirsnap *s = (struct hfs_dirsnap *)(uintptr_t)fi->fh;
+	char *buf = malloc(size);
+	size_t pos = 0;
+	int ret = 0;
+
+	if (!buf)
+		return reply_err(req, -ENOMEM);
+	pthread_mutex_lock(&s->lock);
+	if (off == 0)
+		ret = hfs_dir_snapshot(dir, s); /* also what rewinddir() asks for */
+	for (size_t idx = (size_t)off; !ret; idx++) {
+		struct hfs_inode *i;
+		const char *name;
+		struct stat st;
+		size_t n;
+		int r = hfs_dir_entry(dir, s, idx, plus, &name, &st, &i);
+
+		if (r == 1)
+			break;
+		if (r)
+			continue; /* removed since the snapshot */
+		if (plus) {
+			struct fuse_entry_param e = { .ino = st.st_ino, .attr = st,
+						      .attr_timeout = HFS_TIMEOUT,
+						      .entry_timeout = entry_timeout(dir) };
+
+			if (i)
+				e.generation = i->gen;
+			n = fuse_add_direntry_plus(req, buf + pos, size - pos, name, &e,
+						   (off_t)idx + 1);
+		} else {
+			n = fuse_add_direntry(req, buf + pos, size - pos, name, &st,
+					      (off_t)idx + 1);
+		}
+		if (n > size - pos) {
+			if (i)
+				hfs_iput(i, 1);
+			break;
+		}
+		pos += n;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (ret)
+		reply_err(req, ret);
+	else
+		fuse_reply_buf(req, buf, pos);
+	free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, off, fi, true);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+	struct hfs_dirsnap *s = (struct hfs_dirsnap *)(uintptr_t)fi->fh;
+
+	hfs_dirsnap_clear(s);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+	hfs_iput(i, 1);
+	fuse_reply_err(req, 0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	GET(req, i, ino);
+	struct statvfs st;
+	int ret = hfs_statfs(i, &st);
+
+	if (ret)
+		return reply_err(req, ret);
+	fuse_reply_statfs(req, &st);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			size_t size, int flags)
+{
+	GET(req, i, ino);
+
+	reply_err(req, hfs_setxattr(i, name, value, size, flags));
+}
+
+/* getxattr/listxattr: size 0 asks for the length, else the bytes. */
+static void reply_xattr(fuse_req_t req, ssize_t n, const char *buf, size_t size)
+{
+	if (n < 0)
+		reply_err(req, (int)n);
+	else if (!size)
+		fuse_reply_xattr(req, (size_t)n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	GET(req, i, ino);
+	char *buf = size ? malloc(size) : NULL;
+
+	if (size && !buf)
+		return reply_err(req, -ENOMEM);
+	reply_xattr(req, hfs_getxattr(i, name, buf, size), buf, size);
+	free(buf);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	GET(req, i, ino);
+	char *buf = size ? malloc(size) : NULL;
+
+	if (size && !buf)
+		return reply_err(req, -ENOMEM);
+	reply_xattr(req, hfs_listxattr(i, buf, size), buf, size);
+	free(buf);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	GET(req, i, ino);
+
+	reply_err(req, hfs_removexattr(i, name));
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+			 struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+
+	(void)fi;
+	reply_err(req, hfs_fallocate(i, mode, offset, length));
+}
+
+const struct fuse_lowlevel_ops hfs_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readlink = op_readlink,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.symlink = op_symlink,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.create = op_create,
+	.read = op_read,
+	.write_buf = op_write_buf,
+	.release = op_release,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.releasedir = op_releasedir,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.fallocate = op_fallocate,
+};

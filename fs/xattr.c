@@ -1,0 +1,205 @@
+/*
+ * xattr.c — extended attributes: `user.*` names are stored per inode (a uthash table
+ * name -> value under the inode lock); other namespaces are not supported (ENOTSUP on set,
+ * ENODATA on get).  Inside heaps, read-only virtual names describe where the data lives:
+ * user.heapfs.heap (every inode of a heap), user.heapfs.order (largest block order held)
+ * and user.heapfs.blocks (number of buddy blocks) for regular files; setting or removing
+ * any user.heapfs.* name is EPERM.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/limits.h>
+#include <sys/xattr.h>
+
+#include "fs_i.h"
+
+#define USER "user."
+#define VIRT "user.heapfs."
+
+static const char *const virt_names[] = { VIRT "heap", VIRT "order", VIRT "blocks" };
+enum { V_HEAP, V_ORDER, V_BLOCKS, V_N };
+
+static bool is_user(const char *name)
+{
+	return strncmp(name, USER, strlen(USER)) == 0;
+}
+
+static bool is_virt(const char *name)
+{
+	return strncmp(name, VIRT, strlen(VIRT)) == 0;
+}
+
+/* How many virtual names this inode has (a prefix of virt_names). */
+static unsigned nvirt(const struct hfs_inode *i)
+{
+	if (!i->heap)
+		return 0;
+	return i->kind == HFS_REG ? V_N : 1;
+}
+
+/* The value of virtual attribute k as text. */
+static int virt_value(struct hfs_inode *i, unsigned k, char *buf, size_t size)
+{
+	switch (k) {
+	case V_HEAP:
+		return snprintf(buf, size, "%s", i->heap->pol.name);
+	case V_ORDER:
+		return snprintf(buf, size, "%u", hfs_file_max_order(i));
+	default:
+		pthread_rwlock_rdlock(&i->lock);
+		k = (unsigned)snprintf(buf, size, "%zu", i->file.n);
+		pthread_rwlock_unlock(&i->lock);
+		return (int)k;
+	}
+}
+
+static struct hfs_xattr *__find(struct hfs_inode *i, const char *name)
+{
+	struct hfs_xattr *x;
+
+	HASH_FIND_STR(i->xattrs, name, x);
+	return x;
+}
+
+int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_t size,
+		 int flags)
+{
+	struct hfs_xattr *x, *old;
+	size_t len = strlen(name);
+	int ret = 0;
+
+	if (!is_user(name))
+		return -ENOTSUP;
+	if (is_virt(name))
+		return -EPERM;
+	if (!i->heap)
+		return -EPERM;
+	if (len > XATTR_NAME_MAX)
+		return -ERANGE;
+	if (size > XATTR_SIZE_MAX)
+		return -E2BIG;
+	x = malloc(sizeof(*x) + len + 1);
+	if (!x)
+		return -ENOMEM;
+	x->value = malloc(size ? size : 1);
+	if (!x->value) {
+		free(x);
+		return -ENOMEM;
+	}
+	memcpy(x->name, name, len + 1);
+	memcpy(x->value, value, size);
+	x->size = size;
+	pthread_rwlock_wrlock(&i->lock);
+	old = __find(i, name);
+	if (old && flags & XATTR_CREATE)
+		ret = -EEXIST;
+	else if (!old && flags & XATTR_REPLACE)
+		ret = -ENODATA;
+	if (!ret) {
+		if (old)
+			HASH_DEL(i->xattrs, old);
+		HASH_ADD_STR(i->xattrs, name, x);
+		hfs_now(&i->ctime);
+	}
+	pthread_rwlock_unlock(&i->lock);
+	if (ret) {
+		old = x;
+	}
+	if (old) {
+		free(old->value);
+		free(old);
+	}
+	return ret;
+}
+
+static ssize_t put_value(void *buf, size_t size, const void *v, size_t n)
+{
+	if (!size)
+		return (ssize_t)n;
+	if (n > size)
+		return -ERANGE;
+	memcpy(buf, v, n);
+	return (ssize_t)n;
+}
+
+ssize_t hfs_getxattr(struct hfs_inode *i, const char *name, void *buf, size_t size)
+{
+	struct hfs_xattr *x;
+	ssize_t ret;
+
+	for (unsigned k = 0; k < nvirt(i); k++) {
+		if (strcmp(name, virt_names[k]) == 0) {
+			char tmp[CONF_NAME_MAX + 1];
+			int n = virt_value(i, k, tmp, sizeof(tmp));
+
+			return put_value(buf, size, tmp, (size_t)n);
+		}
+	}
+	pthread_rwlock_rdlock(&i->lock);
+	x = __find(i, name);
+	ret = x ? put_value(buf, size, x->value, x->size) : -ENODATA;
+	pthread_rwlock_unlock(&i->lock);
+	return ret;
+}
+
+ssize_t hfs_listxattr(struct hfs_inode *i, char *buf, size_t size)
+{
+	struct hfs_xattr *x, *tmp;
+	size_t need = 0;
+	ssize_t ret;
+
+	pthread_rwlock_rdlock(&i->lock);
+	for (unsigned k = 0; k < nvirt(i); k++)
+		need += strlen(virt_names[k]) + 1;
+	HASH_ITER(hh, i->xattrs, x, tmp)
+		need += strlen(x->name) + 1;
+	ret = (ssize_t)need;
+	if (size && need > size)
+		ret = -ERANGE;
+	else if (size) {
+		char *p = buf;
+
+		for (unsigned k = 0; k < nvirt(i); k++)
+			p = stpcpy(p, virt_names[k]) + 1;
+		HASH_ITER(hh, i->xattrs, x, tmp)
+			p = stpcpy(p, x->name) + 1;
+	}
+	pthread_rwlock_unlock(&i->lock);
+	return ret;
+}
+
+int hfs_removexattr(struct hfs_inode *i, const char *name)
+{
+	struct hfs_xattr *x;
+
+	if (!is_user(name))
+		return -ENOTSUP;
+	if (is_virt(name) || !i->heap)
+		return -EPERM;
+	pthread_rwlock_wrlock(&i->lock);
+	x = __find(i, name);
+	if (x) {
+		HASH_DEL(i->xattrs, x);
+		hfs_now(&i->ctime);
+	}
+	pthread_rwlock_unlock(&i->lock);
+	if (!x)
+		return -ENODATA;
+	free(x->value);
+	free(x);
+	return 0;
+}
+
+void hfs_xattr_free(struct hfs_inode *i)
+{
+	struct hfs_xattr *x, *tmp;
+
+	HASH_ITER(hh, i->xattrs, x, tmp) {
+		HASH_DEL(i->xattrs, x);
+		free(x->value);
+		free(x);
+	}
+}
