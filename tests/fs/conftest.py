@@ -1,0 +1,289 @@
+"""Fixtures for the heapfs filesystem suite: real mounts, one fresh mountpoint per test.
+
+`mount` mounts the embedded default config; `mount_factory(config_text, ...)` mounts with
+a config of the caller's.  Each mount runs `heapfs -f [-c CONFIG] MOUNTPOINT` as a child,
+waits (with a deadline) until /proc/self/mountinfo shows fuse.heapfs at the mountpoint,
+and on teardown unmounts (fusermount3 -u, lazily -uz when busy), stops a daemon that does
+not exit (SIGTERM, then SIGKILL) and fails the test when the daemon did not exit 0.
+
+Binaries come from $HEAPFS and $HEAPFSCTL (else <repo>/build/fs/heapfs and
+<repo>/build/fs/ctl/heapfsctl).
+"""
+import errno
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HEAPFS = Path(os.environ.get("HEAPFS", REPO / "build" / "fs" / "heapfs")).resolve()
+HEAPFSCTL = Path(os.environ.get("HEAPFSCTL", REPO / "build" / "fs" / "ctl" / "heapfsctl")).resolve()
+
+MOUNT_DEADLINE = 10.0
+EXIT_DEADLINE = 10.0
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+
+
+def _unescape_mountinfo(s):
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and len(s[i + 1:i + 4]) == 3 and s[i + 1:i + 4].isdigit():
+            out.append(chr(int(s[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_fstype(path):
+    """The fstype of the mount at exactly `path` (the last one stacked there), or None."""
+    path = os.path.realpath(path)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if _unescape_mountinfo(fields[4]) == path:
+                found = right.split()[0]
+    return found
+
+
+def wait_until(cond, deadline, what, interval=0.05):
+    """Poll cond() until it returns a true value or `deadline` seconds pass; return it."""
+    end = time.monotonic() + deadline
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def unmount(path):
+    """Unmount path if it is mounted: fusermount3 -u, and -uz when that fails (busy)."""
+    if mount_fstype(path) is None:
+        return
+    r = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, text=True)
+    if r.returncode != 0 and mount_fstype(path) is not None:
+        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True, text=True)
+
+
+class Mount:
+    """One heapfs mount: path, daemon (Popen), and helpers tests use."""
+
+    def __init__(self, path, proc, stderr_path, config_path):
+        self.path = Path(path)
+        self.proc = proc
+        self.stderr_path = stderr_path
+        self.config_path = config_path
+        self.expect_exit = 0
+
+    # ---- layout helpers
+    @property
+    def heaps(self):
+        return self.path / "heaps"
+
+    def heap(self, name="scratch"):
+        return self.path / "heaps" / name
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    # ---- status files
+    def status_json(self, rel):
+        with open(self.path / ".heapfs" / rel, "rb") as f:
+            return json.loads(f.read())
+
+    def stats(self):
+        return self.status_json("stats")
+
+    def heap_stats(self, name="scratch"):
+        return self.status_json(f"heaps/{name}")
+
+    def heap_map(self, name="scratch"):
+        return self.status_json(f"maps/{name}")
+
+    def wait_heap(self, name, cond, what, deadline=5.0):
+        """Poll .heapfs/heaps/NAME until cond(heap_json); return that JSON.  FUSE release
+        runs after close() returns, so frees show up shortly after, not at once."""
+        last = {}
+
+        def check():
+            last["h"] = self.heap_stats(name)
+            return cond(last["h"])
+        try:
+            wait_until(check, deadline, what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last {name}: {last.get('h')}") from None
+        return last["h"]
+
+    def rss_kib(self):
+        return proc_status_kib(self.pid, "VmRSS")
+
+    def stderr_text(self):
+        try:
+            return Path(self.stderr_path).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def ctl(self, *args, check=False):
+        return run_ctl(*args, check=check)
+
+    # ---- teardown
+    def stop(self):
+        """Unmount and reap the daemon; returns its exit status (negative: signal)."""
+        unmount(self.path)
+        try:
+            return self.proc.wait(EXIT_DEADLINE)
+        except subprocess.TimeoutExpired:
+            pass
+        # still serving: something keeps the (lazily detached) mount busy, or it hangs
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = f"exit {self.proc.wait(5)} after SIGTERM"
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            rc = "killed with SIGKILL"
+        unmount(self.path)
+        return f"no exit within {EXIT_DEADLINE}s of unmount ({rc})"
+
+
+def proc_status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def run_ctl(*args, check=False):
+    return subprocess.run([str(HEAPFSCTL), *map(str, args)], capture_output=True, text=True,
+                          check=check, timeout=60)
+
+
+def start_heapfs(mountpoint, config_path=None, extra=(), stderr_path=None):
+    """Start `heapfs -f` on mountpoint and wait until mounted; returns the Popen."""
+    cmd = [str(HEAPFS), "-f"]
+    if config_path is not None:
+        cmd += ["-c", str(config_path)]
+    cmd += [*extra, str(mountpoint)]
+    err = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    if stderr_path:
+        err.close()
+
+    def up():
+        if proc.poll() is not None:
+            return "exited"
+        return mount_fstype(mountpoint) == "fuse.heapfs"
+    try:
+        state = wait_until(up, MOUNT_DEADLINE, f"fuse.heapfs at {mountpoint}")
+    except AssertionError:
+        proc.kill()
+        proc.wait()
+        unmount(mountpoint)
+        raise
+    if state == "exited":
+        text = Path(stderr_path).read_text(errors="replace") if stderr_path else ""
+        raise AssertionError(f"heapfs exited with {proc.returncode} before mounting: {text}")
+    return proc
+
+
+@pytest.fixture
+def mount_factory(tmp_path):
+    """mount_factory(config_text=None, extra=(), name=None) -> Mount.  Mounts are torn
+    down after the test; a daemon that does not exit 0 (or what the test set as
+    m.expect_exit) fails the test."""
+    mounts = []
+
+    def make(config_text=None, extra=(), name=None):
+        n = len(mounts)
+        mnt = tmp_path / (name or f"mnt{n}")
+        mnt.mkdir()
+        cfg = None
+        if config_text is not None:
+            cfg = tmp_path / f"heapfs{n}.conf"
+            cfg.write_text(config_text)
+        errp = tmp_path / f"heapfs{n}.stderr"
+        proc = start_heapfs(mnt, cfg, extra, errp)
+        m = Mount(mnt, proc, errp, cfg)
+        mounts.append(m)
+        return m
+
+    yield make
+    problems = []
+    for m in mounts:
+        rc = m.stop()
+        if rc != m.expect_exit:
+            problems.append(f"heapfs at {m.path} exit status {rc}, expected {m.expect_exit}; "
+                            f"stderr: {m.stderr_text()[-2000:]}")
+    if problems:
+        pytest.fail("\n".join(problems))
+
+
+@pytest.fixture
+def mount(mount_factory):
+    """heapfs with the embedded default config (heap `scratch`, 256M, min_block 4K)."""
+    return mount_factory()
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """write_config(text, name='extra.conf') -> Path of a config file under tmp_path."""
+    def write(text, name="extra.conf"):
+        p = tmp_path / name
+        p.write_text(text)
+        return p
+    return write
+
+
+# ---- small helpers shared by the tests
+
+def pattern(n, seed=0):
+    """n bytes of a deterministic, position-dependent pattern (never all zero)."""
+    import random
+    return random.Random(seed).randbytes(n)
+
+
+def held_bytes(path):
+    return os.lstat(path).st_blocks * 512
+
+
+def round_up(n, m):
+    return (n + m - 1) // m * m
+
+
+def next_pow2(n):
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+def expect_errno(code, fn, *args, **kw):
+    """Call fn and assert it raises OSError with errno `code` (or one of a tuple)."""
+    codes = code if isinstance(code, tuple) else (code,)
+    with pytest.raises(OSError) as ei:
+        fn(*args, **kw)
+    assert ei.value.errno in codes, \
+        f"expected {[errno.errorcode[c] for c in codes]}, got " \
+        f"{errno.errorcode.get(ei.value.errno, ei.value.errno)}: {ei.value}"
+    return ei.value
