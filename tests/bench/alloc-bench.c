@@ -204,60 +204,67 @@ static void heap_close(struct heap *h)
 		mb_destroy(h->mb);
 }
 
+/* A block as one word: its offset (buddies) or address (malloc), which has at least 4 low
+ * zero bits, or-ed with order - MIN_ORDER + 1; 0 means "no block". */
 struct blk {
-	uint64_t off;
-	char *p;
-	unsigned order;
+	uint64_t h;
 };
+
+static inline uint64_t blk_addr(struct blk x)
+{
+	return x.h & ~(uint64_t)15;
+}
+
+static inline unsigned blk_order(struct blk x)
+{
+	return MIN_ORDER - 1 + (unsigned)(x.h & 15);
+}
 
 static bool h_alloc(struct heap *h, unsigned k, struct blk *x)
 {
 	int64_t o;
+	char *p;
 
-	x->order = k;
 	switch (h->kind) {
 	case A_HEAPFS:
 		o = buddy_alloc(h->b, k);
-		if (o < 0)
-			return false;
-		x->off = (uint64_t)o;
-		x->p = buddy_ptr(h->b, x->off);
+		p = o < 0 ? NULL : buddy_ptr(h->b, (uint64_t)o);
 		break;
 	case A_MUTEX:
 		o = mb_alloc(h->mb, k);
-		if (o < 0)
-			return false;
-		x->off = (uint64_t)o;
-		x->p = h->mb->data + o;
+		p = o < 0 ? NULL : h->mb->data + o;
 		break;
 	case A_MALLOC:
-		x->p = __libc_malloc(1ull << k);
+		p = __libc_malloc(1ull << k);
+		o = (int64_t)(uintptr_t)p;
 		break;
 	default:
-		x->p = je_malloc(1ull << k);
+		p = je_malloc(1ull << k);
+		o = (int64_t)(uintptr_t)p;
 		break;
 	}
-	if (!x->p)
+	if (!p)
 		return false;
 	if (touch)
-		*(volatile uint64_t *)x->p = (uint64_t)k;
+		*(volatile uint64_t *)p = (uint64_t)k;
+	x->h = (uint64_t)o | (k - MIN_ORDER + 1);
 	return true;
 }
 
-static void h_free(struct heap *h, const struct blk *x)
+static void h_free(struct heap *h, struct blk x)
 {
 	switch (h->kind) {
 	case A_HEAPFS:
-		buddy_free(h->b, x->off, x->order);
+		buddy_free(h->b, blk_addr(x), blk_order(x));
 		break;
 	case A_MUTEX:
-		mb_free(h->mb, x->off, x->order);
+		mb_free(h->mb, blk_addr(x), blk_order(x));
 		break;
 	case A_MALLOC:
-		__libc_free(x->p);
+		__libc_free((void *)(uintptr_t)blk_addr(x));
 		break;
 	default:
-		je_free(x->p);
+		je_free((void *)(uintptr_t)blk_addr(x));
 		break;
 	}
 }
@@ -278,33 +285,43 @@ static inline uint64_t rnd(uint64_t *s)
 }
 
 /* Single producer / single consumer ring between neighbour threads (larson).  Each side
- * keeps a private copy of the other side's index and re-reads it only when the ring looks
- * full/empty, so the shared lines move once per batch, not once per block. */
+ * publishes its index every RING_BATCH blocks and re-reads the other side's only when the
+ * ring looks full/empty, so the shared lines move once per batch, not once per block.
+ * ring_flush() publishes what the producer holds back when it stops. */
+#define RING_BATCH 8
+
 struct ring {
 	_Alignas(64) _Atomic uint64_t head; /* consumer */
-	uint64_t tail_seen;                 /* consumer's copy of tail */
+	uint64_t head_local, tail_seen;
 	_Alignas(64) _Atomic uint64_t tail; /* producer */
-	uint64_t head_seen;                 /* producer's copy of head */
+	uint64_t tail_local, head_seen;
 	_Alignas(64) struct blk v[RING];
 };
 
-static bool ring_push(struct ring *r, const struct blk *x)
+static bool ring_push(struct ring *r, struct blk x)
 {
-	uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	uint64_t t = r->tail_local;
 
 	if (t - r->head_seen == RING) {
 		r->head_seen = atomic_load_explicit(&r->head, memory_order_acquire);
 		if (t - r->head_seen == RING)
 			return false;
 	}
-	r->v[t % RING] = *x;
-	atomic_store_explicit(&r->tail, t + 1, memory_order_release);
+	r->v[t % RING] = x;
+	r->tail_local = ++t;
+	if (t % RING_BATCH == 0)
+		atomic_store_explicit(&r->tail, t, memory_order_release);
 	return true;
+}
+
+static void ring_flush(struct ring *r)
+{
+	atomic_store_explicit(&r->tail, r->tail_local, memory_order_release);
 }
 
 static bool ring_pop(struct ring *r, struct blk *x)
 {
-	uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+	uint64_t h = r->head_local;
 
 	if (h == r->tail_seen) {
 		r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
@@ -312,7 +329,9 @@ static bool ring_pop(struct ring *r, struct blk *x)
 			return false;
 	}
 	*x = r->v[h % RING];
-	atomic_store_explicit(&r->head, h + 1, memory_order_release);
+	r->head_local = ++h;
+	if (h % RING_BATCH == 0)
+		atomic_store_explicit(&r->head, h, memory_order_release);
 	return true;
 }
 
@@ -324,6 +343,7 @@ struct worker {
 	pthread_t t;
 	uint64_t seed;
 	uint64_t ops;
+	double cpu; /* seconds of CPU this thread got while measured */
 	struct blk *held;
 	size_t nheld, cap;
 	struct ring *in, *out;
@@ -339,9 +359,33 @@ struct run {
 	struct ring *rings;
 };
 
+static double clock_s(clockid_t c)
+{
+	struct timespec ts;
+
+	clock_gettime(c, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double now(void)
+{
+	return clock_s(CLOCK_MONOTONIC);
+}
+
+static double cpu_now(void)
+{
+	return clock_s(CLOCK_THREAD_CPUTIME_ID);
+}
+
+/* Uniform in [0, n) without a division (multiply-shift; the harness should cost little). */
+static inline uint64_t below(uint64_t *s, uint64_t n)
+{
+	return (uint64_t)(((unsigned __int128)rnd(s) * n) >> 64);
+}
+
 static unsigned rnd_order(uint64_t *s, unsigned lo, unsigned hi)
 {
-	return lo + (unsigned)(rnd(s) % (hi - lo + 1));
+	return lo + (unsigned)below(s, hi - lo + 1);
 }
 
 /* steady/frag: hold about a 1/nthreads share of half the heap */
@@ -357,7 +401,7 @@ static void prefill(struct worker *w)
 		if (!h_alloc(&w->run->h, rnd_order(&w->seed, MIN_ORDER, MAX_ORDER), &x))
 			break;
 		w->held[w->nheld++] = x;
-		got += 1ull << x.order;
+		got += 1ull << blk_order(x);
 	}
 }
 
@@ -372,40 +416,39 @@ static void *worker_main(void *v)
 	if (r->work == W_STEADY || r->work == W_FRAG)
 		prefill(w);
 	pthread_barrier_wait(&r->bar);
+	w->cpu = -cpu_now();
 	while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
 		for (int i = 0; i < 64; i++) {
 			switch (r->work) {
 			case W_CACHED:
 				if (h_alloc(h, MIN_ORDER, &x)) {
-					h_free(h, &x);
+					h_free(h, x);
 					ops += 2;
 				}
 				break;
 			case W_STEADY:
 			case W_FRAG: {
-				size_t j = (size_t)(rnd(&w->seed) % w->nheld);
+				size_t j = (size_t)below(&w->seed, w->nheld);
 
-				if (w->held[j].p) {
-					h_free(h, &w->held[j]);
-					w->held[j].p = NULL;
+				if (w->held[j].h) {
+					h_free(h, w->held[j]);
+					w->held[j].h = 0;
 					ops++;
 				}
 				if (h_alloc(h, rnd_order(&w->seed, MIN_ORDER, MAX_ORDER), &w->held[j]))
 					ops++;
-				else
-					w->held[j].p = NULL;
 				break;
 			}
 			default: /* W_LARSON */
 				if (h_alloc(h, rnd_order(&w->seed, MIN_ORDER, MIN_ORDER + 3), &x)) {
 					ops++;
-					if (!ring_push(w->out, &x)) {
-						h_free(h, &x); /* receiver behind: keep going */
+					if (!ring_push(w->out, x)) {
+						h_free(h, x); /* receiver behind: keep going */
 						ops++;
 					}
 				}
 				if (ring_pop(w->in, &x)) {
-					h_free(h, &x);
+					h_free(h, x);
 					ops++;
 				}
 				break;
@@ -413,11 +456,13 @@ static void *worker_main(void *v)
 		}
 	}
 	w->ops = ops;
+	w->cpu += cpu_now();
+	ring_flush(w->out);
 	pthread_barrier_wait(&r->bar); /* stopped: frag looks at the heap now */
 	pthread_barrier_wait(&r->bar);
 	for (size_t j = 0; j < w->nheld; j++)
-		if (w->held[j].p)
-			h_free(h, &w->held[j]);
+		if (w->held[j].h)
+			h_free(h, w->held[j]);
 	free(w->held);
 	return NULL;
 }
@@ -459,17 +504,11 @@ static void measure_frag(struct heap *h, struct frag_result *f)
 	f->fragmentation = free_b ? 1.0 - (double)largest / (double)free_b : 0;
 }
 
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int run_one(int work, int kind, int nthreads, double seconds, double *ops_per_s,
-		   struct frag_result *f)
+		   double *cpu_share, struct frag_result *f)
 {
+	double cpu = 0;
 	struct run *r = calloc(1, sizeof(*r));
 	uint64_t ops = 0;
 	double t0, t1;
@@ -504,14 +543,16 @@ static int run_one(int work, int kind, int nthreads, double seconds, double *ops
 	for (int i = 0; i < nthreads; i++) {
 		pthread_join(r->w[i].t, NULL);
 		ops += r->w[i].ops;
+		cpu += r->w[i].cpu;
 	}
 	for (int i = 0; i < nthreads; i++) { /* larson blocks still in flight */
 		struct blk x;
 
 		while (ring_pop(&r->rings[i], &x))
-			h_free(&r->h, &x);
+			h_free(&r->h, x);
 	}
 	*ops_per_s = (double)ops / (t1 - t0);
+	*cpu_share = cpu / (t1 - t0) / nthreads;
 	pthread_barrier_destroy(&r->bar);
 	heap_close(&r->h);
 	free(r->rings);
@@ -538,33 +579,40 @@ static uint64_t stamp_of(int id, uint64_t serial)
 	return (uint64_t)(id + 1) << 48 | serial;
 }
 
-static void stamp(struct buddy *b, const struct blk *x, uint64_t s)
+/* Stamp every min-block unit of x with s, or count the units not stamped s. */
+static uint64_t stamp(struct buddy *b, struct blk x, uint64_t s, bool check)
 {
-	for (uint64_t u = 0; u < (1ull << x->order); u += 1ull << MIN_ORDER)
-		*(uint64_t *)((char *)buddy_ptr(b, x->off) + u) = s;
-}
-
-static uint64_t stamp_bad(struct buddy *b, const struct blk *x, uint64_t s)
-{
+	char *p = buddy_ptr(b, blk_addr(x));
 	uint64_t bad = 0;
 
-	for (uint64_t u = 0; u < (1ull << x->order); u += 1ull << MIN_ORDER)
-		bad += *(uint64_t *)((char *)buddy_ptr(b, x->off) + u) != s;
+	for (uint64_t u = 0; u < (1ull << blk_order(x)); u += 1ull << MIN_ORDER) {
+		if (check)
+			bad += *(uint64_t *)(p + u) != s;
+		else
+			*(uint64_t *)(p + u) = s;
+	}
 	return bad;
 }
 
-/* A block's stamp is kept next to it: off -> stamp in the owner's list (x->p). */
+/* The receiver of a ring checks the hand-over stamp of its producer, then frees. */
+static uint64_t receive(struct buddy *b, struct blk x, int producer)
+{
+	return stamp(b, x, stamp_of(producer, 0), true) +
+	       (buddy_free(b, blk_addr(x), blk_order(x)) != 0);
+}
+
 static void *vworker_main(void *v)
 {
 	struct vworker *w = v;
 	enum { HOLD = 256 };
 	struct blk held[HOLD];
 	uint64_t stamps[HOLD];
+	int producer = (w->id + w->nthreads - 1) % w->nthreads;
 	size_t n = 0;
+	struct blk x;
 
 	while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
 		uint64_t r = rnd(&w->seed);
-		struct blk x;
 
 		if (n < HOLD && (r & 1)) {
 			/* mostly small (the cached orders), sometimes up to 1 MiB */
@@ -575,37 +623,35 @@ static void *vworker_main(void *v)
 			w->ops++;
 			if (o < 0)
 				continue;
-			held[n] = (struct blk){ (uint64_t)o, NULL, k };
+			held[n].h = (uint64_t)o | (k - MIN_ORDER + 1);
 			stamps[n] = stamp_of(w->id, ++w->serial);
-			stamp(w->b, &held[n], stamps[n]);
+			stamp(w->b, held[n], stamps[n], false);
 			n++;
 		} else if (n) {
 			size_t j = (size_t)(r >> 16) % n;
 
 			x = held[j];
-			w->violations += stamp_bad(w->b, &x, stamps[j]);
+			w->violations += stamp(w->b, x, stamps[j], true);
 			held[j] = held[n - 1];
 			stamps[j] = stamps[--n];
+			w->ops++;
 			if ((r & 6) == 6 && w->nthreads > 1) {
 				/* hand it over: the receiver checks the stamp and frees it */
-				x.p = (char *)(uintptr_t)stamp_of(w->id, 0);
-				stamp(w->b, &x, (uint64_t)(uintptr_t)x.p);
-				if (ring_push(w->out, &x))
+				stamp(w->b, x, stamp_of(w->id, 0), false);
+				if (ring_push(w->out, x))
 					continue;
 			}
-			w->violations += buddy_free(w->b, x.off, x.order) != 0;
-			w->ops++;
+			w->violations += buddy_free(w->b, blk_addr(x), blk_order(x)) != 0;
 		}
-		if (ring_pop(w->in, &x)) {
-			w->violations += stamp_bad(w->b, &x, (uint64_t)(uintptr_t)x.p);
-			w->violations += buddy_free(w->b, x.off, x.order) != 0;
-		}
+		if (ring_pop(w->in, &x))
+			w->violations += receive(w->b, x, producer);
 		if (w->id == 0 && (r & 0xfff) == 0)
 			buddy_drain(w->b); /* draining is safe at any time */
 	}
+	ring_flush(w->out);
 	for (size_t j = 0; j < n; j++) {
-		w->violations += stamp_bad(w->b, &held[j], stamps[j]);
-		w->violations += buddy_free(w->b, held[j].off, held[j].order) != 0;
+		w->violations += stamp(w->b, held[j], stamps[j], true);
+		w->violations += buddy_free(w->b, blk_addr(held[j]), blk_order(held[j])) != 0;
 	}
 	return NULL;
 }
@@ -655,10 +701,8 @@ static int verify(int nthreads, double seconds)
 	for (int i = 0; i < nthreads; i++) { /* handed over after the receiver stopped */
 		struct blk x;
 
-		while (ring_pop(&rings[i], &x)) {
-			violations += stamp_bad(b, &x, (uint64_t)(uintptr_t)x.p);
-			violations += buddy_free(b, x.off, x.order) != 0;
-		}
+		while (ring_pop(&rings[i], &x))
+			violations += receive(b, x, (i + nthreads - 1) % nthreads);
 	}
 	buddy_drain(b);
 	buddy_stats(b, &st);
@@ -706,27 +750,39 @@ static void usage(FILE *f)
 
 struct result {
 	bool have;
-	double ops;
+	double ops, cpu;
 	struct frag_result f;
 };
 
+static void target(const char *what, double value, double want, bool have)
+{
+	if (have)
+		printf("  %-44s %8.3f  (>= %g)  %s\n", what, value, want,
+		       value >= want ? "met" : "NOT MET");
+}
+
+/* The table: Mops/s per thread count, the ratios the targets are stated in, the share of
+ * the time the threads really ran (other load on the machine lowers it, and so does
+ * sleeping on a lock), the frag figures, and the targets with heapfs's values. */
 static void print_tables(struct result res[W_N][A_N][MAX_THREADS + 1], const bool *won,
 			 const bool *aon, const int *threads, int nt)
 {
 	int t1 = threads[0], t2 = threads[nt - 1];
+	struct result *fh = &res[W_FRAG][A_HEAPFS][t2];
+	char name[64];
 
 	printf("%-8s %-9s", "workload", "allocator");
 	for (int i = 0; i < nt; i++)
 		printf(" %7dt Mops/s", threads[i]);
 	if (nt > 1)
 		printf("  %dt/%dt  vs mutex@%dt", t2, t1, t2);
+	printf("  cpu%%");
+	for (int i = 0; i < nt; i++)
+		printf("%s%dt", i ? "/" : " ", threads[i]);
 	printf("\n");
 	for (int w = 0; w < W_N; w++) {
-		if (!won[w])
-			continue;
-		for (int a = 0; a < A_N; a++) {
-			struct result *r = res[w][a];
-			struct result *m = res[w][A_MUTEX];
+		for (int a = 0; a < A_N && won[w]; a++) {
+			struct result *r = res[w][a], *m = res[w][A_MUTEX];
 
 			if (!aon[a] || !r[t1].have)
 				continue;
@@ -736,24 +792,51 @@ static void print_tables(struct result res[W_N][A_N][MAX_THREADS + 1], const boo
 			if (nt > 1) {
 				printf("  %5.2fx", r[t2].ops / r[t1].ops);
 				if (m[t2].have && a != A_MUTEX)
-					printf("  %8.2fx", r[t2].ops / m[t2].ops);
+					printf("  %8.2fx  ", r[t2].ops / m[t2].ops);
+				else
+					printf("  %9s  ", "");
 			}
+			for (int i = 0; i < nt; i++)
+				printf("%s%.0f", i ? "/" : "  ", 100 * r[threads[i]].cpu);
 			printf("\n");
 		}
 	}
 	if (won[W_FRAG]) {
-		printf("\nfrag (after steady, %dt): usable_max_order_fraction  fragmentation  metadata\n", t2);
+		printf("\nfrag after steady (%dt), caches drained: usable_max_order_fraction  "
+		       "fragmentation  metadata\n", t2);
 		for (int a = 0; a < A_N; a++) {
 			struct result *r = &res[W_FRAG][a][t2];
 
 			if (!aon[a] || !r->have || (a != A_HEAPFS && a != A_MUTEX))
 				continue;
-			printf("  %-9s %26.3f  %13.3f  %lu B = %.4f%% of %lu MiB\n", alloc_names[a],
+			printf("  %-9s %54.3f  %13.3f  %lu B = %.4f%% of %lu MiB\n", alloc_names[a],
 			       r->f.usable, r->f.fragmentation, (unsigned long)r->f.metadata,
 			       100.0 * (double)r->f.metadata / (double)r->f.heap,
 			       (unsigned long)(r->f.heap >> 20));
 		}
 	}
+	if (t1 != 1 || t2 != 2 || !aon[A_HEAPFS])
+		return;
+	printf("\ntargets (heapfs, this run):\n");
+	for (int w = 0; w < W_N; w++) {
+		struct result *r = res[w][A_HEAPFS];
+
+		if (!won[w] || w == W_FRAG)
+			continue;
+		snprintf(name, sizeof(name), "%s: 2t / 1t", work_names[w]);
+		target(name, r[2].ops / r[1].ops, w == W_LARSON ? 1.0 : 1.8, r[1].have);
+	}
+	for (int w = 0; w < W_N; w++) {
+		struct result *r = res[w][A_HEAPFS], *m = res[w][A_MUTEX];
+
+		snprintf(name, sizeof(name), "%s: heapfs / mutex at 2t", work_names[w]);
+		target(name, r[2].ops / m[2].ops, 2.0, won[w] && aon[A_MUTEX] && m[2].have);
+	}
+	target("usable_max_order_fraction", fh->f.usable, 0.8, fh->have);
+	if (fh->have)
+		printf("  %-44s %7.4f%%  (<= 0.1%%)  %s\n", "metadata, % of the heap (4 KiB blocks)",
+		       100.0 * (double)fh->f.metadata / (double)fh->f.heap,
+		       fh->f.metadata * 1000 <= fh->f.heap ? "met" : "NOT MET");
 }
 
 int main(int argc, char **argv)
@@ -842,7 +925,7 @@ int main(int argc, char **argv)
 
 				if (w == W_FRAG && a != A_HEAPFS && a != A_MUTEX)
 					continue; /* free space is only defined for a buddy heap */
-				if (run_one(w, a, threads[i], seconds, &r->ops, &r->f) < 0) {
+				if (run_one(w, a, threads[i], seconds, &r->ops, &r->cpu, &r->f) < 0) {
 					fprintf(stderr, "alloc-bench: %s/%s failed\n", work_names[w],
 						alloc_names[a]);
 					return 1;
@@ -851,7 +934,8 @@ int main(int argc, char **argv)
 				if (!json)
 					continue;
 				printf("{\"workload\": \"%s\", \"allocator\": \"%s\", \"threads\": %d, "
-				       "\"ops_per_s\": %.0f", work_names[w], alloc_names[a], threads[i], r->ops);
+				       "\"ops_per_s\": %.0f, \"cpu_share\": %.2f", work_names[w], alloc_names[a],
+				       threads[i], r->ops, r->cpu);
 				if (w == W_FRAG)
 					printf(", \"usable_max_order_fraction\": %.4f, \"fragmentation\": %.4f, "
 					       "\"metadata_bytes\": %lu, \"heap_bytes\": %lu", r->f.usable,

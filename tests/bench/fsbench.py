@@ -1,0 +1,319 @@
+#!/usr/bin/python3
+"""fsbench — heapfs against a kernel tmpfs of the same size, same jobs, one run.
+
+    fsbench.py --heapfs build/fs/heapfs [--size 2G] [--files 20000] [--repeat 3]
+               [--only seq,rand,files] [--json] [--strict]
+
+Mounts heapfs (a config with one heap `bench` of --size, min_block 4K) and a tmpfs of the
+same size under one temporary directory in /tmp, runs on each:
+
+  seq write    fio, 1 GiB in 1 MiB writes, psync, to a new file (fallocate=none, so the
+               writes allocate)
+  seq read     fio, the same file in 1 MiB reads
+  mmap read    fio ioengine=mmap, the same file in 1 MiB pieces
+  4k randread  fio, 4 KiB random reads over a 256 MiB file (laid out first, not timed):
+               heapfs one pass, file evicted first (every read reaches the daemon);
+               tmpfs 8 passes, since one takes ~0.1 s, too short to time (its data is
+               memory either way, so more passes change only the timing window)
+  4k randwrite fio, 4 KiB random writes over that file (same passes)
+  create       fs-filerate (C): files/s for open(O_CREAT)+4 KiB write+close of 20,000 files
+  unlink       fs-filerate: files/s unlinking them
+
+Every job runs --repeat times (default 3), alternating tmpfs and heapfs, and the median
+counts; a 1 GiB write on each first (not measured) takes the cost of first-touching fresh
+memory on a VM out of the first figures.  Honest reads: before every heapfs read job the
+file is evicted from the page cache (POSIX_FADV_DONTNEED; fincore must then report 0
+resident bytes, else the run fails), so every read goes through FUSE to the daemon.
+tmpfs keeps its data in the page cache by design (that is its store), so its reads are
+memory reads either way.  (A global drop_caches is not used: it leaves tmpfs pages ~4x
+slower to mmap afterwards on this kernel, which would flatter heapfs.)  The table shows
+each figure, the ratio heapfs/tmpfs and the issue's target ratio.  Everything is
+unmounted and removed on the way out, also after errors and Ctrl-C.
+Needs root (mount), fio and fincore (util-linux).
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MIB = 1 << 20
+TARGETS = [  # job, unit, target ratio heapfs/tmpfs
+    ("seq write 1M", "MiB/s", 0.20),
+    ("seq read 1M", "MiB/s", 0.40),
+    ("mmap seq read", "MiB/s", 0.25),
+    ("4k randread", "MiB/s", 0.15),
+    ("4k randwrite", "MiB/s", 0.25),
+    ("create 4K files", "files/s", 0.12),
+    ("unlink files", "files/s", 0.12),
+]
+
+
+def log(msg):
+    print(f"fsbench: {msg}", file=sys.stderr, flush=True)
+
+
+def parse_size(s):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(s[:-1]) * units[s[-1].upper()] if s[-1].upper() in units else int(s)
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def evict(path):
+    """Drop path's pages from the page cache (POSIX_FADV_DONTNEED; FUSE pages are clean,
+    write-through) and return how many bytes fincore still finds resident."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                       capture_output=True, text=True)
+    return int(r.stdout.split()[0]) if r.returncode == 0 and r.stdout.split() else -1
+
+
+def fio(name, filename, rw, bs, size, engine="psync", extra=()):
+    """Run one fio job; returns bandwidth in MiB/s of its read or write side."""
+    cmd = ["fio", f"--name={name}", f"--filename={filename}", f"--rw={rw}", f"--bs={bs}",
+           f"--size={size}", f"--ioengine={engine}", "--numjobs=1", "--fallocate=none",
+           "--invalidate=1", "--output-format=json", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"fio {name} on {filename}: {r.stderr.strip() or r.stdout[-500:]}")
+    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+    side = job["write"] if "write" in rw else job["read"]
+    if job.get("error"):
+        raise RuntimeError(f"fio {name}: error {job['error']}")
+    return side["bw_bytes"] / MIB
+
+
+def seq_jobs(label, d, before_read, loops):
+    res, seq = {}, d / "seq.dat"
+    log(f"{label}: seq write")
+    res["seq write 1M"] = fio("seqwrite", seq, "write", "1M", "1G")
+    log(f"{label}: seq read")
+    before_read(seq)
+    res["seq read 1M"] = fio("seqread", seq, "read", "1M", "1G")
+    log(f"{label}: mmap read")
+    before_read(seq)
+    res["mmap seq read"] = fio("mmapread", seq, "read", "1M", "1G", engine="mmap")
+    seq.unlink()
+    return res
+
+
+def rand_jobs(label, d, before_read, loops):
+    res, rnd = {}, d / "rand.dat"
+    # lay the random-I/O file out with a sequential write first (not measured)
+    fio("layout", rnd, "write", "1M", "256M")
+    log(f"{label}: 4k randread")
+    before_read(rnd)
+    res["4k randread"] = fio("randread", rnd, "randread", "4k", "256M", extra=loops)
+    log(f"{label}: 4k randwrite")
+    res["4k randwrite"] = fio("randwrite", rnd, "randwrite", "4k", "256M", extra=loops)
+    rnd.unlink()
+    return res
+
+
+def file_jobs(label, d, filerate, nfiles):
+    log(f"{label}: create/unlink {nfiles} files")
+    fdir = d / "files"
+    fdir.mkdir()
+    r = subprocess.run([str(filerate), str(fdir), str(nfiles), "4096"], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"fs-filerate: {r.stderr.strip()}")
+    fr = json.loads(r.stdout)
+    fdir.rmdir()
+    return {"create 4K files": fr["create_per_s"], "unlink files": fr["unlink_per_s"]}
+
+
+GROUPS = ("seq", "rand", "files")
+
+
+def run_jobs(label, d, filerate, nfiles, cold, groups=GROUPS):
+    """The jobs of `groups` on directory d; returns {job: figure}.  cold (heapfs): evict
+    the file from the page cache before each read job so every read reaches the daemon,
+    and run the random jobs once; not cold (tmpfs, whose store is the page cache): nothing
+    to evict, and the random jobs run 8 passes since one takes ~0.1 s, too short to time."""
+    loops = ["--loops=1" if cold else "--loops=8"]
+
+    def before_read(path):
+        if cold and evict(path) != 0:
+            raise RuntimeError(f"{path} still in the page cache after POSIX_FADV_DONTNEED")
+    res = {}
+    if "seq" in groups:
+        res.update(seq_jobs(label, d, before_read, loops))
+    if "rand" in groups:
+        res.update(rand_jobs(label, d, before_read, loops))
+    if "files" in groups:
+        res.update(file_jobs(label, d, filerate, nfiles))
+    return res
+
+
+def median_of(runs):
+    """{job: median over runs} of a list of run_jobs() results."""
+    return {job: statistics.median(r[job] for r in runs) for job in runs[0]}
+
+
+def find_filerate(heapfs, explicit, workdir):
+    """The fs-filerate helper: given, next to the build's heapfs, or compiled here."""
+    if explicit:
+        return Path(explicit)
+    built = Path(heapfs).resolve().parents[1] / "tests" / "bench" / "fs" / "fs-filerate"
+    if built.exists():
+        return built
+    src = Path(__file__).resolve().parent / "fs" / "filerate.c"
+    out = Path(workdir) / "fs-filerate"
+    log(f"{built} not built; compiling {src}")
+    subprocess.run(["cc", "-O2", "-std=gnu11", "-D_GNU_SOURCE", "-o", str(out), str(src)],
+                   check=True)
+    return out
+
+
+class Mounts:
+    """The two mounts and the temporary directory; close() undoes all that was done."""
+
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self.tmpfs = self.workdir / "tmpfs"
+        self.heapfs = self.workdir / "heapfs"
+        self.daemon = None
+        self.daemon_rc = None
+
+    def mount(self, heapfs_bin, size):
+        self.tmpfs.mkdir()
+        self.heapfs.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=1777", "fsbench",
+                        str(self.tmpfs)], check=True)
+        cfg = self.workdir / "heapfs.conf"
+        cfg.write_text(f'heap "bench" {{\n  size = {size // MIB}M\n  min_block = 4K\n}}\n')
+        self.daemon = subprocess.Popen([str(heapfs_bin), "-f", "-c", str(cfg),
+                                        str(self.heapfs)],
+                                       stdin=subprocess.DEVNULL,
+                                       stderr=open(self.workdir / "heapfs.stderr", "wb"))
+        end = time.monotonic() + 10
+        while not is_mounted(self.heapfs):
+            if self.daemon.poll() is not None or time.monotonic() > end:
+                err = (self.workdir / "heapfs.stderr").read_text(errors="replace")
+                raise RuntimeError(f"heapfs did not mount: {err.strip()}")
+            time.sleep(0.05)
+        return self.tmpfs, self.heapfs / "heaps" / "bench"
+
+    def close(self):
+        if is_mounted(self.heapfs):
+            if subprocess.run(["fusermount3", "-u", str(self.heapfs)]).returncode != 0:
+                subprocess.run(["fusermount3", "-uz", str(self.heapfs)])
+        if self.daemon is not None:
+            try:
+                self.daemon_rc = self.daemon.wait(10)
+            except subprocess.TimeoutExpired:
+                self.daemon.terminate()
+                try:
+                    self.daemon.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.daemon.kill()
+                    self.daemon.wait()
+                self.daemon_rc = "killed"
+        if is_mounted(self.tmpfs):
+            if subprocess.run(["umount", str(self.tmpfs)]).returncode != 0:
+                subprocess.run(["umount", "-l", str(self.tmpfs)])
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def table(rows):
+    out = [f"{'job':<18} {'unit':<8} {'tmpfs':>10} {'heapfs':>10} {'ratio':>7} "
+           f"{'target':>7}  result"]
+    for r in rows:
+        out.append(f"{r['job']:<18} {r['unit']:<8} {r['tmpfs']:>10.1f} {r['heapfs']:>10.1f} "
+                   f"{r['ratio']:>7.3f} {'>=' + format(r['target'], '.2f'):>7}  "
+                   f"{'pass' if r['pass'] else 'MISS'}")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--heapfs", required=True, help="the heapfs binary")
+    ap.add_argument("--filerate", help="the fs-filerate helper (default: from the build)")
+    ap.add_argument("--size", default="2G", help="heap and tmpfs size (default 2G)")
+    ap.add_argument("--files", type=int, default=20000, help="files for create/unlink")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of every job per filesystem; the median counts (default 3)")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--only", default=",".join(GROUPS),
+                    help="job groups to run, comma-separated: seq (write, read, mmap read), "
+                         "rand (4k randread, randwrite), files (create, unlink); default all")
+    a = ap.parse_args()
+    groups = a.only.split(",")
+    if not groups or set(groups) - set(GROUPS):
+        ap.error(f"--only takes a comma-separated subset of {','.join(GROUPS)}")
+    if os.geteuid() != 0:
+        log("needs root (mounts a tmpfs and drops caches)")
+        return 2
+    if not shutil.which("fio"):
+        log("fio not found (apt-get install fio)")
+        return 2
+    size = parse_size(a.size)
+    # SIGTERM unwinds like Ctrl-C so the finally below cleans up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    m = Mounts(tempfile.mkdtemp(prefix="fsbench-", dir="/tmp"))
+    try:
+        filerate = find_filerate(a.heapfs, a.filerate, m.workdir)
+        tdir, hdir = m.mount(a.heapfs, size)
+        # warm-up (not measured): first touch of fresh memory is slow on a VM
+        for d in (tdir, hdir):
+            fio("warmup", d / "warm.dat", "write", "1M", "1G")
+            (d / "warm.dat").unlink()
+        # repetitions interleave the two filesystems so drift hits both alike
+        runs_t, runs_h = [], []
+        for rep in range(a.repeat):
+            runs_t.append(run_jobs(f"tmpfs #{rep + 1}", tdir, filerate, a.files, False,
+                                   groups))
+            runs_h.append(run_jobs(f"heapfs #{rep + 1}", hdir, filerate, a.files, True,
+                                   groups))
+        res_t, res_h = median_of(runs_t), median_of(runs_h)
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
+        log(f"failed: {e}")
+        return 1
+    finally:
+        m.close()
+    rows = []
+    for job, unit, target in TARGETS:
+        if job not in res_t:
+            continue
+        ratio = res_h[job] / res_t[job] if res_t[job] else 0.0
+        rows.append({"job": job, "unit": unit, "tmpfs": res_t[job], "heapfs": res_h[job],
+                     "ratio": ratio, "target": target, "pass": ratio >= target})
+    fio_version = subprocess.run(["fio", "--version"], capture_output=True,
+                                 text=True).stdout.strip()
+    notes = (f"median of {a.repeat} interleaved runs after a 1 GiB warm-up write on each; "
+             "heapfs reads start with the file evicted from the page cache "
+             "(fadvise DONTNEED, checked with fincore); random jobs: heapfs 1 pass, "
+             "tmpfs 8 passes; heap and tmpfs "
+             f"{a.size}, min_block 4K; {fio_version}; "
+             f"{os.cpu_count()} CPUs")
+    if a.json:
+        print(json.dumps({"jobs": rows, "notes": notes, "daemon_exit": m.daemon_rc,
+                          "runs": {"tmpfs": runs_t, "heapfs": runs_h}}, indent=2))
+    else:
+        print(table(rows))
+        print(f"({notes})")
+    if m.daemon_rc != 0:
+        log(f"heapfs exited with {m.daemon_rc}")
+        return 1
+    return 1 if a.strict and not all(r["pass"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
