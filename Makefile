@@ -23,7 +23,8 @@ setup: deps
 	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD)
 
 test: build
-	meson test -C $(BUILD) --print-errorlogs --num-processes 2
+	@rc=0; meson test -C $(BUILD) --print-errorlogs --num-processes 2 || rc=$$?; \
+	$(PYTHON) tests/summary.py $(BUILD)/meson-logs/testlog.json; exit $$rc
 
 bench: build
 	$(BUILD)/tests/bench/alloc-bench --threads 1,2 --seconds 2
@@ -34,7 +35,7 @@ run: build
 	$(BUILD)/fs/heapfs $(MNT)
 	@echo "heapfs mounted at $(MNT) with the embedded default config."
 	@echo "  try:     ls $(MNT); df -h $(MNT)/heaps/scratch; cat $(MNT)/.heapfs/stats"
-	@echo "           $(BUILD)/fs/heapfsctl stats $(MNT)"
+	@echo "           $(BUILD)/fs/ctl/heapfsctl stats $(MNT)"
 	@echo "  unmount: make stop   (or: fusermount3 -u $(MNT))"
 
 stop:
