@@ -18,15 +18,16 @@
  *
  * Per-CPU caches (like Linux's per-cpu pagesets): a slot per CPU (sched_getcpu), holding
  * a LIFO stack of free blocks for each of the smaller orders, guarded by a try-lock.  A
- * stack holds at most PCP_DEPTH blocks and heap_size >> PCP_BUDGET bytes (so at most about
- * 1% of the heap per CPU); a full stack sends its older half down in one go.  A thread that finds its slot busy goes straight to the shared bitmaps, so
- * nobody waits.  Cached blocks count as free in the stats and as held by their chunk;
- * buddy_drain() gives them back, and an allocation that would fail drains first.
- * Statistics counters sit in the slots too (changed only under the slot's lock), so no
- * operation writes a heap-wide cache line.
+ * stack holds at most PCP_DEPTH blocks, and the stacks of one order on all CPUs together at
+ * most heap_size >> PCP_BUDGET bytes; a full stack sends its older half down in one go.
+ * A thread that finds its slot busy goes straight to the shared bitmaps, so nobody waits.
+ * Cached blocks count as free in the stats and as held by their chunk; buddy_drain() gives
+ * them back, and an allocation that would fail drains first.  Statistics counters sit in
+ * the slots too (changed only under the slot's lock), so no operation writes a heap-wide
+ * cache line.
  *
- * Searches start at a position that depends on the CPU slot, so threads on different CPUs
- * tend to work in different words and chunks.
+ * An allocation looks first in its CPU slot's own share of each order's blocks (1/nslots
+ * of them), then anywhere: threads on different CPUs keep to different words and chunks.
  */
 #include <errno.h>
 #include <sched.h>
@@ -34,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/rseq.h>
 #include <sys/sysinfo.h>
 
 #include "buddy_i.h"
@@ -99,11 +101,10 @@ static unsigned eff_chunk_order(const struct buddy_params *p)
 	return c;
 }
 
-/* Lay the metadata out (into m when non-NULL); returns its size. */
-static uint64_t layout(const struct buddy_params *p, struct buddy_meta *m)
+/* Lay the metadata out for nslots CPU slots (into m when non-NULL); returns its size. */
+static uint64_t layout(const struct buddy_params *p, unsigned nslots, struct buddy_meta *m)
 {
 	unsigned M = p->heap_order, cord = eff_chunk_order(p);
-	unsigned nslots = slot_count();
 	uint64_t nchunks = 1ull << (M - cord);
 	uint64_t off = ALIGN64(sizeof(struct buddy_meta));
 
@@ -117,7 +118,7 @@ static uint64_t layout(const struct buddy_params *p, struct buddy_meta *m)
 		m->pcp_orders = 0;
 		for (unsigned c = 0; c < PCP_ORDERS && !(p->flags & BUDDY_F_NOCACHE) &&
 				     M - p->min_order >= PCP_MIN_SPAN && p->min_order + c < M; c++) {
-			uint64_t d = (1ull << (M - PCP_BUDGET)) >> (p->min_order + c);
+			uint64_t d = (1ull << (M - PCP_BUDGET)) / nslots >> (p->min_order + c);
 
 			if (d > PCP_DEPTH)
 				d = PCP_DEPTH;
@@ -169,7 +170,7 @@ int64_t buddy_meta_size(const struct buddy_params *p)
 {
 	int ret = check_params(p);
 
-	return ret < 0 ? ret : (int64_t)layout(p, NULL);
+	return ret < 0 ? ret : (int64_t)layout(p, slot_count(), NULL);
 }
 
 /* Process-local pointers into the metadata. */
@@ -237,16 +238,35 @@ static inline unsigned pick_bit(uint64_t w, unsigned pref)
 	return (unsigned)__builtin_ctzll(hi ? hi : w);
 }
 
-/* Claim one free block of order k below word (lev, idx): its index, or -1. */
-static int64_t lv_claim(struct buddy *b, unsigned k, unsigned lev, uint64_t idx, uint64_t pref)
+/* Where a search may take a block: level-0 bits [lo, hi), preferring the first at or
+ * after pref (wrapping). */
+struct window {
+	uint64_t lo, hi, pref;
+};
+
+/* The bits of word idx at level lev whose subtrees meet the window. */
+static inline uint64_t win_mask(const struct window *win, unsigned lev, uint64_t idx)
+{
+	uint64_t first = idx * 64, a = win->lo >> (6 * lev), z = (win->hi - 1) >> (6 * lev);
+
+	if (z < first || a > first + 63)
+		return 0;
+	a = a > first ? a - first : 0;           /* first and last bit in this word */
+	z = z < first + 63 ? z - first : 63;
+	return (~0ull << a) & (~0ull >> (63 - z));
+}
+
+/* Claim one free block of order k in the window below word (lev, idx): its index, or -1. */
+static int64_t lv_claim(struct buddy *b, unsigned k, unsigned lev, uint64_t idx,
+			const struct window *win)
 {
 	_Atomic uint64_t *wp = &b->lv[k][lev][idx];
-	uint64_t w = atomic_load(wp);
-	unsigned pb = (unsigned)(pref >> (6 * lev)) & 63;
+	uint64_t w = atomic_load(wp), mask = win_mask(win, lev, idx);
+	unsigned pb = (unsigned)(win->pref >> (6 * lev)) & 63;
 
 	if (lev == 0) {
-		while (w) {
-			unsigned i = pick_bit(w, pb);
+		while (w & mask) {
+			unsigned i = pick_bit(w & mask, pb);
 			uint64_t nw = w & ~(1ull << i);
 
 			if (atomic_compare_exchange_weak(wp, &w, nw)) {
@@ -257,12 +277,10 @@ static int64_t lv_claim(struct buddy *b, unsigned k, unsigned lev, uint64_t idx,
 		}
 		return -1;
 	}
-	if (!w)
-		return -1;
-	for (uint64_t left = w; left; ) {
+	for (uint64_t left = w & mask; left; ) {
 		unsigned i = pick_bit(left, pb);
 		uint64_t child = idx * 64 + i;
-		int64_t r = lv_claim(b, k, lev - 1, child, pref);
+		int64_t r = lv_claim(b, k, lev - 1, child, win);
 
 		if (r >= 0)
 			return r;
@@ -291,23 +309,25 @@ static uint64_t split_to(struct buddy *b, unsigned j, unsigned k, uint64_t want)
 	return want << k;
 }
 
-static uint64_t pref_of(const struct buddy *b, unsigned k, unsigned slot)
-{
-	return (uint64_t)slot * (1ull << (b->heap_order - k)) / b->nslots;
-}
-
-/* A block of order k from the shared structures (counted into its chunk), or -ENOMEM. */
+/* A block of order k from the shared structures (counted into its chunk), or -ENOMEM.
+ * First pass: only the slot's own share of the heap (its 1/nslots of the blocks of each
+ * order), smallest order first, so threads on different CPUs keep to different words and
+ * chunks; then the whole heap (twice, as a split in flight may hide a block for a moment). */
 static int64_t shared_alloc(struct buddy *b, unsigned k, unsigned slot)
 {
-	for (int tries = 0; tries < 2; tries++) {
+	for (int pass = 0; pass < 3; pass++) {
 		uint64_t mask = atomic_load(&b->meta->nonempty) & (~0ull << k);
 
 		while (mask) {
 			unsigned j = (unsigned)__builtin_ctzll(mask);
+			uint64_t n = 1ull << (b->heap_order - j), lo = n * slot / b->nslots;
+			struct window win = { pass ? 0 : lo, pass ? n : n * (slot + 1) / b->nslots, lo };
 			int64_t i;
 
 			mask &= mask - 1;
-			i = lv_claim(b, j, b->nlev[j] - 1, 0, pref_of(b, j, slot));
+			if (win.lo >= win.hi)
+				continue;
+			i = lv_claim(b, j, b->nlev[j] - 1, 0, &win);
 			if (i < 0)
 				continue;
 			uint64_t off = split_to(b, j, k, (uint64_t)i << (j - k));
@@ -319,12 +339,13 @@ static int64_t shared_alloc(struct buddy *b, unsigned k, unsigned slot)
 	return -ENOMEM;
 }
 
-/* Give block (off, k) back to the shared structures, merging with free buddies. */
-static void shared_free(struct buddy *b, uint64_t off, unsigned k)
+/* Give block (off, k) back to the shared structures, merging with free buddies.  park:
+ * where a chunk this empties waits (a CPU slot's park words), NULL to release it now. */
+static void shared_free(struct buddy *b, uint64_t off, unsigned k, _Atomic uint64_t *park)
 {
 	uint64_t i = off >> k;
 
-	chunk_unhold(&b->cm, off, 1ull << k);
+	chunk_unhold(&b->cm, off, 1ull << k, park);
 	for (; k < b->heap_order; k++, i >>= 1) {
 		_Atomic uint64_t *wp = &b->lv[k][0][i >> 6];
 		uint64_t w = atomic_load(wp), nw;
@@ -368,10 +389,22 @@ static int shared_alloc_at(struct buddy *b, uint64_t off, unsigned k)
 
 /* ---- per-CPU slots ---------------------------------------------------------------- */
 
+/* This thread's CPU: read from the rseq area glibc registers (one load) when there is
+ * one, else sched_getcpu().  Only a hint: the thread may move right after. */
 static inline unsigned cpu_slot(const struct buddy *b)
 {
-	int c = sched_getcpu();
+	int c = -1;
 
+	if (__rseq_size) {
+		const struct rseq *rs = (const struct rseq *)
+			((char *)__builtin_thread_pointer() + __rseq_offset);
+
+		c = (int)*(const volatile uint32_t *)&rs->cpu_id;
+	}
+	if (c < 0)
+		c = sched_getcpu();
+	if ((unsigned)c < b->nslots) /* the usual case, without a division */
+		return (unsigned)c;
 	return c < 0 ? 0 : (unsigned)c % b->nslots;
 }
 
@@ -405,7 +438,8 @@ static inline void ctr_add(_Atomic uint64_t *c, uint64_t v)
 			      memory_order_relaxed);
 }
 
-/* Give the blocks of p's stacks above keep entries per order back.  Lock held. */
+/* Give the blocks of p's stacks above keep entries per order back, releasing chunks they
+ * empty at once.  Lock held. */
 static void __pcp_flush(struct buddy *b, struct buddy_pcp *p, uint32_t keep)
 {
 	for (unsigned c = 0; c < b->pcp_orders; c++) {
@@ -415,7 +449,7 @@ static void __pcp_flush(struct buddy *b, struct buddy_pcp *p, uint32_t keep)
 		if (n <= keep)
 			continue;
 		for (uint32_t j = keep; j < n; j++)
-			shared_free(b, p->blk[c][j], k);
+			shared_free(b, p->blk[c][j], k, NULL);
 		ctr_add(&p->cached, -((uint64_t)(n - keep) << k));
 		atomic_store_explicit(&p->n[c], keep, memory_order_relaxed);
 	}
@@ -443,10 +477,14 @@ static void drain_slots(struct buddy *b, struct buddy_pcp *held, bool wait)
 void buddy_drain(struct buddy *b)
 {
 	drain_slots(b, NULL, true);
+	for (unsigned s = 0; s < b->nslots; s++)
+		chunk_unpark(&b->cm, b->pcp[s].park);
 }
 
-static void count_op(struct buddy *b, struct buddy_pcp *p, bool locked, int64_t used_delta,
-		     _Atomic uint64_t *ctr, _Atomic uint64_t *spill)
+/* Count an operation in the slot's counters (lock held) or, when the slot was busy, in the
+ * heap-wide spill counters. */
+static inline void count_op(struct buddy *b, struct buddy_pcp *p, bool locked,
+			    int64_t used_delta, _Atomic uint64_t *ctr, _Atomic uint64_t *spill)
 {
 	if (locked) {
 		ctr_add(&p->used, (uint64_t)used_delta);
@@ -460,10 +498,17 @@ static void count_op(struct buddy *b, struct buddy_pcp *p, bool locked, int64_t 
 
 /* ---- public operations ------------------------------------------------------------ */
 
-static void track_set(struct buddy *b, uint64_t off, unsigned k)
+static inline void track_set(struct buddy *b, uint64_t off, unsigned k)
 {
-	if (b->track[k])
+	if ((b->flags & BUDDY_F_TRACK) && k <= BUDDY_MAX_ORDER) /* (it is: for -Warray-bounds) */
 		atomic_fetch_or(&b->track[k][(off >> k) >> 6], bit(off >> k));
+}
+
+/* Is (off, order) a block of this heap: in range and aligned? */
+static inline bool block_ok(const struct buddy *b, uint64_t off, unsigned order)
+{
+	return order >= b->min_order && order <= b->heap_order &&
+	       !(off & ((1ull << order) - 1)) && off < (1ull << b->heap_order);
 }
 
 int64_t buddy_alloc(struct buddy *b, unsigned order)
@@ -510,8 +555,7 @@ int buddy_alloc_at(struct buddy *b, uint64_t off, unsigned order)
 	bool locked;
 	int ret;
 
-	if (order < b->min_order || order > b->heap_order || (off & ((1ull << order) - 1)) ||
-	    off >= (1ull << b->heap_order))
+	if (!block_ok(b, off, order))
 		return -EINVAL;
 	ret = shared_alloc_at(b, off, order);
 	if (ret == -EBUSY && b->pcp_orders) {
@@ -532,22 +576,24 @@ int buddy_alloc_at(struct buddy *b, uint64_t off, unsigned order)
 int buddy_free(struct buddy *b, uint64_t off, unsigned order)
 {
 	unsigned c = order - b->min_order;
-	struct buddy_pcp *p;
-	bool locked;
+	struct buddy_pcp *p = NULL;
+	bool locked = false;
+	uint64_t i;
+	int ret = -EINVAL;
 
-	if (order < b->min_order || order > b->heap_order || (off & ((1ull << order) - 1)) ||
-	    off >= (1ull << b->heap_order))
-		return -EINVAL;
-	if (b->track[order]) {
-		uint64_t i = off >> order;
-
-		if (!(atomic_fetch_and(&b->track[order][i >> 6], ~bit(i)) & bit(i)))
-			return -EINVAL; /* not allocated at this order: bad or double free */
-	} else if (atomic_load(&b->lv[order][0][(off >> order) >> 6]) & bit(off >> order)) {
-		return -EINVAL; /* free already (the cheap check without tracking) */
-	}
+	if (!block_ok(b, off, order))
+		goto out;
+	i = off >> order;
+	/* with tracking: not allocated at this order = a bad or double free */
+	if ((b->flags & BUDDY_F_TRACK) &&
+	    !(atomic_fetch_and(&b->track[order][i >> 6], ~bit(i)) & bit(i)))
+		goto out;
 	p = &b->pcp[cpu_slot(b)];
 	locked = pcp_trylock(p);
+	/* without: a block free as a whole already, checked where the word is read anyway */
+	if (!(b->flags & BUDDY_F_TRACK) && (!locked || c >= b->pcp_orders) &&
+	    (atomic_load(&b->lv[order][0][i >> 6]) & bit(i)))
+		goto out;
 	if (locked && c < b->pcp_orders) {
 		uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
 
@@ -556,7 +602,7 @@ int buddy_free(struct buddy *b, uint64_t off, unsigned order)
 			uint32_t half = (n + 1) / 2;
 
 			for (uint32_t j = 0; j < half; j++)
-				shared_free(b, p->blk[c][j], order);
+				shared_free(b, p->blk[c][j], order, p->park);
 			memmove(p->blk[c], p->blk[c] + half, sizeof(p->blk[c][0]) * (n - half));
 			n -= half;
 			ctr_add(&p->cached, -((uint64_t)half << order));
@@ -565,36 +611,41 @@ int buddy_free(struct buddy *b, uint64_t off, unsigned order)
 		atomic_store_explicit(&p->n[c], n + 1, memory_order_relaxed);
 		ctr_add(&p->cached, 1ull << order);
 	} else {
-		shared_free(b, off, order);
+		shared_free(b, off, order, p->park);
 	}
 	count_op(b, p, locked, -((int64_t)1 << order), &p->frees, &b->meta->frees_spill);
+	ret = 0;
+out:
 	if (locked)
 		pcp_unlock(p);
-	return 0;
+	return ret;
 }
 
 /* ---- creation --------------------------------------------------------------------- */
 
-static int open_handle(struct buddy_meta *m, size_t meta_size, bool own_meta, int fd,
-		       const char *name, struct buddy **out)
+/* A handle on laid-out metadata: map the data (fd: see chunk_map_open). */
+static int open_handle(struct buddy_meta *m, size_t meta_size, int fd, const char *name,
+		       struct buddy **out)
 {
 	struct buddy *b = calloc(1, sizeof(*b));
-	int ret;
+	int ret = -ENOMEM;
 
 	if (!b)
-		return -ENOMEM;
+		goto out;
 	b->meta = m;
 	b->meta_size = meta_size;
 	bind_handle(b);
 	ret = chunk_map_open(&b->cm, (struct chunk_table *)((char *)m + m->chunk_off),
 			     m->heap_order, m->flags, fd, m->fd_offset, name);
-	if (ret < 0) {
-		free(b);
-		return ret;
-	}
-	b->own_meta = own_meta;
+	if (ret < 0)
+		goto fail_handle;
 	*out = b;
-	return 0;
+	goto out;
+
+fail_handle:
+	free(b);
+out:
+	return ret;
 }
 
 static int init_meta(const struct buddy_params *p, void *meta, size_t meta_size, bool zeroed,
@@ -603,27 +654,26 @@ static int init_meta(const struct buddy_params *p, void *meta, size_t meta_size,
 	struct buddy_meta *m = meta;
 	uint64_t need;
 	int ret = check_params(p);
-	struct buddy *b;
 
 	if (ret < 0)
-		return ret;
-	need = layout(p, NULL);
+		goto out;
+	need = layout(p, slot_count(), NULL);
+	ret = -EINVAL;
 	if (!meta || meta_size < need || ((uintptr_t)meta & 63))
-		return -EINVAL;
+		goto out;
 	if (!zeroed)
 		memset(meta, 0, need);
-	layout(p, m);
+	layout(p, slot_count(), m);
 	m->magic = BUDDY_MAGIC;
 	m->version = BUDDY_VERSION;
 	m->meta_size = need;
 	chunk_table_init((struct chunk_table *)((char *)m + m->chunk_off), m->chunk_order,
 			 m->nchunks);
-	ret = open_handle(m, meta_size, false, (p->flags & BUDDY_F_FD) ? p->fd : -1, p->name, &b);
-	if (ret < 0)
-		return ret;
-	publish(b, b->heap_order, 0);
-	*out = b;
-	return 0;
+	ret = open_handle(m, meta_size, (p->flags & BUDDY_F_FD) ? p->fd : -1, p->name, out);
+	if (ret == 0)
+		publish(*out, m->heap_order, 0); /* the whole heap: one free block */
+out:
+	return ret;
 }
 
 int buddy_create_at(const struct buddy_params *p, void *meta, size_t meta_size, struct buddy **out)
@@ -634,33 +684,64 @@ int buddy_create_at(const struct buddy_params *p, void *meta, size_t meta_size, 
 int buddy_create(const struct buddy_params *p, struct buddy **out)
 {
 	int64_t size = buddy_meta_size(p);
-	void *meta;
-	int ret;
+	void *meta = MAP_FAILED;
+	int ret = (int)size;
 
 	if (size < 0)
-		return (int)size;
+		goto out;
 	meta = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ret = -errno;
 	if (meta == MAP_FAILED)
-		return -errno;
+		goto out;
 	ret = init_meta(p, meta, (size_t)size, true, out);
 	if (ret < 0)
-		munmap(meta, (size_t)size);
-	else
-		(*out)->own_meta = true;
+		goto fail_meta;
+	(*out)->own_meta = true;
+	goto out;
+
+fail_meta:
+	munmap(meta, (size_t)size);
+out:
 	return ret;
+}
+
+/* Metadata from elsewhere is used only if it is exactly what layout() makes for the
+ * geometry it names: every offset the handle will follow is then inside it. */
+static bool meta_ok(const struct buddy_meta *m, size_t meta_size)
+{
+	struct buddy_params p = { .heap_order = m->heap_order, .min_order = m->min_order,
+				  .chunk_order = m->chunk_order, .flags = m->flags,
+				  .fd = 0, .fd_offset = m->fd_offset };
+	struct buddy_meta *want;
+	bool ok;
+
+	if (meta_size < sizeof(*m) || m->magic != BUDDY_MAGIC || m->version != BUDDY_VERSION ||
+	    m->meta_size > meta_size || check_params(&p) < 0 || m->nslots < 1 ||
+	    m->nslots > PCP_MAX_SLOTS)
+		return false;
+	want = calloc(1, sizeof(*want));
+	if (!want)
+		return false;
+	ok = layout(&p, m->nslots, want) == m->meta_size && want->chunk_order == m->chunk_order &&
+	     want->pcp_orders == m->pcp_orders && want->pcp_off == m->pcp_off &&
+	     want->chunk_off == m->chunk_off && want->nchunks == m->nchunks &&
+	     !memcmp(want->pcp_depth, m->pcp_depth, sizeof(m->pcp_depth)) &&
+	     !memcmp(want->ord, m->ord, sizeof(m->ord));
+	free(want);
+	return ok;
 }
 
 int buddy_attach(void *meta, size_t meta_size, int data_fd, struct buddy **out)
 {
 	struct buddy_meta *m = meta;
+	bool has_fd;
 
-	if (!m || meta_size < sizeof(*m) || ((uintptr_t)meta & 63) || m->magic != BUDDY_MAGIC ||
-	    m->version != BUDDY_VERSION || m->meta_size > meta_size)
+	if (!m || ((uintptr_t)meta & 63) || !meta_ok(m, meta_size))
 		return -EINVAL;
-	if ((m->flags & (BUDDY_F_MEMFD | BUDDY_F_FD)) && data_fd < 0)
+	has_fd = m->flags & (BUDDY_F_MEMFD | BUDDY_F_FD);
+	if (has_fd && data_fd < 0)
 		return -EBADF;
-	return open_handle(m, meta_size, false,
-			   (m->flags & (BUDDY_F_MEMFD | BUDDY_F_FD)) ? data_fd : -1, NULL, out);
+	return open_handle(m, meta_size, has_fd ? data_fd : -1, NULL, out);
 }
 
 void buddy_destroy(struct buddy *b)
@@ -741,11 +822,14 @@ void buddy_stats(struct buddy *b, struct buddy_stats *st)
 		st->largest_free = largest_cached;
 	st->chunk_size = 1ull << m->chunk_order;
 	st->chunks_total = m->nchunks;
-	for (uint64_t i = 0; i < m->nchunks; i++)
-		if (atomic_load_explicit(&b->cm.t->slot[i].state, memory_order_relaxed) &
-		    CHUNK_HELD_MASK)
-			st->chunks_committed++;
+	for (uint64_t i = 0; i < m->nchunks; i++) {
+		uint64_t s = atomic_load_explicit(&b->cm.t->slot[i].state, memory_order_relaxed);
+
+		st->chunks_committed += (s & CHUNK_HELD_MASK) != 0;
+		st->chunks_idle += (s & CHUNK_IDLE) != 0;
+	}
 	st->chunks_released = atomic_load(&b->cm.t->released);
+	st->pin_failures = atomic_load(&b->cm.pin_failures);
 	st->metadata_bytes = m->meta_size;
 }
 
@@ -968,6 +1052,9 @@ int buddy_check(struct buddy *b)
 		uint64_t s = atomic_load(&b->cm.t->slot[c].state);
 
 		CHECK(!(s & CHUNK_RELEASING), "chunk %lu is being released", (unsigned long)c);
+		CHECK(!(s & CHUNK_IDLE) || !(s & CHUNK_HELD_MASK), "idle chunk %lu holds bytes",
+		      (unsigned long)c);
+		s &= CHUNK_HELD_MASK;
 		CHECK(s == held[c], "chunk %lu holds %lu bytes, its blocks say %lu",
 		      (unsigned long)c, (unsigned long)s, (unsigned long)held[c]);
 		committed += s != 0;

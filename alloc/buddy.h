@@ -10,7 +10,8 @@
  *
  * Data memory is reserved as address space and committed lazily in chunks of
  * 2^chunk_order bytes; a chunk none of whose bytes are allocated goes back to
- * the OS and its generation number increases (see chunk.h).
+ * the OS and its generation number increases (see chunk.h: each CPU keeps its two
+ * most recently emptied chunks until it empties others or buddy_drain() runs).
  *
  * Every function returns 0 / a non-negative value, or -errno.  No FUSE here.
  */
@@ -74,8 +75,9 @@ int buddy_data_fd(const struct buddy *b); /* memfd/fd of the data, or -1 for ano
 unsigned buddy_heap_order(const struct buddy *b);
 unsigned buddy_min_order(const struct buddy *b);
 
-/* Give blocks parked in per-CPU caches back to the shared structures (they coalesce).
- * Safe at any time; after it, with no concurrent users, the heap is fully coalesced. */
+/* Give blocks parked in per-CPU caches back to the shared structures (they coalesce), and
+ * every empty chunk back to the OS.  Safe at any time; after it, with no concurrent users,
+ * the heap is fully coalesced and only chunks holding allocated blocks are committed. */
 void buddy_drain(struct buddy *b);
 
 struct buddy_stats {
@@ -93,6 +95,9 @@ struct buddy_stats {
 	uint64_t chunks_released;  /* chunks given back to the OS so far */
 	uint64_t metadata_bytes;   /* bytes of allocator metadata (bitmaps, chunk table, caches) */
 	uint64_t allocs, frees, alloc_failures;
+	uint64_t chunks_idle;      /* empty chunks still committed (each CPU keeps its last
+				      two emptied; buddy_drain() gives them back) */
+	uint64_t pin_failures;     /* BUDDY_F_PIN: mlock() refusals in this process */
 };
 void buddy_stats(struct buddy *b, struct buddy_stats *st);
 

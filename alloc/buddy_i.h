@@ -4,7 +4,8 @@
  * The metadata area is position independent (offsets only) so several processes can map
  * it at different addresses:
  *   struct buddy_meta   header: geometry, offsets of everything below, the hint words
- *   struct buddy_pcp[]  per-CPU slots: try-lock, cached free blocks per small order, counters
+ *   struct buddy_pcp[]  per-CPU slots: try-lock, cached free blocks per small order, counters,
+ *                       parked empty chunks
  *   struct chunk_table  chunk state words and generations
  *   free bitmaps        per order k, levels 0..nlev-1: level 0 has one bit per block of
  *                       order k (set = that block is free as a whole); level l+1 has one
@@ -27,7 +28,7 @@
 #define BUDDY_LV_MAX  7        /* 64^7 > 2^34 blocks */
 #define PCP_ORDERS    12       /* cached orders: at most min_order .. min_order + 11 */
 #define PCP_DEPTH     64       /* at most this many blocks per cached order and CPU */
-#define PCP_BUDGET    10       /* and at most heap_size >> 10 bytes per order and CPU ... */
+#define PCP_BUDGET    6        /* and all CPUs together at most heap_size >> 6 bytes per order */
 #define PCP_MIN_DEPTH 8        /* ... except min_order, which gets at least 8 */
 #define PCP_MIN_SPAN  8        /* caches only when the heap holds >= 2^8 min blocks */
 #define PCP_MAX_SLOTS 256
@@ -48,6 +49,7 @@ struct buddy_pcp {
 	_Atomic uint64_t cached;  /* bytes */
 	_Atomic uint64_t used;    /* bytes handed out minus bytes freed through this slot */
 	_Atomic uint64_t allocs, frees, failures;
+	_Atomic uint64_t park[CHUNK_PARK]; /* this CPU's recently emptied chunks (chunk_i.h) */
 	uint64_t blk[PCP_ORDERS][PCP_DEPTH]; /* offsets */
 } __attribute__((aligned(64)));
 
@@ -72,15 +74,17 @@ struct buddy_meta {
 };
 
 struct buddy {
+	/* what every operation reads first, together */
 	struct buddy_meta *meta;
-	size_t meta_size;
-	bool own_meta;                     /* buddy_create: metadata mapped here */
+	struct buddy_pcp *pcp;
 	unsigned heap_order, min_order, flags, nslots, pcp_orders;
 	uint32_t pcp_depth[PCP_ORDERS];
+	/* the rest */
+	size_t meta_size;
+	bool own_meta;                     /* buddy_create: metadata mapped here */
 	uint32_t nlev[BUDDY_MAX_ORDER + 1];
 	_Atomic uint64_t *lv[BUDDY_MAX_ORDER + 1][BUDDY_LV_MAX];
 	_Atomic uint64_t *track[BUDDY_MAX_ORDER + 1];
-	struct buddy_pcp *pcp;
 	struct chunk_map cm;
 };
 

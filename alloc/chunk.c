@@ -147,7 +147,7 @@ static void chunk_release(struct chunk_map *cm, uint64_t idx)
 		madvise(addr, cs, MADV_REMOVE); /* same effect where fallocate is refused */
 }
 
-/* Apply fn to each chunk [off, off+len) spans with the bytes it holds of it. */
+/* Loop over the chunks [off, off+len) spans; n: the bytes of the block in each. */
 #define FOR_EACH_CHUNK(cm, off, len, idx, n)                                              \
 	for (uint64_t idx = (off) >> (cm)->t->chunk_order,                                \
 		      n = (len) < chunk_bytes(cm) ? (len) : chunk_bytes(cm),              \
@@ -169,7 +169,8 @@ void chunk_hold(struct chunk_map *cm, uint64_t off, uint64_t len)
 				s = atomic_load(st);
 				continue;
 			}
-			if (atomic_compare_exchange_weak(st, &s, s + n))
+			/* an idle chunk still has its memory: take it back as it is */
+			if (atomic_compare_exchange_weak(st, &s, (s & CHUNK_HELD_MASK) + n))
 				break;
 		}
 		if (s == 0)
@@ -177,21 +178,49 @@ void chunk_hold(struct chunk_map *cm, uint64_t off, uint64_t len)
 	}
 }
 
-void chunk_unhold(struct chunk_map *cm, uint64_t off, uint64_t len)
+/* Give chunk idx back to the OS if its state is still `from` (0 held bytes). */
+static void chunk_release_if(struct chunk_map *cm, uint64_t idx, uint64_t from)
+{
+	struct chunk_slot *cs = &cm->t->slot[idx];
+
+	if (!atomic_compare_exchange_strong(&cs->state, &from, CHUNK_RELEASING))
+		return;
+	chunk_release(cm, idx);
+	atomic_fetch_add(&cs->gen, 1);
+	atomic_fetch_add(&cm->t->released, 1);
+	atomic_store(&cs->state, 0);
+}
+
+void chunk_unpark(struct chunk_map *cm, _Atomic uint64_t *park)
+{
+	for (unsigned i = 0; i < CHUNK_PARK; i++) {
+		uint64_t old = atomic_exchange(&park[i], 0);
+
+		if (old)
+			chunk_release_if(cm, old - 1, CHUNK_IDLE);
+	}
+}
+
+void chunk_unhold(struct chunk_map *cm, uint64_t off, uint64_t len, _Atomic uint64_t *park)
 {
 	FOR_EACH_CHUNK(cm, off, len, idx, n) {
 		struct chunk_slot *cs = &cm->t->slot[idx];
-		uint64_t s = atomic_load(&cs->state), ns;
+		uint64_t s = atomic_load(&cs->state), old;
 
-		do
-			ns = (s - n) ? s - n : CHUNK_RELEASING;
-		while (!atomic_compare_exchange_weak(&cs->state, &s, ns));
-		if (ns != CHUNK_RELEASING)
+		while (!atomic_compare_exchange_weak(&cs->state, &s, s - n))
+			;
+		if (s - n)
 			continue;
-		chunk_release(cm, idx);
-		atomic_fetch_add(&cs->gen, 1);
-		atomic_fetch_add(&cm->t->released, 1);
-		atomic_store(&cs->state, 0);
+		if (!park) {
+			chunk_release_if(cm, idx, 0);
+			continue;
+		}
+		s = 0;
+		if (!atomic_compare_exchange_strong(&cs->state, &s, CHUNK_IDLE))
+			continue; /* taken again already */
+		old = atomic_exchange(&park[idx % CHUNK_PARK], idx + 1);
+		if (old && old != idx + 1)
+			chunk_release_if(cm, old - 1, CHUNK_IDLE);
 	}
 }
 
@@ -225,7 +254,7 @@ int chunk_describe(const struct buddy *b, uint64_t index, struct chunk_desc *d)
 	d->size = 1ull << t->chunk_order;
 	d->addr = b->cm.base ? b->cm.base + index * d->size : NULL;
 	d->held = s & CHUNK_HELD_MASK;
-	d->committed = d->held != 0;
+	d->committed = s != 0; /* held, parked idle or being released */
 	return 0;
 }
 

@@ -8,8 +8,11 @@
  * a memfd or the caller's fd), so whoever registered the chunk earlier (an RDMA-style
  * registration, a cached mapping) can tell it is stale by comparing one number.
  *
- * Blocks parked in per-CPU caches still count as held by their chunk: buddy_drain() gives
- * them back and then the chunk can be released.
+ * A chunk that becomes empty is not given back at once: each CPU keeps its two most
+ * recently emptied chunks committed ("idle"), so a chunk emptied and refilled in quick
+ * succession costs no syscall and no page faults; the idle chunk goes back when that CPU
+ * empties another chunk, or at buddy_drain().  Blocks parked in per-CPU caches still count
+ * as held by their chunk: buddy_drain() gives them back and then the chunk is released.
  */
 #ifndef HEAPFS_CHUNK_H
 #define HEAPFS_CHUNK_H
@@ -25,7 +28,7 @@ struct chunk_desc {
 	void *addr;          /* in this process's mapping; NULL with BUDDY_F_NODATA */
 	uint64_t size;       /* 2^chunk_order bytes */
 	uint64_t held;       /* bytes of blocks allocated (or parked in caches) in the chunk */
-	bool committed;      /* held != 0: memory may be resident */
+	bool committed;      /* held, or idle: memory may be resident */
 };
 
 /* Number of chunks of the heap. */

@@ -4,11 +4,18 @@
  * struct chunk_table lives in the heap's (possibly shared) metadata area; struct chunk_map
  * is this process's view: the data mapping and how to give memory back.
  *
- * Per chunk one atomic state word: the bytes held in the chunk (bits 0..61) and
- * CHUNK_RELEASING.  The free that takes the count to 0 sets CHUNK_RELEASING in the same
- * CAS, gives the memory back, bumps the generation, then clears the flag.  An allocation
- * that meets CHUNK_RELEASING waits for that one release (a syscall) before it counts
- * itself in: its block must not be wiped by a release that started before it.
+ * Per chunk one atomic state word: the bytes held in the chunk (bits 0..60), CHUNK_IDLE
+ * and CHUNK_RELEASING.  The free that takes the count to 0 either
+ *   - parks the chunk (state CHUNK_IDLE, memory kept) in a per-CPU "park" word, which
+ *     retires the chunk parked there before: so each CPU keeps at most its most recently
+ *     emptied chunks committed, and a chunk emptied and refilled at once costs no
+ *     syscall and no page faults; or
+ *   - releases it (no park given, e.g. buddy_drain): CHUNK_RELEASING, memory back to the
+ *     OS, generation + 1, state 0.
+ * Retiring a parked chunk is the same release, done only if the chunk is still exactly
+ * CHUNK_IDLE (the CAS fails if an allocation took it back meanwhile).  An allocation that
+ * meets CHUNK_RELEASING waits for that one release (a syscall) before it counts itself
+ * in: its block must not be wiped by a release that started before it.
  */
 #ifndef HEAPFS_CHUNK_I_H
 #define HEAPFS_CHUNK_I_H
@@ -19,7 +26,9 @@
 #include <stdint.h>
 
 #define CHUNK_RELEASING (1ull << 62)
-#define CHUNK_HELD_MASK (CHUNK_RELEASING - 1)
+#define CHUNK_IDLE      (1ull << 61)
+#define CHUNK_HELD_MASK (CHUNK_IDLE - 1)
+#define CHUNK_PARK      2 /* park words per CPU: chunk i parks in word i % CHUNK_PARK */
 
 struct chunk_slot {
 	_Atomic uint64_t state;
@@ -53,8 +62,12 @@ int chunk_map_open(struct chunk_map *cm, struct chunk_table *t, unsigned heap_or
 		   unsigned flags, int fd, uint64_t fd_offset, const char *name);
 void chunk_map_close(struct chunk_map *cm);
 
-/* Count len bytes at off (one block) as held / no longer held by their chunks. */
+/* Count len bytes at off (one block) as held / no longer held by their chunks.  park: the
+ * CPU's CHUNK_PARK park words for a chunk that becomes empty (chunk index + 1, 0 = none),
+ * or NULL to release such a chunk at once. */
 void chunk_hold(struct chunk_map *cm, uint64_t off, uint64_t len);
-void chunk_unhold(struct chunk_map *cm, uint64_t off, uint64_t len);
+void chunk_unhold(struct chunk_map *cm, uint64_t off, uint64_t len, _Atomic uint64_t *park);
+/* Release the chunks parked in park[0 .. CHUNK_PARK - 1] that are still idle. */
+void chunk_unpark(struct chunk_map *cm, _Atomic uint64_t *park);
 
 #endif

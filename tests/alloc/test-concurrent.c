@@ -9,6 +9,8 @@
  *                 allocations all the time: data written is never wiped by a release.
  *   alloc_at_race threads claim the same blocks with buddy_alloc_at while others allocate:
  *                 exactly one claimant wins each block.
+ *   deep_churn    threads churn small blocks in a 4 GiB heap whose bitmaps have four
+ *                 summary levels; afterwards it is one block and every hint is right.
  *   fork_memfd    two forked processes share a heap (metadata in a MAP_SHARED mapping,
  *                 data in a memfd): they allocate, stamp and free concurrently; the parent
  *                 then sees the stamps of what they kept and a coalesced heap after freeing.
@@ -28,28 +30,10 @@
 #include "tcheck.h"
 
 #ifndef ROUNDS
-#define ROUNDS 20
+#define ROUNDS 1000
 #endif
 #define NTHREADS 4
 
-static struct buddy *mk(unsigned heap, unsigned min, unsigned chunk, unsigned flags)
-{
-	struct buddy_params p = { .heap_order = heap, .min_order = min, .chunk_order = chunk,
-				  .flags = flags, .fd = -1 };
-	struct buddy *b = NULL;
-
-	return buddy_create(&p, &b) < 0 ? NULL : b;
-}
-
-static int pristine(struct buddy *b)
-{
-	struct buddy_stats st;
-
-	buddy_drain(b);
-	buddy_stats(b, &st);
-	return buddy_check(b) == 0 && st.used == 0 && st.free_blocks[buddy_heap_order(b)] == 1 &&
-	       st.chunks_committed == 0;
-}
 
 struct held {
 	uint64_t off;
@@ -269,6 +253,63 @@ static void alloc_at_race(void)
 	}
 }
 
+struct deep_arg {
+	struct buddy *b;
+	unsigned seed;
+	int bad;
+};
+
+static void *deep_thread(void *v)
+{
+	struct deep_arg *a = v;
+	enum { HOLD = 128 };
+	uint64_t off[HOLD];
+	unsigned ord[HOLD], n = 0;
+
+	for (int i = 0; i < ROUNDS * 200; i++) {
+		if (n < HOLD && (rand_r(&a->seed) & 1)) {
+			unsigned k = 12 + (unsigned)rand_r(&a->seed) % 3;
+			int64_t o = buddy_alloc(a->b, k);
+
+			a->bad += o < 0;
+			if (o >= 0) {
+				off[n] = (uint64_t)o;
+				ord[n++] = k;
+			}
+		} else if (n) {
+			unsigned j = (unsigned)rand_r(&a->seed) % n;
+
+			a->bad += buddy_free(a->b, off[j], ord[j]) != 0;
+			off[j] = off[--n];
+			ord[j] = ord[n];
+		}
+	}
+	while (n--)
+		a->bad += buddy_free(a->b, off[n], ord[n]) != 0;
+	return NULL;
+}
+
+/* A 4 GiB heap of 4 KiB blocks (offsets only): the small orders have four summary levels,
+ * so words empty and refill at every level while threads race. */
+static void deep_churn(void)
+{
+	struct buddy *b = mk(32, 12, 0, BUDDY_F_NODATA | BUDDY_F_TRACK);
+	struct deep_arg a[NTHREADS];
+	pthread_t t[NTHREADS];
+
+	T(b);
+	for (int i = 0; i < NTHREADS; i++) {
+		a[i] = (struct deep_arg){ b, (unsigned)i * 13 + 5, 0 };
+		pthread_create(&t[i], NULL, deep_thread, &a[i]);
+	}
+	for (int i = 0; i < NTHREADS; i++) {
+		pthread_join(t[i], NULL);
+		TEQ(a[i].bad, 0);
+	}
+	T(pristine(b));
+	buddy_destroy(b);
+}
+
 /* Child of fork_memfd: attach, churn with stamps, keep every 4th block, report them. */
 static int fork_child(void *meta, size_t meta_size, int fd, int id, struct held *kept)
 {
@@ -350,6 +391,7 @@ int main(void)
 	RUN(race_fill);
 	RUN(chunk_churn);
 	RUN(alloc_at_race);
+	RUN(deep_churn);
 	RUN(fork_memfd);
 	return tc_failed != 0;
 }

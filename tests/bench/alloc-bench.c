@@ -8,11 +8,13 @@
  *   steady  prefill half the heap with random orders; each step frees a random held block
  *           and allocates a new random order in its place
  *   larson  thread i allocates blocks (orders 12..15) and hands them to thread i+1 through
- *           a single-producer ring; the receiver frees them
+ *           a single-producer ring; the receiver frees them (a full ring: the producer
+ *           frees the block itself)
  *   frag    `steady`, then (after buddy_drain) the share of the free space still obtainable
  *           as 1 MiB blocks (usable_max_order_fraction) and 1 - largest_free/free; buddy
  *           allocators only
- * An op is one allocation or one free; ops_per_s sums all threads.
+ * An op is one allocation or one free; ops_per_s sums all threads; cpu_share is the time
+ * the threads really ran over the wall time (other load on a small machine shows here).
  *
  * --verify: a multi-threaded stress of the heapfs allocator (per-CPU caches and tracking
  * on, a 64 MiB heap): every 4 KiB unit of a block is stamped with its owner and serial,
@@ -285,16 +287,17 @@ static inline uint64_t rnd(uint64_t *s)
 }
 
 /* Single producer / single consumer ring between neighbour threads (larson).  Each side
- * publishes its index every RING_BATCH blocks and re-reads the other side's only when the
- * ring looks full/empty, so the shared lines move once per batch, not once per block.
+ * publishes its index every RING_BATCH blocks, keeps its private state on a line of its
+ * own, and re-reads the other side's index only when the ring looks full/empty, and then
+ * only every RING_BATCH-th time, so shared lines move once per batch, not once per block.
  * ring_flush() publishes what the producer holds back when it stops. */
 #define RING_BATCH 8
 
 struct ring {
-	_Alignas(64) _Atomic uint64_t head; /* consumer */
-	uint64_t head_local, tail_seen;
-	_Alignas(64) _Atomic uint64_t tail; /* producer */
-	uint64_t tail_local, head_seen;
+	_Alignas(64) _Atomic uint64_t head; /* published by the consumer */
+	_Alignas(64) _Atomic uint64_t tail; /* published by the producer */
+	_Alignas(64) uint64_t head_local, tail_seen, empty_tries; /* consumer's own */
+	_Alignas(64) uint64_t tail_local, head_seen, full_tries;  /* producer's own */
 	_Alignas(64) struct blk v[RING];
 };
 
@@ -303,6 +306,8 @@ static bool ring_push(struct ring *r, struct blk x)
 	uint64_t t = r->tail_local;
 
 	if (t - r->head_seen == RING) {
+		if (++r->full_tries % RING_BATCH)
+			return false;
 		r->head_seen = atomic_load_explicit(&r->head, memory_order_acquire);
 		if (t - r->head_seen == RING)
 			return false;
@@ -324,6 +329,8 @@ static bool ring_pop(struct ring *r, struct blk *x)
 	uint64_t h = r->head_local;
 
 	if (h == r->tail_seen) {
+		if (++r->empty_tries % RING_BATCH)
+			return false;
 		r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
 		if (h == r->tail_seen)
 			return false;
@@ -333,6 +340,14 @@ static bool ring_pop(struct ring *r, struct blk *x)
 	if (h % RING_BATCH == 0)
 		atomic_store_explicit(&r->head, h, memory_order_release);
 	return true;
+}
+
+/* Pop after the producer stopped (and flushed): look at its index right away. */
+static bool ring_pop_last(struct ring *r, struct blk *x)
+{
+	r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
+	r->empty_tries = 0;
+	return ring_pop(r, x);
 }
 
 struct run;
@@ -548,7 +563,7 @@ static int run_one(int work, int kind, int nthreads, double seconds, double *ops
 	for (int i = 0; i < nthreads; i++) { /* larson blocks still in flight */
 		struct blk x;
 
-		while (ring_pop(&r->rings[i], &x))
+		while (ring_pop_last(&r->rings[i], &x))
 			h_free(&r->h, x);
 	}
 	*ops_per_s = (double)ops / (t1 - t0);
@@ -701,7 +716,7 @@ static int verify(int nthreads, double seconds)
 	for (int i = 0; i < nthreads; i++) { /* handed over after the receiver stopped */
 		struct blk x;
 
-		while (ring_pop(&rings[i], &x))
+		while (ring_pop_last(&rings[i], &x))
 			violations += receive(b, x, (i + nthreads - 1) % nthreads);
 	}
 	buddy_drain(b);
@@ -744,8 +759,10 @@ static int parse_list(const char *arg, const char *const *names, int n, bool *on
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: alloc-bench [--threads 1,2] [--seconds S] [--workload cached,steady,larson,frag]\n"
-		   "                   [--allocator heapfs,mutex,malloc,jemalloc] [--json] [--touch] [--verify]\n");
+	fprintf(f, "usage: alloc-bench [--threads 1,2] [--seconds S]\n"
+		   "                   [--workload cached,steady,larson,frag]\n"
+		   "                   [--allocator heapfs,mutex,malloc,jemalloc]\n"
+		   "                   [--json] [--touch] [--verify]\n");
 }
 
 struct result {
