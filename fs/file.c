@@ -77,13 +77,19 @@ static int __ext_push(struct hfs_inode *i, uint64_t hoff, unsigned order)
 	return 0;
 }
 
+static void free_block(struct hfs_inode *i, uint64_t hoff, unsigned order)
+{
+	buddy_free(heap_of(i), hoff, order);
+	atomic_fetch_add_explicit(&i->heap->freed, blk(order), memory_order_relaxed);
+}
+
 /* Drop the last extent from the array; free its block unless keep. */
 static void __ext_pop(struct hfs_inode *i, bool keep)
 {
 	struct hfs_ext *e = &i->file.ext[--i->file.n];
 
 	if (!keep)
-		buddy_free(heap_of(i), e->hoff, e->order);
+		free_block(i, e->hoff, e->order);
 	i->file.cap -= blk(e->order);
 	i->file.held -= blk(e->order);
 }
@@ -218,7 +224,7 @@ static int __grow(struct hfs_inode *i, uint64_t want, bool partial)
 		}
 		ret = __ext_push(i, (uint64_t)off, order);
 		if (ret) {
-			buddy_free(b, (uint64_t)off, order);
+			free_block(i, (uint64_t)off, order);
 			break;
 		}
 	}
@@ -260,7 +266,7 @@ static void __shrink(struct hfs_inode *i)
 	}
 	c.src = buddy_ptr(b, last.hoff);
 	for_span(i, last.foff, used, copy_in_fn, &c);
-	buddy_free(b, last.hoff, last.order);
+	free_block(i, last.hoff, last.order);
 }
 
 /* With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us: a write or truncate by
@@ -304,6 +310,7 @@ int hfs_truncate(struct hfs_inode *i, uint64_t size)
 	pthread_rwlock_wrlock(&i->lock);
 	ret = __truncate(i, size);
 	pthread_rwlock_unlock(&i->lock);
+	hfs_heap_settle(i->heap);
 	return ret;
 }
 
@@ -311,15 +318,9 @@ int hfs_truncate(struct hfs_inode *i, uint64_t size)
  * asynchronously; its data must go as soon as nobody can reach it. */
 static void __drop_data(struct hfs_inode *i)
 {
-	uint64_t held = i->file.held;
-
 	while (i->file.n)
 		__ext_pop(i, false);
 	i->size = 0;
-	/* Blocks parked in per-CPU caches would keep their chunks committed: give big
-	 * frees back at once so RSS follows what files hold. */
-	if (held >= i->heap->pol.chunk)
-		buddy_drain(heap_of(i));
 }
 
 static void __maybe_drop(struct hfs_inode *i)
@@ -333,6 +334,7 @@ void hfs_file_reclaim(struct hfs_inode *i)
 	pthread_rwlock_wrlock(&i->lock);
 	__maybe_drop(i);
 	pthread_rwlock_unlock(&i->lock);
+	hfs_heap_settle(i->heap);
 }
 
 int hfs_open(struct hfs_inode *i, int flags, uid_t who)
@@ -357,6 +359,7 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 	}
 out:
 	pthread_rwlock_unlock(&i->lock);
+	hfs_heap_settle(i->heap);
 	return ret;
 }
 
@@ -369,6 +372,7 @@ void hfs_release(struct hfs_inode *i, int flags)
 	i->file.opens--;
 	__maybe_drop(i);
 	pthread_rwlock_unlock(&i->lock);
+	hfs_heap_settle(i->heap);
 }
 
 /* iovecs for file range [off, off + len), merging pieces adjacent in memory. */
@@ -502,6 +506,7 @@ int hfs_write(struct hfs_inode *i, struct fuse_bufvec *src, size_t len, off_t of
 	i->ctime = i->mtime;
 out:
 	pthread_rwlock_unlock(&i->lock);
+	hfs_heap_settle(i->heap); /* contiguous files free their old block when they move */
 	free(dst);
 	if (iov != stack)
 		free(iov);
@@ -533,6 +538,7 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 	hfs_now(&i->ctime);
 out:
 	pthread_rwlock_unlock(&i->lock);
+	hfs_heap_settle(i->heap);
 	return ret;
 }
 
@@ -541,10 +547,8 @@ int hfs_setattr(struct hfs_inode *i, const struct stat *attr, int to_set, uid_t 
 	struct timespec now;
 	int ret = 0;
 
-	if (!i->heap && i->kind != HFS_STATUS)
-		return -EPERM; /* the fixed directories */
-	if (i->kind == HFS_STATUS)
-		return -EPERM;
+	if (!i->heap)
+		return -EPERM; /* the fixed directories and .heapfs/ */
 	if (to_set & FUSE_SET_ATTR_SIZE && i->kind != HFS_REG)
 		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
 	hfs_now(&now);
@@ -575,12 +579,14 @@ int hfs_setattr(struct hfs_inode *i, const struct stat *attr, int to_set, uid_t 
 	i->ctime = to_set & FUSE_SET_ATTR_CTIME ? attr->st_ctim : now;
 out:
 	pthread_rwlock_unlock(&i->lock);
+	hfs_heap_settle(i->heap);
 	return ret;
 }
 
 void hfs_file_free(struct hfs_inode *i)
 {
 	__drop_data(i);
+	hfs_heap_settle(i->heap);
 	free(i->file.ext);
 	i->file.ext = NULL;
 	i->file.alloc = 0;

@@ -60,6 +60,7 @@ struct hfs_heap {
 	bool from_config;
 	atomic_uint_fast64_t refs;
 	atomic_uint_fast64_t files;      /* live regular files (linked or open) */
+	atomic_uint_fast64_t freed;      /* bytes freed since the last drain */
 	struct hfs_inode *dir;           /* heaps/NAME, NULL once removed (hfs.ns) */
 	struct hfs_inode *st_heap, *st_map; /* .heapfs/heaps/NAME, .heapfs/maps/NAME */
 };
@@ -138,6 +139,8 @@ struct hfs_fs {
 	uid_t uid;
 	gid_t gid;
 	bool killpriv; /* FUSE_HANDLE_KILLPRIV_V2 negotiated: we clear suid/sgid (io.c) */
+	bool no_killpriv; /* -o no_killpriv_v2: do not ask for it */
+	unsigned readahead_kb; /* -o readahead_kb=N, 0: leave the kernel's */
 	int64_t spin_ns; /* how long an idle worker polls the device before sleeping (io.c) */
 };
 extern struct hfs_fs hfs;
@@ -200,6 +203,12 @@ int __hfs_heap_rmdir(struct hfs_inode *dir);
 void hfs_heap_get(struct hfs_heap *h);
 void hfs_heap_put(struct hfs_heap *h);
 int hfs_statfs(struct hfs_inode *i, struct statvfs *st);
+/* Freed blocks park in per-CPU caches and empty chunks stay committed until a drain:
+ * hfs_heap_settle() drains once a chunk's worth was freed; the housekeeper drains every
+ * heap with anything freed once a second, so RSS follows what files hold. */
+void hfs_heap_settle(struct hfs_heap *h);
+int hfs_housekeeper_start(void);
+void hfs_housekeeper_stop(void);
 
 /* file.c — file data in buddy blocks. */
 /* who: the caller's uid (root keeps suid/sgid bits on write, as with CAP_FSETID) */

@@ -4,6 +4,10 @@
  * empty run-time heap.  A heap appears as heaps/NAME, .heapfs/heaps/NAME and
  * .heapfs/maps/NAME.  Also statfs: per heap inside heaps/NAME, the sum elsewhere.
  *
+ * Memory: freed blocks park in the allocator's per-CPU caches and empty chunks stay
+ * committed until a drain; hfs_heap_settle() drains once a chunk's worth has been freed,
+ * and a housekeeper thread drains, once a second, every heap that freed anything.
+ *
  * Locking: the heap list (hfs.heapv) and the three entries change under hfs.ns exclusive
  * (the __ functions).  A heap is reference counted (list + each inode in it) so a removed
  * heap lives on until its last open-but-unlinked file is gone.
@@ -13,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <time.h>
 
 #include "fs_i.h"
 
@@ -188,6 +193,69 @@ int hfs_heaps_init(void)
 	}
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
+}
+
+void hfs_heap_settle(struct hfs_heap *h)
+{
+	if (atomic_load_explicit(&h->freed, memory_order_relaxed) >= h->pol.chunk &&
+	    atomic_exchange(&h->freed, 0) >= h->pol.chunk)
+		buddy_drain(h->b);
+}
+
+static struct {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	bool stop, running;
+} hk = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static void *housekeeper(void *arg)
+{
+	struct timespec until;
+
+	(void)arg;
+	pthread_mutex_lock(&hk.lock);
+	while (!hk.stop) {
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_sec += 1;
+		pthread_cond_timedwait(&hk.wake, &hk.lock, &until);
+		if (hk.stop)
+			break;
+		pthread_rwlock_rdlock(&hfs.ns);
+		for (unsigned k = 0; k < hfs.nheaps; k++)
+			if (atomic_exchange(&hfs.heapv[k]->freed, 0))
+				buddy_drain(hfs.heapv[k]->b);
+		pthread_rwlock_unlock(&hfs.ns);
+	}
+	pthread_mutex_unlock(&hk.lock);
+	return NULL;
+}
+
+int hfs_housekeeper_start(void)
+{
+	pthread_condattr_t a;
+	int ret;
+
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	pthread_cond_init(&hk.wake, &a);
+	pthread_condattr_destroy(&a);
+	ret = -pthread_create(&hk.thread, NULL, housekeeper, NULL);
+	hk.running = !ret;
+	return ret;
+}
+
+void hfs_housekeeper_stop(void)
+{
+	if (!hk.running)
+		return;
+	pthread_mutex_lock(&hk.lock);
+	hk.stop = true;
+	pthread_cond_signal(&hk.wake);
+	pthread_mutex_unlock(&hk.lock);
+	pthread_join(hk.thread, NULL);
+	pthread_cond_destroy(&hk.wake);
+	hk.running = false;
 }
 
 int hfs_statfs(struct hfs_inode *i, struct statvfs *st)

@@ -12,7 +12,7 @@
  *    wake-up costs several microseconds.  One worker at a time is the watcher: it holds a
  *    token (a semaphore: a cancellation point, as libfuse cancels idle workers at exit) and
  *    polls the non-blocking device for up to hfs.spin_ns before it sleeps in poll() (halved
- *    each time the wait outlasts it, reset when a request comes within it).  The
+ *    each time a wait outlasts hfs.spin_ns, back to full when one does not).  The
  *    other idle workers sleep on the token, not on the device, so a request wakes nobody
  *    needlessly.  A worker keeps the token while it handles a small request and goes back
  *    to watching right after its reply: a synchronous client (one request at a time) then
@@ -75,7 +75,7 @@ static ssize_t watch_read(int fd, void *buf, size_t len)
 {
 	struct pollfd p = { .fd = fd, .events = POLLIN };
 	bool slept = false;
-	int64_t until;
+	int64_t start, until;
 	ssize_t n;
 
 	if (!pthread_getspecific(holder)) {
@@ -83,23 +83,26 @@ static ssize_t watch_read(int fd, void *buf, size_t len)
 			return -1; /* EINTR: libfuse checks for exit */
 		pthread_setspecific(holder, &token);
 	}
-	until = now_ns() + budget;
+	start = now_ns();
+	until = start + budget;
 	for (;;) {
 		n = read(fd, buf, len);
 		if (n >= 0 || errno != EAGAIN)
 			break; /* a request, or an error (EINTR too: libfuse checks for exit) */
 		if (!slept && now_ns() <= until)
 			continue;
-		if (!slept && budget > hfs.spin_ns / 16)
-			budget /= 2; /* a slow client: spin less next time */
 		slept = true;
 		if (poll(&p, 1, -1) < 0) {
 			n = -1;
 			break;
 		}
 	}
-	if (!slept)
-		budget = hfs.spin_ns; /* caught while spinning: a fast client */
+	/* A request that came within the full spin means a fast client: spin in full next
+	 * time.  One that outlasted the spin means a slow one: halve it (down to 1/16). */
+	if (now_ns() - start <= hfs.spin_ns)
+		budget = hfs.spin_ns;
+	else if (slept && budget > hfs.spin_ns / 16)
+		budget /= 2;
 	if (n < 0 || bulk(buf, n)) {
 		pthread_setspecific(holder, NULL);
 		sem_post(&token);
@@ -118,7 +121,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	    h->opcode == FUSE_INIT) {
 		const struct fuse_init_in *in = (const void *)(h + 1);
 
-		if (in->flags & FUSE_HANDLE_KILLPRIV_V2)
+		if (in->flags & FUSE_HANDLE_KILLPRIV_V2 && !hfs.no_killpriv)
 			atomic_store(&init_unique, h->unique);
 	}
 	return n;

@@ -4,14 +4,16 @@
  *   heapfs [-c FILE] [-o opt,...] [-f] [-d] [-s] [SOURCE] MOUNTPOINT
  *
  * Our options are taken out of the argument vector first (fuse_opt_parse): -c FILE and
- * -o config=FILE, --help, --version, --print-default-config, --check-config FILE, and the
+ * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 (speed knobs, see
+ * docs/DESIGN.md), --help, --version, --print-default-config, --check-config FILE, and the
  * positional arguments (an optional SOURCE, ignored, so mount.fuse3 and fstab lines work).
  * The rest goes to fuse_parse_cmdline / fuse_session_new, so standard FUSE options pass
  * through.  default_permissions is added unless given (the kernel checks permissions
  * against the modes and owners we report), and fsname/subtype default to heapfs.
  * Order: config (exit 2 on any problem, nothing mounted) -> heaps -> mount -> daemonize
- * (the parent exits once the mount exists) -> raise readahead in a helper thread ->
- * multi-threaded loop -> unmount and tear down.  Signals and unmount end it with 0.
+ * (the parent exits once the mount exists) -> housekeeper (heap drains) and readahead
+ * helper threads -> multi-threaded loop -> unmount and tear down.  Signals and unmount
+ * end it with 0.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,7 +31,7 @@
 
 struct hfs_fs hfs;
 
-#define READ_AHEAD_KB "1024"
+#define READAHEAD_KB_DEFAULT 1024
 #define SPIN_US_DEFAULT 50
 
 enum {
@@ -47,13 +49,16 @@ struct opts {
 	int help, version, print_default, defperm, fsname, subtype;
 	char *pos[3];
 	int npos;
-	unsigned spin_us;
+	unsigned spin_us, readahead_kb;
+	int no_killpriv;
 };
 
 static const struct fuse_opt opt_spec[] = {
 	{ "-c %s", offsetof(struct opts, config), 0 },
 	{ "config=%s", offsetof(struct opts, config), 0 },
 	{ "spin_us=%u", offsetof(struct opts, spin_us), 0 },
+	{ "readahead_kb=%u", offsetof(struct opts, readahead_kb), 0 },
+	{ "no_killpriv_v2", offsetof(struct opts, no_killpriv), 1 },
 	{ "--check-config=%s", offsetof(struct opts, check), 0 },
 	{ "--check-config %s", offsetof(struct opts, check), 0 },
 	FUSE_OPT_KEY("--print-default-config", KEY_PRINT_DEFAULT),
@@ -117,6 +122,8 @@ static void usage(FILE *f)
 		"    --print-default-config   print the embedded default config\n"
 		"    -o spin_us=N             idle workers poll for requests N microseconds before\n"
 		"                             sleeping (default 50; 0 = never)\n"
+		"    -o readahead_kb=N        the mount's readahead (default 1024; 0 = kernel's)\n"
+		"    -o no_killpriv_v2        let the kernel check security.capability on writes\n"
 		"    -h, --help               this help\n"
 		"    -V, --version            print versions\n"
 		"    SOURCE                   ignored (for mount -t fuse.heapfs and fstab)\n"
@@ -128,18 +135,19 @@ static void usage(FILE *f)
  * (not permitted) is harmless. */
 static void *readahead_thread(void *arg)
 {
-	char path[64];
+	char path[64], kb[16];
 	struct stat st;
 	int fd;
 
 	(void)arg;
-	if (stat(hfs.mountpoint, &st))
-		return NULL;
+	snprintf(kb, sizeof(kb), "%u", hfs.readahead_kb);
+	if (stat(hfs.mountpoint, &st) || st.st_ino != FUSE_ROOT_ID)
+		return NULL; /* not (or no longer) our mount: leave that device alone */
 	snprintf(path, sizeof(path), "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev),
 		 minor(st.st_dev));
 	fd = open(path, O_WRONLY | O_CLOEXEC);
 	if (fd >= 0) {
-		if (write(fd, READ_AHEAD_KB, strlen(READ_AHEAD_KB)) < 0) {
+		if (write(fd, kb, strlen(kb)) < 0) {
 			/* not permitted: keep the default */
 		}
 		close(fd);
@@ -176,9 +184,28 @@ static void fs_fini(void)
 	pthread_rwlock_destroy(&hfs.ns);
 }
 
+static int loop(struct fuse_session *se, struct fuse_cmdline_opts *cmd)
+{
+	struct fuse_loop_config *lc;
+	int ret;
+
+	if (cmd->singlethread)
+		return fuse_session_loop(se);
+	lc = fuse_loop_cfg_create();
+	if (!lc)
+		return -ENOMEM;
+	fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd->clone_fd);
+	if (cmd->max_threads != UINT_MAX) /* UINT_MAX: not given */
+		fuse_loop_cfg_set_max_threads(lc, cmd->max_threads);
+	if (cmd->max_idle_threads != UINT_MAX)
+		fuse_loop_cfg_set_idle_threads(lc, cmd->max_idle_threads);
+	ret = fuse_session_loop_mt(se, lc);
+	fuse_loop_cfg_destroy(lc);
+	return ret;
+}
+
 static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 {
-	struct fuse_loop_config *lc = NULL;
 	struct fuse_session *se;
 	pthread_t ra;
 	int ret = 1;
@@ -190,28 +217,13 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 		goto out_destroy;
 	if (fuse_session_mount(se, cmd->mountpoint))
 		goto out_signals;
-	if (hfs_io_setup(se))
+	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground) || hfs_housekeeper_start())
 		goto out_unmount;
-	if (fuse_daemonize(cmd->foreground))
-		goto out_unmount;
-	if (pthread_create(&ra, NULL, readahead_thread, NULL) == 0)
+	if (hfs.readahead_kb && pthread_create(&ra, NULL, readahead_thread, NULL) == 0)
 		pthread_detach(ra);
-	if (cmd->singlethread) {
-		ret = fuse_session_loop(se);
-	} else {
-		lc = fuse_loop_cfg_create();
-		if (!lc)
-			goto out_unmount;
-		fuse_loop_cfg_set_clone_fd(lc, (unsigned)cmd->clone_fd);
-		if (cmd->max_threads != UINT_MAX) /* UINT_MAX: not given */
-			fuse_loop_cfg_set_max_threads(lc, cmd->max_threads);
-		if (cmd->max_idle_threads != UINT_MAX)
-			fuse_loop_cfg_set_idle_threads(lc, cmd->max_idle_threads);
-		ret = fuse_session_loop_mt(se, lc);
-		fuse_loop_cfg_destroy(lc);
-	}
 	/* a positive value is the signal that ended the loop: a clean stop */
-	ret = ret < 0 ? 1 : 0;
+	ret = loop(se, cmd) < 0 ? 1 : 0;
+	hfs_housekeeper_stop();
 out_unmount:
 	fuse_session_unmount(se);
 out_signals:
@@ -225,7 +237,7 @@ int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cmd = { 0 };
-	struct opts o = { .spin_us = SPIN_US_DEFAULT };
+	struct opts o = { .spin_us = SPIN_US_DEFAULT, .readahead_kb = READAHEAD_KB_DEFAULT };
 	const char *mnt;
 	int ret = 2;
 
@@ -277,6 +289,8 @@ int main(int argc, char *argv[])
 		goto out;
 	hfs.mountpoint = cmd.mountpoint;
 	hfs.spin_ns = (int64_t)o.spin_us * 1000;
+	hfs.readahead_kb = o.readahead_kb;
+	hfs.no_killpriv = o.no_killpriv;
 	ret = fs_init();
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));

@@ -47,6 +47,7 @@ static json_t *heap_json(struct hfs_heap *h)
 	bad |= set(o, "chunk", json_integer((json_int_t)st.chunk_size));
 	bad |= set(o, "chunks_committed", json_integer((json_int_t)st.chunks_committed));
 	bad |= set(o, "chunks_released", json_integer((json_int_t)st.chunks_released));
+	bad |= set(o, "chunks_idle", json_integer((json_int_t)st.chunks_idle));
 	bad |= set(o, "files", json_integer((json_int_t)atomic_load(&h->files)));
 	bad |= set(o, "replicate", json_string(conf_replicate_name(p->replicate)));
 	bad |= set(o, "role", json_string("owner"));
@@ -54,6 +55,7 @@ static json_t *heap_json(struct hfs_heap *h)
 	bad |= set(o, "cache", json_string(conf_cache_name(p->cache)));
 	bad |= set(o, "writers", json_string(conf_writers_name(p->writers)));
 	bad |= set(o, "pin", json_boolean(p->pin));
+	bad |= set(o, "pin_failures", json_integer((json_int_t)st.pin_failures));
 	bad |= set(o, "metadata_bytes", json_integer((json_int_t)st.metadata_bytes));
 	if (bad) {
 		json_decref(o);
