@@ -3,7 +3,7 @@
 BUILD   ?= build
 MNT     ?= $(CURDIR)/mnt
 PYTHON  := /usr/bin/python3
-PKGS    := gcc libc6-dev make libfuse3-dev fuse3 libconfuse-dev libjansson-dev libjemalloc-dev \
+PKGS    := gcc libc6-dev make libfuse3-dev fuse3 libconfuse-dev libjansson-dev libjemalloc-dev liburing-dev \
            meson ninja-build pkg-config python3-pytest fio attr psmisc procps uthash-dev
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

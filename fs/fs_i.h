@@ -142,6 +142,7 @@ struct hfs_fs {
 	bool no_killpriv; /* -o no_killpriv_v2: do not ask for it */
 	unsigned readahead_kb; /* -o readahead_kb=N, 0: leave the kernel's */
 	int64_t spin_ns; /* how long an idle worker polls the device before sleeping (io.c) */
+	bool io_uring; /* -o io_uring: serve requests over FUSE-over-io_uring (uring.c) */
 };
 extern struct hfs_fs hfs;
 
@@ -240,6 +241,12 @@ int hfs_status_render(struct hfs_inode *i, char **buf, size_t *len);
 
 /* io.c */
 int hfs_io_setup(struct fuse_session *se);
+
+/* uring.c — experimental FUSE-over-io_uring transport (-o io_uring). */
+int hfs_uring_enable(void);
+void hfs_uring_start(struct fuse_session *se, int fd, size_t payload);
+bool hfs_uring_reply(const struct iovec *iov, int count, ssize_t *res);
+void hfs_uring_stop(void);
 
 /* ops.c */
 extern const struct fuse_lowlevel_ops hfs_ops;

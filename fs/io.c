@@ -18,7 +18,14 @@
  *    to watching right after its reply: a synchronous client (one request at a time) then
  *    meets a thread that is already awake.  Bulk reads and writes give the token up first,
  *    so they run in parallel.  Only on the main device fd (clone_fd workers read their own
- *    fds as usual), and off on one CPU or with -o spin_us=0.
+ *    fds as usual), and off on one CPU, with -o spin_us=0 and with -o io_uring (the ring
+ *    workers spin instead, uring.c).
+ *
+ * 3. -o io_uring (experimental, uring.c): read() also notes whether the kernel offers
+ *    FUSE_OVER_IO_URING; writev() then sets FUSE_INIT_EXT and the flags2 bit in the INIT
+ *    reply (libfuse 3.14's 7.31 reply is 64 bytes: flags2 sits in its unused words) and,
+ *    once the kernel has taken the reply, starts the ring workers.  Replies made while a
+ *    ring worker serves a request are handed to uring.c instead of the device.
  *
  * Every message passes through otherwise untouched.
  */
@@ -28,15 +35,21 @@
 #include <poll.h>
 #include <semaphore.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <sys/param.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fs_i.h"
+#include "uring_i.h"
 
 #define BULK_BYTES (64 * 1024) /* reads/writes at least this big are handed off */
 
 static _Atomic uint64_t init_unique; /* INIT request to patch the reply of; 0: none */
-static int main_fd = -1;
+static uint32_t init_flags, init_flags2; /* what to OR into that reply */
+static struct fuse_session *session;
+static int dev_fd = -1; /* the session's device */
+static int main_fd = -1; /* the device the watcher spins on; -1: no spinning */
 static sem_t token;
 static pthread_key_t holder; /* non-NULL while this thread holds the token */
 static int64_t budget;       /* current spin, adapted to the client (token held) */
@@ -120,8 +133,21 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	if (n >= (ssize_t)(sizeof(*h) + offsetof(struct fuse_init_in, flags) + sizeof(uint32_t)) &&
 	    h->opcode == FUSE_INIT) {
 		const struct fuse_init_in *in = (const void *)(h + 1);
+		bool ext = in->flags & FUSE_INIT_EXT &&
+			   n >= (ssize_t)(sizeof(*h) + offsetof(struct fuse_init_in, flags2) +
+					  sizeof(uint32_t));
 
+		init_flags = init_flags2 = 0;
 		if (in->flags & FUSE_HANDLE_KILLPRIV_V2 && !hfs.no_killpriv)
+			init_flags |= FUSE_HANDLE_KILLPRIV_V2;
+		if (hfs.io_uring && ext && in->flags2 & HFS_FUSE_OVER_IO_URING2) {
+			init_flags |= FUSE_INIT_EXT;
+			init_flags2 |= HFS_FUSE_OVER_IO_URING2;
+		} else if (hfs.io_uring) {
+			fprintf(stderr, "heapfs: the kernel does not offer FUSE over io_uring; "
+					"using /dev/fuse\n");
+		}
+		if (init_flags)
 			atomic_store(&init_unique, h->unique);
 	}
 	return n;
@@ -130,21 +156,36 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	uint64_t u = atomic_load(&init_unique);
+	size_t payload = 0;
+	ssize_t n;
 
 	(void)userdata;
+	if (hfs_uring_reply(iov, count, &n))
+		return n;
 	if (u && count >= 2 && iov[0].iov_len == sizeof(struct fuse_out_header) &&
-	    iov[1].iov_len >= offsetof(struct fuse_init_out, flags) + sizeof(uint32_t)) {
+	    iov[1].iov_len >= offsetof(struct fuse_init_out, max_pages) + sizeof(uint16_t)) {
 		struct fuse_out_header *h = iov[0].iov_base;
 
 		if (h->unique == u && h->error == 0) {
 			struct fuse_init_out *o = iov[1].iov_base;
 
-			o->flags |= FUSE_HANDLE_KILLPRIV_V2;
-			hfs.killpriv = true;
+			o->flags |= init_flags;
+			hfs.killpriv = init_flags & FUSE_HANDLE_KILLPRIV_V2;
+			if (init_flags2 &&
+			    iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + sizeof(uint32_t)) {
+				o->flags2 |= init_flags2;
+				/* the kernel's payload buffer minimum: max(8 KiB, max_write,
+				 * max_pages pages) */
+				payload = (size_t)o->max_pages * (size_t)sysconf(_SC_PAGESIZE);
+				payload = MAX(payload, MAX((size_t)o->max_write, FUSE_MIN_READ_BUFFER));
+			}
 			atomic_store(&init_unique, 0);
 		}
 	}
-	return writev(fd, iov, count);
+	n = writev(fd, iov, count);
+	if (payload && n >= 0) /* the kernel has taken the INIT reply: rings may register */
+		hfs_uring_start(session, dev_fd, payload);
+	return n;
 }
 
 static ssize_t io_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,
@@ -165,9 +206,13 @@ int hfs_io_setup(struct fuse_session *se)
 {
 	int fd = fuse_session_fd(se);
 
+	session = se;
+	dev_fd = fd;
 	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
 		hfs.spin_ns = 0; /* spinning would only steal the client's CPU */
-	if (hfs.spin_ns) {
+	/* with io_uring the ring workers spin (uring.c); the device then carries only
+	 * INIT, forgets and interrupts */
+	if (hfs.spin_ns && !hfs.io_uring) {
 		if (sem_init(&token, 0, 1) || pthread_key_create(&holder, drop_token) ||
 		    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK))
 			return -errno;

@@ -4,7 +4,7 @@
  *   heapfs [-c FILE] [-o opt,...] [-f] [-d] [-s] [SOURCE] MOUNTPOINT
  *
  * Our options are taken out of the argument vector first (fuse_opt_parse): -c FILE and
- * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 (speed knobs, see
+ * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 / io_uring (speed knobs, see
  * docs/DESIGN.md), --help, --version, --print-default-config, --check-config FILE, and the
  * positional arguments (an optional SOURCE, ignored, so mount.fuse3 and fstab lines work).
  * The rest goes to fuse_parse_cmdline / fuse_session_new, so standard FUSE options pass
@@ -50,7 +50,7 @@ struct opts {
 	char *pos[3];
 	int npos;
 	unsigned spin_us, readahead_kb;
-	int no_killpriv;
+	int no_killpriv, io_uring;
 };
 
 static const struct fuse_opt opt_spec[] = {
@@ -59,6 +59,7 @@ static const struct fuse_opt opt_spec[] = {
 	{ "spin_us=%u", offsetof(struct opts, spin_us), 0 },
 	{ "readahead_kb=%u", offsetof(struct opts, readahead_kb), 0 },
 	{ "no_killpriv_v2", offsetof(struct opts, no_killpriv), 1 },
+	{ "io_uring", offsetof(struct opts, io_uring), 1 },
 	{ "--check-config=%s", offsetof(struct opts, check), 0 },
 	{ "--check-config %s", offsetof(struct opts, check), 0 },
 	FUSE_OPT_KEY("--print-default-config", KEY_PRINT_DEFAULT),
@@ -124,6 +125,9 @@ static void usage(FILE *f)
 		"                             sleeping (default 50; 0 = never)\n"
 		"    -o readahead_kb=N        the mount's readahead (default 1024; 0 = kernel's)\n"
 		"    -o no_killpriv_v2        let the kernel check security.capability on writes\n"
+		"    -o io_uring              experimental: serve requests over FUSE-over-io_uring,\n"
+		"                             one worker per CPU (Linux 6.14+; sets the fuse\n"
+		"                             module's enable_uring; spin_us then applies to them)\n"
 		"    -h, --help               this help\n"
 		"    -V, --version            print versions\n"
 		"    SOURCE                   ignored (for mount -t fuse.heapfs and fstab)\n"
@@ -215,6 +219,10 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 		return 2; /* libfuse printed what was wrong with the options */
 	if (fuse_set_signal_handlers(se))
 		goto out_destroy;
+	/* the kernel offers io_uring in INIT, sent at mount, only when enabled; when it cannot
+	 * be enabled the mount simply stays on /dev/fuse */
+	if (hfs.io_uring && hfs_uring_enable())
+		fprintf(stderr, "heapfs: cannot enable FUSE over io_uring; using /dev/fuse\n");
 	if (fuse_session_mount(se, cmd->mountpoint))
 		goto out_signals;
 	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground) || hfs_housekeeper_start())
@@ -226,6 +234,7 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 	hfs_housekeeper_stop();
 out_unmount:
 	fuse_session_unmount(se);
+	hfs_uring_stop();
 out_signals:
 	fuse_remove_signal_handlers(se);
 out_destroy:
@@ -291,6 +300,7 @@ int main(int argc, char *argv[])
 	hfs.spin_ns = (int64_t)o.spin_us * 1000;
 	hfs.readahead_kb = o.readahead_kb;
 	hfs.no_killpriv = o.no_killpriv;
+	hfs.io_uring = o.io_uring;
 	ret = fs_init();
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));

@@ -2,7 +2,7 @@
 """fsbench — heapfs against a kernel tmpfs of the same size, same jobs, one run.
 
     fsbench.py --heapfs build/fs/heapfs [--size 2G] [--files 20000] [--repeat 3]
-               [--only seq,rand,files] [--json] [--strict]
+               [--only seq,rand,files] [--heapfs-opts OPTS] [--json] [--strict]
 
 Mounts heapfs (a config with one heap `bench` of --size, min_block 4K) and a tmpfs of the
 same size under one temporary directory in /tmp, runs on each:
@@ -191,7 +191,7 @@ class Mounts:
         self.daemon = None
         self.daemon_rc = None
 
-    def mount(self, heapfs_bin, size):
+    def mount(self, heapfs_bin, size, opts=""):
         self.tmpfs.mkdir()
         self.heapfs.mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=1777", "fsbench",
@@ -199,7 +199,7 @@ class Mounts:
         cfg = self.workdir / "heapfs.conf"
         cfg.write_text(f'heap "bench" {{\n  size = {size // MIB}M\n  min_block = 4K\n}}\n')
         self.daemon = subprocess.Popen([str(heapfs_bin), "-f", "-c", str(cfg),
-                                        str(self.heapfs)],
+                                        *(["-o", opts] if opts else []), str(self.heapfs)],
                                        stdin=subprocess.DEVNULL,
                                        stderr=open(self.workdir / "heapfs.stderr", "wb"))
         end = time.monotonic() + 10
@@ -244,6 +244,8 @@ def table(rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--heapfs", required=True, help="the heapfs binary")
+    ap.add_argument("--heapfs-opts", default="",
+                    help="extra -o options for the heapfs daemon (e.g. io_uring)")
     ap.add_argument("--filerate", help="the fs-filerate helper (default: from the build)")
     ap.add_argument("--size", default="2G", help="heap and tmpfs size (default 2G)")
     ap.add_argument("--files", type=int, default=20000, help="files for create/unlink")
@@ -270,7 +272,7 @@ def main():
     m = Mounts(tempfile.mkdtemp(prefix="fsbench-", dir="/tmp"))
     try:
         filerate = find_filerate(a.heapfs, a.filerate, m.workdir)
-        tdir, hdir = m.mount(a.heapfs, size)
+        tdir, hdir = m.mount(a.heapfs, size, a.heapfs_opts)
         # warm-up (not measured): first touch of fresh memory is slow on a VM
         for d in (tdir, hdir):
             fio("warmup", d / "warm.dat", "write", "1M", "1G")

@@ -7,7 +7,8 @@ and on teardown unmounts (fusermount3 -u, lazily -uz when busy), stops a daemon 
 not exit (SIGTERM, then SIGKILL) and fails the test when the daemon did not exit 0.
 
 Binaries come from $HEAPFS and $HEAPFSCTL (else <repo>/build/fs/heapfs and
-<repo>/build/fs/ctl/heapfsctl).
+<repo>/build/fs/ctl/heapfsctl).  $HEAPFS_OPTS (e.g. `io_uring`) is passed as one more
+`-o` to every daemon the suite starts, so the whole suite can run with a speed knob on.
 """
 import errno
 import json
@@ -22,6 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 HEAPFS = Path(os.environ.get("HEAPFS", REPO / "build" / "fs" / "heapfs")).resolve()
 HEAPFSCTL = Path(os.environ.get("HEAPFSCTL", REPO / "build" / "fs" / "ctl" / "heapfsctl")).resolve()
+HEAPFS_OPTS = ["-o", os.environ["HEAPFS_OPTS"]] if os.environ.get("HEAPFS_OPTS") else []
 
 MOUNT_DEADLINE = 10.0
 EXIT_DEADLINE = 10.0
@@ -184,7 +186,7 @@ def start_heapfs(mountpoint, config_path=None, extra=(), stderr_path=None):
     cmd = [str(HEAPFS), "-f"]
     if config_path is not None:
         cmd += ["-c", str(config_path)]
-    cmd += [*extra, str(mountpoint)]
+    cmd += [*HEAPFS_OPTS, *extra, str(mountpoint)]
     err = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     if stderr_path:
@@ -205,6 +207,19 @@ def start_heapfs(mountpoint, config_path=None, extra=(), stderr_path=None):
         text = Path(stderr_path).read_text(errors="replace") if stderr_path else ""
         raise AssertionError(f"heapfs exited with {proc.returncode} before mounting: {text}")
     return proc
+
+
+ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def restore_enable_uring():
+    """`heapfs -o io_uring` turns the kernel's fuse.enable_uring on (a global knob) and
+    leaves it on; a test run puts it back as it found it."""
+    before = ENABLE_URING.read_text() if ENABLE_URING.exists() else None
+    yield
+    if before is not None and ENABLE_URING.read_text() != before:
+        ENABLE_URING.write_text(before)
 
 
 @pytest.fixture

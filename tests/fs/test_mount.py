@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import (HEAPFS, MIB, expect_errno, mount_fstype, pid_alive, unmount,
+from conftest import (HEAPFS, HEAPFS_OPTS, MIB, expect_errno, mount_fstype, pid_alive, unmount,
                       wait_until)
 
 
@@ -97,7 +97,8 @@ def _stop_foreign_daemon(mnt, pid):
 def test_daemon_mode_without_f(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    r = subprocess.run([str(HEAPFS), str(mnt)], capture_output=True, text=True, timeout=20)
+    r = subprocess.run([str(HEAPFS), *HEAPFS_OPTS, str(mnt)], capture_output=True, text=True,
+                       timeout=20)
     assert r.returncode == 0, r.stderr
     pid = None
     try:
