@@ -270,6 +270,9 @@ def main():
     # SIGTERM unwinds like Ctrl-C so the finally below cleans up
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     m = Mounts(tempfile.mkdtemp(prefix="fsbench-", dir="/tmp"))
+    # `-o io_uring` turns the kernel's global fuse.enable_uring on; put it back after
+    uring_knob = Path("/sys/module/fuse/parameters/enable_uring")
+    uring_before = uring_knob.read_text() if uring_knob.exists() else None
     try:
         filerate = find_filerate(a.heapfs, a.filerate, m.workdir)
         tdir, hdir = m.mount(a.heapfs, size, a.heapfs_opts)
@@ -290,6 +293,8 @@ def main():
         return 1
     finally:
         m.close()
+        if uring_before is not None and uring_knob.read_text() != uring_before:
+            uring_knob.write_text(uring_before)
     rows = []
     for job, unit, target in TARGETS:
         if job not in res_t:
