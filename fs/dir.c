@@ -181,8 +181,7 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	else
 		ret = __hfs_dir_add(dir, name, i);
 	if (ret) {
-		hfs_iref(i, 1);
-		hfs_iput(i, 1);
+		hfs_inode_discard(i);
 		i = NULL;
 	}
 out_ref:
@@ -464,9 +463,9 @@ out:
 	return ret;
 }
 
-/* A fixed directory or status file of the tree built at mount. */
-static struct hfs_inode *__fixed(struct hfs_inode *dir, const char *name, enum hfs_kind kind,
-				 mode_t mode, int what)
+/* A fixed directory or status file: the tree built at mount, and each heap's status files. */
+struct hfs_inode *__hfs_fixed_add(struct hfs_inode *dir, const char *name, enum hfs_kind kind,
+				  mode_t mode, int what)
 {
 	struct hfs_inode *i = hfs_inode_new(kind, mode, hfs.uid, hfs.gid, NULL);
 
@@ -477,8 +476,7 @@ static struct hfs_inode *__fixed(struct hfs_inode *dir, const char *name, enum h
 	else
 		i->st.what = what;
 	if (__hfs_dir_add(dir, name, i)) {
-		hfs_iref(i, 1);
-		hfs_iput(i, 1);
+		hfs_inode_discard(i);
 		return NULL;
 	}
 	return i;
@@ -497,19 +495,19 @@ int hfs_mount_tree(void)
 	hfs.root->dir.parent = hfs.root;
 	hfs.root->nlink = 2;
 	hfs_iref(hfs.root, 1);
-	hfs.heaps = __fixed(hfs.root, "heaps", HFS_DIR, dmode, 0);
-	hfs.objects = __fixed(hfs.root, "objects", HFS_DIR, dmode, 0);
-	hfs.pool = __fixed(hfs.root, "pool", HFS_DIR, dmode, 0);
-	hfs.dot = __fixed(hfs.root, ".heapfs", HFS_DIR, rodir, 0);
+	hfs.heaps = __hfs_fixed_add(hfs.root, "heaps", HFS_DIR, dmode, 0);
+	hfs.objects = __hfs_fixed_add(hfs.root, "objects", HFS_DIR, dmode, 0);
+	hfs.pool = __hfs_fixed_add(hfs.root, "pool", HFS_DIR, dmode, 0);
+	hfs.dot = __hfs_fixed_add(hfs.root, ".heapfs", HFS_DIR, rodir, 0);
 	if (!hfs.heaps || !hfs.objects || !hfs.pool || !hfs.dot)
 		goto out;
 	hfs.heaps->dir.role = HFS_R_HEAPS;
-	hfs.dot_heaps = __fixed(hfs.dot, "heaps", HFS_DIR, rodir, 0);
-	hfs.dot_maps = __fixed(hfs.dot, "maps", HFS_DIR, rodir, 0);
+	hfs.dot_heaps = __hfs_fixed_add(hfs.dot, "heaps", HFS_DIR, rodir, 0);
+	hfs.dot_maps = __hfs_fixed_add(hfs.dot, "maps", HFS_DIR, rodir, 0);
 	if (!hfs.dot_heaps || !hfs.dot_maps ||
-	    !__fixed(hfs.dot, "stats", HFS_STATUS, rofile, HFS_ST_STATS) ||
-	    !__fixed(hfs.dot, "partner", HFS_STATUS, rofile, HFS_ST_PARTNER) ||
-	    !__fixed(hfs.dot, "donors", HFS_STATUS, rofile, HFS_ST_DONORS))
+	    !__hfs_fixed_add(hfs.dot, "stats", HFS_STATUS, rofile, HFS_ST_STATS) ||
+	    !__hfs_fixed_add(hfs.dot, "partner", HFS_STATUS, rofile, HFS_ST_PARTNER) ||
+	    !__hfs_fixed_add(hfs.dot, "donors", HFS_STATUS, rofile, HFS_ST_DONORS))
 		goto out;
 	ret = 0;
 out:

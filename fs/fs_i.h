@@ -160,6 +160,8 @@ struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_
 struct hfs_inode *hfs_iget(fuse_ino_t ino); /* caller knows the kernel holds a reference */
 void hfs_iref(struct hfs_inode *i, uint64_t n);
 void hfs_iput(struct hfs_inode *i, uint64_t n);
+/* Destroy an inode made by hfs_inode_new that nothing references yet. */
+void hfs_inode_discard(struct hfs_inode *i);
 void __hfs_stat(const struct hfs_inode *i, struct stat *st);
 void hfs_stat(struct hfs_inode *i, struct stat *st);
 void hfs_now(struct timespec *ts);
@@ -168,7 +170,6 @@ uint64_t hfs_inodes_max(void);
 
 /* dir.c — namespace. Entry-returning calls take one lookup reference for the kernel. */
 int hfs_mount_tree(void);
-void hfs_unmount_tree(void);
 int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
 int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out);
@@ -181,6 +182,9 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname);
 int __hfs_dir_add(struct hfs_inode *dir, const char *name, struct hfs_inode *i);
 int __hfs_dir_del(struct hfs_inode *dir, const char *name);
 struct hfs_inode *__hfs_dir_find(struct hfs_inode *dir, const char *name);
+/* A node owned by the mount (mounting user, no heap) added to dir: NULL on failure. */
+struct hfs_inode *__hfs_fixed_add(struct hfs_inode *dir, const char *name,
+				  enum hfs_kind kind, mode_t mode, int what);
 
 /* A directory listing taken at readdir offset 0; later offsets index into it. */
 struct hfs_dirsnap {

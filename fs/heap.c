@@ -70,17 +70,12 @@ static int heap_new(const struct conf_heap *pol, bool from_config, struct hfs_he
 static struct hfs_inode *__status_file(struct hfs_inode *dir, struct hfs_heap *h,
 				       enum hfs_status_kind what)
 {
-	struct hfs_inode *i = hfs_inode_new(HFS_STATUS, S_IFREG | 0444, hfs.uid, hfs.gid, NULL);
+	struct hfs_inode *i = __hfs_fixed_add(dir, h->pol.name, HFS_STATUS, S_IFREG | 0444, what);
 
-	if (!i)
-		return NULL;
-	i->st.what = what;
-	i->st.heap = h;
-	hfs_heap_get(h);
-	if (__hfs_dir_add(dir, h->pol.name, i)) {
-		hfs_iref(i, 1);
-		hfs_iput(i, 1);
-		return NULL;
+	/* hfs.ns is held exclusive: nobody can open it before it knows its heap */
+	if (i) {
+		i->st.heap = h;
+		hfs_heap_get(h);
 	}
 	return i;
 }
@@ -146,8 +141,7 @@ int __hfs_heap_mkdir(const char *name, const struct conf_heap *pol, bool from_co
 	d->dir.role = HFS_R_HEAPDIR;
 	ret = __hfs_dir_add(hfs.heaps, name, d);
 	if (ret) {
-		hfs_iref(d, 1);
-		hfs_iput(d, 1);
+		hfs_inode_discard(d);
 		goto fail;
 	}
 	h->dir = d;

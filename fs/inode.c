@@ -205,6 +205,12 @@ void hfs_iput(struct hfs_inode *i, uint64_t n)
 		inode_destroy(i);
 }
 
+void hfs_inode_discard(struct hfs_inode *i)
+{
+	hfs_iref(i, 1);
+	hfs_iput(i, 1);
+}
+
 void __hfs_stat(const struct hfs_inode *i, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
