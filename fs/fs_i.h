@@ -165,6 +165,14 @@ void hfs_inode_discard(struct hfs_inode *i);
 void __hfs_stat(const struct hfs_inode *i, struct stat *st);
 void hfs_stat(struct hfs_inode *i, struct stat *st);
 void hfs_now(struct timespec *ts);
+/* Monotonic clock in nanoseconds, for spin windows. */
+static inline int64_t hfs_now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
 uint64_t hfs_inodes_used(void);
 uint64_t hfs_inodes_max(void);
 

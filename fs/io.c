@@ -62,13 +62,6 @@ static void drop_token(void *p)
 	sem_post(&token);
 }
 
-static int64_t now_ns(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
 
 /* Is this request one to handle without the token? */
 static bool bulk(const void *buf, ssize_t n)
@@ -96,13 +89,13 @@ static ssize_t watch_read(int fd, void *buf, size_t len)
 			return -1; /* EINTR: libfuse checks for exit */
 		pthread_setspecific(holder, &token);
 	}
-	start = now_ns();
+	start = hfs_now_ns();
 	until = start + budget;
 	for (;;) {
 		n = read(fd, buf, len);
 		if (n >= 0 || errno != EAGAIN)
 			break; /* a request, or an error (EINTR too: libfuse checks for exit) */
-		if (!slept && now_ns() <= until)
+		if (!slept && hfs_now_ns() <= until)
 			continue;
 		slept = true;
 		if (poll(&p, 1, -1) < 0) {
@@ -112,7 +105,7 @@ static ssize_t watch_read(int fd, void *buf, size_t len)
 	}
 	/* A request that came within the full spin means a fast client: spin in full next
 	 * time.  One that outlasted the spin means a slow one: halve it (down to 1/16). */
-	if (now_ns() - start <= hfs.spin_ns)
+	if (hfs_now_ns() - start <= hfs.spin_ns)
 		budget = hfs.spin_ns;
 	else if (slept && budget > hfs.spin_ns / 16)
 		budget /= 2;
@@ -129,7 +122,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	ssize_t n;
 
 	(void)userdata;
-	n = fd == main_fd && hfs.spin_ns ? watch_read(fd, buf, len) : read(fd, buf, len);
+	n = fd == main_fd ? watch_read(fd, buf, len) : read(fd, buf, len); /* main_fd: spinning on */
 	if (n >= (ssize_t)(sizeof(*h) + offsetof(struct fuse_init_in, flags) + sizeof(uint32_t)) &&
 	    h->opcode == FUSE_INIT) {
 		const struct fuse_init_in *in = (const void *)(h + 1);

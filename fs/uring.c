@@ -63,9 +63,8 @@ struct ent {
 	struct hfs_fuse_uring_req_header *hdr; /* start of the allocation */
 	char *payload; /* hdr + PAYLOAD_OFF */
 	struct iovec iov[2]; /* what REGISTER gives the kernel */
-	struct queue *q;
 	uint64_t unique; /* the request being served */
-	bool replied, armed;
+	bool replied;
 };
 
 struct queue {
@@ -211,10 +210,12 @@ static int ring_setup(struct queue *q)
 	return err;
 }
 
-/* Allocate and register every entry of q; the number armed, or -errno. */
-static int register_entries(struct queue *q)
+/* Allocate and register every entry of q; *armed counts the entries queued. 0 or -errno. */
+static int register_entries(struct queue *q, int *armed)
 {
 	int err = 0;
+
+	*armed = 0;
 
 	for (int k = 0; k < ENTRIES && !err; k++) {
 		struct ent *e = &q->ent[k];
@@ -227,9 +228,8 @@ static int register_entries(struct queue *q)
 		e->payload = (char *)mem + PAYLOAD_OFF;
 		e->iov[0] = (struct iovec){ e->hdr, sizeof(*e->hdr) };
 		e->iov[1] = (struct iovec){ e->payload, ur.payload_max };
-		e->q = q;
 		err = queue_cmd(q, e, HFS_FUSE_IO_URING_CMD_REGISTER);
-		e->armed = !err;
+		*armed += !err;
 	}
 	if (!err)
 		err = io_uring_submit(&q->ring);
@@ -245,13 +245,6 @@ static void report(struct queue *q, int err)
 			q->qid, strerror(-err), err);
 }
 
-static int64_t now_ns(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
 
 /* Reply, then watch for the next request for hfs.spin_ns before sleeping.  Not for this
  * CPU's sake: a worker that is busy keeps its CPU from looking idle, so the scheduler
@@ -265,8 +258,8 @@ static void spin(struct queue *q)
 	if (!hfs.spin_ns)
 		return;
 	io_uring_submit(&q->ring);
-	until = now_ns() + hfs.spin_ns;
-	while (!io_uring_cq_ready(&q->ring) && now_ns() < until) {
+	until = hfs_now_ns() + hfs.spin_ns;
+	while (!io_uring_cq_ready(&q->ring) && hfs_now_ns() < until) {
 		io_uring_get_events(&q->ring); /* runs the deferred completions */
 		if (!io_uring_cq_ready(&q->ring))
 			sched_yield();
@@ -289,9 +282,7 @@ static void *worker(void *arg)
 		fprintf(stderr, "heapfs: io_uring queue %u: %s\n", q->qid, strerror(-err));
 		return NULL;
 	}
-	err = register_entries(q);
-	for (int k = 0; k < ENTRIES; k++)
-		armed += q->ent[k].armed;
+	err = register_entries(q, &armed);
 	if (err)
 		report(q, err);
 	while (armed > 0) {
@@ -315,7 +306,6 @@ static void *worker(void *arg)
 			}
 			if (cqe->res < 0) {
 				report(q, cqe->res);
-				e->armed = false;
 				armed--;
 				continue;
 			}
@@ -323,13 +313,15 @@ static void *worker(void *arg)
 			err = queue_cmd(q, e, HFS_FUSE_IO_URING_CMD_COMMIT_AND_FETCH);
 			if (err) {
 				report(q, err);
-				e->armed = false;
 				armed--;
 			}
 		}
 		io_uring_cq_advance(&q->ring, seen);
-		if (stop)
+		if (stop) {
+			/* replies served in this batch must still reach the kernel */
+			io_uring_submit(&q->ring);
 			break;
+		}
 	}
 	return NULL;
 }
@@ -371,6 +363,10 @@ void hfs_uring_start(struct fuse_session *se, int fd, size_t payload)
 	ur.q = calloc(ur.nq, sizeof(*ur.q));
 	if (!ur.q || sem_init(&ur.ready, 0, 0)) {
 		fprintf(stderr, "heapfs: io_uring: out of memory; staying on /dev/fuse\n");
+		free(ur.q);
+		ur.q = NULL;
+		close(ur.fd);
+		ur.fd = -1;
 		return;
 	}
 	for (unsigned k = 0; k < ur.nq; k++) {

@@ -81,9 +81,11 @@ def unmount(path):
     """Unmount path if it is mounted: fusermount3 -u, and -uz when that fails (busy)."""
     if mount_fstype(path) is None:
         return
-    r = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, text=True)
+    r = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, text=True,
+                       timeout=10)
     if r.returncode != 0 and mount_fstype(path) is not None:
-        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True, text=True)
+        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True, text=True,
+                       timeout=10)
 
 
 class Mount:

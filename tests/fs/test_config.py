@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from conftest import mount_fstype, unmount
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HEAPFS = os.environ.get("HEAPFS") or str(REPO / "build" / "fs" / "heapfs")
 RUN_TIMEOUT = 15  # seconds a refusing heapfs may take; more means it mounted or hung
@@ -111,22 +113,9 @@ GOOD = (
 )
 
 
-def _unescape(field):
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def mounted(path):
     """True if something is mounted on path (per /proc/self/mountinfo)."""
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(_unescape(line.split()[4]) == path for line in f)
-
-
-def unmount(path):
-    for args in (["fusermount3", "-u", path], ["fusermount3", "-u", "-z", path]):
-        if not mounted(path):
-            return
-        subprocess.run(args, capture_output=True, timeout=10)
+    return mount_fstype(path) is not None
 
 
 def run_refused(args, mnt):
