@@ -201,8 +201,6 @@ int hfs_io_setup(struct fuse_session *se)
 
 	session = se;
 	dev_fd = fd;
-	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
-		hfs.spin_ns = 0; /* spinning would only steal the client's CPU */
 	/* with io_uring the ring workers spin (uring.c); the device then carries only
 	 * INIT, forgets and interrupts */
 	if (hfs.spin_ns && !hfs.io_uring) {

@@ -297,7 +297,8 @@ int main(int argc, char *argv[])
 	if (o.config ? conf_load_file(o.config, stderr, &hfs.conf) : conf_load_default(&hfs.conf))
 		goto out;
 	hfs.mountpoint = cmd.mountpoint;
-	hfs.spin_ns = (int64_t)o.spin_us * 1000;
+	/* on one CPU, spinning (device watcher or ring worker) would only steal the client's CPU */
+	hfs.spin_ns = sysconf(_SC_NPROCESSORS_ONLN) < 2 ? 0 : (int64_t)o.spin_us * 1000;
 	hfs.readahead_kb = o.readahead_kb;
 	hfs.no_killpriv = o.no_killpriv;
 	hfs.io_uring = o.io_uring;
