@@ -483,6 +483,7 @@ static const char *const layout_names[] = { "extents", "contiguous", NULL };
 static const char *const cache_names[] = { "auto", "keep", "direct", NULL };
 static const char *const writers_names[] = { "many", "single", NULL };
 static const char *const replicate_names[] = { "none", "async", "sync", NULL };
+#define NNAMES(a) (sizeof(a) / sizeof((a)[0]) - 1) /* names in a NULL-terminated array */
 
 static const struct {
 	const char *opt;
@@ -522,22 +523,22 @@ static const char *enum_name(const char *const *names, unsigned n, unsigned v)
 
 const char *conf_layout_name(enum conf_layout l)
 {
-	return enum_name(layout_names, 2, l);
+	return enum_name(layout_names, NNAMES(layout_names), l);
 }
 
 const char *conf_cache_name(enum conf_cache c)
 {
-	return enum_name(cache_names, 3, c);
+	return enum_name(cache_names, NNAMES(cache_names), c);
 }
 
 const char *conf_writers_name(enum conf_writers w)
 {
-	return enum_name(writers_names, 2, w);
+	return enum_name(writers_names, NNAMES(writers_names), w);
 }
 
 const char *conf_replicate_name(enum conf_replicate r)
 {
-	return enum_name(replicate_names, 3, r);
+	return enum_name(replicate_names, NNAMES(replicate_names), r);
 }
 
 /* Validate callback on every option and section: remember where it was set. */
@@ -670,7 +671,7 @@ static cfg_opt_t root_opts[] = {
  * closed, or 0: libconfuse takes the end of the file for a closing brace. */
 static int strip_comments(char *t)
 {
-	int line = 1, depth = 0, open_line[8] = { 0 };
+	int line = 1, depth = 0, open_line = 0;
 	char *p = t, q;
 
 	while (*p) {
@@ -696,15 +697,15 @@ static int strip_comments(char *t)
 			if (*p)
 				p[0] = p[1] = ' ';
 		} else {
-			if (*p == '{' && depth++ < 8)
-				open_line[depth - 1] = line;
+			if (*p == '{' && depth++ == 0)
+				open_line = line; /* only the outermost '{' is ever reported */
 			else if (*p == '}' && depth > 0)
 				depth--;
 			line += *p == '\n';
 			p++;
 		}
 	}
-	return depth ? open_line[0] : 0;
+	return depth ? open_line : 0;
 }
 
 /* ---- checks and structs ----------------------------------------------------------------- */
@@ -745,32 +746,27 @@ static int first_set_line(struct load_ctx *ctx, const cfg_t *sec, const char *co
 /* Size, rounding and min_block of a heap-like section (heaps, objects).  size is what was
  * asked (0 only if set so); size_line where it came from. */
 static void check_heap_size(struct load_ctx *ctx, const cfg_t *sec, const char *lbl,
-			    uint64_t size, int size_line, uint64_t min_block, uint64_t *rounded)
+			    uint64_t size, int size_line, uint64_t min_block)
 {
 	static const char *const block_first[] = { "min_block", "size", NULL };
 	char a[CONF_SIZE_BUF], b[CONF_SIZE_BUF];
+	uint64_t rounded = round_pow2(size);
 
-	*rounded = round_pow2(size);
 	if (size == 0) {
 		report(ctx, size_line, "%ssize must not be 0", lbl);
 	} else if (size > CONF_HEAP_MAX) {
 		report(ctx, size_line, "%ssize = %s is larger than the largest heap (%s)", lbl,
 		       conf_format_size(size, a), conf_format_size(CONF_HEAP_MAX, b));
-	} else if (min_block > *rounded) {
+	} else if (min_block > rounded) {
 		report(ctx, first_set_line(ctx, sec, block_first, size_line),
 		       "%smin_block = %s is larger than the heap (%s)", lbl,
-		       conf_format_size(min_block, a), conf_format_size(*rounded, b));
+		       conf_format_size(min_block, a), conf_format_size(rounded, b));
 	}
 }
 
-static bool default_heap_size_ok(const struct conf *c)
-{
-	return c->default_heap_size && round_pow2(c->default_heap_size) >= DEF_MIN_BLOCK &&
-	       c->default_heap_size <= CONF_HEAP_MAX;
-}
-
+/* def_size_ok: build() found default_heap_size fine (else it reported why). */
 static void build_heap(struct load_ctx *ctx, struct conf *c, cfg_t *h, bool partner,
-		       struct conf_heap *out)
+		       bool def_size_ok, struct conf_heap *out)
 {
 	static const char *const defsize[] = { "default_heap_size", NULL };
 	const struct sec_info *s = sec_find(ctx, h);
@@ -808,8 +804,8 @@ static void build_heap(struct load_ctx *ctx, struct conf *c, cfg_t *h, bool part
 	out->pin = cfg_getbool(h, "pin");
 	out->image = dup_nonempty(cfg_getstr(h, "image"), ctx);
 	/* a rejected value or a bad default_heap_size is reported already: no follow-ons */
-	if (!(s && s->bad) && (set_line(ctx, h, "size") || default_heap_size_ok(c)))
-		check_heap_size(ctx, h, lbl, size, size_line, out->min_block, &out->size);
+	if (!(s && s->bad) && (set_line(ctx, h, "size") || def_size_ok))
+		check_heap_size(ctx, h, lbl, size, size_line, out->min_block);
 	if (out->replicate != CONF_REPLICATE_NONE && !partner)
 		report(ctx, set_line(ctx, h, "replicate"),
 		       "%sreplicate = %s needs a partner section", lbl,
@@ -829,7 +825,7 @@ static void build_objects(struct load_ctx *ctx, cfg_t *o, struct conf_objects *o
 	if (!(s && s->bad))
 		check_heap_size(ctx, o, "objects: ", size,
 				first_set_line(ctx, o, size_first, set_line(ctx, ctx->root, "objects")),
-				out->min_block, &out->size);
+				out->min_block);
 }
 static void build_pool(struct load_ctx *ctx, cfg_t *p, struct conf_pool *out)
 {
@@ -894,7 +890,7 @@ static void build(struct load_ctx *ctx, cfg_t *root, struct conf *c)
 {
 	char a[CONF_SIZE_BUF], b[CONF_SIZE_BUF];
 	int dline = set_line(ctx, root, "default_heap_size");
-	bool partner = set_line(ctx, root, "partner") != 0;
+	bool partner = set_line(ctx, root, "partner") != 0, def_size_ok = false;
 	unsigned i;
 
 	c->default_heap_size = (uint64_t)cfg_getint(root, "default_heap_size");
@@ -910,6 +906,8 @@ static void build(struct load_ctx *ctx, cfg_t *root, struct conf *c)
 		report(ctx, dline, "default_heap_size = %s is larger than the largest heap (%s)",
 		       conf_format_size(c->default_heap_size, a),
 		       conf_format_size(CONF_HEAP_MAX, b));
+	else
+		def_size_ok = true;
 
 	c->nheaps = cfg_size(root, "heap");
 	c->heaps = calloc(c->nheaps ? c->nheaps : 1, sizeof(*c->heaps));
@@ -918,7 +916,8 @@ static void build(struct load_ctx *ctx, cfg_t *root, struct conf *c)
 		c->nheaps = 0;
 	}
 	for (i = 0; i < c->nheaps; i++)
-		build_heap(ctx, c, cfg_getnsec(root, "heap", i), partner, &c->heaps[i]);
+		build_heap(ctx, c, cfg_getnsec(root, "heap", i), partner, def_size_ok,
+			   &c->heaps[i]);
 	build_objects(ctx, cfg_getsec(root, "objects"), &c->objects);
 	build_pool(ctx, cfg_getsec(root, "pool"), &c->pool);
 	if (partner)

@@ -474,6 +474,20 @@ static void test_errors(void)
 	EXPECT_ERRORS("default_heap_size = 8K\nheap \"a\" {\n  min_block = 16K\n}\n",
 		      "heapfs: t.conf:3: heap \"a\": min_block = 16K is larger than the heap "
 		      "(8K)\n");
+	/* a bad default_heap_size is reported once, not again by each heap that takes it */
+	EXPECT_ERRORS("default_heap_size = 1K\nheap \"a\" { }\n",
+		      "heapfs: t.conf:1: default_heap_size = 1K is smaller than the min_block of "
+		      "a heap made with mkdir (4K)\n");
+	EXPECT_ERRORS("default_heap_size = 2049G\nheap \"a\" { }\n",
+		      "heapfs: t.conf:1: default_heap_size = 2049G is larger than the largest "
+		      "heap (1024G)\n");
+	EXPECT_ERRORS("default_heap_size = 12Q\nheap \"a\" { }\n",
+		      "heapfs: t.conf:1: default_heap_size = 12Q is not a size (a byte count, "
+		      "or a number with K, M or G)\n");
+	/* ... but a heap with its own size is still checked */
+	EXPECT_ERRORS("default_heap_size = 0\nheap \"a\" {\n  size = 0\n}\n",
+		      "heapfs: t.conf:1: default_heap_size must not be 0\n"
+		      "heapfs: t.conf:3: heap \"a\": size must not be 0\n");
 
 	/* the other sections */
 	EXPECT_ERRORS("pool {\n  donor_size = 0\n  socket = \"\"\n}\n",
@@ -508,6 +522,10 @@ static void test_errors(void)
 	EXPECT_ERRORS("heap \"a\" {\n  size =\n", "heapfs: t.conf:1: this '{' is never closed\n"
 		      "heapfs: t.conf:3: heap \"a\": premature end of file\n");
 	EXPECT_ERRORS("heap \"a\" { }\n}\n", "heapfs: t.conf:2: unexpected closing brace\n");
+	/* nested unclosed braces, deeper than 8: the outermost '{' is the one reported */
+	EXPECT_ERRORS("heap \"a\" { }\n\nheap \"b\" {\n{\n{{{{{{{{{\n",
+		      "heapfs: t.conf:3: this '{' is never closed\n"
+		      "heapfs: t.conf:4: heap \"b\": unexpected token '{'\n");
 
 	/* every bad value in one run, in line order; libconfuse's '#' and C comment line
 	 * miscounts do not shift the lines */

@@ -34,6 +34,7 @@ static int create_one(int dirfd, const char *name, const char *buf, size_t size)
 
 	if (fd < 0)
 		return -errno;
+	errno = 0; /* a short write leaves errno alone: not a stale value then */
 	if (size && write(fd, buf, size) != (ssize_t)size)
 		ret = errno ? -errno : -EIO;
 	if (close(fd) && !ret)
