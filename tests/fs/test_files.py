@@ -200,6 +200,31 @@ def test_fallocate(mount):
     assert held_bytes(mount.heap() / "fb") == MIB
 
 
+FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, FALLOC_COLLAPSE_RANGE = 0x01, 0x02, 0x08
+FALLOC_ZERO_RANGE, FALLOC_INSERT_RANGE = 0x10, 0x20
+
+
+def test_fallocate_zero_range_and_refused_modes(mount):
+    f = mount.heap() / "fz"
+    data = pattern(2 * MIB, seed=7)
+    f.write_bytes(data)
+    fd = os.open(f, os.O_RDWR)
+    try:
+        # ZERO_RANGE zeroes inside the file and keeps the blocks
+        fallocate(fd, FALLOC_ZERO_RANGE, 4096, 8192)
+        want = data[:4096] + bytes(8192) + data[4096 + 8192:]
+        assert os.pread(fd, 2 * MIB, 0) == want
+        assert os.fstat(fd).st_size == 2 * MIB and held_bytes(f) == 2 * MIB
+        # a heap file has no holes: punch, collapse and insert are refused, nothing changes
+        for mode in (FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE, FALLOC_COLLAPSE_RANGE,
+                     FALLOC_INSERT_RANGE):
+            expect_errno(errno.EOPNOTSUPP, fallocate, fd, mode, 0, MIB)
+            assert os.pread(fd, 2 * MIB, 0) == want
+            assert os.fstat(fd).st_size == 2 * MIB and held_bytes(f) == 2 * MIB
+    finally:
+        os.close(fd)
+
+
 WRITER = textwrap.dedent("""
     import os, random, sys
     path, seed, off, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
