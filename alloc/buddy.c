@@ -256,6 +256,20 @@ static inline uint64_t win_mask(const struct window *win, unsigned lev, uint64_t
 	return (~0ull << a) & (~0ull >> (63 - z));
 }
 
+/* Try once to CAS-clear bit i of level-0 word idx of order k, from *w (the caller's read
+ * of the word, updated on failure); when the word empties, clear its hint.  True: the
+ * block is ours. */
+static inline bool lv0_take(struct buddy *b, unsigned k, uint64_t idx, unsigned i, uint64_t *w)
+{
+	uint64_t nw = *w & ~(1ull << i);
+
+	if (!atomic_compare_exchange_weak(&b->lv[k][0][idx], w, nw))
+		return false;
+	if (!nw)
+		hint_clear(b, k, 0, idx);
+	return true;
+}
+
 /* Claim one free block of order k in the window below word (lev, idx): its index, or -1. */
 static int64_t lv_claim(struct buddy *b, unsigned k, unsigned lev, uint64_t idx,
 			const struct window *win)
@@ -267,13 +281,9 @@ static int64_t lv_claim(struct buddy *b, unsigned k, unsigned lev, uint64_t idx,
 	if (lev == 0) {
 		while (w & mask) {
 			unsigned i = pick_bit(w & mask, pb);
-			uint64_t nw = w & ~(1ull << i);
 
-			if (atomic_compare_exchange_weak(wp, &w, nw)) {
-				if (!nw)
-					hint_clear(b, k, 0, idx);
+			if (lv0_take(b, k, idx, i, &w))
 				return (int64_t)(idx * 64 + i);
-			}
 		}
 		return -1;
 	}
@@ -312,16 +322,21 @@ static uint64_t split_to(struct buddy *b, unsigned j, unsigned k, uint64_t want)
 /* A block of order k from the shared structures (counted into its chunk), or -ENOMEM.
  * First pass: only the slot's own share of the heap (its 1/nslots of the blocks of each
  * order), smallest order first, so threads on different CPUs keep to different words and
- * chunks; then the whole heap (twice, as a split in flight may hide a block for a moment). */
+ * chunks; then the whole heap (twice, as a split in flight may hide a block for a moment).
+ * The share at order j is [n_j * slot / nslots, n_j * (slot + 1) / nslots), n_j = 2^(M - j):
+ * divided once, at order k, then shifted, as floor(floor(x) / 2^d) == floor(x / 2^d). */
 static int64_t shared_alloc(struct buddy *b, unsigned k, unsigned slot)
 {
+	uint64_t nk = 1ull << (b->heap_order - k);
+	uint64_t lo0 = nk * slot / b->nslots, hi0 = nk * (slot + 1) / b->nslots;
+
 	for (int pass = 0; pass < 3; pass++) {
 		uint64_t mask = atomic_load(&b->meta->nonempty) & (~0ull << k);
 
 		while (mask) {
 			unsigned j = (unsigned)__builtin_ctzll(mask);
-			uint64_t n = 1ull << (b->heap_order - j), lo = n * slot / b->nslots;
-			struct window win = { pass ? 0 : lo, pass ? n : n * (slot + 1) / b->nslots, lo };
+			uint64_t n = nk >> (j - k), lo = lo0 >> (j - k);
+			struct window win = { pass ? 0 : lo, pass ? n : hi0 >> (j - k), lo };
 			int64_t i;
 
 			mask &= mask - 1;
@@ -371,13 +386,10 @@ static int shared_alloc_at(struct buddy *b, uint64_t off, unsigned k)
 {
 	for (unsigned j = k; j <= b->heap_order; j++) {
 		uint64_t i = off >> j;
-		_Atomic uint64_t *wp = &b->lv[j][0][i >> 6];
-		uint64_t w = atomic_load(wp);
+		uint64_t w = atomic_load(&b->lv[j][0][i >> 6]);
 
 		while (w & bit(i)) {
-			if (atomic_compare_exchange_weak(wp, &w, w & ~bit(i))) {
-				if (!(w & ~bit(i)))
-					hint_clear(b, j, 0, i >> 6);
+			if (lv0_take(b, j, i >> 6, (unsigned)(i & 63), &w)) {
 				split_to(b, j, k, off >> k);
 				chunk_hold(&b->cm, off, 1ull << k);
 				return 0;
@@ -438,19 +450,29 @@ static inline void ctr_add(_Atomic uint64_t *c, uint64_t v)
 			      memory_order_relaxed);
 }
 
+/* Give entries [from, to) of p's stack of cached order c back to the shared structures
+ * (park: see shared_free) and take their bytes off p's cached count; the caller fixes the
+ * stack.  Lock held. */
+static void pcp_give_back(struct buddy *b, struct buddy_pcp *p, unsigned c, uint32_t from,
+			  uint32_t to, _Atomic uint64_t *park)
+{
+	unsigned k = b->min_order + c;
+
+	for (uint32_t j = from; j < to; j++)
+		shared_free(b, p->blk[c][j], k, park);
+	ctr_add(&p->cached, -((uint64_t)(to - from) << k));
+}
+
 /* Give the blocks of p's stacks above keep entries per order back, releasing chunks they
  * empty at once.  Lock held. */
 static void __pcp_flush(struct buddy *b, struct buddy_pcp *p, uint32_t keep)
 {
 	for (unsigned c = 0; c < b->pcp_orders; c++) {
 		uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
-		unsigned k = b->min_order + c;
 
 		if (n <= keep)
 			continue;
-		for (uint32_t j = keep; j < n; j++)
-			shared_free(b, p->blk[c][j], k, NULL);
-		ctr_add(&p->cached, -((uint64_t)(n - keep) << k));
+		pcp_give_back(b, p, c, keep, n, NULL);
 		atomic_store_explicit(&p->n[c], keep, memory_order_relaxed);
 	}
 }
@@ -601,11 +623,9 @@ int buddy_free(struct buddy *b, uint64_t off, unsigned order)
 			/* full: send the older half down in one go */
 			uint32_t half = (n + 1) / 2;
 
-			for (uint32_t j = 0; j < half; j++)
-				shared_free(b, p->blk[c][j], order, p->park);
+			pcp_give_back(b, p, c, 0, half, p->park);
 			memmove(p->blk[c], p->blk[c] + half, sizeof(p->blk[c][0]) * (n - half));
 			n -= half;
-			ctr_add(&p->cached, -((uint64_t)half << order));
 		}
 		p->blk[c][n] = off;
 		atomic_store_explicit(&p->n[c], n + 1, memory_order_relaxed);
@@ -636,7 +656,8 @@ static int open_handle(struct buddy_meta *m, size_t meta_size, int fd, const cha
 	b->meta_size = meta_size;
 	bind_handle(b);
 	ret = chunk_map_open(&b->cm, (struct chunk_table *)((char *)m + m->chunk_off),
-			     m->heap_order, m->flags, fd, m->fd_offset, name);
+			     m->heap_order, m->chunk_order, m->nchunks, m->flags, fd,
+			     m->fd_offset, name);
 	if (ret < 0)
 		goto fail_handle;
 	*out = b;
@@ -648,22 +669,20 @@ out:
 	return ret;
 }
 
-static int init_meta(const struct buddy_params *p, void *meta, size_t meta_size, bool zeroed,
-		     struct buddy **out)
+/* nslots: slot_count(), taken once per creation so the size checked and the layout made
+ * agree (params already checked). */
+static int init_meta(const struct buddy_params *p, unsigned nslots, void *meta,
+		     size_t meta_size, bool zeroed, struct buddy **out)
 {
 	struct buddy_meta *m = meta;
-	uint64_t need;
-	int ret = check_params(p);
+	uint64_t need = layout(p, nslots, NULL);
+	int ret = -EINVAL;
 
-	if (ret < 0)
-		goto out;
-	need = layout(p, slot_count(), NULL);
-	ret = -EINVAL;
 	if (!meta || meta_size < need || ((uintptr_t)meta & 63))
 		goto out;
 	if (!zeroed)
 		memset(meta, 0, need);
-	layout(p, slot_count(), m);
+	layout(p, nslots, m);
 	m->magic = BUDDY_MAGIC;
 	m->version = BUDDY_VERSION;
 	m->meta_size = need;
@@ -678,22 +697,26 @@ out:
 
 int buddy_create_at(const struct buddy_params *p, void *meta, size_t meta_size, struct buddy **out)
 {
-	return init_meta(p, meta, meta_size, false, out);
+	int ret = check_params(p);
+
+	return ret < 0 ? ret : init_meta(p, slot_count(), meta, meta_size, false, out);
 }
 
 int buddy_create(const struct buddy_params *p, struct buddy **out)
 {
-	int64_t size = buddy_meta_size(p);
-	void *meta = MAP_FAILED;
-	int ret = (int)size;
+	unsigned nslots = slot_count();
+	int ret = check_params(p);
+	uint64_t size;
+	void *meta;
 
-	if (size < 0)
+	if (ret < 0)
 		goto out;
+	size = layout(p, nslots, NULL);
 	meta = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ret = -errno;
 	if (meta == MAP_FAILED)
 		goto out;
-	ret = init_meta(p, meta, (size_t)size, true, out);
+	ret = init_meta(p, nslots, meta, (size_t)size, true, out);
 	if (ret < 0)
 		goto fail_meta;
 	(*out)->own_meta = true;
@@ -706,9 +729,11 @@ out:
 }
 
 /* Metadata from elsewhere is used only if it is exactly what layout() makes for the
- * geometry it names: every offset the handle will follow is then inside it. */
+ * geometry it names: every offset the handle will follow is then inside it, and the chunk
+ * table agrees with it (the handle keeps the header's geometry: chunk_map_open). */
 static bool meta_ok(const struct buddy_meta *m, size_t meta_size)
 {
+	const struct chunk_table *t;
 	struct buddy_params p = { .heap_order = m->heap_order, .min_order = m->min_order,
 				  .chunk_order = m->chunk_order, .flags = m->flags,
 				  .fd = 0, .fd_offset = m->fd_offset };
@@ -728,7 +753,10 @@ static bool meta_ok(const struct buddy_meta *m, size_t meta_size)
 	     !memcmp(want->pcp_depth, m->pcp_depth, sizeof(m->pcp_depth)) &&
 	     !memcmp(want->ord, m->ord, sizeof(m->ord));
 	free(want);
-	return ok;
+	if (!ok)
+		return false;
+	t = (const struct chunk_table *)((const char *)m + m->chunk_off);
+	return t->chunk_order == m->chunk_order && t->nchunks == m->nchunks;
 }
 
 int buddy_attach(void *meta, size_t meta_size, int data_fd, struct buddy **out)
@@ -820,9 +848,9 @@ void buddy_stats(struct buddy *b, struct buddy_stats *st)
 	}
 	if (largest_cached > st->largest_free)
 		st->largest_free = largest_cached;
-	st->chunk_size = 1ull << m->chunk_order;
-	st->chunks_total = m->nchunks;
-	for (uint64_t i = 0; i < m->nchunks; i++) {
+	st->chunk_size = 1ull << b->cm.chunk_order;
+	st->chunks_total = b->cm.nchunks;
+	for (uint64_t i = 0; i < b->cm.nchunks; i++) {
 		uint64_t s = atomic_load_explicit(&b->cm.t->slot[i].state, memory_order_relaxed);
 
 		st->chunks_committed += (s & CHUNK_HELD_MASK) != 0;
@@ -996,9 +1024,8 @@ out:
 
 int buddy_check(struct buddy *b)
 {
-	struct buddy_meta *m = b->meta;
 	uint64_t size = 1ull << b->heap_order, pos = 0, free_b = 0, cached_b = 0, track_b = 0;
-	uint64_t cs = 1ull << m->chunk_order, *held = NULL, committed = 0;
+	uint64_t cs = 1ull << b->cm.chunk_order, *held = NULL, committed = 0;
 	struct buddy_stats st;
 	struct blk_list l = { 0 };
 	int ret = check_hints(b);
@@ -1009,9 +1036,9 @@ int buddy_check(struct buddy *b)
 	ret = gather(b, &l);
 	if (ret < 0)
 		return ret;
-	held = calloc(m->nchunks, sizeof(*held));
+	held = calloc(b->cm.nchunks, sizeof(*held));
 	CHECK(held, "out of memory");
-	for (uint64_t i = 0; i < m->nchunks; i++)
+	for (uint64_t i = 0; i < b->cm.nchunks; i++)
 		held[i] = cs;
 	for (size_t i = 0; i < l.n; i++) {
 		const struct blk *x = &l.v[i];
@@ -1048,7 +1075,7 @@ int buddy_check(struct buddy *b)
 	if (b->flags & BUDDY_F_TRACK)
 		CHECK(track_b == st.used, "tracked allocated bytes %lu != used %lu",
 		      (unsigned long)track_b, (unsigned long)st.used);
-	for (uint64_t c = 0; c < m->nchunks; c++) {
+	for (uint64_t c = 0; c < b->cm.nchunks; c++) {
 		uint64_t s = atomic_load(&b->cm.t->slot[c].state);
 
 		CHECK(!(s & CHUNK_RELEASING), "chunk %lu is being released", (unsigned long)c);

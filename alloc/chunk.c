@@ -64,7 +64,7 @@ static int map_fd_data(struct chunk_map *cm)
  * chunk policy says anyway, and releasing a chunk frees whole huge pages. */
 static int map_anon_data(struct chunk_map *cm)
 {
-	uint64_t extra = cm->t->chunk_order >= HUGE_ORDER ? 1ull << HUGE_ORDER : 0;
+	uint64_t extra = cm->chunk_order >= HUGE_ORDER ? 1ull << HUGE_ORDER : 0;
 	char *p = mmap(NULL, cm->size + extra, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	uintptr_t head;
@@ -86,12 +86,15 @@ static int map_anon_data(struct chunk_map *cm)
 }
 
 int chunk_map_open(struct chunk_map *cm, struct chunk_table *t, unsigned heap_order,
-		   unsigned flags, int fd, uint64_t fd_offset, const char *name)
+		   unsigned chunk_order, uint64_t nchunks, unsigned flags, int fd,
+		   uint64_t fd_offset, const char *name)
 {
 	int ret = 0;
 
 	memset(cm, 0, sizeof(*cm));
 	cm->t = t;
+	cm->chunk_order = chunk_order;
+	cm->nchunks = nchunks;
 	cm->size = 1ull << heap_order;
 	cm->fd = -1;
 	cm->flags = flags;
@@ -143,7 +146,7 @@ void chunk_map_close(struct chunk_map *cm)
 
 static uint64_t chunk_bytes(const struct chunk_map *cm)
 {
-	return 1ull << cm->t->chunk_order;
+	return 1ull << cm->chunk_order;
 }
 
 static void chunk_commit(struct chunk_map *cm, uint64_t idx)
@@ -173,9 +176,9 @@ static void chunk_release(struct chunk_map *cm, uint64_t idx)
 
 /* Loop over the chunks [off, off+len) spans; n: the bytes of the block in each. */
 #define FOR_EACH_CHUNK(cm, off, len, idx, n)                                              \
-	for (uint64_t idx = (off) >> (cm)->t->chunk_order,                                \
+	for (uint64_t idx = (off) >> (cm)->chunk_order,                                \
 		      n = (len) < chunk_bytes(cm) ? (len) : chunk_bytes(cm),              \
-		      _end = ((off) + (len) - 1) >> (cm)->t->chunk_order;                 \
+		      _end = ((off) + (len) - 1) >> (cm)->chunk_order;                 \
 	     idx <= _end; idx++)
 
 void chunk_hold(struct chunk_map *cm, uint64_t off, uint64_t len)
@@ -250,19 +253,19 @@ void chunk_unhold(struct chunk_map *cm, uint64_t off, uint64_t len, _Atomic uint
 
 uint64_t chunk_count(const struct buddy *b)
 {
-	return b->cm.t->nchunks;
+	return b->cm.nchunks;
 }
 
 unsigned chunk_order(const struct buddy *b)
 {
-	return b->cm.t->chunk_order;
+	return b->cm.chunk_order;
 }
 
 int64_t chunk_index_of(const struct buddy *b, uint64_t off)
 {
 	if (off >= b->cm.size)
 		return -EINVAL;
-	return (int64_t)(off >> b->cm.t->chunk_order);
+	return (int64_t)(off >> b->cm.chunk_order);
 }
 
 int chunk_describe(const struct buddy *b, uint64_t index, struct chunk_desc *d)
@@ -270,12 +273,12 @@ int chunk_describe(const struct buddy *b, uint64_t index, struct chunk_desc *d)
 	const struct chunk_table *t = b->cm.t;
 	uint64_t s;
 
-	if (index >= t->nchunks)
+	if (index >= b->cm.nchunks)
 		return -EINVAL;
 	s = atomic_load((_Atomic uint64_t *)&t->slot[index].state);
 	d->index = index;
 	d->generation = atomic_load((_Atomic uint64_t *)&t->slot[index].gen);
-	d->size = 1ull << t->chunk_order;
+	d->size = 1ull << b->cm.chunk_order;
 	d->addr = b->cm.base ? b->cm.base + index * d->size : NULL;
 	d->held = s & CHUNK_HELD_MASK;
 	d->committed = s != 0; /* held, parked idle or being released */
@@ -286,7 +289,7 @@ uint64_t chunk_generation(const struct buddy *b, uint64_t index)
 {
 	const struct chunk_table *t = b->cm.t;
 
-	if (index >= t->nchunks)
+	if (index >= b->cm.nchunks)
 		return 0;
 	return atomic_load((_Atomic uint64_t *)&t->slot[index].gen);
 }

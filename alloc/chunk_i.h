@@ -45,6 +45,9 @@ struct chunk_table {
 
 struct chunk_map {
 	struct chunk_table *t;
+	/* geometry, from the validated metadata: never read back from the (shared) table */
+	unsigned chunk_order;
+	uint64_t nchunks;
 	char *base;         /* data mapping, NULL with BUDDY_F_NODATA */
 	uint64_t size;      /* heap bytes */
 	int fd;             /* memfd / caller's fd, -1 for anonymous */
@@ -59,7 +62,8 @@ void chunk_table_init(struct chunk_table *t, unsigned chunk_order, uint64_t nchu
 
 /* Map the data: create (memfd made here when BUDDY_F_MEMFD and fd < 0) or attach (fd given). */
 int chunk_map_open(struct chunk_map *cm, struct chunk_table *t, unsigned heap_order,
-		   unsigned flags, int fd, uint64_t fd_offset, const char *name);
+		   unsigned chunk_order, uint64_t nchunks, unsigned flags, int fd,
+		   uint64_t fd_offset, const char *name);
 void chunk_map_close(struct chunk_map *cm);
 
 /* Count len bytes at off (one block) as held / no longer held by their chunks.  park: the

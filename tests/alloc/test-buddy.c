@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "buddy.h"
+#include "buddy_i.h"
 #include "chunk.h"
 #include "tcheck.h"
 
@@ -529,6 +530,41 @@ static void test_create_at_attach(void)
 	munmap(meta, (size_t)need);
 }
 
+/* attach refuses metadata whose chunk table disagrees with the header's geometry: a
+ * corrupt chunk_order or nchunks would index the table's slots out of bounds. */
+static void test_attach_bad_chunk_table(void)
+{
+	struct buddy_params p = { .heap_order = 20, .min_order = 12, .chunk_order = 16,
+				  .fd = -1 };
+	int64_t need = buddy_meta_size(&p);
+	struct buddy *a = NULL, *b = NULL;
+	struct chunk_table *t;
+	void *meta, *copy;
+
+	T(need > 0);
+	meta = mmap(NULL, (size_t)need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	copy = mmap(NULL, (size_t)need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	T(meta != MAP_FAILED && copy != MAP_FAILED);
+	TEQ(buddy_create_at(&p, meta, (size_t)need, &a), 0);
+	memcpy(copy, meta, (size_t)need);
+	TEQ(buddy_attach(copy, (size_t)need, -1, &b), 0); /* the intact copy is accepted */
+	buddy_destroy(b);
+	b = NULL;
+	t = (struct chunk_table *)((char *)copy + ((struct buddy_meta *)copy)->chunk_off);
+	T(t->chunk_order == 16);
+	t->chunk_order = 12;
+	TEQ(buddy_attach(copy, (size_t)need, -1, &b), -EINVAL);
+	T(b == NULL);
+	t->chunk_order = 16;
+	t->nchunks = 1ull << 40;
+	TEQ(buddy_attach(copy, (size_t)need, -1, &b), -EINVAL);
+	T(b == NULL);
+	T(pristine(a));
+	buddy_destroy(a);
+	munmap(copy, (size_t)need);
+	munmap(meta, (size_t)need);
+}
+
 static void test_metadata_size(void)
 {
 	/* 1 GiB at 4 KiB blocks: metadata <= 0.1% of the heap, with and without tracking */
@@ -605,6 +641,7 @@ int main(void)
 	RUN(test_caller_fd);
 	RUN(test_cache_drain);
 	RUN(test_create_at_attach);
+	RUN(test_attach_bad_chunk_table);
 	RUN(test_metadata_size);
 	RUN(test_random_model);
 	return tc_failed != 0;

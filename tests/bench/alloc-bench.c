@@ -222,6 +222,11 @@ static inline unsigned blk_order(struct blk x)
 	return MIN_ORDER - 1 + (unsigned)(x.h & 15);
 }
 
+static inline struct blk blk_make(uint64_t addr, unsigned k)
+{
+	return (struct blk){ addr | (k - MIN_ORDER + 1) };
+}
+
 static bool h_alloc(struct heap *h, unsigned k, struct blk *x)
 {
 	int64_t o;
@@ -249,7 +254,7 @@ static bool h_alloc(struct heap *h, unsigned k, struct blk *x)
 		return false;
 	if (touch)
 		*(volatile uint64_t *)p = (uint64_t)k;
-	x->h = (uint64_t)o | (k - MIN_ORDER + 1);
+	*x = blk_make((uint64_t)o, k);
 	return true;
 }
 
@@ -354,7 +359,6 @@ struct run;
 
 struct worker {
 	struct run *run;
-	int id;
 	pthread_t t;
 	uint64_t seed;
 	uint64_t ops;
@@ -540,7 +544,6 @@ static int run_one(int work, int kind, int nthreads, double seconds, double *ops
 		struct worker *w = &r->w[i];
 
 		w->run = r;
-		w->id = i;
 		w->seed = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
 		w->out = &r->rings[(i + 1) % nthreads];
 		w->in = &r->rings[i];
@@ -638,7 +641,7 @@ static void *vworker_main(void *v)
 			w->ops++;
 			if (o < 0)
 				continue;
-			held[n].h = (uint64_t)o | (k - MIN_ORDER + 1);
+			held[n] = blk_make((uint64_t)o, k);
 			stamps[n] = stamp_of(w->id, ++w->serial);
 			stamp(w->b, held[n], stamps[n], false);
 			n++;
