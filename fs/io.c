@@ -28,6 +28,17 @@
  *    ring worker serves a request are handed to uring.c instead of the device.
  *
  * Every message passes through otherwise untouched.
+ *
+ * No splice.  libfuse 3.14 reads requests with splice() into a pipe when the custom I/O
+ * has a splice_receive hook and it can grow that pipe to 1 MiB + 4 KiB (root with
+ * CAP_SYS_RESOURCE can; so can anyone where fs.pipe-max-size allows it).  Such reads
+ * bypass read() above: the INIT patch, the watcher's token, and its blocking (the main
+ * device is non-blocking for the watcher, and libfuse takes a spliced EAGAIN as fatal:
+ * the daemon exited 1 at the first idle moment).  Spliced replies would bypass writev()
+ * and so the io_uring reply path.  Splice buys a memory filesystem nothing measurable
+ * (docs/DESIGN.md "Speed": 1 GiB dd writes with splice reads on and off are within the
+ * run-to-run spread), so we offer no splice hooks (libfuse then never wants
+ * FUSE_CAP_SPLICE_*), and op_init clears the capabilities as well.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -181,18 +192,9 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 	return n;
 }
 
-static ssize_t io_splice(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,
-			 unsigned int flags, void *userdata)
-{
-	(void)userdata;
-	return splice(fdin, offin, fdout, offout, len, flags);
-}
-
 static const struct fuse_custom_io io = {
 	.read = io_read,
 	.writev = io_writev,
-	.splice_receive = io_splice,
-	.splice_send = io_splice,
 };
 
 int hfs_io_setup(struct fuse_session *se)

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -107,6 +108,15 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	default:
 		return 1;
 	}
+}
+
+static int allowed_cpus(void)
+{
+	cpu_set_t set;
+
+	if (sched_getaffinity(0, sizeof(set), &set))
+		return (int)sysconf(_SC_NPROCESSORS_ONLN);
+	return CPU_COUNT(&set);
 }
 
 static void usage(FILE *f)
@@ -297,8 +307,9 @@ int main(int argc, char *argv[])
 	if (o.config ? conf_load_file(o.config, stderr, &hfs.conf) : conf_load_default(&hfs.conf))
 		goto out;
 	hfs.mountpoint = cmd.mountpoint;
-	/* on one CPU, spinning (device watcher or ring worker) would only steal the client's CPU */
-	hfs.spin_ns = sysconf(_SC_NPROCESSORS_ONLN) < 2 ? 0 : (int64_t)o.spin_us * 1000;
+	/* on one CPU, spinning (device watcher or ring worker) would only steal the client's
+	 * CPU: count the CPUs this process may run on (taskset, cpusets), not the host's */
+	hfs.spin_ns = allowed_cpus() < 2 ? 0 : (int64_t)o.spin_us * 1000;
 	hfs.readahead_kb = o.readahead_kb;
 	hfs.no_killpriv = o.no_killpriv;
 	hfs.io_uring = o.io_uring;

@@ -75,6 +75,7 @@ static json_t *stats_json(void)
 	bad |= set(o, "version", json_string(HEAPFS_VERSION));
 	bad |= set(o, "mount", json_string(hfs.mountpoint));
 	bad |= set(o, "pid", json_integer(getpid()));
+	bad |= set(o, "spin_us", json_integer(hfs.spin_ns / 1000)); /* in force, after main.c */
 	if (bad) {
 		json_decref(o);
 		return NULL;

@@ -9,9 +9,14 @@ not exit (SIGTERM, then SIGKILL) and fails the test when the daemon did not exit
 Binaries come from $HEAPFS and $HEAPFSCTL (else <repo>/build/fs/heapfs and
 <repo>/build/fs/ctl/heapfsctl).  $HEAPFS_OPTS (e.g. `io_uring`) is passed as one more
 `-o` to every daemon the suite starts, so the whole suite can run with a speed knob on.
+$HEAPFS_PIPE_MAX (bytes) raises fs.pipe-max-size for the whole run and puts it back after:
+the setting of hosts where libfuse could grow its pipes (see fs/io.c, "No splice").
+A daemon whose stderr carries a sanitizer report fails the test like a bad exit status.
 """
+import contextlib
 import errno
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -183,9 +188,10 @@ def run_ctl(*args, check=False):
                           check=check, timeout=60)
 
 
-def start_heapfs(mountpoint, config_path=None, extra=(), stderr_path=None):
-    """Start `heapfs -f` on mountpoint and wait until mounted; returns the Popen."""
-    cmd = [str(HEAPFS), "-f"]
+def start_heapfs(mountpoint, config_path=None, extra=(), stderr_path=None, prefix=()):
+    """Start `heapfs -f` on mountpoint (behind `prefix`, e.g. taskset or prlimit) and wait
+    until mounted; returns the Popen."""
+    cmd = [*prefix, str(HEAPFS), "-f"]
     if config_path is not None:
         cmd += ["-c", str(config_path)]
     cmd += [*HEAPFS_OPTS, *extra, str(mountpoint)]
@@ -212,6 +218,35 @@ def start_heapfs(mountpoint, config_path=None, extra=(), stderr_path=None):
 
 
 ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
+PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "WARNING: ThreadSanitizer")
+
+
+@contextlib.contextmanager
+def pipe_max_size(value):
+    """Set fs.pipe-max-size to `value` for the block, then put back what was there.
+    pytest.skip (with the reason) where it cannot be written."""
+    before = PIPE_MAX.read_text()
+    try:
+        PIPE_MAX.write_text(f"{value}\n")
+    except OSError as e:
+        pytest.skip(f"cannot raise {PIPE_MAX}: {e}")
+    try:
+        yield int(before)
+    finally:
+        PIPE_MAX.write_text(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_pipe_max():
+    """$HEAPFS_PIPE_MAX: the whole run with a raised fs.pipe-max-size."""
+    want = os.environ.get("HEAPFS_PIPE_MAX")
+    if not want:
+        yield
+        return
+    with pipe_max_size(int(want)):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -226,12 +261,12 @@ def restore_enable_uring():
 
 @pytest.fixture
 def mount_factory(tmp_path):
-    """mount_factory(config_text=None, extra=(), name=None) -> Mount.  Mounts are torn
+    """mount_factory(config_text=None, extra=(), name=None, prefix=()) -> Mount.  Mounts are torn
     down after the test; a daemon that does not exit 0 (or what the test set as
     m.expect_exit) fails the test."""
     mounts = []
 
-    def make(config_text=None, extra=(), name=None):
+    def make(config_text=None, extra=(), name=None, prefix=()):
         n = len(mounts)
         mnt = tmp_path / (name or f"mnt{n}")
         mnt.mkdir()
@@ -240,7 +275,7 @@ def mount_factory(tmp_path):
             cfg = tmp_path / f"heapfs{n}.conf"
             cfg.write_text(config_text)
         errp = tmp_path / f"heapfs{n}.stderr"
-        proc = start_heapfs(mnt, cfg, extra, errp)
+        proc = start_heapfs(mnt, cfg, extra, errp, prefix)
         m = Mount(mnt, proc, errp, cfg)
         mounts.append(m)
         return m
@@ -249,9 +284,12 @@ def mount_factory(tmp_path):
     problems = []
     for m in mounts:
         rc = m.stop()
+        err = m.stderr_text()
         if rc != m.expect_exit:
             problems.append(f"heapfs at {m.path} exit status {rc}, expected {m.expect_exit}; "
-                            f"stderr: {m.stderr_text()[-2000:]}")
+                            f"stderr: {err[-2000:]}")
+        elif any(mark in err for mark in SANITIZER_MARKS):
+            problems.append(f"heapfs at {m.path}: sanitizer report: {err[-4000:]}")
     if problems:
         pytest.fail("\n".join(problems))
 
@@ -278,6 +316,29 @@ def pattern(n, seed=0):
     """n bytes of a deterministic, position-dependent pattern (never all zero)."""
     import random
     return random.Random(seed).randbytes(n)
+
+
+def read_daemon(path, size=None):
+    """The bytes of `path` as the daemon has them: an O_DIRECT read (the kernel's page
+    cache is bypassed, every byte comes from a READ request), with an aligned buffer."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        if size is None:
+            size = os.fstat(fd).st_size
+        out, off, step = bytearray(), 0, 1 << 20
+        buf = mmap.mmap(-1, step)
+        try:
+            while off < size:
+                n = os.preadv(fd, [buf], off)
+                if n <= 0:
+                    break
+                out += buf[:n]
+                off += n
+        finally:
+            buf.close()
+        return bytes(out[:size])
+    finally:
+        os.close(fd)
 
 
 def held_bytes(path):
