@@ -80,6 +80,7 @@ static int __ext_push(struct hfs_inode *i, uint64_t hoff, unsigned order)
 static void free_block(struct hfs_inode *i, uint64_t hoff, unsigned order)
 {
 	buddy_free(heap_of(i), hoff, order);
+	atomic_fetch_sub_explicit(&i->heap->held, blk(order), memory_order_relaxed);
 	atomic_fetch_add_explicit(&i->heap->freed, blk(order), memory_order_relaxed);
 }
 
@@ -94,10 +95,12 @@ static void __ext_pop(struct hfs_inode *i, bool keep)
 	i->file.held -= blk(e->order);
 }
 
-static int64_t alloc_block(struct buddy *b, unsigned order)
+static int64_t alloc_block(struct hfs_inode *i, unsigned order)
 {
-	int64_t off = buddy_alloc(b, order);
+	int64_t off = buddy_alloc(heap_of(i), order);
 
+	if (off >= 0)
+		atomic_fetch_add_explicit(&i->heap->held, blk(order), memory_order_relaxed);
 	return off == -ENOMEM ? -ENOSPC : off;
 }
 
@@ -169,7 +172,7 @@ static int copy_in_fn(void *arg, char *p, size_t n)
 static int __contig_move(struct hfs_inode *i, unsigned order, uint64_t keep)
 {
 	struct buddy *b = heap_of(i);
-	int64_t off = alloc_block(b, order);
+	int64_t off = alloc_block(i, order);
 	struct hfs_ext old;
 
 	if (off < 0)
@@ -183,8 +186,29 @@ static int __contig_move(struct hfs_inode *i, unsigned order, uint64_t keep)
 	return __ext_push(i, off, order); /* cannot fail: the array has room for one */
 }
 
-/* Make cap >= want.  partial: keep what was obtained when the heap runs out. */
-static int __grow(struct hfs_inode *i, uint64_t want, bool partial)
+/* Could the heap's free bytes take what growing cap to `need` takes?  A hint (other
+ * files change it at once), but a "no" is true at this moment: the growth cannot fit now. */
+static bool __room_for(struct hfs_inode *i, uint64_t need)
+{
+	uint64_t size = blk(buddy_heap_order(heap_of(i))), minb = blk(i->heap->min_order);
+	uint64_t held = atomic_load_explicit(&i->heap->held, memory_order_relaxed), take;
+
+	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) /* one new block; the old one
+							      goes only after the copy */
+		take = blk((unsigned)buddy_order_of(need, i->heap->min_order));
+	else
+		take = (need - i->file.cap + minb - 1) & ~(minb - 1);
+	return held <= size && take <= size - held;
+}
+
+/* Make cap >= want, or at least >= need (need <= want; need == want: all or nothing, and
+ * a write passes the byte after its offset: it writes what fits).  Decided before any
+ * block is taken: EFBIG when need lies past the heap (it can never fit; want is cut to the
+ * heap), ENOSPC when the free bytes already say it cannot fit now.  So an impossible
+ * request never takes the heap's free blocks from other files, even for a moment.  Else
+ * blocks are taken until cap reaches want or the heap runs out; if cap is still short of
+ * need, every block this call took is given back and the error returned. */
+static int __grow(struct hfs_inode *i, uint64_t want, uint64_t need)
 {
 	struct buddy *b = heap_of(i);
 	unsigned min = i->heap->min_order, top = buddy_heap_order(b);
@@ -193,14 +217,16 @@ static int __grow(struct hfs_inode *i, uint64_t want, bool partial)
 
 	if (want <= i->file.cap)
 		return 0;
-	if (!partial && want > blk(top))
-		return -ENOSPC; /* a file never outgrows its heap */
+	if (need > blk(top))
+		return -EFBIG; /* a file never outgrows its heap */
+	if (want > blk(top))
+		want = blk(top);
+	if (need > i->file.cap && !__room_for(i, need))
+		return -ENOSPC;
 	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {
 		ret = buddy_order_of(want, min);
 		if (ret < 0)
-			return ret == -E2BIG ? -ENOSPC : ret;
-		if ((unsigned)ret > top)
-			return -ENOSPC;
+			return ret;
 		if (!i->file.n && !i->file.alloc) {
 			i->file.ext = malloc(sizeof(*i->file.ext));
 			if (!i->file.ext)
@@ -210,13 +236,13 @@ static int __grow(struct hfs_inode *i, uint64_t want, bool partial)
 		return __contig_move(i, (unsigned)ret, i->size < i->file.cap ? i->size : i->file.cap);
 	}
 	while (i->file.cap < want) {
-		uint64_t need = want - i->file.cap;
-		unsigned order = need >= blk(top) ? top : floor_log2(need);
+		uint64_t missing = want - i->file.cap;
+		unsigned order = missing >= blk(top) ? top : floor_log2(missing);
 		int64_t off;
 
 		if (order < min)
 			order = min;
-		while ((off = alloc_block(b, order)) == -ENOSPC && order > min)
+		while ((off = alloc_block(i, order)) == -ENOSPC && order > min)
 			order--;
 		if (off < 0) {
 			ret = (int)off;
@@ -228,9 +254,10 @@ static int __grow(struct hfs_inode *i, uint64_t want, bool partial)
 			break;
 		}
 	}
-	if (ret && !partial)
-		while (i->file.n > n0)
-			__ext_pop(i, false);
+	if (i->file.cap >= need)
+		return 0;
+	while (i->file.n > n0)
+		__ext_pop(i, false);
 	return ret;
 }
 
@@ -258,7 +285,7 @@ static void __shrink(struct hfs_inode *i)
 	if (blk(last.order) - used < minb)
 		return;
 	__ext_pop(i, true);
-	if (__grow(i, size, false)) {
+	if (__grow(i, size, size)) {
 		i->file.ext[i->file.n++] = last; /* no room to refit: keep the big block */
 		i->file.cap += blk(last.order);
 		i->file.held += blk(last.order);
@@ -287,7 +314,7 @@ static int __truncate(struct hfs_inode *i, uint64_t size)
 	int ret = 0;
 
 	if (size > i->size) {
-		ret = __grow(i, size, false);
+		ret = __grow(i, size, size);
 		if (ret)
 			return ret;
 		__zero(i, i->size, size);
@@ -345,11 +372,16 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 	if (i->kind != HFS_REG)
 		return 0;
 	pthread_rwlock_wrlock(&i->lock);
-	if (wr && i->heap->pol.writers == CONF_WRITERS_SINGLE && i->file.writers) {
+	/* O_TRUNC truncates whatever the access mode, as on tmpfs: the kernel has checked
+	 * write permission for it (may_open) and, told we truncate atomically, has already
+	 * dropped its size and pages.  It writes, so a single-writer file open for writing
+	 * refuses it; but a read-only open holds no writer slot after. */
+	if ((wr || flags & O_TRUNC) && i->heap->pol.writers == CONF_WRITERS_SINGLE &&
+	    i->file.writers) {
 		ret = -EBUSY;
 		goto out;
 	}
-	if (wr && flags & O_TRUNC) {
+	if (flags & O_TRUNC) {
 		ret = __truncate(i, 0);
 		__kill_suid(i, who, false);
 	}
@@ -456,15 +488,9 @@ int hfs_write(struct hfs_inode *i, struct fuse_bufvec *src, size_t len, off_t of
 		return 0;
 	pthread_rwlock_wrlock(&i->lock);
 	if (end > i->file.cap) {
-		size_t n0 = i->file.n;
-
-		ret = __grow(i, end, true);
-		if (ret && i->file.cap <= (uint64_t)off) {
-			/* not one byte fits: keep nothing of what this write took */
-			while (i->file.n > n0)
-				__ext_pop(i, false);
+		ret = __grow(i, end, (uint64_t)off + 1); /* a short write when not all fits */
+		if (ret)
 			goto out;
-		}
 		if (end > i->file.cap)
 			end = i->file.cap;
 		len = end - (uint64_t)off;
@@ -525,7 +551,7 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 	if (off < 0 || len <= 0)
 		return -EINVAL;
 	pthread_rwlock_wrlock(&i->lock);
-	ret = __grow(i, end, false);
+	ret = __grow(i, end, end);
 	if (ret)
 		goto out;
 	if (mode & FALLOC_FL_ZERO_RANGE)

@@ -61,6 +61,7 @@ struct hfs_heap {
 	atomic_uint_fast64_t refs;
 	atomic_uint_fast64_t files;      /* live regular files (linked or open) */
 	atomic_uint_fast64_t freed;      /* bytes freed since the last drain */
+	atomic_uint_fast64_t held;       /* bytes of blocks files hold (file.c's room check) */
 	struct hfs_inode *dir;           /* heaps/NAME, NULL once removed (hfs.ns) */
 	struct hfs_inode *st_heap, *st_map; /* .heapfs/heaps/NAME, .heapfs/maps/NAME */
 };
