@@ -187,23 +187,7 @@ def test_rdonly_otrunc_on_a_single_writer_file_open_for_writing(mount_factory):
     os.close(wfd)
 
 
-# ---- mappings: data written through them reaches the daemon
-
-def test_mmap_writes_reach_the_daemon(mount):
-    f = mount.heap() / "m"
-    n = 3 * MIB + 123
-    f.write_bytes(b"\0" * n)
-    data = pattern(n, 11)
-    fd = os.open(f, os.O_RDWR)
-    try:
-        mm = mmap.mmap(fd, n, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        mm[:] = data
-        mm.flush()
-        mm.close()
-    finally:
-        os.close(fd)
-    assert read_daemon(f) == data
-
+# ---- a mapped file truncated under its mapping
 
 def test_truncate_a_mapped_file(mount):
     f = mount.heap() / "t"

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import MIB, expect_errno, pattern
+from conftest import MIB, expect_errno, pattern, read_daemon
 
 
 def test_user_xattrs_roundtrip(mount):
@@ -95,6 +95,7 @@ def test_mmap_write_then_read(mount):
         mm.close()
     finally:
         os.close(fd)
+    assert read_daemon(f) == data  # what the daemon holds, past the page cache
     with open(f, "rb") as fh:  # a fresh open and read()
         assert fh.read() == data
     # in another process too
@@ -120,6 +121,10 @@ def test_write_then_mmap_read_and_coherence(mount):
         with open(f, "rb") as fh:
             fh.seek(100)
             assert fh.read(5) == b"MMAPD"
+        want = bytearray(pattern(n, 8))
+        want[100:105] = b"MMAPD"
+        want[4096 * 10 + 5:4096 * 10 + 12] = b"WRITTEN"
+        assert read_daemon(f) == want
         mm.close()
     finally:
         os.close(fd)
