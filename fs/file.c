@@ -472,15 +472,11 @@ void hfs_read_end(struct hfs_inode *i)
 	pthread_rwlock_unlock(&i->lock);
 }
 
-#define WRITE_IOV_STACK 64
-
-int hfs_write(struct hfs_inode *i, struct fuse_bufvec *src, size_t len, off_t off, uid_t who)
+int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who)
 {
-	struct fuse_bufvec *dst = NULL;
-	struct iovec stack[WRITE_IOV_STACK], *iov = stack;
-	struct iov_arg a = { .iov = stack, .max = WRITE_IOV_STACK };
+	struct copy_arg c = { .src = buf };
 	uint64_t end = (uint64_t)off + len;
-	ssize_t ret = 0;
+	int ret = 0;
 
 	if (i->kind != HFS_REG)
 		return -EINVAL;
@@ -497,46 +493,17 @@ int hfs_write(struct hfs_inode *i, struct fuse_bufvec *src, size_t len, off_t of
 	}
 	if ((uint64_t)off > i->size)
 		__zero(i, i->size, (uint64_t)off);
-	ret = for_span(i, (uint64_t)off, len, iov_fn, &a);
-	if (ret == -E2BIG) {
-		/* at most one piece per block: count them for the exact size */
-		size_t k = ext_find(i, (uint64_t)off), n = 0;
-
-		while (k < i->file.n && i->file.ext[k].foff < end)
-			k++, n++;
-		iov = malloc(n * sizeof(*iov));
-		ret = -ENOMEM;
-		if (!iov)
-			goto out;
-		a = (struct iov_arg){ .iov = iov, .max = (int)n };
-		ret = for_span(i, (uint64_t)off, len, iov_fn, &a);
-	}
-	if (ret)
-		goto out;
-	dst = malloc(sizeof(*dst) + (size_t)a.n * sizeof(dst->buf[0]));
-	ret = -ENOMEM;
-	if (!dst)
-		goto out;
-	*dst = (struct fuse_bufvec)FUSE_BUFVEC_INIT(0);
-	dst->count = (size_t)a.n;
-	for (int k = 0; k < a.n; k++)
-		dst->buf[k] = (struct fuse_buf){ .size = iov[k].iov_len, .mem = iov[k].iov_base,
-						 .fd = -1 };
-	ret = fuse_buf_copy(dst, src, 0);
-	if (ret < 0)
-		goto out;
-	if ((uint64_t)off + (uint64_t)ret > i->size)
-		i->size = (uint64_t)off + (uint64_t)ret;
+	for_span(i, (uint64_t)off, len, copy_in_fn, &c);
+	if (end > i->size)
+		i->size = end;
 	__kill_suid(i, who, false);
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
+	ret = (int)len;
 out:
 	pthread_rwlock_unlock(&i->lock);
 	hfs_heap_settle(i->heap); /* contiguous files free their old block when they move */
-	free(dst);
-	if (iov != stack)
-		free(iov);
-	return (int)ret;
+	return ret;
 }
 
 int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
@@ -568,41 +535,41 @@ out:
 	return ret;
 }
 
-int hfs_setattr(struct hfs_inode *i, const struct stat *attr, int to_set, uid_t who)
+int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who)
 {
 	struct timespec now;
 	int ret = 0;
 
 	if (!i->heap)
 		return -EPERM; /* the fixed directories and .heapfs/ */
-	if (to_set & FUSE_SET_ATTR_SIZE && i->kind != HFS_REG)
+	if (to_set & HFS_SET_SIZE && i->kind != HFS_REG)
 		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
 	hfs_now(&now);
 	pthread_rwlock_wrlock(&i->lock);
-	if (to_set & FUSE_SET_ATTR_SIZE) {
-		ret = __truncate(i, (uint64_t)attr->st_size);
+	if (to_set & HFS_SET_SIZE) {
+		ret = __truncate(i, (uint64_t)attr->size);
 		if (ret)
 			goto out;
 		__kill_suid(i, who, false);
 	}
-	if (to_set & FUSE_SET_ATTR_MODE)
-		i->mode = (i->mode & S_IFMT) | (attr->st_mode & 07777);
-	if (to_set & FUSE_SET_ATTR_UID)
-		i->uid = attr->st_uid;
-	if (to_set & FUSE_SET_ATTR_GID)
-		i->gid = attr->st_gid;
-	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) && i->kind != HFS_DIR &&
-	    !(to_set & FUSE_SET_ATTR_MODE))
+	if (to_set & HFS_SET_MODE)
+		i->mode = (i->mode & S_IFMT) | (attr->mode & 07777);
+	if (to_set & HFS_SET_UID)
+		i->uid = attr->uid;
+	if (to_set & HFS_SET_GID)
+		i->gid = attr->gid;
+	if (to_set & (HFS_SET_UID | HFS_SET_GID) && i->kind != HFS_DIR &&
+	    !(to_set & HFS_SET_MODE))
 		__kill_suid(i, who, true);
-	if (to_set & FUSE_SET_ATTR_ATIME)
-		i->atime = attr->st_atim;
-	if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+	if (to_set & HFS_SET_ATIME)
+		i->atime = attr->atime;
+	if (to_set & HFS_SET_ATIME_NOW)
 		i->atime = now;
-	if (to_set & FUSE_SET_ATTR_MTIME)
-		i->mtime = attr->st_mtim;
-	if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+	if (to_set & HFS_SET_MTIME)
+		i->mtime = attr->mtime;
+	if (to_set & HFS_SET_MTIME_NOW)
 		i->mtime = now;
-	i->ctime = to_set & FUSE_SET_ATTR_CTIME ? attr->st_ctim : now;
+	i->ctime = to_set & HFS_SET_CTIME ? attr->ctime : now;
 out:
 	pthread_rwlock_unlock(&i->lock);
 	hfs_heap_settle(i->heap);

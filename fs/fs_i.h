@@ -228,14 +228,34 @@ void hfs_housekeeper_stop(void);
 /* who: the caller's uid (root keeps suid/sgid bits on write, as with CAP_FSETID) */
 int hfs_open(struct hfs_inode *i, int flags, uid_t who);
 void hfs_release(struct hfs_inode *i, int flags);
-int hfs_write(struct hfs_inode *i, struct fuse_bufvec *src, size_t len, off_t off, uid_t who);
+/* Writes buf at off: the bytes written (short when the heap runs out part-way), or -errno. */
+int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who);
 /* Read: fills iov (up to *niov entries; may point into a bounce buffer *bounce the caller
  * frees) with the bytes; hfs_read_end() drops the lock taken on success. */
 ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec *iov,
 		       int *niov, void **bounce);
 void hfs_read_end(struct hfs_inode *i);
 int hfs_truncate(struct hfs_inode *i, uint64_t size);
-int hfs_setattr(struct hfs_inode *i, const struct stat *attr, int to_set, uid_t who);
+/* Attribute changes, in the core's own terms (the FUSE edge translates its mask). */
+enum {
+	HFS_SET_MODE = 1u << 0,
+	HFS_SET_UID = 1u << 1,
+	HFS_SET_GID = 1u << 2,
+	HFS_SET_SIZE = 1u << 3,
+	HFS_SET_ATIME = 1u << 4,
+	HFS_SET_MTIME = 1u << 5,
+	HFS_SET_ATIME_NOW = 1u << 6,
+	HFS_SET_MTIME_NOW = 1u << 7,
+	HFS_SET_CTIME = 1u << 8, /* else ctime becomes now */
+};
+struct hfs_attr {
+	mode_t mode;
+	uid_t uid;
+	gid_t gid;
+	uint64_t size;
+	struct timespec atime, mtime, ctime;
+};
+int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who);
 int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len);
 void hfs_file_free(struct hfs_inode *i);
 void hfs_file_reclaim(struct hfs_inode *i);

@@ -154,8 +154,23 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct stat st;
 	int ret;
 
+	static const struct { int fuse; unsigned hfs; } bits[] = {
+		{ FUSE_SET_ATTR_MODE, HFS_SET_MODE }, { FUSE_SET_ATTR_UID, HFS_SET_UID },
+		{ FUSE_SET_ATTR_GID, HFS_SET_GID }, { FUSE_SET_ATTR_SIZE, HFS_SET_SIZE },
+		{ FUSE_SET_ATTR_ATIME, HFS_SET_ATIME }, { FUSE_SET_ATTR_MTIME, HFS_SET_MTIME },
+		{ FUSE_SET_ATTR_ATIME_NOW, HFS_SET_ATIME_NOW },
+		{ FUSE_SET_ATTR_MTIME_NOW, HFS_SET_MTIME_NOW }, { FUSE_SET_ATTR_CTIME, HFS_SET_CTIME },
+	};
+	struct hfs_attr a = { .mode = attr->st_mode, .uid = attr->st_uid, .gid = attr->st_gid,
+			      .size = (uint64_t)attr->st_size, .atime = attr->st_atim,
+			      .mtime = attr->st_mtim, .ctime = attr->st_ctim };
+	unsigned mask = 0;
+
 	(void)fi;
-	ret = hfs_setattr(i, attr, to_set, fuse_req_ctx(req)->uid);
+	for (size_t k = 0; k < sizeof(bits) / sizeof(bits[0]); k++)
+		if (to_set & bits[k].fuse)
+			mask |= bits[k].hfs;
+	ret = hfs_setattr(i, &a, mask, fuse_req_ctx(req)->uid);
 	if (ret)
 		return reply_err(req, ret);
 	hfs_stat(i, &st);
@@ -350,14 +365,15 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	free(bounce);
 }
 
-static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off_t off,
-			 struct fuse_file_info *fi)
+/* write, not write_buf: with no splice (io.c) the data is always in the request buffer */
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
 	int ret;
 
 	(void)fi;
-	ret = hfs_write(i, bufv, fuse_buf_size(bufv), off, fuse_req_ctx(req)->uid);
+	ret = hfs_write(i, buf, size, off, fuse_req_ctx(req)->uid);
 	if (ret < 0)
 		return reply_err(req, ret);
 	fuse_reply_write(req, (size_t)ret);
@@ -562,7 +578,7 @@ const struct fuse_lowlevel_ops hfs_ops = {
 	.open = op_open,
 	.create = op_create,
 	.read = op_read,
-	.write_buf = op_write_buf,
+	.write = op_write,
 	.release = op_release,
 	.opendir = op_opendir,
 	.readdir = op_readdir,
