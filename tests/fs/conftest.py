@@ -143,6 +143,13 @@ class Mount:
             raise AssertionError(f"{e}; last {name}: {last.get('h')}") from None
         return last["h"]
 
+    def sanitizer(self):
+        """'asan' or 'tsan' when the daemon runs under that sanitizer (mlock is a no-op
+        there, so tests of pinning cannot see it), else None."""
+        with open(f"/proc/{self.pid}/maps") as f:
+            maps = f.read()
+        return next((s for s in ("asan", "tsan") if f"lib{s}" in maps), None)
+
     def rss_kib(self):
         return proc_status_kib(self.pid, "VmRSS")
 
