@@ -39,3 +39,21 @@ def test_option_value_at_the_bounds_mounts(opt, mount_factory):
     m = mount_factory(extra=("-o", opt))
     (m.heap() / "f").write_bytes(b"ok")
     assert (m.heap() / "f").read_bytes() == b"ok"
+
+
+# ---- heap names must be UTF-8: they appear in every status file's JSON
+
+@pytest.mark.parametrize("name", [b"\xff\xfe", b"ok\x80", b"\xc0\xaf", b"\xed\xa0\x80"])
+def test_non_utf8_heap_name_is_refused(mount, name):
+    heaps = os.fsencode(mount.heaps)
+    expect_errno(errno.EINVAL, os.mkdir, heaps + b"/" + name)
+    assert name not in os.listdir(heaps)
+    stats = mount.stats()  # still valid JSON, every heap in it
+    assert [h["name"] for h in stats["heaps"]] == ["scratch"]
+    assert os.listdir(mount.path / ".heapfs" / "heaps") == ["scratch"]
+    os.mkdir(mount.heaps / "caf\u00e9")  # UTF-8 beyond ASCII is fine
+    (mount.heap("caf\u00e9") / "f").write_bytes(b"x")
+    names = {h["name"] for h in mount.stats()["heaps"]}
+    assert names == {"scratch", "caf\u00e9"}
+    assert mount.heap_stats("caf\u00e9")["files"] == 1
+    assert mount.status_json("partner")["heaps"] == {"scratch": "owner", "caf\u00e9": "owner"}
