@@ -13,6 +13,10 @@
  *
  * Only heap directories (heaps/NAME and below) hold user files: the fixed directories
  * refuse changes with EPERM, heaps/ turns mkdir/rmdir into heap creation/removal.
+ *
+ * Limits: a new inode takes one of its heap's inodes (hfs_inode_new: ENOSPC at the limit),
+ * and so does each hard link beyond a file's first name (given back when such a name goes);
+ * entries and symlink targets are charged to the heap's metadata bytes.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -58,6 +62,7 @@ int __hfs_dir_add(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
 	de->len = len;
 	memcpy(de->name, name, len + 1);
 	HASH_ADD_KEYPTR(hh, dir->dir.ents, de->name, len, de);
+	hfs_heap_meta(dir->heap, (int64_t)(sizeof(*de) + len + 1));
 	hfs_iref(i, 1);
 	if (isdir)
 		i->dir.parent = dir;
@@ -78,6 +83,7 @@ int __hfs_dir_del(struct hfs_inode *dir, const char *name)
 	i = de->inode;
 	isdir = i->kind == HFS_DIR;
 	HASH_DEL(dir->dir.ents, de);
+	hfs_heap_meta(dir->heap, -(int64_t)(sizeof(*de) + de->len + 1));
 	free(de);
 	touch_dir(dir, isdir ? -1 : 0, -1);
 	touch_links(i, isdir ? -2 : -1);
@@ -90,6 +96,15 @@ int __hfs_dir_del(struct hfs_inode *dir, const char *name)
 static int check_name(const char *name)
 {
 	return strlen(name) > HFS_NAME_MAX ? -ENAMETOOLONG : 0;
+}
+
+/* Remove the entry name of dir (which holds i); a name that was not i's last gives back
+ * the inode it took at link time (hfs_link). */
+static int __unlink_name(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
+{
+	if (i->kind != HFS_DIR && i->nlink > 1 && i->heap)
+		hfs_heap_inode_give(i->heap);
+	return __hfs_dir_del(dir, name);
 }
 
 /* May entries be added to / removed from dir?  (Only inside heaps.) */
@@ -174,6 +189,8 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	else if (kind == HFS_LNK) {
 		i->lnk.target = strdup(target);
 		i->size = strlen(target);
+		if (i->lnk.target)
+			hfs_heap_meta(i->heap, (int64_t)i->size + 1);
 	} else if (kind == HFS_SPECIAL)
 		i->rdev = rdev;
 	if (kind == HFS_LNK && !i->lnk.target)
@@ -208,7 +225,7 @@ int hfs_unlink(struct hfs_inode *dir, const char *name)
 	else if (i->kind == HFS_DIR)
 		ret = -EISDIR;
 	else
-		ret = __hfs_dir_del(dir, name);
+		ret = __unlink_name(dir, name, i);
 out:
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
@@ -353,7 +370,7 @@ int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 	links = src->kind == HFS_DIR ? 2 : 1;
 	touch_links(src, links); /* never unlinked in between: its data must stay */
 	if (dst)
-		__hfs_dir_del(ndir, nname);
+		__unlink_name(ndir, nname, dst);
 	__hfs_dir_del(dir, name);
 	ret = __hfs_dir_add(ndir, nname, src);
 	if (ret)
@@ -383,8 +400,13 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname)
 		ret = -EEXIST;
 	if (!ret && i->nlink == 0)
 		ret = -ENOENT;
-	if (!ret)
+	if (!ret) /* no new inode, but a name: charged like one, as tmpfs does */
+		ret = hfs_heap_inode_take(i->heap);
+	if (!ret) {
 		ret = __hfs_dir_add(ndir, nname, i);
+		if (ret)
+			hfs_heap_inode_give(i->heap);
+	}
 	if (!ret)
 		hfs_iref(i, 1); /* the kernel's lookup */
 	pthread_rwlock_unlock(&hfs.ns);

@@ -61,6 +61,9 @@ struct hfs_heap {
 	atomic_uint_fast64_t refs;
 	atomic_uint_fast64_t files;      /* live regular files (linked or open) */
 	atomic_uint_fast64_t freed;      /* bytes freed since the last drain */
+	uint64_t max_inodes;             /* the inode limit (conf_heap_inodes) */
+	atomic_uint_fast64_t inodes;     /* charged: its inodes + extra hard links (as tmpfs) */
+	atomic_uint_fast64_t meta;       /* daemon bytes of its inodes, entries, targets, xattrs */
 	struct hfs_inode *dir;           /* heaps/NAME, NULL once removed (hfs.ns) */
 	struct hfs_inode *st_heap, *st_map; /* .heapfs/heaps/NAME, .heapfs/maps/NAME */
 };
@@ -103,6 +106,7 @@ struct hfs_inode {
 	dev_t rdev;
 	struct timespec atime, mtime, ctime;
 	struct hfs_xattr *xattrs;
+	size_t xattr_bytes; /* what xattrs cost, against HFS_XATTR_BUDGET */
 
 	union {
 		struct { /* HFS_DIR: hfs.ns */
@@ -215,6 +219,12 @@ int __hfs_heap_mkdir(const char *name, const struct conf_heap *pol, bool from_co
 int __hfs_heap_rmdir(struct hfs_inode *dir);
 void hfs_heap_get(struct hfs_heap *h);
 void hfs_heap_put(struct hfs_heap *h);
+/* The inode limit: take one (0, or -ENOSPC at the limit) / give one back.  Every inode of
+ * a heap takes one, and so does every hard link beyond a file's first name. */
+int hfs_heap_inode_take(struct hfs_heap *h);
+void hfs_heap_inode_give(struct hfs_heap *h);
+/* Charge (delta > 0) or credit daemon memory used for the heap's metadata; h may be NULL. */
+void hfs_heap_meta(struct hfs_heap *h, int64_t delta);
 int hfs_statfs(struct hfs_inode *i, struct statvfs *st);
 /* Freed blocks park in per-CPU caches and empty chunks stay committed until a drain:
  * hfs_heap_settle() drains once a chunk's worth was freed; the housekeeper drains every
@@ -240,7 +250,10 @@ void hfs_file_free(struct hfs_inode *i);
 void hfs_file_reclaim(struct hfs_inode *i);
 unsigned hfs_file_max_order(struct hfs_inode *i);
 
-/* xattr.c */
+/* xattr.c — at most HFS_XATTR_BUDGET bytes of user.* xattrs per inode, each counted as
+ * name + NUL + value + HFS_XATTR_ENTRY (its struct hfs_xattr); past that, ENOSPC. */
+#define HFS_XATTR_BUDGET (8 * 1024)
+#define HFS_XATTR_ENTRY 80
 int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_t size,
 		 int flags);
 ssize_t hfs_getxattr(struct hfs_inode *i, const char *name, void *buf, size_t size);

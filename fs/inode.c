@@ -6,7 +6,9 @@
  *
  * References: refs counts kernel lookups + directory entries + open handles; the caller
  * that drops it to zero destroys the inode (file blocks, xattrs, symlink target, heap
- * reference) and frees its number.  See fs_i.h for the locking rule.
+ * reference) and frees its number.  An inode of a heap takes one of the heap's inodes
+ * (hfs_heap_inode_take: NULL at the limit) and is charged to its metadata bytes.  See
+ * fs_i.h for the locking rule.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -110,11 +112,14 @@ void hfs_now(struct timespec *ts)
 struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_t gid,
 				struct hfs_heap *heap)
 {
-	struct hfs_inode *i = calloc(1, sizeof(*i));
+	struct hfs_inode *i;
 	struct slot *sl;
 
-	if (!i)
+	if (heap && hfs_heap_inode_take(heap))
 		return NULL;
+	i = calloc(1, sizeof(*i));
+	if (!i)
+		goto fail;
 	pthread_rwlock_init(&i->lock, NULL);
 	i->kind = kind;
 	i->mode = mode;
@@ -130,19 +135,24 @@ struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_
 		atomic_store_explicit(&sl->inode, i, memory_order_release);
 	}
 	pthread_mutex_unlock(&tab_lock);
-	if (!sl) {
-		pthread_rwlock_destroy(&i->lock);
-		free(i);
-		return NULL;
-	}
+	if (!sl)
+		goto fail_free;
 	if (heap) {
 		i->heap = heap;
 		hfs_heap_get(heap);
+		hfs_heap_meta(heap, sizeof(*i));
 		if (kind == HFS_REG)
 			atomic_fetch_add(&heap->files, 1);
 	}
 	atomic_fetch_add(&used, 1);
 	return i;
+fail_free:
+	pthread_rwlock_destroy(&i->lock);
+	free(i);
+fail:
+	if (heap)
+		hfs_heap_inode_give(heap);
+	return NULL;
 }
 
 struct hfs_inode *hfs_iget(fuse_ino_t ino)
@@ -168,6 +178,8 @@ static void inode_destroy(struct hfs_inode *i)
 			atomic_fetch_sub(&i->heap->files, 1);
 		break;
 	case HFS_LNK:
+		if (i->lnk.target)
+			hfs_heap_meta(i->heap, -(int64_t)(strlen(i->lnk.target) + 1));
 		free(i->lnk.target);
 		break;
 	case HFS_STATUS:
@@ -178,8 +190,11 @@ static void inode_destroy(struct hfs_inode *i)
 		break;
 	}
 	hfs_xattr_free(i);
-	if (i->heap)
+	if (i->heap) {
+		hfs_heap_meta(i->heap, -(int64_t)sizeof(*i));
+		hfs_heap_inode_give(i->heap);
 		hfs_heap_put(i->heap);
+	}
 	pthread_mutex_lock(&tab_lock);
 	atomic_store(&sl->inode, NULL);
 	if (free_n == free_alloc) {

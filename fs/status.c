@@ -22,6 +22,7 @@ static json_t *heap_json(struct hfs_heap *h)
 	const struct conf_heap *p = &h->pol;
 	json_t *o = json_object(), *fb = json_object(), *ne = json_array();
 	struct buddy_stats st;
+	uint64_t inodes = atomic_load(&h->inodes);
 	unsigned top;
 	int bad = !o || !fb || !ne;
 
@@ -49,6 +50,10 @@ static json_t *heap_json(struct hfs_heap *h)
 	bad |= set(o, "chunks_released", json_integer((json_int_t)st.chunks_released));
 	bad |= set(o, "chunks_idle", json_integer((json_int_t)st.chunks_idle));
 	bad |= set(o, "files", json_integer((json_int_t)atomic_load(&h->files)));
+	bad |= set(o, "inodes", json_integer((json_int_t)inodes));
+	bad |= set(o, "inodes_max", json_integer((json_int_t)h->max_inodes));
+	bad |= set(o, "inodes_free", json_integer((json_int_t)(h->max_inodes - inodes)));
+	bad |= set(o, "inode_metadata_bytes", json_integer((json_int_t)atomic_load(&h->meta)));
 	bad |= set(o, "replicate", json_string(conf_replicate_name(p->replicate)));
 	bad |= set(o, "role", json_string("owner"));
 	bad |= set(o, "layout", json_string(conf_layout_name(p->layout)));

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from conftest import HEAPFS, HEAPFS_OPTS, expect_errno
+from conftest import HEAPFS, expect_errno, pattern, wait_until
 from test_config import mounted, run_refused
 
 
@@ -57,3 +57,166 @@ def test_non_utf8_heap_name_is_refused(mount, name):
     assert names == {"scratch", "caf\u00e9"}
     assert mount.heap_stats("caf\u00e9")["files"] == 1
     assert mount.status_json("partner")["heaps"] == {"scratch": "owner", "caf\u00e9": "owner"}
+
+
+# ---- the inode limit (`inodes`, df -i)
+
+def statfs_inodes(path):
+    st = os.statvfs(path)
+    return st.f_files, st.f_ffree
+
+
+def inode_counts(m, name):
+    """(statfs f_files, f_ffree) of heaps/NAME, checked against the heap JSON (read between
+    two equal statfs: an inode goes back when the kernel forgets it, a moment after the
+    unlink or close)."""
+    while True:
+        first = statfs_inodes(m.heap(name))
+        h = m.heap_stats(name)
+        if statfs_inodes(m.heap(name)) == first:
+            break
+    assert (h["inodes_max"], h["inodes_free"]) == first, h
+    assert h["inodes"] == first[0] - first[1]
+    return first
+
+
+def wait_inodes(m, name, want):
+    wait_until(lambda: inode_counts(m, name) == want, 5, f"{name}: inodes (max, free) {want}")
+
+
+def test_derived_inode_limit(mount):
+    # 256M / 8K, like tmpfs's nr_inodes (one per two pages); the heap directory is one
+    assert inode_counts(mount, "scratch") == (32768, 32767)
+    os.mkdir(mount.heaps / "new")  # default_heap_size 64M
+    assert inode_counts(mount, "new") == (8192, 8191)
+    root = os.statvfs(mount.path)  # outside the heaps: the sum
+    assert (root.f_files, root.f_ffree) == (32768 + 8192, 32767 + 8191)
+
+
+def test_inode_limit_enospc(mount_factory):
+    m = mount_factory('heap "h" { size = 1M  inodes = 8 }\n')
+    d = m.heap("h")
+    assert inode_counts(m, "h") == (8, 7)
+    (d / "file").write_bytes(b"data")
+    os.mkdir(d / "dir")
+    os.symlink("file", d / "sym")
+    os.mkfifo(d / "fifo")
+    os.mknod(d / "dir" / "node", 0o600 | 0o100000)  # mknod of a regular file
+    (d / "dir" / "f2").write_bytes(b"")
+    os.mkdir(d / "dir" / "sub")
+    assert inode_counts(m, "h") == (8, 0)
+    before = m.heap_stats("h")
+    listing = sorted(os.listdir(d)), sorted(os.listdir(d / "dir"))
+    expect_errno(errno.ENOSPC, os.open, d / "new", os.O_CREAT | os.O_WRONLY, 0o644)
+    expect_errno(errno.ENOSPC, os.mkdir, d / "newdir")
+    expect_errno(errno.ENOSPC, os.symlink, "file", d / "newsym")
+    expect_errno(errno.ENOSPC, os.mkfifo, d / "dir" / "newfifo")
+    expect_errno(errno.ENOSPC, os.mknod, d / "newnode", 0o600 | 0o100000)
+    expect_errno(errno.ENOSPC, os.link, d / "file", d / "newlink")  # a name costs one too
+    # nothing lost, nothing half made
+    assert (sorted(os.listdir(d)), sorted(os.listdir(d / "dir"))) == listing
+    assert (d / "file").read_bytes() == b"data"
+    assert os.readlink(d / "sym") == "file"
+    after = m.heap_stats("h")
+    for k in ("inodes", "inodes_free", "inode_metadata_bytes", "files", "used"):
+        assert after[k] == before[k], (k, before, after)
+    # rename within the limit still works (no new inode), and freeing one lets one in
+    os.rename(d / "dir" / "f2", d / "f2")
+    os.unlink(d / "f2")
+    wait_inodes(m, "h", (8, 1))
+    os.symlink("again", d / "newsym")
+    assert os.readlink(d / "newsym") == "again"
+    assert inode_counts(m, "h") == (8, 0)
+
+
+def test_hard_links_and_open_unlinked_files(mount_factory):
+    m = mount_factory('heap "h" { size = 1M  inodes = 4 }\n')
+    d = m.heap("h")
+    (d / "a").write_bytes(b"A" * 100)
+    os.link(d / "a", d / "b")
+    # one inode (same number), but the second name is charged as tmpfs charges it
+    assert os.stat(d / "a").st_ino == os.stat(d / "b").st_ino
+    assert os.stat(d / "a").st_nlink == 2
+    assert inode_counts(m, "h") == (4, 1)
+    os.link(d / "a", d / "c")
+    expect_errno(errno.ENOSPC, os.link, d / "a", d / "d")
+    assert os.stat(d / "a").st_nlink == 3
+    os.unlink(d / "b")
+    os.rename(d / "a", d / "c")  # replaces a name of the same inode: POSIX no-op
+    assert inode_counts(m, "h") == (4, 1)
+    (d / "x").write_bytes(b"")
+    os.rename(d / "x", d / "c")  # c was a second name of a: that name's charge comes back
+    wait_inodes(m, "h", (4, 1))
+    assert (d / "a").read_bytes() == b"A" * 100
+    # an unlinked file that is still open keeps its inode until the last close
+    fd = os.open(d / "a", os.O_RDONLY)
+    os.unlink(d / "a")
+    assert inode_counts(m, "h") == (4, 1)
+    assert os.pread(fd, 100, 0) == b"A" * 100
+    os.close(fd)
+    wait_inodes(m, "h", (4, 2))
+
+
+# ---- the xattr budget
+
+XATTR_BUDGET, XATTR_ENTRY = 8192, 80
+
+
+def xattr_cost(name, value):
+    return XATTR_ENTRY + len(name) + 1 + len(value)
+
+
+def test_xattr_budget(mount):
+    f, g = mount.heap() / "f", mount.heap() / "g"
+    f.write_bytes(b"content")
+    g.write_bytes(b"")
+    meta0 = mount.heap_stats()["inode_metadata_bytes"]
+    name = "user.big"
+    fill = pattern(XATTR_BUDGET - xattr_cost(name, b""), 1)
+    os.setxattr(f, name, fill)  # exactly the budget
+    assert mount.heap_stats()["inode_metadata_bytes"] == meta0 + XATTR_BUDGET
+    # one byte more, a new name, or an empty one: ENOSPC and the old value stays
+    expect_errno(errno.ENOSPC, os.setxattr, f, name, fill + b"x")
+    expect_errno(errno.ENOSPC, os.setxattr, f, "user.x", b"")
+    expect_errno(errno.ENOSPC, os.setxattr, f, name, fill + b"x", os.XATTR_REPLACE)
+    assert os.getxattr(f, name) == fill
+    assert sorted(n for n in os.listxattr(f) if not n.startswith("user.heapfs.")) == [name]
+    assert mount.heap_stats()["inode_metadata_bytes"] == meta0 + XATTR_BUDGET
+    # a smaller value in place is fine; what it frees is usable
+    os.setxattr(f, name, fill[:-200])
+    small = b"v" * (200 - xattr_cost("user.s", b""))
+    os.setxattr(f, "user.s", small)
+    expect_errno(errno.ENOSPC, os.setxattr, f, "user.t", b"")
+    assert os.getxattr(f, "user.s") == small and os.getxattr(f, name) == fill[:-200]
+    # the budget is per inode: another file has all of its own
+    os.setxattr(g, name, fill)
+    assert mount.heap_stats()["inode_metadata_bytes"] == meta0 + 2 * XATTR_BUDGET
+    # removing gives it back, to the byte, and the whole budget is there again
+    os.removexattr(f, name)
+    os.removexattr(f, "user.s")
+    os.removexattr(g, name)
+    assert mount.heap_stats()["inode_metadata_bytes"] == meta0
+    os.setxattr(f, name, fill)
+    assert f.read_bytes() == b"content"
+
+
+def test_metadata_bytes_follow_names_targets_and_xattrs(mount):
+    d = mount.heap()
+    base = mount.heap_stats()["inode_metadata_bytes"]
+    assert base > 0  # the heap directory itself
+    os.mkdir(d / "dir")
+    one_dir = mount.heap_stats()["inode_metadata_bytes"] - base
+    assert one_dir > 0
+    os.mkdir(d / ("x" * 200))  # a longer name costs its extra bytes
+    assert mount.heap_stats()["inode_metadata_bytes"] - base == 2 * one_dir + 197
+    os.symlink("t" * 1000, d / "dir" / "l")
+    with_link = mount.heap_stats()["inode_metadata_bytes"]
+    os.rmdir(d / ("x" * 200))
+    os.unlink(d / "dir" / "l")
+    wait_until(lambda: mount.heap_stats()["inode_metadata_bytes"] == base + one_dir, 5,
+               "metadata back after unlink")
+    assert with_link - (base + 2 * one_dir + 197) > 1000  # the target is charged
+    os.rmdir(d / "dir")
+    wait_until(lambda: mount.heap_stats()["inode_metadata_bytes"] == base, 5,
+               "metadata back to the empty heap's")
+    assert mount.stats()["heaps"][0]["inode_metadata_bytes"] == base
