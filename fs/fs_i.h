@@ -52,6 +52,7 @@ enum hfs_role {
 enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP, HFS_ST_PARTNER, HFS_ST_DONORS };
 
 struct hfs_inode;
+struct hfs_snap; /* status.c */
 
 struct hfs_heap {
 	struct conf_heap pol;
@@ -129,6 +130,7 @@ struct hfs_inode {
 		struct { /* HFS_STATUS */
 			enum hfs_status_kind what;
 			struct hfs_heap *heap; /* HEAP and MAP files: holds a heap reference */
+			struct hfs_snap *last;     /* lock: the newest snapshot while one is open */
 		} st;
 	};
 };
@@ -261,8 +263,12 @@ ssize_t hfs_listxattr(struct hfs_inode *i, char *buf, size_t size);
 int hfs_removexattr(struct hfs_inode *i, const char *name);
 void hfs_xattr_free(struct hfs_inode *i);
 
-/* status.c — JSON snapshots of .heapfs/ files. */
+/* status.c — JSON snapshots of .heapfs/ files: *buf is shared and read-only until
+ * hfs_status_put(); -ENFILE when open snapshots would pass HFS_STATUS_BUDGET bytes. */
+#define HFS_MAP_MAX_BLOCKS 16384              /* a map lists at most this many blocks */
+#define HFS_STATUS_BUDGET (64 * 1024 * 1024) /* distinct snapshots held, in all */
 int hfs_status_render(struct hfs_inode *i, char **buf, size_t *len);
+void hfs_status_put(struct hfs_inode *i, char *buf);
 
 /* io.c */
 int hfs_io_setup(struct fuse_session *se);

@@ -368,7 +368,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (i->kind == HFS_STATUS) {
 		struct status_fh *s = (struct status_fh *)(uintptr_t)fi->fh;
 
-		free(s->buf);
+		hfs_status_put(i, s->buf);
 		free(s);
 	} else {
 		hfs_release(i, fi->flags);

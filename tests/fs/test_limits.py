@@ -8,11 +8,14 @@ rendered without holding the namespace lock; a heap name that is not UTF-8 is re
 Mounts come from conftest.py (one per test, the daemon must exit 0).
 """
 import errno
+import json
 import os
+import threading
+import time
 
 import pytest
 
-from conftest import HEAPFS, expect_errno, pattern, wait_until
+from conftest import HEAPFS, KIB, MIB, expect_errno, pattern, wait_until
 from test_config import mounted, run_refused
 
 
@@ -220,3 +223,126 @@ def test_metadata_bytes_follow_names_targets_and_xattrs(mount):
     wait_until(lambda: mount.heap_stats()["inode_metadata_bytes"] == base, 5,
                "metadata back to the empty heap's")
     assert mount.stats()["heaps"][0]["inode_metadata_bytes"] == base
+
+
+# ---- status snapshots: bounded, shared, rendered without the namespace lock
+
+MAP_MAX_BLOCKS = 16384
+STATUS_BUDGET = 64 * MIB
+
+
+def fragment(m, heap, nblocks, name="frag"):
+    """A file of nblocks separate 64-byte blocks (appends in min_block pieces)."""
+    fd = os.open(m.heap(heap) / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for k in range(nblocks):
+            os.write(fd, k.to_bytes(64, "little"))
+    finally:
+        os.close(fd)
+    assert int(os.getxattr(m.heap(heap) / name, "user.heapfs.blocks")) == nblocks
+
+
+def read_fd(fd):
+    out = b""
+    while chunk := os.pread(fd, 1 << 20, len(out)):
+        out += chunk
+    return out
+
+
+def test_map_is_capped_with_truncated_flag(mount_factory):
+    m = mount_factory('heap "f" { size = 4M  min_block = 64  chunk = 64K }\n')
+    fragment(m, "f", 1000)
+    small = m.heap_map("f")
+    assert small["truncated"] is False
+    assert sum(1 for b in small["blocks"] if not b[2]) == 1000
+    fragment(m, "f", MAP_MAX_BLOCKS + 100, "more")
+    big = m.heap_map("f")
+    assert big["truncated"] is True
+    assert len(big["blocks"]) == MAP_MAX_BLOCKS
+    offs = [b[0] for b in big["blocks"]]
+    assert offs == sorted(offs) and offs[0] == 0  # the first blocks, in offset order
+    assert (m.heap("f") / "frag").read_bytes()[64:128] == (1).to_bytes(64, "little")
+
+
+def test_thousand_map_opens_share_one_snapshot_and_do_not_stall_creates(mount_factory):
+    m = mount_factory('heap "f" { size = 4M  min_block = 64  chunk = 64K  inodes = 100000 }\n')
+    fragment(m, "f", 8000)
+    one = len(m.path.joinpath(".heapfs/maps/f").read_bytes())
+    assert one > 100 * KIB  # 1000 private copies would be over 100 MiB
+    for _ in range(1000):  # the transport's buffers (io_uring: per-entry) are touched once
+        os.close(os.open(m.path / ".heapfs/maps/f", os.O_RDONLY))
+    rss0 = m.rss_kib()
+    stop, lat, made = threading.Event(), [], []
+
+    def create_loop():
+        k = 0
+        try:
+            while not stop.is_set():
+                t = time.monotonic()
+                os.close(os.open(m.heap("f") / f"c{k}", os.O_CREAT | os.O_WRONLY, 0o644))
+                lat.append(time.monotonic() - t)
+                if k >= 100:  # stay well inside the inode limit
+                    os.unlink(m.heap("f") / f"c{k - 100}")
+                k += 1
+        finally:
+            made.append(k)
+    t = threading.Thread(target=create_loop)
+    t.start()
+    fds = []
+    try:
+        for _ in range(1000):
+            fds.append(os.open(m.path / ".heapfs/maps/f", os.O_RDONLY))
+        creates_during_opens = len(lat)
+        grown = m.rss_kib() - rss0
+    finally:
+        stop.set()
+        t.join()
+    try:
+        assert grown * KIB < STATUS_BUDGET, f"RSS grew {grown} KiB over 1000 opens"
+        assert grown * KIB < 16 * one + 8 * MIB, f"RSS grew {grown} KiB: not shared"
+        assert made[0] == len(lat), "the create loop failed"
+        assert creates_during_opens > 0 and max(lat) < 1.0, (creates_during_opens, max(lat))
+        first = read_fd(fds[0])
+        assert read_fd(fds[-1]) == first and len(first) == one
+        assert json.loads(first)["truncated"] is False
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert sorted(os.listdir(m.heap("f"))) == \
+        sorted(["frag"] + [f"c{k}" for k in range(max(0, made[0] - 100), made[0])])
+
+
+def test_distinct_snapshots_are_bounded_by_the_budget(mount_factory):
+    m = mount_factory('heap "f" { size = 4M  min_block = 64  chunk = 64K }\n')
+    fragment(m, "f", MAP_MAX_BLOCKS - 600)
+    rss0 = m.rss_kib()
+    fds, sizes = [], []
+    grow = os.open(m.heap("f") / "grow", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        with pytest.raises(OSError) as ei:
+            for k in range(500):  # each open sees one more block: a new snapshot each time
+                os.write(grow, b"g" * 64)
+                fds.append(os.open(m.path / ".heapfs/maps/f", os.O_RDONLY))
+                sizes.append(os.fstat(fds[-1]).st_size or len(read_fd(fds[-1])))
+        assert ei.value.errno == errno.ENFILE
+        held = sum(sizes)
+        assert STATUS_BUDGET - sizes[-1] - 1024 < held <= STATUS_BUDGET, (held, len(fds))
+        grown = m.rss_kib() - rss0
+        assert grown * KIB < STATUS_BUDGET + 16 * MIB, f"RSS grew {grown} KiB"
+        # what was handed out is intact; other status files and the heap still work
+        assert len(json.loads(read_fd(fds[0]))["blocks"]) < len(json.loads(read_fd(fds[-1]))["blocks"])
+        (m.heap("f") / "after").write_bytes(b"still here")
+        assert (m.heap("f") / "after").read_bytes() == b"still here"
+    finally:
+        os.close(grow)
+        for fd in fds[:10]:
+            os.close(fd)
+        del fds[:10]
+    # closing handles makes room again
+    try:
+        fd = os.open(m.path / ".heapfs/maps/f", os.O_RDONLY)
+        assert json.loads(read_fd(fd))["name"] == "f"
+        os.close(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
