@@ -9,7 +9,8 @@
  * exclusive, so a rename (remove + add, or a swap of two entries) is atomic.  Directory
  * listings are snapshots of names taken at offset 0; every later offset indexes that
  * snapshot and each name is checked again against the live table, so offsets stay valid
- * whatever is unlinked meanwhile.
+ * whatever is unlinked meanwhile.  Listings are charged to the snapshot budget (status.c):
+ * past it a listing from offset 0 gets ENFILE.
  *
  * Only heap directories (heaps/NAME and below) hold user files: the fixed directories
  * refuse changes with EPERM, heaps/ turns mkdir/rmdir into heap creation/removal.
@@ -418,18 +419,26 @@ void hfs_dirsnap_clear(struct hfs_dirsnap *s)
 	for (size_t k = 0; k < s->n; k++)
 		free(s->names[k]);
 	free(s->names);
+	hfs_snapshot_uncharge(s->bytes);
 	s->names = NULL;
-	s->n = 0;
+	s->n = s->bytes = 0;
 }
 
 int hfs_dir_snapshot(struct hfs_inode *dir, struct hfs_dirsnap *s)
 {
 	struct hfs_dirent *de, *tmp;
-	size_t n = 0;
-	int ret = 0;
+	size_t n = 0, bytes;
+	int ret;
 
 	hfs_dirsnap_clear(s);
 	pthread_rwlock_rdlock(&hfs.ns);
+	bytes = (HASH_COUNT(dir->dir.ents) + 1) * sizeof(*s->names);
+	HASH_ITER(hh, dir->dir.ents, de, tmp)
+		bytes += de->len + 1;
+	ret = hfs_snapshot_charge(bytes); /* a listing per open handle: bounded in all */
+	if (ret)
+		goto out;
+	s->bytes = bytes;
 	s->names = malloc((HASH_COUNT(dir->dir.ents) + 1) * sizeof(*s->names));
 	if (!s->names) {
 		ret = -ENOMEM;

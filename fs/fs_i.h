@@ -205,6 +205,7 @@ struct hfs_dirsnap {
 	pthread_mutex_t lock;
 	char **names;
 	size_t n;
+	size_t bytes; /* charged to the snapshot budget (hfs_snapshot_charge) */
 };
 int hfs_dir_snapshot(struct hfs_inode *dir, struct hfs_dirsnap *s);
 void hfs_dirsnap_clear(struct hfs_dirsnap *s);
@@ -264,11 +265,15 @@ int hfs_removexattr(struct hfs_inode *i, const char *name);
 void hfs_xattr_free(struct hfs_inode *i);
 
 /* status.c — JSON snapshots of .heapfs/ files: *buf is shared and read-only until
- * hfs_status_put(); -ENFILE when open snapshots would pass HFS_STATUS_BUDGET bytes. */
-#define HFS_MAP_MAX_BLOCKS 16384              /* a map lists at most this many blocks */
-#define HFS_STATUS_BUDGET (64 * 1024 * 1024) /* distinct snapshots held, in all */
+ * hfs_status_put(); -ENFILE when the snapshot budget is spent. */
+#define HFS_MAP_MAX_BLOCKS 16384 /* a map lists at most this many blocks */
 int hfs_status_render(struct hfs_inode *i, char **buf, size_t *len);
 void hfs_status_put(struct hfs_inode *i, char *buf);
+/* The snapshot budget: bytes of distinct status snapshots and directory listings held by
+ * open handles, at most HFS_SNAPSHOT_BUDGET for the mount.  Charge: 0 or -ENFILE. */
+#define HFS_SNAPSHOT_BUDGET (64 * 1024 * 1024)
+int hfs_snapshot_charge(size_t bytes);
+void hfs_snapshot_uncharge(size_t bytes);
 
 /* io.c */
 int hfs_io_setup(struct fuse_session *se);

@@ -7,8 +7,9 @@
  * Bounds (README "Limits"): a map lists at most HFS_MAP_MAX_BLOCKS blocks (then
  * "truncated": true).  Snapshots are immutable and shared: an open whose rendering equals
  * the last snapshot of that file takes a reference to it instead of keeping its own, so
- * any number of opens of an unchanged file hold one copy; distinct snapshots held by open
- * handles may total HFS_STATUS_BUDGET bytes, past which an open gets ENFILE.
+ * any number of opens of an unchanged file hold one copy.  Distinct snapshots are charged
+ * to the snapshot budget (HFS_SNAPSHOT_BUDGET, shared with directory listings, dir.c):
+ * past it an open gets ENFILE.
  *
  * Locking: rendering holds no namespace lock.  A heap's and map's file holds a reference
  * to its heap; stats and partner take hfs.ns shared only to copy the heap list (taking a
@@ -195,7 +196,20 @@ struct hfs_snap {
 	char data[];
 };
 
-static atomic_size_t held; /* bytes of all snapshots */
+static atomic_size_t held; /* bytes charged to the snapshot budget */
+
+int hfs_snapshot_charge(size_t bytes)
+{
+	if (atomic_fetch_add(&held, bytes) + bytes <= HFS_SNAPSHOT_BUDGET)
+		return 0;
+	atomic_fetch_sub(&held, bytes);
+	return -ENFILE;
+}
+
+void hfs_snapshot_uncharge(size_t bytes)
+{
+	atomic_fetch_sub(&held, bytes);
+}
 
 static struct hfs_snap *snap_of(const char *data)
 {
@@ -207,7 +221,7 @@ static void __snap_free(struct hfs_snap *sn)
 {
 	if (sn->owner->st.last == sn)
 		sn->owner->st.last = NULL;
-	atomic_fetch_sub(&held, sn->len);
+	hfs_snapshot_uncharge(sn->len);
 	free(sn);
 }
 
@@ -277,13 +291,12 @@ int hfs_status_render(struct hfs_inode *i, char **buf, size_t *len)
 		free(sn);
 		sn = last;
 		sn->refs++;
-	} else if (atomic_fetch_add(&held, sn->len) + sn->len > HFS_STATUS_BUDGET) {
-		atomic_fetch_sub(&held, sn->len);
-		free(sn);
-		sn = NULL;
-		ret = -ENFILE;
 	} else {
-		i->st.last = sn;
+		ret = hfs_snapshot_charge(sn->len);
+		if (ret)
+			free(sn);
+		else
+			i->st.last = sn;
 	}
 	pthread_rwlock_unlock(&i->lock);
 	if (ret)

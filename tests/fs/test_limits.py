@@ -346,3 +346,33 @@ def test_distinct_snapshots_are_bounded_by_the_budget(mount_factory):
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_directory_listings_share_the_snapshot_budget(mount_factory):
+    m = mount_factory('heap "d" { size = 4M  inodes = 5000 }\n')
+    d = m.heap("d") / "dir"
+    d.mkdir()
+    names = [f"{'n' * 240}{k:04d}" for k in range(2000)]  # a listing of ~500 KB
+    for n in names:
+        os.mknod(d / n, 0o600 | 0o100000)
+    rss0 = m.rss_kib()
+    its, firsts = [], []
+    try:
+        with pytest.raises(OSError) as ei:
+            for _ in range(1000):  # each listing in progress holds its own copy of the names
+                it = os.scandir(d)
+                its.append(it)
+                firsts.append(next(it).name)
+        assert ei.value.errno == errno.ENFILE
+        held = (len(its) - 1) * (2000 * (244 + 1 + 8) + 8)
+        assert STATUS_BUDGET - 2 * 2000 * 253 < held <= STATUS_BUDGET, (held, len(its))
+        grown = m.rss_kib() - rss0
+        assert grown * KIB < STATUS_BUDGET + 16 * MIB, f"RSS grew {grown} KiB"
+        # listings already handed out go on to the end, whole
+        assert sorted([firsts[0]] + [e.name for e in its[0]]) == names
+    finally:
+        for it in its:
+            it.close()
+    assert sorted(os.listdir(d)) == names  # room again once they are closed
+    # status files draw on the same budget, and work again too
+    assert m.heap_stats("d")["inodes"] == 2002
