@@ -9,8 +9,9 @@
  *
  * Locking rule (see docs/DESIGN.md "Filesystem"):
  *   - hfs.ns (rwlock): the namespace — every directory's entry table, dir.parent, the heap
- *     list.  Lookup/readdir/status snapshots take it shared; create/unlink/rename/link/
- *     mkdir/rmdir take it exclusive, so a rename is atomic.
+ *     list.  Lookup/readdir take it shared (status snapshots only to copy the heap list,
+ *     not to render); create/unlink/rename/link/mkdir/rmdir take it exclusive, so a
+ *     rename is atomic.
  *   - inode.lock (rwlock): the inode's attributes and file data (extents).  Taken after
  *     hfs.ns when both are needed; two inode locks are only taken under hfs.ns exclusive.
  *   - inode.refs (atomic): lookups held by the kernel + directory entries + open handles
@@ -179,8 +180,6 @@ static inline int64_t hfs_now_ns(void)
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
-uint64_t hfs_inodes_used(void);
-uint64_t hfs_inodes_max(void);
 
 /* dir.c — namespace. Entry-returning calls take one lookup reference for the kernel. */
 int hfs_mount_tree(void);

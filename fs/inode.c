@@ -20,6 +20,8 @@
 #define SEG_SHIFT 16
 #define SEG_SIZE (1u << SEG_SHIFT)
 #define NSEG 4096 /* 2^28 inode numbers */
+_Static_assert((uint64_t)NSEG * SEG_SIZE - FUSE_ROOT_ID >= CONF_INODES_MAX,
+	       "a heap's inode limit must fit the table");
 
 struct slot {
 	_Atomic(struct hfs_inode *) inode;
@@ -31,7 +33,6 @@ static pthread_mutex_t tab_lock = PTHREAD_MUTEX_INITIALIZER;
 static fuse_ino_t next_ino = FUSE_ROOT_ID; /* tab_lock */
 static fuse_ino_t *free_stack;             /* tab_lock */
 static size_t free_n, free_alloc;
-static atomic_uint_fast64_t used;
 
 int hfs_itable_init(void)
 {
@@ -144,7 +145,6 @@ struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_
 		if (kind == HFS_REG)
 			atomic_fetch_add(&heap->files, 1);
 	}
-	atomic_fetch_add(&used, 1);
 	return i;
 fail_free:
 	pthread_rwlock_destroy(&i->lock);
@@ -209,7 +209,6 @@ static void inode_destroy(struct hfs_inode *i)
 	if (free_n < free_alloc) /* else the number is lost: harmless */
 		free_stack[free_n++] = i->ino;
 	pthread_mutex_unlock(&tab_lock);
-	atomic_fetch_sub(&used, 1);
 	pthread_rwlock_destroy(&i->lock);
 	free(i);
 }
@@ -257,14 +256,4 @@ void hfs_stat(struct hfs_inode *i, struct stat *st)
 	pthread_rwlock_rdlock(&i->lock);
 	__hfs_stat(i, st);
 	pthread_rwlock_unlock(&i->lock);
-}
-
-uint64_t hfs_inodes_used(void)
-{
-	return atomic_load(&used);
-}
-
-uint64_t hfs_inodes_max(void)
-{
-	return (uint64_t)NSEG * SEG_SIZE - FUSE_ROOT_ID;
 }

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import HEAPFS, KIB, MIB, expect_errno, pattern, wait_until
-from test_config import mounted, run_refused
+from test_config import MODES, check_refused, mounted, run_refused
 
 
 # ---- our -o options: out of range is refused before mounting
@@ -42,6 +42,25 @@ def test_option_value_at_the_bounds_mounts(opt, mount_factory):
     m = mount_factory(extra=("-o", opt))
     (m.heap() / "f").write_bytes(b"ok")
     assert (m.heap() / "f").read_bytes() == b"ok"
+
+
+# ---- `inodes` in the config: a whole number, else FILE:LINE and exit 2 before mounting
+
+BAD_INODES = {
+    "negative": ("heap \"a\" {\n  size = 1M\n  inodes = -1\n}\n", 3,
+                 r"heap \"a\": inodes = -1 is not a whole number \(0 \.\. 268435455\)"),
+    "too_many": ("# limit\nheap \"a\" { inodes = 268435456 }\n", 2, r"inodes = 268435456 is not"),
+    "not_a_number": ("heap \"a\" {\n  inodes = lots\n}\n", 2, r"inodes = lots is not"),
+    "objects_have_none": ("objects {\n  inodes = 5\n}\n", 2, r"unknown option 'inodes'"),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("case", sorted(BAD_INODES))
+def test_bad_inodes_config_is_refused(case, mode, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    check_refused(BAD_INODES, case, mode, tmp_path, mnt)
 
 
 # ---- heap names must be UTF-8: they appear in every status file's JSON
@@ -330,7 +349,8 @@ def test_distinct_snapshots_are_bounded_by_the_budget(mount_factory):
         grown = m.rss_kib() - rss0
         assert grown * KIB < STATUS_BUDGET + 16 * MIB, f"RSS grew {grown} KiB"
         # what was handed out is intact; other status files and the heap still work
-        assert len(json.loads(read_fd(fds[0]))["blocks"]) < len(json.loads(read_fd(fds[-1]))["blocks"])
+        first, last = (json.loads(read_fd(fd)) for fd in (fds[0], fds[-1]))
+        assert len(first["blocks"]) < len(last["blocks"])
         (m.heap("f") / "after").write_bytes(b"still here")
         assert (m.heap("f") / "after").read_bytes() == b"still here"
     finally:
