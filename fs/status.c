@@ -25,6 +25,8 @@
 
 #include "fs_i.h"
 
+static atomic_size_t held; /* bytes charged to the snapshot budget */
+
 static int set(json_t *o, const char *key, json_t *v)
 {
 	return json_object_set_new(o, key, v);
@@ -117,6 +119,8 @@ static json_t *stats_json(struct hfs_heap **v, unsigned n)
 	bad |= set(o, "version", json_string(HEAPFS_VERSION));
 	bad |= set(o, "mount", json_string(hfs.mountpoint));
 	bad |= set(o, "pid", json_integer(getpid()));
+	bad |= set(o, "snapshot_bytes", json_integer((json_int_t)atomic_load(&held)));
+	bad |= set(o, "snapshot_budget", json_integer(HFS_SNAPSHOT_BUDGET));
 	if (bad) {
 		json_decref(o);
 		return NULL;
@@ -195,8 +199,6 @@ struct hfs_snap {
 	size_t len;
 	char data[];
 };
-
-static atomic_size_t held; /* bytes charged to the snapshot budget */
 
 int hfs_snapshot_charge(size_t bytes)
 {

@@ -250,6 +250,13 @@ MAP_MAX_BLOCKS = 16384
 STATUS_BUDGET = 64 * MIB
 
 
+def wait_snapshots_released(m):
+    """Every handle closed: the budget is whole again (releases reach the daemon a moment
+    after close(); one still in flight at unmount would be lost)."""
+    wait_until(lambda: m.stats()["snapshot_bytes"] == 0, 10, "snapshot_bytes back to 0")
+    assert m.stats()["snapshot_budget"] == STATUS_BUDGET
+
+
 def fragment(m, heap, nblocks, name="frag"):
     """A file of nblocks separate 64-byte blocks (appends in min_block pieces)."""
     fd = os.open(m.heap(heap) / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -313,12 +320,14 @@ def test_thousand_map_opens_share_one_snapshot_and_do_not_stall_creates(mount_fa
             fds.append(os.open(m.path / ".heapfs/maps/f", os.O_RDONLY))
         creates_during_opens = len(lat)
         grown = m.rss_kib() - rss0
+        shared = m.stats()["snapshot_bytes"]
     finally:
         stop.set()
         t.join()
     try:
         assert grown * KIB < STATUS_BUDGET, f"RSS grew {grown} KiB over 1000 opens"
         assert grown * KIB < 16 * one + 8 * MIB, f"RSS grew {grown} KiB: not shared"
+        assert shared == one, f"1000 opens hold {shared} bytes of snapshots, one is {one}"
         assert made[0] == len(lat), "the create loop failed"
         assert creates_during_opens > 0 and max(lat) < 1.0, (creates_during_opens, max(lat))
         first = read_fd(fds[0])
@@ -327,6 +336,7 @@ def test_thousand_map_opens_share_one_snapshot_and_do_not_stall_creates(mount_fa
     finally:
         for fd in fds:
             os.close(fd)
+    wait_snapshots_released(m)
     assert sorted(os.listdir(m.heap("f"))) == \
         sorted(["frag"] + [f"c{k}" for k in range(max(0, made[0] - 100), made[0])])
 
@@ -342,10 +352,11 @@ def test_distinct_snapshots_are_bounded_by_the_budget(mount_factory):
             for k in range(500):  # each open sees one more block: a new snapshot each time
                 os.write(grow, b"g" * 64)
                 fds.append(os.open(m.path / ".heapfs/maps/f", os.O_RDONLY))
-                sizes.append(os.fstat(fds[-1]).st_size or len(read_fd(fds[-1])))
+                sizes.append(len(read_fd(fds[-1])))
         assert ei.value.errno == errno.ENFILE
         held = sum(sizes)
         assert STATUS_BUDGET - sizes[-1] - 1024 < held <= STATUS_BUDGET, (held, len(fds))
+        assert m.stats()["snapshot_bytes"] == held  # rendered before its own is charged
         grown = m.rss_kib() - rss0
         assert grown * KIB < STATUS_BUDGET + 16 * MIB, f"RSS grew {grown} KiB"
         # what was handed out is intact; other status files and the heap still work
@@ -353,19 +364,20 @@ def test_distinct_snapshots_are_bounded_by_the_budget(mount_factory):
         assert len(first["blocks"]) < len(last["blocks"])
         (m.heap("f") / "after").write_bytes(b"still here")
         assert (m.heap("f") / "after").read_bytes() == b"still here"
-    finally:
-        os.close(grow)
+        # closing handles makes room again
         for fd in fds[:10]:
             os.close(fd)
         del fds[:10]
-    # closing handles makes room again
-    try:
+        wait_until(lambda: m.stats()["snapshot_bytes"] == sum(sizes[10:]), 10,
+                   "ten snapshots given back")
         fd = os.open(m.path / ".heapfs/maps/f", os.O_RDONLY)
         assert json.loads(read_fd(fd))["name"] == "f"
         os.close(fd)
     finally:
+        os.close(grow)
         for fd in fds:
             os.close(fd)
+    wait_snapshots_released(m)
 
 
 def test_directory_listings_share_the_snapshot_budget(mount_factory):
@@ -384,8 +396,9 @@ def test_directory_listings_share_the_snapshot_budget(mount_factory):
                 its.append(it)
                 firsts.append(next(it).name)
         assert ei.value.errno == errno.ENFILE
-        held = (len(its) - 1) * (2000 * (244 + 1 + 8) + 8)
+        held = (len(its) - 1) * (2000 * (244 + 1 + 8) + 8)  # the last one was refused
         assert STATUS_BUDGET - 2 * 2000 * 253 < held <= STATUS_BUDGET, (held, len(its))
+        assert m.stats()["snapshot_bytes"] == held
         grown = m.rss_kib() - rss0
         assert grown * KIB < STATUS_BUDGET + 16 * MIB, f"RSS grew {grown} KiB"
         # listings already handed out go on to the end, whole
@@ -393,6 +406,7 @@ def test_directory_listings_share_the_snapshot_budget(mount_factory):
     finally:
         for it in its:
             it.close()
+    wait_snapshots_released(m)
     assert sorted(os.listdir(d)) == names  # room again once they are closed
     # status files draw on the same budget, and work again too
     assert m.heap_stats("d")["inodes"] == 2002
