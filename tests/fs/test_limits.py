@@ -336,7 +336,7 @@ def test_thousand_map_opens_share_one_snapshot_and_do_not_stall_creates(mount_fa
     finally:
         for fd in fds:
             os.close(fd)
-    wait_snapshots_released(m)
+        wait_snapshots_released(m)
     assert sorted(os.listdir(m.heap("f"))) == \
         sorted(["frag"] + [f"c{k}" for k in range(max(0, made[0] - 100), made[0])])
 
@@ -377,7 +377,7 @@ def test_distinct_snapshots_are_bounded_by_the_budget(mount_factory):
         os.close(grow)
         for fd in fds:
             os.close(fd)
-    wait_snapshots_released(m)
+        wait_snapshots_released(m)
 
 
 def test_directory_listings_share_the_snapshot_budget(mount_factory):
@@ -406,7 +406,7 @@ def test_directory_listings_share_the_snapshot_budget(mount_factory):
     finally:
         for it in its:
             it.close()
-    wait_snapshots_released(m)
+        wait_snapshots_released(m)
     assert sorted(os.listdir(d)) == names  # room again once they are closed
     # status files draw on the same budget, and work again too
     assert m.heap_stats("d")["inodes"] == 2002
