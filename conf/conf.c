@@ -73,6 +73,7 @@ static const char default_text[] =
 	"  pin       = false    # mlock() committed chunks\n"
 	"  replicate = none     # none | async | sync (needs a partner section)\n"
 	"  image     = \"\"       # if set: loaded at mount if it exists, saved at unmount\n"
+	"  inodes    = 0        # most files+dirs+links; 0: size / 8K, within 1024 .. 1048576\n"
 	"}\n"
 	"\n"
 	"# the named-object segment: MOUNT/objects/NAME\n"
@@ -444,16 +445,32 @@ static int cb_chunk(cfg_t *sec, cfg_opt_t *opt, const char *value, void *result)
 	return size_value(sec, opt, value, result, MIN_CHUNK, UINT64_MAX, true);
 }
 
-static int cb_count(cfg_t *sec, cfg_opt_t *opt, const char *value, void *result)
+/* A whole number 0 .. max into a libconfuse number. */
+static int count_value(cfg_t *sec, cfg_opt_t *opt, const char *value, void *result,
+		       uint64_t max)
 {
+	char why[64];
 	const char *end;
 	uint64_t v;
 
 	*(long *)result = 0;
-	if (parse_digits(value, &v, &end) || *end || v > UINT_MAX)
-		return bad_value(sec, opt, value, "is not a whole number (0 .. 4294967295)");
+	if (parse_digits(value, &v, &end) || *end || v > max) {
+		snprintf(why, sizeof(why), "is not a whole number (0 .. %llu)",
+			 (unsigned long long)max);
+		return bad_value(sec, opt, value, why);
+	}
 	*(long *)result = (long)v;
 	return 0;
+}
+
+static int cb_count(cfg_t *sec, cfg_opt_t *opt, const char *value, void *result)
+{
+	return count_value(sec, opt, value, result, UINT_MAX);
+}
+
+static int cb_inodes(cfg_t *sec, cfg_opt_t *opt, const char *value, void *result)
+{
+	return count_value(sec, opt, value, result, CONF_INODES_MAX);
 }
 
 static int cb_duration(cfg_t *sec, cfg_opt_t *opt, const char *value, void *result)
@@ -625,6 +642,7 @@ static cfg_opt_t heap_opts[] = {
 	OPT_BOOL("pin", cfg_false),
 	OPT_NUM("replicate", CONF_REPLICATE_NONE, cb_enum),
 	OPT_STR("image", ""),
+	OPT_NUM("inodes", 0, cb_inodes),
 	CFG_END()
 };
 
@@ -710,9 +728,36 @@ static int strip_comments(char *t)
 
 /* ---- checks and structs ----------------------------------------------------------------- */
 
+/* Is s valid UTF-8 (no stray continuation bytes, overlong forms, surrogates or code points
+ * past U+10FFFF)?  The rule jansson applies to every string it is given. */
+static bool is_utf8(const char *s)
+{
+	static const uint32_t min_cp[] = { 0, 0x80, 0x800, 0x10000 };
+	const unsigned char *p = (const unsigned char *)s;
+
+	while (*p) {
+		unsigned n = *p < 0x80 ? 0 : (*p & 0xe0) == 0xc0 ? 1 : (*p & 0xf0) == 0xe0 ? 2 :
+			     (*p & 0xf8) == 0xf0 ? 3 : 4;
+		uint32_t cp;
+
+		if (n == 4)
+			return false;
+		cp = *p++ & (0x7fu >> n);
+		for (unsigned k = 0; k < n; k++, p++) {
+			if ((*p & 0xc0) != 0x80) /* also stops at the terminator */
+				return false;
+			cp = cp << 6 | (*p & 0x3f);
+		}
+		if (cp < min_cp[n] || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+			return false;
+	}
+	return true;
+}
+
 int conf_check_heap_name(const char *name)
 {
-	if (!name || !*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
+	if (!name || !*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..") ||
+	    !is_utf8(name))
 		return -EINVAL;
 	if (strlen(name) > CONF_NAME_MAX)
 		return -ENAMETOOLONG;
@@ -780,6 +825,8 @@ static void build_heap(struct load_ctx *ctx, struct conf *c, cfg_t *h, bool part
 	if (rc == -ENAMETOOLONG)
 		report(ctx, decl, "heap \"%.32s...\": a heap name is at most %d bytes", name,
 		       CONF_NAME_MAX);
+	else if (rc && !is_utf8(name))
+		report(ctx, decl, "heap \"%s\": a heap name must be valid UTF-8", name);
 	else if (rc)
 		report(ctx, decl, "heap \"%s\": a heap name must not be empty, \".\", \"..\" "
 		       "or contain '/'", name);
@@ -802,6 +849,7 @@ static void build_heap(struct load_ctx *ctx, struct conf *c, cfg_t *h, bool part
 	out->writers = (enum conf_writers)cfg_getint(h, "writers");
 	out->replicate = (enum conf_replicate)cfg_getint(h, "replicate");
 	out->pin = cfg_getbool(h, "pin");
+	out->inodes = (uint64_t)cfg_getint(h, "inodes");
 	out->image = dup_nonempty(cfg_getstr(h, "image"), ctx);
 	/* a rejected value or a bad default_heap_size is reported already: no follow-ons */
 	if (!(s && s->bad) && (set_line(ctx, h, "size") || def_size_ok))
@@ -1090,9 +1138,20 @@ int conf_heap_defaults(const struct conf *c, const char *name, struct conf_heap 
 		.writers = CONF_WRITERS_MANY,
 		.replicate = CONF_REPLICATE_NONE,
 		.pin = false,
+		.inodes = 0,
 		.image = NULL,
 		.line = 0,
 	};
 	strcpy(out->name, name);
 	return 0;
+}
+
+uint64_t conf_heap_inodes(const struct conf_heap *h)
+{
+	uint64_t n = h->size / CONF_INODES_PER;
+
+	if (h->inodes)
+		return h->inodes;
+	return n < CONF_INODES_DERIVED_MIN ? CONF_INODES_DERIVED_MIN :
+	       n > CONF_INODES_DERIVED_MAX ? CONF_INODES_DERIVED_MAX : n;
 }

@@ -27,6 +27,13 @@ enum conf_replicate { CONF_REPLICATE_NONE, CONF_REPLICATE_ASYNC, CONF_REPLICATE_
 #define CONF_MIN_BLOCK_MAX (UINT64_C(1) << 20)  /* .. a stripe */
 #define CONF_HEAP_MAX (UINT64_C(1) << 40)       /* largest heap (BUDDY_MAX_ORDER) */
 #define CONF_SIZE_BUF 24                        /* room for conf_format_size() */
+/* Inode limits of a heap (`inodes`): the most a config may ask for (the daemon's inode
+ * table), and the rule for `inodes = 0` (conf_heap_inodes): one inode per
+ * CONF_INODES_PER bytes of heap, clamped to CONF_INODES_DERIVED_MIN .. _MAX. */
+#define CONF_INODES_MAX ((UINT64_C(1) << 28) - 1)
+#define CONF_INODES_PER (UINT64_C(8) << 10)          /* like tmpfs: one per 2 pages */
+#define CONF_INODES_DERIVED_MIN UINT64_C(1024)
+#define CONF_INODES_DERIVED_MAX (UINT64_C(1) << 20)
 
 struct conf_heap {
 	char name[CONF_NAME_MAX + 1];
@@ -38,6 +45,7 @@ struct conf_heap {
 	enum conf_writers writers;
 	enum conf_replicate replicate;
 	bool pin;
+	uint64_t inodes;    /* most inodes (files, dirs, links) in the heap; 0: derived */
 	char *image;        /* NULL when unset/empty */
 	int line;           /* where it was declared (0 for heaps made at run time) */
 };
@@ -89,12 +97,17 @@ void conf_free(struct conf *c);
  * -ENAMETOOLONG / -EINVAL for a bad name. */
 int conf_heap_defaults(const struct conf *c, const char *name, struct conf_heap *out);
 
+/* The inode limit of a heap: inodes when set, else derived from the size (see
+ * CONF_INODES_PER). */
+uint64_t conf_heap_inodes(const struct conf_heap *h);
+
 /* Parsing helpers shared with the command-line tools. */
 int conf_parse_size(const char *s, uint64_t *out);        /* "64M", "4K", "1G", "123" */
 int conf_parse_duration_ms(const char *s, unsigned *out); /* "2s", "500ms" */
 /* (Added by B.)  "4K", "256M", "1G" when v is an exact multiple, else plain bytes. */
 const char *conf_format_size(uint64_t v, char buf[CONF_SIZE_BUF]);
-/* (Added by B.)  0, or -EINVAL (empty, ".", "..", contains '/') / -ENAMETOOLONG (> 255). */
+/* (Added by B.)  0, or -EINVAL (empty, ".", "..", contains '/', not valid UTF-8: the name
+ * appears in JSON) / -ENAMETOOLONG (> 255). */
 int conf_check_heap_name(const char *name);
 const char *conf_layout_name(enum conf_layout l);
 const char *conf_cache_name(enum conf_cache c);

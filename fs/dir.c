@@ -9,10 +9,15 @@
  * exclusive, so a rename (remove + add, or a swap of two entries) is atomic.  Directory
  * listings are snapshots of names taken at offset 0; every later offset indexes that
  * snapshot and each name is checked again against the live table, so offsets stay valid
- * whatever is unlinked meanwhile.
+ * whatever is unlinked meanwhile.  Listings are charged to the snapshot budget (status.c):
+ * past it a listing from offset 0 gets ENFILE.
  *
  * Only heap directories (heaps/NAME and below) hold user files: the fixed directories
  * refuse changes with EPERM, heaps/ turns mkdir/rmdir into heap creation/removal.
+ *
+ * Limits: a new inode takes one of its heap's inodes (hfs_inode_new: ENOSPC at the limit),
+ * and so does each hard link beyond a file's first name (given back when such a name goes);
+ * entries and symlink targets are charged to the heap's metadata bytes.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -58,6 +63,7 @@ int __hfs_dir_add(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
 	de->len = len;
 	memcpy(de->name, name, len + 1);
 	HASH_ADD_KEYPTR(hh, dir->dir.ents, de->name, len, de);
+	hfs_heap_meta(dir->heap, (int64_t)(sizeof(*de) + len + 1));
 	hfs_iref(i, 1);
 	if (isdir)
 		i->dir.parent = dir;
@@ -78,6 +84,7 @@ int __hfs_dir_del(struct hfs_inode *dir, const char *name)
 	i = de->inode;
 	isdir = i->kind == HFS_DIR;
 	HASH_DEL(dir->dir.ents, de);
+	hfs_heap_meta(dir->heap, -(int64_t)(sizeof(*de) + de->len + 1));
 	free(de);
 	touch_dir(dir, isdir ? -1 : 0, -1);
 	touch_links(i, isdir ? -2 : -1);
@@ -90,6 +97,15 @@ int __hfs_dir_del(struct hfs_inode *dir, const char *name)
 static int check_name(const char *name)
 {
 	return strlen(name) > HFS_NAME_MAX ? -ENAMETOOLONG : 0;
+}
+
+/* Remove the entry name of dir (which holds i); a name that was not i's last gives back
+ * the inode it took at link time (hfs_link). */
+static int __unlink_name(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
+{
+	if (i->kind != HFS_DIR && i->nlink > 1 && i->heap)
+		hfs_heap_inode_give(i->heap);
+	return __hfs_dir_del(dir, name);
 }
 
 /* May entries be added to / removed from dir?  (Only inside heaps.) */
@@ -174,6 +190,8 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	else if (kind == HFS_LNK) {
 		i->lnk.target = strdup(target);
 		i->size = strlen(target);
+		if (i->lnk.target)
+			hfs_heap_meta(i->heap, (int64_t)i->size + 1);
 	} else if (kind == HFS_SPECIAL)
 		i->rdev = rdev;
 	if (kind == HFS_LNK && !i->lnk.target)
@@ -208,7 +226,7 @@ int hfs_unlink(struct hfs_inode *dir, const char *name)
 	else if (i->kind == HFS_DIR)
 		ret = -EISDIR;
 	else
-		ret = __hfs_dir_del(dir, name);
+		ret = __unlink_name(dir, name, i);
 out:
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
@@ -353,7 +371,7 @@ int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 	links = src->kind == HFS_DIR ? 2 : 1;
 	touch_links(src, links); /* never unlinked in between: its data must stay */
 	if (dst)
-		__hfs_dir_del(ndir, nname);
+		__unlink_name(ndir, nname, dst);
 	__hfs_dir_del(dir, name);
 	ret = __hfs_dir_add(ndir, nname, src);
 	if (ret)
@@ -383,8 +401,13 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname)
 		ret = -EEXIST;
 	if (!ret && i->nlink == 0)
 		ret = -ENOENT;
-	if (!ret)
+	if (!ret) /* no new inode, but a name: charged like one, as tmpfs does */
+		ret = hfs_heap_inode_take(i->heap);
+	if (!ret) {
 		ret = __hfs_dir_add(ndir, nname, i);
+		if (ret)
+			hfs_heap_inode_give(i->heap);
+	}
 	if (!ret)
 		hfs_iref(i, 1); /* the kernel's lookup */
 	pthread_rwlock_unlock(&hfs.ns);
@@ -396,18 +419,26 @@ void hfs_dirsnap_clear(struct hfs_dirsnap *s)
 	for (size_t k = 0; k < s->n; k++)
 		free(s->names[k]);
 	free(s->names);
+	hfs_snapshot_uncharge(s->bytes);
 	s->names = NULL;
-	s->n = 0;
+	s->n = s->bytes = 0;
 }
 
 int hfs_dir_snapshot(struct hfs_inode *dir, struct hfs_dirsnap *s)
 {
 	struct hfs_dirent *de, *tmp;
-	size_t n = 0;
-	int ret = 0;
+	size_t n = 0, bytes;
+	int ret;
 
 	hfs_dirsnap_clear(s);
 	pthread_rwlock_rdlock(&hfs.ns);
+	bytes = (HASH_COUNT(dir->dir.ents) + 1) * sizeof(*s->names);
+	HASH_ITER(hh, dir->dir.ents, de, tmp)
+		bytes += de->len + 1;
+	ret = hfs_snapshot_charge(bytes); /* a listing per open handle: bounded in all */
+	if (ret)
+		goto out;
+	s->bytes = bytes;
 	s->names = malloc((HASH_COUNT(dir->dir.ents) + 1) * sizeof(*s->names));
 	if (!s->names) {
 		ret = -ENOMEM;

@@ -9,8 +9,9 @@
  *
  * Locking rule (see docs/DESIGN.md "Filesystem"):
  *   - hfs.ns (rwlock): the namespace — every directory's entry table, dir.parent, the heap
- *     list.  Lookup/readdir/status snapshots take it shared; create/unlink/rename/link/
- *     mkdir/rmdir take it exclusive, so a rename is atomic.
+ *     list.  Lookup/readdir take it shared (status snapshots only to copy the heap list,
+ *     not to render); create/unlink/rename/link/mkdir/rmdir take it exclusive, so a
+ *     rename is atomic.
  *   - inode.lock (rwlock): the inode's attributes and file data (extents).  Taken after
  *     hfs.ns when both are needed; two inode locks are only taken under hfs.ns exclusive.
  *   - inode.refs (atomic): lookups held by the kernel + directory entries + open handles
@@ -52,6 +53,7 @@ enum hfs_role {
 enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP, HFS_ST_PARTNER, HFS_ST_DONORS };
 
 struct hfs_inode;
+struct hfs_snap; /* status.c */
 
 struct hfs_heap {
 	struct conf_heap pol;
@@ -62,6 +64,9 @@ struct hfs_heap {
 	atomic_uint_fast64_t files;      /* live regular files (linked or open) */
 	atomic_uint_fast64_t freed;      /* bytes freed since the last drain */
 	atomic_uint_fast64_t held;       /* bytes of blocks files hold (file.c's room check) */
+	uint64_t max_inodes;             /* the inode limit (conf_heap_inodes) */
+	atomic_uint_fast64_t inodes;     /* charged: its inodes + extra hard links (as tmpfs) */
+	atomic_uint_fast64_t meta;       /* daemon bytes of its inodes, entries, targets, xattrs */
 	struct hfs_inode *dir;           /* heaps/NAME, NULL once removed (hfs.ns) */
 	struct hfs_inode *st_heap, *st_map; /* .heapfs/heaps/NAME, .heapfs/maps/NAME */
 };
@@ -104,6 +109,7 @@ struct hfs_inode {
 	dev_t rdev;
 	struct timespec atime, mtime, ctime;
 	struct hfs_xattr *xattrs;
+	size_t xattr_bytes; /* what xattrs cost, against HFS_XATTR_BUDGET */
 
 	union {
 		struct { /* HFS_DIR: hfs.ns */
@@ -126,6 +132,7 @@ struct hfs_inode {
 		struct { /* HFS_STATUS */
 			enum hfs_status_kind what;
 			struct hfs_heap *heap; /* HEAP and MAP files: holds a heap reference */
+			struct hfs_snap *last;     /* lock: the newest snapshot while one is open */
 		} st;
 	};
 };
@@ -174,8 +181,6 @@ static inline int64_t hfs_now_ns(void)
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
-uint64_t hfs_inodes_used(void);
-uint64_t hfs_inodes_max(void);
 
 /* dir.c — namespace. Entry-returning calls take one lookup reference for the kernel. */
 int hfs_mount_tree(void);
@@ -200,6 +205,7 @@ struct hfs_dirsnap {
 	pthread_mutex_t lock;
 	char **names;
 	size_t n;
+	size_t bytes; /* charged to the snapshot budget (hfs_snapshot_charge) */
 };
 int hfs_dir_snapshot(struct hfs_inode *dir, struct hfs_dirsnap *s);
 void hfs_dirsnap_clear(struct hfs_dirsnap *s);
@@ -216,6 +222,12 @@ int __hfs_heap_mkdir(const char *name, const struct conf_heap *pol, bool from_co
 int __hfs_heap_rmdir(struct hfs_inode *dir);
 void hfs_heap_get(struct hfs_heap *h);
 void hfs_heap_put(struct hfs_heap *h);
+/* The inode limit: take one (0, or -ENOSPC at the limit) / give one back.  Every inode of
+ * a heap takes one, and so does every hard link beyond a file's first name. */
+int hfs_heap_inode_take(struct hfs_heap *h);
+void hfs_heap_inode_give(struct hfs_heap *h);
+/* Charge (delta > 0) or credit daemon memory used for the heap's metadata; h may be NULL. */
+void hfs_heap_meta(struct hfs_heap *h, int64_t delta);
 int hfs_statfs(struct hfs_inode *i, struct statvfs *st);
 /* Freed blocks park in per-CPU caches and empty chunks stay committed until a drain:
  * hfs_heap_settle() drains once a chunk's worth was freed; the housekeeper drains every
@@ -261,7 +273,10 @@ void hfs_file_free(struct hfs_inode *i);
 void hfs_file_reclaim(struct hfs_inode *i);
 unsigned hfs_file_max_order(struct hfs_inode *i);
 
-/* xattr.c */
+/* xattr.c — at most HFS_XATTR_BUDGET bytes of user.* xattrs per inode, each counted as
+ * name + NUL + value + HFS_XATTR_ENTRY (its struct hfs_xattr); past that, ENOSPC. */
+#define HFS_XATTR_BUDGET (8 * 1024)
+#define HFS_XATTR_ENTRY 80
 int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_t size,
 		 int flags);
 ssize_t hfs_getxattr(struct hfs_inode *i, const char *name, void *buf, size_t size);
@@ -269,8 +284,16 @@ ssize_t hfs_listxattr(struct hfs_inode *i, char *buf, size_t size);
 int hfs_removexattr(struct hfs_inode *i, const char *name);
 void hfs_xattr_free(struct hfs_inode *i);
 
-/* status.c — JSON snapshots of .heapfs/ files. */
+/* status.c — JSON snapshots of .heapfs/ files: *buf is shared and read-only until
+ * hfs_status_put(); -ENFILE when the snapshot budget is spent. */
+#define HFS_MAP_MAX_BLOCKS 16384 /* a map lists at most this many blocks */
 int hfs_status_render(struct hfs_inode *i, char **buf, size_t *len);
+void hfs_status_put(struct hfs_inode *i, char *buf);
+/* The snapshot budget: bytes of distinct status snapshots and directory listings held by
+ * open handles, at most HFS_SNAPSHOT_BUDGET for the mount.  Charge: 0 or -ENFILE. */
+#define HFS_SNAPSHOT_BUDGET (64 * 1024 * 1024)
+int hfs_snapshot_charge(size_t bytes);
+void hfs_snapshot_uncharge(size_t bytes);
 
 /* io.c */
 int hfs_io_setup(struct fuse_session *se);

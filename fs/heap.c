@@ -4,6 +4,10 @@
  * empty run-time heap.  A heap appears as heaps/NAME, .heapfs/heaps/NAME and
  * .heapfs/maps/NAME.  Also statfs: per heap inside heaps/NAME, the sum elsewhere.
  *
+ * Limits: a heap's inode limit (max_inodes, `inodes` in the config) is taken by every
+ * inode of the heap and every hard link beyond a file's first name (as tmpfs charges
+ * links, so names are bounded too); it and the metadata byte count (meta) are atomics.
+ *
  * Memory: freed blocks park in the allocator's per-CPU caches and empty chunks stay
  * committed until a drain; hfs_heap_settle() drains once a chunk's worth has been freed,
  * and a housekeeper thread drains, once a second, every heap that freed anything.
@@ -35,6 +39,28 @@ void hfs_heap_put(struct hfs_heap *h)
 	}
 }
 
+int hfs_heap_inode_take(struct hfs_heap *h)
+{
+	uint_fast64_t n = atomic_load(&h->inodes);
+
+	do {
+		if (n >= h->max_inodes)
+			return -ENOSPC;
+	} while (!atomic_compare_exchange_weak(&h->inodes, &n, n + 1));
+	return 0;
+}
+
+void hfs_heap_inode_give(struct hfs_heap *h)
+{
+	atomic_fetch_sub(&h->inodes, 1);
+}
+
+void hfs_heap_meta(struct hfs_heap *h, int64_t delta)
+{
+	if (h)
+		atomic_fetch_add(&h->meta, (uint_fast64_t)delta);
+}
+
 static unsigned log2_of(uint64_t pow2)
 {
 	return (unsigned)__builtin_ctzll(pow2);
@@ -51,6 +77,7 @@ static int heap_new(const struct conf_heap *pol, bool from_config, struct hfs_he
 	h->pol = *pol;
 	h->pol.image = pol->image ? strdup(pol->image) : NULL;
 	h->from_config = from_config;
+	h->max_inodes = conf_heap_inodes(pol);
 	bp.heap_order = log2_of(pol->size);
 	bp.min_order = h->min_order = log2_of(pol->min_block);
 	bp.chunk_order = log2_of(pol->chunk);
@@ -255,31 +282,35 @@ void hfs_housekeeper_stop(void)
 int hfs_statfs(struct hfs_inode *i, struct statvfs *st)
 {
 	struct buddy_stats bs;
-	uint64_t bsize = 4096, size = 0, free_b = 0;
-	struct hfs_heap *h = i->heap;
+	uint64_t bsize = 4096, size = 0, free_b = 0, files = 0, used = 0;
+	struct hfs_heap *h = i->heap, **v = &h;
+	unsigned n = 1;
 
 	if (i->kind == HFS_STATUS && i->st.heap)
 		h = i->st.heap;
 	memset(st, 0, sizeof(*st));
-	if (h) {
-		buddy_stats(h->b, &bs);
-		bsize = bs.min_block;
-		size = bs.size;
-		free_b = bs.free;
-	} else {
+
+	if (!h) { /* outside heaps: the sum of every heap */
 		pthread_rwlock_rdlock(&hfs.ns);
-		for (unsigned k = 0; k < hfs.nheaps; k++) {
-			buddy_stats(hfs.heapv[k]->b, &bs);
-			size += bs.size;
-			free_b += bs.free;
-		}
-		pthread_rwlock_unlock(&hfs.ns);
+		v = hfs.heapv;
+		n = hfs.nheaps;
 	}
+	for (unsigned k = 0; k < n; k++) {
+		buddy_stats(v[k]->b, &bs);
+		size += bs.size;
+		free_b += bs.free;
+		files += v[k]->max_inodes;
+		used += atomic_load(&v[k]->inodes);
+	}
+	if (h)
+		bsize = bs.min_block;
+	else
+		pthread_rwlock_unlock(&hfs.ns);
 	st->f_bsize = st->f_frsize = bsize;
 	st->f_blocks = size / bsize;
 	st->f_bfree = st->f_bavail = free_b / bsize;
-	st->f_files = hfs_inodes_max();
-	st->f_ffree = st->f_favail = hfs_inodes_max() - hfs_inodes_used();
+	st->f_files = files;
+	st->f_ffree = st->f_favail = files - used;
 	st->f_namemax = HFS_NAME_MAX;
 	return 0;
 }

@@ -6,7 +6,9 @@
  *
  * References: refs counts kernel lookups + directory entries + open handles; the caller
  * that drops it to zero destroys the inode (file blocks, xattrs, symlink target, heap
- * reference) and frees its number.  See fs_i.h for the locking rule.
+ * reference) and frees its number.  An inode of a heap takes one of the heap's inodes
+ * (hfs_heap_inode_take: NULL at the limit) and is charged to its metadata bytes.  See
+ * fs_i.h for the locking rule.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -18,6 +20,8 @@
 #define SEG_SHIFT 16
 #define SEG_SIZE (1u << SEG_SHIFT)
 #define NSEG 4096 /* 2^28 inode numbers */
+_Static_assert((uint64_t)NSEG * SEG_SIZE - FUSE_ROOT_ID >= CONF_INODES_MAX,
+	       "a heap's inode limit must fit the table");
 
 struct slot {
 	_Atomic(struct hfs_inode *) inode;
@@ -29,7 +33,6 @@ static pthread_mutex_t tab_lock = PTHREAD_MUTEX_INITIALIZER;
 static fuse_ino_t next_ino = FUSE_ROOT_ID; /* tab_lock */
 static fuse_ino_t *free_stack;             /* tab_lock */
 static size_t free_n, free_alloc;
-static atomic_uint_fast64_t used;
 
 int hfs_itable_init(void)
 {
@@ -110,11 +113,14 @@ void hfs_now(struct timespec *ts)
 struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_t gid,
 				struct hfs_heap *heap)
 {
-	struct hfs_inode *i = calloc(1, sizeof(*i));
+	struct hfs_inode *i;
 	struct slot *sl;
 
-	if (!i)
+	if (heap && hfs_heap_inode_take(heap))
 		return NULL;
+	i = calloc(1, sizeof(*i));
+	if (!i)
+		goto fail;
 	pthread_rwlock_init(&i->lock, NULL);
 	i->kind = kind;
 	i->mode = mode;
@@ -130,19 +136,23 @@ struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_
 		atomic_store_explicit(&sl->inode, i, memory_order_release);
 	}
 	pthread_mutex_unlock(&tab_lock);
-	if (!sl) {
-		pthread_rwlock_destroy(&i->lock);
-		free(i);
-		return NULL;
-	}
+	if (!sl)
+		goto fail_free;
 	if (heap) {
 		i->heap = heap;
 		hfs_heap_get(heap);
+		hfs_heap_meta(heap, sizeof(*i));
 		if (kind == HFS_REG)
 			atomic_fetch_add(&heap->files, 1);
 	}
-	atomic_fetch_add(&used, 1);
 	return i;
+fail_free:
+	pthread_rwlock_destroy(&i->lock);
+	free(i);
+fail:
+	if (heap)
+		hfs_heap_inode_give(heap);
+	return NULL;
 }
 
 struct hfs_inode *hfs_iget(fuse_ino_t ino)
@@ -168,6 +178,8 @@ static void inode_destroy(struct hfs_inode *i)
 			atomic_fetch_sub(&i->heap->files, 1);
 		break;
 	case HFS_LNK:
+		if (i->lnk.target)
+			hfs_heap_meta(i->heap, -(int64_t)(strlen(i->lnk.target) + 1));
 		free(i->lnk.target);
 		break;
 	case HFS_STATUS:
@@ -178,8 +190,11 @@ static void inode_destroy(struct hfs_inode *i)
 		break;
 	}
 	hfs_xattr_free(i);
-	if (i->heap)
+	if (i->heap) {
+		hfs_heap_meta(i->heap, -(int64_t)sizeof(*i));
+		hfs_heap_inode_give(i->heap);
 		hfs_heap_put(i->heap);
+	}
 	pthread_mutex_lock(&tab_lock);
 	atomic_store(&sl->inode, NULL);
 	if (free_n == free_alloc) {
@@ -194,7 +209,6 @@ static void inode_destroy(struct hfs_inode *i)
 	if (free_n < free_alloc) /* else the number is lost: harmless */
 		free_stack[free_n++] = i->ino;
 	pthread_mutex_unlock(&tab_lock);
-	atomic_fetch_sub(&used, 1);
 	pthread_rwlock_destroy(&i->lock);
 	free(i);
 }
@@ -242,14 +256,4 @@ void hfs_stat(struct hfs_inode *i, struct stat *st)
 	pthread_rwlock_rdlock(&i->lock);
 	__hfs_stat(i, st);
 	pthread_rwlock_unlock(&i->lock);
-}
-
-uint64_t hfs_inodes_used(void)
-{
-	return atomic_load(&used);
-}
-
-uint64_t hfs_inodes_max(void)
-{
-	return (uint64_t)NSEG * SEG_SIZE - FUSE_ROOT_ID;
 }

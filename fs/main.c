@@ -33,7 +33,9 @@
 struct hfs_fs hfs;
 
 #define READAHEAD_KB_DEFAULT 1024
+#define READAHEAD_KB_MAX (1024 * 1024) /* 1 GiB */
 #define SPIN_US_DEFAULT 50
+#define SPIN_US_MAX 1000000 /* 1 s: past that an idle worker would simply burn its CPU */
 
 enum {
 	KEY_HELP,
@@ -50,15 +52,15 @@ struct opts {
 	int help, version, print_default, defperm, fsname, subtype;
 	char *pos[3];
 	int npos;
-	unsigned spin_us, readahead_kb;
+	char *spin_us, *readahead_kb; /* as given: checked by num_opt() */
 	int no_killpriv, io_uring;
 };
 
 static const struct fuse_opt opt_spec[] = {
 	{ "-c %s", offsetof(struct opts, config), 0 },
 	{ "config=%s", offsetof(struct opts, config), 0 },
-	{ "spin_us=%u", offsetof(struct opts, spin_us), 0 },
-	{ "readahead_kb=%u", offsetof(struct opts, readahead_kb), 0 },
+	{ "spin_us=%s", offsetof(struct opts, spin_us), 0 },
+	{ "readahead_kb=%s", offsetof(struct opts, readahead_kb), 0 },
 	{ "no_killpriv_v2", offsetof(struct opts, no_killpriv), 1 },
 	{ "io_uring", offsetof(struct opts, io_uring), 1 },
 	{ "--check-config=%s", offsetof(struct opts, check), 0 },
@@ -119,6 +121,28 @@ static int allowed_cpus(void)
 	return CPU_COUNT(&set);
 }
 
+/* -o NAME=TEXT: TEXT (NULL: not given, *out = def) must be a whole number 0 .. max.
+ * (fuse_opt's %u would take "-1" as 4294967295.)  0, or -EINVAL with a message. */
+static int num_opt(const char *name, const char *text, unsigned def, unsigned max,
+		   unsigned *out)
+{
+	unsigned long long v = 0;
+	const char *p = text;
+
+	*out = def;
+	if (!text)
+		return 0;
+	for (; *p >= '0' && *p <= '9' && v <= max; p++)
+		v = v * 10 + (unsigned)(*p - '0');
+	if (p == text || *p || v > max) {
+		fprintf(stderr, "heapfs: -o %s=%s: not a whole number in 0 .. %u\n", name, text,
+			max);
+		return -EINVAL;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -132,8 +156,9 @@ static void usage(FILE *f)
 		"    --check-config FILE      validate FILE, print problems, exit 0 or 2\n"
 		"    --print-default-config   print the embedded default config\n"
 		"    -o spin_us=N             idle workers poll for requests N microseconds before\n"
-		"                             sleeping (default 50; 0 = never)\n"
-		"    -o readahead_kb=N        the mount's readahead (default 1024; 0 = kernel's)\n"
+		"                             sleeping (default 50; 0 = never; at most 1000000)\n"
+		"    -o readahead_kb=N        the mount's readahead (default 1024; 0 = kernel's;\n"
+		"                             at most 1048576)\n"
 		"    -o no_killpriv_v2        let the kernel check security.capability on writes\n"
 		"    -o io_uring              experimental: serve requests over FUSE-over-io_uring,\n"
 		"                             one worker per CPU (Linux 6.14+; sets the fuse\n"
@@ -256,7 +281,8 @@ int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cmd = { 0 };
-	struct opts o = { .spin_us = SPIN_US_DEFAULT, .readahead_kb = READAHEAD_KB_DEFAULT };
+	struct opts o = { 0 };
+	unsigned spin_us, readahead_kb;
 	const char *mnt;
 	int ret = 2;
 
@@ -289,6 +315,10 @@ int main(int argc, char *argv[])
 			printf("%s: ok\n", o.check);
 		goto out;
 	}
+	if (num_opt("spin_us", o.spin_us, SPIN_US_DEFAULT, SPIN_US_MAX, &spin_us) ||
+	    num_opt("readahead_kb", o.readahead_kb, READAHEAD_KB_DEFAULT, READAHEAD_KB_MAX,
+		    &readahead_kb))
+		goto out;
 	if (!o.npos) {
 		fprintf(stderr, "heapfs: no mountpoint given\n");
 		usage(stderr);
@@ -309,8 +339,8 @@ int main(int argc, char *argv[])
 	hfs.mountpoint = cmd.mountpoint;
 	/* on one CPU, spinning (device watcher or ring worker) would only steal the client's
 	 * CPU: count the CPUs this process may run on (taskset, cpusets), not the host's */
-	hfs.spin_ns = allowed_cpus() < 2 ? 0 : (int64_t)o.spin_us * 1000;
-	hfs.readahead_kb = o.readahead_kb;
+	hfs.spin_ns = allowed_cpus() < 2 ? 0 : (int64_t)spin_us * 1000;
+	hfs.readahead_kb = readahead_kb;
 	hfs.no_killpriv = o.no_killpriv;
 	hfs.io_uring = o.io_uring;
 	ret = fs_init();
@@ -327,6 +357,8 @@ out:
 		conf_free(hfs.conf);
 	free(o.config);
 	free(o.check);
+	free(o.spin_us);
+	free(o.readahead_kb);
 	for (int k = 0; k < o.npos; k++)
 		free(o.pos[k]);
 	fuse_opt_free_args(&args);

@@ -280,6 +280,14 @@ static int status_open(struct hfs_inode *i, struct fuse_file_info *fi)
 	return 0;
 }
 
+static void status_close(struct hfs_inode *i, struct fuse_file_info *fi)
+{
+	struct status_fh *s = (struct status_fh *)(uintptr_t)fi->fh;
+
+	hfs_status_put(i, s->buf);
+	free(s);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
@@ -295,7 +303,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return reply_err(req, ret);
 	hfs_iref(i, 1);
 	if (fuse_reply_open(req, fi)) {
-		hfs_release(i, fi->flags);
+		if (i->kind == HFS_STATUS)
+			status_close(i, fi); /* its snapshot must not stay charged */
+		else
+			hfs_release(i, fi->flags);
 		hfs_iput(i, 1);
 	}
 }
@@ -383,14 +394,10 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	GET(req, i, ino);
 
-	if (i->kind == HFS_STATUS) {
-		struct status_fh *s = (struct status_fh *)(uintptr_t)fi->fh;
-
-		free(s->buf);
-		free(s);
-	} else {
+	if (i->kind == HFS_STATUS)
+		status_close(i, fi);
+	else
 		hfs_release(i, fi->flags);
-	}
 	hfs_iput(i, 1);
 	fuse_reply_err(req, 0);
 }

@@ -5,6 +5,11 @@
  * user.heapfs.heap (every inode of a heap), user.heapfs.order (largest block order held)
  * and user.heapfs.blocks (number of buddy blocks) for regular files; setting or removing
  * any user.heapfs.* name is EPERM.
+ *
+ * Budget: an inode's stored xattrs may cost at most HFS_XATTR_BUDGET bytes, each counted
+ * as HFS_XATTR_ENTRY (its table entry) + name + NUL + value (xattr_bytes, under the inode
+ * lock); a set past it is ENOSPC and leaves every xattr as it was.  The same cost is
+ * charged to the heap's metadata bytes.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -56,6 +61,14 @@ static int virt_value(struct hfs_inode *i, unsigned k, char *buf, size_t size)
 	}
 }
 
+_Static_assert(sizeof(struct hfs_xattr) <= HFS_XATTR_ENTRY, "HFS_XATTR_ENTRY too small");
+
+/* Bytes of daemon memory one stored xattr costs (what the budget counts). */
+static size_t cost(const struct hfs_xattr *x)
+{
+	return HFS_XATTR_ENTRY + strlen(x->name) + 1 + x->size;
+}
+
 static struct hfs_xattr *__find(struct hfs_inode *i, const char *name)
 {
 	struct hfs_xattr *x;
@@ -98,10 +111,17 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 		ret = -EEXIST;
 	else if (!old && flags & XATTR_REPLACE)
 		ret = -ENODATA;
+	else if (i->xattr_bytes - (old ? cost(old) : 0) + cost(x) > HFS_XATTR_BUDGET)
+		ret = -ENOSPC;
 	if (!ret) {
-		if (old)
+		if (old) {
 			HASH_DEL(i->xattrs, old);
+			i->xattr_bytes -= cost(old);
+			hfs_heap_meta(i->heap, -(int64_t)cost(old));
+		}
 		HASH_ADD_STR(i->xattrs, name, x);
+		i->xattr_bytes += cost(x);
+		hfs_heap_meta(i->heap, (int64_t)cost(x));
 		hfs_now(&i->ctime);
 	}
 	pthread_rwlock_unlock(&i->lock);
@@ -183,6 +203,8 @@ int hfs_removexattr(struct hfs_inode *i, const char *name)
 	x = __find(i, name);
 	if (x) {
 		HASH_DEL(i->xattrs, x);
+		i->xattr_bytes -= cost(x);
+		hfs_heap_meta(i->heap, -(int64_t)cost(x));
 		hfs_now(&i->ctime);
 	}
 	pthread_rwlock_unlock(&i->lock);
@@ -199,7 +221,9 @@ void hfs_xattr_free(struct hfs_inode *i)
 
 	HASH_ITER(hh, i->xattrs, x, tmp) {
 		HASH_DEL(i->xattrs, x);
+		hfs_heap_meta(i->heap, -(int64_t)cost(x));
 		free(x->value);
 		free(x);
 	}
+	i->xattr_bytes = 0;
 }

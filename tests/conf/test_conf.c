@@ -124,6 +124,7 @@ static void check_heap_policy_defaults(const struct conf_heap *h, uint64_t size)
 	CHECK_INT(h->writers, CONF_WRITERS_MANY);
 	CHECK_INT(h->replicate, CONF_REPLICATE_NONE);
 	CHECK_INT(h->pin, false);
+	CHECK_INT(h->inodes, 0);
 	CHECK(h->image == NULL, "image %s", h->image);
 }
 
@@ -342,6 +343,103 @@ static void test_good(void)
 		h = find_heap(c, name);
 		CHECK(h, "no heap with a 255-byte name");
 		CHECK_INT(h ? h->size : 0, 2 * M);
+		conf_free(c);
+	}
+}
+
+/* inodes: a whole number; 0 derives the limit from the heap size, within bounds. */
+static void test_inodes(void)
+{
+	static const struct {
+		const char *size;
+		uint64_t want;
+	} derived[] = {
+		{ "4K", 1024 }, { "1M", 1024 }, { "8M", 1024 }, { "16M", 2048 },
+		{ "256M", 32768 }, { "1G", 131072 }, { "8G", 1048576 }, { "1024G", 1048576 },
+	};
+	const struct conf_heap *h;
+	struct conf_heap d;
+	struct conf *c;
+	char text[128];
+
+	c = EXPECT_OK("heap \"a\" { size = 1M  inodes = 5000 }\n"
+		      "heap \"b\" { inodes = 0 }\n"
+		      "heap \"c\" { size = 4K  inodes = 268435455 }\n"
+		      "heap \"d\" { inodes = 1 }\n");
+	h = find_heap(c, "a");
+	CHECK_INT(h ? h->inodes : 0, 5000);
+	CHECK_INT(h ? conf_heap_inodes(h) : 0, 5000); /* above the derived 1024: as asked */
+	h = find_heap(c, "b");
+	CHECK_INT(h ? h->inodes : 1, 0);
+	CHECK_INT(h ? conf_heap_inodes(h) : 0, 8192); /* default_heap_size 64M / 8K */
+	h = find_heap(c, "c");
+	CHECK_INT(h ? conf_heap_inodes(h) : 0, CONF_INODES_MAX);
+	h = find_heap(c, "d");
+	CHECK_INT(h ? conf_heap_inodes(h) : 0, 1);
+	conf_free(c);
+
+	for (unsigned k = 0; k < sizeof(derived) / sizeof(derived[0]); k++) {
+		snprintf(text, sizeof(text), "heap \"h\" { size = %s  min_block = 4K }\n",
+			 derived[k].size);
+		c = EXPECT_OK(text);
+		h = find_heap(c, "h");
+		CHECK(h && conf_heap_inodes(h) == derived[k].want, "size %s: %llu inodes, want %llu",
+		      derived[k].size, h ? (unsigned long long)conf_heap_inodes(h) : 0ull,
+		      (unsigned long long)derived[k].want);
+		conf_free(c);
+	}
+	CHECK_INT(conf_heap_defaults(NULL, "n", &d), 0);
+	CHECK_INT(d.inodes, 0);
+	CHECK_INT(conf_heap_inodes(&d), 8192);
+
+	EXPECT_ERRORS("heap \"a\" {\n  inodes = -1\n}\n",
+		      "heapfs: t.conf:2: heap \"a\": inodes = -1 is not a whole number "
+		      "(0 .. 268435455)\n");
+	EXPECT_ERRORS("heap \"a\" {\n  size = 1M\n  inodes = 268435456\n}\n",
+		      "heapfs: t.conf:3: heap \"a\": inodes = 268435456 is not a whole number "
+		      "(0 .. 268435455)\n");
+	EXPECT_ERRORS("heap \"a\" { inodes = 10K }\n",
+		      "heapfs: t.conf:1: heap \"a\": inodes = 10K is not a whole number "
+		      "(0 .. 268435455)\n");
+	EXPECT_ERRORS("heap \"a\" { inodes = many }\nheap \"b\" {\n inodes = 1.5\n}\n",
+		      "heapfs: t.conf:1: heap \"a\": inodes = many is not a whole number "
+		      "(0 .. 268435455)\n"
+		      "heapfs: t.conf:3: heap \"b\": inodes = 1.5 is not a whole number "
+		      "(0 .. 268435455)\n");
+	EXPECT_ERRORS("heap \"a\" { inodes = 99999999999999999999999 }\n",
+		      "heapfs: t.conf:1: heap \"a\": inodes = 99999999999999999999999 is not a "
+		      "whole number (0 .. 268435455)\n");
+	EXPECT_ERRORS("objects {\n  inodes = 10\n}\n",
+		      "heapfs: t.conf:2: unknown option 'inodes' in objects\n");
+}
+
+/* Heap names appear in JSON (jansson takes only UTF-8): anything else is refused. */
+static void test_utf8_names(void)
+{
+	static const char *const bad[] = {
+		"\xff\xfe", "a\x80", "\xc0\xaf" /* overlong '/' */, "\xe0\x80\xaf",
+		"\xed\xa0\x80" /* surrogate */, "\xe2\x82" /* cut short */,
+		"\xf4\x90\x80\x80" /* past U+10FFFF */, "\xf8\x88\x80\x80\x80",
+	};
+	static const char *const good[] = { "caf\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
+					     "\xef\xbf\xbf", "\xf4\x8f\xbf\xbf", "\x7f" };
+	struct conf_heap h;
+	char text[128], want[160];
+	struct conf *c;
+
+	for (unsigned k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+		CHECK(conf_check_heap_name(bad[k]) == -EINVAL, "bad name #%u accepted", k);
+		CHECK(conf_heap_defaults(NULL, bad[k], &h) == -EINVAL, "mkdir of bad #%u", k);
+		snprintf(text, sizeof(text), "\nheap \"%s\" { size = 1M }\n", bad[k]);
+		snprintf(want, sizeof(want), "heapfs: t.conf:2: heap \"%s\": a heap name must be "
+			 "valid UTF-8\n", bad[k]);
+		EXPECT_ERRORS(text, want);
+	}
+	for (unsigned k = 0; k < sizeof(good) / sizeof(good[0]); k++) {
+		CHECK(conf_check_heap_name(good[k]) == 0, "good name #%u refused", k);
+		snprintf(text, sizeof(text), "heap \"%s\" { size = 1M }\n", good[k]);
+		c = EXPECT_OK(text);
+		CHECK(find_heap(c, good[k]), "good name #%u: no heap", k);
 		conf_free(c);
 	}
 }
@@ -824,6 +922,8 @@ int main(void)
 	test_default();
 	test_good();
 	test_errors();
+	test_inodes();
+	test_utf8_names();
 	test_files();
 	test_parsers();
 	test_heap_defaults();
