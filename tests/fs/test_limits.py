@@ -358,7 +358,9 @@ def test_distinct_snapshots_are_bounded_by_the_budget(mount_factory):
         assert STATUS_BUDGET - sizes[-1] - 1024 < held <= STATUS_BUDGET, (held, len(fds))
         assert m.stats()["snapshot_bytes"] == held  # rendered before its own is charged
         grown = m.rss_kib() - rss0
-        assert grown * KIB < STATUS_BUDGET + 16 * MIB, f"RSS grew {grown} KiB"
+        # a sanitizer's quarantine and shadow memory are not the daemon's: the plain runs
+        # of the suite check the bound
+        assert m.sanitizer() or grown * KIB < STATUS_BUDGET + 16 * MIB, f"RSS grew {grown} KiB"
         # what was handed out is intact; other status files and the heap still work
         first, last = (json.loads(read_fd(fd)) for fd in (fds[0], fds[-1]))
         assert len(first["blocks"]) < len(last["blocks"])
@@ -400,7 +402,9 @@ def test_directory_listings_share_the_snapshot_budget(mount_factory):
         assert STATUS_BUDGET - 2 * 2000 * 253 < held <= STATUS_BUDGET, (held, len(its))
         assert m.stats()["snapshot_bytes"] == held
         grown = m.rss_kib() - rss0
-        assert grown * KIB < STATUS_BUDGET + 16 * MIB, f"RSS grew {grown} KiB"
+        # a sanitizer's quarantine and shadow memory are not the daemon's: the plain runs
+        # of the suite check the bound
+        assert m.sanitizer() or grown * KIB < STATUS_BUDGET + 16 * MIB, f"RSS grew {grown} KiB"
         # listings already handed out go on to the end, whole
         assert sorted([firsts[0]] + [e.name for e in its[0]]) == names
     finally:
