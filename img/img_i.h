@@ -47,6 +47,36 @@ static inline bool img_name_ok(const char *s, size_t len)
 	return !(s[0] == '.' && (len == 1 || (len == 2 && s[1] == '.')));
 }
 
+/* ---- the heap image stream: record shapes, shared by write.c and read.c ---- */
+
+/* The 16-byte record header, and the END record's payload. */
+struct img_rec_hdr { uint32_t type, flags; uint64_t len; };
+struct img_end { uint64_t nrecords, nbytes, checksum; };
+_Static_assert(sizeof(struct img_rec_hdr) == 16, "record header");
+_Static_assert(sizeof(struct img_end) == 24, "END payload");
+
+#define IMG_BUF_SIZE (1u << 20)     /* writer's and reader's buffer */
+#define IMG_DIRECT_MIN (64u << 10)  /* DATA bytes at least this long bypass the writer's buffer */
+
+/* A record's payload: its fixed part, then up to two variable tails.  Their lengths are
+ * read from u32 fields of the fixed part (len_at), or the tail is the rest of the
+ * payload (len_at == IMG_REST). */
+#define IMG_REST 0xff
+enum img_tail { IMG_T_NONE, IMG_T_NAME, IMG_T_XNAME, IMG_T_TARGET, IMG_T_VALUE, IMG_T_BYTES };
+struct img_shape {
+	uint32_t fixed;
+	uint8_t len_at[2];
+	uint8_t tail[2]; /* enum img_tail */
+};
+const struct img_shape *img_shape(uint32_t type); /* NULL: not a record type (nor END) */
+/* Tail lengths of a record of this type whose fixed part is fixed and payload paylen
+ * bytes; 0, or -EBADMSG with why when they do not add up or pass a limit. */
+int img_rec_layout(uint32_t type, const void *fixed, uint64_t paylen, uint32_t tl[2],
+		   char *why, size_t whylen);
+/* The tails' contents follow the rules of their kind (names, targets). */
+int img_rec_tails(uint32_t type, const char *const t[2], const uint32_t tl[2], char *why,
+		  size_t whylen);
+
 /* Put the reason in why (if any) and return -EBADMSG. */
 int img_refuse(char *why, size_t whylen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
