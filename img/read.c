@@ -2,7 +2,7 @@
  * read.c — the heap image stream reader (docs/IMAGE.md, "The heap image stream").
  *
  * How: one pass over the fd through a bounded buffer (1 MiB plus one largest non-DATA
- * record): img_r_next parses a record header and its fixed part, checks the type, the
+ * record), filled with reads of what the next record needs plus 64 KiB: img_r_next parses a record header and its fixed part, checks the type, the
  * lengths against rec.c's limits and the names, and hands back the record; a DATA
  * record's bytes are then copied by img_r_data straight into the caller's memory (what is
  * already buffered, then read() into the destination).  Every byte goes through the
@@ -23,6 +23,7 @@
 #include "img_i.h"
 
 #define R_CAP (IMG_BUF_SIZE + IMG_REC_MAX + 64)
+#define R_AHEAD (64u << 10) /* read-ahead beyond the bytes a record needs now */
 
 struct img_r {
 	int fd;
@@ -79,7 +80,11 @@ static int r_need(struct img_r *r, size_t n)
 		r->pos = 0;
 	}
 	while (r->end - r->pos < n) {
-		ssize_t got = r_read(r, r->buf + r->end, R_CAP - r->end);
+		/* a modest read past what is needed, so that most DATA bytes are left for
+		 * img_r_data to read straight into their destination */
+		size_t want = n - (r->end - r->pos) + R_AHEAD;
+		ssize_t got = r_read(r, r->buf + r->end,
+				     want < R_CAP - r->end ? want : R_CAP - r->end);
 
 		if (got < 0)
 			return (int)got;
