@@ -82,6 +82,14 @@ int img_rec_layout(uint32_t type, const void *fixed, uint64_t paylen, uint32_t t
 int img_rec_tails(uint32_t type, const char *const t[2], const uint32_t tl[2], char *why,
 		  size_t whylen);
 
+/* Every one of n bytes is zero (reserved fields, padding). */
+static inline bool img_zero(const void *p, size_t n)
+{
+	const unsigned char *c = p;
+
+	return n == 0 || (c[0] == 0 && !memcmp(c, c + 1, n - 1));
+}
+
 /* Put the reason in why (if any) and return -EBADMSG. */
 int img_refuse(char *why, size_t whylen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

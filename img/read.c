@@ -117,10 +117,11 @@ static int check_hdr(struct img_r *r, uint64_t expect)
 		return REFUSE(r, "unsupported image version %u (this reader knows %u)",
 			      h->version, IMG_VERSION);
 	if (h->hdr_size != sizeof(*h) || h->flags || h->layout > 1 ||
+	    !img_zero(h->reserved, sizeof(h->reserved)) ||
 	    !h->heap_size || h->heap_size & (h->heap_size - 1) ||
 	    h->min_order < IMG_SEG_MIN_ORDER || h->min_order > IMG_SEG_MAX_MIN_ORDER ||
 	    h->name_len > IMG_NAME_MAX || !img_name_ok(h->name, h->name_len) ||
-	    h->name[h->name_len])
+	    !img_zero(h->name + h->name_len, sizeof(h->name) - h->name_len))
 		return REFUSE(r, "bad image header (fields out of range)");
 	if (expect && h->heap_size != expect)
 		return REFUSE(r, "wrong size: the image holds a heap of %llu bytes, the heap "

@@ -165,7 +165,7 @@ int img_seg_put(void *base, const struct img_obj *o)
 	size_t len = strnlen(o->name, sizeof(o->name));
 	int i = find(base, o->name, len);
 
-	if (!img_name_ok(o->name, len) || o->order < sh->min_order || o->order > sh->seg_order ||
+	if (!img_name_ok(o->name, len) || o->order < sh->min_order || o->order >= sh->seg_order ||
 	    o->off & ((1ull << o->order) - 1) || o->off + (1ull << o->order) > sh->seg_size ||
 	    o->off < (1ull << sh->hdr_order) || o->size > 1ull << o->order)
 		return -EINVAL;
@@ -296,8 +296,9 @@ static int check_hdr(const struct img_seg_hdr *sh, uint64_t len, char *why, size
 	if (sh->hdr_size != sizeof(*sh) || sh->slot_size != SLOT_SIZE ||
 	    sh->min_order < IMG_SEG_MIN_ORDER || sh->min_order > IMG_SEG_MAX_MIN_ORDER ||
 	    sh->hdr_order != hdr_order_for(sh->min_order) || sh->seg_order > IMG_SEG_MAX_ORDER ||
-	    sh->seg_order <= sh->hdr_order || log2_exact(sh->seg_size) != sh->seg_order)
-		return img_refuse(why, wl, "bad segment header (sizes or orders out of range)");
+	    sh->seg_order <= sh->hdr_order || log2_exact(sh->seg_size) != sh->seg_order ||
+	    sh->pad || !img_zero(sh->reserved, sizeof(sh->reserved)))
+		return img_refuse(why, wl, "bad segment header (fields out of range)");
 	if (sh->map_order < sh->hdr_order || sh->map_order >= sh->seg_order ||
 	    sh->map_off & ((1ull << sh->map_order) - 1) || sh->map_off == 0 ||
 	    sh->map_off + (1ull << sh->map_order) > sh->seg_size ||
@@ -363,6 +364,10 @@ int img_seg_check(const void *base, uint64_t len, unsigned flags, char *why, siz
 	b[0] = (struct blk){ 0, 1ull << sh->hdr_order, "header" };
 	b[1] = (struct blk){ sh->map_off, sh->map_off + (1ull << sh->map_order), "map" };
 	for (uint32_t i = 0; i < sh->map_slots; i++) {
+		if (!s[i].used && !img_zero(&s[i], SLOT_SIZE)) {
+			ret = img_refuse(why, whylen, "map slot %u: unused but not zero", i);
+			goto out;
+		}
 		if (!s[i].used)
 			continue;
 		ret = check_slot(sh, &s[i], i, why, whylen);

@@ -206,6 +206,28 @@ static void t_map_full(void)
 	free(base);
 }
 
+/* map_grow refuses blocks that are not a free-able place for the map, changing nothing. */
+static void t_map_grow_refusals(void)
+{
+	unsigned char *base = calloc(1, SEG_SIZE), *copy = malloc(SEG_SIZE);
+	uint64_t oo = 7;
+	unsigned oord = 7;
+
+	T(base && copy);
+	TEQ(img_seg_format(base, SEG_SIZE, MIN_ORDER), 0);
+	memcpy(copy, base, SEG_SIZE);
+	TEQ(img_seg_map_grow(base, 8192 + 4096, 13, &oo, &oord), -EINVAL); /* misaligned */
+	TEQ(img_seg_map_grow(base, 0, 13, &oo, &oord), -EINVAL);           /* the header */
+	TEQ(img_seg_map_grow(base, SEG_SIZE, 13, &oo, &oord), -EINVAL);    /* outside */
+	TEQ(img_seg_map_grow(base, 0, SEG_ORDER, &oo, &oord), -EINVAL);    /* the whole */
+	TEQ(img_seg_map_grow(base, 4096, 12, &oo, &oord), -EINVAL);        /* not larger */
+	T(!memcmp(copy, base, SEG_SIZE));
+	TEQ(oo, 7);
+	TEQ(oord, 7);
+	free(copy);
+	free(base);
+}
+
 /* Every refusal of put: bad names, bad blocks; the segment is unchanged after each. */
 static void t_put_refusals(void)
 {
@@ -286,6 +308,15 @@ static void t_check_refusals(void)
 	h->map_off = 4096 + 64;
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "name map"));
 	FRESH();
+	h->min_order = 5;
+	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "bad segment header"));
+	FRESH();
+	h->reserved[47] = 1;
+	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "bad segment header"));
+	FRESH();
+	h->map_slots++;
+	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "name map"));
+	FRESH();
 	h->nobjects = 3;
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "counts 3 objects"));
 	/* one flipped bit anywhere: header, map, object bytes, free space */
@@ -330,6 +361,10 @@ static void t_check_refusals(void)
 	FRESH();
 	sl->used = 2;
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "bad used flag"));
+	FRESH();
+	sl->used = 0; /* a deleted slot must be all zero */
+	h->nobjects = 1;
+	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "unused but not zero"));
 #undef FRESH
 	free(bad);
 	seg_free(&s);
@@ -340,6 +375,7 @@ int main(void)
 	RUN(t_format);
 	RUN(t_round_trip);
 	RUN(t_map_full);
+	RUN(t_map_grow_refusals);
 	RUN(t_put_refusals);
 	RUN(t_check_refusals);
 	return tc_failed != 0;

@@ -325,6 +325,12 @@ static void t_refusals(void)
 	FRESH();
 	h->heap_size = 3 << 20;
 	T(refused_with(c, img_len, "bad image header"));
+	FRESH();
+	h->reserved[3] = 1;
+	T(refused_with(c, img_len, "bad image header"));
+	FRESH();
+	h->name[h->name_len + 1] = 'x'; /* past the name: padding */
+	T(refused_with(c, img_len, "bad image header"));
 	/* wrong size: the caller's heap is not the image's */
 	FRESH();
 	fd = fd_of(c, img_len);
@@ -354,6 +360,18 @@ static void t_refusals(void)
 	FRESH();
 	memcpy(c + bounds[3] + 16 + offsetof(struct img_link, name_len), &(uint32_t){ 4 }, 4);
 	T(refused_with(resealed(c), img_len, "payload of 27 bytes, its fields say 28"));
+	/* a LINK name of length 0 */
+	FRESH();
+	memcpy(c + bounds[3] + 16 + offsetof(struct img_link, name_len), &(uint32_t){ 0 }, 4);
+	T(refused_with(resealed(c), img_len, "LINK record: a length of 0 is out of range (1..255)"));
+	/* a NUL inside an xattr name (record 1 is XATTR "user.void") */
+	FRESH();
+	c[bounds[1] + 16 + sizeof(struct img_xattr) + 2] = 0;
+	T(refused_with(resealed(c), img_len, "XATTR record: invalid name"));
+	/* END of another length */
+	FRESH();
+	memcpy(c + bounds[nbounds - 1] + 8, &(uint64_t){ 16 }, 8);
+	T(refused_with(c, img_len, "END record of 16 bytes"));
 	/* END counts */
 	FRESH();
 	memcpy(c + img_len - 24, &(uint64_t){ 3 }, 8);
@@ -411,6 +429,18 @@ static void t_writer_refusals(void)
 	close(fd);
 }
 
+/* A read error is -errno, not a refusal. */
+static void t_read_error(void)
+{
+	int fd = open("/dev/null", O_WRONLY);
+	struct img_r *r = NULL;
+
+	T(fd >= 0);
+	TEQ(img_r_open(fd, 0, &r, why, sizeof(why)), -EBADF);
+	T(r == NULL);
+	close(fd);
+}
+
 /* A write error (a read-only fd) is reported and sticks. */
 static void t_write_error(void)
 {
@@ -439,6 +469,7 @@ int main(void)
 	RUN(t_refusals);
 	RUN(t_writer_refusals);
 	RUN(t_write_error);
+	RUN(t_read_error);
 	free(img);
 	free(big);
 	return tc_failed != 0;
