@@ -7,7 +7,8 @@
  * offset with the free space, `cat` writes one object's bytes.  A heap image (HEAPFSIM) is
  * read in one pass into a small model of the namespace — inodes by identity (uthash) and
  * the directory entries, with the change records applied — which is trusted only after
- * END verified; `ls` lists every path (a hard link under each of its names), `cat` finds
+ * END verified and every entry's path is found from the root (no loops, no orphaned
+ * directories); `ls` lists every path (a hard link under each of its names), `cat` finds
  * the path's inode, then reads the image a second time and writes that file's DATA (holes
  * as zeros).  Every refusal prints `heapfsctl: FILE: what is wrong` and fails (exit 1);
  * the file is only ever opened read-only.
@@ -469,7 +470,7 @@ static void print_heap(const json_t *j)
 static int heap_ls(struct model *m, json_t *j, const struct ctl_opts *o)
 {
 	json_t *files = json_array();
-	int ret = files ? all_paths(m) : -ENOMEM;
+	int ret = files ? 0 : -ENOMEM;
 
 	if (!ret && json_array_append_new(files, file_json(".", node_get(m, IMG_ROOT_ID))))
 		ret = -ENOMEM;
@@ -560,7 +561,10 @@ static int heap(const char *file, int fd, char **args, const struct ctl_opts *o)
 	struct node *n;
 	int ret = model_load(&m, fd, &j);
 
-	if (!ret && !args[2]) {
+	if (!ret && (ret = all_paths(&m))) { /* every entry reachable from the root */
+		json_decref(j);
+		ret = refused(&m, ret);
+	} else if (!ret && !args[2]) {
 		ret = heap_ls(&m, j, o);
 	} else if (!ret) {
 		json_decref(j);

@@ -323,3 +323,85 @@ def test_missing_file_and_usage(tmp_path, seg):
         r = run_ctl(*args)
         assert r.returncode == 2, args
         assert r.stdout == ""
+
+
+# ---- change records, and images that are well-formed but say impossible things -----------
+
+def raw_heap(tmp_path, records, noroot=False, name="raw"):
+    desc = {"name": "scratch", "size": 64 << 20, "min_block": 4096, "noroot": noroot,
+            "entries": records}
+    d = tmp_path / f"{name}.json"
+    d.write_text(json.dumps(desc))
+    out = tmp_path / f"{name}.img"
+    subprocess.run([str(IMG_MK), "heap", str(d), str(out)], check=True, timeout=60)
+    return out
+
+
+def inode(i, kind="file", mode=0o644, size=0):
+    return {"raw": "inode", "id": i, "kind": kind, "size": size,
+            "mode": mode | (0o40000 if kind == "dir" else 0o100000)}
+
+
+def link(parent, child, name):
+    return {"raw": "link", "parent": parent, "child": child, "name": name}
+
+
+def data(i, off, text):
+    return {"raw": "data", "id": i, "off": off, "text": text}
+
+
+def test_change_records_are_applied(tmp_path):
+    img = raw_heap(tmp_path, [
+        inode(2, size=11), link(1, 2, "a"), data(2, 0, "hello world"),
+        {"raw": "rename", "old_parent": 1, "old": "a", "new_parent": 1, "new": "b"},
+        {"raw": "truncate", "id": 2, "size": 5},
+        {"raw": "setattr", "id": 2, "mask": 1, "mode": 0o100600},
+        inode(3), link(1, 3, "c"), {"raw": "unlink", "parent": 1, "name": "c"},
+        inode(4, size=2), link(1, 4, "x"), data(4, 0, "xx"),
+        inode(5, size=3), link(1, 5, "y"), data(5, 0, "yyy"),
+        {"raw": "rename", "old_parent": 1, "old": "x", "new_parent": 1, "new": "y",
+         "flags": 2},                                     # RENAME_EXCHANGE
+        inode(6), link(1, 6, "gap"), data(6, 4, "tail"),  # a hole at [0, 4)
+        {"raw": "setattr", "id": 6, "mask": 8, "size": 10},
+    ])
+    files = {f["path"]: f for f in ctl_json(img)["files"]}
+    assert set(files) == {".", "b", "x", "y", "gap"}
+    assert files["b"]["size"] == 5 and files["b"]["mode"] == 0o100600
+    assert cat(img, "b").stdout == b"hello"
+    assert cat(img, "x").stdout == b"yyy" and cat(img, "y").stdout == b"xx"
+    assert cat(img, "gap").stdout == b"\0\0\0\0tail\0\0"
+
+
+BAD_MODELS = [
+    ("link to a missing inode", [link(1, 9, "a")], False,
+     "LINK to an inode the image does not have (inode 9)"),
+    ("link into a file", [inode(2), link(1, 2, "f"), inode(3), link(2, 3, "g")], False,
+     "LINK into a directory the image does not have (inode 2)"),
+    ("two entries of one name", [inode(2), link(1, 2, "a"), link(1, 2, "a")], False,
+     "two entries of the same name in one directory (inode 1)"),
+    ("unlink of nothing", [{"raw": "unlink", "parent": 1, "name": "a"}], False,
+     "UNLINK of an entry the image does not have (inode 1)"),
+    ("rename of nothing", [{"raw": "rename", "old_parent": 1, "old": "a", "new_parent": 1,
+                            "new": "b"}], False,
+     "RENAME of an entry the image does not have (inode 1)"),
+    ("data of a missing inode", [data(7, 0, "x")], False,
+     "a record for an inode the image does not have (inode 7)"),
+    ("no root", [], True, "no root directory (inode 1)"),
+    ("a directory loop", [inode(2, "dir"), inode(3, "dir"), link(2, 3, "b"), link(3, 2, "a")],
+     False, "a directory loop"),
+]
+
+
+@pytest.mark.parametrize("what,records,noroot,words", BAD_MODELS, ids=[b[0] for b in BAD_MODELS])
+def test_impossible_images_are_refused(tmp_path, what, records, noroot, words):
+    img = raw_heap(tmp_path, records, noroot)
+    refused(img, words, name="a")
+
+
+def test_cat_refuses_data_out_of_order(tmp_path):
+    img = raw_heap(tmp_path, [inode(2, size=14), link(1, 2, "f"), data(2, 10, "late"),
+                              data(2, 0, "early")])
+    assert ctl_json(img)["files"][1]["path"] == "f"  # the listing is fine
+    r = cat(img, "f")
+    assert r.returncode == 1
+    assert r.stderr.decode().endswith(": DATA records out of offset order (inode 2)\n")

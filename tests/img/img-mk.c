@@ -11,7 +11,12 @@
  *
  * Object blocks come from the real buddy allocator, the map grows as the daemon's will.
  * Heap entries get ids 2, 3, ... in order (the root is 1); a directory comes before what
- * it holds; "link" makes a hard link.  A pattern's byte i is (i * 7 + strlen(name)) % 251,
+ * it holds; "link" makes a hard link.  An entry {"raw": TYPE, ...} is written as that
+ * one record with the fields given (ids as numbers; to build change streams and images
+ * that are well-formed but say impossible things): inode {id, kind, mode}, link {parent,
+ * child, name}, unlink {parent, name}, rename {old_parent, old, new_parent, new, flags},
+ * (inode also takes size) data {id, off, text}, truncate {id, size}, setattr {id, mask, mode, size};
+ * "noroot": true leaves the root's INODE out.  A pattern's byte i is (i * 7 + strlen(name)) % 251,
  * the name being the object's name or the entry's path.  Exit 0, or 1 with a message.
  * Single-threaded.
  */
@@ -116,14 +121,59 @@ out:
 	return ret;
 }
 
+static uint64_t num(const json_t *e, const char *key)
+{
+	return (uint64_t)json_integer_value(json_object_get(e, key));
+}
+
+static const char *str(const json_t *e, const char *key)
+{
+	const char *s = json_string_value(json_object_get(e, key));
+
+	return s ? s : "";
+}
+
+static uint32_t kind_of(const char *kind)
+{
+	return !strcmp(kind, "dir") ? IMG_K_DIR : !strcmp(kind, "symlink") ? IMG_K_LNK : IMG_K_REG;
+}
+
 /* The id of path among the entries made so far (index + 2), or the root for "". */
 static uint64_t id_of(const json_t *entries, size_t upto, const char *path)
 {
 	for (size_t i = 0; i < upto; i++)
-		if (!strcmp(json_string_value(json_object_get(json_array_get(entries, i), "path")),
-			    path))
+		if (!strcmp(str(json_array_get(entries, i), "path"), path))
 			return i + 2;
 	return IMG_ROOT_ID;
+}
+
+/* One record as described. */
+static int mk_raw(struct img_w *w, const json_t *e, const char *type)
+{
+	if (!strcmp(type, "inode")) {
+		struct img_inode in = { .id = num(e, "id"), .kind = kind_of(str(e, "kind")),
+					.mode = (uint32_t)num(e, "mode"), .nlink = 1,
+					.size = num(e, "size") };
+		return img_w_inode(w, &in);
+	}
+	if (!strcmp(type, "link"))
+		return img_w_link(w, num(e, "parent"), num(e, "child"), str(e, "name"));
+	if (!strcmp(type, "unlink"))
+		return img_w_unlink(w, num(e, "parent"), str(e, "name"));
+	if (!strcmp(type, "rename"))
+		return img_w_rename(w, num(e, "old_parent"), str(e, "old"), num(e, "new_parent"),
+				    str(e, "new"), (uint32_t)num(e, "flags"));
+	if (!strcmp(type, "data"))
+		return img_w_data(w, num(e, "id"), num(e, "off"), str(e, "text"),
+				  strlen(str(e, "text")));
+	if (!strcmp(type, "truncate"))
+		return img_w_truncate(w, num(e, "id"), num(e, "size"));
+	if (!strcmp(type, "setattr")) {
+		struct img_setattr sa = { .id = num(e, "id"), .mask = (uint32_t)num(e, "mask"),
+					  .mode = (uint32_t)num(e, "mode"), .size = num(e, "size") };
+		return img_w_setattr(w, &sa);
+	}
+	return -EINVAL;
 }
 
 static int mk_entry(struct img_w *w, const json_t *entries, size_t i)
@@ -132,20 +182,22 @@ static int mk_entry(struct img_w *w, const json_t *entries, size_t i)
 	const char *path = json_string_value(json_object_get(e, "path"));
 	const char *kind = json_string_value(json_object_get(e, "kind"));
 	const char *link = json_string_value(json_object_get(e, "link"));
-	const char *slash = strrchr(path, '/'), *x;
+	const char *raw = json_string_value(json_object_get(e, "raw"));
+	const char *slash = path ? strrchr(path, '/') : NULL, *x;
 	char parent[4096] = "";
 	struct img_inode in = { .id = i + 2, .nlink = 1, .mtime_ns = 1700000000000000000ll };
 	unsigned char *data = NULL;
 	size_t len = 0;
 	int ret;
 
+	if (raw)
+		return mk_raw(w, e, raw);
 	if (slash)
 		snprintf(parent, sizeof(parent), "%.*s", (int)(slash - path), path);
 	if (link)
 		return img_w_link(w, id_of(entries, i, parent), id_of(entries, i, link),
 				  slash ? slash + 1 : path);
-	in.kind = !strcmp(kind, "dir") ? IMG_K_DIR : !strcmp(kind, "symlink") ? IMG_K_LNK
-										 : IMG_K_REG;
+	in.kind = kind_of(kind);
 	in.mode = (uint32_t)json_integer_value(json_object_get(e, "mode")) |
 		  (in.kind == IMG_K_DIR ? 040000 : in.kind == IMG_K_LNK ? 0120000 : 0100000);
 	if (in.kind == IMG_K_REG && !(data = content(e, path, &len)))
@@ -181,7 +233,7 @@ static int mk_heap(const json_t *d, int fd)
 
 	snprintf(h.name, sizeof(h.name), "%s", json_string_value(json_object_get(d, "name")));
 	ret = img_w_open(fd, &h, &w);
-	if (!ret)
+	if (!ret && !json_is_true(json_object_get(d, "noroot")))
 		ret = img_w_inode(w, &root);
 	for (size_t i = 0; !ret && i < json_array_size(entries); i++)
 		ret = mk_entry(w, entries, i);
