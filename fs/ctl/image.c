@@ -582,6 +582,7 @@ int cmd_image(char **args, const struct ctl_opts *o)
 	const char *file = args[1];
 	char magic[8];
 	struct stat st;
+	ssize_t got;
 	int fd, ret;
 
 	if (!(!strcmp(args[0], "ls") && !args[2]) && !(!strcmp(args[0], "cat") && args[2])) {
@@ -595,7 +596,11 @@ int cmd_image(char **args, const struct ctl_opts *o)
 		goto out;
 	}
 	ret = -EBADMSG;
-	if (pread(fd, magic, sizeof(magic), 0) != (ssize_t)sizeof(magic))
+	got = pread(fd, magic, sizeof(magic), 0);
+	if (got < 0) {
+		ret = -errno;
+		err_msg("%s: %s", file, strerror(-ret));
+	} else if (got != (ssize_t)sizeof(magic))
 		err_msg("%s: truncated: %lld bytes, not a heapfs image", file, (long long)st.st_size);
 	else if (!memcmp(magic, IMG_SEG_MAGIC, 8))
 		ret = segment(file, fd, (uint64_t)st.st_size, args, o);

@@ -318,6 +318,12 @@ def test_missing_file_and_usage(tmp_path, seg):
     r = run_ctl("image", "ls", tmp_path / "none.img")
     assert r.returncode == 1
     assert r.stderr == f"heapfsctl: {tmp_path / 'none.img'}: No such file or directory\n"
+    r = run_ctl("image", "ls", tmp_path)
+    assert r.returncode == 1 and r.stderr == f"heapfsctl: {tmp_path}: Is a directory\n"
+    (tmp_path / "short.img").write_bytes(b"HEAP")
+    r = run_ctl("image", "ls", tmp_path / "short.img")
+    assert r.returncode == 1
+    assert r.stderr == f"heapfsctl: {tmp_path / 'short.img'}: truncated: 4 bytes, not a heapfs image\n"
     for args in (("image",), ("image", "ls"), ("image", "foo", seg), ("image", "cat", seg),
                  ("image", "ls", seg, "extra"), ("image", "cat", seg, "a", "b")):
         r = run_ctl(*args)
