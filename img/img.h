@@ -16,6 +16,8 @@
  *    with an XXH3-64 checksum of every byte before it.  Written in one streaming pass
  *    through a 1 MiB buffer; read in one pass with a bounded buffer.
  *
+ * 3. Saving either kind atomically (img_save_*): temporary file, fsync, rename.
+ *
  * Integers on disk are little-endian; the structs below are the on-disk layouts and this
  * code assumes a little-endian host (checked at compile time).  Every function returns 0
  * (or a non-negative value) or -errno; a reader's refusal is -EBADMSG with the reason in
@@ -30,6 +32,22 @@
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "img/: the on-disk structs are little-endian and used as is"
+/* ---- 3. saving atomically ---------------------------------------------------------- */
+
+/* An image is written to a temporary file beside PATH (PATH.XXXXXX, mode 0600) and only
+ * replaces PATH when complete: commit fsyncs it, renames it over PATH and fsyncs the
+ * directory, so a crash leaves the old image or the new one, never a mix. */
+struct img_save {
+	int fd;         /* write the image here */
+	const char *path;
+	char *tmp;      /* the temporary file's name */
+};
+int img_save_open(const char *path, struct img_save *s);
+/* 0, or -errno with the temporary file removed and PATH untouched.  Closes fd either way. */
+int img_save_commit(struct img_save *s);
+/* Give up: close and remove the temporary file. */
+void img_save_abort(struct img_save *s);
+
 #endif
 
 #define IMG_NAME_MAX 255 /* object and file names, xattr names */
@@ -214,5 +232,21 @@ int img_r_next(struct img_r *r, struct img_rec *rec);
 /* The current DATA record's bytes into dst (data_len bytes; dst NULL skips them). */
 int img_r_data(struct img_r *r, void *dst);
 void img_r_free(struct img_r *r);
+
+/* ---- 3. saving atomically ---------------------------------------------------------- */
+
+/* An image is written to a temporary file beside PATH (PATH.XXXXXX, mode 0600) and only
+ * replaces PATH when complete: commit fsyncs it, renames it over PATH and fsyncs the
+ * directory, so a crash leaves the old image or the new one, never a mix. */
+struct img_save {
+	int fd;         /* write the image here */
+	const char *path;
+	char *tmp;      /* the temporary file's name */
+};
+int img_save_open(const char *path, struct img_save *s);
+/* 0, or -errno with the temporary file removed and PATH untouched.  Closes fd either way. */
+int img_save_commit(struct img_save *s);
+/* Give up: close and remove the temporary file. */
+void img_save_abort(struct img_save *s);
 
 #endif
