@@ -32,22 +32,6 @@
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "img/: the on-disk structs are little-endian and used as is"
-/* ---- 3. saving atomically ---------------------------------------------------------- */
-
-/* An image is written to a temporary file beside PATH (PATH.XXXXXX, mode 0600) and only
- * replaces PATH when complete: commit fsyncs it, renames it over PATH and fsyncs the
- * directory, so a crash leaves the old image or the new one, never a mix. */
-struct img_save {
-	int fd;         /* write the image here */
-	const char *path;
-	char *tmp;      /* the temporary file's name */
-};
-int img_save_open(const char *path, struct img_save *s);
-/* 0, or -errno with the temporary file removed and PATH untouched.  Closes fd either way. */
-int img_save_commit(struct img_save *s);
-/* Give up: close and remove the temporary file. */
-void img_save_abort(struct img_save *s);
-
 #endif
 
 #define IMG_NAME_MAX 255 /* object and file names, xattr names */
