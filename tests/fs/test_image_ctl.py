@@ -5,9 +5,10 @@ Until the daemon writes images, the test-only program $IMG_MK (tests/img/img-mk.
 a sample object segment and a sample heap image from a JSON description.  Checked: the
 listings (table and JSON), the bytes `cat` prints, and that a truncated, bit-flipped,
 wrong-version or bad-magic copy makes heapfsctl exit 1 with `heapfsctl: FILE: what is
-wrong` and leaves the file as it was; usage errors exit 2.  A small reader written from
-docs/IMAGE.md alone (struct, and XXH3 through ctypes from libxxhash) parses the segment and
-must agree with `image ls --json`: the document is enough for another language.
+wrong` and leaves the file as it was; usage errors exit 2.  Small readers written from
+docs/IMAGE.md alone (struct, and XXH3 through ctypes from libxxhash) parse the segment and
+the heap image, verify their checksums and must agree with `image ls --json` and `image
+cat`: the document is enough for another language.
 """
 import ctypes
 import ctypes.util
@@ -121,6 +122,72 @@ def test_python_reader_agrees_with_ls_json(seg):
     keep = ("name", "offset", "size", "order", "block", "id", "mode")
     assert mine["objects"] == [{k: o[k] for k in keep} for o in theirs["objects"]]
     assert mine["map"]["slots"] >= len(SEG_DESC["objects"]) > 12  # the map grew
+
+
+HEAP_HDR = struct.Struct("<8sIIQIIII24s256s")      # 320 bytes
+INODE = struct.Struct("<QIIIIQIIQqqq")             # 72 bytes
+KINDS = {1: "file", 2: "dir", 3: "symlink", 4: "special"}
+
+
+def read_heap_image(data):
+    """Whole-heap records only (INODE, LINK, DATA, SYMLINK, XATTR), as docs/IMAGE.md says."""
+    magic, version, hdr_size, heap_size, min_order, layout, _flags, name_len, _r, name = \
+        HEAP_HDR.unpack_from(data, 0)
+    assert (magic, version, hdr_size) == (b"HEAPFSIM", 1, 320)
+    inodes, links, content, targets, xattrs, at, count = {}, [], {}, {}, {}, 320, 0
+    while True:
+        rtype, flags, length = struct.unpack_from("<IIQ", data, at)
+        body = data[at + 16:at + 16 + length]
+        assert flags == 0
+        if rtype == 0xFFFF:
+            nrecords, nbytes, checksum = struct.unpack("<QQQ", body)
+            assert (nrecords, nbytes) == (count, at)
+            assert xxh3_64(data[:at + 16 + 16]) == checksum
+            assert at + 16 + 24 == len(data)
+            break
+        if rtype == 1:
+            ident, kind, mode, _uid, _gid, _rdev, _nl, _pad, size, *_t = INODE.unpack(body)
+            inodes[ident] = {"id": ident, "kind": KINDS[kind], "mode": mode, "size": size}
+        elif rtype == 2:
+            parent, child, nlen, _pad = struct.unpack_from("<QQII", body)
+            links.append((parent, child, body[24:24 + nlen].decode()))
+        elif rtype == 3:
+            ident, off = struct.unpack_from("<QQ", body)
+            buf = content.setdefault(ident, bytearray())
+            buf[len(buf):] = bytes(off - len(buf)) + body[16:]
+        elif rtype == 4:
+            targets[struct.unpack_from("<Q", body)[0]] = body[8:].decode()
+        elif rtype == 5:
+            ident, nlen, vlen = struct.unpack_from("<QII", body)
+            xattrs.setdefault(ident, {})[body[16:16 + nlen].decode()] = \
+                body[16 + nlen:16 + nlen + vlen]
+        at += 16 + length
+        count += 1
+    up = {child: (parent, name) for parent, child, name in links}
+
+    def path(parent, name):
+        return name if parent == 1 else path(*up[parent]) + "/" + name
+    files = {".": inodes[1]} | {path(p, n): inodes[c] for p, c, n in links}
+    return {"name": name[:name_len].decode(), "heap_size": heap_size,
+            "min_block": 1 << min_order, "layout": ["extents", "contiguous"][layout],
+            "files": files, "content": content, "targets": targets, "xattrs": xattrs}
+
+
+def test_python_reader_agrees_on_heap_images(heap):
+    mine = read_heap_image(heap.read_bytes())
+    theirs = ctl_json(heap)
+    for k in ("name", "heap_size", "min_block", "layout"):
+        assert mine[k] == theirs[k], k
+    assert set(mine["files"]) == {f["path"] for f in theirs["files"]}
+    for f in theirs["files"]:
+        m = mine["files"][f["path"]]
+        assert (m["id"], m["kind"], m["mode"], m["size"]) == \
+            (f["id"], f["kind"], f["mode"], f["size"])
+        if f["kind"] == "file":
+            assert bytes(mine["content"].get(f["id"], b"")) == cat(heap, f["path"]).stdout
+        if f["kind"] == "symlink":
+            assert mine["targets"][f["id"]] == f["target"]
+    assert mine["xattrs"][mine["files"]["sub/a.txt"]["id"]] == {"user.k": b"v"}
 
 
 # ---- object segments ---------------------------------------------------------------------
