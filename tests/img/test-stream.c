@@ -411,6 +411,20 @@ static void t_writer_refusals(void)
 	TEQ(img_w_unlink(w, 1, "."), -EINVAL);
 	TEQ(img_w_rename(w, 1, "ok", 1, "no/", 0), -EINVAL);
 	TEQ(img_w_symlink(w, 1, ""), -EINVAL);
+	{
+		char *target = malloc(IMG_SYMLINK_MAX + 2);
+
+		T(target);
+		memset(target, 't', IMG_SYMLINK_MAX + 1);
+		target[IMG_SYMLINK_MAX + 1] = 0;
+		TEQ(img_w_symlink(w, 1, target), -EINVAL); /* 4096 bytes */
+		target[IMG_SYMLINK_MAX] = 0;
+		TEQ(img_w_symlink(w, 1, target), 0);       /* 4095: the longest */
+		free(target);
+	}
+	TEQ(img_w_xattr(w, 1, longname, "v", 1), -EINVAL);
+	TEQ(img_w_removexattr(w, 1, ""), -EINVAL);
+	TEQ(img_w_rename(w, 1, "..", 1, "ok", 0), -EINVAL);
 	TEQ(img_w_xattr(w, 1, "", "v", 1), -EINVAL);
 	TEQ(img_w_xattr(w, 1, "user.big", big, IMG_XATTR_MAX + 1), -EINVAL);
 	TEQ(img_w_link(w, 1, 2, "fine"), 0);
@@ -421,10 +435,11 @@ static void t_writer_refusals(void)
 	TEQ(img_r_open(fd, 0, &r, why, sizeof(why)), 0);
 	while (img_r_next(r, &rec) == 1) {
 		n++;
-		T(rec.type == IMG_LINK && !strcmp(rec.s1, "fine"));
+		T((rec.type == IMG_SYMLINK && strlen(rec.s1) == IMG_SYMLINK_MAX) ||
+		  (rec.type == IMG_LINK && !strcmp(rec.s1, "fine")));
 	}
 	TEQ(img_r_next(r, &rec), 0); /* END verified: none of the refused bytes went out */
-	TEQ(n, 1);
+	TEQ(n, 2);
 	img_r_free(r);
 	close(fd);
 }
