@@ -208,10 +208,13 @@ int img_w_removexattr(struct img_w *w, uint64_t id, const char *name);
 int img_w_finish(struct img_w *w);
 void img_w_free(struct img_w *w);
 
-/* Reader: expect_size 0 accepts any heap size, else a different one is refused. */
+/* Reader: expect_size 0 accepts any heap size, else a different one is refused.  why
+ * (whylen bytes, the caller's, kept for the reader's life) receives every refusal. */
 int img_r_open(int fd, uint64_t expect_size, struct img_r **out, char *why, size_t whylen);
 const struct img_hdr *img_r_hdr(const struct img_r *r);
-/* 1 and *rec, 0 after a verified END, -EBADMSG (why) / -EIO. */
+/* 1 and *rec; 0 after a verified END; -EBADMSG (the reason in why) or -errno of read().
+ * Nothing read is to be trusted before the 0: a restore builds into a fresh heap and
+ * discards it on an error. */
 int img_r_next(struct img_r *r, struct img_rec *rec);
 /* The current DATA record's bytes into dst (data_len bytes; dst NULL skips them). */
 int img_r_data(struct img_r *r, void *dst);
