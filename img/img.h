@@ -236,4 +236,14 @@ int img_save_commit(struct img_save *s);
 /* Give up: close and remove the temporary file. */
 void img_save_abort(struct img_save *s);
 
+/* The object segment as a file (objects { image = PATH }): seal base[0, size) and save it
+ * atomically to path. */
+int img_seg_save(void *base, const char *path);
+/* Read the segment image in fd into base (size bytes: the configured objects.size) and
+ * check it whole, including that its size and min_order are the configured ones.  0, or
+ * -EBADMSG with why ("wrong size", ...) / -errno; on an error base holds no segment (its
+ * header is zeroed), so nothing of a bad image is ever used. */
+int img_seg_load(int fd, void *base, uint64_t size, unsigned min_order, char *why,
+		 size_t whylen);
+
 #endif

@@ -28,8 +28,7 @@ struct img_w {
 	XXH3_state_t st;
 };
 
-/* Write every byte of iov[0..n); the iovecs are consumed. */
-static int writev_all(int fd, struct iovec *iov, int n)
+int img_writev_all(int fd, struct iovec *iov, int n)
 {
 	while (n) {
 		ssize_t got = writev(fd, iov, n);
@@ -56,7 +55,7 @@ static int writev_all(int fd, struct iovec *iov, int n)
 static int w_flush(struct img_w *w, const void *p, size_t n)
 {
 	struct iovec iov[2] = { { w->buf, w->len }, { (void *)p, n } };
-	int ret = w->err ? w->err : writev_all(w->fd, iov, n ? 2 : 1);
+	int ret = w->err ? w->err : img_writev_all(w->fd, iov, n ? 2 : 1);
 
 	w->len = 0;
 	if (ret)

@@ -3,14 +3,17 @@
  * allocator handing out the blocks the way the daemon will: format, put/lookup/del, map
  * growth, seal/check round trips, the allocator state rebuilt from the segment alone
  * (buddy_alloc_at of every listed block), and every refusal of img_seg_check and
- * img_seg_put — each checked to leave the segment's bytes unchanged.
+ * img_seg_put — each checked to leave the segment's bytes unchanged; saving to and loading
+ * from a file (img_seg_save/load) with its refusals.
  * Single-threaded.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "img.h"
 #include "img_i.h"
@@ -370,6 +373,78 @@ static void t_check_refusals(void)
 	seg_free(&s);
 }
 
+/* Load path into a fresh buffer: the result, and the header zeroed after a refusal. */
+static int load(const char *path, unsigned min_order, unsigned char *into)
+{
+	int fd = open(path, O_RDONLY), ret;
+
+	if (fd < 0)
+		return -errno;
+	memset(into, 0xab, SEG_SIZE);
+	ret = img_seg_load(fd, into, SEG_SIZE, min_order, why, sizeof(why));
+	close(fd);
+	if (ret && memcmp(into, (unsigned char[128]){ 0 }, 128))
+		return -EDOM;
+	return ret;
+}
+
+static void t_file(void)
+{
+	char dir[] = "/tmp/img-seg-XXXXXX", path[64], other[64];
+	unsigned char *in = malloc(SEG_SIZE), *file = malloc(SEG_SIZE + 4096);
+	struct seg s = { 0 };
+	struct img_obj o;
+	int fd;
+
+	T(in && file && mkdtemp(dir) && seg_new(&s) == 0);
+	snprintf(path, sizeof(path), "%s/objects.img", dir);
+	snprintf(other, sizeof(other), "%s/bad.img", dir);
+	TEQ(seg_add(&s, "alpha", 1000), 0);
+	TEQ(seg_add(&s, "beta", 100000), 0);
+	TEQ(img_seg_save(s.base, path), 0);
+	TEQ(load(path, MIN_ORDER, in), 0);
+	T(!memcmp(in, s.base, SEG_SIZE));
+	TEQ(img_seg_lookup(in, "beta", &o), 0);
+	TEQ(o.size, 100000);
+	/* refusals; the image file is only read */
+	fd = open(path, O_RDONLY);
+	T(fd >= 0 && read(fd, file, SEG_SIZE) == (ssize_t)SEG_SIZE);
+	close(fd);
+	TEQ(load(path, MIN_ORDER + 1, in), -EBADMSG);
+	T(strstr(why, "min_block of the image is 64, the segment's is 128"));
+#define BAD(len) do {                                                             \
+		fd = open(other, O_WRONLY | O_CREAT | O_TRUNC, 0600);            \
+		T(fd >= 0 && write(fd, file, len) == (ssize_t)(len) && !close(fd)); \
+	} while (0)
+	BAD(SEG_SIZE / 2);
+	TEQ(load(other, MIN_ORDER, in), -EBADMSG);
+	T(strstr(why, "wrong size: the image is 524288 bytes, the segment is 1048576"));
+	memset(file + SEG_SIZE, 0, 4096);
+	BAD(SEG_SIZE + 4096);
+	TEQ(load(other, MIN_ORDER, in), -EBADMSG);
+	T(strstr(why, "wrong size"));
+	file[SEG_SIZE - 1] ^= 1;
+	BAD(SEG_SIZE);
+	TEQ(load(other, MIN_ORDER, in), -EBADMSG);
+	T(strstr(why, "checksum mismatch"));
+#undef BAD
+	fd = open(path, O_RDONLY);
+	T(fd >= 0 && read(fd, in, SEG_SIZE) == (ssize_t)SEG_SIZE);
+	close(fd);
+	file[SEG_SIZE - 1] ^= 1;
+	T(!memcmp(in, file, SEG_SIZE)); /* the saved image is as it was */
+	snprintf(other, sizeof(other), "%s/none/x.img", dir);
+	TEQ(img_seg_save(s.base, other), -ENOENT);
+	TEQ(load(other, MIN_ORDER, in), -ENOENT);
+	snprintf(other, sizeof(other), "%s/bad.img", dir);
+	unlink(other);
+	unlink(path);
+	rmdir(dir);
+	free(in);
+	free(file);
+	seg_free(&s);
+}
+
 int main(void)
 {
 	RUN(t_format);
@@ -378,5 +453,6 @@ int main(void)
 	RUN(t_map_grow_refusals);
 	RUN(t_put_refusals);
 	RUN(t_check_refusals);
+	RUN(t_file);
 	return tc_failed != 0;
 }
