@@ -4,7 +4,8 @@ BUILD   ?= build
 MNT     ?= $(CURDIR)/mnt
 PYTHON  := /usr/bin/python3
 PKGS    := gcc libc6-dev make libfuse3-dev fuse3 libconfuse-dev libjansson-dev libjemalloc-dev liburing-dev \
-           meson ninja-build pkg-config python3-pytest fio attr psmisc procps uthash-dev
+           meson ninja-build pkg-config python3-pytest fio attr psmisc procps uthash-dev \
+           libxxhash-dev
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all build deps setup test bench run stop clean
@@ -28,6 +29,7 @@ test: build
 
 bench: build
 	$(BUILD)/tests/bench/alloc-bench --threads 1,2 --seconds 2
+	$(BUILD)/tests/bench/img-bench
 	$(PYTHON) tests/bench/fsbench.py --heapfs $(BUILD)/fs/heapfs
 	@echo "--- the same small-request jobs with the experimental -o io_uring transport:"
 	$(PYTHON) tests/bench/fsbench.py --heapfs $(BUILD)/fs/heapfs --heapfs-opts io_uring --only rand,files

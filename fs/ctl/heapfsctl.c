@@ -11,8 +11,10 @@
  * the SVG form draws every buddy block as a rectangle (split at row ends), coloured by
  * order, saturated when used and pale when free, so fragmentation shows at a glance.
  *
- * Exit status: 0 ok, 1 operation failed (not a heapfs mount, heap not found, I/O error),
- * 2 usage error.  Internal functions return 0 or -errno and report errors (once, where
+ * `image ls|cat FILE` reads image files with no daemon (image.c, through img/).
+ *
+ * Exit status: 0 ok, 1 operation failed (not a heapfs mount, heap not found, I/O error,
+ * a corrupt image), 2 usage error.  Internal functions return 0 or -errno and report errors (once, where
  * they are understood) through err_msg(); main() maps results to exit codes.
  * Single-threaded, no locking.
  */
@@ -31,20 +33,13 @@
 
 #include <jansson.h>
 
+#include "ctl_i.h"
+
 #ifndef HEAPFS_VERSION
 #define HEAPFS_VERSION "unknown"
 #endif
 
-#define EXIT_FAILED 1
-#define EXIT_USAGE 2
-
-struct ctl_opts {
-	bool json;
-	const char *svg; /* map: write an SVG picture here ("-" = stdout) */
-};
-
-static void err_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void err_msg(const char *fmt, ...)
+void err_msg(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -66,8 +61,11 @@ static void usage(FILE *out)
 	      "                            the heap's blocks by offset (text), or a picture (SVG)\n"
 	      "  donors MOUNT              donor processes of the pool\n"
 	      "  partner MOUNT             replication state\n"
-	      "  image ls FILE, image cat FILE NAME, save MOUNT HEAP FILE,\n"
-	      "  promote MOUNT [HEAP], verify MOUNT [HEAP]   (not available yet)\n"
+	      "  image ls FILE             what an image file holds (object segment: names,\n"
+	      "                            offsets, sizes, free space; heap image: paths)\n"
+	      "  image cat FILE NAME       one object's bytes, or one file's (path in the heap)\n"
+	      "  save MOUNT HEAP FILE, promote MOUNT [HEAP], verify MOUNT [HEAP]\n"
+	      "                            (not available yet)\n"
 	      "\n"
 	      "options:\n"
 	      "  --json        print JSON instead of tables (anywhere on the line)\n"
@@ -241,7 +239,7 @@ static const char *jstr(const json_t *o, const char *key, const char *dflt)
 
 /* Binary size: exact multiples as "4K"/"256M", others with one decimal ("1.5M"); "?" for
  * negative (absent) values.  Returns buf. */
-static const char *fmt_size(int64_t v, char *buf, size_t len)
+const char *fmt_size(int64_t v, char *buf, size_t len)
 {
 	static const char units[] = "KMGTPE";
 	double d = (double)v;
@@ -429,7 +427,7 @@ static void print_all_stats(const json_t *stats)
 }
 
 /* Print j as JSON (--json) or with the human printer; takes the reference to j. */
-static int show(json_t *j, const struct ctl_opts *o, void (*human)(const json_t *))
+int show(json_t *j, const struct ctl_opts *o, void (*human)(const json_t *))
 {
 	int ret = 0;
 
@@ -872,13 +870,14 @@ static int cmd_partner(char **args, const struct ctl_opts *o)
 struct command {
 	const char *name;
 	int min_args, max_args; /* after the command name */
-	int (*fn)(char **args, const struct ctl_opts *o); /* NULL: not available yet */
+	/* 0, -errno (exit 1) or EXIT_USAGE; NULL: not available yet */
+	int (*fn)(char **args, const struct ctl_opts *o);
 };
 
 static const struct command commands[] = {
 	{ "status", 1, 1, cmd_status },   { "stats", 1, 2, cmd_stats },
 	{ "map", 2, 2, cmd_map },         { "donors", 1, 1, cmd_donors },
-	{ "partner", 1, 1, cmd_partner }, { "image", 2, 3, NULL },
+	{ "partner", 1, 1, cmd_partner }, { "image", 2, 3, cmd_image },
 	{ "save", 3, 3, NULL },           { "promote", 1, 2, NULL },
 	{ "verify", 1, 2, NULL },
 };
@@ -893,7 +892,7 @@ int main(int argc, char **argv)
 	struct ctl_opts o = { 0 };
 	const struct command *c = NULL;
 	char *args[4] = { NULL };
-	int opt, nargs, i;
+	int opt, nargs, i, ret;
 
 	while ((opt = getopt_long(argc, argv, "hV", longopts, NULL)) != -1) {
 		switch (opt) {
@@ -932,5 +931,6 @@ int main(int argc, char **argv)
 	}
 	for (i = 0; i < nargs; i++)
 		args[i] = argv[optind + 1 + i];
-	return c->fn(args, &o) ? EXIT_FAILED : 0;
+	ret = c->fn(args, &o);
+	return ret == EXIT_USAGE ? EXIT_USAGE : ret ? EXIT_FAILED : 0;
 }

@@ -47,9 +47,9 @@ def test_not_heapfs_and_missing_heap(mount, tmp_path):
     assert r.returncode == 1
 
 
-def test_later_commands_say_not_available(mount, tmp_path):
-    for args in (["image", "ls", tmp_path / "img"], ["save", mount.path, "scratch", "f"],
-                 ["promote", mount.path], ["verify", mount.path]):
+def test_later_commands_say_not_available(mount):
+    for args in (["save", mount.path, "scratch", "f"], ["promote", mount.path],
+                 ["verify", mount.path]):
         r = run_ctl(*args)
         assert r.returncode == 1
         assert r.stderr.strip() == f"heapfsctl: {args[0]}: not available yet"

@@ -1,0 +1,118 @@
+/*
+ * rec.c — the record set of the heap image stream (docs/IMAGE.md, "Records"): each
+ * type's payload shape (fixed part, variable tails and where their lengths are) and the
+ * limits a reader enforces.  The writer validates what it writes with the same rules, so
+ * it cannot produce a stream the reader refuses.  Pure functions; no locking.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "img_i.h"
+
+#define NOTAIL { 0, 0 }, { IMG_T_NONE, IMG_T_NONE }
+
+static const struct img_shape shapes[IMG_NTYPES] = {
+	[IMG_INODE] = { sizeof(struct img_inode), NOTAIL },
+	[IMG_LINK] = { sizeof(struct img_link), { offsetof(struct img_link, name_len), 0 },
+		       { IMG_T_NAME, IMG_T_NONE } },
+	[IMG_DATA] = { sizeof(struct img_data), { IMG_REST, 0 }, { IMG_T_BYTES, IMG_T_NONE } },
+	[IMG_SYMLINK] = { sizeof(struct img_symlink), { IMG_REST, 0 },
+			  { IMG_T_TARGET, IMG_T_NONE } },
+	[IMG_XATTR] = { sizeof(struct img_xattr),
+			{ offsetof(struct img_xattr, name_len), offsetof(struct img_xattr, value_len) },
+			{ IMG_T_XNAME, IMG_T_VALUE } },
+	[IMG_TRUNCATE] = { sizeof(struct img_truncate), NOTAIL },
+	[IMG_RENAME] = { sizeof(struct img_rename),
+			 { offsetof(struct img_rename, old_len), offsetof(struct img_rename, new_len) },
+			 { IMG_T_NAME, IMG_T_NAME } },
+	[IMG_UNLINK] = { sizeof(struct img_unlink), { offsetof(struct img_unlink, name_len), 0 },
+			 { IMG_T_NAME, IMG_T_NONE } },
+	[IMG_SETATTR] = { sizeof(struct img_setattr), NOTAIL },
+	[IMG_REMOVEXATTR] = { sizeof(struct img_removexattr),
+			      { offsetof(struct img_removexattr, name_len), 0 },
+			      { IMG_T_XNAME, IMG_T_NONE } },
+};
+
+_Static_assert(sizeof(struct img_hdr) == 320, "stream header");
+_Static_assert(sizeof(struct img_inode) == 72, "INODE");
+_Static_assert(sizeof(struct img_link) == 24, "LINK");
+_Static_assert(sizeof(struct img_data) == 16, "DATA");
+_Static_assert(sizeof(struct img_xattr) == 16, "XATTR");
+_Static_assert(sizeof(struct img_rename) == 32, "RENAME");
+_Static_assert(sizeof(struct img_unlink) == 16, "UNLINK");
+_Static_assert(sizeof(struct img_setattr) == 56, "SETATTR");
+_Static_assert(sizeof(struct img_removexattr) == 16, "REMOVEXATTR");
+
+const struct img_shape *img_shape(uint32_t type)
+{
+	return type && type < IMG_NTYPES ? &shapes[type] : NULL;
+}
+
+static const char *const type_names[IMG_NTYPES] = {
+	[IMG_INODE] = "INODE", [IMG_LINK] = "LINK", [IMG_DATA] = "DATA",
+	[IMG_SYMLINK] = "SYMLINK", [IMG_XATTR] = "XATTR", [IMG_TRUNCATE] = "TRUNCATE",
+	[IMG_RENAME] = "RENAME", [IMG_UNLINK] = "UNLINK", [IMG_SETATTR] = "SETATTR",
+	[IMG_REMOVEXATTR] = "REMOVEXATTR",
+};
+
+/* Smallest and largest length of a tail of this kind. */
+static void tail_bounds(enum img_tail k, uint32_t *lo, uint32_t *hi)
+{
+	static const uint32_t b[][2] = {
+		[IMG_T_NONE] = { 0, 0 }, [IMG_T_NAME] = { 1, IMG_NAME_MAX },
+		[IMG_T_XNAME] = { 1, IMG_NAME_MAX }, [IMG_T_TARGET] = { 1, IMG_SYMLINK_MAX },
+		[IMG_T_VALUE] = { 0, IMG_XATTR_MAX }, [IMG_T_BYTES] = { 1, IMG_DATA_MAX },
+	};
+
+	*lo = b[k][0];
+	*hi = b[k][1];
+}
+
+int img_rec_layout(uint32_t type, const void *fixed, uint64_t paylen, uint32_t tl[2],
+		   char *why, size_t whylen)
+{
+	const struct img_shape *sh = img_shape(type);
+	uint64_t sum = sh->fixed;
+	uint32_t lo, hi;
+
+	for (int i = 0; i < 2; i++) {
+		if (sh->tail[i] == IMG_T_NONE) {
+			tl[i] = 0;
+			continue;
+		}
+		if (sh->len_at[i] == IMG_REST)
+			tl[i] = paylen > sh->fixed + (uint64_t)UINT32_MAX ? UINT32_MAX
+									  : (uint32_t)(paylen - sh->fixed);
+		else
+			memcpy(&tl[i], (const char *)fixed + sh->len_at[i], sizeof(uint32_t));
+		tail_bounds(sh->tail[i], &lo, &hi);
+		if (tl[i] < lo || tl[i] > hi)
+			return img_refuse(why, whylen, "%s record: a length of %u is out of range "
+					  "(%u..%u)", type_names[type], tl[i], lo, hi);
+		sum += tl[i];
+	}
+	if (sum != paylen)
+		return img_refuse(why, whylen, "%s record: payload of %llu bytes, its fields "
+				  "say %llu", type_names[type], (unsigned long long)paylen,
+				  (unsigned long long)sum);
+	return 0;
+}
+
+int img_rec_tails(uint32_t type, const char *const t[2], const uint32_t tl[2], char *why,
+		  size_t whylen)
+{
+	const struct img_shape *sh = img_shape(type);
+
+	for (int i = 0; i < 2; i++) {
+		bool ok = true;
+
+		if (sh->tail[i] == IMG_T_NAME)
+			ok = img_name_ok(t[i], tl[i]);
+		else if (sh->tail[i] == IMG_T_XNAME || sh->tail[i] == IMG_T_TARGET)
+			ok = !memchr(t[i], 0, tl[i]);
+		if (!ok)
+			return img_refuse(why, whylen, "%s record: invalid name", type_names[type]);
+	}
+	return 0;
+}
