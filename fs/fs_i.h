@@ -64,6 +64,7 @@ struct hfs_heap {
 	atomic_uint_fast64_t files;      /* live regular files (linked or open) */
 	atomic_uint_fast64_t freed;      /* bytes freed since the last drain */
 	atomic_uint_fast64_t held;       /* bytes of blocks files hold (file.c's room check) */
+	atomic_uint_fast64_t next_id;    /* identity of the next inode (the heap dir is 1) */
 	uint64_t max_inodes;             /* the inode limit (conf_heap_inodes) */
 	atomic_uint_fast64_t inodes;     /* charged: its inodes + extra hard links (as tmpfs) */
 	atomic_uint_fast64_t meta;       /* daemon bytes of its inodes, entries, targets, xattrs */
@@ -95,6 +96,7 @@ struct hfs_xattr {
 struct hfs_inode {
 	fuse_ino_t ino;
 	uint64_t gen;
+	uint64_t id; /* identity in its heap, kept by images and the partner (0: no heap) */
 	atomic_uint_fast64_t refs;
 	pthread_rwlock_t lock;
 	enum hfs_kind kind;

@@ -90,6 +90,7 @@ static int heap_new(const struct conf_heap *pol, bool from_config, struct hfs_he
 		return ret;
 	}
 	atomic_init(&h->refs, 1);
+	atomic_init(&h->next_id, 1); /* the heap directory, made first, is 1 (IMG_ROOT_ID) */
 	*out = h;
 	return 0;
 }

@@ -140,6 +140,7 @@ struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_
 		goto fail_free;
 	if (heap) {
 		i->heap = heap;
+		i->id = atomic_fetch_add(&heap->next_id, 1);
 		hfs_heap_get(heap);
 		hfs_heap_meta(heap, sizeof(*i));
 		if (kind == HFS_REG)
