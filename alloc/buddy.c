@@ -21,9 +21,12 @@
  * blocks for each of the smaller orders, guarded by a try-lock.  A stack holds at most
  * PCP_DEPTH blocks, and the stacks of one order on all CPUs together at most
  * heap_size >> PCP_BUDGET bytes; a full stack sends its older half down in one go.  A thread
- * that finds its slot busy goes straight to the shared bitmaps, so nobody waits.  Cached
- * blocks count as free in the stats and as held by their chunk; buddy_drain() gives them
- * back, and an allocation that would fail drains first.
+ * that finds its slot busy goes straight to the shared bitmaps, so nobody waits -- except an
+ * allocation about to fail: it lets its own slot go, flushes every slot, waiting for busy
+ * ones (at most PCP_WAIT_NS, for a holder that died), and tries once more, so -ENOMEM means
+ * no cache held a block either (a heap whose stats show room does not refuse a request that
+ * fits, unless frees race it).  That path is rare; the others never wait.  Cached blocks
+ * count as free in the stats and as held by their chunk; buddy_drain() gives them back.
  * Statistics counters sit in the slots too (changed only under the slot's lock), so no
  * operation writes a heap-wide cache line.
  *
@@ -55,6 +58,7 @@
 #include <sys/mman.h>
 #include <sys/rseq.h>
 #include <sys/sysinfo.h>
+#include <time.h>
 
 #include "buddy_i.h"
 #include "chunk.h"
@@ -465,16 +469,34 @@ static inline void pcp_unlock(struct buddy_pcp *p)
 	atomic_store_explicit(&p->lock, 0, memory_order_release);
 }
 
-/* For drain and introspection only: holders keep a slot for one operation, but a process
- * that died holding one keeps it forever, so give up after a while. */
+/* For drain, introspection and an allocation about to fail: a holder keeps a slot for one
+ * operation (microseconds, or a time slice when preempted), but a process that died holding
+ * one keeps it forever, so give up after PCP_WAIT_NS: yield first, then sleep a little. */
+
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static bool pcp_lock_wait(struct buddy_pcp *p)
 {
-	for (unsigned spins = 0; spins < 100000; spins++) {
-		if (pcp_trylock(p))
-			return true;
-		sched_yield();
+	int64_t t0 = 0;
+
+	for (unsigned spins = 0; !pcp_trylock(p); spins++) {
+		if (spins < 64) {
+			sched_yield();
+			continue;
+		}
+		if (!t0)
+			t0 = mono_ns();
+		else if (mono_ns() - t0 > PCP_WAIT_NS)
+			return false;
+		nanosleep(&(struct timespec){ .tv_nsec = 20000 }, NULL);
 	}
-	return false;
+	return true;
 }
 
 /* Relaxed read-modify-write of a counter only its lock holder changes. */
@@ -511,19 +533,14 @@ static void __pcp_flush(struct buddy *b, struct buddy_pcp *p, uint32_t keep)
 	}
 }
 
-/* Flush every slot; `held` is the caller's own (locked) slot or NULL.  A caller holding a
- * slot must not wait for another (two such callers would wait for each other): it skips
- * busy slots. */
-static void drain_slots(struct buddy *b, struct buddy_pcp *held, bool wait)
+/* Flush every slot, waiting for busy ones.  The caller holds no slot: two threads that
+ * each held one while waiting for the other's would wait forever. */
+static void drain_slots(struct buddy *b)
 {
 	for (unsigned s = 0; s < b->nslots && b->pcp_orders; s++) {
 		struct buddy_pcp *p = &b->pcp[s];
 
-		if (p == held) {
-			__pcp_flush(b, p, 0);
-			continue;
-		}
-		if (!(wait ? pcp_lock_wait(p) : pcp_trylock(p)))
+		if (!pcp_lock_wait(p))
 			continue;
 		__pcp_flush(b, p, 0);
 		pcp_unlock(p);
@@ -532,7 +549,7 @@ static void drain_slots(struct buddy *b, struct buddy_pcp *held, bool wait)
 
 void buddy_drain(struct buddy *b)
 {
-	drain_slots(b, NULL, true);
+	drain_slots(b);
 	for (unsigned s = 0; s < b->nslots; s++)
 		chunk_unpark(&b->cm, b->pcp[s].park);
 }
@@ -591,8 +608,13 @@ int64_t buddy_alloc(struct buddy *b, unsigned order)
 	if (off < 0)
 		off = shared_alloc(b, order, slot);
 	if (off < 0 && b->pcp_orders) {
-		drain_slots(b, locked ? p : NULL, false);
+		/* about to fail: take back what every cache holds, busy ones included (a
+		 * rare, slow path), and try once more; our own slot is let go meanwhile */
+		if (locked)
+			pcp_unlock(p);
+		drain_slots(b);
 		off = shared_alloc(b, order, slot);
+		locked = pcp_trylock(p);
 	}
 	if (off >= 0) {
 		track_set(b, (uint64_t)off, order);

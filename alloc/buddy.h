@@ -65,7 +65,8 @@ int buddy_attach(void *meta, size_t meta_size, int data_fd, struct buddy **out);
 void buddy_destroy(struct buddy *b);
 
 /* Allocate one block of 2^order bytes: its offset, or -ENOMEM (heap unchanged), -EINVAL.
- * It splits a block only when no smaller free block fits (as a sequential buddy). */
+ * It splits a block only when no smaller free block fits (as a sequential buddy), and
+ * -ENOMEM comes only after every CPU's cache was taken back (see buddy.c). */
 int64_t buddy_alloc(struct buddy *b, unsigned order);
 /* Claim the block (off, order) if it is free (splitting the free block that holds it):
  * restore of saved heaps, mirrors that must allocate where the owner did. -EBUSY if taken. */
