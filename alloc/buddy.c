@@ -469,10 +469,6 @@ static inline void pcp_unlock(struct buddy_pcp *p)
 	atomic_store_explicit(&p->lock, 0, memory_order_release);
 }
 
-/* For drain, introspection and an allocation about to fail: a holder keeps a slot for one
- * operation (microseconds, or a time slice when preempted), but a process that died holding
- * one keeps it forever, so give up after PCP_WAIT_NS: yield first, then sleep a little. */
-
 static int64_t mono_ns(void)
 {
 	struct timespec ts;
@@ -481,6 +477,9 @@ static int64_t mono_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* For drain, introspection and an allocation about to fail: a holder keeps a slot for one
+ * operation (microseconds, or a time slice when preempted), but a process that died holding
+ * one keeps it forever, so give up after PCP_WAIT_NS: yield first, then sleep a little. */
 static bool pcp_lock_wait(struct buddy_pcp *p)
 {
 	int64_t t0 = 0;

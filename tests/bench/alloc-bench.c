@@ -957,7 +957,7 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	static struct result res[W_N][A_N][MAX_THREADS + 1];
-	bool won[W_N] = { true, true, true, true }, aon[A_N] = { true, true, true, true };
+	bool won[W_N] = { true, true, true, true, true }, aon[A_N] = { true, true, true, true };
 	bool json = false, do_verify = false;
 	int threads[MAX_THREADS], nt = 0, c;
 	double seconds = 2;
