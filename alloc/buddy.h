@@ -25,6 +25,7 @@
 #define BUDDY_MIN_MIN_ORDER  6   /* 64 B: a cache line */
 #define BUDDY_MAX_MIN_ORDER  20  /* 1 MiB: a stripe */
 #define BUDDY_MAX_ORDER      40  /* 1 TiB heap */
+#define BUDDY_MAX_SLOTS      256 /* per-CPU slots of one heap */
 
 /* buddy_params.flags */
 #define BUDDY_F_PIN     (1u << 0) /* mlock() committed chunks */
@@ -45,6 +46,8 @@ struct buddy_params {
 	int fd;               /* with BUDDY_F_FD */
 	uint64_t fd_offset;   /* with BUDDY_F_FD */
 	const char *name;     /* memfd name (shows in /proc/PID/maps); may be NULL */
+	unsigned nslots;      /* per-CPU slots, 1..BUDDY_MAX_SLOTS; 0: one per configured CPU
+				 (capped); CPU c uses slot c % nslots */
 };
 
 /* Smallest order k >= min such that 2^k >= n (n = 0 -> -EINVAL, too big -> -E2BIG). */
@@ -61,7 +64,9 @@ int buddy_create_at(const struct buddy_params *p, void *meta, size_t meta_size, 
 int buddy_attach(void *meta, size_t meta_size, int data_fd, struct buddy **out);
 void buddy_destroy(struct buddy *b);
 
-/* Allocate one block of 2^order bytes: its offset, or -ENOMEM (heap unchanged), -EINVAL. */
+/* Allocate one block of 2^order bytes: its offset, or -ENOMEM (heap unchanged), -EINVAL.
+ * It splits a block only when no smaller free block fits (as a sequential buddy), and
+ * -ENOMEM comes only after every CPU's cache was taken back (see buddy.c). */
 int64_t buddy_alloc(struct buddy *b, unsigned order);
 /* Claim the block (off, order) if it is free (splitting the free block that holds it):
  * restore of saved heaps, mirrors that must allocate where the owner did. -EBUSY if taken. */
@@ -74,6 +79,11 @@ void *buddy_ptr(const struct buddy *b, uint64_t off);
 int buddy_data_fd(const struct buddy *b); /* memfd/fd of the data, or -1 for anonymous */
 unsigned buddy_heap_order(const struct buddy *b);
 unsigned buddy_min_order(const struct buddy *b);
+
+/* Tests and benchmarks: the calling thread acts as if it ran on CPU `slot` (slot % nslots
+ * in every heap), so a small machine can show what a many-core host does; -1: follow the
+ * CPU again. */
+void buddy_set_slot(int slot);
 
 /* Give blocks parked in per-CPU caches back to the shared structures (they coalesce), and
  * every empty chunk back to the OS.  Safe at any time; after it, with no concurrent users,

@@ -31,7 +31,8 @@
 #define PCP_BUDGET    6        /* and all CPUs together at most heap_size >> 6 bytes per order */
 #define PCP_MIN_DEPTH 8        /* ... except min_order, which gets at least 8 */
 #define PCP_MIN_SPAN  8        /* caches only when the heap holds >= 2^8 min blocks */
-#define PCP_MAX_SLOTS 256
+#define PCP_MAX_SLOTS BUDDY_MAX_SLOTS
+#define PCP_WAIT_NS   200000000ll /* how long to wait for a busy slot (buddy.c) */
 
 struct buddy_order {
 	uint64_t nblocks;                 /* 2^(heap_order - k) */

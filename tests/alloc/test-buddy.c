@@ -1,16 +1,20 @@
 /*
- * test-buddy.c — unit tests of the buddy allocator (single process, single thread).
+ * test-buddy.c — unit tests of the buddy allocator (single process; single thread but for
+ * one helper that lets a busy slot go).
  *
  * Splitting, merging, every order, exhaustion (-ENOMEM, heap unchanged), bad arguments,
  * double/bad frees under BUDDY_F_TRACK, buddy_alloc_at, buddy_walk, chunk commit, parking
  * and release with the generation bump (anonymous, memfd, pinned and caller's-fd data),
  * per-CPU caches and buddy_drain, create_at/attach, metadata size, and a seeded random
- * sequence checked against a model (buddy_check every 97 steps).  Heaps run with and
+ * sequence checked against a model (buddy_check every 97 steps), largest_free after small
+ * allocations from 2, 16 and 64 slots against a sequential buddy (issue 11), and a full heap
+ * whose last blocks sit in a busy slot's cache (issue 6).  Heaps run with and
  * without per-CPU caches and tracking.  Offsets are asserted only where they do not depend
  * on the CPU the test runs on (each CPU prefers its own part of the heap).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -58,6 +62,10 @@ static void test_bad_params(void)
 	TEQ(buddy_create(&p, &b), -EINVAL);
 	p.flags = BUDDY_F_NODATA | BUDDY_F_MEMFD;
 	TEQ(buddy_meta_size(&p), -EINVAL);
+	p.flags = 0;
+	p.nslots = BUDDY_MAX_SLOTS + 1;
+	TEQ(buddy_create(&p, &b), -EINVAL);
+	p.nslots = 0;
 	TEQ(buddy_create(NULL, &b), -EINVAL);
 	T(b == NULL);
 	/* create_at: too little or misaligned memory */
@@ -573,6 +581,148 @@ static void test_metadata_size(void)
 	T(buddy_meta_size(&p) <= (1 << 30) / 1000);
 	p.flags = BUDDY_F_TRACK;
 	T(buddy_meta_size(&p) <= (1 << 30) / 1000);
+	/* ... also with the slots of a 64-core host; each slot adds to it */
+	p.nslots = 64;
+	T(buddy_meta_size(&p) <= (1 << 30) / 1000);
+	p.nslots = 2;
+	T(buddy_meta_size(&p) < buddy_meta_size(&(struct buddy_params){ .heap_order = 30,
+		.min_order = 12, .flags = BUDDY_F_TRACK, .fd = -1, .nslots = 3 }));
+}
+
+/* A sequential buddy after an allocation-only sequence, as free-block counts per order:
+ * it splits the smallest free block that fits, and which one of equal blocks it picks does
+ * not change the counts. */
+struct seq_buddy {
+	unsigned min, M;
+	uint64_t nfree[BUDDY_MAX_ORDER + 1];
+};
+
+static bool seq_alloc(struct seq_buddy *s, unsigned k)
+{
+	unsigned j = k;
+
+	while (j <= s->M && !s->nfree[j])
+		j++;
+	if (j > s->M)
+		return false;
+	s->nfree[j]--;
+	while (j-- > k)
+		s->nfree[j]++;
+	return true;
+}
+
+static uint64_t seq_largest(const struct seq_buddy *s)
+{
+	for (unsigned j = s->M + 1; j-- > s->min; )
+		if (s->nfree[j])
+			return 1ull << j;
+	return 0;
+}
+
+/* Issue 11: small blocks allocated from every CPU slot in turn, as on a 16- or 64-core
+ * host, split no block that a sequential buddy keeps whole: after every step the largest
+ * free block is the sequential buddy's, until the heap is full. */
+static void test_big_blocks_many_slots(void)
+{
+	unsigned slots[] = { 2, 16, 64 }, flags[] = { 0, BUDDY_F_TRACK };
+
+	for (int si = 0; si < 3; si++)
+		for (int f = 0; f < 2; f++) {
+			struct buddy_params p = { .heap_order = 24, .min_order = 12, .fd = -1,
+						  .flags = flags[f], .nslots = slots[si] };
+			struct seq_buddy seq = { .min = 12, .M = 24 };
+			enum { MAXN = 1 << 12 };
+			uint64_t *off = calloc(MAXN, sizeof(*off));
+			unsigned *ord = calloc(MAXN, sizeof(*ord)), seed = 7 + (unsigned)si;
+			struct buddy_stats st;
+			struct buddy *b = NULL;
+			size_t n = 0;
+
+			T(off && ord);
+			TEQ(buddy_create(&p, &b), 0);
+			seq.nfree[24] = 1;
+			for (unsigned step = 0; seq_largest(&seq); step++) {
+				unsigned k = 12 + (unsigned)rand_r(&seed) % 4;
+				bool fits = seq_alloc(&seq, k);
+				int64_t o;
+
+				buddy_set_slot((int)(step % slots[si]));
+				o = buddy_alloc(b, k);
+				T(fits == (o >= 0));
+				if (o >= 0) {
+					T(n < MAXN);
+					off[n] = (uint64_t)o;
+					ord[n++] = k;
+				}
+				buddy_stats(b, &st);
+				TEQ(st.largest_free, seq_largest(&seq));
+			}
+			TEQ(st.used, st.size);
+			T(buddy_check(b) == 0);
+			for (size_t i = 0; i < n; i++) {
+				buddy_set_slot((int)(i % slots[si]));
+				TEQ(buddy_free(b, off[i], ord[i]), 0);
+			}
+			buddy_set_slot(-1);
+			T(pristine(b));
+			buddy_destroy(b);
+			free(off);
+			free(ord);
+		}
+}
+
+struct unlock_arg {
+	_Atomic uint32_t *lock;
+	useconds_t after;
+};
+
+static void *unlock_later(void *v)
+{
+	struct unlock_arg *a = v;
+
+	usleep(a->after);
+	atomic_store(a->lock, 0);
+	return NULL;
+}
+
+/* Issue 6: blocks cached by a CPU whose slot is busy are still obtainable: an allocation
+ * about to fail waits for the slot instead of passing it by.  Slot 1 caches blocks, then
+ * is held (as by a thread in the middle of an operation) while slot 0 fills the heap. */
+static void test_full_heap_waits_for_busy_slot(void)
+{
+	struct buddy_params p = { .heap_order = 20, .min_order = 12, .chunk_order = 16,
+				  .fd = -1, .nslots = 2 };
+	struct unlock_arg ua;
+	struct buddy_stats st;
+	struct buddy *b = NULL;
+	pthread_t t;
+	int64_t o[8];
+	uint64_t got = 0;
+
+	TEQ(buddy_create(&p, &b), 0);
+	buddy_set_slot(1);
+	for (int i = 0; i < 8; i++)
+		T((o[i] = buddy_alloc(b, 12)) >= 0);
+	for (int i = 0; i < 8; i++)
+		TEQ(buddy_free(b, (uint64_t)o[i], 12), 0);
+	buddy_stats(b, &st);
+	T(st.cached > 0);
+	ua = (struct unlock_arg){ &b->pcp[1].lock, (useconds_t)(PCP_WAIT_NS / 4000) };
+	atomic_store(ua.lock, 1);
+	T(pthread_create(&t, NULL, unlock_later, &ua) == 0);
+	buddy_set_slot(0);
+	for (int64_t x; (x = buddy_alloc(b, 12)) >= 0; )
+		got += 4096;
+	pthread_join(t, NULL);
+	TEQ(got, st.free);
+	buddy_stats(b, &st);
+	TEQ(st.used, st.size);
+	T(buddy_check(b) == 0);
+	for (uint64_t u = 0; u < 256; u++)
+		TEQ(buddy_free(b, u << 12, 12), 0);
+	buddy_set_slot(-1);
+	T(pristine(b));
+	buddy_destroy(b);
 }
 
 /* Seeded random alloc/free against a model: a byte per min block naming its owner. */
@@ -644,5 +794,7 @@ int main(void)
 	RUN(test_attach_bad_chunk_table);
 	RUN(test_metadata_size);
 	RUN(test_random_model);
+	RUN(test_big_blocks_many_slots);
+	RUN(test_full_heap_waits_for_busy_slot);
 	return tc_failed != 0;
 }

@@ -4,6 +4,9 @@
  *   race_fill     threads allocate blocks of random orders until the heap is exhausted:
  *                 the blocks they got never overlap and add up to the whole heap, then
  *                 all free at once and the heap coalesces back to one block.
+ *   fill_free_refill  two threads pinned to two CPUs fill the heap to the last block, free
+ *                 it (blocks stay in both CPUs' caches) and fill it again: every byte the
+ *                 stats called free is obtained, again and again.
  *   chunk_churn   threads allocate, fill, verify and free blocks in a heap of few small
  *                 chunks, so chunk commit and release (with its generation bump) race
  *                 allocations all the time: data written is never wiped by a release.
@@ -19,6 +22,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -48,30 +52,46 @@ struct fill_arg {
 	pthread_barrier_t *bar;
 };
 
-static void *fill_thread(void *v)
+/* Random orders m..m+3 while they come, then the smallest order until it fails `tries`
+ * times (a miss may be transient: another thread was splitting).  Adds to h; new count. */
+static size_t fill(struct buddy *b, unsigned *seed, struct held *h, size_t n, size_t cap,
+		   int tries)
 {
-	struct fill_arg *a = v;
-	unsigned m = buddy_min_order(a->b);
+	unsigned m = buddy_min_order(b);
 	int misses = 0;
 
-	pthread_barrier_wait(a->bar);
-	/* random orders while they come, then the smallest until even that fails twice */
-	while (a->n < a->cap && misses < 2) {
-		unsigned k = misses ? m : m + (unsigned)rand_r(&a->seed) % 4;
-		int64_t o = buddy_alloc(a->b, k);
+	while (n < cap && misses < tries) {
+		unsigned k = misses ? m : m + (unsigned)rand_r(seed) % 4;
+		int64_t o = buddy_alloc(b, k);
 
 		if (o < 0) {
 			misses += k == m;
 			continue;
 		}
-		a->h[a->n++] = (struct held){ (uint64_t)o, k };
+		h[n++] = (struct held){ (uint64_t)o, k };
 	}
+	return n;
+}
+
+/* Free h[0..n): how many frees failed. */
+static int free_all(struct buddy *b, const struct held *h, size_t n)
+{
+	int bad = 0;
+
+	for (size_t i = 0; i < n; i++)
+		bad += buddy_free(b, h[i].off, h[i].order) != 0;
+	return bad;
+}
+
+static void *fill_thread(void *v)
+{
+	struct fill_arg *a = v;
+
+	pthread_barrier_wait(a->bar);
+	a->n = fill(a->b, &a->seed, a->h, a->n, a->cap, 2);
 	pthread_barrier_wait(a->bar); /* filled */
 	pthread_barrier_wait(a->bar); /* main has looked */
-	for (size_t i = 0; i < a->n; i++)
-		if (buddy_free(a->b, a->h[i].off, a->h[i].order) != 0)
-			return (void *)1;
-	return NULL;
+	return free_all(a->b, a->h, a->n) ? (void *)1 : NULL;
 }
 
 static void race_fill(void)
@@ -129,6 +149,99 @@ static void race_fill(void)
 			free(owner);
 			buddy_destroy(b);
 		}
+}
+
+/* Issue 6: two threads on two CPUs fill the heap to the last block, free it all (each
+ * CPU's cache keeps some), and fill it again, many times: every time, the last allocation
+ * to fail has taken every byte the stats called free, those in the caches included. */
+struct refill_arg {
+	struct buddy *b;
+	int cpu;
+	unsigned seed;
+	struct held *h;
+	size_t n, cap;
+	pthread_barrier_t *bar;
+	_Atomic int *filled;
+	int bad;
+};
+
+#define REFILLS (ROUNDS / 20 + 1)
+
+static void *refill_thread(void *v)
+{
+	struct refill_arg *a = v;
+	cpu_set_t one;
+
+	CPU_ZERO(&one);
+	CPU_SET(a->cpu, &one);
+	a->bad += pthread_setaffinity_np(pthread_self(), sizeof(one), &one) != 0;
+	for (int r = 0; r < REFILLS; r++) {
+		pthread_barrier_wait(a->bar);
+		a->n = fill(a->b, &a->seed, a->h, 0, a->cap, 1);
+		atomic_fetch_add(a->filled, 1);
+		pthread_barrier_wait(a->bar); /* full: main looks */
+		pthread_barrier_wait(a->bar);
+		a->bad += free_all(a->b, a->h, a->n);
+		pthread_barrier_wait(a->bar); /* free: main looks */
+	}
+	return NULL;
+}
+
+static void fill_free_refill(void)
+{
+	unsigned flags[] = { 0, BUDDY_F_TRACK };
+	cpu_set_t all;
+	int cpus[2], nc = 0;
+
+	T(sched_getaffinity(0, sizeof(all), &all) == 0);
+	for (int c = 0; c < CPU_SETSIZE && nc < 2; c++)
+		if (CPU_ISSET(c, &all))
+			cpus[nc++] = c;
+	if (nc == 1) /* one CPU: both threads on it */
+		cpus[nc++] = cpus[0];
+	for (int f = 0; f < 2; f++) {
+		struct buddy *b = mk(22, 12, 16, flags[f]); /* 4 MiB: 1024 blocks of 4 KiB */
+		struct refill_arg a[2];
+		pthread_t t[2];
+		pthread_barrier_t bar;
+		struct buddy_stats st;
+		_Atomic int filled = 0;
+
+		T(b);
+		pthread_barrier_init(&bar, NULL, 3);
+		for (int i = 0; i < 2; i++) {
+			a[i] = (struct refill_arg){ b, cpus[i], (unsigned)(f * 2 + i + 1),
+						    calloc(1024, sizeof(struct held)), 0, 1024, &bar,
+						    &filled, 0 };
+			pthread_create(&t[i], NULL, refill_thread, &a[i]);
+		}
+		for (int r = 0; r < REFILLS; r++) {
+			pthread_barrier_wait(&bar); /* fill */
+			/* meanwhile drain as the daemon's status files do: that holds the CPU
+			 * slots for moments, and a failing allocation must wait for them */
+			while (atomic_load(&filled) < 2 * (r + 1))
+				buddy_drain(b);
+			pthread_barrier_wait(&bar);
+			buddy_stats(b, &st);
+			TEQ(st.used, st.size);
+			TEQ(st.cached, 0);
+			T(buddy_check(b) == 0);
+			pthread_barrier_wait(&bar); /* free */
+			pthread_barrier_wait(&bar);
+			buddy_stats(b, &st);
+			TEQ(st.free, st.size);
+			T(st.cached > 0); /* the next fill has to take these back */
+			T(buddy_check(b) == 0);
+		}
+		for (int i = 0; i < 2; i++) {
+			pthread_join(t[i], NULL);
+			TEQ(a[i].bad, 0);
+			free(a[i].h);
+		}
+		T(pristine(b));
+		pthread_barrier_destroy(&bar);
+		buddy_destroy(b);
+	}
 }
 
 struct churn_arg {
@@ -389,6 +502,7 @@ static void fork_memfd(void)
 int main(void)
 {
 	RUN(race_fill);
+	RUN(fill_free_refill);
 	RUN(chunk_churn);
 	RUN(alloc_at_race);
 	RUN(deep_churn);

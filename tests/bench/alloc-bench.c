@@ -13,6 +13,10 @@
  *   frag    `steady`, then (after buddy_drain) the share of the free space still obtainable
  *           as 1 MiB blocks (usable_max_order_fraction) and 1 - largest_free/free; buddy
  *           allocators only
+ *   slots   one thread acting as every CPU slot in turn (buddy_set_slot), as on a 2-, 16-
+ *           and 64-core host: allocate 3/8 of the heap in 4..32 KiB blocks, free a random
+ *           half of them through other slots, allocate back to 3/8; then (caches drained)
+ *           largest_free / free, heapfs next to the mutex buddy for the same sequence
  * An op is one allocation or one free; ops_per_s sums all threads; cpu_share is the time
  * the threads really ran over the wall time (other load on a small machine shows here).
  *
@@ -184,10 +188,11 @@ static bool have_jemalloc = true;
 static bool have_jemalloc = false;
 #endif
 
-static int heap_open(struct heap *h, int kind, unsigned heap_order, unsigned flags)
+/* nslots: heapfs's CPU slots, 0 for one per CPU */
+static int heap_open(struct heap *h, int kind, unsigned heap_order, unsigned nslots)
 {
 	struct buddy_params p = { .heap_order = heap_order, .min_order = MIN_ORDER,
-				  .flags = flags, .fd = -1 };
+				  .fd = -1, .nslots = nslots };
 
 	memset(h, 0, sizeof(*h));
 	h->kind = kind;
@@ -278,8 +283,8 @@ static void h_free(struct heap *h, struct blk x)
 
 /* ---- workloads -------------------------------------------------------------------- */
 
-enum { W_CACHED, W_STEADY, W_LARSON, W_FRAG, W_N };
-static const char *work_names[W_N] = { "cached", "steady", "larson", "frag" };
+enum { W_CACHED, W_STEADY, W_LARSON, W_FRAG, W_SLOTS, W_N };
+static const char *work_names[W_N] = { "cached", "steady", "larson", "frag", "slots" };
 
 static inline uint64_t rnd(uint64_t *s)
 {
@@ -523,6 +528,61 @@ static void measure_frag(struct heap *h, struct frag_result *f)
 	f->fragmentation = free_b ? 1.0 - (double)largest / (double)free_b : 0;
 }
 
+/* ---- slots ------------------------------------------------------------------------ */
+
+static const unsigned slot_counts[] = { 2, 16, 64 };
+#define N_SLOT_COUNTS (sizeof(slot_counts) / sizeof(slot_counts[0]))
+
+/* Allocate random orders MIN_ORDER..MIN_ORDER+3 into held[*n..] until *used reaches want,
+ * step i acting as slot i % nslots. */
+static void slots_alloc(struct heap *h, unsigned nslots, uint64_t *seed, struct blk *held,
+			size_t *n, uint64_t *used, uint64_t want)
+{
+	while (*used < want) {
+		struct blk x;
+
+		buddy_set_slot((int)(*n % nslots));
+		if (!h_alloc(h, rnd_order(seed, MIN_ORDER, MIN_ORDER + 3), &x))
+			break;
+		held[(*n)++] = x;
+		*used += 1ull << blk_order(x);
+	}
+}
+
+/* The `slots` sequence on one allocator: largest_free / free after it (caches drained), or
+ * -1 when the heap cannot be made. */
+static double slots_run(int kind, unsigned nslots)
+{
+	uint64_t seed = 0x51075eedull, used = 0, want = 3ull << (HEAP_ORDER - 3);
+	size_t n = 0, kept = 0, cap = (size_t)(want >> MIN_ORDER);
+	struct blk *held = calloc(cap, sizeof(*held));
+	struct frag_result f;
+	struct heap h;
+
+	if (!held || heap_open(&h, kind, HEAP_ORDER, nslots) < 0) {
+		free(held);
+		return -1;
+	}
+	slots_alloc(&h, nslots, &seed, held, &n, &used, want);
+	for (size_t i = 0; i < n; i++) {
+		if (below(&seed, 2)) {
+			held[kept++] = held[i];
+			continue;
+		}
+		buddy_set_slot((int)((i + 1) % nslots)); /* another slot than the allocating one */
+		h_free(&h, held[i]);
+		used -= 1ull << blk_order(held[i]);
+	}
+	n = kept;
+	slots_alloc(&h, nslots, &seed, held, &n, &used, want);
+	measure_frag(&h, &f);
+	for (size_t i = 0; i < n; i++)
+		h_free(&h, held[i]);
+	buddy_set_slot(-1);
+	heap_close(&h);
+	free(held);
+	return 1.0 - f.fragmentation;
+}
 
 static int run_one(int work, int kind, int nthreads, double seconds, double *ops_per_s,
 		   double *cpu_share, struct frag_result *f)
@@ -763,7 +823,7 @@ static int parse_list(const char *arg, const char *const *names, int n, bool *on
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: alloc-bench [--threads 1,2] [--seconds S]\n"
-		   "                   [--workload cached,steady,larson,frag]\n"
+		   "                   [--workload cached,steady,larson,frag,slots]\n"
 		   "                   [--allocator heapfs,mutex,malloc,jemalloc]\n"
 		   "                   [--json] [--touch] [--verify]\n");
 }
@@ -859,6 +919,30 @@ static void print_tables(struct result res[W_N][A_N][MAX_THREADS + 1], const boo
 		       fh->f.metadata * 1000 <= fh->f.heap ? "met" : "NOT MET");
 }
 
+/* The slots workload at each slot count, heapfs against the mutex buddy. */
+static int slots_report(bool json)
+{
+	if (!json)
+		printf("\nslots: one sequence from every slot in turn, caches drained: "
+		       "largest_free / free\n  %5s  %8s  %8s  target: heapfs >= mutex\n", "slots",
+		       "heapfs", "mutex");
+	for (size_t i = 0; i < N_SLOT_COUNTS; i++) {
+		unsigned n = slot_counts[i];
+		double hf = slots_run(A_HEAPFS, n), mx = slots_run(A_MUTEX, n);
+
+		if (hf < 0 || mx < 0) {
+			fprintf(stderr, "alloc-bench: slots/%u failed\n", n);
+			return -1;
+		}
+		if (json)
+			printf("{\"workload\": \"slots\", \"slots\": %u, \"heapfs_largest_over_free\": "
+			       "%.4f, \"mutex_largest_over_free\": %.4f}\n", n, hf, mx);
+		else
+			printf("  %5u  %8.4f  %8.4f  %s\n", n, hf, mx, hf >= mx ? "met" : "NOT MET");
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -873,7 +957,7 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	static struct result res[W_N][A_N][MAX_THREADS + 1];
-	bool won[W_N] = { true, true, true, true }, aon[A_N] = { true, true, true, true };
+	bool won[W_N] = { true, true, true, true, true }, aon[A_N] = { true, true, true, true };
 	bool json = false, do_verify = false;
 	int threads[MAX_THREADS], nt = 0, c;
 	double seconds = 2;
@@ -943,8 +1027,8 @@ int main(int argc, char **argv)
 			for (int i = 0; i < nt && won[w] && aon[a]; i++) {
 				struct result *r = &res[w][a][threads[i]];
 
-				if (w == W_FRAG && a != A_HEAPFS && a != A_MUTEX)
-					continue; /* free space is only defined for a buddy heap */
+				if (w == W_SLOTS || (w == W_FRAG && a != A_HEAPFS && a != A_MUTEX))
+					continue; /* slots: below; free space is only defined for a buddy heap */
 				if (run_one(w, a, threads[i], seconds, &r->ops, &r->cpu, &r->f) < 0) {
 					fprintf(stderr, "alloc-bench: %s/%s failed\n", work_names[w],
 						alloc_names[a]);
@@ -964,7 +1048,9 @@ int main(int argc, char **argv)
 				printf("}\n");
 				fflush(stdout);
 			}
-	if (!json)
+	if (!json && (won[W_CACHED] || won[W_STEADY] || won[W_LARSON] || won[W_FRAG]))
 		print_tables(res, won, aon, threads, nt);
+	if (won[W_SLOTS] && aon[A_HEAPFS] && aon[A_MUTEX])
+		return slots_report(json) < 0;
 	return 0;
 }
