@@ -535,7 +535,8 @@ int hfs_mount_tree(void)
 	hfs.heaps->dir.role = HFS_R_HEAPS;
 	hfs.dot_heaps = __hfs_fixed_add(hfs.dot, "heaps", HFS_DIR, rodir, 0);
 	hfs.dot_maps = __hfs_fixed_add(hfs.dot, "maps", HFS_DIR, rodir, 0);
-	if (!hfs.dot_heaps || !hfs.dot_maps ||
+	hfs.dot_images = __hfs_fixed_add(hfs.dot, "images", HFS_DIR, rodir, 0);
+	if (!hfs.dot_heaps || !hfs.dot_maps || !hfs.dot_images ||
 	    !__hfs_fixed_add(hfs.dot, "stats", HFS_STATUS, rofile, HFS_ST_STATS) ||
 	    !__hfs_fixed_add(hfs.dot, "partner", HFS_STATUS, rofile, HFS_ST_PARTNER) ||
 	    !__hfs_fixed_add(hfs.dot, "donors", HFS_STATUS, rofile, HFS_ST_DONORS))

@@ -334,9 +334,9 @@ int hfs_truncate(struct hfs_inode *i, uint64_t size)
 
 	if (i->kind != HFS_REG)
 		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
-	pthread_rwlock_wrlock(&i->lock);
+	hfs_change_lock(i);
 	ret = __truncate(i, size);
-	pthread_rwlock_unlock(&i->lock);
+	hfs_change_unlock(i);
 	hfs_heap_settle(i->heap);
 	return ret;
 }
@@ -371,7 +371,7 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 
 	if (i->kind != HFS_REG)
 		return 0;
-	pthread_rwlock_wrlock(&i->lock);
+	hfs_change_lock(i);
 	/* O_TRUNC truncates whatever the access mode, as on tmpfs: the kernel has checked
 	 * write permission for it (may_open) and, told we truncate atomically, has already
 	 * dropped its size and pages.  It writes, so a single-writer file open for writing
@@ -390,7 +390,7 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 		i->file.opens++;
 	}
 out:
-	pthread_rwlock_unlock(&i->lock);
+	hfs_change_unlock(i);
 	hfs_heap_settle(i->heap);
 	return ret;
 }
@@ -482,7 +482,7 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 		return -EINVAL;
 	if (!len)
 		return 0;
-	pthread_rwlock_wrlock(&i->lock);
+	hfs_change_lock(i);
 	if (end > i->file.cap) {
 		ret = __grow(i, end, (uint64_t)off + 1); /* a short write when not all fits */
 		if (ret)
@@ -501,7 +501,7 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 	i->ctime = i->mtime;
 	ret = (int)len;
 out:
-	pthread_rwlock_unlock(&i->lock);
+	hfs_change_unlock(i);
 	hfs_heap_settle(i->heap); /* contiguous files free their old block when they move */
 	return ret;
 }
@@ -517,7 +517,7 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 		return i->kind == HFS_DIR ? -EISDIR : -ENODEV;
 	if (off < 0 || len <= 0)
 		return -EINVAL;
-	pthread_rwlock_wrlock(&i->lock);
+	hfs_change_lock(i);
 	ret = __grow(i, end, end);
 	if (ret)
 		goto out;
@@ -530,7 +530,7 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 	}
 	hfs_now(&i->ctime);
 out:
-	pthread_rwlock_unlock(&i->lock);
+	hfs_change_unlock(i);
 	hfs_heap_settle(i->heap);
 	return ret;
 }
@@ -545,7 +545,7 @@ int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_se
 	if (to_set & HFS_SET_SIZE && i->kind != HFS_REG)
 		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
 	hfs_now(&now);
-	pthread_rwlock_wrlock(&i->lock);
+	hfs_change_lock(i);
 	if (to_set & HFS_SET_SIZE) {
 		ret = __truncate(i, (uint64_t)attr->size);
 		if (ret)
@@ -571,7 +571,7 @@ int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_se
 		i->mtime = now;
 	i->ctime = to_set & HFS_SET_CTIME ? attr->ctime : now;
 out:
-	pthread_rwlock_unlock(&i->lock);
+	hfs_change_unlock(i);
 	hfs_heap_settle(i->heap);
 	return ret;
 }

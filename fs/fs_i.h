@@ -50,7 +50,8 @@ enum hfs_role {
 	HFS_R_FIXED,  /* root, objects/, pool/, .heapfs/...: read-only (EPERM) */
 };
 
-enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP, HFS_ST_PARTNER, HFS_ST_DONORS };
+enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP, HFS_ST_PARTNER, HFS_ST_DONORS,
+		       HFS_ST_IMAGE /* .heapfs/images/NAME: a stream, not rendered */ };
 
 struct hfs_inode;
 struct hfs_snap; /* status.c */
@@ -69,7 +70,10 @@ struct hfs_heap {
 	atomic_uint_fast64_t inodes;     /* charged: its inodes + extra hard links (as tmpfs) */
 	atomic_uint_fast64_t meta;       /* daemon bytes of its inodes, entries, targets, xattrs */
 	struct hfs_inode *dir;           /* heaps/NAME, NULL once removed (hfs.ns) */
-	struct hfs_inode *st_heap, *st_map; /* .heapfs/heaps/NAME, .heapfs/maps/NAME */
+	struct hfs_inode *st_heap, *st_map, *st_image; /* .heapfs/{heaps,maps,images}/NAME */
+	/* held shared by every change of file data or attributes in the heap (namespace
+	 * changes hold hfs.ns): an image snapshot holds it exclusive while it forks */
+	pthread_rwlock_t quiesce;
 };
 
 /* One buddy block of a file: file bytes [foff, foff + 2^order) live at heap offset hoff. */
@@ -143,7 +147,7 @@ struct hfs_fs {
 	struct conf *conf;
 	char *mountpoint;
 	pthread_rwlock_t ns;
-	struct hfs_inode *root, *heaps, *objects, *pool, *dot, *dot_heaps, *dot_maps;
+	struct hfs_inode *root, *heaps, *objects, *pool, *dot, *dot_heaps, *dot_maps, *dot_images;
 	struct hfs_heap **heapv; /* hfs.ns */
 	unsigned nheaps;
 	uid_t uid;
@@ -274,6 +278,48 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len);
 void hfs_file_free(struct hfs_inode *i);
 void hfs_file_reclaim(struct hfs_inode *i);
 unsigned hfs_file_max_order(struct hfs_inode *i);
+
+/* Lock inode i of a heap for a change of its data or attributes: the heap's quiesce lock
+ * shared (an image snapshot waits for changes in flight, and holds new ones off only while
+ * it forks), then the inode lock. */
+static inline void hfs_change_lock(struct hfs_inode *i)
+{
+	if (i->heap)
+		pthread_rwlock_rdlock(&i->heap->quiesce);
+	pthread_rwlock_wrlock(&i->lock);
+}
+
+static inline void hfs_change_unlock(struct hfs_inode *i)
+{
+	pthread_rwlock_unlock(&i->lock);
+	if (i->heap)
+		pthread_rwlock_unlock(&i->heap->quiesce);
+}
+
+/* image.c — heap images (docs/IMAGE.md), and the record applier restores go through. */
+struct img_r;
+struct img_rec;
+struct hfs_apply;
+/* Write heap h as an image stream to fd; nothing may change h meanwhile. */
+int hfs_image_write(struct hfs_heap *h, int fd);
+/* Save atomically to path (temporary file, fsync, rename): 0, or -errno with path as it was. */
+int hfs_image_save(struct hfs_heap *h, const char *path);
+/* Restore the stream in fd into the empty heap h: 0, or -errno with the reason in why. */
+int hfs_image_restore(struct hfs_heap *h, int fd, char *why, size_t whylen);
+int hfs_apply_begin(struct hfs_heap *h, char *why, size_t whylen, struct hfs_apply **out);
+int hfs_apply_rec(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec);
+/* finish: set the attributes the applies disturbed; either way free the applier. */
+int hfs_apply_end(struct hfs_apply *a, bool finish);
+/* Every heap with image = PATH: restore from PATH if it exists (at mount; messages on
+ * stderr as "heapfs: PATH: why") / save to PATH (at a clean unmount). */
+int hfs_images_load(void);
+int hfs_images_save(void);
+/* A consistent image of live heap h, streamed: a child process forked while nothing
+ * changes h writes it to the pipe whose read end is *fd (copy-on-write keeps its view).
+ * hfs_image_snapshot_end reaps it (killing it if still running): 0 if it wrote a whole
+ * image, else -EIO. */
+int hfs_image_snapshot(struct hfs_heap *h, int *fd, pid_t *pid);
+int hfs_image_snapshot_end(pid_t pid);
 
 /* xattr.c — at most HFS_XATTR_BUDGET bytes of user.* xattrs per inode, each counted as
  * name + NUL + value + HFS_XATTR_ENTRY (its struct hfs_xattr); past that, ENOSPC. */

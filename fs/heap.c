@@ -34,6 +34,7 @@ void hfs_heap_put(struct hfs_heap *h)
 {
 	if (atomic_fetch_sub(&h->refs, 1) == 1) {
 		buddy_destroy(h->b);
+		pthread_rwlock_destroy(&h->quiesce);
 		free(h->pol.image);
 		free(h);
 	}
@@ -91,6 +92,14 @@ static int heap_new(const struct conf_heap *pol, bool from_config, struct hfs_he
 	}
 	atomic_init(&h->refs, 1);
 	atomic_init(&h->next_id, 1); /* the heap directory, made first, is 1 (IMG_ROOT_ID) */
+	{
+		pthread_rwlockattr_t a; /* a snapshot must not starve behind a stream of writes */
+
+		pthread_rwlockattr_init(&a);
+		pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&h->quiesce, &a);
+		pthread_rwlockattr_destroy(&a);
+	}
 	*out = h;
 	return 0;
 }
@@ -98,7 +107,9 @@ static int heap_new(const struct conf_heap *pol, bool from_config, struct hfs_he
 static struct hfs_inode *__status_file(struct hfs_inode *dir, struct hfs_heap *h,
 				       enum hfs_status_kind what)
 {
-	struct hfs_inode *i = __hfs_fixed_add(dir, h->pol.name, HFS_STATUS, S_IFREG | 0444, what);
+	/* a heap's image holds all its files' bytes, whatever their modes: its owner only */
+	mode_t mode = S_IFREG | (what == HFS_ST_IMAGE ? 0400 : 0444);
+	struct hfs_inode *i = __hfs_fixed_add(dir, h->pol.name, HFS_STATUS, mode, what);
 
 	/* hfs.ns is held exclusive: nobody can open it before it knows its heap */
 	if (i) {
@@ -125,13 +136,15 @@ static void __heap_unlink(struct hfs_heap *h)
 {
 	const char *name = h->pol.name;
 
+	if (h->st_image)
+		__hfs_dir_del(hfs.dot_images, name);
 	if (h->st_map)
 		__hfs_dir_del(hfs.dot_maps, name);
 	if (h->st_heap)
 		__hfs_dir_del(hfs.dot_heaps, name);
 	if (h->dir)
 		__hfs_dir_del(hfs.heaps, name);
-	h->st_map = h->st_heap = h->dir = NULL;
+	h->st_image = h->st_map = h->st_heap = h->dir = NULL;
 	__unlist(h);
 	hfs_heap_put(h);
 }
@@ -179,6 +192,9 @@ int __hfs_heap_mkdir(const char *name, const struct conf_heap *pol, bool from_co
 		goto fail;
 	h->st_map = __status_file(hfs.dot_maps, h, HFS_ST_MAP);
 	if (!h->st_map)
+		goto fail;
+	h->st_image = __status_file(hfs.dot_images, h, HFS_ST_IMAGE);
+	if (!h->st_image)
 		goto fail;
 	*dir = d;
 	return 0;

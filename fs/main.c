@@ -270,6 +270,8 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 out_unmount:
 	fuse_session_unmount(se);
 	hfs_uring_stop();
+	if (ret == 0 && hfs_images_save()) /* nothing changes the heaps any more */
+		ret = 1;
 out_signals:
 	fuse_remove_signal_handlers(se);
 out_destroy:
@@ -347,6 +349,8 @@ int main(int argc, char *argv[])
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));
 		ret = 1;
+	} else if (hfs_images_load()) {
+		ret = 2; /* a bad image: said why; nothing mounted */
 	} else {
 		ret = run(&args, &cmd);
 	}

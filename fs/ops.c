@@ -17,12 +17,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "fs_i.h"
 
 struct status_fh {
 	char *buf;
 	size_t len;
+	/* .heapfs/images/NAME: the pipe from the snapshot child, read in order */
+	pthread_mutex_t lock;
+	int fd;
+	pid_t pid; /* 0 once reaped */
+	uint64_t pos;
 };
 
 #define READ_IOV 256
@@ -43,7 +49,8 @@ static struct hfs_inode *I(fuse_ino_t ino)
 
 static double entry_timeout(const struct hfs_inode *dir)
 {
-	return dir == hfs.dot_heaps || dir == hfs.dot_maps ? 0.0 : HFS_TIMEOUT;
+	return dir == hfs.dot_heaps || dir == hfs.dot_maps || dir == hfs.dot_images ? 0.0 :
+										     HFS_TIMEOUT;
 }
 
 static void fill_entry(struct fuse_entry_param *e, struct hfs_inode *dir, struct hfs_inode *i,
@@ -270,7 +277,13 @@ static int status_open(struct hfs_inode *i, struct fuse_file_info *fi)
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
-	ret = hfs_status_render(i, &s->buf, &s->len);
+	if (i->st.what == HFS_ST_IMAGE) {
+		pthread_mutex_init(&s->lock, NULL);
+		ret = hfs_image_snapshot(i->st.heap, &s->fd, &s->pid);
+		fi->nonseekable = 1;
+	} else {
+		ret = hfs_status_render(i, &s->buf, &s->len);
+	}
 	if (ret) {
 		free(s);
 		return ret;
@@ -284,8 +297,50 @@ static void status_close(struct hfs_inode *i, struct fuse_file_info *fi)
 {
 	struct status_fh *s = (struct status_fh *)(uintptr_t)fi->fh;
 
-	hfs_status_put(i, s->buf);
+	if (i->st.what == HFS_ST_IMAGE) {
+		close(s->fd);
+		if (s->pid)
+			hfs_image_snapshot_end(s->pid);
+		pthread_mutex_destroy(&s->lock);
+	} else {
+		hfs_status_put(i, s->buf);
+	}
 	free(s);
+}
+
+/* The next bytes of an image stream: in order only; at its end, the child must have
+ * written a whole image, else the reader gets EIO (and its copy is no image). */
+static ssize_t stream_read(struct status_fh *s, char *buf, size_t size, off_t off)
+{
+	ssize_t n = 0, r;
+
+	pthread_mutex_lock(&s->lock);
+	if ((uint64_t)off != s->pos) {
+		n = -ESPIPE;
+		goto out;
+	}
+	while ((size_t)n < size && s->pid) {
+		r = read(s->fd, buf + n, size - (size_t)n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			n = -errno;
+			goto out;
+		}
+		if (r == 0) { /* the child is done */
+			r = hfs_image_snapshot_end(s->pid);
+			s->pid = 0;
+			if (r) {
+				n = r;
+				goto out;
+			}
+		}
+		n += r;
+	}
+	s->pos += (uint64_t)n;
+out:
+	pthread_mutex_unlock(&s->lock);
+	return n;
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -353,6 +408,16 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 		char *copy;
 
+		if (i->st.what == HFS_ST_IMAGE) {
+			copy = malloc(size);
+			n = copy ? stream_read(s, copy, size, off) : -ENOMEM;
+			if (n < 0)
+				reply_err(req, (int)n);
+			else
+				fuse_reply_buf(req, copy, (size_t)n);
+			free(copy);
+			return;
+		}
 		if ((uint64_t)off >= s->len)
 			return (void)fuse_reply_buf(req, NULL, 0);
 		if (size > s->len - (uint64_t)off)

@@ -260,6 +260,8 @@ static int render(struct hfs_inode *i, struct hfs_snap **out)
 	case HFS_ST_DONORS:
 		j = donors_json();
 		break;
+	case HFS_ST_IMAGE: /* a stream (image.c), never rendered */
+		break;
 	}
 	heaps_put(v, n);
 	s = j ? json_dumps(j, flags) : NULL;

@@ -105,7 +105,7 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 	memcpy(x->name, name, len + 1);
 	memcpy(x->value, value, size);
 	x->size = size;
-	pthread_rwlock_wrlock(&i->lock);
+	hfs_change_lock(i);
 	old = __find(i, name);
 	if (old && flags & XATTR_CREATE)
 		ret = -EEXIST;
@@ -124,7 +124,7 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 		hfs_heap_meta(i->heap, (int64_t)cost(x));
 		hfs_now(&i->ctime);
 	}
-	pthread_rwlock_unlock(&i->lock);
+	hfs_change_unlock(i);
 	if (ret) {
 		old = x;
 	}
@@ -199,7 +199,7 @@ int hfs_removexattr(struct hfs_inode *i, const char *name)
 		return -ENOTSUP;
 	if (is_virt(name) || !i->heap)
 		return -EPERM;
-	pthread_rwlock_wrlock(&i->lock);
+	hfs_change_lock(i);
 	x = __find(i, name);
 	if (x) {
 		HASH_DEL(i->xattrs, x);
@@ -207,7 +207,7 @@ int hfs_removexattr(struct hfs_inode *i, const char *name)
 		hfs_heap_meta(i->heap, -(int64_t)cost(x));
 		hfs_now(&i->ctime);
 	}
-	pthread_rwlock_unlock(&i->lock);
+	hfs_change_unlock(i);
 	if (!x)
 		return -ENODATA;
 	free(x->value);

@@ -34,6 +34,7 @@
 #include <jansson.h>
 
 #include "ctl_i.h"
+#include "img.h"
 
 #ifndef HEAPFS_VERSION
 #define HEAPFS_VERSION "unknown"
@@ -64,8 +65,8 @@ static void usage(FILE *out)
 	      "  image ls FILE             what an image file holds (object segment: names,\n"
 	      "                            offsets, sizes, free space; heap image: paths)\n"
 	      "  image cat FILE NAME       one object's bytes, or one file's (path in the heap)\n"
-	      "  save MOUNT HEAP FILE, promote MOUNT [HEAP], verify MOUNT [HEAP]\n"
-	      "                            (not available yet)\n"
+	      "  save MOUNT HEAP FILE      a consistent image of a live heap, saved atomically\n"
+	      "  promote MOUNT [HEAP], verify MOUNT [HEAP]   (not available yet)\n"
 	      "\n"
 	      "options:\n"
 	      "  --json        print JSON instead of tables (anywhere on the line)\n"
@@ -857,6 +858,87 @@ static int cmd_donors(char **args, const struct ctl_opts *o)
 	return ret ? ret : show(j, o, print_donors);
 }
 
+/* Copy an image stream from fd into the save's temporary file: bytes copied, or -errno. */
+static int64_t copy_stream(int fd, int out)
+{
+	enum { BUF = 1 << 20 };
+	char *buf = malloc(BUF);
+	int64_t total = 0;
+	ssize_t n, w;
+
+	if (!buf)
+		return -ENOMEM;
+	while ((n = read(fd, buf, BUF)) > 0) {
+		for (ssize_t done = 0; done < n; done += w) {
+			w = write(out, buf + done, (size_t)(n - done));
+			if (w < 0) {
+				total = -errno;
+				goto out;
+			}
+		}
+		total += n;
+	}
+	if (n < 0)
+		total = -errno;
+out:
+	free(buf);
+	return total;
+}
+
+/* save MOUNT HEAP FILE: a consistent image of a live heap, from .heapfs/images/HEAP (the
+ * daemon snapshots the heap when it is opened), written atomically to FILE. */
+static int cmd_save(char **args, const struct ctl_opts *o)
+{
+	const char *mount = args[0], *heap = args[1], *file = args[2];
+	struct img_save sv;
+	char *src = NULL;
+	int64_t n;
+	json_t *j;
+	int fd, ret;
+
+	ret = load_heap(mount, "heaps", heap, &j); /* a heapfs mount with that heap */
+	if (ret)
+		return ret;
+	json_decref(j);
+	if (asprintf(&src, "%s/.heapfs/images/%s", mount, heap) < 0)
+		return -ENOMEM;
+	fd = open(src, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		err_msg("%s: %s", src, strerror(errno));
+		goto out;
+	}
+	ret = img_save_open(file, &sv);
+	if (ret) {
+		err_msg("%s: %s", file, strerror(-ret));
+		goto out_fd;
+	}
+	n = copy_stream(fd, sv.fd);
+	if (n < 0) {
+		img_save_abort(&sv);
+		ret = (int)n;
+		err_msg("%s: not saved (%s); %s is as it was", file, strerror(-ret), file);
+		goto out_fd;
+	}
+	ret = img_save_commit(&sv);
+	if (ret) {
+		err_msg("%s: not saved (%s); %s is as it was", file, strerror(-ret), file);
+		goto out_fd;
+	}
+	if (o->json) {
+		j = json_pack("{s:s, s:s, s:I}", "heap", heap, "file", file, "bytes", (json_int_t)n);
+		ret = j ? print_json(j) : -ENOMEM;
+		json_decref(j);
+	} else {
+		printf("saved heap %s to %s (%" PRId64 " bytes)\n", heap, file, n);
+	}
+out_fd:
+	close(fd);
+out:
+	free(src);
+	return ret;
+}
+
 static int cmd_partner(char **args, const struct ctl_opts *o)
 {
 	json_t *j;
@@ -878,7 +960,7 @@ static const struct command commands[] = {
 	{ "status", 1, 1, cmd_status },   { "stats", 1, 2, cmd_stats },
 	{ "map", 2, 2, cmd_map },         { "donors", 1, 1, cmd_donors },
 	{ "partner", 1, 1, cmd_partner }, { "image", 2, 3, cmd_image },
-	{ "save", 3, 3, NULL },           { "promote", 1, 2, NULL },
+	{ "save", 3, 3, cmd_save },       { "promote", 1, 2, NULL },
 	{ "verify", 1, 2, NULL },
 };
 

@@ -48,8 +48,7 @@ def test_not_heapfs_and_missing_heap(mount, tmp_path):
 
 
 def test_later_commands_say_not_available(mount):
-    for args in (["save", mount.path, "scratch", "f"], ["promote", mount.path],
-                 ["verify", mount.path]):
+    for args in (["promote", mount.path], ["verify", mount.path]):
         r = run_ctl(*args)
         assert r.returncode == 1
         assert r.stderr.strip() == f"heapfsctl: {args[0]}: not available yet"

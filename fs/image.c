@@ -1,0 +1,580 @@
+/*
+ * image.c — heap images (docs/IMAGE.md "heap image stream"): save a heap, restore one, and
+ * the record applier that restores (and, later, a mirror) go through.
+ *
+ * Save walks the heap's tree depth first from its directory (id 1) and writes, for an
+ * inode the first time a name of it is reached: INODE, SYMLINK (its target), LINK (that
+ * name), its XATTRs, its DATA straight from heap memory; a later name of the same inode is
+ * one more LINK.  So every record refers to inodes by their identity (hfs_inode.id), a
+ * directory comes before what it holds, and a reader never needs to look ahead.
+ *
+ * Restore reads the stream in one pass and hands each record to the applier, which calls
+ * the same core functions the FUSE edge calls (hfs_create, hfs_link, hfs_write,
+ * hfs_setxattr, hfs_setattr, hfs_truncate, hfs_rename, hfs_unlink, ...), never FUSE.
+ * Attributes an apply would disturb (modes, owners, times; a directory's mtime moves with
+ * each entry) are set once at the end.  Any refusal (of the stream or of an apply) fails
+ * the whole restore: the caller refuses to mount, so no half heap is ever served.
+ *
+ * A live heap is saved as Redis saves: hfs_image_snapshot forks while it holds hfs.ns and
+ * the heap's quiesce lock exclusive (so no change is half done), and the child writes the
+ * image from its copy-on-write view into a pipe while the daemon goes on serving; writers
+ * wait only for the fork.
+ *
+ * Locking: save reads the tree without locks, so its caller guarantees that nothing
+ * changes the heap meanwhile (the session loop has ended, or the snapshot child).  The
+ * applier takes the locks its core calls take; one applier per heap at a time.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+#include "fs_i.h"
+#include "img.h"
+
+static int64_t ns_of(struct timespec t)
+{
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static struct timespec ts_of(int64_t ns)
+{
+	return (struct timespec){ .tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000 };
+}
+
+static uint32_t img_kind_of(enum hfs_kind k)
+{
+	switch (k) {
+	case HFS_DIR:
+		return IMG_K_DIR;
+	case HFS_REG:
+		return IMG_K_REG;
+	case HFS_LNK:
+		return IMG_K_LNK;
+	default:
+		return IMG_K_SPECIAL;
+	}
+}
+
+/* ---- save --------------------------------------------------------------------------- */
+
+struct seen {
+	UT_hash_handle hh;
+	uint64_t id;
+};
+
+struct saver {
+	struct img_w *w;
+	struct buddy *b;
+	struct seen *seen;
+};
+
+static int save_data(struct saver *s, struct hfs_inode *i)
+{
+	for (size_t k = 0; k < i->file.n; k++) {
+		const struct hfs_ext *e = &i->file.ext[k];
+		uint64_t n = 1ull << e->order;
+		int ret;
+
+		if (e->foff >= i->size)
+			break;
+		if (n > i->size - e->foff)
+			n = i->size - e->foff;
+		ret = img_w_data(s->w, i->id, e->foff, buddy_ptr(s->b, e->hoff), n);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+static int save_inode(struct saver *s, struct hfs_inode *i)
+{
+	struct img_inode in = {
+		.id = i->id, .kind = img_kind_of(i->kind), .mode = i->mode, .uid = i->uid,
+		.gid = i->gid, .rdev = i->rdev, .nlink = (uint32_t)i->nlink, .size = i->size,
+		.atime_ns = ns_of(i->atime), .mtime_ns = ns_of(i->mtime), .ctime_ns = ns_of(i->ctime),
+	};
+	int ret = img_w_inode(s->w, &in);
+
+	if (!ret && i->kind == HFS_LNK)
+		ret = img_w_symlink(s->w, i->id, i->lnk.target);
+	return ret;
+}
+
+static int save_rest(struct saver *s, struct hfs_inode *i)
+{
+	struct hfs_xattr *x, *tmp;
+	int ret = 0;
+
+	HASH_ITER(hh, i->xattrs, x, tmp) {
+		ret = img_w_xattr(s->w, i->id, x->name, x->value, (uint32_t)x->size);
+		if (ret)
+			return ret;
+	}
+	return i->kind == HFS_REG ? save_data(s, i) : 0;
+}
+
+static int save_dir(struct saver *s, struct hfs_inode *dir)
+{
+	struct hfs_dirent *de, *tmp;
+	int ret = 0;
+
+	HASH_ITER(hh, dir->dir.ents, de, tmp) {
+		struct hfs_inode *i = de->inode;
+		struct seen *sn;
+
+		HASH_FIND(hh, s->seen, &i->id, sizeof(i->id), sn);
+		if (sn) { /* one more name of an inode already written */
+			ret = img_w_link(s->w, dir->id, i->id, de->name);
+		} else {
+			sn = malloc(sizeof(*sn));
+			if (!sn)
+				return -ENOMEM;
+			sn->id = i->id;
+			HASH_ADD(hh, s->seen, id, sizeof(sn->id), sn);
+			ret = save_inode(s, i);
+			if (!ret)
+				ret = img_w_link(s->w, dir->id, i->id, de->name);
+			if (!ret)
+				ret = save_rest(s, i);
+			if (!ret && i->kind == HFS_DIR)
+				ret = save_dir(s, i);
+		}
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+int hfs_image_write(struct hfs_heap *h, int fd)
+{
+	struct img_hdr hd = { .heap_size = h->pol.size, .min_order = h->min_order,
+			      .layout = h->pol.layout == CONF_LAYOUT_CONTIGUOUS };
+	struct saver s = { .b = h->b };
+	struct seen *sn, *tmp;
+	int ret;
+
+	snprintf(hd.name, sizeof(hd.name), "%s", h->pol.name);
+	ret = img_w_open(fd, &hd, &s.w);
+	if (ret)
+		return ret;
+	/* the heap directory: its own attributes and xattrs, under id 1 */
+	ret = save_inode(&s, h->dir);
+	if (!ret)
+		ret = save_rest(&s, h->dir);
+	if (!ret)
+		ret = save_dir(&s, h->dir);
+	if (!ret)
+		ret = img_w_finish(s.w);
+	img_w_free(s.w);
+	HASH_ITER(hh, s.seen, sn, tmp) {
+		HASH_DEL(s.seen, sn);
+		free(sn);
+	}
+	return ret;
+}
+
+int hfs_image_save(struct hfs_heap *h, const char *path)
+{
+	struct img_save sv;
+	int ret = img_save_open(path, &sv);
+
+	if (ret)
+		return ret;
+	ret = hfs_image_write(h, sv.fd);
+	if (ret) {
+		img_save_abort(&sv);
+		return ret;
+	}
+	return img_save_commit(&sv);
+}
+
+/* ---- apply -------------------------------------------------------------------------- */
+
+/* What the applier knows of one inode identity. */
+struct known {
+	UT_hash_handle hh;
+	uint64_t id;
+	struct img_inode in;      /* as the INODE record gave it (attributes set at the end) */
+	char *target;             /* SYMLINK, until the inode is made */
+	struct hfs_inode *i;      /* made (holds one reference of ours), or NULL */
+};
+
+struct hfs_apply {
+	struct hfs_heap *h;
+	struct known *known;
+	char *buf;                /* DATA bounce buffer, IMG_DATA_MAX bytes */
+	char *why;
+	size_t whylen;
+};
+
+static int refuse(struct hfs_apply *a, int ret, const char *fmt, unsigned long long id)
+{
+	snprintf(a->why, a->whylen, fmt, id);
+	return ret < 0 ? ret : -EBADMSG;
+}
+
+static struct known *find(struct hfs_apply *a, uint64_t id)
+{
+	struct known *k;
+
+	HASH_FIND(hh, a->known, &id, sizeof(id), k);
+	return k;
+}
+
+/* The made inode of id: the heap directory for id 1. */
+static struct hfs_inode *made(struct hfs_apply *a, uint64_t id)
+{
+	struct known *k = find(a, id);
+
+	return k ? k->i : NULL;
+}
+
+int hfs_apply_begin(struct hfs_heap *h, char *why, size_t whylen, struct hfs_apply **out)
+{
+	struct hfs_apply *a = calloc(1, sizeof(*a));
+	struct known *root = calloc(1, sizeof(*root));
+
+	if (!a || !root || !(a->buf = malloc(IMG_DATA_MAX))) {
+		free(root);
+		if (a)
+			free(a->buf);
+		free(a);
+		return -ENOMEM;
+	}
+	a->h = h;
+	a->why = why;
+	a->whylen = whylen;
+	root->id = IMG_ROOT_ID;
+	root->i = h->dir;
+	hfs_iref(h->dir, 1);
+	HASH_ADD(hh, a->known, id, sizeof(root->id), root);
+	*out = a;
+	return 0;
+}
+
+static int apply_inode(struct hfs_apply *a, const struct img_inode *in)
+{
+	struct known *k = find(a, in->id);
+
+	if (k && k->i && in->id != IMG_ROOT_ID)
+		return refuse(a, 0, "inode %llu appears twice", (unsigned long long)in->id);
+	if (!k) {
+		k = calloc(1, sizeof(*k));
+		if (!k)
+			return -ENOMEM;
+		k->id = in->id;
+		HASH_ADD(hh, a->known, id, sizeof(k->id), k);
+	}
+	k->in = *in;
+	return 0;
+}
+
+static int apply_link(struct hfs_apply *a, const struct img_rec *rec)
+{
+	struct hfs_inode *dir = made(a, rec->u.link.parent), *i;
+	struct known *k = find(a, rec->u.link.child);
+	int ret;
+
+	if (!dir || dir->kind != HFS_DIR)
+		return refuse(a, 0, "a name in %llu, which is no directory here",
+			      (unsigned long long)rec->u.link.parent);
+	if (!k)
+		return refuse(a, 0, "a name for inode %llu, never described",
+			      (unsigned long long)rec->u.link.child);
+	if (k->i) {
+		ret = hfs_link(k->i, dir, rec->s1);
+		if (!ret)
+			hfs_iput(k->i, 1); /* hfs_link's lookup reference: ours is k->i's */
+	} else {
+		struct hfs_ctx ctx = { .uid = k->in.uid, .gid = k->in.gid };
+
+		if (k->in.kind == IMG_K_LNK && !k->target)
+			return refuse(a, 0, "symlink %llu without a target",
+				      (unsigned long long)k->id);
+		ret = hfs_create(dir, rec->s1, k->in.mode, (dev_t)k->in.rdev, k->target, &ctx, &i);
+		if (!ret) {
+			k->i = i; /* hfs_create's lookup reference becomes ours */
+			i->id = k->id;
+			if (atomic_load(&a->h->next_id) <= k->id)
+				atomic_store(&a->h->next_id, k->id + 1);
+			/* the whole size at once: a contiguous file does not move at every
+			 * power of two its DATA records reach */
+			if (i->kind == HFS_REG && k->in.size)
+				ret = hfs_fallocate(i, 0, 0, (off_t)k->in.size);
+		}
+	}
+	if (ret)
+		return refuse(a, ret, "cannot add a name for inode %llu here",
+			      (unsigned long long)k->id);
+	return 0;
+}
+
+static struct hfs_inode *need(struct hfs_apply *a, uint64_t id)
+{
+	struct hfs_inode *i = made(a, id);
+
+	if (!i)
+		refuse(a, 0, "a record for inode %llu, which has no name yet",
+		       (unsigned long long)id);
+	return i;
+}
+
+static int apply_data(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec)
+{
+	struct hfs_inode *i = need(a, rec->u.data.id);
+	int ret;
+
+	if (!i)
+		return -EBADMSG;
+	ret = img_r_data(r, a->buf);
+	if (ret)
+		return ret;
+	ret = hfs_write(i, a->buf, rec->data_len, (off_t)rec->u.data.off, 0);
+	if (ret >= 0 && (uint32_t)ret != rec->data_len)
+		ret = -ENOSPC;
+	return ret < 0 ? refuse(a, ret, "the data of inode %llu does not fit the heap",
+				(unsigned long long)rec->u.data.id) : 0;
+}
+
+static int apply_setattr(struct hfs_inode *i, const struct img_setattr *sa)
+{
+	static const unsigned bits[][2] = {
+		{ IMG_SET_MODE, HFS_SET_MODE }, { IMG_SET_UID, HFS_SET_UID },
+		{ IMG_SET_GID, HFS_SET_GID }, { IMG_SET_SIZE, HFS_SET_SIZE },
+		{ IMG_SET_ATIME, HFS_SET_ATIME }, { IMG_SET_MTIME, HFS_SET_MTIME },
+		{ IMG_SET_CTIME, HFS_SET_CTIME },
+	};
+	struct hfs_attr at = { .mode = sa->mode, .uid = sa->uid, .gid = sa->gid, .size = sa->size,
+			       .atime = ts_of(sa->atime_ns), .mtime = ts_of(sa->mtime_ns),
+			       .ctime = ts_of(sa->ctime_ns) };
+	unsigned mask = 0;
+
+	for (size_t k = 0; k < sizeof(bits) / sizeof(bits[0]); k++)
+		if (sa->mask & bits[k][0])
+			mask |= bits[k][1];
+	if (i->kind != HFS_REG)
+		mask &= ~HFS_SET_SIZE;
+	return hfs_setattr(i, &at, mask, 0);
+}
+
+/* The change records: what a mirror applies (a saved heap holds none, but a stream may). */
+static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
+{
+	struct hfs_inode *i, *d, *nd;
+
+	switch (rec->type) {
+	case IMG_TRUNCATE:
+		i = need(a, rec->u.truncate.id);
+		return i ? hfs_truncate(i, rec->u.truncate.size) : -EBADMSG;
+	case IMG_SETATTR:
+		i = need(a, rec->u.setattr.id);
+		return i ? apply_setattr(i, &rec->u.setattr) : -EBADMSG;
+	case IMG_REMOVEXATTR:
+		i = need(a, rec->u.removexattr.id);
+		return i ? hfs_removexattr(i, rec->s1) : -EBADMSG;
+	case IMG_UNLINK:
+		d = need(a, rec->u.unlink.parent);
+		if (!d)
+			return -EBADMSG;
+		i = __hfs_dir_find(d, rec->s1);
+		return i && i->kind == HFS_DIR ? hfs_rmdir(d, rec->s1) : hfs_unlink(d, rec->s1);
+	case IMG_RENAME:
+		d = need(a, rec->u.rename.old_parent);
+		nd = need(a, rec->u.rename.new_parent);
+		return d && nd ? hfs_rename(d, rec->s1, nd, rec->s2, rec->u.rename.flags) : -EBADMSG;
+	default:
+		return refuse(a, 0, "record type %llu cannot be applied", rec->type);
+	}
+}
+
+int hfs_apply_rec(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec)
+{
+	struct known *k;
+	struct hfs_inode *i;
+	int ret;
+
+	switch (rec->type) {
+	case IMG_INODE:
+		return apply_inode(a, &rec->u.inode);
+	case IMG_SYMLINK:
+		k = find(a, rec->u.symlink.id);
+		if (!k || k->i || k->target)
+			return refuse(a, 0, "a symlink target for inode %llu out of place",
+				      (unsigned long long)rec->u.symlink.id);
+		k->target = strdup(rec->s1);
+		return k->target ? 0 : -ENOMEM;
+	case IMG_LINK:
+		return apply_link(a, rec);
+	case IMG_DATA:
+		return apply_data(a, r, rec);
+	case IMG_XATTR:
+		i = need(a, rec->u.xattr.id);
+		if (!i)
+			return -EBADMSG;
+		ret = hfs_setxattr(i, rec->s1, rec->s2, rec->u.xattr.value_len, 0);
+		return ret ? refuse(a, ret, "xattr of inode %llu refused",
+				    (unsigned long long)rec->u.xattr.id) : 0;
+	default:
+		ret = apply_change(a, rec);
+		return ret && !a->why[0] ? refuse(a, ret, "a change record (type %llu) failed",
+						  rec->type) : ret;
+	}
+}
+
+/* Set what the applies disturbed (modes, owners, times), then drop our references. */
+int hfs_apply_end(struct hfs_apply *a, bool finish)
+{
+	struct known *k, *tmp;
+	int ret = 0;
+
+	HASH_ITER(hh, a->known, k, tmp) {
+		if (finish && k->i && !ret && (k->id != IMG_ROOT_ID || k->in.id)) {
+			struct img_setattr sa = {
+				.mask = IMG_SET_MODE | IMG_SET_UID | IMG_SET_GID | IMG_SET_ATIME |
+					IMG_SET_MTIME | IMG_SET_CTIME,
+				.mode = k->in.mode, .uid = k->in.uid, .gid = k->in.gid,
+				.atime_ns = k->in.atime_ns, .mtime_ns = k->in.mtime_ns,
+				.ctime_ns = k->in.ctime_ns,
+			};
+
+			ret = apply_setattr(k->i, &sa);
+		}
+		if (k->i)
+			hfs_iput(k->i, 1);
+		HASH_DEL(a->known, k);
+		free(k->target);
+		free(k);
+	}
+	free(a->buf);
+	free(a);
+	return ret;
+}
+
+int hfs_image_restore(struct hfs_heap *h, int fd, char *why, size_t whylen)
+{
+	struct hfs_apply *a;
+	struct img_r *r;
+	struct img_rec rec;
+	int ret;
+
+	why[0] = 0;
+	ret = img_r_open(fd, h->pol.size, &r, why, whylen);
+	if (ret)
+		return ret;
+	ret = hfs_apply_begin(h, why, whylen, &a);
+	if (ret)
+		goto out_r;
+	while ((ret = img_r_next(r, &rec)) == 1) {
+		ret = hfs_apply_rec(a, r, &rec);
+		if (ret)
+			break;
+	}
+	ret = hfs_apply_end(a, ret == 0) ?: ret;
+out_r:
+	img_r_free(r);
+	if (ret && !why[0])
+		snprintf(why, whylen, "%s", strerror(-ret));
+	return ret;
+}
+
+/* ---- at mount and at unmount --------------------------------------------------------- */
+
+int hfs_images_load(void)
+{
+	char why[256];
+	int ret = 0;
+
+	for (unsigned k = 0; k < hfs.nheaps && !ret; k++) {
+		struct hfs_heap *h = hfs.heapv[k];
+		int fd;
+
+		if (!h->pol.image || !h->pol.image[0])
+			continue;
+		fd = open(h->pol.image, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 && errno == ENOENT)
+			continue; /* nothing saved yet: the heap starts empty */
+		if (fd < 0) {
+			ret = -errno;
+			fprintf(stderr, "heapfs: %s: %s\n", h->pol.image, strerror(errno));
+			break;
+		}
+		ret = hfs_image_restore(h, fd, why, sizeof(why));
+		close(fd);
+		if (ret)
+			fprintf(stderr, "heapfs: %s: %s\n", h->pol.image, why);
+	}
+	return ret;
+}
+
+int hfs_images_save(void)
+{
+	int ret = 0;
+
+	for (unsigned k = 0; k < hfs.nheaps; k++) {
+		struct hfs_heap *h = hfs.heapv[k];
+		int r;
+
+		if (!h->pol.image || !h->pol.image[0])
+			continue;
+		r = hfs_image_save(h, h->pol.image);
+		if (r) {
+			fprintf(stderr, "heapfs: %s: not saved (%s); the previous image stays\n",
+				h->pol.image, strerror(-r));
+			ret = r;
+		}
+	}
+	return ret;
+}
+
+/* ---- a live heap, streamed -------------------------------------------------------- */
+
+int hfs_image_snapshot(struct hfs_heap *h, int *fd, pid_t *pid)
+{
+	pid_t parent = getpid(), c;
+	int p[2], ret = 0;
+
+	if (buddy_data_fd(h->b) >= 0)
+		return -EOPNOTSUPP; /* shared memory: a fork would not freeze it */
+	if (pipe2(p, O_CLOEXEC))
+		return -errno;
+	pthread_rwlock_wrlock(&hfs.ns);
+	pthread_rwlock_wrlock(&h->quiesce);
+	c = h->dir ? fork() : (errno = ENOENT, -1); /* rmdir'd meanwhile */
+	if (c == 0) {
+		/* the child: this thread alone, the heap as it was; die with the daemon */
+		close(p[0]);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(1);
+		_exit(hfs_image_write(h, p[1]) ? 1 : 0);
+	}
+	if (c < 0)
+		ret = -errno;
+	pthread_rwlock_unlock(&h->quiesce);
+	pthread_rwlock_unlock(&hfs.ns);
+	close(p[1]);
+	if (ret) {
+		close(p[0]);
+		return ret;
+	}
+	*fd = p[0];
+	*pid = c;
+	return 0;
+}
+
+int hfs_image_snapshot_end(pid_t pid)
+{
+	int st;
+
+	if (waitpid(pid, &st, WNOHANG) == 0) {
+		kill(pid, SIGKILL); /* the reader stopped early */
+		waitpid(pid, &st, 0);
+	}
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EIO;
+}

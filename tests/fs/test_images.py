@@ -1,0 +1,264 @@
+"""Heap images (issue 7): `image = PATH` restores a heap at mount and saves it at a clean
+unmount or SIGTERM; bad images are refused before anything is mounted; a failed save
+leaves the previous image as it was."""
+import errno
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+
+import pytest
+
+from conftest import (HEAPFS, HEAPFSCTL, KIB, MIB, pattern, read_daemon, start_heapfs, unmount,
+                      wait_until)
+
+SIZES = [0, 1, 63, 4095, 4096, 4097, 65536 + 7, MIB + 3, 5 * MIB - 1]
+
+
+def config(img, size="64M", extra=""):
+    return f'heap "h" {{ size = {size}  min_block = 4K  image = "{img}" {extra} }}\n'
+
+
+def build_tree(root):
+    """Directories, files of awkward sizes, hard links, symlinks, a fifo, xattrs, modes,
+    owners and times."""
+    os.makedirs(root / "a/b/c")
+    for k, n in enumerate(SIZES):
+        (root / f"a/f{n}").write_bytes(pattern(n, k))
+    (root / "a/b/c/deep").write_bytes(b"deep\n")
+    os.link(root / "a/f4097", root / "a/b/hard")
+    os.link(root / "a/f4097", root / "hard2")
+    os.symlink("a/b/c/deep", root / "sym")
+    os.symlink("/nowhere/at/all", root / "a/dangling")
+    os.mkfifo(root / "a/fifo", 0o600)
+    os.setxattr(root / "a/f1", "user.colour", b"blue")
+    os.setxattr(root / "a/b", "user.empty", b"")
+    os.setxattr(root / "a/f0", "user.bin", bytes(range(256)))
+    os.chmod(root / "a/f63", 0o4751)
+    os.chmod(root / "a/b", 0o2750)
+    os.chown(root / "a/f4095", 1234, 5678)
+    os.chown(root / "a/b/c", 4321, 8765)
+    os.lchown(root / "sym", 42, 43)
+    for k, p in enumerate(sorted(root.rglob("*"))):
+        os.utime(p, ns=(1_600_000_000_123_456_789 + k, 1_500_000_000_987_654_321 + k),
+                 follow_symlinks=False)
+
+
+def listing(root):
+    """What a restore must give back, path by path (hard links share an inode group)."""
+    out, groups = {}, {}
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        rel = str(p.relative_to(root))
+        e = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid, "nlink": st.st_nlink,
+             "mtime": st.st_mtime_ns, "size": st.st_size,
+             "group": groups.setdefault(st.st_ino, len(groups)),
+             "xattrs": {n: os.getxattr(p, n, follow_symlinks=False)
+                        for n in os.listxattr(p, follow_symlinks=False)
+                        if not n.startswith("user.heapfs.")}}
+        if stat.S_ISLNK(st.st_mode):
+            e["target"] = os.readlink(p)
+        elif stat.S_ISREG(st.st_mode):
+            e["sha"] = hashlib.sha256(read_daemon(p)).hexdigest()
+        out[rel] = e
+    return out
+
+
+def test_heap_round_trip_through_unmount_and_mount(mount_factory, tmp_path):
+    img = tmp_path / "h.img"
+    m = mount_factory(config(img))
+    build_tree(m.heap("h"))
+    before = listing(m.heap("h"))
+    top = os.stat(m.heap("h"))
+    assert m.stop() == 0
+    assert img.exists()
+    ls = subprocess.run([str(HEAPFSCTL), "image", "ls", str(img)], capture_output=True,
+                        text=True)
+    assert ls.returncode == 0 and "a/b/c/deep" in ls.stdout, ls.stdout + ls.stderr
+    m2 = mount_factory(config(img))
+    assert listing(m2.heap("h")) == before
+    assert os.stat(m2.heap("h")).st_mode == top.st_mode
+    h = m2.heap_stats("h")
+    assert h["used"] == sum(((n + 4 * KIB - 1) // (4 * KIB)) * 4 * KIB
+                            for n in SIZES) + 4 * KIB  # a/b/c/deep
+    # the restored heap is an ordinary heap: it changes and is saved again
+    (m2.heap("h") / "new").write_bytes(b"after restore")
+    os.unlink(m2.heap("h") / "a/f0")
+    after = listing(m2.heap("h"))
+    assert m2.stop() == 0
+    m3 = mount_factory(config(img))
+    assert listing(m3.heap("h")) == after
+
+
+def test_sigterm_saves_too(mount_factory, tmp_path):
+    img = tmp_path / "h.img"
+    m = mount_factory(config(img))
+    (m.heap("h") / "f").write_bytes(pattern(3 * MIB, 5))
+    m.proc.send_signal(signal.SIGTERM)
+    assert m.proc.wait(10) == 0, m.stderr_text()
+    unmount(m.path)
+    m2 = mount_factory(config(img))
+    assert read_daemon(m2.heap("h") / "f") == pattern(3 * MIB, 5)
+
+
+def test_heap_without_image_file_starts_empty(mount_factory, tmp_path):
+    m = mount_factory(config(tmp_path / "none-yet.img"))
+    assert os.listdir(m.heap("h")) == []
+
+
+def refused(tmp_path, cfg_text, img):
+    """heapfs with this config must exit 2 before mounting, naming the image."""
+    cfg = tmp_path / "bad.conf"
+    cfg.write_text(cfg_text)
+    mnt = tmp_path / "badmnt"
+    mnt.mkdir(exist_ok=True)
+    before = img.read_bytes()
+    r = subprocess.run([str(HEAPFS), "-f", "-c", str(cfg),
+                        str(mnt)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert f"heapfs: {img}: " in r.stderr, r.stderr
+    assert img.read_bytes() == before  # refused, and left as it was
+    with open("/proc/self/mountinfo") as f:
+        assert str(mnt) not in f.read()
+    return r.stderr
+
+
+@pytest.fixture
+def good_image(mount_factory, tmp_path):
+    img = tmp_path / "h.img"
+    m = mount_factory(config(img))
+    build_tree(m.heap("h"))
+    assert m.stop() == 0
+    return img
+
+
+def test_truncated_image_refused(good_image, tmp_path):
+    data = good_image.read_bytes()
+    for cut in (len(data) // 2, len(data) - 1, 100):
+        good_image.write_bytes(data[:cut])
+        assert "truncated" in refused(tmp_path, config(good_image), good_image)
+
+
+def test_bit_flipped_image_refused(good_image, tmp_path):
+    data = bytearray(good_image.read_bytes())
+    for pos in (400, len(data) // 3, len(data) - 20):
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x10
+        good_image.write_bytes(flipped)
+        refused(tmp_path, config(good_image), good_image)
+
+
+def test_wrong_version_and_wrong_size_refused(good_image, tmp_path):
+    data = bytearray(good_image.read_bytes())
+    v = bytearray(data)
+    v[8:12] = (99).to_bytes(4, "little")  # the version field follows the 8-byte magic
+    good_image.write_bytes(v)
+    assert "version" in refused(tmp_path, config(good_image), good_image)
+    good_image.write_bytes(data)
+    assert "size" in refused(tmp_path, config(good_image, size="128M"), good_image)
+
+
+def test_failed_save_keeps_the_previous_image(mount_factory, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        img = small / "h.img"
+        m = mount_factory(config(img))
+        (m.heap("h") / "little").write_bytes(b"first save")
+        assert m.stop() == 0
+        first = img.read_bytes()
+        m2 = mount_factory(config(img))
+        (m2.heap("h") / "big").write_bytes(pattern(4 * MIB, 9))  # the image cannot fit
+        m2.expect_exit = 1
+        assert m2.stop() == 1
+        assert "not saved" in m2.stderr_text() and str(img) in m2.stderr_text()
+        assert img.read_bytes() == first
+        assert os.listdir(small) == ["h.img"]  # no temporary file left behind
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+# ---- heapfsctl save: a consistent image of a live heap
+
+def test_ctl_save_of_a_live_heap_under_writes(mount_factory, tmp_path):
+    """Writers rewrite files whole (every byte of a file equals one counter) while
+    `heapfsctl save` runs again and again: each saved image restores to files that are
+    each whole (one counter value), and writers were never stopped for the save."""
+    m = mount_factory(config(tmp_path / "unused.img"))
+    h = m.heap("h")
+    build_tree(h)
+    names = [f"w{k}" for k in range(4)]
+    for n in names:
+        (h / n).write_bytes(bytes([0]) * (256 * KIB))
+    stop = {"now": False}
+    rounds = {"n": 0}
+
+    def writer(name, base):
+        # one write() of the whole file: one request, so one change the snapshot sees
+        # whole or not at all (a truncate and a write would be two)
+        v = base
+        fd = os.open(h / name, os.O_WRONLY)
+        try:
+            while not stop["now"]:
+                os.pwrite(fd, bytes([v % 251]) * (256 * KIB), 0)
+                v += 1
+                rounds["n"] += 1
+        finally:
+            os.close(fd)
+
+    import threading
+    ts = [threading.Thread(target=writer, args=(n, k * 50)) for k, n in enumerate(names)]
+    for t in ts:
+        t.start()
+    saved = []
+    try:
+        for k in range(4):
+            out = tmp_path / f"live{k}.img"
+            r = subprocess.run([str(HEAPFSCTL), "save", str(m.path), "h", str(out)],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            assert f"saved heap h to {out}" in r.stdout
+            saved.append(out)
+    finally:
+        stop["now"] = True
+        for t in ts:
+            t.join()
+    assert rounds["n"] > 8  # the writers kept going
+    tree = listing(h)
+    for k, img in enumerate(saved):
+        m2 = mount_factory(config(img), name=f"restored{k}")
+        r2 = m2.heap("h")
+        for n in names:
+            data = read_daemon(r2 / n)
+            assert len(data) == 256 * KIB and len(set(data)) == 1, (img, n)
+        # the rest of the tree, untouched by the writers, is exactly as it was
+        got = listing(r2)
+        assert {p: e for p, e in got.items() if p not in names} == \
+            {p: e for p, e in tree.items() if p not in names}
+        assert m2.stop() == 0
+
+
+def test_ctl_save_errors(mount_factory, tmp_path):
+    m = mount_factory(config(tmp_path / "unused.img"))
+    (m.heap("h") / "f").write_bytes(b"x")
+    prev = tmp_path / "prev.img"
+    prev.write_bytes(b"previous")
+    # no such heap, not a mount, a destination directory that does not exist
+    r = subprocess.run([str(HEAPFSCTL), "save", str(m.path), "nope", str(prev)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "no heap named 'nope'" in r.stderr
+    r = subprocess.run([str(HEAPFSCTL), "save", str(tmp_path), "h", str(prev)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    r = subprocess.run([str(HEAPFSCTL), "save", str(m.path), "h",
+                        str(tmp_path / "gone" / "x.img")], capture_output=True, text=True)
+    assert r.returncode == 1 and "gone" in r.stderr
+    r = subprocess.run([str(HEAPFSCTL), "save", str(m.path), "h"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2
+    assert prev.read_bytes() == b"previous"
+    # the image file is the owner's only: another user cannot read a heap through it
+    mode = os.stat(m.path / ".heapfs/images/h").st_mode
+    assert stat.S_IMODE(mode) == 0o400
