@@ -543,6 +543,9 @@ int hfs_image_snapshot(struct hfs_heap *h, int *fd, pid_t *pid)
 		return -EOPNOTSUPP; /* shared memory: a fork would not freeze it */
 	if (pipe2(p, O_CLOEXEC))
 		return -errno;
+	/* as large as allowed: the stream crosses it in FUSE reads of up to 1 MiB */
+	for (int sz = 1 << 20; sz >= 1 << 16 && fcntl(p[1], F_SETPIPE_SZ, sz) < 0; sz >>= 1)
+		;
 	pthread_rwlock_wrlock(&hfs.ns);
 	pthread_rwlock_wrlock(&h->quiesce);
 	c = h->dir ? fork() : (errno = ENOENT, -1); /* rmdir'd meanwhile */
