@@ -219,3 +219,40 @@ def test_truncate_a_mapped_file(mount):
         mm.close()
     finally:
         os.close(fd)
+
+
+# ---- what statfs promises is writable, from two CPUs
+
+def fill_from(path, cpu, chunk):
+    """A child pinned to `cpu` writes `path` in `chunk` pieces until ENOSPC; bytes written."""
+    code = (f"import os\nos.sched_setaffinity(0, {{{cpu}}})\n"
+            f"fd = os.open({str(path)!r}, os.O_WRONLY | os.O_CREAT, 0o644)\nn = 0\n"
+            f"buf = b'x' * {chunk}\n"
+            f"while True:\n"
+            f" try:\n  w = os.write(fd, buf)\n except OSError as e:\n"
+            f"  assert e.errno == 28, e\n  break\n"
+            f" n += w\n"
+            f" if w < len(buf):\n  continue\n"
+            f"print(n)\n")
+    return subprocess.Popen(["/usr/bin/python3", "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def test_statfs_free_space_is_all_writable_from_two_cpus(mount_factory):
+    """Two writers on two CPUs fill the heap to the last block, everything is removed, and
+    again: each time the bytes written add up to what statfs said was free (blocks parked
+    in either CPU's cache are reclaimed before ENOSPC)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    m = mount_factory('heap "h" { size = 32M  min_block = 4K  chunk = 1M }\n')
+    h = m.heap("h")
+    for round_ in range(3):
+        st = os.statvfs(h)
+        promised = st.f_bavail * st.f_frsize
+        ps = [fill_from(h / f"f{cpu}", cpu, (4 + 60 * cpu) * KIB) for cpu in (0, 1)]
+        written = sum(int(p.communicate(timeout=120)[0]) for p in ps)
+        assert all(p.returncode == 0 for p in ps)
+        assert written == promised, (round_, written, promised)
+        assert os.statvfs(h).f_bavail == 0
+        for cpu in (0, 1):
+            os.unlink(h / f"f{cpu}")
+        m.wait_heap("h", lambda j: j["used"] == 0, "everything freed")

@@ -55,3 +55,19 @@ def test_one_allowed_cpu_on_a_bigger_host(mount_factory):
     assert os.sched_getaffinity(m.pid) == {0}
     serve_through_idle(m)
     assert m.stats()["spin_us"] == 0
+
+
+def test_default_mount_where_fuse_io_uring_is_switched_on(mount_factory):
+    """A host whose fuse module has enable_uring on (a boot parameter, or another
+    program's choice) while heapfs is mounted without -o io_uring: it must serve over
+    /dev/fuse as usual."""
+    from conftest import ENABLE_URING
+    if not ENABLE_URING.exists():
+        pytest.skip("this kernel's fuse has no enable_uring switch")
+    before = ENABLE_URING.read_text()
+    ENABLE_URING.write_text("Y")
+    try:
+        m = mount_factory()
+        serve_through_idle(m)
+    finally:
+        ENABLE_URING.write_text(before)
