@@ -363,6 +363,23 @@ static int apply_setattr(struct hfs_inode *i, const struct img_setattr *sa)
 	return hfs_setattr(i, &at, mask, 0);
 }
 
+/* A SETATTR changes what the end sets too (else the INODE record's values would win). */
+static void remember(struct known *k, const struct img_setattr *sa)
+{
+	if (sa->mask & IMG_SET_MODE)
+		k->in.mode = (k->in.mode & S_IFMT) | (sa->mode & 07777);
+	if (sa->mask & IMG_SET_UID)
+		k->in.uid = sa->uid;
+	if (sa->mask & IMG_SET_GID)
+		k->in.gid = sa->gid;
+	if (sa->mask & IMG_SET_ATIME)
+		k->in.atime_ns = sa->atime_ns;
+	if (sa->mask & IMG_SET_MTIME)
+		k->in.mtime_ns = sa->mtime_ns;
+	if (sa->mask & IMG_SET_CTIME)
+		k->in.ctime_ns = sa->ctime_ns;
+}
+
 /* The change records: what a mirror applies (a saved heap holds none, but a stream may). */
 static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
 {
@@ -374,7 +391,10 @@ static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
 		return i ? hfs_truncate(i, rec->u.truncate.size) : -EBADMSG;
 	case IMG_SETATTR:
 		i = need(a, rec->u.setattr.id);
-		return i ? apply_setattr(i, &rec->u.setattr) : -EBADMSG;
+		if (!i)
+			return -EBADMSG;
+		remember(find(a, rec->u.setattr.id), &rec->u.setattr);
+		return apply_setattr(i, &rec->u.setattr);
 	case IMG_REMOVEXATTR:
 		i = need(a, rec->u.removexattr.id);
 		return i ? hfs_removexattr(i, rec->s1) : -EBADMSG;
