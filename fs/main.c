@@ -347,8 +347,12 @@ int main(int argc, char *argv[])
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));
 		ret = 1;
+	} else if (hfs_objects_start()) {
+		ret = 2; /* it printed why; nothing is mounted */
 	} else {
 		ret = run(&args, &cmd);
+		if (hfs_objects_stop() && !ret)
+			ret = 1;
 	}
 	fs_fini();
 out:
