@@ -134,6 +134,7 @@ struct hfs_inode {
 			unsigned opens;   /* all opens */
 			char *oname;      /* an object's name in the segment map, NULL when
 					     unlinked or not an object */
+			uint32_t oslot;   /* its map slot + 1 (0: none) */
 		} file;
 		struct { /* HFS_LNK */
 			char *target;

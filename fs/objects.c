@@ -16,13 +16,17 @@
  *
  * Locking: obj.seg (rwlock, writer-preferring) is held shared by every mutation of object
  * bytes or the map and exclusive by a snapshot, so a copy never holds a torn object or map.
- * obj.map (mutex) serialises the img_seg_* map changes among the shared holders.  Order:
+ * obj.map (mutex) serialises the img_seg_* map changes among the shared holders, and
+ * guards the slot bookkeeping: the daemon knows which slots it uses (file.oslot, a stack
+ * of freed slots, a high-water mark), so a slot is written or emptied in O(1) with
+ * img_seg_put_at / img_seg_del_at, never searched for.  Order:
  * hfs.ns -> inode.lock -> obj.seg -> obj.map.  An object's name (file.oname) changes under
  * hfs.ns exclusive and its inode lock.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -35,6 +39,8 @@ static struct {
 	uint64_t size;
 	pthread_rwlock_t seg;
 	pthread_mutex_t map;
+	uint32_t *free_slots; /* obj.map: slots below hw that are free, as a stack */
+	uint32_t nfree, hw;   /* slots at and above hw were never used */
 } obj = { .map = PTHREAD_MUTEX_INITIALIZER };
 
 struct hfs_heap *hfs_objects_heap(void)
@@ -52,6 +58,17 @@ static int64_t ns_of_ts(const struct timespec *t)
 	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
 }
 
+/* Room in the free-slot stack for every slot of a map of n slots.  obj.map. */
+static int stack_fit(uint32_t n)
+{
+	uint32_t *v = realloc(obj.free_slots, (n ? n : 1) * sizeof(*v));
+
+	if (!v)
+		return -ENOMEM;
+	obj.free_slots = v;
+	return 0;
+}
+
 /* Move the map to a block twice as large; ENOSPC when the segment has none.  obj.map. */
 static int __map_grow(void)
 {
@@ -63,6 +80,9 @@ static int __map_grow(void)
 
 	if (order < 0)
 		return -ENOSPC;
+	ret = stack_fit(((uint32_t)1 << order) / IMG_SEG_SLOT_SIZE);
+	if (ret)
+		return ret;
 	off = buddy_alloc(obj.h->b, (unsigned)order);
 	if (off < 0)
 		return -ENOSPC;
@@ -76,13 +96,34 @@ static int __map_grow(void)
 	return 0;
 }
 
-/* Write i's slot (insert or replace); growing the map when it is full.  i->lock, obj.seg. */
+/* A free slot: a freed one, else the next never used, else after growing the map.
+ * obj.map. */
+static int __slot_take(uint32_t *slot)
+{
+	struct img_seg_info si;
+	int ret;
+
+	if (obj.nfree) {
+		*slot = obj.free_slots[--obj.nfree];
+		return 0;
+	}
+	img_seg_info(obj.base, &si);
+	if (obj.hw == si.map_slots) {
+		ret = __map_grow();
+		if (ret)
+			return ret;
+	}
+	*slot = obj.hw++;
+	return 0;
+}
+
+/* Write i's slot.  i->lock, obj.seg. */
 static int __put(struct hfs_inode *i)
 {
 	struct img_obj o = { 0 };
 	int ret;
 
-	if (!i->file.oname || !i->file.n)
+	if (!i->file.oslot || !i->file.n)
 		return 0; /* unlinked: no slot */
 	snprintf(o.name, sizeof(o.name), "%s", i->file.oname);
 	o.off = i->file.ext[0].hoff;
@@ -95,14 +136,21 @@ static int __put(struct hfs_inode *i)
 	o.mtime_ns = ns_of_ts(&i->mtime);
 	o.ctime_ns = ns_of_ts(&i->ctime);
 	pthread_mutex_lock(&obj.map);
-	ret = img_seg_put(obj.base, &o);
-	if (ret == -ENOSPC) {
-		ret = __map_grow();
-		if (!ret)
-			ret = img_seg_put(obj.base, &o);
-	}
+	ret = img_seg_put_at(obj.base, i->file.oslot - 1, &o);
 	pthread_mutex_unlock(&obj.map);
 	return ret;
+}
+
+/* Empty i's slot (if it has one) and give it back.  i->lock, obj.seg. */
+static void __slot_give(struct hfs_inode *i)
+{
+	if (!i->file.oslot)
+		return;
+	pthread_mutex_lock(&obj.map);
+	img_seg_del_at(obj.base, i->file.oslot - 1);
+	obj.free_slots[obj.nfree++] = i->file.oslot - 1;
+	pthread_mutex_unlock(&obj.map);
+	i->file.oslot = 0;
 }
 
 void __hfs_obj_hold(struct hfs_inode *i)
@@ -116,7 +164,7 @@ void __hfs_obj_release(struct hfs_inode *i, bool sync)
 	if (!i->heap->objects)
 		return;
 	if (sync)
-		__put(i); /* replaces the slot of its name: cannot run out of slots */
+		__put(i); /* its own slot: cannot fail */
 	pthread_rwlock_unlock(&obj.seg);
 }
 
@@ -128,16 +176,26 @@ int hfs_obj_init(struct hfs_inode *i)
 int __hfs_obj_added(struct hfs_inode *i, const char *name)
 {
 	char *n = strdup(name);
-	int ret;
+	uint32_t slot;
+	int ret = 0;
 
 	if (!n)
 		return -ENOMEM;
 	pthread_rwlock_wrlock(&i->lock);
 	pthread_rwlock_rdlock(&obj.seg);
+	if (!i->file.oslot) { /* a restored object comes with its slot */
+		pthread_mutex_lock(&obj.map);
+		ret = __slot_take(&slot);
+		pthread_mutex_unlock(&obj.map);
+		i->file.oslot = ret ? 0 : slot + 1;
+	}
 	i->file.oname = n;
-	ret = __put(i);
-	if (ret)
+	if (!ret)
+		ret = __put(i);
+	if (ret) {
+		__slot_give(i);
 		i->file.oname = NULL;
+	}
 	pthread_rwlock_unlock(&obj.seg);
 	pthread_rwlock_unlock(&i->lock);
 	if (ret)
@@ -149,11 +207,7 @@ void __hfs_obj_removed(struct hfs_inode *i)
 {
 	pthread_rwlock_wrlock(&i->lock);
 	pthread_rwlock_rdlock(&obj.seg);
-	if (i->file.oname) {
-		pthread_mutex_lock(&obj.map);
-		img_seg_del(obj.base, i->file.oname);
-		pthread_mutex_unlock(&obj.map);
-	}
+	__slot_give(i);
 	free(i->file.oname);
 	i->file.oname = NULL;
 	pthread_rwlock_unlock(&obj.seg);
@@ -210,6 +264,7 @@ static int restore_fn(const struct img_obj *o, void *arg)
 	next = atomic_load(&obj.h->next_id);
 	if (o->id >= next)
 		atomic_store(&obj.h->next_id, o->id + 1);
+	i->file.oslot = o->slot + 1;
 	ret = hfs_file_adopt(i, o->off, o->order, o->size);
 	i->mtime.tv_sec = o->mtime_ns / 1000000000;
 	i->mtime.tv_nsec = o->mtime_ns % 1000000000;
@@ -225,6 +280,34 @@ static int restore_fn(const struct img_obj *o, void *arg)
 	i->ctime.tv_sec = o->ctime_ns / 1000000000; /* the add touched it */
 	i->ctime.tv_nsec = o->ctime_ns % 1000000000;
 	return 0;
+}
+
+static int mark_used(const struct img_obj *o, void *arg)
+{
+	((bool *)arg)[o->slot] = true;
+	return 0;
+}
+
+/* The slot bookkeeping of the segment as it is (formatted or loaded). */
+static int free_slots_init(void)
+{
+	struct img_seg_info si;
+	bool *used;
+	int ret;
+
+	img_seg_info(obj.base, &si);
+	used = calloc(si.map_slots, sizeof(*used));
+	ret = used ? stack_fit(si.map_slots) : -ENOMEM;
+	if (!ret) {
+		img_seg_foreach(obj.base, mark_used, used);
+		obj.nfree = 0;
+		for (uint32_t k = si.map_slots; k-- > 0;)
+			if (!used[k])
+				obj.free_slots[obj.nfree++] = k;
+		obj.hw = si.map_slots;
+	}
+	free(used);
+	return ret;
 }
 
 /* Load PATH into the segment: 1 when it does not exist, 0 loaded, else -errno (printed). */
@@ -244,6 +327,8 @@ static int load(const char *path)
 	close(fd);
 	if (!ret)
 		ret = img_seg_blocks(obj.base, claim_fn, NULL);
+	if (!ret)
+		ret = free_slots_init();
 	if (!ret) {
 		pthread_rwlock_wrlock(&hfs.ns);
 		ret = img_seg_foreach(obj.base, restore_fn, NULL);
@@ -268,6 +353,8 @@ static int format(void)
 		ret = claim_fn(1ull << hdr, hdr, NULL);
 	if (!ret)
 		ret = img_seg_format(obj.base, obj.size, obj.h->min_order);
+	if (!ret)
+		ret = free_slots_init();
 	if (ret)
 		fprintf(stderr, "heapfs: objects: cannot format the segment: %s\n", strerror(-ret));
 	return ret;
@@ -283,6 +370,10 @@ int hfs_objects_start(void)
 	int ret;
 
 	snprintf(pol.name, sizeof(pol.name), "objects");
+	/* the inode limit: as many objects as could ever fit (a min_block and a slot each) */
+	pol.inodes = c->size / (c->min_block + IMG_SEG_SLOT_SIZE);
+	if (pol.inodes > CONF_INODES_MAX)
+		pol.inodes = CONF_INODES_MAX;
 	ret = hfs_heap_new(&pol, true, &obj.h);
 	if (ret) {
 		fprintf(stderr, "heapfs: objects: %s\n", strerror(-ret));
