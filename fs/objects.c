@@ -41,6 +41,7 @@ static struct {
 	pthread_mutex_t map;
 	uint32_t *free_slots; /* obj.map: slots below hw that are free, as a stack */
 	uint32_t nfree, hw;   /* slots at and above hw were never used */
+	uint32_t nslots;      /* obj.map: the map's slots */
 } obj = { .map = PTHREAD_MUTEX_INITIALIZER };
 
 struct hfs_heap *hfs_objects_heap(void)
@@ -93,6 +94,7 @@ static int __map_grow(void)
 	}
 	buddy_free(obj.h->b, old_off, old_order);
 	atomic_fetch_add(&obj.h->held, (1ull << order) - (1ull << old_order));
+	obj.nslots = ((uint32_t)1 << order) / IMG_SEG_SLOT_SIZE;
 	return 0;
 }
 
@@ -100,15 +102,13 @@ static int __map_grow(void)
  * obj.map. */
 static int __slot_take(uint32_t *slot)
 {
-	struct img_seg_info si;
 	int ret;
 
 	if (obj.nfree) {
 		*slot = obj.free_slots[--obj.nfree];
 		return 0;
 	}
-	img_seg_info(obj.base, &si);
-	if (obj.hw == si.map_slots) {
+	if (obj.hw == obj.nslots) {
 		ret = __map_grow();
 		if (ret)
 			return ret;
@@ -304,7 +304,7 @@ static int free_slots_init(void)
 		for (uint32_t k = si.map_slots; k-- > 0;)
 			if (!used[k])
 				obj.free_slots[obj.nfree++] = k;
-		obj.hw = si.map_slots;
+		obj.hw = obj.nslots = si.map_slots;
 	}
 	free(used);
 	return ret;
