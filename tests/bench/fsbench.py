@@ -149,14 +149,19 @@ def file_jobs(label, d, filerate, nfiles):
     return {"create 4K files": fr["create_per_s"], "unlink files": fr["unlink_per_s"]}
 
 
-def object_jobs(label, hdir, odir, filerate, nfiles):
-    """64-byte files in the heap directory hdir, then as objects in odir: {label: {job: figure}}."""
+def object_jobs(label, hdir, odir, filerate, nfiles, objects_first):
+    """64-byte files in the heap directory hdir and as objects in odir (objects_first: in
+    that order, so alternating repetitions share any drift): ({job: figure} of the heap
+    directory, {job: figure} of objects/)."""
     log(f"{label}: create/unlink {nfiles} 64-byte files and objects")
     fdir = hdir / "small"
     fdir.mkdir()
+    if objects_first:
+        o = filerate_run(filerate, odir, nfiles, 64)
     h = filerate_run(filerate, fdir, nfiles, 64)
     fdir.rmdir()
-    o = filerate_run(filerate, odir, nfiles, 64)
+    if not objects_first:
+        o = filerate_run(filerate, odir, nfiles, 64)
     return ({"create 64B objects": h["create_per_s"], "unlink objects": h["unlink_per_s"]},
             {"create 64B objects": o["create_per_s"], "unlink objects": o["unlink_per_s"]})
 
@@ -327,7 +332,7 @@ def main():
                                        groups))
             if "objects" in groups:
                 hs, o = object_jobs(f"heapfs #{rep + 1}", hdir, m.heapfs / "objects",
-                                    filerate, a.files)
+                                    filerate, a.files, rep % 2 == 1)
                 runs_hs.append(hs)
                 runs_o.append(o)
         res_t, res_h = (median_of(runs_t), median_of(runs_h)) if runs_t else ({}, {})
