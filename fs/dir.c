@@ -12,8 +12,12 @@
  * whatever is unlinked meanwhile.  Listings are charged to the snapshot budget (status.c):
  * past it a listing from offset 0 gets ENFILE.
  *
- * Only heap directories (heaps/NAME and below) hold user files: the fixed directories
- * refuse changes with EPERM, heaps/ turns mkdir/rmdir into heap creation/removal.
+ * Policy lives in one table of per-namespace operations (struct hfs_ns_ops, indexed by a
+ * directory's role): which kinds may be created, whether entries may be added/removed and
+ * hard-linked, mkdir/rmdir handlers (heaps/ makes and removes heaps) and hooks run when an
+ * entry is added or removed (objects/ keeps the segment's name map in step).  Heap
+ * directories (heaps/NAME and below) hold any kind; objects/ regular files only; the fixed
+ * directories refuse changes with EPERM.  No operation below asks which namespace it is in.
  *
  * Limits: a new inode takes one of its heap's inodes (hfs_inode_new: ENOSPC at the limit),
  * and so does each hard link beyond a file's first name (given back when such a name goes);
@@ -24,6 +28,55 @@
 #include <string.h>
 
 #include "fs_i.h"
+
+#define KIND(k) (1u << (k))
+#define ALL_KINDS (KIND(HFS_DIR) | KIND(HFS_REG) | KIND(HFS_LNK) | KIND(HFS_SPECIAL))
+
+struct hfs_ns_ops {
+	unsigned kinds; /* kinds hfs_create may make here (0: entries are fixed, EPERM) */
+	bool links;     /* hard links may be made here */
+	/* mkdir/rmdir of name in dir, instead of the generic directory ones */
+	int (*mkdir)(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
+	int (*rmdir)(struct hfs_inode *dir, struct hfs_inode *i);
+	struct hfs_heap *(*heap)(void); /* heap of new entries (else the directory's) */
+	int (*init)(struct hfs_inode *i);  /* a new inode before its first entry */
+	int (*added)(struct hfs_inode *i, const char *name); /* an entry now names i */
+	void (*removed)(struct hfs_inode *i);                /* i lost its entry */
+};
+
+static int heaps_mkdir(struct hfs_inode *dir, const char *name, struct hfs_inode **out)
+{
+	return __hfs_dir_find(dir, name) ? -EEXIST : __hfs_heap_mkdir(name, NULL, false, out);
+}
+
+static int heaps_rmdir(struct hfs_inode *dir, struct hfs_inode *i)
+{
+	(void)dir;
+	return i ? __hfs_heap_rmdir(i) : -ENOENT;
+}
+
+static const struct hfs_ns_ops ns_table[HFS_R_N] = {
+	[HFS_R_PLAIN] = { .kinds = ALL_KINDS, .links = true },
+	[HFS_R_HEAPDIR] = { .kinds = ALL_KINDS, .links = true },
+	[HFS_R_HEAPS] = { .mkdir = heaps_mkdir, .rmdir = heaps_rmdir },
+	[HFS_R_FIXED] = { 0 },
+	[HFS_R_OBJECTS] = { .kinds = KIND(HFS_REG), .heap = hfs_objects_heap,
+			    .init = hfs_obj_init, .added = __hfs_obj_added,
+			    .removed = __hfs_obj_removed },
+};
+
+static const struct hfs_ns_ops *ns_of(const struct hfs_inode *dir)
+{
+	return &ns_table[dir->dir.role];
+}
+
+/* The heap that entries of dir belong to (NULL: none). */
+static struct hfs_heap *dir_heap(const struct hfs_inode *dir)
+{
+	const struct hfs_ns_ops *ns = ns_of(dir);
+
+	return ns->heap ? ns->heap() : dir->heap;
+}
 
 static void touch_dir(struct hfs_inode *dir, int dlink, int dents)
 {
@@ -53,12 +106,19 @@ struct hfs_inode *__hfs_dir_find(struct hfs_inode *dir, const char *name)
 
 int __hfs_dir_add(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
 {
+	const struct hfs_ns_ops *ns = ns_of(dir);
 	size_t len = strlen(name);
 	struct hfs_dirent *de = malloc(sizeof(*de) + len + 1);
 	bool isdir = i->kind == HFS_DIR;
+	int ret;
 
 	if (!de)
 		return -ENOMEM;
+	ret = ns->added ? ns->added(i, name) : 0;
+	if (ret) {
+		free(de);
+		return ret;
+	}
 	de->inode = i;
 	de->len = len;
 	memcpy(de->name, name, len + 1);
@@ -84,6 +144,8 @@ int __hfs_dir_del(struct hfs_inode *dir, const char *name)
 	i = de->inode;
 	isdir = i->kind == HFS_DIR;
 	HASH_DEL(dir->dir.ents, de);
+	if (ns_of(dir)->removed)
+		ns_of(dir)->removed(i);
 	hfs_heap_meta(dir->heap, -(int64_t)(sizeof(*de) + de->len + 1));
 	free(de);
 	touch_dir(dir, isdir ? -1 : 0, -1);
@@ -108,14 +170,14 @@ static int __unlink_name(struct hfs_inode *dir, const char *name, struct hfs_ino
 	return __hfs_dir_del(dir, name);
 }
 
-/* May entries be added to / removed from dir?  (Only inside heaps.) */
+/* May users add entries to / remove entries from dir?  The one place that decides. */
 static int __dir_writable(struct hfs_inode *dir)
 {
 	if (dir->kind != HFS_DIR)
 		return -ENOTDIR;
 	if (dir->nlink == 0)
 		return -ENOENT; /* removed while someone sat in it */
-	if (dir->dir.role != HFS_R_PLAIN && dir->dir.role != HFS_R_HEAPDIR)
+	if (!ns_of(dir)->kinds)
 		return -EPERM;
 	return 0;
 }
@@ -157,6 +219,7 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out)
 {
 	enum hfs_kind kind = kind_of(mode);
+	const struct hfs_ns_ops *ns;
 	struct hfs_inode *i = NULL;
 	gid_t gid = ctx->gid;
 	int ret = check_name(name);
@@ -164,11 +227,14 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	if (ret)
 		return ret;
 	pthread_rwlock_wrlock(&hfs.ns);
-	if (dir->kind == HFS_DIR && dir->dir.role == HFS_R_HEAPS && kind == HFS_DIR) {
-		ret = __hfs_dir_find(dir, name) ? -EEXIST : __hfs_heap_mkdir(name, NULL, false, &i);
+	ns = dir->kind == HFS_DIR ? ns_of(dir) : NULL;
+	if (ns && ns->mkdir && kind == HFS_DIR) {
+		ret = ns->mkdir(dir, name, &i);
 		goto out_ref;
 	}
 	ret = __dir_writable(dir);
+	if (!ret && !(ns->kinds & KIND(kind)))
+		ret = -EPERM;
 	if (ret)
 		goto out;
 	if (__hfs_dir_find(dir, name)) {
@@ -180,11 +246,13 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 		if (kind == HFS_DIR)
 			mode |= S_ISGID;
 	}
-	i = hfs_inode_new(kind, mode, ctx->uid, gid, dir->heap);
-	if (!i) {
-		ret = -ENOSPC;
+	ret = -ENOSPC;
+	i = dir_heap(dir) ? hfs_inode_new(kind, mode, ctx->uid, gid, dir_heap(dir)) : NULL;
+	if (!i)
 		goto out;
-	}
+	ret = ns->init ? ns->init(i) : 0;
+	if (ret)
+		goto out_discard;
 	if (kind == HFS_DIR)
 		i->dir.role = HFS_R_PLAIN;
 	else if (kind == HFS_LNK) {
@@ -198,6 +266,7 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 		ret = -ENOMEM;
 	else
 		ret = __hfs_dir_add(dir, name, i);
+out_discard:
 	if (ret) {
 		hfs_inode_discard(i);
 		i = NULL;
@@ -239,8 +308,8 @@ int hfs_rmdir(struct hfs_inode *dir, const char *name)
 
 	pthread_rwlock_wrlock(&hfs.ns);
 	i = dir->kind == HFS_DIR ? __hfs_dir_find(dir, name) : NULL;
-	if (dir->kind == HFS_DIR && dir->dir.role == HFS_R_HEAPS) {
-		ret = i ? __hfs_heap_rmdir(i) : -ENOENT;
+	if (dir->kind == HFS_DIR && ns_of(dir)->rmdir) {
+		ret = ns_of(dir)->rmdir(dir, i);
 		goto out;
 	}
 	ret = __dir_writable(dir);
@@ -274,11 +343,27 @@ static bool __is_within(struct hfs_inode *a, struct hfs_inode *d)
 /* Both directories in the same heap: 0, -EXDEV (different heaps), -EPERM (outside). */
 static int same_heap(struct hfs_inode *a, struct hfs_inode *b)
 {
-	if (!a->heap && !b->heap)
+	if (!dir_heap(a) && !dir_heap(b))
 		return -EPERM;
-	if (a->heap != b->heap)
+	if (dir_heap(a) != dir_heap(b))
 		return -EXDEV;
 	return 0;
+}
+
+/* Entries name (of dir, was ia) and nname (of ndir, was ib) were swapped: tell the
+ * namespace (one table entry: both are in one heap).  Two slots were just freed, so the
+ * adds cannot run out of them. */
+static void __swapped(struct hfs_inode *dir, const char *name, struct hfs_inode *ia,
+		      const char *nname, struct hfs_inode *ib)
+{
+	const struct hfs_ns_ops *ns = ns_of(dir);
+
+	if (!ns->added)
+		return;
+	ns->removed(ia);
+	ns->removed(ib);
+	ns->added(ib, name);
+	ns->added(ia, nname);
 }
 
 static int __rename_exchange(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
@@ -301,6 +386,7 @@ static int __rename_exchange(struct hfs_inode *dir, const char *name, struct hfs
 		return -EINVAL;
 	a->inode = ib;
 	b->inode = ia;
+	__swapped(dir, name, ia, nname, ib);
 	da = ia->kind == HFS_DIR;
 	db = ib->kind == HFS_DIR;
 	if (da)
@@ -393,9 +479,10 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname)
 		return -EPERM;
 	pthread_rwlock_wrlock(&hfs.ns);
 	ret = __dir_writable(ndir);
-	if (!ret && (i->kind == HFS_STATUS || !i->heap))
+	if (!ret && (i->kind == HFS_STATUS || !i->heap || !ns_of(ndir)->links ||
+		     i->heap->objects)) /* an object has one name */
 		ret = -EPERM;
-	if (!ret && i->heap != ndir->heap)
+	if (!ret && i->heap != dir_heap(ndir))
 		ret = -EXDEV;
 	if (!ret && __hfs_dir_find(ndir, nname))
 		ret = -EEXIST;
@@ -516,6 +603,7 @@ struct hfs_inode *__hfs_fixed_add(struct hfs_inode *dir, const char *name, enum 
 int hfs_mount_tree(void)
 {
 	const mode_t dmode = S_IFDIR | 0755, rodir = S_IFDIR | 0555, rofile = S_IFREG | 0444;
+	struct hfs_inode *seg;
 	int ret = -ENOMEM;
 
 	pthread_rwlock_wrlock(&hfs.ns);
@@ -527,12 +615,13 @@ int hfs_mount_tree(void)
 	hfs.root->nlink = 2;
 	hfs_iref(hfs.root, 1);
 	hfs.heaps = __hfs_fixed_add(hfs.root, "heaps", HFS_DIR, dmode, 0);
-	hfs.objects = __hfs_fixed_add(hfs.root, "objects", HFS_DIR, dmode, 0);
+	hfs.objects = __hfs_fixed_add(hfs.root, "objects", HFS_DIR, S_IFDIR | 01777, 0);
 	hfs.pool = __hfs_fixed_add(hfs.root, "pool", HFS_DIR, dmode, 0);
 	hfs.dot = __hfs_fixed_add(hfs.root, ".heapfs", HFS_DIR, rodir, 0);
 	if (!hfs.heaps || !hfs.objects || !hfs.pool || !hfs.dot)
 		goto out;
 	hfs.heaps->dir.role = HFS_R_HEAPS;
+	hfs.objects->dir.role = HFS_R_OBJECTS;
 	hfs.dot_heaps = __hfs_fixed_add(hfs.dot, "heaps", HFS_DIR, rodir, 0);
 	hfs.dot_maps = __hfs_fixed_add(hfs.dot, "maps", HFS_DIR, rodir, 0);
 	hfs.dot_images = __hfs_fixed_add(hfs.dot, "images", HFS_DIR, rodir, 0);
@@ -541,6 +630,10 @@ int hfs_mount_tree(void)
 	    !__hfs_fixed_add(hfs.dot, "partner", HFS_STATUS, rofile, HFS_ST_PARTNER) ||
 	    !__hfs_fixed_add(hfs.dot, "donors", HFS_STATUS, rofile, HFS_ST_DONORS))
 		goto out;
+	seg = __hfs_fixed_add(hfs.dot, "segment", HFS_STATUS, rofile, HFS_ST_SEGMENT);
+	if (!seg)
+		goto out;
+	seg->size = hfs.conf->objects.size; /* fixed: cp and sendfile go by st_size */
 	ret = 0;
 out:
 	pthread_rwlock_unlock(&hfs.ns);

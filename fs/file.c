@@ -15,6 +15,9 @@
  *
  * Reads return iovecs pointing into heap memory (no copy here: fuse_reply_iov writes them
  * straight to the kernel) and hold the inode read lock until the reply is sent.
+ * Objects (objects.c) are contiguous files that always hold one block (size 0 keeps a
+ * min_block): every mutation below holds the segment lock shared and rewrites the object's
+ * map slot before unlocking (lock_w/unlock_w), so the segment always describes itself.
  * Locking: inode.lock for everything here; __ functions expect it held for writing.
  */
 #include <errno.h>
@@ -270,10 +273,12 @@ static void __shrink(struct hfs_inode *i)
 	struct copy_arg c;
 
 	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {
-		if (!size && i->file.n)
+		int order = buddy_order_of(size ? size : 1, i->heap->min_order);
+
+		if (!size && i->file.n && !i->heap->objects) /* an object keeps a block */
 			__ext_pop(i, false);
-		else if (i->file.n && buddy_order_of(size, i->heap->min_order) < (int)i->file.ext[0].order)
-			__contig_move(i, (unsigned)buddy_order_of(size, i->heap->min_order), size);
+		else if (i->file.n && order < (int)i->file.ext[0].order)
+			__contig_move(i, (unsigned)order, size);
 		return;
 	}
 	while (i->file.n && i->file.ext[i->file.n - 1].foff >= size)
@@ -309,6 +314,20 @@ static void __kill_suid(struct hfs_inode *i, uid_t who, bool always)
 		i->mode &= ~S_ISGID;
 }
 
+/* Lock i for a change of its data or attributes; unlock after one (sync: it changed). */
+static void lock_w(struct hfs_inode *i)
+{
+	hfs_change_lock(i);
+	__hfs_obj_hold(i);
+}
+
+static void unlock_w(struct hfs_inode *i, bool sync)
+{
+	__hfs_obj_release(i, sync);
+	hfs_change_unlock(i);
+	hfs_heap_settle(i->heap); /* contiguous files free their old block when they move */
+}
+
 static int __truncate(struct hfs_inode *i, uint64_t size)
 {
 	int ret = 0;
@@ -334,10 +353,9 @@ int hfs_truncate(struct hfs_inode *i, uint64_t size)
 
 	if (i->kind != HFS_REG)
 		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
-	hfs_change_lock(i);
+	lock_w(i);
 	ret = __truncate(i, size);
-	hfs_change_unlock(i);
-	hfs_heap_settle(i->heap);
+	unlock_w(i, true);
 	return ret;
 }
 
@@ -371,7 +389,7 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 
 	if (i->kind != HFS_REG)
 		return 0;
-	hfs_change_lock(i);
+	lock_w(i);
 	/* O_TRUNC truncates whatever the access mode, as on tmpfs: the kernel has checked
 	 * write permission for it (may_open) and, told we truncate atomically, has already
 	 * dropped its size and pages.  It writes, so a single-writer file open for writing
@@ -390,8 +408,7 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 		i->file.opens++;
 	}
 out:
-	hfs_change_unlock(i);
-	hfs_heap_settle(i->heap);
+	unlock_w(i, flags & O_TRUNC);
 	return ret;
 }
 
@@ -482,7 +499,7 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 		return -EINVAL;
 	if (!len)
 		return 0;
-	hfs_change_lock(i);
+	lock_w(i);
 	if (end > i->file.cap) {
 		ret = __grow(i, end, (uint64_t)off + 1); /* a short write when not all fits */
 		if (ret)
@@ -501,8 +518,7 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 	i->ctime = i->mtime;
 	ret = (int)len;
 out:
-	hfs_change_unlock(i);
-	hfs_heap_settle(i->heap); /* contiguous files free their old block when they move */
+	unlock_w(i, ret > 0);
 	return ret;
 }
 
@@ -517,7 +533,7 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 		return i->kind == HFS_DIR ? -EISDIR : -ENODEV;
 	if (off < 0 || len <= 0)
 		return -EINVAL;
-	hfs_change_lock(i);
+	lock_w(i);
 	ret = __grow(i, end, end);
 	if (ret)
 		goto out;
@@ -530,8 +546,7 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 	}
 	hfs_now(&i->ctime);
 out:
-	hfs_change_unlock(i);
-	hfs_heap_settle(i->heap);
+	unlock_w(i, !ret);
 	return ret;
 }
 
@@ -545,7 +560,7 @@ int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_se
 	if (to_set & HFS_SET_SIZE && i->kind != HFS_REG)
 		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
 	hfs_now(&now);
-	hfs_change_lock(i);
+	lock_w(i);
 	if (to_set & HFS_SET_SIZE) {
 		ret = __truncate(i, (uint64_t)attr->size);
 		if (ret)
@@ -571,18 +586,41 @@ int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_se
 		i->mtime = now;
 	i->ctime = to_set & HFS_SET_CTIME ? attr->ctime : now;
 out:
-	hfs_change_unlock(i);
-	hfs_heap_settle(i->heap);
+	unlock_w(i, !ret);
 	return ret;
 }
 
 void hfs_file_free(struct hfs_inode *i)
 {
+	free(i->file.oname);
+	i->file.oname = NULL;
 	__drop_data(i);
 	hfs_heap_settle(i->heap);
 	free(i->file.ext);
 	i->file.ext = NULL;
 	i->file.alloc = 0;
+}
+
+int hfs_file_reserve(struct hfs_inode *i, uint64_t cap)
+{
+	int ret;
+
+	pthread_rwlock_wrlock(&i->lock);
+	ret = __grow(i, cap, cap);
+	pthread_rwlock_unlock(&i->lock);
+	return ret;
+}
+
+int hfs_file_adopt(struct hfs_inode *i, uint64_t hoff, unsigned order, uint64_t size)
+{
+	int ret;
+
+	pthread_rwlock_wrlock(&i->lock);
+	ret = __ext_push(i, hoff, order);
+	if (!ret)
+		i->size = size;
+	pthread_rwlock_unlock(&i->lock);
+	return ret;
 }
 
 unsigned hfs_file_max_order(struct hfs_inode *i)

@@ -42,15 +42,19 @@
 
 enum hfs_kind { HFS_DIR, HFS_REG, HFS_LNK, HFS_SPECIAL, HFS_STATUS };
 
-/* What a directory allows: only heap directories (and below) hold user files. */
+/* Which namespace a directory belongs to: indexes the table of per-namespace operations
+ * (dir.c, struct hfs_ns_ops), which alone decides what may be created, removed, linked. */
 enum hfs_role {
 	HFS_R_PLAIN,  /* a directory inside a heap */
 	HFS_R_HEAPDIR, /* heaps/NAME */
 	HFS_R_HEAPS,  /* heaps/: mkdir makes a heap, rmdir removes one */
-	HFS_R_FIXED,  /* root, objects/, pool/, .heapfs/...: read-only (EPERM) */
+	HFS_R_FIXED,  /* root, pool/, .heapfs/...: read-only (EPERM) */
+	HFS_R_OBJECTS, /* objects/: flat, regular files only, each one named object */
+	HFS_R_N,
 };
 
 enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP, HFS_ST_PARTNER, HFS_ST_DONORS,
+		       HFS_ST_SEGMENT, /* .heapfs/segment */
 		       HFS_ST_IMAGE /* .heapfs/images/NAME: a stream, not rendered */ };
 
 struct hfs_inode;
@@ -61,6 +65,7 @@ struct hfs_heap {
 	struct buddy *b;
 	unsigned min_order;
 	bool from_config;
+	bool objects;                    /* the object segment (objects.c) */
 	atomic_uint_fast64_t refs;
 	atomic_uint_fast64_t files;      /* live regular files (linked or open) */
 	atomic_uint_fast64_t freed;      /* bytes freed since the last drain */
@@ -131,6 +136,9 @@ struct hfs_inode {
 			uint64_t held;    /* bytes of buddy blocks held */
 			unsigned writers; /* opens for writing */
 			unsigned opens;   /* all opens */
+			char *oname;      /* an object's name in the segment map, NULL when
+					     unlinked or not an object */
+			uint32_t oslot;   /* its map slot + 1 (0: none) */
 		} file;
 		struct { /* HFS_LNK */
 			char *target;
@@ -223,6 +231,8 @@ int hfs_dir_entry(struct hfs_inode *dir, struct hfs_dirsnap *s, size_t idx, bool
 
 /* heap.c — heaps from policy, mkdir/rmdir of heaps, statfs. */
 int hfs_heaps_init(void);
+/* A heap of policy pol, in no list (the object segment's): 0 or -errno. */
+int hfs_heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap **out);
 int __hfs_heap_mkdir(const char *name, const struct conf_heap *pol, bool from_config,
 		     struct hfs_inode **dir);
 int __hfs_heap_rmdir(struct hfs_inode *dir);
@@ -276,6 +286,10 @@ struct hfs_attr {
 int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who);
 int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len);
 void hfs_file_free(struct hfs_inode *i);
+/* Make the file hold blocks for at least cap bytes (an object always holds its block). */
+int hfs_file_reserve(struct hfs_inode *i, uint64_t cap);
+/* A new file takes the allocated block (hoff, order) as its data, size bytes of it. */
+int hfs_file_adopt(struct hfs_inode *i, uint64_t hoff, unsigned order, uint64_t size);
 void hfs_file_reclaim(struct hfs_inode *i);
 unsigned hfs_file_max_order(struct hfs_inode *i);
 
@@ -342,6 +356,29 @@ void hfs_status_put(struct hfs_inode *i, char *buf);
 #define HFS_SNAPSHOT_BUDGET (64 * 1024 * 1024)
 int hfs_snapshot_charge(size_t bytes);
 void hfs_snapshot_uncharge(size_t bytes);
+
+/* objects.c — the object segment behind objects/.  Start: after the heaps, before the
+ * mount (format, or load objects.image); 0, or -errno after printing why (exit 2).
+ * Stop: after the session loop (save objects.image); 0 or -errno after printing why. */
+int hfs_objects_start(void);
+int hfs_objects_stop(void);
+struct hfs_heap *hfs_objects_heap(void);
+/* Namespace hooks (dir.c's table): under hfs.ns exclusive.  i->lock not held. */
+int hfs_obj_init(struct hfs_inode *i);
+int __hfs_obj_added(struct hfs_inode *i, const char *name);
+void __hfs_obj_removed(struct hfs_inode *i);
+/* Data/attribute mutations of object i (file.c): hold the segment lock shared around the
+ * change, then write i's slot.  i->lock held for writing. */
+void __hfs_obj_hold(struct hfs_inode *i);
+void __hfs_obj_release(struct hfs_inode *i, bool sync);
+/* The segment for .heapfs/segment: size, and a sealed consistent copy into dst. */
+uint64_t hfs_objects_size(void);
+void hfs_objects_snapshot(void *dst);
+struct hfs_objects_stats {
+	uint64_t size, min_block, used, free, largest_free;
+	uint32_t objects, map_slots;
+};
+void hfs_objects_stats(struct hfs_objects_stats *st);
 
 /* io.c */
 int hfs_io_setup(struct fuse_session *se);

@@ -67,7 +67,7 @@ static unsigned log2_of(uint64_t pow2)
 	return (unsigned)__builtin_ctzll(pow2);
 }
 
-static int heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap **out)
+int hfs_heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap **out)
 {
 	struct buddy_params bp = { 0 };
 	struct hfs_heap *h = calloc(1, sizeof(*h));
@@ -165,7 +165,7 @@ int __hfs_heap_mkdir(const char *name, const struct conf_heap *pol, bool from_co
 			return ret;
 		pol = &defpol;
 	}
-	ret = heap_new(pol, from_config, &h);
+	ret = hfs_heap_new(pol, from_config, &h);
 	if (ret)
 		return ret;
 	nv = realloc(hfs.heapv, (hfs.nheaps + 1) * sizeof(*nv));

@@ -349,10 +349,12 @@ int main(int argc, char *argv[])
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));
 		ret = 1;
-	} else if (hfs_images_load()) {
+	} else if (hfs_objects_start() || hfs_images_load()) {
 		ret = 2; /* a bad image: said why; nothing mounted */
 	} else {
 		ret = run(&args, &cmd);
+		if (hfs_objects_stop() && !ret)
+			ret = 1;
 	}
 	fs_fini();
 out:

@@ -1,6 +1,6 @@
 /*
  * status.c — the JSON of the .heapfs/ files (jansson): stats, heaps/NAME, maps/NAME,
- * partner, donors.  Rendered once when the file is opened (a consistent snapshot served
+ * partner, donors; and .heapfs/segment, the sealed bytes of the object segment.  Rendered once when the file is opened (a consistent snapshot served
  * from the file handle).  Each heap's per-CPU caches are drained first so the figures show
  * a coalesced heap.
  *
@@ -108,6 +108,27 @@ static void heaps_put(struct hfs_heap **v, unsigned n)
 	free(v);
 }
 
+static json_t *objects_json(void)
+{
+	struct hfs_objects_stats st;
+	json_t *o = json_object();
+	int bad = !o;
+
+	hfs_objects_stats(&st);
+	bad |= set(o, "size", json_integer((json_int_t)st.size));
+	bad |= set(o, "min_block", json_integer((json_int_t)st.min_block));
+	bad |= set(o, "used", json_integer((json_int_t)st.used));
+	bad |= set(o, "free", json_integer((json_int_t)st.free));
+	bad |= set(o, "largest_free", json_integer((json_int_t)st.largest_free));
+	bad |= set(o, "objects", json_integer(st.objects));
+	bad |= set(o, "map_slots", json_integer(st.map_slots));
+	if (bad) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
 static json_t *stats_json(struct hfs_heap **v, unsigned n)
 {
 	json_t *o = json_object(), *a = json_array();
@@ -116,6 +137,7 @@ static json_t *stats_json(struct hfs_heap **v, unsigned n)
 	for (unsigned k = 0; k < n && !bad; k++)
 		bad |= json_array_append_new(a, heap_json(v[k]));
 	bad |= set(o, "heaps", a);
+	bad |= set(o, "objects", objects_json());
 	bad |= set(o, "version", json_string(HEAPFS_VERSION));
 	bad |= set(o, "mount", json_string(hfs.mountpoint));
 	bad |= set(o, "pid", json_integer(getpid()));
@@ -228,6 +250,26 @@ static void __snap_free(struct hfs_snap *sn)
 	free(sn);
 }
 
+/* .heapfs/segment: a sealed copy of the object segment (objects.c).  Its S bytes are
+ * charged while they are allocated and copied, so a burst of opens stays in the budget. */
+static int render_segment(struct hfs_inode *i, struct hfs_snap **out)
+{
+	uint64_t len = hfs_objects_size();
+	struct hfs_snap *sn;
+	int ret = hfs_snapshot_charge(len);
+
+	if (ret)
+		return ret;
+	sn = malloc(sizeof(*sn) + len);
+	if (sn) {
+		*sn = (struct hfs_snap){ .owner = i, .refs = 1, .len = len };
+		hfs_objects_snapshot(sn->data);
+	}
+	hfs_snapshot_uncharge(len);
+	*out = sn;
+	return sn ? 0 : -ENOMEM;
+}
+
 /* The JSON of status file i as a new snapshot of it: 0 or -ENOMEM. */
 static int render(struct hfs_inode *i, struct hfs_snap **out)
 {
@@ -238,6 +280,8 @@ static int render(struct hfs_inode *i, struct hfs_snap **out)
 	json_t *j = NULL;
 	char *s;
 
+	if (i->st.what == HFS_ST_SEGMENT)
+		return render_segment(i, out);
 	if (i->st.what == HFS_ST_STATS || i->st.what == HFS_ST_PARTNER) {
 		v = heaps_get(&n);
 		if (!v)
@@ -260,6 +304,7 @@ static int render(struct hfs_inode *i, struct hfs_snap **out)
 	case HFS_ST_DONORS:
 		j = donors_json();
 		break;
+	case HFS_ST_SEGMENT:
 	case HFS_ST_IMAGE: /* a stream (image.c), never rendered */
 		break;
 	}

@@ -3,7 +3,8 @@
  * name -> value under the inode lock); other namespaces are not supported (ENOTSUP on set,
  * ENODATA on get).  Inside heaps, read-only virtual names describe where the data lives:
  * user.heapfs.heap (every inode of a heap), user.heapfs.order (largest block order held)
- * and user.heapfs.blocks (number of buddy blocks) for regular files; setting or removing
+ * and user.heapfs.blocks (number of buddy blocks) for regular files, user.heapfs.offset
+ * (offset of its block in the segment) for objects; setting or removing
  * any user.heapfs.* name is EPERM.
  *
  * Budget: an inode's stored xattrs may cost at most HFS_XATTR_BUDGET bytes, each counted
@@ -24,8 +25,9 @@
 #define USER "user."
 #define VIRT "user.heapfs."
 
-static const char *const virt_names[] = { VIRT "heap", VIRT "order", VIRT "blocks" };
-enum { V_HEAP, V_ORDER, V_BLOCKS, V_N };
+static const char *const virt_names[] = { VIRT "heap", VIRT "order", VIRT "blocks",
+					  VIRT "offset" };
+enum { V_HEAP, V_ORDER, V_BLOCKS, V_OFFSET, V_N };
 
 static bool is_user(const char *name)
 {
@@ -42,7 +44,9 @@ static unsigned nvirt(const struct hfs_inode *i)
 {
 	if (!i->heap)
 		return 0;
-	return i->kind == HFS_REG ? V_N : 1;
+	if (i->kind != HFS_REG)
+		return 1;
+	return i->heap->objects ? V_N : V_OFFSET; /* offset: an object's one block */
 }
 
 /* The value of virtual attribute k as text. */
@@ -53,9 +57,15 @@ static int virt_value(struct hfs_inode *i, unsigned k, char *buf, size_t size)
 		return snprintf(buf, size, "%s", i->heap->pol.name);
 	case V_ORDER:
 		return snprintf(buf, size, "%u", hfs_file_max_order(i));
-	default:
+	case V_BLOCKS:
 		pthread_rwlock_rdlock(&i->lock);
 		k = (unsigned)snprintf(buf, size, "%zu", i->file.n);
+		pthread_rwlock_unlock(&i->lock);
+		return (int)k;
+	default:
+		pthread_rwlock_rdlock(&i->lock);
+		k = (unsigned)snprintf(buf, size, "%llu",
+				       i->file.n ? (unsigned long long)i->file.ext[0].hoff : 0ull);
 		pthread_rwlock_unlock(&i->lock);
 		return (int)k;
 	}

@@ -44,6 +44,8 @@
 #define IMG_SEG_MIN_ORDER 6      /* smallest min_block: 64 */
 #define IMG_SEG_MAX_MIN_ORDER 20 /* largest min_block: 1 MiB */
 #define IMG_SEG_MAX_ORDER 40
+#define IMG_SEG_SLOT_SIZE 320    /* bytes of one map slot: a map block of 2^k holds
+				    2^k / 320 slots */
 
 /* One named object as the API sees it (a map slot, decoded). */
 struct img_obj {
@@ -54,6 +56,7 @@ struct img_obj {
 	uint64_t id;    /* inode identity */
 	uint32_t mode, uid, gid;
 	int64_t mtime_ns, ctime_ns;
+	uint32_t slot;  /* its map slot (set by lookup and foreach; put ignores it) */
 };
 
 struct img_seg_info {
@@ -85,6 +88,11 @@ int img_seg_lookup(const void *base, const char *name, struct img_obj *out);
  * segment / misaligned / size past the block; -ENOSPC the map is full: grow it first. */
 int img_seg_put(void *base, const struct img_obj *o);
 int img_seg_del(void *base, const char *name); /* 0 or -ENOENT */
+/* The same by slot index, in O(1), for a writer that tracks which slots it uses (the
+ * daemon): put_at writes o into slot, which must be free or hold o's name (-EINVAL
+ * otherwise, or for what img_seg_put refuses); del_at empties a used slot (-ENOENT). */
+int img_seg_put_at(void *base, uint32_t slot, const struct img_obj *o);
+int img_seg_del_at(void *base, uint32_t slot);
 /* Calls fn for each object in map order; stops at and returns fn's first non-zero. */
 int img_seg_foreach(const void *base, int (*fn)(const struct img_obj *o, void *arg), void *arg);
 /* Calls fn for every used block: the header, the map, each object (a restore claims each

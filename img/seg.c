@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include "img_i.h"
 
 #define SLOT_SIZE ((uint32_t)sizeof(struct img_seg_slot))
+_Static_assert(sizeof(struct img_seg_slot) == IMG_SEG_SLOT_SIZE, "slot layout");
 
 static struct img_seg_hdr *hdr(void *base)
 {
@@ -107,8 +109,9 @@ void img_seg_seal(void *base)
 	hdr(base)->checksum = seg_sum(base);
 }
 
-static void slot_to_obj(const struct img_seg_slot *s, struct img_obj *o)
+static void slot_to_obj(const struct img_seg_slot *s, uint32_t slot, struct img_obj *o)
 {
+	o->slot = slot;
 	memcpy(o->name, s->name, s->name_len);
 	o->name[s->name_len] = 0;
 	o->off = s->off;
@@ -154,8 +157,31 @@ int img_seg_lookup(const void *base, const char *name, struct img_obj *out)
 
 	if (i < 0)
 		return i;
-	slot_to_obj(&cslots(base)[i], out);
+	slot_to_obj(&cslots(base)[i], (uint32_t)i, out);
 	return 0;
+}
+
+/* Is o a valid object for this segment (name, block, size)?  len: its name's length. */
+static bool obj_ok(const struct img_seg_hdr *sh, const struct img_obj *o, size_t len)
+{
+	return img_name_ok(o->name, len) && o->order >= sh->min_order &&
+	       o->order < sh->seg_order && !(o->off & ((1ull << o->order) - 1)) &&
+	       o->off + (1ull << o->order) <= sh->seg_size && o->off >= (1ull << sh->hdr_order) &&
+	       o->size <= 1ull << o->order;
+}
+
+/* Write o into slot i (used by the same name, or free). */
+static void put_slot(struct img_seg_hdr *sh, struct img_seg_slot *s, const struct img_obj *o,
+		     size_t len)
+{
+	if (!s->used)
+		sh->nobjects++;
+	memset(s, 0, sizeof(*s));
+	*s = (struct img_seg_slot){ .used = 1, .order = o->order, .off = o->off,
+		.size = o->size, .id = o->id, .mode = o->mode, .uid = o->uid, .gid = o->gid,
+		.name_len = (uint32_t)len, .mtime_ns = o->mtime_ns, .ctime_ns = o->ctime_ns };
+	memcpy(s->name, o->name, len);
+	sh->generation++;
 }
 
 int img_seg_put(void *base, const struct img_obj *o)
@@ -165,25 +191,36 @@ int img_seg_put(void *base, const struct img_obj *o)
 	size_t len = strnlen(o->name, sizeof(o->name));
 	int i = find(base, o->name, len);
 
-	if (!img_name_ok(o->name, len) || o->order < sh->min_order || o->order >= sh->seg_order ||
-	    o->off & ((1ull << o->order) - 1) || o->off + (1ull << o->order) > sh->seg_size ||
-	    o->off < (1ull << sh->hdr_order) || o->size > 1ull << o->order)
+	if (!obj_ok(sh, o, len))
 		return -EINVAL;
 	if (i < 0) {
 		for (i = 0; i < (int)sh->map_slots && s[i].used; i++)
 			;
 		if (i == (int)sh->map_slots)
 			return -ENOSPC;
-		sh->nobjects++;
 	}
-	s += i;
-	memset(s, 0, sizeof(*s));
-	*s = (struct img_seg_slot){ .used = 1, .order = o->order, .off = o->off,
-		.size = o->size, .id = o->id, .mode = o->mode, .uid = o->uid, .gid = o->gid,
-		.name_len = (uint32_t)len, .mtime_ns = o->mtime_ns, .ctime_ns = o->ctime_ns };
-	memcpy(s->name, o->name, len);
-	sh->generation++;
+	put_slot(sh, &s[i], o, len);
 	return 0;
+}
+
+int img_seg_put_at(void *base, uint32_t slot, const struct img_obj *o)
+{
+	struct img_seg_hdr *sh = hdr(base);
+	struct img_seg_slot *s = slots(base) + slot;
+	size_t len = strnlen(o->name, sizeof(o->name));
+
+	if (slot >= sh->map_slots || !obj_ok(sh, o, len) ||
+	    (s->used && (s->name_len != len || memcmp(s->name, o->name, len))))
+		return -EINVAL;
+	put_slot(sh, s, o, len);
+	return 0;
+}
+
+static void del_slot(void *base, uint32_t i)
+{
+	memset(&slots(base)[i], 0, SLOT_SIZE);
+	hdr(base)->nobjects--;
+	hdr(base)->generation++;
 }
 
 int img_seg_del(void *base, const char *name)
@@ -192,9 +229,15 @@ int img_seg_del(void *base, const char *name)
 
 	if (i < 0)
 		return i;
-	memset(&slots(base)[i], 0, SLOT_SIZE);
-	hdr(base)->nobjects--;
-	hdr(base)->generation++;
+	del_slot(base, (uint32_t)i);
+	return 0;
+}
+
+int img_seg_del_at(void *base, uint32_t slot)
+{
+	if (slot >= hdr(base)->map_slots || !slots(base)[slot].used)
+		return -ENOENT;
+	del_slot(base, slot);
 	return 0;
 }
 
@@ -207,7 +250,7 @@ int img_seg_foreach(const void *base, int (*fn)(const struct img_obj *o, void *a
 	for (uint32_t i = 0; i < chdr(base)->map_slots; i++) {
 		if (!s[i].used)
 			continue;
-		slot_to_obj(&s[i], &o);
+		slot_to_obj(&s[i], i, &o);
 		ret = fn(&o, arg);
 		if (ret)
 			return ret;

@@ -18,6 +18,9 @@ same size under one temporary directory in /tmp, runs on each:
   4k randwrite fio, 4 KiB random writes over that file (same passes)
   create       fs-filerate (C): files/s for open(O_CREAT)+4 KiB write+close of 20,000 files
   unlink       fs-filerate: files/s unlinking them
+  objects      (heapfs only) fs-filerate with 64-byte files: objects/s for
+               create + 64 B write + close in objects/ against the same in the heap
+               directory, same daemon, same run, interleaved; target ratio 0.9
 
 Every job runs --repeat times (default 3), alternating tmpfs and heapfs, and the median
 counts; a 1 GiB write on each first (not measured) takes the cost of first-touching fresh
@@ -52,6 +55,10 @@ TARGETS = [  # job, unit, target ratio heapfs/tmpfs
     ("4k randwrite", "MiB/s", 0.25),
     ("create 4K files", "files/s", 0.12),
     ("unlink files", "files/s", 0.12),
+]
+OBJ_TARGETS = [  # job, unit, target ratio objects/ : heap directory
+    ("create 64B objects", "files/s", 0.90),
+    ("unlink objects", "files/s", 0.90),
 ]
 
 
@@ -125,20 +132,41 @@ def rand_jobs(label, d, before_read, loops):
     return res
 
 
+def filerate_run(filerate, fdir, nfiles, size):
+    r = subprocess.run([str(filerate), str(fdir), str(nfiles), str(size)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"fs-filerate: {r.stderr.strip()}")
+    return json.loads(r.stdout)
+
+
 def file_jobs(label, d, filerate, nfiles):
     log(f"{label}: create/unlink {nfiles} files")
     fdir = d / "files"
     fdir.mkdir()
-    r = subprocess.run([str(filerate), str(fdir), str(nfiles), "4096"], capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"fs-filerate: {r.stderr.strip()}")
-    fr = json.loads(r.stdout)
+    fr = filerate_run(filerate, fdir, nfiles, 4096)
     fdir.rmdir()
     return {"create 4K files": fr["create_per_s"], "unlink files": fr["unlink_per_s"]}
 
 
-GROUPS = ("seq", "rand", "files")
+def object_jobs(label, hdir, odir, filerate, nfiles, objects_first):
+    """64-byte files in the heap directory hdir and as objects in odir (objects_first: in
+    that order, so alternating repetitions share any drift): ({job: figure} of the heap
+    directory, {job: figure} of objects/)."""
+    log(f"{label}: create/unlink {nfiles} 64-byte files and objects")
+    fdir = hdir / "small"
+    fdir.mkdir()
+    if objects_first:
+        o = filerate_run(filerate, odir, nfiles, 64)
+    h = filerate_run(filerate, fdir, nfiles, 64)
+    fdir.rmdir()
+    if not objects_first:
+        o = filerate_run(filerate, odir, nfiles, 64)
+    return ({"create 64B objects": h["create_per_s"], "unlink objects": h["unlink_per_s"]},
+            {"create 64B objects": o["create_per_s"], "unlink objects": o["unlink_per_s"]})
+
+
+GROUPS = ("seq", "rand", "files", "objects")
 
 
 def run_jobs(label, d, filerate, nfiles, cold, groups=GROUPS):
@@ -197,7 +225,8 @@ class Mounts:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=1777", "fsbench",
                         str(self.tmpfs)], check=True)
         cfg = self.workdir / "heapfs.conf"
-        cfg.write_text(f'heap "bench" {{\n  size = {size // MIB}M\n  min_block = 4K\n}}\n')
+        cfg.write_text(f'heap "bench" {{\n  size = {size // MIB}M\n  min_block = 4K\n}}\n'
+                       'objects { size = 64M  min_block = 64 }\n')
         self.daemon = subprocess.Popen([str(heapfs_bin), "-f", "-c", str(cfg),
                                         *(["-o", opts] if opts else []), str(self.heapfs)],
                                        stdin=subprocess.DEVNULL,
@@ -231,11 +260,23 @@ class Mounts:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def table(rows):
-    out = [f"{'job':<18} {'unit':<8} {'tmpfs':>10} {'heapfs':>10} {'ratio':>7} "
+def compare(targets, base, new, base_key="tmpfs", new_key="heapfs"):
+    """Rows {job, unit, base_key, new_key, ratio, target, pass} for the jobs measured."""
+    rows = []
+    for job, unit, target in targets:
+        if job not in base:
+            continue
+        ratio = new[job] / base[job] if base[job] else 0.0
+        rows.append({"job": job, "unit": unit, base_key: base[job], new_key: new[job],
+                     "ratio": ratio, "target": target, "pass": ratio >= target})
+    return rows
+
+
+def table(rows, base_key="tmpfs", new_key="heapfs"):
+    out = [f"{'job':<18} {'unit':<8} {base_key:>10} {new_key:>10} {'ratio':>7} "
            f"{'target':>7}  result"]
     for r in rows:
-        out.append(f"{r['job']:<18} {r['unit']:<8} {r['tmpfs']:>10.1f} {r['heapfs']:>10.1f} "
+        out.append(f"{r['job']:<18} {r['unit']:<8} {r[base_key]:>10.1f} {r[new_key]:>10.1f} "
                    f"{r['ratio']:>7.3f} {'>=' + format(r['target'], '.2f'):>7}  "
                    f"{'pass' if r['pass'] else 'MISS'}")
     return "\n".join(out)
@@ -255,7 +296,8 @@ def main():
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--only", default=",".join(GROUPS),
                     help="job groups to run, comma-separated: seq (write, read, mmap read), "
-                         "rand (4k randread, randwrite), files (create, unlink); default all")
+                         "rand (4k randread, randwrite), files (create, unlink), objects "
+                         "(64-byte objects against 64-byte heap files); default all")
     a = ap.parse_args()
     groups = a.only.split(",")
     if not groups or set(groups) - set(GROUPS):
@@ -281,13 +323,19 @@ def main():
             fio("warmup", d / "warm.dat", "write", "1M", "1G")
             (d / "warm.dat").unlink()
         # repetitions interleave the two filesystems so drift hits both alike
-        runs_t, runs_h = [], []
+        runs_t, runs_h, runs_hs, runs_o = [], [], [], []
         for rep in range(a.repeat):
-            runs_t.append(run_jobs(f"tmpfs #{rep + 1}", tdir, filerate, a.files, False,
-                                   groups))
-            runs_h.append(run_jobs(f"heapfs #{rep + 1}", hdir, filerate, a.files, True,
-                                   groups))
-        res_t, res_h = median_of(runs_t), median_of(runs_h)
+            if set(groups) - {"objects"}:
+                runs_t.append(run_jobs(f"tmpfs #{rep + 1}", tdir, filerate, a.files, False,
+                                       groups))
+                runs_h.append(run_jobs(f"heapfs #{rep + 1}", hdir, filerate, a.files, True,
+                                       groups))
+            if "objects" in groups:
+                hs, o = object_jobs(f"heapfs #{rep + 1}", hdir, m.heapfs / "objects",
+                                    filerate, a.files, rep % 2 == 1)
+                runs_hs.append(hs)
+                runs_o.append(o)
+        res_t, res_h = (median_of(runs_t), median_of(runs_h)) if runs_t else ({}, {})
     except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
         log(f"failed: {e}")
         return 1
@@ -295,13 +343,9 @@ def main():
         m.close()
         if uring_before is not None and uring_knob.read_text() != uring_before:
             uring_knob.write_text(uring_before)
-    rows = []
-    for job, unit, target in TARGETS:
-        if job not in res_t:
-            continue
-        ratio = res_h[job] / res_t[job] if res_t[job] else 0.0
-        rows.append({"job": job, "unit": unit, "tmpfs": res_t[job], "heapfs": res_h[job],
-                     "ratio": ratio, "target": target, "pass": ratio >= target})
+    rows = compare(TARGETS, res_t, res_h)
+    obj_rows = compare(OBJ_TARGETS, median_of(runs_hs), median_of(runs_o), "heap dir",
+                       "objects/") if runs_o else []
     fio_version = subprocess.run(["fio", "--version"], capture_output=True,
                                  text=True).stdout.strip()
     notes = (f"median of {a.repeat} interleaved runs after a 1 GiB warm-up write on each; "
@@ -311,15 +355,20 @@ def main():
              f"{a.size}, min_block 4K; {fio_version}; "
              f"{os.cpu_count()} CPUs")
     if a.json:
-        print(json.dumps({"jobs": rows, "notes": notes, "daemon_exit": m.daemon_rc,
-                          "runs": {"tmpfs": runs_t, "heapfs": runs_h}}, indent=2))
+        print(json.dumps({"jobs": rows, "objects": obj_rows, "notes": notes,
+                          "daemon_exit": m.daemon_rc,
+                          "runs": {"tmpfs": runs_t, "heapfs": runs_h,
+                                   "heap_small": runs_hs, "objects": runs_o}}, indent=2))
     else:
-        print(table(rows))
+        if rows:
+            print(table(rows))
+        if obj_rows:
+            print(table(obj_rows, "heap dir", "objects/"))
         print(f"({notes})")
     if m.daemon_rc != 0:
         log(f"heapfs exited with {m.daemon_rc}")
         return 1
-    return 1 if a.strict and not all(r["pass"] for r in rows) else 0
+    return 1 if a.strict and not all(r["pass"] for r in rows + obj_rows) else 0
 
 
 if __name__ == "__main__":

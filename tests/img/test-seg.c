@@ -266,6 +266,35 @@ static void t_put_refusals(void)
 	seg_free(&s);
 }
 
+/* The slot-addressed calls: O(1) puts and deletes, refusing another name's slot. */
+static void t_put_del_at(void)
+{
+	struct seg s = { 0 };
+	struct img_obj o = { .off = 1u << 16, .order = 16, .size = 10, .mode = 0100644 }, got;
+	struct img_seg_info si;
+
+	T(seg_new(&s) == 0);
+	snprintf(o.name, sizeof(o.name), "a");
+	TEQ(img_seg_put_at(s.base, 3, &o), 0);
+	TEQ(img_seg_lookup(s.base, "a", &got), 0);
+	TEQ(got.slot, 3);
+	TEQ(got.size, 10);
+	o.size = 20;
+	TEQ(img_seg_put_at(s.base, 3, &o), 0); /* the same name: replaced */
+	snprintf(o.name, sizeof(o.name), "b");
+	TEQ(img_seg_put_at(s.base, 3, &o), -EINVAL); /* another name's slot */
+	img_seg_info(s.base, &si);
+	TEQ(img_seg_put_at(s.base, si.map_slots, &o), -EINVAL);
+	TEQ(si.nobjects, 1);
+	TEQ(img_seg_check(s.base, SEG_SIZE, IMG_CHECK_NOSUM, why, sizeof(why)), 0);
+	TEQ(img_seg_del_at(s.base, 2), -ENOENT);
+	TEQ(img_seg_del_at(s.base, 3), 0);
+	TEQ(img_seg_lookup(s.base, "a", &got), -ENOENT);
+	img_seg_info(s.base, &si);
+	TEQ(si.nobjects, 0);
+	seg_free(&s);
+}
+
 /* check on a damaged copy: refused with the expected words, original bytes untouched. */
 static int refused(const unsigned char *img, uint64_t len, unsigned flags, const char *words)
 {
@@ -452,6 +481,7 @@ int main(void)
 	RUN(t_map_full);
 	RUN(t_map_grow_refusals);
 	RUN(t_put_refusals);
+	RUN(t_put_del_at);
 	RUN(t_check_refusals);
 	RUN(t_file);
 	return tc_failed != 0;

@@ -1,0 +1,412 @@
+/*
+ * objects.c — the object segment behind objects/ (docs/IMAGE.md §1, docs/DESIGN.md
+ * "Named objects").
+ *
+ * What: objects/NAME are regular files of one heap (struct hfs_heap, `objects` set) whose
+ * buddy allocator spans the whole segment [0, S) with the contiguous layout, so each object
+ * is one block, and whose memory *is* the segment: offset 0 holds the header block and one
+ * block the name map (img_seg_*), claimed with buddy_alloc_at at start.  Every change of a
+ * named object — create, unlink, rename (dir.c's namespace hooks), write, truncate,
+ * fallocate, setattr (file.c, through __hfs_obj_hold/__hfs_obj_release) — rewrites its map
+ * slot, so the segment describes itself at every moment a snapshot can be taken.
+ *
+ * How: start formats the segment, or loads objects.image (img_seg_load checks it whole)
+ * and makes an inode per listed object; stop saves the image (img_seg_save: atomic).
+ * .heapfs/segment is a sealed copy of all S bytes (hfs_objects_snapshot).
+ *
+ * Locking: obj.seg (rwlock, writer-preferring) is held shared by every mutation of object
+ * bytes or the map and exclusive by a snapshot, so a copy never holds a torn object or map.
+ * obj.map (mutex) serialises the img_seg_* map changes among the shared holders, and
+ * guards the slot bookkeeping: the daemon knows which slots it uses (file.oslot, a stack
+ * of freed slots, a high-water mark), so a slot is written or emptied in O(1) with
+ * img_seg_put_at / img_seg_del_at, never searched for.  Order:
+ * hfs.ns -> inode.lock -> obj.seg -> obj.map.  An object's name (file.oname) changes under
+ * hfs.ns exclusive and its inode lock.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fs_i.h"
+#include "img.h"
+
+static struct {
+	struct hfs_heap *h;
+	char *base; /* buddy_ptr(h->b, 0): the segment */
+	uint64_t size;
+	pthread_rwlock_t seg;
+	pthread_mutex_t map;
+	uint32_t *free_slots; /* obj.map: slots below hw that are free, as a stack */
+	uint32_t nfree, hw;   /* slots at and above hw were never used */
+	uint32_t nslots;      /* obj.map: the map's slots */
+} obj = { .map = PTHREAD_MUTEX_INITIALIZER };
+
+struct hfs_heap *hfs_objects_heap(void)
+{
+	return obj.h;
+}
+
+uint64_t hfs_objects_size(void)
+{
+	return obj.size;
+}
+
+static int64_t ns_of_ts(const struct timespec *t)
+{
+	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
+}
+
+/* Room in the free-slot stack for every slot of a map of n slots.  obj.map. */
+static int stack_fit(uint32_t n)
+{
+	uint32_t *v = realloc(obj.free_slots, (n ? n : 1) * sizeof(*v));
+
+	if (!v)
+		return -ENOMEM;
+	obj.free_slots = v;
+	return 0;
+}
+
+/* Move the map to a block twice as large; ENOSPC when the segment has none.  obj.map. */
+static int __map_grow(void)
+{
+	int order = img_seg_map_next_order(obj.base);
+	uint64_t old_off;
+	unsigned old_order;
+	int64_t off;
+	int ret;
+
+	if (order < 0)
+		return -ENOSPC;
+	ret = stack_fit(((uint32_t)1 << order) / IMG_SEG_SLOT_SIZE);
+	if (ret)
+		return ret;
+	off = buddy_alloc(obj.h->b, (unsigned)order);
+	if (off < 0)
+		return -ENOSPC;
+	ret = img_seg_map_grow(obj.base, (uint64_t)off, (unsigned)order, &old_off, &old_order);
+	if (ret) {
+		buddy_free(obj.h->b, (uint64_t)off, (unsigned)order);
+		return ret;
+	}
+	buddy_free(obj.h->b, old_off, old_order);
+	atomic_fetch_add(&obj.h->held, (1ull << order) - (1ull << old_order));
+	obj.nslots = ((uint32_t)1 << order) / IMG_SEG_SLOT_SIZE;
+	return 0;
+}
+
+/* A free slot: a freed one, else the next never used, else after growing the map.
+ * obj.map. */
+static int __slot_take(uint32_t *slot)
+{
+	int ret;
+
+	if (obj.nfree) {
+		*slot = obj.free_slots[--obj.nfree];
+		return 0;
+	}
+	if (obj.hw == obj.nslots) {
+		ret = __map_grow();
+		if (ret)
+			return ret;
+	}
+	*slot = obj.hw++;
+	return 0;
+}
+
+/* Write i's slot.  i->lock, obj.seg. */
+static int __put(struct hfs_inode *i)
+{
+	struct img_obj o = { 0 };
+	int ret;
+
+	if (!i->file.oslot || !i->file.n)
+		return 0; /* unlinked: no slot */
+	snprintf(o.name, sizeof(o.name), "%s", i->file.oname);
+	o.off = i->file.ext[0].hoff;
+	o.order = i->file.ext[0].order;
+	o.size = i->size;
+	o.id = i->id;
+	o.mode = i->mode;
+	o.uid = i->uid;
+	o.gid = i->gid;
+	o.mtime_ns = ns_of_ts(&i->mtime);
+	o.ctime_ns = ns_of_ts(&i->ctime);
+	pthread_mutex_lock(&obj.map);
+	ret = img_seg_put_at(obj.base, i->file.oslot - 1, &o);
+	pthread_mutex_unlock(&obj.map);
+	return ret;
+}
+
+/* Empty i's slot (if it has one) and give it back.  i->lock, obj.seg. */
+static void __slot_give(struct hfs_inode *i)
+{
+	if (!i->file.oslot)
+		return;
+	pthread_mutex_lock(&obj.map);
+	img_seg_del_at(obj.base, i->file.oslot - 1);
+	obj.free_slots[obj.nfree++] = i->file.oslot - 1;
+	pthread_mutex_unlock(&obj.map);
+	i->file.oslot = 0;
+}
+
+void __hfs_obj_hold(struct hfs_inode *i)
+{
+	if (i->heap->objects)
+		pthread_rwlock_rdlock(&obj.seg);
+}
+
+void __hfs_obj_release(struct hfs_inode *i, bool sync)
+{
+	if (!i->heap->objects)
+		return;
+	if (sync)
+		__put(i); /* its own slot: cannot fail */
+	pthread_rwlock_unlock(&obj.seg);
+}
+
+int hfs_obj_init(struct hfs_inode *i)
+{
+	return hfs_file_reserve(i, obj.h->pol.min_block); /* an object always has its block */
+}
+
+int __hfs_obj_added(struct hfs_inode *i, const char *name)
+{
+	char *n = strdup(name);
+	uint32_t slot;
+	int ret = 0;
+
+	if (!n)
+		return -ENOMEM;
+	pthread_rwlock_wrlock(&i->lock);
+	pthread_rwlock_rdlock(&obj.seg);
+	if (!i->file.oslot) { /* a restored object comes with its slot */
+		pthread_mutex_lock(&obj.map);
+		ret = __slot_take(&slot);
+		pthread_mutex_unlock(&obj.map);
+		i->file.oslot = ret ? 0 : slot + 1;
+	}
+	i->file.oname = n;
+	if (!ret)
+		ret = __put(i);
+	if (ret) {
+		__slot_give(i);
+		i->file.oname = NULL;
+	}
+	pthread_rwlock_unlock(&obj.seg);
+	pthread_rwlock_unlock(&i->lock);
+	if (ret)
+		free(n);
+	return ret;
+}
+
+void __hfs_obj_removed(struct hfs_inode *i)
+{
+	pthread_rwlock_wrlock(&i->lock);
+	pthread_rwlock_rdlock(&obj.seg);
+	__slot_give(i);
+	free(i->file.oname);
+	i->file.oname = NULL;
+	pthread_rwlock_unlock(&obj.seg);
+	pthread_rwlock_unlock(&i->lock);
+}
+
+void hfs_objects_snapshot(void *dst)
+{
+	pthread_rwlock_wrlock(&obj.seg);
+	memcpy(dst, obj.base, obj.size);
+	pthread_rwlock_unlock(&obj.seg);
+	img_seg_seal(dst);
+}
+
+void hfs_objects_stats(struct hfs_objects_stats *st)
+{
+	struct img_seg_info si;
+	struct buddy_stats bs;
+
+	buddy_drain(obj.h->b);
+	buddy_stats(obj.h->b, &bs);
+	pthread_rwlock_rdlock(&obj.seg);
+	pthread_mutex_lock(&obj.map);
+	img_seg_info(obj.base, &si);
+	pthread_mutex_unlock(&obj.map);
+	pthread_rwlock_unlock(&obj.seg);
+	*st = (struct hfs_objects_stats){ .size = bs.size, .min_block = bs.min_block,
+					  .used = bs.used, .free = bs.free,
+					  .largest_free = bs.largest_free,
+					  .objects = si.nobjects, .map_slots = si.map_slots };
+}
+
+static int claim_fn(uint64_t off, unsigned order, void *arg)
+{
+	(void)arg;
+	if (buddy_alloc_at(obj.h->b, off, order))
+		return -EBADMSG;
+	atomic_fetch_add(&obj.h->held, 1ull << order);
+	return 0;
+}
+
+/* An inode for a listed object, named in objects/.  hfs.ns exclusive. */
+static int restore_fn(const struct img_obj *o, void *arg)
+{
+	struct hfs_inode *i;
+	uint64_t next;
+	int ret;
+
+	(void)arg;
+	i = hfs_inode_new(HFS_REG, o->mode, o->uid, o->gid, obj.h);
+	if (!i)
+		return -ENOSPC;
+	i->id = o->id;
+	next = atomic_load(&obj.h->next_id);
+	if (o->id >= next)
+		atomic_store(&obj.h->next_id, o->id + 1);
+	i->file.oslot = o->slot + 1;
+	ret = hfs_file_adopt(i, o->off, o->order, o->size);
+	i->mtime.tv_sec = o->mtime_ns / 1000000000;
+	i->mtime.tv_nsec = o->mtime_ns % 1000000000;
+	i->ctime.tv_sec = o->ctime_ns / 1000000000;
+	i->ctime.tv_nsec = o->ctime_ns % 1000000000;
+	i->atime = i->mtime;
+	if (!ret)
+		ret = __hfs_dir_add(hfs.objects, o->name, i);
+	if (ret) {
+		hfs_inode_discard(i);
+		return ret;
+	}
+	i->ctime.tv_sec = o->ctime_ns / 1000000000; /* the add touched it */
+	i->ctime.tv_nsec = o->ctime_ns % 1000000000;
+	return 0;
+}
+
+static int mark_used(const struct img_obj *o, void *arg)
+{
+	((bool *)arg)[o->slot] = true;
+	return 0;
+}
+
+/* The slot bookkeeping of the segment as it is (formatted or loaded). */
+static int free_slots_init(void)
+{
+	struct img_seg_info si;
+	bool *used;
+	int ret;
+
+	img_seg_info(obj.base, &si);
+	used = calloc(si.map_slots, sizeof(*used));
+	ret = used ? stack_fit(si.map_slots) : -ENOMEM;
+	if (!ret) {
+		img_seg_foreach(obj.base, mark_used, used);
+		obj.nfree = 0;
+		for (uint32_t k = si.map_slots; k-- > 0;)
+			if (!used[k])
+				obj.free_slots[obj.nfree++] = k;
+		obj.hw = obj.nslots = si.map_slots;
+	}
+	free(used);
+	return ret;
+}
+
+/* Load PATH into the segment: 1 when it does not exist, 0 loaded, else -errno (printed). */
+static int load(const char *path)
+{
+	char why[256] = "";
+	int fd = open(path, O_RDONLY | O_CLOEXEC), ret;
+
+	if (fd < 0 && errno == ENOENT)
+		return 1;
+	if (fd < 0) {
+		ret = -errno;
+		fprintf(stderr, "heapfs: %s: %s\n", path, strerror(-ret));
+		return ret;
+	}
+	ret = img_seg_load(fd, obj.base, obj.size, obj.h->min_order, why, sizeof(why));
+	close(fd);
+	if (!ret)
+		ret = img_seg_blocks(obj.base, claim_fn, NULL);
+	if (!ret)
+		ret = free_slots_init();
+	if (!ret) {
+		pthread_rwlock_wrlock(&hfs.ns);
+		ret = img_seg_foreach(obj.base, restore_fn, NULL);
+		pthread_rwlock_unlock(&hfs.ns);
+		if (ret)
+			snprintf(why, sizeof(why), "cannot restore its objects: %s", strerror(-ret));
+	}
+	if (ret)
+		fprintf(stderr, "heapfs: %s: %s\n", path, why[0] ? why : strerror(-ret));
+	return ret;
+}
+
+/* An empty segment: claim the header block and its buddy (the map), then format. */
+static int format(void)
+{
+	unsigned hdr = obj.h->min_order > IMG_SEG_HDR_MIN_ORDER ? obj.h->min_order
+							       : IMG_SEG_HDR_MIN_ORDER;
+	int ret;
+
+	ret = claim_fn(0, hdr, NULL);
+	if (!ret)
+		ret = claim_fn(1ull << hdr, hdr, NULL);
+	if (!ret)
+		ret = img_seg_format(obj.base, obj.size, obj.h->min_order);
+	if (!ret)
+		ret = free_slots_init();
+	if (ret)
+		fprintf(stderr, "heapfs: objects: cannot format the segment: %s\n", strerror(-ret));
+	return ret;
+}
+
+int hfs_objects_start(void)
+{
+	const struct conf_objects *c = &hfs.conf->objects;
+	struct conf_heap pol = { .size = c->size, .min_block = c->min_block,
+				 .chunk = 2u << 20, .layout = CONF_LAYOUT_CONTIGUOUS,
+				 .cache = CONF_CACHE_AUTO, .writers = c->writers };
+	pthread_rwlockattr_t a;
+	int ret;
+
+	snprintf(pol.name, sizeof(pol.name), "objects");
+	/* the inode limit: as many objects as could ever fit (a min_block and a slot each) */
+	pol.inodes = c->size / (c->min_block + IMG_SEG_SLOT_SIZE);
+	if (pol.inodes > CONF_INODES_MAX)
+		pol.inodes = CONF_INODES_MAX;
+	ret = hfs_heap_new(&pol, true, &obj.h);
+	if (ret) {
+		fprintf(stderr, "heapfs: objects: %s\n", strerror(-ret));
+		return ret;
+	}
+	obj.h->objects = true;
+	obj.base = buddy_ptr(obj.h->b, 0);
+	obj.size = c->size;
+	/* writers first: a snapshot must not starve behind a stream of writes */
+	pthread_rwlockattr_init(&a);
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&obj.seg, &a);
+	pthread_rwlockattr_destroy(&a);
+	ret = c->image ? load(c->image) : 1;
+	if (ret == 1)
+		ret = format();
+	return ret;
+}
+
+int hfs_objects_stop(void)
+{
+	const char *path = hfs.conf->objects.image;
+	int ret = 0;
+
+	if (!obj.h)
+		return 0;
+	if (path) {
+		pthread_rwlock_wrlock(&obj.seg);
+		ret = img_seg_save(obj.base, path);
+		pthread_rwlock_unlock(&obj.seg);
+		if (ret)
+			fprintf(stderr, "heapfs: %s: cannot save the object segment: %s\n", path,
+				strerror(-ret));
+	}
+	return ret;
+}
