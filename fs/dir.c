@@ -608,7 +608,7 @@ int hfs_mount_tree(void)
 
 	pthread_rwlock_wrlock(&hfs.ns);
 	hfs.root = hfs_inode_new(HFS_DIR, dmode, hfs.uid, hfs.gid, NULL);
-	if (!hfs.root || hfs.root->ino != FUSE_ROOT_ID)
+	if (!hfs.root || hfs.root->ino != HFS_ROOT_INO)
 		goto out;
 	hfs.root->dir.role = HFS_R_FIXED;
 	hfs.root->dir.parent = hfs.root;

@@ -1,5 +1,8 @@
 /*
- * fs_i.h — private interface between the parts of the heapfs daemon (fs/).
+ * fs_i.h — the daemon's core (fs/): namespaces, inodes, file data, images, objects.
+ * No FUSE type appears here: images restore through these functions and a mirror will
+ * apply a partner's changes through them.  The FUSE edge (edge_i.h: ops.c, io.c, uring.c,
+ * main.c) is the only code that includes libfuse.
  *
  * Layers: ops.c translates FUSE requests (the only caller of fuse_reply_*) into the
  * hfs_* functions below; every mutation of file data or namespace is one hfs_* function
@@ -23,18 +26,23 @@
 #ifndef HEAPFS_FS_I_H
 #define HEAPFS_FS_I_H
 
-#define FUSE_USE_VERSION 312
-#include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 #include <uthash.h>
 
 #include "buddy.h"
 #include "conf.h"
+
+/* Inode numbers as the kernel sees them (FUSE's fuse_ino_t is the same 64 bits); the
+ * root of the mount is 1. */
+typedef uint64_t hfs_ino_t;
+#define HFS_ROOT_INO 1
 
 #define HFS_NAME_MAX 255
 #define HFS_TIMEOUT 86400.0 /* attr/entry cache: everything changes only through us */
@@ -103,7 +111,7 @@ struct hfs_xattr {
 };
 
 struct hfs_inode {
-	fuse_ino_t ino;
+	hfs_ino_t ino;
 	uint64_t gen;
 	uint64_t id; /* identity in its heap, kept by images and the partner (0: no heap) */
 	atomic_uint_fast64_t refs;
@@ -179,7 +187,7 @@ int hfs_itable_init(void);
 void hfs_itable_fini(void);
 struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_t gid,
 				struct hfs_heap *heap);
-struct hfs_inode *hfs_iget(fuse_ino_t ino); /* caller knows the kernel holds a reference */
+struct hfs_inode *hfs_iget(hfs_ino_t ino); /* caller knows the kernel holds a reference */
 void hfs_iref(struct hfs_inode *i, uint64_t n);
 void hfs_iput(struct hfs_inode *i, uint64_t n);
 /* Destroy an inode made by hfs_inode_new that nothing references yet. */
@@ -379,17 +387,5 @@ struct hfs_objects_stats {
 	uint32_t objects, map_slots;
 };
 void hfs_objects_stats(struct hfs_objects_stats *st);
-
-/* io.c */
-int hfs_io_setup(struct fuse_session *se);
-
-/* uring.c — experimental FUSE-over-io_uring transport (-o io_uring). */
-int hfs_uring_enable(void);
-void hfs_uring_start(struct fuse_session *se, int fd, size_t payload);
-bool hfs_uring_reply(const struct iovec *iov, int count, ssize_t *res);
-void hfs_uring_stop(void);
-
-/* ops.c */
-extern const struct fuse_lowlevel_ops hfs_ops;
 
 #endif

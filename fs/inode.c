@@ -20,7 +20,7 @@
 #define SEG_SHIFT 16
 #define SEG_SIZE (1u << SEG_SHIFT)
 #define NSEG 4096 /* 2^28 inode numbers */
-_Static_assert((uint64_t)NSEG * SEG_SIZE - FUSE_ROOT_ID >= CONF_INODES_MAX,
+_Static_assert((uint64_t)NSEG * SEG_SIZE - HFS_ROOT_INO >= CONF_INODES_MAX,
 	       "a heap's inode limit must fit the table");
 
 struct slot {
@@ -30,13 +30,13 @@ struct slot {
 
 static _Atomic(struct slot *) segs[NSEG];
 static pthread_mutex_t tab_lock = PTHREAD_MUTEX_INITIALIZER;
-static fuse_ino_t next_ino = FUSE_ROOT_ID; /* tab_lock */
-static fuse_ino_t *free_stack;             /* tab_lock */
+static hfs_ino_t next_ino = HFS_ROOT_INO; /* tab_lock */
+static hfs_ino_t *free_stack;             /* tab_lock */
 static size_t free_n, free_alloc;
 
 int hfs_itable_init(void)
 {
-	next_ino = FUSE_ROOT_ID;
+	next_ino = HFS_ROOT_INO;
 	return 0;
 }
 
@@ -72,7 +72,7 @@ void hfs_itable_fini(void)
 	free_n = free_alloc = 0;
 }
 
-static struct slot *slot_of(fuse_ino_t ino)
+static struct slot *slot_of(hfs_ino_t ino)
 {
 	struct slot *seg;
 
@@ -83,7 +83,7 @@ static struct slot *slot_of(fuse_ino_t ino)
 }
 
 /* A free number and its slot's next generation; NULL when the table is full. */
-static struct slot *__slot_take(fuse_ino_t *ino)
+static struct slot *__slot_take(hfs_ino_t *ino)
 {
 	struct slot *sl;
 
@@ -156,7 +156,7 @@ fail:
 	return NULL;
 }
 
-struct hfs_inode *hfs_iget(fuse_ino_t ino)
+struct hfs_inode *hfs_iget(hfs_ino_t ino)
 {
 	struct slot *sl = slot_of(ino);
 
@@ -200,7 +200,7 @@ static void inode_destroy(struct hfs_inode *i)
 	atomic_store(&sl->inode, NULL);
 	if (free_n == free_alloc) {
 		size_t na = free_alloc ? 2 * free_alloc : 1024;
-		fuse_ino_t *ns = realloc(free_stack, na * sizeof(*ns));
+		hfs_ino_t *ns = realloc(free_stack, na * sizeof(*ns));
 
 		if (ns) {
 			free_stack = ns;

@@ -51,7 +51,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fs_i.h"
+#include "edge_i.h"
 #include "uring_i.h"
 
 #define BULK_BYTES (64 * 1024) /* reads/writes at least this big are handed off */

@@ -28,7 +28,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include "fs_i.h"
+#include "edge_i.h"
 
 struct hfs_fs hfs;
 

@@ -19,7 +19,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "fs_i.h"
+#include "edge_i.h"
 
 struct status_fh {
 	char *buf;

@@ -44,7 +44,7 @@
 #include <linux/fuse.h>
 #include <sys/uio.h>
 
-#include "fs_i.h"
+#include "edge_i.h"
 
 #define ENABLE_PARAM "/sys/module/fuse/parameters/enable_uring"
 
