@@ -70,8 +70,7 @@ static const struct hfs_ns_ops *ns_of(const struct hfs_inode *dir)
 	return &ns_table[dir->dir.role];
 }
 
-/* The heap that entries of dir belong to (NULL: none). */
-static struct hfs_heap *dir_heap(const struct hfs_inode *dir)
+struct hfs_heap *hfs_dir_heap(const struct hfs_inode *dir)
 {
 	const struct hfs_ns_ops *ns = ns_of(dir);
 
@@ -247,7 +246,7 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 			mode |= S_ISGID;
 	}
 	ret = -ENOSPC;
-	i = dir_heap(dir) ? hfs_inode_new(kind, mode, ctx->uid, gid, dir_heap(dir)) : NULL;
+	i = hfs_dir_heap(dir) ? hfs_inode_new(kind, mode, ctx->uid, gid, hfs_dir_heap(dir)) : NULL;
 	if (!i)
 		goto out;
 	ret = ns->init ? ns->init(i) : 0;
@@ -343,9 +342,9 @@ static bool __is_within(struct hfs_inode *a, struct hfs_inode *d)
 /* Both directories in the same heap: 0, -EXDEV (different heaps), -EPERM (outside). */
 static int same_heap(struct hfs_inode *a, struct hfs_inode *b)
 {
-	if (!dir_heap(a) && !dir_heap(b))
+	if (!hfs_dir_heap(a) && !hfs_dir_heap(b))
 		return -EPERM;
-	if (dir_heap(a) != dir_heap(b))
+	if (hfs_dir_heap(a) != hfs_dir_heap(b))
 		return -EXDEV;
 	return 0;
 }
@@ -482,7 +481,7 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname)
 	if (!ret && (i->kind == HFS_STATUS || !i->heap || !ns_of(ndir)->links ||
 		     i->heap->objects)) /* an object has one name */
 		ret = -EPERM;
-	if (!ret && i->heap != dir_heap(ndir))
+	if (!ret && i->heap != hfs_dir_heap(ndir))
 		ret = -EXDEV;
 	if (!ret && __hfs_dir_find(ndir, nname))
 		ret = -EEXIST;

@@ -2,7 +2,8 @@
  * heap.c — heaps: one buddy allocator (alloc/buddy.h) per heap plus its policy, made from
  * the config at mount or by `mkdir heaps/NAME` (conf_heap_defaults), removed by rmdir of an
  * empty run-time heap.  A heap appears as heaps/NAME, .heapfs/heaps/NAME and
- * .heapfs/maps/NAME.  Also statfs: per heap inside heaps/NAME, the sum elsewhere.
+ * .heapfs/maps/NAME.  Also statfs: per heap inside heaps/NAME (and the object segment
+ * in objects/), the sum elsewhere.
  *
  * Limits: a heap's inode limit (max_inodes, `inodes` in the config) is taken by every
  * inode of the heap and every hard link beyond a file's first name (as tmpfs charges
@@ -305,6 +306,11 @@ int hfs_statfs(struct hfs_inode *i, struct statvfs *st)
 
 	if (i->kind == HFS_STATUS && i->st.heap)
 		h = i->st.heap;
+	if (i->kind == HFS_DIR) { /* objects/: the segment */
+		pthread_rwlock_rdlock(&hfs.ns);
+		h = hfs_dir_heap(i);
+		pthread_rwlock_unlock(&hfs.ns);
+	}
 	memset(st, 0, sizeof(*st));
 
 	if (!h) { /* outside heaps: the sum of every heap */
