@@ -423,26 +423,30 @@ def data(i, off, text):
     return {"raw": "data", "id": i, "off": off, "text": text}
 
 
+# A stream of change records (what a partner will send), and what it leaves: names with
+# their bytes, and b's mode.  test_images.py applies the same stream through the daemon.
+CHANGES = [
+    inode(2, size=11), link(1, 2, "a"), data(2, 0, "hello world"),
+    {"raw": "rename", "old_parent": 1, "old": "a", "new_parent": 1, "new": "b"},
+    {"raw": "truncate", "id": 2, "size": 5},
+    {"raw": "setattr", "id": 2, "mask": 1, "mode": 0o100600},
+    inode(3), link(1, 3, "c"), {"raw": "unlink", "parent": 1, "name": "c"},
+    inode(4, size=2), link(1, 4, "x"), data(4, 0, "xx"),
+    inode(5, size=3), link(1, 5, "y"), data(5, 0, "yyy"),
+    {"raw": "rename", "old_parent": 1, "old": "x", "new_parent": 1, "new": "y",
+     "flags": 2},                                     # RENAME_EXCHANGE
+    inode(6), link(1, 6, "gap"), data(6, 4, "tail"),  # a hole at [0, 4)
+    {"raw": "setattr", "id": 6, "mask": 8, "size": 10},
+]
+CHANGED = {"b": b"hello", "x": b"yyy", "y": b"xx", "gap": b"\0\0\0\0tail\0\0"}
+
+
 def test_change_records_are_applied(tmp_path):
-    img = raw_heap(tmp_path, [
-        inode(2, size=11), link(1, 2, "a"), data(2, 0, "hello world"),
-        {"raw": "rename", "old_parent": 1, "old": "a", "new_parent": 1, "new": "b"},
-        {"raw": "truncate", "id": 2, "size": 5},
-        {"raw": "setattr", "id": 2, "mask": 1, "mode": 0o100600},
-        inode(3), link(1, 3, "c"), {"raw": "unlink", "parent": 1, "name": "c"},
-        inode(4, size=2), link(1, 4, "x"), data(4, 0, "xx"),
-        inode(5, size=3), link(1, 5, "y"), data(5, 0, "yyy"),
-        {"raw": "rename", "old_parent": 1, "old": "x", "new_parent": 1, "new": "y",
-         "flags": 2},                                     # RENAME_EXCHANGE
-        inode(6), link(1, 6, "gap"), data(6, 4, "tail"),  # a hole at [0, 4)
-        {"raw": "setattr", "id": 6, "mask": 8, "size": 10},
-    ])
+    img = raw_heap(tmp_path, CHANGES)
     files = {f["path"]: f for f in ctl_json(img)["files"]}
     assert set(files) == {".", "b", "x", "y", "gap"}
     assert files["b"]["size"] == 5 and files["b"]["mode"] == 0o100600
-    assert cat(img, "b").stdout == b"hello"
-    assert cat(img, "x").stdout == b"yyy" and cat(img, "y").stdout == b"xx"
-    assert cat(img, "gap").stdout == b"\0\0\0\0tail\0\0"
+    assert {n: cat(img, n).stdout for n in CHANGED} == CHANGED
 
 
 BAD_MODELS = [

@@ -267,23 +267,10 @@ def test_ctl_save_errors(mount_factory, tmp_path):
 def test_change_records_in_an_image_are_applied_by_the_daemon(mount_factory, tmp_path):
     """The records a partner stream will carry (rename, truncate, setattr, unlink, exchange)
     restore through the daemon's applier to what heapfsctl image shows for the same file."""
-    from test_image_ctl import data, inode, link, raw_heap
-    img = raw_heap(tmp_path, [
-        inode(2, size=11), link(1, 2, "a"), data(2, 0, "hello world"),
-        {"raw": "rename", "old_parent": 1, "old": "a", "new_parent": 1, "new": "b"},
-        {"raw": "truncate", "id": 2, "size": 5},
-        {"raw": "setattr", "id": 2, "mask": 1, "mode": 0o100600},
-        inode(3), link(1, 3, "c"), {"raw": "unlink", "parent": 1, "name": "c"},
-        inode(4, size=2), link(1, 4, "x"), data(4, 0, "xx"),
-        inode(5, size=3), link(1, 5, "y"), data(5, 0, "yyy"),
-        {"raw": "rename", "old_parent": 1, "old": "x", "new_parent": 1, "new": "y",
-         "flags": 2},                                     # RENAME_EXCHANGE
-        inode(6), link(1, 6, "gap"), data(6, 4, "tail"),  # a hole at [0, 4)
-        {"raw": "setattr", "id": 6, "mask": 8, "size": 10},
-    ])
+    from test_image_ctl import CHANGED, CHANGES, raw_heap
+    img = raw_heap(tmp_path, CHANGES)
     m = mount_factory(config(img))
     h = m.heap("h")
-    assert sorted(os.listdir(h)) == ["b", "gap", "x", "y"]
-    assert read_daemon(h / "b") == b"hello" and stat.S_IMODE(os.stat(h / "b").st_mode) == 0o600
-    assert read_daemon(h / "x") == b"yyy" and read_daemon(h / "y") == b"xx"
-    assert read_daemon(h / "gap") == b"\0\0\0\0tail\0\0"
+    assert sorted(os.listdir(h)) == sorted(CHANGED)
+    assert {n: read_daemon(h / n) for n in CHANGED} == CHANGED
+    assert stat.S_IMODE(os.stat(h / "b").st_mode) == 0o600
