@@ -192,16 +192,36 @@ void hfs_iref(struct hfs_inode *i, uint64_t n);
 void hfs_iput(struct hfs_inode *i, uint64_t n);
 /* Destroy an inode made by hfs_inode_new that nothing references yet. */
 void hfs_inode_discard(struct hfs_inode *i);
+/* Give i of a heap the identity a restore found (an image, a segment): the heap's next new
+ * inode then gets a larger one. */
+void hfs_inode_set_id(struct hfs_inode *i, uint64_t id);
 void __hfs_stat(const struct hfs_inode *i, struct stat *st);
 void hfs_stat(struct hfs_inode *i, struct stat *st);
 void hfs_now(struct timespec *ts);
+/* Times as images keep them: nanoseconds since the epoch (before it: negative). */
+static inline int64_t hfs_ts_ns(struct timespec t)
+{
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static inline struct timespec hfs_ns_ts(int64_t ns)
+{
+	int64_t s = ns / 1000000000, n = ns % 1000000000;
+
+	if (n < 0) { /* tv_nsec is never negative */
+		s--;
+		n += 1000000000;
+	}
+	return (struct timespec){ .tv_sec = s, .tv_nsec = n };
+}
+
 /* Monotonic clock in nanoseconds, for spin windows. */
 static inline int64_t hfs_now_ns(void)
 {
 	struct timespec t;
 
 	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+	return hfs_ts_ns(t);
 }
 
 /* dir.c — namespace. Entry-returning calls take one lookup reference for the kernel. */

@@ -37,16 +37,6 @@
 #include "fs_i.h"
 #include "img.h"
 
-static int64_t ns_of(struct timespec t)
-{
-	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-static struct timespec ts_of(int64_t ns)
-{
-	return (struct timespec){ .tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000 };
-}
-
 static uint32_t img_kind_of(enum hfs_kind k)
 {
 	switch (k) {
@@ -97,7 +87,8 @@ static int save_inode(struct saver *s, struct hfs_inode *i)
 	struct img_inode in = {
 		.id = i->id, .kind = img_kind_of(i->kind), .mode = i->mode, .uid = i->uid,
 		.gid = i->gid, .rdev = i->rdev, .nlink = (uint32_t)i->nlink, .size = i->size,
-		.atime_ns = ns_of(i->atime), .mtime_ns = ns_of(i->mtime), .ctime_ns = ns_of(i->ctime),
+		.atime_ns = hfs_ts_ns(i->atime), .mtime_ns = hfs_ts_ns(i->mtime),
+		.ctime_ns = hfs_ts_ns(i->ctime),
 	};
 	int ret = img_w_inode(s->w, &in);
 
@@ -300,9 +291,7 @@ static int apply_link(struct hfs_apply *a, const struct img_rec *rec)
 		ret = hfs_create(dir, rec->s1, k->in.mode, (dev_t)k->in.rdev, k->target, &ctx, &i);
 		if (!ret) {
 			k->i = i; /* hfs_create's lookup reference becomes ours */
-			i->id = k->id;
-			if (atomic_load(&a->h->next_id) <= k->id)
-				atomic_store(&a->h->next_id, k->id + 1);
+			hfs_inode_set_id(i, k->id);
 			/* the whole size at once: a contiguous file does not move at every
 			 * power of two its DATA records reach */
 			if (i->kind == HFS_REG && k->in.size)
@@ -351,8 +340,8 @@ static int apply_setattr(struct hfs_inode *i, const struct img_setattr *sa)
 		{ IMG_SET_CTIME, HFS_SET_CTIME },
 	};
 	struct hfs_attr at = { .mode = sa->mode, .uid = sa->uid, .gid = sa->gid, .size = sa->size,
-			       .atime = ts_of(sa->atime_ns), .mtime = ts_of(sa->mtime_ns),
-			       .ctime = ts_of(sa->ctime_ns) };
+			       .atime = hfs_ns_ts(sa->atime_ns), .mtime = hfs_ns_ts(sa->mtime_ns),
+			       .ctime = hfs_ns_ts(sa->ctime_ns) };
 	unsigned mask = 0;
 
 	for (size_t k = 0; k < sizeof(bits) / sizeof(bits[0]); k++)

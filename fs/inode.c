@@ -110,6 +110,15 @@ void hfs_now(struct timespec *ts)
 	clock_gettime(CLOCK_REALTIME, ts);
 }
 
+void hfs_inode_set_id(struct hfs_inode *i, uint64_t id)
+{
+	uint_fast64_t next = atomic_load(&i->heap->next_id);
+
+	i->id = id;
+	while (next <= id && !atomic_compare_exchange_weak(&i->heap->next_id, &next, id + 1))
+		;
+}
+
 struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_t gid,
 				struct hfs_heap *heap)
 {

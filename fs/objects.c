@@ -54,11 +54,6 @@ uint64_t hfs_objects_size(void)
 	return obj.size;
 }
 
-static int64_t ns_of_ts(const struct timespec *t)
-{
-	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
-}
-
 /* Room in the free-slot stack for every slot of a map of n slots.  obj.map. */
 static int stack_fit(uint32_t n)
 {
@@ -133,8 +128,8 @@ static int __put(struct hfs_inode *i)
 	o.mode = i->mode;
 	o.uid = i->uid;
 	o.gid = i->gid;
-	o.mtime_ns = ns_of_ts(&i->mtime);
-	o.ctime_ns = ns_of_ts(&i->ctime);
+	o.mtime_ns = hfs_ts_ns(i->mtime);
+	o.ctime_ns = hfs_ts_ns(i->ctime);
 	pthread_mutex_lock(&obj.map);
 	ret = img_seg_put_at(obj.base, i->file.oslot - 1, &o);
 	pthread_mutex_unlock(&obj.map);
@@ -253,23 +248,17 @@ static int claim_fn(uint64_t off, unsigned order, void *arg)
 static int restore_fn(const struct img_obj *o, void *arg)
 {
 	struct hfs_inode *i;
-	uint64_t next;
 	int ret;
 
 	(void)arg;
 	i = hfs_inode_new(HFS_REG, o->mode, o->uid, o->gid, obj.h);
 	if (!i)
 		return -ENOSPC;
-	i->id = o->id;
-	next = atomic_load(&obj.h->next_id);
-	if (o->id >= next)
-		atomic_store(&obj.h->next_id, o->id + 1);
+	hfs_inode_set_id(i, o->id);
 	i->file.oslot = o->slot + 1;
 	ret = hfs_file_adopt(i, o->off, o->order, o->size);
-	i->mtime.tv_sec = o->mtime_ns / 1000000000;
-	i->mtime.tv_nsec = o->mtime_ns % 1000000000;
-	i->ctime.tv_sec = o->ctime_ns / 1000000000;
-	i->ctime.tv_nsec = o->ctime_ns % 1000000000;
+	i->mtime = hfs_ns_ts(o->mtime_ns);
+	i->ctime = hfs_ns_ts(o->ctime_ns);
 	i->atime = i->mtime;
 	if (!ret)
 		ret = __hfs_dir_add(hfs.objects, o->name, i);
@@ -277,8 +266,7 @@ static int restore_fn(const struct img_obj *o, void *arg)
 		hfs_inode_discard(i);
 		return ret;
 	}
-	i->ctime.tv_sec = o->ctime_ns / 1000000000; /* the add touched it */
-	i->ctime.tv_nsec = o->ctime_ns % 1000000000;
+	i->ctime = hfs_ns_ts(o->ctime_ns); /* the add touched it */
 	return 0;
 }
 
