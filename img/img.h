@@ -243,6 +243,10 @@ int img_save_open(const char *path, struct img_save *s);
 int img_save_commit(struct img_save *s);
 /* Give up: close and remove the temporary file. */
 void img_save_abort(struct img_save *s);
+/* Write every byte of iov[0..n) to fd, through short writes and EINTR (the iovecs are
+ * consumed): 0 or -errno.  What the writers and heapfsctl save use. */
+struct iovec;
+int img_writev_all(int fd, struct iovec *iov, int n);
 
 /* The object segment as a file (objects { image = PATH }): seal base[0, size) and save it
  * atomically to path. */

@@ -90,10 +90,6 @@ static inline bool img_zero(const void *p, size_t n)
 	return n == 0 || (c[0] == 0 && !memcmp(c, c + 1, n - 1));
 }
 
-struct iovec;
-/* Write every byte of iov[0..n) (the iovecs are consumed): 0 or -errno. */
-int img_writev_all(int fd, struct iovec *iov, int n);
-
 /* Put the reason in why (if any) and return -EBADMSG. */
 int img_refuse(char *why, size_t whylen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

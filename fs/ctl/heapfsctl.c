@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/uio.h>
 
 #include <jansson.h>
 
@@ -864,17 +865,17 @@ static int64_t copy_stream(int fd, int out)
 	enum { BUF = 1 << 20 };
 	char *buf = malloc(BUF);
 	int64_t total = 0;
-	ssize_t n, w;
+	ssize_t n;
 
 	if (!buf)
 		return -ENOMEM;
 	while ((n = read(fd, buf, BUF)) > 0) {
-		for (ssize_t done = 0; done < n; done += w) {
-			w = write(out, buf + done, (size_t)(n - done));
-			if (w < 0) {
-				total = -errno;
-				goto out;
-			}
+		struct iovec iov = { buf, (size_t)n };
+		int ret = img_writev_all(out, &iov, 1);
+
+		if (ret) {
+			total = ret;
+			goto out;
 		}
 		total += n;
 	}
