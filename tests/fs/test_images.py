@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import (HEAPFS, HEAPFSCTL, KIB, MIB, pattern, read_daemon, start_heapfs, unmount,
+from conftest import (HEAPFS, HEAPFSCTL, expect_errno, KIB, MIB, pattern, read_daemon, start_heapfs, unmount,
                       wait_until)
 
 SIZES = [0, 1, 63, 4095, 4096, 4097, 65536 + 7, MIB + 3, 5 * MIB - 1]
@@ -262,6 +262,14 @@ def test_ctl_save_errors(mount_factory, tmp_path):
     # the image file is the owner's only: another user cannot read a heap through it
     mode = os.stat(m.path / ".heapfs/images/h").st_mode
     assert stat.S_IMODE(mode) == 0o400
+    # a stream: read only, not seekable (pread gets ESPIPE, never a torn image)
+    expect_errno(errno.EACCES, os.open, m.path / ".heapfs/images/h", os.O_RDWR)
+    fd = os.open(m.path / ".heapfs/images/h", os.O_RDONLY)
+    try:
+        expect_errno(errno.ESPIPE, os.pread, fd, 4096, 1000)
+        assert os.read(fd, 8) == b"HEAPFSIM"  # read() from the start works
+    finally:
+        os.close(fd)
 
 
 def test_change_records_in_an_image_are_applied_by_the_daemon(mount_factory, tmp_path):
