@@ -178,7 +178,7 @@ static int __dir_writable(struct hfs_inode *dir)
 		return -ENOENT; /* removed while someone sat in it */
 	if (!ns_of(dir)->kinds)
 		return -EPERM;
-	return 0;
+	return hfs_repl_writable(dir->heap);
 }
 
 int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out)
@@ -265,6 +265,8 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 		ret = -ENOMEM;
 	else
 		ret = __hfs_dir_add(dir, name, i);
+	if (!ret && HFS_REPL(i->heap))
+		__hfs_repl_created(dir, name, i);
 out_discard:
 	if (ret) {
 		hfs_inode_discard(i);
@@ -295,6 +297,8 @@ int hfs_unlink(struct hfs_inode *dir, const char *name)
 		ret = -EISDIR;
 	else
 		ret = __unlink_name(dir, name, i);
+	if (!ret && HFS_REPL(dir->heap))
+		__hfs_repl_unlink(dir, name);
 out:
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
@@ -322,6 +326,8 @@ int hfs_rmdir(struct hfs_inode *dir, const char *name)
 		ret = -ENOTEMPTY;
 	else
 		ret = __hfs_dir_del(dir, name);
+	if (!ret && HFS_REPL(dir->heap))
+		__hfs_repl_unlink(dir, name);
 out:
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
@@ -464,6 +470,8 @@ int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 	touch_links(src, -links);
 	hfs_iput(src, 1);
 out:
+	if (!ret && HFS_REPL(dir->heap))
+		__hfs_repl_rename(dir, name, ndir, nname, flags);
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
 }
@@ -496,6 +504,8 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname)
 	}
 	if (!ret)
 		hfs_iref(i, 1); /* the kernel's lookup */
+	if (!ret && HFS_REPL(i->heap))
+		__hfs_repl_link(ndir, nname, i);
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
 }

@@ -353,8 +353,13 @@ int hfs_truncate(struct hfs_inode *i, uint64_t size)
 
 	if (i->kind != HFS_REG)
 		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
+	ret = hfs_repl_writable(i->heap);
+	if (ret)
+		return ret;
 	lock_w(i);
 	ret = __truncate(i, size);
+	if (!ret && HFS_REPL(i->heap))
+		__hfs_repl_truncate(i);
 	unlock_w(i, true);
 	return ret;
 }
@@ -389,6 +394,11 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 
 	if (i->kind != HFS_REG)
 		return 0;
+	if (wr || flags & O_TRUNC) {
+		ret = hfs_repl_writable(i->heap);
+		if (ret)
+			return ret;
+	}
 	lock_w(i);
 	/* O_TRUNC truncates whatever the access mode, as on tmpfs: the kernel has checked
 	 * write permission for it (may_open) and, told we truncate atomically, has already
@@ -402,6 +412,8 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 	if (flags & O_TRUNC) {
 		ret = __truncate(i, 0);
 		__kill_suid(i, who, false);
+		if (!ret && HFS_REPL(i->heap))
+			__hfs_repl_attr(i); /* size 0, and the mode the kill may have changed */
 	}
 	if (!ret) {
 		i->file.writers += wr;
@@ -499,6 +511,9 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 		return -EINVAL;
 	if (!len)
 		return 0;
+	ret = hfs_repl_writable(i->heap);
+	if (ret)
+		return ret;
 	lock_w(i);
 	if (end > i->file.cap) {
 		ret = __grow(i, end, (uint64_t)off + 1); /* a short write when not all fits */
@@ -517,6 +532,8 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
 	ret = (int)len;
+	if (HFS_REPL(i->heap))
+		__hfs_repl_data(i->heap, i->id, (uint64_t)off, buf, len);
 out:
 	unlock_w(i, ret > 0);
 	return ret;
@@ -533,6 +550,9 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 		return i->kind == HFS_DIR ? -EISDIR : -ENODEV;
 	if (off < 0 || len <= 0)
 		return -EINVAL;
+	ret = hfs_repl_writable(i->heap);
+	if (ret)
+		return ret;
 	lock_w(i);
 	ret = __grow(i, end, end);
 	if (ret)
@@ -545,6 +565,8 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 		hfs_now(&i->mtime);
 	}
 	hfs_now(&i->ctime);
+	if (HFS_REPL(i->heap))
+		__hfs_repl_attr(i); /* size and times; the blocks are the mirror's business */
 out:
 	unlock_w(i, !ret);
 	return ret;
@@ -557,6 +579,9 @@ int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_se
 
 	if (!i->heap)
 		return -EPERM; /* the fixed directories and .heapfs/ */
+	ret = hfs_repl_writable(i->heap);
+	if (ret)
+		return ret;
 	if (to_set & HFS_SET_SIZE && i->kind != HFS_REG)
 		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
 	hfs_now(&now);
@@ -585,6 +610,8 @@ int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_se
 	if (to_set & HFS_SET_MTIME_NOW)
 		i->mtime = now;
 	i->ctime = to_set & HFS_SET_CTIME ? attr->ctime : now;
+	if (HFS_REPL(i->heap))
+		__hfs_repl_attr(i);
 out:
 	unlock_w(i, !ret);
 	return ret;

@@ -87,6 +87,7 @@ struct hfs_heap {
 	/* held shared by every change of file data or attributes in the heap (namespace
 	 * changes hold hfs.ns): an image snapshot holds it exclusive while it forks */
 	pthread_rwlock_t quiesce;
+	struct hfs_repl_heap *repl;      /* replicated (repl.c): owned here or a mirror */
 };
 
 /* One buddy block of a file: file bytes [foff, foff + 2^order) live at heap offset hoff. */
@@ -352,6 +353,11 @@ int hfs_image_save(struct hfs_heap *h, const char *path);
 int hfs_image_restore(struct hfs_heap *h, int fd, char *why, size_t whylen);
 int hfs_apply_begin(struct hfs_heap *h, char *why, size_t whylen, struct hfs_apply **out);
 int hfs_apply_rec(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec);
+/* The same for a record from memory (a DATA record's bytes at data: replication). */
+int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec,
+		  const void *data);
+/* Set the attributes the applies so far disturbed, and go on applying (a mirror). */
+int hfs_apply_settle(struct hfs_apply *a);
 /* finish: set the attributes the applies disturbed; either way free the applier. */
 int hfs_apply_end(struct hfs_apply *a, bool finish);
 /* Every heap with image = PATH: restore from PATH if it exists (at mount; messages on
@@ -364,6 +370,9 @@ int hfs_images_save(void);
  * image, else -EIO. */
 int hfs_image_snapshot(struct hfs_heap *h, int *fd, pid_t *pid);
 int hfs_image_snapshot_end(pid_t pid);
+/* The same, calling frozen(arg) after the fork while the heap is still held still. */
+int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen)(void *),
+			  void *arg);
 
 /* xattr.c — at most HFS_XATTR_BUDGET bytes of user.* xattrs per inode, each counted as
  * name + NUL + value + HFS_XATTR_ENTRY (its struct hfs_xattr); past that, ENOSPC. */
@@ -409,5 +418,45 @@ struct hfs_objects_stats {
 	uint32_t objects, map_slots;
 };
 void hfs_objects_stats(struct hfs_objects_stats *st);
+
+/* repl.c — replication to the partner (SPEC "Replication").  init: before mounting (the
+ * secret; -errno after printing why: exit 2); start: after daemonizing (the link). */
+int hfs_repl_init(void);
+int hfs_repl_start(void);
+void hfs_repl_stop(void);
+/* May users change heap h?  The one place that decides: -EROFS on a mirror (except for
+ * the thread applying the partner's changes), else 0. */
+int hfs_repl_writable(const struct hfs_heap *h);
+const char *hfs_repl_role(const struct hfs_heap *h);
+bool hfs_repl_mirror(const struct hfs_heap *h); /* changes come from the partner only */
+/* The record-out hook: a change to a replicated heap, made and still locked by the caller
+ * (hfs.ns for the namespace, the inode's lock for data/attributes), leaves as one image
+ * change record.  Call only when HFS_REPL(heap); a mirror sends nothing. */
+#define HFS_REPL(h) ((h) && (h)->repl)
+void __hfs_repl_out(struct hfs_heap *h, uint32_t type, const void *fixed, const void *t0,
+		    uint32_t l0, const void *t1, uint32_t l1);
+void __hfs_repl_data(struct hfs_heap *h, uint64_t id, uint64_t off, const void *buf,
+		     uint64_t len);
+void __hfs_repl_inode(struct hfs_inode *i, const char *target);
+void __hfs_repl_created(struct hfs_inode *dir, const char *name, struct hfs_inode *i);
+void __hfs_repl_link(struct hfs_inode *dir, const char *name, struct hfs_inode *i);
+void __hfs_repl_unlink(struct hfs_inode *dir, const char *name);
+void __hfs_repl_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+		       const char *nname, unsigned flags);
+void __hfs_repl_truncate(struct hfs_inode *i);
+void __hfs_repl_attr(struct hfs_inode *i);
+void __hfs_repl_xattr(struct hfs_inode *i, const char *name, const void *value, size_t size);
+/* The FUSE edge, after a change and before replying: sync mode waits (at most timeout)
+ * until the partner applied (or refused, or was lost before) what this thread sent. */
+void hfs_repl_wait(void);
+/* flush/fsync: async mode waits until the partner has everything (0 / -EIO). */
+int hfs_repl_flush(const struct hfs_heap *h);
+bool hfs_repl_flushes(const struct hfs_heap *h); /* an owned replicated heap */
+struct hfs_repl_status {
+	const char *state; /* none connected degraded resyncing */
+	char peer[65];
+	uint64_t epoch, lag_bytes, sent_bytes, recv_bytes, resync_done, resync_total;
+};
+void hfs_repl_status(struct hfs_repl_status *st);
 
 #endif

@@ -314,17 +314,22 @@ static struct hfs_inode *need(struct hfs_apply *a, uint64_t id)
 	return i;
 }
 
-static int apply_data(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec)
+/* A DATA record's bytes: from the stream (r, into the bounce buffer) or from memory. */
+static int apply_data(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec,
+		      const void *bytes)
 {
 	struct hfs_inode *i = need(a, rec->u.data.id);
 	int ret;
 
 	if (!i)
 		return -EBADMSG;
-	ret = img_r_data(r, a->buf);
-	if (ret)
-		return ret;
-	ret = hfs_write(i, a->buf, rec->data_len, (off_t)rec->u.data.off, 0);
+	if (!bytes) {
+		ret = img_r_data(r, a->buf);
+		if (ret)
+			return ret;
+		bytes = a->buf;
+	}
+	ret = hfs_write(i, bytes, rec->data_len, (off_t)rec->u.data.off, 0);
 	if (ret >= 0 && (uint32_t)ret != rec->data_len)
 		ret = -ENOSPC;
 	return ret < 0 ? refuse(a, ret, "the data of inode %llu does not fit the heap",
@@ -369,10 +374,43 @@ static void remember(struct known *k, const struct img_setattr *sa)
 		k->in.ctime_ns = sa->ctime_ns;
 }
 
+/* What name in d refers to now, referenced (NULL: nothing). */
+static struct hfs_inode *victim(struct hfs_inode *d, const char *name)
+{
+	struct hfs_inode *i;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	i = __hfs_dir_find(d, name);
+	if (i)
+		hfs_iref(i, 1);
+	pthread_rwlock_unlock(&hfs.ns);
+	return i;
+}
+
+/* After an unlink or a rename over it: when i lost its last name, the applier lets go of
+ * it too (a mirror applies for as long as it runs; holding every inode it ever made would
+ * keep the data of removed files).  Drops the reference victim() took. */
+static void forget(struct hfs_apply *a, struct hfs_inode *i)
+{
+	struct known *k;
+
+	if (!i)
+		return;
+	k = i->nlink == 0 ? find(a, i->id) : NULL;
+	if (k && k->i == i && k->id != IMG_ROOT_ID) {
+		HASH_DEL(a->known, k);
+		hfs_iput(k->i, 1);
+		free(k->target);
+		free(k);
+	}
+	hfs_iput(i, 1);
+}
+
 /* The change records: what a mirror applies (a saved heap holds none, but a stream may). */
 static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
 {
 	struct hfs_inode *i, *d, *nd;
+	int ret;
 
 	switch (rec->type) {
 	case IMG_TRUNCATE:
@@ -391,18 +429,31 @@ static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
 		d = need(a, rec->u.unlink.parent);
 		if (!d)
 			return -EBADMSG;
-		i = __hfs_dir_find(d, rec->s1);
-		return i && i->kind == HFS_DIR ? hfs_rmdir(d, rec->s1) : hfs_unlink(d, rec->s1);
+		i = victim(d, rec->s1);
+		ret = i && i->kind == HFS_DIR ? hfs_rmdir(d, rec->s1) : hfs_unlink(d, rec->s1);
+		forget(a, i);
+		return ret;
 	case IMG_RENAME:
 		d = need(a, rec->u.rename.old_parent);
 		nd = need(a, rec->u.rename.new_parent);
-		return d && nd ? hfs_rename(d, rec->s1, nd, rec->s2, rec->u.rename.flags) : -EBADMSG;
+		if (!d || !nd)
+			return -EBADMSG;
+		i = rec->u.rename.flags & RENAME_EXCHANGE ? NULL : victim(nd, rec->s2);
+		ret = hfs_rename(d, rec->s1, nd, rec->s2, rec->u.rename.flags);
+		forget(a, i);
+		return ret;
 	default:
 		return refuse(a, 0, "record type %llu cannot be applied", rec->type);
 	}
 }
 
 int hfs_apply_rec(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec)
+{
+	return hfs_apply_mem(a, r, rec, NULL);
+}
+
+int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec,
+		  const void *data)
 {
 	struct known *k;
 	struct hfs_inode *i;
@@ -421,7 +472,7 @@ int hfs_apply_rec(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 	case IMG_LINK:
 		return apply_link(a, rec);
 	case IMG_DATA:
-		return apply_data(a, r, rec);
+		return apply_data(a, r, rec, data);
 	case IMG_XATTR:
 		i = need(a, rec->u.xattr.id);
 		if (!i)
@@ -436,14 +487,14 @@ int hfs_apply_rec(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 	}
 }
 
-/* Set what the applies disturbed (modes, owners, times), then drop our references. */
-int hfs_apply_end(struct hfs_apply *a, bool finish)
+/* Set what the applies disturbed (modes, owners, times). */
+int hfs_apply_settle(struct hfs_apply *a)
 {
 	struct known *k, *tmp;
 	int ret = 0;
 
 	HASH_ITER(hh, a->known, k, tmp) {
-		if (finish && k->i && !ret && (k->id != IMG_ROOT_ID || k->in.id)) {
+		if (k->i && !ret && (k->id != IMG_ROOT_ID || k->in.id)) {
 			struct img_setattr sa = {
 				.mask = IMG_SET_MODE | IMG_SET_UID | IMG_SET_GID | IMG_SET_ATIME |
 					IMG_SET_MTIME | IMG_SET_CTIME,
@@ -454,6 +505,17 @@ int hfs_apply_end(struct hfs_apply *a, bool finish)
 
 			ret = apply_setattr(k->i, &sa);
 		}
+	}
+	return ret;
+}
+
+/* Settle (finish), then drop our references. */
+int hfs_apply_end(struct hfs_apply *a, bool finish)
+{
+	struct known *k, *tmp;
+	int ret = finish ? hfs_apply_settle(a) : 0;
+
+	HASH_ITER(hh, a->known, k, tmp) {
 		if (k->i)
 			hfs_iput(k->i, 1);
 		HASH_DEL(a->known, k);
@@ -545,6 +607,12 @@ int hfs_images_save(void)
 
 int hfs_image_snapshot(struct hfs_heap *h, int *fd, pid_t *pid)
 {
+	return hfs_image_snapshot_at(h, fd, pid, NULL, NULL);
+}
+
+int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen)(void *),
+			  void *arg)
+{
 	pid_t parent = getpid(), c;
 	int p[2], ret = 0;
 
@@ -566,6 +634,8 @@ int hfs_image_snapshot(struct hfs_heap *h, int *fd, pid_t *pid)
 			_exit(1);
 		_exit(hfs_image_write(h, p[1]) ? 1 : 0);
 	}
+	if (c > 0 && frozen)
+		frozen(arg); /* still frozen: what changes next comes after the image */
 	if (c < 0)
 		ret = -errno;
 	pthread_rwlock_unlock(&h->quiesce);

@@ -262,10 +262,14 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 		goto out_signals;
 	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground) || hfs_housekeeper_start())
 		goto out_unmount;
+	if (hfs_repl_start()) /* threads: after daemonizing */
+		goto out_housekeeper;
 	if (hfs.readahead_kb && pthread_create(&ra, NULL, readahead_thread, NULL) == 0)
 		pthread_detach(ra);
 	/* a positive value is the signal that ended the loop: a clean stop */
 	ret = loop(se, cmd) < 0 ? 1 : 0;
+	hfs_repl_stop();
+out_housekeeper:
 	hfs_housekeeper_stop();
 out_unmount:
 	fuse_session_unmount(se);
@@ -349,8 +353,8 @@ int main(int argc, char *argv[])
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));
 		ret = 1;
-	} else if (hfs_objects_start() || hfs_images_load()) {
-		ret = 2; /* a bad image: said why; nothing mounted */
+	} else if (hfs_objects_start() || hfs_images_load() || hfs_repl_init()) {
+		ret = 2; /* a bad image or secret: said why; nothing mounted */
 	} else {
 		ret = run(&args, &cmd);
 		if (hfs_objects_stop() && !ret)

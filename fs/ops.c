@@ -47,10 +47,17 @@ static struct hfs_inode *I(fuse_ino_t ino)
 		}                                   \
 	} while (0)
 
+/* A mirror heap changes behind the kernel's back (the partner's changes): nothing of it
+ * is cached. */
+static double attr_timeout(const struct hfs_inode *i)
+{
+	return hfs_repl_mirror(i->heap) ? 0.0 : HFS_TIMEOUT;
+}
+
 static double entry_timeout(const struct hfs_inode *dir)
 {
-	return dir == hfs.dot_heaps || dir == hfs.dot_maps || dir == hfs.dot_images ? 0.0 :
-										     HFS_TIMEOUT;
+	return dir == hfs.dot_heaps || dir == hfs.dot_maps || dir == hfs.dot_images ||
+	       hfs_repl_mirror(dir->heap) ? 0.0 : HFS_TIMEOUT;
 }
 
 static void fill_entry(struct fuse_entry_param *e, struct hfs_inode *dir, struct hfs_inode *i,
@@ -60,7 +67,7 @@ static void fill_entry(struct fuse_entry_param *e, struct hfs_inode *dir, struct
 	e->ino = i->ino;
 	e->generation = i->gen;
 	e->attr = *st;
-	e->attr_timeout = HFS_TIMEOUT;
+	e->attr_timeout = attr_timeout(i);
 	e->entry_timeout = entry_timeout(dir);
 }
 
@@ -69,6 +76,7 @@ static void reply_entry(fuse_req_t req, struct hfs_inode *dir, struct hfs_inode 
 	struct fuse_entry_param e;
 	struct stat st;
 
+	hfs_repl_wait(); /* sync replication: the partner has the change first */
 	hfs_stat(i, &st);
 	fill_entry(&e, dir, i, &st);
 	if (fuse_reply_entry(req, &e))
@@ -77,6 +85,8 @@ static void reply_entry(fuse_req_t req, struct hfs_inode *dir, struct hfs_inode 
 
 static void reply_err(fuse_req_t req, int ret)
 {
+	if (!ret)
+		hfs_repl_wait();
 	fuse_reply_err(req, -ret);
 }
 
@@ -151,7 +161,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 	(void)fi;
 	hfs_stat(i, &st);
-	fuse_reply_attr(req, &st, HFS_TIMEOUT);
+	fuse_reply_attr(req, &st, attr_timeout(i));
 }
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
@@ -180,8 +190,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	ret = hfs_setattr(i, &a, mask, fuse_req_ctx(req)->uid);
 	if (ret)
 		return reply_err(req, ret);
+	hfs_repl_wait();
 	hfs_stat(i, &st);
-	fuse_reply_attr(req, &st, HFS_TIMEOUT);
+	fuse_reply_attr(req, &st, attr_timeout(i));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -260,8 +271,10 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 /* Open flags for a regular file from its heap's cache policy. */
 static void file_flags(struct hfs_inode *i, struct fuse_file_info *fi)
 {
-	fi->noflush = 1; /* nothing to do at close(): data is in the heap already */
-	if (i->heap && i->heap->pol.cache == CONF_CACHE_DIRECT)
+	/* nothing to do at close(): data is in the heap already; a replicated heap's close
+	 * waits until the partner has everything (flush) */
+	fi->noflush = !hfs_repl_flushes(i->heap);
+	if (i->heap && (i->heap->pol.cache == CONF_CACHE_DIRECT || hfs_repl_mirror(i->heap)))
 		fi->direct_io = 1;
 	else
 		fi->keep_cache = 1;
@@ -356,6 +369,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if (ret)
 		return reply_err(req, ret);
+	hfs_repl_wait(); /* O_TRUNC */
 	hfs_iref(i, 1);
 	if (fuse_reply_open(req, fi)) {
 		if (i->kind == HFS_STATUS)
@@ -385,6 +399,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		return reply_err(req, ret);
 	}
 	file_flags(i, fi);
+	hfs_repl_wait();
 	hfs_iref(i, 1);
 	hfs_stat(i, &st);
 	fill_entry(&e, dir, i, &st);
@@ -452,6 +467,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	ret = hfs_write(i, buf, size, off, fuse_req_ctx(req)->uid);
 	if (ret < 0)
 		return reply_err(req, ret);
+	hfs_repl_wait(); /* sync: returns once the partner applied it (or is lost) */
 	fuse_reply_write(req, (size_t)ret);
 }
 
@@ -514,7 +530,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			continue; /* removed since the snapshot */
 		if (plus) {
 			struct fuse_entry_param e = { .ino = st.st_ino, .attr = st,
-						      .attr_timeout = HFS_TIMEOUT,
+						      .attr_timeout = attr_timeout(dir),
 						      .entry_timeout = entry_timeout(dir) };
 
 			if (i)
@@ -632,6 +648,22 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 	reply_err(req, hfs_fallocate(i, mode, offset, length));
 }
 
+/* close() and fsync() of a file in an owned replicated heap: until the partner has
+ * everything sent so far (async mode; in sync mode it already has). */
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+
+	(void)fi;
+	fuse_reply_err(req, -hfs_repl_flush(i->heap));
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)datasync;
+	op_flush(req, ino, fi);
+}
+
 const struct fuse_lowlevel_ops hfs_ops = {
 	.init = op_init,
 	.lookup = op_lookup,
@@ -662,4 +694,6 @@ const struct fuse_lowlevel_ops hfs_ops = {
 	.listxattr = op_listxattr,
 	.removexattr = op_removexattr,
 	.fallocate = op_fallocate,
+	.flush = op_flush,
+	.fsync = op_fsync,
 };

@@ -70,7 +70,7 @@ static json_t *heap_json(struct hfs_heap *h)
 	bad |= set(o, "inodes_free", json_integer((json_int_t)(h->max_inodes - inodes)));
 	bad |= set(o, "inode_metadata_bytes", json_integer((json_int_t)atomic_load(&h->meta)));
 	bad |= set(o, "replicate", json_string(conf_replicate_name(p->replicate)));
-	bad |= set(o, "role", json_string("owner"));
+	bad |= set(o, "role", json_string(hfs_repl_role(h)));
 	bad |= set(o, "layout", json_string(conf_layout_name(p->layout)));
 	bad |= set(o, "cache", json_string(conf_cache_name(p->cache)));
 	bad |= set(o, "writers", json_string(conf_writers_name(p->writers)));
@@ -196,18 +196,25 @@ static json_t *partner_json(struct hfs_heap **v, unsigned n)
 {
 	json_t *heaps = json_object();
 
+	struct hfs_repl_status rs;
+
+	hfs_repl_status(&rs);
+	/* the replicated heaps (no partner section: none) */
 	for (unsigned k = 0; heaps && k < n; k++)
-		if (set(heaps, v[k]->pol.name, json_string("owner"))) {
+		if (v[k]->repl && set(heaps, v[k]->pol.name, json_string(hfs_repl_role(v[k])))) {
 			json_decref(heaps);
 			return NULL;
 		}
-	/* No partner section: nothing is replicated, this node owns every heap. */
-	return json_pack("{s:s, s:s?, s:s?, s:I, s:I, s:I, s:I, s:o}", "state", "none",
+	return json_pack("{s:s, s:s?, s:s?, s:s?, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+			 "state", rs.state,
 			 "node", hfs.conf->partner.present ? hfs.conf->partner.node : NULL,
-			 "peer", hfs.conf->partner.present ? hfs.conf->partner.connect : NULL,
-			 "epoch", (json_int_t)0, "lag_bytes", (json_int_t)0,
-			 "resync_done", (json_int_t)0, "resync_total", (json_int_t)0,
-			 "heaps", heaps);
+			 "peer", rs.peer[0] ? rs.peer : NULL,
+			 "connect", hfs.conf->partner.present ? hfs.conf->partner.connect : NULL,
+			 "epoch", (json_int_t)rs.epoch, "lag_bytes", (json_int_t)rs.lag_bytes,
+			 "sent_bytes", (json_int_t)rs.sent_bytes,
+			 "recv_bytes", (json_int_t)rs.recv_bytes,
+			 "resync_done", (json_int_t)rs.resync_done,
+			 "resync_total", (json_int_t)rs.resync_total, "heaps", heaps);
 }
 
 static json_t *donors_json(void)

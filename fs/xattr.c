@@ -100,6 +100,9 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 		return -EPERM;
 	if (!i->heap)
 		return -EPERM;
+	ret = hfs_repl_writable(i->heap);
+	if (ret)
+		return ret;
 	if (len > XATTR_NAME_MAX)
 		return -ERANGE;
 	if (size > XATTR_SIZE_MAX)
@@ -133,6 +136,8 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 		i->xattr_bytes += cost(x);
 		hfs_heap_meta(i->heap, (int64_t)cost(x));
 		hfs_now(&i->ctime);
+		if (HFS_REPL(i->heap))
+			__hfs_repl_xattr(i, name, value, size);
 	}
 	hfs_change_unlock(i);
 	if (ret) {
@@ -204,11 +209,15 @@ ssize_t hfs_listxattr(struct hfs_inode *i, char *buf, size_t size)
 int hfs_removexattr(struct hfs_inode *i, const char *name)
 {
 	struct hfs_xattr *x;
+	int ret;
 
 	if (!is_user(name))
 		return -ENOTSUP;
 	if (is_virt(name) || !i->heap)
 		return -EPERM;
+	ret = hfs_repl_writable(i->heap);
+	if (ret)
+		return ret;
 	hfs_change_lock(i);
 	x = __find(i, name);
 	if (x) {
@@ -216,6 +225,8 @@ int hfs_removexattr(struct hfs_inode *i, const char *name)
 		i->xattr_bytes -= cost(x);
 		hfs_heap_meta(i->heap, -(int64_t)cost(x));
 		hfs_now(&i->ctime);
+		if (HFS_REPL(i->heap))
+			__hfs_repl_xattr(i, name, NULL, 0);
 	}
 	hfs_change_unlock(i);
 	if (!x)

@@ -228,6 +228,20 @@ int img_r_next(struct img_r *r, struct img_rec *rec);
 int img_r_data(struct img_r *r, void *dst);
 void img_r_free(struct img_r *r);
 
+/* One change record in memory (the replication link sends these): the stream's bytes
+ * for it, header included.  img_rec_iov gathers a record of type from its fixed part and
+ * tails into iov (hdr: IMG_REC_HDR bytes of the caller's) and returns the iovec count, or
+ * -EINVAL.  img_rec_decode checks a received one with the reader's rules: 0 and *rec (its
+ * strings NUL-terminated in str; a DATA record's bytes at *data, data_len of them), or
+ * -EBADMSG with why. */
+#define IMG_REC_HDR 16
+#define IMG_REC_STR (IMG_NAME_MAX + 1 + IMG_XATTR_MAX + 1)
+struct iovec;
+int img_rec_iov(void *hdr, uint32_t type, const void *fixed, const void *t0, uint32_t l0,
+		const void *t1, uint32_t l1, struct iovec *iov);
+int img_rec_decode(const void *buf, size_t len, struct img_rec *rec, const void **data,
+		   char str[IMG_REC_STR], char *why, size_t whylen);
+
 /* ---- 3. saving atomically ---------------------------------------------------------- */
 
 /* An image is written to a temporary file beside PATH (PATH.XXXXXX, mode 0600) and only

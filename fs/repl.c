@@ -1,0 +1,871 @@
+/*
+ * repl.c — replication to a partner mount (SPEC "Replication"): the fs side of the link
+ * in replica/ (which knows frames, auth, ordering, acks and liveness, nothing of heaps).
+ *
+ * Ownership.  A heap with `replicate = sync|async` in this node's config is OWNED here;
+ * the partner shows it as a MIRROR at the same path.  Mirrors appear when the pair
+ * connects: each side sends HELLO listing the heaps it owns (name, size, min_block,
+ * layout), the other makes the missing ones.  Whether a heap may be changed by users is
+ * decided in one place, hfs_repl_writable() (EROFS on a mirror), which the core's entry
+ * points for changes call (dir.c's __dir_writable for the namespace, file.c and xattr.c
+ * for data and attributes); the mirror's own apply thread is exempt.
+ *
+ * One mutation path.  Every change to an owned heap is one image change record
+ * (img/img.h): the core function that makes it calls hfs_repl_out() while it still holds
+ * the lock that orders the change (hfs.ns for the namespace, the inode lock for data and
+ * attributes), so the records of one heap leave in the order they were applied.  The
+ * mirror decodes each with img_rec_decode (the image reader's checks) and applies it with
+ * hfs_apply_mem, the applier image restores use, which calls the same core functions.
+ * Records name inodes by their identity in the heap (hfs_inode.id), the same on both sides.
+ *
+ * Full sync.  On every connect the owner sends each owned heap whole: it forks a snapshot
+ * (hfs_image_snapshot_at) and, while the heap is frozen, sends RESET and drops the records
+ * queued since the connect (they are in the snapshot); the image stream follows in chunks
+ * (IMG ... IMGEND), and records of changes made meanwhile wait in a per-heap queue, sent
+ * after IMGEND.  The mirror empties its copy at RESET and restores the stream through a
+ * pipe in a thread; the restore's applier then stays, to apply live records.
+ *
+ * Modes.  sync: the FUSE edge calls hfs_repl_wait() after a change and before replying; it
+ * waits (at most `timeout`) for the partner's ack of the last record this thread sent.
+ * async: nothing waits on write; flush (close) and fsync call hfs_repl_flush.  A link
+ * that is down costs nothing: records are dropped, the state is `degraded`, and the next
+ * connect does a full sync.
+ *
+ * Locking: per heap, r->lock orders the check "full sync in flight?" with the send (taken
+ * under hfs.ns or an inode lock, never the other way round); the link's callbacks run on
+ * its receive thread; g.lock guards the state and the sync thread's handle.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/uio.h>
+
+#include "fs_i.h"
+#include "img.h"
+#include "replica.h"
+
+enum {
+	MSG_HELLO = REP_TYPE_USER, /* heaps the sender owns */
+	MSG_RESET,                 /* name: a full image of the heap follows */
+	MSG_IMG,                   /* name, bytes of the image stream */
+	MSG_IMGEND,                /* name: the stream is complete */
+	MSG_REC,                   /* name, one change record */
+};
+
+#define CHUNK (1u << 20)
+
+struct pend {
+	struct pend *next;
+	size_t len;
+	char data[];
+};
+
+struct hfs_repl_heap {
+	struct hfs_heap *h;
+	bool mirror;
+	pthread_mutex_t lock;
+	/* owner */
+	bool streaming;             /* a full sync is queued or in flight: records wait */
+	struct pend *pend, **pend_tail;
+	/* mirror: the image restore (a thread reading a pipe), then the live applier */
+	int pipe_w;
+	pthread_t th;
+	bool th_on;
+	int th_ret;
+	struct hfs_apply *apply;
+	char why[256];
+};
+
+static struct {
+	bool on;
+	struct rep_link *l;
+	uint8_t key[REP_KEY_BYTES];
+	pthread_mutex_t lock;
+	bool up, syncing;
+	char peer[REP_NODE_MAX + 1];
+	pthread_t sync_th;
+	bool sync_on;
+	atomic_uint_fast64_t resync_done, resync_total;
+} g = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static __thread bool applying;     /* this thread applies the partner's changes */
+static __thread uint64_t wait_seq; /* sync mode: the last record this thread sent */
+
+int hfs_repl_writable(const struct hfs_heap *h)
+{
+	return h && h->repl && h->repl->mirror && !applying ? -EROFS : 0;
+}
+
+bool hfs_repl_mirror(const struct hfs_heap *h)
+{
+	return h && h->repl && h->repl->mirror;
+}
+
+const char *hfs_repl_role(const struct hfs_heap *h)
+{
+	return h->repl && h->repl->mirror ? "mirror" : "owner";
+}
+
+static struct hfs_repl_heap *rh_new(struct hfs_heap *h, bool mirror)
+{
+	struct hfs_repl_heap *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return NULL;
+	r->h = h;
+	r->mirror = mirror;
+	r->pipe_w = -1;
+	r->pend_tail = &r->pend;
+	pthread_mutex_init(&r->lock, NULL);
+	return r;
+}
+
+/* ---- the owner: records out ------------------------------------------------------- */
+
+static void pend_drop(struct hfs_repl_heap *r)
+{
+	while (r->pend) {
+		struct pend *p = r->pend;
+
+		r->pend = p->next;
+		free(p);
+	}
+	r->pend_tail = &r->pend;
+}
+
+/* The heap's name as the first part of a message: one length byte, then the name. */
+static int name_iov(struct hfs_heap *h, uint8_t *len, struct iovec *iov)
+{
+	size_t n = strlen(h->pol.name);
+
+	*len = (uint8_t)n;
+	iov[0] = (struct iovec){ .iov_base = len, .iov_len = 1 };
+	iov[1] = (struct iovec){ .iov_base = h->pol.name, .iov_len = n };
+	return 2;
+}
+
+static void send_iov(struct hfs_repl_heap *r, uint32_t type, struct iovec *iov, int n)
+{
+	int64_t seq;
+
+	if (r->streaming && type == MSG_REC) { /* after the image: queue a copy */
+		size_t len = 0;
+		struct pend *p;
+
+		for (int k = 0; k < n; k++)
+			len += iov[k].iov_len;
+		p = malloc(sizeof(*p) + len);
+		if (!p) { /* cannot keep it: the partner needs a new full sync */
+			rep_kick(g.l);
+			return;
+		}
+		p->next = NULL;
+		p->len = 0;
+		for (int k = 0; k < n; k++) {
+			memcpy(p->data + p->len, iov[k].iov_base, iov[k].iov_len);
+			p->len += iov[k].iov_len;
+		}
+		*r->pend_tail = p;
+		r->pend_tail = &p->next;
+		return;
+	}
+	seq = rep_sendv(g.l, type, iov, n);
+	if (seq > 0 && r->h->pol.replicate == CONF_REPLICATE_SYNC)
+		wait_seq = (uint64_t)seq;
+}
+
+void __hfs_repl_out(struct hfs_heap *h, uint32_t type, const void *fixed, const void *t0,
+		    uint32_t l0, const void *t1, uint32_t l1)
+{
+	struct hfs_repl_heap *r = h->repl;
+	char hdr[IMG_REC_HDR];
+	struct iovec iov[6];
+	uint8_t nl;
+	int n;
+
+	if (!g.l || r->mirror)
+		return;
+	n = name_iov(h, &nl, iov);
+	n += img_rec_iov(hdr, type, fixed, t0, l0, t1, l1, iov + n);
+	pthread_mutex_lock(&r->lock);
+	send_iov(r, MSG_REC, iov, n);
+	pthread_mutex_unlock(&r->lock);
+}
+
+void __hfs_repl_data(struct hfs_heap *h, uint64_t id, uint64_t off, const void *buf,
+		     uint64_t len)
+{
+	while (len) {
+		uint32_t n = len > IMG_DATA_MAX ? IMG_DATA_MAX : (uint32_t)len;
+		struct img_data d = { .id = id, .off = off };
+
+		__hfs_repl_out(h, IMG_DATA, &d, buf, n, NULL, 0);
+		buf = (const char *)buf + n;
+		off += n;
+		len -= n;
+	}
+}
+
+void __hfs_repl_inode(struct hfs_inode *i, const char *target)
+{
+	struct img_inode in = {
+		.id = i->id, .mode = i->mode, .uid = i->uid, .gid = i->gid, .rdev = i->rdev,
+		.nlink = (uint32_t)i->nlink, .size = i->size, .atime_ns = hfs_ts_ns(i->atime),
+		.mtime_ns = hfs_ts_ns(i->mtime), .ctime_ns = hfs_ts_ns(i->ctime),
+	};
+	struct img_symlink sl = { .id = i->id };
+
+	in.kind = i->kind == HFS_DIR ? IMG_K_DIR : i->kind == HFS_REG ? IMG_K_REG
+		: i->kind == HFS_LNK ? IMG_K_LNK : IMG_K_SPECIAL;
+	__hfs_repl_out(i->heap, IMG_INODE, &in, NULL, 0, NULL, 0);
+	if (target)
+		__hfs_repl_out(i->heap, IMG_SYMLINK, &sl, target, (uint32_t)strlen(target), NULL, 0);
+}
+
+void __hfs_repl_created(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
+{
+	__hfs_repl_inode(i, i->kind == HFS_LNK ? i->lnk.target : NULL);
+	__hfs_repl_link(dir, name, i);
+}
+
+void __hfs_repl_link(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
+{
+	struct img_link l = { .parent = dir->id, .child = i->id,
+			      .name_len = (uint32_t)strlen(name) };
+
+	__hfs_repl_out(dir->heap, IMG_LINK, &l, name, l.name_len, NULL, 0);
+}
+
+void __hfs_repl_unlink(struct hfs_inode *dir, const char *name)
+{
+	struct img_unlink u = { .parent = dir->id, .name_len = (uint32_t)strlen(name) };
+
+	__hfs_repl_out(dir->heap, IMG_UNLINK, &u, name, u.name_len, NULL, 0);
+}
+
+void __hfs_repl_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+		       const char *nname, unsigned flags)
+{
+	struct img_rename rn = { .old_parent = dir->id, .new_parent = ndir->id,
+				 .old_len = (uint32_t)strlen(name),
+				 .new_len = (uint32_t)strlen(nname), .flags = flags };
+
+	__hfs_repl_out(dir->heap, IMG_RENAME, &rn, name, rn.old_len, nname, rn.new_len);
+}
+
+void __hfs_repl_truncate(struct hfs_inode *i)
+{
+	struct img_truncate t = { .id = i->id, .size = i->size };
+
+	__hfs_repl_out(i->heap, IMG_TRUNCATE, &t, NULL, 0, NULL, 0);
+}
+
+void __hfs_repl_attr(struct hfs_inode *i)
+{
+	struct img_setattr sa = {
+		.id = i->id, .mask = IMG_SET_MODE | IMG_SET_UID | IMG_SET_GID | IMG_SET_ATIME |
+			IMG_SET_MTIME | IMG_SET_CTIME,
+		.mode = i->mode, .uid = i->uid, .gid = i->gid, .atime_ns = hfs_ts_ns(i->atime),
+		.mtime_ns = hfs_ts_ns(i->mtime), .ctime_ns = hfs_ts_ns(i->ctime),
+	};
+
+	if (i->kind == HFS_REG) {
+		sa.mask |= IMG_SET_SIZE;
+		sa.size = i->size;
+	}
+	__hfs_repl_out(i->heap, IMG_SETATTR, &sa, NULL, 0, NULL, 0);
+}
+
+void __hfs_repl_xattr(struct hfs_inode *i, const char *name, const void *value, size_t size)
+{
+	uint32_t nl = (uint32_t)strlen(name);
+
+	if (value) {
+		struct img_xattr x = { .id = i->id, .name_len = nl, .value_len = (uint32_t)size };
+
+		__hfs_repl_out(i->heap, IMG_XATTR, &x, name, nl, value, x.value_len);
+	} else {
+		struct img_removexattr x = { .id = i->id, .name_len = nl };
+
+		__hfs_repl_out(i->heap, IMG_REMOVEXATTR, &x, name, nl, NULL, 0);
+	}
+}
+
+void hfs_repl_wait(void)
+{
+	uint64_t seq = wait_seq;
+
+	if (!seq || !g.l)
+		return;
+	wait_seq = 0;
+	/* whatever the outcome the change stands here: the partner gone or slow means
+	 * degraded (a resync later), a refusal kicks the link (on_acked: a full resync) */
+	rep_wait(g.l, seq, hfs.conf->partner.timeout_ms);
+}
+
+int hfs_repl_flush(const struct hfs_heap *h)
+{
+	int ret;
+
+	if (!g.l || !h || !h->repl || h->repl->mirror)
+		return 0;
+	ret = rep_flush(g.l, hfs.conf->partner.timeout_ms);
+	return ret == -ENOTCONN || ret == -ETIMEDOUT || ret >= 0 ? 0 : -EIO;
+}
+
+bool hfs_repl_flushes(const struct hfs_heap *h)
+{
+	return h && h->repl && !h->repl->mirror;
+}
+
+/* ---- the owner: full sync ----------------------------------------------------------- */
+
+static int send_named(struct hfs_heap *h, uint32_t type, const void *buf, size_t len)
+{
+	struct iovec iov[3];
+	uint8_t nl;
+	int n = name_iov(h, &nl, iov);
+	int64_t seq;
+
+	iov[n++] = (struct iovec){ .iov_base = (void *)buf, .iov_len = len };
+	seq = rep_sendv(g.l, type, iov, n);
+	return seq < 0 ? (int)seq : 0;
+}
+
+/* Called with the heap frozen (hfs.ns and its quiesce lock held): what was queued is in
+ * the image, what comes next goes after it. */
+static void frozen(void *arg)
+{
+	struct hfs_repl_heap *r = arg;
+
+	pthread_mutex_lock(&r->lock);
+	pend_drop(r);
+	r->streaming = true;
+	send_named(r->h, MSG_RESET, NULL, 0);
+	pthread_mutex_unlock(&r->lock);
+}
+
+static int sync_heap(struct hfs_repl_heap *r, char *buf)
+{
+	int fd, ret;
+	pid_t pid;
+	ssize_t n;
+
+	ret = hfs_image_snapshot_at(r->h, &fd, &pid, frozen, r);
+	if (ret)
+		return ret;
+	while ((n = read(fd, buf, CHUNK)) > 0 || (n < 0 && errno == EINTR)) {
+		if (n < 0)
+			continue;
+		ret = send_named(r->h, MSG_IMG, buf, (size_t)n);
+		if (ret)
+			break;
+		atomic_fetch_add(&g.resync_done, (uint64_t)n);
+	}
+	close(fd);
+	ret = hfs_image_snapshot_end(pid) ?: ret;
+	if (!ret)
+		ret = send_named(r->h, MSG_IMGEND, NULL, 0);
+	/* the changes made meanwhile, in order, then records go straight out again */
+	pthread_mutex_lock(&r->lock);
+	for (struct pend *p = r->pend; p && !ret; p = p->next) {
+		int64_t seq = rep_send(g.l, MSG_REC, p->data, p->len);
+
+		ret = seq < 0 ? (int)seq : 0;
+	}
+	pend_drop(r);
+	r->streaming = false;
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+static void *sync_thread(void *arg)
+{
+	char *buf = malloc(CHUNK);
+	uint64_t total = 0;
+
+	(void)arg;
+	pthread_rwlock_rdlock(&hfs.ns);
+	for (unsigned k = 0; k < hfs.nheaps; k++)
+		if (hfs.heapv[k]->repl && !hfs.heapv[k]->repl->mirror)
+			total += atomic_load(&hfs.heapv[k]->held) + 4096;
+	pthread_rwlock_unlock(&hfs.ns);
+	atomic_store(&g.resync_done, 0);
+	atomic_store(&g.resync_total, total);
+	/* heaps from the config never go away, and only those are owned here */
+	for (unsigned k = 0; buf && k < hfs.nheaps; k++) {
+		struct hfs_repl_heap *r = hfs.heapv[k]->repl;
+
+		if (r && !r->mirror && sync_heap(r, buf)) {
+			fprintf(stderr, "heapfs: partner: full sync of %s failed\n",
+				r->h->pol.name);
+			break;
+		}
+	}
+	free(buf);
+	atomic_store(&g.resync_total, atomic_load(&g.resync_done));
+	pthread_mutex_lock(&g.lock);
+	g.syncing = false;
+	pthread_mutex_unlock(&g.lock);
+	return NULL;
+}
+
+/* ---- the mirror ------------------------------------------------------------------- */
+
+static struct hfs_heap *heap_named(const char *name)
+{
+	struct hfs_heap *h = NULL;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	for (unsigned k = 0; k < hfs.nheaps && !h; k++)
+		if (!strcmp(hfs.heapv[k]->pol.name, name))
+			h = hfs.heapv[k];
+	pthread_rwlock_unlock(&hfs.ns);
+	return h;
+}
+
+struct hello_heap {
+	uint64_t size, min_block;
+	uint32_t layout, replicate, name_len, pad;
+}; /* + name */
+
+static int send_hello(void)
+{
+	char buf[8192];
+	size_t len = 0;
+	int64_t seq;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	for (unsigned k = 0; k < hfs.nheaps; k++) {
+		struct hfs_heap *h = hfs.heapv[k];
+		struct hello_heap hh = { .size = h->pol.size, .min_block = h->pol.min_block,
+					 .layout = h->pol.layout, .replicate = h->pol.replicate,
+					 .name_len = (uint32_t)strlen(h->pol.name) };
+
+		if (!h->repl || h->repl->mirror || len + sizeof(hh) + hh.name_len > sizeof(buf))
+			continue;
+		memcpy(buf + len, &hh, sizeof(hh));
+		memcpy(buf + len + sizeof(hh), h->pol.name, hh.name_len);
+		len += sizeof(hh) + hh.name_len;
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	seq = rep_send(g.l, MSG_HELLO, buf, len);
+	return seq < 0 ? (int)seq : 0;
+}
+
+static int make_mirror(const struct hello_heap *hh, const char *name)
+{
+	struct hfs_heap *h = heap_named(name);
+	struct conf_heap pol;
+	struct hfs_inode *dir;
+	int ret;
+
+	if (h) { /* made at an earlier connect, or ours: then both sides claim it */
+		if (h->repl && h->repl->mirror && h->pol.size == hh->size)
+			return 0;
+		fprintf(stderr, "heapfs: partner: heap %s is declared on both nodes; "
+			"not mirrored\n", name);
+		return -EEXIST;
+	}
+	if (conf_heap_defaults(hfs.conf, name, &pol))
+		return -EINVAL;
+	pol.size = hh->size;
+	pol.min_block = hh->min_block;
+	pol.layout = hh->layout ? CONF_LAYOUT_CONTIGUOUS : CONF_LAYOUT_EXTENTS;
+	pol.replicate = hh->replicate == CONF_REPLICATE_SYNC ? CONF_REPLICATE_SYNC
+							      : CONF_REPLICATE_ASYNC;
+	pthread_rwlock_wrlock(&hfs.ns);
+	ret = __hfs_heap_mkdir(name, &pol, true, &dir);
+	if (!ret) {
+		dir->heap->repl = rh_new(dir->heap, true);
+		if (!dir->heap->repl)
+			ret = -ENOMEM; /* the heap stays, unreplicated, and writable */
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	if (ret)
+		fprintf(stderr, "heapfs: partner: cannot make mirror heap %s: %s\n", name,
+			strerror(-ret));
+	return ret;
+}
+
+static int recv_hello(const char *p, size_t len)
+{
+	while (len) {
+		struct hello_heap hh;
+		char name[CONF_NAME_MAX + 1];
+
+		if (len < sizeof(hh))
+			return -EBADMSG;
+		memcpy(&hh, p, sizeof(hh));
+		if (!hh.name_len || hh.name_len > CONF_NAME_MAX || len - sizeof(hh) < hh.name_len ||
+		    hh.size > CONF_HEAP_MAX || hh.size & (hh.size - 1) ||
+		    hh.min_block < CONF_MIN_BLOCK_MIN || hh.min_block > CONF_MIN_BLOCK_MAX ||
+		    hh.min_block & (hh.min_block - 1) || hh.min_block > hh.size)
+			return -EBADMSG;
+		memcpy(name, p + sizeof(hh), hh.name_len);
+		name[hh.name_len] = 0;
+		if (conf_check_heap_name(name))
+			return -EBADMSG;
+		make_mirror(&hh, name);
+		p += sizeof(hh) + hh.name_len;
+		len -= sizeof(hh) + hh.name_len;
+	}
+	return 0;
+}
+
+/* Remove everything below dir (the mirror at RESET). */
+static int empty_dir(struct hfs_inode *dir)
+{
+	struct hfs_dirent *de, *tmp;
+	char **names = NULL;
+	size_t n = 0, k;
+	int ret = 0;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	names = calloc(dir->dir.nents + 1, sizeof(*names));
+	HASH_ITER(hh, dir->dir.ents, de, tmp) {
+		if (names && n < dir->dir.nents)
+			names[n++] = strdup(de->name);
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	if (!names)
+		return -ENOMEM;
+	for (k = 0; k < n; k++) {
+		struct hfs_inode *i;
+
+		if (!names[k] || hfs_lookup(dir, names[k], &i)) {
+			ret = ret ?: -ENOMEM;
+			continue;
+		}
+		if (i->kind == HFS_DIR) {
+			ret = empty_dir(i) ?: ret;
+			ret = hfs_rmdir(dir, names[k]) ?: ret;
+		} else {
+			ret = hfs_unlink(dir, names[k]) ?: ret;
+		}
+		hfs_iput(i, 1);
+	}
+	for (k = 0; k < n; k++)
+		free(names[k]);
+	free(names);
+	return ret;
+}
+
+struct restore_arg {
+	struct hfs_repl_heap *r;
+	int fd;
+};
+
+static void *restore_thread(void *arg)
+{
+	struct restore_arg *ra = arg;
+	struct hfs_repl_heap *r = ra->r;
+	struct img_r *rd;
+	struct img_rec rec;
+	int ret;
+
+	applying = true;
+	ret = img_r_open(ra->fd, r->h->pol.size, &rd, r->why, sizeof(r->why));
+	if (!ret) {
+		ret = hfs_apply_begin(r->h, r->why, sizeof(r->why), &r->apply);
+		while (!ret && (ret = img_r_next(rd, &rec)) == 1)
+			ret = hfs_apply_rec(r->apply, rd, &rec);
+		if (!ret)
+			ret = hfs_apply_settle(r->apply);
+		img_r_free(rd);
+	}
+	if (ret && r->apply) {
+		hfs_apply_end(r->apply, false);
+		r->apply = NULL;
+	}
+	/* read what is left so the writer never blocks on a dead reader */
+	while (read(ra->fd, r->why + sizeof(r->why) - 1, 1) > 0)
+		;
+	close(ra->fd);
+	free(ra);
+	r->th_ret = ret;
+	return NULL;
+}
+
+static int mirror_join(struct hfs_repl_heap *r)
+{
+	if (r->pipe_w >= 0) {
+		close(r->pipe_w);
+		r->pipe_w = -1;
+	}
+	if (r->th_on) {
+		pthread_join(r->th, NULL);
+		r->th_on = false;
+		if (r->th_ret)
+			fprintf(stderr, "heapfs: partner: the image of %s was refused: %s\n",
+				r->h->pol.name, r->why[0] ? r->why : strerror(-r->th_ret));
+	}
+	return r->th_on ? -EIO : r->th_ret;
+}
+
+static int mirror_reset(struct hfs_repl_heap *r)
+{
+	struct restore_arg *ra;
+	int p[2], ret;
+
+	mirror_join(r);
+	if (r->apply) {
+		hfs_apply_end(r->apply, false);
+		r->apply = NULL;
+	}
+	ret = empty_dir(r->h->dir);
+	if (ret)
+		return ret;
+	if (pipe2(p, O_CLOEXEC))
+		return -errno;
+	ra = malloc(sizeof(*ra));
+	if (!ra) {
+		close(p[0]);
+		close(p[1]);
+		return -ENOMEM;
+	}
+	ra->r = r;
+	ra->fd = p[0];
+	r->why[0] = 0;
+	r->th_ret = 0;
+	if (pthread_create(&r->th, NULL, restore_thread, ra)) {
+		close(p[0]);
+		close(p[1]);
+		free(ra);
+		return -EAGAIN;
+	}
+	r->th_on = true;
+	r->pipe_w = p[1];
+	return 0;
+}
+
+static int mirror_img(struct hfs_repl_heap *r, const char *p, size_t len)
+{
+	if (r->pipe_w < 0)
+		return -EPROTO;
+	while (len) {
+		ssize_t n = write(r->pipe_w, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -EIO;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
+{
+	static char str[IMG_REC_STR]; /* the receive thread is the only caller */
+	struct img_rec rec;
+	const void *data;
+	int ret;
+
+	if (!r->apply)
+		return -EPROTO; /* no full image yet, or it failed */
+	ret = img_rec_decode(p, len, &rec, &data, str, r->why, sizeof(r->why));
+	if (ret)
+		return ret;
+	ret = hfs_apply_mem(r->apply, NULL, &rec, data);
+	if (ret)
+		fprintf(stderr, "heapfs: partner: a change to %s failed: %s\n", r->h->pol.name,
+			r->why[0] ? r->why : strerror(-ret));
+	r->why[0] = 0;
+	return ret;
+}
+
+/* ---- the link's callbacks --------------------------------------------------------- */
+
+static void on_up(void *arg, const char *peer)
+{
+	(void)arg;
+	pthread_mutex_lock(&g.lock);
+	g.up = true;
+	snprintf(g.peer, sizeof(g.peer), "%s", peer);
+	pthread_mutex_unlock(&g.lock);
+	/* records from now on wait for the full image (frozen() drops those it holds) */
+	for (unsigned k = 0; k < hfs.nheaps; k++) {
+		struct hfs_repl_heap *r = hfs.heapv[k]->repl;
+
+		if (r && !r->mirror) {
+			pthread_mutex_lock(&r->lock);
+			r->streaming = true;
+			pthread_mutex_unlock(&r->lock);
+		}
+	}
+	if (send_hello())
+		return;
+	pthread_mutex_lock(&g.lock);
+	if (g.sync_on) /* the last one ended (it fails fast once the link is down) */
+		pthread_join(g.sync_th, NULL);
+	g.syncing = true;
+	g.sync_on = !pthread_create(&g.sync_th, NULL, sync_thread, NULL);
+	if (!g.sync_on)
+		g.syncing = false;
+	pthread_mutex_unlock(&g.lock);
+}
+
+static void on_down(void *arg, const char *why)
+{
+	(void)arg;
+	pthread_mutex_lock(&g.lock);
+	g.up = false;
+	pthread_mutex_unlock(&g.lock);
+	fprintf(stderr, "heapfs: partner: link down (%s)\n", why);
+	for (unsigned k = 0; k < hfs.nheaps; k++) {
+		struct hfs_repl_heap *r = hfs.heapv[k]->repl;
+
+		if (r && r->mirror)
+			mirror_join(r); /* a half image stays half: the next connect resets */
+	}
+}
+
+static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
+{
+	const char *p = payload;
+	char name[CONF_NAME_MAX + 1];
+	struct hfs_repl_heap *r;
+	struct hfs_heap *h;
+	size_t nl;
+
+	(void)arg;
+	applying = true;
+	if (type == MSG_HELLO)
+		return recv_hello(p, len);
+	nl = len ? (uint8_t)p[0] : 0;
+	if (type > MSG_REC || !nl || nl + 1 > len)
+		return -EBADMSG;
+	memcpy(name, p + 1, nl);
+	name[nl] = 0;
+	h = heap_named(name);
+	r = h ? h->repl : NULL;
+	if (!r || !r->mirror)
+		return -ENOENT;
+	p += 1 + nl;
+	len -= 1 + nl;
+	switch (type) {
+	case MSG_RESET:
+		return mirror_reset(r);
+	case MSG_IMG:
+		return mirror_img(r, p, len);
+	case MSG_IMGEND:
+		return mirror_join(r);
+	default:
+		return mirror_rec(r, p, len);
+	}
+}
+
+static void on_acked(void *arg, uint64_t seq, int status)
+{
+	(void)arg;
+	(void)seq;
+	/* the mirror could not apply a change: its copy is no longer ours; a reconnect
+	 * gives it a full image */
+	if (status < 0 && status != -ENOTCONN) {
+		fprintf(stderr, "heapfs: partner: a change was refused (%s); resyncing\n",
+			strerror(-status));
+		rep_kick(g.l);
+	}
+}
+
+/* ---- start, stop, status ------------------------------------------------------------ */
+
+int hfs_repl_init(void)
+{
+	const struct conf_partner *pc = &hfs.conf->partner;
+	char why[256];
+	int ret;
+
+	if (!pc->present)
+		return 0;
+	ret = rep_secret_load(pc->secret_file, g.key, why, sizeof(why));
+	if (ret) {
+		fprintf(stderr, "heapfs: %s: secret_file %s: %s\n", hfs.conf->source,
+			pc->secret_file, why[0] ? why : strerror(-ret));
+		return ret;
+	}
+	for (unsigned k = 0; k < hfs.nheaps; k++) {
+		struct hfs_heap *h = hfs.heapv[k];
+
+		if (h->pol.replicate != CONF_REPLICATE_NONE && !(h->repl = rh_new(h, false)))
+			return -ENOMEM;
+	}
+	g.on = true;
+	return 0;
+}
+
+int hfs_repl_start(void)
+{
+	const struct conf_partner *pc = &hfs.conf->partner;
+	struct rep_config c = { .node = pc->node, .listen = pc->listen, .connect = pc->connect,
+				.timeout_ms = pc->timeout_ms, .log = stderr };
+	static const struct rep_callbacks cb = { .up = on_up, .down = on_down,
+						 .recv = on_recv, .acked = on_acked };
+	int ret;
+
+	if (!g.on)
+		return 0;
+	memcpy(c.key, g.key, sizeof(c.key));
+	ret = rep_start(&c, &cb, NULL, &g.l);
+	if (ret)
+		fprintf(stderr, "heapfs: partner: cannot listen on %s: %s\n", pc->listen,
+			strerror(-ret));
+	return ret;
+}
+
+void hfs_repl_stop(void)
+{
+	struct rep_link *l = g.l;
+
+	if (!l)
+		return;
+	rep_stop(l); /* joins the receive thread: no callback runs after this */
+	pthread_mutex_lock(&g.lock);
+	if (g.sync_on)
+		pthread_join(g.sync_th, NULL); /* its sends fail fast now */
+	g.sync_on = false;
+	pthread_mutex_unlock(&g.lock);
+	g.l = NULL;
+	for (unsigned k = 0; k < hfs.nheaps; k++) {
+		struct hfs_repl_heap *r = hfs.heapv[k]->repl;
+
+		if (!r)
+			continue;
+		mirror_join(r);
+		if (r->apply)
+			hfs_apply_end(r->apply, false);
+		pend_drop(r);
+		hfs.heapv[k]->repl = NULL;
+		free(r);
+	}
+}
+
+void hfs_repl_status(struct hfs_repl_status *st)
+{
+	struct rep_stats rs = { 0 };
+
+	memset(st, 0, sizeof(*st));
+	if (!g.on) {
+		st->state = "none";
+		return;
+	}
+	if (g.l)
+		rep_get_stats(g.l, &rs);
+	pthread_mutex_lock(&g.lock);
+	st->state = !g.up ? "degraded" : g.syncing ? "resyncing" : "connected";
+	snprintf(st->peer, sizeof(st->peer), "%s", g.up ? g.peer : "");
+	pthread_mutex_unlock(&g.lock);
+	st->epoch = 1;
+	st->lag_bytes = rs.unacked_bytes;
+	st->sent_bytes = rs.sent_bytes;
+	st->recv_bytes = rs.recv_bytes;
+	st->resync_done = atomic_load(&g.resync_done);
+	st->resync_total = atomic_load(&g.resync_total);
+}
