@@ -1,0 +1,333 @@
+"""Replication to a partner mount (SPEC "Replication", issue 9): two real heapfs daemons on
+this host pair up over 127.0.0.1; heaps a node's config declares with `replicate` are
+owned there and shown read-only on the partner, every change is applied on the partner,
+and what the partner holds is read back through the daemon (read_daemon: O_DIRECT).
+
+Ports come from 21000-29999, derived from the pid and a per-test counter, so parallel
+runs do not collide.  Every test ends by comparing the two copies file by file."""
+import errno
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import stat
+import subprocess
+import time
+
+import pytest
+
+from conftest import (HEAPFS, MIB, expect_errno, pattern, read_daemon, unmount, wait_until)
+
+_ports = itertools.count()
+
+
+def port_pair():
+    n = next(_ports)
+    base = 21000 + (os.getpid() * 13 + n * 2) % 8990
+    return base, base + 1
+
+
+@pytest.fixture
+def secret(tmp_path):
+    p = tmp_path / "secret"
+    p.write_text("correct horse battery staple\n")
+    p.chmod(0o600)
+    return p
+
+
+def config(node, me, peer, secret, heaps="", timeout="1s"):
+    return (f'{heaps}\npartner {{ node = "{node}" listen = "127.0.0.1:{me}" '
+            f'connect = "127.0.0.1:{peer}" secret_file = "{secret}" timeout = {timeout} }}\n')
+
+
+def partner(m):
+    return m.status_json("partner")
+
+
+def wait_state(m, state, deadline=10.0):
+    wait_until(lambda: partner(m)["state"] == state, deadline, f"partner state {state}")
+
+
+class Pair:
+    def __init__(self, factory, secret, mode="sync", size="64M", timeout="1s"):
+        self.factory, self.secret, self.timeout = factory, secret, timeout
+        self.pa, self.pb = port_pair()
+        self.heaps_a = f'heap "data" {{ size = {size} replicate = {mode} }}'
+        self.n = 0
+        self.a = self.start_a()
+        self.b = self.start_b()
+        self.wait_paired()
+
+    def start_a(self, **kw):
+        self.n += 1
+        return self.factory(config("a", self.pa, self.pb, self.secret, self.heaps_a,
+                                   self.timeout), name=f"a{self.n}", **kw)
+
+    def start_b(self, **kw):
+        self.n += 1
+        return self.factory(config("b", self.pb, self.pa, self.secret, 'heap "local" { size = 16M }',
+                                   self.timeout), name=f"b{self.n}", **kw)
+
+    def wait_paired(self):
+        for m in (self.a, self.b):
+            wait_state(m, "connected")
+        wait_until(lambda: (self.b.heap("data")).is_dir(), 5, "mirror heap")
+
+    def kill(self, m):
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait(10)
+        m.expect_exit = -signal.SIGKILL
+        unmount(m.path)
+
+
+# ---- comparing the two copies
+
+def tree(root):
+    """path -> (type, mode, size, nlink, target, xattrs, data) for everything under root."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            rel = os.path.relpath(p, root)
+            target = os.readlink(p) if stat.S_ISLNK(st.st_mode) else None
+            xa = {} if target is not None else {
+                k: os.getxattr(p, k) for k in os.listxattr(p) if not k.startswith("user.heapfs.")}
+            data = read_daemon(p) if stat.S_ISREG(st.st_mode) else None
+            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size,
+                        st.st_nlink, target, xa, data)
+    return out
+
+
+def assert_same(owner, mirror):
+    a, b = tree(owner), tree(mirror)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k] == b[k], k
+
+
+def same(owner, mirror):
+    try:
+        assert_same(owner, mirror)
+        return True
+    except (AssertionError, OSError):
+        return False
+
+
+# ---- the tests
+
+def test_pairing_and_mirror_is_read_only(mount_factory, secret):
+    p = Pair(mount_factory, secret)
+    a, b = p.a, p.b
+    assert partner(a)["heaps"] == {"data": "owner"}
+    assert partner(b)["heaps"] == {"data": "mirror"}
+    assert partner(a)["peer"] == "b" and partner(b)["peer"] == "a"
+    assert a.heap_stats("data")["role"] == "owner"
+    assert b.heap_stats("data")["role"] == "mirror"
+    assert b.heap_stats("local")["role"] == "owner"  # not replicated: b's own
+    (a.heap("data") / "f").write_bytes(b"owner's")
+    mf = b.heap("data") / "f"
+    assert read_daemon(mf) == b"owner's"
+    # every kind of change on the mirror: EROFS, and nothing changed
+    expect_errno(errno.EROFS, open, mf, "r+b")
+    expect_errno(errno.EROFS, open, mf, "wb")
+    expect_errno(errno.EROFS, open, b.heap("data") / "new", "wb")
+    expect_errno(errno.EROFS, os.mkdir, b.heap("data") / "d")
+    expect_errno(errno.EROFS, os.unlink, mf)
+    expect_errno(errno.EROFS, os.rename, mf, b.heap("data") / "g")
+    expect_errno(errno.EROFS, os.link, mf, b.heap("data") / "g")
+    expect_errno(errno.EROFS, os.symlink, "f", b.heap("data") / "s")
+    expect_errno(errno.EROFS, os.chmod, mf, 0o600)
+    expect_errno(errno.EROFS, os.truncate, mf, 0)
+    expect_errno(errno.EROFS, os.setxattr, mf, "user.x", b"1")
+    expect_errno(errno.EBUSY, os.rmdir, b.heap("data"))
+    assert read_daemon(mf) == b"owner's"
+    # the mirror's own heap stays writable
+    (b.heap("local") / "mine").write_bytes(b"b's")
+    assert not (a.heap("local")).exists()
+    assert_same(a.heap("data"), b.heap("data"))
+
+
+def test_every_change_replicated_sync(mount_factory, secret):
+    p = Pair(mount_factory, secret, mode="sync")
+    A, B = p.a.heap("data"), p.b.heap("data")
+    data = pattern(3 * MIB + 123, seed=1)
+    (A / "big").write_bytes(data)
+    os.mkdir(A / "dir")
+    os.mkdir(A / "dir" / "sub")
+    (A / "dir" / "sub" / "x").write_bytes(b"x" * 5000)
+    os.link(A / "big", A / "dir" / "hard")              # hard link
+    os.symlink("../big", A / "dir" / "sym")
+    (A / "victim").write_bytes(b"to be replaced")
+    (A / "mover").write_bytes(b"moved over")
+    os.rename(A / "mover", A / "victim")                # rename over an existing file
+    os.rename(A / "dir" / "sub", A / "sub2")            # a directory moves
+    os.setxattr(A / "big", "user.color", b"blue")
+    os.setxattr(A / "big", "user.gone", b"soon")
+    os.removexattr(A / "big", "user.gone")
+    os.setxattr(A / "dir", "user.bin", bytes(range(256)))
+    os.truncate(A / "sub2" / "x", 100)                  # shrink
+    os.truncate(A / "victim", 70000)                    # grow: zeros
+    os.chmod(A / "victim", 0o640)
+    with open(A / "big", "r+b") as f:                   # overwrite in the middle
+        f.seek(MIB)
+        f.write(b"\xff" * 4096)
+    with open(A / "trunc", "wb") as f:
+        f.write(b"y" * 10000)
+    with open(A / "trunc", "wb") as f:                  # O_TRUNC inside open
+        f.write(b"z")
+    os.mknod(A / "fifo", 0o600 | stat.S_IFIFO)
+    with open(A / "open-unlinked", "wb") as f:          # written after its name is gone
+        f.write(b"a")
+        os.unlink(A / "open-unlinked")
+        f.write(b"b" * 100000)
+    os.unlink(A / "dir" / "hard")
+    (A / "empty").mkdir()
+    os.rmdir(A / "empty")
+    # sync: each call returned after the partner applied it, so no waiting here
+    assert_same(A, B)
+    assert read_daemon(B / "big")[MIB:MIB + 4096] == b"\xff" * 4096
+    assert os.getxattr(B / "dir", "user.bin") == bytes(range(256))
+    assert read_daemon(B / "victim")[:10] == b"moved over"
+    assert read_daemon(B / "trunc") == b"z"
+
+
+def test_async_loses_nothing_after_fsync(mount_factory, secret):
+    p = Pair(mount_factory, secret, mode="async")
+    A, B = p.a.heap("data"), p.b.heap("data")
+    data = pattern(4 * MIB, seed=2)
+    fd = os.open(A / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    for k in range(0, len(data), 256 * 1024):
+        os.write(fd, data[k:k + 256 * 1024])
+    os.fsync(fd)
+    p.kill(p.a)  # the owner dies right after fsync returned
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    assert read_daemon(B / "f") == data
+    wait_state(p.b, "degraded")
+
+
+def test_async_close_waits(mount_factory, secret):
+    p = Pair(mount_factory, secret, mode="async")
+    A, B = p.a.heap("data"), p.b.heap("data")
+    for k in range(20):
+        (A / f"f{k}").write_bytes(pattern(70000, seed=k))  # close() flushes
+    assert_same(A, B)
+
+
+def test_sync_kill_owner_between_write_and_close(mount_factory, secret):
+    """sync: a write() that returned is on the mirror, even if the owner then gets
+    kill -9 before close().  20 rounds; the owner comes back each time and the mirror,
+    which kept its data meanwhile, takes the new owner's (empty) image."""
+    p = Pair(mount_factory, secret, mode="sync", size="8M")
+    B = p.b.heap("data")
+    for rnd in range(20):
+        A = p.a.heap("data")
+        data = pattern(65536 + rnd * 4099, seed=rnd)
+        fd = os.open(A / f"r{rnd}", os.O_WRONLY | os.O_CREAT, 0o644)
+        assert os.write(fd, data) == len(data)
+        p.kill(p.a)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        assert read_daemon(B / f"r{rnd}") == data, rnd
+        p.a = p.start_a()
+        wait_state(p.a, "connected")
+    wait_until(lambda: same(p.a.heap("data"), B), 10, "mirror matches the owner")
+
+
+def test_restarted_partner_gets_everything(mount_factory, secret):
+    p = Pair(mount_factory, secret, mode="sync")
+    A = p.a.heap("data")
+    (A / "before").write_bytes(pattern(MIB, seed=3))
+    p.kill(p.b)
+    wait_state(p.a, "degraded")
+    # the owner goes on alone
+    (A / "during").write_bytes(pattern(2 * MIB, seed=4))
+    os.mkdir(A / "d")
+    os.rename(A / "before", A / "d" / "before")
+    p.b = p.start_b()
+    p.wait_paired()
+    wait_until(lambda: partner(p.a)["state"] == "connected", 10, "resync done")
+    wait_until(lambda: same(A, p.b.heap("data")), 10, "mirror matches the owner")
+    st = partner(p.a)
+    assert st["resync_done"] == st["resync_total"] > 3 * MIB
+
+
+def test_degraded_write_does_not_wait(mount_factory, secret):
+    p = Pair(mount_factory, secret, mode="sync", timeout="1s")
+    A = p.a.heap("data")
+    p.b.proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        (A / "f").write_bytes(b"x" * 100)  # waits at most `timeout` for the hung partner
+        (A / "g").write_bytes(b"y" * 100)
+        took = time.monotonic() - t0
+        assert took < 2 * 1.0 + 1.5, took
+    finally:
+        p.b.proc.send_signal(signal.SIGCONT)
+    wait_state(p.a, "connected", 15)
+    wait_until(lambda: same(A, p.b.heap("data")), 10, "mirror matches the owner")
+
+
+def test_secret_file_readable_by_others_refused(tmp_path, secret):
+    secret.chmod(0o640)
+    cfg = tmp_path / "a.conf"
+    cfg.write_text(config("a", 21000, 21001, secret, 'heap "data" { replicate = sync }'))
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    r = subprocess.run([str(HEAPFS), "-f", "-c", str(cfg), str(mnt)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2
+    assert f"heapfs: {cfg}" in r.stderr and str(secret) in r.stderr
+    assert not os.path.ismount(mnt)
+
+
+def test_wrong_secret_refused(mount_factory, secret, tmp_path):
+    p_a, p_b = port_pair()
+    other = tmp_path / "other"
+    other.write_text("not the same\n")
+    other.chmod(0o600)
+    a = mount_factory(config("a", p_a, p_b, secret, 'heap "data" { replicate = sync }'), name="a")
+    b = mount_factory(config("b", p_b, p_a, other), name="b")
+    (a.heap("data") / "f").write_bytes(b"secret data")
+    time.sleep(1.5)
+    assert partner(a)["state"] == "degraded" and partner(b)["state"] == "degraded"
+    assert not b.heap("data").exists()
+
+
+def test_garbage_on_the_port_survived(mount_factory, secret):
+    p = Pair(mount_factory, secret, mode="sync")
+    A, B = p.a.heap("data"), p.b.heap("data")
+    rnd = random.Random(5)
+    blobs = [rnd.randbytes(n) for n in (1, 7, 64, 4096, 100000)]
+    blobs += [b"\x40\x00\x00\x00" + b"\xff\xff\xff\x7f" + b"\x00" * 8,  # huge length
+              b"\x40\x00\x00\x00\x10\x00\x00\x00" + b"\x01" * 3]        # truncated
+    for blob in blobs:
+        for port in (p.pa, p.pb):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                    s.sendall(blob)
+                    s.shutdown(socket.SHUT_WR)
+                    s.settimeout(2)
+                    try:
+                        while s.recv(65536):
+                            pass
+                    except OSError:
+                        pass
+            except OSError:
+                pass
+    assert p.a.proc.poll() is None and p.b.proc.poll() is None
+    wait_state(p.a, "connected")
+    (A / "after").write_bytes(b"still replicating")
+    wait_until(lambda: same(A, B), 10, "mirror matches the owner")
+
+
+def test_partner_json_without_partner(mount):
+    st = partner(mount)
+    assert st["state"] == "none" and st["heaps"] == {}
