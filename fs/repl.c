@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/random.h>
 #include <sys/uio.h>
 
 #include "fs_i.h"
@@ -58,20 +59,36 @@ enum {
 };
 
 #define CHUNK (1u << 20)
+#define REPL_MAX 256 /* replicated heaps, both sides together */
 
+/* One record message kept by the owner until the partner acknowledged it: what a
+ * partner that comes back with its memory is sent again (from its last applied recno). */
 struct pend {
 	struct pend *next;
+	uint64_t recno;
+	uint64_t seq; /* on the current connection; 0: not sent there */
 	size_t len;
 	char data[];
 };
+
+/* The change log's bound per heap: past it the log is dropped and the partner gets a full
+ * image when it returns. */
+#define LOG_MAX(h) ((h)->pol.size < (128ull << 20) ? (h)->pol.size : (128ull << 20))
 
 struct hfs_repl_heap {
 	struct hfs_heap *h;
 	bool mirror;
 	pthread_mutex_t lock;
 	/* owner */
-	bool streaming;             /* a full sync is queued or in flight: records wait */
-	struct pend *pend, **pend_tail;
+	bool streaming;             /* not connected, or a resync in flight: records wait */
+	struct pend *pend, **pend_tail; /* the change log, oldest first */
+	uint64_t log_bytes;
+	bool lost;                  /* the log overflowed: the next sync is a full one */
+	uint64_t gen, recno;        /* the image generation and its last record (the mirror:
+				       what it has applied) */
+	bool peer_has;              /* the partner's HELLO said it holds gen up to peer_recno */
+	bool resume;                /* (the sync thread's) send only the log */
+	uint64_t peer_gen, peer_recno;
 	/* mirror: the image restore (a thread reading a pipe), then the live applier */
 	int pipe_w;
 	pthread_t th;
@@ -91,7 +108,14 @@ static struct {
 	pthread_t sync_th;
 	bool sync_on;
 	atomic_uint_fast64_t resync_done, resync_total;
+	/* every replicated heap, owned or mirrored: append-only (such heaps are never
+	 * removed), so the link's threads walk it without hfs.ns */
+	struct hfs_repl_heap *rv[REPL_MAX];
+	atomic_uint nr;
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+#define FOR_EACH_REPL(r) \
+	for (unsigned k_ = 0, n_ = atomic_load(&g.nr); k_ < n_ && ((r) = g.rv[k_], 1); k_++)
 
 static __thread bool applying;     /* this thread applies the partner's changes */
 static __thread uint64_t wait_seq; /* sync mode: the last record this thread sent */
@@ -121,21 +145,37 @@ static struct hfs_repl_heap *rh_new(struct hfs_heap *h, bool mirror)
 	r->mirror = mirror;
 	r->pipe_w = -1;
 	r->pend_tail = &r->pend;
+	r->streaming = true; /* until the partner says what it has */
 	pthread_mutex_init(&r->lock, NULL);
+	pthread_mutex_lock(&g.lock);
+	if (g.nr < REPL_MAX) {
+		g.rv[g.nr] = r;
+		atomic_fetch_add(&g.nr, 1);
+	} else {
+		free(r);
+		r = NULL;
+	}
+	pthread_mutex_unlock(&g.lock);
 	return r;
 }
 
 /* ---- the owner: records out ------------------------------------------------------- */
 
+static void pend_pop(struct hfs_repl_heap *r)
+{
+	struct pend *p = r->pend;
+
+	r->pend = p->next;
+	if (!r->pend)
+		r->pend_tail = &r->pend;
+	r->log_bytes -= p->len;
+	free(p);
+}
+
 static void pend_drop(struct hfs_repl_heap *r)
 {
-	while (r->pend) {
-		struct pend *p = r->pend;
-
-		r->pend = p->next;
-		free(p);
-	}
-	r->pend_tail = &r->pend;
+	while (r->pend)
+		pend_pop(r);
 }
 
 /* The heap's name as the first part of a message: one length byte, then the name. */
@@ -149,22 +189,22 @@ static int name_iov(struct hfs_heap *h, uint8_t *len, struct iovec *iov)
 	return 2;
 }
 
-static void send_iov(struct hfs_repl_heap *r, uint32_t type, struct iovec *iov, int n)
+/* r->lock held: log the record message (unless the log is lost), send it unless a
+ * resync holds records back. */
+static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n)
 {
+	struct pend *p = NULL;
+	size_t len = 0;
 	int64_t seq;
 
-	if (r->streaming && type == MSG_REC) { /* after the image: queue a copy */
-		size_t len = 0;
-		struct pend *p;
-
-		for (int k = 0; k < n; k++)
-			len += iov[k].iov_len;
+	for (int k = 0; k < n; k++)
+		len += iov[k].iov_len;
+	if (!r->lost && r->log_bytes + len <= LOG_MAX(r->h))
 		p = malloc(sizeof(*p) + len);
-		if (!p) { /* cannot keep it: the partner needs a new full sync */
-			rep_kick(g.l);
-			return;
-		}
+	if (p) {
 		p->next = NULL;
+		p->recno = r->recno;
+		p->seq = 0;
 		p->len = 0;
 		for (int k = 0; k < n; k++) {
 			memcpy(p->data + p->len, iov[k].iov_base, iov[k].iov_len);
@@ -172,9 +212,16 @@ static void send_iov(struct hfs_repl_heap *r, uint32_t type, struct iovec *iov, 
 		}
 		*r->pend_tail = p;
 		r->pend_tail = &p->next;
-		return;
+		r->log_bytes += len;
+	} else if (!r->lost) {
+		r->lost = true; /* too much to keep: the partner will need a full image */
+		pend_drop(r);
 	}
-	seq = rep_sendv(g.l, type, iov, n);
+	if (r->streaming)
+		return;
+	seq = rep_sendv(g.l, MSG_REC, iov, n);
+	if (seq > 0 && p)
+		p->seq = (uint64_t)seq;
 	if (seq > 0 && r->h->pol.replicate == CONF_REPLICATE_SYNC)
 		wait_seq = (uint64_t)seq;
 }
@@ -184,16 +231,19 @@ void __hfs_repl_out(struct hfs_heap *h, uint32_t type, const void *fixed, const 
 {
 	struct hfs_repl_heap *r = h->repl;
 	char hdr[IMG_REC_HDR];
-	struct iovec iov[6];
+	struct iovec iov[7];
+	uint64_t recno;
 	uint8_t nl;
 	int n;
 
 	if (!g.l || r->mirror)
 		return;
 	n = name_iov(h, &nl, iov);
+	iov[n++] = (struct iovec){ .iov_base = &recno, .iov_len = sizeof(recno) };
 	n += img_rec_iov(hdr, type, fixed, t0, l0, t1, l1, iov + n);
 	pthread_mutex_lock(&r->lock);
-	send_iov(r, MSG_REC, iov, n);
+	recno = ++r->recno;
+	send_rec(r, iov, n);
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -342,12 +392,57 @@ static int send_named(struct hfs_heap *h, uint32_t type, const void *buf, size_t
 static void frozen(void *arg)
 {
 	struct hfs_repl_heap *r = arg;
+	uint64_t gen;
 
+	if (getrandom(&gen, sizeof(gen), 0) != sizeof(gen))
+		gen = (uint64_t)hfs_now_ns() ^ ((uint64_t)getpid() << 32);
 	pthread_mutex_lock(&r->lock);
 	pend_drop(r);
+	r->lost = false;
+	r->gen = gen | 1; /* 0: "no copy" */
+	r->recno = 0;
 	r->streaming = true;
-	send_named(r->h, MSG_RESET, NULL, 0);
+	send_named(r->h, MSG_RESET, &r->gen, sizeof(r->gen));
 	pthread_mutex_unlock(&r->lock);
+}
+
+/* r->lock held: send the log from its start (all of it is newer than what the partner
+ * has), then let records go straight out again. */
+static int send_log(struct hfs_repl_heap *r)
+{
+	int ret = 0;
+
+	for (struct pend *p = r->pend; p && !ret; p = p->next) {
+		int64_t seq = rep_send(g.l, MSG_REC, p->data, p->len);
+
+		ret = seq < 0 ? (int)seq : 0;
+		p->seq = seq > 0 ? (uint64_t)seq : 0;
+		if (!ret)
+			atomic_fetch_add(&g.resync_done, p->len);
+	}
+	if (!ret)
+		r->streaming = false;
+	return ret;
+}
+
+/* The partner kept its copy (same generation) and the log reaches back to what it has:
+ * send only the records it lacks. */
+static bool can_resume(struct hfs_repl_heap *r)
+{
+	return r->peer_has && r->peer_gen == r->gen && !r->lost &&
+	       r->peer_recno <= r->recno && (!r->pend || r->pend->recno <= r->peer_recno + 1);
+}
+
+static int resume_heap(struct hfs_repl_heap *r)
+{
+	int ret;
+
+	pthread_mutex_lock(&r->lock);
+	while (r->pend && r->pend->recno <= r->peer_recno)
+		pend_pop(r); /* it has these */
+	ret = send_log(r);
+	pthread_mutex_unlock(&r->lock);
+	return ret;
 }
 
 static int sync_heap(struct hfs_repl_heap *r, char *buf)
@@ -373,13 +468,8 @@ static int sync_heap(struct hfs_repl_heap *r, char *buf)
 		ret = send_named(r->h, MSG_IMGEND, NULL, 0);
 	/* the changes made meanwhile, in order, then records go straight out again */
 	pthread_mutex_lock(&r->lock);
-	for (struct pend *p = r->pend; p && !ret; p = p->next) {
-		int64_t seq = rep_send(g.l, MSG_REC, p->data, p->len);
-
-		ret = seq < 0 ? (int)seq : 0;
-	}
-	pend_drop(r);
-	r->streaming = false;
+	if (!ret)
+		ret = send_log(r);
 	pthread_mutex_unlock(&r->lock);
 	return ret;
 }
@@ -387,23 +477,24 @@ static int sync_heap(struct hfs_repl_heap *r, char *buf)
 static void *sync_thread(void *arg)
 {
 	char *buf = malloc(CHUNK);
+	struct hfs_repl_heap *r;
 	uint64_t total = 0;
 
 	(void)arg;
-	pthread_rwlock_rdlock(&hfs.ns);
-	for (unsigned k = 0; k < hfs.nheaps; k++)
-		if (hfs.heapv[k]->repl && !hfs.heapv[k]->repl->mirror)
-			total += atomic_load(&hfs.heapv[k]->held) + 4096;
-	pthread_rwlock_unlock(&hfs.ns);
+	FOR_EACH_REPL(r) {
+		if (r->mirror)
+			continue;
+		pthread_mutex_lock(&r->lock);
+		r->resume = can_resume(r);
+		r->peer_has = false;
+		total += r->resume ? r->log_bytes : atomic_load(&r->h->held) + 4096;
+		pthread_mutex_unlock(&r->lock);
+	}
 	atomic_store(&g.resync_done, 0);
 	atomic_store(&g.resync_total, total);
-	/* heaps from the config never go away, and only those are owned here */
-	for (unsigned k = 0; buf && k < hfs.nheaps; k++) {
-		struct hfs_repl_heap *r = hfs.heapv[k]->repl;
-
-		if (r && !r->mirror && sync_heap(r, buf)) {
-			fprintf(stderr, "heapfs: partner: full sync of %s failed\n",
-				r->h->pol.name);
+	FOR_EACH_REPL(r) {
+		if (buf && !r->mirror && (r->resume ? resume_heap(r) : sync_heap(r, buf))) {
+			fprintf(stderr, "heapfs: partner: resync of %s failed\n", r->h->pol.name);
 			break;
 		}
 	}
@@ -417,21 +508,35 @@ static void *sync_thread(void *arg)
 
 /* ---- the mirror ------------------------------------------------------------------- */
 
-static struct hfs_heap *heap_named(const char *name)
+/* The replicated heap of that name, or NULL. */
+static struct hfs_repl_heap *repl_named(const char *name)
 {
-	struct hfs_heap *h = NULL;
+	struct hfs_repl_heap *r;
 
-	pthread_rwlock_rdlock(&hfs.ns);
-	for (unsigned k = 0; k < hfs.nheaps && !h; k++)
-		if (!strcmp(hfs.heapv[k]->pol.name, name))
-			h = hfs.heapv[k];
-	pthread_rwlock_unlock(&hfs.ns);
-	return h;
+	FOR_EACH_REPL(r)
+		if (!strcmp(r->h->pol.name, name))
+			return r;
+	return NULL;
 }
 
+/* Any heap of that name (a mirror must not shadow one of ours). */
+static bool heap_exists(const char *name)
+{
+	bool found = false;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	for (unsigned k = 0; k < hfs.nheaps && !found; k++)
+		found = !strcmp(hfs.heapv[k]->pol.name, name);
+	pthread_rwlock_unlock(&hfs.ns);
+	return found;
+}
+
+/* HELLO: one of these per replicated heap of the sender, owned (the receiver mirrors it)
+ * or mirrored (gen, recno: the copy it holds, so the owner may resume). */
 struct hello_heap {
 	uint64_t size, min_block;
-	uint32_t layout, replicate, name_len, pad;
+	uint32_t layout, replicate, name_len, mirror;
+	uint64_t gen, recno;
 }; /* + name */
 
 static int send_hello(void)
@@ -440,33 +545,40 @@ static int send_hello(void)
 	size_t len = 0;
 	int64_t seq;
 
-	pthread_rwlock_rdlock(&hfs.ns);
-	for (unsigned k = 0; k < hfs.nheaps; k++) {
-		struct hfs_heap *h = hfs.heapv[k];
+	struct hfs_repl_heap *r;
+
+	FOR_EACH_REPL(r) {
+		struct hfs_heap *h = r->h;
 		struct hello_heap hh = { .size = h->pol.size, .min_block = h->pol.min_block,
 					 .layout = h->pol.layout, .replicate = h->pol.replicate,
 					 .name_len = (uint32_t)strlen(h->pol.name) };
 
-		if (!h->repl || h->repl->mirror || len + sizeof(hh) + hh.name_len > sizeof(buf))
-			continue;
+		if (len + sizeof(hh) + hh.name_len > sizeof(buf))
+			break;
+		if (r->mirror) {
+			pthread_mutex_lock(&r->lock);
+			hh.mirror = 1;
+			hh.gen = r->apply ? r->gen : 0;
+			hh.recno = r->recno;
+			pthread_mutex_unlock(&r->lock);
+		}
 		memcpy(buf + len, &hh, sizeof(hh));
 		memcpy(buf + len + sizeof(hh), h->pol.name, hh.name_len);
 		len += sizeof(hh) + hh.name_len;
 	}
-	pthread_rwlock_unlock(&hfs.ns);
 	seq = rep_send(g.l, MSG_HELLO, buf, len);
 	return seq < 0 ? (int)seq : 0;
 }
 
 static int make_mirror(const struct hello_heap *hh, const char *name)
 {
-	struct hfs_heap *h = heap_named(name);
+	struct hfs_repl_heap *r = repl_named(name);
 	struct conf_heap pol;
 	struct hfs_inode *dir;
 	int ret;
 
-	if (h) { /* made at an earlier connect, or ours: then both sides claim it */
-		if (h->repl && h->repl->mirror && h->pol.size == hh->size)
+	if (r || heap_exists(name)) { /* made at an earlier connect, or ours */
+		if (r && r->mirror && r->h->pol.size == hh->size)
 			return 0;
 		fprintf(stderr, "heapfs: partner: heap %s is declared on both nodes; "
 			"not mirrored\n", name);
@@ -493,7 +605,44 @@ static int make_mirror(const struct hello_heap *hh, const char *name)
 	return ret;
 }
 
+/* The partner holds a copy of our heap name: generation gen up to record recno. */
+static void peer_holds(const char *name, uint64_t gen, uint64_t recno)
+{
+	struct hfs_repl_heap *r = repl_named(name);
+
+	if (!r || r->mirror)
+		return;
+	pthread_mutex_lock(&r->lock);
+	r->peer_has = gen != 0;
+	r->peer_gen = gen;
+	r->peer_recno = recno;
+	pthread_mutex_unlock(&r->lock);
+}
+
+static void sync_start(void)
+{
+	pthread_mutex_lock(&g.lock);
+	if (g.sync_on) /* the last one ended (it fails fast once the link is down) */
+		pthread_join(g.sync_th, NULL);
+	g.syncing = true;
+	g.sync_on = !pthread_create(&g.sync_th, NULL, sync_thread, NULL);
+	if (!g.sync_on)
+		g.syncing = false;
+	pthread_mutex_unlock(&g.lock);
+}
+
+static int recv_heaps(const char *p, size_t len);
+
 static int recv_hello(const char *p, size_t len)
+{
+	int ret = recv_heaps(p, len);
+
+	/* what the partner holds is known: resync what it lacks */
+	sync_start();
+	return ret;
+}
+
+static int recv_heaps(const char *p, size_t len)
 {
 	while (len) {
 		struct hello_heap hh;
@@ -511,7 +660,10 @@ static int recv_hello(const char *p, size_t len)
 		name[hh.name_len] = 0;
 		if (conf_check_heap_name(name))
 			return -EBADMSG;
-		make_mirror(&hh, name);
+		if (hh.mirror)
+			peer_holds(name, hh.gen, hh.recno);
+		else
+			make_mirror(&hh, name);
 		p += sizeof(hh) + hh.name_len;
 		len -= sizeof(hh) + hh.name_len;
 	}
@@ -668,15 +820,32 @@ static int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
 	const void *data;
 	int ret;
 
+	uint64_t recno;
+
 	if (!r->apply)
 		return -EPROTO; /* no full image yet, or it failed */
-	ret = img_rec_decode(p, len, &rec, &data, str, r->why, sizeof(r->why));
-	if (ret)
-		return ret;
-	ret = hfs_apply_mem(r->apply, NULL, &rec, data);
-	if (ret)
+	if (len < sizeof(recno))
+		return -EBADMSG;
+	memcpy(&recno, p, sizeof(recno));
+	if (recno <= r->recno)
+		return 0; /* had it: the owner resent from before what we acknowledged */
+	ret = recno == r->recno + 1 ? 0 : -EPROTO; /* a gap: this copy is no longer whole */
+	if (!ret)
+		ret = img_rec_decode(p + sizeof(recno), len - sizeof(recno), &rec, &data, str,
+				     r->why, sizeof(r->why));
+	if (!ret)
+		ret = hfs_apply_mem(r->apply, NULL, &rec, data);
+	if (ret) {
 		fprintf(stderr, "heapfs: partner: a change to %s failed: %s\n", r->h->pol.name,
 			r->why[0] ? r->why : strerror(-ret));
+		pthread_mutex_lock(&r->lock);
+		r->gen = 0; /* ask for a whole image next time */
+		pthread_mutex_unlock(&r->lock);
+	} else {
+		pthread_mutex_lock(&r->lock);
+		r->recno = recno;
+		pthread_mutex_unlock(&r->lock);
+	}
 	r->why[0] = 0;
 	return ret;
 }
@@ -690,40 +859,34 @@ static void on_up(void *arg, const char *peer)
 	g.up = true;
 	snprintf(g.peer, sizeof(g.peer), "%s", peer);
 	pthread_mutex_unlock(&g.lock);
-	/* records from now on wait for the full image (frozen() drops those it holds) */
-	for (unsigned k = 0; k < hfs.nheaps; k++) {
-		struct hfs_repl_heap *r = hfs.heapv[k]->repl;
-
-		if (r && !r->mirror) {
-			pthread_mutex_lock(&r->lock);
-			r->streaming = true;
-			pthread_mutex_unlock(&r->lock);
-		}
-	}
-	if (send_hello())
-		return;
+	/* records wait (streaming since the link went down or the start) until the sync
+	 * thread has sent what the partner lacks */
 	pthread_mutex_lock(&g.lock);
-	if (g.sync_on) /* the last one ended (it fails fast once the link is down) */
-		pthread_join(g.sync_th, NULL);
-	g.syncing = true;
-	g.sync_on = !pthread_create(&g.sync_th, NULL, sync_thread, NULL);
-	if (!g.sync_on)
-		g.syncing = false;
+	g.syncing = true; /* until the partner's HELLO says what it lacks and that is sent */
 	pthread_mutex_unlock(&g.lock);
+	send_hello();
 }
 
 static void on_down(void *arg, const char *why)
 {
+	struct hfs_repl_heap *r;
+
 	(void)arg;
 	pthread_mutex_lock(&g.lock);
 	g.up = false;
 	pthread_mutex_unlock(&g.lock);
 	fprintf(stderr, "heapfs: partner: link down (%s)\n", why);
-	for (unsigned k = 0; k < hfs.nheaps; k++) {
-		struct hfs_repl_heap *r = hfs.heapv[k]->repl;
-
-		if (r && r->mirror)
+	FOR_EACH_REPL(r) {
+		if (r->mirror) {
 			mirror_join(r); /* a half image stays half: the next connect resets */
+			continue;
+		}
+		/* nothing more leaves until the partner is back and says what it has */
+		pthread_mutex_lock(&r->lock);
+		r->streaming = true;
+		for (struct pend *p = r->pend; p; p = p->next)
+			p->seq = 0;
+		pthread_mutex_unlock(&r->lock);
 	}
 }
 
@@ -732,7 +895,6 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 	const char *p = payload;
 	char name[CONF_NAME_MAX + 1];
 	struct hfs_repl_heap *r;
-	struct hfs_heap *h;
 	size_t nl;
 
 	(void)arg;
@@ -744,14 +906,19 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 		return -EBADMSG;
 	memcpy(name, p + 1, nl);
 	name[nl] = 0;
-	h = heap_named(name);
-	r = h ? h->repl : NULL;
+	r = repl_named(name);
 	if (!r || !r->mirror)
 		return -ENOENT;
 	p += 1 + nl;
 	len -= 1 + nl;
 	switch (type) {
 	case MSG_RESET:
+		if (len != sizeof(r->gen))
+			return -EBADMSG;
+		pthread_mutex_lock(&r->lock);
+		memcpy(&r->gen, p, sizeof(r->gen));
+		r->recno = 0;
+		pthread_mutex_unlock(&r->lock);
 		return mirror_reset(r);
 	case MSG_IMG:
 		return mirror_img(r, p, len);
@@ -764,8 +931,19 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 
 static void on_acked(void *arg, uint64_t seq, int status)
 {
+	struct hfs_repl_heap *r;
+
 	(void)arg;
-	(void)seq;
+	if (status == 0) { /* applied there: the log need not keep it */
+		FOR_EACH_REPL(r) {
+			if (r->mirror)
+				continue;
+			pthread_mutex_lock(&r->lock);
+			while (r->pend && r->pend->seq && r->pend->seq <= seq)
+				pend_pop(r);
+			pthread_mutex_unlock(&r->lock);
+		}
+	}
 	/* the mirror could not apply a change: its copy is no longer ours; a reconnect
 	 * gives it a full image */
 	if (status < 0 && status != -ENOTCONN) {
@@ -823,6 +1001,7 @@ int hfs_repl_start(void)
 void hfs_repl_stop(void)
 {
 	struct rep_link *l = g.l;
+	struct hfs_repl_heap *r;
 
 	if (!l)
 		return;
@@ -833,18 +1012,15 @@ void hfs_repl_stop(void)
 	g.sync_on = false;
 	pthread_mutex_unlock(&g.lock);
 	g.l = NULL;
-	for (unsigned k = 0; k < hfs.nheaps; k++) {
-		struct hfs_repl_heap *r = hfs.heapv[k]->repl;
-
-		if (!r)
-			continue;
+	FOR_EACH_REPL(r) {
 		mirror_join(r);
 		if (r->apply)
 			hfs_apply_end(r->apply, false);
 		pend_drop(r);
-		hfs.heapv[k]->repl = NULL;
+		r->h->repl = NULL;
 		free(r);
 	}
+	atomic_store(&g.nr, 0);
 }
 
 void hfs_repl_status(struct hfs_repl_status *st)
