@@ -983,7 +983,10 @@ static void conn_down(struct conn *c, const char *reason)
 
 	pthread_mutex_lock(&l->mu);
 	l->cleaning = false;
-	l->next_connect = now_ms() + l->backoff_ms;
+	/* the node with the larger name lets the other reconnect first (timeout/4), so
+	 * both rarely connect at once; the duplicate rule settles it when they do */
+	l->next_connect = now_ms() + (strncmp(l->node, c->peer.name, REP_NODE_MAX) > 0 ?
+				      l->hb_ms : l->backoff_ms);
 	pthread_cond_broadcast(&l->cv);
 	pthread_mutex_unlock(&l->mu);
 	wake_mgr(l);

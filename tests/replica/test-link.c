@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <sodium.h>
 #include <spawn.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -623,6 +624,189 @@ static void test_duplicates(void)
 	}
 }
 
+/* ---- a cut link ---------------------------------------------------------------------- */
+
+/* A TCP relay on 127.0.0.1 standing for the network between two nodes: while `cut` it
+ * forwards nothing and answers nothing (packets dropped: no FIN, no RST); `heal` closes
+ * what it held, as the endpoints gave those connections up anyway. */
+struct relay {
+	int lfd, port, target;
+	atomic_bool cut, heal, stop;
+	pthread_t thr;
+};
+
+static void *relay_main(void *arg)
+{
+	struct relay *r = arg;
+	int fds[32], n = 0; /* pairs: fds[2i] client side, fds[2i + 1] target side */
+	char buf[65536];
+
+	while (!atomic_load(&r->stop)) {
+		struct pollfd p[33];
+		bool cut = atomic_load(&r->cut);
+		int np = 1;
+
+		if (atomic_exchange(&r->heal, false)) {
+			for (int i = 0; i < n; i++)
+				close(fds[i]);
+			n = 0;
+		}
+		p[0] = (struct pollfd){ .fd = r->lfd, .events = POLLIN };
+		for (int i = 0; !cut && i < n; i++)
+			p[np++] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
+		if (poll(p, (nfds_t)np, 20) <= 0)
+			continue;
+		if (p[0].revents & POLLIN) {
+			int c = accept4(r->lfd, NULL, NULL, SOCK_CLOEXEC), t = -1;
+
+			if (c >= 0 && n < 32)
+				t = raw_connect(r->target);
+			if (t >= 0) {
+				fds[n++] = c;
+				fds[n++] = t;
+			} else if (c >= 0) {
+				close(c);
+			}
+		}
+		for (int i = 1; i < np; i++) {
+			int k = -1;
+			ssize_t got;
+
+			if (!p[i].revents)
+				continue;
+			for (int j = 0; j < n; j++)
+				if (fds[j] == p[i].fd)
+					k = j;
+			if (k < 0)
+				continue;
+			got = read(fds[k], buf, sizeof(buf));
+			if (got <= 0 || rep_writev_all(fds[k ^ 1], &(struct iovec){ buf, (size_t)got }, 1)) {
+				/* one side closed: close the pair (the last pair moves into its place) */
+				int a = k & ~1;
+
+				close(fds[a]);
+				close(fds[a + 1]);
+				fds[a] = fds[n - 2];
+				fds[a + 1] = fds[n - 1];
+				n -= 2;
+				break; /* the poll set is stale now */
+			}
+		}
+	}
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	return NULL;
+}
+
+static int relay_start(struct relay *r, int target)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sa);
+
+	memset(r, 0, sizeof(*r));
+	r->target = target;
+	r->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (r->lfd < 0 || bind(r->lfd, (struct sockaddr *)&sa, sizeof(sa)) ||
+	    listen(r->lfd, 8) || getsockname(r->lfd, (struct sockaddr *)&sa, &sl))
+		return -1;
+	r->port = ntohs(sa.sin_port);
+	return pthread_create(&r->thr, NULL, relay_main, r) ? -1 : 0;
+}
+
+static void relay_stop(struct relay *r)
+{
+	atomic_store(&r->stop, true);
+	pthread_join(r->thr, NULL);
+	close(r->lfd);
+}
+
+/* Sends 1 MiB messages until told to stop; records the longest rep_send. */
+struct pusher {
+	struct node *n;
+	atomic_bool stop;
+	double longest;
+	uint64_t sent;
+};
+
+static void *pusher_main(void *arg)
+{
+	struct pusher *p = arg;
+	static unsigned char buf[1 << 20];
+
+	while (!atomic_load(&p->stop)) {
+		double t = rt_now();
+		int64_t r = rep_send(p->n->l, REP_TYPE_USER + 2, buf, sizeof(buf));
+
+		t = rt_now() - t;
+		if (t > p->longest)
+			p->longest = t;
+		if (r > 0)
+			p->sent++;
+		else
+			usleep(1000);
+	}
+	return NULL;
+}
+
+/* The network between a and b goes silent while a streams to b: both declare the link
+ * down within the timeout, no rep_send waits longer than that, and once the network is
+ * back they pair again. */
+static void test_cut(void)
+{
+	struct node a, b;
+	struct relay r;
+	struct pusher pu = { .n = &a };
+	pthread_t pt;
+	bool started = false, relay = false, pushing = false;
+	double t0, ta = 0, tb = 0;
+
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	CHECK(!relay_start(&r, rep_port(a.l)));
+	relay = true;
+	if (node_start(&b, "b", 0, r.port, "k")) {
+		node_stop(&a);
+		CHECK(0);
+	}
+	started = true;
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	pthread_create(&pt, NULL, pusher_main, &pu);
+	pushing = true;
+	usleep(200 * 1000);
+	atomic_store(&r.cut, true);
+	t0 = rt_now();
+	CHECK(WAIT_FOR(&a, a.downs == 1, 3));
+	ta = rt_now() - t0;
+	CHECK(WAIT_FOR(&b, b.downs == 1, 3));
+	tb = rt_now() - t0;
+	fprintf(stderr, "  cut noticed after %.0f ms (a, sending) and %.0f ms (b), timeout %d ms\n",
+		ta * 1000, tb * 1000, TMO);
+	CHECK(ta * 1000 <= TMO + 250 && tb * 1000 <= TMO + 250);
+	CHECK(NOW(&a, !strcmp(a.last_down, "timeout") && a.enotconn > 0));
+	atomic_store(&pu.stop, true);
+	pthread_join(pt, NULL);
+	pushing = false;
+	fprintf(stderr, "  %llu MiB sent before the cut, longest rep_send %.0f ms\n",
+		(unsigned long long)pu.sent, pu.longest * 1000);
+	CHECK(pu.sent > 0);
+	CHECK(pu.longest * 1000 <= TMO + 250);
+	atomic_store(&r.heal, true);
+	atomic_store(&r.cut, false);
+	CHECK(WAIT_FOR(&a, a.ups == 2, 5) && WAIT_FOR(&b, b.ups == 2, 5));
+	CHECK(rep_send(a.l, REP_TYPE_USER + 2, "x", 1) > 0);
+	CHECK_EQ(rep_flush(a.l, 2000), 0);
+done:
+	if (pushing) {
+		atomic_store(&pu.stop, true);
+		pthread_join(pt, NULL);
+	}
+	if (started) {
+		node_stop(&b);
+		node_stop(&a);
+	}
+	if (relay)
+		relay_stop(&r);
+}
+
 /* ---- a peer in another process -------------------------------------------------------- */
 
 static int child_main(int port)
@@ -716,6 +900,7 @@ int main(int argc, char **argv)
 	RUN(test_garbage);
 	RUN(test_kick);
 	RUN(test_duplicates);
+	RUN(test_cut);
 	RUN(test_stopped_peer);
 	return rt_failed != 0;
 }
