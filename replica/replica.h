@@ -1,20 +1,49 @@
-/* replica.h — the partner link (copied from the agreed interface until the replica branch lands). */
+/*
+ * replica.h — the partner link (public interface of replica/): TCP, authentication,
+ * frames, ordering, acknowledgements, liveness, and resync bookkeeping (a dirty bitmap).
+ * It knows nothing of FUSE, inodes or heaps: payloads are opaque bytes with a message
+ * type chosen by the caller.  Static library `replica`, prefix rep_, depends on libsodium
+ * (crypto_auth, crypto_generichash) and libxxhash (XXH3-64 frame checksums).
+ *
+ * This header is the interface agreed with the fs integration (docs/DESIGN.md, "The
+ * replica/ link"); additions beyond the agreed text are marked "addition".
+ *
+ * Rules the link guarantees: both sides prove the secret with a challenge-response MAC
+ * (crypto_auth over both nonces and both node names) before any message; a peer that
+ * fails, speaks garbage, sends a malformed/oversized/out-of-order frame is dropped and
+ * logged, and nothing is allocated from a length before it is checked against
+ * REP_PAYLOAD_MAX; heartbeats keep an idle link alive and a peer silent for timeout_ms
+ * (killed, SIGSTOPped, network gone) is declared down within timeout_ms (+ a small
+ * margin); when both nodes connect to each other at once exactly one connection
+ * survives; seq numbers and ordering are per connection (after a reconnect nothing is
+ * retransmitted: the fs side resyncs).  Message types below REP_TYPE_USER are the link's.
+ *
+ * Seq numbers (implementation note): they increase over the life of the link, not only
+ * within one connection (a new connection goes on after the last seq the link handed
+ * out), so a seq names one message for good and rep_wait() on a seq of a lost
+ * connection answers -ENOTCONN, never another message's status.
+ */
 #ifndef HEAPFS_REPLICA_H
 #define HEAPFS_REPLICA_H
-#include <stdio.h>
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/uio.h>
 
 #define REP_KEY_BYTES 32            /* crypto_auth_KEYBYTES */
 #define REP_PAYLOAD_MAX (1u << 21)  /* largest message payload the link accepts (2 MiB) */
 #define REP_TYPE_USER 64            /* caller's message types are >= this; below: the link's */
 #define REP_NODE_MAX 64             /* node names, bytes */
+/* addition: the send queue bound.  Bytes of messages sent and not yet acknowledged
+ * (payload + a 32-byte frame header each); rep_send waits for room beyond it. */
+#define REP_QUEUE_MAX (64u << 20)
 
 /* Read the shared secret file: refuses (-EPERM, why filled) a file that is group- or
  * world-readable or not a regular file, -EINVAL for an empty one; the key is a hash
- * (crypto_generichash) of the whole contents, so any text works. */
+ * (crypto_generichash) of the whole contents, so any text works.  (Any group or world
+ * permission bit is refused, like ssh does for private keys: 0600 and 0400 pass.) */
 int rep_secret_load(const char *path, uint8_t key[REP_KEY_BYTES], char *why, size_t whylen);
 
 struct rep_config {
@@ -51,13 +80,21 @@ int rep_port(const struct rep_link *l);  /* the port actually listened on */
 /* Queue one message (type >= REP_TYPE_USER). Returns its seq (> 0, increasing per
  * connection) or -ENOTCONN (link down: nothing queued), -EMSGSIZE. Thread-safe; never
  * blocks on the network beyond a bounded send queue (REP_QUEUE_MAX bytes: then it waits
- * for room, at most timeout_ms, then -ETIMEDOUT). */
+ * for room, at most timeout_ms, then -ETIMEDOUT).  (-EINVAL for a type below
+ * REP_TYPE_USER.  Called from the receive thread — inside recv(), up() or acked() — it
+ * never waits: replies may go past REP_QUEUE_MAX.) */
 int64_t rep_send(struct rep_link *l, uint32_t type, const void *payload, size_t len);
 int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, int iovcnt);
 /* Wait until seq is acknowledged: its status, -ENOTCONN (link lost first), -ETIMEDOUT
- * after timeout_ms. Do NOT call from the receive thread. */
+ * after timeout_ms. Do NOT call from the receive thread.  (-EDEADLK when called there,
+ * -EINVAL for a seq never handed out.  The link remembers the last REP_WAIT_STATUSES
+ * non-zero statuses and the last 64 lost connections' seq ranges: a wait for a seq
+ * older than those answers 0; acked() reports every status exactly.) */
+#define REP_WAIT_STATUSES 4096
 int rep_wait(struct rep_link *l, uint64_t seq, unsigned timeout_ms);
-/* Wait until everything sent so far is acknowledged (fsync/close in async mode). */
+/* Wait until everything sent so far is acknowledged (fsync/close in async mode).
+ * (0 when every message sent before the call was acknowledged with status 0 — or there
+ * were none; the first non-zero status otherwise; -ENOTCONN, -ETIMEDOUT as rep_wait.) */
 int rep_flush(struct rep_link *l, unsigned timeout_ms);
 /* Drop the current connection now (tests, promote --force); it reconnects by itself. */
 void rep_kick(struct rep_link *l);
@@ -75,13 +112,16 @@ void rep_get_stats(struct rep_link *l, struct rep_stats *st);
 void rep_stop(struct rep_link *l);       /* closes, joins threads, frees */
 
 /* Resync bookkeeping: a bitmap of fixed-size regions of a heap (bounded memory: one bit
- * per region) marking what changed while the partner was away. */
+ * per region) marking what changed while the partner was away.  (region_order 6..40; a
+ * region is 2^region_order bytes, the last one may be cut short by heap_size; next
+ * returns one region at a time, its len cut at heap_size.) */
 struct rep_dirty;
 int rep_dirty_new(uint64_t heap_size, unsigned region_order, struct rep_dirty **out);
 void rep_dirty_set(struct rep_dirty *d, uint64_t off, uint64_t len);   /* thread-safe */
-/* Next dirty region at or after *off: 1 and *off and *len set, 0 when none. */
+/* Next dirty region at or after *off: 1 and *off, *len set, 0 when none. */
 int rep_dirty_next(struct rep_dirty *d, uint64_t *off, uint64_t *len);
 void rep_dirty_clear(struct rep_dirty *d, uint64_t off, uint64_t len);
 uint64_t rep_dirty_bytes(const struct rep_dirty *d);
 void rep_dirty_free(struct rep_dirty *d);
+
 #endif

@@ -1,0 +1,1377 @@
+/*
+ * link.c — the partner link: connections, handshake, the send queue, acknowledgements,
+ * liveness and reconnection (replica.h).
+ *
+ * Threads.  One manager thread per link accepts on the listen socket and, while no
+ * connection is up, starts outgoing attempts with a backoff of at most timeout/4.  Every
+ * connection (accepted or initiated) gets its own thread, which runs the handshake
+ * (auth.c) under a deadline of timeout_ms and, if the connection becomes the link's
+ * active one, is from then on its receive thread: it reads frames, calls recv() and
+ * acked(), and queues ACK frames.  The active connection also has a sender thread that
+ * writes the queue with sendmsg (a batch of frames per call) and sends a heartbeat when
+ * it has written nothing for timeout/4.  The receive thread polls with a deadline of
+ * "last byte from the peer + timeout_ms": a peer that is killed, stopped or cut off is
+ * declared down within timeout_ms; TCP_USER_TIMEOUT = timeout_ms bounds a write into a
+ * dead peer, and a drop shuts the socket down, which wakes the sender.
+ *
+ * Queue.  rep_sendv copies the payload once into a queue node (header + payload in one
+ * allocation, so a frame is one iovec), outside the lock; under the lock it takes the
+ * next seq and appends.  The sender detaches a batch under the lock and writes it with
+ * the lock released.  Control frames (ACK) have their own list, written first, so acks
+ * do not wait behind megabytes of data.  REP_QUEUE_MAX bounds bytes sent and not yet
+ * acknowledged (the lag), not just bytes not yet written, so a slow peer slows the
+ * sender down; the receive thread itself never waits for room (a reply from recv()
+ * could otherwise wait for acks that only the same thread reads).
+ *
+ * Seqs increase over the link's life; a HELLO tells the peer where ours start on this
+ * connection, later MSG frames must follow one by one.  When the active connection
+ * drops, its receive thread (and only it) makes the link "cleaning": rep_send fails, the
+ * unacknowledged seqs are reported to acked() with -ENOTCONN, then down() is called, and
+ * only after that may another connection become active and call up().
+ *
+ * Duplicates.  When a connection authenticates while another is active: if the peer's
+ * instance (random per rep_start) differs, the peer restarted and the old one is stale:
+ * it is replaced.  Otherwise the one initiated by the node with the smaller name is
+ * kept, and between two initiated by the same node the newer wins.  Both nodes apply the
+ * same rule, so both keep the same connection.
+ *
+ * Locking: one mutex per link (l->mu) guards the queue, the seq/ack bookkeeping, the
+ * connection list and `active`; l->cv signals acks, room and state changes, l->tx_cv
+ * wakes the sender.  No lock is held across a blocking socket call or a callback.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "replica_i.h"
+
+#define MAX_CONNS 16            /* connections in handshake or up; more are refused */
+#define RBUF_SIZE (256u << 10)  /* receive buffer; larger payloads are read in place */
+#define TX_BATCH_BYTES (8u << 20)
+#define TX_IOV 64
+#define ST_RING REP_WAIT_STATUSES
+#define FAIL_RING 64            /* seq ranges lost with a connection, for rep_wait */
+#define BACKOFF_MIN_MS 20u
+#define SLICE_MS 100            /* poll slices: a stopping link is noticed this fast */
+
+struct rep_msg {
+	struct rep_msg *next;
+	size_t len;  /* header + payload */
+	struct rep_hdr hdr;
+	unsigned char payload[];
+};
+
+struct conn {
+	struct rep_link *l;
+	struct conn *next;
+	pthread_t thr, tx;
+	bool tx_started;
+	bool tx_stop;       /* l->mu */
+	bool done;          /* l->mu: the thread has finished; the manager joins it */
+	bool initiator;
+	int fd;             /* l->mu for anyone but the connection's own thread */
+	char why[96];       /* l->mu: first reason this connection was dropped */
+	struct rep_hello mine, peer;
+	size_t mine_len, peer_len;
+	/* receive side, the connection's thread only */
+	uint64_t deadline;  /* handshake: absolute; afterwards last byte + timeout */
+	bool active;
+	uint64_t last_rx;
+	uint64_t rx_next;   /* next MSG seq expected; 0 before the first */
+	unsigned char *rb;
+	size_t rstart, rend;
+	unsigned char *big;
+	size_t big_cap;
+	uint64_t ack_upto;  /* received and processed, not yet acknowledged */
+	unsigned ack_n;
+	struct rep_ack_ent ack_ent[REP_ACK_MAX_ENTS];
+	/* sender */
+	uint64_t last_tx;   /* l->mu */
+};
+
+struct rep_link {
+	char node[REP_NODE_MAX + 1];
+	struct sockaddr_in laddr, caddr;
+	bool do_listen, do_connect;
+	uint8_t key[REP_KEY_BYTES];
+	unsigned timeout_ms, hb_ms;
+	FILE *log;
+	struct rep_callbacks cb;
+	void *arg;
+	uint64_t instance;
+
+	int lfd, port;
+	int wake[2];
+	pthread_t mgr;
+	atomic_bool stopping;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv, tx_cv;
+	struct conn *conns;
+	unsigned nconns;
+	struct conn *active;
+	bool cleaning;
+	bool outgoing;
+	unsigned backoff_ms;
+	uint64_t next_connect;
+	char peer[REP_NODE_MAX + 1];
+	char last_peer[REP_NODE_MAX + 1];
+
+	/* queue and acks */
+	struct rep_msg *ctrl, **ctrl_tail, *data, **data_tail;
+	uint64_t last_seq, acked_seq, unacked_bytes;
+	uint32_t *lens;  /* bytes of seq s at lens[s & (lcap - 1)], s in (acked, last] */
+	uint64_t lcap;
+	struct { uint64_t seq; int st; } st_ring[ST_RING];
+	unsigned st_pos;
+	struct { uint64_t a, b; } fail_ring[FAIL_RING];
+	unsigned fail_pos;
+
+	struct rep_stats stats;
+};
+
+/* The link whose receive thread this is (rep_send must not wait there). */
+static __thread struct rep_link *rx_of;
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void deadline_ts(struct timespec *ts, uint64_t at_ms)
+{
+	ts->tv_sec = (time_t)(at_ms / 1000);
+	ts->tv_nsec = (long)(at_ms % 1000) * 1000000;
+}
+
+/* pthread_cond_timedwait on the monotonic clock until at_ms; true when it passed. */
+static bool wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t at_ms)
+{
+	struct timespec ts;
+
+	if (now_ms() >= at_ms)
+		return true;
+	deadline_ts(&ts, at_ms);
+	return pthread_cond_timedwait(cv, mu, &ts) == ETIMEDOUT && now_ms() >= at_ms;
+}
+
+static void lg(struct rep_link *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void lg(struct rep_link *l, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+
+	if (!l->log)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	fprintf(l->log, "replica %s: %s\n", l->node, line);
+	fflush(l->log);
+}
+
+static void wake_mgr(struct rep_link *l)
+{
+	char b = 1;
+
+	if (write(l->wake[1], &b, 1) < 0) {
+		/* full pipe: the manager is awake anyway */
+	}
+}
+
+/* ---- sockets ---------------------------------------------------------------------- */
+
+int rep_addr_parse(const char *s, struct sockaddr_in *out)
+{
+	char host[256], *end;
+	const char *colon = s ? strrchr(s, ':') : NULL;
+	unsigned long port;
+	struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM }, *ai;
+
+	if (!colon || colon == s || (size_t)(colon - s) >= sizeof(host))
+		return -EINVAL;
+	errno = 0;
+	port = strtoul(colon + 1, &end, 10);
+	if (errno || *end || end == colon + 1 || port > 65535)
+		return -EINVAL;
+	memcpy(host, s, (size_t)(colon - s));
+	host[colon - s] = 0;
+	memset(out, 0, sizeof(*out));
+	out->sin_family = AF_INET;
+	out->sin_port = htons((uint16_t)port);
+	if (inet_pton(AF_INET, host, &out->sin_addr) == 1)
+		return 0;
+	if (getaddrinfo(host, NULL, &hints, &ai))
+		return -EINVAL;
+	out->sin_addr = ((struct sockaddr_in *)ai->ai_addr)->sin_addr;
+	freeaddrinfo(ai);
+	return 0;
+}
+
+static void sock_setup(struct rep_link *l, int fd)
+{
+	int one = 1, zero = 0;
+	unsigned tmo = l->timeout_ms;
+
+	/* latency of small sync messages; our own heartbeats instead of keepalive; a write
+	 * into a peer that stopped acknowledging fails after the timeout instead of hanging */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &zero, sizeof(zero));
+	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &tmo, sizeof(tmo));
+}
+
+/* Wait for events on fd until at_ms, in slices so a stopping link is noticed.
+ * 0 ready, -ETIMEDOUT, -ESHUTDOWN. */
+static int wait_fd(struct rep_link *l, int fd, short events, uint64_t at_ms)
+{
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = events };
+		uint64_t now = now_ms();
+		int n;
+
+		if (atomic_load(&l->stopping))
+			return -ESHUTDOWN;
+		if (now >= at_ms)
+			return -ETIMEDOUT;
+		n = poll(&p, 1, (int)(at_ms - now < SLICE_MS ? at_ms - now : SLICE_MS));
+		if (n > 0)
+			return 0;
+		if (n < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+int rep_writev_all(int fd, struct iovec *iov, int n)
+{
+	while (n) {
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+		ssize_t got = sendmsg(fd, &mh, MSG_NOSIGNAL);
+
+		if (got < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				struct pollfd p = { .fd = fd, .events = POLLOUT };
+
+				/* a drop shuts the socket down, which ends this wait */
+				if (poll(&p, 1, SLICE_MS) < 0 && errno != EINTR)
+					return -errno;
+				continue;
+			}
+			return -errno;
+		}
+		while (n && (size_t)got >= iov->iov_len) {
+			got -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n) {
+			iov->iov_base = (char *)iov->iov_base + got;
+			iov->iov_len -= (size_t)got;
+		}
+	}
+	return 0;
+}
+
+/* ---- receiving frames -------------------------------------------------------------- */
+
+/* Read more bytes into c->rb (at least one), or into dst[0..want) when dst is set.
+ * Flushes a pending ACK before it would block.  0, or -errno / -ETIMEDOUT / -ECONNRESET
+ * (peer closed). */
+static void ack_flush(struct conn *c);
+static ssize_t rx_some(struct conn *c, void *dst, size_t want)
+{
+	struct rep_link *l = c->l;
+
+	for (;;) {
+		ssize_t got = recv(c->fd, dst, want, MSG_DONTWAIT);
+		int rc;
+
+		if (got > 0) {
+			c->last_rx = now_ms();
+			if (c->active)
+				c->deadline = c->last_rx + l->timeout_ms;
+			return got;
+		}
+		if (!got)
+			return -ECONNRESET;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN)
+			return -errno;
+		if (c->active && (c->ack_upto || c->ack_n))
+			ack_flush(c);
+		rc = wait_fd(l, c->fd, POLLIN, c->deadline);
+		if (rc)
+			return rc;
+	}
+}
+
+/* Make sure n bytes are buffered at c->rb + c->rstart. */
+static int rx_fill(struct conn *c, size_t n)
+{
+	while (c->rend - c->rstart < n) {
+		ssize_t got;
+
+		if (RBUF_SIZE - c->rstart < n) {
+			memmove(c->rb, c->rb + c->rstart, c->rend - c->rstart);
+			c->rend -= c->rstart;
+			c->rstart = 0;
+		}
+		got = rx_some(c, c->rb + c->rend, RBUF_SIZE - c->rend);
+		if (got < 0)
+			return (int)got;
+		c->rend += (size_t)got;
+	}
+	return 0;
+}
+
+/* The peer closed in the middle of a frame: that frame is bad, not just a close. */
+static int truncated(int rc, const struct rep_hdr *h, size_t have, char *why, size_t whylen)
+{
+	if (rc != -ECONNRESET)
+		return rc;
+	snprintf(why, whylen, "truncated frame of kind %u (%zu of %u payload bytes)", h->kind,
+		 have, h->len);
+	return -EBADMSG;
+}
+
+/* Read one frame: header checked before its payload is read, checksum after.  *payload
+ * points into the connection's buffers until the next call.  0, -EBADMSG (why filled),
+ * or a transport error. */
+static int rx_frame(struct conn *c, struct rep_hdr *h, unsigned char **payload, char *why,
+		    size_t whylen)
+{
+	int rc = rx_fill(c, sizeof(*h));
+
+	if (rc == -ECONNRESET && c->rend > c->rstart) {
+		snprintf(why, whylen, "truncated frame header (%zu of %zu bytes)",
+			 c->rend - c->rstart, sizeof(*h));
+		return -EBADMSG;
+	}
+	if (rc)
+		return rc;
+	memcpy(h, c->rb + c->rstart, sizeof(*h));
+	rc = rep_frame_check(h, why, whylen);
+	if (rc)
+		return rc;
+	c->rstart += sizeof(*h);
+	if (h->len <= RBUF_SIZE / 2) {
+		rc = rx_fill(c, h->len);
+		if (rc)
+			return truncated(rc, h, c->rend - c->rstart, why, whylen);
+		*payload = c->rb + c->rstart;
+		c->rstart += h->len;
+	} else {
+		/* a large payload is read straight into its own buffer (h->len was checked
+		 * against REP_PAYLOAD_MAX by rep_frame_check above) */
+		size_t have = c->rend - c->rstart;
+
+		if (c->big_cap < h->len) {
+			unsigned char *nb = realloc(c->big, REP_PAYLOAD_MAX);
+
+			if (!nb)
+				return -ENOMEM;
+			c->big = nb;
+			c->big_cap = REP_PAYLOAD_MAX;
+		}
+		if (have > h->len)
+			have = h->len;
+		memcpy(c->big, c->rb + c->rstart, have);
+		c->rstart += have;
+		while (have < h->len) {
+			ssize_t got = rx_some(c, c->big + have, h->len - have);
+
+			if (got < 0)
+				return truncated((int)got, h, have, why, whylen);
+			have += (size_t)got;
+		}
+		*payload = c->big;
+	}
+	if (c->rstart == c->rend)
+		c->rstart = c->rend = 0;
+	if (rep_frame_sum_ok(h, *payload)) {
+		snprintf(why, whylen, "checksum mismatch in a frame of kind %u, %u bytes", h->kind,
+			 h->len);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+/* ---- the queue --------------------------------------------------------------------- */
+
+static void queue_free(struct rep_msg *m)
+{
+	while (m) {
+		struct rep_msg *n = m->next;
+
+		free(m);
+		m = n;
+	}
+}
+
+static void __ctrl_append(struct rep_link *l, struct rep_msg *m)
+{
+	m->next = NULL;
+	*l->ctrl_tail = m;
+	l->ctrl_tail = &m->next;
+	pthread_cond_signal(&l->tx_cv);
+}
+
+/* Room for seq last_seq + 1 in the length ring. */
+static int __lens_room(struct rep_link *l)
+{
+	uint64_t n = l->last_seq - l->acked_seq, ncap;
+	uint32_t *nl;
+
+	if (n < l->lcap)
+		return 0;
+	ncap = l->lcap ? l->lcap * 2 : 1024;
+	nl = malloc(ncap * sizeof(*nl));
+	if (!nl)
+		return -ENOMEM;
+	for (uint64_t s = l->acked_seq + 1; s <= l->last_seq; s++)
+		nl[s & (ncap - 1)] = l->lens[s & (l->lcap - 1)];
+	free(l->lens);
+	l->lens = nl;
+	l->lcap = ncap;
+	return 0;
+}
+
+int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, int iovcnt)
+{
+	size_t len = 0, off = 0;
+	struct rep_msg *m;
+	uint64_t deadline;
+	int64_t seq;
+
+	if (type < REP_TYPE_USER || iovcnt < 0)
+		return -EINVAL;
+	for (int i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len > REP_PAYLOAD_MAX)
+			return -EMSGSIZE;
+		len += iov[i].iov_len;
+		if (len > REP_PAYLOAD_MAX)
+			return -EMSGSIZE;
+	}
+	m = malloc(sizeof(*m) + len);
+	if (!m)
+		return -ENOMEM;
+	for (int i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len)
+			memcpy(m->payload + off, iov[i].iov_base, iov[i].iov_len);
+		off += iov[i].iov_len;
+	}
+	{
+		struct iovec one = { m->payload, len };
+
+		rep_frame_fill(&m->hdr, REP_K_MSG, type, 0, &one, 1, len);
+	}
+	m->len = sizeof(m->hdr) + len;
+	m->next = NULL;
+
+	pthread_mutex_lock(&l->mu);
+	deadline = now_ms() + l->timeout_ms;
+	for (;;) {
+		if (!l->active || atomic_load(&l->stopping)) {
+			seq = -ENOTCONN;
+			goto fail;
+		}
+		if (rx_of == l || !l->unacked_bytes || l->unacked_bytes + m->len <= REP_QUEUE_MAX)
+			break;
+		if (wait_until(&l->cv, &l->mu, deadline)) {
+			seq = -ETIMEDOUT;
+			goto fail;
+		}
+	}
+	if (__lens_room(l)) {
+		seq = -ENOMEM;
+		goto fail;
+	}
+	seq = (int64_t)++l->last_seq;
+	m->hdr.seq = (uint64_t)seq;
+	l->lens[l->last_seq & (l->lcap - 1)] = (uint32_t)m->len;
+	l->unacked_bytes += m->len;
+	l->stats.sent_msgs++;
+	l->stats.sent_bytes += len;
+	*l->data_tail = m;
+	l->data_tail = &m->next;
+	pthread_cond_signal(&l->tx_cv);
+	pthread_mutex_unlock(&l->mu);
+	return seq;
+fail:
+	pthread_mutex_unlock(&l->mu);
+	free(m);
+	return seq;
+}
+
+int64_t rep_send(struct rep_link *l, uint32_t type, const void *payload, size_t len)
+{
+	struct iovec iov = { (void *)payload, len };
+
+	return rep_sendv(l, type, &iov, len ? 1 : 0);
+}
+
+/* ---- the sender -------------------------------------------------------------------- */
+
+static void *tx_main(void *arg)
+{
+	struct conn *c = arg;
+	struct rep_link *l = c->l;
+
+	pthread_mutex_lock(&l->mu);
+	for (;;) {
+		struct rep_msg *batch = NULL, **tail = &batch, *hb = NULL;
+		size_t bytes = 0;
+		int rc = 0;
+
+		while (!c->tx_stop && !l->ctrl && !l->data) {
+			if (wait_until(&l->tx_cv, &l->mu, c->last_tx + l->hb_ms))
+				break;
+		}
+		if (c->tx_stop)
+			break;
+		/* control frames first, then data up to a batch */
+		if (l->ctrl) {
+			*tail = l->ctrl;
+			tail = l->ctrl_tail;
+			l->ctrl = NULL;
+			l->ctrl_tail = &l->ctrl;
+		}
+		while (l->data && bytes < TX_BATCH_BYTES) {
+			struct rep_msg *m = l->data;
+
+			l->data = m->next;
+			if (!l->data)
+				l->data_tail = &l->data;
+			m->next = NULL;
+			*tail = m;
+			tail = &m->next;
+			bytes += m->len;
+		}
+		pthread_mutex_unlock(&l->mu);
+
+		if (!batch) {
+			/* idle for timeout/4: a heartbeat */
+			hb = calloc(1, sizeof(*hb));
+			if (hb) {
+				rep_frame_fill(&hb->hdr, REP_K_HB, 0, 0, NULL, 0, 0);
+				hb->len = sizeof(hb->hdr);
+				batch = hb;
+			}
+		}
+		while (batch && !rc) {
+			struct iovec iov[TX_IOV];
+			struct rep_msg *m = batch;
+			int n = 0;
+
+			for (; m && n < TX_IOV; m = m->next, n++)
+				iov[n] = (struct iovec){ &m->hdr, m->len };
+			rc = rep_writev_all(c->fd, iov, n);
+			while (batch != m) {
+				struct rep_msg *d = batch;
+
+				batch = batch->next;
+				free(d);
+			}
+		}
+		queue_free(batch);
+
+		pthread_mutex_lock(&l->mu);
+		c->last_tx = now_ms();
+		if (rc) {
+			if (!c->why[0])
+				snprintf(c->why, sizeof(c->why), "write failed: %s", strerror(-rc));
+			shutdown(c->fd, SHUT_RDWR);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&l->mu);
+	return NULL;
+}
+
+/* ---- acknowledgements -------------------------------------------------------------- */
+
+/* Queue an ACK for what this connection processed (receive thread). */
+static void ack_flush(struct conn *c)
+{
+	struct rep_link *l = c->l;
+	size_t plen = sizeof(struct rep_ack) + c->ack_n * sizeof(struct rep_ack_ent);
+	struct rep_msg *m = malloc(sizeof(*m) + plen);
+	struct rep_ack *a;
+	struct iovec iov;
+
+	if (!m)
+		return; /* a later flush acknowledges these too; statuses then... */
+	a = (struct rep_ack *)m->payload;
+	a->upto = c->ack_upto;
+	a->n = c->ack_n;
+	a->pad = 0;
+	memcpy(a->ent, c->ack_ent, c->ack_n * sizeof(struct rep_ack_ent));
+	iov = (struct iovec){ a, plen };
+	rep_frame_fill(&m->hdr, REP_K_ACK, 0, 0, &iov, 1, plen);
+	m->len = sizeof(m->hdr) + plen;
+	c->ack_upto = 0;
+	c->ack_n = 0;
+	pthread_mutex_lock(&l->mu);
+	__ctrl_append(l, m);
+	pthread_mutex_unlock(&l->mu);
+}
+
+static void ack_note(struct conn *c, uint64_t seq, int st)
+{
+	c->ack_upto = seq;
+	if (st) {
+		c->ack_ent[c->ack_n++] = (struct rep_ack_ent){ .seq = seq, .status = st };
+		if (c->ack_n == REP_ACK_MAX_ENTS)
+			ack_flush(c);
+	}
+}
+
+static int __status_of(struct rep_link *l, uint64_t seq)
+{
+	for (unsigned i = 0; i < FAIL_RING; i++)
+		if (l->fail_ring[i].a && seq >= l->fail_ring[i].a && seq <= l->fail_ring[i].b)
+			return -ENOTCONN;
+	for (unsigned i = 0; i < ST_RING; i++)
+		if (l->st_ring[i].seq == seq)
+			return l->st_ring[i].st;
+	return 0;
+}
+
+/* An ACK frame from the peer: checked whole, then applied, then reported in seq order. */
+static int ack_recv(struct conn *c, const unsigned char *p, size_t len, char *why,
+		    size_t whylen)
+{
+	struct rep_link *l = c->l;
+	struct rep_ack a;
+	const struct rep_ack_ent *e = (const struct rep_ack_ent *)(p + sizeof(a));
+	uint64_t from, prev;
+
+	if (len < sizeof(a))
+		goto bad;
+	memcpy(&a, p, sizeof(a));
+	if (a.pad || a.n > REP_ACK_MAX_ENTS || len != sizeof(a) + a.n * sizeof(*e))
+		goto bad;
+	pthread_mutex_lock(&l->mu);
+	from = l->acked_seq + 1;
+	if (a.upto < from || a.upto > l->last_seq) {
+		pthread_mutex_unlock(&l->mu);
+		snprintf(why, whylen, "ack up to seq %llu: outside %llu..%llu",
+			 (unsigned long long)a.upto, (unsigned long long)from,
+			 (unsigned long long)l->last_seq);
+		return -EBADMSG;
+	}
+	prev = from - 1;
+	for (unsigned i = 0; i < a.n; i++) {
+		struct rep_ack_ent ent;
+
+		memcpy(&ent, e + i, sizeof(ent));
+		if (ent.seq <= prev || ent.seq > a.upto || ent.pad || ent.status >= 0 ||
+		    ent.status < -4095) {
+			pthread_mutex_unlock(&l->mu);
+			goto bad;
+		}
+		prev = ent.seq;
+	}
+	for (unsigned i = 0; i < a.n; i++) {
+		struct rep_ack_ent ent;
+
+		memcpy(&ent, e + i, sizeof(ent));
+		l->st_ring[l->st_pos].seq = ent.seq;
+		l->st_ring[l->st_pos].st = ent.status;
+		l->st_pos = (l->st_pos + 1) % ST_RING;
+	}
+	for (uint64_t s = from; s <= a.upto; s++)
+		l->unacked_bytes -= l->lens[s & (l->lcap - 1)];
+	l->acked_seq = a.upto;
+	pthread_cond_broadcast(&l->cv);
+	pthread_mutex_unlock(&l->mu);
+
+	if (l->cb.acked) {
+		unsigned i = 0;
+
+		for (uint64_t s = from; s <= a.upto; s++) {
+			struct rep_ack_ent ent = { 0 };
+
+			if (i < a.n)
+				memcpy(&ent, e + i, sizeof(ent));
+			if (i < a.n && ent.seq == s) {
+				l->cb.acked(l->arg, s, ent.status);
+				i++;
+			} else {
+				l->cb.acked(l->arg, s, 0);
+			}
+		}
+	}
+	return 0;
+bad:
+	snprintf(why, whylen, "malformed ack of %zu bytes", len);
+	return -EBADMSG;
+}
+
+/* ---- a connection ------------------------------------------------------------------ */
+
+static int send_frame(struct conn *c, unsigned kind, const void *p, size_t len)
+{
+	struct rep_hdr h;
+	struct iovec pi = { (void *)p, len };
+	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)p, len } };
+
+	rep_frame_fill(&h, kind, 0, 0, &pi, 1, len);
+	return rep_writev_all(c->fd, iov, len ? 2 : 1);
+}
+
+static int do_connect(struct conn *c)
+{
+	struct rep_link *l = c->l;
+	int err = 0, rc;
+	socklen_t el = sizeof(err);
+
+	if (connect(c->fd, (struct sockaddr *)&l->caddr, sizeof(l->caddr)) == 0)
+		return 0;
+	if (errno != EINPROGRESS)
+		return -errno;
+	rc = wait_fd(l, c->fd, POLLOUT, c->deadline);
+	if (rc)
+		return rc;
+	if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+		return -errno;
+	return -err;
+}
+
+static bool bad_kind(const struct rep_hdr *h, unsigned kind, char *why, size_t whylen)
+{
+	if (h->kind == kind)
+		return false;
+	snprintf(why, whylen, "frame kind %u during the handshake (expected %u)", h->kind, kind);
+	return true;
+}
+
+/* HELLO both ways, then AUTH both ways.  0, -EBADMSG (garbage), -EACCES (wrong MAC),
+ * or a transport error; why filled for the first two. */
+static int handshake(struct conn *c, char *why, size_t whylen)
+{
+	struct rep_link *l = c->l;
+	unsigned role = c->initiator ? REP_ROLE_INITIATOR : REP_ROLE_ACCEPTOR;
+	unsigned peer_role = c->initiator ? REP_ROLE_ACCEPTOR : REP_ROLE_INITIATOR;
+	uint8_t mac[REP_MAC_BYTES];
+	const void *hi, *ha;
+	size_t li, la;
+	struct rep_hdr h;
+	unsigned char *p;
+	uint64_t next;
+	int rc;
+
+	pthread_mutex_lock(&l->mu);
+	next = l->last_seq + 1;
+	pthread_mutex_unlock(&l->mu);
+	rep_hello_make(&c->mine, &c->mine_len, role, l->node, l->instance, next);
+	if (c->initiator && (rc = send_frame(c, REP_K_HELLO, &c->mine, c->mine_len)))
+		return rc;
+	if ((rc = rx_frame(c, &h, &p, why, whylen)))
+		return rc;
+	if (bad_kind(&h, REP_K_HELLO, why, whylen))
+		return -EBADMSG;
+	if ((rc = rep_hello_parse(p, h.len, peer_role, l->node, &c->peer, why, whylen)))
+		return rc;
+	c->peer_len = h.len;
+	if (!c->initiator && (rc = send_frame(c, REP_K_HELLO, &c->mine, c->mine_len)))
+		return rc;
+	hi = c->initiator ? (const void *)&c->mine : (const void *)&c->peer;
+	li = c->initiator ? c->mine_len : c->peer_len;
+	ha = c->initiator ? (const void *)&c->peer : (const void *)&c->mine;
+	la = c->initiator ? c->peer_len : c->mine_len;
+	/* both sides send their proof before checking the other's, so a wrong secret is
+	 * seen (and logged) on both sides */
+	rep_auth_mac(mac, l->key, role, hi, li, ha, la);
+	if ((rc = send_frame(c, REP_K_AUTH, mac, sizeof(mac))))
+		return rc;
+	if ((rc = rx_frame(c, &h, &p, why, whylen)))
+		return rc;
+	if (bad_kind(&h, REP_K_AUTH, why, whylen))
+		return -EBADMSG;
+	if (rep_auth_verify(p, l->key, peer_role, hi, li, ha, la)) {
+		snprintf(why, whylen, "node \"%.*s\" failed authentication (wrong secret)",
+			 c->peer.name_len, c->peer.name);
+		return -EACCES;
+	}
+	return 0;
+}
+
+/* Was this connection initiated by the node with the smaller name? */
+static bool smaller_initiated(const struct conn *c)
+{
+	int cmp = strncmp(c->l->node, c->peer.name, REP_NODE_MAX);
+
+	if (!cmp)
+		cmp = (int)strlen(c->l->node) - (int)c->peer.name_len;
+	return c->initiator ? cmp < 0 : cmp > 0;
+}
+
+/* Make c the active connection, or refuse it as a duplicate (-EEXIST). */
+static int activate(struct conn *c)
+{
+	struct rep_link *l = c->l;
+
+	pthread_mutex_lock(&l->mu);
+	for (;;) {
+		struct conn *a = l->active;
+
+		if (atomic_load(&l->stopping) || c->why[0]) {
+			pthread_mutex_unlock(&l->mu);
+			return -ESHUTDOWN;
+		}
+		if (!a && !l->cleaning)
+			break;
+		if (a && a->peer.instance == c->peer.instance &&
+		    smaller_initiated(a) && !smaller_initiated(c)) {
+			pthread_mutex_unlock(&l->mu);
+			lg(l, "duplicate connection from \"%s\" refused: keeping the one %s "
+			      "initiated", l->peer, smaller_initiated(a) == a->initiator ?
+			   "we" : "the peer");
+			return -EEXIST;
+		}
+		if (a && !a->why[0]) {
+			snprintf(a->why, sizeof(a->why), "replaced by a newer connection");
+			shutdown(a->fd, SHUT_RDWR);
+		}
+		pthread_cond_wait(&l->cv, &l->mu);
+	}
+	l->active = c;
+	c->active = true;
+	c->last_rx = now_ms();
+	c->deadline = c->last_rx + l->timeout_ms;
+	c->last_tx = c->last_rx;
+	memcpy(l->peer, c->peer.name, c->peer.name_len);
+	l->peer[c->peer.name_len] = 0;
+	memcpy(l->last_peer, l->peer, sizeof(l->peer));
+	l->stats.connects++;
+	l->backoff_ms = BACKOFF_MIN_MS;
+	if (pthread_create(&c->tx, NULL, tx_main, c)) {
+		l->active = NULL;
+		c->active = false;
+		pthread_mutex_unlock(&l->mu);
+		return -EAGAIN;
+	}
+	c->tx_started = true;
+	pthread_mutex_unlock(&l->mu);
+	lg(l, "link up with \"%s\" (%s)", l->peer, c->initiator ? "we connected" : "accepted");
+	if (l->cb.up)
+		l->cb.up(l->arg, l->peer);
+	return 0;
+}
+
+/* The active connection's receive loop, until it drops; returns the short reason. */
+static const char *run(struct conn *c)
+{
+	struct rep_link *l = c->l;
+	char why[160];
+
+	for (;;) {
+		struct rep_hdr h;
+		unsigned char *p;
+		int rc = rx_frame(c, &h, &p, why, sizeof(why));
+
+		if (!rc && h.kind == REP_K_MSG) {
+			if (c->rx_next ? h.seq != c->rx_next : h.seq < c->peer.next_seq) {
+				snprintf(why, sizeof(why), "message seq %llu out of order (expected %llu)",
+					 (unsigned long long)h.seq,
+					 (unsigned long long)(c->rx_next ? c->rx_next : c->peer.next_seq));
+				rc = -EBADMSG;
+			} else {
+				int st = l->cb.recv ? l->cb.recv(l->arg, h.type, p, h.len) : 0;
+
+				if (st > 0)
+					st = 0;
+				if (st < -4095)
+					st = -EIO;
+				c->rx_next = h.seq + 1;
+				pthread_mutex_lock(&l->mu);
+				l->stats.recv_msgs++;
+				l->stats.recv_bytes += h.len;
+				pthread_mutex_unlock(&l->mu);
+				ack_note(c, h.seq, st);
+			}
+		} else if (!rc && h.kind == REP_K_ACK) {
+			rc = ack_recv(c, p, h.len, why, sizeof(why));
+		} else if (!rc && h.kind != REP_K_HB) {
+			snprintf(why, sizeof(why), "frame kind %u after the handshake", h.kind);
+			rc = -EBADMSG;
+		}
+		if (!rc)
+			continue;
+		if (rc == -EBADMSG) {
+			pthread_mutex_lock(&l->mu);
+			l->stats.drops_frame++;
+			pthread_mutex_unlock(&l->mu);
+			lg(l, "dropping the link to \"%s\": bad frame: %s", l->peer, why);
+			return "bad frame";
+		}
+		if (rc == -ETIMEDOUT)
+			return "timeout";
+		if (rc == -ESHUTDOWN)
+			return "stopped";
+		if (rc == -ECONNRESET)
+			return "closed";
+		return "connection error";
+	}
+}
+
+/* The active connection c dropped: fail what is unacknowledged, then down(). */
+static void conn_down(struct conn *c, const char *reason)
+{
+	struct rep_link *l = c->l;
+	uint64_t from, to, now = now_ms();
+	char why[sizeof(c->why)];
+
+	pthread_mutex_lock(&l->mu);
+	/* a reason someone else gave when dropping us (kick, replacement, write error) wins
+	 * over what the reader then saw (the closed socket) */
+	if (!c->why[0])
+		snprintf(c->why, sizeof(c->why), "%s", reason);
+	memcpy(why, c->why, sizeof(why));
+	shutdown(c->fd, SHUT_RDWR);
+	l->active = NULL;
+	l->cleaning = true;
+	c->tx_stop = true;
+	pthread_cond_broadcast(&l->tx_cv);
+	from = l->acked_seq + 1;
+	to = l->last_seq;
+	if (from <= to) {
+		l->fail_ring[l->fail_pos].a = from;
+		l->fail_ring[l->fail_pos].b = to;
+		l->fail_pos = (l->fail_pos + 1) % FAIL_RING;
+	}
+	l->acked_seq = l->last_seq;
+	l->unacked_bytes = 0;
+	queue_free(l->ctrl);
+	queue_free(l->data);
+	l->ctrl = l->data = NULL;
+	l->ctrl_tail = &l->ctrl;
+	l->data_tail = &l->data;
+	l->stats.last_down_ms = !strcmp(reason, "timeout") ? now - c->last_rx : 0;
+	l->peer[0] = 0;
+	pthread_cond_broadcast(&l->cv);
+	pthread_mutex_unlock(&l->mu);
+
+	pthread_join(c->tx, NULL);
+	c->tx_started = false;
+	lg(l, "link to \"%.*s\" down: %s (%llu unacknowledged)", c->peer.name_len, c->peer.name,
+	   why, (unsigned long long)(to >= from ? to - from + 1 : 0));
+	if (l->cb.acked)
+		for (uint64_t s = from; s <= to; s++)
+			l->cb.acked(l->arg, s, -ENOTCONN);
+	if (l->cb.down)
+		l->cb.down(l->arg, why);
+
+	pthread_mutex_lock(&l->mu);
+	l->cleaning = false;
+	/* the node with the larger name lets the other reconnect first (timeout/4), so
+	 * both rarely connect at once; the duplicate rule settles it when they do */
+	l->next_connect = now_ms() + (strncmp(l->node, c->peer.name, REP_NODE_MAX) > 0 ?
+				      l->hb_ms : l->backoff_ms);
+	pthread_cond_broadcast(&l->cv);
+	pthread_mutex_unlock(&l->mu);
+	wake_mgr(l);
+}
+
+static void *conn_main(void *arg)
+{
+	struct conn *c = arg;
+	struct rep_link *l = c->l;
+	char why[160] = "";
+	int rc = 0, fd;
+
+	rx_of = l;
+	c->rb = malloc(RBUF_SIZE);
+	if (!c->rb)
+		goto out;
+	if (c->initiator && (rc = do_connect(c)))
+		goto out;
+	rc = handshake(c, why, sizeof(why));
+	if (rc == -EACCES || rc == -EBADMSG) {
+		char addr[INET_ADDRSTRLEN + 8] = "?";
+		struct sockaddr_in sa;
+		socklen_t sl = sizeof(sa);
+
+		if (!getpeername(c->fd, (struct sockaddr *)&sa, &sl))
+			snprintf(addr, sizeof(addr), "%s:%u",
+				 inet_ntop(AF_INET, &sa.sin_addr, addr, INET_ADDRSTRLEN) ? addr : "?",
+				 ntohs(sa.sin_port));
+		pthread_mutex_lock(&l->mu);
+		if (rc == -EACCES)
+			l->stats.drops_auth++;
+		else
+			l->stats.drops_frame++;
+		pthread_mutex_unlock(&l->mu);
+		lg(l, "refused %s connection %s: %s", c->initiator ? "outgoing" : "incoming", addr,
+		   why);
+	}
+	if (rc)
+		goto out;
+	if (activate(c))
+		goto out;
+	conn_down(c, run(c));
+out:
+	free(c->rb);
+	free(c->big);
+	pthread_mutex_lock(&l->mu);
+	fd = c->fd;
+	c->fd = -1;
+	if (c->initiator) {
+		l->outgoing = false;
+		if (!c->active) {
+			/* a failed attempt: back off (at most timeout/4) */
+			l->next_connect = now_ms() + l->backoff_ms;
+			l->backoff_ms = l->backoff_ms * 2 > l->hb_ms ? l->hb_ms : l->backoff_ms * 2;
+		}
+	}
+	c->done = true;
+	pthread_mutex_unlock(&l->mu);
+	close(fd);
+	wake_mgr(l);
+	return NULL;
+}
+
+/* Start a connection thread for fd (initiator: not yet connected).  Under l->mu. */
+static int __conn_start(struct rep_link *l, int fd, bool initiator)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return -ENOMEM;
+	c->l = l;
+	c->fd = fd;
+	c->initiator = initiator;
+	c->deadline = now_ms() + l->timeout_ms;
+	if (pthread_create(&c->thr, NULL, conn_main, c)) {
+		free(c);
+		return -EAGAIN;
+	}
+	c->next = l->conns;
+	l->conns = c;
+	l->nconns++;
+	return 0;
+}
+
+/* ---- the manager ------------------------------------------------------------------- */
+
+static void __reap(struct rep_link *l, struct conn **dead)
+{
+	for (struct conn **pp = &l->conns; *pp;) {
+		struct conn *c = *pp;
+
+		if (c->done) {
+			*pp = c->next;
+			l->nconns--;
+			c->next = *dead;
+			*dead = c;
+		} else {
+			pp = &c->next;
+		}
+	}
+}
+
+static void join_free(struct conn *dead)
+{
+	while (dead) {
+		struct conn *n = dead->next;
+
+		pthread_join(dead->thr, NULL);
+		free(dead);
+		dead = n;
+	}
+}
+
+static void *mgr_main(void *arg)
+{
+	struct rep_link *l = arg;
+
+	for (;;) {
+		struct pollfd p[2] = { { .fd = l->wake[0], .events = POLLIN },
+				       { .fd = l->lfd, .events = POLLIN } };
+		struct conn *dead = NULL;
+		int tmo = 1000;
+		uint64_t now;
+
+		pthread_mutex_lock(&l->mu);
+		if (atomic_load(&l->stopping)) {
+			pthread_mutex_unlock(&l->mu);
+			break;
+		}
+		__reap(l, &dead);
+		now = now_ms();
+		if (l->do_connect && !l->active && !l->cleaning && !l->outgoing) {
+			if (now >= l->next_connect) {
+				int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+				if (fd >= 0) {
+					sock_setup(l, fd);
+					if (__conn_start(l, fd, true))
+						close(fd);
+					else
+						l->outgoing = true;
+				}
+				if (!l->outgoing)
+					l->next_connect = now + l->backoff_ms;
+			} else {
+				tmo = (int)(l->next_connect - now);
+			}
+		}
+		pthread_mutex_unlock(&l->mu);
+		join_free(dead);
+
+		if (poll(p, l->lfd >= 0 ? 2 : 1, tmo) <= 0)
+			continue;
+		if (p[0].revents) {
+			char buf[64];
+
+			while (read(l->wake[0], buf, sizeof(buf)) > 0) {
+			}
+		}
+		if (l->lfd >= 0 && (p[1].revents & POLLIN)) {
+			int fd = accept4(l->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+			int rc = -EMFILE;
+
+			if (fd < 0)
+				continue;
+			sock_setup(l, fd);
+			pthread_mutex_lock(&l->mu);
+			if (l->nconns < MAX_CONNS && !atomic_load(&l->stopping))
+				rc = __conn_start(l, fd, false);
+			pthread_mutex_unlock(&l->mu);
+			if (rc) {
+				lg(l, "refused an incoming connection: %s",
+				   rc == -EMFILE ? "too many connections" : strerror(-rc));
+				close(fd);
+			}
+		}
+	}
+	return NULL;
+}
+
+/* ---- the link ---------------------------------------------------------------------- */
+
+int rep_start(const struct rep_config *c, const struct rep_callbacks *cb, void *arg,
+	      struct rep_link **out)
+{
+	struct rep_link *l;
+	pthread_condattr_t ca;
+	size_t nl = c->node ? strlen(c->node) : 0;
+	int rc, one = 1;
+
+	if (!nl || nl > REP_NODE_MAX || c->timeout_ms < 20)
+		return -EINVAL;
+	for (size_t i = 0; i < nl; i++)
+		if ((unsigned char)c->node[i] < 0x21 || (unsigned char)c->node[i] > 0x7e)
+			return -EINVAL;
+	if (sodium_init() < 0)
+		return -EIO;
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	memcpy(l->node, c->node, nl);
+	l->do_listen = c->listen && *c->listen;
+	l->do_connect = c->connect && *c->connect;
+	if ((l->do_listen && rep_addr_parse(c->listen, &l->laddr)) ||
+	    (l->do_connect && rep_addr_parse(c->connect, &l->caddr))) {
+		free(l);
+		return -EINVAL;
+	}
+	memcpy(l->key, c->key, REP_KEY_BYTES);
+	l->timeout_ms = c->timeout_ms;
+	l->hb_ms = c->timeout_ms / 4;
+	l->log = c->log;
+	if (cb)
+		l->cb = *cb;
+	l->arg = arg;
+	randombytes_buf(&l->instance, sizeof(l->instance));
+	l->backoff_ms = BACKOFF_MIN_MS;
+	l->ctrl_tail = &l->ctrl;
+	l->data_tail = &l->data;
+	l->lfd = -1;
+	l->wake[0] = l->wake[1] = -1;
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&l->cv, &ca);
+	pthread_cond_init(&l->tx_cv, &ca);
+	pthread_condattr_destroy(&ca);
+
+	if (pipe2(l->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	if (l->do_listen) {
+		struct sockaddr_in sa;
+		socklen_t sl = sizeof(sa);
+
+		l->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (l->lfd < 0) {
+			rc = -errno;
+			goto fail;
+		}
+		setsockopt(l->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(l->lfd, (struct sockaddr *)&l->laddr, sizeof(l->laddr)) < 0 ||
+		    listen(l->lfd, 16) < 0 ||
+		    getsockname(l->lfd, (struct sockaddr *)&sa, &sl) < 0) {
+			rc = -errno;
+			goto fail;
+		}
+		l->port = ntohs(sa.sin_port);
+	}
+	if (pthread_create(&l->mgr, NULL, mgr_main, l)) {
+		rc = -EAGAIN;
+		goto fail;
+	}
+	*out = l;
+	return 0;
+fail:
+	if (l->lfd >= 0)
+		close(l->lfd);
+	if (l->wake[0] >= 0) {
+		close(l->wake[0]);
+		close(l->wake[1]);
+	}
+	pthread_cond_destroy(&l->cv);
+	pthread_cond_destroy(&l->tx_cv);
+	pthread_mutex_destroy(&l->mu);
+	sodium_memzero(l->key, sizeof(l->key));
+	free(l);
+	return rc;
+}
+
+int rep_port(const struct rep_link *l)
+{
+	return l->port;
+}
+
+int rep_wait(struct rep_link *l, uint64_t seq, unsigned timeout_ms)
+{
+	uint64_t deadline = now_ms() + timeout_ms;
+	int st;
+
+	if (rx_of == l)
+		return -EDEADLK;
+	pthread_mutex_lock(&l->mu);
+	if (!seq || seq > l->last_seq) {
+		pthread_mutex_unlock(&l->mu);
+		return -EINVAL;
+	}
+	while (l->acked_seq < seq)
+		if (wait_until(&l->cv, &l->mu, deadline)) {
+			pthread_mutex_unlock(&l->mu);
+			return -ETIMEDOUT;
+		}
+	st = __status_of(l, seq);
+	pthread_mutex_unlock(&l->mu);
+	return st;
+}
+
+int rep_flush(struct rep_link *l, unsigned timeout_ms)
+{
+	uint64_t deadline = now_ms() + timeout_ms, from, to;
+	int st = 0;
+
+	if (rx_of == l)
+		return -EDEADLK;
+	pthread_mutex_lock(&l->mu);
+	from = l->acked_seq + 1;
+	to = l->last_seq;
+	while (l->acked_seq < to)
+		if (wait_until(&l->cv, &l->mu, deadline)) {
+			pthread_mutex_unlock(&l->mu);
+			return -ETIMEDOUT;
+		}
+	/* the lowest seq in the range with a non-zero status */
+	for (unsigned i = 0; i < FAIL_RING; i++)
+		if (l->fail_ring[i].a && l->fail_ring[i].a <= to && l->fail_ring[i].b >= from) {
+			st = -ENOTCONN;
+			to = l->fail_ring[i].a > from ? l->fail_ring[i].a : from;
+		}
+	for (unsigned i = 0; i < ST_RING; i++)
+		if (l->st_ring[i].seq >= from && l->st_ring[i].seq <= to && l->st_ring[i].seq) {
+			st = l->st_ring[i].st;
+			to = l->st_ring[i].seq;
+		}
+	pthread_mutex_unlock(&l->mu);
+	return st;
+}
+
+void rep_kick(struct rep_link *l)
+{
+	pthread_mutex_lock(&l->mu);
+	if (l->active && !l->active->why[0]) {
+		snprintf(l->active->why, sizeof(l->active->why), "kicked");
+		shutdown(l->active->fd, SHUT_RDWR);
+	}
+	pthread_mutex_unlock(&l->mu);
+}
+
+void rep_get_stats(struct rep_link *l, struct rep_stats *st)
+{
+	pthread_mutex_lock(&l->mu);
+	*st = l->stats;
+	st->up = l->active != NULL;
+	memcpy(st->peer, l->active ? l->peer : l->last_peer, sizeof(st->peer));
+	st->unacked_bytes = l->unacked_bytes;
+	st->last_seq = l->last_seq;
+	st->acked_seq = l->acked_seq;
+	pthread_mutex_unlock(&l->mu);
+}
+
+void rep_stop(struct rep_link *l)
+{
+	struct conn *all;
+
+	if (!l)
+		return;
+	pthread_mutex_lock(&l->mu);
+	atomic_store(&l->stopping, true);
+	pthread_cond_broadcast(&l->cv);
+	pthread_mutex_unlock(&l->mu);
+	wake_mgr(l);
+	pthread_join(l->mgr, NULL);
+
+	pthread_mutex_lock(&l->mu);
+	for (struct conn *c = l->conns; c; c = c->next)
+		if (c->fd >= 0) {
+			if (!c->why[0])
+				snprintf(c->why, sizeof(c->why), "stopped");
+			shutdown(c->fd, SHUT_RDWR);
+		}
+	all = l->conns;
+	l->conns = NULL;
+	pthread_mutex_unlock(&l->mu);
+	join_free(all);
+
+	if (l->lfd >= 0)
+		close(l->lfd);
+	close(l->wake[0]);
+	close(l->wake[1]);
+	queue_free(l->ctrl);
+	queue_free(l->data);
+	free(l->lens);
+	pthread_cond_destroy(&l->cv);
+	pthread_cond_destroy(&l->tx_cv);
+	pthread_mutex_destroy(&l->mu);
+	sodium_memzero(l->key, sizeof(l->key));
+	free(l);
+}

@@ -1,0 +1,110 @@
+/*
+ * replica_i.h — private to replica/ (and its unit tests): the wire format, the
+ * handshake's building blocks, and socket helpers.
+ *
+ * A frame is a 32-byte header followed by `len` payload bytes.  Integers little-endian
+ * (the struct is used as is; the host is checked to be little-endian).
+ *
+ *   magic u32 "HRPL" | version u8 | kind u8 | flags u16 (0) | type u32 | len u32 |
+ *   seq u64 | sum u64 (XXH3-64 of the payload)
+ *
+ * Kinds: HELLO (handshake: who I am, my nonce), AUTH (my MAC over both HELLOs), MSG (a
+ * caller's message: type >= REP_TYPE_USER, seq = previous + 1), ACK (acknowledged up to
+ * seq, with the non-zero statuses), HB (heartbeat, empty).  Control kinds carry type 0
+ * and seq 0.  rep_frame_check() decides whether a header is acceptable before anything
+ * is read or allocated for its payload.
+ */
+#ifndef HEAPFS_REPLICA_I_H
+#define HEAPFS_REPLICA_I_H
+
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "replica.h"
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "replica/: the wire structs are little-endian and used as is"
+#endif
+
+#define REP_MAGIC 0x4c505248u /* "HRPL" */
+#define REP_VERSION 1
+
+enum rep_kind { REP_K_HELLO = 1, REP_K_AUTH, REP_K_MSG, REP_K_ACK, REP_K_HB, REP_K_MAX };
+
+struct rep_hdr {
+	uint32_t magic;
+	uint8_t version;
+	uint8_t kind;
+	uint16_t flags;
+	uint32_t type;
+	uint32_t len;
+	uint64_t seq;
+	uint64_t sum;
+};
+_Static_assert(sizeof(struct rep_hdr) == 32, "frame header is 32 bytes");
+
+#define REP_NONCE_BYTES 32
+#define REP_MAC_BYTES 32 /* crypto_auth_BYTES */
+
+/* HELLO payload: fixed part then name_len bytes of name (no NUL). */
+struct rep_hello {
+	uint32_t proto;     /* REP_VERSION */
+	uint8_t role;       /* REP_ROLE_* of the sender */
+	uint8_t name_len;   /* 1..REP_NODE_MAX */
+	uint16_t pad;       /* 0 */
+	uint64_t instance;  /* random per rep_start: tells a restarted peer from a reconnect */
+	uint64_t next_seq;  /* the seq of the sender's first MSG on this connection */
+	uint8_t nonce[REP_NONCE_BYTES];
+	char name[REP_NODE_MAX];
+};
+#define REP_HELLO_FIXED (sizeof(struct rep_hello) - REP_NODE_MAX)
+enum { REP_ROLE_INITIATOR = 1, REP_ROLE_ACCEPTOR = 2 };
+
+/* ACK payload: everything up to `upto` is acknowledged, with status 0 unless listed. */
+struct rep_ack_ent {
+	uint64_t seq;
+	int32_t status;
+	uint32_t pad;
+};
+struct rep_ack {
+	uint64_t upto;
+	uint32_t n;          /* entries that follow, <= REP_ACK_MAX_ENTS */
+	uint32_t pad;
+	struct rep_ack_ent ent[];
+};
+#define REP_ACK_MAX_ENTS 256
+
+/* frame.c */
+/* Fill h for a frame of kind/type/seq whose payload is iov[0..n) (len bytes in all). */
+void rep_frame_fill(struct rep_hdr *h, unsigned kind, uint32_t type, uint64_t seq,
+		    const struct iovec *iov, int n, size_t len);
+/* 0, or -EBADMSG with why filled: a header that no payload could make right. */
+int rep_frame_check(const struct rep_hdr *h, char *why, size_t whylen);
+/* 0 when the payload's checksum matches the header's, else -EBADMSG. */
+int rep_frame_sum_ok(const struct rep_hdr *h, const void *payload);
+
+/* auth.c */
+/* A HELLO for us; *len its payload length. */
+void rep_hello_make(struct rep_hello *h, size_t *len, unsigned role, const char *node,
+		    uint64_t instance, uint64_t next_seq);
+/* 0, or -EBADMSG (why filled) for a HELLO payload that is not well formed, has the wrong
+ * role, or carries our own name. */
+int rep_hello_parse(const void *p, size_t len, unsigned want_role, const char *own,
+		    struct rep_hello *out, char *why, size_t whylen);
+/* The MAC that the side playing `role` sends: crypto_auth over a context string, the
+ * role, and both HELLO payloads (initiator's first), which hold both nonces and names. */
+void rep_auth_mac(uint8_t mac[REP_MAC_BYTES], const uint8_t key[REP_KEY_BYTES], unsigned role,
+		  const void *hello_i, size_t len_i, const void *hello_a, size_t len_a);
+/* 0 when mac is the one `role` must send, else -EACCES (constant time). */
+int rep_auth_verify(const uint8_t mac[REP_MAC_BYTES], const uint8_t key[REP_KEY_BYTES],
+		    unsigned role, const void *hello_i, size_t len_i, const void *hello_a,
+		    size_t len_a);
+
+/* link.c helpers the tests use too */
+/* Parse "HOST:PORT" (HOST an IPv4 literal or a name) into a sockaddr_in; 0 / -EINVAL. */
+struct sockaddr_in;
+int rep_addr_parse(const char *s, struct sockaddr_in *out);
+/* Write all of iov (modified); 0 / -errno. */
+int rep_writev_all(int fd, struct iovec *iov, int n);
+
+#endif

@@ -1,0 +1,906 @@
+/*
+ * test-link.c — the replica/ link end to end on 127.0.0.1: two links in one process pair
+ * up and exchange 10^5 messages each way, in order, with their statuses travelling back;
+ * replies from inside recv() under a full queue; a wrong secret refused on both sides;
+ * garbage, truncated, oversized, pre-auth and out-of-order frames from raw sockets each
+ * dropped while the link survives; a peer process stopped with SIGSTOP declared down
+ * within the timeout (this binary re-runs itself with --child as that peer); reconnect
+ * after rep_kick; both sides connecting at once keep one connection.
+ *
+ * Ports: listen on port 0 and ask rep_port(), or (for links that connect to each other)
+ * ports the kernel handed out a moment before; only 127.0.0.1.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sodium.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "replica_i.h"
+#include "rtest.h"
+
+#define TMO 400 /* ms: the links' timeout in these tests */
+#define NMSG 100000
+
+extern char **environ;
+
+struct node {
+	const char *name;
+	struct rep_link *l;
+	FILE *log;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int ups, downs;
+	char peer[REP_NODE_MAX + 1], last_down[96];
+	uint64_t recvd, order_errs, expect; /* expect: next counter, ~0 = any */
+	uint64_t acks, ack_errs, acked_seq, enotconn, enotconn_late;
+	bool reply;      /* recv answers each message with a small rep_send */
+	int64_t reply_err;
+};
+
+/* The status a receiver returns for the n-th message of a sender: some non-zero. */
+static int status_for(uint64_t n)
+{
+	return n % 10 == 3 ? -EIO : n % 1000 == 7 ? -ENOSPC : 0;
+}
+
+static void cb_up(void *arg, const char *peer)
+{
+	struct node *n = arg;
+
+	pthread_mutex_lock(&n->mu);
+	n->ups++;
+	snprintf(n->peer, sizeof(n->peer), "%s", peer);
+	n->expect = ~0ull;
+	pthread_cond_broadcast(&n->cv);
+	pthread_mutex_unlock(&n->mu);
+}
+
+static void cb_down(void *arg, const char *why)
+{
+	struct node *n = arg;
+
+	pthread_mutex_lock(&n->mu);
+	n->downs++;
+	snprintf(n->last_down, sizeof(n->last_down), "%s", why);
+	pthread_cond_broadcast(&n->cv);
+	pthread_mutex_unlock(&n->mu);
+}
+
+static int cb_recv(void *arg, uint32_t type, const void *p, size_t len)
+{
+	struct node *n = arg;
+	uint64_t cnt = 0;
+	bool reply;
+
+	if (type != REP_TYPE_USER || len < sizeof(cnt))
+		return 0; /* replies and odd sizes: just counted by the link */
+	memcpy(&cnt, p, sizeof(cnt));
+	pthread_mutex_lock(&n->mu);
+	if (n->expect != ~0ull && cnt != n->expect)
+		n->order_errs++;
+	n->expect = cnt + 1;
+	n->recvd++;
+	reply = n->reply;
+	pthread_cond_broadcast(&n->cv);
+	pthread_mutex_unlock(&n->mu);
+	if (reply) {
+		int64_t r = rep_send(n->l, REP_TYPE_USER + 1, &cnt, sizeof(cnt));
+
+		if (r < 0) {
+			pthread_mutex_lock(&n->mu);
+			n->reply_err = r;
+			pthread_mutex_unlock(&n->mu);
+		}
+	}
+	return status_for(cnt);
+}
+
+/* Acks come in seq order; the k-th message a node sent since its counters were reset has
+ * counter k, so its status must be status_for(k) (when nothing was lost). */
+static void cb_acked(void *arg, uint64_t seq, int st)
+{
+	struct node *n = arg;
+
+	pthread_mutex_lock(&n->mu);
+	if (n->acked_seq && seq != n->acked_seq + 1)
+		n->ack_errs++;
+	n->acked_seq = seq;
+	if (st == -ENOTCONN) {
+		n->enotconn++;
+	} else {
+		if (st != status_for(n->acks))
+			n->ack_errs++;
+		n->acks++;
+	}
+	pthread_cond_broadcast(&n->cv);
+	pthread_mutex_unlock(&n->mu);
+}
+
+static const struct rep_callbacks cbs = { cb_up, cb_down, cb_recv, cb_acked };
+
+static void key_of(uint8_t key[REP_KEY_BYTES], const char *secret)
+{
+	crypto_generichash(key, REP_KEY_BYTES, (const unsigned char *)secret, strlen(secret),
+			   NULL, 0);
+}
+
+/* Start node n; listen on lport (0: any), connect to cport (0: do not connect). */
+static int node_start(struct node *n, const char *name, int lport, int cport,
+		      const char *secret)
+{
+	char listen[32], connect[32];
+	struct rep_config c = { .node = name, .listen = listen, .connect = connect,
+				.timeout_ms = TMO };
+
+	memset(n, 0, sizeof(*n));
+	n->name = name;
+	pthread_mutex_init(&n->mu, NULL);
+	pthread_cond_init(&n->cv, NULL);
+	n->expect = ~0ull;
+	n->log = tmpfile();
+	c.log = n->log;
+	snprintf(listen, sizeof(listen), "127.0.0.1:%d", lport);
+	if (cport)
+		snprintf(connect, sizeof(connect), "127.0.0.1:%d", cport);
+	else
+		connect[0] = 0;
+	key_of(c.key, secret);
+	return rep_start(&c, &cbs, n, &n->l);
+}
+
+static void node_stop(struct node *n)
+{
+	rep_stop(n->l);
+	n->l = NULL;
+	fclose(n->log);
+	pthread_cond_destroy(&n->cv);
+	pthread_mutex_destroy(&n->mu);
+}
+
+/* Wait until *field >= want (field an int or uint64 of n, read under n->mu). */
+/* expr (of n's fields) true now, read under n->mu */
+#define NOW(n, expr) WAIT_FOR(n, expr, 0)
+
+#define WAIT_FOR(n, expr, secs)                                                            \
+	({                                                                                 \
+		double _end = rt_now() + (secs);                                           \
+		bool _ok;                                                                  \
+		pthread_mutex_lock(&(n)->mu);                                              \
+		while (!(_ok = (expr)) && rt_now() < _end) {                               \
+			pthread_mutex_unlock(&(n)->mu);                                    \
+			usleep(2000);                                                      \
+			pthread_mutex_lock(&(n)->mu);                                      \
+		}                                                                          \
+		pthread_mutex_unlock(&(n)->mu);                                            \
+		_ok;                                                                       \
+	})
+
+static bool log_has(struct node *n, const char *s)
+{
+	char buf[16384];
+	ssize_t got;
+
+	fflush(n->log);
+	got = pread(fileno(n->log), buf, sizeof(buf) - 1, 0);
+	if (got < 0)
+		return false;
+	buf[got] = 0;
+	return strstr(buf, s) != NULL;
+}
+
+static int free_port(void)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+
+	if (fd >= 0 && !bind(fd, (struct sockaddr *)&sa, sizeof(sa)) &&
+	    !getsockname(fd, (struct sockaddr *)&sa, &sl))
+		port = ntohs(sa.sin_port);
+	close(fd);
+	return port;
+}
+
+/* A pair: a listens, b connects to it. */
+static int pair(struct node *a, struct node *b, const char *sa, const char *sb)
+{
+	if (node_start(a, "a", 0, 0, sa))
+		return -1;
+	if (node_start(b, "b", 0, rep_port(a->l), sb)) {
+		node_stop(a);
+		return -1;
+	}
+	return 0;
+}
+
+struct sender {
+	struct node *n;
+	uint64_t count;
+	size_t maxlen;
+	int64_t err;
+};
+
+static void *sender_main(void *arg)
+{
+	struct sender *s = arg;
+	static __thread unsigned char buf[1 << 20];
+
+	for (uint64_t i = 0; i < s->count; i++) {
+		size_t len = sizeof(i) + (i * 7919) % (s->maxlen - sizeof(i) + 1);
+		int64_t r;
+
+		memcpy(buf, &i, sizeof(i));
+		memset(buf + sizeof(i), (int)(i & 0xff), len - sizeof(i));
+		r = rep_send(s->n->l, REP_TYPE_USER, buf, len);
+		if (r < 0) {
+			s->err = r;
+			break;
+		}
+	}
+	return NULL;
+}
+
+/* ---- the tests ------------------------------------------------------------------------ */
+
+static void test_exchange(void)
+{
+	struct node a, b;
+	struct sender sa = { &a, NMSG, 600, 0 }, sb = { &b, NMSG, 600, 0 };
+	pthread_t ta, tb;
+	struct rep_stats st;
+	bool started = false;
+
+	CHECK(!pair(&a, &b, "s3cret", "s3cret"));
+	started = true;
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	CHECK(NOW(&a, !strcmp(a.peer, "b")) && NOW(&b, !strcmp(b.peer, "a")));
+	pthread_create(&ta, NULL, sender_main, &sa);
+	pthread_create(&tb, NULL, sender_main, &sb);
+	pthread_join(ta, NULL);
+	pthread_join(tb, NULL);
+	CHECK_EQ(sa.err, 0);
+	CHECK_EQ(sb.err, 0);
+	/* flush answers the first non-zero status of what was still unacknowledged */
+	for (int i = 0; i < 2; i++) {
+		int f = rep_flush(i ? b.l : a.l, 10000);
+
+		CHECK(f == 0 || f == -EIO || f == -ENOSPC);
+	}
+	CHECK(WAIT_FOR(&a, a.acks == NMSG, 10) && WAIT_FOR(&b, b.acks == NMSG, 10));
+	CHECK(WAIT_FOR(&a, a.recvd == NMSG, 10) && WAIT_FOR(&b, b.recvd == NMSG, 10));
+	CHECK(NOW(&a, !a.order_errs) && NOW(&b, !b.order_errs));
+	CHECK(NOW(&a, !a.ack_errs) && NOW(&b, !b.ack_errs));
+	CHECK(NOW(&a, !a.enotconn) && NOW(&b, !b.enotconn));
+	CHECK(NOW(&a, !a.downs) && NOW(&b, !b.downs));
+	rep_get_stats(a.l, &st);
+	CHECK(st.up && !strcmp(st.peer, "b"));
+	CHECK_EQ(st.sent_msgs, NMSG);
+	CHECK_EQ(st.recv_msgs, NMSG);
+	CHECK_EQ(st.acked_seq, st.last_seq);
+	CHECK_EQ(st.unacked_bytes, 0);
+	CHECK_EQ(st.connects, 1);
+	/* rep_wait answers a seq's own status (seq s carries counter s - 1 here; the link
+	 * remembers the last REP_WAIT_STATUSES non-zero ones) */
+	CHECK_EQ(rep_wait(a.l, NMSG - 6, 1000), status_for(NMSG - 7));
+	CHECK_EQ(rep_wait(a.l, NMSG - 5, 1000), 0);
+	CHECK_EQ(rep_wait(a.l, NMSG - 992, 1000), status_for(NMSG - 993));
+	CHECK_EQ(status_for(NMSG - 993), -ENOSPC);
+	/* argument errors */
+	CHECK_EQ(rep_send(a.l, REP_TYPE_USER - 1, "x", 1), -EINVAL);
+	{
+		static char big[REP_PAYLOAD_MAX + 1];
+
+		CHECK_EQ(rep_send(a.l, REP_TYPE_USER, big, sizeof(big)), -EMSGSIZE);
+		CHECK_EQ(rep_send(a.l, REP_TYPE_USER, big, REP_PAYLOAD_MAX) > 0, 1);
+	}
+done:
+	if (started) {
+		node_stop(&a);
+		node_stop(&b);
+	}
+}
+
+/* recv() replies with rep_send while a fills the queue with 1 MiB messages: neither
+ * side's receive thread may wait for room, or both would stall until the timeout. */
+static void test_reply_under_load(void)
+{
+	struct node a, b;
+	struct sender sa = { &a, 300, 1 << 20, 0 };
+	pthread_t ta;
+	bool started = false;
+
+	CHECK(!pair(&a, &b, "k", "k"));
+	started = true;
+	pthread_mutex_lock(&b.mu);
+	b.reply = true;
+	pthread_mutex_unlock(&b.mu);
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	pthread_create(&ta, NULL, sender_main, &sa);
+	pthread_join(ta, NULL);
+	CHECK_EQ(sa.err, 0);
+	CHECK(rep_flush(a.l, 10000) != -ETIMEDOUT);
+	CHECK(WAIT_FOR(&a, a.acks == 300, 10));
+	CHECK(NOW(&b, !b.reply_err));
+	CHECK_EQ(rep_flush(b.l, 5000), 0);
+	CHECK(NOW(&a, !a.downs) && NOW(&b, !b.downs));
+	CHECK(NOW(&a, !a.ack_errs) && NOW(&b, !b.order_errs));
+done:
+	if (started) {
+		node_stop(&a);
+		node_stop(&b);
+	}
+}
+
+static void test_wrong_secret(void)
+{
+	struct node a, b;
+	struct rep_stats sa, sb;
+	bool started = false;
+
+	CHECK(!pair(&a, &b, "one secret", "another secret"));
+	started = true;
+	usleep(1500 * 1000);
+	rep_get_stats(a.l, &sa);
+	rep_get_stats(b.l, &sb);
+	CHECK(NOW(&a, !a.ups) && NOW(&b, !b.ups));
+	CHECK(!sa.up && !sb.up);
+	CHECK(sa.drops_auth >= 1 && sb.drops_auth >= 1);
+	CHECK(log_has(&a, "wrong secret") && log_has(&b, "wrong secret"));
+	CHECK_EQ(rep_send(b.l, REP_TYPE_USER, "x", 1), -ENOTCONN);
+done:
+	if (started) {
+		node_stop(&a);
+		node_stop(&b);
+	}
+}
+
+/* ---- raw sockets ---------------------------------------------------------------------- */
+
+static int raw_connect(int port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
+/* True when the other side closes fd within secs (what it sends meanwhile is read). */
+static bool raw_closed(int fd, double secs)
+{
+	double end = rt_now() + secs;
+	char buf[4096];
+
+	while (rt_now() < end) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+
+		if (poll(&p, 1, 50) > 0) {
+			ssize_t got = read(fd, buf, sizeof(buf));
+
+			if (got <= 0)
+				return true;
+		}
+	}
+	return false;
+}
+
+static int raw_frame(int fd, unsigned kind, uint32_t type, uint64_t seq, const void *p,
+		     size_t len)
+{
+	struct rep_hdr h;
+	struct iovec pi = { (void *)p, len };
+	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)p, len } };
+
+	rep_frame_fill(&h, kind, type, seq, &pi, 1, len);
+	return rep_writev_all(fd, iov, len ? 2 : 1);
+}
+
+static int raw_read_frame(int fd, struct rep_hdr *h, unsigned char *buf, size_t cap)
+{
+	size_t have = 0;
+
+	while (have < sizeof(*h)) {
+		ssize_t got = read(fd, (char *)h + have, sizeof(*h) - have);
+
+		if (got <= 0)
+			return -1;
+		have += (size_t)got;
+	}
+	if (h->len > cap)
+		return -1;
+	for (have = 0; have < h->len;) {
+		ssize_t got = read(fd, buf + have, h->len - have);
+
+		if (got <= 0)
+			return -1;
+		have += (size_t)got;
+	}
+	return 0;
+}
+
+/* Authenticate a raw socket to port as node `name` with `secret`. */
+static int raw_auth(int fd, const char *name, const char *secret)
+{
+	struct rep_hello mine, peer;
+	size_t mlen;
+	unsigned char buf[256];
+	struct rep_hdr h;
+	uint8_t key[REP_KEY_BYTES], mac[REP_MAC_BYTES];
+	char why[128];
+
+	key_of(key, secret);
+	rep_hello_make(&mine, &mlen, REP_ROLE_INITIATOR, name, 42, 1);
+	if (raw_frame(fd, REP_K_HELLO, 0, 0, &mine, mlen) || raw_read_frame(fd, &h, buf, sizeof(buf)) ||
+	    h.kind != REP_K_HELLO ||
+	    rep_hello_parse(buf, h.len, REP_ROLE_ACCEPTOR, name, &peer, why, sizeof(why)))
+		return -1;
+	rep_auth_mac(mac, key, REP_ROLE_INITIATOR, &mine, mlen, buf, h.len);
+	if (raw_frame(fd, REP_K_AUTH, 0, 0, mac, sizeof(mac)) ||
+	    raw_read_frame(fd, &h, buf, sizeof(buf)) || h.kind != REP_K_AUTH)
+		return -1;
+	return 0;
+}
+
+/* Everything a raw socket may throw at the port; after each, the a-b link still carries
+ * a message (and pairs again when the raw peer had authenticated and taken over). */
+static void test_garbage(void)
+{
+	struct node a, b;
+	struct rep_stats st;
+	unsigned char junk[4096];
+	bool started = false;
+	uint64_t drops = 0, cnt = 0;
+	int fd = -1, port;
+
+	CHECK(!pair(&a, &b, "k", "k"));
+	started = true;
+	port = rep_port(a.l);
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	for (int kase = 0; kase < 7; kase++) {
+		if (kase == 5) {
+			/* the authenticated cases without b: an authenticated new instance takes
+			 * the link over, and b's reconnect would take it back at any moment */
+			CHECK(NOW(&b, !b.downs));
+			node_stop(&b);
+			CHECK(WAIT_FOR(&a, a.downs == 1, 3));
+		}
+		struct rep_hdr h;
+		struct rep_hello hello;
+		size_t hl;
+		int ups = 0;
+
+		fd = raw_connect(port);
+		CHECK(fd >= 0);
+		CHECK(NOW(&a, (ups = a.ups) >= 0));
+		switch (kase) {
+		case 0: /* random bytes */
+			randombytes_buf(junk, sizeof(junk));
+			CHECK(write(fd, junk, sizeof(junk)) == sizeof(junk));
+			break;
+		case 1: /* a truncated hello: the header promises more than comes */
+			rep_hello_make(&hello, &hl, REP_ROLE_INITIATOR, "x", 1, 1);
+			rep_frame_fill(&h, REP_K_HELLO, 0, 0, &(struct iovec){ &hello, hl }, 1, hl);
+			CHECK(write(fd, &h, sizeof(h)) == sizeof(h));
+			CHECK(write(fd, &hello, 10) == 10);
+			shutdown(fd, SHUT_WR);
+			break;
+		case 2: /* an oversized length: refused from the header alone */
+			rep_frame_fill(&h, REP_K_MSG, REP_TYPE_USER, 1, NULL, 0, 0);
+			h.len = 3u << 20;
+			CHECK(write(fd, &h, sizeof(h)) == sizeof(h));
+			break;
+		case 3: /* a message before any handshake */
+			CHECK(!raw_frame(fd, REP_K_MSG, REP_TYPE_USER, 1, &cnt, sizeof(cnt)));
+			break;
+		case 4: /* a hello with a wrong checksum */
+			rep_hello_make(&hello, &hl, REP_ROLE_INITIATOR, "x", 1, 1);
+			rep_frame_fill(&h, REP_K_HELLO, 0, 0, &(struct iovec){ &hello, hl }, 1, hl);
+			h.sum ^= 1;
+			CHECK(write(fd, &h, sizeof(h)) == sizeof(h) && write(fd, &hello, hl) == (ssize_t)hl);
+			break;
+		case 5: /* authenticated, then a message seq out of order */
+		case 6: /* authenticated, then an oversized message */
+			CHECK(!raw_auth(fd, "mallory", "k"));
+			/* a new instance of an authenticated peer takes over the link */
+			CHECK(WAIT_FOR(&a, a.ups == ups + 1 && !strcmp(a.peer, "mallory"), 3));
+			CHECK(!raw_frame(fd, REP_K_MSG, REP_TYPE_USER, 1, &cnt, sizeof(cnt)));
+			if (kase == 5) {
+				CHECK(!raw_frame(fd, REP_K_MSG, REP_TYPE_USER, 3, &cnt, sizeof(cnt)));
+			} else {
+				rep_frame_fill(&h, REP_K_MSG, REP_TYPE_USER, 2, NULL, 0, 0);
+				h.len = REP_PAYLOAD_MAX + 1;
+				CHECK(write(fd, &h, sizeof(h)) == sizeof(h));
+			}
+			break;
+		}
+		CHECK(raw_closed(fd, 2));
+		close(fd);
+		fd = -1;
+		drops++;
+		rep_get_stats(a.l, &st);
+		CHECK_EQ(st.drops_frame, drops);
+		if (kase >= 5) {
+			CHECK(WAIT_FOR(&a, a.ups == a.downs, 3));
+			continue;
+		}
+		/* the link to the real peer carried on: a message gets through */
+		CHECK(NOW(&a, !strcmp(a.peer, "b") && a.ups == 1 && a.downs == 0));
+		CHECK(WAIT_FOR(&b, b.ups > b.downs, 3));
+		cnt = 1000 + (uint64_t)kase;
+		CHECK(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)) > 0);
+		CHECK(WAIT_FOR(&b, b.expect == cnt + 1, 3));
+	}
+	CHECK(log_has(&a, "bad magic") && log_has(&a, "truncated") &&
+	      log_has(&a, "more than") && log_has(&a, "during the handshake") &&
+	      log_has(&a, "checksum") && log_has(&a, "out of order"));
+	/* and a pairs again with a real peer */
+	CHECK(!node_start(&b, "b", 0, port, "k"));
+	CHECK(WAIT_FOR(&a, a.ups == 4 && !strcmp(a.peer, "b"), 3));
+	CHECK(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)) > 0);
+	CHECK_EQ(rep_flush(a.l, 2000), 0);
+	node_stop(&b);
+done:
+	if (fd >= 0)
+		close(fd);
+	if (started)
+		node_stop(&a);
+	if (rt_cur && b.l)
+		node_stop(&b);
+}
+
+/* rep_kick drops the connection on both sides; it comes back by itself. */
+static void test_kick(void)
+{
+	struct node a, b;
+	struct rep_stats st;
+	bool started = false;
+	uint64_t cnt = 5;
+
+	CHECK(!pair(&a, &b, "k", "k"));
+	started = true;
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	rep_kick(b.l);
+	CHECK(WAIT_FOR(&b, b.downs == 1, 2) && WAIT_FOR(&a, a.downs == 1, 2));
+	CHECK(NOW(&b, !strcmp(b.last_down, "kicked")));
+	CHECK(WAIT_FOR(&a, a.ups == 2, 3) && WAIT_FOR(&b, b.ups == 2, 3));
+	rep_get_stats(b.l, &st);
+	CHECK_EQ(st.connects, 2);
+	CHECK(rep_send(b.l, REP_TYPE_USER, &cnt, sizeof(cnt)) > 0);
+	CHECK_EQ(rep_flush(b.l, 2000), 0);
+done:
+	if (started) {
+		node_stop(&a);
+		node_stop(&b);
+	}
+}
+
+/* Both connect to each other at once, several times: one connection survives, the
+ * same on both sides, and it stays. */
+static void test_duplicates(void)
+{
+	for (int round = 0; round < 5; round++) {
+		struct node a, b;
+		struct rep_stats sa, sb;
+		int pa = free_port(), pb = free_port();
+		bool started = false;
+		uint64_t cnt = 9;
+
+		CHECK(pa > 0 && pb > 0 && pa != pb);
+		CHECK(!node_start(&a, "a", pa, pb, "k"));
+		if (node_start(&b, "b", pb, pa, "k")) {
+			node_stop(&a);
+			CHECK(0);
+		}
+		started = true;
+		CHECK(WAIT_FOR(&a, a.ups > a.downs, 3) && WAIT_FOR(&b, b.ups > b.downs, 3));
+		usleep(3 * TMO * 1000);
+		rep_get_stats(a.l, &sa);
+		rep_get_stats(b.l, &sb);
+		CHECK(sa.up && sb.up);
+		CHECK(NOW(&a, a.ups - a.downs == 1) && NOW(&b, b.ups - b.downs == 1));
+		CHECK(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)) > 0);
+		CHECK_EQ(rep_flush(a.l, 2000), 0);
+		CHECK(rep_send(b.l, REP_TYPE_USER, &cnt, sizeof(cnt)) > 0);
+		CHECK_EQ(rep_flush(b.l, 2000), 0);
+		/* nothing flapped after the pair settled */
+		CHECK(NOW(&a, a.ups == (int)sa.connects) && NOW(&b, b.ups == (int)sb.connects));
+	done:
+		if (started) {
+			node_stop(&a);
+			node_stop(&b);
+		}
+		if (rt_cur)
+			return;
+	}
+}
+
+/* ---- a cut link ---------------------------------------------------------------------- */
+
+/* A TCP relay on 127.0.0.1 standing for the network between two nodes: while `cut` it
+ * forwards nothing and answers nothing (packets dropped: no FIN, no RST); `heal` closes
+ * what it held, as the endpoints gave those connections up anyway. */
+struct relay {
+	int lfd, port, target;
+	atomic_bool cut, heal, stop;
+	pthread_t thr;
+};
+
+static void *relay_main(void *arg)
+{
+	struct relay *r = arg;
+	int fds[32], n = 0; /* pairs: fds[2i] client side, fds[2i + 1] target side */
+	char buf[65536];
+
+	while (!atomic_load(&r->stop)) {
+		struct pollfd p[33];
+		bool cut = atomic_load(&r->cut);
+		int np = 1;
+
+		if (atomic_exchange(&r->heal, false)) {
+			for (int i = 0; i < n; i++)
+				close(fds[i]);
+			n = 0;
+		}
+		p[0] = (struct pollfd){ .fd = r->lfd, .events = POLLIN };
+		for (int i = 0; !cut && i < n; i++)
+			p[np++] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
+		if (poll(p, (nfds_t)np, 20) <= 0)
+			continue;
+		if (p[0].revents & POLLIN) {
+			int c = accept4(r->lfd, NULL, NULL, SOCK_CLOEXEC), t = -1;
+
+			if (c >= 0 && n < 32)
+				t = raw_connect(r->target);
+			if (t >= 0) {
+				fds[n++] = c;
+				fds[n++] = t;
+			} else if (c >= 0) {
+				close(c);
+			}
+		}
+		for (int i = 1; i < np; i++) {
+			int k = -1;
+			ssize_t got;
+
+			if (!p[i].revents)
+				continue;
+			for (int j = 0; j < n; j++)
+				if (fds[j] == p[i].fd)
+					k = j;
+			if (k < 0)
+				continue;
+			got = read(fds[k], buf, sizeof(buf));
+			if (got <= 0 || rep_writev_all(fds[k ^ 1], &(struct iovec){ buf, (size_t)got }, 1)) {
+				/* one side closed: close the pair (the last pair moves into its place) */
+				int a = k & ~1;
+
+				close(fds[a]);
+				close(fds[a + 1]);
+				fds[a] = fds[n - 2];
+				fds[a + 1] = fds[n - 1];
+				n -= 2;
+				break; /* the poll set is stale now */
+			}
+		}
+	}
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	return NULL;
+}
+
+static int relay_start(struct relay *r, int target)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sa);
+
+	memset(r, 0, sizeof(*r));
+	r->target = target;
+	r->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (r->lfd < 0 || bind(r->lfd, (struct sockaddr *)&sa, sizeof(sa)) ||
+	    listen(r->lfd, 8) || getsockname(r->lfd, (struct sockaddr *)&sa, &sl))
+		return -1;
+	r->port = ntohs(sa.sin_port);
+	return pthread_create(&r->thr, NULL, relay_main, r) ? -1 : 0;
+}
+
+static void relay_stop(struct relay *r)
+{
+	atomic_store(&r->stop, true);
+	pthread_join(r->thr, NULL);
+	close(r->lfd);
+}
+
+/* Sends 1 MiB messages until told to stop; records the longest rep_send. */
+struct pusher {
+	struct node *n;
+	atomic_bool stop;
+	double longest;
+	uint64_t sent;
+};
+
+static void *pusher_main(void *arg)
+{
+	struct pusher *p = arg;
+	static unsigned char buf[1 << 20];
+
+	while (!atomic_load(&p->stop)) {
+		double t = rt_now();
+		int64_t r = rep_send(p->n->l, REP_TYPE_USER + 2, buf, sizeof(buf));
+
+		t = rt_now() - t;
+		if (t > p->longest)
+			p->longest = t;
+		if (r > 0)
+			p->sent++;
+		else
+			usleep(1000);
+	}
+	return NULL;
+}
+
+/* The network between a and b goes silent while a streams to b: both declare the link
+ * down within the timeout, no rep_send waits longer than that, and once the network is
+ * back they pair again. */
+static void test_cut(void)
+{
+	struct node a, b;
+	struct relay r;
+	struct pusher pu = { .n = &a };
+	pthread_t pt;
+	bool started = false, relay = false, pushing = false;
+	double t0, ta = 0, tb = 0;
+
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	CHECK(!relay_start(&r, rep_port(a.l)));
+	relay = true;
+	if (node_start(&b, "b", 0, r.port, "k")) {
+		node_stop(&a);
+		CHECK(0);
+	}
+	started = true;
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	pthread_create(&pt, NULL, pusher_main, &pu);
+	pushing = true;
+	usleep(200 * 1000);
+	atomic_store(&r.cut, true);
+	t0 = rt_now();
+	CHECK(WAIT_FOR(&a, a.downs == 1, 3));
+	ta = rt_now() - t0;
+	CHECK(WAIT_FOR(&b, b.downs == 1, 3));
+	tb = rt_now() - t0;
+	fprintf(stderr, "  cut noticed after %.0f ms (a, sending) and %.0f ms (b), timeout %d ms\n",
+		ta * 1000, tb * 1000, TMO);
+	CHECK(ta * 1000 <= TMO + 250 && tb * 1000 <= TMO + 250);
+	CHECK(NOW(&a, !strcmp(a.last_down, "timeout") && a.enotconn > 0));
+	atomic_store(&pu.stop, true);
+	pthread_join(pt, NULL);
+	pushing = false;
+	fprintf(stderr, "  %llu MiB sent before the cut, longest rep_send %.0f ms\n",
+		(unsigned long long)pu.sent, pu.longest * 1000);
+	CHECK(pu.sent > 0);
+	CHECK(pu.longest * 1000 <= TMO + 250);
+	atomic_store(&r.heal, true);
+	atomic_store(&r.cut, false);
+	CHECK(WAIT_FOR(&a, a.ups == 2, 5) && WAIT_FOR(&b, b.ups == 2, 5));
+	CHECK(rep_send(a.l, REP_TYPE_USER + 2, "x", 1) > 0);
+	CHECK_EQ(rep_flush(a.l, 2000), 0);
+done:
+	if (pushing) {
+		atomic_store(&pu.stop, true);
+		pthread_join(pt, NULL);
+	}
+	if (started) {
+		node_stop(&b);
+		node_stop(&a);
+	}
+	if (relay)
+		relay_stop(&r);
+}
+
+/* ---- a peer in another process -------------------------------------------------------- */
+
+static int child_main(int port)
+{
+	struct node n;
+
+	if (node_start(&n, "child", 0, port, "k"))
+		return 1;
+	for (;;)
+		pause();
+}
+
+static pid_t spawn_child(int port)
+{
+	char p[16];
+	char *argv[] = { "/proc/self/exe", "--child", p, NULL };
+	pid_t pid;
+
+	snprintf(p, sizeof(p), "%d", port);
+	if (posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ))
+		return -1;
+	return pid;
+}
+
+/* A peer stopped with SIGSTOP is declared down within the timeout, after its unacked
+ * message was reported -ENOTCONN; after SIGCONT it pairs again; killed, it is noticed. */
+static void test_stopped_peer(void)
+{
+	struct node a;
+	struct rep_stats st;
+	pid_t pid = -1;
+	bool started = false;
+	uint64_t cnt = 1;
+	double t0, took;
+	int64_t seq;
+
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	started = true;
+	pid = spawn_child(rep_port(a.l));
+	CHECK(pid > 0);
+	CHECK(WAIT_FOR(&a, a.ups == 1, 5));
+	CHECK(NOW(&a, !strcmp(a.peer, "child")));
+	CHECK(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)) > 0);
+	CHECK_EQ(rep_flush(a.l, 2000), 0);
+	usleep(TMO * 1000); /* a quiet spell: heartbeats keep the link */
+	CHECK(NOW(&a, !a.downs));
+
+	kill(pid, SIGSTOP);
+	t0 = rt_now();
+	seq = rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt));
+	CHECK(seq > 0);
+	CHECK(WAIT_FOR(&a, a.downs == 1, 3));
+	took = rt_now() - t0;
+	fprintf(stderr, "  stopped peer declared down after %.0f ms (timeout %d ms)\n",
+		took * 1000, TMO);
+	CHECK(took * 1000 <= TMO + 250);
+	CHECK(NOW(&a, !strcmp(a.last_down, "timeout") && a.enotconn == 1));
+	CHECK_EQ(rep_wait(a.l, (uint64_t)seq, 0), -ENOTCONN);
+	rep_get_stats(a.l, &st);
+	CHECK(st.last_down_ms >= TMO && st.last_down_ms <= TMO + 250);
+	CHECK_EQ(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)), -ENOTCONN);
+
+	kill(pid, SIGCONT);
+	CHECK(WAIT_FOR(&a, a.ups == 2, 5));
+	CHECK(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)) > 0);
+	CHECK_EQ(rep_flush(a.l, 2000), 0);
+
+	kill(pid, SIGKILL);
+	t0 = rt_now();
+	CHECK(WAIT_FOR(&a, a.downs == 2, 3));
+	CHECK(rt_now() - t0 < TMO / 1000.0 + 0.25);
+done:
+	if (pid > 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	if (started)
+		node_stop(&a);
+}
+
+int main(int argc, char **argv)
+{
+	signal(SIGPIPE, SIG_IGN);
+	if (argc == 3 && !strcmp(argv[1], "--child"))
+		return child_main(atoi(argv[2]));
+	if (sodium_init() < 0)
+		return 1;
+	RUN(test_exchange);
+	RUN(test_reply_under_load);
+	RUN(test_wrong_secret);
+	RUN(test_garbage);
+	RUN(test_kick);
+	RUN(test_duplicates);
+	RUN(test_cut);
+	RUN(test_stopped_peer);
+	return rt_failed != 0;
+}
