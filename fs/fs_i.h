@@ -356,6 +356,9 @@ int hfs_apply_rec(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 /* The same for a record from memory (a DATA record's bytes at data: replication). */
 int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec,
 		  const void *data);
+/* From now on changes to inodes without a name (unlinked while open on the owner) are
+ * dropped instead of refused: a mirror applying the owner's live changes. */
+void hfs_apply_live(struct hfs_apply *a);
 /* Set the attributes the applies so far disturbed, and go on applying (a mirror). */
 int hfs_apply_settle(struct hfs_apply *a);
 /* finish: set the attributes the applies disturbed; either way free the applier. */

@@ -200,6 +200,7 @@ struct hfs_apply {
 	struct hfs_heap *h;
 	struct known *known;
 	char *buf;                /* DATA bounce buffer, IMG_DATA_MAX bytes */
+	bool live;                /* a mirror's: see hfs_apply_live */
 	char *why;
 	size_t whylen;
 };
@@ -452,12 +453,26 @@ int hfs_apply_rec(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 	return hfs_apply_mem(a, r, rec, NULL);
 }
 
+void hfs_apply_live(struct hfs_apply *a)
+{
+	a->live = true;
+}
+
 int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec,
 		  const void *data)
 {
 	struct known *k;
 	struct hfs_inode *i;
+	uint64_t id;
 	int ret;
+
+	/* A change to a file after its last name went (the owner holds it open): here the
+	 * file is gone already (forget), and nothing could ever read what it would write. */
+	memcpy(&id, &rec->u, sizeof(id)); /* each of these records starts with the id */
+	if (a->live && !made(a, id) &&
+	    (rec->type == IMG_DATA || rec->type == IMG_TRUNCATE || rec->type == IMG_SETATTR ||
+	     rec->type == IMG_XATTR || rec->type == IMG_REMOVEXATTR))
+		return 0;
 
 	switch (rec->type) {
 	case IMG_INODE:

@@ -100,7 +100,7 @@ struct hfs_repl_heap {
 
 static struct {
 	bool on;
-	struct rep_link *l;
+	struct rep_link *_Atomic l;
 	uint8_t key[REP_KEY_BYTES];
 	pthread_mutex_t lock;
 	bool up, syncing;
@@ -729,6 +729,8 @@ static void *restore_thread(void *arg)
 			ret = hfs_apply_rec(r->apply, rd, &rec);
 		if (!ret)
 			ret = hfs_apply_settle(r->apply);
+		if (!ret)
+			hfs_apply_live(r->apply);
 		img_r_free(rd);
 	}
 	if (ret && r->apply) {
@@ -855,14 +857,15 @@ static int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
 static void on_up(void *arg, const char *peer)
 {
 	(void)arg;
+	/* the link may come up before rep_start() has stored it: it is about to */
+	for (int k = 0; k < 5000 && !atomic_load(&g.l); k++)
+		usleep(1000);
+	/* records wait (streaming since the link went down or the start) until the sync
+	 * thread has sent what the partner lacks: until then the state is resyncing */
 	pthread_mutex_lock(&g.lock);
 	g.up = true;
+	g.syncing = true;
 	snprintf(g.peer, sizeof(g.peer), "%s", peer);
-	pthread_mutex_unlock(&g.lock);
-	/* records wait (streaming since the link went down or the start) until the sync
-	 * thread has sent what the partner lacks */
-	pthread_mutex_lock(&g.lock);
-	g.syncing = true; /* until the partner's HELLO says what it lacks and that is sent */
 	pthread_mutex_unlock(&g.lock);
 	send_hello();
 }
@@ -986,12 +989,15 @@ int hfs_repl_start(void)
 				.timeout_ms = pc->timeout_ms, .log = stderr };
 	static const struct rep_callbacks cb = { .up = on_up, .down = on_down,
 						 .recv = on_recv, .acked = on_acked };
+	struct rep_link *l;
 	int ret;
 
 	if (!g.on)
 		return 0;
 	memcpy(c.key, g.key, sizeof(c.key));
-	ret = rep_start(&c, &cb, NULL, &g.l);
+	ret = rep_start(&c, &cb, NULL, &l);
+	if (!ret)
+		atomic_store(&g.l, l);
 	if (ret)
 		fprintf(stderr, "heapfs: partner: cannot listen on %s: %s\n", pc->listen,
 			strerror(-ret));

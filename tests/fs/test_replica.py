@@ -75,6 +75,14 @@ class Pair:
             wait_state(m, "connected")
         wait_until(lambda: (self.b.heap("data")).is_dir(), 5, "mirror heap")
 
+    def clean(self):
+        """Neither side refused or failed a change (a refusal would heal itself by a
+        full resync and hide the bug)."""
+        for m in (self.a, self.b):
+            bad = [ln for ln in m.stderr_text().splitlines()
+                   if ln.startswith("heapfs: partner:") and ("refused" in ln or "failed" in ln)]
+            assert not bad, bad
+
     def kill(self, m):
         m.proc.send_signal(signal.SIGKILL)
         m.proc.wait(10)
@@ -192,6 +200,7 @@ def test_every_change_replicated_sync(mount_factory, secret):
     assert os.getxattr(B / "dir", "user.bin") == bytes(range(256))
     assert read_daemon(B / "victim")[:10] == b"moved over"
     assert read_daemon(B / "trunc") == b"z"
+    p.clean()
 
 
 def test_async_loses_nothing_after_fsync(mount_factory, secret):
@@ -217,6 +226,7 @@ def test_async_close_waits(mount_factory, secret):
     for k in range(20):
         (A / f"f{k}").write_bytes(pattern(70000, seed=k))  # close() flushes
     assert_same(A, B)
+    p.clean()
 
 
 def test_sync_kill_owner_between_write_and_close(mount_factory, secret):
@@ -268,6 +278,7 @@ def test_stopped_partner_gets_only_what_changed(mount_factory, secret):
     assert st["resync_total"] <= 1.25 * changed, st
     # bytes on the link since the partner came back: the changes, not the 16 MiB file
     assert st["sent_bytes"] - sent0 <= 1.25 * changed + 64 * 1024, (st, sent0)
+    p.clean()
 
 
 def test_restarted_partner_gets_everything(mount_factory, secret):
