@@ -46,6 +46,9 @@
 #include <sys/random.h>
 #include <sys/uio.h>
 
+#include <jansson.h>
+#include <xxhash.h>
+
 #include "fs_i.h"
 #include "img.h"
 #include "replica.h"
@@ -55,7 +58,9 @@ enum {
 	MSG_RESET,                 /* name: a full image of the heap follows */
 	MSG_IMG,                   /* name, bytes of the image stream */
 	MSG_IMGEND,                /* name: the stream is complete */
-	MSG_REC,                   /* name, one change record */
+	MSG_REC,                   /* name, recno, one change record */
+	MSG_VERIFY,                /* send your checksums (heapfsctl verify) */
+	MSG_VERIFY_REPLY,          /* JSON: heap -> path -> "kind size mode xxh3" */
 };
 
 #define CHUNK (1u << 20)
@@ -77,8 +82,12 @@ struct pend {
 
 struct hfs_repl_heap {
 	struct hfs_heap *h;
-	bool mirror;
+	_Atomic bool mirror;        /* flips at a takeover */
 	pthread_mutex_t lock;
+	/* takeover (r->lock): the epoch rises with every promotion; wrote_apart: changed
+	 * while the partner was away (both: split brain); discard: promote --discard-peer */
+	uint64_t epoch;
+	bool wrote_apart, split, discard;
 	/* owner */
 	bool streaming;             /* not connected, or a resync in flight: records wait */
 	struct pend *pend, **pend_tail; /* the change log, oldest first */
@@ -87,7 +96,8 @@ struct hfs_repl_heap {
 	uint64_t gen, recno;        /* the image generation and its last record (the mirror:
 				       what it has applied) */
 	bool peer_has;              /* the partner's HELLO said it holds gen up to peer_recno */
-	bool resume;                /* (the sync thread's) send only the log */
+	bool resume, skip;          /* (the sync thread's) send only the log / nothing */
+	bool peer_owns;             /* (receive thread) the partner's HELLO claims it */
 	uint64_t peer_gen, peer_recno;
 	/* mirror: the image restore (a thread reading a pipe), then the live applier */
 	int pipe_w;
@@ -110,6 +120,7 @@ static struct {
 	atomic_uint_fast64_t resync_done, resync_total;
 	/* every replicated heap, owned or mirrored: append-only (such heaps are never
 	 * removed), so the link's threads walk it without hfs.ns */
+	atomic_bool stopping;
 	struct hfs_repl_heap *rv[REPL_MAX];
 	atomic_uint nr;
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -199,6 +210,8 @@ static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n)
 
 	for (int k = 0; k < n; k++)
 		len += iov[k].iov_len;
+	if (r->streaming && !g.up)
+		r->wrote_apart = true;
 	if (!r->lost && r->log_bytes + len <= LOG_MAX(r->h))
 		p = malloc(sizeof(*p) + len);
 	if (p) {
@@ -420,8 +433,10 @@ static int send_log(struct hfs_repl_heap *r)
 		if (!ret)
 			atomic_fetch_add(&g.resync_done, p->len);
 	}
-	if (!ret)
+	if (!ret) {
 		r->streaming = false;
+		r->wrote_apart = r->discard = false; /* the partner has it all now */
+	}
 	return ret;
 }
 
@@ -455,6 +470,10 @@ static int sync_heap(struct hfs_repl_heap *r, char *buf)
 	if (ret)
 		return ret;
 	while ((n = read(fd, buf, CHUNK)) > 0 || (n < 0 && errno == EINTR)) {
+		if (atomic_load(&g.stopping)) {
+			ret = -ECANCELED;
+			break;
+		}
 		if (n < 0)
 			continue;
 		ret = send_named(r->h, MSG_IMG, buf, (size_t)n);
@@ -485,6 +504,7 @@ static void *sync_thread(void *arg)
 		if (r->mirror)
 			continue;
 		pthread_mutex_lock(&r->lock);
+		r->skip = r->split; /* split brain: nothing moves until an operator decides */
 		r->resume = can_resume(r);
 		r->peer_has = false;
 		total += r->resume ? r->log_bytes : atomic_load(&r->h->held) + 4096;
@@ -493,7 +513,8 @@ static void *sync_thread(void *arg)
 	atomic_store(&g.resync_done, 0);
 	atomic_store(&g.resync_total, total);
 	FOR_EACH_REPL(r) {
-		if (buf && !r->mirror && (r->resume ? resume_heap(r) : sync_heap(r, buf))) {
+		if (buf && !r->mirror && !r->skip && !atomic_load(&g.stopping) &&
+		    (r->resume ? resume_heap(r) : sync_heap(r, buf))) {
 			fprintf(stderr, "heapfs: partner: resync of %s failed\n", r->h->pol.name);
 			break;
 		}
@@ -536,7 +557,8 @@ static bool heap_exists(const char *name)
 struct hello_heap {
 	uint64_t size, min_block;
 	uint32_t layout, replicate, name_len, mirror;
-	uint64_t gen, recno;
+	uint64_t gen, recno, epoch;
+	uint32_t wrote_apart, discard;
 }; /* + name */
 
 static int send_hello(void)
@@ -555,13 +577,14 @@ static int send_hello(void)
 
 		if (len + sizeof(hh) + hh.name_len > sizeof(buf))
 			break;
-		if (r->mirror) {
-			pthread_mutex_lock(&r->lock);
-			hh.mirror = 1;
-			hh.gen = r->apply ? r->gen : 0;
-			hh.recno = r->recno;
-			pthread_mutex_unlock(&r->lock);
-		}
+		pthread_mutex_lock(&r->lock);
+		hh.mirror = r->mirror;
+		hh.gen = !r->mirror || r->apply ? r->gen : 0;
+		hh.recno = r->recno;
+		hh.epoch = r->epoch;
+		hh.wrote_apart = r->wrote_apart;
+		hh.discard = r->discard;
+		pthread_mutex_unlock(&r->lock);
 		memcpy(buf + len, &hh, sizeof(hh));
 		memcpy(buf + len + sizeof(hh), h->pol.name, hh.name_len);
 		len += sizeof(hh) + hh.name_len;
@@ -597,6 +620,8 @@ static int make_mirror(const struct hello_heap *hh, const char *name)
 		dir->heap->repl = rh_new(dir->heap, true);
 		if (!dir->heap->repl)
 			ret = -ENOMEM; /* the heap stays, unreplicated, and writable */
+		else
+			dir->heap->repl->epoch = hh->epoch;
 	}
 	pthread_rwlock_unlock(&hfs.ns);
 	if (ret)
@@ -605,25 +630,136 @@ static int make_mirror(const struct hello_heap *hh, const char *name)
 	return ret;
 }
 
-/* The partner holds a copy of our heap name: generation gen up to record recno. */
-static void peer_holds(const char *name, uint64_t gen, uint64_t recno)
+/* An owner that never had data here: restarted (memory is gone) and not written to. */
+static bool fresh(const struct hfs_repl_heap *r)
+{
+	return !r->mirror && r->gen == 0 && r->recno == 0;
+}
+
+/* r->lock held: become the owner (a promotion, or the partner came back with nothing). */
+static void __become_owner(struct hfs_repl_heap *r, uint64_t above)
+{
+	if (r->mirror && r->apply) {
+		hfs_apply_end(r->apply, false);
+		r->apply = NULL;
+	}
+	r->epoch = (above > r->epoch ? above : r->epoch) + 1;
+	r->lost = true; /* what the other side holds is unknown: it gets a whole image */
+	pend_drop(r);
+	r->streaming = true;
+	r->mirror = false;
+}
+
+/* r->lock held: become the mirror (the partner won); its image replaces ours. */
+static void __become_mirror(struct hfs_repl_heap *r, uint64_t epoch)
+{
+	pend_drop(r);
+	r->epoch = epoch;
+	r->gen = r->recno = 0;
+	r->wrote_apart = r->discard = r->split = false;
+	r->streaming = false;
+	r->mirror = true;
+}
+
+/* The partner holds a copy of our heap (hh): resume from it, or it takes over when we
+ * came back with nothing and it has the data. */
+static void peer_holds(const char *name, const struct hello_heap *hh)
 {
 	struct hfs_repl_heap *r = repl_named(name);
 
-	if (!r || r->mirror)
+	if (!r)
 		return;
 	pthread_mutex_lock(&r->lock);
-	r->peer_has = gen != 0;
-	r->peer_gen = gen;
-	r->peer_recno = recno;
+	if (r->mirror && hh->gen && r->apply && hh->epoch >= r->epoch) {
+		/* both mirrors: nobody owns it; nothing to do */
+	} else if (!r->mirror && fresh(r) && hh->gen) {
+		fprintf(stderr, "heapfs: partner: %s: we came back empty, the partner holds it: "
+			"we mirror it now\n", name);
+		__become_mirror(r, hh->epoch + 1);
+	} else if (!r->mirror) {
+		r->peer_has = hh->gen != 0;
+		r->peer_gen = hh->gen;
+		r->peer_recno = hh->recno;
+	}
 	pthread_mutex_unlock(&r->lock);
+}
+
+/* Does our side win the heap both nodes own?  Both sides compute it from the same two
+ * HELLO entries, so exactly one wins (ties go to the smaller node name). */
+static int owner_wins(const struct hfs_repl_heap *r, const struct hello_heap *hh)
+{
+	bool pfresh = hh->gen == 0 && hh->recno == 0;
+
+	if (fresh(r) != pfresh)
+		return pfresh ? 1 : 0;
+	if (r->discard != (bool)hh->discard)
+		return r->discard ? 1 : 0;
+	if (r->wrote_apart && hh->wrote_apart)
+		return -1; /* split brain */
+	if (r->epoch != hh->epoch)
+		return r->epoch > hh->epoch ? 1 : 0;
+	if (r->wrote_apart != (bool)hh->wrote_apart)
+		return r->wrote_apart ? 1 : 0;
+	return strcmp(hfs.conf->partner.node, g.peer) < 0 ? 1 : 0;
+}
+
+/* The partner says it owns heap name (hh).  0: we hold no such replicated heap (make the
+ * mirror); 1: settled here (we mirror it already, or both own it: who keeps it). */
+static int settle_owner(const char *name, const struct hello_heap *hh)
+{
+	struct hfs_repl_heap *r = repl_named(name);
+	int win;
+
+	if (!r)
+		return 0;
+	pthread_mutex_lock(&r->lock);
+	if (r->mirror) {
+		if (r->apply && r->gen && hh->gen == 0 && hh->recno == 0) {
+			/* the owner came back empty; we hold its data: we own it now */
+			fprintf(stderr, "heapfs: partner: %s: the owner came back empty: we own it "
+				"now\n", name);
+			__become_owner(r, hh->epoch);
+			r->peer_has = false;
+		} else if (hh->epoch > r->epoch) {
+			r->epoch = hh->epoch;
+		}
+		pthread_mutex_unlock(&r->lock);
+		return 1;
+	}
+	win = owner_wins(r, hh);
+	r->split = win < 0;
+	if (win < 0) {
+		fprintf(stderr, "heapfs: partner: %s: split brain (both sides wrote while apart); "
+			"nothing is merged until `heapfsctl promote --discard-peer` on the side that "
+			"wins\n", name);
+		r->peer_has = false;
+	} else if (win) {
+		r->peer_has = false; /* its copy is not ours: it gets a whole image */
+		r->lost = true;
+	} else {
+		fprintf(stderr, "heapfs: partner: %s: the partner owns it (epoch %llu): we mirror "
+			"it now\n", name, (unsigned long long)hh->epoch);
+		__become_mirror(r, hh->epoch);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return 1;
 }
 
 static void sync_start(void)
 {
+	pthread_t last;
+	bool on;
+
+	/* the last one first (it fails fast once the link is down); it takes g.lock at its
+	 * end, so not joined under it.  Only the receive thread starts sync threads. */
 	pthread_mutex_lock(&g.lock);
-	if (g.sync_on) /* the last one ended (it fails fast once the link is down) */
-		pthread_join(g.sync_th, NULL);
+	last = g.sync_th;
+	on = g.sync_on;
+	g.sync_on = false;
+	pthread_mutex_unlock(&g.lock);
+	if (on)
+		pthread_join(last, NULL);
+	pthread_mutex_lock(&g.lock);
 	g.syncing = true;
 	g.sync_on = !pthread_create(&g.sync_th, NULL, sync_thread, NULL);
 	if (!g.sync_on)
@@ -635,7 +771,28 @@ static int recv_heaps(const char *p, size_t len);
 
 static int recv_hello(const char *p, size_t len)
 {
-	int ret = recv_heaps(p, len);
+	struct hfs_repl_heap *r;
+	bool took = false;
+	int ret;
+
+	FOR_EACH_REPL(r)
+		r->peer_owns = false;
+	ret = recv_heaps(p, len);
+	/* a heap we mirror, with data, that the partner no longer has at all: its owner came
+	 * back empty (a restart of a node whose config does not declare it): we own it */
+	FOR_EACH_REPL(r) {
+		pthread_mutex_lock(&r->lock);
+		if (!ret && r->mirror && !r->peer_owns && r->apply && r->gen) {
+			fprintf(stderr, "heapfs: partner: %s: the partner no longer has it: we own "
+				"it now\n", r->h->pol.name);
+			__become_owner(r, r->epoch);
+			r->peer_has = false;
+			took = true;
+		}
+		pthread_mutex_unlock(&r->lock);
+	}
+	if (took)
+		send_hello(); /* so that the partner makes its mirror before our image */
 
 	/* what the partner holds is known: resync what it lacks */
 	sync_start();
@@ -660,10 +817,16 @@ static int recv_heaps(const char *p, size_t len)
 		name[hh.name_len] = 0;
 		if (conf_check_heap_name(name))
 			return -EBADMSG;
-		if (hh.mirror)
-			peer_holds(name, hh.gen, hh.recno);
-		else
-			make_mirror(&hh, name);
+		if (hh.mirror) {
+			peer_holds(name, &hh);
+		} else {
+			struct hfs_repl_heap *r = repl_named(name);
+
+			if (r)
+				r->peer_owns = true;
+			if (!settle_owner(name, &hh))
+				make_mirror(&hh, name);
+		}
 		p += sizeof(hh) + hh.name_len;
 		len -= sizeof(hh) + hh.name_len;
 	}
@@ -854,6 +1017,9 @@ static int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
 
 /* ---- the link's callbacks --------------------------------------------------------- */
 
+static int verify_answer(void);
+static int verify_reply(const char *p, size_t len);
+
 static void on_up(void *arg, const char *peer)
 {
 	(void)arg;
@@ -882,6 +1048,14 @@ static void on_down(void *arg, const char *why)
 	FOR_EACH_REPL(r) {
 		if (r->mirror) {
 			mirror_join(r); /* a half image stays half: the next connect resets */
+			if (hfs.conf->partner.auto_failover && r->apply) {
+				pthread_mutex_lock(&r->lock);
+				__become_owner(r, r->epoch);
+				pthread_mutex_unlock(&r->lock);
+				fprintf(stderr, "heapfs: partner: %s: the owner is gone: we own it "
+					"now (auto_failover, epoch %llu)\n", r->h->pol.name,
+					(unsigned long long)r->epoch);
+			}
 			continue;
 		}
 		/* nothing more leaves until the partner is back and says what it has */
@@ -904,6 +1078,10 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 	applying = true;
 	if (type == MSG_HELLO)
 		return recv_hello(p, len);
+	if (type == MSG_VERIFY)
+		return verify_answer();
+	if (type == MSG_VERIFY_REPLY)
+		return verify_reply(p, len);
 	nl = len ? (uint8_t)p[0] : 0;
 	if (type > MSG_REC || !nl || nl + 1 > len)
 		return -EBADMSG;
@@ -956,6 +1134,280 @@ static void on_acked(void *arg, uint64_t seq, int status)
 	}
 }
 
+/* ---- verify ------------------------------------------------------------------------ */
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool busy, have;
+	json_t *peer;
+} vf = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+
+/* "kind size mode hash" of one inode; hfs.ns held shared. */
+static json_t *describe(struct hfs_inode *i)
+{
+	char d[128];
+	XXH64_hash_t hash = 0;
+
+	if (i->kind == HFS_REG) {
+		XXH3_state_t *st = XXH3_createState();
+		uint64_t off = 0, size;
+
+		if (!st)
+			return NULL;
+		XXH3_64bits_reset(st);
+		pthread_rwlock_rdlock(&i->lock);
+		size = i->size;
+		pthread_rwlock_unlock(&i->lock);
+		while (off < size) {
+			struct iovec iov[64];
+			int niov = 64;
+			void *bounce;
+			ssize_t n = hfs_read_begin(i, 1u << 20, (off_t)off, iov, &niov, &bounce);
+
+			if (n <= 0) {
+				if (n == 0)
+					break;
+				XXH3_freeState(st);
+				return NULL;
+			}
+			for (int k = 0; k < niov; k++)
+				XXH3_64bits_update(st, iov[k].iov_base, iov[k].iov_len);
+			hfs_read_end(i);
+			free(bounce);
+			off += (uint64_t)n;
+		}
+		hash = XXH3_64bits_digest(st);
+		XXH3_freeState(st);
+	} else if (i->kind == HFS_LNK) {
+		hash = XXH3_64bits(i->lnk.target, strlen(i->lnk.target));
+	}
+	pthread_rwlock_rdlock(&i->lock);
+	snprintf(d, sizeof(d), "%s %llu %o %016llx", i->kind == HFS_DIR ? "dir" :
+		 i->kind == HFS_REG ? "file" : i->kind == HFS_LNK ? "symlink" : "special",
+		 (unsigned long long)(i->kind == HFS_DIR ? 0 : i->size), (unsigned)i->mode,
+		 (unsigned long long)hash);
+	pthread_rwlock_unlock(&i->lock);
+	return json_string(d);
+}
+
+static int walk(struct hfs_inode *dir, const char *prefix, json_t *out)
+{
+	struct hfs_dirent *de, *tmp;
+
+	HASH_ITER(hh, dir->dir.ents, de, tmp) {
+		char *path;
+		json_t *d;
+
+		if (asprintf(&path, "%s%s", prefix, de->name) < 0)
+			return -ENOMEM;
+		d = describe(de->inode);
+		if (!d || json_object_set_new(out, path, d)) {
+			free(path);
+			return -ENOMEM;
+		}
+		if (de->inode->kind == HFS_DIR) {
+			char *sub;
+			int ret = asprintf(&sub, "%s/", path) < 0 ? -ENOMEM : 0;
+
+			if (!ret)
+				ret = walk(de->inode, sub, out);
+			if (!ret)
+				free(sub);
+			if (ret) {
+				free(path);
+				return ret;
+			}
+		}
+		free(path);
+	}
+	return 0;
+}
+
+/* heap name -> {path: description} for every replicated heap here. */
+static json_t *checksums(void)
+{
+	json_t *all = json_object();
+	struct hfs_repl_heap *r;
+
+	FOR_EACH_REPL(r) {
+		json_t *one = json_object();
+
+		pthread_rwlock_rdlock(&hfs.ns);
+		if (!one || !r->h->dir || walk(r->h->dir, "", one) ||
+		    json_object_set_new(all, r->h->pol.name, one)) {
+			pthread_rwlock_unlock(&hfs.ns);
+			json_decref(all);
+			return NULL;
+		}
+		pthread_rwlock_unlock(&hfs.ns);
+	}
+	return all;
+}
+
+/* The partner asks (receive thread): answer with ours, in order after every change it
+ * sent before (so an owner's copy is compared with everything applied here). */
+static int verify_answer(void)
+{
+	json_t *j = checksums();
+	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	int64_t seq;
+
+	json_decref(j);
+	if (!s)
+		return -ENOMEM;
+	seq = strlen(s) <= REP_PAYLOAD_MAX ? rep_send(g.l, MSG_VERIFY_REPLY, s, strlen(s))
+					   : -EMSGSIZE;
+	free(s);
+	return seq < 0 ? (int)seq : 0;
+}
+
+static int verify_reply(const char *p, size_t len)
+{
+	json_t *j = json_loadb(p, len, 0, NULL);
+
+	pthread_mutex_lock(&vf.lock);
+	if (vf.busy && !vf.have) {
+		vf.peer = j;
+		vf.have = true;
+		j = NULL;
+		pthread_cond_broadcast(&vf.cond);
+	}
+	pthread_mutex_unlock(&vf.lock);
+	json_decref(j);
+	return 0;
+}
+
+/* Both copies of every replicated heap, compared file by file (xxh3 of the data, size,
+ * mode, kind): {"state", "differences": N, "heaps": {name: {"role", "files",
+ * "differences": [{"path", "here", "partner"}]}}}.  Online: changes in flight while it
+ * runs may show up as differences. */
+json_t *hfs_repl_verify_json(void)
+{
+	json_t *mine = NULL, *peer = NULL, *heaps = json_object(), *out = NULL;
+	struct hfs_repl_heap *r;
+	struct timespec dl;
+	uint64_t total = 0;
+	int ret = 0;
+	const char *state = "none";
+
+	if (!heaps)
+		return NULL;
+	if (g.on && g.l) {
+		pthread_mutex_lock(&vf.lock);
+		while (vf.busy) /* one verify at a time */
+			pthread_cond_wait(&vf.cond, &vf.lock);
+		vf.busy = true;
+		vf.have = false;
+		pthread_mutex_unlock(&vf.lock);
+		rep_flush(g.l, hfs.conf->partner.timeout_ms); /* what we sent is applied there */
+		mine = checksums();
+		ret = rep_send(g.l, MSG_VERIFY, "", 0) < 0 ? -ENOTCONN : 0;
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_sec += 30 + hfs.conf->partner.timeout_ms / 1000;
+		pthread_mutex_lock(&vf.lock);
+		while (!ret && !vf.have)
+			ret = pthread_cond_timedwait(&vf.cond, &vf.lock, &dl) ? -ETIMEDOUT : 0;
+		peer = vf.peer;
+		vf.peer = NULL;
+		vf.busy = false;
+		pthread_cond_broadcast(&vf.cond);
+		pthread_mutex_unlock(&vf.lock);
+		state = ret || !mine || !peer ? "unreachable" : "compared";
+	}
+	FOR_EACH_REPL(r) {
+		json_t *a = json_object_get(mine, r->h->pol.name);
+		json_t *b = json_object_get(peer, r->h->pol.name);
+		json_t *diffs = json_array(), *h, *v;
+		const char *path;
+		void *iter;
+
+		if (!a || !b) {
+			json_decref(diffs);
+			continue;
+		}
+		json_object_foreach(a, path, v) {
+			json_t *w = json_object_get(b, path);
+
+			if (!w || !json_equal(v, w))
+				json_array_append_new(diffs, json_pack("{s:s, s:O, s:O?}", "path", path,
+								       "here", v, "partner", w));
+		}
+		for (iter = json_object_iter(b); iter; iter = json_object_iter_next(b, iter)) {
+			path = json_object_iter_key(iter);
+			if (!json_object_get(a, path))
+				json_array_append_new(diffs, json_pack("{s:s, s:n, s:O}", "path", path,
+								       "here", "partner",
+								       json_object_iter_value(iter)));
+		}
+		total += json_array_size(diffs);
+		h = json_pack("{s:s, s:I, s:o}", "role", hfs_repl_role(r->h), "files",
+			      (json_int_t)json_object_size(a), "differences", diffs);
+		json_object_set_new(heaps, r->h->pol.name, h);
+	}
+	out = json_pack("{s:s, s:I, s:o}", "state", state, "differences", (json_int_t)total,
+			"heaps", heaps);
+	json_decref(mine);
+	json_decref(peer);
+	return out;
+}
+
+/* heapfsctl's requests, as xattrs set on .heapfs/partner: user.heapfs.promote (value: the
+ * heap, empty for all), user.heapfs.promote.force, user.heapfs.promote.discard-peer. */
+int hfs_repl_setxattr(const char *name, const void *value, size_t size)
+{
+	char heap[CONF_NAME_MAX + 1];
+
+	if (size > CONF_NAME_MAX)
+		return -EINVAL;
+	memcpy(heap, value, size);
+	heap[size] = 0;
+	if (!strcmp(name, "user.heapfs.promote"))
+		return hfs_repl_promote(heap, false, false);
+	if (!strcmp(name, "user.heapfs.promote.force"))
+		return hfs_repl_promote(heap, true, false);
+	if (!strcmp(name, "user.heapfs.promote.discard-peer"))
+		return hfs_repl_promote(heap, false, true);
+	return -EPERM;
+}
+
+/* ---- takeover ---------------------------------------------------------------------- */
+
+int hfs_repl_promote(const char *heap, bool force, bool discard)
+{
+	struct hfs_repl_heap *r;
+	bool up, any = false;
+
+	if (!g.on)
+		return -ENOTCONN; /* no partner section */
+	pthread_mutex_lock(&g.lock);
+	up = g.up;
+	pthread_mutex_unlock(&g.lock);
+	if (up && !force && !discard)
+		return -EBUSY; /* the owner is alive and connected */
+	FOR_EACH_REPL(r) {
+		if (heap && heap[0] && strcmp(r->h->pol.name, heap))
+			continue;
+		any = true;
+		pthread_mutex_lock(&r->lock);
+		if (r->mirror)
+			__become_owner(r, r->epoch);
+		if (discard) {
+			r->discard = true; /* the partner's copy goes: it mirrors ours */
+			r->split = false;
+			r->epoch++;
+		}
+		pthread_mutex_unlock(&r->lock);
+		fprintf(stderr, "heapfs: partner: %s: promoted (epoch %llu)%s\n", r->h->pol.name,
+			(unsigned long long)r->epoch, discard ? ", the partner's copy is discarded" : "");
+	}
+	if (!any)
+		return -ENOENT;
+	if (up && g.l)
+		rep_kick(g.l); /* a new HELLO exchange settles who owns what */
+	return 0;
+}
+
 /* ---- start, stop, status ------------------------------------------------------------ */
 
 int hfs_repl_init(void)
@@ -977,6 +1429,8 @@ int hfs_repl_init(void)
 
 		if (h->pol.replicate != CONF_REPLICATE_NONE && !(h->repl = rh_new(h, false)))
 			return -ENOMEM;
+		if (h->repl)
+			h->repl->epoch = 1;
 	}
 	g.on = true;
 	return 0;
@@ -1008,15 +1462,19 @@ void hfs_repl_stop(void)
 {
 	struct rep_link *l = g.l;
 	struct hfs_repl_heap *r;
+	bool on;
 
 	if (!l)
 		return;
-	rep_stop(l); /* joins the receive thread: no callback runs after this */
+	/* the sync thread first (it stops at its next chunk): it uses the link */
+	atomic_store(&g.stopping, true);
 	pthread_mutex_lock(&g.lock);
-	if (g.sync_on)
-		pthread_join(g.sync_th, NULL); /* its sends fail fast now */
+	on = g.sync_on;
 	g.sync_on = false;
 	pthread_mutex_unlock(&g.lock);
+	if (on) /* not under g.lock: it takes it at its end */
+		pthread_join(g.sync_th, NULL);
+	rep_stop(l); /* joins the receive thread: no callback runs after this */
 	g.l = NULL;
 	FOR_EACH_REPL(r) {
 		mirror_join(r);
@@ -1032,6 +1490,7 @@ void hfs_repl_stop(void)
 void hfs_repl_status(struct hfs_repl_status *st)
 {
 	struct rep_stats rs = { 0 };
+	struct hfs_repl_heap *r;
 
 	memset(st, 0, sizeof(*st));
 	if (!g.on) {
@@ -1042,9 +1501,16 @@ void hfs_repl_status(struct hfs_repl_status *st)
 		rep_get_stats(g.l, &rs);
 	pthread_mutex_lock(&g.lock);
 	st->state = !g.up ? "degraded" : g.syncing ? "resyncing" : "connected";
+	FOR_EACH_REPL(r) {
+		pthread_mutex_lock(&r->lock);
+		if (r->split)
+			st->state = "split-brain";
+		if (r->epoch > st->epoch)
+			st->epoch = r->epoch;
+		pthread_mutex_unlock(&r->lock);
+	}
 	snprintf(st->peer, sizeof(st->peer), "%s", g.up ? g.peer : "");
 	pthread_mutex_unlock(&g.lock);
-	st->epoch = 1;
 	st->lag_bytes = rs.unacked_bytes;
 	st->sent_bytes = rs.sent_bytes;
 	st->recv_bytes = rs.recv_bytes;

@@ -311,6 +311,9 @@ static int render(struct hfs_inode *i, struct hfs_snap **out)
 	case HFS_ST_DONORS:
 		j = donors_json();
 		break;
+	case HFS_ST_VERIFY:
+		j = hfs_repl_verify_json();
+		break;
 	case HFS_ST_SEGMENT:
 	case HFS_ST_IMAGE: /* a stream (image.c), never rendered */
 		break;

@@ -96,6 +96,8 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 
 	if (!is_user(name))
 		return -ENOTSUP;
+	if (i->kind == HFS_STATUS && i->st.what == HFS_ST_PARTNER)
+		return hfs_repl_setxattr(name, value, size); /* heapfsctl promote */
 	if (is_virt(name))
 		return -EPERM;
 	if (!i->heap)

@@ -18,6 +18,7 @@
 struct ctl_opts {
 	bool json;
 	const char *svg; /* map: write an SVG picture here ("-" = stdout) */
+	bool force, discard_peer; /* promote */
 };
 
 /* "heapfsctl: " + the message + newline, on stderr. */

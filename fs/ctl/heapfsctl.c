@@ -31,6 +31,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/uio.h>
+#include <sys/xattr.h>
 
 #include <jansson.h>
 
@@ -67,7 +68,11 @@ static void usage(FILE *out)
 	      "                            offsets, sizes, free space; heap image: paths)\n"
 	      "  image cat FILE NAME       one object's bytes, or one file's (path in the heap)\n"
 	      "  save MOUNT HEAP FILE      a consistent image of a live heap, saved atomically\n"
-	      "  promote MOUNT [HEAP], verify MOUNT [HEAP]   (not available yet)\n"
+	      "  promote MOUNT [HEAP] [--force | --discard-peer]\n"
+	      "                            this node owns HEAP (all replicated heaps) from now on;\n"
+	      "                            --force: even while the partner is connected;\n"
+	      "                            --discard-peer: end a split brain, this side wins\n"
+	      "  verify MOUNT [HEAP]       compare this copy with the partner's (exit 1: differ)\n"
 	      "\n"
 	      "options:\n"
 	      "  --json        print JSON instead of tables (anywhere on the line)\n"
@@ -834,6 +839,17 @@ static void print_donors(const json_t *j)
 		printf("(no donors)\n");
 }
 
+/* resync   [##########----------]  50%  1.0M / 2.0M */
+static void print_resync(int64_t done, int64_t total)
+{
+	char a[32], b[32];
+	int fill = total > 0 ? (int)(20 * (done > total ? total : done) / total) : 20;
+
+	printf("resync   [%.*s%.*s] %3.0f%%  %s / %s\n", fill, "####################", 20 - fill,
+	       "--------------------", total > 0 ? pct(done, total) : 100.0,
+	       fmt_size(done, a, sizeof(a)), fmt_size(total, b, sizeof(b)));
+}
+
 static void print_partner(const json_t *j)
 {
 	const json_t *v;
@@ -845,8 +861,7 @@ static void print_partner(const json_t *j)
 	printf("node     %s\npeer     %s\nepoch    %" PRId64 "\nlag      %" PRId64 " bytes\n",
 	       jstr(j, "node", "?"), jstr(j, "peer", "?"), jint(j, "epoch"),
 	       jint(j, "lag_bytes"));
-	printf("resync   %" PRId64 " / %" PRId64 " bytes\n", jint(j, "resync_done"),
-	       jint(j, "resync_total"));
+	print_resync(jint(j, "resync_done"), jint(j, "resync_total"));
 	json_object_foreach((json_t *)json_object_get(j, "heaps"), k, v)
 		printf("heap     %-16s %s\n", k, json_string_value(v) ? json_string_value(v) : "?");
 }
@@ -948,6 +963,84 @@ static int cmd_partner(char **args, const struct ctl_opts *o)
 	return ret ? ret : show(j, o, print_partner);
 }
 
+/* promote MOUNT [HEAP] [--force | --discard-peer]: a request set as an xattr on
+ * .heapfs/partner (the daemon's control point; nothing else can set one there). */
+static int cmd_promote(char **args, const struct ctl_opts *o)
+{
+	const char *heap = args[1] ? args[1] : "";
+	const char *name = o->discard_peer ? "user.heapfs.promote.discard-peer"
+			   : o->force      ? "user.heapfs.promote.force"
+					   : "user.heapfs.promote";
+	char *path;
+	int ret;
+
+	if (asprintf(&path, "%s/.heapfs/partner", args[0]) < 0)
+		return -ENOMEM;
+	ret = setxattr(path, name, heap, strlen(heap), 0) ? -errno : 0;
+	if (ret == -EBUSY)
+		err_msg("%s: the partner is connected; promote with --force to take over anyway",
+			args[0]);
+	else if (ret == -ENOENT)
+		err_msg("%s: no replicated heap %s", args[0], heap);
+	else if (ret == -ENOTCONN)
+		err_msg("%s: no partner section in the config", args[0]);
+	else if (ret)
+		err_msg("%s: %s", path, strerror(-ret));
+	else if (!o->json)
+		printf("promoted %s\n", heap[0] ? heap : "every replicated heap");
+	free(path);
+	return ret;
+}
+
+static void print_verify(const json_t *j)
+{
+	const json_t *h, *d;
+	const char *name;
+	size_t k;
+
+	printf("verify   %s, %" PRId64 " difference(s)\n", jstr(j, "state", "?"),
+	       jint(j, "differences"));
+	json_object_foreach((json_t *)json_object_get(j, "heaps"), name, h) {
+		printf("heap     %-16s %-6s %" PRId64 " entries, %zu different\n", name,
+		       jstr(h, "role", "?"), jint(h, "files"),
+		       json_array_size(json_object_get(h, "differences")));
+		json_array_foreach(json_object_get(h, "differences"), k, d)
+			printf("  %s: here %s, partner %s\n", jstr(d, "path", "?"),
+			       jstr(d, "here", "(missing)"), jstr(d, "partner", "(missing)"));
+	}
+}
+
+/* verify MOUNT [HEAP]: both copies compared by the daemons (opening .heapfs/verify);
+ * exit 1 when they differ or the partner cannot be asked. */
+static int cmd_verify(char **args, const struct ctl_opts *o)
+{
+	json_t *j, *heaps;
+	bool bad;
+	int ret = load_status(args[0], "verify", NULL, &j);
+
+	if (ret)
+		return ret;
+	heaps = json_object_get(j, "heaps");
+	if (args[1]) { /* one heap only */
+		json_t *one = json_object_get(heaps, args[1]);
+		json_t *keep = json_object();
+
+		if (!one) {
+			err_msg("%s: no replicated heap %s", args[0], args[1]);
+			json_decref(keep);
+			json_decref(j);
+			return -ENOENT;
+		}
+		json_object_set(keep, args[1], one);
+		json_object_set_new(j, "heaps", keep);
+		json_object_set_new(j, "differences", json_integer((json_int_t)json_array_size(
+							      json_object_get(one, "differences"))));
+	}
+	bad = jint(j, "differences") != 0 || strcmp(jstr(j, "state", "?"), "compared");
+	ret = show(j, o, print_verify);
+	return ret ? ret : bad ? -EIO : 0;
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 struct command {
@@ -961,8 +1054,8 @@ static const struct command commands[] = {
 	{ "status", 1, 1, cmd_status },   { "stats", 1, 2, cmd_stats },
 	{ "map", 2, 2, cmd_map },         { "donors", 1, 1, cmd_donors },
 	{ "partner", 1, 1, cmd_partner }, { "image", 2, 3, cmd_image },
-	{ "save", 3, 3, cmd_save },       { "promote", 1, 2, NULL },
-	{ "verify", 1, 2, NULL },
+	{ "save", 3, 3, cmd_save },       { "promote", 1, 2, cmd_promote },
+	{ "verify", 1, 2, cmd_verify },
 };
 
 int main(int argc, char **argv)
@@ -970,6 +1063,7 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "json", no_argument, NULL, 'j' },    { "svg", required_argument, NULL, 's' },
 		{ "help", no_argument, NULL, 'h' },    { "version", no_argument, NULL, 'V' },
+		{ "force", no_argument, NULL, 'f' },   { "discard-peer", no_argument, NULL, 'd' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct ctl_opts o = { 0 };
@@ -981,6 +1075,8 @@ int main(int argc, char **argv)
 		switch (opt) {
 		case 'j': o.json = true; break;
 		case 's': o.svg = optarg; break;
+		case 'f': o.force = true; break;
+		case 'd': o.discard_peer = true; break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("heapfsctl %s\n", HEAPFS_VERSION); return 0;
 		default:
@@ -1006,6 +1102,10 @@ int main(int argc, char **argv)
 	}
 	if (o.svg && strcmp(c->name, "map")) {
 		err_msg("--svg goes with the map command only");
+		return EXIT_USAGE;
+	}
+	if ((o.force || o.discard_peer) && strcmp(c->name, "promote")) {
+		err_msg("--force and --discard-peer go with the promote command only");
 		return EXIT_USAGE;
 	}
 	if (!c->fn) {
