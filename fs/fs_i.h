@@ -453,6 +453,9 @@ void __hfs_repl_xattr(struct hfs_inode *i, const char *name, const void *value, 
 /* The FUSE edge, after a change and before replying: sync mode waits (at most timeout)
  * until the partner applied (or refused, or was lost before) what this thread sent. */
 void hfs_repl_wait(void);
+/* io.c (the edge): the kernel drops its cached entry parent/name (a heap that turned
+ * mirror had names cached for a day). */
+void hfs_inval_entry(hfs_ino_t parent, const char *name);
 /* flush/fsync: async mode waits until the partner has everything (0 / -EIO). */
 int hfs_repl_flush(const struct hfs_heap *h);
 bool hfs_repl_flushes(const struct hfs_heap *h); /* an owned replicated heap */

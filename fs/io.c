@@ -214,3 +214,10 @@ int hfs_io_setup(struct fuse_session *se)
 	}
 	return fuse_session_custom_io(se, &io, fd);
 }
+
+/* The kernel forgets what it cached of parent/name (a mirror's tree changed under it). */
+void hfs_inval_entry(hfs_ino_t parent, const char *name)
+{
+	if (session)
+		fuse_lowlevel_notify_inval_entry(session, parent, name, strlen(name));
+}

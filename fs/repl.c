@@ -863,6 +863,8 @@ static int empty_dir(struct hfs_inode *dir)
 		} else {
 			ret = hfs_unlink(dir, names[k]) ?: ret;
 		}
+		/* it may have been cached while this heap was ours (a day's timeout) */
+		hfs_inval_entry(dir->ino, names[k]);
 		hfs_iput(i, 1);
 	}
 	for (k = 0; k < n; k++)

@@ -14,6 +14,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -50,10 +51,87 @@ def wait_state(m, state, deadline=10.0):
     wait_until(lambda: partner(m)["state"] == state, deadline, f"partner state {state}")
 
 
+class Relay:
+    """A TCP relay on 127.0.0.1 between the two daemons: cut() drops every connection and
+    refuses new ones (the network is gone), heal() lets them through again."""
+
+    def __init__(self, port, target):
+        self.target, self.open, self.conns = target, True, []
+        self.lock = threading.Lock()
+        self.srv = socket.create_server(("127.0.0.1", port))
+        self.srv.settimeout(0.2)
+        self.stop = False
+        self.th = threading.Thread(target=self.accept, daemon=True)
+        self.th.start()
+
+    def accept(self):
+        while not self.stop:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                continue
+            if not self.open:
+                c.close()
+                continue
+            try:
+                t = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+            except OSError:
+                c.close()
+                continue
+            with self.lock:
+                self.conns += [c, t]
+            for a, b in ((c, t), (t, c)):
+                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pump(a, b):
+        try:
+            a.settimeout(None)
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        for x in (a, b):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        self.open = False
+        with self.lock:
+            for c in self.conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.conns = []
+
+    def heal(self):
+        self.open = True
+
+    def close(self):
+        self.stop = True
+        self.cut()
+        self.th.join(5)
+        self.srv.close()
+
+
 class Pair:
-    def __init__(self, factory, secret, mode="sync", size="64M", timeout="1s"):
+    def __init__(self, factory, secret, mode="sync", size="64M", timeout="1s", relay=False,
+                 failover_b=False):
         self.factory, self.secret, self.timeout = factory, secret, timeout
         self.pa, self.pb = port_pair()
+        self.ca, self.cb = self.pb, self.pa  # where each one connects to
+        self.relays = []
+        if relay:  # a and b reach each other only through relays that can be cut
+            ra, rb = port_pair()
+            self.relays = [Relay(ra, self.pb), Relay(rb, self.pa)]
+            self.ca, self.cb = ra, rb
+        self.failover_b = failover_b
         self.heaps_a = f'heap "data" {{ size = {size} replicate = {mode} }}'
         self.n = 0
         self.a = self.start_a()
@@ -62,18 +140,37 @@ class Pair:
 
     def start_a(self, **kw):
         self.n += 1
-        return self.factory(config("a", self.pa, self.pb, self.secret, self.heaps_a,
+        return self.factory(config("a", self.pa, self.ca, self.secret, self.heaps_a,
                                    self.timeout), name=f"a{self.n}", **kw)
 
     def start_b(self, **kw):
         self.n += 1
-        return self.factory(config("b", self.pb, self.pa, self.secret, 'heap "local" { size = 16M }',
-                                   self.timeout), name=f"b{self.n}", **kw)
+        cfg = config("b", self.pb, self.cb, self.secret, 'heap "local" { size = 16M }',
+                     self.timeout)
+        if self.failover_b:
+            cfg = cfg[:cfg.rindex("}")] + " auto_failover = true }\n"
+        return self.factory(cfg, name=f"b{self.n}", **kw)
 
     def wait_paired(self):
         for m in (self.a, self.b):
             wait_state(m, "connected")
         wait_until(lambda: (self.b.heap("data")).is_dir(), 5, "mirror heap")
+
+    def cut(self):
+        for r in self.relays:
+            r.cut()
+
+    def heal(self):
+        for r in self.relays:
+            r.heal()
+
+    def verify(self, m=None):
+        """heapfsctl verify on one side: the daemons compare the copies; none differ."""
+        r = (m or self.a).ctl("--json", "verify", (m or self.a).path)
+        j = json.loads(r.stdout)
+        assert r.returncode == 0 and j["state"] == "compared" and j["differences"] == 0, \
+            (r.returncode, r.stdout, r.stderr)
+        return j
 
     def clean(self):
         """Neither side refused or failed a change (a refusal would heal itself by a
@@ -88,6 +185,20 @@ class Pair:
         m.proc.wait(10)
         m.expect_exit = -signal.SIGKILL
         unmount(m.path)
+
+
+@pytest.fixture
+def pairs(mount_factory, secret):
+    made = []
+
+    def make(**kw):
+        p = Pair(mount_factory, secret, **kw)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        for r in p.relays:
+            r.close()
 
 
 # ---- comparing the two copies
@@ -201,6 +312,8 @@ def test_every_change_replicated_sync(mount_factory, secret):
     assert read_daemon(B / "victim")[:10] == b"moved over"
     assert read_daemon(B / "trunc") == b"z"
     p.clean()
+    p.verify()
+    p.verify(p.b)
 
 
 def test_async_loses_nothing_after_fsync(mount_factory, secret):
@@ -385,3 +498,92 @@ def test_garbage_on_the_port_survived(mount_factory, secret):
 def test_partner_json_without_partner(mount):
     st = partner(mount)
     assert st["state"] == "none" and st["heaps"] == {}
+
+
+def test_promote_and_fail_back(mount_factory, secret):
+    p = Pair(mount_factory, secret, mode="sync")
+    (p.a.heap("data") / "one").write_bytes(b"1" * 1000)
+    r = p.b.ctl("promote", p.b.path, "data")
+    assert r.returncode == 1 and "--force" in r.stderr  # the owner is alive
+    assert p.b.heap_stats("data")["role"] == "mirror"
+    p.kill(p.a)
+    wait_state(p.b, "degraded")
+    r = p.b.ctl("promote", p.b.path, "data")
+    assert r.returncode == 0, r.stderr
+    st = partner(p.b)
+    assert st["heaps"] == {"data": "owner"} and st["epoch"] == 2
+    (p.b.heap("data") / "two").write_bytes(b"2" * 2000)  # writable now
+    p.a = p.start_a()  # the old owner comes back empty: it mirrors the new owner
+    wait_state(p.a, "connected")
+    wait_state(p.b, "connected")
+    assert p.a.heap_stats("data")["role"] == "mirror"
+    assert read_daemon(p.a.heap("data") / "two") == b"2" * 2000
+    assert read_daemon(p.a.heap("data") / "one") == b"1" * 1000
+    p.verify()
+    # fail back: the original owner takes over again while connected
+    r = p.a.ctl("promote", "--force", p.a.path, "data")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: p.b.heap_stats("data")["role"] == "mirror", 10, "b mirrors again")
+    wait_state(p.a, "connected")
+    assert partner(p.a)["epoch"] == 3
+    (p.a.heap("data") / "three").write_bytes(b"3" * 3000)
+    assert read_daemon(p.b.heap("data") / "three") == b"3" * 3000
+    expect_errno(errno.EROFS, open, p.b.heap("data") / "four", "wb")
+    p.verify(p.b)
+    p.clean()
+
+
+def test_link_cut_behaves_like_the_hang(pairs):
+    p = pairs(mode="sync", relay=True)
+    A, B = p.a.heap("data"), p.b.heap("data")
+    (A / "big").write_bytes(pattern(8 * MIB, seed=7))
+    p.cut()
+    with open(A / "big", "r+b") as f:
+        f.seek(MIB)
+        f.write(pattern(MIB, seed=8))
+    wait_state(p.a, "degraded")
+    wait_state(p.b, "degraded")
+    p.heal()
+    wait_state(p.a, "connected", 15)
+    st = partner(p.a)
+    assert st["resync_total"] <= 1.25 * MIB, st
+    p.verify()
+    p.clean()
+
+
+def test_split_brain_detected_and_resolved(pairs):
+    p = pairs(mode="sync", relay=True, failover_b=True)
+    A, B = p.a.heap("data"), p.b.heap("data")
+    (A / "common").write_bytes(b"both have this")
+    p.cut()
+    wait_state(p.a, "degraded")
+    # b's partner is gone: auto_failover makes it the owner
+    wait_until(lambda: p.b.heap_stats("data")["role"] == "owner", 10, "b took over")
+    (A / "from-a").write_bytes(b"written on a while apart")
+    (B / "from-b").write_bytes(b"written on b while apart")
+    p.heal()
+    for m in (p.a, p.b):
+        wait_state(m, "split-brain", 15)
+    # nothing merged, nothing overwritten: each side keeps what it wrote
+    assert (A / "from-a").exists() and not (A / "from-b").exists()
+    assert (B / "from-b").exists() and not (B / "from-a").exists()
+    r = p.a.ctl("promote", "--discard-peer", p.a.path, "data")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: p.b.heap_stats("data")["role"] == "mirror", 15, "b mirrors a")
+    wait_until(lambda: same(A, B), 15, "b holds a's copy")
+    for m in (p.a, p.b):
+        wait_state(m, "connected", 15)
+    assert read_daemon(B / "from-a") == b"written on a while apart"
+    assert not (B / "from-b").exists()
+    p.verify()
+
+
+def test_partner_ctl_table_and_json(mount_factory, secret):
+    p = Pair(mount_factory, secret, mode="async")
+    r = p.a.ctl("partner", p.a.path)
+    assert r.returncode == 0 and "connected" in r.stdout and "resync   [" in r.stdout
+    j = json.loads(p.a.ctl("--json", "partner", p.a.path).stdout)
+    assert j["state"] == "connected" and j["node"] == "a" and j["peer"] == "b"
+    assert set(j) >= {"epoch", "lag_bytes", "resync_done", "resync_total", "heaps"}
+    r = p.a.ctl("verify", p.a.path, "nosuch")
+    assert r.returncode == 1
