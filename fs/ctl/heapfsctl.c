@@ -1020,6 +1020,11 @@ static int cmd_verify(char **args, const struct ctl_opts *o)
 
 	if (ret)
 		return ret;
+	if (!strcmp(jstr(j, "state", "?"), "none")) {
+		err_msg("%s: no partner section in the config", args[0]);
+		json_decref(j);
+		return -ENOTCONN;
+	}
 	heaps = json_object_get(j, "heaps");
 	if (args[1]) { /* one heap only */
 		json_t *one = json_object_get(heaps, args[1]);

@@ -47,11 +47,15 @@ def test_not_heapfs_and_missing_heap(mount, tmp_path):
     assert r.returncode == 1
 
 
-def test_later_commands_say_not_available(mount):
+def test_replication_commands_without_a_partner(mount):
     for args in (["promote", mount.path], ["verify", mount.path]):
         r = run_ctl(*args)
         assert r.returncode == 1
-        assert r.stderr.strip() == f"heapfsctl: {args[0]}: not available yet"
+        assert r.stderr.strip() == f"heapfsctl: {mount.path}: no partner section in the config"
+    r = run_ctl("promote", "--force", "--json", mount.path, "scratch")
+    assert r.returncode == 1
+    r = run_ctl("stats", "--force", mount.path)
+    assert r.returncode == 2
 
 
 def test_status(mount_factory):
