@@ -138,6 +138,9 @@ struct rep_link {
 
 	/* queue and acks */
 	struct rep_msg *ctrl, **ctrl_tail, *data, **data_tail;
+	bool writing;             /* a thread is writing to the active socket */
+	struct rep_msg *partial;  /* a frame a direct write began: finished first */
+	size_t partial_off;
 	uint64_t last_seq, acked_seq, unacked_bytes;
 	uint32_t *lens;  /* bytes of seq s at lens[s & (lcap - 1)], s in (acked, last] */
 	uint64_t lcap;
@@ -490,10 +493,89 @@ static int __lens_room(struct rep_link *l)
 	return 0;
 }
 
+/* Write the frame h + iov straight from the caller's memory without waiting (the
+ * socket is ours: l->writing).  What the socket did not take is copied into a node that
+ * becomes l->partial, which the sender finishes before anything else.  Returns with
+ * l->mu held and l->writing released. */
+static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h,
+			   const struct iovec *iov, int iovcnt)
+{
+	struct iovec v[TX_IOV];
+	struct msghdr mh = { .msg_iov = v };
+	size_t total = sizeof(*h) + h->len, done = 0;
+	struct rep_msg *m = NULL;
+	ssize_t got;
+	int n = 0, fd = c->fd;
+
+	v[n++] = (struct iovec){ h, sizeof(*h) };
+	for (int i = 0; i < iovcnt && n < TX_IOV; i++)
+		if (iov[i].iov_len)
+			v[n++] = iov[i];
+	mh.msg_iovlen = (size_t)n;
+	pthread_mutex_unlock(&l->mu);
+	/* more than TX_IOV - 1 pieces: the first ones go now, the rest with the remainder */
+	do
+		got = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+	while (got < 0 && errno == EINTR);
+	if (got > 0)
+		done = (size_t)got;
+	if (done < total) {
+		/* copy only the bytes not yet on the wire, each to its place in the frame */
+		size_t pos = 0;
+
+		m = msg_alloc(l, h->len);
+		if (m) {
+			m->len = total;
+			m->next = NULL;
+			if (done < sizeof(*h))
+				memcpy((char *)&m->hdr + done, (char *)h + done, sizeof(*h) - done);
+			pos = sizeof(*h);
+			for (int i = 0; i < iovcnt; i++) {
+				size_t il = iov[i].iov_len, skip = done > pos ? done - pos : 0;
+
+				if (skip < il)
+					memcpy((char *)&m->hdr + pos + skip, (char *)iov[i].iov_base + skip,
+					       il - skip);
+				pos += il;
+			}
+		}
+	}
+	pthread_mutex_lock(&l->mu);
+	l->writing = false;
+	if (got < 0 && errno != EAGAIN) {
+		if (!c->why[0])
+			snprintf(c->why, sizeof(c->why), "write failed: %s", strerror(errno));
+		shutdown(fd, SHUT_RDWR);
+	} else if (done < total && !m) {
+		/* half a frame on the wire and no memory for the rest: the stream is lost */
+		if (!c->why[0])
+			snprintf(c->why, sizeof(c->why), "out of memory");
+		shutdown(fd, SHUT_RDWR);
+	}
+	if (m && l->active == c && !c->why[0]) {
+		l->partial = m;
+		l->partial_off = done;
+		m = NULL;
+	}
+	c->last_tx = now_ms();
+	pthread_cond_signal(&l->tx_cv);
+	pthread_cond_broadcast(&l->cv);
+	if (m) {
+		pthread_mutex_unlock(&l->mu);
+		msg_free(l, m);
+		pthread_mutex_lock(&l->mu);
+	}
+}
+
+/* Queue one message.  The payload is checksummed from the caller's memory; when nothing
+ * is queued and no one is writing, the calling thread writes the frame itself without
+ * waiting (no copy, no hand-over to the sender); otherwise it is copied once into a
+ * queue node for the sender. */
 int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, int iovcnt)
 {
 	size_t len = 0, off = 0;
-	struct rep_msg *m;
+	struct rep_msg *m = NULL;
+	struct rep_hdr h;
 	uint64_t deadline;
 	int64_t seq;
 
@@ -506,54 +588,68 @@ int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, in
 		if (len > REP_PAYLOAD_MAX)
 			return -EMSGSIZE;
 	}
-	m = msg_alloc(l, len);
-	if (!m)
-		return -ENOMEM;
-	for (int i = 0; i < iovcnt; i++) {
-		if (iov[i].iov_len)
-			memcpy(m->payload + off, iov[i].iov_base, iov[i].iov_len);
-		off += iov[i].iov_len;
-	}
-	{
-		struct iovec one = { m->payload, len };
-
-		rep_frame_fill(&m->hdr, REP_K_MSG, type, 0, &one, 1, len);
-	}
-	m->len = sizeof(m->hdr) + len;
-	m->next = NULL;
+	rep_frame_fill(&h, REP_K_MSG, type, 0, iov, iovcnt, len);
 
 	pthread_mutex_lock(&l->mu);
 	deadline = now_ms() + l->timeout_ms;
 	for (;;) {
+		bool direct;
+
 		if (!l->active || atomic_load(&l->stopping)) {
 			seq = -ENOTCONN;
 			goto fail;
 		}
-		if (rx_of == l || !l->unacked_bytes || l->unacked_bytes + m->len <= REP_QUEUE_MAX)
-			break;
-		if (wait_until(&l->cv, &l->mu, deadline)) {
-			seq = -ETIMEDOUT;
-			goto fail;
+		if (rx_of != l && l->unacked_bytes &&
+		    l->unacked_bytes + sizeof(h) + len > REP_QUEUE_MAX) {
+			if (wait_until(&l->cv, &l->mu, deadline)) {
+				seq = -ETIMEDOUT;
+				goto fail;
+			}
+			continue;
 		}
+		direct = !l->writing && !l->partial && !l->ctrl && !l->data && iovcnt < TX_IOV;
+		if (direct || m)
+			break;
+		/* the copy is made without the lock; then everything is checked again */
+		pthread_mutex_unlock(&l->mu);
+		m = msg_alloc(l, len);
+		if (!m)
+			return -ENOMEM;
+		for (int i = 0; i < iovcnt; i++) {
+			if (iov[i].iov_len)
+				memcpy(m->payload + off, iov[i].iov_base, iov[i].iov_len);
+			off += iov[i].iov_len;
+		}
+		m->hdr = h;
+		m->len = sizeof(h) + len;
+		m->next = NULL;
+		pthread_mutex_lock(&l->mu);
 	}
 	if (__lens_room(l)) {
 		seq = -ENOMEM;
 		goto fail;
 	}
 	seq = (int64_t)++l->last_seq;
-	m->hdr.seq = (uint64_t)seq;
-	l->lens[l->last_seq & (l->lcap - 1)] = (uint32_t)m->len;
-	l->unacked_bytes += m->len;
+	l->lens[l->last_seq & (l->lcap - 1)] = (uint32_t)(sizeof(h) + len);
+	l->unacked_bytes += sizeof(h) + len;
 	l->stats.sent_msgs++;
 	l->stats.sent_bytes += len;
-	*l->data_tail = m;
-	l->data_tail = &m->next;
-	pthread_cond_signal(&l->tx_cv);
+	if (m) {
+		m->hdr.seq = (uint64_t)seq;
+		*l->data_tail = m;
+		l->data_tail = &m->next;
+		pthread_cond_signal(&l->tx_cv);
+	} else {
+		h.seq = (uint64_t)seq;
+		l->writing = true;
+		__direct_write(l, l->active, &h, iov, iovcnt);
+	}
 	pthread_mutex_unlock(&l->mu);
 	return seq;
 fail:
 	pthread_mutex_unlock(&l->mu);
-	msg_free(l, m);
+	if (m)
+		msg_free(l, m);
 	return seq;
 }
 
@@ -574,16 +670,26 @@ static void *tx_main(void *arg)
 	pthread_mutex_lock(&l->mu);
 	for (;;) {
 		struct rep_msg *batch = NULL, **tail = &batch, *hb = NULL;
-		size_t bytes = 0;
+		size_t bytes = 0, skip = 0;
 		int rc = 0;
 
-		while (!c->tx_stop && !l->ctrl && !l->data) {
-			if (wait_until(&l->tx_cv, &l->mu, c->last_tx + l->hb_ms))
+		/* wait for work while nobody else writes; idle for timeout/4: a heartbeat */
+		while (!c->tx_stop && (l->writing || (!l->partial && !l->ctrl && !l->data))) {
+			if (l->writing)
+				pthread_cond_wait(&l->tx_cv, &l->mu); /* the writer signals */
+			else if (wait_until(&l->tx_cv, &l->mu, c->last_tx + l->hb_ms))
 				break;
 		}
 		if (c->tx_stop)
 			break;
-		/* control frames first, then data up to a batch */
+		l->writing = true;
+		/* the rest of a frame begun by a direct write, control frames, then data */
+		if (l->partial) {
+			batch = l->partial;
+			tail = &batch->next;
+			skip = l->partial_off;
+			l->partial = NULL;
+		}
 		if (l->ctrl) {
 			*tail = l->ctrl;
 			tail = l->ctrl_tail;
@@ -604,7 +710,6 @@ static void *tx_main(void *arg)
 		pthread_mutex_unlock(&l->mu);
 
 		if (!batch) {
-			/* idle for timeout/4: a heartbeat */
 			hb = calloc(1, sizeof(*hb));
 			if (hb) {
 				rep_frame_fill(&hb->hdr, REP_K_HB, 0, 0, NULL, 0, 0);
@@ -617,8 +722,10 @@ static void *tx_main(void *arg)
 			struct rep_msg *m = batch;
 			int n = 0;
 
-			for (; m && n < TX_IOV; m = m->next, n++)
-				iov[n] = (struct iovec){ &m->hdr, m->len };
+			for (; m && n < TX_IOV; m = m->next, n++) {
+				iov[n] = (struct iovec){ (char *)&m->hdr + skip, m->len - skip };
+				skip = 0;
+			}
 			rc = rep_writev_all(c->fd, iov, n);
 			while (batch != m) {
 				struct rep_msg *d = batch;
@@ -630,6 +737,8 @@ static void *tx_main(void *arg)
 		queue_free(l, batch);
 
 		pthread_mutex_lock(&l->mu);
+		l->writing = false;
+		pthread_cond_broadcast(&l->cv);
 		c->last_tx = now_ms();
 		if (rc) {
 			if (!c->why[0])
@@ -1009,6 +1118,16 @@ static void conn_down(struct conn *c, const char *reason)
 
 	pthread_join(c->tx, NULL);
 	c->tx_started = false;
+	/* a direct writer may still be in sendmsg on this socket: it must be out before the
+	 * socket is closed (it never waits there: MSG_DONTWAIT) */
+	pthread_mutex_lock(&l->mu);
+	while (l->writing)
+		pthread_cond_wait(&l->cv, &l->mu);
+	if (l->partial) {
+		msg_free(l, l->partial);
+		l->partial = NULL;
+	}
+	pthread_mutex_unlock(&l->mu);
 	lg(l, "link to \"%.*s\" down: %s (%llu unacknowledged)", c->peer.name_len, c->peer.name,
 	   why, (unsigned long long)(to >= from ? to - from + 1 : 0));
 	if (l->cb.acked)

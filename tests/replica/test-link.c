@@ -38,6 +38,7 @@ struct node {
 	int ups, downs;
 	char peer[REP_NODE_MAX + 1], last_down[96];
 	uint64_t recvd, order_errs, expect; /* expect: next counter, ~0 = any */
+	uint64_t corrupt; /* payloads not as the sender filled them */
 	uint64_t acks, ack_errs, acked_seq, enotconn, enotconn_late;
 	bool reply;      /* recv answers each message with a small rep_send */
 	int64_t reply_err;
@@ -76,12 +77,18 @@ static int cb_recv(void *arg, uint32_t type, const void *p, size_t len)
 {
 	struct node *n = arg;
 	uint64_t cnt = 0;
-	bool reply;
+	bool reply, bad = false;
 
 	if (type != REP_TYPE_USER || len < sizeof(cnt))
 		return 0; /* replies and odd sizes: just counted by the link */
 	memcpy(&cnt, p, sizeof(cnt));
+	for (size_t i = sizeof(cnt); i < len; i++)
+		if (((const unsigned char *)p)[i] != (cnt & 0xff)) {
+			bad = true;
+			break;
+		}
 	pthread_mutex_lock(&n->mu);
+	n->corrupt += bad;
 	if (n->expect != ~0ull && cnt != n->expect)
 		n->order_errs++;
 	n->expect = cnt + 1;
@@ -275,6 +282,7 @@ static void test_exchange(void)
 	CHECK(WAIT_FOR(&a, a.acks == NMSG, 10) && WAIT_FOR(&b, b.acks == NMSG, 10));
 	CHECK(WAIT_FOR(&a, a.recvd == NMSG, 10) && WAIT_FOR(&b, b.recvd == NMSG, 10));
 	CHECK(NOW(&a, !a.order_errs) && NOW(&b, !b.order_errs));
+	CHECK(NOW(&a, !a.corrupt) && NOW(&b, !b.corrupt));
 	CHECK(NOW(&a, !a.ack_errs) && NOW(&b, !b.ack_errs));
 	CHECK(NOW(&a, !a.enotconn) && NOW(&b, !b.enotconn));
 	CHECK(NOW(&a, !a.downs) && NOW(&b, !b.downs));
@@ -329,7 +337,7 @@ static void test_reply_under_load(void)
 	CHECK(NOW(&b, !b.reply_err));
 	CHECK_EQ(rep_flush(b.l, 5000), 0);
 	CHECK(NOW(&a, !a.downs) && NOW(&b, !b.downs));
-	CHECK(NOW(&a, !a.ack_errs) && NOW(&b, !b.order_errs));
+	CHECK(NOW(&a, !a.ack_errs) && NOW(&b, !b.order_errs && !b.corrupt && b.recvd == 300));
 done:
 	if (started) {
 		node_stop(&a);
