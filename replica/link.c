@@ -493,32 +493,58 @@ static int __lens_room(struct rep_link *l)
 	return 0;
 }
 
-/* Write the frame h + iov straight from the caller's memory without waiting (the
- * socket is ours: l->writing).  What the socket did not take is copied into a node that
- * becomes l->partial, which the sender finishes before anything else.  Returns with
- * l->mu held and l->writing released. */
+/* Write the frame h + iov straight from the caller's memory (the socket is ours:
+ * l->writing).  A sender waits for the socket at most timeout_ms, as it would for room
+ * in the queue; the receive thread never waits.  What the socket did not take by then
+ * is copied into a node that becomes l->partial, which the sender thread finishes
+ * before anything else.  Called with iovcnt < TX_IOV; returns with l->mu held and
+ * l->writing released. */
 static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h,
 			   const struct iovec *iov, int iovcnt)
 {
 	struct iovec v[TX_IOV];
 	struct msghdr mh = { .msg_iov = v };
 	size_t total = sizeof(*h) + h->len, done = 0;
+	uint64_t deadline = now_ms() + l->timeout_ms;
 	struct rep_msg *m = NULL;
-	ssize_t got;
-	int n = 0, fd = c->fd;
+	int n = 0, fd = c->fd, err = 0;
 
 	v[n++] = (struct iovec){ h, sizeof(*h) };
-	for (int i = 0; i < iovcnt && n < TX_IOV; i++)
+	for (int i = 0; i < iovcnt; i++)
 		if (iov[i].iov_len)
 			v[n++] = iov[i];
 	mh.msg_iovlen = (size_t)n;
 	pthread_mutex_unlock(&l->mu);
-	/* more than TX_IOV - 1 pieces: the first ones go now, the rest with the remainder */
-	do
-		got = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-	while (got < 0 && errno == EINTR);
-	if (got > 0)
-		done = (size_t)got;
+	while (done < total) {
+		ssize_t got = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+		struct pollfd p = { .fd = fd, .events = POLLOUT };
+		uint64_t now;
+
+		if (got < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN) {
+				err = errno;
+				break;
+			}
+			now = now_ms();
+			if (rx_of == l || now >= deadline)
+				break;
+			/* a drop shuts the socket down, which ends this wait */
+			poll(&p, 1, (int)(deadline - now));
+			continue;
+		}
+		done += (size_t)got;
+		while (mh.msg_iovlen && (size_t)got >= mh.msg_iov->iov_len) {
+			got -= (ssize_t)mh.msg_iov->iov_len;
+			mh.msg_iov++;
+			mh.msg_iovlen--;
+		}
+		if (mh.msg_iovlen) {
+			mh.msg_iov->iov_base = (char *)mh.msg_iov->iov_base + got;
+			mh.msg_iov->iov_len -= (size_t)got;
+		}
+	}
 	if (done < total) {
 		/* copy only the bytes not yet on the wire, each to its place in the frame */
 		size_t pos = 0;
@@ -542,9 +568,9 @@ static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h
 	}
 	pthread_mutex_lock(&l->mu);
 	l->writing = false;
-	if (got < 0 && errno != EAGAIN) {
+	if (err) {
 		if (!c->why[0])
-			snprintf(c->why, sizeof(c->why), "write failed: %s", strerror(errno));
+			snprintf(c->why, sizeof(c->why), "write failed: %s", strerror(err));
 		shutdown(fd, SHUT_RDWR);
 	} else if (done < total && !m) {
 		/* half a frame on the wire and no memory for the rest: the stream is lost */
@@ -753,29 +779,45 @@ static void *tx_main(void *arg)
 
 /* ---- acknowledgements -------------------------------------------------------------- */
 
-/* Queue an ACK for what this connection processed (receive thread). */
+/* Send an ACK for what this connection processed (receive thread): written at once
+ * when the socket is free and no older ACK waits (ACKs must not overtake each other),
+ * else queued for the sender. */
 static void ack_flush(struct conn *c)
 {
 	struct rep_link *l = c->l;
-	size_t plen = sizeof(struct rep_ack) + c->ack_n * sizeof(struct rep_ack_ent);
-	struct rep_msg *m = malloc(sizeof(*m) + plen);
-	struct rep_ack *a;
-	struct iovec iov;
+	_Alignas(8) unsigned char buf[sizeof(struct rep_ack) +
+				      REP_ACK_MAX_ENTS * sizeof(struct rep_ack_ent)];
+	struct rep_ack a = { .upto = c->ack_upto, .n = c->ack_n };
+	size_t plen = sizeof(a) + c->ack_n * sizeof(struct rep_ack_ent);
+	struct iovec iov = { buf, plen };
+	struct rep_msg *m;
+	struct rep_hdr h;
 
-	if (!m)
-		return; /* a later flush acknowledges these too; statuses then... */
-	a = (struct rep_ack *)m->payload;
-	a->upto = c->ack_upto;
-	a->n = c->ack_n;
-	a->pad = 0;
-	memcpy(a->ent, c->ack_ent, c->ack_n * sizeof(struct rep_ack_ent));
-	iov = (struct iovec){ a, plen };
-	rep_frame_fill(&m->hdr, REP_K_ACK, 0, 0, &iov, 1, plen);
-	m->len = sizeof(m->hdr) + plen;
+	memcpy(buf, &a, sizeof(a));
+	memcpy(buf + sizeof(a), c->ack_ent, c->ack_n * sizeof(struct rep_ack_ent));
 	c->ack_upto = 0;
 	c->ack_n = 0;
+	rep_frame_fill(&h, REP_K_ACK, 0, 0, &iov, 1, plen);
 	pthread_mutex_lock(&l->mu);
-	__ctrl_append(l, m);
+	if (l->active == c && !l->writing && !l->partial && !l->ctrl) {
+		l->writing = true;
+		__direct_write(l, c, &h, &iov, 1);
+		pthread_mutex_unlock(&l->mu);
+		return;
+	}
+	pthread_mutex_unlock(&l->mu);
+	m = malloc(sizeof(*m) + plen);
+	pthread_mutex_lock(&l->mu);
+	if (m) {
+		m->hdr = h;
+		m->len = sizeof(h) + plen;
+		memcpy(m->payload, buf, plen);
+		__ctrl_append(l, m);
+	} else if (!c->why[0]) {
+		/* acks we cannot send would stall the peer until its timeout: drop now */
+		snprintf(c->why, sizeof(c->why), "out of memory");
+		shutdown(c->fd, SHUT_RDWR);
+	}
 	pthread_mutex_unlock(&l->mu);
 }
 

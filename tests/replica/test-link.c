@@ -863,6 +863,12 @@ static void test_stopped_peer(void)
 	CHECK(NOW(&a, !a.downs));
 
 	kill(pid, SIGSTOP);
+	{
+		int ws;
+
+		/* stopped for sure (kill only sends the signal) */
+		CHECK(waitpid(pid, &ws, WUNTRACED) == pid && WIFSTOPPED(ws));
+	}
 	t0 = rt_now();
 	seq = rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt));
 	CHECK(seq > 0);
