@@ -703,8 +703,9 @@ static void *tx_main(void *arg)
 		while (!c->tx_stop && (l->writing || (!l->partial && !l->ctrl && !l->data))) {
 			if (l->writing)
 				pthread_cond_wait(&l->tx_cv, &l->mu); /* the writer signals */
-			else if (wait_until(&l->tx_cv, &l->mu, c->last_tx + l->hb_ms))
-				break;
+			else if (wait_until(&l->tx_cv, &l->mu, c->last_tx + l->hb_ms) &&
+				 !l->writing)
+				break; /* (a direct writer may have begun while we waited) */
 		}
 		if (c->tx_stop)
 			break;
@@ -1194,7 +1195,7 @@ static void *conn_main(void *arg)
 	struct conn *c = arg;
 	struct rep_link *l = c->l;
 	char why[160] = "";
-	int rc = 0, fd;
+	int rc = 0;
 
 	rx_of = l;
 	c->rb = malloc(RBUF_SIZE);
@@ -1230,7 +1231,9 @@ out:
 	free(c->rb);
 	free(c->big);
 	pthread_mutex_lock(&l->mu);
-	fd = c->fd;
+	/* closed under the lock (a socket's close does not wait): whoever gets the same fd
+	 * number next, gets it after everyone who used this one let go of the lock */
+	close(c->fd);
 	c->fd = -1;
 	if (c->initiator) {
 		l->outgoing = false;
@@ -1242,7 +1245,6 @@ out:
 	}
 	c->done = true;
 	pthread_mutex_unlock(&l->mu);
-	close(fd);
 	wake_mgr(l);
 	return NULL;
 }

@@ -24,7 +24,9 @@
 #include "replica_i.h"
 #include "rtest.h"
 
-#define TMO 400 /* ms: the links' timeout in these tests */
+#ifndef TMO
+#define TMO 400 /* ms: the links' timeout in these tests (TSan's build: longer) */
+#endif
 #define NMSG 100000
 
 extern char **environ;
