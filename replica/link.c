@@ -1349,8 +1349,14 @@ static void *mgr_main(void *arg)
 			int fd = accept4(l->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 			int rc = -EMFILE;
 
-			if (fd < 0)
+			if (fd < 0) {
+				/* out of descriptors or memory: the pending connection stays in
+				 * the backlog; do not spin on it */
+				if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+				    errno == ENOMEM)
+					usleep(SLICE_MS * 1000);
 				continue;
+			}
 			sock_setup(l, fd);
 			pthread_mutex_lock(&l->mu);
 			if (l->nconns < MAX_CONNS && !atomic_load(&l->stopping))

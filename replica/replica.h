@@ -71,6 +71,9 @@ struct rep_callbacks {
 	 * -ENOTCONN when the link went down first. Acks arrive in seq order. Called on the
 	 * receive thread: the fs side replies to waiting FUSE requests from here. */
 	void (*acked)(void *arg, uint64_t seq, int status);
+	/* (All four run on connection threads, one at a time and never concurrently with
+	 * each other; up and down strictly alternate.  They must not call rep_stop,
+	 * rep_wait or rep_flush; any of them may be NULL.) */
 };
 
 struct rep_link;
@@ -93,8 +96,10 @@ int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, in
 #define REP_WAIT_STATUSES 4096
 int rep_wait(struct rep_link *l, uint64_t seq, unsigned timeout_ms);
 /* Wait until everything sent so far is acknowledged (fsync/close in async mode).
- * (0 when every message sent before the call was acknowledged with status 0 — or there
- * were none; the first non-zero status otherwise; -ENOTCONN, -ETIMEDOUT as rep_wait.) */
+ * (The messages still unacknowledged at the call count: 0 when all of them were
+ * acknowledged with status 0 — or there were none, even while the link is down: ask
+ * rep_get_stats().up; the lowest seq's non-zero status otherwise, -ENOTCONN if the link
+ * went down first; -ETIMEDOUT as rep_wait.) */
 int rep_flush(struct rep_link *l, unsigned timeout_ms);
 /* Drop the current connection now (tests, promote --force); it reconnects by itself. */
 void rep_kick(struct rep_link *l);
