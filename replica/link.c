@@ -67,6 +67,8 @@
 #define BACKOFF_MIN_MS 20u
 #define MSG_BIG (64u << 10)     /* messages this large use the buffer cache */
 #define MSG_CACHE 8
+#define ACK_EVERY (REP_QUEUE_MAX / 16)
+#define WAIT_LAG (REP_QUEUE_MAX / 64) /* a direct write may wait for the socket beyond */
 #define SLICE_MS 100            /* poll slices: a stopping link is noticed this fast */
 
 struct rep_msg {
@@ -99,6 +101,7 @@ struct conn {
 	size_t big_cap;
 	uint64_t ack_upto;  /* received and processed, not yet acknowledged */
 	unsigned ack_n;
+	size_t ack_bytes;   /* frame bytes the pending ACK covers */
 	struct rep_ack_ent ack_ent[REP_ACK_MAX_ENTS];
 	/* sender */
 	uint64_t last_tx;   /* l->mu */
@@ -494,17 +497,20 @@ static int __lens_room(struct rep_link *l)
 }
 
 /* Write the frame h + iov straight from the caller's memory (the socket is ours:
- * l->writing), without waiting: what the socket does not take at once is copied into a
- * node that becomes l->partial, which the sender thread finishes before anything else.
- * (Waiting for the socket instead measured the same within this machine's noise, and
- * rep_send promises not to wait on the network while the queue has room.)  Called with
- * iovcnt < TX_IOV; returns with l->mu held and l->writing released. */
+ * l->writing).  With `wait` (a sender streaming while more than WAIT_LAG is already
+ * unacknowledged) it waits for the socket, at most timeout_ms; otherwise (and always on
+ * the receive thread) what the socket does not take at once is copied into a node that
+ * becomes l->partial, which the sender thread finishes before anything else.  Waiting
+ * costs no CPU where the copy costs a memcpy and a hand-over to the sender thread:
+ * pipelined 1 MiB messages ran at 0.79-1.11x of plain TCP waiting, 0.67-0.78x copying.
+ * Called with iovcnt < TX_IOV; returns with l->mu held and l->writing released. */
 static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h,
-			   const struct iovec *iov, int iovcnt)
+			   const struct iovec *iov, int iovcnt, bool wait)
 {
 	struct iovec v[TX_IOV];
 	struct msghdr mh = { .msg_iov = v };
 	size_t total = sizeof(*h) + h->len, done = 0;
+	uint64_t deadline = now_ms() + l->timeout_ms;
 	struct rep_msg *m = NULL;
 	int n = 0, fd = c->fd, err = 0;
 
@@ -520,8 +526,18 @@ static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h
 		if (got < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno != EAGAIN)
+			if (errno != EAGAIN) {
 				err = errno;
+				break;
+			}
+			if (wait && now_ms() < deadline) {
+				struct pollfd p = { .fd = fd, .events = POLLOUT };
+				uint64_t left = deadline - now_ms();
+
+				/* a drop shuts the socket down, which ends this wait */
+				poll(&p, 1, left < SLICE_MS ? (int)left + 1 : SLICE_MS);
+				continue;
+			}
 			break;
 		}
 		done += (size_t)got;
@@ -658,7 +674,8 @@ int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, in
 	} else {
 		h.seq = (uint64_t)seq;
 		l->writing = true;
-		__direct_write(l, l->active, &h, iov, iovcnt);
+		__direct_write(l, l->active, &h, iov, iovcnt,
+			       rx_of != l && l->unacked_bytes > sizeof(h) + len + WAIT_LAG);
 	}
 	pthread_mutex_unlock(&l->mu);
 	return seq;
@@ -788,11 +805,12 @@ static void ack_flush(struct conn *c)
 	memcpy(buf + sizeof(a), c->ack_ent, c->ack_n * sizeof(struct rep_ack_ent));
 	c->ack_upto = 0;
 	c->ack_n = 0;
+	c->ack_bytes = 0;
 	rep_frame_fill(&h, REP_K_ACK, 0, 0, &iov, 1, plen);
 	pthread_mutex_lock(&l->mu);
 	if (l->active == c && !l->writing && !l->partial && !l->ctrl) {
 		l->writing = true;
-		__direct_write(l, c, &h, &iov, 1);
+		__direct_write(l, c, &h, &iov, 1, false);
 		pthread_mutex_unlock(&l->mu);
 		return;
 	}
@@ -812,14 +830,17 @@ static void ack_flush(struct conn *c)
 	pthread_mutex_unlock(&l->mu);
 }
 
-static void ack_note(struct conn *c, uint64_t seq, int st)
+/* Note that seq was processed with status st; the ACK goes out when the receive thread
+ * would block, or sooner once it covers ACK_EVERY bytes or REP_ACK_MAX_ENTS statuses (a
+ * peer that never lets us block must still see its window open). */
+static void ack_note(struct conn *c, uint64_t seq, int st, size_t bytes)
 {
 	c->ack_upto = seq;
-	if (st) {
+	c->ack_bytes += bytes;
+	if (st)
 		c->ack_ent[c->ack_n++] = (struct rep_ack_ent){ .seq = seq, .status = st };
-		if (c->ack_n == REP_ACK_MAX_ENTS)
-			ack_flush(c);
-	}
+	if (c->ack_n == REP_ACK_MAX_ENTS || c->ack_bytes >= ACK_EVERY)
+		ack_flush(c);
 }
 
 static int __status_of(struct rep_link *l, uint64_t seq)
@@ -1085,7 +1106,7 @@ static const char *run(struct conn *c)
 				l->stats.recv_msgs++;
 				l->stats.recv_bytes += h.len;
 				pthread_mutex_unlock(&l->mu);
-				ack_note(c, h.seq, st);
+				ack_note(c, h.seq, st, sizeof(h) + h.len);
 			}
 		} else if (!rc && h.kind == REP_K_ACK) {
 			rc = ack_recv(c, p, h.len, why, sizeof(why));

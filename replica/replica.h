@@ -85,7 +85,10 @@ int rep_port(const struct rep_link *l);  /* the port actually listened on */
  * blocks on the network beyond a bounded send queue (REP_QUEUE_MAX bytes: then it waits
  * for room, at most timeout_ms, then -ETIMEDOUT).  (-EINVAL for a type below
  * REP_TYPE_USER.  Called from the receive thread — inside recv(), up() or acked() — it
- * never waits: replies may go past REP_QUEUE_MAX.) */
+ * never waits: replies may go past REP_QUEUE_MAX.  A sender streaming while more than
+ * REP_QUEUE_MAX / 64 (1 MiB) is already unacknowledged may also wait, at most
+ * timeout_ms, for the socket to take its message, which it then sends without a copy;
+ * otherwise rep_send waits on nothing but room in the queue.) */
 int64_t rep_send(struct rep_link *l, uint32_t type, const void *payload, size_t len);
 int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, int iovcnt);
 /* Wait until seq is acknowledged: its status, -ENOTCONN (link lost first), -ETIMEDOUT
