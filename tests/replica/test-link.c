@@ -540,7 +540,8 @@ static int raw_auth(int fd, const char *name, const char *secret)
 }
 
 /* Everything a raw socket may throw at the port; after each, the a-b link still carries
- * a message (and pairs again when the raw peer had authenticated and taken over). */
+ * a message (and pairs again when the raw peer had authenticated and taken over).  An
+ * authenticated peer that then says nothing at all is dropped within the timeout. */
 static void test_garbage(void)
 {
 	struct node a, b;
@@ -554,7 +555,9 @@ static void test_garbage(void)
 	started = true;
 	port = rep_port(a.l);
 	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
-	for (int kase = 0; kase < 7; kase++) {
+	for (int kase = 0; kase < 8; kase++) {
+		double t_up = 0;
+
 		if (kase == 5) {
 			/* the authenticated cases without b: an authenticated new instance takes
 			 * the link over, and b's reconnect would take it back at any moment */
@@ -610,11 +613,22 @@ static void test_garbage(void)
 				CHECK(write(fd, &h, sizeof(h)) == sizeof(h));
 			}
 			break;
+		case 7: /* authenticated, then silent: no heartbeat, nothing */
+			CHECK(!raw_auth(fd, "mallory", "k"));
+			CHECK(WAIT_FOR(&a, a.ups == ups + 1 && !strcmp(a.peer, "mallory"), 3));
+			t_up = rt_now();
+			break;
 		}
 		CHECK(raw_closed(fd, 2));
 		close(fd);
 		fd = -1;
-		drops++;
+		if (kase == 7) {
+			/* measured from when a saw it up: an upper bound on the silence */
+			CHECK((rt_now() - t_up) * 1000 <= TMO + 250);
+			CHECK(WAIT_FOR(&a, !strcmp(a.last_down, "timeout"), 1));
+		} else {
+			drops++;
+		}
 		rep_get_stats(a.l, &st);
 		CHECK_EQ(st.drops_frame, drops);
 		if (kase >= 5) {
@@ -633,7 +647,7 @@ static void test_garbage(void)
 	      log_has(&a, "checksum") && log_has(&a, "out of order"));
 	/* and a pairs again with a real peer */
 	CHECK(!node_start(&b, "b", 0, port, "k"));
-	CHECK(WAIT_FOR(&a, a.ups == 4 && !strcmp(a.peer, "b"), 3));
+	CHECK(WAIT_FOR(&a, a.ups == 5 && !strcmp(a.peer, "b"), 3));
 	CHECK(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)) > 0);
 	CHECK_EQ(rep_flush(a.l, 2000), 0);
 	node_stop(&b);
