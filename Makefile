@@ -30,6 +30,7 @@ test: build
 bench: build
 	$(BUILD)/tests/bench/alloc-bench --threads 1,2 --seconds 2
 	$(BUILD)/tests/bench/img-bench
+	$(BUILD)/tests/replica/rep-bench
 	$(PYTHON) tests/bench/imagebench.py --heapfs $(BUILD)/fs/heapfs --heapfsctl $(BUILD)/fs/ctl/heapfsctl
 	$(PYTHON) tests/bench/fsbench.py --heapfs $(BUILD)/fs/heapfs
 	@echo "--- the same small-request jobs with the experimental -o io_uring transport:"

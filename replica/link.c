@@ -65,6 +65,10 @@
 #define ST_RING REP_WAIT_STATUSES
 #define FAIL_RING 64            /* seq ranges lost with a connection, for rep_wait */
 #define BACKOFF_MIN_MS 20u
+#define MSG_BIG (64u << 10)     /* messages this large use the buffer cache */
+#define MSG_CACHE 8
+#define ACK_EVERY (REP_QUEUE_MAX / 16)
+#define WAIT_LAG (REP_QUEUE_MAX / 64) /* a direct write may wait for the socket beyond */
 #define SLICE_MS 100            /* poll slices: a stopping link is noticed this fast */
 
 struct rep_msg {
@@ -97,6 +101,7 @@ struct conn {
 	size_t big_cap;
 	uint64_t ack_upto;  /* received and processed, not yet acknowledged */
 	unsigned ack_n;
+	size_t ack_bytes;   /* frame bytes the pending ACK covers */
 	struct rep_ack_ent ack_ent[REP_ACK_MAX_ENTS];
 	/* sender */
 	uint64_t last_tx;   /* l->mu */
@@ -118,6 +123,10 @@ struct rep_link {
 	pthread_t mgr;
 	atomic_bool stopping;
 
+	pthread_mutex_t cache_mu;
+	struct rep_msg *cache[MSG_CACHE];
+	unsigned ncache;
+
 	pthread_mutex_t mu;
 	pthread_cond_t cv, tx_cv;
 	struct conn *conns;
@@ -132,6 +141,9 @@ struct rep_link {
 
 	/* queue and acks */
 	struct rep_msg *ctrl, **ctrl_tail, *data, **data_tail;
+	bool writing;             /* a thread is writing to the active socket */
+	struct rep_msg *partial;  /* a frame a direct write began: finished first */
+	size_t partial_off;
 	uint64_t last_seq, acked_seq, unacked_bytes;
 	uint32_t *lens;  /* bytes of seq s at lens[s & (lcap - 1)], s in (acked, last] */
 	uint64_t lcap;
@@ -416,12 +428,42 @@ static int rx_frame(struct conn *c, struct rep_hdr *h, unsigned char **payload, 
 
 /* ---- the queue --------------------------------------------------------------------- */
 
-static void queue_free(struct rep_msg *m)
+/* Large messages come from a small cache of REP_PAYLOAD_MAX buffers: a fresh malloc of a
+ * megabyte is a fresh mmap whose every page faults in, then munmap — that cost a third of
+ * the throughput.  Only the pages a message touched count as memory, so the cache costs
+ * at most MSG_CACHE * 2 MiB, and less when messages are smaller. */
+static struct rep_msg *msg_alloc(struct rep_link *l, size_t len)
+{
+	struct rep_msg *m = NULL;
+
+	if (len < MSG_BIG)
+		return malloc(sizeof(*m) + len);
+	pthread_mutex_lock(&l->cache_mu);
+	if (l->ncache)
+		m = l->cache[--l->ncache];
+	pthread_mutex_unlock(&l->cache_mu);
+	return m ? m : malloc(sizeof(*m) + REP_PAYLOAD_MAX);
+}
+
+static void msg_free(struct rep_link *l, struct rep_msg *m)
+{
+	if (m->len - sizeof(m->hdr) >= MSG_BIG) {
+		pthread_mutex_lock(&l->cache_mu);
+		if (l->ncache < MSG_CACHE) {
+			l->cache[l->ncache++] = m;
+			m = NULL;
+		}
+		pthread_mutex_unlock(&l->cache_mu);
+	}
+	free(m);
+}
+
+static void queue_free(struct rep_link *l, struct rep_msg *m)
 {
 	while (m) {
 		struct rep_msg *n = m->next;
 
-		free(m);
+		msg_free(l, m);
 		m = n;
 	}
 }
@@ -454,10 +496,118 @@ static int __lens_room(struct rep_link *l)
 	return 0;
 }
 
+/* Write the frame h + iov straight from the caller's memory (the socket is ours:
+ * l->writing).  With `wait` (a sender streaming while more than WAIT_LAG is already
+ * unacknowledged) it waits for the socket, at most timeout_ms; otherwise (and always on
+ * the receive thread) what the socket does not take at once is copied into a node that
+ * becomes l->partial, which the sender thread finishes before anything else.  Waiting
+ * costs no CPU where the copy costs a memcpy and a hand-over to the sender thread:
+ * pipelined 1 MiB messages ran at 0.79-1.11x of plain TCP waiting, 0.67-0.78x copying.
+ * Called with iovcnt < TX_IOV; returns with l->mu held and l->writing released. */
+static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h,
+			   const struct iovec *iov, int iovcnt, bool wait)
+{
+	struct iovec v[TX_IOV];
+	struct msghdr mh = { .msg_iov = v };
+	size_t total = sizeof(*h) + h->len, done = 0;
+	uint64_t deadline = now_ms() + l->timeout_ms;
+	struct rep_msg *m = NULL;
+	int n = 0, fd = c->fd, err = 0;
+
+	v[n++] = (struct iovec){ h, sizeof(*h) };
+	for (int i = 0; i < iovcnt; i++)
+		if (iov[i].iov_len)
+			v[n++] = iov[i];
+	mh.msg_iovlen = (size_t)n;
+	pthread_mutex_unlock(&l->mu);
+	while (done < total) {
+		ssize_t got = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (got < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN) {
+				err = errno;
+				break;
+			}
+			if (wait && now_ms() < deadline) {
+				struct pollfd p = { .fd = fd, .events = POLLOUT };
+				uint64_t left = deadline - now_ms();
+
+				/* a drop shuts the socket down, which ends this wait */
+				poll(&p, 1, left < SLICE_MS ? (int)left + 1 : SLICE_MS);
+				continue;
+			}
+			break;
+		}
+		done += (size_t)got;
+		while (mh.msg_iovlen && (size_t)got >= mh.msg_iov->iov_len) {
+			got -= (ssize_t)mh.msg_iov->iov_len;
+			mh.msg_iov++;
+			mh.msg_iovlen--;
+		}
+		if (mh.msg_iovlen) {
+			mh.msg_iov->iov_base = (char *)mh.msg_iov->iov_base + got;
+			mh.msg_iov->iov_len -= (size_t)got;
+		}
+	}
+	if (done < total) {
+		/* copy only the bytes not yet on the wire, each to its place in the frame */
+		size_t pos = 0;
+
+		m = msg_alloc(l, h->len);
+		if (m) {
+			m->len = total;
+			m->next = NULL;
+			if (done < sizeof(*h))
+				memcpy((char *)&m->hdr + done, (char *)h + done, sizeof(*h) - done);
+			pos = sizeof(*h);
+			for (int i = 0; i < iovcnt; i++) {
+				size_t il = iov[i].iov_len, skip = done > pos ? done - pos : 0;
+
+				if (skip < il)
+					memcpy((char *)&m->hdr + pos + skip, (char *)iov[i].iov_base + skip,
+					       il - skip);
+				pos += il;
+			}
+		}
+	}
+	pthread_mutex_lock(&l->mu);
+	l->writing = false;
+	if (err) {
+		if (!c->why[0])
+			snprintf(c->why, sizeof(c->why), "write failed: %s", strerror(err));
+		shutdown(fd, SHUT_RDWR);
+	} else if (done < total && !m) {
+		/* half a frame on the wire and no memory for the rest: the stream is lost */
+		if (!c->why[0])
+			snprintf(c->why, sizeof(c->why), "out of memory");
+		shutdown(fd, SHUT_RDWR);
+	}
+	if (m && l->active == c && !c->why[0]) {
+		l->partial = m;
+		l->partial_off = done;
+		m = NULL;
+	}
+	c->last_tx = now_ms();
+	pthread_cond_signal(&l->tx_cv);
+	pthread_cond_broadcast(&l->cv);
+	if (m) {
+		pthread_mutex_unlock(&l->mu);
+		msg_free(l, m);
+		pthread_mutex_lock(&l->mu);
+	}
+}
+
+/* Queue one message.  The payload is checksummed from the caller's memory; when nothing
+ * is queued and no one is writing, the calling thread writes the frame itself without
+ * waiting (no copy, no hand-over to the sender); otherwise it is copied once into a
+ * queue node for the sender. */
 int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, int iovcnt)
 {
 	size_t len = 0, off = 0;
-	struct rep_msg *m;
+	struct rep_msg *m = NULL;
+	struct rep_hdr h;
 	uint64_t deadline;
 	int64_t seq;
 
@@ -470,54 +620,69 @@ int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, in
 		if (len > REP_PAYLOAD_MAX)
 			return -EMSGSIZE;
 	}
-	m = malloc(sizeof(*m) + len);
-	if (!m)
-		return -ENOMEM;
-	for (int i = 0; i < iovcnt; i++) {
-		if (iov[i].iov_len)
-			memcpy(m->payload + off, iov[i].iov_base, iov[i].iov_len);
-		off += iov[i].iov_len;
-	}
-	{
-		struct iovec one = { m->payload, len };
-
-		rep_frame_fill(&m->hdr, REP_K_MSG, type, 0, &one, 1, len);
-	}
-	m->len = sizeof(m->hdr) + len;
-	m->next = NULL;
+	rep_frame_fill(&h, REP_K_MSG, type, 0, iov, iovcnt, len);
 
 	pthread_mutex_lock(&l->mu);
 	deadline = now_ms() + l->timeout_ms;
 	for (;;) {
+		bool direct;
+
 		if (!l->active || atomic_load(&l->stopping)) {
 			seq = -ENOTCONN;
 			goto fail;
 		}
-		if (rx_of == l || !l->unacked_bytes || l->unacked_bytes + m->len <= REP_QUEUE_MAX)
-			break;
-		if (wait_until(&l->cv, &l->mu, deadline)) {
-			seq = -ETIMEDOUT;
-			goto fail;
+		if (rx_of != l && l->unacked_bytes &&
+		    l->unacked_bytes + sizeof(h) + len > REP_QUEUE_MAX) {
+			if (wait_until(&l->cv, &l->mu, deadline)) {
+				seq = -ETIMEDOUT;
+				goto fail;
+			}
+			continue;
 		}
+		direct = !l->writing && !l->partial && !l->ctrl && !l->data && iovcnt < TX_IOV;
+		if (direct || m)
+			break;
+		/* the copy is made without the lock; then everything is checked again */
+		pthread_mutex_unlock(&l->mu);
+		m = msg_alloc(l, len);
+		if (!m)
+			return -ENOMEM;
+		for (int i = 0; i < iovcnt; i++) {
+			if (iov[i].iov_len)
+				memcpy(m->payload + off, iov[i].iov_base, iov[i].iov_len);
+			off += iov[i].iov_len;
+		}
+		m->hdr = h;
+		m->len = sizeof(h) + len;
+		m->next = NULL;
+		pthread_mutex_lock(&l->mu);
 	}
 	if (__lens_room(l)) {
 		seq = -ENOMEM;
 		goto fail;
 	}
 	seq = (int64_t)++l->last_seq;
-	m->hdr.seq = (uint64_t)seq;
-	l->lens[l->last_seq & (l->lcap - 1)] = (uint32_t)m->len;
-	l->unacked_bytes += m->len;
+	l->lens[l->last_seq & (l->lcap - 1)] = (uint32_t)(sizeof(h) + len);
+	l->unacked_bytes += sizeof(h) + len;
 	l->stats.sent_msgs++;
 	l->stats.sent_bytes += len;
-	*l->data_tail = m;
-	l->data_tail = &m->next;
-	pthread_cond_signal(&l->tx_cv);
+	if (m) {
+		m->hdr.seq = (uint64_t)seq;
+		*l->data_tail = m;
+		l->data_tail = &m->next;
+		pthread_cond_signal(&l->tx_cv);
+	} else {
+		h.seq = (uint64_t)seq;
+		l->writing = true;
+		__direct_write(l, l->active, &h, iov, iovcnt,
+			       rx_of != l && l->unacked_bytes > sizeof(h) + len + WAIT_LAG);
+	}
 	pthread_mutex_unlock(&l->mu);
 	return seq;
 fail:
 	pthread_mutex_unlock(&l->mu);
-	free(m);
+	if (m)
+		msg_free(l, m);
 	return seq;
 }
 
@@ -538,16 +703,27 @@ static void *tx_main(void *arg)
 	pthread_mutex_lock(&l->mu);
 	for (;;) {
 		struct rep_msg *batch = NULL, **tail = &batch, *hb = NULL;
-		size_t bytes = 0;
+		size_t bytes = 0, skip = 0;
 		int rc = 0;
 
-		while (!c->tx_stop && !l->ctrl && !l->data) {
-			if (wait_until(&l->tx_cv, &l->mu, c->last_tx + l->hb_ms))
-				break;
+		/* wait for work while nobody else writes; idle for timeout/4: a heartbeat */
+		while (!c->tx_stop && (l->writing || (!l->partial && !l->ctrl && !l->data))) {
+			if (l->writing)
+				pthread_cond_wait(&l->tx_cv, &l->mu); /* the writer signals */
+			else if (wait_until(&l->tx_cv, &l->mu, c->last_tx + l->hb_ms) &&
+				 !l->writing)
+				break; /* (a direct writer may have begun while we waited) */
 		}
 		if (c->tx_stop)
 			break;
-		/* control frames first, then data up to a batch */
+		l->writing = true;
+		/* the rest of a frame begun by a direct write, control frames, then data */
+		if (l->partial) {
+			batch = l->partial;
+			tail = &batch->next;
+			skip = l->partial_off;
+			l->partial = NULL;
+		}
 		if (l->ctrl) {
 			*tail = l->ctrl;
 			tail = l->ctrl_tail;
@@ -568,7 +744,6 @@ static void *tx_main(void *arg)
 		pthread_mutex_unlock(&l->mu);
 
 		if (!batch) {
-			/* idle for timeout/4: a heartbeat */
 			hb = calloc(1, sizeof(*hb));
 			if (hb) {
 				rep_frame_fill(&hb->hdr, REP_K_HB, 0, 0, NULL, 0, 0);
@@ -581,19 +756,23 @@ static void *tx_main(void *arg)
 			struct rep_msg *m = batch;
 			int n = 0;
 
-			for (; m && n < TX_IOV; m = m->next, n++)
-				iov[n] = (struct iovec){ &m->hdr, m->len };
+			for (; m && n < TX_IOV; m = m->next, n++) {
+				iov[n] = (struct iovec){ (char *)&m->hdr + skip, m->len - skip };
+				skip = 0;
+			}
 			rc = rep_writev_all(c->fd, iov, n);
 			while (batch != m) {
 				struct rep_msg *d = batch;
 
 				batch = batch->next;
-				free(d);
+				msg_free(l, d);
 			}
 		}
-		queue_free(batch);
+		queue_free(l, batch);
 
 		pthread_mutex_lock(&l->mu);
+		l->writing = false;
+		pthread_cond_broadcast(&l->cv);
 		c->last_tx = now_ms();
 		if (rc) {
 			if (!c->why[0])
@@ -608,40 +787,60 @@ static void *tx_main(void *arg)
 
 /* ---- acknowledgements -------------------------------------------------------------- */
 
-/* Queue an ACK for what this connection processed (receive thread). */
+/* Send an ACK for what this connection processed (receive thread): written at once
+ * when the socket is free and no older ACK waits (ACKs must not overtake each other),
+ * else queued for the sender. */
 static void ack_flush(struct conn *c)
 {
 	struct rep_link *l = c->l;
-	size_t plen = sizeof(struct rep_ack) + c->ack_n * sizeof(struct rep_ack_ent);
-	struct rep_msg *m = malloc(sizeof(*m) + plen);
-	struct rep_ack *a;
-	struct iovec iov;
+	_Alignas(8) unsigned char buf[sizeof(struct rep_ack) +
+				      REP_ACK_MAX_ENTS * sizeof(struct rep_ack_ent)];
+	struct rep_ack a = { .upto = c->ack_upto, .n = c->ack_n };
+	size_t plen = sizeof(a) + c->ack_n * sizeof(struct rep_ack_ent);
+	struct iovec iov = { buf, plen };
+	struct rep_msg *m;
+	struct rep_hdr h;
 
-	if (!m)
-		return; /* a later flush acknowledges these too; statuses then... */
-	a = (struct rep_ack *)m->payload;
-	a->upto = c->ack_upto;
-	a->n = c->ack_n;
-	a->pad = 0;
-	memcpy(a->ent, c->ack_ent, c->ack_n * sizeof(struct rep_ack_ent));
-	iov = (struct iovec){ a, plen };
-	rep_frame_fill(&m->hdr, REP_K_ACK, 0, 0, &iov, 1, plen);
-	m->len = sizeof(m->hdr) + plen;
+	memcpy(buf, &a, sizeof(a));
+	memcpy(buf + sizeof(a), c->ack_ent, c->ack_n * sizeof(struct rep_ack_ent));
 	c->ack_upto = 0;
 	c->ack_n = 0;
+	c->ack_bytes = 0;
+	rep_frame_fill(&h, REP_K_ACK, 0, 0, &iov, 1, plen);
 	pthread_mutex_lock(&l->mu);
-	__ctrl_append(l, m);
+	if (l->active == c && !l->writing && !l->partial && !l->ctrl) {
+		l->writing = true;
+		__direct_write(l, c, &h, &iov, 1, false);
+		pthread_mutex_unlock(&l->mu);
+		return;
+	}
+	pthread_mutex_unlock(&l->mu);
+	m = malloc(sizeof(*m) + plen);
+	pthread_mutex_lock(&l->mu);
+	if (m) {
+		m->hdr = h;
+		m->len = sizeof(h) + plen;
+		memcpy(m->payload, buf, plen);
+		__ctrl_append(l, m);
+	} else if (!c->why[0]) {
+		/* acks we cannot send would stall the peer until its timeout: drop now */
+		snprintf(c->why, sizeof(c->why), "out of memory");
+		shutdown(c->fd, SHUT_RDWR);
+	}
 	pthread_mutex_unlock(&l->mu);
 }
 
-static void ack_note(struct conn *c, uint64_t seq, int st)
+/* Note that seq was processed with status st; the ACK goes out when the receive thread
+ * would block, or sooner once it covers ACK_EVERY bytes or REP_ACK_MAX_ENTS statuses (a
+ * peer that never lets us block must still see its window open). */
+static void ack_note(struct conn *c, uint64_t seq, int st, size_t bytes)
 {
 	c->ack_upto = seq;
-	if (st) {
+	c->ack_bytes += bytes;
+	if (st)
 		c->ack_ent[c->ack_n++] = (struct rep_ack_ent){ .seq = seq, .status = st };
-		if (c->ack_n == REP_ACK_MAX_ENTS)
-			ack_flush(c);
-	}
+	if (c->ack_n == REP_ACK_MAX_ENTS || c->ack_bytes >= ACK_EVERY)
+		ack_flush(c);
 }
 
 static int __status_of(struct rep_link *l, uint64_t seq)
@@ -907,7 +1106,7 @@ static const char *run(struct conn *c)
 				l->stats.recv_msgs++;
 				l->stats.recv_bytes += h.len;
 				pthread_mutex_unlock(&l->mu);
-				ack_note(c, h.seq, st);
+				ack_note(c, h.seq, st, sizeof(h) + h.len);
 			}
 		} else if (!rc && h.kind == REP_K_ACK) {
 			rc = ack_recv(c, p, h.len, why, sizeof(why));
@@ -961,8 +1160,8 @@ static void conn_down(struct conn *c, const char *reason)
 	}
 	l->acked_seq = l->last_seq;
 	l->unacked_bytes = 0;
-	queue_free(l->ctrl);
-	queue_free(l->data);
+	queue_free(l, l->ctrl);
+	queue_free(l, l->data);
 	l->ctrl = l->data = NULL;
 	l->ctrl_tail = &l->ctrl;
 	l->data_tail = &l->data;
@@ -973,6 +1172,16 @@ static void conn_down(struct conn *c, const char *reason)
 
 	pthread_join(c->tx, NULL);
 	c->tx_started = false;
+	/* a direct writer may still be in sendmsg on this socket: it must be out before the
+	 * socket is closed (it never waits there: MSG_DONTWAIT) */
+	pthread_mutex_lock(&l->mu);
+	while (l->writing)
+		pthread_cond_wait(&l->cv, &l->mu);
+	if (l->partial) {
+		msg_free(l, l->partial);
+		l->partial = NULL;
+	}
+	pthread_mutex_unlock(&l->mu);
 	lg(l, "link to \"%.*s\" down: %s (%llu unacknowledged)", c->peer.name_len, c->peer.name,
 	   why, (unsigned long long)(to >= from ? to - from + 1 : 0));
 	if (l->cb.acked)
@@ -997,7 +1206,7 @@ static void *conn_main(void *arg)
 	struct conn *c = arg;
 	struct rep_link *l = c->l;
 	char why[160] = "";
-	int rc = 0, fd;
+	int rc = 0;
 
 	rx_of = l;
 	c->rb = malloc(RBUF_SIZE);
@@ -1033,7 +1242,9 @@ out:
 	free(c->rb);
 	free(c->big);
 	pthread_mutex_lock(&l->mu);
-	fd = c->fd;
+	/* closed under the lock (a socket's close does not wait): whoever gets the same fd
+	 * number next, gets it after everyone who used this one let go of the lock */
+	close(c->fd);
 	c->fd = -1;
 	if (c->initiator) {
 		l->outgoing = false;
@@ -1045,7 +1256,6 @@ out:
 	}
 	c->done = true;
 	pthread_mutex_unlock(&l->mu);
-	close(fd);
 	wake_mgr(l);
 	return NULL;
 }
@@ -1150,8 +1360,14 @@ static void *mgr_main(void *arg)
 			int fd = accept4(l->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 			int rc = -EMFILE;
 
-			if (fd < 0)
+			if (fd < 0) {
+				/* out of descriptors or memory: the pending connection stays in
+				 * the backlog; do not spin on it */
+				if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+				    errno == ENOMEM)
+					usleep(SLICE_MS * 1000);
 				continue;
+			}
 			sock_setup(l, fd);
 			pthread_mutex_lock(&l->mu);
 			if (l->nconns < MAX_CONNS && !atomic_load(&l->stopping))
@@ -1209,6 +1425,7 @@ int rep_start(const struct rep_config *c, const struct rep_callbacks *cb, void *
 	l->lfd = -1;
 	l->wake[0] = l->wake[1] = -1;
 	pthread_mutex_init(&l->mu, NULL);
+	pthread_mutex_init(&l->cache_mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&l->cv, &ca);
@@ -1253,6 +1470,7 @@ fail:
 	pthread_cond_destroy(&l->cv);
 	pthread_cond_destroy(&l->tx_cv);
 	pthread_mutex_destroy(&l->mu);
+	pthread_mutex_destroy(&l->cache_mu);
 	sodium_memzero(l->key, sizeof(l->key));
 	free(l);
 	return rc;
@@ -1366,9 +1584,12 @@ void rep_stop(struct rep_link *l)
 		close(l->lfd);
 	close(l->wake[0]);
 	close(l->wake[1]);
-	queue_free(l->ctrl);
-	queue_free(l->data);
+	queue_free(l, l->ctrl);
+	queue_free(l, l->data);
 	free(l->lens);
+	while (l->ncache)
+		free(l->cache[--l->ncache]);
+	pthread_mutex_destroy(&l->cache_mu);
 	pthread_cond_destroy(&l->cv);
 	pthread_cond_destroy(&l->tx_cv);
 	pthread_mutex_destroy(&l->mu);

@@ -71,6 +71,9 @@ struct rep_callbacks {
 	 * -ENOTCONN when the link went down first. Acks arrive in seq order. Called on the
 	 * receive thread: the fs side replies to waiting FUSE requests from here. */
 	void (*acked)(void *arg, uint64_t seq, int status);
+	/* (All four run on connection threads, one at a time and never concurrently with
+	 * each other; up and down strictly alternate.  They must not call rep_stop,
+	 * rep_wait or rep_flush; any of them may be NULL.) */
 };
 
 struct rep_link;
@@ -82,7 +85,10 @@ int rep_port(const struct rep_link *l);  /* the port actually listened on */
  * blocks on the network beyond a bounded send queue (REP_QUEUE_MAX bytes: then it waits
  * for room, at most timeout_ms, then -ETIMEDOUT).  (-EINVAL for a type below
  * REP_TYPE_USER.  Called from the receive thread — inside recv(), up() or acked() — it
- * never waits: replies may go past REP_QUEUE_MAX.) */
+ * never waits: replies may go past REP_QUEUE_MAX.  A sender streaming while more than
+ * REP_QUEUE_MAX / 64 (1 MiB) is already unacknowledged may also wait, at most
+ * timeout_ms, for the socket to take its message, which it then sends without a copy;
+ * otherwise rep_send waits on nothing but room in the queue.) */
 int64_t rep_send(struct rep_link *l, uint32_t type, const void *payload, size_t len);
 int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, int iovcnt);
 /* Wait until seq is acknowledged: its status, -ENOTCONN (link lost first), -ETIMEDOUT
@@ -93,8 +99,10 @@ int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, in
 #define REP_WAIT_STATUSES 4096
 int rep_wait(struct rep_link *l, uint64_t seq, unsigned timeout_ms);
 /* Wait until everything sent so far is acknowledged (fsync/close in async mode).
- * (0 when every message sent before the call was acknowledged with status 0 — or there
- * were none; the first non-zero status otherwise; -ENOTCONN, -ETIMEDOUT as rep_wait.) */
+ * (The messages still unacknowledged at the call count: 0 when all of them were
+ * acknowledged with status 0 — or there were none, even while the link is down: ask
+ * rep_get_stats().up; the lowest seq's non-zero status otherwise, -ENOTCONN if the link
+ * went down first; -ETIMEDOUT as rep_wait.) */
 int rep_flush(struct rep_link *l, unsigned timeout_ms);
 /* Drop the current connection now (tests, promote --force); it reconnects by itself. */
 void rep_kick(struct rep_link *l);

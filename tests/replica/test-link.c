@@ -24,8 +24,11 @@
 #include "replica_i.h"
 #include "rtest.h"
 
-#define TMO 400 /* ms: the links' timeout in these tests */
+#ifndef TMO
+#define TMO 400 /* ms: the links' timeout in these tests (TSan's build: longer) */
+#endif
 #define NMSG 100000
+#define NSEND 4 /* sender threads of one node at most */
 
 extern char **environ;
 
@@ -37,7 +40,11 @@ struct node {
 	pthread_cond_t cv;
 	int ups, downs;
 	char peer[REP_NODE_MAX + 1], last_down[96];
-	uint64_t recvd, order_errs, expect; /* expect: next counter, ~0 = any */
+	/* counters carry a sender id in bits 40..: expect[id] is its next, ~0 = any */
+	uint64_t recvd, order_errs, expect[NSEND];
+	int *st_by_seq;   /* if set: every ack's status by seq (< st_cap) */
+	uint64_t st_cap;
+	uint64_t corrupt; /* payloads not as the sender filled them */
 	uint64_t acks, ack_errs, acked_seq, enotconn, enotconn_late;
 	bool reply;      /* recv answers each message with a small rep_send */
 	int64_t reply_err;
@@ -56,7 +63,7 @@ static void cb_up(void *arg, const char *peer)
 	pthread_mutex_lock(&n->mu);
 	n->ups++;
 	snprintf(n->peer, sizeof(n->peer), "%s", peer);
-	n->expect = ~0ull;
+	memset(n->expect, 0xff, sizeof(n->expect));
 	pthread_cond_broadcast(&n->cv);
 	pthread_mutex_unlock(&n->mu);
 }
@@ -76,15 +83,24 @@ static int cb_recv(void *arg, uint32_t type, const void *p, size_t len)
 {
 	struct node *n = arg;
 	uint64_t cnt = 0;
-	bool reply;
+	bool reply, bad = false;
 
 	if (type != REP_TYPE_USER || len < sizeof(cnt))
 		return 0; /* replies and odd sizes: just counted by the link */
 	memcpy(&cnt, p, sizeof(cnt));
+	for (size_t i = sizeof(cnt); i < len; i++)
+		if (((const unsigned char *)p)[i] != (cnt & 0xff)) {
+			bad = true;
+			break;
+		}
 	pthread_mutex_lock(&n->mu);
-	if (n->expect != ~0ull && cnt != n->expect)
+	n->corrupt += bad;
+	if ((cnt >> 40) >= NSEND)
 		n->order_errs++;
-	n->expect = cnt + 1;
+	else if (n->expect[cnt >> 40] != ~0ull && cnt != n->expect[cnt >> 40])
+		n->order_errs++;
+	else
+		n->expect[cnt >> 40] = cnt + 1;
 	n->recvd++;
 	reply = n->reply;
 	pthread_cond_broadcast(&n->cv);
@@ -111,7 +127,11 @@ static void cb_acked(void *arg, uint64_t seq, int st)
 	if (n->acked_seq && seq != n->acked_seq + 1)
 		n->ack_errs++;
 	n->acked_seq = seq;
-	if (st == -ENOTCONN) {
+	if (seq < n->st_cap)
+		n->st_by_seq[seq] = st;
+	if (n->st_by_seq) {
+		n->acks++; /* checked by seq afterwards */
+	} else if (st == -ENOTCONN) {
 		n->enotconn++;
 	} else {
 		if (st != status_for(n->acks))
@@ -142,7 +162,7 @@ static int node_start(struct node *n, const char *name, int lport, int cport,
 	n->name = name;
 	pthread_mutex_init(&n->mu, NULL);
 	pthread_cond_init(&n->cv, NULL);
-	n->expect = ~0ull;
+	memset(n->expect, 0xff, sizeof(n->expect));
 	n->log = tmpfile();
 	c.log = n->log;
 	snprintf(listen, sizeof(listen), "127.0.0.1:%d", lport);
@@ -224,6 +244,8 @@ struct sender {
 	uint64_t count;
 	size_t maxlen;
 	int64_t err;
+	unsigned id;      /* goes into bits 40.. of the counters */
+	uint64_t *seqs;   /* if set: the seq of each message */
 };
 
 static void *sender_main(void *arg)
@@ -233,15 +255,27 @@ static void *sender_main(void *arg)
 
 	for (uint64_t i = 0; i < s->count; i++) {
 		size_t len = sizeof(i) + (i * 7919) % (s->maxlen - sizeof(i) + 1);
+		uint64_t cnt = (uint64_t)s->id << 40 | i;
 		int64_t r;
 
-		memcpy(buf, &i, sizeof(i));
-		memset(buf + sizeof(i), (int)(i & 0xff), len - sizeof(i));
-		r = rep_send(s->n->l, REP_TYPE_USER, buf, len);
+		memcpy(buf, &cnt, sizeof(cnt));
+		memset(buf + sizeof(cnt), (int)(cnt & 0xff), len - sizeof(cnt));
+		if (i % 3 == 1) {
+			/* in pieces: rep_sendv gathers them */
+			struct iovec iov[3] = { { buf, sizeof(cnt) }, { buf + sizeof(cnt), (len - sizeof(cnt)) / 2 },
+						{ buf + sizeof(cnt) + (len - sizeof(cnt)) / 2,
+						  len - sizeof(cnt) - (len - sizeof(cnt)) / 2 } };
+
+			r = rep_sendv(s->n->l, REP_TYPE_USER, iov, 3);
+		} else {
+			r = rep_send(s->n->l, REP_TYPE_USER, buf, len);
+		}
 		if (r < 0) {
 			s->err = r;
 			break;
 		}
+		if (s->seqs)
+			s->seqs[i] = (uint64_t)r;
 	}
 	return NULL;
 }
@@ -251,7 +285,7 @@ static void *sender_main(void *arg)
 static void test_exchange(void)
 {
 	struct node a, b;
-	struct sender sa = { &a, NMSG, 600, 0 }, sb = { &b, NMSG, 600, 0 };
+	struct sender sa = { &a, NMSG, 600, 0, 0, NULL }, sb = { &b, NMSG, 600, 0, 0, NULL };
 	pthread_t ta, tb;
 	struct rep_stats st;
 	bool started = false;
@@ -275,6 +309,7 @@ static void test_exchange(void)
 	CHECK(WAIT_FOR(&a, a.acks == NMSG, 10) && WAIT_FOR(&b, b.acks == NMSG, 10));
 	CHECK(WAIT_FOR(&a, a.recvd == NMSG, 10) && WAIT_FOR(&b, b.recvd == NMSG, 10));
 	CHECK(NOW(&a, !a.order_errs) && NOW(&b, !b.order_errs));
+	CHECK(NOW(&a, !a.corrupt) && NOW(&b, !b.corrupt));
 	CHECK(NOW(&a, !a.ack_errs) && NOW(&b, !b.ack_errs));
 	CHECK(NOW(&a, !a.enotconn) && NOW(&b, !b.enotconn));
 	CHECK(NOW(&a, !a.downs) && NOW(&b, !b.downs));
@@ -306,12 +341,65 @@ done:
 	}
 }
 
+/* Three threads send from a at once (messages up to 256 KiB, whole or in pieces) while b
+ * sends back: each sender's messages arrive in its order, intact, and each seq's ack
+ * carries the status b's recv() gave that very message. */
+static void test_concurrent_senders(void)
+{
+#ifdef __SANITIZE_THREAD__
+	enum { PER = 400 }; /* TSan checks every byte compared: ~30x slower */
+#else
+	enum { PER = 3000 };
+#endif
+	struct node a, b;
+	struct sender s[4];
+	pthread_t t[4];
+	bool started = false;
+	int *st = calloc(3 * PER + 16, sizeof(int));
+
+	CHECK(st);
+	CHECK(!pair(&a, &b, "k", "k"));
+	started = true;
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	pthread_mutex_lock(&a.mu);
+	a.st_by_seq = st;
+	a.st_cap = 3 * PER + 16;
+	pthread_mutex_unlock(&a.mu);
+	for (unsigned i = 0; i < 4; i++) {
+		s[i] = (struct sender){ .n = i < 3 ? &a : &b, .count = PER, .maxlen = 256 << 10,
+					.id = i < 3 ? i : 0, .seqs = calloc(PER, sizeof(uint64_t)) };
+		CHECK(s[i].seqs);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_create(&t[i], NULL, sender_main, &s[i]);
+	for (int i = 0; i < 4; i++)
+		pthread_join(t[i], NULL);
+	for (int i = 0; i < 4; i++)
+		CHECK_EQ(s[i].err, 0);
+	CHECK(rep_flush(a.l, 10000) != -ETIMEDOUT && rep_flush(b.l, 10000) != -ETIMEDOUT);
+	CHECK(WAIT_FOR(&a, a.acks == 3 * PER && a.recvd == PER, 10));
+	CHECK(WAIT_FOR(&b, b.acks == PER && b.recvd == 3 * PER, 10));
+	CHECK(NOW(&a, !a.order_errs && !a.corrupt && !a.downs && !a.ack_errs));
+	CHECK(NOW(&b, !b.order_errs && !b.corrupt && !b.downs && !b.ack_errs));
+	for (unsigned i = 0; i < 3; i++)
+		for (uint64_t k = 0; k < PER; k++)
+			CHECK_EQ(st[s[i].seqs[k]], status_for((uint64_t)i << 40 | k));
+done:
+	if (started) {
+		node_stop(&a);
+		node_stop(&b);
+	}
+	for (int i = 0; i < 4; i++)
+		free(s[i].seqs);
+	free(st);
+}
+
 /* recv() replies with rep_send while a fills the queue with 1 MiB messages: neither
  * side's receive thread may wait for room, or both would stall until the timeout. */
 static void test_reply_under_load(void)
 {
 	struct node a, b;
-	struct sender sa = { &a, 300, 1 << 20, 0 };
+	struct sender sa = { &a, 300, 1 << 20, 0, 0, NULL };
 	pthread_t ta;
 	bool started = false;
 
@@ -329,7 +417,7 @@ static void test_reply_under_load(void)
 	CHECK(NOW(&b, !b.reply_err));
 	CHECK_EQ(rep_flush(b.l, 5000), 0);
 	CHECK(NOW(&a, !a.downs) && NOW(&b, !b.downs));
-	CHECK(NOW(&a, !a.ack_errs) && NOW(&b, !b.order_errs));
+	CHECK(NOW(&a, !a.ack_errs) && NOW(&b, !b.order_errs && !b.corrupt && b.recvd == 300));
 done:
 	if (started) {
 		node_stop(&a);
@@ -452,7 +540,8 @@ static int raw_auth(int fd, const char *name, const char *secret)
 }
 
 /* Everything a raw socket may throw at the port; after each, the a-b link still carries
- * a message (and pairs again when the raw peer had authenticated and taken over). */
+ * a message (and pairs again when the raw peer had authenticated and taken over).  An
+ * authenticated peer that then says nothing at all is dropped within the timeout. */
 static void test_garbage(void)
 {
 	struct node a, b;
@@ -466,7 +555,9 @@ static void test_garbage(void)
 	started = true;
 	port = rep_port(a.l);
 	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
-	for (int kase = 0; kase < 7; kase++) {
+	for (int kase = 0; kase < 8; kase++) {
+		double t_up = 0;
+
 		if (kase == 5) {
 			/* the authenticated cases without b: an authenticated new instance takes
 			 * the link over, and b's reconnect would take it back at any moment */
@@ -522,11 +613,22 @@ static void test_garbage(void)
 				CHECK(write(fd, &h, sizeof(h)) == sizeof(h));
 			}
 			break;
+		case 7: /* authenticated, then silent: no heartbeat, nothing */
+			CHECK(!raw_auth(fd, "mallory", "k"));
+			CHECK(WAIT_FOR(&a, a.ups == ups + 1 && !strcmp(a.peer, "mallory"), 3));
+			t_up = rt_now();
+			break;
 		}
 		CHECK(raw_closed(fd, 2));
 		close(fd);
 		fd = -1;
-		drops++;
+		if (kase == 7) {
+			/* measured from when a saw it up: an upper bound on the silence */
+			CHECK((rt_now() - t_up) * 1000 <= TMO + 250);
+			CHECK(WAIT_FOR(&a, !strcmp(a.last_down, "timeout"), 1));
+		} else {
+			drops++;
+		}
 		rep_get_stats(a.l, &st);
 		CHECK_EQ(st.drops_frame, drops);
 		if (kase >= 5) {
@@ -538,14 +640,14 @@ static void test_garbage(void)
 		CHECK(WAIT_FOR(&b, b.ups > b.downs, 3));
 		cnt = 1000 + (uint64_t)kase;
 		CHECK(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)) > 0);
-		CHECK(WAIT_FOR(&b, b.expect == cnt + 1, 3));
+		CHECK(WAIT_FOR(&b, b.expect[0] == cnt + 1, 3));
 	}
 	CHECK(log_has(&a, "bad magic") && log_has(&a, "truncated") &&
 	      log_has(&a, "more than") && log_has(&a, "during the handshake") &&
 	      log_has(&a, "checksum") && log_has(&a, "out of order"));
 	/* and a pairs again with a real peer */
 	CHECK(!node_start(&b, "b", 0, port, "k"));
-	CHECK(WAIT_FOR(&a, a.ups == 4 && !strcmp(a.peer, "b"), 3));
+	CHECK(WAIT_FOR(&a, a.ups == 5 && !strcmp(a.peer, "b"), 3));
 	CHECK(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)) > 0);
 	CHECK_EQ(rep_flush(a.l, 2000), 0);
 	node_stop(&b);
@@ -588,7 +690,7 @@ done:
  * same on both sides, and it stays. */
 static void test_duplicates(void)
 {
-	for (int round = 0; round < 5; round++) {
+	for (int round = 0; round < 4; round++) {
 		struct node a, b;
 		struct rep_stats sa, sb;
 		int pa = free_port(), pb = free_port();
@@ -603,7 +705,7 @@ static void test_duplicates(void)
 		}
 		started = true;
 		CHECK(WAIT_FOR(&a, a.ups > a.downs, 3) && WAIT_FOR(&b, b.ups > b.downs, 3));
-		usleep(3 * TMO * 1000);
+		usleep(2 * TMO * 1000);
 		rep_get_stats(a.l, &sa);
 		rep_get_stats(b.l, &sb);
 		CHECK(sa.up && sb.up);
@@ -855,6 +957,12 @@ static void test_stopped_peer(void)
 	CHECK(NOW(&a, !a.downs));
 
 	kill(pid, SIGSTOP);
+	{
+		int ws;
+
+		/* stopped for sure (kill only sends the signal) */
+		CHECK(waitpid(pid, &ws, WUNTRACED) == pid && WIFSTOPPED(ws));
+	}
 	t0 = rt_now();
 	seq = rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt));
 	CHECK(seq > 0);
@@ -895,6 +1003,7 @@ int main(int argc, char **argv)
 	if (sodium_init() < 0)
 		return 1;
 	RUN(test_exchange);
+	RUN(test_concurrent_senders);
 	RUN(test_reply_under_load);
 	RUN(test_wrong_secret);
 	RUN(test_garbage);

@@ -1,0 +1,137 @@
+/*
+ * test-frame.c — the wire format's checks and the handshake's proof, without sockets:
+ * rep_frame_check refuses each malformed header, rep_hello_parse each malformed HELLO,
+ * and a MAC is bound to the key, the role of its maker and every HELLO byte.
+ */
+#include <sodium.h>
+
+#include "replica_i.h"
+#include "rtest.h"
+
+static void test_frame_check(void)
+{
+	struct rep_hdr good, h;
+	char why[128], pay[16] = "payload";
+	struct iovec iov = { pay, sizeof(pay) };
+
+	rep_frame_fill(&good, REP_K_MSG, REP_TYPE_USER, 7, &iov, 1, sizeof(pay));
+	CHECK_EQ(rep_frame_check(&good, why, sizeof(why)), 0);
+	CHECK_EQ(rep_frame_sum_ok(&good, pay), 0);
+	pay[0] ^= 1;
+	CHECK_EQ(rep_frame_sum_ok(&good, pay), -EBADMSG);
+	/* each field wrong in turn */
+	h = good, h.magic ^= 1;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	CHECK(strstr(why, "magic"));
+	h = good, h.version = 2;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	h = good, h.flags = 1;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	h = good, h.kind = 0;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	h = good, h.kind = REP_K_MAX;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	h = good, h.len = REP_PAYLOAD_MAX + 1;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	CHECK(strstr(why, "more than"));
+	h = good, h.len = REP_PAYLOAD_MAX;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), 0);
+	h = good, h.len = 0xffffffffu;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	h = good, h.type = REP_TYPE_USER - 1; /* the link's own types never come as MSG */
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	h = good, h.seq = 0;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	/* control frames: small, fixed, no type or seq */
+	rep_frame_fill(&h, REP_K_HB, 0, 0, NULL, 0, 0);
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), 0);
+	h.len = 1;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	rep_frame_fill(&h, REP_K_HB, 0, 5, NULL, 0, 0);
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	rep_frame_fill(&h, REP_K_AUTH, 0, 0, &iov, 1, REP_MAC_BYTES);
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), 0);
+	h.len = REP_MAC_BYTES - 1;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	rep_frame_fill(&h, REP_K_ACK, 0, 0, NULL, 0, 0);
+	h.len = sizeof(struct rep_ack) + (REP_ACK_MAX_ENTS + 1) * sizeof(struct rep_ack_ent);
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	rep_frame_fill(&h, REP_K_HELLO, 0, 0, NULL, 0, 0);
+	h.len = sizeof(struct rep_hello) + 1;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+done:
+	return;
+}
+
+static void test_hello(void)
+{
+	struct rep_hello mine, out, bad;
+	size_t len;
+	char why[128];
+
+	rep_hello_make(&mine, &len, REP_ROLE_INITIATOR, "node-a", 77, 5);
+	CHECK_EQ(len, REP_HELLO_FIXED + 6);
+	CHECK_EQ(rep_hello_parse(&mine, len, REP_ROLE_INITIATOR, "node-b", &out, why, sizeof(why)), 0);
+	CHECK(out.instance == 77 && out.next_seq == 5 && out.name_len == 6);
+	CHECK(!memcmp(out.name, "node-a", 6));
+	/* wrong role, our own name, a length that disagrees with name_len, a bad byte */
+	CHECK_EQ(rep_hello_parse(&mine, len, REP_ROLE_ACCEPTOR, "node-b", &out, why, sizeof(why)),
+		 -EBADMSG);
+	CHECK_EQ(rep_hello_parse(&mine, len, REP_ROLE_INITIATOR, "node-a", &out, why, sizeof(why)),
+		 -EBADMSG);
+	CHECK(strstr(why, "own node name"));
+	CHECK_EQ(rep_hello_parse(&mine, len - 1, REP_ROLE_INITIATOR, "node-b", &out, why,
+				 sizeof(why)), -EBADMSG);
+	CHECK_EQ(rep_hello_parse(&mine, REP_HELLO_FIXED, REP_ROLE_INITIATOR, "node-b", &out, why,
+				 sizeof(why)), -EBADMSG);
+	bad = mine, bad.name[2] = '\n';
+	CHECK_EQ(rep_hello_parse(&bad, len, REP_ROLE_INITIATOR, "node-b", &out, why, sizeof(why)),
+		 -EBADMSG);
+	bad = mine, bad.next_seq = 0;
+	CHECK_EQ(rep_hello_parse(&bad, len, REP_ROLE_INITIATOR, "node-b", &out, why, sizeof(why)),
+		 -EBADMSG);
+	bad = mine, bad.proto = REP_VERSION + 1;
+	CHECK_EQ(rep_hello_parse(&bad, len, REP_ROLE_INITIATOR, "node-b", &out, why, sizeof(why)),
+		 -EBADMSG);
+	/* two HELLOs never carry the same nonce */
+	rep_hello_make(&bad, &len, REP_ROLE_INITIATOR, "node-a", 77, 5);
+	CHECK(memcmp(bad.nonce, mine.nonce, REP_NONCE_BYTES));
+done:
+	return;
+}
+
+static void test_mac(void)
+{
+	uint8_t key[REP_KEY_BYTES], other[REP_KEY_BYTES], mac[REP_MAC_BYTES];
+	struct rep_hello hi, ha;
+	size_t li, la;
+
+	randombytes_buf(key, sizeof(key));
+	memcpy(other, key, sizeof(key));
+	other[0] ^= 1;
+	rep_hello_make(&hi, &li, REP_ROLE_INITIATOR, "a", 1, 1);
+	rep_hello_make(&ha, &la, REP_ROLE_ACCEPTOR, "b", 2, 1);
+	rep_auth_mac(mac, key, REP_ROLE_INITIATOR, &hi, li, &ha, la);
+	CHECK_EQ(rep_auth_verify(mac, key, REP_ROLE_INITIATOR, &hi, li, &ha, la), 0);
+	/* another key, the other role (a reflected MAC), either HELLO changed in one bit */
+	CHECK_EQ(rep_auth_verify(mac, other, REP_ROLE_INITIATOR, &hi, li, &ha, la), -EACCES);
+	CHECK_EQ(rep_auth_verify(mac, key, REP_ROLE_ACCEPTOR, &hi, li, &ha, la), -EACCES);
+	CHECK_EQ(rep_auth_verify(mac, key, REP_ROLE_INITIATOR, &ha, la, &hi, li), -EACCES);
+	hi.nonce[5] ^= 0x10;
+	CHECK_EQ(rep_auth_verify(mac, key, REP_ROLE_INITIATOR, &hi, li, &ha, la), -EACCES);
+	hi.nonce[5] ^= 0x10;
+	ha.name[0] = 'c';
+	CHECK_EQ(rep_auth_verify(mac, key, REP_ROLE_INITIATOR, &hi, li, &ha, la), -EACCES);
+done:
+	return;
+}
+
+int main(void)
+{
+	if (sodium_init() < 0)
+		return 1;
+	RUN(test_frame_check);
+	RUN(test_hello);
+	RUN(test_mac);
+	return rt_failed != 0;
+}
