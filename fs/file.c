@@ -306,7 +306,9 @@ static void __shrink(struct hfs_inode *i)
  * sgid that means "executable setgid" (not the group-exec-less mandatory-lock bit). */
 static void __kill_suid(struct hfs_inode *i, uid_t who, bool always)
 {
-	if (!hfs.killpriv || (!always && who == 0))
+	/* who first: the mirror's apply thread (who 0) never reads the flag the INIT reply
+	 * sets on a FUSE thread */
+	if ((!always && who == 0) || !hfs.killpriv)
 		return;
 	if (i->mode & S_ISUID)
 		i->mode &= ~S_ISUID;

@@ -113,7 +113,8 @@ static struct {
 	struct rep_link *_Atomic l;
 	uint8_t key[REP_KEY_BYTES];
 	pthread_mutex_t lock;
-	bool up, syncing;
+	_Atomic bool up;  /* read by writers (send_rec) without g.lock */
+	bool syncing;
 	char peer[REP_NODE_MAX + 1];
 	pthread_t sync_th;
 	bool sync_on;
