@@ -122,6 +122,11 @@ static struct {
 	/* every replicated heap, owned or mirrored: append-only (such heaps are never
 	 * removed), so the link's threads walk it without hfs.ns */
 	atomic_bool stopping;
+	/* bumped at every up and down: a sync thread sends only on the connection it was
+	 * started for (after a replaced connection its stream would land in the middle of
+	 * the new one) */
+	atomic_uint_fast64_t conn;
+	uint64_t sync_conn;         /* the sync thread's */
 	struct hfs_repl_heap *rv[REPL_MAX];
 	atomic_uint nr;
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -389,6 +394,13 @@ bool hfs_repl_flushes(const struct hfs_heap *h)
 
 /* ---- the owner: full sync ----------------------------------------------------------- */
 
+/* The sync thread's connection is gone (or the daemon stops): it must not send. */
+static bool stale(void)
+{
+	return atomic_load(&g.conn) != g.sync_conn || atomic_load(&g.stopping);
+}
+
+/* The sync thread's messages (RESET, IMG, IMGEND). */
 static int send_named(struct hfs_heap *h, uint32_t type, const void *buf, size_t len)
 {
 	struct iovec iov[3];
@@ -396,6 +408,8 @@ static int send_named(struct hfs_heap *h, uint32_t type, const void *buf, size_t
 	int n = name_iov(h, &nl, iov);
 	int64_t seq;
 
+	if (stale())
+		return -ECANCELED;
 	iov[n++] = (struct iovec){ .iov_base = (void *)buf, .iov_len = len };
 	seq = rep_sendv(g.l, type, iov, n);
 	return seq < 0 ? (int)seq : 0;
@@ -427,7 +441,7 @@ static int send_log(struct hfs_repl_heap *r)
 	int ret = 0;
 
 	for (struct pend *p = r->pend; p && !ret; p = p->next) {
-		int64_t seq = rep_send(g.l, MSG_REC, p->data, p->len);
+		int64_t seq = stale() ? -ECANCELED : rep_send(g.l, MSG_REC, p->data, p->len);
 
 		ret = seq < 0 ? (int)seq : 0;
 		p->seq = seq > 0 ? (uint64_t)seq : 0;
@@ -471,10 +485,6 @@ static int sync_heap(struct hfs_repl_heap *r, char *buf)
 	if (ret)
 		return ret;
 	while ((n = read(fd, buf, CHUNK)) > 0 || (n < 0 && errno == EINTR)) {
-		if (atomic_load(&g.stopping)) {
-			ret = -ECANCELED;
-			break;
-		}
 		if (n < 0)
 			continue;
 		ret = send_named(r->h, MSG_IMG, buf, (size_t)n);
@@ -514,16 +524,18 @@ static void *sync_thread(void *arg)
 	atomic_store(&g.resync_done, 0);
 	atomic_store(&g.resync_total, total);
 	FOR_EACH_REPL(r) {
-		if (buf && !r->mirror && !r->skip && !atomic_load(&g.stopping) &&
+		if (buf && !r->mirror && !r->skip && !stale() &&
 		    (r->resume ? resume_heap(r) : sync_heap(r, buf))) {
 			fprintf(stderr, "heapfs: partner: resync of %s failed\n", r->h->pol.name);
 			break;
 		}
 	}
 	free(buf);
-	atomic_store(&g.resync_total, atomic_load(&g.resync_done));
 	pthread_mutex_lock(&g.lock);
-	g.syncing = false;
+	if (!stale()) { /* else a newer connection has its own resync coming */
+		atomic_store(&g.resync_total, atomic_load(&g.resync_done));
+		g.syncing = false;
+	}
 	pthread_mutex_unlock(&g.lock);
 	return NULL;
 }
@@ -761,6 +773,7 @@ static void sync_start(void)
 	if (on)
 		pthread_join(last, NULL);
 	pthread_mutex_lock(&g.lock);
+	g.sync_conn = atomic_load(&g.conn); /* this connection's: the receive thread's */
 	g.syncing = true;
 	g.sync_on = !pthread_create(&g.sync_th, NULL, sync_thread, NULL);
 	if (!g.sync_on)
@@ -1032,6 +1045,7 @@ static void on_up(void *arg, const char *peer)
 	/* records wait (streaming since the link went down or the start) until the sync
 	 * thread has sent what the partner lacks: until then the state is resyncing */
 	pthread_mutex_lock(&g.lock);
+	atomic_fetch_add(&g.conn, 1);
 	g.up = true;
 	g.syncing = true;
 	snprintf(g.peer, sizeof(g.peer), "%s", peer);
@@ -1045,6 +1059,7 @@ static void on_down(void *arg, const char *why)
 
 	(void)arg;
 	pthread_mutex_lock(&g.lock);
+	atomic_fetch_add(&g.conn, 1);
 	g.up = false;
 	pthread_mutex_unlock(&g.lock);
 	fprintf(stderr, "heapfs: partner: link down (%s)\n", why);
