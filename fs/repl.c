@@ -127,6 +127,7 @@ static struct {
 	 * the new one) */
 	atomic_uint_fast64_t conn;
 	uint64_t sync_conn;         /* the sync thread's */
+	uint64_t sync_until;        /* g.lock: the last seq of the resync (this connection) */
 	struct hfs_repl_heap *rv[REPL_MAX];
 	atomic_uint nr;
 } g = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -506,6 +507,7 @@ static int sync_heap(struct hfs_repl_heap *r, char *buf)
 
 static void *sync_thread(void *arg)
 {
+	struct rep_stats rs;
 	char *buf = malloc(CHUNK);
 	struct hfs_repl_heap *r;
 	uint64_t total = 0;
@@ -531,8 +533,12 @@ static void *sync_thread(void *arg)
 		}
 	}
 	free(buf);
+	/* resyncing until the partner has applied it all (acked up to here), not just until
+	 * it is queued: hfs_repl_status compares */
+	rep_get_stats(g.l, &rs);
 	pthread_mutex_lock(&g.lock);
 	if (!stale()) { /* else a newer connection has its own resync coming */
+		g.sync_until = rs.last_seq;
 		atomic_store(&g.resync_total, atomic_load(&g.resync_done));
 		g.syncing = false;
 	}
@@ -1048,6 +1054,7 @@ static void on_up(void *arg, const char *peer)
 	atomic_fetch_add(&g.conn, 1);
 	g.up = true;
 	g.syncing = true;
+	g.sync_until = 0;
 	snprintf(g.peer, sizeof(g.peer), "%s", peer);
 	pthread_mutex_unlock(&g.lock);
 	send_hello();
@@ -1518,7 +1525,8 @@ void hfs_repl_status(struct hfs_repl_status *st)
 	if (g.l)
 		rep_get_stats(g.l, &rs);
 	pthread_mutex_lock(&g.lock);
-	st->state = !g.up ? "degraded" : g.syncing ? "resyncing" : "connected";
+	st->state = !g.up ? "degraded"
+		    : g.syncing || rs.acked_seq < g.sync_until ? "resyncing" : "connected";
 	FOR_EACH_REPL(r) {
 		pthread_mutex_lock(&r->lock);
 		if (r->split)
