@@ -528,7 +528,9 @@ static void *sync_thread(void *arg)
 	FOR_EACH_REPL(r) {
 		if (buf && !r->mirror && !r->skip && !stale() &&
 		    (r->resume ? resume_heap(r) : sync_heap(r, buf))) {
-			fprintf(stderr, "heapfs: partner: resync of %s failed\n", r->h->pol.name);
+			if (!stale()) /* else the link went: the next connect resyncs */
+				fprintf(stderr, "heapfs: partner: resync of %s failed\n",
+					r->h->pol.name);
 			break;
 		}
 	}
@@ -931,7 +933,9 @@ static void *restore_thread(void *arg)
 	return NULL;
 }
 
-static int mirror_join(struct hfs_repl_heap *r)
+/* End the image restore (if one runs).  cut: the link went down under it, so a half
+ * image is expected, not a refusal. */
+static int mirror_join(struct hfs_repl_heap *r, bool cut)
 {
 	if (r->pipe_w >= 0) {
 		close(r->pipe_w);
@@ -940,7 +944,10 @@ static int mirror_join(struct hfs_repl_heap *r)
 	if (r->th_on) {
 		pthread_join(r->th, NULL);
 		r->th_on = false;
-		if (r->th_ret)
+		if (r->th_ret && cut)
+			fprintf(stderr, "heapfs: partner: the image of %s was cut off with the "
+				"link; the next connect sends it again\n", r->h->pol.name);
+		else if (r->th_ret)
 			fprintf(stderr, "heapfs: partner: the image of %s was refused: %s\n",
 				r->h->pol.name, r->why[0] ? r->why : strerror(-r->th_ret));
 	}
@@ -952,7 +959,7 @@ static int mirror_reset(struct hfs_repl_heap *r)
 	struct restore_arg *ra;
 	int p[2], ret;
 
-	mirror_join(r);
+	mirror_join(r, true);
 	if (r->apply) {
 		hfs_apply_end(r->apply, false);
 		r->apply = NULL;
@@ -1072,7 +1079,7 @@ static void on_down(void *arg, const char *why)
 	fprintf(stderr, "heapfs: partner: link down (%s)\n", why);
 	FOR_EACH_REPL(r) {
 		if (r->mirror) {
-			mirror_join(r); /* a half image stays half: the next connect resets */
+			mirror_join(r, true); /* a half image: the next connect resets */
 			if (hfs.conf->partner.auto_failover && r->apply) {
 				pthread_mutex_lock(&r->lock);
 				__become_owner(r, r->epoch);
@@ -1129,7 +1136,7 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 	case MSG_IMG:
 		return mirror_img(r, p, len);
 	case MSG_IMGEND:
-		return mirror_join(r);
+		return mirror_join(r, false);
 	default:
 		return mirror_rec(r, p, len);
 	}
@@ -1502,7 +1509,7 @@ void hfs_repl_stop(void)
 	rep_stop(l); /* joins the receive thread: no callback runs after this */
 	g.l = NULL;
 	FOR_EACH_REPL(r) {
-		mirror_join(r);
+		mirror_join(r, true);
 		if (r->apply)
 			hfs_apply_end(r->apply, false);
 		pend_drop(r);
