@@ -118,6 +118,10 @@ struct rep_stats {
 };
 void rep_get_stats(struct rep_link *l, struct rep_stats *st);
 void rep_stop(struct rep_link *l);       /* closes, joins threads, frees */
+/* (rep_stop: no other rep_* call on l may be running or start — it frees l.  The active
+ * connection's unacknowledged messages are reported -ENOTCONN and down("stopped") is
+ * called before it returns.  rep_start after any fork(): the link's threads do not
+ * survive one.) */
 
 /* Resync bookkeeping: a bitmap of fixed-size regions of a heap (bounded memory: one bit
  * per region) marking what changed while the partner was away.  (region_order 6..40; a
