@@ -27,6 +27,12 @@
 #ifndef TMO
 #define TMO 400 /* ms: the links' timeout in these tests (TSan's build: longer) */
 #endif
+/* ms: how much later than the timeout a failure may be noticed — what a loaded 2-CPU
+ * machine (the suite runs two tests at once) adds to a poll wake-up, not slack in the
+ * link: it measured 0-25 ms idle (TSan's build: more) */
+#ifndef MARGIN
+#define MARGIN 300
+#endif
 #define NMSG 100000
 #define NSEND 4 /* sender threads of one node at most */
 
@@ -624,7 +630,7 @@ static void test_garbage(void)
 		fd = -1;
 		if (kase == 7) {
 			/* measured from when a saw it up: an upper bound on the silence */
-			CHECK((rt_now() - t_up) * 1000 <= TMO + 250);
+			CHECK((rt_now() - t_up) * 1000 <= TMO + MARGIN);
 			CHECK(WAIT_FOR(&a, !strcmp(a.last_down, "timeout"), 1));
 		} else {
 			drops++;
@@ -882,7 +888,7 @@ static void test_cut(void)
 	tb = rt_now() - t0;
 	fprintf(stderr, "  cut noticed after %.0f ms (a, sending) and %.0f ms (b), timeout %d ms\n",
 		ta * 1000, tb * 1000, TMO);
-	CHECK(ta * 1000 <= TMO + 250 && tb * 1000 <= TMO + 250);
+	CHECK(ta * 1000 <= TMO + MARGIN && tb * 1000 <= TMO + MARGIN);
 	CHECK(NOW(&a, !strcmp(a.last_down, "timeout") && a.enotconn > 0));
 	atomic_store(&pu.stop, true);
 	pthread_join(pt, NULL);
@@ -890,7 +896,7 @@ static void test_cut(void)
 	fprintf(stderr, "  %llu MiB sent before the cut, longest rep_send %.0f ms\n",
 		(unsigned long long)pu.sent, pu.longest * 1000);
 	CHECK(pu.sent > 0);
-	CHECK(pu.longest * 1000 <= TMO + 250);
+	CHECK(pu.longest * 1000 <= TMO + MARGIN);
 	atomic_store(&r.heal, true);
 	atomic_store(&r.cut, false);
 	CHECK(WAIT_FOR(&a, a.ups == 2, 5) && WAIT_FOR(&b, b.ups == 2, 5));
@@ -970,11 +976,11 @@ static void test_stopped_peer(void)
 	took = rt_now() - t0;
 	fprintf(stderr, "  stopped peer declared down after %.0f ms (timeout %d ms)\n",
 		took * 1000, TMO);
-	CHECK(took * 1000 <= TMO + 250);
+	CHECK(took * 1000 <= TMO + MARGIN);
 	CHECK(NOW(&a, !strcmp(a.last_down, "timeout") && a.enotconn == 1));
 	CHECK_EQ(rep_wait(a.l, (uint64_t)seq, 0), -ENOTCONN);
 	rep_get_stats(a.l, &st);
-	CHECK(st.last_down_ms >= TMO && st.last_down_ms <= TMO + 250);
+	CHECK(st.last_down_ms >= TMO && st.last_down_ms <= TMO + MARGIN);
 	CHECK_EQ(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)), -ENOTCONN);
 
 	kill(pid, SIGCONT);
@@ -985,7 +991,7 @@ static void test_stopped_peer(void)
 	kill(pid, SIGKILL);
 	t0 = rt_now();
 	CHECK(WAIT_FOR(&a, a.downs == 2, 3));
-	CHECK(rt_now() - t0 < TMO / 1000.0 + 0.25);
+	CHECK((rt_now() - t0) * 1000 < TMO + MARGIN);
 done:
 	if (pid > 0) {
 		kill(pid, SIGKILL);
