@@ -54,6 +54,9 @@ struct rep_config {
 	unsigned timeout_ms;    /* no frame from the peer for this long: link down */
 	FILE *log;              /* where refusals and drops are logged (one line each), or NULL */
 };
+/* (listen or connect NULL or "": that side is not done; HOST may be an IPv4 literal or a
+ * name.  rep_start: -EINVAL for an empty or over-long node name, one with a byte outside
+ * '!'..'~', an address it cannot parse, or timeout_ms < 20; -EADDRINUSE etc. from bind.) */
 
 struct rep_callbacks {
 	/* An authenticated link to the partner is up. peer: its node name. On the link's
