@@ -454,6 +454,37 @@ done:
 	}
 }
 
+/* rep_start refuses what it cannot run with, before starting anything. */
+static void test_config(void)
+{
+	struct rep_config c = { .node = "a", .listen = "127.0.0.1:0", .timeout_ms = TMO };
+	struct rep_link *l = NULL, *l2 = NULL;
+	char busy[32];
+
+	c.node = "";
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), -EINVAL);
+	c.node = "two words";
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), -EINVAL);
+	c.node = "a-name-that-is-longer-than-sixty-four-bytes-a-name-that-is-longer-x";
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), -EINVAL);
+	c.node = "a";
+	c.timeout_ms = 5;
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), -EINVAL);
+	c.timeout_ms = TMO;
+	c.connect = "127.0.0.1";
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), -EINVAL);
+	c.connect = NULL;
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), 0);
+	CHECK(rep_port(l) > 0);
+	snprintf(busy, sizeof(busy), "127.0.0.1:%d", rep_port(l));
+	c.listen = busy;
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l2), -EADDRINUSE);
+	CHECK_EQ(rep_send(l, REP_TYPE_USER, "x", 1), -ENOTCONN);
+	CHECK_EQ(rep_flush(l, 10), 0);
+done:
+	rep_stop(l);
+}
+
 /* ---- raw sockets ---------------------------------------------------------------------- */
 
 static int raw_connect(int port)
@@ -1008,6 +1039,7 @@ int main(int argc, char **argv)
 		return child_main(atoi(argv[2]));
 	if (sodium_init() < 0)
 		return 1;
+	RUN(test_config);
 	RUN(test_exchange);
 	RUN(test_concurrent_senders);
 	RUN(test_reply_under_load);
