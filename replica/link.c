@@ -1049,9 +1049,9 @@ static int activate(struct conn *c)
 		if (a && a->peer.instance == c->peer.instance &&
 		    smaller_initiated(a) && !smaller_initiated(c)) {
 			pthread_mutex_unlock(&l->mu);
-			lg(l, "duplicate connection from \"%s\" refused: keeping the one %s "
-			      "initiated", l->peer, smaller_initiated(a) == a->initiator ?
-			   "we" : "the peer");
+			lg(l, "duplicate connection from \"%.*s\" refused: keeping the one %s "
+			      "initiated", c->peer.name_len, c->peer.name,
+			   c->initiator ? "the peer" : "we");
 			return -EEXIST;
 		}
 		if (a && !a->why[0]) {
@@ -1127,7 +1127,8 @@ static const char *run(struct conn *c)
 			pthread_mutex_lock(&l->mu);
 			l->stats.drops_frame++;
 			pthread_mutex_unlock(&l->mu);
-			lg(l, "dropping the link to \"%s\": bad frame: %s", l->peer, why);
+			lg(l, "dropping the link to \"%.*s\": bad frame: %s", c->peer.name_len,
+			   c->peer.name, why);
 			return "bad frame";
 		}
 		if (rc == -ETIMEDOUT)
