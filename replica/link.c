@@ -7,18 +7,22 @@
  * connection (accepted or initiated) gets its own thread, which runs the handshake
  * (auth.c) under a deadline of timeout_ms and, if the connection becomes the link's
  * active one, is from then on its receive thread: it reads frames, calls recv() and
- * acked(), and queues ACK frames.  The active connection also has a sender thread that
+ * acked(), and sends ACK frames.  The active connection also has a sender thread that
  * writes the queue with sendmsg (a batch of frames per call) and sends a heartbeat when
- * it has written nothing for timeout/4.  The receive thread polls with a deadline of
+ * nothing was written for timeout/4.  The receive thread polls with a deadline of
  * "last byte from the peer + timeout_ms": a peer that is killed, stopped or cut off is
  * declared down within timeout_ms; TCP_USER_TIMEOUT = timeout_ms bounds a write into a
  * dead peer, and a drop shuts the socket down, which wakes the sender.
  *
- * Queue.  rep_sendv copies the payload once into a queue node (header + payload in one
- * allocation, so a frame is one iovec), outside the lock; under the lock it takes the
- * next seq and appends.  The sender detaches a batch under the lock and writes it with
- * the lock released.  Control frames (ACK) have their own list, written first, so acks
- * do not wait behind megabytes of data.  REP_QUEUE_MAX bounds bytes sent and not yet
+ * Sending.  One thread at a time writes the socket (l->writing).  When nothing is queued
+ * and nobody writes, rep_sendv (and an ACK from the receive thread) writes its frame
+ * itself, straight from the caller's memory (__direct_write); what the socket does not
+ * take is copied into l->partial, which the sender writes before anything else.
+ * Otherwise rep_sendv copies the payload once into a queue node (header + payload in
+ * one allocation, so a frame is one iovec), outside the lock, and under the lock takes
+ * the next seq and appends.  The sender detaches a batch under the lock and writes it
+ * with the lock released.  Control frames (ACK) have their own list, written first, so
+ * acks do not wait behind megabytes of data.  REP_QUEUE_MAX bounds bytes sent and not yet
  * acknowledged (the lag), not just bytes not yet written, so a slow peer slows the
  * sender down; the receive thread itself never waits for room (a reply from recv()
  * could otherwise wait for acks that only the same thread reads).
@@ -37,7 +41,10 @@
  *
  * Locking: one mutex per link (l->mu) guards the queue, the seq/ack bookkeeping, the
  * connection list and `active`; l->cv signals acks, room and state changes, l->tx_cv
- * wakes the sender.  No lock is held across a blocking socket call or a callback.
+ * wakes the sender; l->cache_mu guards the buffer cache (taken inside l->mu, never
+ * around it).  No lock is held across a blocking socket call or a callback; a socket is
+ * closed only by its connection's thread, after its sender is joined and no direct
+ * writer holds it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1042,9 +1049,9 @@ static int activate(struct conn *c)
 		if (a && a->peer.instance == c->peer.instance &&
 		    smaller_initiated(a) && !smaller_initiated(c)) {
 			pthread_mutex_unlock(&l->mu);
-			lg(l, "duplicate connection from \"%s\" refused: keeping the one %s "
-			      "initiated", l->peer, smaller_initiated(a) == a->initiator ?
-			   "we" : "the peer");
+			lg(l, "duplicate connection from \"%.*s\" refused: keeping the one %s "
+			      "initiated", c->peer.name_len, c->peer.name,
+			   c->initiator ? "the peer" : "we");
 			return -EEXIST;
 		}
 		if (a && !a->why[0]) {
@@ -1120,7 +1127,8 @@ static const char *run(struct conn *c)
 			pthread_mutex_lock(&l->mu);
 			l->stats.drops_frame++;
 			pthread_mutex_unlock(&l->mu);
-			lg(l, "dropping the link to \"%s\": bad frame: %s", l->peer, why);
+			lg(l, "dropping the link to \"%.*s\": bad frame: %s", c->peer.name_len,
+			   c->peer.name, why);
 			return "bad frame";
 		}
 		if (rc == -ETIMEDOUT)

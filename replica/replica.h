@@ -54,6 +54,9 @@ struct rep_config {
 	unsigned timeout_ms;    /* no frame from the peer for this long: link down */
 	FILE *log;              /* where refusals and drops are logged (one line each), or NULL */
 };
+/* (listen or connect NULL or "": that side is not done; HOST may be an IPv4 literal or a
+ * name.  rep_start: -EINVAL for an empty or over-long node name, one with a byte outside
+ * '!'..'~', an address it cannot parse, or timeout_ms < 20; -EADDRINUSE etc. from bind.) */
 
 struct rep_callbacks {
 	/* An authenticated link to the partner is up. peer: its node name. On the link's
@@ -118,6 +121,10 @@ struct rep_stats {
 };
 void rep_get_stats(struct rep_link *l, struct rep_stats *st);
 void rep_stop(struct rep_link *l);       /* closes, joins threads, frees */
+/* (rep_stop: no other rep_* call on l may be running or start — it frees l.  The active
+ * connection's unacknowledged messages are reported -ENOTCONN and down("stopped") is
+ * called before it returns.  rep_start after any fork(): the link's threads do not
+ * survive one.) */
 
 /* Resync bookkeeping: a bitmap of fixed-size regions of a heap (bounded memory: one bit
  * per region) marking what changed while the partner was away.  (region_order 6..40; a

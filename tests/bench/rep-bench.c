@@ -189,9 +189,11 @@ static double link_run(struct rep_link *a, bool each)
 	t0 = now();
 	for (uint64_t done = 0; done < total_bytes; done += msg_bytes) {
 		int64_t seq = rep_send(a, REP_TYPE_USER, src, msg_bytes);
+		int rc = seq < 0 ? (int)seq : each ? rep_wait(a, (uint64_t)seq, 10000) : 0;
 
-		if (seq < 0 || (each && rep_wait(a, (uint64_t)seq, 10000))) {
-			fprintf(stderr, "rep-bench: send failed: %s\n", strerror((int)-seq));
+		if (rc) {
+			fprintf(stderr, "rep-bench: %s failed: %s\n", seq < 0 ? "rep_send" : "rep_wait",
+				strerror(-rc));
 			exit(1);
 		}
 	}

@@ -3,6 +3,8 @@
  * rep_frame_check refuses each malformed header, rep_hello_parse each malformed HELLO,
  * and a MAC is bound to the key, the role of its maker and every HELLO byte.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sodium.h>
 
 #include "replica_i.h"
@@ -126,6 +128,27 @@ done:
 	return;
 }
 
+static void test_addr(void)
+{
+	struct sockaddr_in sa;
+
+	CHECK_EQ(rep_addr_parse("127.0.0.1:7410", &sa), 0);
+	CHECK(sa.sin_family == AF_INET && ntohs(sa.sin_port) == 7410 &&
+	      ntohl(sa.sin_addr.s_addr) == INADDR_LOOPBACK);
+	CHECK_EQ(rep_addr_parse("0.0.0.0:0", &sa), 0);
+	CHECK_EQ(rep_addr_parse("localhost:1", &sa), 0);
+	CHECK(ntohl(sa.sin_addr.s_addr) >> 24 == 127);
+	CHECK_EQ(rep_addr_parse("127.0.0.1", &sa), -EINVAL);
+	CHECK_EQ(rep_addr_parse(":7410", &sa), -EINVAL);
+	CHECK_EQ(rep_addr_parse("127.0.0.1:", &sa), -EINVAL);
+	CHECK_EQ(rep_addr_parse("127.0.0.1:65536", &sa), -EINVAL);
+	CHECK_EQ(rep_addr_parse("127.0.0.1:74x", &sa), -EINVAL);
+	CHECK_EQ(rep_addr_parse("127.0.0.1:-1", &sa), -EINVAL);
+	CHECK_EQ(rep_addr_parse(NULL, &sa), -EINVAL);
+done:
+	return;
+}
+
 int main(void)
 {
 	if (sodium_init() < 0)
@@ -133,5 +156,6 @@ int main(void)
 	RUN(test_frame_check);
 	RUN(test_hello);
 	RUN(test_mac);
+	RUN(test_addr);
 	return rt_failed != 0;
 }

@@ -27,13 +27,18 @@
 #ifndef TMO
 #define TMO 400 /* ms: the links' timeout in these tests (TSan's build: longer) */
 #endif
+/* ms: how much later than the timeout a failure may be noticed — what a loaded 2-CPU
+ * machine (the suite runs two tests at once) adds to a poll wake-up, not slack in the
+ * link: it measured 0-25 ms idle (TSan's build: more) */
+#ifndef MARGIN
+#define MARGIN 300
+#endif
 #define NMSG 100000
 #define NSEND 4 /* sender threads of one node at most */
 
 extern char **environ;
 
 struct node {
-	const char *name;
 	struct rep_link *l;
 	FILE *log;
 	pthread_mutex_t mu;
@@ -45,7 +50,8 @@ struct node {
 	int *st_by_seq;   /* if set: every ack's status by seq (< st_cap) */
 	uint64_t st_cap;
 	uint64_t corrupt; /* payloads not as the sender filled them */
-	uint64_t acks, ack_errs, acked_seq, enotconn, enotconn_late;
+	uint64_t acks, ack_errs, acked_seq, enotconn;
+	uint64_t enotconn_late; /* -ENOTCONN reported after down(): must never happen */
 	bool reply;      /* recv answers each message with a small rep_send */
 	int64_t reply_err;
 };
@@ -133,6 +139,7 @@ static void cb_acked(void *arg, uint64_t seq, int st)
 		n->acks++; /* checked by seq afterwards */
 	} else if (st == -ENOTCONN) {
 		n->enotconn++;
+		n->enotconn_late += n->ups == n->downs;
 	} else {
 		if (st != status_for(n->acks))
 			n->ack_errs++;
@@ -159,7 +166,6 @@ static int node_start(struct node *n, const char *name, int lport, int cport,
 				.timeout_ms = TMO };
 
 	memset(n, 0, sizeof(*n));
-	n->name = name;
 	pthread_mutex_init(&n->mu, NULL);
 	pthread_cond_init(&n->cv, NULL);
 	memset(n->expect, 0xff, sizeof(n->expect));
@@ -448,6 +454,37 @@ done:
 	}
 }
 
+/* rep_start refuses what it cannot run with, before starting anything. */
+static void test_config(void)
+{
+	struct rep_config c = { .node = "a", .listen = "127.0.0.1:0", .timeout_ms = TMO };
+	struct rep_link *l = NULL, *l2 = NULL;
+	char busy[32];
+
+	c.node = "";
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), -EINVAL);
+	c.node = "two words";
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), -EINVAL);
+	c.node = "a-name-that-is-longer-than-sixty-four-bytes-a-name-that-is-longer-x";
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), -EINVAL);
+	c.node = "a";
+	c.timeout_ms = 5;
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), -EINVAL);
+	c.timeout_ms = TMO;
+	c.connect = "127.0.0.1";
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), -EINVAL);
+	c.connect = NULL;
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l), 0);
+	CHECK(rep_port(l) > 0);
+	snprintf(busy, sizeof(busy), "127.0.0.1:%d", rep_port(l));
+	c.listen = busy;
+	CHECK_EQ(rep_start(&c, &cbs, NULL, &l2), -EADDRINUSE);
+	CHECK_EQ(rep_send(l, REP_TYPE_USER, "x", 1), -ENOTCONN);
+	CHECK_EQ(rep_flush(l, 10), 0);
+done:
+	rep_stop(l);
+}
+
 /* ---- raw sockets ---------------------------------------------------------------------- */
 
 static int raw_connect(int port)
@@ -624,7 +661,7 @@ static void test_garbage(void)
 		fd = -1;
 		if (kase == 7) {
 			/* measured from when a saw it up: an upper bound on the silence */
-			CHECK((rt_now() - t_up) * 1000 <= TMO + 250);
+			CHECK((rt_now() - t_up) * 1000 <= TMO + MARGIN);
 			CHECK(WAIT_FOR(&a, !strcmp(a.last_down, "timeout"), 1));
 		} else {
 			drops++;
@@ -882,15 +919,15 @@ static void test_cut(void)
 	tb = rt_now() - t0;
 	fprintf(stderr, "  cut noticed after %.0f ms (a, sending) and %.0f ms (b), timeout %d ms\n",
 		ta * 1000, tb * 1000, TMO);
-	CHECK(ta * 1000 <= TMO + 250 && tb * 1000 <= TMO + 250);
-	CHECK(NOW(&a, !strcmp(a.last_down, "timeout") && a.enotconn > 0));
+	CHECK(ta * 1000 <= TMO + MARGIN && tb * 1000 <= TMO + MARGIN);
+	CHECK(NOW(&a, !strcmp(a.last_down, "timeout") && a.enotconn > 0 && !a.enotconn_late));
 	atomic_store(&pu.stop, true);
 	pthread_join(pt, NULL);
 	pushing = false;
 	fprintf(stderr, "  %llu MiB sent before the cut, longest rep_send %.0f ms\n",
 		(unsigned long long)pu.sent, pu.longest * 1000);
 	CHECK(pu.sent > 0);
-	CHECK(pu.longest * 1000 <= TMO + 250);
+	CHECK(pu.longest * 1000 <= TMO + MARGIN);
 	atomic_store(&r.heal, true);
 	atomic_store(&r.cut, false);
 	CHECK(WAIT_FOR(&a, a.ups == 2, 5) && WAIT_FOR(&b, b.ups == 2, 5));
@@ -970,11 +1007,11 @@ static void test_stopped_peer(void)
 	took = rt_now() - t0;
 	fprintf(stderr, "  stopped peer declared down after %.0f ms (timeout %d ms)\n",
 		took * 1000, TMO);
-	CHECK(took * 1000 <= TMO + 250);
-	CHECK(NOW(&a, !strcmp(a.last_down, "timeout") && a.enotconn == 1));
+	CHECK(took * 1000 <= TMO + MARGIN);
+	CHECK(NOW(&a, !strcmp(a.last_down, "timeout") && a.enotconn == 1 && !a.enotconn_late));
 	CHECK_EQ(rep_wait(a.l, (uint64_t)seq, 0), -ENOTCONN);
 	rep_get_stats(a.l, &st);
-	CHECK(st.last_down_ms >= TMO && st.last_down_ms <= TMO + 250);
+	CHECK(st.last_down_ms >= TMO && st.last_down_ms <= TMO + MARGIN);
 	CHECK_EQ(rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt)), -ENOTCONN);
 
 	kill(pid, SIGCONT);
@@ -985,7 +1022,7 @@ static void test_stopped_peer(void)
 	kill(pid, SIGKILL);
 	t0 = rt_now();
 	CHECK(WAIT_FOR(&a, a.downs == 2, 3));
-	CHECK(rt_now() - t0 < TMO / 1000.0 + 0.25);
+	CHECK((rt_now() - t0) * 1000 < TMO + MARGIN);
 done:
 	if (pid > 0) {
 		kill(pid, SIGKILL);
@@ -1002,6 +1039,7 @@ int main(int argc, char **argv)
 		return child_main(atoi(argv[2]));
 	if (sodium_init() < 0)
 		return 1;
+	RUN(test_config);
 	RUN(test_exchange);
 	RUN(test_concurrent_senders);
 	RUN(test_reply_under_load);
