@@ -420,6 +420,8 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 	if (!ret) {
 		i->file.writers += wr;
 		i->file.opens++;
+		if (wr && i->file.writers == 1 && HFS_REPL(i->heap))
+			__hfs_repl_writers(i, true);
 	}
 out:
 	unlock_w(i, flags & O_TRUNC);
@@ -433,6 +435,8 @@ void hfs_release(struct hfs_inode *i, int flags)
 	pthread_rwlock_wrlock(&i->lock);
 	i->file.writers -= (flags & O_ACCMODE) != O_RDONLY;
 	i->file.opens--;
+	if ((flags & O_ACCMODE) != O_RDONLY && !i->file.writers && HFS_REPL(i->heap))
+		__hfs_repl_writers(i, false);
 	__maybe_drop(i);
 	pthread_rwlock_unlock(&i->lock);
 	hfs_heap_settle(i->heap);

@@ -360,6 +360,8 @@ int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 /* From now on changes to inodes without a name (unlinked while open on the owner) are
  * dropped instead of refused: a mirror applying the owner's live changes. */
 void hfs_apply_live(struct hfs_apply *a);
+/* The inode the applier made for identity id (not referenced for the caller), or NULL. */
+struct hfs_inode *hfs_apply_inode(struct hfs_apply *a, uint64_t id);
 /* Set the attributes the applies so far disturbed, and go on applying (a mirror). */
 int hfs_apply_settle(struct hfs_apply *a);
 /* finish: set the attributes the applies disturbed; either way free the applier. */
@@ -384,6 +386,10 @@ int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen
 #define HFS_XATTR_ENTRY 80
 int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_t size,
 		 int flags);
+/* flags: the daemon itself sets (a restore, a takeover) HFS_XATTR_STATE, which users may
+ * only read: "interrupted" on a file that was open for writing on a lost owner. */
+#define HFS_XATTR_RESTORE (1 << 30)
+#define HFS_XATTR_STATE "user.heapfs.state"
 ssize_t hfs_getxattr(struct hfs_inode *i, const char *name, void *buf, size_t size);
 ssize_t hfs_listxattr(struct hfs_inode *i, char *buf, size_t size);
 int hfs_removexattr(struct hfs_inode *i, const char *name);
@@ -450,6 +456,9 @@ void __hfs_repl_rename(struct hfs_inode *dir, const char *name, struct hfs_inode
 void __hfs_repl_truncate(struct hfs_inode *i);
 void __hfs_repl_attr(struct hfs_inode *i);
 void __hfs_repl_xattr(struct hfs_inode *i, const char *name, const void *value, size_t size);
+/* i is now open for writing (or no longer): the mirror marks such files "interrupted" if
+ * it takes over.  i->lock held. */
+void __hfs_repl_writers(struct hfs_inode *i, bool open);
 /* The FUSE edge, after a change and before replying: sync mode waits (at most timeout)
  * until the partner applied (or refused, or was lost before) what this thread sent. */
 void hfs_repl_wait(void);

@@ -453,6 +453,11 @@ int hfs_apply_rec(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 	return hfs_apply_mem(a, r, rec, NULL);
 }
 
+struct hfs_inode *hfs_apply_inode(struct hfs_apply *a, uint64_t id)
+{
+	return made(a, id);
+}
+
 void hfs_apply_live(struct hfs_apply *a)
 {
 	a->live = true;
@@ -492,7 +497,7 @@ int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 		i = need(a, rec->u.xattr.id);
 		if (!i)
 			return -EBADMSG;
-		ret = hfs_setxattr(i, rec->s1, rec->s2, rec->u.xattr.value_len, 0);
+		ret = hfs_setxattr(i, rec->s1, rec->s2, rec->u.xattr.value_len, HFS_XATTR_RESTORE);
 		return ret ? refuse(a, ret, "xattr of inode %llu refused",
 				    (unsigned long long)rec->u.xattr.id) : 0;
 	default:

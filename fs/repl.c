@@ -61,6 +61,13 @@ enum {
 	MSG_REC,                   /* name, recno, one change record */
 	MSG_VERIFY,                /* send your checksums (heapfsctl verify) */
 	MSG_VERIFY_REPLY,          /* JSON: heap -> path -> "kind size mode xxh3" */
+	MSG_WRITERS,               /* name, id, open: a file is (no longer) open for writing */
+};
+
+/* An identity open for writing on the owner (the mirror's set). */
+struct wid {
+	UT_hash_handle hh;
+	uint64_t id;
 };
 
 #define CHUNK (1u << 20)
@@ -106,6 +113,9 @@ struct hfs_repl_heap {
 	int th_ret;
 	struct hfs_apply *apply;
 	char why[256];
+	struct wid *wopen;          /* r->lock: open for writing on the owner */
+	struct hfs_inode **marks;   /* r->lock: to mark "interrupted" after a takeover */
+	size_t nmarks;
 };
 
 static struct {
@@ -364,6 +374,24 @@ void __hfs_repl_xattr(struct hfs_inode *i, const char *name, const void *value, 
 
 		__hfs_repl_out(i->heap, IMG_REMOVEXATTR, &x, name, nl, NULL, 0);
 	}
+}
+
+void __hfs_repl_writers(struct hfs_inode *i, bool open)
+{
+	struct hfs_repl_heap *r = i->heap->repl;
+	uint8_t nl, o = open;
+	struct iovec iov[4];
+	int n;
+
+	if (!g.l || r->mirror)
+		return;
+	n = name_iov(i->heap, &nl, iov);
+	iov[n++] = (struct iovec){ .iov_base = &i->id, .iov_len = sizeof(i->id) };
+	iov[n++] = (struct iovec){ .iov_base = &o, .iov_len = 1 };
+	pthread_mutex_lock(&r->lock);
+	if (!r->streaming) /* best effort: what a resync sends does not include it */
+		rep_sendv(g.l, MSG_WRITERS, iov, n);
+	pthread_mutex_unlock(&r->lock);
 }
 
 void hfs_repl_wait(void)
@@ -657,9 +685,69 @@ static bool fresh(const struct hfs_repl_heap *r)
 	return !r->mirror && r->gen == 0 && r->recno == 0;
 }
 
+static void wopen_clear(struct hfs_repl_heap *r)
+{
+	struct wid *w, *tmp;
+
+	HASH_ITER(hh, r->wopen, w, tmp) {
+		HASH_DEL(r->wopen, w);
+		free(w);
+	}
+}
+
+/* r->lock held: the files open for writing on the owner we take over from, referenced,
+ * for mark_interrupted() (which cannot run under r->lock: it changes the heap). */
+static void __collect_marks(struct hfs_repl_heap *r)
+{
+	struct wid *w, *tmp;
+
+	free(r->marks);
+	r->nmarks = 0;
+	r->marks = calloc(HASH_COUNT(r->wopen) + 1, sizeof(*r->marks));
+	HASH_ITER(hh, r->wopen, w, tmp) {
+		struct hfs_inode *i = r->apply ? hfs_apply_inode(r->apply, w->id) : NULL;
+
+		if (i && r->marks) {
+			hfs_iref(i, 1);
+			r->marks[r->nmarks++] = i;
+		}
+	}
+	wopen_clear(r);
+}
+
+/* After a takeover: files that were open for writing on the old owner say so. */
+static void mark_interrupted(struct hfs_repl_heap *r)
+{
+	struct hfs_inode **m;
+	size_t n;
+
+	pthread_mutex_lock(&r->lock);
+	m = r->marks;
+	n = r->nmarks;
+	r->marks = NULL;
+	r->nmarks = 0;
+	pthread_mutex_unlock(&r->lock);
+	for (size_t k = 0; k < n; k++) {
+		hfs_setxattr(m[k], HFS_XATTR_STATE, "interrupted", strlen("interrupted"),
+			     HFS_XATTR_RESTORE);
+		hfs_iput(m[k], 1);
+	}
+	free(m);
+}
+
+static void mark_all(void)
+{
+	struct hfs_repl_heap *r;
+
+	FOR_EACH_REPL(r)
+		mark_interrupted(r);
+}
+
 /* r->lock held: become the owner (a promotion, or the partner came back with nothing). */
 static void __become_owner(struct hfs_repl_heap *r, uint64_t above)
 {
+	if (r->mirror)
+		__collect_marks(r);
 	if (r->mirror && r->apply) {
 		hfs_apply_end(r->apply, false);
 		r->apply = NULL;
@@ -800,6 +888,7 @@ static int recv_hello(const char *p, size_t len)
 	FOR_EACH_REPL(r)
 		r->peer_owns = false;
 	ret = recv_heaps(p, len);
+	mark_all(); /* a takeover in settle_owner */
 	/* a heap we mirror, with data, that the partner no longer has at all: its owner came
 	 * back empty (a restart of a node whose config does not declare it): we own it */
 	FOR_EACH_REPL(r) {
@@ -813,6 +902,7 @@ static int recv_hello(const char *p, size_t len)
 		}
 		pthread_mutex_unlock(&r->lock);
 	}
+	mark_all();
 	if (took)
 		send_hello(); /* so that the partner makes its mirror before our image */
 
@@ -1007,6 +1097,27 @@ static int mirror_img(struct hfs_repl_heap *r, const char *p, size_t len)
 	return 0;
 }
 
+static int mirror_writers(struct hfs_repl_heap *r, const char *p, size_t len)
+{
+	uint64_t id;
+	struct wid *w;
+
+	if (len != sizeof(id) + 1)
+		return -EBADMSG;
+	memcpy(&id, p, sizeof(id));
+	pthread_mutex_lock(&r->lock);
+	HASH_FIND(hh, r->wopen, &id, sizeof(id), w);
+	if (p[sizeof(id)] && !w && (w = calloc(1, sizeof(*w)))) {
+		w->id = id;
+		HASH_ADD(hh, r->wopen, id, sizeof(w->id), w);
+	} else if (!p[sizeof(id)] && w) {
+		HASH_DEL(r->wopen, w);
+		free(w);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
 static int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
 {
 	static char str[IMG_REC_STR]; /* the receive thread is the only caller */
@@ -1084,6 +1195,7 @@ static void on_down(void *arg, const char *why)
 				pthread_mutex_lock(&r->lock);
 				__become_owner(r, r->epoch);
 				pthread_mutex_unlock(&r->lock);
+				mark_interrupted(r);
 				fprintf(stderr, "heapfs: partner: %s: the owner is gone: we own it "
 					"now (auto_failover, epoch %llu)\n", r->h->pol.name,
 					(unsigned long long)r->epoch);
@@ -1115,7 +1227,7 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 	if (type == MSG_VERIFY_REPLY)
 		return verify_reply(p, len);
 	nl = len ? (uint8_t)p[0] : 0;
-	if (type > MSG_REC || !nl || nl + 1 > len)
+	if ((type > MSG_REC && type != MSG_WRITERS) || !nl || nl + 1 > len)
 		return -EBADMSG;
 	memcpy(name, p + 1, nl);
 	name[nl] = 0;
@@ -1131,12 +1243,15 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 		pthread_mutex_lock(&r->lock);
 		memcpy(&r->gen, p, sizeof(r->gen));
 		r->recno = 0;
+		wopen_clear(r);
 		pthread_mutex_unlock(&r->lock);
 		return mirror_reset(r);
 	case MSG_IMG:
 		return mirror_img(r, p, len);
 	case MSG_IMGEND:
 		return mirror_join(r, false);
+	case MSG_WRITERS:
+		return mirror_writers(r, p, len);
 	default:
 		return mirror_rec(r, p, len);
 	}
@@ -1430,6 +1545,7 @@ int hfs_repl_promote(const char *heap, bool force, bool discard)
 			r->epoch++;
 		}
 		pthread_mutex_unlock(&r->lock);
+		mark_interrupted(r);
 		fprintf(stderr, "heapfs: partner: %s: promoted (epoch %llu)%s\n", r->h->pol.name,
 			(unsigned long long)r->epoch, discard ? ", the partner's copy is discarded" : "");
 	}
@@ -1513,6 +1629,8 @@ void hfs_repl_stop(void)
 		if (r->apply)
 			hfs_apply_end(r->apply, false);
 		pend_drop(r);
+		wopen_clear(r);
+		free(r->marks); /* none: marked where they were collected */
 		r->h->repl = NULL;
 		free(r);
 	}

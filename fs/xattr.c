@@ -92,13 +92,15 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 {
 	struct hfs_xattr *x, *old;
 	size_t len = strlen(name);
+	bool restore = flags & HFS_XATTR_RESTORE;
 	int ret = 0;
 
+	flags &= ~HFS_XATTR_RESTORE;
 	if (!is_user(name))
 		return -ENOTSUP;
 	if (i->kind == HFS_STATUS && i->st.what == HFS_ST_PARTNER)
 		return hfs_repl_setxattr(name, value, size); /* heapfsctl promote */
-	if (is_virt(name))
+	if (is_virt(name) && !(restore && !strcmp(name, HFS_XATTR_STATE)))
 		return -EPERM;
 	if (!i->heap)
 		return -EPERM;

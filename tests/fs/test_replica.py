@@ -503,13 +503,23 @@ def test_partner_json_without_partner(mount):
 def test_promote_and_fail_back(mount_factory, secret):
     p = Pair(mount_factory, secret, mode="sync")
     (p.a.heap("data") / "one").write_bytes(b"1" * 1000)
+    busy = os.open(p.a.heap("data") / "busy", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(busy, b"half")  # still open for writing when a dies
     r = p.b.ctl("promote", p.b.path, "data")
     assert r.returncode == 1 and "--force" in r.stderr  # the owner is alive
     assert p.b.heap_stats("data")["role"] == "mirror"
     p.kill(p.a)
+    try:
+        os.close(busy)
+    except OSError:
+        pass
     wait_state(p.b, "degraded")
     r = p.b.ctl("promote", p.b.path, "data")
     assert r.returncode == 0, r.stderr
+    assert os.getxattr(p.b.heap("data") / "busy", "user.heapfs.state") == b"interrupted"
+    expect_errno(errno.ENODATA, os.getxattr, p.b.heap("data") / "one", "user.heapfs.state")
+    expect_errno(errno.EPERM, os.setxattr, p.b.heap("data") / "one", "user.heapfs.state",
+                 b"x")
     st = partner(p.b)
     assert st["heaps"] == {"data": "owner"} and st["epoch"] == 2
     (p.b.heap("data") / "two").write_bytes(b"2" * 2000)  # writable now
