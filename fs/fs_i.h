@@ -462,6 +462,10 @@ void __hfs_repl_writers(struct hfs_inode *i, bool open);
 /* The FUSE edge, after a change and before replying: sync mode waits (at most timeout)
  * until the partner applied (or refused, or was lost before) what this thread sent. */
 void hfs_repl_wait(void);
+/* Instead of waiting: fn(arg) runs on the link's receive thread once the partner has
+ * acknowledged (or refused, or the link lost) what this thread last sent; true: deferred,
+ * false: reply now (nothing to wait for, or it is acknowledged already). */
+bool hfs_repl_defer(void (*fn)(void *arg), void *arg);
 /* io.c (the edge): the kernel drops its cached entry parent/name (a heap that turned
  * mirror had names cached for a day). */
 void hfs_inval_entry(hfs_ino_t parent, const char *name);

@@ -456,6 +456,19 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	free(bounce);
 }
 
+struct write_reply {
+	fuse_req_t req;
+	size_t n;
+};
+
+static void write_reply_fn(void *arg)
+{
+	struct write_reply *w = arg;
+
+	fuse_reply_write(w->req, w->n);
+	free(w);
+}
+
 /* write, not write_buf: with no splice (io.c) the data is always in the request buffer */
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
@@ -467,7 +480,20 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	ret = hfs_write(i, buf, size, off, fuse_req_ctx(req)->uid);
 	if (ret < 0)
 		return reply_err(req, ret);
-	hfs_repl_wait(); /* sync: returns once the partner applied it (or is lost) */
+	/* sync replication: the reply goes once the partner applied it (or is lost) — from
+	 * the link's receive thread, so this worker is free meanwhile; over io_uring replies
+	 * belong to the ring's worker, which waits instead */
+	if (!hfs.io_uring) {
+		struct write_reply *w = malloc(sizeof(*w));
+
+		if (w) {
+			*w = (struct write_reply){ .req = req, .n = (size_t)ret };
+			if (hfs_repl_defer(write_reply_fn, w))
+				return;
+			free(w);
+		}
+	}
+	hfs_repl_wait();
 	fuse_reply_write(req, (size_t)ret);
 }
 

@@ -147,6 +147,20 @@ static struct {
 
 static __thread bool applying;     /* this thread applies the partner's changes */
 static __thread uint64_t wait_seq; /* sync mode: the last record this thread sent */
+static __thread uint64_t wait_conn; /* and on which connection (g.conn then) */
+
+/* Replies deferred until the partner acknowledged a seq (sync writes, hfs_repl_defer). */
+struct deferred {
+	struct deferred *next;
+	uint64_t seq;
+	void (*fn)(void *arg);
+	void *arg;
+};
+static struct {
+	pthread_mutex_t lock;
+	struct deferred *list;
+	uint64_t conn, acked; /* the current connection, its highest acknowledged seq */
+} dq = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 int hfs_repl_writable(const struct hfs_heap *h)
 {
@@ -252,8 +266,10 @@ static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n)
 	seq = rep_sendv(g.l, MSG_REC, iov, n);
 	if (seq > 0 && p)
 		p->seq = (uint64_t)seq;
-	if (seq > 0 && r->h->pol.replicate == CONF_REPLICATE_SYNC)
+	if (seq > 0 && r->h->pol.replicate == CONF_REPLICATE_SYNC) {
 		wait_seq = (uint64_t)seq;
+		wait_conn = atomic_load(&g.conn);
+	}
 }
 
 void __hfs_repl_out(struct hfs_heap *h, uint32_t type, const void *fixed, const void *t0,
@@ -392,6 +408,52 @@ void __hfs_repl_writers(struct hfs_inode *i, bool open)
 	if (!r->streaming) /* best effort: what a resync sends does not include it */
 		rep_sendv(g.l, MSG_WRITERS, iov, n);
 	pthread_mutex_unlock(&r->lock);
+}
+
+bool hfs_repl_defer(void (*fn)(void *arg), void *arg)
+{
+	uint64_t seq = wait_seq;
+	struct deferred *d;
+	bool later = false;
+
+	if (!seq)
+		return false;
+	wait_seq = 0;
+	d = malloc(sizeof(*d));
+	pthread_mutex_lock(&dq.lock);
+	/* acknowledged already, or that connection is gone: the caller replies now */
+	if (d && dq.conn == wait_conn && dq.acked < seq) {
+		*d = (struct deferred){ .next = dq.list, .seq = seq, .fn = fn, .arg = arg };
+		dq.list = d;
+		later = true;
+	}
+	pthread_mutex_unlock(&dq.lock);
+	if (!later)
+		free(d);
+	return later;
+}
+
+/* Run the deferred replies up to seq (all: UINT64_MAX), outside dq.lock. */
+static void deferred_run(uint64_t seq)
+{
+	struct deferred *run = NULL, **pp, *d;
+
+	pthread_mutex_lock(&dq.lock);
+	for (pp = &dq.list; (d = *pp);) {
+		if (d->seq <= seq) {
+			*pp = d->next;
+			d->next = run;
+			run = d;
+		} else {
+			pp = &d->next;
+		}
+	}
+	pthread_mutex_unlock(&dq.lock);
+	while ((d = run)) {
+		run = d->next;
+		d->fn(d->arg);
+		free(d);
+	}
 }
 
 void hfs_repl_wait(void)
@@ -1170,6 +1232,10 @@ static void on_up(void *arg, const char *peer)
 	 * thread has sent what the partner lacks: until then the state is resyncing */
 	pthread_mutex_lock(&g.lock);
 	atomic_fetch_add(&g.conn, 1);
+	pthread_mutex_lock(&dq.lock);
+	dq.conn = atomic_load(&g.conn);
+	dq.acked = 0;
+	pthread_mutex_unlock(&dq.lock);
 	g.up = true;
 	g.syncing = true;
 	g.sync_until = 0;
@@ -1187,6 +1253,10 @@ static void on_down(void *arg, const char *why)
 	atomic_fetch_add(&g.conn, 1);
 	g.up = false;
 	pthread_mutex_unlock(&g.lock);
+	pthread_mutex_lock(&dq.lock);
+	dq.conn = atomic_load(&g.conn);
+	pthread_mutex_unlock(&dq.lock);
+	deferred_run(UINT64_MAX); /* the owner goes on alone: reply to every waiting write */
 	fprintf(stderr, "heapfs: partner: link down (%s)\n", why);
 	FOR_EACH_REPL(r) {
 		if (r->mirror) {
@@ -1262,6 +1332,11 @@ static void on_acked(void *arg, uint64_t seq, int status)
 	struct hfs_repl_heap *r;
 
 	(void)arg;
+	pthread_mutex_lock(&dq.lock);
+	if (seq > dq.acked)
+		dq.acked = seq;
+	pthread_mutex_unlock(&dq.lock);
+	deferred_run(seq); /* sync writes waiting for this: applied there, refused or lost */
 	if (status == 0) { /* applied there: the log need not keep it */
 		FOR_EACH_REPL(r) {
 			if (r->mirror)
@@ -1624,6 +1699,7 @@ void hfs_repl_stop(void)
 		pthread_join(g.sync_th, NULL);
 	rep_stop(l); /* joins the receive thread: no callback runs after this */
 	g.l = NULL;
+	deferred_run(UINT64_MAX); /* none should be left; never leave a request unanswered */
 	FOR_EACH_REPL(r) {
 		mirror_join(r, true);
 		if (r->apply)
