@@ -577,6 +577,14 @@ def test_split_brain_detected_and_resolved(pairs):
     # nothing merged, nothing overwritten: each side keeps what it wrote
     assert (A / "from-a").exists() and not (A / "from-b").exists()
     assert (B / "from-b").exists() and not (B / "from-a").exists()
+    # verify lists the differences and fails
+    r = p.a.ctl("--json", "verify", p.a.path, "data")
+    assert r.returncode == 1
+    diffs = {d["path"]: d for d in json.loads(r.stdout)["heaps"]["data"]["differences"]}
+    assert set(diffs) == {"from-a", "from-b"}
+    assert diffs["from-a"]["partner"] is None and diffs["from-b"]["here"] is None
+    r = p.a.ctl("verify", p.a.path)
+    assert r.returncode == 1 and "from-b" in r.stdout
     r = p.a.ctl("promote", "--discard-peer", p.a.path, "data")
     assert r.returncode == 0, r.stderr
     wait_until(lambda: p.b.heap_stats("data")["role"] == "mirror", 15, "b mirrors a")
