@@ -605,3 +605,66 @@ def test_partner_ctl_table_and_json(mount_factory, secret):
     assert set(j) >= {"epoch", "lag_bytes", "resync_done", "resync_total", "heaps"}
     r = p.a.ctl("verify", p.a.path, "nosuch")
     assert r.returncode == 1
+
+
+@pytest.fixture
+def netns_pair():
+    """Two network namespaces joined by a veth pair (10.233.X.1 and .2), removed after."""
+    n = next(_ports)
+    tag = f"hfs{os.getpid() % 100000}n{n}"
+    ns = (tag + "a", tag + "b")
+    dev = (f"hv{os.getpid() % 100000}{n}a", f"hv{os.getpid() % 100000}{n}b")
+    net = f"10.233.{(os.getpid() + n) % 250}"
+    ip = (f"{net}.1", f"{net}.2")
+
+    def run(*args):
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+    try:
+        run("netns", "add", ns[0])
+        run("netns", "add", ns[1])
+        run("link", "add", dev[0], "netns", ns[0], "type", "veth", "peer", "name", dev[1],
+            "netns", ns[1])
+        for k in (0, 1):
+            run("-n", ns[k], "addr", "add", ip[k] + "/30", "dev", dev[k])
+            run("-n", ns[k], "link", "set", dev[k], "up")
+            run("-n", ns[k], "link", "set", "lo", "up")
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        for k in (0, 1):
+            subprocess.run(["ip", "netns", "del", ns[k]], capture_output=True)
+        pytest.skip(f"no network namespaces here: {e}")
+    yield ns, dev, ip, run
+    for k in (0, 1):
+        subprocess.run(["ip", "netns", "del", ns[k]], capture_output=True)
+
+
+def test_veth_link_cut(mount_factory, secret, netns_pair):
+    """The two daemons in two network namespaces joined by a veth pair: the link taken
+    down is noticed on both sides, the owner goes on alone, and once the link is up again
+    only what changed is sent."""
+    ns, dev, ip, run = netns_pair
+    def cfg(n, me, peer):
+        return (f'partner {{ node = "{n}" listen = "{me}:7410" connect = "{peer}:7410" '
+                f'secret_file = "{secret}" timeout = 1s }}\n')
+    a = mount_factory('heap "data" { size = 64M replicate = sync }\n' + cfg("a", ip[0], ip[1]),
+                      name="a", prefix=("nsenter", f"--net=/var/run/netns/{ns[0]}"))
+    b = mount_factory(cfg("b", ip[1], ip[0]), name="b",
+                      prefix=("nsenter", f"--net=/var/run/netns/{ns[1]}"))
+    for m in (a, b):
+        wait_state(m, "connected", 15)
+    A, B = a.heap("data"), b.heap("data")
+    (A / "big").write_bytes(pattern(8 * MIB, seed=9))
+    assert read_daemon(B / "big") == read_daemon(A / "big")
+    run("-n", ns[0], "link", "set", dev[0], "down")
+    try:
+        with open(A / "big", "r+b") as f:
+            f.seek(2 * MIB)
+            f.write(pattern(MIB, seed=10))
+        for m in (a, b):
+            wait_state(m, "degraded", 10)
+    finally:
+        run("-n", ns[0], "link", "set", dev[0], "up")
+    wait_state(a, "connected", 20)
+    wait_until(lambda: same(A, B), 15, "mirror matches the owner")
+    assert partner(a)["resync_total"] <= 1.25 * MIB
+    r = a.ctl("verify", a.path)
+    assert r.returncode == 0, r.stdout + r.stderr
