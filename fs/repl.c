@@ -95,6 +95,7 @@ struct hfs_repl_heap {
 	 * while the partner was away (both: split brain); discard: promote --discard-peer */
 	uint64_t epoch;
 	bool wrote_apart, split, discard;
+	bool loaded;                /* an owner that started with data (an image) */
 	/* owner */
 	bool streaming;             /* not connected, or a resync in flight: records wait */
 	struct pend *pend, **pend_tail; /* the change log, oldest first */
@@ -670,7 +671,10 @@ struct hello_heap {
 	uint32_t layout, replicate, name_len, mirror;
 	uint64_t gen, recno, epoch;
 	uint32_t wrote_apart, discard;
+	uint32_t fresh, pad;        /* an owner back empty (restarted, nothing written) */
 }; /* + name */
+
+static bool fresh(const struct hfs_repl_heap *r);
 
 static int send_hello(void)
 {
@@ -695,6 +699,7 @@ static int send_hello(void)
 		hh.epoch = r->epoch;
 		hh.wrote_apart = r->wrote_apart;
 		hh.discard = r->discard;
+		hh.fresh = fresh(r);
 		pthread_mutex_unlock(&r->lock);
 		memcpy(buf + len, &hh, sizeof(hh));
 		memcpy(buf + len + sizeof(hh), h->pol.name, hh.name_len);
@@ -744,7 +749,7 @@ static int make_mirror(const struct hello_heap *hh, const char *name)
 /* An owner that never had data here: restarted (memory is gone) and not written to. */
 static bool fresh(const struct hfs_repl_heap *r)
 {
-	return !r->mirror && r->gen == 0 && r->recno == 0;
+	return !r->mirror && r->gen == 0 && r->recno == 0 && !r->loaded;
 }
 
 static void wopen_clear(struct hfs_repl_heap *r)
@@ -827,7 +832,7 @@ static void __become_mirror(struct hfs_repl_heap *r, uint64_t epoch)
 	pend_drop(r);
 	r->epoch = epoch;
 	r->gen = r->recno = 0;
-	r->wrote_apart = r->discard = r->split = false;
+	r->wrote_apart = r->discard = r->split = r->loaded = false;
 	r->streaming = false;
 	r->mirror = true;
 }
@@ -859,7 +864,7 @@ static void peer_holds(const char *name, const struct hello_heap *hh)
  * HELLO entries, so exactly one wins (ties go to the smaller node name). */
 static int owner_wins(const struct hfs_repl_heap *r, const struct hello_heap *hh)
 {
-	bool pfresh = hh->gen == 0 && hh->recno == 0;
+	bool pfresh = hh->fresh;
 
 	if (fresh(r) != pfresh)
 		return pfresh ? 1 : 0;
@@ -885,7 +890,7 @@ static int settle_owner(const char *name, const struct hello_heap *hh)
 		return 0;
 	pthread_mutex_lock(&r->lock);
 	if (r->mirror) {
-		if (r->apply && r->gen && hh->gen == 0 && hh->recno == 0) {
+		if (r->apply && r->gen && hh->fresh) {
 			/* the owner came back empty; we hold its data: we own it now */
 			fprintf(stderr, "heapfs: partner: %s: the owner came back empty: we own it "
 				"now\n", name);
@@ -1652,8 +1657,11 @@ int hfs_repl_init(void)
 
 		if (h->pol.replicate != CONF_REPLICATE_NONE && !(h->repl = rh_new(h, false)))
 			return -ENOMEM;
-		if (h->repl)
+		if (h->repl) {
 			h->repl->epoch = 1;
+			/* restored from its image (hfs_images_load ran): not "back empty" */
+			h->repl->loaded = h->dir && h->dir->dir.nents;
+		}
 	}
 	g.on = true;
 	return 0;

@@ -122,7 +122,7 @@ class Relay:
 
 class Pair:
     def __init__(self, factory, secret, mode="sync", size="64M", timeout="1s", relay=False,
-                 failover_b=False):
+                 failover_b=False, extra_a=""):
         self.factory, self.secret, self.timeout = factory, secret, timeout
         self.pa, self.pb = port_pair()
         self.ca, self.cb = self.pb, self.pa  # where each one connects to
@@ -132,7 +132,7 @@ class Pair:
             self.relays = [Relay(ra, self.pb), Relay(rb, self.pa)]
             self.ca, self.cb = ra, rb
         self.failover_b = failover_b
-        self.heaps_a = f'heap "data" {{ size = {size} replicate = {mode} }}'
+        self.heaps_a = f'heap "data" {{ size = {size} replicate = {mode} {extra_a} }}'
         self.n = 0
         self.a = self.start_a()
         self.b = self.start_b()
@@ -668,3 +668,21 @@ def test_veth_link_cut(mount_factory, secret, netns_pair):
     assert partner(a)["resync_total"] <= 1.25 * MIB
     r = a.ctl("verify", a.path)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_owner_restarted_from_its_image_stays_owner(mount_factory, secret, tmp_path):
+    """An owner that comes back with data (its heap image) is not "back empty": it stays
+    the owner and its partner's copy is refreshed from it."""
+    img = tmp_path / "data.img"
+    p = Pair(mount_factory, secret, mode="sync", extra_a=f'image = "{img}"')
+    (p.a.heap("data") / "kept").write_bytes(pattern(100000, seed=11))
+    assert p.a.stop() == 0 and img.exists()  # a clean unmount saves the image
+    wait_state(p.b, "degraded")
+    p.a = p.start_a()
+    wait_state(p.a, "connected")
+    wait_state(p.b, "connected")
+    assert p.a.heap_stats("data")["role"] == "owner"
+    assert p.b.heap_stats("data")["role"] == "mirror"
+    assert read_daemon(p.a.heap("data") / "kept") == pattern(100000, seed=11)
+    p.verify()
+    p.clean()
