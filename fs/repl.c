@@ -18,22 +18,35 @@
  * hfs_apply_mem, the applier image restores use, which calls the same core functions.
  * Records name inodes by their identity in the heap (hfs_inode.id), the same on both sides.
  *
- * Full sync.  On every connect the owner sends each owned heap whole: it forks a snapshot
- * (hfs_image_snapshot_at) and, while the heap is frozen, sends RESET and drops the records
- * queued since the connect (they are in the snapshot); the image stream follows in chunks
- * (IMG ... IMGEND), and records of changes made meanwhile wait in a per-heap queue, sent
- * after IMGEND.  The mirror empties its copy at RESET and restores the stream through a
- * pipe in a thread; the restore's applier then stays, to apply live records.
+ * Resync.  The owner keeps every record in a per-heap change log until the partner
+ * acknowledges it (bounded: past LOG_MAX the log is dropped).  At each connect both sides
+ * send HELLO (per heap: owned or mirrored, epoch, image generation, last applied record
+ * number, "wrote while apart", "discard", "fresh"); a partner whose copy has our generation
+ * and whose record number the log reaches back to gets only the records it lacks,
+ * otherwise the heap goes whole: a forked snapshot (hfs_image_snapshot_at) sends RESET
+ * while the heap is frozen (what the log held is in the image), the image stream follows
+ * (IMG ... IMGEND), then the log of what changed meanwhile.  The mirror empties its copy at
+ * RESET and restores the stream through a pipe in a thread; that applier then stays for
+ * the live records.  A sync thread sends only on the connection it was started for.
  *
- * Modes.  sync: the FUSE edge calls hfs_repl_wait() after a change and before replying; it
- * waits (at most `timeout`) for the partner's ack of the last record this thread sent.
- * async: nothing waits on write; flush (close) and fsync call hfs_repl_flush.  A link
- * that is down costs nothing: records are dropped, the state is `degraded`, and the next
- * connect does a full sync.
+ * Modes.  sync: op_write's reply is deferred (hfs_repl_defer) and sent from the link's
+ * acked() on the receive thread (over io_uring, and for other changes, the worker waits in
+ * hfs_repl_wait, at most `timeout`).  async: nothing waits on write; flush (close) and
+ * fsync call hfs_repl_flush.  A lost link costs a write at most `timeout` once; then the
+ * owner goes on alone (`degraded`), logging.
  *
- * Locking: per heap, r->lock orders the check "full sync in flight?" with the send (taken
- * under hfs.ns or an inode lock, never the other way round); the link's callbacks run on
- * its receive thread; g.lock guards the state and the sync thread's handle.
+ * Takeover.  Per heap an epoch; promote (or auto_failover) makes a mirror the owner with a
+ * higher one.  When both claim a heap the two HELLOs decide the same way on both sides
+ * (owner_wins): back empty loses, --discard-peer wins, both wrote apart is split brain
+ * (nothing moves), then the higher epoch.  Files the old owner had open for writing (it
+ * says which, MSG_WRITERS) are marked user.heapfs.state = interrupted.  verify: each side
+ * hashes its copies (xxh3 per file) and the asking side compares (.heapfs/verify).
+ *
+ * Locking: per heap, r->lock orders "log, send or hold back" with the resync and guards
+ * the takeover fields (taken under hfs.ns or an inode lock, never the other way round);
+ * the link's callbacks run on its receive thread and walk g.rv (append-only), not
+ * hfs.heapv; g.lock guards the state and the sync thread's handle (never joined under
+ * it); dq.lock the deferred replies; vf.lock one verify at a time.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -54,8 +67,8 @@
 #include "replica.h"
 
 enum {
-	MSG_HELLO = REP_TYPE_USER, /* heaps the sender owns */
-	MSG_RESET,                 /* name: a full image of the heap follows */
+	MSG_HELLO = REP_TYPE_USER, /* the sender's replicated heaps (struct hello_heap) */
+	MSG_RESET,                 /* name, generation: a full image of the heap follows */
 	MSG_IMG,                   /* name, bytes of the image stream */
 	MSG_IMGEND,                /* name: the stream is complete */
 	MSG_REC,                   /* name, recno, one change record */
