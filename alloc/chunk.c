@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -292,4 +293,14 @@ uint64_t chunk_generation(const struct buddy *b, uint64_t index)
 	if (index >= b->cm.nchunks)
 		return 0;
 	return atomic_load((_Atomic uint64_t *)&t->slot[index].gen);
+}
+
+int chunk_gen_layout(const struct buddy *b, uint64_t *off, uint64_t *stride)
+{
+	if (b->own_meta)
+		return -EINVAL; /* private metadata: no one else can map it */
+	*off = b->meta->chunk_off + offsetof(struct chunk_table, slot) +
+	       offsetof(struct chunk_slot, gen);
+	*stride = sizeof(struct chunk_slot);
+	return 0;
 }

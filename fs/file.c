@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "client_i.h"
 #include "fs_i.h"
 
 #define ZERO_MADVISE_MIN (256 * 1024) /* below this memset beats a syscall */
@@ -227,6 +228,8 @@ static int __grow(struct hfs_inode *i, uint64_t want, uint64_t need)
 	if (need > i->file.cap && !__room_for(i, need))
 		return -ENOSPC;
 	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {
+		if (i->file.n && hfs_client_pinned(i))
+			return -EBUSY; /* a client maps the block: it must not move */
 		ret = buddy_order_of(want, min);
 		if (ret < 0)
 			return ret;
@@ -338,6 +341,9 @@ static int __truncate(struct hfs_inode *i, uint64_t size)
 			return ret;
 		__zero(i, i->size, size);
 		i->size = size;
+	} else if (hfs_client_pinned(i)) {
+		if (size < i->size)
+			return -EBUSY; /* mapped blocks neither move nor go (README) */
 	} else if (size < i->size || i->file.cap > size) {
 		i->size = size;
 		__shrink(i);

@@ -87,6 +87,7 @@ struct hfs_heap {
 	/* held shared by every change of file data or attributes in the heap (namespace
 	 * changes hold hfs.ns): an image snapshot holds it exclusive while it forks */
 	pthread_rwlock_t quiesce;
+	struct hfs_dm *dm;               /* direct_map: shared metadata (client.c), else NULL */
 };
 
 /* One buddy block of a file: file bytes [foff, foff + 2^order) live at heap offset hoff. */
@@ -147,6 +148,7 @@ struct hfs_inode {
 			char *oname;      /* an object's name in the segment map, NULL when
 					     unlinked or not an object */
 			uint32_t oslot;   /* its map slot + 1 (0: none) */
+			atomic_uint maps; /* ranges mapped by libheapfs clients (client.c) */
 		} file;
 		struct { /* HFS_LNK */
 			char *target;

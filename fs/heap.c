@@ -24,6 +24,7 @@
 #include <sys/statvfs.h>
 #include <time.h>
 
+#include "client_i.h"
 #include "fs_i.h"
 
 void hfs_heap_get(struct hfs_heap *h)
@@ -35,6 +36,7 @@ void hfs_heap_put(struct hfs_heap *h)
 {
 	if (atomic_fetch_sub(&h->refs, 1) == 1) {
 		buddy_destroy(h->b);
+		hfs_dm_heap_destroy(h);
 		pthread_rwlock_destroy(&h->quiesce);
 		free(h->pol.image);
 		free(h);
@@ -85,7 +87,7 @@ int hfs_heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap 
 	bp.chunk_order = log2_of(pol->chunk);
 	bp.flags = BUDDY_F_TRACK | (pol->pin ? BUDDY_F_PIN : 0);
 	bp.name = pol->name;
-	ret = buddy_create(&bp, &h->b);
+	ret = pol->direct_map ? hfs_dm_heap_create(h, &bp) : buddy_create(&bp, &h->b);
 	if (ret) {
 		free(h->pol.image);
 		free(h);

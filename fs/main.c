@@ -28,6 +28,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "client_i.h"
 #include "edge_i.h"
 
 struct hfs_fs hfs;
@@ -243,6 +244,13 @@ static int loop(struct fuse_session *se, struct fuse_cmdline_opts *cmd)
 	return ret;
 }
 
+/* libheapfs: a range written through a client's mapping drops the kernel's pages of it */
+static struct fuse_session *session;
+static void client_inval(hfs_ino_t ino, int64_t off, int64_t len)
+{
+	fuse_lowlevel_notify_inval_inode(session, ino, off, len);
+}
+
 static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 {
 	struct fuse_session *se;
@@ -262,10 +270,17 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 		goto out_signals;
 	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground) || hfs_housekeeper_start())
 		goto out_unmount;
+	session = se;
+	hfs_client_inval = client_inval;
+	if (hfs_client_start()) {
+		hfs_housekeeper_stop();
+		goto out_unmount;
+	}
 	if (hfs.readahead_kb && pthread_create(&ra, NULL, readahead_thread, NULL) == 0)
 		pthread_detach(ra);
 	/* a positive value is the signal that ended the loop: a clean stop */
 	ret = loop(se, cmd) < 0 ? 1 : 0;
+	hfs_client_stop(); /* before the session goes: it may still invalidate */
 	hfs_housekeeper_stop();
 out_unmount:
 	fuse_session_unmount(se);

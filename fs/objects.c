@@ -353,7 +353,8 @@ int hfs_objects_start(void)
 	const struct conf_objects *c = &hfs.conf->objects;
 	struct conf_heap pol = { .size = c->size, .min_block = c->min_block,
 				 .chunk = 2u << 20, .layout = CONF_LAYOUT_CONTIGUOUS,
-				 .cache = CONF_CACHE_AUTO, .writers = c->writers };
+				 .cache = CONF_CACHE_AUTO, .writers = c->writers,
+				 .direct_map = c->direct_map };
 	pthread_rwlockattr_t a;
 	int ret;
 

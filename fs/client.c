@@ -1,0 +1,597 @@
+/*
+ * client.c — libheapfs's daemon side: direct_map heaps and the client socket.
+ *
+ * What: a heap with direct_map = true keeps its buddy metadata (and so its chunk
+ * descriptor table, with the generations) in a memfd and its data in a memfd
+ * (BUDDY_F_MEMFD).  A client process connects to the client socket (its path is
+ * "client_socket" in .heapfs/stats), passes an open file of this mount with SCM_RIGHTS and
+ * asks to map a range of it; the daemon answers with the range's extents in the heap and,
+ * once per connection and heap (the registration), the two memfds: the data to map
+ * read-write, the metadata to map read-only and read the chunk generations from.  The
+ * protocol is in fs/client/proto_i.h.
+ *
+ * How the proof is checked: fstat of the received descriptor gives st_dev, which must be
+ * the mount's (stat of the mountpoint, whose inode must be the FUSE root, taken by the
+ * server thread once the session runs), and st_ino, which is our inode number (the kernel
+ * holds the inode while the descriptor is open, so the number cannot be reused meanwhile);
+ * fcntl(F_GETFL) gives the access mode (O_PATH proves nothing; a read-only descriptor maps
+ * for reading only).  The daemon keeps the received descriptor open while the range is
+ * mapped: the file counts as open, so an unlink frees its blocks only at the unmap (the
+ * ordinary unlinked-but-open rule of file.c), and the inode stays.  Each inode counts its
+ * mapped ranges (file.maps): meanwhile a truncate that shrinks it and a growth that would
+ * move a contiguous file's block get EBUSY (file.c), so mapped blocks neither move nor go
+ * back to the OS.  A connection that closes (the client exited or was killed) drops all
+ * its maps and registrations.
+ *
+ * Threads and locking: one server thread polls the listening socket and every connection
+ * and is the only one that changes connections; cl.lock guards the connection list and
+ * what status reads of it.  A map takes the inode's lock shared to copy the extents and
+ * count itself; the written-range accounting takes it as a write does.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "chunk.h"
+#include "client/proto_i.h"
+#include "client_i.h"
+
+#define MAX_CONNS 256
+#define PAGE 4096u
+
+struct hfs_dm {
+	int meta_fd;
+	void *meta;
+	size_t meta_size;
+	uint64_t key;
+	uint64_t gen_off, gen_stride;
+};
+
+struct cl_map {
+	struct cl_map *next;
+	uint64_t id;
+	struct hfs_inode *i;
+	int fd; /* the client's descriptor, kept open while mapped */
+	uint64_t off, len;
+	bool write;
+};
+
+struct cl_reg {
+	struct cl_reg *next;
+	struct hfs_heap *h; /* holds a heap reference */
+};
+
+struct cl_conn {
+	struct cl_conn *next;
+	int sock;
+	pid_t pid;
+	uid_t uid;
+	uint64_t next_id, nmaps, mapped;
+	struct cl_map *maps;
+	struct cl_reg *regs;
+};
+
+static struct {
+	int lsock, stop[2];
+	bool running;
+	pthread_t thr;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	dev_t dev;
+	bool dev_ok;
+	pthread_mutex_t lock; /* conns and their counters, for status */
+	struct cl_conn *conns;
+	unsigned nconns;
+} cl = { .lsock = -1, .stop = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static atomic_uint_fast64_t next_key = 1;
+
+void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
+
+/* --- direct_map heaps --- */
+
+int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp)
+{
+	struct hfs_dm *dm = calloc(1, sizeof(*dm));
+	int64_t need;
+	int ret;
+
+	if (!dm)
+		return -ENOMEM;
+	bp->flags |= BUDDY_F_MEMFD;
+	dm->meta = MAP_FAILED;
+	need = buddy_meta_size(bp);
+	ret = (int)need;
+	if (need < 0)
+		goto fail;
+	dm->meta_size = ((size_t)need + PAGE - 1) & ~(size_t)(PAGE - 1);
+	dm->meta_fd = memfd_create("heapfs-meta", MFD_CLOEXEC);
+	ret = -errno;
+	if (dm->meta_fd < 0)
+		goto fail;
+	if (ftruncate(dm->meta_fd, (off_t)dm->meta_size) < 0) {
+		ret = -errno;
+		goto fail_fd;
+	}
+	dm->meta = mmap(NULL, dm->meta_size, PROT_READ | PROT_WRITE, MAP_SHARED, dm->meta_fd, 0);
+	if (dm->meta == MAP_FAILED) {
+		ret = -errno;
+		goto fail_fd;
+	}
+	ret = buddy_create_at(bp, dm->meta, dm->meta_size, &h->b);
+	if (ret)
+		goto fail_map;
+	ret = chunk_gen_layout(h->b, &dm->gen_off, &dm->gen_stride);
+	if (ret)
+		goto fail_buddy;
+	dm->key = atomic_fetch_add(&next_key, 1);
+	h->dm = dm;
+	return 0;
+fail_buddy:
+	buddy_destroy(h->b);
+	h->b = NULL;
+fail_map:
+	munmap(dm->meta, dm->meta_size);
+fail_fd:
+	close(dm->meta_fd);
+fail:
+	free(dm);
+	return ret;
+}
+
+void hfs_dm_heap_destroy(struct hfs_heap *h)
+{
+	if (!h->dm)
+		return;
+	munmap(h->dm->meta, h->dm->meta_size);
+	close(h->dm->meta_fd);
+	free(h->dm);
+	h->dm = NULL;
+}
+
+/* --- the written-range accounting --- */
+
+void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len)
+{
+	hfs_change_lock(i);
+	__hfs_obj_hold(i);
+	hfs_now(&i->mtime);
+	i->ctime = i->mtime;
+	/* replication: the write-range change record of [off, off + len) goes here */
+	__hfs_obj_release(i, true);
+	hfs_change_unlock(i);
+	if (hfs_client_inval)
+		hfs_client_inval(i->ino, (int64_t)off, (int64_t)len);
+}
+
+/* --- requests --- */
+
+static int send_rep(struct cl_conn *c, struct hfs_cl_rep *rep, size_t len, const int *fds,
+		    unsigned nfds)
+{
+	union {
+		char buf[CMSG_SPACE(2 * sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = { .iov_base = rep, .iov_len = len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct cmsghdr *cm;
+
+	rep->magic = HFS_CL_MAGIC;
+	rep->nfds = nfds;
+	if (nfds) {
+		msg.msg_control = u.buf;
+		msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+		cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+		memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
+	}
+	/* never wait for a client that does not read: it loses its connection */
+	return sendmsg(c->sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)len ? 0 : -EIO;
+}
+
+static int send_err(struct cl_conn *c, int err)
+{
+	struct hfs_cl_rep rep = { .err = err };
+
+	return send_rep(c, &rep, sizeof(rep), NULL, 0);
+}
+
+/* Is fd an open regular file of this mount, and which inode? */
+static int check_fd(int fd, bool write, struct hfs_inode **out)
+{
+	struct hfs_inode *i;
+	struct stat st;
+	int fl;
+
+	if (!cl.dev_ok)
+		return -EAGAIN;
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fstat(fd, &st) < 0)
+		return -EBADF;
+	if (fl & O_PATH)
+		return -EBADF; /* opens nothing: proves no access */
+	if (st.st_dev != cl.dev)
+		return -EXDEV; /* not a file of this mount */
+	if (S_ISDIR(st.st_mode))
+		return -EISDIR;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	if (write && (fl & O_ACCMODE) == O_RDONLY)
+		return -EACCES; /* as mmap(PROT_WRITE, MAP_SHARED) of a read-only descriptor */
+	/* the descriptor is open on it: the kernel holds the inode, its number is not reused */
+	i = hfs_iget((hfs_ino_t)st.st_ino);
+	if (!i || i->kind != HFS_REG || !i->heap)
+		return -EINVAL;
+	if (!i->heap->dm)
+		return -EPERM; /* the heap's policy: direct_map = false */
+	*out = i;
+	return 0;
+}
+
+/* Extents of [off, off + len) of i, adjacent blocks merged; i->lock held.  Interior joins
+ * must fall on page boundaries, or the client could not map the pieces side by side. */
+static int __extents(struct hfs_inode *i, uint64_t off, uint64_t len, struct hfs_cl_ext *x,
+		     uint32_t *nx)
+{
+	uint64_t end = off + len;
+	uint32_t n = 0;
+
+	for (size_t k = 0; k < i->file.n && off < end; k++) {
+		const struct hfs_ext *e = &i->file.ext[k];
+		uint64_t eend = e->foff + (1ull << e->order), from, to;
+
+		if (eend <= off)
+			continue;
+		from = off;
+		to = eend < end ? eend : end;
+		if (n && x[n - 1].hoff + x[n - 1].len == e->hoff + (from - e->foff)) {
+			x[n - 1].len += to - from;
+		} else {
+			if (n == HFS_CL_MAX_EXT)
+				return -E2BIG;
+			if (n && ((x[n - 1].hoff + x[n - 1].len) % PAGE ||
+				  (e->hoff + (from - e->foff)) % PAGE))
+				return -EINVAL; /* blocks smaller than a page, scattered */
+			x[n++] = (struct hfs_cl_ext){ .hoff = e->hoff + (from - e->foff),
+						      .foff = from, .len = to - from };
+		}
+		off = to;
+	}
+	*nx = n;
+	return off < end ? -ENXIO : 0;
+}
+
+static struct cl_reg *find_reg(struct cl_conn *c, struct hfs_heap *h)
+{
+	for (struct cl_reg *r = c->regs; r; r = r->next)
+		if (r->h == h)
+			return r;
+	return NULL;
+}
+
+static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
+{
+	bool write = q->flags & HFS_CL_WRITE;
+	size_t replen = sizeof(struct hfs_cl_rep) + HFS_CL_MAX_EXT * sizeof(struct hfs_cl_ext);
+	struct hfs_cl_rep *rep = calloc(1, replen);
+	struct cl_map *m = calloc(1, sizeof(*m));
+	struct cl_reg *reg = NULL;
+	struct hfs_inode *i;
+	struct hfs_heap *h;
+	int ret, fds[2];
+	uint32_t nx = 0;
+
+	ret = -ENOMEM;
+	if (!rep || !m)
+		goto fail;
+	ret = check_fd(fd, write, &i);
+	if (ret)
+		goto fail;
+	ret = -EINVAL;
+	if (!q->len || q->off + q->len < q->off)
+		goto fail;
+	h = i->heap;
+	pthread_rwlock_rdlock(&i->lock);
+	ret = q->off + q->len > i->size ? -ENXIO : __extents(i, q->off, q->len, rep->ext, &nx);
+	if (!ret)
+		atomic_fetch_add(&i->file.maps, 1);
+	rep->size = i->size;
+	pthread_rwlock_unlock(&i->lock);
+	if (ret)
+		goto fail;
+	if (!find_reg(c, h)) {
+		reg = calloc(1, sizeof(*reg));
+		if (!reg) {
+			atomic_fetch_sub(&i->file.maps, 1);
+			ret = -ENOMEM;
+			goto fail;
+		}
+	}
+	*m = (struct cl_map){ .id = ++c->next_id, .i = i, .fd = fd, .off = q->off,
+			      .len = q->len, .write = write };
+	rep->id = m->id;
+	rep->heap_key = h->dm->key;
+	rep->heap_size = 1ull << buddy_heap_order(h->b);
+	rep->meta_size = h->dm->meta_size;
+	rep->gen_off = h->dm->gen_off;
+	rep->gen_stride = h->dm->gen_stride;
+	rep->nchunks = chunk_count(h->b);
+	rep->chunk_order = chunk_order(h->b);
+	rep->next = nx;
+	fds[0] = buddy_data_fd(h->b);
+	fds[1] = h->dm->meta_fd;
+	pthread_mutex_lock(&cl.lock);
+	m->next = c->maps;
+	c->maps = m;
+	c->nmaps++;
+	c->mapped += q->len;
+	if (reg) {
+		hfs_heap_get(h);
+		reg->h = h;
+		reg->next = c->regs;
+		c->regs = reg;
+	}
+	pthread_mutex_unlock(&cl.lock);
+	ret = send_rep(c, rep, sizeof(*rep) + nx * sizeof(rep->ext[0]), fds,
+		       reg || (q->flags & HFS_CL_RESEND) ? 2 : 0);
+	free(rep);
+	return ret; /* a failed send: the connection goes, and the map with it */
+fail:
+	free(reg);
+	free(m);
+	free(rep);
+	close(fd);
+	return send_err(c, ret);
+}
+
+/* Drop map m (unlinked from its connection already); cl.lock not held. */
+static void map_drop(struct cl_map *m)
+{
+	atomic_fetch_sub(&m->i->file.maps, 1);
+	close(m->fd); /* may be the last open: an unlinked file's blocks go now */
+	free(m);
+}
+
+static int do_unmap(struct cl_conn *c, const struct hfs_cl_req *q)
+{
+	struct cl_map **pp, *m;
+
+	pthread_mutex_lock(&cl.lock);
+	for (pp = &c->maps; *pp && (*pp)->id != q->id; pp = &(*pp)->next)
+		;
+	m = *pp;
+	if (m && (!(q->flags & HFS_CL_WRITTEN) || m->write)) {
+		*pp = m->next;
+		c->nmaps--;
+		c->mapped -= m->len;
+	}
+	pthread_mutex_unlock(&cl.lock);
+	if (!m)
+		return send_err(c, -ENOENT);
+	if ((q->flags & HFS_CL_WRITTEN) && !m->write)
+		return send_err(c, -EBADF); /* a read mapping was not written */
+	if (q->flags & HFS_CL_WRITTEN)
+		hfs_client_range_written(m->i, m->off, m->len);
+	map_drop(m);
+	return send_err(c, 0);
+}
+
+/* One message from c: 0, or -1 when the connection is to go (EOF, error, garbage). */
+static int serve(struct cl_conn *c)
+{
+	union {
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct hfs_cl_req q;
+	struct iovec iov = { .iov_base = &q, .iov_len = sizeof(q) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+			      .msg_controllen = sizeof(u.buf) };
+	int fds[4], nfds = 0, fd = -1;
+	ssize_t n = recvmsg(c->sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	bool garbage;
+
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return 0;
+	if (n <= 0)
+		return -1;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+
+			for (int j = 0; j < k && nfds < 4; j++)
+				memcpy(&fds[nfds++], CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
+		}
+	}
+	garbage = n != sizeof(q) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
+		  q.magic != HFS_CL_MAGIC || q.version != HFS_CL_VERSION ||
+		  (q.op != HFS_CL_MAP && q.op != HFS_CL_UNMAP) ||
+		  (q.op == HFS_CL_MAP && nfds != 1) || (q.op == HFS_CL_UNMAP && nfds);
+	if (!garbage && q.op == HFS_CL_MAP) {
+		fd = fds[0];
+		nfds = 0;
+	}
+	for (int j = 0; j < nfds; j++)
+		close(fds[j]);
+	if (garbage) {
+		send_err(c, -EBADMSG); /* said why, then hang up: the stream is not ours */
+		return -1;
+	}
+	return (q.op == HFS_CL_MAP ? do_map(c, &q, fd) : do_unmap(c, &q)) ? -1 : 0;
+}
+
+static void conn_close(struct cl_conn *c)
+{
+	struct cl_conn **pp;
+	struct cl_map *m;
+	struct cl_reg *r;
+
+	pthread_mutex_lock(&cl.lock);
+	for (pp = &cl.conns; *pp != c; pp = &(*pp)->next)
+		;
+	*pp = c->next;
+	cl.nconns--;
+	pthread_mutex_unlock(&cl.lock);
+	while ((m = c->maps)) {
+		c->maps = m->next;
+		map_drop(m);
+	}
+	while ((r = c->regs)) {
+		c->regs = r->next;
+		hfs_heap_put(r->h);
+		free(r);
+	}
+	close(c->sock);
+	free(c);
+}
+
+static void accept_one(void)
+{
+	int s = accept4(cl.lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	struct cl_conn *c;
+	struct ucred cr;
+	socklen_t crlen = sizeof(cr);
+
+	if (s < 0)
+		return;
+	c = calloc(1, sizeof(*c));
+	if (!c || cl.nconns >= MAX_CONNS ||
+	    getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0) {
+		free(c);
+		close(s);
+		return;
+	}
+	c->sock = s;
+	c->pid = cr.pid;
+	c->uid = cr.uid;
+	pthread_mutex_lock(&cl.lock);
+	c->next = cl.conns;
+	cl.conns = c;
+	cl.nconns++;
+	pthread_mutex_unlock(&cl.lock);
+}
+
+static void *server(void *arg)
+{
+	struct pollfd pf[MAX_CONNS + 2];
+	struct cl_conn *cv[MAX_CONNS];
+	struct stat st;
+
+	(void)arg;
+	/* the session runs by now (we started after the mount): our own root answers */
+	if (stat(hfs.mountpoint, &st) == 0 && st.st_ino == HFS_ROOT_INO) {
+		cl.dev = st.st_dev;
+		cl.dev_ok = true;
+	}
+	for (;;) {
+		nfds_t n = 2;
+
+		pf[0] = (struct pollfd){ .fd = cl.stop[0], .events = POLLIN };
+		pf[1] = (struct pollfd){ .fd = cl.lsock, .events = POLLIN };
+		for (struct cl_conn *c = cl.conns; c; c = c->next) { /* only we change the list */
+			cv[n - 2] = c;
+			pf[n++] = (struct pollfd){ .fd = c->sock, .events = POLLIN };
+		}
+		if (poll(pf, n, -1) < 0)
+			continue;
+		if (pf[0].revents)
+			break;
+		for (nfds_t k = 2; k < n; k++)
+			if (pf[k].revents && serve(cv[k - 2]))
+				conn_close(cv[k - 2]);
+		if (pf[1].revents)
+			accept_one();
+	}
+	while (cl.conns)
+		conn_close(cl.conns);
+	return NULL;
+}
+
+int hfs_client_start(void)
+{
+	const char *dir = getenv("XDG_RUNTIME_DIR");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int ret;
+
+	if (!dir || strlen(dir) > 64)
+		dir = "/tmp";
+	snprintf(cl.path, sizeof(cl.path), "%s/heapfs-client.%d.sock", dir, (int)getpid());
+	strcpy(sa.sun_path, cl.path);
+	unlink(cl.path); /* a stale socket of an earlier daemon with our pid */
+	cl.lsock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (cl.lsock < 0 || bind(cl.lsock, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    chmod(cl.path, 0666) < 0 || /* the proof is the descriptor, not the socket */
+	    listen(cl.lsock, 64) < 0 || pipe2(cl.stop, O_CLOEXEC) < 0)
+		goto fail;
+	ret = pthread_create(&cl.thr, NULL, server, NULL);
+	if (ret) {
+		errno = ret;
+		goto fail;
+	}
+	cl.running = true;
+	return 0;
+fail:
+	ret = -errno;
+	fprintf(stderr, "heapfs: client socket %s: %s\n", cl.path, strerror(errno));
+	hfs_client_stop();
+	return ret;
+}
+
+void hfs_client_stop(void)
+{
+	if (cl.running) {
+		if (write(cl.stop[1], "x", 1) < 0) {
+			/* a pipe with room: cannot fail */
+		}
+		pthread_join(cl.thr, NULL);
+		cl.running = false;
+	}
+	for (int k = 0; k < 2; k++) {
+		if (cl.stop[k] >= 0)
+			close(cl.stop[k]);
+		cl.stop[k] = -1;
+	}
+	if (cl.lsock >= 0) {
+		close(cl.lsock);
+		unlink(cl.path);
+		cl.lsock = -1;
+	}
+}
+
+/* --- status --- */
+
+int hfs_client_status(json_t *o)
+{
+	json_t *a = json_array();
+	int bad = !a;
+
+	pthread_mutex_lock(&cl.lock);
+	for (struct cl_conn *c = cl.conns; c && !bad; c = c->next) {
+		json_t *e = json_object(), *hv = json_array();
+
+		bad |= !e || !hv;
+		for (struct cl_reg *r = c->regs; r && !bad; r = r->next)
+			bad |= json_array_append_new(hv, json_string(r->h->pol.name));
+		bad |= json_object_set_new(e, "pid", json_integer(c->pid));
+		bad |= json_object_set_new(e, "uid", json_integer(c->uid));
+		bad |= json_object_set_new(e, "heaps", hv);
+		bad |= json_object_set_new(e, "maps", json_integer((json_int_t)c->nmaps));
+		bad |= json_object_set_new(e, "mapped_bytes", json_integer((json_int_t)c->mapped));
+		bad |= json_array_append_new(a, e);
+	}
+	pthread_mutex_unlock(&cl.lock);
+	bad |= json_object_set_new(o, "client_socket",
+				   cl.lsock >= 0 ? json_string(cl.path) : json_null());
+	bad |= json_object_set_new(o, "clients", a);
+	return bad ? -ENOMEM : 0;
+}

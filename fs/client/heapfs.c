@@ -1,0 +1,357 @@
+/*
+ * heapfs.c — libheapfs: map ranges of heapfs files into this process (heapfs.h).
+ *
+ * How: a connection is a SOCK_SEQPACKET socket to the daemon's client socket (named in
+ * MOUNT/.heapfs/stats; protocol in proto_i.h).  A map sends the file descriptor itself as
+ * the proof of access and gets the range's extents (heap offset, file offset, length);
+ * the first time for a heap it also gets the heap's data and metadata memfds, which make a
+ * registration (reg.c: the heap mapped once, the chunk generations read from the shared
+ * table).  A range in one extent is a pointer into the registration's view, with no
+ * system call of our own; a range over several extents gets a fresh reserved virtual
+ * range with each piece mapped from the memfd at its place (MAP_FIXED), so the caller
+ * always sees one contiguous range.  Every map checks the generations of the chunks it
+ * spans and renews stale ones (reg.c).
+ *
+ * Locking: one mutex per connection around each request/reply and the table.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "heapfs.h"
+#include "proto_i.h"
+#include "reg_i.h"
+
+#define PAGE 4096ull
+
+struct heapfs {
+	int sock;
+	pthread_mutex_t lock;
+	struct hc_table t;
+	struct hfs_cl_rep *rep; /* reply buffer */
+	size_t replen;
+};
+
+struct map_priv {
+	struct heapfs_map pub;
+	uint64_t id;
+	struct hc_reg *reg;
+	uint64_t key;
+	void *own;       /* our own reserved range (several extents), else NULL */
+	size_t own_len;
+};
+
+int heapfs_connect(const char *mount, struct heapfs **out)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char path[PATH_MAX];
+	const char *sock;
+	struct heapfs *h;
+	json_t *st;
+	int ret;
+
+	snprintf(path, sizeof(path), "%s/.heapfs/stats", mount);
+	st = json_load_file(path, 0, NULL);
+	if (!st)
+		return -ENOENT;
+	sock = json_string_value(json_object_get(st, "client_socket"));
+	if (!sock || strlen(sock) >= sizeof(sa.sun_path)) {
+		json_decref(st);
+		return -ENOTCONN;
+	}
+	strcpy(sa.sun_path, sock);
+	json_decref(st);
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->replen = sizeof(*h->rep) + HFS_CL_MAX_EXT * sizeof(struct hfs_cl_ext);
+	h->rep = malloc(h->replen);
+	h->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (!h->rep || h->sock < 0 || connect(h->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		ret = h->rep ? -errno : -ENOMEM;
+		if (h->sock >= 0)
+			close(h->sock);
+		free(h->rep);
+		free(h);
+		return ret;
+	}
+	pthread_mutex_init(&h->lock, NULL);
+	*out = h;
+	return 0;
+}
+
+/* The mount point of the mount whose device is dev (/proc/self/mountinfo). */
+static int mount_of(dev_t dev, char *out, size_t len)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char line[4096], mnt[PATH_MAX];
+	unsigned ma, mi;
+	int ret = -ENOENT;
+
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%*d %*d %u:%u %*s %4095s", &ma, &mi, mnt) != 3 ||
+		    makedev(ma, mi) != dev)
+			continue;
+		/* mountinfo escapes space, tab, newline and backslash as \ooo */
+		size_t o = 0;
+
+		for (char *p = mnt; *p && o + 1 < len; o++) {
+			if (p[0] == '\\' && p[1] >= '0' && p[1] <= '7' && p[2] && p[3]) {
+				out[o] = (char)((p[1] - '0') * 64 + (p[2] - '0') * 8 + (p[3] - '0'));
+				p += 4;
+			} else {
+				out[o] = *p++;
+			}
+		}
+		out[o] = 0;
+		ret = 0;
+		break;
+	}
+	fclose(f);
+	return ret;
+}
+
+int heapfs_connect_fd(int fd, struct heapfs **out)
+{
+	char mnt[PATH_MAX];
+	struct stat st;
+	int ret;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	ret = mount_of(st.st_dev, mnt, sizeof(mnt));
+	return ret ? ret : heapfs_connect(mnt, out);
+}
+
+void heapfs_disconnect(struct heapfs *h)
+{
+	if (!h)
+		return;
+	close(h->sock); /* the daemon drops our maps with the connection */
+	hc_clear(&h->t);
+	pthread_mutex_destroy(&h->lock);
+	free(h->rep);
+	free(h);
+}
+
+/* One request and its reply; fds: where received descriptors go (up to 2). */
+static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *fds,
+		unsigned *nfds, size_t *replen)
+{
+	union {
+		char buf[CMSG_SPACE(2 * sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = { .iov_base = (void *)q, .iov_len = sizeof(*q) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct cmsghdr *cm;
+	ssize_t n;
+
+	if (sendfd >= 0) {
+		msg.msg_control = u.buf;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int));
+		cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &sendfd, sizeof(int));
+	}
+	if (sendmsg(h->sock, &msg, MSG_NOSIGNAL) != sizeof(*q))
+		return -ENOTCONN;
+	iov = (struct iovec){ .iov_base = h->rep, .iov_len = h->replen };
+	msg = (struct msghdr){ .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+			       .msg_controllen = sizeof(u.buf) };
+	do
+		n = recvmsg(h->sock, &msg, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	*nfds = 0;
+	for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			unsigned k = (unsigned)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+
+			for (unsigned j = 0; j < k; j++) {
+				int fd;
+
+				memcpy(&fd, CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
+				if (*nfds < 2)
+					fds[(*nfds)++] = fd;
+				else
+					close(fd);
+			}
+		}
+	if (n < (ssize_t)sizeof(*h->rep) || h->rep->magic != HFS_CL_MAGIC) {
+		while (*nfds)
+			close(fds[--*nfds]);
+		return -EPROTO;
+	}
+	*replen = (size_t)n;
+	return h->rep->err;
+}
+
+static void unmap_quiet(struct heapfs *h, uint64_t id)
+{
+	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
+				.op = HFS_CL_UNMAP, .id = id };
+	unsigned nfds;
+	size_t rl;
+	int fds[2];
+
+	call(h, &q, -1, fds, &nfds, &rl);
+}
+
+/* Place the extents side by side in one new reserved range. */
+static int place(struct map_priv *m, const struct hfs_cl_rep *rep, uint64_t len)
+{
+	uint64_t head = rep->ext[0].hoff % PAGE, total = (head + len + PAGE - 1) & ~(PAGE - 1);
+	char *base = mmap(NULL, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+			  -1, 0);
+	char *at = base;
+
+	if (base == MAP_FAILED)
+		return -errno;
+	for (uint32_t k = 0; k < rep->next; k++) {
+		const struct hfs_cl_ext *e = &rep->ext[k];
+		uint64_t eh = e->hoff % PAGE, mlen = (eh + e->len + PAGE - 1) & ~(PAGE - 1);
+
+		if (mmap(at, mlen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, m->reg->data_fd,
+			 (off_t)(e->hoff - eh)) == MAP_FAILED) {
+			int ret = -errno;
+
+			munmap(base, total);
+			return ret;
+		}
+		at += eh + e->len;
+	}
+	m->own = base;
+	m->own_len = total;
+	m->pub.addr = base + head;
+	return 0;
+}
+
+int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned flags,
+	       struct heapfs_map **out)
+{
+	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
+				.op = HFS_CL_MAP, .flags = flags & HEAPFS_WRITE ? HFS_CL_WRITE : 0,
+				.off = off, .len = len };
+	struct map_priv *m = calloc(1, sizeof(*m));
+	struct hfs_cl_rep *rep = h->rep;
+	unsigned nfds;
+	size_t rl;
+	int ret, fds[2];
+
+	if (!m)
+		return -ENOMEM;
+	pthread_mutex_lock(&h->lock);
+	for (int tries = 0;; tries++) {
+		ret = call(h, &q, fd, fds, &nfds, &rl);
+		if (ret)
+			goto fail;
+		ret = -EPROTO;
+		if (rep->next == 0 || rl != sizeof(*rep) + rep->next * sizeof(rep->ext[0]) ||
+		    (nfds != 0 && nfds != 2)) {
+			while (nfds)
+				close(fds[--nfds]);
+			unmap_quiet(h, rep->id);
+			goto fail;
+		}
+		m->id = rep->id;
+		if (nfds == 2) {
+			struct hc_geom g = { .key = rep->heap_key, .heap_size = rep->heap_size,
+					     .meta_size = rep->meta_size, .gen_off = rep->gen_off,
+					     .gen_stride = rep->gen_stride, .nchunks = rep->nchunks,
+					     .chunk_order = rep->chunk_order };
+
+			m->reg = hc_find(&h->t, g.key);
+			if (m->reg && m->reg->active) { /* have it already: keep the one in use */
+				close(fds[0]);
+				close(fds[1]);
+			} else if ((ret = hc_add(&h->t, &g, fds[0], fds[1], &m->reg))) {
+				unmap_quiet(h, m->id);
+				goto fail;
+			}
+			break;
+		}
+		m->reg = hc_find(&h->t, rep->heap_key);
+		if (m->reg)
+			break;
+		/* we dropped this heap's registration (idle): ask for the descriptors again */
+		unmap_quiet(h, m->id);
+		ret = -EPROTO;
+		if (tries)
+			goto fail;
+		q.flags |= HFS_CL_RESEND;
+	}
+	m->key = rep->heap_key;
+	for (uint32_t k = 0; k < rep->next; k++) {
+		ret = -EPROTO;
+		if (rep->ext[k].hoff + rep->ext[k].len > m->reg->g.heap_size) {
+			unmap_quiet(h, m->id);
+			goto fail;
+		}
+		hc_check(&h->t, m->reg, rep->ext[k].hoff, rep->ext[k].len);
+	}
+	m->pub.len = len;
+	if (rep->next == 1) {
+		m->pub.addr = m->reg->data + rep->ext[0].hoff;
+	} else {
+		ret = place(m, rep, len);
+		if (ret) {
+			unmap_quiet(h, m->id);
+			goto fail;
+		}
+	}
+	m->reg->active++;
+	pthread_mutex_unlock(&h->lock);
+	*out = &m->pub;
+	return 0;
+fail:
+	pthread_mutex_unlock(&h->lock);
+	free(m);
+	return ret;
+}
+
+int heapfs_release(struct heapfs *h, struct heapfs_map *pub, bool written)
+{
+	struct map_priv *m = (struct map_priv *)pub;
+	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
+				.op = HFS_CL_UNMAP, .id = m->id,
+				.flags = written ? HFS_CL_WRITTEN : 0 };
+	unsigned nfds;
+	size_t rl;
+	int ret, fds[2];
+
+	pthread_mutex_lock(&h->lock);
+	if (m->own)
+		munmap(m->own, m->own_len);
+	m->reg->active--;
+	ret = call(h, &q, -1, fds, &nfds, &rl);
+	while (nfds)
+		close(fds[--nfds]);
+	pthread_mutex_unlock(&h->lock);
+	free(m);
+	return ret;
+}
+
+void heapfs_stats(struct heapfs *h, struct heapfs_stats *st)
+{
+	pthread_mutex_lock(&h->lock);
+	st->registrations = hc_count(&h->t);
+	st->registered = h->t.registered;
+	st->dropped = h->t.dropped;
+	st->stale_chunks = h->t.stale;
+	pthread_mutex_unlock(&h->lock);
+}

@@ -1,0 +1,43 @@
+/*
+ * client_i.h — libheapfs's daemon side (fs/client.c): direct_map heaps and the client
+ * socket.  Core code: no FUSE type; the page-cache invalidation a written range needs is
+ * an edge call, reached through hfs_client_inval (set by main.c).
+ * Locking: see fs/client.c.
+ */
+#ifndef HEAPFS_CLIENT_I_H
+#define HEAPFS_CLIENT_I_H
+
+#include <jansson.h>
+
+#include "fs_i.h"
+
+/* A direct_map heap: its buddy metadata in a memfd that clients map read-only (the chunk
+ * generations), its data in a memfd (BUDDY_F_MEMFD).  heap.c calls these for
+ * pol.direct_map; 0 or -errno. */
+int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp);
+void hfs_dm_heap_destroy(struct hfs_heap *h);
+
+/* The client socket: start after the mount exists (after daemonizing); stop after the
+ * session loop, before the heaps go.  Start: 0 or -errno (said on stderr). */
+int hfs_client_start(void);
+void hfs_client_stop(void);
+/* Set by the edge: drop the kernel's cached pages of [off, off + len) of inode ino. */
+extern void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
+
+/* A client released range [off, off + len) of i after writing it through its mapping:
+ * the one place such a write is accounted — mtime/ctime as for write(), the object's map
+ * slot, the kernel's cached pages of the range invalidated.  Replication connects here
+ * (the write-range change record: async queued, sync waited for). */
+void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len);
+
+/* Is a range of i mapped by a client?  (file.c: truncate below / moving a contiguous
+ * file's block give EBUSY meanwhile.)  Read under i->lock. */
+static inline bool hfs_client_pinned(const struct hfs_inode *i)
+{
+	return atomic_load(&i->file.maps) != 0;
+}
+
+/* .heapfs/stats: "client_socket" and "clients" [{pid, heaps, maps, mapped_bytes}]. */
+int hfs_client_status(json_t *stats);
+
+#endif
