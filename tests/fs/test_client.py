@@ -1,0 +1,225 @@
+"""libheapfs (issue 10): map ranges of heapfs files from real client processes.
+
+The client side is the Python module heapfs (ctypes over libheapfs) from build/python.
+Checked: map/write/release read back through the daemon (O_DIRECT) and a cache = direct
+heap, the page cache and mtime after a written release, the refusals (another mount, a
+directory, read-only asking for write, direct_map = false, past the end, garbage on the
+socket), pins (truncate below: EBUSY, growth moving a contiguous file: EBUSY, unlink:
+freed at the release), a killed client leaves nothing pinned, a stale registration is
+noticed after its chunk went back to the OS and was reused, two processes share an object.
+"""
+import errno
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import expect_errno, pattern, read_daemon, wait_until
+
+PYDIR = os.environ.get("HEAPFS_PYTHON") or str(Path(os.environ["HEAPFS"]).parent.parent / "python")
+sys.path.insert(0, PYDIR)
+import heapfs  # noqa: E402
+
+CONF = """
+heap "dm"    { size = 64M  direct_map = true  chunk = 64K }
+heap "ddir"  { size = 16M  direct_map = true  cache = direct }
+heap "ctg"   { size = 16M  direct_map = true  layout = contiguous }
+heap "plain" { size = 16M }
+objects { size = 4M  direct_map = true  writers = many }
+"""
+
+
+def child(code, *args):
+    """Run a client process: python code with heapfs importable; returns Popen."""
+    env = dict(os.environ, PYTHONPATH=PYDIR)
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_child(code, *args):
+    p = child(code, *args)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    return out
+
+
+@pytest.fixture
+def dm(mount_factory):
+    return mount_factory(CONF)
+
+
+def heap_used(m, name):
+    return m.heap_stats(name)["used"]
+
+
+def test_map_write_release_reads_back(dm):
+    n = 3 * 1024 * 1024 + 12345   # several buddy blocks: one contiguous view over them
+    for heap in ("dm", "ddir"):
+        p = dm.heap(heap) / "f"
+        old = pattern(n, 1)
+        p.write_bytes(old)
+        with open(p, "rb") as f:        # a cached copy in the page cache (cache = auto)
+            assert f.read() == old
+        mt = os.stat(p).st_mtime_ns
+        time.sleep(0.01)
+        new = pattern(n - 100, 2)
+        run_child("""
+import sys, heapfs
+p, off, data = sys.argv[1], 50, open(sys.argv[2], 'rb').read()
+with open(p, 'r+b') as f, heapfs.map(f, off, len(data), write=True) as m:
+    m[:] = data
+""", p, _tmpfile(new))
+        want = old[:50] + new + old[50 + len(new):]
+        assert read_daemon(p) == want
+        assert p.read_bytes() == want       # the kernel's cached pages were dropped
+        st = os.stat(p)
+        assert st.st_mtime_ns > mt and st.st_ctime_ns >= st.st_mtime_ns
+        with open(p, "rb") as f, heapfs.map(f, 0, n) as m:
+            assert bytes(m) == want
+            assert m.readonly
+
+
+def _tmpfile(data):
+    fd, path = tempfile.mkstemp(prefix="heapfs-client-")
+    os.write(fd, data)
+    os.close(fd)
+    return path
+
+
+def test_refusals(dm, tmp_path):
+    conn = heapfs.Connection(str(dm.path))
+    (dm.heap("plain") / "p").write_bytes(b"abc")
+    with open(dm.heap("plain") / "p", "rb") as f:
+        expect_errno(errno.EPERM, conn.map(f, 0, 3).__enter__)
+    other = tmp_path / "other"
+    other.write_bytes(b"abc")
+    with open(other, "rb") as f:
+        expect_errno(errno.EXDEV, conn.map(f, 0, 3).__enter__)
+    fd = os.open(dm.heap("dm"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        expect_errno(errno.EISDIR, conn.map(fd, 0, 3).__enter__)
+    finally:
+        os.close(fd)
+    p = dm.heap("dm") / "r"
+    p.write_bytes(b"x" * 100)
+    with open(p, "rb") as f:
+        expect_errno(errno.EACCES, conn.map(f, 0, 10, write=True).__enter__)
+        expect_errno(errno.ENXIO, conn.map(f, 90, 20).__enter__)
+        expect_errno(errno.EINVAL, conn.map(f, 0, 0).__enter__)
+    assert read_daemon(p) == b"x" * 100
+    # garbage on the socket: a clear EBADMSG reply, then the daemon hangs up
+    path = dm.stats()["client_socket"]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    s.send(b"GET / HTTP/1.0\r\n\r\n")
+    rep = s.recv(4096)
+    magic, err = struct.unpack_from("<Qi", rep)
+    assert err == -errno.EBADMSG
+    assert s.recv(4096) == b""
+    s.close()
+    # the daemon still serves others
+    with open(p, "rb") as f, conn.map(f, 0, 100) as m:
+        assert bytes(m) == b"x" * 100
+    conn.close()
+
+
+def test_pins_truncate_unlink_contiguous(dm):
+    p = dm.heap("dm") / "t"
+    p.write_bytes(pattern(1 << 20, 3))
+    conn = heapfs.Connection(str(dm.path))
+    with open(p, "r+b") as f:
+        mp = conn.map(f, 0, 1 << 20, write=True)
+        m = mp.__enter__()
+        clients = dm.stats()["clients"]
+        assert [c["pid"] for c in clients] == [os.getpid()]
+        assert clients[0]["heaps"] == ["dm"] and clients[0]["mapped_bytes"] == 1 << 20
+        expect_errno(errno.EBUSY, os.truncate, p, 4096)      # below a mapped range
+        os.truncate(p, 2 << 20)                               # growth: extents do not move
+        assert os.stat(p).st_size == 2 << 20
+        m[0:4] = b"live"
+        used = heap_used(dm, "dm")
+        os.unlink(p)                                          # freed at the release
+        assert heap_used(dm, "dm") == used
+        mp.release()
+    wait_until(lambda: heap_used(dm, "dm") == 0, 5, "unlinked file freed at the release")
+    assert dm.stats()["clients"][0]["mapped_bytes"] == 0
+    # contiguous: a growth that would move the block waits for the release (EBUSY)
+    c = dm.heap("ctg") / "c"
+    c.write_bytes(b"c" * 4096)
+    with open(c, "r+b") as f, conn.map(f, 0, 4096, write=True) as m:
+        expect_errno(errno.EBUSY, os.pwrite, f.fileno(), b"more", 8192)
+        assert bytes(m[:4]) == b"cccc"
+    with open(c, "r+b") as f:
+        assert os.pwrite(f.fileno(), b"more", 8192) == 4
+    conn.close()
+
+
+def test_killed_client_leaves_nothing_pinned(dm):
+    p = dm.heap("dm") / "k"
+    p.write_bytes(b"k" * 65536)
+    proc = child("""
+import sys, heapfs, time
+f = open(sys.argv[1], 'r+b')
+m = heapfs.map(f, 0, 65536, write=True).__enter__()
+m[0:4] = b"dead"
+print("mapped", flush=True)
+time.sleep(60)
+""", p)
+    assert proc.stdout.readline().strip() == "mapped"
+    assert any(c["pid"] == proc.pid for c in dm.stats()["clients"])
+    expect_errno(errno.EBUSY, os.truncate, p, 0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: not dm.stats()["clients"], 5, "the dead client's connection dropped")
+    os.truncate(p, 0)
+    os.unlink(p)
+    wait_until(lambda: heap_used(dm, "dm") == 0, 5, "nothing pinned")
+
+
+def test_stale_registration_renewed(dm):
+    """A chunk that went back to the OS and came back for another file: the client's
+    registration notices the new generation; its map shows the new file's bytes."""
+    conn = heapfs.Connection(str(dm.path))
+    a = dm.heap("dm") / "a"
+    a.write_bytes(b"A" * 65536)
+    with open(a, "rb") as f, conn.map(f, 0, 65536) as m:
+        assert bytes(m[:4]) == b"AAAA"
+    released = dm.heap_stats("dm")["chunks_released"]
+    os.unlink(a)
+    wait_until(lambda: dm.heap_stats("dm")["chunks_released"] > released, 5,
+               "the chunk went back to the OS")
+    assert conn.stats()["stale_chunks"] == 0
+    b = dm.heap("dm") / "b"
+    b.write_bytes(b"B" * 65536)
+    with open(b, "rb") as f, conn.map(f, 0, 65536) as m:
+        assert bytes(m) == b"B" * 65536
+    st = conn.stats()
+    assert st["stale_chunks"] >= 1 and st["registrations"] == 1 and st["registered"] == 1
+    conn.close()
+
+
+def test_two_processes_share_an_object(dm):
+    """Each process maps the object; stores of one are loads of the other at once."""
+    o = dm.path / "objects" / "shared"
+    o.write_bytes(bytes(4096))
+    conn = heapfs.Connection(str(dm.path))
+    with open(o, "r+b") as f, conn.map(f, 0, 4096, write=True) as mine:
+        mine[0:4] = b"mine"
+        run_child("""
+import sys, heapfs
+with open(sys.argv[1], 'r+b') as f, heapfs.map(f, 0, 4096, write=True) as m:
+    assert bytes(m[0:4]) == b"mine", bytes(m[0:4])
+    m[100:110] = b"from child"
+""", o)
+        assert bytes(mine[100:110]) == b"from child"
+    data = read_daemon(o)
+    assert data[0:4] == b"mine" and data[100:110] == b"from child"
+    conn.close()
