@@ -53,6 +53,9 @@ struct hfs_dm {
 	size_t meta_size;
 	uint64_t key;
 	uint64_t gen_off, gen_stride;
+	_Atomic uint64_t *seq; /* in the page after the buddy metadata: the segment map's
+				  sequence counter (odd while it changes) */
+	uint64_t seq_off;
 };
 
 struct cl_map {
@@ -111,7 +114,8 @@ int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp)
 	ret = (int)need;
 	if (need < 0)
 		goto fail;
-	dm->meta_size = ((size_t)need + PAGE - 1) & ~(size_t)(PAGE - 1);
+	dm->seq_off = ((uint64_t)need + PAGE - 1) & ~(uint64_t)(PAGE - 1);
+	dm->meta_size = dm->seq_off + PAGE;
 	dm->meta_fd = memfd_create("heapfs-meta", MFD_CLOEXEC);
 	ret = -errno;
 	if (dm->meta_fd < 0)
@@ -125,7 +129,8 @@ int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp)
 		ret = -errno;
 		goto fail_fd;
 	}
-	ret = buddy_create_at(bp, dm->meta, dm->meta_size, &h->b);
+	dm->seq = (_Atomic uint64_t *)((char *)dm->meta + dm->seq_off);
+	ret = buddy_create_at(bp, dm->meta, dm->seq_off, &h->b);
 	if (ret)
 		goto fail_map;
 	ret = chunk_gen_layout(h->b, &dm->gen_off, &dm->gen_stride);
@@ -154,6 +159,20 @@ void hfs_dm_heap_destroy(struct hfs_heap *h)
 	close(h->dm->meta_fd);
 	free(h->dm);
 	h->dm = NULL;
+}
+
+void hfs_dm_seq_begin(struct hfs_heap *h)
+{
+	if (h->dm) {
+		atomic_fetch_add(h->dm->seq, 1); /* odd: readers retry */
+		atomic_thread_fence(memory_order_release);
+	}
+}
+
+void hfs_dm_seq_end(struct hfs_heap *h)
+{
+	if (h->dm)
+		atomic_fetch_add_explicit(h->dm->seq, 1, memory_order_release);
 }
 
 /* --- the written-range accounting --- */
@@ -279,14 +298,69 @@ static struct cl_reg *find_reg(struct cl_conn *c, struct hfs_heap *h)
 	return NULL;
 }
 
+/* The heap's registration: geometry into rep, its two memfds into fds. */
+static void geometry(struct hfs_heap *h, struct hfs_cl_rep *rep, int fds[2])
+{
+	rep->heap_key = h->dm->key;
+	rep->heap_size = 1ull << buddy_heap_order(h->b);
+	rep->meta_size = h->dm->meta_size;
+	rep->gen_off = h->dm->gen_off;
+	rep->gen_stride = h->dm->gen_stride;
+	rep->nchunks = chunk_count(h->b);
+	rep->chunk_order = chunk_order(h->b);
+	rep->seq_off = h->dm->seq_off;
+	fds[0] = buddy_data_fd(h->b);
+	fds[1] = h->dm->meta_fd;
+}
+
+/* Remember that c has h's descriptors (a heap reference); cl.lock not held. */
+static int add_reg(struct cl_conn *c, struct hfs_heap *h)
+{
+	struct cl_reg *reg;
+
+	if (find_reg(c, h))
+		return 0;
+	reg = calloc(1, sizeof(*reg));
+	if (!reg)
+		return -ENOMEM;
+	hfs_heap_get(h);
+	reg->h = h;
+	pthread_mutex_lock(&cl.lock);
+	reg->next = c->regs;
+	c->regs = reg;
+	pthread_mutex_unlock(&cl.lock);
+	return 0;
+}
+
+/* The object segment's registration; fd must be the directory objects/ of this mount. */
+static int do_segment(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
+{
+	struct hfs_heap *h = hfs_objects_heap();
+	struct hfs_cl_rep rep = { 0 };
+	struct stat st;
+	int ret, fds[2];
+
+	(void)q;
+	ret = !cl.dev_ok ? -EAGAIN : fstat(fd, &st) < 0 || (fcntl(fd, F_GETFL) & O_PATH) ? -EBADF :
+	      st.st_dev != cl.dev ? -EXDEV :
+	      st.st_ino != hfs.objects->ino ? -ENOTDIR : !h || !h->dm ? -EPERM : 0;
+	close(fd);
+	if (!ret)
+		ret = add_reg(c, h);
+	if (ret)
+		return send_err(c, ret);
+	geometry(h, &rep, fds);
+	return send_rep(c, &rep, sizeof(rep), fds, 2);
+}
+
 static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 {
 	bool write = q->flags & HFS_CL_WRITE;
 	size_t replen = sizeof(struct hfs_cl_rep) + HFS_CL_MAX_EXT * sizeof(struct hfs_cl_ext);
 	struct hfs_cl_rep *rep = calloc(1, replen);
 	struct cl_map *m = calloc(1, sizeof(*m));
-	struct cl_reg *reg = NULL;
 	struct hfs_inode *i;
+	bool sendfds;
 	struct hfs_heap *h;
 	int ret, fds[2];
 	uint32_t nx = 0;
@@ -309,45 +383,27 @@ static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 	pthread_rwlock_unlock(&i->lock);
 	if (ret)
 		goto fail;
-	if (!find_reg(c, h)) {
-		reg = calloc(1, sizeof(*reg));
-		if (!reg) {
-			atomic_fetch_sub(&i->file.maps, 1);
-			ret = -ENOMEM;
-			goto fail;
-		}
+	sendfds = !find_reg(c, h) || (q->flags & HFS_CL_RESEND);
+	ret = add_reg(c, h);
+	if (ret) {
+		atomic_fetch_sub(&i->file.maps, 1);
+		goto fail;
 	}
 	*m = (struct cl_map){ .id = ++c->next_id, .i = i, .fd = fd, .off = q->off,
 			      .len = q->len, .write = write };
 	rep->id = m->id;
-	rep->heap_key = h->dm->key;
-	rep->heap_size = 1ull << buddy_heap_order(h->b);
-	rep->meta_size = h->dm->meta_size;
-	rep->gen_off = h->dm->gen_off;
-	rep->gen_stride = h->dm->gen_stride;
-	rep->nchunks = chunk_count(h->b);
-	rep->chunk_order = chunk_order(h->b);
 	rep->next = nx;
-	fds[0] = buddy_data_fd(h->b);
-	fds[1] = h->dm->meta_fd;
+	geometry(h, rep, fds);
 	pthread_mutex_lock(&cl.lock);
 	m->next = c->maps;
 	c->maps = m;
 	c->nmaps++;
 	c->mapped += q->len;
-	if (reg) {
-		hfs_heap_get(h);
-		reg->h = h;
-		reg->next = c->regs;
-		c->regs = reg;
-	}
 	pthread_mutex_unlock(&cl.lock);
-	ret = send_rep(c, rep, sizeof(*rep) + nx * sizeof(rep->ext[0]), fds,
-		       reg || (q->flags & HFS_CL_RESEND) ? 2 : 0);
+	ret = send_rep(c, rep, sizeof(*rep) + nx * sizeof(rep->ext[0]), fds, sendfds ? 2 : 0);
 	free(rep);
 	return ret; /* a failed send: the connection goes, and the map with it */
 fail:
-	free(reg);
 	free(m);
 	free(rep);
 	close(fd);
@@ -415,9 +471,9 @@ static int serve(struct cl_conn *c)
 	}
 	garbage = n != sizeof(q) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
 		  q.magic != HFS_CL_MAGIC || q.version != HFS_CL_VERSION ||
-		  (q.op != HFS_CL_MAP && q.op != HFS_CL_UNMAP) ||
-		  (q.op == HFS_CL_MAP && nfds != 1) || (q.op == HFS_CL_UNMAP && nfds);
-	if (!garbage && q.op == HFS_CL_MAP) {
+		  (q.op != HFS_CL_MAP && q.op != HFS_CL_UNMAP && q.op != HFS_CL_SEGMENT) ||
+		  (q.op != HFS_CL_UNMAP && nfds != 1) || (q.op == HFS_CL_UNMAP && nfds);
+	if (!garbage && q.op != HFS_CL_UNMAP) {
 		fd = fds[0];
 		nfds = 0;
 	}
@@ -427,7 +483,14 @@ static int serve(struct cl_conn *c)
 		send_err(c, -EBADMSG); /* said why, then hang up: the stream is not ours */
 		return -1;
 	}
-	return (q.op == HFS_CL_MAP ? do_map(c, &q, fd) : do_unmap(c, &q)) ? -1 : 0;
+	switch (q.op) {
+	case HFS_CL_MAP:
+		return do_map(c, &q, fd) ? -1 : 0;
+	case HFS_CL_SEGMENT:
+		return do_segment(c, &q, fd) ? -1 : 0;
+	default:
+		return do_unmap(c, &q) ? -1 : 0;
+	}
 }
 
 static void conn_close(struct cl_conn *c)

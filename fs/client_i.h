@@ -16,6 +16,10 @@
  * pol.direct_map; 0 or -errno. */
 int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp);
 void hfs_dm_heap_destroy(struct hfs_heap *h);
+/* Around every change of the object segment's name map (objects.c, under its map mutex):
+ * the sequence counter clients read the map under (odd while it changes). */
+void hfs_dm_seq_begin(struct hfs_heap *h);
+void hfs_dm_seq_end(struct hfs_heap *h);
 
 /* The client socket: start after the mount exists (after daemonizing); stop after the
  * session loop, before the heaps go.  Start: 0 or -errno (said on stderr). */

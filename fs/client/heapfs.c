@@ -19,6 +19,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@
 #include <unistd.h>
 
 #include "heapfs.h"
+#include "img_i.h" /* the object segment's layout (docs/IMAGE.md) */
 #include "proto_i.h"
 #include "reg_i.h"
 
@@ -41,6 +43,8 @@ struct heapfs {
 	struct hc_table t;
 	struct hfs_cl_rep *rep; /* reply buffer */
 	size_t replen;
+	char *mount;
+	uint64_t seg_key, seq_off; /* the object segment's registration (key 0: none yet) */
 };
 
 struct map_priv {
@@ -85,6 +89,13 @@ int heapfs_connect(const char *mount, struct heapfs **out)
 		free(h->rep);
 		free(h);
 		return ret;
+	}
+	h->mount = strdup(mount);
+	if (!h->mount) {
+		close(h->sock);
+		free(h->rep);
+		free(h);
+		return -ENOMEM;
 	}
 	pthread_mutex_init(&h->lock, NULL);
 	*out = h;
@@ -144,6 +155,7 @@ void heapfs_disconnect(struct heapfs *h)
 	hc_clear(&h->t);
 	pthread_mutex_destroy(&h->lock);
 	free(h->rep);
+	free(h->mount);
 	free(h);
 }
 
@@ -344,6 +356,134 @@ int heapfs_release(struct heapfs *h, struct heapfs_map *pub, bool written)
 	pthread_mutex_unlock(&h->lock);
 	free(m);
 	return ret;
+}
+
+/* The object segment's registration (h->lock held). */
+static struct hc_reg *segment(struct heapfs *h, int *err)
+{
+	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
+				.op = HFS_CL_SEGMENT };
+	struct hfs_cl_rep *rep = h->rep;
+	char path[PATH_MAX];
+	struct hc_reg *r;
+	unsigned nfds;
+	size_t rl;
+	int fd, fds[2];
+
+	if (h->seg_key && (r = hc_find(&h->t, h->seg_key)))
+		return r;
+	snprintf(path, sizeof(path), "%s/objects", h->mount);
+	fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		*err = -errno;
+		return NULL;
+	}
+	*err = call(h, &q, fd, fds, &nfds, &rl);
+	close(fd);
+	if (*err)
+		return NULL;
+	if (nfds != 2 || rep->seq_off % 8 || rep->seq_off + 8 > rep->meta_size) {
+		while (nfds)
+			close(fds[--nfds]);
+		*err = -EPROTO;
+		return NULL;
+	}
+	struct hc_geom g = { .key = rep->heap_key, .heap_size = rep->heap_size,
+			     .meta_size = rep->meta_size, .gen_off = rep->gen_off,
+			     .gen_stride = rep->gen_stride, .nchunks = rep->nchunks,
+			     .chunk_order = rep->chunk_order };
+
+	*err = hc_add(&h->t, &g, fds[0], fds[1], &r);
+	if (*err)
+		return NULL;
+	h->seg_key = g.key;
+	h->seq_off = rep->seq_off;
+	return r;
+}
+
+/* One pass over the map: 0 with *off and *size, -ENOENT, or -EAGAIN when what it read is not
+ * a consistent map (a change in flight: the sequence check decides). */
+static int scan(const char *seg, uint64_t segsize, const char *name, size_t nlen,
+		uint64_t *off, uint64_t *size)
+{
+	const volatile struct img_seg_hdr *sh = (const volatile struct img_seg_hdr *)seg;
+	uint64_t map_off = sh->map_off;
+	uint32_t nslots = sh->map_slots;
+
+	if (map_off >= segsize || nslots > (segsize - map_off) / sizeof(struct img_seg_slot))
+		return -EAGAIN;
+	for (uint32_t k = 0; k < nslots; k++) {
+		const volatile struct img_seg_slot *s =
+			(const volatile struct img_seg_slot *)(seg + map_off) + k;
+
+		if (!s->used || s->name_len != nlen || memcmp((const char *)s->name, name, nlen))
+			continue;
+		*off = s->off;
+		*size = s->size;
+		return *off < segsize && *size <= segsize - *off ? 0 : -EAGAIN;
+	}
+	return -ENOENT;
+}
+
+int heapfs_find(struct heapfs *h, const char *name, void **ptr, size_t *size)
+{
+	size_t nlen = strlen(name);
+	const _Atomic uint64_t *seq;
+	uint64_t off = 0, sz = 0, s1;
+	struct hc_reg *r;
+	int ret;
+
+	if (!nlen || nlen > IMG_NAME_MAX)
+		return -ENOENT;
+	pthread_mutex_lock(&h->lock);
+	r = segment(h, &ret);
+	if (!r)
+		goto out;
+	seq = (const _Atomic uint64_t *)(r->meta + h->seq_off);
+	for (;;) {
+		s1 = atomic_load_explicit(seq, memory_order_acquire);
+		if (s1 & 1)
+			continue; /* the daemon is changing the map */
+		ret = scan(r->data, r->g.heap_size, name, nlen, &off, &sz);
+		atomic_thread_fence(memory_order_acquire);
+		if (atomic_load_explicit(seq, memory_order_relaxed) == s1 && ret != -EAGAIN)
+			break;
+	}
+	if (!ret) {
+		hc_check(&h->t, r, off, sz ? sz : 1);
+		*ptr = r->data + off;
+		*size = (size_t)sz;
+	}
+out:
+	pthread_mutex_unlock(&h->lock);
+	return ret;
+}
+
+int heapfs_find_or_construct(struct heapfs *h, const char *name, size_t size, void **ptr,
+			     size_t *out_size)
+{
+	char path[PATH_MAX];
+	int ret = heapfs_find(h, name, ptr, out_size), fd;
+
+	if (ret != -ENOENT)
+		return ret;
+	if (strchr(name, '/') || (size_t)snprintf(path, sizeof(path), "%s/objects/%s",
+						  h->mount, name) >= sizeof(path))
+		return -EINVAL;
+	/* ask the daemon: create it through the filesystem (O_EXCL: another process may
+	 * construct it at the same time; then it is simply there) */
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+	if (fd >= 0) {
+		ret = ftruncate(fd, (off_t)size) < 0 ? -errno : 0;
+		close(fd);
+		if (ret) {
+			unlink(path);
+			return ret;
+		}
+	} else if (errno != EEXIST) {
+		return -errno;
+	}
+	return heapfs_find(h, name, ptr, out_size);
 }
 
 void heapfs_stats(struct heapfs *h, struct heapfs_stats *st)

@@ -51,6 +51,18 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 /* Release a mapping; written: the range was written (counts as a write of it). */
 int heapfs_release(struct heapfs *h, struct heapfs_map *m, bool written);
 
+/* Named objects (MOUNT/objects/NAME, with objects { direct_map = true }).  find reads the
+ * segment's name map in this process, with no round trip (the first call registers the
+ * segment), retrying while the daemon changes the map; *ptr is the object's first byte,
+ * *size its size.  The pointer is not pinned: it stays valid while the object exists and
+ * its block does not move (an object keeps its offset while it fits its block); use
+ * heapfs_map on an open object for a pinned range.  ENOENT: no such object; EPERM: the
+ * segment has direct_map = false.  find_or_construct creates MOUNT/objects/NAME of size
+ * bytes (zeros) through the filesystem when it is missing, then finds it. */
+int heapfs_find(struct heapfs *h, const char *name, void **ptr, size_t *size);
+int heapfs_find_or_construct(struct heapfs *h, const char *name, size_t size, void **ptr,
+			     size_t *out_size);
+
 /* The process's registrations (one per heap it maps from). */
 struct heapfs_stats {
 	uint64_t registrations;  /* held now */

@@ -13,6 +13,10 @@
  *          connection (or with RESEND), SCM_RIGHTS [data memfd, metadata memfd].
  *   UNMAP  id, flags HFS_CL_WRITTEN (the range was written: a write for mtime, the page
  *          cache, replication).  Reply: err.
+ *   SEGMENT SCM_RIGHTS: a descriptor of the directory MOUNT/objects (the proof).  Reply: the
+ *          object segment's registration (geometry, seq_off, both memfds); find() then
+ *          reads the segment's name map in place, under the sequence counter at seq_off
+ *          in the metadata memfd (odd while the daemon changes the map).
  * Every reply starts with struct hfs_cl_rep; err is 0 or -errno.
  * Locking: none (plain data).
  */
@@ -25,7 +29,7 @@
 #define HFS_CL_VERSION 1u
 #define HFS_CL_MAX_EXT 512 /* extents in one reply (adjacent blocks merged first) */
 
-enum { HFS_CL_MAP = 1, HFS_CL_UNMAP = 2 };
+enum { HFS_CL_MAP = 1, HFS_CL_UNMAP = 2, HFS_CL_SEGMENT = 3 };
 enum { HFS_CL_WRITE = 1u << 0, HFS_CL_RESEND = 1u << 1, HFS_CL_WRITTEN = 1u << 2 };
 
 struct hfs_cl_req {
@@ -56,6 +60,7 @@ struct hfs_cl_rep {
 	uint32_t chunk_order;
 	uint32_t next;        /* extents that follow */
 	uint64_t size;        /* the file's size now */
+	uint64_t seq_off;     /* byte offset of the map's sequence counter in the metadata */
 	struct hfs_cl_ext ext[];
 };
 

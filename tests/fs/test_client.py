@@ -223,3 +223,44 @@ with open(sys.argv[1], 'r+b') as f, heapfs.map(f, 0, 4096, write=True) as m:
     data = read_daemon(o)
     assert data[0:4] == b"mine" and data[100:110] == b"from child"
     conn.close()
+
+
+def test_objects_find_without_a_round_trip(dm, mount_factory):
+    conn = heapfs.Connection(str(dm.path))
+    expect_errno(errno.ENOENT, conn.find, "nothing")
+    o = dm.path / "objects" / "cfg"
+    data = pattern(5000, 4)
+    o.write_bytes(data)
+    v = conn.find("cfg")
+    assert len(v) == 5000 and bytes(v) == data
+    v[0:4] = b"FIND"                          # stores reach the object (no release: not
+    assert read_daemon(o)[:4] == b"FIND"      # pinned, no page cache under O_DIRECT)
+    os.rename(o, dm.path / "objects" / "cfg2")
+    expect_errno(errno.ENOENT, conn.find, "cfg")
+    assert bytes(conn.find("cfg2")[:4]) == b"FIND"
+    os.unlink(dm.path / "objects" / "cfg2")
+    expect_errno(errno.ENOENT, conn.find, "cfg2")
+    # many objects: the map grows (moves) under the reader; every name is still found
+    for k in range(60):
+        (dm.path / "objects" / f"n{k}").write_bytes(b"%d" % k)
+    for k in range(60):
+        assert bytes(conn.find(f"n{k}")) == b"%d" % k
+    # find_or_construct in another process; this one finds what it wrote
+    run_child("""
+import sys, heapfs
+c = heapfs.Connection(sys.argv[1])
+v = c.find_or_construct("made", 256)
+assert len(v) == 256 and bytes(v) == bytes(256)
+v[0:7] = b"made it"
+v2 = c.find_or_construct("made", 999)     # there already: the same object
+assert len(v2) == 256 and bytes(v2[:7]) == b"made it"
+""", dm.path)
+    assert bytes(conn.find("made")[:7]) == b"made it"
+    assert os.stat(dm.path / "objects" / "made").st_size == 256
+    conn.close()
+    # a segment without direct_map
+    plain = mount_factory("")
+    c2 = heapfs.Connection(str(plain.path))
+    (plain.path / "objects" / "x").write_bytes(b"x")
+    expect_errno(errno.EPERM, c2.find, "x")
+    c2.close()
