@@ -141,6 +141,14 @@ def test_pins_truncate_unlink_contiguous(dm):
         clients = dm.stats()["clients"]
         assert [c["pid"] for c in clients] == [os.getpid()]
         assert clients[0]["heaps"] == ["dm"] and clients[0]["mapped_bytes"] == 1 << 20
+        r = dm.ctl("--json", "clients", dm.path, check=True)
+        j = json.loads(r.stdout)
+        assert j["client_socket"] == dm.stats()["client_socket"]
+        assert [(c["pid"], c["heaps"], c["maps"]) for c in j["clients"]] == \
+            [(os.getpid(), ["dm"], 1)]
+        r = dm.ctl("clients", dm.path, check=True)
+        row = [ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] == [str(os.getpid())]]
+        assert row and row[0][-1] == "dm" and row[0][3] == "1M", r.stdout
         expect_errno(errno.EBUSY, os.truncate, p, 4096)      # below a mapped range
         os.truncate(p, 2 << 20)                               # growth: extents do not move
         assert os.stat(p).st_size == 2 << 20
