@@ -152,9 +152,12 @@ def test_pins_truncate_unlink_contiguous(dm):
         expect_errno(errno.EBUSY, os.truncate, p, 4096)      # below a mapped range
         os.truncate(p, 2 << 20)                               # growth: extents do not move
         assert os.stat(p).st_size == 2 << 20
+        p2 = p.with_name("t2")
+        os.rename(p, p2)                                      # a rename moves no block
         m[0:4] = b"live"
+        assert read_daemon(p2)[:4] == b"live"
         used = heap_used(dm, "dm")
-        os.unlink(p)                                          # freed at the release
+        os.unlink(p2)                                         # freed at the release
         assert heap_used(dm, "dm") == used
         mp.release()
     wait_until(lambda: heap_used(dm, "dm") == 0, 5, "unlinked file freed at the release")
@@ -272,3 +275,29 @@ assert len(v2) == 256 and bytes(v2[:7]) == b"made it"
     (plain.path / "objects" / "x").write_bytes(b"x")
     expect_errno(errno.EPERM, c2.find, "x")
     c2.close()
+
+
+def _readme_example(name):
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index(f"<!-- example: {name} -->")
+    body = text[text.index("\n", text.index("```", start)) + 1:]
+    return body[:body.index("```")]
+
+
+def test_readme_examples_run_as_written(dm, tmp_path):
+    """README's C and Python examples, with its /mnt/heapfs replaced by this mount."""
+    build = Path(os.environ["HEAPFS"]).resolve().parent.parent  # build/fs/heapfs[-asan]
+    src = tmp_path / "hello.c"
+    src.write_text(_readme_example("hello.c"))
+    env = dict(os.environ, PKG_CONFIG_PATH=str(build / "meson-uninstalled"))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "heapfs"], env=env, check=True,
+                           capture_output=True, text=True).stdout.split()
+    exe = tmp_path / "hello"
+    subprocess.run(["cc", str(src), *flags, f"-Wl,-rpath,{build / 'fs' / 'client'}", "-o",
+                    str(exe)], check=True)
+    target = dm.heap("dm") / "hello"
+    subprocess.run([str(exe), str(target)], check=True, timeout=60)
+    assert read_daemon(target) == b"hello" + bytes(4091)
+    run_child(_readme_example("hello.py").replace("/mnt/heapfs", str(dm.path)))
+    assert read_daemon(target)[:5] == b"HELLO"
+    assert read_daemon(dm.path / "objects" / "counter") == b"\x01" + bytes(7)
