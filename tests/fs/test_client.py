@@ -301,3 +301,20 @@ def test_readme_examples_run_as_written(dm, tmp_path):
     run_child(_readme_example("hello.py").replace("/mnt/heapfs", str(dm.path)))
     assert read_daemon(target)[:5] == b"HELLO"
     assert read_daemon(dm.path / "objects" / "counter") == b"\x01" + bytes(7)
+
+
+def test_direct_map_config(dm, tmp_path):
+    """direct_map: default false, shown per heap; a value that is no boolean is refused
+    with FILE:LINE before anything is mounted."""
+    assert dm.heap_stats("dm")["direct_map"] is True
+    assert dm.heap_stats("plain")["direct_map"] is False
+    bad = tmp_path / "bad.conf"
+    bad.write_text('heap "a" {\n  direct_map = maybe\n}\nobjects { direct_map = 3 }\n')
+    r = subprocess.run([os.environ["HEAPFS"], "--check-config", str(bad)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2
+    assert f"heapfs: {bad}:2: heap \"a\": direct_map = maybe is not a boolean" in r.stderr
+    assert f"heapfs: {bad}:4: objects: direct_map = 3 is not a boolean" in r.stderr
+    r = subprocess.run([os.environ["HEAPFS"], "--print-default-config"], capture_output=True,
+                       text=True, timeout=30, check=True)
+    assert r.stdout.count("direct_map = false") == 2
