@@ -247,14 +247,16 @@ static int check_fd(int fd, bool write, struct hfs_inode **out)
 		return -EINVAL;
 	if (write && (fl & O_ACCMODE) == O_RDONLY)
 		return -EACCES; /* as mmap(PROT_WRITE, MAP_SHARED) of a read-only descriptor */
-	/* the descriptor is open on it: the kernel holds the inode, its number is not reused */
+	/* the descriptor is open on it: the kernel holds the inode, its number is not reused.
+	 * hfs.ns orders us after the create that made it (the kernel does for FUSE threads;
+	 * our request came another way) */
+	pthread_rwlock_rdlock(&hfs.ns);
 	i = hfs_iget((hfs_ino_t)st.st_ino);
-	if (!i || i->kind != HFS_REG || !i->heap)
-		return -EINVAL;
-	if (!i->heap->dm)
-		return -EPERM; /* the heap's policy: direct_map = false */
+	fl = !i || i->kind != HFS_REG || !i->heap ? -EINVAL :
+	     !i->heap->dm ? -EPERM : 0; /* the heap's policy: direct_map = false */
+	pthread_rwlock_unlock(&hfs.ns);
 	*out = i;
-	return 0;
+	return fl;
 }
 
 /* Extents of [off, off + len) of i, adjacent blocks merged; i->lock held.  Interior joins
@@ -413,7 +415,11 @@ fail:
 /* Drop map m (unlinked from its connection already); cl.lock not held. */
 static void map_drop(struct cl_map *m)
 {
+	/* under the inode lock: what we read of it happens before the release that our close
+	 * causes (and a destroy after it) */
+	pthread_rwlock_wrlock(&m->i->lock);
 	atomic_fetch_sub(&m->i->file.maps, 1);
+	pthread_rwlock_unlock(&m->i->lock);
 	close(m->fd); /* may be the last open: an unlinked file's blocks go now */
 	free(m);
 }
