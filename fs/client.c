@@ -245,8 +245,8 @@ static int check_fd(int fd, bool write, struct hfs_inode **out)
 		return -EISDIR;
 	if (!S_ISREG(st.st_mode))
 		return -EINVAL;
-	if (write && (fl & O_ACCMODE) == O_RDONLY)
-		return -EACCES; /* as mmap(PROT_WRITE, MAP_SHARED) of a read-only descriptor */
+	if ((fl & O_ACCMODE) == O_WRONLY || (write && (fl & O_ACCMODE) == O_RDONLY))
+		return -EACCES; /* as mmap(MAP_SHARED): readable always, writable to write */
 	/* the descriptor is open on it: the kernel holds the inode, its number is not reused.
 	 * hfs.ns orders us after the create that made it (the kernel does for FUSE threads;
 	 * our request came another way) */

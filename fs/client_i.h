@@ -22,7 +22,8 @@ void hfs_dm_seq_begin(struct hfs_heap *h);
 void hfs_dm_seq_end(struct hfs_heap *h);
 
 /* The client socket: start after the mount exists (after daemonizing); stop after the
- * session loop, before the heaps go.  Start: 0 or -errno (said on stderr). */
+ * unmount (the server thread may be waiting on the mount), before the session and the
+ * heaps go.  Start: 0 or -errno (said on stderr). */
 int hfs_client_start(void);
 void hfs_client_stop(void);
 /* Set by the edge: drop the kernel's cached pages of [off, off + len) of inode ino. */

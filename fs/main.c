@@ -280,10 +280,12 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 		pthread_detach(ra);
 	/* a positive value is the signal that ended the loop: a clean stop */
 	ret = loop(se, cmd) < 0 ? 1 : 0;
-	hfs_client_stop(); /* before the session goes: it may still invalidate */
 	hfs_housekeeper_stop();
 out_unmount:
 	fuse_session_unmount(se);
+	/* after the unmount: a request of ours to the mount (fstat, stat) that nobody serves
+	 * any more fails now instead of hanging the join; before the session goes */
+	hfs_client_stop();
 	hfs_uring_stop();
 	if (ret == 0 && hfs_images_save()) /* nothing changes the heaps any more */
 		ret = 1;

@@ -44,7 +44,7 @@ int heapfs_connect_fd(int fd, struct heapfs **out);
 void heapfs_disconnect(struct heapfs *h);
 
 /* Map bytes [off, off + len) of the open file fd (inside its size).  Errors: EPERM (the
- * heap has direct_map = false), EACCES (HEAPFS_WRITE on a descriptor open read-only),
+ * heap has direct_map = false), EACCES (a write-only descriptor, or HEAPFS_WRITE on a read-only one),
  * EXDEV (not a file of this mount), EISDIR, ENXIO (past the end), EINVAL. */
 int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned flags,
 	       struct heapfs_map **out);

@@ -114,6 +114,11 @@ def test_refusals(dm, tmp_path):
         expect_errno(errno.EACCES, conn.map(f, 0, 10, write=True).__enter__)
         expect_errno(errno.ENXIO, conn.map(f, 90, 20).__enter__)
         expect_errno(errno.EINVAL, conn.map(f, 0, 0).__enter__)
+    fd = os.open(p, os.O_WRONLY)                 # as mmap(MAP_SHARED): must be readable
+    try:
+        expect_errno(errno.EACCES, conn.map(fd, 0, 10, write=True).__enter__)
+    finally:
+        os.close(fd)
     assert read_daemon(p) == b"x" * 100
     # garbage on the socket: a clear EBADMSG reply, then the daemon hangs up
     path = dm.stats()["client_socket"]
