@@ -45,6 +45,7 @@
 #include "client_i.h"
 
 #define MAX_CONNS 256
+#define SWEEP_MS 100 /* idle leases of unlinked files go within this */
 #define PAGE 4096u
 
 struct hfs_dm {
@@ -58,13 +59,13 @@ struct hfs_dm {
 	uint64_t seq_off;
 };
 
+/* A lease: a range of one file the client may map without asking (proto_i.h). */
 struct cl_map {
-	struct cl_map *next;
-	uint64_t id;
-	struct hfs_inode *i;
-	int fd; /* the client's descriptor, kept open while mapped */
+	uint32_t idx, tag;
+	struct hfs_inode *i; /* holds an inode reference and counts as an open of it */
 	uint64_t off, len;
 	bool write;
+	bool revoked; /* cl.lock: the word says REVOKED; file.maps no longer counts it */
 };
 
 struct cl_reg {
@@ -77,8 +78,12 @@ struct cl_conn {
 	int sock;
 	pid_t pid;
 	uid_t uid;
-	uint64_t next_id, nmaps, mapped;
-	struct cl_map *maps;
+	uint32_t nleases;
+	int lease_fd;                 /* the lease table memfd, -1 until the first map */
+	bool lease_sent;
+	_Atomic uint64_t *word;       /* HFS_CL_MAX_LEASES words, shared with the client */
+	struct cl_map **lease;        /* by index; cl.lock for additions and removals */
+	uint32_t *tag;                /* next tag per index */
 	struct cl_reg *regs;
 };
 
@@ -89,7 +94,7 @@ static struct {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	dev_t dev;
 	bool dev_ok;
-	pthread_mutex_t lock; /* conns and their counters, for status */
+	pthread_mutex_t lock; /* conns, their leases and counters; after any inode lock */
 	struct cl_conn *conns;
 	unsigned nconns;
 } cl = { .lsock = -1, .stop = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -196,7 +201,7 @@ static int send_rep(struct cl_conn *c, struct hfs_cl_rep *rep, size_t len, const
 		    unsigned nfds)
 {
 	union {
-		char buf[CMSG_SPACE(2 * sizeof(int))];
+		char buf[CMSG_SPACE(3 * sizeof(int))];
 		struct cmsghdr align;
 	} u;
 	struct iovec iov = { .iov_base = rep, .iov_len = len };
@@ -355,56 +360,112 @@ static int do_segment(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 	return send_rep(c, &rep, sizeof(rep), fds, 2);
 }
 
+/* The lease table of c, made at its first map. */
+static int lease_table(struct cl_conn *c)
+{
+	size_t sz = HFS_CL_MAX_LEASES * sizeof(uint64_t);
+	void *p;
+
+	if (c->word)
+		return 0;
+	c->lease = calloc(HFS_CL_MAX_LEASES, sizeof(*c->lease));
+	c->tag = calloc(HFS_CL_MAX_LEASES, sizeof(*c->tag));
+	if (!c->lease || !c->tag)
+		return -ENOMEM;
+	c->lease_fd = memfd_create("heapfs-leases", MFD_CLOEXEC);
+	if (c->lease_fd < 0)
+		return -errno;
+	if (ftruncate(c->lease_fd, (off_t)sz) < 0)
+		return -errno;
+	p = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, c->lease_fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	c->word = p;
+	return 0;
+}
+
+static int lease_index(struct cl_conn *c)
+{
+	for (uint32_t k = 0; k < HFS_CL_MAX_LEASES; k++)
+		if (!c->lease[k])
+			return (int)k;
+	return -EMFILE;
+}
+
+/* Pin i for a new lease (i->lock held for writing): an open of the file (an unlinked
+ * file's blocks wait for the last), a reference, and file.maps. */
+static void __pin(struct hfs_inode *i)
+{
+	i->file.opens++;
+	hfs_iref(i, 1);
+	atomic_fetch_add(&i->file.maps, 1);
+}
+
 static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 {
 	bool write = q->flags & HFS_CL_WRITE;
 	size_t replen = sizeof(struct hfs_cl_rep) + HFS_CL_MAX_EXT * sizeof(struct hfs_cl_ext);
 	struct hfs_cl_rep *rep = calloc(1, replen);
 	struct cl_map *m = calloc(1, sizeof(*m));
+	int ret, idx, fds[3], nfds = 0;
 	struct hfs_inode *i;
-	bool sendfds;
+	bool sendheap;
 	struct hfs_heap *h;
-	int ret, fds[2];
 	uint32_t nx = 0;
 
 	ret = -ENOMEM;
 	if (!rep || !m)
 		goto fail;
 	ret = check_fd(fd, write, &i);
+	if (!ret)
+		ret = lease_table(c);
 	if (ret)
+		goto fail;
+	idx = lease_index(c);
+	ret = idx;
+	if (idx < 0)
 		goto fail;
 	ret = -EINVAL;
 	if (!q->len || q->off + q->len < q->off)
 		goto fail;
 	h = i->heap;
-	pthread_rwlock_rdlock(&i->lock);
+	sendheap = !find_reg(c, h) || (q->flags & HFS_CL_RESEND);
+	ret = add_reg(c, h);
+	if (ret)
+		goto fail;
+	pthread_rwlock_wrlock(&i->lock);
 	ret = q->off + q->len > i->size ? -ENXIO : __extents(i, q->off, q->len, rep->ext, &nx);
 	if (!ret)
-		atomic_fetch_add(&i->file.maps, 1);
+		__pin(i);
 	rep->size = i->size;
 	pthread_rwlock_unlock(&i->lock);
 	if (ret)
 		goto fail;
-	sendfds = !find_reg(c, h) || (q->flags & HFS_CL_RESEND);
-	ret = add_reg(c, h);
-	if (ret) {
-		atomic_fetch_sub(&i->file.maps, 1);
-		goto fail;
-	}
-	*m = (struct cl_map){ .id = ++c->next_id, .i = i, .fd = fd, .off = q->off,
+	close(fd); /* the lease holds the file now */
+	*m = (struct cl_map){ .idx = (uint32_t)idx, .tag = c->tag[idx], .i = i, .off = q->off,
 			      .len = q->len, .write = write };
-	rep->id = m->id;
+	atomic_store(&c->word[idx], ((uint64_t)m->tag << 32) | 1);
+	rep->id = m->idx;
+	rep->tag = m->tag;
 	rep->next = nx;
 	geometry(h, rep, fds);
+	if (sendheap) {
+		rep->fdmask |= HFS_CL_FD_HEAP;
+		nfds = 2;
+	}
+	if (!c->lease_sent) {
+		rep->fdmask |= HFS_CL_FD_LEASES;
+		fds[nfds++] = c->lease_fd;
+	}
 	pthread_mutex_lock(&cl.lock);
-	m->next = c->maps;
-	c->maps = m;
-	c->nmaps++;
-	c->mapped += q->len;
+	c->lease[idx] = m;
+	c->nleases++;
 	pthread_mutex_unlock(&cl.lock);
-	ret = send_rep(c, rep, sizeof(*rep) + nx * sizeof(rep->ext[0]), fds, sendfds ? 2 : 0);
+	ret = send_rep(c, rep, sizeof(*rep) + nx * sizeof(rep->ext[0]), fds, (unsigned)nfds);
+	if (!ret)
+		c->lease_sent = true;
 	free(rep);
-	return ret; /* a failed send: the connection goes, and the map with it */
+	return ret; /* a failed send: the connection goes, and the lease with it */
 fail:
 	free(m);
 	free(rep);
@@ -412,39 +473,123 @@ fail:
 	return send_err(c, ret);
 }
 
-/* Drop map m (unlinked from its connection already); cl.lock not held. */
-static void map_drop(struct cl_map *m)
+/* Revoke lease m if idle: cl.lock and m->i->lock held.  true if revoked (or was). */
+static bool __revoke(struct cl_conn *c, struct cl_map *m)
 {
-	/* under the inode lock: what we read of it happens before the release that our close
-	 * causes (and a destroy after it) */
-	pthread_rwlock_wrlock(&m->i->lock);
+	uint64_t idle = (uint64_t)m->tag << 32;
+
+	if (m->revoked)
+		return true;
+	if (!atomic_compare_exchange_strong(&c->word[m->idx], &idle, idle | HFS_CL_REVOKED))
+		return false;
+	m->revoked = true;
 	atomic_fetch_sub(&m->i->file.maps, 1);
-	pthread_rwlock_unlock(&m->i->lock);
-	close(m->fd); /* may be the last open: an unlinked file's blocks go now */
+	return true;
+}
+
+bool hfs_client_busy(struct hfs_inode *i)
+{
+	bool busy = false, any = false;
+
+	if (!atomic_load(&i->file.maps))
+		return false;
+	pthread_mutex_lock(&cl.lock);
+	for (struct cl_conn *c = cl.conns; c; c = c->next)
+		for (uint32_t k = 0; c->lease && k < HFS_CL_MAX_LEASES; k++)
+			if (c->lease[k] && c->lease[k]->i == i) {
+				if (__revoke(c, c->lease[k]))
+					any = true;
+				else
+					busy = true;
+			}
+	pthread_mutex_unlock(&cl.lock);
+	if (any && write(cl.stop[1], "r", 1) < 0) {
+		/* the server thread cleans up revoked leases at its next wake-up anyway */
+	}
+	return busy;
+}
+
+/* Remove lease idx of c: unpin its file (cl.lock and the inode lock not held). */
+static void lease_drop(struct cl_conn *c, uint32_t idx)
+{
+	struct cl_map *m = c->lease[idx];
+	struct hfs_inode *i = m->i;
+
+	pthread_rwlock_wrlock(&i->lock);
+	pthread_mutex_lock(&cl.lock);
+	if (!m->revoked)
+		atomic_fetch_sub(&i->file.maps, 1);
+	c->lease[idx] = NULL;
+	c->nleases--;
+	c->tag[idx] = (c->tag[idx] + 1) & 0x7fffffffu;
+	atomic_store(&c->word[idx], ((uint64_t)c->tag[idx] << 32) | HFS_CL_REVOKED);
+	pthread_mutex_unlock(&cl.lock);
+	pthread_rwlock_unlock(&i->lock);
+	hfs_release(i, O_RDONLY); /* the lease's open: may free an unlinked file's blocks */
+	hfs_iput(i, 1);
 	free(m);
+}
+
+/* Drop c's revoked leases, and revoke idle leases of unlinked files (their blocks are to
+ * go now, as at the last close).  Server thread. */
+static void sweep(struct cl_conn *c)
+{
+	for (uint32_t k = 0; c->lease && k < HFS_CL_MAX_LEASES; k++) {
+		struct cl_map *m = c->lease[k];
+		bool gone;
+
+		if (!m)
+			continue;
+		pthread_rwlock_rdlock(&m->i->lock);
+		pthread_mutex_lock(&cl.lock);
+		if (!m->i->nlink)
+			__revoke(c, m);
+		gone = m->revoked;
+		pthread_mutex_unlock(&cl.lock);
+		pthread_rwlock_unlock(&m->i->lock);
+		if (gone)
+			lease_drop(c, k);
+	}
+}
+
+/* The lease a request names, if it is c's and current; NULL otherwise. */
+static struct cl_map *lease_of(struct cl_conn *c, const struct hfs_cl_req *q)
+{
+	struct cl_map *m;
+
+	if (!c->lease || q->id >= HFS_CL_MAX_LEASES)
+		return NULL;
+	m = c->lease[q->id];
+	return m && m->tag == q->tag ? m : NULL;
 }
 
 static int do_unmap(struct cl_conn *c, const struct hfs_cl_req *q)
 {
-	struct cl_map **pp, *m;
+	struct cl_map *m = lease_of(c, q);
+	bool idle;
 
-	pthread_mutex_lock(&cl.lock);
-	for (pp = &c->maps; *pp && (*pp)->id != q->id; pp = &(*pp)->next)
-		;
-	m = *pp;
-	if (m && (!(q->flags & HFS_CL_WRITTEN) || m->write)) {
-		*pp = m->next;
-		c->nmaps--;
-		c->mapped -= m->len;
-	}
-	pthread_mutex_unlock(&cl.lock);
 	if (!m)
 		return send_err(c, -ENOENT);
-	if ((q->flags & HFS_CL_WRITTEN) && !m->write)
-		return send_err(c, -EBADF); /* a read mapping was not written */
-	if (q->flags & HFS_CL_WRITTEN)
-		hfs_client_range_written(m->i, m->off, m->len);
-	map_drop(m);
+	pthread_rwlock_wrlock(&m->i->lock);
+	pthread_mutex_lock(&cl.lock);
+	idle = __revoke(c, m);
+	pthread_mutex_unlock(&cl.lock);
+	pthread_rwlock_unlock(&m->i->lock);
+	if (!idle)
+		return send_err(c, -EBUSY);
+	lease_drop(c, m->idx);
+	return send_err(c, 0);
+}
+
+static int do_written(struct cl_conn *c, const struct hfs_cl_req *q)
+{
+	struct cl_map *m = lease_of(c, q);
+
+	if (!m)
+		return send_err(c, -ENOENT);
+	if (!m->write)
+		return send_err(c, -EBADF); /* a read lease was not written */
+	hfs_client_range_written(m->i, m->off, m->len);
 	return send_err(c, 0);
 }
 
@@ -461,7 +606,7 @@ static int serve(struct cl_conn *c)
 			      .msg_controllen = sizeof(u.buf) };
 	int fds[4], nfds = 0, fd = -1;
 	ssize_t n = recvmsg(c->sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-	bool garbage;
+	bool garbage, wants_fd;
 
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return 0;
@@ -475,11 +620,11 @@ static int serve(struct cl_conn *c)
 				memcpy(&fds[nfds++], CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
 		}
 	}
+	wants_fd = q.op == HFS_CL_MAP || q.op == HFS_CL_SEGMENT;
 	garbage = n != sizeof(q) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
 		  q.magic != HFS_CL_MAGIC || q.version != HFS_CL_VERSION ||
-		  (q.op != HFS_CL_MAP && q.op != HFS_CL_UNMAP && q.op != HFS_CL_SEGMENT) ||
-		  (q.op != HFS_CL_UNMAP && nfds != 1) || (q.op == HFS_CL_UNMAP && nfds);
-	if (!garbage && q.op != HFS_CL_UNMAP) {
+		  q.op < HFS_CL_MAP || q.op > HFS_CL_WRITTEN_OP || nfds != (wants_fd ? 1 : 0);
+	if (!garbage && wants_fd) {
 		fd = fds[0];
 		nfds = 0;
 	}
@@ -494,15 +639,16 @@ static int serve(struct cl_conn *c)
 		return do_map(c, &q, fd) ? -1 : 0;
 	case HFS_CL_SEGMENT:
 		return do_segment(c, &q, fd) ? -1 : 0;
-	default:
+	case HFS_CL_UNMAP:
 		return do_unmap(c, &q) ? -1 : 0;
+	default:
+		return do_written(c, &q) ? -1 : 0;
 	}
 }
 
 static void conn_close(struct cl_conn *c)
 {
 	struct cl_conn **pp;
-	struct cl_map *m;
 	struct cl_reg *r;
 
 	pthread_mutex_lock(&cl.lock);
@@ -511,15 +657,21 @@ static void conn_close(struct cl_conn *c)
 	*pp = c->next;
 	cl.nconns--;
 	pthread_mutex_unlock(&cl.lock);
-	while ((m = c->maps)) {
-		c->maps = m->next;
-		map_drop(m);
-	}
+	/* the client is gone: nothing maps its leases any more, whatever the words say */
+	for (uint32_t k = 0; c->lease && k < HFS_CL_MAX_LEASES; k++)
+		if (c->lease[k])
+			lease_drop(c, k);
 	while ((r = c->regs)) {
 		c->regs = r->next;
 		hfs_heap_put(r->h);
 		free(r);
 	}
+	if (c->word)
+		munmap((void *)c->word, HFS_CL_MAX_LEASES * sizeof(uint64_t));
+	if (c->lease_fd >= 0)
+		close(c->lease_fd);
+	free(c->lease);
+	free(c->tag);
 	close(c->sock);
 	free(c);
 }
@@ -541,6 +693,7 @@ static void accept_one(void)
 		return;
 	}
 	c->sock = s;
+	c->lease_fd = -1;
 	c->pid = cr.pid;
 	c->uid = cr.uid;
 	pthread_mutex_lock(&cl.lock);
@@ -571,13 +724,20 @@ static void *server(void *arg)
 			cv[n - 2] = c;
 			pf[n++] = (struct pollfd){ .fd = c->sock, .events = POLLIN };
 		}
-		if (poll(pf, n, -1) < 0)
+		if (poll(pf, n, SWEEP_MS) < 0)
 			continue;
-		if (pf[0].revents)
-			break;
+		if (pf[0].revents) {
+			char cmd[64];
+			ssize_t got = read(cl.stop[0], cmd, sizeof(cmd));
+
+			if (got > 0 && memchr(cmd, 'x', (size_t)got))
+				break; /* else: "r", leases were revoked */
+		}
 		for (nfds_t k = 2; k < n; k++)
 			if (pf[k].revents && serve(cv[k - 2]))
 				conn_close(cv[k - 2]);
+		for (struct cl_conn *c = cl.conns; c; c = c->next)
+			sweep(c);
 		if (pf[1].revents)
 			accept_one();
 	}
@@ -654,8 +814,22 @@ int hfs_client_status(json_t *o)
 		bad |= json_object_set_new(e, "pid", json_integer(c->pid));
 		bad |= json_object_set_new(e, "uid", json_integer(c->uid));
 		bad |= json_object_set_new(e, "heaps", hv);
-		bad |= json_object_set_new(e, "maps", json_integer((json_int_t)c->nmaps));
-		bad |= json_object_set_new(e, "mapped_bytes", json_integer((json_int_t)c->mapped));
+		uint64_t maps = 0, bytes = 0;
+
+		for (uint32_t k = 0; c->lease && k < HFS_CL_MAX_LEASES; k++) {
+			uint64_t w;
+
+			if (!c->lease[k] || c->lease[k]->revoked)
+				continue;
+			w = atomic_load(&c->word[k]); /* the client's count: mapped now */
+			if (w & HFS_CL_COUNT) {
+				maps += w & HFS_CL_COUNT;
+				bytes += c->lease[k]->len;
+			}
+		}
+		bad |= json_object_set_new(e, "leases", json_integer(c->nleases));
+		bad |= json_object_set_new(e, "maps", json_integer((json_int_t)maps));
+		bad |= json_object_set_new(e, "mapped_bytes", json_integer((json_int_t)bytes));
 		bad |= json_array_append_new(a, e);
 	}
 	pthread_mutex_unlock(&cl.lock);

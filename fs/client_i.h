@@ -35,12 +35,11 @@ extern void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
  * (the write-range change record: async queued, sync waited for). */
 void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len);
 
-/* Is a range of i mapped by a client?  (file.c: truncate below / moving a contiguous
- * file's block give EBUSY meanwhile.)  Read under i->lock. */
-static inline bool hfs_client_pinned(const struct hfs_inode *i)
-{
-	return atomic_load(&i->file.maps) != 0;
-}
+/* Is a range of i mapped by a client now?  Leases of i that no client maps at the moment
+ * are revoked on the way (their clients ask again at their next map).  file.c: a truncate
+ * that shrinks, and moving a contiguous file's block, get EBUSY while it is.  i->lock
+ * held for writing. */
+bool hfs_client_busy(struct hfs_inode *i);
 
 /* .heapfs/stats: "client_socket" and "clients" [{pid, heaps, maps, mapped_bytes}]. */
 int hfs_client_status(json_t *stats);

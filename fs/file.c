@@ -228,7 +228,7 @@ static int __grow(struct hfs_inode *i, uint64_t want, uint64_t need)
 	if (need > i->file.cap && !__room_for(i, need))
 		return -ENOSPC;
 	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {
-		if (i->file.n && hfs_client_pinned(i))
+		if (i->file.n && hfs_client_busy(i))
 			return -EBUSY; /* a client maps the block: it must not move */
 		ret = buddy_order_of(want, min);
 		if (ret < 0)
@@ -341,7 +341,7 @@ static int __truncate(struct hfs_inode *i, uint64_t size)
 			return ret;
 		__zero(i, i->size, size);
 		i->size = size;
-	} else if (hfs_client_pinned(i)) {
+	} else if (hfs_client_busy(i)) {
 		if (size < i->size)
 			return -EBUSY; /* mapped blocks neither move nor go (README) */
 	} else if (size < i->size || i->file.cap > size) {

@@ -37,6 +37,26 @@
 
 #define PAGE 4096ull
 
+#define LEASES 256 /* leases this process keeps (proto_i.h): ranges it maps again at once */
+
+/* A lease on a range of a file: mapped again without a message while the daemon has not
+ * revoked it.  Its registration's active count holds the heap view it points into. */
+struct lease {
+	bool used;
+	dev_t dev;
+	ino_t ino;
+	uint64_t off, len;
+	unsigned flags;         /* HEAPFS_WRITE */
+	uint32_t idx, tag;
+	uint64_t key;           /* the heap's registration */
+	uint32_t nx;
+	struct hfs_cl_ext *ext; /* for the generation checks */
+	char *addr;
+	void *own;              /* our own reserved range (several extents), else NULL */
+	size_t own_len;
+	uint64_t last_use;
+};
+
 struct heapfs {
 	int sock;
 	pthread_mutex_t lock;
@@ -45,15 +65,18 @@ struct heapfs {
 	size_t replen;
 	char *mount;
 	uint64_t seg_key, seq_off; /* the object segment's registration (key 0: none yet) */
+	_Atomic uint64_t *word;    /* the lease table, shared with the daemon */
+	struct lease lc[LEASES];
+	uint64_t tick, leases_made, lease_hits;
 };
 
 struct map_priv {
 	struct heapfs_map pub;
-	uint64_t id;
-	struct hc_reg *reg;
-	uint64_t key;
-	void *own;       /* our own reserved range (several extents), else NULL */
+	uint32_t idx, tag;
+	struct lease *l; /* NULL: not kept (the table was full), dropped at the release */
+	void *own;       /* with l == NULL */
 	size_t own_len;
+	uint64_t key;    /* with l == NULL: the registration it holds active */
 };
 
 int heapfs_connect(const char *mount, struct heapfs **out)
@@ -151,7 +174,14 @@ void heapfs_disconnect(struct heapfs *h)
 {
 	if (!h)
 		return;
-	close(h->sock); /* the daemon drops our maps with the connection */
+	close(h->sock); /* the daemon drops our leases with the connection */
+	for (unsigned k = 0; k < LEASES; k++) {
+		if (h->lc[k].own)
+			munmap(h->lc[k].own, h->lc[k].own_len);
+		free(h->lc[k].ext);
+	}
+	if (h->word)
+		munmap((void *)h->word, HFS_CL_MAX_LEASES * sizeof(uint64_t));
 	hc_clear(&h->t);
 	pthread_mutex_destroy(&h->lock);
 	free(h->rep);
@@ -159,12 +189,12 @@ void heapfs_disconnect(struct heapfs *h)
 	free(h);
 }
 
-/* One request and its reply; fds: where received descriptors go (up to 2). */
+/* One request and its reply; fds: where received descriptors go (up to 3). */
 static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *fds,
 		unsigned *nfds, size_t *replen)
 {
 	union {
-		char buf[CMSG_SPACE(2 * sizeof(int))];
+		char buf[CMSG_SPACE(3 * sizeof(int))];
 		struct cmsghdr align;
 	} u;
 	struct iovec iov = { .iov_base = (void *)q, .iov_len = sizeof(*q) };
@@ -198,7 +228,7 @@ static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *f
 				int fd;
 
 				memcpy(&fd, CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
-				if (*nfds < 2)
+				if (*nfds < 3)
 					fds[(*nfds)++] = fd;
 				else
 					close(fd);
@@ -213,19 +243,92 @@ static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *f
 	return h->rep->err;
 }
 
-static void unmap_quiet(struct heapfs *h, uint64_t id)
+/* Tell the daemon to drop lease (idx, tag); errors do not matter (it may have dropped a
+ * revoked lease already). */
+static void lease_unmap(struct heapfs *h, uint32_t idx, uint32_t tag)
 {
 	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
-				.op = HFS_CL_UNMAP, .id = id };
+				.op = HFS_CL_UNMAP, .id = idx, .tag = tag };
 	unsigned nfds;
 	size_t rl;
-	int fds[2];
+	int fds[3];
 
 	call(h, &q, -1, fds, &nfds, &rl);
+	while (nfds)
+		close(fds[--nfds]);
 }
 
-/* Place the extents side by side in one new reserved range. */
-static int place(struct map_priv *m, const struct hfs_cl_rep *rep, uint64_t len)
+/* Give back a lease the daemon made for us but we cannot use (count 1 is ours). */
+static void lease_refuse(struct heapfs *h, uint32_t idx, uint32_t tag)
+{
+	if (h->word && idx < HFS_CL_MAX_LEASES)
+		atomic_fetch_sub(&h->word[idx], 1);
+	lease_unmap(h, idx, tag);
+}
+
+/* Forget lease l; tell the daemon if it may still hold it. */
+static void lease_forget(struct heapfs *h, struct lease *l, bool tell)
+{
+	struct hc_reg *r = hc_find(&h->t, l->key);
+
+	if (tell)
+		lease_unmap(h, l->idx, l->tag);
+	if (l->own)
+		munmap(l->own, l->own_len);
+	if (r)
+		r->active--;
+	free(l->ext);
+	memset(l, 0, sizeof(*l));
+}
+
+static bool lease_idle(const struct heapfs *h, const struct lease *l)
+{
+	uint64_t w = atomic_load(&h->word[l->idx]);
+
+	return (w & HFS_CL_REVOKED) || HFS_CL_TAG(w) != l->tag || !(w & HFS_CL_COUNT);
+}
+
+/* Drop every lease nothing maps now (to free registrations). */
+static void lease_flush(struct heapfs *h)
+{
+	for (unsigned k = 0; k < LEASES; k++)
+		if (h->lc[k].used && lease_idle(h, &h->lc[k]))
+			lease_forget(h, &h->lc[k], true);
+}
+
+/* A slot for a new lease: a free one, else the least recently used idle one; NULL. */
+static struct lease *lease_slot(struct heapfs *h)
+{
+	struct lease *lru = NULL;
+
+	for (unsigned k = 0; k < LEASES; k++) {
+		struct lease *l = &h->lc[k];
+
+		if (!l->used)
+			return l;
+		if (lease_idle(h, l) && (!lru || l->last_use < lru->last_use))
+			lru = l;
+	}
+	if (lru)
+		lease_forget(h, lru, true);
+	return lru;
+}
+
+/* Map lease l again without a message: 0, or -ESTALE when the daemon revoked it. */
+static int lease_take(struct heapfs *h, struct lease *l)
+{
+	uint64_t w = atomic_load(&h->word[l->idx]);
+
+	do {
+		if ((w & HFS_CL_REVOKED) || HFS_CL_TAG(w) != l->tag)
+			return -ESTALE;
+	} while (!atomic_compare_exchange_weak(&h->word[l->idx], &w, w + 1));
+	return 0;
+}
+
+/* Place the extents side by side in one new reserved range: its first byte in *addr. */
+static int place(int fd, const struct hfs_cl_rep *rep, uint64_t len, char **addr, void **own,
+		 size_t *own_len)
 {
 	uint64_t head = rep->ext[0].hoff % PAGE, total = (head + len + PAGE - 1) & ~(PAGE - 1);
 	char *base = mmap(NULL, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
@@ -238,7 +341,7 @@ static int place(struct map_priv *m, const struct hfs_cl_rep *rep, uint64_t len)
 		const struct hfs_cl_ext *e = &rep->ext[k];
 		uint64_t eh = e->hoff % PAGE, mlen = (eh + e->len + PAGE - 1) & ~(PAGE - 1);
 
-		if (mmap(at, mlen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, m->reg->data_fd,
+		if (mmap(at, mlen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
 			 (off_t)(e->hoff - eh)) == MAP_FAILED) {
 			int ret = -errno;
 
@@ -247,10 +350,80 @@ static int place(struct map_priv *m, const struct hfs_cl_rep *rep, uint64_t len)
 		}
 		at += eh + e->len;
 	}
-	m->own = base;
-	m->own_len = total;
-	m->pub.addr = base + head;
+	*own = base;
+	*own_len = total;
+	*addr = base + head;
 	return 0;
+}
+
+/* The descriptors a MAP reply brought (fdmask): the lease table, the heap's registration. */
+static int take_fds(struct heapfs *h, const struct hfs_cl_rep *rep, int *fds, unsigned nfds,
+		    struct hc_reg **reg)
+{
+	unsigned want = (rep->fdmask & HFS_CL_FD_HEAP ? 2 : 0) +
+			(rep->fdmask & HFS_CL_FD_LEASES ? 1 : 0);
+	int ret = 0;
+
+	*reg = NULL;
+	if (nfds != want) {
+		while (nfds)
+			close(fds[--nfds]);
+		return -EPROTO;
+	}
+	if (rep->fdmask & HFS_CL_FD_LEASES) {
+		int lfd = fds[want - 1];
+		void *p = h->word ? MAP_FAILED :
+			  mmap(NULL, HFS_CL_MAX_LEASES * sizeof(uint64_t), PROT_READ | PROT_WRITE,
+			       MAP_SHARED, lfd, 0);
+
+		if (p != MAP_FAILED)
+			h->word = p;
+		else if (!h->word)
+			ret = -errno;
+		close(lfd);
+	}
+	if (rep->fdmask & HFS_CL_FD_HEAP) {
+		struct hc_geom g = { .key = rep->heap_key, .heap_size = rep->heap_size,
+				     .meta_size = rep->meta_size, .gen_off = rep->gen_off,
+				     .gen_stride = rep->gen_stride, .nchunks = rep->nchunks,
+				     .chunk_order = rep->chunk_order };
+
+		*reg = hc_find(&h->t, g.key);
+		if (*reg && (*reg)->active) { /* have it, in use: keep that one */
+			close(fds[0]);
+			close(fds[1]);
+		} else if (!ret) {
+			int d0 = dup(fds[0]), d1 = dup(fds[1]);
+
+			ret = hc_add(&h->t, &g, fds[0], fds[1], reg);
+			if (ret == -EMFILE && d0 >= 0 && d1 >= 0) { /* every one holds leases */
+				lease_flush(h);
+				ret = hc_add(&h->t, &g, d0, d1, reg);
+				d0 = d1 = -1;
+			}
+			if (d0 >= 0)
+				close(d0);
+			if (d1 >= 0)
+				close(d1);
+		} else {
+			close(fds[0]);
+			close(fds[1]);
+		}
+	} else {
+		*reg = hc_find(&h->t, rep->heap_key);
+	}
+	return ret;
+}
+
+static struct map_priv *new_map(struct lease *l, uint32_t idx, uint32_t tag, char *addr,
+				uint64_t len)
+{
+	struct map_priv *m = calloc(1, sizeof(*m));
+
+	if (m)
+		*m = (struct map_priv){ .pub = { .addr = addr, .len = len }, .idx = idx,
+					.tag = tag, .l = l };
+	return m;
 }
 
 int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned flags,
@@ -259,80 +432,120 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
 				.op = HFS_CL_MAP, .flags = flags & HEAPFS_WRITE ? HFS_CL_WRITE : 0,
 				.off = off, .len = len };
-	struct map_priv *m = calloc(1, sizeof(*m));
 	struct hfs_cl_rep *rep = h->rep;
+	struct map_priv *m = NULL;
+	struct lease *l = NULL;
+	struct hc_reg *reg;
+	void *own = NULL;
+	size_t own_len = 0, rl;
 	unsigned nfds;
-	size_t rl;
-	int ret, fds[2];
+	int ret, fds[3];
+	char *addr = NULL;
+	struct stat st;
 
-	if (!m)
-		return -ENOMEM;
+	flags &= HEAPFS_WRITE;
+	if (fstat(fd, &st) < 0)
+		return -errno;
 	pthread_mutex_lock(&h->lock);
+	/* a lease on this very range: map it again with no message */
+	for (unsigned k = 0; h->word && k < LEASES; k++) {
+		struct lease *c = &h->lc[k];
+
+		if (!c->used || c->ino != st.st_ino || c->dev != st.st_dev || c->off != off ||
+		    c->len != len || c->flags != flags)
+			continue;
+		if (lease_take(h, c)) {
+			lease_forget(h, c, false); /* revoked: the daemon drops it itself */
+			break;
+		}
+		reg = hc_find(&h->t, c->key);
+		for (uint32_t e = 0; reg && e < c->nx; e++)
+			hc_check(&h->t, reg, c->ext[e].hoff, c->ext[e].len);
+		c->last_use = ++h->tick;
+		h->lease_hits++;
+		m = new_map(c, c->idx, c->tag, c->addr, len);
+		if (!m) {
+			atomic_fetch_sub(&h->word[c->idx], 1);
+			ret = -ENOMEM;
+			goto out;
+		}
+		ret = 0;
+		goto out;
+	}
 	for (int tries = 0;; tries++) {
 		ret = call(h, &q, fd, fds, &nfds, &rl);
 		if (ret)
-			goto fail;
-		ret = -EPROTO;
-		if (rep->next == 0 || rl != sizeof(*rep) + rep->next * sizeof(rep->ext[0]) ||
-		    (nfds != 0 && nfds != 2)) {
-			while (nfds)
-				close(fds[--nfds]);
-			unmap_quiet(h, rep->id);
-			goto fail;
+			goto out;
+		ret = take_fds(h, rep, fds, nfds, &reg);
+		if (!ret && (rep->next == 0 ||
+			     rl != sizeof(*rep) + rep->next * sizeof(rep->ext[0])))
+			ret = -EPROTO;
+		if (ret) {
+			lease_refuse(h, (uint32_t)rep->id, rep->tag);
+			goto out;
 		}
-		m->id = rep->id;
-		if (nfds == 2) {
-			struct hc_geom g = { .key = rep->heap_key, .heap_size = rep->heap_size,
-					     .meta_size = rep->meta_size, .gen_off = rep->gen_off,
-					     .gen_stride = rep->gen_stride, .nchunks = rep->nchunks,
-					     .chunk_order = rep->chunk_order };
-
-			m->reg = hc_find(&h->t, g.key);
-			if (m->reg && m->reg->active) { /* have it already: keep the one in use */
-				close(fds[0]);
-				close(fds[1]);
-			} else if ((ret = hc_add(&h->t, &g, fds[0], fds[1], &m->reg))) {
-				unmap_quiet(h, m->id);
-				goto fail;
-			}
-			break;
-		}
-		m->reg = hc_find(&h->t, rep->heap_key);
-		if (m->reg)
+		if (reg)
 			break;
 		/* we dropped this heap's registration (idle): ask for the descriptors again */
-		unmap_quiet(h, m->id);
+		lease_refuse(h, (uint32_t)rep->id, rep->tag);
 		ret = -EPROTO;
 		if (tries)
-			goto fail;
+			goto out;
 		q.flags |= HFS_CL_RESEND;
 	}
-	m->key = rep->heap_key;
 	for (uint32_t k = 0; k < rep->next; k++) {
-		ret = -EPROTO;
-		if (rep->ext[k].hoff + rep->ext[k].len > m->reg->g.heap_size) {
-			unmap_quiet(h, m->id);
-			goto fail;
+		if (rep->ext[k].hoff + rep->ext[k].len > reg->g.heap_size) {
+			lease_refuse(h, (uint32_t)rep->id, rep->tag);
+			ret = -EPROTO;
+			goto out;
 		}
-		hc_check(&h->t, m->reg, rep->ext[k].hoff, rep->ext[k].len);
+		hc_check(&h->t, reg, rep->ext[k].hoff, rep->ext[k].len);
 	}
-	m->pub.len = len;
 	if (rep->next == 1) {
-		m->pub.addr = m->reg->data + rep->ext[0].hoff;
+		addr = reg->data + rep->ext[0].hoff;
 	} else {
-		ret = place(m, rep, len);
+		ret = place(reg->data_fd, rep, len, &addr, &own, &own_len);
 		if (ret) {
-			unmap_quiet(h, m->id);
-			goto fail;
+			lease_refuse(h, (uint32_t)rep->id, rep->tag);
+			goto out;
 		}
 	}
-	m->reg->active++;
+	h->leases_made++;
+	l = lease_slot(h);
+	if (l) {
+		l->ext = malloc(rep->next * sizeof(*l->ext));
+		if (!l->ext)
+			l = NULL;
+	}
+	if (l) {
+		memcpy(l->ext, rep->ext, rep->next * sizeof(*l->ext));
+		*l = (struct lease){ .used = true, .dev = st.st_dev, .ino = st.st_ino, .off = off,
+				     .len = len, .flags = flags, .idx = (uint32_t)rep->id,
+				     .tag = rep->tag, .key = rep->heap_key, .nx = rep->next,
+				     .ext = l->ext, .addr = addr, .own = own, .own_len = own_len,
+				     .last_use = ++h->tick };
+		reg->active++;
+	}
+	m = new_map(l, (uint32_t)rep->id, rep->tag, addr, len);
+	if (!m) {
+		if (l)
+			lease_forget(h, l, false);
+		else if (own)
+			munmap(own, own_len);
+		lease_refuse(h, (uint32_t)rep->id, rep->tag);
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (!l) {
+		m->own = own;
+		m->own_len = own_len;
+		m->key = rep->heap_key;
+		reg->active++;
+	}
+out:
 	pthread_mutex_unlock(&h->lock);
-	*out = &m->pub;
-	return 0;
-fail:
-	pthread_mutex_unlock(&h->lock);
-	free(m);
+	if (!ret)
+		*out = &m->pub;
 	return ret;
 }
 
@@ -340,19 +553,26 @@ int heapfs_release(struct heapfs *h, struct heapfs_map *pub, bool written)
 {
 	struct map_priv *m = (struct map_priv *)pub;
 	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
-				.op = HFS_CL_UNMAP, .id = m->id,
-				.flags = written ? HFS_CL_WRITTEN : 0 };
-	unsigned nfds;
+				.op = HFS_CL_WRITTEN_OP, .id = m->idx, .tag = m->tag };
+	unsigned nfds = 0;
+	int ret = 0, fds[3];
 	size_t rl;
-	int ret, fds[2];
 
 	pthread_mutex_lock(&h->lock);
-	if (m->own)
-		munmap(m->own, m->own_len);
-	m->reg->active--;
-	ret = call(h, &q, -1, fds, &nfds, &rl);
+	if (written) /* the daemon accounts the write while the range is still pinned */
+		ret = call(h, &q, -1, fds, &nfds, &rl);
 	while (nfds)
 		close(fds[--nfds]);
+	atomic_fetch_sub(&h->word[m->idx], 1);
+	if (!m->l) { /* not kept: drop it now */
+		struct hc_reg *r = hc_find(&h->t, m->key);
+
+		if (r)
+			r->active--;
+		if (m->own)
+			munmap(m->own, m->own_len);
+		lease_unmap(h, m->idx, m->tag);
+	}
 	pthread_mutex_unlock(&h->lock);
 	free(m);
 	return ret;
@@ -493,5 +713,7 @@ void heapfs_stats(struct heapfs *h, struct heapfs_stats *st)
 	st->registered = h->t.registered;
 	st->dropped = h->t.dropped;
 	st->stale_chunks = h->t.stale;
+	st->leases_made = h->leases_made;
+	st->lease_hits = h->lease_hits;
 	pthread_mutex_unlock(&h->lock);
 }

@@ -69,6 +69,8 @@ struct heapfs_stats {
 	uint64_t registered;     /* made so far */
 	uint64_t dropped;        /* idle ones dropped to stay under the bound */
 	uint64_t stale_chunks;   /* chunks found with a new generation, and renewed */
+	uint64_t leases_made;    /* maps that asked the daemon */
+	uint64_t lease_hits;     /* maps served from a lease this process kept (no message) */
 };
 void heapfs_stats(struct heapfs *h, struct heapfs_stats *st);
 

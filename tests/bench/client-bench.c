@@ -12,7 +12,8 @@
  *   4k rand r/w     4 KiB memcpy at random offsets through the mapping, against
  *                   pread/pwrite of the tmpfs file (same offsets)
  *   find            heapfs_find of an object, against open+close of MOUNT/objects/NAME
- *   map+release     of an already registered 4 KiB range (a round trip each way)
+ *   map+release     of an already registered 4 KiB range (served from the lease libheapfs
+ *                   keeps: no message to the daemon)
  *   memory          /proc/meminfo Cached (the page cache, memfd pages included) and the
  *                   daemon's private RSS (RssAnon), before creating the file and after writing all of it
  *                   through the mapping: the file is in RAM once (the heap's memfd pages;
@@ -246,7 +247,7 @@ int main(int argc, char **argv)
 	       rr[1][0], rr[1][1], "-", rr[1][0] / rr[1][1]);
 	printf("%-18s %10.0f/s %10.0f/s %12s %9.2fx   (find vs FUSE open+close)\n", "object find",
 	       find_s, open_s, "-", find_s / open_s);
-	printf("%-18s %10.0f/s   (a round trip to the daemon each way; target 1M/s)\n",
+	printf("%-18s %10.0f/s   (the lease this process keeps: no message; target 1M/s)\n",
 	       "map+release", mr_s);
 	printf("%-18s page cache +%" PRIu64 " MiB for a %" PRIu64 " MiB file (%.2fx); daemon "
 	       "private RSS +%" PRIu64 " MiB\n", "memory", (shm1 - shm0) >> 10, size >> 20,

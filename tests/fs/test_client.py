@@ -323,3 +323,45 @@ def test_direct_map_config(dm, tmp_path):
     r = subprocess.run([os.environ["HEAPFS"], "--print-default-config"], capture_output=True,
                        text=True, timeout=30, check=True)
     assert r.stdout.count("direct_map = false") == 2
+
+
+def test_leases_map_again_without_asking_and_yield_to_truncate(dm):
+    """A released range stays leased: mapping it again asks nothing of the daemon; a
+    truncate or a move revokes an idle lease at once (only a mapped range is EBUSY) and
+    the next map asks again and sees the new blocks."""
+    conn = heapfs.Connection(str(dm.path))
+    p = dm.heap("dm") / "lease"
+    p.write_bytes(pattern(65536, 5))
+    with open(p, "r+b") as f:
+        for k in range(3):
+            with conn.map(f, 0, 65536) as m:
+                assert bytes(m) == pattern(65536, 5)
+        st = conn.stats()
+        assert st["leases_made"] == 1 and st["lease_hits"] == 2
+        j = dm.stats()["clients"][0]
+        assert j["leases"] == 1 and j["maps"] == 0 and j["mapped_bytes"] == 0
+        mt = os.stat(p).st_mtime_ns
+        time.sleep(0.01)
+        with conn.map(f, 0, 65536, write=True) as m:   # a write lease: asks once
+            m[0:3] = b"new"
+        assert os.stat(p).st_mtime_ns > mt               # a written release is a write
+        with conn.map(f, 0, 65536, write=True) as m:   # again: from the lease
+            m[3:6] = b"abc"
+        assert read_daemon(p)[:6] == b"newabc"
+        assert conn.stats()["leases_made"] == 2
+        os.truncate(p, 4096)                             # idle leases give way
+        expect_errno(errno.ENXIO, conn.map(f, 0, 65536).__enter__)
+        with conn.map(f, 0, 4096) as m:
+            assert bytes(m[:6]) == b"newabc"
+    # contiguous: after the release a growth moves the block; the next map follows it
+    c = dm.heap("ctg") / "move"
+    c.write_bytes(b"m" * 4096)
+    with open(c, "r+b") as f:
+        with conn.map(f, 0, 4096) as m:
+            old = m.tobytes()
+        os.pwrite(f.fileno(), b"tail", 65536)           # moves to a larger block
+        with conn.map(f, 0, 4096) as m:
+            assert m.tobytes() == old
+        with conn.map(f, 65536, 4) as m:
+            assert bytes(m) == b"tail"
+    conn.close()
