@@ -15,18 +15,26 @@
  * server thread once the session runs), and st_ino, which is our inode number (the kernel
  * holds the inode while the descriptor is open, so the number cannot be reused meanwhile);
  * fcntl(F_GETFL) gives the access mode (O_PATH proves nothing; a read-only descriptor maps
- * for reading only).  The daemon keeps the received descriptor open while the range is
- * mapped: the file counts as open, so an unlink frees its blocks only at the unmap (the
- * ordinary unlinked-but-open rule of file.c), and the inode stays.  Each inode counts its
- * mapped ranges (file.maps): meanwhile a truncate that shrinks it and a growth that would
- * move a contiguous file's block get EBUSY (file.c), so mapped blocks neither move nor go
- * back to the OS.  A connection that closes (the client exited or was killed) drops all
- * its maps and registrations.
+ * for reading only; a write-only one not at all, as for mmap).
+ *
+ * Leases (proto_i.h): a map makes a lease on the range — a word in a table shared with
+ * that client, (tag << 32) | count of the client's mappings of it — so the client maps
+ * the same range again and releases it with an atomic add, no message.  A lease counts as
+ * an open of the file (an unlink frees the blocks only when the last lease goes: file.c's
+ * unlinked-but-open rule) and holds an inode reference; file.maps counts the file's live
+ * leases.  A truncate that shrinks the file or a growth that would move a contiguous
+ * file's block asks hfs_client_busy(): idle leases (count 0) are revoked there (CAS to
+ * REVOKED, so a client's concurrent map either wins, and the change gets EBUSY, or sees
+ * REVOKED and asks again), mapped ones make it EBUSY.  So mapped blocks neither move nor
+ * go back to the OS.  The server thread drops revoked leases and revokes idle leases of
+ * unlinked files every SWEEP_MS and after each request; a connection that closes (the
+ * client exited or was killed) drops all its leases and registrations.
  *
  * Threads and locking: one server thread polls the listening socket and every connection
- * and is the only one that changes connections; cl.lock guards the connection list and
- * what status reads of it.  A map takes the inode's lock shared to copy the extents and
- * count itself; the written-range accounting takes it as a write does.
+ * and is the only one that adds or removes connections and leases; cl.lock guards the
+ * connection list, the lease tables' pointers and `revoked`, and is taken after an inode
+ * lock, never before.  A map takes the inode's lock to copy the extents and pin; the
+ * written-range accounting takes it as a write does.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -12,7 +12,16 @@
  * always sees one contiguous range.  Every map checks the generations of the chunks it
  * spans and renews stale ones (reg.c).
  *
- * Locking: one mutex per connection around each request/reply and the table.
+ * Leases: the daemon's answer to a map is a lease on the range (proto_i.h).  We keep up to
+ * LEASES of them (least recently used idle one given back first): a map of the same range
+ * of the same file (st_dev, st_ino by fstat, offset, length, mode) is one CAS on the
+ * shared lease word, a release one atomic subtract, no message; a written release also
+ * tells the daemon (mtime, page cache).  A lease the daemon revoked (a truncate, a move,
+ * an unlink) fails the CAS, and the map asks again.  A lease keeps its registration
+ * active, so the heap view it points into stays.
+ *
+ * Locking: one mutex per connection around each request/reply, the tables and the
+ * leases; the lease words are atomics shared with the daemon.
  */
 #include <errno.h>
 #include <fcntl.h>
