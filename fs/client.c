@@ -512,7 +512,8 @@ bool hfs_client_busy(struct hfs_inode *i)
 			}
 	pthread_mutex_unlock(&cl.lock);
 	if (any && write(cl.stop[1], "r", 1) < 0) {
-		/* the server thread cleans up revoked leases at its next wake-up anyway */
+		/* never blocks: a full pipe means the server thread has wake-ups to read, and
+		 * it sweeps every SWEEP_MS anyway */
 	}
 	return busy;
 }
@@ -768,7 +769,7 @@ int hfs_client_start(void)
 	cl.lsock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (cl.lsock < 0 || bind(cl.lsock, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
 	    chmod(cl.path, 0666) < 0 || /* the proof is the descriptor, not the socket */
-	    listen(cl.lsock, 64) < 0 || pipe2(cl.stop, O_CLOEXEC) < 0)
+	    listen(cl.lsock, 64) < 0 || pipe2(cl.stop, O_CLOEXEC | O_NONBLOCK) < 0)
 		goto fail;
 	ret = pthread_create(&cl.thr, NULL, server, NULL);
 	if (ret) {
@@ -787,9 +788,9 @@ fail:
 void hfs_client_stop(void)
 {
 	if (cl.running) {
-		if (write(cl.stop[1], "x", 1) < 0) {
-			/* a pipe with room: cannot fail */
-		}
+		/* the pipe may be full of wake-ups: the server thread drains it */
+		while (write(cl.stop[1], "x", 1) < 0 && errno == EAGAIN)
+			usleep(1000);
 		pthread_join(cl.thr, NULL);
 		cl.running = false;
 	}

@@ -28,6 +28,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -669,7 +670,14 @@ int heapfs_find(struct heapfs *h, const char *name, void **ptr, size_t *size)
 	if (!r)
 		goto out;
 	seq = (const _Atomic uint64_t *)(r->meta + h->seq_off);
-	for (;;) {
+	for (unsigned tries = 0;; tries++) {
+		if (tries >= 64) {
+			if (tries >= 100000) { /* the daemon stopped in the middle of a change */
+				ret = -EAGAIN;
+				goto out;
+			}
+			sched_yield();
+		}
 		s1 = atomic_load_explicit(seq, memory_order_acquire);
 		if (s1 & 1)
 			continue; /* the daemon is changing the map */

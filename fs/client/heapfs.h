@@ -57,7 +57,7 @@ int heapfs_release(struct heapfs *h, struct heapfs_map *m, bool written);
  * *size its size.  The pointer is not pinned: it stays valid while the object exists and
  * its block does not move (an object keeps its offset while it fits its block); use
  * heapfs_map on an open object for a pinned range.  ENOENT: no such object; EPERM: the
- * segment has direct_map = false.  find_or_construct creates MOUNT/objects/NAME of size
+ * segment has direct_map = false; EAGAIN: the map stayed in mid-change (daemon stopped).  find_or_construct creates MOUNT/objects/NAME of size
  * bytes (zeros) through the filesystem when it is missing, then finds it. */
 int heapfs_find(struct heapfs *h, const char *name, void **ptr, size_t *size);
 int heapfs_find_or_construct(struct heapfs *h, const char *name, size_t size, void **ptr,
