@@ -442,7 +442,7 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
 				.op = HFS_CL_MAP, .flags = flags & HEAPFS_WRITE ? HFS_CL_WRITE : 0,
 				.off = off, .len = len };
-	struct hfs_cl_rep *rep = h->rep;
+	struct hfs_cl_rep *rep = NULL; /* our copy: lease_unmap's calls reuse h->rep */
 	struct map_priv *m = NULL;
 	struct lease *l = NULL;
 	struct hc_reg *reg;
@@ -486,6 +486,16 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 		ret = call(h, &q, fd, fds, &nfds, &rl);
 		if (ret)
 			goto out;
+		free(rep);
+		rep = malloc(rl);
+		if (!rep) {
+			ret = -ENOMEM;
+			while (nfds)
+				close(fds[--nfds]);
+			lease_refuse(h, (uint32_t)h->rep->id, h->rep->tag);
+			goto out;
+		}
+		memcpy(rep, h->rep, rl);
 		ret = take_fds(h, rep, fds, nfds, &reg);
 		if (!ret && (rep->next == 0 ||
 			     rl != sizeof(*rep) + rep->next * sizeof(rep->ext[0])))
@@ -554,6 +564,7 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 	}
 out:
 	pthread_mutex_unlock(&h->lock);
+	free(rep);
 	if (!ret)
 		*out = &m->pub;
 	return ret;

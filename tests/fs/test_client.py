@@ -365,3 +365,77 @@ def test_leases_map_again_without_asking_and_yield_to_truncate(dm):
         with conn.map(f, 65536, 4) as m:
             assert bytes(m) == b"tail"
     conn.close()
+
+
+def test_bounds_registrations_and_leases(mount_factory):
+    """Nine heaps: the ninth registration makes room (idle leases given back, the least
+    recently used registration dropped), and mapping from the dropped heap again asks for
+    its descriptors anew.  300 ranges: at most 256 leases are kept."""
+    conf = "".join(f'heap "h{k}" {{ size = 1M  direct_map = true }}\n' for k in range(9))
+    m = mount_factory(conf)
+    conn = heapfs.Connection(str(m.path))
+    files = []
+    for k in range(9):
+        p = m.heap(f"h{k}") / "f"
+        p.write_bytes(b"%d" % k * 4096)
+        files.append(p)
+    for k, p in enumerate(files):
+        with open(p, "rb") as f, conn.map(f, 0, 4096) as v:
+            assert bytes(v[:1]) == b"%d" % k
+    st = conn.stats()
+    assert st["registrations"] == 8 and st["registered"] == 9 and st["dropped"] == 1
+    with open(files[0], "rb") as f, conn.map(f, 0, 4096) as v:   # its registration went
+        assert bytes(v[:4]) == b"0000"
+    assert conn.stats()["registered"] == 10
+    big = m.heap("h0") / "big"
+    big.write_bytes(pattern(300 * 64, 6))
+    with open(big, "rb") as f:
+        for k in range(300):
+            with conn.map(f, k * 64, 64) as v:
+                assert bytes(v) == pattern(300 * 64, 6)[k * 64:(k + 1) * 64]
+    assert m.stats()["clients"][0]["leases"] <= 256
+    conn.close()
+    wait_until(lambda: not m.stats()["clients"], 5, "the connection dropped")
+
+
+def test_truncate_races_a_mapping_client(dm):
+    """A client maps and releases one range in a loop while this process truncates the file
+    down and back up: each truncate either goes ahead (the lease was idle: revoked) or gets
+    EBUSY (mapped at that moment); the client never sees a byte that is not the file's."""
+    p = dm.heap("dm") / "race"
+    p.write_bytes(b"r" * 65536)
+    proc = child("""
+import sys, heapfs, time
+p = sys.argv[1]
+n = bad = 0
+end = time.time() + 1.5
+with open(p, "rb") as f:
+    while time.time() < end:
+        try:
+            with heapfs.map(f, 0, 4096) as m:
+                if bytes(m[:8]) != b"r" * 8:
+                    bad += 1
+                n += 1
+        except OSError as e:
+            if e.errno != 6:      # ENXIO: between the truncate down and up
+                raise
+    made = heapfs.connection(f).stats()["leases_made"]
+print(n, bad, made, flush=True)
+""", p)
+    ok = busy = 0
+    end = time.time() + 1.5
+    while time.time() < end:
+        try:
+            os.truncate(p, 4096)
+            os.truncate(p, 65536)
+            with open(p, "r+b") as f:
+                f.write(b"r" * 8)   # the first bytes stay "r" (a truncate keeps them)
+            ok += 1
+        except OSError as e:
+            assert e.errno == errno.EBUSY
+            busy += 1
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    n, bad, made = map(int, out.split())
+    assert bad == 0 and n > 0 and ok > 0
+    assert made >= 1
