@@ -42,7 +42,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -755,20 +757,24 @@ static void *server(void *arg)
 	return NULL;
 }
 
+/* The socket is in Linux's abstract namespace ("@name" in .heapfs/stats): nothing is
+ * left behind when the daemon is killed, and no file mode is needed, since the
+ * descriptor a client passes is the proof, not the right to connect. */
 int hfs_client_start(void)
 {
-	const char *dir = getenv("XDG_RUNTIME_DIR");
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uint64_t salt = 0;
 	int ret;
 
-	if (!dir || strlen(dir) > 64)
-		dir = "/tmp";
-	snprintf(cl.path, sizeof(cl.path), "%s/heapfs-client.%d.sock", dir, (int)getpid());
-	strcpy(sa.sun_path, cl.path);
-	unlink(cl.path); /* a stale socket of an earlier daemon with our pid */
+	if (getrandom(&salt, sizeof(salt), GRND_NONBLOCK) < 0)
+		salt = (uint64_t)hfs_now_ns();
+	snprintf(cl.path, sizeof(cl.path), "@heapfs-client.%d.%016llx", (int)getpid(),
+		 (unsigned long long)salt);
+	memcpy(sa.sun_path + 1, cl.path + 1, strlen(cl.path) - 1); /* sun_path[0] = 0 */
 	cl.lsock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (cl.lsock < 0 || bind(cl.lsock, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    chmod(cl.path, 0666) < 0 || /* the proof is the descriptor, not the socket */
+	if (cl.lsock < 0 ||
+	    bind(cl.lsock, (struct sockaddr *)&sa,
+		 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(cl.path))) < 0 ||
 	    listen(cl.lsock, 64) < 0 || pipe2(cl.stop, O_CLOEXEC | O_NONBLOCK) < 0)
 		goto fail;
 	ret = pthread_create(&cl.thr, NULL, server, NULL);
@@ -801,7 +807,6 @@ void hfs_client_stop(void)
 	}
 	if (cl.lsock >= 0) {
 		close(cl.lsock);
-		unlink(cl.path);
 		cl.lsock = -1;
 	}
 }

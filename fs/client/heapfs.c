@@ -30,6 +30,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +96,7 @@ int heapfs_connect(const char *mount, struct heapfs **out)
 	char path[PATH_MAX];
 	const char *sock;
 	struct heapfs *h;
+	socklen_t salen;
 	json_t *st;
 	int ret;
 
@@ -107,7 +109,12 @@ int heapfs_connect(const char *mount, struct heapfs **out)
 		json_decref(st);
 		return -ENOTCONN;
 	}
-	strcpy(sa.sun_path, sock);
+	/* "@name": Linux's abstract namespace (sun_path[0] = 0), else a path */
+	memcpy(sa.sun_path, sock, strlen(sock));
+	if (sock[0] == '@')
+		sa.sun_path[0] = 0;
+	salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(sock) +
+			    (sock[0] == '@' ? 0 : 1));
 	json_decref(st);
 	h = calloc(1, sizeof(*h));
 	if (!h)
@@ -115,7 +122,7 @@ int heapfs_connect(const char *mount, struct heapfs **out)
 	h->replen = sizeof(*h->rep) + HFS_CL_MAX_EXT * sizeof(struct hfs_cl_ext);
 	h->rep = malloc(h->replen);
 	h->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (!h->rep || h->sock < 0 || connect(h->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+	if (!h->rep || h->sock < 0 || connect(h->sock, (struct sockaddr *)&sa, salen) < 0) {
 		ret = h->rep ? -errno : -ENOMEM;
 		if (h->sock >= 0)
 			close(h->sock);

@@ -122,8 +122,9 @@ def test_refusals(dm, tmp_path):
     assert read_daemon(p) == b"x" * 100
     # garbage on the socket: a clear EBADMSG reply, then the daemon hangs up
     path = dm.stats()["client_socket"]
+    assert path.startswith("@heapfs-client.")   # abstract: nothing left in /tmp
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s.connect(path)
+    s.connect("\0" + path[1:])
     s.send(b"GET / HTTP/1.0\r\n\r\n")
     rep = s.recv(4096)
     magic, err = struct.unpack_from("<Qi", rep)
