@@ -224,6 +224,8 @@ static int __grow(struct hfs_inode *i, uint64_t want, uint64_t need)
 		return -EFBIG; /* a file never outgrows its heap */
 	if (want > blk(top))
 		want = blk(top);
+	if (i->heap->room) /* memory that arrives on demand (pool/: donors) */
+		i->heap->room(i->heap, (want - i->file.cap + blk(min) - 1) & ~(blk(min) - 1));
 	if (need > i->file.cap && !__room_for(i, need))
 		return -ENOSPC;
 	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {

@@ -24,6 +24,7 @@
 #include <jansson.h>
 
 #include "fs_i.h"
+#include "pool_i.h"
 
 static atomic_size_t held; /* bytes charged to the snapshot budget */
 
@@ -212,7 +213,7 @@ static json_t *partner_json(struct hfs_heap **v, unsigned n)
 
 static json_t *donors_json(void)
 {
-	return json_pack("{s:s?, s:[]}", "socket", hfs.conf->pool.socket, "donors");
+	return hfs_pool_json();
 }
 
 /* An immutable rendering, shared by the opens that saw the same bytes. */
