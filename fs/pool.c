@@ -373,16 +373,17 @@ static void join(int cfd)
 		close(cfd);
 		return;
 	}
-	if (cr.uid != getuid() && cr.uid != 0) {
-		snprintf(why, sizeof(why), "uid %u is neither the mount's uid %u nor root",
-			 (unsigned)cr.uid, (unsigned)getuid());
-		refuse(cfd, &cr, why);
-		return;
-	}
+	/* the offer is read even from a peer about to be refused: closing a socket with
+	 * unread data would reset it, and the peer would never read why */
 	setsockopt(cfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	if (recv_offer(cfd, &hdr, &fd, why, sizeof(why))) {
 		refuse(cfd, &cr, why);
 		return;
+	}
+	if (cr.uid != getuid() && cr.uid != 0) {
+		snprintf(why, sizeof(why), "uid %u is neither the mount's uid %u nor root",
+			 (unsigned)cr.uid, (unsigned)getuid());
+		goto refuse_fd;
 	}
 	if (!hdr.size || hdr.size % pool.chunk || hdr.size > pool.ds) {
 		snprintf(why, sizeof(why), "size %llu is not a multiple of %s up to donor_size %s",
@@ -751,13 +752,15 @@ json_t *hfs_pool_json(void)
 	pthread_mutex_lock(&pool.lock);
 	own_used = pool.own ? used_in(0, pool.own) : 0;
 	for (unsigned k = 1; k <= pool.nslots; k++) {
-		const struct slot *s = &pool.s[k];
+		struct slot *s = &pool.s[k];
 		uint64_t used = 0;
 
 		if (s->state == S_FREE)
 			continue;
 		if (s->state == S_ACTIVE || s->state == S_GONE)
 			used = used_in(slot_off(k), s->len);
+		if (used) /* seen in use: may be released once free again */
+			s->used_once = true;
 		json_array_append_new(donors, json_pack("{s:i, s:I, s:I, s:s, s:b, s:I}",
 			"pid", (int)s->pid, "size", (json_int_t)s->len, "used", (json_int_t)used,
 			"state", state_name[s->state], "external", !s->spawned,
