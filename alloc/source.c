@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@
 #define HUGE_ORDER 21 /* x86-64 and arm64 (4K pages) PMD huge page: 2 MiB */
 #define ZERO_MADVISE_MIN (256 * 1024) /* below this memset beats a syscall */
 #define ZERO_BUF (64 * 1024)
+#define WIN_ORDER 25 /* donor windows: 32 MiB of a range, mapped while pinned or cached */
 
 struct msrc_ops {
 	const char *kind;
@@ -36,13 +38,26 @@ struct msrc_ops {
 	int (*read)(struct msrc *s, void *dst, uint64_t off, size_t len);
 	int (*write)(struct msrc *s, const void *src, uint64_t off, size_t len);
 	void *(*map)(struct msrc *s, uint64_t off, uint64_t len);
+	void (*unmap)(struct msrc *s, uint64_t off, uint64_t len);
 	void (*close)(struct msrc *s);
+	bool pins; /* map pins memory until unmap (bounded windows) */
 };
 
 struct donor_range {
 	uint64_t off, len;  /* place in the heap (fixed) */
 	_Atomic int fd;     /* -1: no memory */
 	_Atomic bool punch;
+	_Atomic uint64_t given; /* bytes of the memfd (<= len) */
+};
+
+/* A mapped window: 32 MiB-aligned piece `idx` of range `r` (cut at what the donor gave). */
+struct window {
+	unsigned r;
+	uint64_t idx;
+	char *addr;   /* NULL: slot empty */
+	uint64_t len;
+	unsigned pins;
+	uint64_t last; /* LRU tick */
 };
 
 struct msrc {
@@ -59,6 +74,10 @@ struct msrc {
 	uint64_t first_len, slot_len;
 	unsigned nranges;
 	struct donor_range *r;
+	pthread_mutex_t wlock; /* the windows */
+	struct window *win;
+	unsigned nwin;
+	uint64_t tick;
 };
 
 static const char zeros[ZERO_BUF];
@@ -126,6 +145,11 @@ static void *mapped_map(struct msrc *s, uint64_t off, uint64_t len)
 	return s->base + off;
 }
 
+static void mapped_unmap(struct msrc *s, uint64_t off, uint64_t len)
+{
+	(void)s, (void)off, (void)len; /* the whole heap stays mapped */
+}
+
 static void mapped_close(struct msrc *s)
 {
 	if (s->base)
@@ -137,13 +161,13 @@ static void mapped_close(struct msrc *s)
 static const struct msrc_ops anon_ops = {
 	.kind = "anonymous", .commit = mapped_commit, .release = mapped_release,
 	.zero = mapped_zero, .read = mapped_read, .write = mapped_write, .map = mapped_map,
-	.close = mapped_close,
+	.unmap = mapped_unmap, .close = mapped_close,
 };
 
 static const struct msrc_ops memfd_ops = {
 	.kind = "memfd", .commit = mapped_commit, .release = mapped_release,
 	.zero = mapped_zero, .read = mapped_read, .write = mapped_write, .map = mapped_map,
-	.close = mapped_close,
+	.unmap = mapped_unmap, .close = mapped_close,
 };
 
 static struct msrc *src_new(const struct msrc_ops *ops, uint64_t size)
@@ -367,26 +391,102 @@ static int donor_write(struct msrc *s, const void *src, uint64_t off, size_t len
 	return for_pieces(s, off, len, (char *)src, pwrite_piece);
 }
 
+/* The window holding [off, off + len) of range k, mapped if need be, pinned: NULL when
+ * the piece crosses a window, or every window slot is pinned, or mmap fails (the caller
+ * then reads through the descriptor).  s->wlock. */
+static struct window *__win_get(struct msrc *s, unsigned k, uint64_t in, uint64_t len)
+{
+	struct donor_range *r = &s->r[k];
+	uint64_t idx = in >> WIN_ORDER, given = atomic_load(&r->given), wlen;
+	struct window *w, *victim = NULL;
+	int fd = atomic_load_explicit(&r->fd, memory_order_acquire);
+	char *p;
+
+	if (fd < 0 || (in + len - 1) >> WIN_ORDER != idx || in + len > given)
+		return NULL;
+	for (unsigned j = 0; j < s->nwin; j++) {
+		w = &s->win[j];
+		if (w->addr && w->r == k && w->idx == idx)
+			return w;
+		if (!w->addr)
+			victim = w;
+		else if (!w->pins && (!victim || (victim->addr && w->last < victim->last)))
+			victim = w;
+	}
+	if (!victim)
+		return NULL;
+	if (victim->addr)
+		munmap(victim->addr, victim->len);
+	victim->addr = NULL;
+	wlen = given - (idx << WIN_ORDER) < (1ull << WIN_ORDER) ? given - (idx << WIN_ORDER)
+								 : 1ull << WIN_ORDER;
+	/* populated: one call sets up the page tables instead of a fault per page */
+	p = mmap(NULL, wlen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+		 (off_t)(idx << WIN_ORDER));
+	if (p == MAP_FAILED)
+		return NULL;
+	*victim = (struct window){ .r = k, .idx = idx, .addr = p, .len = wlen };
+	return victim;
+}
+
+/* Donor memory is mapped only through a bounded set of windows (the map budget given at
+ * open): the daemon's address space never holds more of it than that. */
 static void *donor_map(struct msrc *s, uint64_t off, uint64_t len)
 {
-	(void)s, (void)off, (void)len;
-	return NULL; /* the daemon's address space never holds donor memory */
+	unsigned k = range_of(s, off);
+	struct window *w;
+	uint64_t in;
+	char *p = NULL;
+
+	if (!s->nwin || !len || k >= s->nranges)
+		return NULL;
+	in = off - s->r[k].off;
+	pthread_mutex_lock(&s->wlock);
+	w = __win_get(s, k, in, len);
+	if (w) {
+		w->pins++;
+		w->last = ++s->tick;
+		p = w->addr + (in - (w->idx << WIN_ORDER));
+	}
+	pthread_mutex_unlock(&s->wlock);
+	return p;
+}
+
+static void donor_unmap(struct msrc *s, uint64_t off, uint64_t len)
+{
+	unsigned k = range_of(s, off);
+	uint64_t idx;
+
+	(void)len;
+	if (k >= s->nranges)
+		return;
+	idx = (off - s->r[k].off) >> WIN_ORDER;
+	pthread_mutex_lock(&s->wlock);
+	for (unsigned j = 0; j < s->nwin; j++)
+		if (s->win[j].addr && s->win[j].r == k && s->win[j].idx == idx && s->win[j].pins) {
+			s->win[j].pins--;
+			break;
+		}
+	pthread_mutex_unlock(&s->wlock);
 }
 
 static void donor_close(struct msrc *s)
 {
 	for (unsigned k = 0; k < s->nranges; k++)
 		msrc_donor_remove(s, k);
+	pthread_mutex_destroy(&s->wlock);
+	free(s->win);
 	free(s->r);
 }
 
 static const struct msrc_ops donor_ops = {
 	.kind = "donor", .commit = donor_commit, .release = donor_release, .zero = donor_zero,
-	.read = donor_read, .write = donor_write, .map = donor_map, .close = donor_close,
+	.read = donor_read, .write = donor_write, .map = donor_map, .unmap = donor_unmap,
+	.close = donor_close, .pins = true,
 };
 
 int msrc_donor_open(uint64_t size, uint64_t first_len, uint64_t slot_len, unsigned nslots,
-		    struct msrc **out)
+		    uint64_t map_budget, struct msrc **out)
 {
 	struct msrc *s;
 	uint64_t off;
@@ -398,11 +498,16 @@ int msrc_donor_open(uint64_t size, uint64_t first_len, uint64_t slot_len, unsign
 		return -ENOMEM;
 	s->first_len = first_len;
 	s->slot_len = slot_len;
+	s->nwin = (unsigned)(map_budget >> WIN_ORDER);
 	s->r = calloc((size_t)nslots + 1, sizeof(*s->r));
-	if (!s->r) {
+	s->win = calloc(s->nwin ? s->nwin : 1, sizeof(*s->win));
+	if (!s->r || !s->win) {
+		free(s->r);
+		free(s->win);
 		free(s);
 		return -ENOMEM;
 	}
+	pthread_mutex_init(&s->wlock, NULL);
 	s->nranges = 1;
 	s->r[0].off = 0;
 	s->r[0].len = first_len;
@@ -434,6 +539,7 @@ int msrc_donor_add(struct msrc *s, unsigned r, int fd, uint64_t len, bool punch)
 	if (atomic_load(&s->r[r].fd) >= 0)
 		return -EBUSY;
 	atomic_store(&s->r[r].punch, punch);
+	atomic_store(&s->r[r].given, len);
 	atomic_store_explicit(&s->r[r].fd, fd, memory_order_release);
 	return 0;
 }
@@ -444,6 +550,14 @@ void msrc_donor_remove(struct msrc *s, unsigned r)
 
 	if (s->ops != &donor_ops || r >= s->nranges)
 		return;
+	pthread_mutex_lock(&s->wlock); /* nothing of the range is in use: no pins */
+	for (unsigned j = 0; j < s->nwin; j++) {
+		if (s->win[j].addr && s->win[j].r == r) {
+			munmap(s->win[j].addr, s->win[j].len);
+			s->win[j].addr = NULL;
+		}
+	}
+	pthread_mutex_unlock(&s->wlock);
 	fd = atomic_exchange(&s->r[r].fd, -1);
 	if (fd >= 0)
 		close(fd);
@@ -494,15 +608,29 @@ void *msrc_map(struct msrc *s, uint64_t off, uint64_t len)
 	return off < s->size ? s->ops->map(s, off, len) : NULL;
 }
 
+void msrc_unmap(struct msrc *s, uint64_t off, uint64_t len)
+{
+	s->ops->unmap(s, off, len);
+}
+
+bool msrc_map_pins(const struct msrc *s)
+{
+	return s->ops->pins;
+}
+
 int msrc_copy(struct msrc *s, uint64_t to, uint64_t from, uint64_t len)
 {
 	char *a = msrc_map(s, to, len), *b = msrc_map(s, from, len), *buf;
 	int ret = 0;
 
-	if (a && b) {
+	if (a && b)
 		memcpy(a, b, len);
+	if (a)
+		msrc_unmap(s, to, len);
+	if (b)
+		msrc_unmap(s, from, len);
+	if (a && b)
 		return 0;
-	}
 	buf = malloc(len < (1u << 20) ? len : (1u << 20)); /* a bounded bounce buffer */
 	if (!buf)
 		return -ENOMEM;

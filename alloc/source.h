@@ -9,15 +9,17 @@
  *   release  the chunk holds nothing any more: give its pages back (or keep them)
  *   zero     make [off, off+len) read as zeros
  *   read     copy heap bytes out / write: copy bytes in
- *   map      a pointer to [off, off+len) in this process, or NULL when the source keeps
- *            its memory unmapped (then read/write are the only way in)
+ *   map      a pointer to [off, off+len) in this process, or NULL when the source cannot
+ *            map it now (then read/write are the way in); unmap: done with that pointer
  * Kinds:
  *   anonymous  private anonymous mapping of the whole heap (MADV_DONTNEED to release)
  *   memfd      MAP_SHARED mapping of a memfd or a caller's fd (FALLOC_FL_PUNCH_HOLE)
- *   donor      unmapped memory held as descriptors: a fixed layout of ranges (range 0 of
- *              first_len bytes, then ranges of slot_len bytes) each backed, when present,
- *              by a memfd registered at run time (msrc_donor_add); reads and writes are
- *              pread/pwrite on the range's descriptor, so the process maps none of it.
+ *   donor      memory held as descriptors: a fixed layout of ranges (range 0 of first_len
+ *              bytes, then ranges of slot_len bytes) each backed, when present, by a memfd
+ *              registered at run time (msrc_donor_add); writes and zeroing are pwrite on
+ *              the range's descriptor, reads map 32 MiB windows (at most map_budget bytes
+ *              of them at a time, least recently used evicted, a window pinned from map to
+ *              unmap) or fall back to pread, so the process never maps more than the budget.
  *
  * Locking: the ops are safe from any thread.  A donor range is added before any block in
  * it is handed out and removed only once none is (the caller's rule, see fs/pool.c): the
@@ -42,7 +44,7 @@ int msrc_memfd_open(uint64_t size, int fd, uint64_t fd_offset, bool pin, const c
 /* Donor memory: ranges [0, first_len), then nslots ranges of slot_len (the last ones cut
  * at size); no range has memory until msrc_donor_add. */
 int msrc_donor_open(uint64_t size, uint64_t first_len, uint64_t slot_len, unsigned nslots,
-		    struct msrc **out);
+		    uint64_t map_budget, struct msrc **out);
 /* Range r (0 .. nslots) is backed by fd (at least len bytes, the range's length or less):
  * the source takes the descriptor.  punch: release gives pages back (the daemon's own
  * memory); else they stay with the range (a donor's pages are charged to the donor). */
@@ -61,6 +63,10 @@ int msrc_zero(struct msrc *s, uint64_t off, uint64_t len);
 int msrc_read(struct msrc *s, void *dst, uint64_t off, size_t len);
 int msrc_write(struct msrc *s, const void *src, uint64_t off, size_t len);
 void *msrc_map(struct msrc *s, uint64_t off, uint64_t len);
+void msrc_unmap(struct msrc *s, uint64_t off, uint64_t len);
+/* Must every successful msrc_map be followed by msrc_unmap (windows)?  Else unmap is a
+ * no-op and callers of a hot path may skip it. */
+bool msrc_map_pins(const struct msrc *s);
 /* Copy len bytes from heap offset from to heap offset to (non-overlapping). */
 int msrc_copy(struct msrc *s, uint64_t to, uint64_t from, uint64_t len);
 /* The descriptor of a memfd source (-1 for the other kinds). */

@@ -436,6 +436,7 @@ void hfs_release(struct hfs_inode *i, int flags)
 struct iov_arg {
 	struct iovec *iov;
 	int n, max;
+	uint64_t mapped; /* pieces mapped so far (each to be unmapped) */
 };
 
 static int iov_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
@@ -444,7 +445,8 @@ static int iov_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
 	char *p = msrc_map(s, hoff, n);
 
 	if (!p)
-		return -ENXIO; /* memory this process does not map: read through the source */
+		return -ENXIO; /* memory the source cannot map now: read through it */
+	a->mapped++;
 	if (a->n && (char *)a->iov[a->n - 1].iov_base + a->iov[a->n - 1].iov_len == p) {
 		a->iov[a->n - 1].iov_len += n;
 		return 0;
@@ -452,6 +454,25 @@ static int iov_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
 	if (a->n == a->max)
 		return -E2BIG;
 	a->iov[a->n++] = (struct iovec){ .iov_base = p, .iov_len = n };
+	return 0;
+}
+
+/* A source whose maps pin memory (donor windows): the pieces a read mapped stay pinned
+ * until its reply is sent, hfs_read_end on the same thread (ops.c op_read). */
+static __thread struct {
+	uint64_t off, len;
+	bool pinned;
+} rd;
+
+/* Unmap the first *left pieces of a span. */
+static int unmap_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
+{
+	uint64_t *left = arg;
+
+	if (!*left)
+		return 1;
+	--*left;
+	msrc_unmap(s, hoff, n);
 	return 0;
 }
 
@@ -471,6 +492,7 @@ ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec 
 	char *dst;
 	int ret;
 
+	rd.pinned = false;
 	*bounce = NULL;
 	*niov = 0;
 	if (i->kind != HFS_REG)
@@ -482,8 +504,12 @@ ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec 
 		len = i->size - (uint64_t)off;
 	if (for_span(i, (uint64_t)off, len, iov_fn, &a) == 0) {
 		*niov = a.n;
+		if (msrc_map_pins(src_of(i)))
+			rd.off = (uint64_t)off, rd.len = len, rd.pinned = true;
 		return (ssize_t)len;
 	}
+	if (a.mapped && msrc_map_pins(src_of(i)))
+		for_span(i, (uint64_t)off, len, unmap_fn, &a.mapped);
 	/* Too many small blocks for one writev, or memory read through its source: copy
 	 * once into a bounce buffer. */
 	dst = *bounce = malloc(len);
@@ -505,6 +531,12 @@ ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec 
 
 void hfs_read_end(struct hfs_inode *i)
 {
+	uint64_t all = UINT64_MAX;
+
+	if (rd.pinned) {
+		for_span(i, rd.off, rd.len, unmap_fn, &all);
+		rd.pinned = false;
+	}
 	pthread_rwlock_unlock(&i->lock);
 }
 

@@ -642,7 +642,7 @@ int hfs_pool_start(void)
 	for (unsigned k = 0; k <= pool.nslots; k++)
 		pool.s[k].conn = -1;
 	pthread_cond_init(&pool.changed, NULL);
-	ret = msrc_donor_open(pool.size, pool.own, pool.ds, pool.nslots, &pool.src);
+	ret = msrc_donor_open(pool.size, pool.own, pool.ds, pool.nslots, pool.own, &pool.src);
 	if (ret)
 		goto fail;
 	if (pool.own) { /* the daemon's own share: a memfd it fills on demand */
