@@ -524,6 +524,23 @@ static void *pool_thread(void *arg)
 	return NULL;
 }
 
+/* A listening socket bound to path: its fd, or -errno. */
+static int listen_on(const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), ret;
+
+	if (fd < 0)
+		return -errno;
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 16) < 0) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	return fd;
+}
+
 /* Bind the pool socket.  A path that exists and is not a socket is an error (exit 2); a
  * socket nobody listens on is stale and replaced; one another mount serves stays theirs
  * and this mount uses PATH.PID (.heapfs/donors names it). */
@@ -566,16 +583,30 @@ static int sock_open(const char *want)
 			mkdir(dir, 0755); /* /run/heapfs: the default's directory */
 		}
 	}
-	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	snprintf(a.sun_path, sizeof(a.sun_path), "%s", pool.path);
-	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 16) < 0) {
-		ret = -errno;
+	fd = listen_on(pool.path);
+	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT) {
+		/* a user who may not create it (the default is root's /run/heapfs): a path of
+		 * this user's own, so the mount still works; .heapfs/donors names it */
+		const char *rt = getenv("XDG_RUNTIME_DIR");
+		char want2[sizeof(pool.path)];
+
+		if (rt && *rt)
+			ret = snprintf(want2, sizeof(want2), "%s/heapfs-pool.%d.sock", rt,
+				       (int)getpid());
+		else
+			ret = snprintf(want2, sizeof(want2), "/tmp/heapfs-pool.%u.%d.sock",
+				       (unsigned)getuid(), (int)getpid());
+		if (ret < (int)sizeof(want2)) {
+			fprintf(stderr, "heapfs: pool: cannot create %s (%s); using %s\n", pool.path,
+				strerror(-fd), want2);
+			memcpy(pool.path, want2, sizeof(pool.path));
+			fd = listen_on(pool.path);
+		}
+	}
+	if (fd < 0) {
 		fprintf(stderr, "heapfs: pool: cannot listen on %s: %s\n", pool.path,
-			strerror(errno));
-		close(fd);
-		return ret;
+			strerror(-fd));
+		return fd;
 	}
 	/* connectable by anyone: SO_PEERCRED, not a permission error, refuses others */
 	chmod(pool.path, 0666);

@@ -418,3 +418,19 @@ def test_external_donor_in_another_cgroup_serves_past_the_daemons_limit(mount_fa
                     break
                 except OSError:
                     time.sleep(0.1)
+
+
+def test_a_socket_path_that_cannot_be_made_falls_back_to_a_private_one(mount_factory):
+    """What an ordinary user meets with the default /run/heapfs/pool.sock: the mount
+    works, on a socket of its own that .heapfs/donors names (test_privilege mounts as
+    such a user)."""
+    m = mount_factory(pool_conf(sock="/proc/no-such-dir/pool.sock"))
+    sock = donors(m)["socket"]
+    assert sock.endswith(f".{m.pid}.sock") and "heapfs-pool." in sock, sock
+    assert os.path.exists(sock)
+    assert "cannot create /proc/no-such-dir/pool.sock" in m.stderr_text()
+    ext = start_donor("--mount", m.path, "--size", "32M")
+    wait_donors(m, 1, "a donor joined through the fallback socket")
+    m.stop()
+    assert ext.wait(5) == 0
+    assert not os.path.exists(sock)
