@@ -55,6 +55,7 @@
 #define POOL_JOIN_TIMEOUT_S 1              /* a peer gets this long to send its header */
 #define POOL_WAIT_NS (30ll * 1000000000)   /* how long a growth waits for donors */
 #define DONOR_IDLE_NS (10ll * 1000000000)  /* a spawned donor never used goes after this */
+#define POOL_QUIET_NS (1000000000ll)       /* no release within this long of a growth */
 #define MAX_ZOMBIES 1024
 
 enum slot_state { S_FREE, S_STARTING, S_ACTIVE, S_GONE, S_RELEASING };
@@ -79,6 +80,7 @@ static struct {
 	pthread_mutex_t lock;
 	pthread_cond_t changed;
 	unsigned growers, failures;
+	_Atomic int64_t last_grow; /* when a file last grew (monotonic ns) */
 	pid_t zombies[MAX_ZOMBIES]; /* spawned donors not reaped yet */
 	unsigned nzombies;
 	int lfd, stopfd;
@@ -246,6 +248,9 @@ static void pool_room(struct hfs_heap *h, uint64_t bytes)
 	unsigned failures;
 
 	(void)h;
+	/* a growth that found room allocates after this returns: no donor may be claimed
+	 * back under it meanwhile (__release_idle waits for a quiet second) */
+	atomic_store_explicit(&pool.last_grow, now_ns(), memory_order_relaxed);
 	if (__avail() >= bytes)
 		return;
 	pthread_mutex_lock(&pool.lock);
@@ -447,7 +452,7 @@ static void __release_idle(void)
 
 	bool drained = false;
 
-	if (pool.growers)
+	if (pool.growers || now - atomic_load(&pool.last_grow) < POOL_QUIET_NS)
 		return;
 	if (atomic_exchange(&pool.h->freed, 0)) {
 		buddy_drain(pool.h->b);
