@@ -34,6 +34,7 @@ bench: build
 	$(PYTHON) tests/bench/fsbench.py --heapfs $(BUILD)/fs/heapfs
 	@echo "--- the same small-request jobs with the experimental -o io_uring transport:"
 	$(PYTHON) tests/bench/fsbench.py --heapfs $(BUILD)/fs/heapfs --heapfs-opts io_uring --only rand,files
+	$(PYTHON) tests/bench/poolbench.py --heapfs $(BUILD)/fs/heapfs
 	$(PYTHON) tests/bench/clientbench.py --heapfs $(BUILD)/fs/heapfs --bench $(BUILD)/tests/bench/client-bench
 
 run: build

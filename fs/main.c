@@ -30,6 +30,7 @@
 
 #include "client_i.h"
 #include "edge_i.h"
+#include "pool_i.h"
 
 struct hfs_fs hfs;
 
@@ -268,7 +269,8 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 		fprintf(stderr, "heapfs: cannot enable FUSE over io_uring; using /dev/fuse\n");
 	if (fuse_session_mount(se, cmd->mountpoint))
 		goto out_signals;
-	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground) || hfs_housekeeper_start())
+	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground) || hfs_housekeeper_start() ||
+	    hfs_pool_run())
 		goto out_unmount;
 	session = se;
 	hfs_client_inval = client_inval;
@@ -366,10 +368,11 @@ int main(int argc, char *argv[])
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));
 		ret = 1;
-	} else if (hfs_objects_start() || hfs_images_load()) {
-		ret = 2; /* a bad image: said why; nothing mounted */
+	} else if (hfs_objects_start() || hfs_images_load() || hfs_pool_start()) {
+		ret = 2; /* a bad image or pool socket: said why; nothing mounted */
 	} else {
 		ret = run(&args, &cmd);
+		hfs_pool_stop(); /* releases the donors */
 		if (hfs_objects_stop() && !ret)
 			ret = 1;
 	}

@@ -25,6 +25,7 @@
 
 #include "client_i.h"
 #include "fs_i.h"
+#include "pool_i.h"
 
 static atomic_size_t held; /* bytes charged to the snapshot budget */
 
@@ -215,7 +216,7 @@ static json_t *partner_json(struct hfs_heap **v, unsigned n)
 
 static json_t *donors_json(void)
 {
-	return json_pack("{s:s?, s:[]}", "socket", hfs.conf->pool.socket, "donors");
+	return hfs_pool_json();
 }
 
 /* An immutable rendering, shared by the opens that saw the same bytes. */
