@@ -36,6 +36,8 @@ bench: build
 	@echo "--- the same small-request jobs with the experimental -o io_uring transport:"
 	$(PYTHON) tests/bench/fsbench.py --heapfs $(BUILD)/fs/heapfs --heapfs-opts io_uring --only rand,files
 	$(PYTHON) tests/bench/replbench.py --heapfs $(BUILD)/fs/heapfs
+	$(PYTHON) tests/bench/poolbench.py --heapfs $(BUILD)/fs/heapfs
+	$(PYTHON) tests/bench/clientbench.py --heapfs $(BUILD)/fs/heapfs --bench $(BUILD)/tests/bench/client-bench
 
 run: build
 	@mkdir -p $(MNT)

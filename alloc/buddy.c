@@ -67,6 +67,7 @@
 
 #include "buddy_i.h"
 #include "chunk.h"
+#include "source.h"
 
 #define ALIGN64(x) (((x) + 63) & ~(uint64_t)63)
 
@@ -105,7 +106,7 @@ static unsigned slot_count(const struct buddy_params *p)
 static int check_params(const struct buddy_params *p)
 {
 	unsigned known = BUDDY_F_PIN | BUDDY_F_MEMFD | BUDDY_F_FD | BUDDY_F_TRACK |
-			 BUDDY_F_NOCACHE | BUDDY_F_NODATA;
+			 BUDDY_F_NOCACHE | BUDDY_F_NODATA | BUDDY_F_SOURCE;
 
 	if (!p || p->heap_order > BUDDY_MAX_ORDER || p->min_order < BUDDY_MIN_MIN_ORDER ||
 	    p->min_order > BUDDY_MAX_MIN_ORDER || p->min_order > p->heap_order ||
@@ -116,6 +117,9 @@ static int check_params(const struct buddy_params *p)
 	if ((p->flags & BUDDY_F_NODATA) && (p->flags & (BUDDY_F_MEMFD | BUDDY_F_FD | BUDDY_F_PIN)))
 		return -EINVAL;
 	if ((p->flags & BUDDY_F_FD) && (p->fd < 0 || (p->fd_offset & 4095)))
+		return -EINVAL;
+	if ((p->flags & BUDDY_F_SOURCE) &&
+	    (!p->src || (p->flags & (BUDDY_F_MEMFD | BUDDY_F_FD | BUDDY_F_NODATA | BUDDY_F_PIN))))
 		return -EINVAL;
 	return 0;
 }
@@ -705,7 +709,7 @@ out:
 
 /* A handle on laid-out metadata: map the data (fd: see chunk_map_open). */
 static int open_handle(struct buddy_meta *m, size_t meta_size, int fd, const char *name,
-		       struct buddy **out)
+		       struct msrc *src, struct buddy **out)
 {
 	struct buddy *b = calloc(1, sizeof(*b));
 	int ret = -ENOMEM;
@@ -717,7 +721,7 @@ static int open_handle(struct buddy_meta *m, size_t meta_size, int fd, const cha
 	bind_handle(b);
 	ret = chunk_map_open(&b->cm, (struct chunk_table *)((char *)m + m->chunk_off),
 			     m->heap_order, m->chunk_order, m->nchunks, m->flags, fd,
-			     m->fd_offset, name);
+			     m->fd_offset, name, src);
 	if (ret < 0)
 		goto fail_handle;
 	*out = b;
@@ -748,7 +752,8 @@ static int init_meta(const struct buddy_params *p, unsigned nslots, void *meta,
 	m->meta_size = need;
 	chunk_table_init((struct chunk_table *)((char *)m + m->chunk_off), m->chunk_order,
 			 m->nchunks);
-	ret = open_handle(m, meta_size, (p->flags & BUDDY_F_FD) ? p->fd : -1, p->name, out);
+	ret = open_handle(m, meta_size, (p->flags & BUDDY_F_FD) ? p->fd : -1, p->name, p->src,
+			  out);
 	if (ret == 0)
 		publish(*out, m->heap_order, 0); /* the whole heap: one free block */
 out:
@@ -825,12 +830,13 @@ int buddy_attach(void *meta, size_t meta_size, int data_fd, struct buddy **out)
 	struct buddy_meta *m = meta;
 	bool has_fd;
 
-	if (!m || ((uintptr_t)meta & 63) || !meta_ok(m, meta_size))
+	if (!m || ((uintptr_t)meta & 63) || !meta_ok(m, meta_size) ||
+	    (m->flags & BUDDY_F_SOURCE))
 		return -EINVAL;
 	has_fd = m->flags & (BUDDY_F_MEMFD | BUDDY_F_FD);
 	if (has_fd && data_fd < 0)
 		return -EBADF;
-	return open_handle(m, meta_size, has_fd ? data_fd : -1, NULL, out);
+	return open_handle(m, meta_size, has_fd ? data_fd : -1, NULL, NULL, out);
 }
 
 void buddy_destroy(struct buddy *b)
@@ -851,6 +857,11 @@ void *buddy_ptr(const struct buddy *b, uint64_t off)
 int buddy_data_fd(const struct buddy *b)
 {
 	return b->cm.fd;
+}
+
+struct msrc *buddy_source(const struct buddy *b)
+{
+	return b->cm.src;
 }
 
 unsigned buddy_heap_order(const struct buddy *b)
@@ -918,7 +929,7 @@ void buddy_stats(struct buddy *b, struct buddy_stats *st)
 		st->chunks_idle += (s & CHUNK_IDLE) != 0;
 	}
 	st->chunks_released = atomic_load(&b->cm.t->released);
-	st->pin_failures = atomic_load(&b->cm.pin_failures);
+	st->pin_failures = b->cm.src ? msrc_pin_failures(b->cm.src) : 0;
 	st->metadata_bytes = m->meta_size;
 }
 

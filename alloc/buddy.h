@@ -35,6 +35,10 @@
                                      buddy_walk() reports used blocks with their order */
 #define BUDDY_F_NOCACHE (1u << 4) /* no per-CPU caches in front of the shared free structures */
 #define BUDDY_F_NODATA  (1u << 5) /* offsets only, no data memory (chunks still counted) */
+#define BUDDY_F_SOURCE  (1u << 6) /* data in the caller's memory source (source.h), which
+				     outlives the heap; no buddy_attach */
+
+struct msrc;
 
 struct buddy; /* process-local handle */
 
@@ -46,6 +50,7 @@ struct buddy_params {
 	int fd;               /* with BUDDY_F_FD */
 	uint64_t fd_offset;   /* with BUDDY_F_FD */
 	const char *name;     /* memfd name (shows in /proc/PID/maps); may be NULL */
+	struct msrc *src;     /* with BUDDY_F_SOURCE */
 	unsigned nslots;      /* per-CPU slots, 1..BUDDY_MAX_SLOTS; 0: one per configured CPU
 				 (capped); CPU c uses slot c % nslots */
 };
@@ -77,6 +82,9 @@ int buddy_free(struct buddy *b, uint64_t off, unsigned order);
 
 void *buddy_ptr(const struct buddy *b, uint64_t off);
 int buddy_data_fd(const struct buddy *b); /* memfd/fd of the data, or -1 for anonymous */
+/* The heap's memory source: every read, write and zeroing of heap bytes goes through it
+ * (NULL with BUDDY_F_NODATA). */
+struct msrc *buddy_source(const struct buddy *b);
 unsigned buddy_heap_order(const struct buddy *b);
 unsigned buddy_min_order(const struct buddy *b);
 

@@ -1,11 +1,10 @@
 /*
- * chunk.c — data memory of a buddy heap: reservation, lazy commit and release in chunks.
+ * chunk.c — data memory of a buddy heap: lazy commit and release in chunks.
  *
- * The heap's bytes are one mapping made up front (anonymous MAP_NORESERVE, or MAP_SHARED
- * of a memfd / the caller's fd), so "commit" is only the first touch (plus mlock() with
- * BUDDY_F_PIN) and "release" gives the pages back: MADV_DONTNEED for anonymous private
- * memory, FALLOC_FL_PUNCH_HOLE for file-backed memory (which also drops the pages from
- * every other process mapping them).
+ * The heap's bytes come from a memory source (source.h): anonymous or memfd memory the
+ * heap opens itself, or the caller's source (BUDDY_F_SOURCE: donor memory).  A chunk's
+ * first hold commits it through the source and the last unhold releases it through the
+ * source, which knows how (MADV_DONTNEED, FALLOC_FL_PUNCH_HOLE, or keeping a donor's pages).
  *
  * Accounting: the buddy layer calls chunk_hold() when a block leaves its shared free
  * structures and chunk_unhold() before a block goes back into them.  Lock-free: one CAS
@@ -14,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -21,8 +21,7 @@
 
 #include "buddy_i.h"
 #include "chunk.h"
-
-#define HUGE_ORDER 21 /* x86-64 and arm64 (4K pages) PMD huge page: 2 MiB */
+#include "source.h"
 
 size_t chunk_table_size(uint64_t nchunks)
 {
@@ -40,55 +39,11 @@ void chunk_table_init(struct chunk_table *t, unsigned chunk_order, uint64_t nchu
 	}
 }
 
-static int map_fd_data(struct chunk_map *cm)
-{
-	struct stat st;
-
-	if (fstat(cm->fd, &st) < 0)
-		return -errno;
-	if ((uint64_t)st.st_size < cm->fd_offset + cm->size &&
-	    ftruncate(cm->fd, (off_t)(cm->fd_offset + cm->size)) < 0)
-		return -errno;
-	cm->base = mmap(NULL, cm->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-			cm->fd, (off_t)cm->fd_offset);
-	if (cm->base == MAP_FAILED) {
-		cm->base = NULL;
-		return -errno;
-	}
-	return 0;
-}
-
-/* Anonymous private data.  When a chunk is a whole number of huge pages, the mapping is
- * aligned to the huge page size and asks for transparent huge pages: committing a chunk
- * then takes it from the OS in 2 MiB pages (one fault instead of 512), which is what the
- * chunk policy says anyway, and releasing a chunk frees whole huge pages. */
-static int map_anon_data(struct chunk_map *cm)
-{
-	uint64_t extra = cm->chunk_order >= HUGE_ORDER ? 1ull << HUGE_ORDER : 0;
-	char *p = mmap(NULL, cm->size + extra, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	uintptr_t head;
-
-	if (p == MAP_FAILED)
-		return -errno;
-	if (extra) {
-		head = (((uintptr_t)p + extra - 1) & ~(uintptr_t)(extra - 1)) - (uintptr_t)p;
-		if (head)
-			munmap(p, head);
-		if (extra - head)
-			munmap(p + head + cm->size, extra - head);
-		p += head;
-		/* advisory: without THP the heap works the same with small pages */
-		madvise(p, cm->size, MADV_HUGEPAGE);
-	}
-	cm->base = p;
-	return 0;
-}
-
 int chunk_map_open(struct chunk_map *cm, struct chunk_table *t, unsigned heap_order,
 		   unsigned chunk_order, uint64_t nchunks, unsigned flags, int fd,
-		   uint64_t fd_offset, const char *name)
+		   uint64_t fd_offset, const char *name, struct msrc *src)
 {
+	bool pin = flags & BUDDY_F_PIN;
 	int ret = 0;
 
 	memset(cm, 0, sizeof(*cm));
@@ -99,49 +54,41 @@ int chunk_map_open(struct chunk_map *cm, struct chunk_table *t, unsigned heap_or
 	cm->fd = -1;
 	cm->flags = flags;
 	cm->fd_offset = fd_offset;
-	atomic_init(&cm->pin_failures, 0);
 	if (flags & BUDDY_F_NODATA)
 		goto out;
-	if (!(flags & (BUDDY_F_MEMFD | BUDDY_F_FD))) {
-		ret = map_anon_data(cm);
+	if (flags & BUDDY_F_SOURCE) {
+		if (!src)
+			return -EINVAL;
+		cm->src = src; /* the caller's: not closed here */
+	} else if (flags & (BUDDY_F_MEMFD | BUDDY_F_FD)) {
+		if (fd < 0 && !(flags & BUDDY_F_MEMFD))
+			return -EBADF;
+		ret = msrc_memfd_open(cm->size, fd, fd_offset, pin, name, &cm->src);
+		cm->own_src = true;
+	} else {
+		ret = msrc_anon_open(cm->size, chunk_order, pin, &cm->src);
+		cm->own_src = true;
+	}
+	if (ret < 0) {
+		cm->src = NULL;
+		cm->own_src = false;
 		goto out;
 	}
-	if (fd < 0 && (flags & BUDDY_F_MEMFD)) {
-		fd = memfd_create(name ? name : "heapfs", MFD_CLOEXEC);
-		if (fd < 0) {
-			ret = -errno;
-			goto out;
-		}
-		cm->own_fd = true;
-	}
-	if (fd < 0) {
-		ret = -EBADF;
-		goto out;
-	}
-	cm->fd = fd;
-	ret = map_fd_data(cm);
-	if (ret < 0)
-		goto fail_fd;
-	goto out;
-
-fail_fd:
-	if (cm->own_fd)
-		close(cm->fd);
-	cm->fd = -1;
-	cm->own_fd = false;
+	/* buddy_ptr() reads the mapping directly: NULL for a source that maps nothing */
+	cm->base = msrc_map(cm->src, 0, cm->size);
+	cm->fd = msrc_fd(cm->src);
 out:
 	return ret;
 }
 
 void chunk_map_close(struct chunk_map *cm)
 {
-	if (cm->base)
-		munmap(cm->base, cm->size);
-	if (cm->own_fd)
-		close(cm->fd);
+	if (cm->own_src)
+		msrc_close(cm->src);
+	cm->src = NULL;
 	cm->base = NULL;
 	cm->fd = -1;
-	cm->own_fd = false;
+	cm->own_src = false;
 }
 
 static uint64_t chunk_bytes(const struct chunk_map *cm)
@@ -151,27 +98,14 @@ static uint64_t chunk_bytes(const struct chunk_map *cm)
 
 static void chunk_commit(struct chunk_map *cm, uint64_t idx)
 {
-	uint64_t cs = chunk_bytes(cm);
-
-	if (cm->base && (cm->flags & BUDDY_F_PIN) && mlock(cm->base + idx * cs, cs) < 0)
-		atomic_fetch_add_explicit(&cm->pin_failures, 1, memory_order_relaxed);
+	if (cm->src)
+		msrc_commit(cm->src, idx * chunk_bytes(cm), chunk_bytes(cm));
 }
 
 static void chunk_release(struct chunk_map *cm, uint64_t idx)
 {
-	uint64_t cs = chunk_bytes(cm);
-	char *addr = cm->base ? cm->base + idx * cs : NULL;
-
-	/* A chunk smaller than a page shares its page with neighbours: count it only. */
-	if (!addr || cs < (uint64_t)sysconf(_SC_PAGESIZE))
-		return;
-	if (cm->flags & BUDDY_F_PIN)
-		munlock(addr, cs);
-	if (cm->fd < 0)
-		madvise(addr, cs, MADV_DONTNEED);
-	else if (fallocate(cm->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-			   (off_t)(cm->fd_offset + idx * cs), (off_t)cs) < 0)
-		madvise(addr, cs, MADV_REMOVE); /* same effect where fallocate is refused */
+	if (cm->src)
+		msrc_release(cm->src, idx * chunk_bytes(cm), chunk_bytes(cm));
 }
 
 /* Loop over the chunks [off, off+len) spans; n: the bytes of the block in each. */
@@ -292,4 +226,14 @@ uint64_t chunk_generation(const struct buddy *b, uint64_t index)
 	if (index >= b->cm.nchunks)
 		return 0;
 	return atomic_load((_Atomic uint64_t *)&t->slot[index].gen);
+}
+
+int chunk_gen_layout(const struct buddy *b, uint64_t *off, uint64_t *stride)
+{
+	if (b->own_meta)
+		return -EINVAL; /* private metadata: no one else can map it */
+	*off = b->meta->chunk_off + offsetof(struct chunk_table, slot) +
+	       offsetof(struct chunk_slot, gen);
+	*stride = sizeof(struct chunk_slot);
+	return 0;
 }

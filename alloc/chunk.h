@@ -41,5 +41,9 @@ int64_t chunk_index_of(const struct buddy *b, uint64_t off);
 int chunk_describe(const struct buddy *b, uint64_t index, struct chunk_desc *d);
 /* Generation of chunk index (0 for an index out of range: never registered). */
 uint64_t chunk_generation(const struct buddy *b, uint64_t index);
+/* Where the generations lie in the metadata of a heap made by buddy_create_at, for another
+ * process that maps that metadata read-only (libheapfs): chunk i's generation is the
+ * 64-bit atomic at byte *off + i * *stride.  -EINVAL for private metadata (buddy_create). */
+int chunk_gen_layout(const struct buddy *b, uint64_t *off, uint64_t *stride);
 
 #endif

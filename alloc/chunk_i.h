@@ -48,22 +48,24 @@ struct chunk_map {
 	/* geometry, from the validated metadata: never read back from the (shared) table */
 	unsigned chunk_order;
 	uint64_t nchunks;
-	char *base;         /* data mapping, NULL with BUDDY_F_NODATA */
+	char *base;         /* data mapping, NULL with BUDDY_F_NODATA or an unmapped source */
 	uint64_t size;      /* heap bytes */
 	int fd;             /* memfd / caller's fd, -1 for anonymous */
-	bool own_fd;        /* memfd we created: closed by chunk_map_close */
 	uint64_t fd_offset;
 	unsigned flags;     /* BUDDY_F_* */
-	_Atomic uint64_t pin_failures; /* mlock() refusals in this process */
+	struct msrc *src;   /* where the bytes live (source.h), NULL with BUDDY_F_NODATA */
+	bool own_src;       /* opened here: closed by chunk_map_close */
 };
 
 size_t chunk_table_size(uint64_t nchunks);
 void chunk_table_init(struct chunk_table *t, unsigned chunk_order, uint64_t nchunks);
 
-/* Map the data: create (memfd made here when BUDDY_F_MEMFD and fd < 0) or attach (fd given). */
+/* Open the data's source: create (memfd made here when BUDDY_F_MEMFD and fd < 0), attach
+ * (fd given), or the caller's src (BUDDY_F_SOURCE). */
+struct msrc;
 int chunk_map_open(struct chunk_map *cm, struct chunk_table *t, unsigned heap_order,
 		   unsigned chunk_order, uint64_t nchunks, unsigned flags, int fd,
-		   uint64_t fd_offset, const char *name);
+		   uint64_t fd_offset, const char *name, struct msrc *src);
 void chunk_map_close(struct chunk_map *cm);
 
 /* Count len bytes at off (one block) as held / no longer held by their chunks.  park: the

@@ -74,6 +74,7 @@ static const char default_text[] =
 	"  replicate = none     # none | async | sync (needs a partner section)\n"
 	"  image     = \"\"       # if set: loaded at mount if it exists, saved at unmount\n"
 	"  inodes    = 0        # most files+dirs+links; 0: size / 8K, within 1024 .. 1048576\n"
+	"  direct_map = false   # true: libheapfs clients may map this heap's memory\n"
 	"}\n"
 	"\n"
 	"# the named-object segment: MOUNT/objects/NAME\n"
@@ -82,6 +83,7 @@ static const char default_text[] =
 	"  min_block = 64\n"
 	"  writers   = single\n"
 	"  image     = \"\"\n"
+	"  direct_map = false\n"
 	"}\n"
 	"\n"
 	"# memory pooled from donor processes: MOUNT/pool/NAME\n"
@@ -643,6 +645,7 @@ static cfg_opt_t heap_opts[] = {
 	OPT_NUM("replicate", CONF_REPLICATE_NONE, cb_enum),
 	OPT_STR("image", ""),
 	OPT_NUM("inodes", 0, cb_inodes),
+	OPT_BOOL("direct_map", cfg_false),
 	CFG_END()
 };
 
@@ -651,6 +654,7 @@ static cfg_opt_t objects_opts[] = {
 	OPT_NUM("min_block", DEF_OBJ_MIN_BLOCK, cb_block),
 	OPT_NUM("writers", CONF_WRITERS_SINGLE, cb_enum),
 	OPT_STR("image", ""),
+	OPT_BOOL("direct_map", cfg_false),
 	CFG_END()
 };
 
@@ -849,6 +853,7 @@ static void build_heap(struct load_ctx *ctx, struct conf *c, cfg_t *h, bool part
 	out->writers = (enum conf_writers)cfg_getint(h, "writers");
 	out->replicate = (enum conf_replicate)cfg_getint(h, "replicate");
 	out->pin = cfg_getbool(h, "pin");
+	out->direct_map = cfg_getbool(h, "direct_map");
 	out->inodes = (uint64_t)cfg_getint(h, "inodes");
 	out->image = dup_nonempty(cfg_getstr(h, "image"), ctx);
 	/* a rejected value or a bad default_heap_size is reported already: no follow-ons */
@@ -869,6 +874,7 @@ static void build_objects(struct load_ctx *ctx, cfg_t *o, struct conf_objects *o
 	out->size = round_pow2(size);
 	out->min_block = (uint64_t)cfg_getint(o, "min_block");
 	out->writers = (enum conf_writers)cfg_getint(o, "writers");
+	out->direct_map = cfg_getbool(o, "direct_map");
 	out->image = dup_nonempty(cfg_getstr(o, "image"), ctx);
 	if (!(s && s->bad))
 		check_heap_size(ctx, o, "objects: ", size,
@@ -1138,6 +1144,7 @@ int conf_heap_defaults(const struct conf *c, const char *name, struct conf_heap 
 		.writers = CONF_WRITERS_MANY,
 		.replicate = CONF_REPLICATE_NONE,
 		.pin = false,
+		.direct_map = false,
 		.inodes = 0,
 		.image = NULL,
 		.line = 0,

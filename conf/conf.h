@@ -45,6 +45,7 @@ struct conf_heap {
 	enum conf_writers writers;
 	enum conf_replicate replicate;
 	bool pin;
+	bool direct_map;    /* libheapfs clients may map the heap's memory (a memfd) */
 	uint64_t inodes;    /* most inodes (files, dirs, links) in the heap; 0: derived */
 	char *image;        /* NULL when unset/empty */
 	int line;           /* where it was declared (0 for heaps made at run time) */
@@ -54,6 +55,7 @@ struct conf_objects {
 	uint64_t size;      /* power of two */
 	uint64_t min_block;
 	enum conf_writers writers;
+	bool direct_map;    /* libheapfs clients may map the segment (find without a round trip) */
 	char *image;        /* NULL when unset */
 };
 

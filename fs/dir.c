@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "fs_i.h"
+#include "pool_i.h"
 
 #define KIND(k) (1u << (k))
 #define ALL_KINDS (KIND(HFS_DIR) | KIND(HFS_REG) | KIND(HFS_LNK) | KIND(HFS_SPECIAL))
@@ -63,6 +64,7 @@ static const struct hfs_ns_ops ns_table[HFS_R_N] = {
 	[HFS_R_OBJECTS] = { .kinds = KIND(HFS_REG), .heap = hfs_objects_heap,
 			    .init = hfs_obj_init, .added = __hfs_obj_added,
 			    .removed = __hfs_obj_removed },
+	[HFS_R_POOL] = { .kinds = KIND(HFS_REG), .heap = hfs_pool_heap },
 };
 
 static const struct hfs_ns_ops *ns_of(const struct hfs_inode *dir)
@@ -625,12 +627,13 @@ int hfs_mount_tree(void)
 	hfs_iref(hfs.root, 1);
 	hfs.heaps = __hfs_fixed_add(hfs.root, "heaps", HFS_DIR, dmode, 0);
 	hfs.objects = __hfs_fixed_add(hfs.root, "objects", HFS_DIR, S_IFDIR | 01777, 0);
-	hfs.pool = __hfs_fixed_add(hfs.root, "pool", HFS_DIR, dmode, 0);
+	hfs.pool = __hfs_fixed_add(hfs.root, "pool", HFS_DIR, S_IFDIR | 01777, 0);
 	hfs.dot = __hfs_fixed_add(hfs.root, ".heapfs", HFS_DIR, rodir, 0);
 	if (!hfs.heaps || !hfs.objects || !hfs.pool || !hfs.dot)
 		goto out;
 	hfs.heaps->dir.role = HFS_R_HEAPS;
 	hfs.objects->dir.role = HFS_R_OBJECTS;
+	hfs.pool->dir.role = HFS_R_POOL;
 	hfs.dot_heaps = __hfs_fixed_add(hfs.dot, "heaps", HFS_DIR, rodir, 0);
 	hfs.dot_maps = __hfs_fixed_add(hfs.dot, "maps", HFS_DIR, rodir, 0);
 	hfs.dot_images = __hfs_fixed_add(hfs.dot, "images", HFS_DIR, rodir, 0);

@@ -25,11 +25,10 @@
 #include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
+#include "client_i.h"
 #include "fs_i.h"
-
-#define ZERO_MADVISE_MIN (256 * 1024) /* below this memset beats a syscall */
+#include "source.h"
 
 static inline uint64_t blk(unsigned order)
 {
@@ -44,6 +43,13 @@ static unsigned floor_log2(uint64_t v)
 static struct buddy *heap_of(struct hfs_inode *i)
 {
 	return i->heap->b;
+}
+
+/* The heap's memory: every byte of file data is read, written and zeroed through it
+ * (alloc/source.h), whatever backs the heap. */
+static struct msrc *src_of(struct hfs_inode *i)
+{
+	return buddy_source(i->heap->b);
 }
 
 /* Index of the extent that holds file offset off (< cap). */
@@ -107,11 +113,11 @@ static int64_t alloc_block(struct hfs_inode *i, unsigned order)
 	return off == -ENOMEM ? -ENOSPC : off;
 }
 
-/* Calls fn for each piece of file range [off, off + len) (within cap) in heap memory. */
-typedef int (*span_fn)(void *arg, char *p, size_t n);
+/* Calls fn for each piece of file range [off, off + len) (within cap): its heap offset. */
+typedef int (*span_fn)(void *arg, struct msrc *s, uint64_t hoff, size_t n);
 static int for_span(struct hfs_inode *i, uint64_t off, uint64_t len, span_fn fn, void *arg)
 {
-	struct buddy *b = heap_of(i);
+	struct msrc *s = src_of(i);
 	size_t k = ext_find(i, off);
 	int ret = 0;
 
@@ -121,69 +127,64 @@ static int for_span(struct hfs_inode *i, uint64_t off, uint64_t len, span_fn fn,
 
 		if (n > len)
 			n = len;
-		ret = fn(arg, buddy_ptr(b, e->hoff + in), n);
+		ret = fn(arg, s, e->hoff + in, n);
 		off += n;
 		len -= n;
 	}
 	return ret;
 }
 
-struct zero_arg {
-	bool madv;
-};
-
-static int zero_fn(void *arg, char *p, size_t n)
+/* The source knows how to zero its memory (anonymous pages: handed back to the kernel). */
+static int zero_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
 {
-	struct zero_arg *z = arg;
-	uintptr_t a = (uintptr_t)p, pg = 4096;
-	uintptr_t s = (a + pg - 1) & ~(pg - 1), e = (a + n) & ~(pg - 1);
-
-	/* Whole pages of anonymous, unpinned memory: let the kernel hand back zero pages
-	 * instead of touching (and committing) them. */
-	if (z->madv && e > s && e - s >= ZERO_MADVISE_MIN &&
-	    madvise((void *)s, e - s, MADV_DONTNEED) == 0) {
-		memset(p, 0, s - a);
-		memset((void *)e, 0, a + n - e);
-		return 0;
-	}
-	memset(p, 0, n);
-	return 0;
+	(void)arg;
+	return msrc_zero(s, hoff, n);
 }
 
-static void __zero(struct hfs_inode *i, uint64_t from, uint64_t to)
+static int __zero(struct hfs_inode *i, uint64_t from, uint64_t to)
 {
-	struct zero_arg z = { .madv = !i->heap->pol.pin && buddy_data_fd(heap_of(i)) < 0 };
-
-	if (to > from)
-		for_span(i, from, to - from, zero_fn, &z);
+	return to > from ? for_span(i, from, to - from, zero_fn, NULL) : 0;
 }
 
 struct copy_arg {
 	const char *src;
 };
 
-static int copy_in_fn(void *arg, char *p, size_t n)
+static int copy_in_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
 {
 	struct copy_arg *c = arg;
+	int ret = msrc_write(s, c->src, hoff, n);
 
-	memcpy(p, c->src, n);
 	c->src += n;
-	return 0;
+	return ret;
+}
+
+/* Copy heap bytes from hoff (a block being given up) into the file's pieces. */
+static int move_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
+{
+	uint64_t *from = arg;
+	int ret = msrc_copy(s, hoff, *from, n);
+
+	*from += n;
+	return ret;
 }
 
 /* contiguous layout: move to one block of order `order`, keeping `keep` bytes. */
 static int __contig_move(struct hfs_inode *i, unsigned order, uint64_t keep)
 {
-	struct buddy *b = heap_of(i);
 	int64_t off = alloc_block(i, order);
 	struct hfs_ext old;
+	int ret;
 
 	if (off < 0)
 		return (int)off;
 	if (i->file.n) {
 		old = i->file.ext[0];
-		if (keep)
-			memcpy(buddy_ptr(b, off), buddy_ptr(b, old.hoff), keep);
+		ret = keep ? msrc_copy(src_of(i), (uint64_t)off, old.hoff, keep) : 0;
+		if (ret) {
+			free_block(i, (uint64_t)off, order);
+			return ret;
+		}
 		__ext_pop(i, false);
 	}
 	return __ext_push(i, off, order); /* cannot fail: the array has room for one */
@@ -224,9 +225,13 @@ static int __grow(struct hfs_inode *i, uint64_t want, uint64_t need)
 		return -EFBIG; /* a file never outgrows its heap */
 	if (want > blk(top))
 		want = blk(top);
+	if (i->heap->room) /* memory that arrives on demand (pool/: donors) */
+		i->heap->room(i->heap, (want - i->file.cap + blk(min) - 1) & ~(blk(min) - 1));
 	if (need > i->file.cap && !__room_for(i, need))
 		return -ENOSPC;
 	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {
+		if (i->file.n && hfs_client_busy(i))
+			return -EBUSY; /* a client maps the block: it must not move */
 		ret = buddy_order_of(want, min);
 		if (ret < 0)
 			return ret;
@@ -267,10 +272,8 @@ static int __grow(struct hfs_inode *i, uint64_t want, uint64_t need)
 /* After size went down: free blocks wholly past it, refit the tail block. */
 static void __shrink(struct hfs_inode *i)
 {
-	struct buddy *b = heap_of(i);
-	uint64_t size = i->size, minb = blk(i->heap->min_order), used;
+	uint64_t size = i->size, minb = blk(i->heap->min_order), used, from;
 	struct hfs_ext last;
-	struct copy_arg c;
 
 	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {
 		int order = buddy_order_of(size ? size : 1, i->heap->min_order);
@@ -296,8 +299,15 @@ static void __shrink(struct hfs_inode *i)
 		i->file.held += blk(last.order);
 		return;
 	}
-	c.src = buddy_ptr(b, last.hoff);
-	for_span(i, last.foff, used, copy_in_fn, &c);
+	from = last.hoff;
+	if (for_span(i, last.foff, used, move_fn, &from)) { /* could not copy: keep it */
+		while (i->file.n && i->file.ext[i->file.n - 1].foff >= last.foff)
+			__ext_pop(i, false);
+		i->file.ext[i->file.n++] = last;
+		i->file.cap += blk(last.order);
+		i->file.held += blk(last.order);
+		return;
+	}
 	free_block(i, last.hoff, last.order);
 }
 
@@ -336,10 +346,14 @@ static int __truncate(struct hfs_inode *i, uint64_t size)
 
 	if (size > i->size) {
 		ret = __grow(i, size, size);
+		if (!ret)
+			ret = __zero(i, i->size, size);
 		if (ret)
 			return ret;
-		__zero(i, i->size, size);
 		i->size = size;
+	} else if (hfs_client_busy(i)) {
+		if (size < i->size)
+			return -EBUSY; /* mapped blocks neither move nor go (README) */
 	} else if (size < i->size || i->file.cap > size) {
 		i->size = size;
 		__shrink(i);
@@ -446,12 +460,17 @@ void hfs_release(struct hfs_inode *i, int flags)
 struct iov_arg {
 	struct iovec *iov;
 	int n, max;
+	uint64_t mapped; /* pieces mapped so far (each to be unmapped) */
 };
 
-static int iov_fn(void *arg, char *p, size_t n)
+static int iov_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
 {
 	struct iov_arg *a = arg;
+	char *p = msrc_map(s, hoff, n);
 
+	if (!p)
+		return -ENXIO; /* memory the source cannot map now: read through it */
+	a->mapped++;
 	if (a->n && (char *)a->iov[a->n - 1].iov_base + a->iov[a->n - 1].iov_len == p) {
 		a->iov[a->n - 1].iov_len += n;
 		return 0;
@@ -462,13 +481,32 @@ static int iov_fn(void *arg, char *p, size_t n)
 	return 0;
 }
 
-static int copy_out_fn(void *arg, char *p, size_t n)
+/* A source whose maps pin memory (donor windows): the pieces a read mapped stay pinned
+ * until its reply is sent, hfs_read_end on the same thread (ops.c op_read). */
+static __thread struct {
+	uint64_t off, len;
+	bool pinned;
+} rd;
+
+/* Unmap the first *left pieces of a span. */
+static int unmap_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
+{
+	uint64_t *left = arg;
+
+	if (!*left)
+		return 1;
+	--*left;
+	msrc_unmap(s, hoff, n);
+	return 0;
+}
+
+static int copy_out_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
 {
 	char **dst = arg;
+	int ret = msrc_read(s, *dst, hoff, n);
 
-	memcpy(*dst, p, n);
 	*dst += n;
-	return 0;
+	return ret;
 }
 
 ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec *iov,
@@ -476,7 +514,9 @@ ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec 
 {
 	struct iov_arg a = { .iov = iov, .max = *niov };
 	char *dst;
+	int ret;
 
+	rd.pinned = false;
 	*bounce = NULL;
 	*niov = 0;
 	if (i->kind != HFS_REG)
@@ -488,15 +528,26 @@ ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec 
 		len = i->size - (uint64_t)off;
 	if (for_span(i, (uint64_t)off, len, iov_fn, &a) == 0) {
 		*niov = a.n;
+		if (msrc_map_pins(src_of(i)))
+			rd.off = (uint64_t)off, rd.len = len, rd.pinned = true;
 		return (ssize_t)len;
 	}
-	/* Too many small blocks for one writev: copy once into a bounce buffer. */
+	if (a.mapped && msrc_map_pins(src_of(i)))
+		for_span(i, (uint64_t)off, len, unmap_fn, &a.mapped);
+	/* Too many small blocks for one writev, or memory read through its source: copy
+	 * once into a bounce buffer. */
 	dst = *bounce = malloc(len);
 	if (!dst) {
 		pthread_rwlock_unlock(&i->lock);
 		return -ENOMEM;
 	}
-	for_span(i, (uint64_t)off, len, copy_out_fn, &dst);
+	ret = for_span(i, (uint64_t)off, len, copy_out_fn, &dst);
+	if (ret) {
+		free(*bounce);
+		*bounce = NULL;
+		pthread_rwlock_unlock(&i->lock);
+		return ret;
+	}
 	iov[0] = (struct iovec){ .iov_base = *bounce, .iov_len = len };
 	*niov = 1;
 	return (ssize_t)len;
@@ -504,6 +555,12 @@ ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec 
 
 void hfs_read_end(struct hfs_inode *i)
 {
+	uint64_t all = UINT64_MAX;
+
+	if (rd.pinned) {
+		for_span(i, rd.off, rd.len, unmap_fn, &all);
+		rd.pinned = false;
+	}
 	pthread_rwlock_unlock(&i->lock);
 }
 
@@ -530,8 +587,11 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 		len = end - (uint64_t)off;
 	}
 	if ((uint64_t)off > i->size)
-		__zero(i, i->size, (uint64_t)off);
-	for_span(i, (uint64_t)off, len, copy_in_fn, &c);
+		ret = __zero(i, i->size, (uint64_t)off);
+	if (!ret)
+		ret = for_span(i, (uint64_t)off, len, copy_in_fn, &c);
+	if (ret) /* the source failed (EIO): the size stays, the file holds its blocks */
+		goto out;
 	if (end > i->size)
 		i->size = end;
 	__kill_suid(i, who, false);
@@ -564,9 +624,12 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 	if (ret)
 		goto out;
 	if (mode & FALLOC_FL_ZERO_RANGE)
-		__zero(i, (uint64_t)off, end < i->size ? end : i->size);
+		ret = __zero(i, (uint64_t)off, end < i->size ? end : i->size);
+	if (!ret && !(mode & FALLOC_FL_KEEP_SIZE) && end > i->size)
+		ret = __zero(i, i->size, end);
+	if (ret)
+		goto out;
 	if (!(mode & FALLOC_FL_KEEP_SIZE) && end > i->size) {
-		__zero(i, i->size, end);
 		i->size = end;
 		hfs_now(&i->mtime);
 	}

@@ -58,6 +58,7 @@ enum hfs_role {
 	HFS_R_HEAPS,  /* heaps/: mkdir makes a heap, rmdir removes one */
 	HFS_R_FIXED,  /* root, pool/, .heapfs/...: read-only (EPERM) */
 	HFS_R_OBJECTS, /* objects/: flat, regular files only, each one named object */
+	HFS_R_POOL,   /* pool/: flat, regular files only, in donor memory (pool.c) */
 	HFS_R_N,
 };
 
@@ -85,10 +86,13 @@ struct hfs_heap {
 	atomic_uint_fast64_t meta;       /* daemon bytes of its inodes, entries, targets, xattrs */
 	struct hfs_inode *dir;           /* heaps/NAME, NULL once removed (hfs.ns) */
 	struct hfs_inode *st_heap, *st_map, *st_image; /* .heapfs/{heaps,maps,images}/NAME */
+	/* pool/ (pool.c): make `bytes` more bytes available before a file grows (donors) */
+	void (*room)(struct hfs_heap *h, uint64_t bytes);
 	/* held shared by every change of file data or attributes in the heap (namespace
 	 * changes hold hfs.ns): an image snapshot holds it exclusive while it forks */
 	pthread_rwlock_t quiesce;
 	struct hfs_repl_heap *repl;      /* replicated (repl.c): owned here or a mirror */
+	struct hfs_dm *dm;               /* direct_map: shared metadata (client.c), else NULL */
 };
 
 /* One buddy block of a file: file bytes [foff, foff + 2^order) live at heap offset hoff. */
@@ -149,6 +153,7 @@ struct hfs_inode {
 			char *oname;      /* an object's name in the segment map, NULL when
 					     unlinked or not an object */
 			uint32_t oslot;   /* its map slot + 1 (0: none) */
+			atomic_uint maps; /* ranges mapped by libheapfs clients (client.c) */
 		} file;
 		struct { /* HFS_LNK */
 			char *target;
@@ -265,6 +270,9 @@ int hfs_dir_entry(struct hfs_inode *dir, struct hfs_dirsnap *s, size_t idx, bool
 int hfs_heaps_init(void);
 /* A heap of policy pol, in no list (the object segment's): 0 or -errno. */
 int hfs_heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap **out);
+/* The same with its memory from the caller's source (alloc/source.h), kept by the caller. */
+struct msrc;
+int hfs_heap_new_src(const struct conf_heap *pol, struct msrc *src, struct hfs_heap **out);
 int __hfs_heap_mkdir(const char *name, const struct conf_heap *pol, bool from_config,
 		     struct hfs_inode **dir);
 int __hfs_heap_rmdir(struct hfs_inode *dir);

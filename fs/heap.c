@@ -24,6 +24,7 @@
 #include <sys/statvfs.h>
 #include <time.h>
 
+#include "client_i.h"
 #include "fs_i.h"
 
 void hfs_heap_get(struct hfs_heap *h)
@@ -35,6 +36,7 @@ void hfs_heap_put(struct hfs_heap *h)
 {
 	if (atomic_fetch_sub(&h->refs, 1) == 1) {
 		buddy_destroy(h->b);
+		hfs_dm_heap_destroy(h);
 		pthread_rwlock_destroy(&h->quiesce);
 		free(h->pol.image);
 		free(h);
@@ -68,7 +70,8 @@ static unsigned log2_of(uint64_t pow2)
 	return (unsigned)__builtin_ctzll(pow2);
 }
 
-int hfs_heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap **out)
+static int heap_new(const struct conf_heap *pol, bool from_config, struct msrc *src,
+		    struct hfs_heap **out)
 {
 	struct buddy_params bp = { 0 };
 	struct hfs_heap *h = calloc(1, sizeof(*h));
@@ -83,9 +86,10 @@ int hfs_heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap 
 	bp.heap_order = log2_of(pol->size);
 	bp.min_order = h->min_order = log2_of(pol->min_block);
 	bp.chunk_order = log2_of(pol->chunk);
-	bp.flags = BUDDY_F_TRACK | (pol->pin ? BUDDY_F_PIN : 0);
+	bp.flags = BUDDY_F_TRACK | (pol->pin ? BUDDY_F_PIN : 0) | (src ? BUDDY_F_SOURCE : 0);
+	bp.src = src;
 	bp.name = pol->name;
-	ret = buddy_create(&bp, &h->b);
+	ret = pol->direct_map ? hfs_dm_heap_create(h, &bp) : buddy_create(&bp, &h->b);
 	if (ret) {
 		free(h->pol.image);
 		free(h);
@@ -103,6 +107,16 @@ int hfs_heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap 
 	}
 	*out = h;
 	return 0;
+}
+
+int hfs_heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap **out)
+{
+	return heap_new(pol, from_config, NULL, out);
+}
+
+int hfs_heap_new_src(const struct conf_heap *pol, struct msrc *src, struct hfs_heap **out)
+{
+	return heap_new(pol, true, src, out);
 }
 
 static struct hfs_inode *__status_file(struct hfs_inode *dir, struct hfs_heap *h,

@@ -28,7 +28,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "client_i.h"
 #include "edge_i.h"
+#include "pool_i.h"
 
 struct hfs_fs hfs;
 
@@ -243,6 +245,13 @@ static int loop(struct fuse_session *se, struct fuse_cmdline_opts *cmd)
 	return ret;
 }
 
+/* libheapfs: a range written through a client's mapping drops the kernel's pages of it */
+static struct fuse_session *session;
+static void client_inval(hfs_ino_t ino, int64_t off, int64_t len)
+{
+	fuse_lowlevel_notify_inval_inode(session, ino, off, len);
+}
+
 static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 {
 	struct fuse_session *se;
@@ -260,8 +269,15 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 		fprintf(stderr, "heapfs: cannot enable FUSE over io_uring; using /dev/fuse\n");
 	if (fuse_session_mount(se, cmd->mountpoint))
 		goto out_signals;
-	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground) || hfs_housekeeper_start())
+	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground) || hfs_housekeeper_start() ||
+	    hfs_pool_run())
 		goto out_unmount;
+	session = se;
+	hfs_client_inval = client_inval;
+	if (hfs_client_start()) {
+		hfs_housekeeper_stop();
+		goto out_unmount;
+	}
 	if (hfs_repl_start()) /* threads: after daemonizing */
 		goto out_housekeeper;
 	if (hfs.readahead_kb && pthread_create(&ra, NULL, readahead_thread, NULL) == 0)
@@ -273,6 +289,9 @@ out_housekeeper:
 	hfs_housekeeper_stop();
 out_unmount:
 	fuse_session_unmount(se);
+	/* after the unmount: a request of ours to the mount (fstat, stat) that nobody serves
+	 * any more fails now instead of hanging the join; before the session goes */
+	hfs_client_stop();
 	hfs_uring_stop();
 	if (ret == 0 && hfs_images_save()) /* nothing changes the heaps any more */
 		ret = 1;
@@ -353,10 +372,12 @@ int main(int argc, char *argv[])
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));
 		ret = 1;
-	} else if (hfs_objects_start() || hfs_images_load() || hfs_repl_init()) {
-		ret = 2; /* a bad image or secret: said why; nothing mounted */
+	} else if (hfs_objects_start() || hfs_images_load() || hfs_pool_start() ||
+		   hfs_repl_init()) {
+		ret = 2; /* a bad image, pool socket or secret: said why; nothing mounted */
 	} else {
 		ret = run(&args, &cmd);
+		hfs_pool_stop(); /* releases the donors */
 		if (hfs_objects_stop() && !ret)
 			ret = 1;
 	}

@@ -30,6 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "client_i.h"
 #include "fs_i.h"
 #include "img.h"
 
@@ -93,6 +94,20 @@ static int __map_grow(void)
 	return 0;
 }
 
+/* The map mutex, and libheapfs's sequence counter around the changes made under it
+ * (clients read the map in place: client.c). */
+static void map_lock(void)
+{
+	pthread_mutex_lock(&obj.map);
+	hfs_dm_seq_begin(obj.h);
+}
+
+static void map_unlock(void)
+{
+	hfs_dm_seq_end(obj.h);
+	pthread_mutex_unlock(&obj.map);
+}
+
 /* A free slot: a freed one, else the next never used, else after growing the map.
  * obj.map. */
 static int __slot_take(uint32_t *slot)
@@ -130,9 +145,9 @@ static int __put(struct hfs_inode *i)
 	o.gid = i->gid;
 	o.mtime_ns = hfs_ts_ns(i->mtime);
 	o.ctime_ns = hfs_ts_ns(i->ctime);
-	pthread_mutex_lock(&obj.map);
+	map_lock();
 	ret = img_seg_put_at(obj.base, i->file.oslot - 1, &o);
-	pthread_mutex_unlock(&obj.map);
+	map_unlock();
 	return ret;
 }
 
@@ -141,10 +156,10 @@ static void __slot_give(struct hfs_inode *i)
 {
 	if (!i->file.oslot)
 		return;
-	pthread_mutex_lock(&obj.map);
+	map_lock();
 	img_seg_del_at(obj.base, i->file.oslot - 1);
 	obj.free_slots[obj.nfree++] = i->file.oslot - 1;
-	pthread_mutex_unlock(&obj.map);
+	map_unlock();
 	i->file.oslot = 0;
 }
 
@@ -179,9 +194,9 @@ int __hfs_obj_added(struct hfs_inode *i, const char *name)
 	pthread_rwlock_wrlock(&i->lock);
 	pthread_rwlock_rdlock(&obj.seg);
 	if (!i->file.oslot) { /* a restored object comes with its slot */
-		pthread_mutex_lock(&obj.map);
+		map_lock();
 		ret = __slot_take(&slot);
-		pthread_mutex_unlock(&obj.map);
+		map_unlock();
 		i->file.oslot = ret ? 0 : slot + 1;
 	}
 	i->file.oname = n;
@@ -353,7 +368,8 @@ int hfs_objects_start(void)
 	const struct conf_objects *c = &hfs.conf->objects;
 	struct conf_heap pol = { .size = c->size, .min_block = c->min_block,
 				 .chunk = 2u << 20, .layout = CONF_LAYOUT_CONTIGUOUS,
-				 .cache = CONF_CACHE_AUTO, .writers = c->writers };
+				 .cache = CONF_CACHE_AUTO, .writers = c->writers,
+				 .direct_map = c->direct_map };
 	pthread_rwlockattr_t a;
 	int ret;
 

@@ -23,7 +23,9 @@
 #include <unistd.h>
 #include <jansson.h>
 
+#include "client_i.h"
 #include "fs_i.h"
+#include "pool_i.h"
 
 static atomic_size_t held; /* bytes charged to the snapshot budget */
 
@@ -75,6 +77,7 @@ static json_t *heap_json(struct hfs_heap *h)
 	bad |= set(o, "cache", json_string(conf_cache_name(p->cache)));
 	bad |= set(o, "writers", json_string(conf_writers_name(p->writers)));
 	bad |= set(o, "pin", json_boolean(p->pin));
+	bad |= set(o, "direct_map", json_boolean(p->direct_map));
 	bad |= set(o, "pin_failures", json_integer((json_int_t)st.pin_failures));
 	bad |= set(o, "metadata_bytes", json_integer((json_int_t)st.metadata_bytes));
 	if (bad) {
@@ -144,6 +147,7 @@ static json_t *stats_json(struct hfs_heap **v, unsigned n)
 	bad |= set(o, "spin_us", json_integer(hfs.spin_ns / 1000)); /* in force, after main.c */
 	bad |= set(o, "snapshot_bytes", json_integer((json_int_t)atomic_load(&held)));
 	bad |= set(o, "snapshot_budget", json_integer(HFS_SNAPSHOT_BUDGET));
+	bad |= hfs_client_status(o) != 0;
 	if (bad) {
 		json_decref(o);
 		return NULL;
@@ -219,7 +223,7 @@ static json_t *partner_json(struct hfs_heap **v, unsigned n)
 
 static json_t *donors_json(void)
 {
-	return json_pack("{s:s?, s:[]}", "socket", hfs.conf->pool.socket, "donors");
+	return hfs_pool_json();
 }
 
 /* An immutable rendering, shared by the opens that saw the same bytes. */

@@ -64,6 +64,7 @@ static void usage(FILE *out)
 	      "                            the heap's blocks by offset (text), or a picture (SVG)\n"
 	      "  donors MOUNT              donor processes of the pool\n"
 	      "  partner MOUNT             replication state\n"
+	      "  clients MOUNT             libheapfs client processes: pid, heaps, mapped bytes\n"
 	      "  image ls FILE             what an image file holds (object segment: names,\n"
 	      "                            offsets, sizes, free space; heap image: paths)\n"
 	      "  image cat FILE NAME       one object's bytes, or one file's (path in the heap)\n"
@@ -866,6 +867,45 @@ static void print_partner(const json_t *j)
 		printf("heap     %-16s %s\n", k, json_string_value(v) ? json_string_value(v) : "?");
 }
 
+/* ---- clients (libheapfs) -------------------------------------------------------------- */
+
+static void print_clients(const json_t *j)
+{
+	const json_t *c, *h;
+	char a[32];
+	size_t i, k;
+
+	printf("socket  %s\n", jstr(j, "client_socket", "(none)"));
+	printf("%8s %6s %6s %10s  %s\n", "PID", "UID", "MAPS", "MAPPED", "HEAPS");
+	json_array_foreach(json_object_get(j, "clients"), i, c) {
+		printf("%8" PRId64 " %6" PRId64 " %6" PRId64 " %10s ", jint(c, "pid"),
+		       jint(c, "uid"), jint(c, "maps"),
+		       fmt_size(jint(c, "mapped_bytes"), a, sizeof(a)));
+		json_array_foreach(json_object_get(c, "heaps"), k, h)
+			printf(" %s", json_string_value(h) ? json_string_value(h) : "?");
+		printf("\n");
+	}
+	if (!json_array_size(json_object_get(j, "clients")))
+		printf("(no clients)\n");
+}
+
+static int cmd_clients(char **args, const struct ctl_opts *o)
+{
+	json_t *stats, *j;
+	int ret = load_status(args[0], "stats", NULL, &stats);
+
+	if (ret)
+		return ret;
+	j = json_pack("{s:O?, s:O?}", "client_socket", json_object_get(stats, "client_socket"),
+		      "clients", json_object_get(stats, "clients"));
+	json_decref(stats);
+	if (!j) {
+		err_msg("%s: out of memory", args[0]);
+		return -ENOMEM;
+	}
+	return show(j, o, print_clients);
+}
+
 static int cmd_donors(char **args, const struct ctl_opts *o)
 {
 	json_t *j;
@@ -1060,7 +1100,7 @@ static const struct command commands[] = {
 	{ "map", 2, 2, cmd_map },         { "donors", 1, 1, cmd_donors },
 	{ "partner", 1, 1, cmd_partner }, { "image", 2, 3, cmd_image },
 	{ "save", 3, 3, cmd_save },       { "promote", 1, 2, cmd_promote },
-	{ "verify", 1, 2, cmd_verify },
+	{ "verify", 1, 2, cmd_verify },   { "clients", 1, 1, cmd_clients },
 };
 
 int main(int argc, char **argv)

@@ -124,6 +124,7 @@ static void check_heap_policy_defaults(const struct conf_heap *h, uint64_t size)
 	CHECK_INT(h->writers, CONF_WRITERS_MANY);
 	CHECK_INT(h->replicate, CONF_REPLICATE_NONE);
 	CHECK_INT(h->pin, false);
+	CHECK_INT(h->direct_map, false);
 	CHECK_INT(h->inodes, 0);
 	CHECK(h->image == NULL, "image %s", h->image);
 }
@@ -205,7 +206,7 @@ static void test_good(void)
 		      "  cache = direct\n"
 		      "  writers = single\n"
 		      "  chunk = 4K\n"
-		      "  pin = true\n"
+		      "  pin = true  direct_map = true\n"
 		      "  image = \"/tmp/a#b.img\"  # '#' in a string is no comment\n"
 		      "}\n"
 		      "heap \"b\" { size = 1000 min_block = 1K }\n"   /* line 16 */
@@ -215,7 +216,7 @@ static void test_good(void)
 		      "heap \"f\" { size = 4096  min_block = 4k }\n"
 		      "heap \"g\" { size = 1M  replicate = sync }\n"
 		      "heap \"h\" { size = 1M  replicate = async }\n"
-		      "objects { size = 3M  min_block = 1K  writers = many  image = /tmp/o.img }\n"
+		      "objects { size = 3M  min_block = 1K  writers = many  image = /tmp/o.img direct_map = true }\n"
 		      "pool { size = 4G donor_size = 64M max_donors = 0 max_process_memory = 1G\n"
 		      "       socket = \"/tmp/p.sock\" }\n"
 		      "partner { node = \"a\"  listen = \"127.0.0.1:7410\"  connect = \"[::1]:7411\"\n"
@@ -237,6 +238,7 @@ static void test_good(void)
 		CHECK_INT(h->writers, CONF_WRITERS_SINGLE);
 		CHECK_INT(h->chunk, 4 * K);
 		CHECK_INT(h->pin, true);
+		CHECK_INT(h->direct_map, true);
 		CHECK_STR(h->image, "/tmp/a#b.img");
 		CHECK_INT(h->line, 6);
 	}
@@ -278,6 +280,7 @@ static void test_good(void)
 	CHECK_STR(c->partner.secret_file, "/etc/heapfs/secret");
 	CHECK_INT(c->partner.timeout_ms, 500);
 	CHECK_INT(c->partner.auto_failover, true);
+	CHECK_INT(c->objects.direct_map, true);
 	conf_free(c);
 
 	/* the example of SPEC "Config", as written there */
@@ -299,8 +302,11 @@ static void test_good(void)
 		      "  replicate = none     # none | async | sync   (needs a partner section)\n"
 		      "  image     = \"\"       # if set: load at mount when the file exists, save "
 		      "at clean unmount\n"
+		      "  direct_map = false   # true: libheapfs clients may map this heap's memory "
+		      "(the heap is one trust domain)\n"
 		      "}\n"
-		      "objects { size = 16M  min_block = 64  writers = single  image = \"\" }\n"
+		      "objects { size = 16M  min_block = 64  writers = single  image = \"\"  "
+		      "direct_map = false }\n"
 		      "pool    { size = 4G  donor_size = 256M  max_donors = 16  "
 		      "max_process_memory = 1G\n"
 		      "          socket = \"/run/heapfs/pool.sock\" }\n"

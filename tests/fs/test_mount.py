@@ -33,12 +33,12 @@ def test_layout_of_default_mount(mount):
 
 
 def test_root_pool_refuse_new_entries(mount):
-    # objects/ takes regular files (named objects: test_objects.py), nothing else
+    # objects/ and pool/ take regular files (test_objects.py, test_pool.py), nothing else
     expect_errno(errno.EPERM, os.mkdir, mount.path / "newdir")
     expect_errno(errno.EPERM, os.open, mount.path / "f", os.O_CREAT | os.O_WRONLY, 0o644)
-    expect_errno(errno.EPERM, os.open, mount.path / "pool" / "p",
-                 os.O_CREAT | os.O_WRONLY, 0o644)
     expect_errno(errno.EPERM, os.mkdir, mount.path / "objects" / "d")
+    expect_errno(errno.EPERM, os.mkdir, mount.path / "pool" / "d")
+    expect_errno(errno.EPERM, os.symlink, "x", mount.path / "pool" / "l")
 
 
 def test_status_files_are_read_only(mount):

@@ -1,0 +1,811 @@
+/*
+ * pool.c — pooled donor memory behind pool/ (SPEC "Pooled donor memory", README "Pool").
+ *
+ * What: pool/NAME are regular files of one heap (struct hfs_heap) of pool.size (rounded up
+ * to a power of two) whose memory source (alloc/source.h, "donor") maps nothing: range 0
+ * is the daemon's own memfd of max_process_memory bytes, ranges 1..N are slots of
+ * donor_size bytes, each empty until a donor process hands over a memfd.  Heap offsets in
+ * a slot without memory are claimed ("reserved") in the buddy allocator so no file can get
+ * them; a donor joining frees its slot's blocks into the heap, a donor leaving claims them
+ * back.  Reads and writes go through the source (pread/pwrite), so the daemon's address
+ * space never holds donor memory.
+ *
+ * How: growing a pool file past what the pool holds calls pool_room() (the heap's room
+ * hook, file.c), which spawns heapfs-donor processes (at most max_donors slots, then the
+ * growth fails with ENOSPC) and waits until they joined.  A thread serves the pool socket:
+ * it checks each joining peer (SO_PEERCRED: same uid or root; a header and exactly one
+ * memfd of at least the announced size, which it seals against shrinking), notices
+ * donors that die (EOF: their memory stays, the daemon holds the descriptor), reaps the
+ * donors it spawned, and every tick tells donors whose memory is entirely free again to
+ * release (after they were used once; a spawned donor also after DONOR_IDLE_NS unused).
+ *
+ * Locking: pool.lock guards the slots; pool_room waits on pool.changed with it.  It is
+ * taken under an inode lock (pool_room runs inside a write) and never the other way
+ * round; the socket thread never takes inode locks.  A slot's range is added to the
+ * source before its blocks are freed into the heap and removed only after they were all
+ * claimed back, so no reader meets a range without memory.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "chunk.h"
+#include "donor/proto_i.h"
+#include "fs_i.h"
+#include "pool_i.h"
+#include "source.h"
+
+#define POOL_MIN_BLOCK (4u << 10)
+#define POOL_CHUNK_ORDER 21                /* 2 MiB: sizes of donors are multiples */
+#define POOL_TICK_MS 200
+#define POOL_JOIN_TIMEOUT_S 1              /* a peer gets this long to send its header */
+#define POOL_WAIT_NS (30ll * 1000000000)   /* how long a growth waits for donors */
+#define DONOR_IDLE_NS (10ll * 1000000000)  /* a spawned donor never used goes after this */
+#define POOL_QUIET_NS (1000000000ll)       /* no release within this long of a growth */
+#define MAX_ZOMBIES 1024
+
+enum slot_state { S_FREE, S_STARTING, S_ACTIVE, S_GONE, S_RELEASING };
+static const char *const state_name[] = { "free", "starting", "active", "gone", "releasing" };
+
+struct slot {
+	enum slot_state state;
+	pid_t pid;
+	bool spawned;   /* our child (reaped by pid) */
+	bool used_once; /* held bytes were seen since it joined */
+	int conn;       /* its socket, -1 */
+	uint64_t len;   /* bytes it gave (<= the range) */
+	int64_t since;  /* when it started / joined (monotonic ns) */
+};
+
+static struct {
+	struct hfs_heap *h;
+	struct msrc *src;
+	uint64_t size, own, ds, chunk;
+	unsigned nslots;
+	struct slot *s; /* [1 .. nslots] */
+	pthread_mutex_t lock;
+	pthread_cond_t changed;
+	unsigned growers, failures;
+	_Atomic int64_t last_grow; /* when a file last grew (monotonic ns) */
+	pid_t zombies[MAX_ZOMBIES]; /* spawned donors not reaped yet */
+	unsigned nzombies;
+	int lfd, stopfd;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	ino_t sock_ino;
+	char exe[PATH_MAX];
+	pthread_t thread;
+	bool running;
+} pool = { .lock = PTHREAD_MUTEX_INITIALIZER, .lfd = -1, .stopfd = -1 };
+
+struct hfs_heap *hfs_pool_heap(void)
+{
+	return pool.h;
+}
+
+/* ---- claiming offsets that have no memory ------------------------------------------ */
+
+/* Offsets are claimed and given back one chunk-sized block at a time: any chunk-aligned
+ * range then frees exactly the blocks some earlier claim took (a donor smaller than its
+ * slot, a claim that failed part-way).  Given-back blocks coalesce at the next drain. */
+static void unclaim(uint64_t off, uint64_t len)
+{
+	for (uint64_t p = off; p < off + len; p += pool.chunk)
+		buddy_free(pool.h->b, p, POOL_CHUNK_ORDER);
+	atomic_fetch_sub(&pool.h->held, len);
+}
+
+/* Claim [off, off + len) whole (0), or nothing (-EBUSY: some of it is in use). */
+static int claim(uint64_t off, uint64_t len)
+{
+	uint64_t p, end = off + len;
+
+	for (p = off; p < end; p += pool.chunk)
+		if (buddy_alloc_at(pool.h->b, p, POOL_CHUNK_ORDER))
+			break;
+	if (p < end) {
+		if (p > off)
+			unclaim(off, p - off);
+		atomic_fetch_add(&pool.h->held, p - off); /* unclaim took it off */
+		return -EBUSY;
+	}
+	atomic_fetch_add(&pool.h->held, len);
+	return 0;
+}
+
+/* Bytes of [off, off + len) in blocks (chunk-aligned: the chunks' held counts). */
+static uint64_t used_in(uint64_t off, uint64_t len)
+{
+	struct chunk_desc d;
+	uint64_t used = 0;
+
+	for (uint64_t c = off / pool.chunk; c < (off + len) / pool.chunk; c++)
+		if (chunk_describe(pool.h->b, c, &d) == 0)
+			used += d.held;
+	return used;
+}
+
+static uint64_t slot_off(unsigned k)
+{
+	uint64_t off = 0, len;
+
+	msrc_donor_range(pool.src, k, &off, &len);
+	return off;
+}
+
+static uint64_t slot_range(unsigned k)
+{
+	uint64_t off, len = 0;
+
+	msrc_donor_range(pool.src, k, &off, &len);
+	return len;
+}
+
+/* ---- spawning and reaping ---------------------------------------------------------- */
+
+static int64_t now_ns(void)
+{
+	return hfs_now_ns();
+}
+
+/* Start a donor for free slot k.  pool.lock. */
+static int __spawn(unsigned k)
+{
+	char size[32], *argv[] = { "heapfs-donor", "--socket", pool.path, "--size", size, NULL };
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t at;
+	sigset_t none;
+	pid_t pid;
+	int ret;
+
+	if (!pool.exe[0] || pool.nzombies == MAX_ZOMBIES)
+		return -ENOENT;
+	snprintf(size, sizeof(size), "%llu", (unsigned long long)slot_range(k));
+	posix_spawn_file_actions_init(&fa);
+	/* only stdio: a donor holding another donor's socket or the FUSE device would
+	 * outlive the daemon */
+	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+	posix_spawnattr_init(&at);
+	sigemptyset(&none);
+	posix_spawnattr_setsigmask(&at, &none);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK);
+	ret = -posix_spawn(&pid, pool.exe, &fa, &at, argv, NULL);
+	posix_spawnattr_destroy(&at);
+	posix_spawn_file_actions_destroy(&fa);
+	if (ret) {
+		fprintf(stderr, "heapfs: pool: cannot start %s: %s\n", pool.exe, strerror(-ret));
+		return ret;
+	}
+	pool.zombies[pool.nzombies++] = pid;
+	pool.s[k] = (struct slot){ .state = S_STARTING, .pid = pid, .spawned = true, .conn = -1,
+				   .len = slot_range(k), .since = now_ns() };
+	return 0;
+}
+
+/* Reap spawned donors that exited; a slot still starting whose donor died is free again.
+ * pool.lock. */
+static void __reap(void)
+{
+	for (unsigned z = 0; z < pool.nzombies;) {
+		pid_t pid = pool.zombies[z];
+		int st;
+
+		if (waitpid(pid, &st, WNOHANG) != pid) {
+			z++;
+			continue;
+		}
+		pool.zombies[z] = pool.zombies[--pool.nzombies];
+		for (unsigned k = 1; k <= pool.nslots; k++) {
+			if (pool.s[k].state == S_STARTING && pool.s[k].pid == pid) {
+				fprintf(stderr, "heapfs: pool: donor %d exited before joining\n",
+					(int)pid);
+				pool.s[k] = (struct slot){ .state = S_FREE, .conn = -1 };
+				pool.failures++;
+				pthread_cond_broadcast(&pool.changed);
+			}
+		}
+	}
+}
+
+/* Bytes the heap could still hand out, and bytes on their way (donors starting). */
+static uint64_t __avail(void)
+{
+	uint64_t held = atomic_load(&pool.h->held);
+
+	return held < pool.size ? pool.size - held : 0;
+}
+
+static uint64_t __pending(void)
+{
+	uint64_t n = 0;
+
+	for (unsigned k = 1; k <= pool.nslots; k++)
+		if (pool.s[k].state == S_STARTING)
+			n += pool.s[k].len;
+	return n;
+}
+
+/* The heap's room hook (file.c __grow): make `bytes` more bytes available if donors can,
+ * starting as many as needed and waiting until they joined.  Never fails: the growth
+ * then takes what there is (ENOSPC past max_donors). */
+static void pool_room(struct hfs_heap *h, uint64_t bytes)
+{
+	int64_t deadline = now_ns() + POOL_WAIT_NS;
+	struct timespec until;
+	unsigned failures;
+
+	(void)h;
+	/* a growth that found room allocates after this returns: no donor may be claimed
+	 * back under it meanwhile (__release_idle waits for a quiet second) */
+	atomic_store_explicit(&pool.last_grow, now_ns(), memory_order_relaxed);
+	if (__avail() >= bytes)
+		return;
+	pthread_mutex_lock(&pool.lock);
+	pool.growers++;
+	failures = pool.failures;
+	for (;;) {
+		uint64_t avail = __avail(), pending = __pending();
+		unsigned k;
+
+		if (avail >= bytes || pool.failures != failures)
+			break;
+		if (avail + pending < bytes) {
+			for (k = 1; k <= pool.nslots && pool.s[k].state != S_FREE; k++)
+				;
+			if (k <= pool.nslots && __spawn(k) == 0)
+				continue;
+		}
+		if (!pending || now_ns() > deadline)
+			break;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += 100 * 1000000;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&pool.changed, &pool.lock, &until);
+	}
+	pool.growers--;
+	pthread_mutex_unlock(&pool.lock);
+}
+
+/* ---- the socket -------------------------------------------------------------------- */
+
+static void refuse(int cfd, const struct ucred *cr, const char *why)
+{
+	char msg[DONOR_MSG_MAX];
+	int n = snprintf(msg, sizeof(msg), "%c%s", DONOR_REFUSE, why);
+
+	fprintf(stderr, "heapfs: pool: refused donor pid %d (uid %u): %s\n", (int)cr->pid,
+		(unsigned)cr->uid, why);
+	send(cfd, msg, (size_t)(n < (int)sizeof(msg) ? n : (int)sizeof(msg) - 1),
+	     MSG_NOSIGNAL | MSG_DONTWAIT);
+	close(cfd);
+}
+
+/* Receive the header and exactly one descriptor: 0, or a reason in why. */
+static int recv_offer(int cfd, struct donor_hdr *hdr, int *fd, char *why, size_t wl)
+{
+	union {
+		struct cmsghdr c;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} u;
+	struct iovec iov = { .iov_base = hdr, .iov_len = sizeof(*hdr) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+			     .msg_controllen = sizeof(u.buf) };
+	struct cmsghdr *c;
+	int nfds = 0, fds[4];
+	ssize_t n;
+
+	*fd = -1;
+	n = recvmsg(cfd, &mh, MSG_CMSG_CLOEXEC);
+	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < 4; k++)
+			memcpy(&fds[nfds++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+	}
+	if (n < 0)
+		snprintf(why, wl, "no header: %s", errno == EAGAIN ? "timed out" : strerror(errno));
+	else if (n == 0)
+		snprintf(why, wl, "closed before sending its header");
+	else if ((size_t)n != sizeof(*hdr) || memcmp(hdr->magic, DONOR_MAGIC, 8) ||
+		 hdr->version != DONOR_VERSION)
+		snprintf(why, wl, "not a heapfs-donor header (%zd bytes)", n);
+	else if (nfds != 1 || (mh.msg_flags & MSG_CTRUNC))
+		snprintf(why, wl, "expected one descriptor, got %d", nfds);
+	else {
+		*fd = fds[0];
+		return 0;
+	}
+	for (int k = 0; k < nfds; k++)
+		close(fds[k]);
+	return -EINVAL;
+}
+
+/* Is fd a memfd of at least size bytes we can keep?  Seals it against shrinking. */
+static int check_memfd(int fd, uint64_t size, char *why, size_t wl)
+{
+	struct stat st;
+	int seals = fcntl(fd, F_GET_SEALS);
+
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || seals < 0) {
+		snprintf(why, wl, "the descriptor is not a memfd");
+		return -EINVAL;
+	}
+	if ((uint64_t)st.st_size < size) {
+		snprintf(why, wl, "the memfd has %lld bytes, fewer than the %llu announced",
+			 (long long)st.st_size, (unsigned long long)size);
+		return -EINVAL;
+	}
+	if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) {
+		snprintf(why, wl, "the memfd is sealed against writing");
+		return -EINVAL;
+	}
+	/* nobody may shrink it under us, nor seal it against our writes later */
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
+		snprintf(why, wl, "cannot seal the memfd (create it with MFD_ALLOW_SEALING)");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void join(int cfd)
+{
+	struct timeval tv = { .tv_sec = POOL_JOIN_TIMEOUT_S };
+	struct ucred cr = { 0 };
+	socklen_t cl = sizeof(cr);
+	struct donor_hdr hdr;
+	char why[200], sz[CONF_SIZE_BUF], sz2[CONF_SIZE_BUF];
+	char ok = DONOR_ACCEPT;
+	unsigned k;
+	int fd;
+
+	if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
+		close(cfd);
+		return;
+	}
+	/* the offer is read even from a peer about to be refused: closing a socket with
+	 * unread data would reset it, and the peer would never read why */
+	setsockopt(cfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (recv_offer(cfd, &hdr, &fd, why, sizeof(why))) {
+		refuse(cfd, &cr, why);
+		return;
+	}
+	if (cr.uid != getuid() && cr.uid != 0) {
+		snprintf(why, sizeof(why), "uid %u is neither the mount's uid %u nor root",
+			 (unsigned)cr.uid, (unsigned)getuid());
+		goto refuse_fd;
+	}
+	if (!hdr.size || hdr.size % pool.chunk || hdr.size > pool.ds) {
+		snprintf(why, sizeof(why), "size %llu is not a multiple of %s up to donor_size %s",
+			 (unsigned long long)hdr.size, conf_format_size(pool.chunk, sz),
+			 conf_format_size(pool.ds, sz2));
+		goto refuse_fd;
+	}
+	if (check_memfd(fd, hdr.size, why, sizeof(why)))
+		goto refuse_fd;
+	pthread_mutex_lock(&pool.lock);
+	/* the slot we started it for, else the first free slot large enough */
+	for (k = 1; k <= pool.nslots; k++)
+		if (pool.s[k].state == S_STARTING && pool.s[k].pid == cr.pid)
+			break;
+	if (k > pool.nslots)
+		for (k = 1; k <= pool.nslots; k++)
+			if (pool.s[k].state == S_FREE && slot_range(k) >= hdr.size)
+				break;
+	if (k > pool.nslots || slot_range(k) < hdr.size) {
+		pthread_mutex_unlock(&pool.lock);
+		snprintf(why, sizeof(why), "the pool is full (%u donors of %s)", pool.nslots,
+			 conf_format_size(pool.ds, sz));
+		goto refuse_fd;
+	}
+	msrc_donor_add(pool.src, k, fd, hdr.size, false);
+	unclaim(slot_off(k), hdr.size);
+	buddy_drain(pool.h->b); /* the donor's chunks coalesce into large blocks */
+	pool.s[k] = (struct slot){ .state = S_ACTIVE, .pid = cr.pid, .conn = cfd, .len = hdr.size,
+				   .spawned = pool.s[k].state == S_STARTING, .since = now_ns() };
+	pthread_cond_broadcast(&pool.changed);
+	pthread_mutex_unlock(&pool.lock);
+	send(cfd, &ok, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+	return;
+
+refuse_fd:
+	close(fd);
+	refuse(cfd, &cr, why);
+}
+
+/* A donor's socket closed or spoke: it died (its memory stays: we hold the memfd), or it
+ * left after a release.  pool.lock. */
+static void __hangup(unsigned k)
+{
+	char buf[16];
+
+	if (recv(pool.s[k].conn, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+		return; /* a donor has nothing to say: ignored */
+	close(pool.s[k].conn);
+	pool.s[k].conn = -1;
+	if (pool.s[k].state == S_RELEASING)
+		pool.s[k] = (struct slot){ .state = S_FREE, .conn = -1 };
+	else
+		pool.s[k].state = S_GONE;
+	pthread_cond_broadcast(&pool.changed);
+}
+
+/* Donors whose memory is entirely free again leave (claimed back first).  pool.lock. */
+static void __release_idle(void)
+{
+	int64_t now = now_ns();
+
+	bool drained = false;
+
+	if (pool.growers || now - atomic_load(&pool.last_grow) < POOL_QUIET_NS)
+		return;
+	if (atomic_exchange(&pool.h->freed, 0)) {
+		buddy_drain(pool.h->b);
+		drained = true;
+	}
+	for (unsigned k = pool.nslots; k >= 1; k--) {
+		struct slot *s = &pool.s[k];
+
+		if (s->state != S_ACTIVE && s->state != S_GONE)
+			continue;
+		if (used_in(slot_off(k), s->len)) {
+			s->used_once = true;
+			continue;
+		}
+		if (!s->used_once && !(s->spawned && now - s->since > DONOR_IDLE_NS))
+			continue;
+		if (!drained) /* blocks parked in per-CPU caches cannot be claimed */
+			buddy_drain(pool.h->b);
+		drained = true;
+		if (claim(slot_off(k), s->len))
+			continue;
+		msrc_donor_remove(pool.src, k);
+		if (s->state == S_ACTIVE) {
+			char r = DONOR_RELEASE;
+
+			send(s->conn, &r, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+			s->state = S_RELEASING; /* free once its socket closes */
+		} else {
+			*s = (struct slot){ .state = S_FREE, .conn = -1 };
+		}
+		pthread_cond_broadcast(&pool.changed);
+	}
+}
+
+static void *pool_thread(void *arg)
+{
+	struct pollfd pf[2 + 1024];
+	unsigned idx[2 + 1024];
+
+	(void)arg;
+	for (;;) {
+		unsigned n = 2;
+		int r;
+
+		pf[0] = (struct pollfd){ .fd = pool.stopfd, .events = POLLIN };
+		pf[1] = (struct pollfd){ .fd = pool.lfd, .events = POLLIN };
+		pthread_mutex_lock(&pool.lock);
+		for (unsigned k = 1; k <= pool.nslots && n < 2 + 1024; k++) {
+			if (pool.s[k].conn < 0)
+				continue;
+			idx[n] = k;
+			pf[n++] = (struct pollfd){ .fd = pool.s[k].conn, .events = POLLIN };
+		}
+		pthread_mutex_unlock(&pool.lock);
+		r = poll(pf, n, POOL_TICK_MS);
+		if (r < 0 && errno != EINTR)
+			break;
+		if (pf[0].revents)
+			break;
+		if (r > 0 && (pf[1].revents & POLLIN)) {
+			int cfd = accept4(pool.lfd, NULL, NULL, SOCK_CLOEXEC);
+
+			if (cfd >= 0)
+				join(cfd);
+		}
+		pthread_mutex_lock(&pool.lock);
+		for (unsigned j = 2; r > 0 && j < n; j++)
+			if (pf[j].revents && pool.s[idx[j]].conn == pf[j].fd)
+				__hangup(idx[j]);
+		__reap();
+		__release_idle();
+		pthread_mutex_unlock(&pool.lock);
+	}
+	return NULL;
+}
+
+/* A listening socket bound to path: its fd, or -errno. */
+static int listen_on(const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), ret;
+
+	if (fd < 0)
+		return -errno;
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 16) < 0) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	return fd;
+}
+
+/* Bind the pool socket.  A path that exists and is not a socket is an error (exit 2); a
+ * socket nobody listens on is stale and replaced; one another mount serves stays theirs
+ * and this mount uses PATH.PID (.heapfs/donors names it). */
+static int sock_open(const char *want)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct stat st;
+	int fd, ret;
+
+	snprintf(pool.path, sizeof(pool.path), "%s", want);
+	if (lstat(want, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			fprintf(stderr, "heapfs: pool: socket %s exists and is not a socket\n", want);
+			return -EEXIST;
+		}
+		fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		snprintf(a.sun_path, sizeof(a.sun_path), "%s", want);
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
+			ret = snprintf(pool.path, sizeof(pool.path), "%s.%d", want, (int)getpid());
+			if (ret >= (int)sizeof(pool.path)) {
+				fprintf(stderr, "heapfs: pool: socket %s is in use and %s.PID is too "
+					"long\n", want, want);
+				close(fd);
+				return -ENAMETOOLONG;
+			}
+			fprintf(stderr, "heapfs: pool: socket %s is in use by another mount; "
+				"using %s\n", want, pool.path);
+		} else {
+			unlink(want); /* stale: nobody listens */
+		}
+		if (fd >= 0)
+			close(fd);
+	} else {
+		char dir[sizeof(pool.path)], *slash;
+
+		snprintf(dir, sizeof(dir), "%s", want);
+		slash = strrchr(dir, '/');
+		if (slash && slash != dir) {
+			*slash = 0;
+			mkdir(dir, 0755); /* /run/heapfs: the default's directory */
+		}
+	}
+	fd = listen_on(pool.path);
+	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT) {
+		/* a user who may not create it (the default is root's /run/heapfs): a path of
+		 * this user's own, so the mount still works; .heapfs/donors names it */
+		const char *rt = getenv("XDG_RUNTIME_DIR");
+		char want2[sizeof(pool.path)];
+
+		if (rt && *rt)
+			ret = snprintf(want2, sizeof(want2), "%s/heapfs-pool.%d.sock", rt,
+				       (int)getpid());
+		else
+			ret = snprintf(want2, sizeof(want2), "/tmp/heapfs-pool.%u.%d.sock",
+				       (unsigned)getuid(), (int)getpid());
+		if (ret < (int)sizeof(want2)) {
+			fprintf(stderr, "heapfs: pool: cannot create %s (%s); using %s\n", pool.path,
+				strerror(-fd), want2);
+			memcpy(pool.path, want2, sizeof(pool.path));
+			fd = listen_on(pool.path);
+		}
+	}
+	if (fd < 0) {
+		fprintf(stderr, "heapfs: pool: cannot listen on %s: %s\n", pool.path,
+			strerror(-fd));
+		return fd;
+	}
+	/* connectable by anyone: SO_PEERCRED, not a permission error, refuses others */
+	chmod(pool.path, 0666);
+	if (stat(pool.path, &st) == 0)
+		pool.sock_ino = st.st_ino;
+	pool.lfd = fd;
+	return 0;
+}
+
+/* heapfs-donor: $HEAPFS_DONOR, else next to this executable (installed, or build tree). */
+static void find_donor_exe(void)
+{
+	static const char *const rel[] = { "heapfs-donor", "donor/heapfs-donor" };
+	const char *env = getenv("HEAPFS_DONOR");
+	char self[PATH_MAX], *slash;
+	ssize_t n;
+
+	if (env && *env) {
+		snprintf(pool.exe, sizeof(pool.exe), "%s", env);
+		return;
+	}
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return;
+	self[n] = 0;
+	slash = strrchr(self, '/');
+	if (!slash)
+		return;
+	*slash = 0;
+	for (size_t k = 0; k < sizeof(rel) / sizeof(rel[0]); k++) {
+		if (snprintf(pool.exe, sizeof(pool.exe), "%.*s/%s", PATH_MAX - 32, self, rel[k]) <
+		    (int)sizeof(pool.exe) && access(pool.exe, X_OK) == 0)
+			return;
+	}
+	pool.exe[0] = 0;
+	fprintf(stderr, "heapfs: pool: no heapfs-donor next to %s: the pool holds only the "
+		"daemon's own memory and external donors\n", self);
+}
+
+static uint64_t pow2_up(uint64_t v)
+{
+	return v <= 1 ? 1 : 1ull << (64 - __builtin_clzll(v - 1));
+}
+
+int hfs_pool_start(void)
+{
+	const struct conf_pool *c = &hfs.conf->pool;
+	struct conf_heap pol = { .min_block = POOL_MIN_BLOCK, .layout = CONF_LAYOUT_EXTENTS,
+				 .cache = CONF_CACHE_AUTO, .writers = CONF_WRITERS_MANY };
+	int ret, ownfd = -1;
+
+	pool.size = pow2_up(c->size < (1ull << POOL_CHUNK_ORDER) ? 1ull << POOL_CHUNK_ORDER
+								   : c->size);
+	pool.chunk = 1ull << POOL_CHUNK_ORDER;
+	pool.own = (c->max_process_memory < pool.size ? c->max_process_memory : pool.size) &
+		   ~(pool.chunk - 1);
+	pool.ds = (c->donor_size + pool.chunk - 1) & ~(pool.chunk - 1);
+	pool.nslots = c->max_donors;
+	if ((pool.size - pool.own + pool.ds - 1) / pool.ds < pool.nslots)
+		pool.nslots = (unsigned)((pool.size - pool.own + pool.ds - 1) / pool.ds);
+	pool.s = calloc((size_t)pool.nslots + 1, sizeof(*pool.s));
+	if (!pool.s)
+		return -ENOMEM;
+	for (unsigned k = 0; k <= pool.nslots; k++)
+		pool.s[k].conn = -1;
+	pthread_cond_init(&pool.changed, NULL);
+	ret = msrc_donor_open(pool.size, pool.own, pool.ds, pool.nslots, pool.own, &pool.src);
+	if (ret)
+		goto fail;
+	if (pool.own) { /* the daemon's own share: a memfd it fills on demand */
+		ownfd = memfd_create("heapfs-pool", MFD_CLOEXEC);
+		if (ownfd < 0 || ftruncate(ownfd, (off_t)pool.own) < 0) {
+			ret = -errno;
+			goto fail;
+		}
+		msrc_donor_add(pool.src, 0, ownfd, pool.own, true);
+		ownfd = -1;
+	}
+	pol.size = pool.size;
+	pol.chunk = pool.chunk;
+	snprintf(pol.name, sizeof(pol.name), "pool");
+	ret = hfs_heap_new_src(&pol, pool.src, &pool.h);
+	if (ret)
+		goto fail;
+	if (pool.own < pool.size && (ret = claim(pool.own, pool.size - pool.own)))
+		goto fail;
+	pool.h->room = pool_room;
+	ret = sock_open(c->socket);
+	if (ret)
+		goto fail;
+	find_donor_exe();
+	return 0;
+
+fail:
+	if (ownfd >= 0)
+		close(ownfd);
+	fprintf(stderr, "heapfs: pool: %s\n", strerror(-ret));
+	return ret;
+}
+
+int hfs_pool_run(void)
+{
+	int ret;
+
+	pool.stopfd = eventfd(0, EFD_CLOEXEC);
+	if (pool.stopfd < 0)
+		return -errno;
+	ret = -pthread_create(&pool.thread, NULL, pool_thread, NULL);
+	pool.running = !ret;
+	return ret;
+}
+
+void hfs_pool_stop(void)
+{
+	struct stat st;
+	uint64_t one = 1;
+	int64_t until;
+
+	if (!pool.s)
+		return;
+	if (pool.running) {
+		if (write(pool.stopfd, &one, sizeof(one)) < 0)
+			perror("heapfs: pool: eventfd");
+		pthread_join(pool.thread, NULL);
+		pool.running = false;
+	}
+	/* release every donor: tell it, close its socket (EOF for a donor that missed it) */
+	pthread_mutex_lock(&pool.lock);
+	for (unsigned k = 1; k <= pool.nslots; k++) {
+		if (pool.s[k].conn >= 0) {
+			char r = DONOR_RELEASE;
+
+			send(pool.s[k].conn, &r, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+			close(pool.s[k].conn);
+		}
+		if (pool.s[k].state == S_STARTING)
+			kill(pool.s[k].pid, SIGTERM);
+		pool.s[k] = (struct slot){ .state = S_FREE, .conn = -1 };
+	}
+	until = now_ns() + 2000000000ll;
+	while (pool.nzombies && now_ns() < until) {
+		__reap();
+		if (pool.nzombies)
+			usleep(10000);
+	}
+	for (unsigned z = 0; z < pool.nzombies; z++) { /* a donor that does not listen */
+		kill(pool.zombies[z], SIGKILL);
+		waitpid(pool.zombies[z], NULL, 0);
+	}
+	pool.nzombies = 0;
+	pthread_mutex_unlock(&pool.lock);
+	if (pool.lfd >= 0) {
+		close(pool.lfd);
+		/* unlink only the socket we made (another mount may have replaced it) */
+		if (stat(pool.path, &st) == 0 && st.st_ino == pool.sock_ino)
+			unlink(pool.path);
+		pool.lfd = -1;
+	}
+	if (pool.stopfd >= 0)
+		close(pool.stopfd);
+	pool.stopfd = -1;
+	/* the heap and its source live until the process ends: open files may still hold
+	 * blocks (their memory is the daemon's own and the donors' descriptors) */
+}
+
+json_t *hfs_pool_json(void)
+{
+	json_t *donors = json_array(), *j;
+	uint64_t own_used;
+
+	if (!pool.s)
+		return json_pack("{s:s?, s:o}", "socket", hfs.conf->pool.socket, "donors", donors);
+	buddy_drain(pool.h->b);
+	pthread_mutex_lock(&pool.lock);
+	own_used = pool.own ? used_in(0, pool.own) : 0;
+	for (unsigned k = 1; k <= pool.nslots; k++) {
+		struct slot *s = &pool.s[k];
+		uint64_t used = 0;
+
+		if (s->state == S_FREE)
+			continue;
+		if (s->state == S_ACTIVE || s->state == S_GONE)
+			used = used_in(slot_off(k), s->len);
+		if (used) /* seen in use: may be released once free again */
+			s->used_once = true;
+		json_array_append_new(donors, json_pack("{s:i, s:I, s:I, s:s, s:b, s:I}",
+			"pid", (int)s->pid, "size", (json_int_t)s->len, "used", (json_int_t)used,
+			"state", state_name[s->state], "external", !s->spawned,
+			"offset", (json_int_t)slot_off(k)));
+	}
+	pthread_mutex_unlock(&pool.lock);
+	j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:i, s:o}", "socket", pool.path,
+		      "size", (json_int_t)pool.size, "process_memory", (json_int_t)pool.own,
+		      "process_used", (json_int_t)own_used, "donor_size", (json_int_t)pool.ds,
+		      "max_donors", (int)pool.nslots, "donors", donors);
+	return j;
+}

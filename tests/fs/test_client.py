@@ -1,0 +1,442 @@
+"""libheapfs (issue 10): map ranges of heapfs files from real client processes.
+
+The client side is the Python module heapfs (ctypes over libheapfs) from build/python.
+Checked: map/write/release read back through the daemon (O_DIRECT) and a cache = direct
+heap, the page cache and mtime after a written release, the refusals (another mount, a
+directory, read-only asking for write, direct_map = false, past the end, garbage on the
+socket), pins (truncate below: EBUSY, growth moving a contiguous file: EBUSY, unlink:
+freed at the release), a killed client leaves nothing pinned, a stale registration is
+noticed after its chunk went back to the OS and was reused, two processes share an object.
+"""
+import errno
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import expect_errno, pattern, read_daemon, wait_until
+
+PYDIR = os.environ.get("HEAPFS_PYTHON") or str(Path(os.environ["HEAPFS"]).parent.parent / "python")
+sys.path.insert(0, PYDIR)
+import heapfs  # noqa: E402
+
+CONF = """
+heap "dm"    { size = 64M  direct_map = true  chunk = 64K }
+heap "ddir"  { size = 16M  direct_map = true  cache = direct }
+heap "ctg"   { size = 16M  direct_map = true  layout = contiguous }
+heap "plain" { size = 16M }
+objects { size = 4M  direct_map = true  writers = many }
+"""
+
+
+def child(code, *args):
+    """Run a client process: python code with heapfs importable; returns Popen."""
+    env = dict(os.environ, PYTHONPATH=PYDIR)
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_child(code, *args):
+    p = child(code, *args)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    return out
+
+
+@pytest.fixture
+def dm(mount_factory):
+    return mount_factory(CONF)
+
+
+def heap_used(m, name):
+    return m.heap_stats(name)["used"]
+
+
+def test_map_write_release_reads_back(dm):
+    n = 3 * 1024 * 1024 + 12345   # several buddy blocks: one contiguous view over them
+    for heap in ("dm", "ddir"):
+        p = dm.heap(heap) / "f"
+        old = pattern(n, 1)
+        p.write_bytes(old)
+        with open(p, "rb") as f:        # a cached copy in the page cache (cache = auto)
+            assert f.read() == old
+        mt = os.stat(p).st_mtime_ns
+        time.sleep(0.01)
+        new = pattern(n - 100, 2)
+        run_child("""
+import sys, heapfs
+p, off, data = sys.argv[1], 50, open(sys.argv[2], 'rb').read()
+with open(p, 'r+b') as f, heapfs.map(f, off, len(data), write=True) as m:
+    m[:] = data
+""", p, _tmpfile(new))
+        want = old[:50] + new + old[50 + len(new):]
+        assert read_daemon(p) == want
+        assert p.read_bytes() == want       # the kernel's cached pages were dropped
+        st = os.stat(p)
+        assert st.st_mtime_ns > mt and st.st_ctime_ns >= st.st_mtime_ns
+        with open(p, "rb") as f, heapfs.map(f, 0, n) as m:
+            assert bytes(m) == want
+            assert m.readonly
+
+
+def _tmpfile(data):
+    fd, path = tempfile.mkstemp(prefix="heapfs-client-")
+    os.write(fd, data)
+    os.close(fd)
+    return path
+
+
+def test_refusals(dm, tmp_path):
+    conn = heapfs.Connection(str(dm.path))
+    (dm.heap("plain") / "p").write_bytes(b"abc")
+    with open(dm.heap("plain") / "p", "rb") as f:
+        expect_errno(errno.EPERM, conn.map(f, 0, 3).__enter__)
+    other = tmp_path / "other"
+    other.write_bytes(b"abc")
+    with open(other, "rb") as f:
+        expect_errno(errno.EXDEV, conn.map(f, 0, 3).__enter__)
+    fd = os.open(dm.heap("dm"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        expect_errno(errno.EISDIR, conn.map(fd, 0, 3).__enter__)
+    finally:
+        os.close(fd)
+    p = dm.heap("dm") / "r"
+    p.write_bytes(b"x" * 100)
+    with open(p, "rb") as f:
+        expect_errno(errno.EACCES, conn.map(f, 0, 10, write=True).__enter__)
+        expect_errno(errno.ENXIO, conn.map(f, 90, 20).__enter__)
+        expect_errno(errno.EINVAL, conn.map(f, 0, 0).__enter__)
+    fd = os.open(p, os.O_WRONLY)                 # as mmap(MAP_SHARED): must be readable
+    try:
+        expect_errno(errno.EACCES, conn.map(fd, 0, 10, write=True).__enter__)
+    finally:
+        os.close(fd)
+    assert read_daemon(p) == b"x" * 100
+    # garbage on the socket: a clear EBADMSG reply, then the daemon hangs up
+    path = dm.stats()["client_socket"]
+    assert path.startswith("@heapfs-client.")   # abstract: nothing left in /tmp
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect("\0" + path[1:])
+    s.send(b"GET / HTTP/1.0\r\n\r\n")
+    rep = s.recv(4096)
+    magic, err = struct.unpack_from("<Qi", rep)
+    assert err == -errno.EBADMSG
+    assert s.recv(4096) == b""
+    s.close()
+    # the daemon still serves others
+    with open(p, "rb") as f, conn.map(f, 0, 100) as m:
+        assert bytes(m) == b"x" * 100
+    conn.close()
+
+
+def test_pins_truncate_unlink_contiguous(dm):
+    p = dm.heap("dm") / "t"
+    p.write_bytes(pattern(1 << 20, 3))
+    conn = heapfs.Connection(str(dm.path))
+    with open(p, "r+b") as f:
+        mp = conn.map(f, 0, 1 << 20, write=True)
+        m = mp.__enter__()
+        clients = dm.stats()["clients"]
+        assert [c["pid"] for c in clients] == [os.getpid()]
+        assert clients[0]["heaps"] == ["dm"] and clients[0]["mapped_bytes"] == 1 << 20
+        r = dm.ctl("--json", "clients", dm.path, check=True)
+        j = json.loads(r.stdout)
+        assert j["client_socket"] == dm.stats()["client_socket"]
+        assert [(c["pid"], c["heaps"], c["maps"]) for c in j["clients"]] == \
+            [(os.getpid(), ["dm"], 1)]
+        r = dm.ctl("clients", dm.path, check=True)
+        row = [ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] == [str(os.getpid())]]
+        assert row and row[0][-1] == "dm" and row[0][3] == "1M", r.stdout
+        expect_errno(errno.EBUSY, os.truncate, p, 4096)      # below a mapped range
+        os.truncate(p, 2 << 20)                               # growth: extents do not move
+        assert os.stat(p).st_size == 2 << 20
+        p2 = p.with_name("t2")
+        os.rename(p, p2)                                      # a rename moves no block
+        m[0:4] = b"live"
+        assert read_daemon(p2)[:4] == b"live"
+        used = heap_used(dm, "dm")
+        os.unlink(p2)                                         # freed at the release
+        assert heap_used(dm, "dm") == used
+        mp.release()
+    wait_until(lambda: heap_used(dm, "dm") == 0, 5, "unlinked file freed at the release")
+    assert dm.stats()["clients"][0]["mapped_bytes"] == 0
+    # contiguous: a growth that would move the block waits for the release (EBUSY)
+    c = dm.heap("ctg") / "c"
+    c.write_bytes(b"c" * 4096)
+    with open(c, "r+b") as f, conn.map(f, 0, 4096, write=True) as m:
+        expect_errno(errno.EBUSY, os.pwrite, f.fileno(), b"more", 8192)
+        assert bytes(m[:4]) == b"cccc"
+    with open(c, "r+b") as f:
+        assert os.pwrite(f.fileno(), b"more", 8192) == 4
+    conn.close()
+
+
+def test_killed_client_leaves_nothing_pinned(dm):
+    p = dm.heap("dm") / "k"
+    p.write_bytes(b"k" * 65536)
+    proc = child("""
+import sys, heapfs, time
+f = open(sys.argv[1], 'r+b')
+m = heapfs.map(f, 0, 65536, write=True).__enter__()
+m[0:4] = b"dead"
+print("mapped", flush=True)
+time.sleep(60)
+""", p)
+    assert proc.stdout.readline().strip() == "mapped"
+    assert any(c["pid"] == proc.pid for c in dm.stats()["clients"])
+    expect_errno(errno.EBUSY, os.truncate, p, 0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: not dm.stats()["clients"], 5, "the dead client's connection dropped")
+    os.truncate(p, 0)
+    os.unlink(p)
+    wait_until(lambda: heap_used(dm, "dm") == 0, 5, "nothing pinned")
+
+
+def test_stale_registration_renewed(dm):
+    """A chunk that went back to the OS and came back for another file: the client's
+    registration notices the new generation; its map shows the new file's bytes."""
+    conn = heapfs.Connection(str(dm.path))
+    a = dm.heap("dm") / "a"
+    a.write_bytes(b"A" * 65536)
+    with open(a, "rb") as f, conn.map(f, 0, 65536) as m:
+        assert bytes(m[:4]) == b"AAAA"
+    released = dm.heap_stats("dm")["chunks_released"]
+    os.unlink(a)
+    wait_until(lambda: dm.heap_stats("dm")["chunks_released"] > released, 5,
+               "the chunk went back to the OS")
+    assert conn.stats()["stale_chunks"] == 0
+    b = dm.heap("dm") / "b"
+    b.write_bytes(b"B" * 65536)
+    with open(b, "rb") as f, conn.map(f, 0, 65536) as m:
+        assert bytes(m) == b"B" * 65536
+    st = conn.stats()
+    assert st["stale_chunks"] >= 1 and st["registrations"] == 1 and st["registered"] == 1
+    conn.close()
+
+
+def test_two_processes_share_an_object(dm):
+    """Each process maps the object; stores of one are loads of the other at once."""
+    o = dm.path / "objects" / "shared"
+    o.write_bytes(bytes(4096))
+    conn = heapfs.Connection(str(dm.path))
+    with open(o, "r+b") as f, conn.map(f, 0, 4096, write=True) as mine:
+        mine[0:4] = b"mine"
+        run_child("""
+import sys, heapfs
+with open(sys.argv[1], 'r+b') as f, heapfs.map(f, 0, 4096, write=True) as m:
+    assert bytes(m[0:4]) == b"mine", bytes(m[0:4])
+    m[100:110] = b"from child"
+""", o)
+        assert bytes(mine[100:110]) == b"from child"
+    data = read_daemon(o)
+    assert data[0:4] == b"mine" and data[100:110] == b"from child"
+    conn.close()
+
+
+def test_objects_find_without_a_round_trip(dm, mount_factory):
+    conn = heapfs.Connection(str(dm.path))
+    expect_errno(errno.ENOENT, conn.find, "nothing")
+    o = dm.path / "objects" / "cfg"
+    data = pattern(5000, 4)
+    o.write_bytes(data)
+    v = conn.find("cfg")
+    assert len(v) == 5000 and bytes(v) == data
+    v[0:4] = b"FIND"                          # stores reach the object (no release: not
+    assert read_daemon(o)[:4] == b"FIND"      # pinned, no page cache under O_DIRECT)
+    os.rename(o, dm.path / "objects" / "cfg2")
+    expect_errno(errno.ENOENT, conn.find, "cfg")
+    assert bytes(conn.find("cfg2")[:4]) == b"FIND"
+    os.unlink(dm.path / "objects" / "cfg2")
+    expect_errno(errno.ENOENT, conn.find, "cfg2")
+    # many objects: the map grows (moves) under the reader; every name is still found
+    for k in range(60):
+        (dm.path / "objects" / f"n{k}").write_bytes(b"%d" % k)
+    for k in range(60):
+        assert bytes(conn.find(f"n{k}")) == b"%d" % k
+    # find_or_construct in another process; this one finds what it wrote
+    run_child("""
+import sys, heapfs
+c = heapfs.Connection(sys.argv[1])
+v = c.find_or_construct("made", 256)
+assert len(v) == 256 and bytes(v) == bytes(256)
+v[0:7] = b"made it"
+v2 = c.find_or_construct("made", 999)     # there already: the same object
+assert len(v2) == 256 and bytes(v2[:7]) == b"made it"
+""", dm.path)
+    assert bytes(conn.find("made")[:7]) == b"made it"
+    assert os.stat(dm.path / "objects" / "made").st_size == 256
+    conn.close()
+    # a segment without direct_map
+    plain = mount_factory("")
+    c2 = heapfs.Connection(str(plain.path))
+    (plain.path / "objects" / "x").write_bytes(b"x")
+    expect_errno(errno.EPERM, c2.find, "x")
+    c2.close()
+
+
+def _readme_example(name):
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index(f"<!-- example: {name} -->")
+    body = text[text.index("\n", text.index("```", start)) + 1:]
+    return body[:body.index("```")]
+
+
+def test_readme_examples_run_as_written(dm, tmp_path):
+    """README's C and Python examples, with its /mnt/heapfs replaced by this mount."""
+    build = Path(os.environ["HEAPFS"]).resolve().parent.parent  # build/fs/heapfs[-asan]
+    src = tmp_path / "hello.c"
+    src.write_text(_readme_example("hello.c"))
+    env = dict(os.environ, PKG_CONFIG_PATH=str(build / "meson-uninstalled"))
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "heapfs"], env=env, check=True,
+                           capture_output=True, text=True).stdout.split()
+    exe = tmp_path / "hello"
+    subprocess.run(["cc", str(src), *flags, f"-Wl,-rpath,{build / 'fs' / 'client'}", "-o",
+                    str(exe)], check=True)
+    target = dm.heap("dm") / "hello"
+    subprocess.run([str(exe), str(target)], check=True, timeout=60)
+    assert read_daemon(target) == b"hello" + bytes(4091)
+    run_child(_readme_example("hello.py").replace("/mnt/heapfs", str(dm.path)))
+    assert read_daemon(target)[:5] == b"HELLO"
+    assert read_daemon(dm.path / "objects" / "counter") == b"\x01" + bytes(7)
+
+
+def test_direct_map_config(dm, tmp_path):
+    """direct_map: default false, shown per heap; a value that is no boolean is refused
+    with FILE:LINE before anything is mounted."""
+    assert dm.heap_stats("dm")["direct_map"] is True
+    assert dm.heap_stats("plain")["direct_map"] is False
+    bad = tmp_path / "bad.conf"
+    bad.write_text('heap "a" {\n  direct_map = maybe\n}\nobjects { direct_map = 3 }\n')
+    r = subprocess.run([os.environ["HEAPFS"], "--check-config", str(bad)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2
+    assert f"heapfs: {bad}:2: heap \"a\": direct_map = maybe is not a boolean" in r.stderr
+    assert f"heapfs: {bad}:4: objects: direct_map = 3 is not a boolean" in r.stderr
+    r = subprocess.run([os.environ["HEAPFS"], "--print-default-config"], capture_output=True,
+                       text=True, timeout=30, check=True)
+    assert r.stdout.count("direct_map = false") == 2
+
+
+def test_leases_map_again_without_asking_and_yield_to_truncate(dm):
+    """A released range stays leased: mapping it again asks nothing of the daemon; a
+    truncate or a move revokes an idle lease at once (only a mapped range is EBUSY) and
+    the next map asks again and sees the new blocks."""
+    conn = heapfs.Connection(str(dm.path))
+    p = dm.heap("dm") / "lease"
+    p.write_bytes(pattern(65536, 5))
+    with open(p, "r+b") as f:
+        for k in range(3):
+            with conn.map(f, 0, 65536) as m:
+                assert bytes(m) == pattern(65536, 5)
+        st = conn.stats()
+        assert st["leases_made"] == 1 and st["lease_hits"] == 2
+        j = dm.stats()["clients"][0]
+        assert j["leases"] == 1 and j["maps"] == 0 and j["mapped_bytes"] == 0
+        mt = os.stat(p).st_mtime_ns
+        time.sleep(0.01)
+        with conn.map(f, 0, 65536, write=True) as m:   # a write lease: asks once
+            m[0:3] = b"new"
+        assert os.stat(p).st_mtime_ns > mt               # a written release is a write
+        with conn.map(f, 0, 65536, write=True) as m:   # again: from the lease
+            m[3:6] = b"abc"
+        assert read_daemon(p)[:6] == b"newabc"
+        assert conn.stats()["leases_made"] == 2
+        os.truncate(p, 4096)                             # idle leases give way
+        expect_errno(errno.ENXIO, conn.map(f, 0, 65536).__enter__)
+        with conn.map(f, 0, 4096) as m:
+            assert bytes(m[:6]) == b"newabc"
+    # contiguous: after the release a growth moves the block; the next map follows it
+    c = dm.heap("ctg") / "move"
+    c.write_bytes(b"m" * 4096)
+    with open(c, "r+b") as f:
+        with conn.map(f, 0, 4096) as m:
+            old = m.tobytes()
+        os.pwrite(f.fileno(), b"tail", 65536)           # moves to a larger block
+        with conn.map(f, 0, 4096) as m:
+            assert m.tobytes() == old
+        with conn.map(f, 65536, 4) as m:
+            assert bytes(m) == b"tail"
+    conn.close()
+
+
+def test_bounds_registrations_and_leases(mount_factory):
+    """Nine heaps: the ninth registration makes room (idle leases given back, the least
+    recently used registration dropped), and mapping from the dropped heap again asks for
+    its descriptors anew.  300 ranges: at most 256 leases are kept."""
+    conf = "".join(f'heap "h{k}" {{ size = 1M  direct_map = true }}\n' for k in range(9))
+    m = mount_factory(conf)
+    conn = heapfs.Connection(str(m.path))
+    files = []
+    for k in range(9):
+        p = m.heap(f"h{k}") / "f"
+        p.write_bytes(b"%d" % k * 4096)
+        files.append(p)
+    for k, p in enumerate(files):
+        with open(p, "rb") as f, conn.map(f, 0, 4096) as v:
+            assert bytes(v[:1]) == b"%d" % k
+    st = conn.stats()
+    assert st["registrations"] == 8 and st["registered"] == 9 and st["dropped"] == 1
+    with open(files[0], "rb") as f, conn.map(f, 0, 4096) as v:   # its registration went
+        assert bytes(v[:4]) == b"0000"
+    assert conn.stats()["registered"] == 10
+    big = m.heap("h0") / "big"
+    big.write_bytes(pattern(300 * 64, 6))
+    with open(big, "rb") as f:
+        for k in range(300):
+            with conn.map(f, k * 64, 64) as v:
+                assert bytes(v) == pattern(300 * 64, 6)[k * 64:(k + 1) * 64]
+    assert m.stats()["clients"][0]["leases"] <= 256
+    conn.close()
+    wait_until(lambda: not m.stats()["clients"], 5, "the connection dropped")
+
+
+def test_truncate_races_a_mapping_client(dm):
+    """A client maps and releases one range in a loop while this process truncates the file
+    down and back up: each truncate either goes ahead (the lease was idle: revoked) or gets
+    EBUSY (mapped at that moment); the client never sees a byte that is not the file's."""
+    p = dm.heap("dm") / "race"
+    p.write_bytes(b"r" * 65536)
+    proc = child("""
+import sys, heapfs, time
+p = sys.argv[1]
+n = bad = 0
+end = time.time() + 1.5
+with open(p, "rb") as f:
+    while time.time() < end:
+        try:
+            with heapfs.map(f, 0, 4096) as m:
+                if bytes(m[:8]) != b"r" * 8:
+                    bad += 1
+                n += 1
+        except OSError as e:
+            if e.errno != 6:      # ENXIO: between the truncate down and up
+                raise
+    made = heapfs.connection(f).stats()["leases_made"]
+print(n, bad, made, flush=True)
+""", p)
+    ok = busy = 0
+    end = time.time() + 1.5
+    while time.time() < end:
+        try:
+            os.truncate(p, 4096)
+            os.truncate(p, 65536)
+            with open(p, "r+b") as f:
+                f.write(b"r" * 8)   # the first bytes stay "r" (a truncate keeps them)
+            ok += 1
+        except OSError as e:
+            assert e.errno == errno.EBUSY
+            busy += 1
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    n, bad, made = map(int, out.split())
+    assert bad == 0 and n > 0 and ok > 0
+    assert made >= 1
