@@ -1651,18 +1651,36 @@ int hfs_repl_promote(const char *heap, bool force, bool discard)
 
 /* ---- start, stop, status ------------------------------------------------------------ */
 
+/* The line of the config that sets secret_file (conf keeps no line for the partner
+ * section), so a refusal reads like every other config error: FILE:LINE. */
+static int secret_line(void)
+{
+	FILE *f = fopen(hfs.conf->source, "r");
+	char buf[4096];
+	int n = 0, found = 0;
+
+	while (f && !found && fgets(buf, sizeof(buf), f)) {
+		n++;
+		if (strstr(buf, "secret_file"))
+			found = n;
+	}
+	if (f)
+		fclose(f);
+	return found;
+}
+
 int hfs_repl_init(void)
 {
 	const struct conf_partner *pc = &hfs.conf->partner;
-	char why[256];
+	char why[256] = "";
 	int ret;
 
 	if (!pc->present)
 		return 0;
 	ret = rep_secret_load(pc->secret_file, g.key, why, sizeof(why));
 	if (ret) {
-		fprintf(stderr, "heapfs: %s: secret_file %s: %s\n", hfs.conf->source,
-			pc->secret_file, why[0] ? why : strerror(-ret));
+		fprintf(stderr, "heapfs: %s:%d: secret_file \"%s\": %s\n", hfs.conf->source,
+			secret_line(), pc->secret_file, why[0] ? why : strerror(-ret));
 		return ret;
 	}
 	for (unsigned k = 0; k < hfs.nheaps; k++) {

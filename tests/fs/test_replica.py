@@ -451,7 +451,7 @@ def test_secret_file_readable_by_others_refused(tmp_path, secret):
     r = subprocess.run([str(HEAPFS), "-f", "-c", str(cfg), str(mnt)], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2
-    assert f"heapfs: {cfg}" in r.stderr and str(secret) in r.stderr
+    assert r.stderr.startswith(f"heapfs: {cfg}:2: ") and str(secret) in r.stderr, r.stderr
     assert not os.path.ismount(mnt)
 
 
