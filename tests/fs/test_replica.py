@@ -686,3 +686,25 @@ def test_owner_restarted_from_its_image_stays_owner(mount_factory, secret, tmp_p
     assert read_daemon(p.a.heap("data") / "kept") == pattern(100000, seed=11)
     p.verify()
     p.clean()
+
+
+def test_change_log_overflow_sends_the_whole_heap(mount_factory, secret):
+    """More changes while the partner is away than the log keeps (min(heap size, 128M)):
+    the log is dropped and the partner gets the whole heap instead."""
+    p = Pair(mount_factory, secret, mode="async", size="16M")
+    A, B = p.a.heap("data"), p.b.heap("data")
+    (A / "f").write_bytes(pattern(4 * MIB, seed=12))
+    p.b.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_state(p.a, "degraded")
+        for k in range(6):  # 24 MiB of changes to a 16 MiB heap
+            with open(A / "f", "r+b") as f:
+                f.write(pattern(4 * MIB, seed=20 + k))
+    finally:
+        p.b.proc.send_signal(signal.SIGCONT)
+    wait_state(p.a, "connected", 15)
+    wait_until(lambda: same(A, B), 15, "mirror matches the owner")
+    st = partner(p.a)
+    assert 4 * MIB <= st["resync_total"] < 8 * MIB, st  # the image, not 24 MiB of log
+    p.verify()
+    p.clean()
