@@ -630,13 +630,17 @@ static void *sync_thread(void *arg)
 	atomic_store(&g.resync_done, 0);
 	atomic_store(&g.resync_total, total);
 	FOR_EACH_REPL(r) {
-		if (buf && !r->mirror && !r->skip && !stale() &&
-		    (r->resume ? resume_heap(r) : sync_heap(r, buf))) {
-			if (!stale()) /* else the link went: the next connect resyncs */
-				fprintf(stderr, "heapfs: partner: resync of %s failed\n",
-					r->h->pol.name);
+		int ret;
+
+		if (!buf || r->mirror || r->skip || stale())
+			continue;
+		ret = r->resume ? resume_heap(r) : sync_heap(r, buf);
+		/* the link went (its down() may not have run yet): the next connect resyncs */
+		if (ret && ret != -ENOTCONN && ret != -ECANCELED && !stale())
+			fprintf(stderr, "heapfs: partner: resync of %s failed: %s\n",
+				r->h->pol.name, strerror(-ret));
+		if (ret)
 			break;
-		}
 	}
 	free(buf);
 	/* resyncing until the partner has applied it all (acked up to here), not just until
