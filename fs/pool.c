@@ -546,49 +546,65 @@ static int listen_on(const char *path)
 	return fd;
 }
 
-/* Bind the pool socket.  A path that exists and is not a socket is an error (exit 2); a
- * socket nobody listens on is stale and replaced; one another mount serves stays theirs
- * and this mount uses PATH.PID (.heapfs/donors names it). */
-static int sock_open(const char *want)
+/* Listen on path: a path that exists and is not a socket is -EEXIST; a socket someone
+ * listens on is -EADDRINUSE (theirs); a socket nobody listens on is stale (a daemon that
+ * was killed) and replaced.  The listening fd, or -errno. */
+static int sock_claim(const char *path)
 {
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct stat st;
+	int fd;
+
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode))
+			return -EEXIST;
+		fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+		if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
+			close(fd);
+			return -EADDRINUSE;
+		}
+		close(fd);
+		unlink(path);
+	}
+	return listen_on(path);
+}
+
+/* Bind the pool socket.  A configured path that exists and is not a socket is an error
+ * (exit 2); a stale socket is replaced; one another mount serves stays theirs and this
+ * mount uses PATH.PID (.heapfs/donors names it); a path this user may not create falls
+ * back to one of the user's own. */
+static int sock_open(const char *want)
+{
+	char dir[sizeof(pool.path)], *slash;
 	struct stat st;
 	int fd, ret;
 
 	snprintf(pool.path, sizeof(pool.path), "%s", want);
-	if (lstat(want, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode)) {
-			fprintf(stderr, "heapfs: pool: socket %s exists and is not a socket\n", want);
-			return -EEXIST;
-		}
-		fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-		snprintf(a.sun_path, sizeof(a.sun_path), "%s", want);
-		if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
-			ret = snprintf(pool.path, sizeof(pool.path), "%s.%d", want, (int)getpid());
-			if (ret >= (int)sizeof(pool.path)) {
-				fprintf(stderr, "heapfs: pool: socket %s is in use and %s.PID is too "
-					"long\n", want, want);
-				close(fd);
-				return -ENAMETOOLONG;
-			}
-			fprintf(stderr, "heapfs: pool: socket %s is in use by another mount; "
-				"using %s\n", want, pool.path);
-		} else {
-			unlink(want); /* stale: nobody listens */
-		}
-		if (fd >= 0)
-			close(fd);
-	} else {
-		char dir[sizeof(pool.path)], *slash;
-
-		snprintf(dir, sizeof(dir), "%s", want);
-		slash = strrchr(dir, '/');
-		if (slash && slash != dir) {
-			*slash = 0;
-			mkdir(dir, 0755); /* /run/heapfs: the default's directory */
-		}
+	snprintf(dir, sizeof(dir), "%s", want);
+	slash = strrchr(dir, '/');
+	if (slash && slash != dir) {
+		*slash = 0;
+		mkdir(dir, 0755); /* /run/heapfs: the default's directory */
 	}
-	fd = listen_on(pool.path);
+	fd = sock_claim(pool.path);
+	if (fd == -EEXIST) {
+		fprintf(stderr, "heapfs: pool: socket %s exists and is not a socket\n", want);
+		return fd;
+	}
+	if (fd == -EADDRINUSE) {
+		ret = snprintf(pool.path, sizeof(pool.path), "%s.%d", want, (int)getpid());
+		if (ret >= (int)sizeof(pool.path)) {
+			fprintf(stderr, "heapfs: pool: socket %s is in use and %s.PID is too long\n",
+				want, want);
+			return -ENAMETOOLONG;
+		}
+		fprintf(stderr, "heapfs: pool: socket %s is in use by another mount; using %s\n",
+			want, pool.path);
+		fd = sock_claim(pool.path);
+	}
 	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT) {
 		/* a user who may not create it (the default is root's /run/heapfs): a path of
 		 * this user's own, so the mount still works; .heapfs/donors names it */
@@ -605,7 +621,7 @@ static int sock_open(const char *want)
 			fprintf(stderr, "heapfs: pool: cannot create %s (%s); using %s\n", pool.path,
 				strerror(-fd), want2);
 			memcpy(pool.path, want2, sizeof(pool.path));
-			fd = listen_on(pool.path);
+			fd = sock_claim(pool.path);
 		}
 	}
 	if (fd < 0) {

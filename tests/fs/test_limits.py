@@ -78,7 +78,9 @@ def test_non_utf8_heap_name_is_refused(mount, name):
     names = {h["name"] for h in mount.stats()["heaps"]}
     assert names == {"scratch", "caf\u00e9"}
     assert mount.heap_stats("caf\u00e9")["files"] == 1
-    assert mount.status_json("partner")["heaps"] == {"scratch": "owner", "caf\u00e9": "owner"}
+    assert mount.heap_stats("caf\u00e9")["role"] == "owner"
+    partner = mount.status_json("partner")  # valid JSON too; no partner section, no pair
+    assert partner["state"] == "none" and partner["heaps"] == {}
 
 
 # ---- the inode limit (`inodes`, df -i)
