@@ -35,6 +35,14 @@
  * fsync call hfs_repl_flush.  A lost link costs a write at most `timeout` once; then the
  * owner goes on alone (`degraded`), logging.
  *
+ * Room.  A mirror takes a block's memory from its host when it allocates it (file.c
+ * alloc_block, msrc_populate): a host short of memory answers ENOSPC, and a data record is
+ * applied whole or not at all, the ack saying -ENOSPC (no_room_here).  The link stays.
+ * sync: the writer, after its wait and with no lock held across it, sees the refusal
+ * (dq.refused) and gives the write back (give_back -> hfs_write_undo: truncate, logged),
+ * then answers ENOSPC.  async: the mirror stops applying the heap until the next image and
+ * the owner shows it `behind` (README "Space").
+ *
  * Takeover.  Per heap an epoch; promote (or auto_failover) makes a mirror the owner with a
  * higher one.  When both claim a heap the two HELLOs decide the same way on both sides
  * (owner_wins): back empty loses, --discard-peer wins, both wrote apart is split brain
