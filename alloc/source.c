@@ -583,6 +583,40 @@ int msrc_commit(struct msrc *s, uint64_t off, uint64_t len)
 	return s->ops->commit(s, off, len);
 }
 
+/* Back [off, off+len) with memory now, so that a host short of memory answers here (a
+ * memory cgroup at its limit refuses the charge with ENOMEM when its OOM killer is off)
+ * instead of at a later store (SIGBUS, or the process killed).  MADV_POPULATE_WRITE
+ * (Linux 5.14) faults the pages in from the kernel, not from a user fault, so the charge
+ * fails rather than waits.  Donor memory belongs to its donor: nothing to do. */
+int msrc_populate(struct msrc *s, uint64_t off, uint64_t len)
+{
+#ifdef MADV_POPULATE_WRITE
+	uintptr_t pg = 4096, a = (uintptr_t)(s->base + off) & ~(pg - 1);
+	uintptr_t e = ((uintptr_t)(s->base + off + len) + pg - 1) & ~(pg - 1);
+
+	if (!s->base || !len)
+		return 0;
+	while (madvise((void *)a, e - a, MADV_POPULATE_WRITE) < 0) {
+		if (errno == EINTR)
+			continue;
+		int err = errno;
+		uintptr_t ia = ((uintptr_t)(s->base + off) + pg - 1) & ~(pg - 1);
+		uintptr_t ie = (uintptr_t)(s->base + off + len) & ~(pg - 1);
+
+		if (err == EINVAL)
+			return 0; /* an older kernel: no way to ask in advance */
+		/* what it got it gives back (the block is free, its bytes mean nothing; pages
+		 * shared with neighbours stay): the host is left the room it had */
+		if (ie > ia)
+			s->ops->release(s, ia - (uintptr_t)s->base, ie - ia);
+		return err == ENOMEM || err == EFAULT || err == EHWPOISON ? -ENOSPC : -err;
+	}
+#else
+	(void)s, (void)off, (void)len;
+#endif
+	return 0;
+}
+
 void msrc_release(struct msrc *s, uint64_t off, uint64_t len)
 {
 	s->ops->release(s, off, len);

@@ -58,6 +58,8 @@ void msrc_close(struct msrc *s);
 
 const char *msrc_kind(const struct msrc *s);
 int msrc_commit(struct msrc *s, uint64_t off, uint64_t len);
+/* Make [off, off+len) memory now: -ENOSPC when the host (its memory cgroup) has none. */
+int msrc_populate(struct msrc *s, uint64_t off, uint64_t len);
 void msrc_release(struct msrc *s, uint64_t off, uint64_t len);
 int msrc_zero(struct msrc *s, uint64_t off, uint64_t len);
 int msrc_read(struct msrc *s, void *dst, uint64_t off, size_t len);

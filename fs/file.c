@@ -108,6 +108,12 @@ static int64_t alloc_block(struct hfs_inode *i, unsigned order)
 {
 	int64_t off = buddy_alloc(heap_of(i), order);
 
+	/* a mirror's room is the host's memory: ask for it now (repl.c "Room") */
+	if (off >= 0 && hfs_repl_mirror(i->heap) &&
+	    msrc_populate(src_of(i), (uint64_t)off, blk(order)) < 0) {
+		buddy_free(heap_of(i), (uint64_t)off, order);
+		return -ENOSPC;
+	}
 	if (off >= 0)
 		atomic_fetch_add_explicit(&i->heap->held, blk(order), memory_order_relaxed);
 	return off == -ENOMEM ? -ENOSPC : off;
@@ -567,7 +573,7 @@ void hfs_read_end(struct hfs_inode *i)
 int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who)
 {
 	struct copy_arg c = { .src = buf };
-	uint64_t end = (uint64_t)off + len;
+	uint64_t end = (uint64_t)off + len, old;
 	int ret = 0;
 
 	if (i->kind != HFS_REG)
@@ -578,8 +584,10 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 	if (ret)
 		return ret;
 	lock_w(i);
+	old = i->size;
 	if (end > i->file.cap) {
-		ret = __grow(i, end, (uint64_t)off + 1); /* a short write when not all fits */
+		/* a short write when not all fits; the mirror applies a record whole or not */
+		ret = __grow(i, end, hfs_repl_mirror(i->heap) ? end : (uint64_t)off + 1);
 		if (ret)
 			goto out;
 		if (end > i->file.cap)
@@ -598,10 +606,34 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
 	ret = (int)len;
-	if (HFS_REPL(i->heap))
+	if (HFS_REPL(i->heap)) {
 		__hfs_repl_data(i->heap, i->id, (uint64_t)off, buf, len);
+		hfs_repl_wrote(i, old, (uint64_t)off, end);
+	}
 out:
 	unlock_w(i, ret > 0);
+	return ret;
+}
+
+int hfs_write_undo(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_t end)
+{
+	uint64_t below = end < old_size ? end : old_size;
+	char *buf = NULL, *p;
+	int ret = -ESTALE;
+
+	if (off < below && !(buf = malloc(below - off)))
+		return -ENOMEM;
+	lock_w(i);
+	if (i->size == end && end > old_size) { /* else a later change touched the file */
+		ret = __truncate(i, old_size);
+		if (!ret)
+			__hfs_repl_truncate(i);
+		p = buf;
+		if (!ret && buf && !(ret = for_span(i, off, below - off, copy_out_fn, &p)))
+			__hfs_repl_data(i->heap, i->id, off, buf, below - off);
+	}
+	unlock_w(i, true);
+	free(buf);
 	return ret;
 }
 

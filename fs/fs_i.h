@@ -469,11 +469,17 @@ void __hfs_repl_xattr(struct hfs_inode *i, const char *name, const void *value, 
 void __hfs_repl_writers(struct hfs_inode *i, bool open);
 /* The FUSE edge, after a change and before replying: sync mode waits (at most timeout)
  * until the partner applied (or refused, or was lost before) what this thread sent. */
-void hfs_repl_wait(void);
+int hfs_repl_wait(void); /* -ENOSPC: the partner had no room for this thread's write
+			  (it was given back here, repl.c "Room"); else 0 */
+/* hfs_write (owned, replicated): the write took the file from old_size to end. */
+void hfs_repl_wrote(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_t end);
+/* Give back a write the partner had no room for: size back to old_size (when it is still
+ * end), the bytes below old_size sent again.  -ESTALE: the file changed since. */
+int hfs_write_undo(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_t end);
 /* Instead of waiting: fn(arg) runs on the link's receive thread once the partner has
  * acknowledged (or refused, or the link lost) what this thread last sent; true: deferred,
  * false: reply now (nothing to wait for, or it is acknowledged already). */
-bool hfs_repl_defer(void (*fn)(void *arg), void *arg);
+bool hfs_repl_defer(void (*fn)(void *arg, int err), void *arg); /* err: as hfs_repl_wait */
 /* io.c (the edge): the kernel drops its cached entry parent/name (a heap that turned
  * mirror had names cached for a day). */
 void hfs_inval_entry(hfs_ino_t parent, const char *name);

@@ -461,11 +461,14 @@ struct write_reply {
 	size_t n;
 };
 
-static void write_reply_fn(void *arg)
+static void write_reply_fn(void *arg, int err)
 {
 	struct write_reply *w = arg;
 
-	fuse_reply_write(w->req, w->n);
+	if (err)
+		reply_err(w->req, err);
+	else
+		fuse_reply_write(w->req, w->n);
 	free(w);
 }
 
@@ -474,7 +477,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		     struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
-	int ret;
+	int ret, ret2;
 
 	(void)fi;
 	ret = hfs_write(i, buf, size, off, fuse_req_ctx(req)->uid);
@@ -493,7 +496,9 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 			free(w);
 		}
 	}
-	hfs_repl_wait();
+	ret2 = hfs_repl_wait(); /* -ENOSPC: no room on the partner, given back here */
+	if (ret2)
+		return reply_err(req, ret2);
 	fuse_reply_write(req, (size_t)ret);
 }
 

@@ -35,6 +35,14 @@
  * fsync call hfs_repl_flush.  A lost link costs a write at most `timeout` once; then the
  * owner goes on alone (`degraded`), logging.
  *
+ * Room.  A mirror takes a block's memory from its host when it allocates it (file.c
+ * alloc_block, msrc_populate): a host short of memory answers ENOSPC, and a data record is
+ * applied whole or not at all, the ack saying -ENOSPC (no_room_here).  The link stays.
+ * sync: the writer, after its wait and with no lock held across it, sees the refusal
+ * (dq.refused) and gives the write back (give_back -> hfs_write_undo: truncate, logged),
+ * then answers ENOSPC.  async: the mirror stops applying the heap until the next image and
+ * the owner shows it `behind` (README "Space").
+ *
  * Takeover.  Per heap an epoch; promote (or auto_failover) makes a mirror the owner with a
  * higher one.  When both claim a heap the two HELLOs decide the same way on both sides
  * (owner_wins): back empty loses, --discard-peer wins, both wrote apart is split brain
@@ -118,6 +126,8 @@ struct hfs_repl_heap {
 				       what it has applied) */
 	bool peer_has;              /* the partner's HELLO said it holds gen up to peer_recno */
 	bool resume, skip;          /* (the sync thread's) send only the log / nothing */
+	bool behind;                /* async owner: the partner had no room ("Room") */
+	bool noroom;                /* async mirror: refused a change for room, until RESET */
 	bool peer_owns;             /* (receive thread) the partner's HELLO claims it */
 	uint64_t peer_gen, peer_recno;
 	/* mirror: the image restore (a thread reading a pipe), then the live applier */
@@ -162,18 +172,32 @@ static struct {
 static __thread bool applying;     /* this thread applies the partner's changes */
 static __thread uint64_t wait_seq; /* sync mode: the last record this thread sent */
 static __thread uint64_t wait_conn; /* and on which connection (g.conn then) */
+static __thread uint64_t wait_first; /* the first record sent since the last wait */
+
+/* The write this thread last made (hfs_repl_wrote): what to give back when the partner
+ * had no room for it. */
+struct wnote {
+	struct hfs_inode *i; /* NULL: the last change was not a write */
+	uint64_t old, off, end;
+};
+static __thread struct wnote wrote;
 
 /* Replies deferred until the partner acknowledged a seq (sync writes, hfs_repl_defer). */
 struct deferred {
 	struct deferred *next;
-	uint64_t seq;
-	void (*fn)(void *arg);
+	uint64_t first, seq; /* the records of the change */
+	struct wnote w;
+	void (*fn)(void *arg, int err);
 	void *arg;
 };
+#define REFUSED_MAX 64
 static struct {
 	pthread_mutex_t lock;
 	struct deferred *list;
 	uint64_t conn, acked; /* the current connection, its highest acknowledged seq */
+	/* the latest records of this connection the partner refused for room (a ring) */
+	uint64_t refused[REFUSED_MAX];
+	unsigned nref;
 } dq = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 int hfs_repl_writable(const struct hfs_heap *h)
@@ -281,6 +305,8 @@ static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n)
 	if (seq > 0 && p)
 		p->seq = (uint64_t)seq;
 	if (seq > 0 && r->h->pol.replicate == CONF_REPLICATE_SYNC) {
+		if (!wait_seq)
+			wait_first = (uint64_t)seq;
 		wait_seq = (uint64_t)seq;
 		wait_conn = atomic_load(&g.conn);
 	}
@@ -424,7 +450,98 @@ void __hfs_repl_writers(struct hfs_inode *i, bool open)
 	pthread_mutex_unlock(&r->lock);
 }
 
-bool hfs_repl_defer(void (*fn)(void *arg), void *arg)
+/* ---- room: the partner could not apply a write (README "Space") ------------------- */
+
+void hfs_repl_wrote(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_t end)
+{
+	wrote = (struct wnote){ .i = i, .old = old_size, .off = off, .end = end };
+}
+
+/* dq.lock held: was a record in [first, last] refused for room? */
+static bool __refused(uint64_t first, uint64_t last)
+{
+	unsigned n = dq.nref < REFUSED_MAX ? dq.nref : REFUSED_MAX;
+
+	for (unsigned k = 0; k < n; k++)
+		if (dq.refused[k] >= first && dq.refused[k] <= last)
+			return true;
+	return false;
+}
+
+static bool refused(uint64_t first, uint64_t last)
+{
+	bool ret;
+
+	pthread_mutex_lock(&dq.lock);
+	ret = __refused(first, last);
+	pthread_mutex_unlock(&dq.lock);
+	return ret;
+}
+
+/* The partner had no room for (part of) write w: give the growth back here (a truncate
+ * record the mirror applies too) so that both sides hold what was acknowledged before and
+ * the writer gets ENOSPC.  If the file changed meanwhile that is not possible: the
+ * partner gets the whole heap again (the old way).  Never on the receive thread (it
+ * takes the inode lock, and sends). */
+static int give_back(const struct wnote *w)
+{
+	struct hfs_repl_heap *r = w->i->heap->repl;
+	int ret = hfs_write_undo(w->i, w->old, w->off, w->end);
+
+	wait_seq = 0; /* nobody waits for the undo's records */
+	if (!ret) {
+		fprintf(stderr, "heapfs: partner: no room there for heap %s: a write of %llu "
+			"bytes is refused (ENOSPC) and undone here\n", r->h->pol.name,
+			(unsigned long long)(w->end - w->off));
+		return -ENOSPC;
+	}
+	fprintf(stderr, "heapfs: partner: no room there for heap %s, and the file changed "
+		"since the write: resyncing the whole heap\n", r->h->pol.name);
+	pthread_mutex_lock(&r->lock);
+	r->lost = true;
+	pend_drop(r);
+	pthread_mutex_unlock(&r->lock);
+	if (g.l)
+		rep_kick(g.l);
+	return -ENOSPC;
+}
+
+static void *give_back_thread(void *arg)
+{
+	struct deferred *d = arg;
+
+	d->fn(d->arg, give_back(&d->w));
+	free(d);
+	return NULL;
+}
+
+/* The receive thread: the partner refused record seq for room. */
+static void no_room(uint64_t seq)
+{
+	struct hfs_repl_heap *r;
+
+	pthread_mutex_lock(&dq.lock);
+	dq.refused[dq.nref++ % REFUSED_MAX] = seq;
+	pthread_mutex_unlock(&dq.lock);
+	FOR_EACH_REPL(r) {
+		bool found = false;
+
+		if (r->mirror || r->h->pol.replicate == CONF_REPLICATE_SYNC)
+			continue; /* sync: the writer gives the growth back (give_back) */
+		pthread_mutex_lock(&r->lock);
+		for (struct pend *p = r->pend; p && !found; p = p->next)
+			found = p->seq == seq;
+		if (found && !r->behind) {
+			r->behind = true;
+			fprintf(stderr, "heapfs: partner: no room there for heap %s: the mirror "
+				"is behind until the next resync; writes go on here\n",
+				r->h->pol.name);
+		}
+		pthread_mutex_unlock(&r->lock);
+	}
+}
+
+bool hfs_repl_defer(void (*fn)(void *arg, int err), void *arg)
 {
 	uint64_t seq = wait_seq;
 	struct deferred *d;
@@ -435,9 +552,12 @@ bool hfs_repl_defer(void (*fn)(void *arg), void *arg)
 	wait_seq = 0;
 	d = malloc(sizeof(*d));
 	pthread_mutex_lock(&dq.lock);
-	/* acknowledged already, or that connection is gone: the caller replies now */
+	/* acknowledged already, or that connection is gone: the caller replies now (and a
+	 * refusal it learns from hfs_repl_wait) */
 	if (d && dq.conn == wait_conn && dq.acked < seq) {
-		*d = (struct deferred){ .next = dq.list, .seq = seq, .fn = fn, .arg = arg };
+		*d = (struct deferred){ .next = dq.list, .first = wait_first, .seq = seq,
+					.w = wrote, .fn = fn, .arg = arg };
+		wrote.i = NULL;
 		dq.list = d;
 		later = true;
 	}
@@ -464,22 +584,46 @@ static void deferred_run(uint64_t seq)
 	}
 	pthread_mutex_unlock(&dq.lock);
 	while ((d = run)) {
+		pthread_t t;
+
 		run = d->next;
-		d->fn(d->arg);
+		if (d->w.i && refused(d->first, d->seq)) {
+			pthread_attr_t a;
+			int ret;
+
+			/* giving back takes the inode lock: not on this thread */
+			pthread_attr_init(&a);
+			pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+			ret = pthread_create(&t, &a, give_back_thread, d);
+			pthread_attr_destroy(&a);
+			if (!ret)
+				continue;
+			d->fn(d->arg, -EIO);
+			free(d);
+			continue;
+		}
+		d->fn(d->arg, 0);
 		free(d);
 	}
 }
 
-void hfs_repl_wait(void)
+int hfs_repl_wait(void)
 {
-	uint64_t seq = wait_seq;
+	uint64_t seq = wait_seq, first = wait_first;
+	struct wnote w = wrote;
+	int ret;
 
+	wrote.i = NULL;
 	if (!seq || !g.l)
-		return;
+		return 0;
 	wait_seq = 0;
-	/* whatever the outcome the change stands here: the partner gone or slow means
-	 * degraded (a resync later), a refusal kicks the link (on_acked: a full resync) */
-	rep_wait(g.l, seq, hfs.conf->partner.timeout_ms);
+	/* the change stands here: the partner gone or slow means degraded (a resync
+	 * later), a refusal kicks the link (on_acked: a full resync); only a write the
+	 * partner had no room for is given back */
+	ret = rep_wait(g.l, seq, hfs.conf->partner.timeout_ms);
+	if (w.i && (ret == -ENOSPC || refused(first, seq)))
+		return give_back(&w);
+	return 0;
 }
 
 int hfs_repl_flush(const struct hfs_heap *h)
@@ -489,7 +633,8 @@ int hfs_repl_flush(const struct hfs_heap *h)
 	if (!g.l || !h || !h->repl || h->repl->mirror)
 		return 0;
 	ret = rep_flush(g.l, hfs.conf->partner.timeout_ms);
-	return ret == -ENOTCONN || ret == -ETIMEDOUT || ret >= 0 ? 0 : -EIO;
+	/* ENOSPC: no room there; the change stands here and the partner is behind ("Room") */
+	return ret == -ENOTCONN || ret == -ETIMEDOUT || ret == -ENOSPC || ret >= 0 ? 0 : -EIO;
 }
 
 bool hfs_repl_flushes(const struct hfs_heap *h)
@@ -589,6 +734,9 @@ static int sync_heap(struct hfs_repl_heap *r, char *buf)
 	ret = hfs_image_snapshot_at(r->h, &fd, &pid, frozen, r);
 	if (ret)
 		return ret;
+	pthread_mutex_lock(&r->lock);
+	r->behind = false; /* the partner gets all of it again */
+	pthread_mutex_unlock(&r->lock);
 	while ((n = read(fd, buf, CHUNK)) > 0 || (n < 0 && errno == EINTR)) {
 		if (n < 0)
 			continue;
@@ -1134,6 +1282,7 @@ static int mirror_reset(struct hfs_repl_heap *r)
 	int p[2], ret;
 
 	mirror_join(r, true);
+	r->noroom = false;
 	if (r->apply) {
 		hfs_apply_end(r->apply, false);
 		r->apply = NULL;
@@ -1202,6 +1351,30 @@ static int mirror_writers(struct hfs_repl_heap *r, const char *p, size_t len)
 	return 0;
 }
 
+/* The mirror: a data record did not fit (this host's memory, file.c alloc_block) and was
+ * not applied at all.  sync: the owner gives the write back (a truncate follows) and this
+ * copy stays whole: the record counts as seen.  async: the owner goes on, so this copy is
+ * behind until the next image; later records are refused too (applied to a copy with a
+ * hole they would hide it). */
+static int no_room_here(struct hfs_repl_heap *r, uint64_t recno)
+{
+	bool sync = r->h->pol.replicate == CONF_REPLICATE_SYNC;
+
+	fprintf(stderr, "heapfs: partner: no room here for a change to %s%s\n", r->h->pol.name,
+		sync ? ": refused, the owner gives it back" : ": this copy is behind until "
+		"the next resync");
+	pthread_mutex_lock(&r->lock);
+	if (sync) {
+		r->recno = recno;
+	} else {
+		r->noroom = true;
+		r->gen = 0; /* ask for a whole image next time */
+	}
+	pthread_mutex_unlock(&r->lock);
+	r->why[0] = 0;
+	return -ENOSPC;
+}
+
 static int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
 {
 	static char str[IMG_REC_STR]; /* the receive thread is the only caller */
@@ -1213,6 +1386,8 @@ static int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
 
 	if (!r->apply)
 		return -EPROTO; /* no full image yet, or it failed */
+	if (r->noroom)
+		return -ENOSPC; /* async: this copy lacks a change until the next image */
 	if (len < sizeof(recno))
 		return -EBADMSG;
 	memcpy(&recno, p, sizeof(recno));
@@ -1224,6 +1399,8 @@ static int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
 				     r->why, sizeof(r->why));
 	if (!ret)
 		ret = hfs_apply_mem(r->apply, NULL, &rec, data);
+	if (ret == -ENOSPC && rec.type == IMG_DATA) /* whole or not at all (hfs_write) */
+		return no_room_here(r, recno);
 	if (ret) {
 		fprintf(stderr, "heapfs: partner: a change to %s failed: %s\n", r->h->pol.name,
 			r->why[0] ? r->why : strerror(-ret));
@@ -1257,6 +1434,7 @@ static void on_up(void *arg, const char *peer)
 	pthread_mutex_lock(&dq.lock);
 	dq.conn = atomic_load(&g.conn);
 	dq.acked = 0;
+	dq.nref = 0;
 	pthread_mutex_unlock(&dq.lock);
 	g.up = true;
 	g.syncing = true;
@@ -1354,6 +1532,8 @@ static void on_acked(void *arg, uint64_t seq, int status)
 	struct hfs_repl_heap *r;
 
 	(void)arg;
+	if (status == -ENOSPC) /* before the replies: they look for it */
+		no_room(seq);
 	pthread_mutex_lock(&dq.lock);
 	if (seq > dq.acked)
 		dq.acked = seq;
@@ -1371,7 +1551,7 @@ static void on_acked(void *arg, uint64_t seq, int status)
 	}
 	/* the mirror could not apply a change: its copy is no longer ours; a reconnect
 	 * gives it a full image */
-	if (status < 0 && status != -ENOTCONN) {
+	if (status < 0 && status != -ENOTCONN && status != -ENOSPC) {
 		fprintf(stderr, "heapfs: partner: a change was refused (%s); resyncing\n",
 			strerror(-status));
 		rep_kick(g.l);
@@ -1775,6 +1955,8 @@ void hfs_repl_status(struct hfs_repl_status *st)
 		pthread_mutex_lock(&r->lock);
 		if (r->split)
 			st->state = "split-brain";
+		else if (r->behind && g.up && !strcmp(st->state, "connected"))
+			st->state = "behind";
 		if (r->epoch > st->epoch)
 			st->epoch = r->epoch;
 		pthread_mutex_unlock(&r->lock);

@@ -231,7 +231,7 @@ DAEMON_FREE = {"test_image_ctl.py"}
 # partner link, libheapfs clients): they run in the default run and under the sanitizer
 # daemons; the transport variants (nospin, uring, bigpipe) leave them out, which keeps the
 # whole suite inside its time.  A module that does depend on the transport is not listed.
-TRANSPORT_FREE = {"test_client.py", "test_pool.py",
+TRANSPORT_FREE = {"test_client.py", "test_pool.py", "test_replica_room.py",
                   "test_transport.py"}  # mounts every transport itself
 TRANSPORT_VARIANTS = {"fs-nospin", "fs-uring", "fs-bigpipe"}
 
