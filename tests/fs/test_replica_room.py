@@ -54,6 +54,11 @@ class Room:
 def room():
     if not os.path.isfile(f"{CG}/memory.limit_in_bytes") or os.geteuid():
         pytest.skip("needs root and the cgroup v1 memory controller")
+    if os.path.basename(os.environ.get("HEAPFS", "")).endswith(("-asan", "-tsan")):
+        # the limit is the mirror's own use plus a few MiB: a sanitizer daemon's quarantine
+        # and shadow memory are charged to the same cgroup and fill it first (the mirror
+        # then stalls with its OOM killer off, and the pair reads "unreachable")
+        pytest.skip("a sanitizer's own memory is charged to the mirror's small cgroup")
     made = []
 
     def make():
