@@ -17,11 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-
-def parse_size(s):
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(s[:-1]) * mult[s[-1].upper()] if s[-1].upper() in mult else int(s)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fsbench import parse_size  # noqa: E402  (one copy of the helpers)
 
 
 def main():

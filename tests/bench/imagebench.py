@@ -22,23 +22,16 @@ import statistics
 import subprocess
 import tempfile
 import time
+import sys
+from pathlib import Path
 
-MIB = 1 << 20
-
-
-def parse_size(s):
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(s[:-1]) * mult[s[-1]] if s[-1] in mult else int(s)
-
-
-def mounted(path):
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fsbench import MIB, is_mounted, parse_size  # noqa: E402  (one copy of the helpers)
 
 
 def wait_mounted(path, proc, deadline=120):
     end = time.monotonic() + deadline
-    while not mounted(path):
+    while not is_mounted(path):
         if proc.poll() is not None:
             raise SystemExit(f"heapfs exited {proc.returncode}: {proc.stderr.read()}")
         if time.monotonic() > end:
@@ -193,9 +186,9 @@ def main():
               f"{hwm['written'] // 1024} MiB after writing the same files "
               f"(image {os.path.getsize(img) // MIB} MiB)")
     finally:
-        if mounted(mnt):
+        if is_mounted(mnt):
             subprocess.run(["fusermount3", "-uz", mnt])
-        if mounted(shm):
+        if is_mounted(shm):
             subprocess.run(["umount", shm])
         shutil.rmtree(top, ignore_errors=True)
 

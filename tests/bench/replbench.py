@@ -22,18 +22,11 @@ import statistics
 import subprocess
 import tempfile
 import time
+import sys
+from pathlib import Path
 
-MIB = 1 << 20
-
-
-def parse_size(s):
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(s[:-1]) * mult[s[-1]] if s[-1] in mult else int(s)
-
-
-def mounted(path):
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fsbench import MIB, is_mounted, parse_size  # noqa: E402  (one copy of the helpers)
 
 
 def wait(cond, deadline, what):
@@ -58,7 +51,7 @@ class Node:
         self.proc = subprocess.Popen([self.heapfs, "-f", "-c", self.cfg, self.mnt],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        wait(lambda: mounted(self.mnt), 60, f"mount {self.mnt}")
+        wait(lambda: is_mounted(self.mnt), 60, f"mount {self.mnt}")
 
     def partner(self):
         with open(os.path.join(self.mnt, ".heapfs", "partner")) as f:
