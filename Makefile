@@ -5,10 +5,10 @@ MNT     ?= $(CURDIR)/mnt
 PYTHON  := /usr/bin/python3
 PKGS    := gcc libc6-dev make libfuse3-dev fuse3 libconfuse-dev libjansson-dev libjemalloc-dev liburing-dev \
            meson ninja-build pkg-config python3-pytest fio attr psmisc procps uthash-dev \
-           libxxhash-dev libsodium-dev
+           libxxhash-dev libsodium-dev clang libclang-rt-14-dev
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build deps setup test bench run stop clean
+.PHONY: all build deps setup test bench fuzz run stop clean
 
 all build: setup
 	ninja -C $(BUILD)
@@ -38,6 +38,25 @@ bench: build
 	$(PYTHON) tests/bench/replbench.py --heapfs $(BUILD)/fs/heapfs
 	$(PYTHON) tests/bench/poolbench.py --heapfs $(BUILD)/fs/heapfs
 	$(PYTHON) tests/bench/clientbench.py --heapfs $(BUILD)/fs/heapfs --bench $(BUILD)/tests/bench/client-bench
+
+# libFuzzer: every harness in tests/fuzz for FUZZ_SECONDS each (FUZZERS= to pick some),
+# starting from its committed corpus; new inputs go to $(FUZZ_BUILD)/corpus/NAME, crashes
+# to $(FUZZ_BUILD)/crashes/NAME/ (add each to tests/fuzz/corpus/NAME once fixed).
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZERS      ?= $(patsubst tests/fuzz/fuzz-%.c,%,$(wildcard tests/fuzz/fuzz-*.c))
+fuzz: deps
+	@[ -f $(FUZZ_BUILD)/build.ninja ] || CC=clang meson setup $(FUZZ_BUILD) -Dfuzzing=true -Dwerror=false
+	ninja -C $(FUZZ_BUILD) $(addprefix tests/fuzz/fuzz-,$(FUZZERS))
+	@rc=0; for f in $(FUZZERS); do \
+		mkdir -p $(FUZZ_BUILD)/corpus/$$f $(FUZZ_BUILD)/crashes/$$f; \
+		echo "--- fuzz-$$f for $(FUZZ_SECONDS) s"; \
+		$(FUZZ_BUILD)/tests/fuzz/fuzz-$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=$(FUZZ_BUILD)/crashes/$$f/ \
+			$(FUZZ_BUILD)/corpus/$$f tests/fuzz/corpus/$$f 2>&1 | \
+			grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)' || true; \
+		ls $(FUZZ_BUILD)/crashes/$$f | grep -q . && { echo "fuzz-$$f: crashes in $(FUZZ_BUILD)/crashes/$$f"; rc=1; }; \
+	done; exit $$rc
 
 run: build
 	@mkdir -p $(MNT)
