@@ -28,9 +28,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include "client_i.h"
+#include "direct.h"
 #include "edge_i.h"
-#include "pool_i.h"
+#include "pool.h"
 
 struct hfs_fs hfs;
 

@@ -30,8 +30,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "client_i.h"
-#include "fs_i.h"
+#include "direct.h"
+#include "core.h"
 #include "img.h"
 
 static struct {

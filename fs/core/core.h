@@ -23,8 +23,8 @@
  *   - heap.refs (atomic): the heap list + every inode of the heap; the last put destroys
  *     the buddy heap.
  */
-#ifndef HEAPFS_FS_I_H
-#define HEAPFS_FS_I_H
+#ifndef HEAPFS_CORE_H
+#define HEAPFS_CORE_H
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -436,6 +436,29 @@ struct hfs_objects_stats {
 	uint32_t objects, map_slots;
 };
 void hfs_objects_stats(struct hfs_objects_stats *st);
+
+/* dm.c — the direct_map memory of a heap.  The client socket that hands it out: fs/direct/. */
+struct hfs_dm {
+	int meta_fd;
+	void *meta;
+	size_t meta_size;
+	uint64_t key;
+	uint64_t gen_off, gen_stride;
+	_Atomic uint64_t *seq; /* in the page after the buddy metadata: the segment map's
+				  sequence counter (odd while it changes) */
+	uint64_t seq_off;
+};
+
+struct buddy_params;
+/* A direct_map heap: its buddy metadata in a memfd that clients map read-only (the chunk
+ * generations), its data in a memfd (BUDDY_F_MEMFD).  heap.c calls these for
+ * pol.direct_map; 0 or -errno.  (dm.c) */
+int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp);
+void hfs_dm_heap_destroy(struct hfs_heap *h);
+/* Around every change of the object segment's name map (objects.c, under its map mutex):
+ * the sequence counter clients read the map under (odd while it changes). */
+void hfs_dm_seq_begin(struct hfs_heap *h);
+void hfs_dm_seq_end(struct hfs_heap *h);
 
 /* repl.c — replication to the partner (SPEC "Replication").  init: before mounting (the
  * secret; -errno after printing why: exit 2); start: after daemonizing (the link). */

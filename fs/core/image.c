@@ -34,7 +34,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
-#include "fs_i.h"
+#include "core.h"
 #include "img.h"
 
 static uint32_t img_kind_of(enum hfs_kind k)

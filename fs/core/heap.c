@@ -24,8 +24,7 @@
 #include <sys/statvfs.h>
 #include <time.h>
 
-#include "client_i.h"
-#include "fs_i.h"
+#include "core.h"
 
 void hfs_heap_get(struct hfs_heap *h)
 {

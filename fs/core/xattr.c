@@ -20,7 +20,7 @@
 #include <linux/limits.h>
 #include <sys/xattr.h>
 
-#include "fs_i.h"
+#include "core.h"
 
 #define USER "user."
 #define VIRT "user.heapfs."

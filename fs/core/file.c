@@ -26,8 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client_i.h"
-#include "fs_i.h"
+#include "direct.h"
+#include "core.h"
 #include "source.h"
 
 static inline uint64_t blk(unsigned order)

@@ -10,7 +10,7 @@
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
-#include "fs_i.h"
+#include "core.h"
 
 _Static_assert(sizeof(fuse_ino_t) == sizeof(hfs_ino_t) && FUSE_ROOT_ID == HFS_ROOT_INO,
 	       "the core's inode numbers are the kernel's");

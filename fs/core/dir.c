@@ -27,8 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fs_i.h"
-#include "pool_i.h"
+#include "core.h"
+#include "pool.h"
 
 #define KIND(k) (1u << (k))
 #define ALL_KINDS (KIND(HFS_DIR) | KIND(HFS_REG) | KIND(HFS_LNK) | KIND(HFS_SPECIAL))

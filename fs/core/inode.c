@@ -15,7 +15,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "fs_i.h"
+#include "core.h"
 
 #define SEG_SHIFT 16
 #define SEG_SIZE (1u << SEG_SHIFT)

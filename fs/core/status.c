@@ -23,9 +23,9 @@
 #include <unistd.h>
 #include <jansson.h>
 
-#include "client_i.h"
-#include "fs_i.h"
-#include "pool_i.h"
+#include "direct.h"
+#include "core.h"
+#include "pool.h"
 
 static atomic_size_t held; /* bytes charged to the snapshot budget */
 

@@ -1,25 +1,16 @@
 /*
- * client_i.h — libheapfs's daemon side (fs/client.c): direct_map heaps and the client
- * socket.  Core code: no FUSE type; the page-cache invalidation a written range needs is
- * an edge call, reached through hfs_client_inval (set by main.c).
- * Locking: see fs/client.c.
+ * direct.h — libheapfs's daemon side (fs/direct/): the client socket and its leases (the
+ * direct_map memory of a heap is the core's: fs/core/dm.c).  No FUSE type; the page-cache
+ * invalidation a written range needs is an edge call, reached through hfs_client_inval
+ * (set by main.c).
+ * Locking: see fs/direct/direct.c.
  */
-#ifndef HEAPFS_CLIENT_I_H
-#define HEAPFS_CLIENT_I_H
+#ifndef HEAPFS_DIRECT_H
+#define HEAPFS_DIRECT_H
 
 #include <jansson.h>
 
-#include "fs_i.h"
-
-/* A direct_map heap: its buddy metadata in a memfd that clients map read-only (the chunk
- * generations), its data in a memfd (BUDDY_F_MEMFD).  heap.c calls these for
- * pol.direct_map; 0 or -errno. */
-int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp);
-void hfs_dm_heap_destroy(struct hfs_heap *h);
-/* Around every change of the object segment's name map (objects.c, under its map mutex):
- * the sequence counter clients read the map under (odd while it changes). */
-void hfs_dm_seq_begin(struct hfs_heap *h);
-void hfs_dm_seq_end(struct hfs_heap *h);
+#include "core.h"
 
 /* The client socket: start after the mount exists (after daemonizing); stop after the
  * unmount (the server thread may be waiting on the mount), before the session and the

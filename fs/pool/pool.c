@@ -45,8 +45,8 @@
 
 #include "chunk.h"
 #include "donor/proto_i.h"
-#include "fs_i.h"
-#include "pool_i.h"
+#include "core.h"
+#include "pool.h"
 #include "source.h"
 
 #define POOL_MIN_BLOCK (4u << 10)

@@ -52,22 +52,11 @@
 
 #include "chunk.h"
 #include "client/proto_i.h"
-#include "client_i.h"
+#include "direct.h"
 
 #define MAX_CONNS 256
 #define SWEEP_MS 100 /* idle leases of unlinked files go within this */
 #define PAGE 4096u
-
-struct hfs_dm {
-	int meta_fd;
-	void *meta;
-	size_t meta_size;
-	uint64_t key;
-	uint64_t gen_off, gen_stride;
-	_Atomic uint64_t *seq; /* in the page after the buddy metadata: the segment map's
-				  sequence counter (odd while it changes) */
-	uint64_t seq_off;
-};
 
 /* A lease: a range of one file the client may map without asking (proto_i.h). */
 struct cl_map {
@@ -109,86 +98,8 @@ static struct {
 	unsigned nconns;
 } cl = { .lsock = -1, .stop = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
 
-static atomic_uint_fast64_t next_key = 1;
 
 void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
-
-/* --- direct_map heaps --- */
-
-int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp)
-{
-	struct hfs_dm *dm = calloc(1, sizeof(*dm));
-	int64_t need;
-	int ret;
-
-	if (!dm)
-		return -ENOMEM;
-	bp->flags |= BUDDY_F_MEMFD;
-	dm->meta = MAP_FAILED;
-	need = buddy_meta_size(bp);
-	ret = (int)need;
-	if (need < 0)
-		goto fail;
-	dm->seq_off = ((uint64_t)need + PAGE - 1) & ~(uint64_t)(PAGE - 1);
-	dm->meta_size = dm->seq_off + PAGE;
-	dm->meta_fd = memfd_create("heapfs-meta", MFD_CLOEXEC);
-	ret = -errno;
-	if (dm->meta_fd < 0)
-		goto fail;
-	if (ftruncate(dm->meta_fd, (off_t)dm->meta_size) < 0) {
-		ret = -errno;
-		goto fail_fd;
-	}
-	dm->meta = mmap(NULL, dm->meta_size, PROT_READ | PROT_WRITE, MAP_SHARED, dm->meta_fd, 0);
-	if (dm->meta == MAP_FAILED) {
-		ret = -errno;
-		goto fail_fd;
-	}
-	dm->seq = (_Atomic uint64_t *)((char *)dm->meta + dm->seq_off);
-	ret = buddy_create_at(bp, dm->meta, dm->seq_off, &h->b);
-	if (ret)
-		goto fail_map;
-	ret = chunk_gen_layout(h->b, &dm->gen_off, &dm->gen_stride);
-	if (ret)
-		goto fail_buddy;
-	dm->key = atomic_fetch_add(&next_key, 1);
-	h->dm = dm;
-	return 0;
-fail_buddy:
-	buddy_destroy(h->b);
-	h->b = NULL;
-fail_map:
-	munmap(dm->meta, dm->meta_size);
-fail_fd:
-	close(dm->meta_fd);
-fail:
-	free(dm);
-	return ret;
-}
-
-void hfs_dm_heap_destroy(struct hfs_heap *h)
-{
-	if (!h->dm)
-		return;
-	munmap(h->dm->meta, h->dm->meta_size);
-	close(h->dm->meta_fd);
-	free(h->dm);
-	h->dm = NULL;
-}
-
-void hfs_dm_seq_begin(struct hfs_heap *h)
-{
-	if (h->dm) {
-		atomic_fetch_add(h->dm->seq, 1); /* odd: readers retry */
-		atomic_thread_fence(memory_order_release);
-	}
-}
-
-void hfs_dm_seq_end(struct hfs_heap *h)
-{
-	if (h->dm)
-		atomic_fetch_add_explicit(h->dm->seq, 1, memory_order_release);
-}
 
 /* --- the written-range accounting --- */
 

@@ -4,12 +4,12 @@
  * -errno after printing why: exit 2).  Run: after daemonizing (the socket thread).
  * Stop: after the session loop (releases every donor, removes the socket).
  */
-#ifndef HEAPFS_POOL_I_H
-#define HEAPFS_POOL_I_H
+#ifndef HEAPFS_POOL_H
+#define HEAPFS_POOL_H
 
 #include <jansson.h>
 
-#include "fs_i.h"
+#include "core.h"
 
 int hfs_pool_start(void);
 int hfs_pool_run(void);

@@ -1,0 +1,632 @@
+/*
+ * mirror.c — the mirror: HELLO, mirrors made and settled, takeover decisions, the image
+ * restore thread and the live applier of the owner's records (repl.c, "Takeover").
+ * Locking: repl.c's opening comment.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/random.h>
+#include <sys/uio.h>
+
+#include <jansson.h>
+#include <xxhash.h>
+
+#include "repl_i.h"
+
+/* ---- the mirror ------------------------------------------------------------------- */
+
+/* The replicated heap of that name, or NULL. */
+struct hfs_repl_heap *repl_named(const char *name)
+{
+	struct hfs_repl_heap *r;
+
+	FOR_EACH_REPL(r)
+		if (!strcmp(r->h->pol.name, name))
+			return r;
+	return NULL;
+}
+
+/* Any heap of that name (a mirror must not shadow one of ours). */
+static bool heap_exists(const char *name)
+{
+	bool found = false;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	for (unsigned k = 0; k < hfs.nheaps && !found; k++)
+		found = !strcmp(hfs.heapv[k]->pol.name, name);
+	pthread_rwlock_unlock(&hfs.ns);
+	return found;
+}
+
+/* HELLO: one of these per replicated heap of the sender, owned (the receiver mirrors it)
+ * or mirrored (gen, recno: the copy it holds, so the owner may resume). */
+struct hello_heap {
+	uint64_t size, min_block;
+	uint32_t layout, replicate, name_len, mirror;
+	uint64_t gen, recno, epoch;
+	uint32_t wrote_apart, discard;
+	uint32_t fresh, pad;        /* an owner back empty (restarted, nothing written) */
+}; /* + name */
+
+static bool fresh(const struct hfs_repl_heap *r);
+
+int send_hello(void)
+{
+	char buf[8192];
+	size_t len = 0;
+	int64_t seq;
+
+	struct hfs_repl_heap *r;
+
+	FOR_EACH_REPL(r) {
+		struct hfs_heap *h = r->h;
+		struct hello_heap hh = { .size = h->pol.size, .min_block = h->pol.min_block,
+					 .layout = h->pol.layout, .replicate = h->pol.replicate,
+					 .name_len = (uint32_t)strlen(h->pol.name) };
+
+		if (len + sizeof(hh) + hh.name_len > sizeof(buf))
+			break;
+		pthread_mutex_lock(&r->lock);
+		hh.mirror = r->mirror;
+		hh.gen = !r->mirror || r->apply ? r->gen : 0;
+		hh.recno = r->recno;
+		hh.epoch = r->epoch;
+		hh.wrote_apart = r->wrote_apart;
+		hh.discard = r->discard;
+		hh.fresh = fresh(r);
+		pthread_mutex_unlock(&r->lock);
+		memcpy(buf + len, &hh, sizeof(hh));
+		memcpy(buf + len + sizeof(hh), h->pol.name, hh.name_len);
+		len += sizeof(hh) + hh.name_len;
+	}
+	seq = rep_send(rg.l, MSG_HELLO, buf, len);
+	return seq < 0 ? (int)seq : 0;
+}
+
+static int make_mirror(const struct hello_heap *hh, const char *name)
+{
+	struct hfs_repl_heap *r = repl_named(name);
+	struct conf_heap pol;
+	struct hfs_inode *dir;
+	int ret;
+
+	if (r || heap_exists(name)) { /* made at an earlier connect, or ours */
+		if (r && r->mirror && r->h->pol.size == hh->size)
+			return 0;
+		fprintf(stderr, "heapfs: partner: heap %s is declared on both nodes; "
+			"not mirrored\n", name);
+		return -EEXIST;
+	}
+	if (conf_heap_defaults(hfs.conf, name, &pol))
+		return -EINVAL;
+	pol.size = hh->size;
+	pol.min_block = hh->min_block;
+	pol.layout = hh->layout ? CONF_LAYOUT_CONTIGUOUS : CONF_LAYOUT_EXTENTS;
+	pol.replicate = hh->replicate == CONF_REPLICATE_SYNC ? CONF_REPLICATE_SYNC
+							      : CONF_REPLICATE_ASYNC;
+	pthread_rwlock_wrlock(&hfs.ns);
+	ret = __hfs_heap_mkdir(name, &pol, true, &dir);
+	if (!ret) {
+		dir->heap->repl = rh_new(dir->heap, true);
+		if (!dir->heap->repl)
+			ret = -ENOMEM; /* the heap stays, unreplicated, and writable */
+		else
+			dir->heap->repl->epoch = hh->epoch;
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	if (ret)
+		fprintf(stderr, "heapfs: partner: cannot make mirror heap %s: %s\n", name,
+			strerror(-ret));
+	return ret;
+}
+
+/* An owner that never had data here: restarted (memory is gone) and not written to. */
+static bool fresh(const struct hfs_repl_heap *r)
+{
+	return !r->mirror && r->gen == 0 && r->recno == 0 && !r->loaded;
+}
+
+void wopen_clear(struct hfs_repl_heap *r)
+{
+	struct wid *w, *tmp;
+
+	HASH_ITER(hh, r->wopen, w, tmp) {
+		HASH_DEL(r->wopen, w);
+		free(w);
+	}
+}
+
+/* r->lock held: the files open for writing on the owner we take over from, referenced,
+ * for mark_interrupted() (which cannot run under r->lock: it changes the heap). */
+static void __collect_marks(struct hfs_repl_heap *r)
+{
+	struct wid *w, *tmp;
+
+	free(r->marks);
+	r->nmarks = 0;
+	r->marks = calloc(HASH_COUNT(r->wopen) + 1, sizeof(*r->marks));
+	HASH_ITER(hh, r->wopen, w, tmp) {
+		struct hfs_inode *i = r->apply ? hfs_apply_inode(r->apply, w->id) : NULL;
+
+		if (i && r->marks) {
+			hfs_iref(i, 1);
+			r->marks[r->nmarks++] = i;
+		}
+	}
+	wopen_clear(r);
+}
+
+/* After a takeover: files that were open for writing on the old owner say so. */
+void mark_interrupted(struct hfs_repl_heap *r)
+{
+	struct hfs_inode **m;
+	size_t n;
+
+	pthread_mutex_lock(&r->lock);
+	m = r->marks;
+	n = r->nmarks;
+	r->marks = NULL;
+	r->nmarks = 0;
+	pthread_mutex_unlock(&r->lock);
+	for (size_t k = 0; k < n; k++) {
+		hfs_setxattr(m[k], HFS_XATTR_STATE, "interrupted", strlen("interrupted"),
+			     HFS_XATTR_RESTORE);
+		hfs_iput(m[k], 1);
+	}
+	free(m);
+}
+
+static void mark_all(void)
+{
+	struct hfs_repl_heap *r;
+
+	FOR_EACH_REPL(r)
+		mark_interrupted(r);
+}
+
+/* r->lock held: become the owner (a promotion, or the partner came back with nothing). */
+void __become_owner(struct hfs_repl_heap *r, uint64_t above)
+{
+	if (r->mirror)
+		__collect_marks(r);
+	if (r->mirror && r->apply) {
+		hfs_apply_end(r->apply, false);
+		r->apply = NULL;
+	}
+	r->epoch = (above > r->epoch ? above : r->epoch) + 1;
+	r->lost = true; /* what the other side holds is unknown: it gets a whole image */
+	pend_drop(r);
+	r->streaming = true;
+	r->mirror = false;
+}
+
+/* r->lock held: become the mirror (the partner won); its image replaces ours. */
+static void __become_mirror(struct hfs_repl_heap *r, uint64_t epoch)
+{
+	pend_drop(r);
+	r->epoch = epoch;
+	r->gen = r->recno = 0;
+	r->wrote_apart = r->discard = r->split = r->loaded = false;
+	r->streaming = false;
+	r->mirror = true;
+}
+
+/* The partner holds a copy of our heap (hh): resume from it, or it takes over when we
+ * came back with nothing and it has the data. */
+static void peer_holds(const char *name, const struct hello_heap *hh)
+{
+	struct hfs_repl_heap *r = repl_named(name);
+
+	if (!r)
+		return;
+	pthread_mutex_lock(&r->lock);
+	if (r->mirror && hh->gen && r->apply && hh->epoch >= r->epoch) {
+		/* both mirrors: nobody owns it; nothing to do */
+	} else if (!r->mirror && fresh(r) && hh->gen) {
+		fprintf(stderr, "heapfs: partner: %s: we came back empty, the partner holds it: "
+			"we mirror it now\n", name);
+		__become_mirror(r, hh->epoch + 1);
+	} else if (!r->mirror) {
+		r->peer_has = hh->gen != 0;
+		r->peer_gen = hh->gen;
+		r->peer_recno = hh->recno;
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* Does our side win the heap both nodes own?  Both sides compute it from the same two
+ * HELLO entries, so exactly one wins (ties go to the smaller node name). */
+static int owner_wins(const struct hfs_repl_heap *r, const struct hello_heap *hh)
+{
+	bool pfresh = hh->fresh;
+
+	if (fresh(r) != pfresh)
+		return pfresh ? 1 : 0;
+	if (r->discard != (bool)hh->discard)
+		return r->discard ? 1 : 0;
+	if (r->wrote_apart && hh->wrote_apart)
+		return -1; /* split brain */
+	if (r->epoch != hh->epoch)
+		return r->epoch > hh->epoch ? 1 : 0;
+	if (r->wrote_apart != (bool)hh->wrote_apart)
+		return r->wrote_apart ? 1 : 0;
+	return strcmp(hfs.conf->partner.node, rg.peer) < 0 ? 1 : 0;
+}
+
+/* The partner says it owns heap name (hh).  0: we hold no such replicated heap (make the
+ * mirror); 1: settled here (we mirror it already, or both own it: who keeps it). */
+static int settle_owner(const char *name, const struct hello_heap *hh)
+{
+	struct hfs_repl_heap *r = repl_named(name);
+	int win;
+
+	if (!r)
+		return 0;
+	pthread_mutex_lock(&r->lock);
+	if (r->mirror) {
+		if (r->apply && r->gen && hh->fresh) {
+			/* the owner came back empty; we hold its data: we own it now */
+			fprintf(stderr, "heapfs: partner: %s: the owner came back empty: we own it "
+				"now\n", name);
+			__become_owner(r, hh->epoch);
+			r->peer_has = false;
+		} else if (hh->epoch > r->epoch) {
+			r->epoch = hh->epoch;
+		}
+		pthread_mutex_unlock(&r->lock);
+		return 1;
+	}
+	win = owner_wins(r, hh);
+	r->split = win < 0;
+	if (win < 0) {
+		fprintf(stderr, "heapfs: partner: %s: split brain (both sides wrote while apart); "
+			"nothing is merged until `heapfsctl promote --discard-peer` on the side that "
+			"wins\n", name);
+		r->peer_has = false;
+	} else if (win) {
+		r->peer_has = false; /* its copy is not ours: it gets a whole image */
+		r->lost = true;
+	} else {
+		fprintf(stderr, "heapfs: partner: %s: the partner owns it (epoch %llu): we mirror "
+			"it now\n", name, (unsigned long long)hh->epoch);
+		__become_mirror(r, hh->epoch);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return 1;
+}
+
+static void sync_start(void)
+{
+	pthread_t last;
+	bool on;
+
+	/* the last one first (it fails fast once the link is down); it takes rg.lock at its
+	 * end, so not joined under it.  Only the receive thread starts sync threads. */
+	pthread_mutex_lock(&rg.lock);
+	last = rg.sync_th;
+	on = rg.sync_on;
+	rg.sync_on = false;
+	pthread_mutex_unlock(&rg.lock);
+	if (on)
+		pthread_join(last, NULL);
+	pthread_mutex_lock(&rg.lock);
+	rg.sync_conn = atomic_load(&rg.conn); /* this connection's: the receive thread's */
+	rg.syncing = true;
+	rg.sync_on = !pthread_create(&rg.sync_th, NULL, sync_thread, NULL);
+	if (!rg.sync_on)
+		rg.syncing = false;
+	pthread_mutex_unlock(&rg.lock);
+}
+
+static int recv_heaps(const char *p, size_t len);
+
+int recv_hello(const char *p, size_t len)
+{
+	struct hfs_repl_heap *r;
+	bool took = false;
+	int ret;
+
+	FOR_EACH_REPL(r)
+		r->peer_owns = false;
+	ret = recv_heaps(p, len);
+	mark_all(); /* a takeover in settle_owner */
+	/* a heap we mirror, with data, that the partner no longer has at all: its owner came
+	 * back empty (a restart of a node whose config does not declare it): we own it */
+	FOR_EACH_REPL(r) {
+		pthread_mutex_lock(&r->lock);
+		if (!ret && r->mirror && !r->peer_owns && r->apply && r->gen) {
+			fprintf(stderr, "heapfs: partner: %s: the partner no longer has it: we own "
+				"it now\n", r->h->pol.name);
+			__become_owner(r, r->epoch);
+			r->peer_has = false;
+			took = true;
+		}
+		pthread_mutex_unlock(&r->lock);
+	}
+	mark_all();
+	if (took)
+		send_hello(); /* so that the partner makes its mirror before our image */
+
+	/* what the partner holds is known: resync what it lacks */
+	sync_start();
+	return ret;
+}
+
+static int recv_heaps(const char *p, size_t len)
+{
+	while (len) {
+		struct hello_heap hh;
+		char name[CONF_NAME_MAX + 1];
+
+		if (len < sizeof(hh))
+			return -EBADMSG;
+		memcpy(&hh, p, sizeof(hh));
+		if (!hh.name_len || hh.name_len > CONF_NAME_MAX || len - sizeof(hh) < hh.name_len ||
+		    hh.size > CONF_HEAP_MAX || hh.size & (hh.size - 1) ||
+		    hh.min_block < CONF_MIN_BLOCK_MIN || hh.min_block > CONF_MIN_BLOCK_MAX ||
+		    hh.min_block & (hh.min_block - 1) || hh.min_block > hh.size)
+			return -EBADMSG;
+		memcpy(name, p + sizeof(hh), hh.name_len);
+		name[hh.name_len] = 0;
+		if (conf_check_heap_name(name))
+			return -EBADMSG;
+		if (hh.mirror) {
+			peer_holds(name, &hh);
+		} else {
+			struct hfs_repl_heap *r = repl_named(name);
+
+			if (r)
+				r->peer_owns = true;
+			if (!settle_owner(name, &hh))
+				make_mirror(&hh, name);
+		}
+		p += sizeof(hh) + hh.name_len;
+		len -= sizeof(hh) + hh.name_len;
+	}
+	return 0;
+}
+
+/* Remove everything below dir (the mirror at RESET). */
+static int empty_dir(struct hfs_inode *dir)
+{
+	struct hfs_dirent *de, *tmp;
+	char **names = NULL;
+	size_t n = 0, k;
+	int ret = 0;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	names = calloc(dir->dir.nents + 1, sizeof(*names));
+	HASH_ITER(hh, dir->dir.ents, de, tmp) {
+		if (names && n < dir->dir.nents)
+			names[n++] = strdup(de->name);
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	if (!names)
+		return -ENOMEM;
+	for (k = 0; k < n; k++) {
+		struct hfs_inode *i;
+
+		if (!names[k] || hfs_lookup(dir, names[k], &i)) {
+			ret = ret ?: -ENOMEM;
+			continue;
+		}
+		if (i->kind == HFS_DIR) {
+			ret = empty_dir(i) ?: ret;
+			ret = hfs_rmdir(dir, names[k]) ?: ret;
+		} else {
+			ret = hfs_unlink(dir, names[k]) ?: ret;
+		}
+		/* it may have been cached while this heap was ours (a day's timeout) */
+		hfs_inval_entry(dir->ino, names[k]);
+		hfs_iput(i, 1);
+	}
+	for (k = 0; k < n; k++)
+		free(names[k]);
+	free(names);
+	return ret;
+}
+
+struct restore_arg {
+	struct hfs_repl_heap *r;
+	int fd;
+};
+
+static void *restore_thread(void *arg)
+{
+	struct restore_arg *ra = arg;
+	struct hfs_repl_heap *r = ra->r;
+	struct img_r *rd;
+	struct img_rec rec;
+	int ret;
+
+	applying = true;
+	ret = img_r_open(ra->fd, r->h->pol.size, &rd, r->why, sizeof(r->why));
+	if (!ret) {
+		ret = hfs_apply_begin(r->h, r->why, sizeof(r->why), &r->apply);
+		while (!ret && (ret = img_r_next(rd, &rec)) == 1)
+			ret = hfs_apply_rec(r->apply, rd, &rec);
+		if (!ret)
+			ret = hfs_apply_settle(r->apply);
+		if (!ret)
+			hfs_apply_live(r->apply);
+		img_r_free(rd);
+	}
+	if (ret && r->apply) {
+		hfs_apply_end(r->apply, false);
+		r->apply = NULL;
+	}
+	/* read what is left so the writer never blocks on a dead reader */
+	while (read(ra->fd, r->why + sizeof(r->why) - 1, 1) > 0)
+		;
+	close(ra->fd);
+	free(ra);
+	r->th_ret = ret;
+	return NULL;
+}
+
+/* End the image restore (if one runs).  cut: the link went down under it, so a half
+ * image is expected, not a refusal. */
+int mirror_join(struct hfs_repl_heap *r, bool cut)
+{
+	if (r->pipe_w >= 0) {
+		close(r->pipe_w);
+		r->pipe_w = -1;
+	}
+	if (r->th_on) {
+		pthread_join(r->th, NULL);
+		r->th_on = false;
+		if (r->th_ret && cut)
+			fprintf(stderr, "heapfs: partner: the image of %s was cut off with the "
+				"link; the next connect sends it again\n", r->h->pol.name);
+		else if (r->th_ret)
+			fprintf(stderr, "heapfs: partner: the image of %s was refused: %s\n",
+				r->h->pol.name, r->why[0] ? r->why : strerror(-r->th_ret));
+	}
+	return r->th_on ? -EIO : r->th_ret;
+}
+
+int mirror_reset(struct hfs_repl_heap *r)
+{
+	struct restore_arg *ra;
+	int p[2], ret;
+
+	mirror_join(r, true);
+	r->noroom = false;
+	if (r->apply) {
+		hfs_apply_end(r->apply, false);
+		r->apply = NULL;
+	}
+	ret = empty_dir(r->h->dir);
+	if (ret)
+		return ret;
+	if (pipe2(p, O_CLOEXEC))
+		return -errno;
+	ra = malloc(sizeof(*ra));
+	if (!ra) {
+		close(p[0]);
+		close(p[1]);
+		return -ENOMEM;
+	}
+	ra->r = r;
+	ra->fd = p[0];
+	r->why[0] = 0;
+	r->th_ret = 0;
+	if (pthread_create(&r->th, NULL, restore_thread, ra)) {
+		close(p[0]);
+		close(p[1]);
+		free(ra);
+		return -EAGAIN;
+	}
+	r->th_on = true;
+	r->pipe_w = p[1];
+	return 0;
+}
+
+int mirror_img(struct hfs_repl_heap *r, const char *p, size_t len)
+{
+	if (r->pipe_w < 0)
+		return -EPROTO;
+	while (len) {
+		ssize_t n = write(r->pipe_w, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -EIO;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int mirror_writers(struct hfs_repl_heap *r, const char *p, size_t len)
+{
+	uint64_t id;
+	struct wid *w;
+
+	if (len != sizeof(id) + 1)
+		return -EBADMSG;
+	memcpy(&id, p, sizeof(id));
+	pthread_mutex_lock(&r->lock);
+	HASH_FIND(hh, r->wopen, &id, sizeof(id), w);
+	if (p[sizeof(id)] && !w && (w = calloc(1, sizeof(*w)))) {
+		w->id = id;
+		HASH_ADD(hh, r->wopen, id, sizeof(w->id), w);
+	} else if (!p[sizeof(id)] && w) {
+		HASH_DEL(r->wopen, w);
+		free(w);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
+/* The mirror: a data record did not fit (this host's memory, file.c alloc_block) and was
+ * not applied at all.  sync: the owner gives the write back (a truncate follows) and this
+ * copy stays whole: the record counts as seen.  async: the owner goes on, so this copy is
+ * behind until the next image; later records are refused too (applied to a copy with a
+ * hole they would hide it). */
+static int no_room_here(struct hfs_repl_heap *r, uint64_t recno)
+{
+	bool sync = r->h->pol.replicate == CONF_REPLICATE_SYNC;
+
+	fprintf(stderr, "heapfs: partner: no room here for a change to %s%s\n", r->h->pol.name,
+		sync ? ": refused, the owner gives it back" : ": this copy is behind until "
+		"the next resync");
+	pthread_mutex_lock(&r->lock);
+	if (sync) {
+		r->recno = recno;
+	} else {
+		r->noroom = true;
+		r->gen = 0; /* ask for a whole image next time */
+	}
+	pthread_mutex_unlock(&r->lock);
+	r->why[0] = 0;
+	return -ENOSPC;
+}
+
+int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
+{
+	static char str[IMG_REC_STR]; /* the receive thread is the only caller */
+	struct img_rec rec;
+	const void *data;
+	int ret;
+
+	uint64_t recno;
+
+	if (!r->apply)
+		return -EPROTO; /* no full image yet, or it failed */
+	if (r->noroom)
+		return -ENOSPC; /* async: this copy lacks a change until the next image */
+	if (len < sizeof(recno))
+		return -EBADMSG;
+	memcpy(&recno, p, sizeof(recno));
+	if (recno <= r->recno)
+		return 0; /* had it: the owner resent from before what we acknowledged */
+	ret = recno == r->recno + 1 ? 0 : -EPROTO; /* a gap: this copy is no longer whole */
+	if (!ret)
+		ret = img_rec_decode(p + sizeof(recno), len - sizeof(recno), &rec, &data, str,
+				     r->why, sizeof(r->why));
+	if (!ret)
+		ret = hfs_apply_mem(r->apply, NULL, &rec, data);
+	if (ret == -ENOSPC && rec.type == IMG_DATA) /* whole or not at all (hfs_write) */
+		return no_room_here(r, recno);
+	if (ret) {
+		fprintf(stderr, "heapfs: partner: a change to %s failed: %s\n", r->h->pol.name,
+			r->why[0] ? r->why : strerror(-ret));
+		pthread_mutex_lock(&r->lock);
+		r->gen = 0; /* ask for a whole image next time */
+		pthread_mutex_unlock(&r->lock);
+	} else {
+		pthread_mutex_lock(&r->lock);
+		r->recno = recno;
+		pthread_mutex_unlock(&r->lock);
+	}
+	r->why[0] = 0;
+	return ret;
+}

@@ -1,0 +1,183 @@
+/*
+ * repl_i.h — what the files of fs/repl/ share: the per-heap replication state, the link
+ * state (rg), the deferred replies (deferq), the message types, and the functions one
+ * section calls in another.  The whole design and the locking rule: repl.c's opening
+ * comment.
+ */
+#ifndef HEAPFS_REPL_I_H
+#define HEAPFS_REPL_I_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include <jansson.h>
+
+#include "core.h"
+#include "img.h"
+#include "replica.h"
+
+enum {
+	MSG_HELLO = REP_TYPE_USER, /* the sender's replicated heaps (struct hello_heap) */
+	MSG_RESET,                 /* name, generation: a full image of the heap follows */
+	MSG_IMG,                   /* name, bytes of the image stream */
+	MSG_IMGEND,                /* name: the stream is complete */
+	MSG_REC,                   /* name, recno, one change record */
+	MSG_VERIFY,                /* send your checksums (heapfsctl verify) */
+	MSG_VERIFY_REPLY,          /* JSON: heap -> path -> "kind size mode xxh3" */
+	MSG_WRITERS,               /* name, id, open: a file is (no longer) open for writing */
+};
+
+/* An identity open for writing on the owner (the mirror's set). */
+struct wid {
+	UT_hash_handle hh;
+	uint64_t id;
+};
+
+#define CHUNK (1u << 20)
+#define REPL_MAX 256 /* replicated heaps, both sides together */
+
+/* One record message kept by the owner until the partner acknowledged it: what a
+ * partner that comes back with its memory is sent again (from its last applied recno). */
+struct pend {
+	struct pend *next;
+	uint64_t recno;
+	uint64_t seq; /* on the current connection; 0: not sent there */
+	size_t len;
+	char data[];
+};
+
+/* The change log's bound per heap: past it the log is dropped and the partner gets a full
+ * image when it returns. */
+#define LOG_MAX(h) ((h)->pol.size < (128ull << 20) ? (h)->pol.size : (128ull << 20))
+
+struct hfs_repl_heap {
+	struct hfs_heap *h;
+	_Atomic bool mirror;        /* flips at a takeover */
+	pthread_mutex_t lock;
+	/* takeover (r->lock): the epoch rises with every promotion; wrote_apart: changed
+	 * while the partner was away (both: split brain); discard: promote --discard-peer */
+	uint64_t epoch;
+	bool wrote_apart, split, discard;
+	bool loaded;                /* an owner that started with data (an image) */
+	/* owner */
+	bool streaming;             /* not connected, or a resync in flight: records wait */
+	struct pend *pend, **pend_tail; /* the change log, oldest first */
+	uint64_t log_bytes;
+	bool lost;                  /* the log overflowed: the next sync is a full one */
+	uint64_t gen, recno;        /* the image generation and its last record (the mirror:
+				       what it has applied) */
+	bool peer_has;              /* the partner's HELLO said it holds gen up to peer_recno */
+	bool resume, skip;          /* (the sync thread's) send only the log / nothing */
+	bool behind;                /* async owner: the partner had no room ("Room") */
+	bool noroom;                /* async mirror: refused a change for room, until RESET */
+	bool peer_owns;             /* (receive thread) the partner's HELLO claims it */
+	uint64_t peer_gen, peer_recno;
+	/* mirror: the image restore (a thread reading a pipe), then the live applier */
+	int pipe_w;
+	pthread_t th;
+	bool th_on;
+	int th_ret;
+	struct hfs_apply *apply;
+	char why[256];
+	struct wid *wopen;          /* r->lock: open for writing on the owner */
+	struct hfs_inode **marks;   /* r->lock: to mark "interrupted" after a takeover */
+	size_t nmarks;
+};
+
+struct repl_state {
+	bool on;
+	struct rep_link *_Atomic l;
+	uint8_t key[REP_KEY_BYTES];
+	pthread_mutex_t lock;
+	_Atomic bool up;  /* read by writers (send_rec) without rg.lock */
+	bool syncing;
+	char peer[REP_NODE_MAX + 1];
+	pthread_t sync_th;
+	bool sync_on;
+	atomic_uint_fast64_t resync_done, resync_total;
+	/* every replicated heap, owned or mirrored: append-only (such heaps are never
+	 * removed), so the link's threads walk it without hfs.ns */
+	atomic_bool stopping;
+	/* bumped at every up and down: a sync thread sends only on the connection it was
+	 * started for (after a replaced connection its stream would land in the middle of
+	 * the new one) */
+	atomic_uint_fast64_t conn;
+	uint64_t sync_conn;         /* the sync thread's */
+	uint64_t sync_until;        /* rg.lock: the last seq of the resync (this connection) */
+	struct hfs_repl_heap *rv[REPL_MAX];
+	atomic_uint nr;
+};
+extern struct repl_state rg;
+
+#define FOR_EACH_REPL(r) \
+	for (unsigned k_ = 0, n_ = atomic_load(&rg.nr); k_ < n_ && ((r) = rg.rv[k_], 1); k_++)
+
+extern __thread bool applying;     /* this thread applies the partner's changes */
+extern __thread uint64_t wait_seq; /* sync mode: the last record this thread sent */
+extern __thread uint64_t wait_conn; /* and on which connection (rg.conn then) */
+extern __thread uint64_t wait_first; /* the first record sent since the last wait */
+
+/* The write this thread last made (hfs_repl_wrote): what to give back when the partner
+ * had no room for it. */
+struct wnote {
+	struct hfs_inode *i; /* NULL: the last change was not a write */
+	uint64_t old, off, end;
+};
+extern __thread struct wnote wrote;
+
+/* Replies deferred until the partner acknowledged a seq (sync writes, hfs_repl_defer). */
+struct deferred {
+	struct deferred *next;
+	uint64_t first, seq; /* the records of the change */
+	struct wnote w;
+	void (*fn)(void *arg, int err);
+	void *arg;
+};
+#define REFUSED_MAX 64
+struct repl_deferq {
+	pthread_mutex_t lock;
+	struct deferred *list;
+	uint64_t conn, acked; /* the current connection, its highest acknowledged seq */
+	/* the latest records of this connection the partner refused for room (a ring) */
+	uint64_t refused[REFUSED_MAX];
+	unsigned nref;
+};
+extern struct repl_deferq deferq;
+
+/* Called across the files of fs/repl/ (each defined in the file named above it). */
+/* mirror.c */
+int mirror_img(struct hfs_repl_heap *r, const char *p, size_t len);
+int mirror_join(struct hfs_repl_heap *r, bool cut);
+int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len);
+int mirror_reset(struct hfs_repl_heap *r);
+int mirror_writers(struct hfs_repl_heap *r, const char *p, size_t len);
+int recv_hello(const char *p, size_t len);
+int send_hello(void);
+struct hfs_repl_heap *repl_named(const char *name);
+void __become_owner(struct hfs_repl_heap *r, uint64_t above);
+void mark_interrupted(struct hfs_repl_heap *r);
+void wopen_clear(struct hfs_repl_heap *r);
+
+/* out.c */
+int name_iov(struct hfs_heap *h, uint8_t *len, struct iovec *iov);
+void pend_drop(struct hfs_repl_heap *r);
+void pend_pop(struct hfs_repl_heap *r);
+
+/* repl.c */
+struct hfs_repl_heap *rh_new(struct hfs_heap *h, bool mirror);
+
+/* sync.c */
+void *sync_thread(void *arg);
+
+/* verify.c */
+int verify_answer(void);
+int verify_reply(const char *p, size_t len);
+
+/* wait.c */
+void deferred_run(uint64_t seq);
+void no_room(uint64_t seq);
+
+#endif

@@ -1,0 +1,182 @@
+/*
+ * sync.c — the owner's (re)sync at each connect: only the log the partner lacks, or
+ * the whole heap from a frozen snapshot followed by the log (repl.c, "Resync").
+ * Locking: repl.c's opening comment.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/random.h>
+#include <sys/uio.h>
+
+#include <jansson.h>
+#include <xxhash.h>
+
+#include "repl_i.h"
+
+/* ---- the owner: full sync ----------------------------------------------------------- */
+
+/* The sync thread's connection is gone (or the daemon stops): it must not send. */
+static bool stale(void)
+{
+	return atomic_load(&rg.conn) != rg.sync_conn || atomic_load(&rg.stopping);
+}
+
+/* The sync thread's messages (RESET, IMG, IMGEND). */
+static int send_named(struct hfs_heap *h, uint32_t type, const void *buf, size_t len)
+{
+	struct iovec iov[3];
+	uint8_t nl;
+	int n = name_iov(h, &nl, iov);
+	int64_t seq;
+
+	if (stale())
+		return -ECANCELED;
+	iov[n++] = (struct iovec){ .iov_base = (void *)buf, .iov_len = len };
+	seq = rep_sendv(rg.l, type, iov, n);
+	return seq < 0 ? (int)seq : 0;
+}
+
+/* Called with the heap frozen (hfs.ns and its quiesce lock held): what was queued is in
+ * the image, what comes next goes after it. */
+static void frozen(void *arg)
+{
+	struct hfs_repl_heap *r = arg;
+	uint64_t gen;
+
+	if (getrandom(&gen, sizeof(gen), 0) != sizeof(gen))
+		gen = (uint64_t)hfs_now_ns() ^ ((uint64_t)getpid() << 32);
+	pthread_mutex_lock(&r->lock);
+	pend_drop(r);
+	r->lost = false;
+	r->gen = gen | 1; /* 0: "no copy" */
+	r->recno = 0;
+	r->streaming = true;
+	send_named(r->h, MSG_RESET, &r->gen, sizeof(r->gen));
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* r->lock held: send the log from its start (all of it is newer than what the partner
+ * has), then let records go straight out again. */
+static int send_log(struct hfs_repl_heap *r)
+{
+	int ret = 0;
+
+	for (struct pend *p = r->pend; p && !ret; p = p->next) {
+		int64_t seq = stale() ? -ECANCELED : rep_send(rg.l, MSG_REC, p->data, p->len);
+
+		ret = seq < 0 ? (int)seq : 0;
+		p->seq = seq > 0 ? (uint64_t)seq : 0;
+		if (!ret)
+			atomic_fetch_add(&rg.resync_done, p->len);
+	}
+	if (!ret) {
+		r->streaming = false;
+		r->wrote_apart = r->discard = false; /* the partner has it all now */
+	}
+	return ret;
+}
+
+/* The partner kept its copy (same generation) and the log reaches back to what it has:
+ * send only the records it lacks. */
+static bool can_resume(struct hfs_repl_heap *r)
+{
+	return r->peer_has && r->peer_gen == r->gen && !r->lost &&
+	       r->peer_recno <= r->recno && (!r->pend || r->pend->recno <= r->peer_recno + 1);
+}
+
+static int resume_heap(struct hfs_repl_heap *r)
+{
+	int ret;
+
+	pthread_mutex_lock(&r->lock);
+	while (r->pend && r->pend->recno <= r->peer_recno)
+		pend_pop(r); /* it has these */
+	ret = send_log(r);
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+static int sync_heap(struct hfs_repl_heap *r, char *buf)
+{
+	int fd, ret;
+	pid_t pid;
+	ssize_t n;
+
+	ret = hfs_image_snapshot_at(r->h, &fd, &pid, frozen, r);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&r->lock);
+	r->behind = false; /* the partner gets all of it again */
+	pthread_mutex_unlock(&r->lock);
+	while ((n = read(fd, buf, CHUNK)) > 0 || (n < 0 && errno == EINTR)) {
+		if (n < 0)
+			continue;
+		ret = send_named(r->h, MSG_IMG, buf, (size_t)n);
+		if (ret)
+			break;
+		atomic_fetch_add(&rg.resync_done, (uint64_t)n);
+	}
+	close(fd);
+	ret = hfs_image_snapshot_end(pid) ?: ret;
+	if (!ret)
+		ret = send_named(r->h, MSG_IMGEND, NULL, 0);
+	/* the changes made meanwhile, in order, then records go straight out again */
+	pthread_mutex_lock(&r->lock);
+	if (!ret)
+		ret = send_log(r);
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+void *sync_thread(void *arg)
+{
+	struct rep_stats rs;
+	char *buf = malloc(CHUNK);
+	struct hfs_repl_heap *r;
+	uint64_t total = 0;
+
+	(void)arg;
+	FOR_EACH_REPL(r) {
+		if (r->mirror)
+			continue;
+		pthread_mutex_lock(&r->lock);
+		r->skip = r->split; /* split brain: nothing moves until an operator decides */
+		r->resume = can_resume(r);
+		r->peer_has = false;
+		total += r->resume ? r->log_bytes : atomic_load(&r->h->held) + 4096;
+		pthread_mutex_unlock(&r->lock);
+	}
+	atomic_store(&rg.resync_done, 0);
+	atomic_store(&rg.resync_total, total);
+	FOR_EACH_REPL(r) {
+		int ret;
+
+		if (!buf || r->mirror || r->skip || stale())
+			continue;
+		ret = r->resume ? resume_heap(r) : sync_heap(r, buf);
+		/* the link went (its down() may not have run yet): the next connect resyncs */
+		if (ret && ret != -ENOTCONN && ret != -ECANCELED && !stale())
+			fprintf(stderr, "heapfs: partner: resync of %s failed: %s\n",
+				r->h->pol.name, strerror(-ret));
+		if (ret)
+			break;
+	}
+	free(buf);
+	/* resyncing until the partner has applied it all (acked up to here), not just until
+	 * it is queued: hfs_repl_status compares */
+	rep_get_stats(rg.l, &rs);
+	pthread_mutex_lock(&rg.lock);
+	if (!stale()) { /* else a newer connection has its own resync coming */
+		rg.sync_until = rs.last_seq;
+		atomic_store(&rg.resync_total, atomic_load(&rg.resync_done));
+		rg.syncing = false;
+	}
+	pthread_mutex_unlock(&rg.lock);
+	return NULL;
+}

@@ -1,0 +1,212 @@
+/*
+ * wait.c — waiting for the partner: sync writes' deferred replies and waits, async
+ * flushes, and giving back a write the partner had no room for (repl.c, "Modes", "Room").
+ * Locking: repl.c's opening comment.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/random.h>
+#include <sys/uio.h>
+
+#include <jansson.h>
+#include <xxhash.h>
+
+#include "repl_i.h"
+
+/* ---- room: the partner could not apply a write (README "Space") ------------------- */
+
+void hfs_repl_wrote(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_t end)
+{
+	wrote = (struct wnote){ .i = i, .old = old_size, .off = off, .end = end };
+}
+
+/* deferq.lock held: was a record in [first, last] refused for room? */
+static bool __refused(uint64_t first, uint64_t last)
+{
+	unsigned n = deferq.nref < REFUSED_MAX ? deferq.nref : REFUSED_MAX;
+
+	for (unsigned k = 0; k < n; k++)
+		if (deferq.refused[k] >= first && deferq.refused[k] <= last)
+			return true;
+	return false;
+}
+
+static bool refused(uint64_t first, uint64_t last)
+{
+	bool ret;
+
+	pthread_mutex_lock(&deferq.lock);
+	ret = __refused(first, last);
+	pthread_mutex_unlock(&deferq.lock);
+	return ret;
+}
+
+/* The partner had no room for (part of) write w: give the growth back here (a truncate
+ * record the mirror applies too) so that both sides hold what was acknowledged before and
+ * the writer gets ENOSPC.  If the file changed meanwhile that is not possible: the
+ * partner gets the whole heap again (the old way).  Never on the receive thread (it
+ * takes the inode lock, and sends). */
+static int give_back(const struct wnote *w)
+{
+	struct hfs_repl_heap *r = w->i->heap->repl;
+	int ret = hfs_write_undo(w->i, w->old, w->off, w->end);
+
+	wait_seq = 0; /* nobody waits for the undo's records */
+	if (!ret) {
+		fprintf(stderr, "heapfs: partner: no room there for heap %s: a write of %llu "
+			"bytes is refused (ENOSPC) and undone here\n", r->h->pol.name,
+			(unsigned long long)(w->end - w->off));
+		return -ENOSPC;
+	}
+	fprintf(stderr, "heapfs: partner: no room there for heap %s, and the file changed "
+		"since the write: resyncing the whole heap\n", r->h->pol.name);
+	pthread_mutex_lock(&r->lock);
+	r->lost = true;
+	pend_drop(r);
+	pthread_mutex_unlock(&r->lock);
+	if (rg.l)
+		rep_kick(rg.l);
+	return -ENOSPC;
+}
+
+static void *give_back_thread(void *arg)
+{
+	struct deferred *d = arg;
+
+	d->fn(d->arg, give_back(&d->w));
+	free(d);
+	return NULL;
+}
+
+/* The receive thread: the partner refused record seq for room. */
+void no_room(uint64_t seq)
+{
+	struct hfs_repl_heap *r;
+
+	pthread_mutex_lock(&deferq.lock);
+	deferq.refused[deferq.nref++ % REFUSED_MAX] = seq;
+	pthread_mutex_unlock(&deferq.lock);
+	FOR_EACH_REPL(r) {
+		bool found = false;
+
+		if (r->mirror || r->h->pol.replicate == CONF_REPLICATE_SYNC)
+			continue; /* sync: the writer gives the growth back (give_back) */
+		pthread_mutex_lock(&r->lock);
+		for (struct pend *p = r->pend; p && !found; p = p->next)
+			found = p->seq == seq;
+		if (found && !r->behind) {
+			r->behind = true;
+			fprintf(stderr, "heapfs: partner: no room there for heap %s: the mirror "
+				"is behind until the next resync; writes go on here\n",
+				r->h->pol.name);
+		}
+		pthread_mutex_unlock(&r->lock);
+	}
+}
+
+bool hfs_repl_defer(void (*fn)(void *arg, int err), void *arg)
+{
+	uint64_t seq = wait_seq;
+	struct deferred *d;
+	bool later = false;
+
+	if (!seq)
+		return false;
+	wait_seq = 0;
+	d = malloc(sizeof(*d));
+	pthread_mutex_lock(&deferq.lock);
+	/* acknowledged already, or that connection is gone: the caller replies now (and a
+	 * refusal it learns from hfs_repl_wait) */
+	if (d && deferq.conn == wait_conn && deferq.acked < seq) {
+		*d = (struct deferred){ .next = deferq.list, .first = wait_first, .seq = seq,
+					.w = wrote, .fn = fn, .arg = arg };
+		wrote.i = NULL;
+		deferq.list = d;
+		later = true;
+	}
+	pthread_mutex_unlock(&deferq.lock);
+	if (!later)
+		free(d);
+	return later;
+}
+
+/* Run the deferred replies up to seq (all: UINT64_MAX), outside deferq.lock. */
+void deferred_run(uint64_t seq)
+{
+	struct deferred *run = NULL, **pp, *d;
+
+	pthread_mutex_lock(&deferq.lock);
+	for (pp = &deferq.list; (d = *pp);) {
+		if (d->seq <= seq) {
+			*pp = d->next;
+			d->next = run;
+			run = d;
+		} else {
+			pp = &d->next;
+		}
+	}
+	pthread_mutex_unlock(&deferq.lock);
+	while ((d = run)) {
+		pthread_t t;
+
+		run = d->next;
+		if (d->w.i && refused(d->first, d->seq)) {
+			pthread_attr_t a;
+			int ret;
+
+			/* giving back takes the inode lock: not on this thread */
+			pthread_attr_init(&a);
+			pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+			ret = pthread_create(&t, &a, give_back_thread, d);
+			pthread_attr_destroy(&a);
+			if (!ret)
+				continue;
+			d->fn(d->arg, -EIO);
+			free(d);
+			continue;
+		}
+		d->fn(d->arg, 0);
+		free(d);
+	}
+}
+
+int hfs_repl_wait(void)
+{
+	uint64_t seq = wait_seq, first = wait_first;
+	struct wnote w = wrote;
+	int ret;
+
+	wrote.i = NULL;
+	if (!seq || !rg.l)
+		return 0;
+	wait_seq = 0;
+	/* the change stands here: the partner gone or slow means degraded (a resync
+	 * later), a refusal kicks the link (on_acked: a full resync); only a write the
+	 * partner had no room for is given back */
+	ret = rep_wait(rg.l, seq, hfs.conf->partner.timeout_ms);
+	if (w.i && (ret == -ENOSPC || refused(first, seq)))
+		return give_back(&w);
+	return 0;
+}
+
+int hfs_repl_flush(const struct hfs_heap *h)
+{
+	int ret;
+
+	if (!rg.l || !h || !h->repl || h->repl->mirror)
+		return 0;
+	ret = rep_flush(rg.l, hfs.conf->partner.timeout_ms);
+	/* ENOSPC: no room there; the change stands here and the partner is behind ("Room") */
+	return ret == -ENOTCONN || ret == -ETIMEDOUT || ret == -ENOSPC || ret >= 0 ? 0 : -EIO;
+}
+
+bool hfs_repl_flushes(const struct hfs_heap *h)
+{
+	return h && h->repl && !h->repl->mirror;
+}
