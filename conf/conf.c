@@ -1168,3 +1168,19 @@ uint64_t conf_heap_inodes(const struct conf_heap *h)
 	return n < CONF_INODES_DERIVED_MIN ? CONF_INODES_DERIVED_MIN :
 	       n > CONF_INODES_DERIVED_MAX ? CONF_INODES_DERIVED_MAX : n;
 }
+
+static void each_in(const cfg_opt_t *opts, const char *section,
+		    void (*fn)(const char *section, const char *option, void *arg), void *arg)
+{
+	for (const cfg_opt_t *o = opts; o->name; o++) {
+		fn(section, o->name, arg);
+		if (o->type == CFGT_SEC)
+			each_in(o->subopts, o->name, fn, arg);
+	}
+}
+
+void conf_each_option(void (*fn)(const char *section, const char *option, void *arg),
+		      void *arg)
+{
+	each_in(root_opts, "", fn, arg);
+}

@@ -102,6 +102,11 @@ int conf_heap_defaults(const struct conf *c, const char *name, struct conf_heap 
 /* The inode limit of a heap: inodes when set, else derived from the size (see
  * CONF_INODES_PER). */
 uint64_t conf_heap_inodes(const struct conf_heap *h);
+/* Every option the parser accepts, from its schema: fn(section, option, arg) with section
+ * "" for the top level ("heap", "objects", "pool", "partner" for the sections' options;
+ * a section itself is reported at its parent's level).  For the manual's test. */
+void conf_each_option(void (*fn)(const char *section, const char *option, void *arg),
+		      void *arg);
 
 /* Parsing helpers shared with the command-line tools. */
 int conf_parse_size(const char *s, uint64_t *out);        /* "64M", "4K", "1G", "123" */

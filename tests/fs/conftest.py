@@ -226,12 +226,12 @@ def start_heapfs(mountpoint, config_path=None, extra=(), stderr_path=None, prefi
 
 # Modules that never start a daemon (heapfsctl on image files): the variant runs of the
 # suite ($HEAPFS_VARIANT set, see tests/fs/meson.build) leave them to the default run.
-DAEMON_FREE = {"test_image_ctl.py"}
+DAEMON_FREE = {"test_image_ctl.py", "test_manual.py"}
 # Modules whose subject does not pass through the FUSE transport (donor sockets, the
 # partner link, libheapfs clients): they run in the default run and under the sanitizer
 # daemons; the transport variants (nospin, uring, bigpipe) leave them out, which keeps the
 # whole suite inside its time.  A module that does depend on the transport is not listed.
-TRANSPORT_FREE = {"test_client.py", "test_pool.py", "test_replica_room.py",
+TRANSPORT_FREE = {"test_client.py", "test_pool.py", "test_replica_room.py", "test_install.py",
                   "test_transport.py"}  # mounts every transport itself
 TRANSPORT_VARIANTS = {"fs-nospin", "fs-uring", "fs-bigpipe"}
 
