@@ -980,6 +980,7 @@ static void build(struct load_ctx *ctx, cfg_t *root, struct conf *c)
 			   &c->heaps[i]);
 	build_objects(ctx, cfg_getsec(root, "objects"), &c->objects);
 	build_pool(ctx, cfg_getsec(root, "pool"), &c->pool);
+	c->pool.configured = set_line(ctx, root, "pool") != 0;
 	if (partner)
 		build_partner(ctx, cfg_getsec(root, "partner"), &c->partner);
 	else

@@ -65,6 +65,8 @@ struct conf_pool {
 	unsigned max_donors;
 	uint64_t max_process_memory;
 	char *socket;
+	bool configured;    /* the config has a pool section (the embedded default does):
+			       only then is the socket made and do donors join */
 };
 
 struct conf_partner {

@@ -30,6 +30,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/types.h>
@@ -188,6 +189,21 @@ struct hfs_ctx {
 	uid_t uid;
 	gid_t gid;
 };
+
+/* log.c — the daemon's one logging call, with syslog's levels (the numbers are
+ * syslog's).  Messages name no "heapfs: " prefix: the sink adds what it needs.  main()
+ * chooses the threshold (-o log_level, default info) and the sink (stderr, or syslog). */
+enum { HFS_LOG_ERR = 3, HFS_LOG_WARNING, HFS_LOG_NOTICE, HFS_LOG_INFO, HFS_LOG_DEBUG };
+#define HFS_LOG_MAX 1024 /* bytes of one message; longer ones are cut */
+typedef void (*hfs_log_sink)(int level, const char *msg, void *arg);
+void hfs_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool hfs_log_on(int level);
+/* Messages at or below max go to sink(arg) (NULL: stderr) from now on. */
+void hfs_log_to(int max, hfs_log_sink sink, void *arg);
+void hfs_log_stderr(int level, const char *msg, void *arg); /* the stderr sink */
+int hfs_log_level(const char *name); /* "error" .. "debug": the level, or -1 */
+/* A stream each of whose lines is logged at level (one stream per user; NULL: no memory). */
+FILE *hfs_log_stream(int level);
 
 /* inode.c — inode table (two-level, lock-free reads), generations, references. */
 int hfs_itable_init(void);

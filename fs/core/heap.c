@@ -240,7 +240,7 @@ int hfs_heaps_init(void)
 	for (unsigned k = 0; k < hfs.conf->nheaps && !ret; k++) {
 		ret = __hfs_heap_mkdir(hfs.conf->heaps[k].name, &hfs.conf->heaps[k], true, &d);
 		if (ret)
-			fprintf(stderr, "heapfs: heap \"%s\": %s\n", hfs.conf->heaps[k].name,
+			hfs_log(HFS_LOG_ERR, "heap \"%s\": %s", hfs.conf->heaps[k].name,
 				strerror(-ret));
 	}
 	pthread_rwlock_unlock(&hfs.ns);

@@ -592,13 +592,13 @@ int hfs_images_load(void)
 			continue; /* nothing saved yet: the heap starts empty */
 		if (fd < 0) {
 			ret = -errno;
-			fprintf(stderr, "heapfs: %s: %s\n", h->pol.image, strerror(errno));
+			hfs_log(HFS_LOG_ERR, "%s: %s", h->pol.image, strerror(errno));
 			break;
 		}
 		ret = hfs_image_restore(h, fd, why, sizeof(why));
 		close(fd);
 		if (ret)
-			fprintf(stderr, "heapfs: %s: %s\n", h->pol.image, why);
+			hfs_log(HFS_LOG_ERR, "%s: %s", h->pol.image, why);
 	}
 	return ret;
 }
@@ -615,7 +615,7 @@ int hfs_images_save(void)
 			continue;
 		r = hfs_image_save(h, h->pol.image);
 		if (r) {
-			fprintf(stderr, "heapfs: %s: not saved (%s); the previous image stays\n",
+			hfs_log(HFS_LOG_ERR, "%s: not saved (%s); the previous image stays",
 				h->pol.image, strerror(-r));
 			ret = r;
 		}

@@ -697,7 +697,7 @@ int hfs_client_start(void)
 	return 0;
 fail:
 	ret = -errno;
-	fprintf(stderr, "heapfs: client socket %s: %s\n", cl.path, strerror(errno));
+	hfs_log(HFS_LOG_ERR, "client socket %s: %s", cl.path, strerror(errno));
 	hfs_client_stop();
 	return ret;
 }

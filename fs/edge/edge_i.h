@@ -24,6 +24,13 @@ void hfs_uring_start(struct fuse_session *se, int fd, size_t payload);
 bool hfs_uring_reply(const struct iovec *iov, int count, ssize_t *res);
 void hfs_uring_stop(void);
 
+/* syslog.c — the syslog sink of the log: start (0 or -errno, said on stderr) makes every
+ * message at or below max a datagram to /dev/log (also to stderr until detached). */
+int hfs_syslog_start(const char *mountpoint, int max);
+void hfs_syslog_detached(void);
+uint64_t hfs_syslog_dropped(void); /* messages no log daemon took */
+void hfs_syslog_stop(void);
+
 /* ops.c */
 extern const struct fuse_lowlevel_ops hfs_ops;
 

@@ -148,8 +148,8 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 			init_flags |= FUSE_INIT_EXT;
 			init_flags2 |= HFS_FUSE_OVER_IO_URING2;
 		} else if (hfs.io_uring) {
-			fprintf(stderr, "heapfs: the kernel does not offer FUSE over io_uring; "
-					"using /dev/fuse\n");
+			hfs_log(HFS_LOG_WARNING, "the kernel does not offer FUSE over io_uring; "
+					"using /dev/fuse");
 		}
 		if (init_flags)
 			atomic_store(&init_unique, h->unique);

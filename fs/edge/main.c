@@ -5,7 +5,8 @@
  *
  * Our options are taken out of the argument vector first (fuse_opt_parse): -c FILE and
  * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 / io_uring (speed knobs, see
- * docs/DESIGN.md), --help, --version, --print-default-config, --check-config FILE, and the
+ * docs/DESIGN.md), -o log=stderr|syslog and log_level=LEVEL (where messages go: the
+ * daemon's one logging call is hfs_log, fs/core/log.c; syslog.c is its syslog sink), --help, --version, --print-default-config, --check-config FILE, and the
  * positional arguments (an optional SOURCE, ignored, so mount.fuse3 and fstab lines work).
  * The rest goes to fuse_parse_cmdline / fuse_session_new, so standard FUSE options pass
  * through.  default_permissions is added unless given (the kernel checks permissions
@@ -55,6 +56,7 @@ struct opts {
 	char *pos[3];
 	int npos;
 	char *spin_us, *readahead_kb; /* as given: checked by num_opt() */
+	char *log, *log_level;        /* as given: checked by log_setup() */
 	int no_killpriv, io_uring;
 };
 
@@ -65,6 +67,8 @@ static const struct fuse_opt opt_spec[] = {
 	{ "readahead_kb=%s", offsetof(struct opts, readahead_kb), 0 },
 	{ "no_killpriv_v2", offsetof(struct opts, no_killpriv), 1 },
 	{ "io_uring", offsetof(struct opts, io_uring), 1 },
+	{ "log=%s", offsetof(struct opts, log), 0 },
+	{ "log_level=%s", offsetof(struct opts, log_level), 0 },
 	{ "--check-config=%s", offsetof(struct opts, check), 0 },
 	{ "--check-config %s", offsetof(struct opts, check), 0 },
 	FUSE_OPT_KEY("--print-default-config", KEY_PRINT_DEFAULT),
@@ -145,6 +149,31 @@ static int num_opt(const char *name, const char *text, unsigned def, unsigned ma
 	return 0;
 }
 
+/* -o log=stderr|syslog (default: stderr with -f, syslog when the daemon detaches) and
+ * -o log_level=error|warning|notice|info|debug (default info).  0, or -EINVAL with a
+ * message (exit 2, nothing mounted). */
+static int log_setup(const struct opts *o, const char *mountpoint, bool foreground)
+{
+	int level = o->log_level ? hfs_log_level(o->log_level) : HFS_LOG_INFO;
+	bool to_syslog = !foreground;
+
+	if (level < 0) {
+		fprintf(stderr, "heapfs: -o log_level=%s: one of error, warning, notice, info, "
+			"debug\n", o->log_level);
+		return -EINVAL;
+	}
+	if (o->log && strcmp(o->log, "stderr") && strcmp(o->log, "syslog")) {
+		fprintf(stderr, "heapfs: -o log=%s: stderr or syslog\n", o->log);
+		return -EINVAL;
+	}
+	if (o->log)
+		to_syslog = !strcmp(o->log, "syslog");
+	if (to_syslog)
+		return hfs_syslog_start(mountpoint, level);
+	hfs_log_to(level, NULL, NULL);
+	return 0;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -165,6 +194,9 @@ static void usage(FILE *f)
 		"    -o io_uring              experimental: serve requests over FUSE-over-io_uring,\n"
 		"                             one worker per CPU (Linux 6.14+; sets the fuse\n"
 		"                             module's enable_uring; spin_us then applies to them)\n"
+		"    -o log=stderr|syslog     where messages go (default: stderr with -f, syslog\n"
+		"                             (facility daemon) when the daemon detaches)\n"
+		"    -o log_level=LEVEL       error, warning, notice, info (default) or debug\n"
 		"    -h, --help               this help\n"
 		"    -V, --version            print versions\n"
 		"    SOURCE                   ignored (for mount -t fuse.heapfs and fstab)\n"
@@ -266,11 +298,13 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 	/* the kernel offers io_uring in INIT, sent at mount, only when enabled; when it cannot
 	 * be enabled the mount simply stays on /dev/fuse */
 	if (hfs.io_uring && hfs_uring_enable())
-		fprintf(stderr, "heapfs: cannot enable FUSE over io_uring; using /dev/fuse\n");
+		hfs_log(HFS_LOG_WARNING, "cannot enable FUSE over io_uring; using /dev/fuse");
 	if (fuse_session_mount(se, cmd->mountpoint))
 		goto out_signals;
-	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground) || hfs_housekeeper_start() ||
-	    hfs_pool_run())
+	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground))
+		goto out_unmount;
+	hfs_syslog_detached(); /* started: from now on syslog alone (stderr is /dev/null) */
+	if (hfs_housekeeper_start() || hfs_pool_run())
 		goto out_unmount;
 	session = se;
 	hfs_client_inval = client_inval;
@@ -361,6 +395,8 @@ int main(int argc, char *argv[])
 	}
 	if (o.config ? conf_load_file(o.config, stderr, &hfs.conf) : conf_load_default(&hfs.conf))
 		goto out;
+	if (log_setup(&o, cmd.mountpoint, cmd.foreground))
+		goto out;
 	hfs.mountpoint = cmd.mountpoint;
 	/* on one CPU, spinning (device watcher or ring worker) would only steal the client's
 	 * CPU: count the CPUs this process may run on (taskset, cpusets), not the host's */
@@ -370,7 +406,7 @@ int main(int argc, char *argv[])
 	hfs.io_uring = o.io_uring;
 	ret = fs_init();
 	if (ret) {
-		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));
+		hfs_log(HFS_LOG_ERR, "cannot set up the heaps: %s", strerror(-ret));
 		ret = 1;
 	} else if (hfs_objects_start() || hfs_images_load() || hfs_pool_start() ||
 		   hfs_repl_init()) {
@@ -390,6 +426,9 @@ out:
 	free(o.check);
 	free(o.spin_us);
 	free(o.readahead_kb);
+	free(o.log);
+	free(o.log_level);
+	hfs_syslog_stop();
 	for (int k = 0; k < o.npos; k++)
 		free(o.pos[k]);
 	fuse_opt_free_args(&args);

@@ -241,7 +241,7 @@ static void report(struct queue *q, int err)
 	static _Atomic bool said;
 
 	if (err != -ENOTCONN && err != -ECANCELED && !atomic_exchange(&said, true))
-		fprintf(stderr, "heapfs: io_uring queue %u: kernel refused a ring entry: %s (%d)\n",
+		hfs_log(HFS_LOG_ERR, "io_uring queue %u: kernel refused a ring entry: %s (%d)",
 			q->qid, strerror(-err), err);
 }
 
@@ -279,7 +279,7 @@ static void *worker(void *arg)
 	q->ring_ok = !err;
 	sem_post(&ur.ready);
 	if (err) {
-		fprintf(stderr, "heapfs: io_uring queue %u: %s\n", q->qid, strerror(-err));
+		hfs_log(HFS_LOG_ERR, "io_uring queue %u: %s", q->qid, strerror(-err));
 		return NULL;
 	}
 	err = register_entries(q, &armed);
@@ -340,7 +340,7 @@ int hfs_uring_enable(void)
 		if (pwrite(fd, "Y", 1, 0) != 1)
 			err = -errno;
 		else
-			fprintf(stderr, "heapfs: set %s to Y (-o io_uring)\n", ENABLE_PARAM);
+			hfs_log(HFS_LOG_NOTICE, "set %s to Y (-o io_uring)", ENABLE_PARAM);
 	}
 	close(fd);
 	return err;
@@ -355,14 +355,14 @@ void hfs_uring_start(struct fuse_session *se, int fd, size_t payload)
 	 * still commit a reply; the device is released when the rings and this are closed */
 	ur.fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	if (ur.fd < 0) {
-		fprintf(stderr, "heapfs: io_uring: %s; staying on /dev/fuse\n", strerror(errno));
+		hfs_log(HFS_LOG_WARNING, "io_uring: %s; staying on /dev/fuse", strerror(errno));
 		return;
 	}
 	ur.payload_max = payload;
 	ur.nq = possible_cpus();
 	ur.q = calloc(ur.nq, sizeof(*ur.q));
 	if (!ur.q || sem_init(&ur.ready, 0, 0)) {
-		fprintf(stderr, "heapfs: io_uring: out of memory; staying on /dev/fuse\n");
+		hfs_log(HFS_LOG_WARNING, "io_uring: out of memory; staying on /dev/fuse");
 		free(ur.q);
 		ur.q = NULL;
 		close(ur.fd);
@@ -415,7 +415,7 @@ void hfs_uring_stop(void)
 
 int hfs_uring_enable(void)
 {
-	fprintf(stderr, "heapfs: built without liburing: -o io_uring is not available\n");
+	hfs_log(HFS_LOG_ERR, "built without liburing: -o io_uring is not available");
 	return -ENOTSUP;
 }
 

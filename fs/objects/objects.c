@@ -323,7 +323,7 @@ static int load(const char *path)
 		return 1;
 	if (fd < 0) {
 		ret = -errno;
-		fprintf(stderr, "heapfs: %s: %s\n", path, strerror(-ret));
+		hfs_log(HFS_LOG_ERR, "%s: %s", path, strerror(-ret));
 		return ret;
 	}
 	ret = img_seg_load(fd, obj.base, obj.size, obj.h->min_order, why, sizeof(why));
@@ -340,7 +340,7 @@ static int load(const char *path)
 			snprintf(why, sizeof(why), "cannot restore its objects: %s", strerror(-ret));
 	}
 	if (ret)
-		fprintf(stderr, "heapfs: %s: %s\n", path, why[0] ? why : strerror(-ret));
+		hfs_log(HFS_LOG_ERR, "%s: %s", path, why[0] ? why : strerror(-ret));
 	return ret;
 }
 
@@ -359,7 +359,7 @@ static int format(void)
 	if (!ret)
 		ret = free_slots_init();
 	if (ret)
-		fprintf(stderr, "heapfs: objects: cannot format the segment: %s\n", strerror(-ret));
+		hfs_log(HFS_LOG_ERR, "objects: cannot format the segment: %s", strerror(-ret));
 	return ret;
 }
 
@@ -380,7 +380,7 @@ int hfs_objects_start(void)
 		pol.inodes = CONF_INODES_MAX;
 	ret = hfs_heap_new(&pol, true, &obj.h);
 	if (ret) {
-		fprintf(stderr, "heapfs: objects: %s\n", strerror(-ret));
+		hfs_log(HFS_LOG_ERR, "objects: %s", strerror(-ret));
 		return ret;
 	}
 	obj.h->objects = true;
@@ -409,7 +409,7 @@ int hfs_objects_stop(void)
 		ret = img_seg_save(obj.base, path);
 		pthread_rwlock_unlock(&obj.seg);
 		if (ret)
-			fprintf(stderr, "heapfs: %s: cannot save the object segment: %s\n", path,
+			hfs_log(HFS_LOG_ERR, "%s: cannot save the object segment: %s", path,
 				strerror(-ret));
 	}
 	return ret;

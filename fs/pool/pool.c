@@ -186,7 +186,7 @@ static int __spawn(unsigned k)
 	posix_spawnattr_destroy(&at);
 	posix_spawn_file_actions_destroy(&fa);
 	if (ret) {
-		fprintf(stderr, "heapfs: pool: cannot start %s: %s\n", pool.exe, strerror(-ret));
+		hfs_log(HFS_LOG_ERR, "pool: cannot start %s: %s", pool.exe, strerror(-ret));
 		return ret;
 	}
 	pool.zombies[pool.nzombies++] = pid;
@@ -210,7 +210,7 @@ static void __reap(void)
 		pool.zombies[z] = pool.zombies[--pool.nzombies];
 		for (unsigned k = 1; k <= pool.nslots; k++) {
 			if (pool.s[k].state == S_STARTING && pool.s[k].pid == pid) {
-				fprintf(stderr, "heapfs: pool: donor %d exited before joining\n",
+				hfs_log(HFS_LOG_WARNING, "pool: donor %d exited before joining",
 					(int)pid);
 				pool.s[k] = (struct slot){ .state = S_FREE, .conn = -1 };
 				pool.failures++;
@@ -289,7 +289,7 @@ static void refuse(int cfd, const struct ucred *cr, const char *why)
 	char msg[DONOR_MSG_MAX];
 	int n = snprintf(msg, sizeof(msg), "%c%s", DONOR_REFUSE, why);
 
-	fprintf(stderr, "heapfs: pool: refused donor pid %d (uid %u): %s\n", (int)cr->pid,
+	hfs_log(HFS_LOG_WARNING, "pool: refused donor pid %d (uid %u): %s", (int)cr->pid,
 		(unsigned)cr->uid, why);
 	send(cfd, msg, (size_t)(n < (int)sizeof(msg) ? n : (int)sizeof(msg) - 1),
 	     MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -591,17 +591,17 @@ static int sock_open(const char *want)
 	}
 	fd = sock_claim(pool.path);
 	if (fd == -EEXIST) {
-		fprintf(stderr, "heapfs: pool: socket %s exists and is not a socket\n", want);
+		hfs_log(HFS_LOG_ERR, "pool: socket %s exists and is not a socket", want);
 		return fd;
 	}
 	if (fd == -EADDRINUSE) {
 		ret = snprintf(pool.path, sizeof(pool.path), "%s.%d", want, (int)getpid());
 		if (ret >= (int)sizeof(pool.path)) {
-			fprintf(stderr, "heapfs: pool: socket %s is in use and %s.PID is too long\n",
+			hfs_log(HFS_LOG_ERR, "pool: socket %s is in use and %s.PID is too long",
 				want, want);
 			return -ENAMETOOLONG;
 		}
-		fprintf(stderr, "heapfs: pool: socket %s is in use by another mount; using %s\n",
+		hfs_log(HFS_LOG_NOTICE, "pool: socket %s is in use by another mount; using %s",
 			want, pool.path);
 		fd = sock_claim(pool.path);
 	}
@@ -618,14 +618,14 @@ static int sock_open(const char *want)
 			ret = snprintf(want2, sizeof(want2), "/tmp/heapfs-pool.%u.%d.sock",
 				       (unsigned)getuid(), (int)getpid());
 		if (ret < (int)sizeof(want2)) {
-			fprintf(stderr, "heapfs: pool: cannot create %s (%s); using %s\n", pool.path,
+			hfs_log(HFS_LOG_NOTICE, "pool: cannot create %s (%s); using %s", pool.path,
 				strerror(-fd), want2);
 			memcpy(pool.path, want2, sizeof(pool.path));
 			fd = sock_claim(pool.path);
 		}
 	}
 	if (fd < 0) {
-		fprintf(stderr, "heapfs: pool: cannot listen on %s: %s\n", pool.path,
+		hfs_log(HFS_LOG_ERR, "pool: cannot listen on %s: %s", pool.path,
 			strerror(-fd));
 		return fd;
 	}
@@ -663,8 +663,8 @@ static void find_donor_exe(void)
 			return;
 	}
 	pool.exe[0] = 0;
-	fprintf(stderr, "heapfs: pool: no heapfs-donor next to %s: the pool holds only the "
-		"daemon's own memory and external donors\n", self);
+	hfs_log(HFS_LOG_WARNING, "pool: no heapfs-donor next to %s: the pool holds only the "
+		"daemon's own memory and external donors", self);
 }
 
 static uint64_t pow2_up(uint64_t v)
@@ -685,7 +685,8 @@ int hfs_pool_start(void)
 	pool.own = (c->max_process_memory < pool.size ? c->max_process_memory : pool.size) &
 		   ~(pool.chunk - 1);
 	pool.ds = (c->donor_size + pool.chunk - 1) & ~(pool.chunk - 1);
-	pool.nslots = c->max_donors;
+	/* no pool section: no socket and no donors; pool/ holds the daemon's own share */
+	pool.nslots = c->configured ? c->max_donors : 0;
 	if ((pool.size - pool.own + pool.ds - 1) / pool.ds < pool.nslots)
 		pool.nslots = (unsigned)((pool.size - pool.own + pool.ds - 1) / pool.ds);
 	pool.s = calloc((size_t)pool.nslots + 1, sizeof(*pool.s));
@@ -715,7 +716,7 @@ int hfs_pool_start(void)
 	if (pool.own < pool.size && (ret = claim(pool.own, pool.size - pool.own)))
 		goto fail;
 	pool.h->room = pool_room;
-	ret = sock_open(c->socket);
+	ret = c->configured ? sock_open(c->socket) : 0;
 	if (ret)
 		goto fail;
 	find_donor_exe();
@@ -724,7 +725,7 @@ int hfs_pool_start(void)
 fail:
 	if (ownfd >= 0)
 		close(ownfd);
-	fprintf(stderr, "heapfs: pool: %s\n", strerror(-ret));
+	hfs_log(HFS_LOG_ERR, "pool: %s", strerror(-ret));
 	return ret;
 }
 
@@ -750,7 +751,7 @@ void hfs_pool_stop(void)
 		return;
 	if (pool.running) {
 		if (write(pool.stopfd, &one, sizeof(one)) < 0)
-			perror("heapfs: pool: eventfd");
+			hfs_log(HFS_LOG_ERR, "pool: eventfd: %s", strerror(errno));
 		pthread_join(pool.thread, NULL);
 		pool.running = false;
 	}

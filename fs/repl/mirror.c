@@ -99,8 +99,8 @@ static int make_mirror(const struct hello_heap *hh, const char *name)
 	if (r || heap_exists(name)) { /* made at an earlier connect, or ours */
 		if (r && r->mirror && r->h->pol.size == hh->size)
 			return 0;
-		fprintf(stderr, "heapfs: partner: heap %s is declared on both nodes; "
-			"not mirrored\n", name);
+		hfs_log(HFS_LOG_ERR, "partner: heap %s is declared on both nodes; "
+			"not mirrored", name);
 		return -EEXIST;
 	}
 	if (conf_heap_defaults(hfs.conf, name, &pol))
@@ -121,7 +121,7 @@ static int make_mirror(const struct hello_heap *hh, const char *name)
 	}
 	pthread_rwlock_unlock(&hfs.ns);
 	if (ret)
-		fprintf(stderr, "heapfs: partner: cannot make mirror heap %s: %s\n", name,
+		hfs_log(HFS_LOG_ERR, "partner: cannot make mirror heap %s: %s", name,
 			strerror(-ret));
 	return ret;
 }
@@ -229,8 +229,8 @@ static void peer_holds(const char *name, const struct hello_heap *hh)
 	if (r->mirror && hh->gen && r->apply && hh->epoch >= r->epoch) {
 		/* both mirrors: nobody owns it; nothing to do */
 	} else if (!r->mirror && fresh(r) && hh->gen) {
-		fprintf(stderr, "heapfs: partner: %s: we came back empty, the partner holds it: "
-			"we mirror it now\n", name);
+		hfs_log(HFS_LOG_NOTICE, "partner: %s: we came back empty, the partner holds it: "
+			"we mirror it now", name);
 		__become_mirror(r, hh->epoch + 1);
 	} else if (!r->mirror) {
 		r->peer_has = hh->gen != 0;
@@ -272,8 +272,8 @@ static int settle_owner(const char *name, const struct hello_heap *hh)
 	if (r->mirror) {
 		if (r->apply && r->gen && hh->fresh) {
 			/* the owner came back empty; we hold its data: we own it now */
-			fprintf(stderr, "heapfs: partner: %s: the owner came back empty: we own it "
-				"now\n", name);
+			hfs_log(HFS_LOG_NOTICE, "partner: %s: the owner came back empty: we own it "
+				"now", name);
 			__become_owner(r, hh->epoch);
 			r->peer_has = false;
 		} else if (hh->epoch > r->epoch) {
@@ -285,16 +285,16 @@ static int settle_owner(const char *name, const struct hello_heap *hh)
 	win = owner_wins(r, hh);
 	r->split = win < 0;
 	if (win < 0) {
-		fprintf(stderr, "heapfs: partner: %s: split brain (both sides wrote while apart); "
+		hfs_log(HFS_LOG_WARNING, "partner: %s: split brain (both sides wrote while apart); "
 			"nothing is merged until `heapfsctl promote --discard-peer` on the side that "
-			"wins\n", name);
+			"wins", name);
 		r->peer_has = false;
 	} else if (win) {
 		r->peer_has = false; /* its copy is not ours: it gets a whole image */
 		r->lost = true;
 	} else {
-		fprintf(stderr, "heapfs: partner: %s: the partner owns it (epoch %llu): we mirror "
-			"it now\n", name, (unsigned long long)hh->epoch);
+		hfs_log(HFS_LOG_NOTICE, "partner: %s: the partner owns it (epoch %llu): we mirror "
+			"it now", name, (unsigned long long)hh->epoch);
 		__become_mirror(r, hh->epoch);
 	}
 	pthread_mutex_unlock(&r->lock);
@@ -341,8 +341,8 @@ int recv_hello(const char *p, size_t len)
 	FOR_EACH_REPL(r) {
 		pthread_mutex_lock(&r->lock);
 		if (!ret && r->mirror && !r->peer_owns && r->apply && r->gen) {
-			fprintf(stderr, "heapfs: partner: %s: the partner no longer has it: we own "
-				"it now\n", r->h->pol.name);
+			hfs_log(HFS_LOG_NOTICE, "partner: %s: the partner no longer has it: we own "
+				"it now", r->h->pol.name);
 			__become_owner(r, r->epoch);
 			r->peer_has = false;
 			took = true;
@@ -482,10 +482,10 @@ int mirror_join(struct hfs_repl_heap *r, bool cut)
 		pthread_join(r->th, NULL);
 		r->th_on = false;
 		if (r->th_ret && cut)
-			fprintf(stderr, "heapfs: partner: the image of %s was cut off with the "
-				"link; the next connect sends it again\n", r->h->pol.name);
+			hfs_log(HFS_LOG_NOTICE, "partner: the image of %s was cut off with the "
+				"link; the next connect sends it again", r->h->pol.name);
 		else if (r->th_ret)
-			fprintf(stderr, "heapfs: partner: the image of %s was refused: %s\n",
+			hfs_log(HFS_LOG_ERR, "partner: the image of %s was refused: %s",
 				r->h->pol.name, r->why[0] ? r->why : strerror(-r->th_ret));
 	}
 	return r->th_on ? -EIO : r->th_ret;
@@ -575,7 +575,7 @@ static int no_room_here(struct hfs_repl_heap *r, uint64_t recno)
 {
 	bool sync = r->h->pol.replicate == CONF_REPLICATE_SYNC;
 
-	fprintf(stderr, "heapfs: partner: no room here for a change to %s%s\n", r->h->pol.name,
+	hfs_log(HFS_LOG_WARNING, "partner: no room here for a change to %s%s", r->h->pol.name,
 		sync ? ": refused, the owner gives it back" : ": this copy is behind until "
 		"the next resync");
 	pthread_mutex_lock(&r->lock);
@@ -617,7 +617,7 @@ int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
 	if (ret == -ENOSPC && rec.type == IMG_DATA) /* whole or not at all (hfs_write) */
 		return no_room_here(r, recno);
 	if (ret) {
-		fprintf(stderr, "heapfs: partner: a change to %s failed: %s\n", r->h->pol.name,
+		hfs_log(HFS_LOG_ERR, "partner: a change to %s failed: %s", r->h->pol.name,
 			r->why[0] ? r->why : strerror(-ret));
 		pthread_mutex_lock(&r->lock);
 		r->gen = 0; /* ask for a whole image next time */

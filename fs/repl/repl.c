@@ -164,7 +164,7 @@ static void on_down(void *arg, const char *why)
 	deferq.conn = atomic_load(&rg.conn);
 	pthread_mutex_unlock(&deferq.lock);
 	deferred_run(UINT64_MAX); /* the owner goes on alone: reply to every waiting write */
-	fprintf(stderr, "heapfs: partner: link down (%s)\n", why);
+	hfs_log(HFS_LOG_NOTICE, "partner: link down (%s)", why);
 	FOR_EACH_REPL(r) {
 		if (r->mirror) {
 			mirror_join(r, true); /* a half image: the next connect resets */
@@ -173,8 +173,8 @@ static void on_down(void *arg, const char *why)
 				__become_owner(r, r->epoch);
 				pthread_mutex_unlock(&r->lock);
 				mark_interrupted(r);
-				fprintf(stderr, "heapfs: partner: %s: the owner is gone: we own it "
-					"now (auto_failover, epoch %llu)\n", r->h->pol.name,
+				hfs_log(HFS_LOG_NOTICE, "partner: %s: the owner is gone: we own it "
+					"now (auto_failover, epoch %llu)", r->h->pol.name,
 					(unsigned long long)r->epoch);
 			}
 			continue;
@@ -259,7 +259,7 @@ static void on_acked(void *arg, uint64_t seq, int status)
 	/* the mirror could not apply a change: its copy is no longer ours; a reconnect
 	 * gives it a full image */
 	if (status < 0 && status != -ENOTCONN && status != -ENOSPC) {
-		fprintf(stderr, "heapfs: partner: a change was refused (%s); resyncing\n",
+		hfs_log(HFS_LOG_WARNING, "partner: a change was refused (%s); resyncing",
 			strerror(-status));
 		rep_kick(rg.l);
 	}
@@ -294,7 +294,7 @@ int hfs_repl_promote(const char *heap, bool force, bool discard)
 		}
 		pthread_mutex_unlock(&r->lock);
 		mark_interrupted(r);
-		fprintf(stderr, "heapfs: partner: %s: promoted (epoch %llu)%s\n", r->h->pol.name,
+		hfs_log(HFS_LOG_NOTICE, "partner: %s: promoted (epoch %llu)%s", r->h->pol.name,
 			(unsigned long long)r->epoch, discard ? ", the partner's copy is discarded" : "");
 	}
 	if (!any)
@@ -357,7 +357,8 @@ int hfs_repl_start(void)
 {
 	const struct conf_partner *pc = &hfs.conf->partner;
 	struct rep_config c = { .node = pc->node, .listen = pc->listen, .connect = pc->connect,
-				.timeout_ms = pc->timeout_ms, .log = stderr };
+				.timeout_ms = pc->timeout_ms,
+				.log = hfs_log_stream(HFS_LOG_WARNING) };
 	static const struct rep_callbacks cb = { .up = on_up, .down = on_down,
 						 .recv = on_recv, .acked = on_acked };
 	struct rep_link *l;
@@ -370,7 +371,7 @@ int hfs_repl_start(void)
 	if (!ret)
 		atomic_store(&rg.l, l);
 	if (ret)
-		fprintf(stderr, "heapfs: partner: cannot listen on %s: %s\n", pc->listen,
+		hfs_log(HFS_LOG_ERR, "partner: cannot listen on %s: %s", pc->listen,
 			strerror(-ret));
 	return ret;
 }

@@ -162,7 +162,7 @@ void *sync_thread(void *arg)
 		ret = r->resume ? resume_heap(r) : sync_heap(r, buf);
 		/* the link went (its down() may not have run yet): the next connect resyncs */
 		if (ret && ret != -ENOTCONN && ret != -ECANCELED && !stale())
-			fprintf(stderr, "heapfs: partner: resync of %s failed: %s\n",
+			hfs_log(HFS_LOG_ERR, "partner: resync of %s failed: %s",
 				r->h->pol.name, strerror(-ret));
 		if (ret)
 			break;

@@ -59,13 +59,13 @@ static int give_back(const struct wnote *w)
 
 	wait_seq = 0; /* nobody waits for the undo's records */
 	if (!ret) {
-		fprintf(stderr, "heapfs: partner: no room there for heap %s: a write of %llu "
-			"bytes is refused (ENOSPC) and undone here\n", r->h->pol.name,
+		hfs_log(HFS_LOG_WARNING, "partner: no room there for heap %s: a write of %llu "
+			"bytes is refused (ENOSPC) and undone here", r->h->pol.name,
 			(unsigned long long)(w->end - w->off));
 		return -ENOSPC;
 	}
-	fprintf(stderr, "heapfs: partner: no room there for heap %s, and the file changed "
-		"since the write: resyncing the whole heap\n", r->h->pol.name);
+	hfs_log(HFS_LOG_WARNING, "partner: no room there for heap %s, and the file changed "
+		"since the write: resyncing the whole heap", r->h->pol.name);
 	pthread_mutex_lock(&r->lock);
 	r->lost = true;
 	pend_drop(r);
@@ -102,8 +102,8 @@ void no_room(uint64_t seq)
 			found = p->seq == seq;
 		if (found && !r->behind) {
 			r->behind = true;
-			fprintf(stderr, "heapfs: partner: no room there for heap %s: the mirror "
-				"is behind until the next resync; writes go on here\n",
+			hfs_log(HFS_LOG_WARNING, "partner: no room there for heap %s: the mirror "
+				"is behind until the next resync; writes go on here",
 				r->h->pol.name);
 		}
 		pthread_mutex_unlock(&r->lock);

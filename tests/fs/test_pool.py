@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HEAPFS, MIB, expect_errno, mount_fstype, pattern, unmount, wait_until
+from conftest import (HEAPFS, MIB, expect_errno, mount_fstype, pattern, read_daemon, unmount,
+                      wait_until)
 
 DONOR = Path(os.environ.get("HEAPFS_DONOR", HEAPFS.parent / "donor" / "heapfs-donor")).resolve()
 GIB = 1024 * MIB
@@ -434,3 +435,21 @@ def test_a_socket_path_that_cannot_be_made_falls_back_to_a_private_one(mount_fac
     m.stop()
     assert ext.wait(5) == 0
     assert not os.path.exists(sock)
+
+
+def test_no_pool_section_no_socket_and_no_noise(mount_factory):
+    """A config without a pool section makes no pool socket (so two such mounts on a host
+    say nothing about each other's), and pool/ holds the daemon's own share only: past
+    max_process_memory (256M by default) a growth gets ENOSPC, with nothing lost."""
+    m = mount_factory('heap "h" { size = 16M }\n')
+    m2 = mount_factory('heap "h" { size = 16M }\n')
+    donors = m.status_json("donors")
+    assert donors["socket"] == "" and donors["donors"] == []
+    f = m.path / "pool" / "f"
+    with open(f, "wb") as w:
+        w.write(pattern(MIB, 1))
+    with open(f, "r+b") as w:
+        expect_errno(errno.ENOSPC, os.posix_fallocate, w.fileno(), 0, 300 * MIB)
+    assert read_daemon(f) == pattern(MIB, 1)
+    for mm in (m, m2):
+        assert "pool:" not in mm.stderr_text(), mm.stderr_text()
