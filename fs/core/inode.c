@@ -183,9 +183,10 @@ static void inode_destroy(struct hfs_inode *i)
 
 	switch (i->kind) {
 	case HFS_REG:
-		hfs_file_free(i);
+		/* the count first: whoever sees the blocks free sees the file gone too */
 		if (i->heap)
 			atomic_fetch_sub(&i->heap->files, 1);
+		hfs_file_free(i);
 		break;
 	case HFS_LNK:
 		if (i->lnk.target)
