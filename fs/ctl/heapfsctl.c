@@ -328,6 +328,44 @@ static void print_heap_row(const json_t *h)
 	       fmt_size(jint(h, "largest_free"), largest, sizeof(largest)), jint(h, "files"));
 }
 
+static void print_status_objects(const json_t *ob)
+{
+	char a[32], b[32];
+
+	printf("\nobjects  ");
+	if (!ob) {
+		printf("(none)\n");
+		return;
+	}
+	printf("%" PRId64 " in a segment of %s, %s used (%.0f%%), largest free %s\n",
+	       jint(ob, "objects"), fmt_size(jint(ob, "size"), a, sizeof(a)),
+	       fmt_size(jint(ob, "used"), b, sizeof(b)), pct(jint(ob, "used"), jint(ob, "size")),
+	       fmt_size(jint(ob, "largest_free"), a, sizeof(a)));
+}
+
+/* libheapfs clients on one line: how many, what they map, which processes */
+static void print_status_clients(const json_t *cl)
+{
+	int64_t mapped = 0;
+	const json_t *c;
+	char a[32];
+	size_t i, n = json_array_size(cl);
+
+	json_array_foreach(cl, i, c)
+		mapped += jint(c, "mapped_bytes");
+	printf("clients  %zu", n);
+	if (n)
+		printf(", %s mapped, pids", fmt_size(mapped, a, sizeof(a)));
+	json_array_foreach(cl, i, c) {
+		if (i == 8) {
+			printf(" ...");
+			break;
+		}
+		printf(" %" PRId64, jint(c, "pid"));
+	}
+	printf("\n");
+}
+
 static int cmd_status(char **args, const struct ctl_opts *o)
 {
 	const char *mount = args[0];
@@ -342,10 +380,12 @@ static int cmd_status(char **args, const struct ctl_opts *o)
 	donors = load_optional(mount, "donors");
 	heaps = json_object_get(stats, "heaps");
 	if (o->json) {
-		out = json_pack("{s:s, s:O?, s:O?, s:O, s:O?, s:O?}", "mount", mount, "pid",
-				json_object_get(stats, "pid"), "version",
-				json_object_get(stats, "version"), "heaps", heaps, "partner",
-				partner, "donors", donors);
+		out = json_pack("{s:s, s:O?, s:O?, s:O, s:O?, s:O?, s:O?, s:O?}", "mount", mount,
+				"pid", json_object_get(stats, "pid"), "version",
+				json_object_get(stats, "version"), "heaps", heaps, "objects",
+				json_object_get(stats, "objects"), "clients",
+				json_object_get(stats, "clients"), "partner", partner, "donors",
+				donors);
 		ret = out ? print_json(out) : -ENOMEM;
 		json_decref(out);
 		goto out;
@@ -358,7 +398,9 @@ static int cmd_status(char **args, const struct ctl_opts *o)
 	       "USED", "FREE", "LARGEST", "FILES");
 	json_array_foreach(heaps, i, h)
 		print_heap_row(h);
-	printf("\npartner  ");
+	print_status_objects(json_object_get(stats, "objects"));
+	print_status_clients(json_object_get(stats, "clients"));
+	printf("partner  ");
 	if (!partner)
 		printf("(no .heapfs/partner)\n");
 	else if (!strcmp(jstr(partner, "state", "?"), "none"))
@@ -915,7 +957,7 @@ static int cmd_donors(char **args, const struct ctl_opts *o)
 }
 
 /* Copy an image stream from fd into the save's temporary file: bytes copied, or -errno. */
-static int64_t copy_stream(int fd, int out)
+static int64_t copy_stream(int fd, int out, struct progress *p)
 {
 	enum { BUF = 1 << 20 };
 	char *buf = malloc(BUF);
@@ -933,6 +975,7 @@ static int64_t copy_stream(int fd, int out)
 			goto out;
 		}
 		total += n;
+		progress_update(p, total);
 	}
 	if (n < 0)
 		total = -errno;
@@ -947,14 +990,16 @@ static int cmd_save(char **args, const struct ctl_opts *o)
 {
 	const char *mount = args[0], *heap = args[1], *file = args[2];
 	struct img_save sv;
+	struct progress bar;
 	char *src = NULL;
-	int64_t n;
+	int64_t n, used;
 	json_t *j;
 	int fd, ret;
 
 	ret = load_heap(mount, "heaps", heap, &j); /* a heapfs mount with that heap */
 	if (ret)
 		return ret;
+	used = jint(j, "used"); /* about what the stream holds: the bar's total */
 	json_decref(j);
 	if (asprintf(&src, "%s/.heapfs/images/%s", mount, heap) < 0)
 		return -ENOMEM;
@@ -969,7 +1014,9 @@ static int cmd_save(char **args, const struct ctl_opts *o)
 		err_msg("%s: %s", file, strerror(-ret));
 		goto out_fd;
 	}
-	n = copy_stream(fd, sv.fd);
+	progress_start(&bar, "saving", used);
+	n = copy_stream(fd, sv.fd, &bar);
+	progress_end(&bar, n, n >= 0);
 	if (n < 0) {
 		img_save_abort(&sv);
 		ret = (int)n;

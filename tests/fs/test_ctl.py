@@ -3,7 +3,7 @@ import json
 import os
 import xml.etree.ElementTree as ET
 
-from conftest import MIB, pattern, round_up, run_ctl
+from conftest import HEAPFSCTL, MIB, pattern, round_up, run_ctl
 
 SVG = "{http://www.w3.org/2000/svg}"
 CONFIG = ('heap "alpha" { size = 16M  min_block = 4K }\n'
@@ -73,6 +73,53 @@ def test_status(mount_factory):
     assert len(out.splitlines()) <= 25  # one screen
     j = json.loads(run_ctl("status", m.path, "--json", check=True).stdout)
     assert j["pid"] == m.pid and [h["name"] for h in j["heaps"]] == ["alpha", "beta"]
+    # objects, clients and the pair on the same screen
+    assert "objects  0 in a segment of 16M" in out and "clients  0\n" in out
+    assert "partner  none" in out
+    (m.path / "objects" / "o1").write_bytes(b"x" * 100)
+    (m.path / "objects" / "o2").write_bytes(b"y")
+    out = run_ctl("status", m.path, check=True).stdout
+    assert "objects  2 in a segment of 16M" in out, out
+    j = json.loads(run_ctl("status", m.path, "--json", check=True).stdout)
+    assert j["objects"]["objects"] == 2 and j["clients"] == []
+
+
+def _on_a_terminal(*args, env=None):
+    """heapfsctl ARGS with its stdout and stderr on a pseudo-terminal: (status, output)."""
+    import pty
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(str(HEAPFSCTL), ["heapfsctl", *map(str, args)], dict(os.environ, **(env or {})))
+    out = b""
+    while True:
+        try:
+            d = os.read(fd, 65536)
+        except OSError:
+            break
+        if not d:
+            break
+        out += d
+    os.close(fd)
+    return os.waitpid(pid, 0)[1], out.decode(errors="replace")
+
+
+def test_save_shows_progress_on_a_terminal_only(mount_factory, tmp_path):
+    """A save that runs past the threshold (1 s; 0 here) draws a bar on a terminal, on one
+    line redrawn with \\r and ended full; into a pipe it prints nothing but the result."""
+    m = mount_factory(CONFIG)
+    big = m.path / "heaps" / "alpha" / "big"
+    big.write_bytes(pattern(8 * MIB, 3))
+    status, out = _on_a_terminal("save", m.path, "alpha", tmp_path / "a.img",
+                                 env={"HEAPFSCTL_PROGRESS_AFTER_MS": "0"})
+    assert status == 0, out
+    assert out.startswith("\rsaving [") and "] 100%" in out, out
+    assert out.count("\rsaving [") >= 1 and "saved heap alpha to" in out
+    r = run_ctl("save", m.path, "alpha", tmp_path / "b.img")
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("saved heap alpha")
+    assert (tmp_path / "a.img").read_bytes()[:8] == (tmp_path / "b.img").read_bytes()[:8]
+    status, out = _on_a_terminal("save", m.path, "alpha", tmp_path / "c.img",
+                                 env={"HEAPFSCTL_PROGRESS_AFTER_MS": "600000"})
+    assert status == 0 and "saving [" not in out, out  # done before the threshold
 
 
 def test_stats_table_and_json(mount_factory):
