@@ -5,7 +5,7 @@ MNT     ?= $(CURDIR)/mnt
 PYTHON  := /usr/bin/python3
 PKGS    := gcc libc6-dev make libfuse3-dev fuse3 libconfuse-dev libjansson-dev libjemalloc-dev liburing-dev \
            meson ninja-build pkg-config python3-pytest fio attr psmisc procps uthash-dev \
-           libxxhash-dev libsodium-dev clang libclang-rt-14-dev scdoc systemd
+           libxxhash-dev libsodium-dev clang libclang-rt-14-dev scdoc systemd python3-matplotlib
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all build deps setup test bench fuzz run stop clean
@@ -27,17 +27,11 @@ test: build
 	@rc=0; meson test -C $(BUILD) --print-errorlogs --num-processes 2 || rc=$$?; \
 	$(PYTHON) tests/summary.py $(BUILD)/meson-logs/testlog.json; exit $$rc
 
+# every benchmark, each against its baseline in the same run; writes docs/BENCHMARKS.md and
+# docs/bench/ (results.json, one picture per family).  BENCH_ARGS="--quick" checks the
+# harness at small sizes; --only FAMILY,... picks some (tests/bench/bench.py --help).
 bench: build
-	$(BUILD)/tests/bench/alloc-bench --threads 1,2 --seconds 2
-	$(BUILD)/tests/bench/img-bench
-	$(BUILD)/tests/replica/rep-bench
-	$(PYTHON) tests/bench/imagebench.py --heapfs $(BUILD)/fs/heapfs --heapfsctl $(BUILD)/fs/ctl/heapfsctl
-	$(PYTHON) tests/bench/fsbench.py --heapfs $(BUILD)/fs/heapfs
-	@echo "--- the same small-request jobs with the experimental -o io_uring transport:"
-	$(PYTHON) tests/bench/fsbench.py --heapfs $(BUILD)/fs/heapfs --heapfs-opts io_uring --only rand,files
-	$(PYTHON) tests/bench/replbench.py --heapfs $(BUILD)/fs/heapfs
-	$(PYTHON) tests/bench/poolbench.py --heapfs $(BUILD)/fs/heapfs
-	$(PYTHON) tests/bench/clientbench.py --heapfs $(BUILD)/fs/heapfs --bench $(BUILD)/tests/bench/client-bench
+	$(PYTHON) tests/bench/bench.py --build $(BUILD) --out docs $(BENCH_ARGS)
 
 # libFuzzer: every harness in tests/fuzz for FUZZ_SECONDS each (FUZZERS= to pick some),
 # starting from its committed corpus; new inputs go to $(FUZZ_BUILD)/corpus/NAME, crashes
