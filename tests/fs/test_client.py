@@ -284,14 +284,14 @@ assert len(v2) == 256 and bytes(v2[:7]) == b"made it"
 
 
 def _readme_example(name):
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "GUIDE.md").read_text()
     start = text.index(f"<!-- example: {name} -->")
     body = text[text.index("\n", text.index("```", start)) + 1:]
     return body[:body.index("```")]
 
 
 def test_readme_examples_run_as_written(dm, tmp_path):
-    """README's C and Python examples, with its /mnt/heapfs replaced by this mount."""
+    """docs/GUIDE.md's C and Python examples, with its /mnt/heapfs replaced by this mount."""
     build = Path(os.environ["HEAPFS"]).resolve().parent.parent  # build/fs/heapfs[-asan]
     src = tmp_path / "hello.c"
     src.write_text(_readme_example("hello.c"))

@@ -1,6 +1,6 @@
 """meson install into a DESTDIR, and the result used as a user would: the programs run,
 the unit passes systemd-analyze verify, the Python module imports from the system
-Python's path and maps heap memory, README's C example compiles against the installed
+Python's path and maps heap memory, the guide's C example compiles against the installed
 heapfs.pc and runs on a direct_map heap."""
 import os
 import subprocess
@@ -82,7 +82,7 @@ def test_python_module_from_the_system_path(dest, mount_factory):
 def test_readme_c_example_against_installed_pc(dest, mount_factory, tmp_path):
     root = dest / PREFIX.lstrip("/")
     pc = only(root.glob("lib/*/pkgconfig/heapfs.pc"), "heapfs.pc")
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "GUIDE.md").read_text()
     start = text.index("<!-- example: hello.c -->")
     body = text[text.index("\n", text.index("```", start)) + 1:]
     src = tmp_path / "hello.c"

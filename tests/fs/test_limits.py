@@ -1,5 +1,5 @@
 """Limits on what an ordinary user can make the daemon hold (issue 6, item 4; SPEC
-"Semantics: Files", README "Limits"): heapfs's own -o options are range-checked at start;
+"Semantics: Files", docs/GUIDE.md "Limits"): heapfs's own -o options are range-checked at start;
 a heap has an inode limit (`inodes`, `df -i`) and every inode an xattr budget, past
 which ENOSPC leaves everything as it was; each heap's JSON charges it the daemon memory
 its inodes, names, symlink targets and xattrs use; status snapshots are bounded and

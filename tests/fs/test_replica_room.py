@@ -1,4 +1,4 @@
-"""The mirror's room (SPEC "Replication", issue 9; README "Replication" - Space): the
+"""The mirror's room (SPEC "Replication", issue 9; docs/GUIDE.md "Replication" - Space): the
 mirror host running out of memory for its copy of a heap is real here - the MIRROR daemon
 is moved into a cgroup-v1 memory cgroup with a small limit and its OOM killer off, so the
 kernel refuses the pages (repl.c "Room": the mirror asks for a block's memory up front) -
