@@ -152,6 +152,7 @@ struct rep_link {
 	struct rep_msg *partial;  /* a frame a direct write began: finished first */
 	size_t partial_off;
 	uint64_t last_seq, acked_seq, unacked_bytes;
+	uint64_t tx_seq;          /* the highest seq whose frame went to a writer */
 	uint32_t *lens;  /* bytes of seq s at lens[s & (lcap - 1)], s in (acked, last] */
 	uint64_t lcap;
 	struct { uint64_t seq; int st; } st_ring[ST_RING];
@@ -521,6 +522,8 @@ static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h
 	struct rep_msg *m = NULL;
 	int n = 0, fd = c->fd, err = 0;
 
+	if (h->kind == REP_K_MSG)
+		l->tx_seq = h->seq; /* before the unlock: the peer may ack it at once */
 	v[n++] = (struct iovec){ h, sizeof(*h) };
 	for (int i = 0; i < iovcnt; i++)
 		if (iov[i].iov_len)
@@ -747,6 +750,7 @@ static void *tx_main(void *arg)
 			*tail = m;
 			tail = &m->next;
 			bytes += m->len;
+			l->tx_seq = m->hdr.seq;
 		}
 		pthread_mutex_unlock(&l->mu);
 
@@ -861,47 +865,25 @@ static int __status_of(struct rep_link *l, uint64_t seq)
 	return 0;
 }
 
-/* An ACK frame from the peer: checked whole, then applied, then reported in seq order. */
+/* An ACK frame from the peer: checked whole (rep_ack_parse: only seqs whose frames went
+ * to the socket may be acknowledged), then applied, then reported in seq order. */
 static int ack_recv(struct conn *c, const unsigned char *p, size_t len, char *why,
 		    size_t whylen)
 {
 	struct rep_link *l = c->l;
-	struct rep_ack a;
-	const struct rep_ack_ent *e = (const struct rep_ack_ent *)(p + sizeof(a));
-	uint64_t from, prev;
+	struct rep_ack_parsed a;
+	uint64_t from;
+	unsigned i = 0;
 
-	if (len < sizeof(a))
-		goto bad;
-	memcpy(&a, p, sizeof(a));
-	if (a.pad || a.n > REP_ACK_MAX_ENTS || len != sizeof(a) + a.n * sizeof(*e))
-		goto bad;
 	pthread_mutex_lock(&l->mu);
 	from = l->acked_seq + 1;
-	if (a.upto < from || a.upto > l->last_seq) {
+	if (rep_ack_parse(p, len, l->acked_seq, l->tx_seq, &a, why, whylen)) {
 		pthread_mutex_unlock(&l->mu);
-		snprintf(why, whylen, "ack up to seq %llu: outside %llu..%llu",
-			 (unsigned long long)a.upto, (unsigned long long)from,
-			 (unsigned long long)l->last_seq);
 		return -EBADMSG;
 	}
-	prev = from - 1;
-	for (unsigned i = 0; i < a.n; i++) {
-		struct rep_ack_ent ent;
-
-		memcpy(&ent, e + i, sizeof(ent));
-		if (ent.seq <= prev || ent.seq > a.upto || ent.pad || ent.status >= 0 ||
-		    ent.status < -4095) {
-			pthread_mutex_unlock(&l->mu);
-			goto bad;
-		}
-		prev = ent.seq;
-	}
-	for (unsigned i = 0; i < a.n; i++) {
-		struct rep_ack_ent ent;
-
-		memcpy(&ent, e + i, sizeof(ent));
-		l->st_ring[l->st_pos].seq = ent.seq;
-		l->st_ring[l->st_pos].st = ent.status;
+	for (unsigned j = 0; j < a.n; j++) {
+		l->st_ring[l->st_pos].seq = a.ent[j].seq;
+		l->st_ring[l->st_pos].st = a.ent[j].status;
 		l->st_pos = (l->st_pos + 1) % ST_RING;
 	}
 	for (uint64_t s = from; s <= a.upto; s++)
@@ -910,26 +892,13 @@ static int ack_recv(struct conn *c, const unsigned char *p, size_t len, char *wh
 	pthread_cond_broadcast(&l->cv);
 	pthread_mutex_unlock(&l->mu);
 
-	if (l->cb.acked) {
-		unsigned i = 0;
-
+	if (l->cb.acked)
 		for (uint64_t s = from; s <= a.upto; s++) {
-			struct rep_ack_ent ent = { 0 };
+			bool listed = i < a.n && a.ent[i].seq == s;
 
-			if (i < a.n)
-				memcpy(&ent, e + i, sizeof(ent));
-			if (i < a.n && ent.seq == s) {
-				l->cb.acked(l->arg, s, ent.status);
-				i++;
-			} else {
-				l->cb.acked(l->arg, s, 0);
-			}
+			l->cb.acked(l->arg, s, listed ? a.ent[i++].status : 0);
 		}
-	}
 	return 0;
-bad:
-	snprintf(why, whylen, "malformed ack of %zu bytes", len);
-	return -EBADMSG;
 }
 
 /* ---- a connection ------------------------------------------------------------------ */
@@ -1106,7 +1075,7 @@ static const char *run(struct conn *c)
 
 				if (st > 0)
 					st = 0;
-				if (st < -4095)
+				if (st < -REP_ERRNO_MAX)
 					st = -EIO;
 				c->rx_next = h.seq + 1;
 				pthread_mutex_lock(&l->mu);
@@ -1166,7 +1135,7 @@ static void conn_down(struct conn *c, const char *reason)
 		l->fail_ring[l->fail_pos].b = to;
 		l->fail_pos = (l->fail_pos + 1) % FAIL_RING;
 	}
-	l->acked_seq = l->last_seq;
+	l->acked_seq = l->tx_seq = l->last_seq;
 	l->unacked_bytes = 0;
 	queue_free(l, l->ctrl);
 	queue_free(l, l->data);

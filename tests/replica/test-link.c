@@ -571,8 +571,9 @@ static int raw_read_frame(int fd, struct rep_hdr *h, unsigned char *buf, size_t 
 	return 0;
 }
 
-/* Authenticate a raw socket to port as node `name` with `secret`. */
-static int raw_auth(int fd, const char *name, const char *secret)
+/* Authenticate a raw socket to port as node `name` with `secret`, its first MSG seq
+ * announced as next_seq. */
+static int raw_auth_seq(int fd, const char *name, const char *secret, uint64_t next_seq)
 {
 	struct rep_hello mine, peer;
 	size_t mlen;
@@ -582,7 +583,7 @@ static int raw_auth(int fd, const char *name, const char *secret)
 	char why[128];
 
 	key_of(key, secret);
-	rep_hello_make(&mine, &mlen, REP_ROLE_INITIATOR, name, 42, 1);
+	rep_hello_make(&mine, &mlen, REP_ROLE_INITIATOR, name, 42, next_seq);
 	if (raw_frame(fd, REP_K_HELLO, 0, 0, &mine, mlen) || raw_read_frame(fd, &h, buf, sizeof(buf)) ||
 	    h.kind != REP_K_HELLO ||
 	    rep_hello_parse(buf, h.len, REP_ROLE_ACCEPTOR, name, &peer, why, sizeof(why)))
@@ -592,6 +593,137 @@ static int raw_auth(int fd, const char *name, const char *secret)
 	    raw_read_frame(fd, &h, buf, sizeof(buf)) || h.kind != REP_K_AUTH)
 		return -1;
 	return 0;
+}
+
+static int raw_auth(int fd, const char *name, const char *secret)
+{
+	return raw_auth_seq(fd, name, secret, 1);
+}
+
+/* Read frames from a raw socket until a MSG comes (heartbeats skipped): its seq, or 0. */
+static uint64_t raw_read_msg(int fd)
+{
+	static unsigned char buf[REP_PAYLOAD_MAX];
+	struct rep_hdr h;
+
+	while (!raw_read_frame(fd, &h, buf, sizeof(buf)))
+		if (h.kind == REP_K_MSG)
+			return h.seq;
+	return 0;
+}
+
+/* An authenticated peer's bad seqs and ACKs, each on a connection of its own: the link
+ * drops it, delivers nothing (recv) and reports nothing it said (acked: only -ENOTCONN
+ * for what a sent), and pairs again with the next.  An ACK says nothing about a seq a
+ * never sent, carries an errno as a status, or goes past the seqs sent so far. */
+static void test_hostile_acks(void)
+{
+	struct node a;
+	struct rep_stats st;
+	bool started = false;
+	uint64_t cnt = 7, drops = 0;
+	int fd = -1, port;
+
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	started = true;
+	port = rep_port(a.l);
+	for (int kase = 0; kase < 9; kase++) {
+		unsigned char ack[sizeof(struct rep_ack) + 2 * sizeof(struct rep_ack_ent)];
+		struct rep_ack *ah = (struct rep_ack *)ack;
+		struct rep_ack_ent *e = (struct rep_ack_ent *)(ack + sizeof(*ah));
+		size_t alen = sizeof(ack);
+		uint64_t seq = 0;
+		int ups, downs;
+
+		memset(ack, 0, sizeof(ack));
+		fd = raw_connect(port);
+		CHECK(fd >= 0);
+		CHECK(NOW(&a, (ups = a.ups) >= 0 && (downs = a.downs) >= 0));
+		if (kase == 0) {
+			/* a HELLO whose first seq leaves no room to count on */
+			CHECK(raw_auth_seq(fd, "mallory", "k", UINT64_MAX));
+			goto dropped;
+		}
+		CHECK(!raw_auth(fd, "mallory", "k"));
+		CHECK(WAIT_FOR(&a, a.ups == ups + 1, 3));
+		if (kase == 1) {
+			/* a message seq past REP_SEQ_MAX (the expected next would wrap) */
+			CHECK(!raw_frame(fd, REP_K_MSG, REP_TYPE_USER, UINT64_MAX, &cnt, sizeof(cnt)));
+			goto dropped;
+		}
+		pthread_mutex_lock(&a.mu);
+		a.acks = a.enotconn = 0;
+		a.acked_seq = 0;
+		pthread_mutex_unlock(&a.mu);
+		CHECK((seq = (uint64_t)rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt))) > 0);
+		CHECK_EQ(raw_read_msg(fd), seq);
+		ah->upto = seq;
+		ah->n = 1;
+		e[0].seq = seq;
+		e[0].status = -EIO;
+		alen = sizeof(*ah) + sizeof(*e);
+		switch (kase) {
+		case 2: /* a positive status */
+			e[0].status = 5;
+			break;
+		case 3: /* not an errno */
+			e[0].status = -4000;
+			break;
+		case 4:
+			e[0].status = INT32_MIN;
+			break;
+		case 5: /* up to a seq never sent */
+			ah->upto = seq + 1;
+			break;
+		case 6: /* an entry for a seq never sent */
+			ah->upto = seq + 1;
+			e[0].seq = seq + 1;
+			break;
+		case 7: /* an entry before the acknowledged range */
+			e[0].seq = seq - 1;
+			break;
+		case 8: /* more bytes than its entries */
+			alen = sizeof(ack);
+			break;
+		}
+		CHECK(!raw_frame(fd, REP_K_ACK, 0, 0, ack, alen));
+dropped:
+		CHECK(raw_closed(fd, 2));
+		close(fd);
+		fd = -1;
+		drops++;
+		rep_get_stats(a.l, &st);
+		CHECK_EQ(st.drops_frame, drops);
+		CHECK(WAIT_FOR(&a, a.ups == a.downs, 3));
+		CHECK(NOW(&a, a.recvd == 0 && (!kase || !strcmp(a.last_down, "bad frame"))));
+		if (seq)
+			CHECK(NOW(&a, a.acks == 0 && a.enotconn == 1 && a.acked_seq == seq));
+	}
+	CHECK(log_has(&a, "malformed hello") && log_has(&a, "with type") &&
+	      log_has(&a, "not an errno") && log_has(&a, "outside") && log_has(&a, "not in"));
+	/* and an honest ACK is taken */
+	fd = raw_connect(port);
+	CHECK(fd >= 0 && !raw_auth(fd, "mallory", "k"));
+	CHECK(WAIT_FOR(&a, a.ups > a.downs, 3));
+	{
+		unsigned char ack[sizeof(struct rep_ack) + sizeof(struct rep_ack_ent)] = { 0 };
+		struct rep_ack *ah = (struct rep_ack *)ack;
+		struct rep_ack_ent *e = (struct rep_ack_ent *)(ack + sizeof(*ah));
+		int64_t seq = rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt));
+
+		CHECK(seq > 0 && raw_read_msg(fd) == (uint64_t)seq);
+		ah->upto = (uint64_t)seq;
+		ah->n = 1;
+		e->seq = (uint64_t)seq;
+		e->status = -REP_ERRNO_MAX;
+		CHECK(!raw_frame(fd, REP_K_ACK, 0, 0, ack, sizeof(ack)));
+		CHECK_EQ(rep_wait(a.l, (uint64_t)seq, 2000), -REP_ERRNO_MAX);
+	}
+done:
+	if (fd >= 0)
+		close(fd);
+	if (started)
+		node_stop(&a);
 }
 
 /* Everything a raw socket may throw at the port; after each, the a-b link still carries
@@ -1063,6 +1195,7 @@ int main(int argc, char **argv)
 	RUN(test_reply_under_load);
 	RUN(test_wrong_secret);
 	RUN(test_garbage);
+	RUN(test_hostile_acks);
 	RUN(test_kick);
 	RUN(test_duplicates);
 	RUN(test_cut);
