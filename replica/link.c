@@ -14,6 +14,14 @@
  * declared down within timeout_ms; TCP_USER_TIMEOUT = timeout_ms bounds a write into a
  * dead peer, and a drop shuts the socket down, which wakes the sender.
  *
+ * Before authentication.  Anyone may connect, so an accepted connection holds little
+ * and not for long: a HS_BUF receive buffer (RBUF_SIZE only once authenticated), only
+ * HELLO and AUTH frames are read (a MSG header is refused before its length sizes
+ * anything), a deadline of timeout_ms from the accept that bytes trickling in do not
+ * extend, and a slot that newer connections take over: at most MAX_PENDING_ADDR wait from
+ * one address and MAX_PENDING in all, the oldest from the address holding the most making
+ * room (__make_room).  Lines logged about such peers are rationed (lg_unauth).
+ *
  * Sending.  One thread at a time writes the socket (l->writing).  When nothing is queued
  * and nobody writes, rep_sendv (and an ACK from the receive thread) writes its frame
  * itself, straight from the caller's memory (__direct_write); what the socket does not
@@ -66,7 +74,11 @@
 #include "replica_i.h"
 
 #define MAX_CONNS 16            /* connections in handshake or up; more are refused */
+#define MAX_THREADS 32          /* ... and those pushed out, still ending */
+#define MAX_PENDING 8           /* accepted, not yet authenticated: the oldest makes room */
+#define MAX_PENDING_ADDR 4      /* ... of them from one address: its own oldest makes room */
 #define RBUF_SIZE (256u << 10)  /* receive buffer; larger payloads are read in place */
+#define HS_BUF 512              /* the receive buffer before authentication (HELLO, AUTH) */
 #define TX_BATCH_BYTES (8u << 20)
 #define TX_IOV 64
 #define ST_RING REP_WAIT_STATUSES
@@ -77,6 +89,7 @@
 #define ACK_EVERY (REP_QUEUE_MAX / 16)
 #define WAIT_LAG (REP_QUEUE_MAX / 64) /* a direct write may wait for the socket beyond */
 #define SLICE_MS 100            /* poll slices: a stopping link is noticed this fast */
+#define LOG_BURST 20            /* lines about unauthenticated peers: a burst, then 1/s */
 
 struct rep_msg {
 	struct rep_msg *next;
@@ -93,6 +106,10 @@ struct conn {
 	bool tx_stop;       /* l->mu */
 	bool done;          /* l->mu: the thread has finished; the manager joins it */
 	bool initiator;
+	bool authed;        /* l->mu: the handshake passed */
+	bool evicted;       /* l->mu: shut down to make room for a newer unauthenticated one */
+	uint64_t started;   /* when it was accepted or initiated */
+	uint32_t src;       /* accepted: the peer's IPv4 address */
 	int fd;             /* l->mu for anyone but the connection's own thread */
 	char why[96];       /* l->mu: first reason this connection was dropped */
 	struct rep_hello mine, peer;
@@ -103,6 +120,7 @@ struct conn {
 	uint64_t last_rx;
 	uint64_t rx_next;   /* next MSG seq expected; 0 before the first */
 	unsigned char *rb;
+	size_t rb_cap;      /* HS_BUF until authenticated, then RBUF_SIZE */
 	size_t rstart, rend;
 	unsigned char *big;
 	size_t big_cap;
@@ -161,6 +179,9 @@ struct rep_link {
 	unsigned fail_pos;
 
 	struct rep_stats stats;
+	/* l->mu: lines about unauthenticated peers (anyone may cause them) are rationed */
+	unsigned log_tokens, log_skipped;
+	uint64_t log_refill;
 };
 
 /* The link whose receive thread this is (rep_send must not wait there). */
@@ -204,6 +225,46 @@ static void lg(struct rep_link *l, const char *fmt, ...)
 	va_end(ap);
 	fprintf(l->log, "replica %s: %s\n", l->node, line);
 	fflush(l->log);
+}
+
+/* lg() for what anyone who connects can make happen, as often as they like: LOG_BURST
+ * lines, then one a second, each saying how many were left out before it. */
+static void lg_unauth(struct rep_link *l, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void lg_unauth(struct rep_link *l, const char *fmt, ...)
+{
+	uint64_t now = now_ms();
+	unsigned skipped = 0;
+	bool ok = false;
+	char line[400];
+	va_list ap;
+
+	pthread_mutex_lock(&l->mu);
+	if (now >= l->log_refill + 1000) {
+		uint64_t add = (now - l->log_refill) / 1000;
+
+		l->log_tokens = add >= LOG_BURST - l->log_tokens ? LOG_BURST
+				: l->log_tokens + (unsigned)add;
+		l->log_refill = now;
+	}
+	if (l->log_tokens) {
+		l->log_tokens--;
+		skipped = l->log_skipped;
+		l->log_skipped = 0;
+		ok = true;
+	} else {
+		l->log_skipped++;
+	}
+	pthread_mutex_unlock(&l->mu);
+	if (!ok)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (skipped)
+		lg(l, "%s (and %u more like it, not logged)", line, skipped);
+	else
+		lg(l, "%s", line);
 }
 
 static void wake_mgr(struct rep_link *l)
@@ -349,12 +410,12 @@ static int rx_fill(struct conn *c, size_t n)
 	while (c->rend - c->rstart < n) {
 		ssize_t got;
 
-		if (RBUF_SIZE - c->rstart < n) {
+		if (c->rb_cap - c->rstart < n) {
 			memmove(c->rb, c->rb + c->rstart, c->rend - c->rstart);
 			c->rend -= c->rstart;
 			c->rstart = 0;
 		}
-		got = rx_some(c, c->rb + c->rend, RBUF_SIZE - c->rend);
+		got = rx_some(c, c->rb + c->rend, c->rb_cap - c->rend);
 		if (got < 0)
 			return (int)got;
 		c->rend += (size_t)got;
@@ -372,11 +433,12 @@ static int truncated(int rc, const struct rep_hdr *h, size_t have, char *why, si
 	return -EBADMSG;
 }
 
-/* Read one frame: header checked before its payload is read, checksum after.  *payload
- * points into the connection's buffers until the next call.  0, -EBADMSG (why filled),
- * or a transport error. */
-static int rx_frame(struct conn *c, struct rep_hdr *h, unsigned char **payload, char *why,
-		    size_t whylen)
+/* Read one frame of a kind in `kinds` (a mask of 1 << kind): header checked before its
+ * payload is read (so before authentication no MSG length sizes a buffer), checksum
+ * after.  *payload points into the connection's buffers until the next call.  0,
+ * -EBADMSG (why filled), or a transport error. */
+static int rx_frame(struct conn *c, unsigned kinds, struct rep_hdr *h, unsigned char **payload,
+		    char *why, size_t whylen)
 {
 	int rc = rx_fill(c, sizeof(*h));
 
@@ -391,8 +453,13 @@ static int rx_frame(struct conn *c, struct rep_hdr *h, unsigned char **payload, 
 	rc = rep_frame_check(h, why, whylen);
 	if (rc)
 		return rc;
+	if (!(kinds & 1u << h->kind)) {
+		snprintf(why, whylen, "frame kind %u %s", h->kind,
+			 c->authed ? "after the handshake" : "during the handshake");
+		return -EBADMSG;
+	}
 	c->rstart += sizeof(*h);
-	if (h->len <= RBUF_SIZE / 2) {
+	if (h->len <= c->rb_cap / 2) {
 		rc = rx_fill(c, h->len);
 		if (rc)
 			return truncated(rc, h, c->rend - c->rstart, why, whylen);
@@ -931,14 +998,6 @@ static int do_connect(struct conn *c)
 	return -err;
 }
 
-static bool bad_kind(const struct rep_hdr *h, unsigned kind, char *why, size_t whylen)
-{
-	if (h->kind == kind)
-		return false;
-	snprintf(why, whylen, "frame kind %u during the handshake (expected %u)", h->kind, kind);
-	return true;
-}
-
 /* HELLO both ways, then AUTH both ways.  0, -EBADMSG (garbage), -EACCES (wrong MAC),
  * or a transport error; why filled for the first two. */
 static int handshake(struct conn *c, char *why, size_t whylen)
@@ -960,10 +1019,8 @@ static int handshake(struct conn *c, char *why, size_t whylen)
 	rep_hello_make(&c->mine, &c->mine_len, role, l->node, l->instance, next);
 	if (c->initiator && (rc = send_frame(c, REP_K_HELLO, &c->mine, c->mine_len)))
 		return rc;
-	if ((rc = rx_frame(c, &h, &p, why, whylen)))
+	if ((rc = rx_frame(c, 1u << REP_K_HELLO, &h, &p, why, whylen)))
 		return rc;
-	if (bad_kind(&h, REP_K_HELLO, why, whylen))
-		return -EBADMSG;
 	if ((rc = rep_hello_parse(p, h.len, peer_role, l->node, &c->peer, why, whylen)))
 		return rc;
 	c->peer_len = h.len;
@@ -978,10 +1035,8 @@ static int handshake(struct conn *c, char *why, size_t whylen)
 	rep_auth_mac(mac, l->key, role, hi, li, ha, la);
 	if ((rc = send_frame(c, REP_K_AUTH, mac, sizeof(mac))))
 		return rc;
-	if ((rc = rx_frame(c, &h, &p, why, whylen)))
+	if ((rc = rx_frame(c, 1u << REP_K_AUTH, &h, &p, why, whylen)))
 		return rc;
-	if (bad_kind(&h, REP_K_AUTH, why, whylen))
-		return -EBADMSG;
 	if (rep_auth_verify(p, l->key, peer_role, hi, li, ha, la)) {
 		snprintf(why, whylen, "node \"%.*s\" failed authentication (wrong secret)",
 			 c->peer.name_len, c->peer.name);
@@ -1062,7 +1117,8 @@ static const char *run(struct conn *c)
 	for (;;) {
 		struct rep_hdr h;
 		unsigned char *p;
-		int rc = rx_frame(c, &h, &p, why, sizeof(why));
+		int rc = rx_frame(c, 1u << REP_K_MSG | 1u << REP_K_ACK | 1u << REP_K_HB, &h, &p, why,
+				  sizeof(why));
 
 		if (!rc && h.kind == REP_K_MSG) {
 			if (c->rx_next ? h.seq != c->rx_next : h.seq < c->peer.next_seq) {
@@ -1086,9 +1142,6 @@ static const char *run(struct conn *c)
 			}
 		} else if (!rc && h.kind == REP_K_ACK) {
 			rc = ack_recv(c, p, h.len, why, sizeof(why));
-		} else if (!rc && h.kind != REP_K_HB) {
-			snprintf(why, sizeof(why), "frame kind %u after the handshake", h.kind);
-			rc = -EBADMSG;
 		}
 		if (!rc)
 			continue;
@@ -1186,29 +1239,48 @@ static void *conn_main(void *arg)
 	int rc = 0;
 
 	rx_of = l;
-	c->rb = malloc(RBUF_SIZE);
+	/* before authentication a connection holds a small buffer, a thread, and a slot for
+	 * at most timeout_ms (less when newer ones push it out: see the manager) */
+	c->rb = malloc(HS_BUF);
+	c->rb_cap = HS_BUF;
 	if (!c->rb)
 		goto out;
 	if (c->initiator && (rc = do_connect(c)))
 		goto out;
 	rc = handshake(c, why, sizeof(why));
-	if (rc == -EACCES || rc == -EBADMSG) {
-		char addr[INET_ADDRSTRLEN + 8] = "?";
+	if (!rc) {
+		unsigned char *nb = realloc(c->rb, RBUF_SIZE);
+
+		if (!nb)
+			rc = -ENOMEM;
+		else
+			c->rb = nb, c->rb_cap = RBUF_SIZE;
+		pthread_mutex_lock(&l->mu);
+		c->authed = !rc;
+		pthread_mutex_unlock(&l->mu);
+	}
+	pthread_mutex_lock(&l->mu);
+	if (rc && c->evicted) {
+		rc = -ETIME; /* counted in drops_auth by the manager */
+		snprintf(why, sizeof(why), "%d newer unauthenticated connections waiting",
+			 MAX_PENDING);
+	}
+	if (rc == -EACCES)
+		l->stats.drops_auth++;
+	else if (rc == -EBADMSG)
+		l->stats.drops_frame++;
+	pthread_mutex_unlock(&l->mu);
+	if (rc == -EACCES || rc == -EBADMSG || rc == -ETIME) {
+		char addr[INET_ADDRSTRLEN + 8] = "?", ip[INET_ADDRSTRLEN];
 		struct sockaddr_in sa;
 		socklen_t sl = sizeof(sa);
 
 		if (!getpeername(c->fd, (struct sockaddr *)&sa, &sl))
 			snprintf(addr, sizeof(addr), "%s:%u",
-				 inet_ntop(AF_INET, &sa.sin_addr, addr, INET_ADDRSTRLEN) ? addr : "?",
+				 inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip)) ? ip : "?",
 				 ntohs(sa.sin_port));
-		pthread_mutex_lock(&l->mu);
-		if (rc == -EACCES)
-			l->stats.drops_auth++;
-		else
-			l->stats.drops_frame++;
-		pthread_mutex_unlock(&l->mu);
-		lg(l, "refused %s connection %s: %s", c->initiator ? "outgoing" : "incoming", addr,
-		   why);
+		lg_unauth(l, "%s %s connection %s: %s", rc == -ETIME ? "dropped" : "refused",
+			  c->initiator ? "outgoing" : "incoming", addr, why);
 	}
 	if (rc)
 		goto out;
@@ -1238,7 +1310,7 @@ out:
 }
 
 /* Start a connection thread for fd (initiator: not yet connected).  Under l->mu. */
-static int __conn_start(struct rep_link *l, int fd, bool initiator)
+static int __conn_start(struct rep_link *l, int fd, bool initiator, uint32_t src)
 {
 	struct conn *c = calloc(1, sizeof(*c));
 
@@ -1247,7 +1319,9 @@ static int __conn_start(struct rep_link *l, int fd, bool initiator)
 	c->l = l;
 	c->fd = fd;
 	c->initiator = initiator;
-	c->deadline = now_ms() + l->timeout_ms;
+	c->src = src;
+	c->started = now_ms();
+	c->deadline = c->started + l->timeout_ms;
 	if (pthread_create(&c->thr, NULL, conn_main, c)) {
 		free(c);
 		return -EAGAIN;
@@ -1274,6 +1348,64 @@ static void __reap(struct rep_link *l, struct conn **dead)
 			pp = &c->next;
 		}
 	}
+}
+
+/* How many connections accepted from src wait in their handshake; *oldest: the oldest. */
+static unsigned __pending_from(struct rep_link *l, uint32_t src, struct conn **oldest)
+{
+	unsigned n = 0;
+
+	*oldest = NULL;
+	for (struct conn *c = l->conns; c; c = c->next) {
+		if (c->initiator || c->authed || c->evicted || c->done || c->src != src)
+			continue;
+		n++;
+		if (!*oldest || c->started < (*oldest)->started)
+			*oldest = c;
+	}
+	return n;
+}
+
+/* Room for one more connection accepted from src before authentication: when
+ * MAX_PENDING_ADDR from src wait in their handshake, the oldest of those is shut down;
+ * else when MAX_PENDING wait in all, the oldest from the address that has the most of
+ * them (its thread ends at once).  A peer that connects and says nothing, or one byte a
+ * second, holds its slot only until newer connections push it out; connecting again and
+ * again from one address pushes out only its own, and a lone connection (the partner's)
+ * is the last to go: unless many addresses gang up, the partner pairs.  Returns how many
+ * connections pushed out are still on their way out. */
+static unsigned __make_room(struct rep_link *l, uint32_t src)
+{
+	struct conn *victim = NULL, *o;
+	unsigned pending = 0, evicted = 0, most = 0;
+
+	for (struct conn *c = l->conns; c; c = c->next) {
+		evicted += c->evicted;
+		pending += !c->initiator && !c->authed && !c->evicted && !c->done;
+	}
+	if (__pending_from(l, src, &o) >= MAX_PENDING_ADDR) {
+		victim = o;
+	} else if (pending >= MAX_PENDING) {
+		for (struct conn *c = l->conns; c; c = c->next) {
+			unsigned n;
+
+			if (c->initiator || c->authed || c->evicted || c->done)
+				continue;
+			n = __pending_from(l, c->src, &o);
+			if (n > most || (n == most && o->started < victim->started)) {
+				most = n;
+				victim = o;
+			}
+		}
+	}
+	if (!victim)
+		return evicted;
+	victim->evicted = true;
+	if (!victim->why[0])
+		snprintf(victim->why, sizeof(victim->why), "unauthenticated for too long");
+	shutdown(victim->fd, SHUT_RDWR);
+	l->stats.drops_auth++;
+	return evicted + 1;
 }
 
 static void join_free(struct conn *dead)
@@ -1311,7 +1443,7 @@ static void *mgr_main(void *arg)
 
 				if (fd >= 0) {
 					sock_setup(l, fd);
-					if (__conn_start(l, fd, true))
+					if (__conn_start(l, fd, true, 0))
 						close(fd);
 					else
 						l->outgoing = true;
@@ -1324,6 +1456,7 @@ static void *mgr_main(void *arg)
 		}
 		pthread_mutex_unlock(&l->mu);
 		join_free(dead);
+		dead = NULL;
 
 		if (poll(p, l->lfd >= 0 ? 2 : 1, tmo) <= 0)
 			continue;
@@ -1334,7 +1467,10 @@ static void *mgr_main(void *arg)
 			}
 		}
 		if (l->lfd >= 0 && (p[1].revents & POLLIN)) {
-			int fd = accept4(l->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+			struct sockaddr_in sa = { 0 };
+			socklen_t sl = sizeof(sa);
+			int fd = accept4(l->lfd, (struct sockaddr *)&sa, &sl,
+					 SOCK_NONBLOCK | SOCK_CLOEXEC);
 			int rc = -EMFILE;
 
 			if (fd < 0) {
@@ -1347,12 +1483,18 @@ static void *mgr_main(void *arg)
 			}
 			sock_setup(l, fd);
 			pthread_mutex_lock(&l->mu);
-			if (l->nconns < MAX_CONNS && !atomic_load(&l->stopping))
-				rc = __conn_start(l, fd, false);
+			if (!atomic_load(&l->stopping)) {
+				/* connections pushed out are on their way out: their slots
+				 * count only against the limit of all threads */
+				unsigned leaving = __make_room(l, sa.sin_addr.s_addr);
+
+				if (l->nconns - leaving < MAX_CONNS && l->nconns < MAX_THREADS)
+					rc = __conn_start(l, fd, false, sa.sin_addr.s_addr);
+			}
 			pthread_mutex_unlock(&l->mu);
 			if (rc) {
-				lg(l, "refused an incoming connection: %s",
-				   rc == -EMFILE ? "too many connections" : strerror(-rc));
+				lg_unauth(l, "refused an incoming connection: %s",
+					  rc == -EMFILE ? "too many connections" : strerror(-rc));
 				close(fd);
 			}
 		}
@@ -1397,6 +1539,8 @@ int rep_start(const struct rep_config *c, const struct rep_callbacks *cb, void *
 	l->arg = arg;
 	randombytes_buf(&l->instance, sizeof(l->instance));
 	l->backoff_ms = BACKOFF_MIN_MS;
+	l->log_tokens = LOG_BURST;
+	l->log_refill = now_ms();
 	l->ctrl_tail = &l->ctrl;
 	l->data_tail = &l->data;
 	l->lfd = -1;

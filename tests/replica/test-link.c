@@ -226,6 +226,18 @@ static bool log_has(struct node *n, const char *s)
 	return strstr(buf, s) != NULL;
 }
 
+/* A failed test shows what n logged (its first 16 KiB). */
+static void log_dump(struct node *n)
+{
+	char buf[16384];
+	ssize_t got;
+
+	fflush(n->log);
+	got = pread(fileno(n->log), buf, sizeof(buf) - 1, 0);
+	buf[got > 0 ? got : 0] = 0;
+	fprintf(stderr, "--- its log:\n%s", buf);
+}
+
 static int free_port(void)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -505,17 +517,25 @@ done:
 
 /* ---- raw sockets ---------------------------------------------------------------------- */
 
-static int raw_connect(int port)
+/* A socket connected to 127.0.0.1:port from the address src (host order; 0: any). */
+static int raw_connect_from(int port, uint32_t src)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
 				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in from = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(src) };
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-	if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
+	if (fd >= 0 && ((src && bind(fd, (struct sockaddr *)&from, sizeof(from))) ||
+			connect(fd, (struct sockaddr *)&sa, sizeof(sa)))) {
 		close(fd);
 		fd = -1;
 	}
 	return fd;
+}
+
+static int raw_connect(int port)
+{
+	return raw_connect_from(port, 0);
 }
 
 /* True when the other side closes fd within secs (what it sends meanwhile is read). */
@@ -845,6 +865,112 @@ done:
 		node_stop(&a);
 	if (rt_cur && b.l)
 		node_stop(&b);
+}
+
+/* Slow-loris: connections that say nothing, or one byte a second of a HELLO, each opened
+ * again as soon as the link closes it, more of them than the link has slots, from two
+ * addresses (127.0.0.2 and .3; the partner connects from 127.0.0.1).  The real partner
+ * still pairs at once, not only after the handshake deadline (a 10 s timeout here): the
+ * link pushes the oldest waiting ones out, and an address connecting again and again
+ * only pushes out its own. */
+#define LORIS 24
+#define LORIS_SRC(i) (INADDR_LOOPBACK + 1 + (uint32_t)(i) % 2)
+struct loris {
+	int port, fds[LORIS];
+	atomic_bool stop;
+	atomic_uint reopened;
+};
+
+static void *loris_main(void *arg)
+{
+	struct loris *lo = arg;
+	struct rep_hello hello;
+	struct rep_hdr h;
+	unsigned char frame[sizeof(h) + sizeof(hello)];
+	size_t hl, sent[LORIS] = { 0 };
+	double next_drip = rt_now() + 1;
+
+	rep_hello_make(&hello, &hl, REP_ROLE_INITIATOR, "loris", 1, 1);
+	rep_frame_fill(&h, REP_K_HELLO, 0, 0, &(struct iovec){ &hello, hl }, 1, hl);
+	memcpy(frame, &h, sizeof(h));
+	memcpy(frame + sizeof(h), &hello, hl);
+	for (int i = 0; i < LORIS; i++)
+		lo->fds[i] = raw_connect_from(lo->port, LORIS_SRC(i));
+	while (!atomic_load(&lo->stop)) {
+		bool drip = rt_now() >= next_drip;
+
+		for (int i = 0; i < LORIS; i++) {
+			struct pollfd p = { .fd = lo->fds[i], .events = POLLIN };
+			char b;
+
+			if (lo->fds[i] >= 0 && poll(&p, 1, 0) > 0 && read(lo->fds[i], &b, 1) <= 0) {
+				close(lo->fds[i]);
+				lo->fds[i] = -1;
+			}
+			if (lo->fds[i] < 0) {
+				lo->fds[i] = raw_connect_from(lo->port, LORIS_SRC(i));
+				sent[i] = 0;
+				atomic_fetch_add(&lo->reopened, 1);
+			} else if (drip && i % 2 && sent[i] < sizeof(h) + hl) {
+				/* the odd ones: one byte a second */
+				if (write(lo->fds[i], frame + sent[i], 1) == 1)
+					sent[i]++;
+			}
+		}
+		if (drip)
+			next_drip += 1;
+		usleep(5000);
+	}
+	for (int i = 0; i < LORIS; i++)
+		if (lo->fds[i] >= 0)
+			close(lo->fds[i]);
+	return NULL;
+}
+
+static void test_slowloris(void)
+{
+	struct node a, b;
+	struct loris lo = { 0 };
+	pthread_t thr;
+	bool started = false, b_started = false, lo_started = false;
+	uint64_t one = 1; /* status_for(1): 0 */
+	double t0;
+
+	node_tmo = STEADY_TMO;
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	started = true;
+	lo.port = rep_port(a.l);
+	CHECK(!pthread_create(&thr, NULL, loris_main, &lo));
+	lo_started = true;
+	/* the slots fill up and the oldest ones are pushed out over and over */
+	for (double end = rt_now() + 5; atomic_load(&lo.reopened) < LORIS && rt_now() < end;)
+		usleep(10000);
+	CHECK(atomic_load(&lo.reopened) >= LORIS);
+	t0 = rt_now();
+	CHECK(!node_start(&b, "b", 0, lo.port, "k"));
+	b_started = true;
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	CHECK(NOW(&b, b.downs == 0)); /* not dropped by a before a saw its proof */
+	fprintf(stderr, "  paired %.0f ms after b started, %u slow connections pushed out\n",
+		(rt_now() - t0) * 1000, atomic_load(&lo.reopened));
+	CHECK((rt_now() - t0) * 1000 < STEADY_TMO / 4);
+	CHECK(rep_send(b.l, REP_TYPE_USER, &one, sizeof(one)) > 0);
+	CHECK_EQ(rep_flush(b.l, 3000), 0);
+	CHECK(log_has(&a, "newer unauthenticated connections waiting"));
+done:
+	node_tmo = TMO;
+	if (rt_cur && b_started)
+		log_dump(&b);
+	if (rt_cur && started)
+		log_dump(&a);
+	if (lo_started) {
+		atomic_store(&lo.stop, true);
+		pthread_join(thr, NULL);
+	}
+	if (b_started)
+		node_stop(&b);
+	if (started)
+		node_stop(&a);
 }
 
 /* rep_kick drops the connection on both sides; it comes back by itself. */
@@ -1196,6 +1322,7 @@ int main(int argc, char **argv)
 	RUN(test_wrong_secret);
 	RUN(test_garbage);
 	RUN(test_hostile_acks);
+	RUN(test_slowloris);
 	RUN(test_kick);
 	RUN(test_duplicates);
 	RUN(test_cut);
