@@ -635,7 +635,8 @@ static uint64_t raw_read_msg(int fd)
 /* An authenticated peer's bad seqs and ACKs, each on a connection of its own: the link
  * drops it, delivers nothing (recv) and reports nothing it said (acked: only -ENOTCONN
  * for what a sent), and pairs again with the next.  An ACK says nothing about a seq a
- * never sent, carries an errno as a status, or goes past the seqs sent so far. */
+ * never sent, carries an errno as a status, or goes past the seqs sent so far.  (First,
+ * unauthenticated: a MSG header is refused before its length is read.) */
 static void test_hostile_acks(void)
 {
 	struct node a;
@@ -644,9 +645,28 @@ static void test_hostile_acks(void)
 	uint64_t cnt = 7, drops = 0;
 	int fd = -1, port;
 
+	node_tmo = STEADY_TMO;
 	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	node_tmo = TMO;
 	started = true;
 	port = rep_port(a.l);
+	{
+		/* before authentication a MSG header is refused at once, not read on (its
+		 * length sized a 2 MiB buffer, and the drop came at the 10 s deadline) */
+		struct rep_hdr h;
+		double t0 = rt_now();
+
+		fd = raw_connect(port);
+		CHECK(fd >= 0);
+		rep_frame_fill(&h, REP_K_MSG, REP_TYPE_USER, 1, NULL, 0, 0);
+		h.len = REP_PAYLOAD_MAX;
+		CHECK(write(fd, &h, sizeof(h)) == sizeof(h));
+		CHECK(raw_closed(fd, 2));
+		CHECK(rt_now() - t0 < 1);
+		close(fd);
+		fd = -1;
+		drops++;
+	}
 	for (int kase = 0; kase < 9; kase++) {
 		unsigned char ack[sizeof(struct rep_ack) + 2 * sizeof(struct rep_ack_ent)];
 		struct rep_ack *ah = (struct rep_ack *)ack;
@@ -740,6 +760,7 @@ dropped:
 		CHECK_EQ(rep_wait(a.l, (uint64_t)seq, 2000), -REP_ERRNO_MAX);
 	}
 done:
+	node_tmo = TMO;
 	if (fd >= 0)
 		close(fd);
 	if (started)
