@@ -33,7 +33,10 @@
  * acks do not wait behind megabytes of data.  REP_QUEUE_MAX bounds bytes sent and not yet
  * acknowledged (the lag), not just bytes not yet written, so a slow peer slows the
  * sender down; the receive thread itself never waits for room (a reply from recv()
- * could otherwise wait for acks that only the same thread reads).
+ * could otherwise wait for acks that only the same thread reads), but what it adds is
+ * bounded too: its replies up to LAG_HARD unacknowledged, its ACKs (merged into the last
+ * one queued while it has room for their statuses) up to CTRL_MAX queued; past either
+ * the peer is dropped — it does not acknowledge, or does not read.
  *
  * Seqs increase over the link's life; a HELLO tells the peer where ours start on this
  * connection, later MSG frames must follow one by one.  When the active connection
@@ -87,6 +90,12 @@
 #define MSG_BIG (64u << 10)     /* messages this large use the buffer cache */
 #define MSG_CACHE 8
 #define ACK_EVERY (REP_QUEUE_MAX / 16)
+#define ACK_BYTES (sizeof(struct rep_ack) + REP_ACK_MAX_ENTS * sizeof(struct rep_ack_ent))
+/* ACK frames queued behind a socket the peer does not read: beyond this it is dropped */
+#define CTRL_MAX (REP_QUEUE_MAX / 16)
+/* what the receive thread's own sends (replies) may leave unacknowledged: beyond this the
+ * peer, which acknowledges every ACK_EVERY bytes, is not acknowledging and is dropped */
+#define LAG_HARD (2 * (uint64_t)REP_QUEUE_MAX)
 #define WAIT_LAG (REP_QUEUE_MAX / 64) /* a direct write may wait for the socket beyond */
 #define SLICE_MS 100            /* poll slices: a stopping link is noticed this fast */
 #define LOG_BURST 20            /* lines about unauthenticated peers: a burst, then 1/s */
@@ -166,6 +175,8 @@ struct rep_link {
 
 	/* queue and acks */
 	struct rep_msg *ctrl, **ctrl_tail, *data, **data_tail;
+	struct rep_msg *ctrl_ack; /* the last ACK queued in ctrl: later ones merge into it */
+	size_t ctrl_bytes;        /* frame bytes in ctrl */
 	bool writing;             /* a thread is writing to the active socket */
 	struct rep_msg *partial;  /* a frame a direct write began: finished first */
 	size_t partial_off;
@@ -543,12 +554,13 @@ static void queue_free(struct rep_link *l, struct rep_msg *m)
 	}
 }
 
-static void __ctrl_append(struct rep_link *l, struct rep_msg *m)
+/* Forget the control queue's nodes (detached by the sender, or freed with the link's). */
+static void __ctrl_reset(struct rep_link *l)
 {
-	m->next = NULL;
-	*l->ctrl_tail = m;
-	l->ctrl_tail = &m->next;
-	pthread_cond_signal(&l->tx_cv);
+	l->ctrl = NULL;
+	l->ctrl_tail = &l->ctrl;
+	l->ctrl_ack = NULL;
+	l->ctrl_bytes = 0;
 }
 
 /* Room for seq last_seq + 1 in the length ring. */
@@ -708,6 +720,15 @@ int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, in
 			seq = -ENOTCONN;
 			goto fail;
 		}
+		if (rx_of == l && l->unacked_bytes + sizeof(h) + len > LAG_HARD) {
+			if (!l->active->why[0])
+				snprintf(l->active->why, sizeof(l->active->why),
+					 "the peer does not acknowledge (%llu bytes unacknowledged)",
+					 (unsigned long long)l->unacked_bytes);
+			shutdown(l->active->fd, SHUT_RDWR);
+			seq = -ENOTCONN;
+			goto fail;
+		}
 		if (rx_of != l && l->unacked_bytes &&
 		    l->unacked_bytes + sizeof(h) + len > REP_QUEUE_MAX) {
 			if (wait_until(&l->cv, &l->mu, deadline)) {
@@ -804,8 +825,7 @@ static void *tx_main(void *arg)
 		if (l->ctrl) {
 			*tail = l->ctrl;
 			tail = l->ctrl_tail;
-			l->ctrl = NULL;
-			l->ctrl_tail = &l->ctrl;
+			__ctrl_reset(l);
 		}
 		while (l->data && bytes < TX_BATCH_BYTES) {
 			struct rep_msg *m = l->data;
@@ -865,18 +885,45 @@ static void *tx_main(void *arg)
 
 /* ---- acknowledgements -------------------------------------------------------------- */
 
+/* Merge the ACK `a` (entries at ents) into the last queued one when its entries fit: ACKs
+ * are cumulative, so one frame says what both said.  True when merged. */
+static bool __ack_merge(struct rep_link *l, const struct rep_ack *a, const void *ents)
+{
+	struct rep_msg *m = l->ctrl_ack;
+	struct rep_ack q;
+	struct iovec iov;
+	size_t was;
+
+	if (!m)
+		return false;
+	memcpy(&q, m->payload, sizeof(q));
+	if (q.n + a->n > REP_ACK_MAX_ENTS)
+		return false;
+	memcpy(m->payload + sizeof(q) + q.n * sizeof(struct rep_ack_ent), ents,
+	       a->n * sizeof(struct rep_ack_ent));
+	q.n += a->n;
+	q.upto = a->upto;
+	memcpy(m->payload, &q, sizeof(q));
+	iov = (struct iovec){ m->payload, sizeof(q) + q.n * sizeof(struct rep_ack_ent) };
+	rep_frame_fill(&m->hdr, REP_K_ACK, 0, 0, &iov, 1, iov.iov_len);
+	was = m->len;
+	m->len = sizeof(m->hdr) + iov.iov_len;
+	l->ctrl_bytes += m->len - was;
+	return true;
+}
+
 /* Send an ACK for what this connection processed (receive thread): written at once
  * when the socket is free and no older ACK waits (ACKs must not overtake each other),
- * else queued for the sender. */
+ * else merged into the one queued for the sender, or queued.  A peer that leaves more
+ * than CTRL_MAX of them queued (it does not read) is dropped. */
 static void ack_flush(struct conn *c)
 {
 	struct rep_link *l = c->l;
-	_Alignas(8) unsigned char buf[sizeof(struct rep_ack) +
-				      REP_ACK_MAX_ENTS * sizeof(struct rep_ack_ent)];
+	_Alignas(8) unsigned char buf[ACK_BYTES];
 	struct rep_ack a = { .upto = c->ack_upto, .n = c->ack_n };
 	size_t plen = sizeof(a) + c->ack_n * sizeof(struct rep_ack_ent);
 	struct iovec iov = { buf, plen };
-	struct rep_msg *m;
+	struct rep_msg *m = NULL;
 	struct rep_hdr h;
 
 	memcpy(buf, &a, sizeof(a));
@@ -886,26 +933,49 @@ static void ack_flush(struct conn *c)
 	c->ack_bytes = 0;
 	rep_frame_fill(&h, REP_K_ACK, 0, 0, &iov, 1, plen);
 	pthread_mutex_lock(&l->mu);
-	if (l->active == c && !l->writing && !l->partial && !l->ctrl) {
-		l->writing = true;
-		__direct_write(l, c, &h, &iov, 1, false);
+	for (;;) {
+		if (l->active == c && !l->writing && !l->partial && !l->ctrl) {
+			l->writing = true;
+			__direct_write(l, c, &h, &iov, 1, false);
+			break;
+		}
+		if (__ack_merge(l, &a, buf + sizeof(a)))
+			break;
+		if (m) {
+			if (l->ctrl_bytes + m->len > CTRL_MAX) {
+				if (!c->why[0])
+					snprintf(c->why, sizeof(c->why),
+						 "the peer does not read (%zu bytes of acks queued)",
+						 l->ctrl_bytes);
+				shutdown(c->fd, SHUT_RDWR);
+				break;
+			}
+			m->next = NULL;
+			*l->ctrl_tail = m;
+			l->ctrl_tail = &m->next;
+			l->ctrl_ack = m;
+			l->ctrl_bytes += m->len;
+			m = NULL;
+			pthread_cond_signal(&l->tx_cv);
+			break;
+		}
+		/* room for the ACKs that may merge into it later; then everything again */
 		pthread_mutex_unlock(&l->mu);
-		return;
-	}
-	pthread_mutex_unlock(&l->mu);
-	m = malloc(sizeof(*m) + plen);
-	pthread_mutex_lock(&l->mu);
-	if (m) {
+		m = malloc(sizeof(*m) + ACK_BYTES);
+		pthread_mutex_lock(&l->mu);
+		if (!m) {
+			/* acks we cannot send would stall the peer until its timeout: drop now */
+			if (!c->why[0])
+				snprintf(c->why, sizeof(c->why), "out of memory");
+			shutdown(c->fd, SHUT_RDWR);
+			break;
+		}
 		m->hdr = h;
 		m->len = sizeof(h) + plen;
 		memcpy(m->payload, buf, plen);
-		__ctrl_append(l, m);
-	} else if (!c->why[0]) {
-		/* acks we cannot send would stall the peer until its timeout: drop now */
-		snprintf(c->why, sizeof(c->why), "out of memory");
-		shutdown(c->fd, SHUT_RDWR);
 	}
 	pthread_mutex_unlock(&l->mu);
+	free(m);
 }
 
 /* Note that seq was processed with status st; the ACK goes out when the receive thread
@@ -1192,8 +1262,8 @@ static void conn_down(struct conn *c, const char *reason)
 	l->unacked_bytes = 0;
 	queue_free(l, l->ctrl);
 	queue_free(l, l->data);
-	l->ctrl = l->data = NULL;
-	l->ctrl_tail = &l->ctrl;
+	__ctrl_reset(l);
+	l->data = NULL;
 	l->data_tail = &l->data;
 	l->stats.last_down_ms = !strcmp(reason, "timeout") ? now - c->last_rx : 0;
 	l->peer[0] = 0;

@@ -53,7 +53,9 @@ struct node {
 	uint64_t acks, ack_errs, acked_seq, enotconn;
 	uint64_t enotconn_late; /* -ENOTCONN reported after down(): must never happen */
 	bool reply;      /* recv answers each message with a small rep_send */
+	size_t reply_len; /* ... of this many bytes (0: 8, the message's counter) */
 	int64_t reply_err;
+	uint64_t replies; /* replies sent */
 };
 
 /* The status a receiver returns for the n-th message of a sender: some non-zero. */
@@ -88,7 +90,9 @@ static void cb_down(void *arg, const char *why)
 static int cb_recv(void *arg, uint32_t type, const void *p, size_t len)
 {
 	struct node *n = arg;
+	static unsigned char big[REP_PAYLOAD_MAX];
 	uint64_t cnt = 0;
+	size_t reply_len;
 	bool reply, bad = false;
 
 	if (type != REP_TYPE_USER || len < sizeof(cnt))
@@ -109,16 +113,19 @@ static int cb_recv(void *arg, uint32_t type, const void *p, size_t len)
 		n->expect[cnt >> 40] = cnt + 1;
 	n->recvd++;
 	reply = n->reply;
+	reply_len = n->reply_len;
 	pthread_cond_broadcast(&n->cv);
 	pthread_mutex_unlock(&n->mu);
 	if (reply) {
-		int64_t r = rep_send(n->l, REP_TYPE_USER + 1, &cnt, sizeof(cnt));
+		int64_t r = reply_len ? rep_send(n->l, REP_TYPE_USER + 1, big, reply_len)
+				      : rep_send(n->l, REP_TYPE_USER + 1, &cnt, sizeof(cnt));
 
-		if (r < 0) {
-			pthread_mutex_lock(&n->mu);
+		pthread_mutex_lock(&n->mu);
+		if (r < 0)
 			n->reply_err = r;
-			pthread_mutex_unlock(&n->mu);
-		}
+		else
+			n->replies++;
+		pthread_mutex_unlock(&n->mu);
 	}
 	return status_for(cnt);
 }
@@ -888,6 +895,118 @@ done:
 		node_stop(&b);
 }
 
+/* Write count MSG frames (seqs first.., 8-byte payloads counter(i)) to a raw socket in
+ * batches; how many went out before the socket failed. */
+static uint64_t raw_flood(int fd, uint64_t first, uint64_t count, uint64_t (*counter)(uint64_t))
+{
+	enum { BATCH = 1024, FRAME = sizeof(struct rep_hdr) + sizeof(uint64_t) };
+	static unsigned char buf[BATCH * FRAME];
+	uint64_t done = 0;
+
+	while (done < count) {
+		unsigned n = count - done < BATCH ? (unsigned)(count - done) : BATCH;
+		struct iovec iov = { buf, (size_t)n * FRAME };
+
+		for (unsigned i = 0; i < n; i++) {
+			uint64_t cnt = counter(done + i);
+			struct rep_hdr h;
+
+			rep_frame_fill(&h, REP_K_MSG, REP_TYPE_USER, first + done + i,
+				       &(struct iovec){ &cnt, sizeof(cnt) }, 1, sizeof(cnt));
+			memcpy(buf + i * FRAME, &h, sizeof(h));
+			memcpy(buf + i * FRAME + sizeof(h), &cnt, sizeof(cnt));
+		}
+		if (rep_writev_all(fd, &iov, 1))
+			break;
+		done += n;
+	}
+	return done;
+}
+
+static uint64_t counter_ok(uint64_t i)
+{
+	return i * 10; /* status_for: 0 */
+}
+
+static uint64_t counter_eio(uint64_t i)
+{
+	return i * 10 + 3; /* status_for: -EIO, so every ack lists it */
+}
+
+/* Read and discard what comes on fd until it closes. */
+static void *drain_main(void *arg)
+{
+	static unsigned char buf[1 << 16];
+	int fd = *(int *)arg;
+
+	while (read(fd, buf, sizeof(buf)) > 0) {
+	}
+	return NULL;
+}
+
+/* An authenticated peer that sends and never acknowledges, nor reads: what the receive
+ * thread adds to the queue is bounded too.  Replies from recv() (2 MiB each here) past
+ * twice REP_QUEUE_MAX unacknowledged drop the link, and so do ACK frames piling up
+ * behind a socket the peer does not read (each ACK listing 256 failures, as merging
+ * stops there). */
+static void test_flood(void)
+{
+	struct node a;
+	bool started = false;
+	pthread_t drain;
+	uint64_t sent;
+	int fd = -1, port;
+
+	node_tmo = STEADY_TMO;
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	node_tmo = TMO;
+	started = true;
+	port = rep_port(a.l);
+	a.reply = true;
+	a.reply_len = REP_PAYLOAD_MAX;
+	/* reads everything, acknowledges nothing */
+	fd = raw_connect(port);
+	CHECK(fd >= 0 && !raw_auth(fd, "mallory", "k"));
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3));
+	CHECK(!pthread_create(&drain, NULL, drain_main, &fd));
+	sent = raw_flood(fd, 1, 200, counter_ok);
+	CHECK(WAIT_FOR(&a, a.downs == 1, 10));
+	pthread_join(drain, NULL);
+	CHECK(NOW(&a, strstr(a.last_down, "does not acknowledge") && a.reply_err == -ENOTCONN));
+	fprintf(stderr, "  %llu replies of 2 MiB unacknowledged, then dropped (%llu sent)\n",
+		(unsigned long long)a.replies, (unsigned long long)sent);
+	CHECK(NOW(&a, a.replies * (REP_PAYLOAD_MAX + 32ull) <= 2ull * REP_QUEUE_MAX));
+	close(fd);
+	fd = -1;
+	pthread_mutex_lock(&a.mu);
+	a.reply = false;
+	pthread_mutex_unlock(&a.mu);
+	/* reads nothing, with a small window: the ACKs queue up */
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK(fd >= 0);
+	CHECK(!setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int){ 4096 }, sizeof(int)));
+	{
+		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+		CHECK(!connect(fd, (struct sockaddr *)&sa, sizeof(sa)));
+	}
+	CHECK(!raw_auth(fd, "mallory", "k"));
+	CHECK(WAIT_FOR(&a, a.ups == 2, 3));
+	sent = raw_flood(fd, 1, 4000000, counter_eio);
+	CHECK(WAIT_FOR(&a, a.downs == 2, 10));
+	fprintf(stderr, "  %llu failing messages sent before the drop: %s\n",
+		(unsigned long long)sent, a.last_down);
+	CHECK(NOW(&a, strstr(a.last_down, "does not read")));
+	CHECK(sent < 4000000);
+done:
+	node_tmo = TMO;
+	if (fd >= 0)
+		close(fd);
+	if (started)
+		node_stop(&a);
+}
+
 /* Slow-loris: connections that say nothing, or one byte a second of a HELLO, each opened
  * again as soon as the link closes it, more of them than the link has slots, from two
  * addresses (127.0.0.2 and .3; the partner connects from 127.0.0.1).  The real partner
@@ -1344,6 +1463,7 @@ int main(int argc, char **argv)
 	RUN(test_garbage);
 	RUN(test_hostile_acks);
 	RUN(test_slowloris);
+	RUN(test_flood);
 	RUN(test_kick);
 	RUN(test_duplicates);
 	RUN(test_cut);
