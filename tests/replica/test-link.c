@@ -3,12 +3,16 @@
  * up and exchange 10^5 messages each way, in order, with their statuses travelling back;
  * replies from inside recv() under a full queue; a wrong secret refused on both sides;
  * garbage, truncated, oversized, pre-auth and out-of-order frames from raw sockets each
- * dropped while the link survives; a peer process stopped with SIGSTOP declared down
- * within the timeout (this binary re-runs itself with --child as that peer); reconnect
- * after rep_kick; both sides connecting at once keep one connection.
+ * dropped while the link survives; an authenticated peer's bad seqs and ACKs dropped with
+ * nothing delivered; slow-loris connections that cannot keep the partner from pairing; a
+ * peer that never acknowledges nor reads dropped before the queue grows past its bounds;
+ * a peer process stopped with SIGSTOP declared down within the timeout (this binary
+ * re-runs itself with --child as that peer); reconnect after rep_kick; both sides
+ * connecting at once keep one connection.  RT_ONLY=NAME runs only some (rtest.h).
  *
  * Ports: listen on port 0 and ask rep_port(), or (for links that connect to each other)
- * ports the kernel handed out a moment before; only 127.0.0.1.
+ * ports the kernel handed out a moment before; only 127.0.0.1 (the slow-loris
+ * connections come from 127.0.0.2 and .3, other addresses of the loopback).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
