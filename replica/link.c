@@ -1306,6 +1306,7 @@ static void *conn_main(void *arg)
 	struct conn *c = arg;
 	struct rep_link *l = c->l;
 	char why[160] = "";
+	unsigned char *nb;
 	int rc = 0;
 
 	rx_of = l;
@@ -1318,23 +1319,13 @@ static void *conn_main(void *arg)
 	if (c->initiator && (rc = do_connect(c)))
 		goto out;
 	rc = handshake(c, why, sizeof(why));
-	if (!rc) {
-		unsigned char *nb = realloc(c->rb, RBUF_SIZE);
-
-		if (!nb)
-			rc = -ENOMEM;
-		else
-			c->rb = nb, c->rb_cap = RBUF_SIZE;
-		pthread_mutex_lock(&l->mu);
-		c->authed = !rc;
-		pthread_mutex_unlock(&l->mu);
-	}
 	pthread_mutex_lock(&l->mu);
-	if (rc && c->evicted) {
+	if (c->evicted) {
+		/* (even when it passed just after: it is shut down) */
 		rc = -ETIME; /* counted in drops_auth by the manager */
-		snprintf(why, sizeof(why), "%d newer unauthenticated connections waiting",
-			 MAX_PENDING);
+		snprintf(why, sizeof(why), "pushed out by newer unauthenticated connections");
 	}
+	c->authed = !rc;
 	if (rc == -EACCES)
 		l->stats.drops_auth++;
 	else if (rc == -EBADMSG)
@@ -1354,6 +1345,11 @@ static void *conn_main(void *arg)
 	}
 	if (rc)
 		goto out;
+	nb = realloc(c->rb, RBUF_SIZE);
+	if (!nb)
+		goto out;
+	c->rb = nb;
+	c->rb_cap = RBUF_SIZE;
 	if (activate(c))
 		goto out;
 	conn_down(c, run(c));

@@ -1100,7 +1100,7 @@ static void test_slowloris(void)
 	CHECK((rt_now() - t0) * 1000 < STEADY_TMO / 4);
 	CHECK(rep_send(b.l, REP_TYPE_USER, &one, sizeof(one)) > 0);
 	CHECK_EQ(rep_flush(b.l, 3000), 0);
-	CHECK(log_has(&a, "newer unauthenticated connections waiting"));
+	CHECK(log_has(&a, "pushed out by newer unauthenticated connections"));
 done:
 	node_tmo = TMO;
 	if (rt_cur && b_started)
