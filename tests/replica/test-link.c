@@ -549,6 +549,22 @@ static int raw_connect(int port)
 	return raw_connect_from(port, 0);
 }
 
+/* A socket connected to 127.0.0.1:port with a receive window of a few KiB: what the
+ * other side sends beyond it stays in its queue. */
+static int raw_connect_small(int port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int){ 4096 }, sizeof(int)) ||
+			connect(fd, (struct sockaddr *)&sa, sizeof(sa)))) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
 /* True when the other side closes fd within secs (what it sends meanwhile is read). */
 static bool raw_closed(int fd, double secs)
 {
@@ -641,6 +657,18 @@ static uint64_t raw_read_msg(int fd)
 		if (h.kind == REP_K_MSG)
 			return h.seq;
 	return 0;
+}
+
+/* rep_send BIG_SENDS messages of REP_PAYLOAD_MAX bytes on the link arg (to a peer that
+ * reads nothing: the first fills the socket, the next waits in it). */
+#define BIG_SENDS 2
+static void *big_sends_main(void *arg)
+{
+	static unsigned char big[REP_PAYLOAD_MAX];
+
+	for (int i = 0; i < BIG_SENDS; i++)
+		rep_send(arg, REP_TYPE_USER, big, sizeof(big));
+	return NULL;
 }
 
 /* An authenticated peer's bad seqs and ACKs, each on a connection of its own: the link
@@ -769,6 +797,42 @@ dropped:
 		e->status = -REP_ERRNO_MAX;
 		CHECK(!raw_frame(fd, REP_K_ACK, 0, 0, ack, sizeof(ack)));
 		CHECK_EQ(rep_wait(a.l, (uint64_t)seq, 2000), -REP_ERRNO_MAX);
+	}
+	close(fd);
+	CHECK(WAIT_FOR(&a, a.ups == a.downs, 3));
+	{
+		/* an ACK from the future: a seq handed out and queued, not yet given to the
+		 * socket (another sender is writing: the peer reads nothing) */
+		struct rep_ack ah = { 0 };
+		struct rep_stats st0;
+		pthread_t thr;
+		int64_t last;
+		int ups;
+
+		fd = raw_connect_small(port);
+		CHECK(fd >= 0 && NOW(&a, (ups = a.ups) >= 0) && !raw_auth(fd, "mallory", "k"));
+		CHECK(WAIT_FOR(&a, a.ups == ups + 1, 3));
+		pthread_mutex_lock(&a.mu);
+		a.acks = a.enotconn = 0;
+		a.acked_seq = 0;
+		pthread_mutex_unlock(&a.mu);
+		rep_get_stats(a.l, &st0);
+		CHECK(!pthread_create(&thr, NULL, big_sends_main, a.l));
+		for (double end = rt_now() + 3; rt_now() < end; usleep(1000)) {
+			rep_get_stats(a.l, &st);
+			if (st.last_seq >= st0.last_seq + BIG_SENDS)
+				break;
+		}
+		CHECK(st.last_seq >= st0.last_seq + BIG_SENDS);
+		usleep(100000); /* the last one is in the socket, or queued */
+		last = rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt));
+		ah.upto = (uint64_t)last;
+		CHECK(last > 0 && !raw_frame(fd, REP_K_ACK, 0, 0, &ah, sizeof(ah)));
+		CHECK(raw_closed(fd, 3));
+		pthread_join(thr, NULL);
+		CHECK(WAIT_FOR(&a, a.ups == a.downs, 3));
+		CHECK(NOW(&a, a.acks == 0 && a.enotconn == BIG_SENDS + 1));
+		CHECK(log_has(&a, "ack up to seq"));
 	}
 done:
 	node_tmo = TMO;
@@ -986,16 +1050,8 @@ static void test_flood(void)
 	a.reply = false;
 	pthread_mutex_unlock(&a.mu);
 	/* reads nothing, with a small window: the ACKs queue up */
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	CHECK(fd >= 0);
-	CHECK(!setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int){ 4096 }, sizeof(int)));
-	{
-		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-
-		CHECK(!connect(fd, (struct sockaddr *)&sa, sizeof(sa)));
-	}
-	CHECK(!raw_auth(fd, "mallory", "k"));
+	fd = raw_connect_small(port);
+	CHECK(fd >= 0 && !raw_auth(fd, "mallory", "k"));
 	CHECK(WAIT_FOR(&a, a.ups == 2, 3));
 	sent = raw_flood(fd, 1, 4000000, counter_eio);
 	CHECK(WAIT_FOR(&a, a.downs == 2, 10));
