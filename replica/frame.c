@@ -1,7 +1,9 @@
 /*
  * frame.c — the link's wire format (replica_i.h): building a frame header, deciding
- * whether a received one is acceptable before its payload is read, and parsing an ACK
- * payload (every field checked against what it may acknowledge before anything uses it).
+ * whether a received one is acceptable before its payload is read, the order of MSG
+ * seqs, and parsing an ACK payload (every field checked against what it may acknowledge
+ * before anything uses it).  The reader in link.c calls these on bytes from the socket;
+ * tests/fuzz calls them on bytes from the fuzzer.
  *
  * How: the header carries an XXH3-64 checksum of the payload, computed over the caller's
  * iovecs in one streaming pass (no gathering copy), through libxxhash's x86 dispatch
@@ -99,6 +101,17 @@ int rep_frame_check(const struct rep_hdr *h, char *why, size_t whylen)
 int rep_frame_sum_ok(const struct rep_hdr *h, const void *payload)
 {
 	return XXH3_64bits(payload, h->len) == h->sum ? 0 : -EBADMSG;
+}
+
+int rep_msg_seq_check(uint64_t first, uint64_t *next, uint64_t seq, char *why, size_t whylen)
+{
+	if (seq > REP_SEQ_MAX || (*next ? seq != *next : seq < first)) {
+		snprintf(why, whylen, "message seq %llu out of order (expected %llu)",
+			 (unsigned long long)seq, (unsigned long long)(*next ? *next : first));
+		return -EBADMSG;
+	}
+	*next = seq + 1;
+	return 0;
 }
 
 int rep_ack_parse(const void *p, size_t len, uint64_t acked, uint64_t sent,

@@ -1089,7 +1089,7 @@ static int handshake(struct conn *c, char *why, size_t whylen)
 	rep_hello_make(&c->mine, &c->mine_len, role, l->node, l->instance, next);
 	if (c->initiator && (rc = send_frame(c, REP_K_HELLO, &c->mine, c->mine_len)))
 		return rc;
-	if ((rc = rx_frame(c, 1u << REP_K_HELLO, &h, &p, why, whylen)))
+	if ((rc = rx_frame(c, REP_KINDS_HELLO, &h, &p, why, whylen)))
 		return rc;
 	if ((rc = rep_hello_parse(p, h.len, peer_role, l->node, &c->peer, why, whylen)))
 		return rc;
@@ -1105,7 +1105,7 @@ static int handshake(struct conn *c, char *why, size_t whylen)
 	rep_auth_mac(mac, l->key, role, hi, li, ha, la);
 	if ((rc = send_frame(c, REP_K_AUTH, mac, sizeof(mac))))
 		return rc;
-	if ((rc = rx_frame(c, 1u << REP_K_AUTH, &h, &p, why, whylen)))
+	if ((rc = rx_frame(c, REP_KINDS_AUTH, &h, &p, why, whylen)))
 		return rc;
 	if (rep_auth_verify(p, l->key, peer_role, hi, li, ha, la)) {
 		snprintf(why, whylen, "node \"%.*s\" failed authentication (wrong secret)",
@@ -1187,23 +1187,18 @@ static const char *run(struct conn *c)
 	for (;;) {
 		struct rep_hdr h;
 		unsigned char *p;
-		int rc = rx_frame(c, 1u << REP_K_MSG | 1u << REP_K_ACK | 1u << REP_K_HB, &h, &p, why,
-				  sizeof(why));
+		int rc = rx_frame(c, REP_KINDS_UP, &h, &p, why, sizeof(why));
 
 		if (!rc && h.kind == REP_K_MSG) {
-			if (c->rx_next ? h.seq != c->rx_next : h.seq < c->peer.next_seq) {
-				snprintf(why, sizeof(why), "message seq %llu out of order (expected %llu)",
-					 (unsigned long long)h.seq,
-					 (unsigned long long)(c->rx_next ? c->rx_next : c->peer.next_seq));
-				rc = -EBADMSG;
-			} else {
+			rc = rep_msg_seq_check(c->peer.next_seq, &c->rx_next, h.seq, why,
+					       sizeof(why));
+			if (!rc) {
 				int st = l->cb.recv ? l->cb.recv(l->arg, h.type, p, h.len) : 0;
 
 				if (st > 0)
 					st = 0;
 				if (st < -REP_ERRNO_MAX)
 					st = -EIO;
-				c->rx_next = h.seq + 1;
 				pthread_mutex_lock(&l->mu);
 				l->stats.recv_msgs++;
 				l->stats.recv_bytes += h.len;

@@ -72,6 +72,30 @@ done:
 	return;
 }
 
+/* MSG seqs: the first at or after the HELLO's, then one by one, never past REP_SEQ_MAX. */
+static void test_seq(void)
+{
+	uint64_t next = 0;
+	char why[128];
+
+	CHECK_EQ(rep_msg_seq_check(10, &next, 9, why, sizeof(why)), -EBADMSG);
+	CHECK(next == 0 && strstr(why, "out of order"));
+	CHECK_EQ(rep_msg_seq_check(10, &next, 12, why, sizeof(why)), 0); /* a gap first: ok */
+	CHECK_EQ(next, 13);
+	CHECK_EQ(rep_msg_seq_check(10, &next, 13, why, sizeof(why)), 0);
+	CHECK_EQ(rep_msg_seq_check(10, &next, 13, why, sizeof(why)), -EBADMSG); /* again */
+	CHECK_EQ(rep_msg_seq_check(10, &next, 15, why, sizeof(why)), -EBADMSG); /* a gap */
+	CHECK_EQ(next, 14);
+	next = 0;
+	CHECK_EQ(rep_msg_seq_check(1, &next, REP_SEQ_MAX + 1, why, sizeof(why)), -EBADMSG);
+	CHECK_EQ(rep_msg_seq_check(1, &next, UINT64_MAX, why, sizeof(why)), -EBADMSG);
+	CHECK_EQ(rep_msg_seq_check(1, &next, REP_SEQ_MAX, why, sizeof(why)), 0);
+	CHECK(next == REP_SEQ_MAX + 1); /* and no further: the next is past REP_SEQ_MAX */
+	CHECK_EQ(rep_msg_seq_check(1, &next, REP_SEQ_MAX + 1, why, sizeof(why)), -EBADMSG);
+done:
+	return;
+}
+
 /* An ACK payload of n entries: seq[i], status[i]. */
 static size_t ack_make(unsigned char *buf, uint64_t upto, unsigned n, const uint64_t *seq,
 		       const int32_t *st)
@@ -236,6 +260,7 @@ int main(void)
 		return 1;
 	RUN(test_frame_check);
 	RUN(test_hello);
+	RUN(test_seq);
 	RUN(test_ack);
 	RUN(test_mac);
 	RUN(test_addr);
