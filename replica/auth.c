@@ -122,7 +122,8 @@ int rep_hello_parse(const void *p, size_t len, unsigned want_role, const char *o
 	memset(out, 0, sizeof(*out));
 	memcpy(out, p, len);
 	if (out->proto != REP_VERSION || out->role != want_role || out->pad ||
-	    REP_HELLO_FIXED + out->name_len != len || !out->next_seq) {
+	    REP_HELLO_FIXED + out->name_len != len || !out->next_seq ||
+	    out->next_seq > REP_SEQ_MAX) {
 		snprintf(why, whylen, "malformed hello (proto %u role %u)", out->proto, out->role);
 		return -EBADMSG;
 	}

@@ -1,6 +1,9 @@
 /*
- * frame.c — the link's frame header (replica_i.h): building one, and deciding whether a
- * received one is acceptable before its payload is read.
+ * frame.c — the link's wire format (replica_i.h): building a frame header, deciding
+ * whether a received one is acceptable before its payload is read, the order of MSG
+ * seqs, and parsing an ACK payload (every field checked against what it may acknowledge
+ * before anything uses it).  The reader in link.c calls these on bytes from the socket;
+ * tests/fuzz calls them on bytes from the fuzzer.
  *
  * How: the header carries an XXH3-64 checksum of the payload, computed over the caller's
  * iovecs in one streaming pass (no gathering copy), through libxxhash's x86 dispatch
@@ -82,7 +85,8 @@ int rep_frame_check(const struct rep_hdr *h, char *why, size_t whylen)
 			 kind_max(h->kind));
 		return -EBADMSG;
 	}
-	if (h->kind == REP_K_MSG ? h->type < REP_TYPE_USER || !h->seq : h->type || h->seq) {
+	if (h->kind == REP_K_MSG ? h->type < REP_TYPE_USER || !h->seq || h->seq > REP_SEQ_MAX
+				 : h->type || h->seq) {
 		snprintf(why, whylen, "frame kind %u with type %u seq %llu", h->kind, h->type,
 			 (unsigned long long)h->seq);
 		return -EBADMSG;
@@ -97,4 +101,60 @@ int rep_frame_check(const struct rep_hdr *h, char *why, size_t whylen)
 int rep_frame_sum_ok(const struct rep_hdr *h, const void *payload)
 {
 	return XXH3_64bits(payload, h->len) == h->sum ? 0 : -EBADMSG;
+}
+
+int rep_msg_seq_check(uint64_t first, uint64_t *next, uint64_t seq, char *why, size_t whylen)
+{
+	if (seq > REP_SEQ_MAX || (*next ? seq != *next : seq < first)) {
+		snprintf(why, whylen, "message seq %llu out of order (expected %llu)",
+			 (unsigned long long)seq, (unsigned long long)(*next ? *next : first));
+		return -EBADMSG;
+	}
+	*next = seq + 1;
+	return 0;
+}
+
+int rep_ack_parse(const void *p, size_t len, uint64_t acked, uint64_t sent,
+		  struct rep_ack_parsed *out, char *why, size_t whylen)
+{
+	const unsigned char *b = p;
+	struct rep_ack a;
+	uint64_t prev = acked;
+
+	if (len < sizeof(a)) {
+		snprintf(why, whylen, "ack of %zu bytes", len);
+		return -EBADMSG;
+	}
+	memcpy(&a, b, sizeof(a));
+	/* n first: then n * size cannot overflow */
+	if (a.pad || a.n > REP_ACK_MAX_ENTS || len != sizeof(a) + a.n * sizeof(struct rep_ack_ent)) {
+		snprintf(why, whylen, "malformed ack of %zu bytes (%u entries)", len, a.n);
+		return -EBADMSG;
+	}
+	if (a.upto <= acked || a.upto > sent) {
+		snprintf(why, whylen, "ack up to seq %llu: outside %llu..%llu",
+			 (unsigned long long)a.upto, (unsigned long long)acked + 1,
+			 (unsigned long long)sent);
+		return -EBADMSG;
+	}
+	out->upto = a.upto;
+	out->n = a.n;
+	for (unsigned i = 0; i < a.n; i++) {
+		struct rep_ack_ent *e = &out->ent[i];
+
+		memcpy(e, b + sizeof(a) + i * sizeof(*e), sizeof(*e));
+		if (e->seq <= prev || e->seq > a.upto || e->pad) {
+			snprintf(why, whylen, "ack entry for seq %llu: not in %llu..%llu",
+				 (unsigned long long)e->seq, (unsigned long long)prev + 1,
+				 (unsigned long long)a.upto);
+			return -EBADMSG;
+		}
+		if (e->status >= 0 || e->status < -REP_ERRNO_MAX) {
+			snprintf(why, whylen, "ack of seq %llu with status %d: not an errno",
+				 (unsigned long long)e->seq, e->status);
+			return -EBADMSG;
+		}
+		prev = e->seq;
+	}
+	return 0;
 }

@@ -14,6 +14,14 @@
  * declared down within timeout_ms; TCP_USER_TIMEOUT = timeout_ms bounds a write into a
  * dead peer, and a drop shuts the socket down, which wakes the sender.
  *
+ * Before authentication.  Anyone may connect, so an accepted connection holds little
+ * and not for long: a HS_BUF receive buffer (RBUF_SIZE only once authenticated), only
+ * HELLO and AUTH frames are read (a MSG header is refused before its length sizes
+ * anything), a deadline of timeout_ms from the accept that bytes trickling in do not
+ * extend, and a slot that newer connections take over: at most MAX_PENDING_ADDR wait from
+ * one address and MAX_PENDING in all, the oldest from the address holding the most making
+ * room (__make_room).  Lines logged about such peers are rationed (lg_unauth).
+ *
  * Sending.  One thread at a time writes the socket (l->writing).  When nothing is queued
  * and nobody writes, rep_sendv (and an ACK from the receive thread) writes its frame
  * itself, straight from the caller's memory (__direct_write); what the socket does not
@@ -25,7 +33,10 @@
  * acks do not wait behind megabytes of data.  REP_QUEUE_MAX bounds bytes sent and not yet
  * acknowledged (the lag), not just bytes not yet written, so a slow peer slows the
  * sender down; the receive thread itself never waits for room (a reply from recv()
- * could otherwise wait for acks that only the same thread reads).
+ * could otherwise wait for acks that only the same thread reads), but what it adds is
+ * bounded too: its replies up to LAG_HARD unacknowledged, its ACKs (merged into the last
+ * one queued while it has room for their statuses) up to CTRL_MAX queued; past either
+ * the peer is dropped — it does not acknowledge, or does not read.
  *
  * Seqs increase over the link's life; a HELLO tells the peer where ours start on this
  * connection, later MSG frames must follow one by one.  When the active connection
@@ -66,7 +77,11 @@
 #include "replica_i.h"
 
 #define MAX_CONNS 16            /* connections in handshake or up; more are refused */
+#define MAX_THREADS 32          /* ... and those pushed out, still ending */
+#define MAX_PENDING 8           /* accepted, not yet authenticated: the oldest makes room */
+#define MAX_PENDING_ADDR 4      /* ... of them from one address: its own oldest makes room */
 #define RBUF_SIZE (256u << 10)  /* receive buffer; larger payloads are read in place */
+#define HS_BUF 512              /* the receive buffer before authentication (HELLO, AUTH) */
 #define TX_BATCH_BYTES (8u << 20)
 #define TX_IOV 64
 #define ST_RING REP_WAIT_STATUSES
@@ -75,8 +90,15 @@
 #define MSG_BIG (64u << 10)     /* messages this large use the buffer cache */
 #define MSG_CACHE 8
 #define ACK_EVERY (REP_QUEUE_MAX / 16)
+#define ACK_BYTES (sizeof(struct rep_ack) + REP_ACK_MAX_ENTS * sizeof(struct rep_ack_ent))
+/* ACK frames queued behind a socket the peer does not read: beyond this it is dropped */
+#define CTRL_MAX (REP_QUEUE_MAX / 16)
+/* what the receive thread's own sends (replies) may leave unacknowledged: beyond this the
+ * peer, which acknowledges every ACK_EVERY bytes, is not acknowledging and is dropped */
+#define LAG_HARD (2 * (uint64_t)REP_QUEUE_MAX)
 #define WAIT_LAG (REP_QUEUE_MAX / 64) /* a direct write may wait for the socket beyond */
 #define SLICE_MS 100            /* poll slices: a stopping link is noticed this fast */
+#define LOG_BURST 20            /* lines about unauthenticated peers: a burst, then 1/s */
 
 struct rep_msg {
 	struct rep_msg *next;
@@ -93,6 +115,10 @@ struct conn {
 	bool tx_stop;       /* l->mu */
 	bool done;          /* l->mu: the thread has finished; the manager joins it */
 	bool initiator;
+	bool authed;        /* l->mu: the handshake passed */
+	bool evicted;       /* l->mu: shut down to make room for a newer unauthenticated one */
+	uint64_t started;   /* when it was accepted or initiated */
+	uint32_t src;       /* accepted: the peer's IPv4 address */
 	int fd;             /* l->mu for anyone but the connection's own thread */
 	char why[96];       /* l->mu: first reason this connection was dropped */
 	struct rep_hello mine, peer;
@@ -103,6 +129,7 @@ struct conn {
 	uint64_t last_rx;
 	uint64_t rx_next;   /* next MSG seq expected; 0 before the first */
 	unsigned char *rb;
+	size_t rb_cap;      /* HS_BUF until authenticated, then RBUF_SIZE */
 	size_t rstart, rend;
 	unsigned char *big;
 	size_t big_cap;
@@ -148,10 +175,13 @@ struct rep_link {
 
 	/* queue and acks */
 	struct rep_msg *ctrl, **ctrl_tail, *data, **data_tail;
+	struct rep_msg *ctrl_ack; /* the last ACK queued in ctrl: later ones merge into it */
+	size_t ctrl_bytes;        /* frame bytes in ctrl */
 	bool writing;             /* a thread is writing to the active socket */
 	struct rep_msg *partial;  /* a frame a direct write began: finished first */
 	size_t partial_off;
 	uint64_t last_seq, acked_seq, unacked_bytes;
+	uint64_t tx_seq;          /* the highest seq whose frame went to a writer */
 	uint32_t *lens;  /* bytes of seq s at lens[s & (lcap - 1)], s in (acked, last] */
 	uint64_t lcap;
 	struct { uint64_t seq; int st; } st_ring[ST_RING];
@@ -160,6 +190,9 @@ struct rep_link {
 	unsigned fail_pos;
 
 	struct rep_stats stats;
+	/* l->mu: lines about unauthenticated peers (anyone may cause them) are rationed */
+	unsigned log_tokens, log_skipped;
+	uint64_t log_refill;
 };
 
 /* The link whose receive thread this is (rep_send must not wait there). */
@@ -203,6 +236,46 @@ static void lg(struct rep_link *l, const char *fmt, ...)
 	va_end(ap);
 	fprintf(l->log, "replica %s: %s\n", l->node, line);
 	fflush(l->log);
+}
+
+/* lg() for what anyone who connects can make happen, as often as they like: LOG_BURST
+ * lines, then one a second, each saying how many were left out before it. */
+static void lg_unauth(struct rep_link *l, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void lg_unauth(struct rep_link *l, const char *fmt, ...)
+{
+	uint64_t now = now_ms();
+	unsigned skipped = 0;
+	bool ok = false;
+	char line[400];
+	va_list ap;
+
+	pthread_mutex_lock(&l->mu);
+	if (now >= l->log_refill + 1000) {
+		uint64_t add = (now - l->log_refill) / 1000;
+
+		l->log_tokens = add >= LOG_BURST - l->log_tokens ? LOG_BURST
+				: l->log_tokens + (unsigned)add;
+		l->log_refill = now;
+	}
+	if (l->log_tokens) {
+		l->log_tokens--;
+		skipped = l->log_skipped;
+		l->log_skipped = 0;
+		ok = true;
+	} else {
+		l->log_skipped++;
+	}
+	pthread_mutex_unlock(&l->mu);
+	if (!ok)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (skipped)
+		lg(l, "%s (and %u more like it, not logged)", line, skipped);
+	else
+		lg(l, "%s", line);
 }
 
 static void wake_mgr(struct rep_link *l)
@@ -348,12 +421,12 @@ static int rx_fill(struct conn *c, size_t n)
 	while (c->rend - c->rstart < n) {
 		ssize_t got;
 
-		if (RBUF_SIZE - c->rstart < n) {
+		if (c->rb_cap - c->rstart < n) {
 			memmove(c->rb, c->rb + c->rstart, c->rend - c->rstart);
 			c->rend -= c->rstart;
 			c->rstart = 0;
 		}
-		got = rx_some(c, c->rb + c->rend, RBUF_SIZE - c->rend);
+		got = rx_some(c, c->rb + c->rend, c->rb_cap - c->rend);
 		if (got < 0)
 			return (int)got;
 		c->rend += (size_t)got;
@@ -371,11 +444,12 @@ static int truncated(int rc, const struct rep_hdr *h, size_t have, char *why, si
 	return -EBADMSG;
 }
 
-/* Read one frame: header checked before its payload is read, checksum after.  *payload
- * points into the connection's buffers until the next call.  0, -EBADMSG (why filled),
- * or a transport error. */
-static int rx_frame(struct conn *c, struct rep_hdr *h, unsigned char **payload, char *why,
-		    size_t whylen)
+/* Read one frame of a kind in `kinds` (a mask of 1 << kind): header checked before its
+ * payload is read (so before authentication no MSG length sizes a buffer), checksum
+ * after.  *payload points into the connection's buffers until the next call.  0,
+ * -EBADMSG (why filled), or a transport error. */
+static int rx_frame(struct conn *c, unsigned kinds, struct rep_hdr *h, unsigned char **payload,
+		    char *why, size_t whylen)
 {
 	int rc = rx_fill(c, sizeof(*h));
 
@@ -390,8 +464,13 @@ static int rx_frame(struct conn *c, struct rep_hdr *h, unsigned char **payload, 
 	rc = rep_frame_check(h, why, whylen);
 	if (rc)
 		return rc;
+	if (!(kinds & 1u << h->kind)) {
+		snprintf(why, whylen, "frame kind %u %s", h->kind,
+			 c->authed ? "after the handshake" : "during the handshake");
+		return -EBADMSG;
+	}
 	c->rstart += sizeof(*h);
-	if (h->len <= RBUF_SIZE / 2) {
+	if (h->len <= c->rb_cap / 2) {
 		rc = rx_fill(c, h->len);
 		if (rc)
 			return truncated(rc, h, c->rend - c->rstart, why, whylen);
@@ -475,12 +554,13 @@ static void queue_free(struct rep_link *l, struct rep_msg *m)
 	}
 }
 
-static void __ctrl_append(struct rep_link *l, struct rep_msg *m)
+/* Forget the control queue's nodes (detached by the sender, or freed with the link's). */
+static void __ctrl_reset(struct rep_link *l)
 {
-	m->next = NULL;
-	*l->ctrl_tail = m;
-	l->ctrl_tail = &m->next;
-	pthread_cond_signal(&l->tx_cv);
+	l->ctrl = NULL;
+	l->ctrl_tail = &l->ctrl;
+	l->ctrl_ack = NULL;
+	l->ctrl_bytes = 0;
 }
 
 /* Room for seq last_seq + 1 in the length ring. */
@@ -521,6 +601,8 @@ static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h
 	struct rep_msg *m = NULL;
 	int n = 0, fd = c->fd, err = 0;
 
+	if (h->kind == REP_K_MSG)
+		l->tx_seq = h->seq; /* before the unlock: the peer may ack it at once */
 	v[n++] = (struct iovec){ h, sizeof(*h) };
 	for (int i = 0; i < iovcnt; i++)
 		if (iov[i].iov_len)
@@ -638,6 +720,15 @@ int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, in
 			seq = -ENOTCONN;
 			goto fail;
 		}
+		if (rx_of == l && l->unacked_bytes + sizeof(h) + len > LAG_HARD) {
+			if (!l->active->why[0])
+				snprintf(l->active->why, sizeof(l->active->why),
+					 "the peer does not acknowledge (%llu bytes unacknowledged)",
+					 (unsigned long long)l->unacked_bytes);
+			shutdown(l->active->fd, SHUT_RDWR);
+			seq = -ENOTCONN;
+			goto fail;
+		}
 		if (rx_of != l && l->unacked_bytes &&
 		    l->unacked_bytes + sizeof(h) + len > REP_QUEUE_MAX) {
 			if (wait_until(&l->cv, &l->mu, deadline)) {
@@ -734,8 +825,7 @@ static void *tx_main(void *arg)
 		if (l->ctrl) {
 			*tail = l->ctrl;
 			tail = l->ctrl_tail;
-			l->ctrl = NULL;
-			l->ctrl_tail = &l->ctrl;
+			__ctrl_reset(l);
 		}
 		while (l->data && bytes < TX_BATCH_BYTES) {
 			struct rep_msg *m = l->data;
@@ -747,6 +837,7 @@ static void *tx_main(void *arg)
 			*tail = m;
 			tail = &m->next;
 			bytes += m->len;
+			l->tx_seq = m->hdr.seq;
 		}
 		pthread_mutex_unlock(&l->mu);
 
@@ -794,18 +885,45 @@ static void *tx_main(void *arg)
 
 /* ---- acknowledgements -------------------------------------------------------------- */
 
+/* Merge the ACK `a` (entries at ents) into the last queued one when its entries fit: ACKs
+ * are cumulative, so one frame says what both said.  True when merged. */
+static bool __ack_merge(struct rep_link *l, const struct rep_ack *a, const void *ents)
+{
+	struct rep_msg *m = l->ctrl_ack;
+	struct rep_ack q;
+	struct iovec iov;
+	size_t was;
+
+	if (!m)
+		return false;
+	memcpy(&q, m->payload, sizeof(q));
+	if (q.n + a->n > REP_ACK_MAX_ENTS)
+		return false;
+	memcpy(m->payload + sizeof(q) + q.n * sizeof(struct rep_ack_ent), ents,
+	       a->n * sizeof(struct rep_ack_ent));
+	q.n += a->n;
+	q.upto = a->upto;
+	memcpy(m->payload, &q, sizeof(q));
+	iov = (struct iovec){ m->payload, sizeof(q) + q.n * sizeof(struct rep_ack_ent) };
+	rep_frame_fill(&m->hdr, REP_K_ACK, 0, 0, &iov, 1, iov.iov_len);
+	was = m->len;
+	m->len = sizeof(m->hdr) + iov.iov_len;
+	l->ctrl_bytes += m->len - was;
+	return true;
+}
+
 /* Send an ACK for what this connection processed (receive thread): written at once
  * when the socket is free and no older ACK waits (ACKs must not overtake each other),
- * else queued for the sender. */
+ * else merged into the one queued for the sender, or queued.  A peer that leaves more
+ * than CTRL_MAX of them queued (it does not read) is dropped. */
 static void ack_flush(struct conn *c)
 {
 	struct rep_link *l = c->l;
-	_Alignas(8) unsigned char buf[sizeof(struct rep_ack) +
-				      REP_ACK_MAX_ENTS * sizeof(struct rep_ack_ent)];
+	_Alignas(8) unsigned char buf[ACK_BYTES];
 	struct rep_ack a = { .upto = c->ack_upto, .n = c->ack_n };
 	size_t plen = sizeof(a) + c->ack_n * sizeof(struct rep_ack_ent);
 	struct iovec iov = { buf, plen };
-	struct rep_msg *m;
+	struct rep_msg *m = NULL;
 	struct rep_hdr h;
 
 	memcpy(buf, &a, sizeof(a));
@@ -815,26 +933,49 @@ static void ack_flush(struct conn *c)
 	c->ack_bytes = 0;
 	rep_frame_fill(&h, REP_K_ACK, 0, 0, &iov, 1, plen);
 	pthread_mutex_lock(&l->mu);
-	if (l->active == c && !l->writing && !l->partial && !l->ctrl) {
-		l->writing = true;
-		__direct_write(l, c, &h, &iov, 1, false);
+	for (;;) {
+		if (l->active == c && !l->writing && !l->partial && !l->ctrl) {
+			l->writing = true;
+			__direct_write(l, c, &h, &iov, 1, false);
+			break;
+		}
+		if (__ack_merge(l, &a, buf + sizeof(a)))
+			break;
+		if (m) {
+			if (l->ctrl_bytes + m->len > CTRL_MAX) {
+				if (!c->why[0])
+					snprintf(c->why, sizeof(c->why),
+						 "the peer does not read (%zu bytes of acks queued)",
+						 l->ctrl_bytes);
+				shutdown(c->fd, SHUT_RDWR);
+				break;
+			}
+			m->next = NULL;
+			*l->ctrl_tail = m;
+			l->ctrl_tail = &m->next;
+			l->ctrl_ack = m;
+			l->ctrl_bytes += m->len;
+			m = NULL;
+			pthread_cond_signal(&l->tx_cv);
+			break;
+		}
+		/* room for the ACKs that may merge into it later; then everything again */
 		pthread_mutex_unlock(&l->mu);
-		return;
-	}
-	pthread_mutex_unlock(&l->mu);
-	m = malloc(sizeof(*m) + plen);
-	pthread_mutex_lock(&l->mu);
-	if (m) {
+		m = malloc(sizeof(*m) + ACK_BYTES);
+		pthread_mutex_lock(&l->mu);
+		if (!m) {
+			/* acks we cannot send would stall the peer until its timeout: drop now */
+			if (!c->why[0])
+				snprintf(c->why, sizeof(c->why), "out of memory");
+			shutdown(c->fd, SHUT_RDWR);
+			break;
+		}
 		m->hdr = h;
 		m->len = sizeof(h) + plen;
 		memcpy(m->payload, buf, plen);
-		__ctrl_append(l, m);
-	} else if (!c->why[0]) {
-		/* acks we cannot send would stall the peer until its timeout: drop now */
-		snprintf(c->why, sizeof(c->why), "out of memory");
-		shutdown(c->fd, SHUT_RDWR);
 	}
 	pthread_mutex_unlock(&l->mu);
+	free(m);
 }
 
 /* Note that seq was processed with status st; the ACK goes out when the receive thread
@@ -861,47 +1002,25 @@ static int __status_of(struct rep_link *l, uint64_t seq)
 	return 0;
 }
 
-/* An ACK frame from the peer: checked whole, then applied, then reported in seq order. */
+/* An ACK frame from the peer: checked whole (rep_ack_parse: only seqs whose frames went
+ * to the socket may be acknowledged), then applied, then reported in seq order. */
 static int ack_recv(struct conn *c, const unsigned char *p, size_t len, char *why,
 		    size_t whylen)
 {
 	struct rep_link *l = c->l;
-	struct rep_ack a;
-	const struct rep_ack_ent *e = (const struct rep_ack_ent *)(p + sizeof(a));
-	uint64_t from, prev;
+	struct rep_ack_parsed a;
+	uint64_t from;
+	unsigned i = 0;
 
-	if (len < sizeof(a))
-		goto bad;
-	memcpy(&a, p, sizeof(a));
-	if (a.pad || a.n > REP_ACK_MAX_ENTS || len != sizeof(a) + a.n * sizeof(*e))
-		goto bad;
 	pthread_mutex_lock(&l->mu);
 	from = l->acked_seq + 1;
-	if (a.upto < from || a.upto > l->last_seq) {
+	if (rep_ack_parse(p, len, l->acked_seq, l->tx_seq, &a, why, whylen)) {
 		pthread_mutex_unlock(&l->mu);
-		snprintf(why, whylen, "ack up to seq %llu: outside %llu..%llu",
-			 (unsigned long long)a.upto, (unsigned long long)from,
-			 (unsigned long long)l->last_seq);
 		return -EBADMSG;
 	}
-	prev = from - 1;
-	for (unsigned i = 0; i < a.n; i++) {
-		struct rep_ack_ent ent;
-
-		memcpy(&ent, e + i, sizeof(ent));
-		if (ent.seq <= prev || ent.seq > a.upto || ent.pad || ent.status >= 0 ||
-		    ent.status < -4095) {
-			pthread_mutex_unlock(&l->mu);
-			goto bad;
-		}
-		prev = ent.seq;
-	}
-	for (unsigned i = 0; i < a.n; i++) {
-		struct rep_ack_ent ent;
-
-		memcpy(&ent, e + i, sizeof(ent));
-		l->st_ring[l->st_pos].seq = ent.seq;
-		l->st_ring[l->st_pos].st = ent.status;
+	for (unsigned j = 0; j < a.n; j++) {
+		l->st_ring[l->st_pos].seq = a.ent[j].seq;
+		l->st_ring[l->st_pos].st = a.ent[j].status;
 		l->st_pos = (l->st_pos + 1) % ST_RING;
 	}
 	for (uint64_t s = from; s <= a.upto; s++)
@@ -910,26 +1029,13 @@ static int ack_recv(struct conn *c, const unsigned char *p, size_t len, char *wh
 	pthread_cond_broadcast(&l->cv);
 	pthread_mutex_unlock(&l->mu);
 
-	if (l->cb.acked) {
-		unsigned i = 0;
-
+	if (l->cb.acked)
 		for (uint64_t s = from; s <= a.upto; s++) {
-			struct rep_ack_ent ent = { 0 };
+			bool listed = i < a.n && a.ent[i].seq == s;
 
-			if (i < a.n)
-				memcpy(&ent, e + i, sizeof(ent));
-			if (i < a.n && ent.seq == s) {
-				l->cb.acked(l->arg, s, ent.status);
-				i++;
-			} else {
-				l->cb.acked(l->arg, s, 0);
-			}
+			l->cb.acked(l->arg, s, listed ? a.ent[i++].status : 0);
 		}
-	}
 	return 0;
-bad:
-	snprintf(why, whylen, "malformed ack of %zu bytes", len);
-	return -EBADMSG;
 }
 
 /* ---- a connection ------------------------------------------------------------------ */
@@ -962,14 +1068,6 @@ static int do_connect(struct conn *c)
 	return -err;
 }
 
-static bool bad_kind(const struct rep_hdr *h, unsigned kind, char *why, size_t whylen)
-{
-	if (h->kind == kind)
-		return false;
-	snprintf(why, whylen, "frame kind %u during the handshake (expected %u)", h->kind, kind);
-	return true;
-}
-
 /* HELLO both ways, then AUTH both ways.  0, -EBADMSG (garbage), -EACCES (wrong MAC),
  * or a transport error; why filled for the first two. */
 static int handshake(struct conn *c, char *why, size_t whylen)
@@ -991,10 +1089,8 @@ static int handshake(struct conn *c, char *why, size_t whylen)
 	rep_hello_make(&c->mine, &c->mine_len, role, l->node, l->instance, next);
 	if (c->initiator && (rc = send_frame(c, REP_K_HELLO, &c->mine, c->mine_len)))
 		return rc;
-	if ((rc = rx_frame(c, &h, &p, why, whylen)))
+	if ((rc = rx_frame(c, REP_KINDS_HELLO, &h, &p, why, whylen)))
 		return rc;
-	if (bad_kind(&h, REP_K_HELLO, why, whylen))
-		return -EBADMSG;
 	if ((rc = rep_hello_parse(p, h.len, peer_role, l->node, &c->peer, why, whylen)))
 		return rc;
 	c->peer_len = h.len;
@@ -1009,10 +1105,8 @@ static int handshake(struct conn *c, char *why, size_t whylen)
 	rep_auth_mac(mac, l->key, role, hi, li, ha, la);
 	if ((rc = send_frame(c, REP_K_AUTH, mac, sizeof(mac))))
 		return rc;
-	if ((rc = rx_frame(c, &h, &p, why, whylen)))
+	if ((rc = rx_frame(c, REP_KINDS_AUTH, &h, &p, why, whylen)))
 		return rc;
-	if (bad_kind(&h, REP_K_AUTH, why, whylen))
-		return -EBADMSG;
 	if (rep_auth_verify(p, l->key, peer_role, hi, li, ha, la)) {
 		snprintf(why, whylen, "node \"%.*s\" failed authentication (wrong secret)",
 			 c->peer.name_len, c->peer.name);
@@ -1093,22 +1187,18 @@ static const char *run(struct conn *c)
 	for (;;) {
 		struct rep_hdr h;
 		unsigned char *p;
-		int rc = rx_frame(c, &h, &p, why, sizeof(why));
+		int rc = rx_frame(c, REP_KINDS_UP, &h, &p, why, sizeof(why));
 
 		if (!rc && h.kind == REP_K_MSG) {
-			if (c->rx_next ? h.seq != c->rx_next : h.seq < c->peer.next_seq) {
-				snprintf(why, sizeof(why), "message seq %llu out of order (expected %llu)",
-					 (unsigned long long)h.seq,
-					 (unsigned long long)(c->rx_next ? c->rx_next : c->peer.next_seq));
-				rc = -EBADMSG;
-			} else {
+			rc = rep_msg_seq_check(c->peer.next_seq, &c->rx_next, h.seq, why,
+					       sizeof(why));
+			if (!rc) {
 				int st = l->cb.recv ? l->cb.recv(l->arg, h.type, p, h.len) : 0;
 
 				if (st > 0)
 					st = 0;
-				if (st < -4095)
+				if (st < -REP_ERRNO_MAX)
 					st = -EIO;
-				c->rx_next = h.seq + 1;
 				pthread_mutex_lock(&l->mu);
 				l->stats.recv_msgs++;
 				l->stats.recv_bytes += h.len;
@@ -1117,9 +1207,6 @@ static const char *run(struct conn *c)
 			}
 		} else if (!rc && h.kind == REP_K_ACK) {
 			rc = ack_recv(c, p, h.len, why, sizeof(why));
-		} else if (!rc && h.kind != REP_K_HB) {
-			snprintf(why, sizeof(why), "frame kind %u after the handshake", h.kind);
-			rc = -EBADMSG;
 		}
 		if (!rc)
 			continue;
@@ -1166,12 +1253,12 @@ static void conn_down(struct conn *c, const char *reason)
 		l->fail_ring[l->fail_pos].b = to;
 		l->fail_pos = (l->fail_pos + 1) % FAIL_RING;
 	}
-	l->acked_seq = l->last_seq;
+	l->acked_seq = l->tx_seq = l->last_seq;
 	l->unacked_bytes = 0;
 	queue_free(l, l->ctrl);
 	queue_free(l, l->data);
-	l->ctrl = l->data = NULL;
-	l->ctrl_tail = &l->ctrl;
+	__ctrl_reset(l);
+	l->data = NULL;
 	l->data_tail = &l->data;
 	l->stats.last_down_ms = !strcmp(reason, "timeout") ? now - c->last_rx : 0;
 	l->peer[0] = 0;
@@ -1214,35 +1301,50 @@ static void *conn_main(void *arg)
 	struct conn *c = arg;
 	struct rep_link *l = c->l;
 	char why[160] = "";
+	unsigned char *nb;
 	int rc = 0;
 
 	rx_of = l;
-	c->rb = malloc(RBUF_SIZE);
+	/* before authentication a connection holds a small buffer, a thread, and a slot for
+	 * at most timeout_ms (less when newer ones push it out: see the manager) */
+	c->rb = malloc(HS_BUF);
+	c->rb_cap = HS_BUF;
 	if (!c->rb)
 		goto out;
 	if (c->initiator && (rc = do_connect(c)))
 		goto out;
 	rc = handshake(c, why, sizeof(why));
-	if (rc == -EACCES || rc == -EBADMSG) {
-		char addr[INET_ADDRSTRLEN + 8] = "?";
+	pthread_mutex_lock(&l->mu);
+	if (c->evicted) {
+		/* (even when it passed just after: it is shut down) */
+		rc = -ETIME; /* counted in drops_auth by the manager */
+		snprintf(why, sizeof(why), "pushed out by newer unauthenticated connections");
+	}
+	c->authed = !rc;
+	if (rc == -EACCES)
+		l->stats.drops_auth++;
+	else if (rc == -EBADMSG)
+		l->stats.drops_frame++;
+	pthread_mutex_unlock(&l->mu);
+	if (rc == -EACCES || rc == -EBADMSG || rc == -ETIME) {
+		char addr[INET_ADDRSTRLEN + 8] = "?", ip[INET_ADDRSTRLEN];
 		struct sockaddr_in sa;
 		socklen_t sl = sizeof(sa);
 
 		if (!getpeername(c->fd, (struct sockaddr *)&sa, &sl))
 			snprintf(addr, sizeof(addr), "%s:%u",
-				 inet_ntop(AF_INET, &sa.sin_addr, addr, INET_ADDRSTRLEN) ? addr : "?",
+				 inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip)) ? ip : "?",
 				 ntohs(sa.sin_port));
-		pthread_mutex_lock(&l->mu);
-		if (rc == -EACCES)
-			l->stats.drops_auth++;
-		else
-			l->stats.drops_frame++;
-		pthread_mutex_unlock(&l->mu);
-		lg(l, "refused %s connection %s: %s", c->initiator ? "outgoing" : "incoming", addr,
-		   why);
+		lg_unauth(l, "%s %s connection %s: %s", rc == -ETIME ? "dropped" : "refused",
+			  c->initiator ? "outgoing" : "incoming", addr, why);
 	}
 	if (rc)
 		goto out;
+	nb = realloc(c->rb, RBUF_SIZE);
+	if (!nb)
+		goto out;
+	c->rb = nb;
+	c->rb_cap = RBUF_SIZE;
 	if (activate(c))
 		goto out;
 	conn_down(c, run(c));
@@ -1269,7 +1371,7 @@ out:
 }
 
 /* Start a connection thread for fd (initiator: not yet connected).  Under l->mu. */
-static int __conn_start(struct rep_link *l, int fd, bool initiator)
+static int __conn_start(struct rep_link *l, int fd, bool initiator, uint32_t src)
 {
 	struct conn *c = calloc(1, sizeof(*c));
 
@@ -1278,7 +1380,9 @@ static int __conn_start(struct rep_link *l, int fd, bool initiator)
 	c->l = l;
 	c->fd = fd;
 	c->initiator = initiator;
-	c->deadline = now_ms() + l->timeout_ms;
+	c->src = src;
+	c->started = now_ms();
+	c->deadline = c->started + l->timeout_ms;
 	if (pthread_create(&c->thr, NULL, conn_main, c)) {
 		free(c);
 		return -EAGAIN;
@@ -1305,6 +1409,64 @@ static void __reap(struct rep_link *l, struct conn **dead)
 			pp = &c->next;
 		}
 	}
+}
+
+/* How many connections accepted from src wait in their handshake; *oldest: the oldest. */
+static unsigned __pending_from(struct rep_link *l, uint32_t src, struct conn **oldest)
+{
+	unsigned n = 0;
+
+	*oldest = NULL;
+	for (struct conn *c = l->conns; c; c = c->next) {
+		if (c->initiator || c->authed || c->evicted || c->done || c->src != src)
+			continue;
+		n++;
+		if (!*oldest || c->started < (*oldest)->started)
+			*oldest = c;
+	}
+	return n;
+}
+
+/* Room for one more connection accepted from src before authentication: when
+ * MAX_PENDING_ADDR from src wait in their handshake, the oldest of those is shut down;
+ * else when MAX_PENDING wait in all, the oldest from the address that has the most of
+ * them (its thread ends at once).  A peer that connects and says nothing, or one byte a
+ * second, holds its slot only until newer connections push it out; connecting again and
+ * again from one address pushes out only its own, and a lone connection (the partner's)
+ * is the last to go: unless many addresses gang up, the partner pairs.  Returns how many
+ * connections pushed out are still on their way out. */
+static unsigned __make_room(struct rep_link *l, uint32_t src)
+{
+	struct conn *victim = NULL, *o;
+	unsigned pending = 0, evicted = 0, most = 0;
+
+	for (struct conn *c = l->conns; c; c = c->next) {
+		evicted += c->evicted;
+		pending += !c->initiator && !c->authed && !c->evicted && !c->done;
+	}
+	if (__pending_from(l, src, &o) >= MAX_PENDING_ADDR) {
+		victim = o;
+	} else if (pending >= MAX_PENDING) {
+		for (struct conn *c = l->conns; c; c = c->next) {
+			unsigned n;
+
+			if (c->initiator || c->authed || c->evicted || c->done)
+				continue;
+			n = __pending_from(l, c->src, &o);
+			if (n > most || (n == most && o->started < victim->started)) {
+				most = n;
+				victim = o;
+			}
+		}
+	}
+	if (!victim)
+		return evicted;
+	victim->evicted = true;
+	if (!victim->why[0])
+		snprintf(victim->why, sizeof(victim->why), "unauthenticated for too long");
+	shutdown(victim->fd, SHUT_RDWR);
+	l->stats.drops_auth++;
+	return evicted + 1;
 }
 
 static void join_free(struct conn *dead)
@@ -1342,7 +1504,7 @@ static void *mgr_main(void *arg)
 
 				if (fd >= 0) {
 					sock_setup(l, fd);
-					if (__conn_start(l, fd, true))
+					if (__conn_start(l, fd, true, 0))
 						close(fd);
 					else
 						l->outgoing = true;
@@ -1355,6 +1517,7 @@ static void *mgr_main(void *arg)
 		}
 		pthread_mutex_unlock(&l->mu);
 		join_free(dead);
+		dead = NULL;
 
 		if (poll(p, l->lfd >= 0 ? 2 : 1, tmo) <= 0)
 			continue;
@@ -1365,7 +1528,10 @@ static void *mgr_main(void *arg)
 			}
 		}
 		if (l->lfd >= 0 && (p[1].revents & POLLIN)) {
-			int fd = accept4(l->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+			struct sockaddr_in sa = { 0 };
+			socklen_t sl = sizeof(sa);
+			int fd = accept4(l->lfd, (struct sockaddr *)&sa, &sl,
+					 SOCK_NONBLOCK | SOCK_CLOEXEC);
 			int rc = -EMFILE;
 
 			if (fd < 0) {
@@ -1378,12 +1544,18 @@ static void *mgr_main(void *arg)
 			}
 			sock_setup(l, fd);
 			pthread_mutex_lock(&l->mu);
-			if (l->nconns < MAX_CONNS && !atomic_load(&l->stopping))
-				rc = __conn_start(l, fd, false);
+			if (!atomic_load(&l->stopping)) {
+				/* connections pushed out are on their way out: their slots
+				 * count only against the limit of all threads */
+				unsigned leaving = __make_room(l, sa.sin_addr.s_addr);
+
+				if (l->nconns - leaving < MAX_CONNS && l->nconns < MAX_THREADS)
+					rc = __conn_start(l, fd, false, sa.sin_addr.s_addr);
+			}
 			pthread_mutex_unlock(&l->mu);
 			if (rc) {
-				lg(l, "refused an incoming connection: %s",
-				   rc == -EMFILE ? "too many connections" : strerror(-rc));
+				lg_unauth(l, "refused an incoming connection: %s",
+					  rc == -EMFILE ? "too many connections" : strerror(-rc));
 				close(fd);
 			}
 		}
@@ -1428,6 +1600,8 @@ int rep_start(const struct rep_config *c, const struct rep_callbacks *cb, void *
 	l->arg = arg;
 	randombytes_buf(&l->instance, sizeof(l->instance));
 	l->backoff_ms = BACKOFF_MIN_MS;
+	l->log_tokens = LOG_BURST;
+	l->log_refill = now_ms();
 	l->ctrl_tail = &l->ctrl;
 	l->data_tail = &l->data;
 	l->lfd = -1;

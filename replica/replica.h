@@ -67,7 +67,8 @@ struct rep_callbacks {
 	 * Then the link keeps trying to reconnect (and accepting) on its own. */
 	void (*down)(void *arg, const char *why);
 	/* A message from the peer, in order, each exactly once per connection. Its return
-	 * value (0 or -errno) travels back to the sender as the ack status. Called on the
+	 * value (0 or -errno) travels back to the sender as the ack status.  (Below -511,
+	 * the kernel's own codes that FUSE refuses in a reply, it travels as -EIO.) Called on the
 	 * receive thread; may call rep_send() (replies), must not block on the network. */
 	int (*recv)(void *arg, uint32_t type, const void *payload, size_t len);
 	/* The peer processed our message seq; status is what its recv() returned, or
@@ -88,7 +89,8 @@ int rep_port(const struct rep_link *l);  /* the port actually listened on */
  * blocks on the network beyond a bounded send queue (REP_QUEUE_MAX bytes: then it waits
  * for room, at most timeout_ms, then -ETIMEDOUT).  (-EINVAL for a type below
  * REP_TYPE_USER.  Called from the receive thread — inside recv(), up() or acked() — it
- * never waits: replies may go past REP_QUEUE_MAX.  A sender streaming while more than
+ * never waits: replies may go past REP_QUEUE_MAX, up to twice that unacknowledged; beyond,
+ * the peer is not acknowledging: the link drops it and answers -ENOTCONN.  A sender streaming while more than
  * REP_QUEUE_MAX / 64 (1 MiB) is already unacknowledged may also wait, at most
  * timeout_ms, for the socket to take its message, which it then sends without a copy;
  * otherwise rep_send waits on nothing but room in the queue.) */

@@ -73,6 +73,20 @@ struct rep_ack {
 	struct rep_ack_ent ent[];
 };
 #define REP_ACK_MAX_ENTS 256
+/* A status travels as -1..-REP_ERRNO_MAX (anything else a receiver returns goes as -EIO):
+ * an errno a file system may answer; -512 and below are the kernel's own (ERESTARTSYS...),
+ * which FUSE refuses in a reply. */
+#define REP_ERRNO_MAX 511
+/* The largest seq a MSG frame or a HELLO's next_seq may carry: the link would need 2^62
+ * messages to get there, and seq + 1 never wraps. */
+#define REP_SEQ_MAX (1ull << 62)
+
+/* An ACK payload as rep_ack_parse() found it: entries in increasing seq order. */
+struct rep_ack_parsed {
+	uint64_t upto;
+	unsigned n;
+	struct rep_ack_ent ent[REP_ACK_MAX_ENTS];
+};
 
 /* frame.c */
 /* Fill h for a frame of kind/type/seq whose payload is iov[0..n) (len bytes in all). */
@@ -82,6 +96,24 @@ void rep_frame_fill(struct rep_hdr *h, unsigned kind, uint32_t type, uint64_t se
 int rep_frame_check(const struct rep_hdr *h, char *why, size_t whylen);
 /* 0 when the payload's checksum matches the header's, else -EBADMSG. */
 int rep_frame_sum_ok(const struct rep_hdr *h, const void *payload);
+/* The frame kinds a connection's reader takes (a mask of 1 << kind): the peer's HELLO,
+ * then its AUTH, then, authenticated, messages, acks and heartbeats.  Any other kind is
+ * refused from its header, before its payload is read. */
+#define REP_KINDS_HELLO (1u << REP_K_HELLO)
+#define REP_KINDS_AUTH (1u << REP_K_AUTH)
+#define REP_KINDS_UP (1u << REP_K_MSG | 1u << REP_K_ACK | 1u << REP_K_HB)
+/* A MSG's seq on a connection whose peer announced `first` (its HELLO's next_seq): the
+ * first MSG at or after it (messages the peer queued while this connection shook hands
+ * went with the old one), then one by one.  *next is the seq expected next, 0 before the
+ * first MSG; advanced when 0 is returned, else -EBADMSG with why filled. */
+int rep_msg_seq_check(uint64_t first, uint64_t *next, uint64_t seq, char *why, size_t whylen);
+/* Parse an ACK payload of len bytes that may acknowledge seqs acked + 1 .. sent (the
+ * highest seq whose frame was handed to the socket): 0 with *out filled, or -EBADMSG
+ * (why filled) for a length that disagrees with its count, padding that is not zero, an
+ * upto outside that range, entries not in increasing order inside acked + 1 .. upto, or a
+ * status that is not -1..-REP_ERRNO_MAX. */
+int rep_ack_parse(const void *p, size_t len, uint64_t acked, uint64_t sent,
+		  struct rep_ack_parsed *out, char *why, size_t whylen);
 
 /* auth.c */
 /* A HELLO for us; *len its payload length. */

@@ -2,7 +2,8 @@
  * rtest.h — what the replica/ C tests share: check macros (a failed check ends the
  * running test function; RUN counts failures, main returns rt_failed != 0) and a test
  * "node": a rep_link with callbacks that record what happened, under a mutex, so a test
- * can wait for a condition with a deadline.
+ * can wait for a condition with a deadline.  RT_ONLY=NAME in the environment runs only the
+ * tests whose function name contains NAME.
  */
 #ifndef HEAPFS_RTEST_H
 #define HEAPFS_RTEST_H
@@ -41,6 +42,9 @@ static int rt_failed, rt_cur;
 #define RUN(fn)                                                                            \
 	do {                                                                               \
 		struct timespec _t0, _t1;                                                  \
+		const char *_only = getenv("RT_ONLY");                                     \
+		if (_only && !strstr(#fn, _only))                                          \
+			break;                                                             \
 		rt_cur = 0;                                                                \
 		clock_gettime(CLOCK_MONOTONIC, &_t0);                                      \
 		fn();                                                                      \

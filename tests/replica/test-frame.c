@@ -44,6 +44,13 @@ static void test_frame_check(void)
 	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
 	h = good, h.seq = 0;
 	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	/* a seq whose successor would wrap (the reader's next expected seq) */
+	h = good, h.seq = REP_SEQ_MAX;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), 0);
+	h = good, h.seq = REP_SEQ_MAX + 1;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	h = good, h.seq = UINT64_MAX;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
 	/* control frames: small, fixed, no type or seq */
 	rep_frame_fill(&h, REP_K_HB, 0, 0, NULL, 0, 0);
 	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), 0);
@@ -61,6 +68,101 @@ static void test_frame_check(void)
 	rep_frame_fill(&h, REP_K_HELLO, 0, 0, NULL, 0, 0);
 	h.len = sizeof(struct rep_hello) + 1;
 	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+done:
+	return;
+}
+
+/* MSG seqs: the first at or after the HELLO's, then one by one, never past REP_SEQ_MAX. */
+static void test_seq(void)
+{
+	uint64_t next = 0;
+	char why[128];
+
+	CHECK_EQ(rep_msg_seq_check(10, &next, 9, why, sizeof(why)), -EBADMSG);
+	CHECK(next == 0 && strstr(why, "out of order"));
+	CHECK_EQ(rep_msg_seq_check(10, &next, 12, why, sizeof(why)), 0); /* a gap first: ok */
+	CHECK_EQ(next, 13);
+	CHECK_EQ(rep_msg_seq_check(10, &next, 13, why, sizeof(why)), 0);
+	CHECK_EQ(rep_msg_seq_check(10, &next, 13, why, sizeof(why)), -EBADMSG); /* again */
+	CHECK_EQ(rep_msg_seq_check(10, &next, 15, why, sizeof(why)), -EBADMSG); /* a gap */
+	CHECK_EQ(next, 14);
+	next = 0;
+	CHECK_EQ(rep_msg_seq_check(1, &next, REP_SEQ_MAX + 1, why, sizeof(why)), -EBADMSG);
+	CHECK_EQ(rep_msg_seq_check(1, &next, UINT64_MAX, why, sizeof(why)), -EBADMSG);
+	CHECK_EQ(rep_msg_seq_check(1, &next, REP_SEQ_MAX, why, sizeof(why)), 0);
+	CHECK(next == REP_SEQ_MAX + 1); /* and no further: the next is past REP_SEQ_MAX */
+	CHECK_EQ(rep_msg_seq_check(1, &next, REP_SEQ_MAX + 1, why, sizeof(why)), -EBADMSG);
+done:
+	return;
+}
+
+/* An ACK payload of n entries: seq[i], status[i]. */
+static size_t ack_make(unsigned char *buf, uint64_t upto, unsigned n, const uint64_t *seq,
+		       const int32_t *st)
+{
+	struct rep_ack a = { .upto = upto, .n = n };
+
+	memcpy(buf, &a, sizeof(a));
+	for (unsigned i = 0; i < n; i++) {
+		struct rep_ack_ent e = { .seq = seq[i], .status = st[i] };
+
+		memcpy(buf + sizeof(a) + i * sizeof(e), &e, sizeof(e));
+	}
+	return sizeof(a) + n * sizeof(struct rep_ack_ent);
+}
+
+/* rep_ack_parse: what may be acknowledged is acked + 1 .. sent; statuses are errnos. */
+static void test_ack(void)
+{
+	static struct rep_ack_parsed out;
+	unsigned char buf[sizeof(struct rep_ack) + (REP_ACK_MAX_ENTS + 1) * sizeof(struct rep_ack_ent)];
+	uint64_t seq[2] = { 12, 14 };
+	int32_t st[2] = { -EIO, -ENOSPC };
+	char why[128];
+	size_t len;
+
+	len = ack_make(buf, 15, 2, seq, st);
+	CHECK_EQ(rep_ack_parse(buf, len, 10, 20, &out, why, sizeof(why)), 0);
+	CHECK(out.upto == 15 && out.n == 2 && out.ent[1].seq == 14 && out.ent[1].status == -ENOSPC);
+	len = ack_make(buf, 15, 0, seq, st);
+	CHECK_EQ(rep_ack_parse(buf, len, 14, 15, &out, why, sizeof(why)), 0);
+	/* short, a length that disagrees with n, too many entries, padding */
+	CHECK_EQ(rep_ack_parse(buf, len - 1, 14, 15, &out, why, sizeof(why)), -EBADMSG);
+	CHECK_EQ(rep_ack_parse(buf, len + sizeof(struct rep_ack_ent), 14, 15, &out, why,
+			       sizeof(why)), -EBADMSG);
+	((struct rep_ack *)buf)->n = REP_ACK_MAX_ENTS + 1;
+	CHECK_EQ(rep_ack_parse(buf, sizeof(buf), 0, 1000, &out, why, sizeof(why)), -EBADMSG);
+	len = ack_make(buf, 15, 0, seq, st);
+	((struct rep_ack *)buf)->pad = 1;
+	CHECK_EQ(rep_ack_parse(buf, len, 14, 15, &out, why, sizeof(why)), -EBADMSG);
+	/* upto: nothing new, a seq never sent (from the future) */
+	len = ack_make(buf, 15, 2, seq, st);
+	CHECK_EQ(rep_ack_parse(buf, len, 15, 20, &out, why, sizeof(why)), -EBADMSG);
+	CHECK_EQ(rep_ack_parse(buf, len, 10, 14, &out, why, sizeof(why)), -EBADMSG);
+	CHECK(strstr(why, "outside"));
+	/* entries: already acknowledged, past upto, out of order, repeated */
+	CHECK_EQ(rep_ack_parse(buf, len, 12, 20, &out, why, sizeof(why)), -EBADMSG);
+	seq[1] = 16;
+	len = ack_make(buf, 15, 2, seq, st);
+	CHECK_EQ(rep_ack_parse(buf, len, 10, 20, &out, why, sizeof(why)), -EBADMSG);
+	seq[0] = 14, seq[1] = 13;
+	len = ack_make(buf, 15, 2, seq, st);
+	CHECK_EQ(rep_ack_parse(buf, len, 10, 20, &out, why, sizeof(why)), -EBADMSG);
+	seq[0] = seq[1] = 13;
+	len = ack_make(buf, 15, 2, seq, st);
+	CHECK_EQ(rep_ack_parse(buf, len, 10, 20, &out, why, sizeof(why)), -EBADMSG);
+	/* statuses: 0 and positive are not listed, nor what is no errno */
+	seq[0] = 12, seq[1] = 14;
+	for (unsigned i = 0; i < 5; i++) {
+		int32_t bad[5] = { 0, 5, -REP_ERRNO_MAX - 1, -4095, INT32_MIN };
+
+		st[1] = bad[i];
+		len = ack_make(buf, 15, 2, seq, st);
+		CHECK_EQ(rep_ack_parse(buf, len, 10, 20, &out, why, sizeof(why)), -EBADMSG);
+	}
+	st[1] = -REP_ERRNO_MAX;
+	len = ack_make(buf, 15, 2, seq, st);
+	CHECK_EQ(rep_ack_parse(buf, len, 10, 20, &out, why, sizeof(why)), 0);
 done:
 	return;
 }
@@ -90,6 +192,9 @@ static void test_hello(void)
 	CHECK_EQ(rep_hello_parse(&bad, len, REP_ROLE_INITIATOR, "node-b", &out, why, sizeof(why)),
 		 -EBADMSG);
 	bad = mine, bad.next_seq = 0;
+	CHECK_EQ(rep_hello_parse(&bad, len, REP_ROLE_INITIATOR, "node-b", &out, why, sizeof(why)),
+		 -EBADMSG);
+	bad = mine, bad.next_seq = UINT64_MAX;
 	CHECK_EQ(rep_hello_parse(&bad, len, REP_ROLE_INITIATOR, "node-b", &out, why, sizeof(why)),
 		 -EBADMSG);
 	bad = mine, bad.proto = REP_VERSION + 1;
@@ -155,6 +260,8 @@ int main(void)
 		return 1;
 	RUN(test_frame_check);
 	RUN(test_hello);
+	RUN(test_seq);
+	RUN(test_ack);
 	RUN(test_mac);
 	RUN(test_addr);
 	return rt_failed != 0;

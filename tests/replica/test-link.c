@@ -3,12 +3,16 @@
  * up and exchange 10^5 messages each way, in order, with their statuses travelling back;
  * replies from inside recv() under a full queue; a wrong secret refused on both sides;
  * garbage, truncated, oversized, pre-auth and out-of-order frames from raw sockets each
- * dropped while the link survives; a peer process stopped with SIGSTOP declared down
- * within the timeout (this binary re-runs itself with --child as that peer); reconnect
- * after rep_kick; both sides connecting at once keep one connection.
+ * dropped while the link survives; an authenticated peer's bad seqs and ACKs dropped with
+ * nothing delivered; slow-loris connections that cannot keep the partner from pairing; a
+ * peer that never acknowledges nor reads dropped before the queue grows past its bounds;
+ * a peer process stopped with SIGSTOP declared down within the timeout (this binary
+ * re-runs itself with --child as that peer); reconnect after rep_kick; both sides
+ * connecting at once keep one connection.  RT_ONLY=NAME runs only some (rtest.h).
  *
  * Ports: listen on port 0 and ask rep_port(), or (for links that connect to each other)
- * ports the kernel handed out a moment before; only 127.0.0.1.
+ * ports the kernel handed out a moment before; only 127.0.0.1 (the slow-loris
+ * connections come from 127.0.0.2 and .3, other addresses of the loopback).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -53,7 +57,9 @@ struct node {
 	uint64_t acks, ack_errs, acked_seq, enotconn;
 	uint64_t enotconn_late; /* -ENOTCONN reported after down(): must never happen */
 	bool reply;      /* recv answers each message with a small rep_send */
+	size_t reply_len; /* ... of this many bytes (0: 8, the message's counter) */
 	int64_t reply_err;
+	uint64_t replies; /* replies sent */
 };
 
 /* The status a receiver returns for the n-th message of a sender: some non-zero. */
@@ -88,7 +94,9 @@ static void cb_down(void *arg, const char *why)
 static int cb_recv(void *arg, uint32_t type, const void *p, size_t len)
 {
 	struct node *n = arg;
+	static unsigned char big[REP_PAYLOAD_MAX];
 	uint64_t cnt = 0;
+	size_t reply_len;
 	bool reply, bad = false;
 
 	if (type != REP_TYPE_USER || len < sizeof(cnt))
@@ -109,16 +117,19 @@ static int cb_recv(void *arg, uint32_t type, const void *p, size_t len)
 		n->expect[cnt >> 40] = cnt + 1;
 	n->recvd++;
 	reply = n->reply;
+	reply_len = n->reply_len;
 	pthread_cond_broadcast(&n->cv);
 	pthread_mutex_unlock(&n->mu);
 	if (reply) {
-		int64_t r = rep_send(n->l, REP_TYPE_USER + 1, &cnt, sizeof(cnt));
+		int64_t r = reply_len ? rep_send(n->l, REP_TYPE_USER + 1, big, reply_len)
+				      : rep_send(n->l, REP_TYPE_USER + 1, &cnt, sizeof(cnt));
 
-		if (r < 0) {
-			pthread_mutex_lock(&n->mu);
+		pthread_mutex_lock(&n->mu);
+		if (r < 0)
 			n->reply_err = r;
-			pthread_mutex_unlock(&n->mu);
-		}
+		else
+			n->replies++;
+		pthread_mutex_unlock(&n->mu);
 	}
 	return status_for(cnt);
 }
@@ -224,6 +235,18 @@ static bool log_has(struct node *n, const char *s)
 		return false;
 	buf[got] = 0;
 	return strstr(buf, s) != NULL;
+}
+
+/* A failed test shows what n logged (its first 16 KiB). */
+static void log_dump(struct node *n)
+{
+	char buf[16384];
+	ssize_t got;
+
+	fflush(n->log);
+	got = pread(fileno(n->log), buf, sizeof(buf) - 1, 0);
+	buf[got > 0 ? got : 0] = 0;
+	fprintf(stderr, "--- its log:\n%s", buf);
 }
 
 static int free_port(void)
@@ -505,13 +528,37 @@ done:
 
 /* ---- raw sockets ---------------------------------------------------------------------- */
 
+/* A socket connected to 127.0.0.1:port from the address src (host order; 0: any). */
+static int raw_connect_from(int port, uint32_t src)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in from = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(src) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd >= 0 && ((src && bind(fd, (struct sockaddr *)&from, sizeof(from))) ||
+			connect(fd, (struct sockaddr *)&sa, sizeof(sa)))) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
 static int raw_connect(int port)
+{
+	return raw_connect_from(port, 0);
+}
+
+/* A socket connected to 127.0.0.1:port with a receive window of a few KiB: what the
+ * other side sends beyond it stays in its queue. */
+static int raw_connect_small(int port)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
 				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-	if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
+	if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int){ 4096 }, sizeof(int)) ||
+			connect(fd, (struct sockaddr *)&sa, sizeof(sa)))) {
 		close(fd);
 		fd = -1;
 	}
@@ -571,8 +618,9 @@ static int raw_read_frame(int fd, struct rep_hdr *h, unsigned char *buf, size_t 
 	return 0;
 }
 
-/* Authenticate a raw socket to port as node `name` with `secret`. */
-static int raw_auth(int fd, const char *name, const char *secret)
+/* Authenticate a raw socket to port as node `name` with `secret`, its first MSG seq
+ * announced as next_seq. */
+static int raw_auth_seq(int fd, const char *name, const char *secret, uint64_t next_seq)
 {
 	struct rep_hello mine, peer;
 	size_t mlen;
@@ -582,7 +630,7 @@ static int raw_auth(int fd, const char *name, const char *secret)
 	char why[128];
 
 	key_of(key, secret);
-	rep_hello_make(&mine, &mlen, REP_ROLE_INITIATOR, name, 42, 1);
+	rep_hello_make(&mine, &mlen, REP_ROLE_INITIATOR, name, 42, next_seq);
 	if (raw_frame(fd, REP_K_HELLO, 0, 0, &mine, mlen) || raw_read_frame(fd, &h, buf, sizeof(buf)) ||
 	    h.kind != REP_K_HELLO ||
 	    rep_hello_parse(buf, h.len, REP_ROLE_ACCEPTOR, name, &peer, why, sizeof(why)))
@@ -592,6 +640,206 @@ static int raw_auth(int fd, const char *name, const char *secret)
 	    raw_read_frame(fd, &h, buf, sizeof(buf)) || h.kind != REP_K_AUTH)
 		return -1;
 	return 0;
+}
+
+static int raw_auth(int fd, const char *name, const char *secret)
+{
+	return raw_auth_seq(fd, name, secret, 1);
+}
+
+/* Read frames from a raw socket until a MSG comes (heartbeats skipped): its seq, or 0. */
+static uint64_t raw_read_msg(int fd)
+{
+	static unsigned char buf[REP_PAYLOAD_MAX];
+	struct rep_hdr h;
+
+	while (!raw_read_frame(fd, &h, buf, sizeof(buf)))
+		if (h.kind == REP_K_MSG)
+			return h.seq;
+	return 0;
+}
+
+/* rep_send BIG_SENDS messages of REP_PAYLOAD_MAX bytes on the link arg (to a peer that
+ * reads nothing: the first fills the socket, the next waits in it). */
+#define BIG_SENDS 2
+static void *big_sends_main(void *arg)
+{
+	static unsigned char big[REP_PAYLOAD_MAX];
+
+	for (int i = 0; i < BIG_SENDS; i++)
+		rep_send(arg, REP_TYPE_USER, big, sizeof(big));
+	return NULL;
+}
+
+/* An authenticated peer's bad seqs and ACKs, each on a connection of its own: the link
+ * drops it, delivers nothing (recv) and reports nothing it said (acked: only -ENOTCONN
+ * for what a sent), and pairs again with the next.  An ACK says nothing about a seq a
+ * never sent, carries an errno as a status, or goes past the seqs sent so far.  (First,
+ * unauthenticated: a MSG header is refused before its length is read.) */
+static void test_hostile_acks(void)
+{
+	struct node a;
+	struct rep_stats st;
+	bool started = false;
+	uint64_t cnt = 7, drops = 0;
+	int fd = -1, port;
+
+	node_tmo = STEADY_TMO;
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	node_tmo = TMO;
+	started = true;
+	port = rep_port(a.l);
+	{
+		/* before authentication a MSG header is refused at once, not read on (its
+		 * length sized a 2 MiB buffer, and the drop came at the 10 s deadline) */
+		struct rep_hdr h;
+		double t0 = rt_now();
+
+		fd = raw_connect(port);
+		CHECK(fd >= 0);
+		rep_frame_fill(&h, REP_K_MSG, REP_TYPE_USER, 1, NULL, 0, 0);
+		h.len = REP_PAYLOAD_MAX;
+		CHECK(write(fd, &h, sizeof(h)) == sizeof(h));
+		CHECK(raw_closed(fd, 2));
+		CHECK(rt_now() - t0 < 1);
+		close(fd);
+		fd = -1;
+		drops++;
+	}
+	for (int kase = 0; kase < 9; kase++) {
+		unsigned char ack[sizeof(struct rep_ack) + 2 * sizeof(struct rep_ack_ent)];
+		struct rep_ack *ah = (struct rep_ack *)ack;
+		struct rep_ack_ent *e = (struct rep_ack_ent *)(ack + sizeof(*ah));
+		size_t alen = sizeof(ack);
+		uint64_t seq = 0;
+		int ups, downs;
+
+		memset(ack, 0, sizeof(ack));
+		fd = raw_connect(port);
+		CHECK(fd >= 0);
+		CHECK(NOW(&a, (ups = a.ups) >= 0 && (downs = a.downs) >= 0));
+		if (kase == 0) {
+			/* a HELLO whose first seq leaves no room to count on */
+			CHECK(raw_auth_seq(fd, "mallory", "k", UINT64_MAX));
+			goto dropped;
+		}
+		CHECK(!raw_auth(fd, "mallory", "k"));
+		CHECK(WAIT_FOR(&a, a.ups == ups + 1, 3));
+		if (kase == 1) {
+			/* a message seq past REP_SEQ_MAX (the expected next would wrap) */
+			CHECK(!raw_frame(fd, REP_K_MSG, REP_TYPE_USER, UINT64_MAX, &cnt, sizeof(cnt)));
+			goto dropped;
+		}
+		pthread_mutex_lock(&a.mu);
+		a.acks = a.enotconn = 0;
+		a.acked_seq = 0;
+		pthread_mutex_unlock(&a.mu);
+		CHECK((seq = (uint64_t)rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt))) > 0);
+		CHECK_EQ(raw_read_msg(fd), seq);
+		ah->upto = seq;
+		ah->n = 1;
+		e[0].seq = seq;
+		e[0].status = -EIO;
+		alen = sizeof(*ah) + sizeof(*e);
+		switch (kase) {
+		case 2: /* a positive status */
+			e[0].status = 5;
+			break;
+		case 3: /* not an errno */
+			e[0].status = -4000;
+			break;
+		case 4:
+			e[0].status = INT32_MIN;
+			break;
+		case 5: /* up to a seq never sent */
+			ah->upto = seq + 1;
+			break;
+		case 6: /* an entry for a seq never sent */
+			ah->upto = seq + 1;
+			e[0].seq = seq + 1;
+			break;
+		case 7: /* an entry before the acknowledged range */
+			e[0].seq = seq - 1;
+			break;
+		case 8: /* more bytes than its entries */
+			alen = sizeof(ack);
+			break;
+		}
+		CHECK(!raw_frame(fd, REP_K_ACK, 0, 0, ack, alen));
+dropped:
+		CHECK(raw_closed(fd, 2));
+		close(fd);
+		fd = -1;
+		drops++;
+		rep_get_stats(a.l, &st);
+		CHECK_EQ(st.drops_frame, drops);
+		CHECK(WAIT_FOR(&a, a.ups == a.downs, 3));
+		CHECK(NOW(&a, a.recvd == 0 && (!kase || !strcmp(a.last_down, "bad frame"))));
+		if (seq)
+			CHECK(NOW(&a, a.acks == 0 && a.enotconn == 1 && a.acked_seq == seq));
+	}
+	CHECK(log_has(&a, "malformed hello") && log_has(&a, "with type") &&
+	      log_has(&a, "not an errno") && log_has(&a, "outside") && log_has(&a, "not in"));
+	/* and an honest ACK is taken */
+	fd = raw_connect(port);
+	CHECK(fd >= 0 && !raw_auth(fd, "mallory", "k"));
+	CHECK(WAIT_FOR(&a, a.ups > a.downs, 3));
+	{
+		unsigned char ack[sizeof(struct rep_ack) + sizeof(struct rep_ack_ent)] = { 0 };
+		struct rep_ack *ah = (struct rep_ack *)ack;
+		struct rep_ack_ent *e = (struct rep_ack_ent *)(ack + sizeof(*ah));
+		int64_t seq = rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt));
+
+		CHECK(seq > 0 && raw_read_msg(fd) == (uint64_t)seq);
+		ah->upto = (uint64_t)seq;
+		ah->n = 1;
+		e->seq = (uint64_t)seq;
+		e->status = -REP_ERRNO_MAX;
+		CHECK(!raw_frame(fd, REP_K_ACK, 0, 0, ack, sizeof(ack)));
+		CHECK_EQ(rep_wait(a.l, (uint64_t)seq, 2000), -REP_ERRNO_MAX);
+	}
+	close(fd);
+	CHECK(WAIT_FOR(&a, a.ups == a.downs, 3));
+	{
+		/* an ACK from the future: a seq handed out and queued, not yet given to the
+		 * socket (another sender is writing: the peer reads nothing) */
+		struct rep_ack ah = { 0 };
+		struct rep_stats st0;
+		pthread_t thr;
+		int64_t last;
+		int ups;
+
+		fd = raw_connect_small(port);
+		CHECK(fd >= 0 && NOW(&a, (ups = a.ups) >= 0) && !raw_auth(fd, "mallory", "k"));
+		CHECK(WAIT_FOR(&a, a.ups == ups + 1, 3));
+		pthread_mutex_lock(&a.mu);
+		a.acks = a.enotconn = 0;
+		a.acked_seq = 0;
+		pthread_mutex_unlock(&a.mu);
+		rep_get_stats(a.l, &st0);
+		CHECK(!pthread_create(&thr, NULL, big_sends_main, a.l));
+		for (double end = rt_now() + 3; rt_now() < end; usleep(1000)) {
+			rep_get_stats(a.l, &st);
+			if (st.last_seq >= st0.last_seq + BIG_SENDS)
+				break;
+		}
+		CHECK(st.last_seq >= st0.last_seq + BIG_SENDS);
+		usleep(100000); /* the last one is in the socket, or queued */
+		last = rep_send(a.l, REP_TYPE_USER, &cnt, sizeof(cnt));
+		ah.upto = (uint64_t)last;
+		CHECK(last > 0 && !raw_frame(fd, REP_K_ACK, 0, 0, &ah, sizeof(ah)));
+		CHECK(raw_closed(fd, 3));
+		pthread_join(thr, NULL);
+		CHECK(WAIT_FOR(&a, a.ups == a.downs, 3));
+		CHECK(NOW(&a, a.acks == 0 && a.enotconn == BIG_SENDS + 1));
+		CHECK(log_has(&a, "ack up to seq"));
+	}
+done:
+	node_tmo = TMO;
+	if (fd >= 0)
+		close(fd);
+	if (started)
+		node_stop(&a);
 }
 
 /* Everything a raw socket may throw at the port; after each, the a-b link still carries
@@ -713,6 +961,216 @@ done:
 		node_stop(&a);
 	if (rt_cur && b.l)
 		node_stop(&b);
+}
+
+/* Write count MSG frames (seqs first.., 8-byte payloads counter(i)) to a raw socket in
+ * batches; how many went out before the socket failed. */
+static uint64_t raw_flood(int fd, uint64_t first, uint64_t count, uint64_t (*counter)(uint64_t))
+{
+	enum { BATCH = 1024, FRAME = sizeof(struct rep_hdr) + sizeof(uint64_t) };
+	static unsigned char buf[BATCH * FRAME];
+	uint64_t done = 0;
+
+	while (done < count) {
+		unsigned n = count - done < BATCH ? (unsigned)(count - done) : BATCH;
+		struct iovec iov = { buf, (size_t)n * FRAME };
+
+		for (unsigned i = 0; i < n; i++) {
+			uint64_t cnt = counter(done + i);
+			struct rep_hdr h;
+
+			rep_frame_fill(&h, REP_K_MSG, REP_TYPE_USER, first + done + i,
+				       &(struct iovec){ &cnt, sizeof(cnt) }, 1, sizeof(cnt));
+			memcpy(buf + i * FRAME, &h, sizeof(h));
+			memcpy(buf + i * FRAME + sizeof(h), &cnt, sizeof(cnt));
+		}
+		if (rep_writev_all(fd, &iov, 1))
+			break;
+		done += n;
+	}
+	return done;
+}
+
+static uint64_t counter_ok(uint64_t i)
+{
+	return i * 10; /* status_for: 0 */
+}
+
+static uint64_t counter_eio(uint64_t i)
+{
+	return i * 10 + 3; /* status_for: -EIO, so every ack lists it */
+}
+
+/* Read and discard what comes on fd until it closes. */
+static void *drain_main(void *arg)
+{
+	static unsigned char buf[1 << 16];
+	int fd = *(int *)arg;
+
+	while (read(fd, buf, sizeof(buf)) > 0) {
+	}
+	return NULL;
+}
+
+/* An authenticated peer that sends and never acknowledges, nor reads: what the receive
+ * thread adds to the queue is bounded too.  Replies from recv() (2 MiB each here) past
+ * twice REP_QUEUE_MAX unacknowledged drop the link, and so do ACK frames piling up
+ * behind a socket the peer does not read (each ACK listing 256 failures, as merging
+ * stops there). */
+static void test_flood(void)
+{
+	struct node a;
+	bool started = false;
+	pthread_t drain;
+	uint64_t sent;
+	int fd = -1, port;
+
+	node_tmo = STEADY_TMO;
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	node_tmo = TMO;
+	started = true;
+	port = rep_port(a.l);
+	a.reply = true;
+	a.reply_len = REP_PAYLOAD_MAX;
+	/* reads everything, acknowledges nothing */
+	fd = raw_connect(port);
+	CHECK(fd >= 0 && !raw_auth(fd, "mallory", "k"));
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3));
+	CHECK(!pthread_create(&drain, NULL, drain_main, &fd));
+	sent = raw_flood(fd, 1, 200, counter_ok);
+	CHECK(WAIT_FOR(&a, a.downs == 1, 10));
+	pthread_join(drain, NULL);
+	CHECK(NOW(&a, strstr(a.last_down, "does not acknowledge") && a.reply_err == -ENOTCONN));
+	fprintf(stderr, "  %llu replies of 2 MiB unacknowledged, then dropped (%llu sent)\n",
+		(unsigned long long)a.replies, (unsigned long long)sent);
+	CHECK(NOW(&a, a.replies * (REP_PAYLOAD_MAX + 32ull) <= 2ull * REP_QUEUE_MAX));
+	close(fd);
+	fd = -1;
+	pthread_mutex_lock(&a.mu);
+	a.reply = false;
+	pthread_mutex_unlock(&a.mu);
+	/* reads nothing, with a small window: the ACKs queue up */
+	fd = raw_connect_small(port);
+	CHECK(fd >= 0 && !raw_auth(fd, "mallory", "k"));
+	CHECK(WAIT_FOR(&a, a.ups == 2, 3));
+	sent = raw_flood(fd, 1, 4000000, counter_eio);
+	CHECK(WAIT_FOR(&a, a.downs == 2, 10));
+	fprintf(stderr, "  %llu failing messages sent before the drop: %s\n",
+		(unsigned long long)sent, a.last_down);
+	CHECK(NOW(&a, strstr(a.last_down, "does not read")));
+	CHECK(sent < 4000000);
+done:
+	node_tmo = TMO;
+	if (fd >= 0)
+		close(fd);
+	if (started)
+		node_stop(&a);
+}
+
+/* Slow-loris: connections that say nothing, or one byte a second of a HELLO, each opened
+ * again as soon as the link closes it, more of them than the link has slots, from two
+ * addresses (127.0.0.2 and .3; the partner connects from 127.0.0.1).  The real partner
+ * still pairs at once, not only after the handshake deadline (a 10 s timeout here): the
+ * link pushes the oldest waiting ones out, and an address connecting again and again
+ * only pushes out its own. */
+#define LORIS 24
+#define LORIS_SRC(i) (INADDR_LOOPBACK + 1 + (uint32_t)(i) % 2)
+struct loris {
+	int port, fds[LORIS];
+	atomic_bool stop;
+	atomic_uint reopened;
+};
+
+static void *loris_main(void *arg)
+{
+	struct loris *lo = arg;
+	struct rep_hello hello;
+	struct rep_hdr h;
+	unsigned char frame[sizeof(h) + sizeof(hello)];
+	size_t hl, sent[LORIS] = { 0 };
+	double next_drip = rt_now() + 1;
+
+	rep_hello_make(&hello, &hl, REP_ROLE_INITIATOR, "loris", 1, 1);
+	rep_frame_fill(&h, REP_K_HELLO, 0, 0, &(struct iovec){ &hello, hl }, 1, hl);
+	memcpy(frame, &h, sizeof(h));
+	memcpy(frame + sizeof(h), &hello, hl);
+	for (int i = 0; i < LORIS; i++)
+		lo->fds[i] = raw_connect_from(lo->port, LORIS_SRC(i));
+	while (!atomic_load(&lo->stop)) {
+		bool drip = rt_now() >= next_drip;
+
+		for (int i = 0; i < LORIS; i++) {
+			struct pollfd p = { .fd = lo->fds[i], .events = POLLIN };
+			char b;
+
+			if (lo->fds[i] >= 0 && poll(&p, 1, 0) > 0 && read(lo->fds[i], &b, 1) <= 0) {
+				close(lo->fds[i]);
+				lo->fds[i] = -1;
+			}
+			if (lo->fds[i] < 0) {
+				lo->fds[i] = raw_connect_from(lo->port, LORIS_SRC(i));
+				sent[i] = 0;
+				atomic_fetch_add(&lo->reopened, 1);
+			} else if (drip && i % 2 && sent[i] < sizeof(h) + hl) {
+				/* the odd ones: one byte a second */
+				if (write(lo->fds[i], frame + sent[i], 1) == 1)
+					sent[i]++;
+			}
+		}
+		if (drip)
+			next_drip += 1;
+		usleep(5000);
+	}
+	for (int i = 0; i < LORIS; i++)
+		if (lo->fds[i] >= 0)
+			close(lo->fds[i]);
+	return NULL;
+}
+
+static void test_slowloris(void)
+{
+	struct node a, b;
+	struct loris lo = { 0 };
+	pthread_t thr;
+	bool started = false, b_started = false, lo_started = false;
+	uint64_t one = 1; /* status_for(1): 0 */
+	double t0;
+
+	node_tmo = STEADY_TMO;
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	started = true;
+	lo.port = rep_port(a.l);
+	CHECK(!pthread_create(&thr, NULL, loris_main, &lo));
+	lo_started = true;
+	/* the slots fill up and the oldest ones are pushed out over and over */
+	for (double end = rt_now() + 5; atomic_load(&lo.reopened) < LORIS && rt_now() < end;)
+		usleep(10000);
+	CHECK(atomic_load(&lo.reopened) >= LORIS);
+	t0 = rt_now();
+	CHECK(!node_start(&b, "b", 0, lo.port, "k"));
+	b_started = true;
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	CHECK(NOW(&b, b.downs == 0)); /* not dropped by a before a saw its proof */
+	fprintf(stderr, "  paired %.0f ms after b started, %u slow connections pushed out\n",
+		(rt_now() - t0) * 1000, atomic_load(&lo.reopened));
+	CHECK((rt_now() - t0) * 1000 < STEADY_TMO / 4);
+	CHECK(rep_send(b.l, REP_TYPE_USER, &one, sizeof(one)) > 0);
+	CHECK_EQ(rep_flush(b.l, 3000), 0);
+	CHECK(log_has(&a, "pushed out by newer unauthenticated connections"));
+done:
+	node_tmo = TMO;
+	if (rt_cur && b_started)
+		log_dump(&b);
+	if (rt_cur && started)
+		log_dump(&a);
+	if (lo_started) {
+		atomic_store(&lo.stop, true);
+		pthread_join(thr, NULL);
+	}
+	if (b_started)
+		node_stop(&b);
+	if (started)
+		node_stop(&a);
 }
 
 /* rep_kick drops the connection on both sides; it comes back by itself. */
@@ -1063,6 +1521,9 @@ int main(int argc, char **argv)
 	RUN(test_reply_under_load);
 	RUN(test_wrong_secret);
 	RUN(test_garbage);
+	RUN(test_hostile_acks);
+	RUN(test_slowloris);
+	RUN(test_flood);
 	RUN(test_kick);
 	RUN(test_duplicates);
 	RUN(test_cut);
