@@ -30,6 +30,12 @@
  * unlinked files every SWEEP_MS and after each request; a connection that closes (the
  * client exited or was killed) drops all its leases and registrations.
  *
+ * What is shared and sealed: the metadata memfd is sealed against writing (dm.c), the data
+ * and lease table memfds against size changes (a shrink under our mapping is a SIGBUS).
+ * The lease words are the client's to write, so nothing read from them is trusted: the
+ * daemon only CASes a word from the exact value it expects (__revoke), stores whole words,
+ * and reports the count in the status; indexes and tags come from its own table.
+ *
  * Threads and locking: one server thread polls the listening socket and every connection
  * and is the only one that adds or removes connections and leases; cl.lock guards the
  * connection list, the lease tables' pointers and `revoked`, and is taken after an inode
@@ -293,10 +299,13 @@ static int lease_table(struct cl_conn *c)
 	c->tag = calloc(HFS_CL_MAX_LEASES, sizeof(*c->tag));
 	if (!c->lease || !c->tag)
 		return -ENOMEM;
-	c->lease_fd = memfd_create("heapfs-leases", MFD_CLOEXEC);
+	c->lease_fd = memfd_create("heapfs-leases", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (c->lease_fd < 0)
 		return -errno;
-	if (ftruncate(c->lease_fd, (off_t)sz) < 0)
+	/* the client writes the words (its counts: they cannot be sealed against writing),
+	 * but may not change the table's size under our mapping (SIGBUS) nor seal it */
+	if (ftruncate(c->lease_fd, (off_t)sz) < 0 ||
+	    fcntl(c->lease_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
 		return -errno;
 	p = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, c->lease_fd, 0);
 	if (p == MAP_FAILED)
