@@ -43,6 +43,7 @@
 
 #include "heapfs.h"
 #include "img_i.h" /* the object segment's layout (docs/IMAGE.md) */
+#include "msg_i.h"
 #include "proto_i.h"
 #include "reg_i.h"
 
@@ -218,6 +219,7 @@ static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *f
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	struct cmsghdr *cm;
 	ssize_t n;
+	int got;
 
 	if (sendfd >= 0) {
 		msg.msg_control = u.buf;
@@ -237,25 +239,15 @@ static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *f
 		n = recvmsg(h->sock, &msg, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
 	*nfds = 0;
-	for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
-		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-			unsigned k = (unsigned)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-
-			for (unsigned j = 0; j < k; j++) {
-				int fd;
-
-				memcpy(&fd, CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
-				if (*nfds < 3)
-					fds[(*nfds)++] = fd;
-				else
-					close(fd);
-			}
-		}
-	if (n < (ssize_t)sizeof(*h->rep) || h->rep->magic != HFS_CL_MAGIC) {
-		while (*nfds)
-			close(fds[--*nfds]);
+	if (n < 0)
+		return -ENOTCONN; /* u.buf still holds what we sent: sendfd is the caller's */
+	got = hfs_msg_fds(&msg, fds, 3);
+	if (got < 0 || n < (ssize_t)sizeof(*h->rep) || h->rep->magic != HFS_CL_MAGIC ||
+	    (msg.msg_flags & MSG_TRUNC)) {
+		hfs_msg_close(fds, got);
 		return -EPROTO;
 	}
+	*nfds = (unsigned)got;
 	*replen = (size_t)n;
 	return h->rep->err;
 }

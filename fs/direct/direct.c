@@ -57,6 +57,7 @@
 #include <unistd.h>
 
 #include "chunk.h"
+#include "client/msg_i.h"
 #include "client/proto_i.h"
 #include "direct.h"
 
@@ -355,8 +356,8 @@ static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 	ret = idx;
 	if (idx < 0)
 		goto fail;
-	ret = -EINVAL;
-	if (!q->len || q->off + q->len < q->off)
+	ret = hfs_cl_range_check(q, UINT64_MAX);
+	if (ret)
 		goto fail;
 	h = i->heap;
 	sendheap = !find_reg(c, h) || (q->flags & HFS_CL_RESEND);
@@ -364,7 +365,9 @@ static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 	if (ret)
 		goto fail;
 	pthread_rwlock_wrlock(&i->lock);
-	ret = q->off + q->len > i->size ? -ENXIO : __extents(i, q->off, q->len, rep->ext, &nx);
+	ret = hfs_cl_range_check(q, i->size);
+	if (!ret)
+		ret = __extents(i, q->off, q->len, rep->ext, &nx);
 	if (!ret)
 		__pin(i);
 	rep->size = i->size;
@@ -535,32 +538,25 @@ static int serve(struct cl_conn *c)
 	struct iovec iov = { .iov_base = &q, .iov_len = sizeof(q) };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
 			      .msg_controllen = sizeof(u.buf) };
-	int fds[4], nfds = 0, fd = -1;
+	int fds[4], nfds, fd = -1;
 	ssize_t n = recvmsg(c->sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-	bool garbage, wants_fd;
+	bool garbage;
 
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return 0;
-	if (n <= 0)
+	if (n < 0)
 		return -1;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-			int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-
-			for (int j = 0; j < k && nfds < 4; j++)
-				memcpy(&fds[nfds++], CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
-		}
+	nfds = hfs_msg_fds(&msg, fds, 4); /* an empty message may carry descriptors too */
+	if (n == 0) {
+		hfs_msg_close(fds, nfds);
+		return -1;
 	}
-	wants_fd = q.op == HFS_CL_MAP || q.op == HFS_CL_SEGMENT;
-	garbage = n != sizeof(q) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
-		  q.magic != HFS_CL_MAGIC || q.version != HFS_CL_VERSION ||
-		  q.op < HFS_CL_MAP || q.op > HFS_CL_WRITTEN_OP || nfds != (wants_fd ? 1 : 0);
-	if (!garbage && wants_fd) {
+	garbage = hfs_cl_req_parse(&q, (size_t)n, msg.msg_flags, nfds, &q) != 0;
+	if (!garbage && nfds == 1) {
 		fd = fds[0];
 		nfds = 0;
 	}
-	for (int j = 0; j < nfds; j++)
-		close(fds[j]);
+	hfs_msg_close(fds, nfds);
 	if (garbage) {
 		send_err(c, -EBADMSG); /* said why, then hang up: the stream is not ours */
 		return -1;

@@ -11,12 +11,14 @@ noticed after its chunk went back to the OS and was reused, two processes share 
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -546,3 +548,33 @@ def test_shared_descriptors_are_sealed(dm):
     assert (dm.path / "objects" / "o").read_bytes() == b"object"
     q.unlink()
     wait_until(lambda: heap_used(dm, "dm") <= (1 << 20) + (64 << 10), 5, "g's blocks freed")
+
+
+def test_a_daemon_that_hangs_up_closes_none_of_our_descriptors(tmp_path):
+    """A peer that hangs up on a request without reading it (a reset: recvmsg fails):
+    libheapfs reports it and closes nothing (the control buffer still holds what it sent;
+    parsed as if received, it names the caller's own descriptor)."""
+    name = f"heapfs-test-hangup.{os.getpid()}"
+    (tmp_path / ".heapfs").mkdir()
+    (tmp_path / ".heapfs" / "stats").write_text(json.dumps({"client_socket": "@" + name}))
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    srv.bind("\0" + name)
+    srv.listen(1)
+    conn = heapfs.Connection(str(tmp_path))
+    s, _ = srv.accept()
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 4096)
+    def hang_up():
+        select.select([s], [], [], 5)   # the request is there: close without reading it
+        s.close()
+
+    with open(p, "rb") as f:
+        t = threading.Thread(target=hang_up)
+        t.start()
+        with pytest.raises(OSError):
+            conn.map(f, 0, 4096).__enter__()
+        t.join()
+        os.fstat(f.fileno())            # still ours, still open
+        assert f.read() == b"x" * 4096
+    conn.close()
+    srv.close()
