@@ -36,6 +36,10 @@
  * daemon only CASes a word from the exact value it expects (__revoke), stores whole words,
  * and reports the count in the status; indexes and tags come from its own table.
  *
+ * Connections: at most MAX_CONNS, MAX_CONNS_UID of one uid; a connection that has not
+ * asked anything within FIRST_REQ_NS is closed, and when there is no room the silent one
+ * that waited longest makes room, so idle connections cannot keep a client out.
+ *
  * Threads and locking: one server thread polls the listening socket and every connection
  * and is the only one that adds or removes connections and leases; cl.lock guards the
  * connection list, the lease tables' pointers and `revoked`, and is taken after an inode
@@ -62,6 +66,8 @@
 #include "direct.h"
 
 #define MAX_CONNS 256
+#define MAX_CONNS_UID 192 /* one uid's share: the rest stays for other users */
+#define FIRST_REQ_NS (2ll * 1000000000) /* a connection that asked nothing by then goes */
 #define SWEEP_MS 100 /* idle leases of unlinked files go within this */
 #define PAGE 4096u
 
@@ -84,6 +90,8 @@ struct cl_conn {
 	int sock;
 	pid_t pid;
 	uid_t uid;
+	int64_t since;                /* accepted (monotonic ns) */
+	bool asked;                   /* a well-formed request came */
 	uint32_t nleases;
 	int lease_fd;                 /* the lease table memfd, -1 until the first map */
 	bool lease_sent;
@@ -552,6 +560,7 @@ static int serve(struct cl_conn *c)
 		return -1;
 	}
 	garbage = hfs_cl_req_parse(&q, (size_t)n, msg.msg_flags, nfds, &q) != 0;
+	c->asked |= !garbage;
 	if (!garbage && nfds == 1) {
 		fd = fds[0];
 		nfds = 0;
@@ -603,19 +612,60 @@ static void conn_close(struct cl_conn *c)
 	free(c);
 }
 
+/* The connection that waited longest without asking anything, of uid only if mine; NULL. */
+static struct cl_conn *oldest_silent(uid_t uid, bool mine)
+{
+	struct cl_conn *old = NULL;
+
+	for (struct cl_conn *c = cl.conns; c; c = c->next)
+		if (!c->asked && (!mine || c->uid == uid) && (!old || c->since < old->since))
+			old = c;
+	return old;
+}
+
+/* Room for one more connection of uid: past its share or the total, the silent connection
+ * that waited longest goes (a client asks right after connecting; libheapfs connects again
+ * when a connection it never used was closed).  0, or -EMFILE.  Server thread. */
+static int make_room(uid_t uid)
+{
+	struct cl_conn *v = NULL;
+	unsigned mine = 0;
+
+	for (struct cl_conn *c = cl.conns; c; c = c->next)
+		mine += c->uid == uid;
+	if (mine >= MAX_CONNS_UID && !(v = oldest_silent(uid, true)))
+		return -EMFILE;
+	if (!v && cl.nconns >= MAX_CONNS && !(v = oldest_silent(uid, false)))
+		return -EMFILE;
+	if (v)
+		conn_close(v);
+	return 0;
+}
+
+/* Connections that asked nothing within FIRST_REQ_NS go.  Server thread. */
+static void close_silent(void)
+{
+	int64_t now = hfs_now_ns();
+	struct cl_conn *c, *next;
+
+	for (c = cl.conns; c; c = next) {
+		next = c->next;
+		if (!c->asked && now - c->since > FIRST_REQ_NS)
+			conn_close(c);
+	}
+}
+
 static void accept_one(void)
 {
 	int s = accept4(cl.lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-	struct cl_conn *c;
+	struct cl_conn *c = NULL;
 	struct ucred cr;
 	socklen_t crlen = sizeof(cr);
 
 	if (s < 0)
 		return;
-	c = calloc(1, sizeof(*c));
-	if (!c || cl.nconns >= MAX_CONNS ||
-	    getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0) {
-		free(c);
+	if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0 || make_room(cr.uid) ||
+	    !(c = calloc(1, sizeof(*c)))) {
 		close(s);
 		return;
 	}
@@ -623,6 +673,7 @@ static void accept_one(void)
 	c->lease_fd = -1;
 	c->pid = cr.pid;
 	c->uid = cr.uid;
+	c->since = hfs_now_ns();
 	pthread_mutex_lock(&cl.lock);
 	c->next = cl.conns;
 	cl.conns = c;
@@ -665,6 +716,7 @@ static void *server(void *arg)
 				conn_close(cv[k - 2]);
 		for (struct cl_conn *c = cl.conns; c; c = c->next)
 			sweep(c);
+		close_silent();
 		if (pf[1].revents)
 			accept_one();
 	}

@@ -566,6 +566,7 @@ def test_a_daemon_that_hangs_up_closes_none_of_our_descriptors(tmp_path):
     p.write_bytes(b"x" * 4096)
     def hang_up():
         select.select([s], [], [], 5)   # the request is there: close without reading it
+        srv.close()                     # so that its one retry, on a new connection, fails
         s.close()
 
     with open(p, "rb") as f:
@@ -577,4 +578,36 @@ def test_a_daemon_that_hangs_up_closes_none_of_our_descriptors(tmp_path):
         os.fstat(f.fileno())            # still ours, still open
         assert f.read() == b"x" * 4096
     conn.close()
-    srv.close()
+
+
+def test_idle_connections_do_not_keep_a_client_out(dm):
+    """300 connections that never ask anything: the daemon keeps at most 256 (the silent
+    one that waited longest makes room) and closes each within about two seconds; a real
+    client process maps and works meanwhile, and a connection made before them and used
+    only after they are gone connects again by itself."""
+    p = dm.heap("dm") / "f"
+    p.write_bytes(pattern(1 << 16, 3))
+    early = heapfs.Connection(str(dm.path))
+    path = "\0" + dm.stats()["client_socket"][1:]
+    idle = []
+    for _ in range(300):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(path)
+        idle.append(s)
+    t0 = time.monotonic()
+    out = run_child("""
+import sys, heapfs
+with open(sys.argv[1], 'rb') as f, heapfs.map(f, 4096, 8192) as m:
+    print(bytes(m).hex())
+""", p)
+    assert bytes.fromhex(out.strip()) == pattern(1 << 16, 3)[4096:4096 + 8192]
+    assert len(dm.stats()["clients"]) <= 256
+    for s in idle:
+        s.settimeout(10)
+        assert s.recv(16) == b""       # closed by the daemon
+        s.close()
+    assert time.monotonic() - t0 < 8
+    wait_until(lambda: not dm.stats()["clients"], 5, "every silent connection closed")
+    with open(p, "rb") as f, early.map(f, 0, 4096) as m:
+        assert bytes(m) == pattern(1 << 16, 3)[:4096]
+    early.close()
