@@ -28,7 +28,9 @@
  * fits, unless frees race it).  That path is rare; the others never wait.  Cached blocks
  * count as free in the stats and as held by their chunk; buddy_drain() gives them back.
  * Statistics counters sit in the slots too (changed only under the slot's lock), so no
- * operation writes a heap-wide cache line.
+ * operation writes a heap-wide cache line.  The metadata may be a memfd other processes
+ * hold (direct_map, sealed against their writes): even so a stack's count is clamped to
+ * its depth and an entry that is not a block of the heap is dropped, never used.
  *
  * Where a block comes from (issue 11).  Scalability wants threads on different CPUs on
  * different bitmap words and chunks; keeping big blocks whole wants a sequential buddy's
@@ -217,8 +219,10 @@ static void bind_handle(struct buddy *b)
 	b->min_order = m->min_order;
 	b->flags = m->flags;
 	b->nslots = m->nslots;
-	b->pcp_orders = m->pcp_orders;
-	memcpy(b->pcp_depth, m->pcp_depth, sizeof(b->pcp_depth));
+	/* the stacks' bounds, clamped to their arrays: the metadata may come from a file */
+	b->pcp_orders = m->pcp_orders < PCP_ORDERS ? m->pcp_orders : PCP_ORDERS;
+	for (unsigned c = 0; c < PCP_ORDERS; c++)
+		b->pcp_depth[c] = m->pcp_depth[c] < PCP_DEPTH ? m->pcp_depth[c] : PCP_DEPTH;
 	b->pcp = (struct buddy_pcp *)(base + m->pcp_off);
 	for (unsigned k = m->min_order; k <= m->heap_order; k++) {
 		b->nlev[k] = m->ord[k].nlev;
@@ -507,11 +511,28 @@ static bool pcp_lock_wait(struct buddy_pcp *p)
 	return true;
 }
 
+/* Is (off, order) a block of this heap: in range and aligned? */
+static inline bool block_ok(const struct buddy *b, uint64_t off, unsigned order)
+{
+	return order >= b->min_order && order <= b->heap_order &&
+	       !(off & ((1ull << order) - 1)) && off < (1ull << b->heap_order);
+}
+
 /* Relaxed read-modify-write of a counter only its lock holder changes. */
 static inline void ctr_add(_Atomic uint64_t *c, uint64_t v)
 {
 	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v,
 			      memory_order_relaxed);
+}
+
+/* The number of blocks in p's stack of cached order c, never more than the stack holds:
+ * the count lives in the metadata, which may be shared (direct_map), so a count that is
+ * out of range indexes nothing.  Lock held (or a reader's snapshot). */
+static inline uint32_t pcp_n(const struct buddy *b, struct buddy_pcp *p, unsigned c)
+{
+	uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
+
+	return n < b->pcp_depth[c] ? n : b->pcp_depth[c];
 }
 
 /* Give entries [from, to) of p's stack of cached order c back to the shared structures
@@ -523,7 +544,8 @@ static void pcp_give_back(struct buddy *b, struct buddy_pcp *p, unsigned c, uint
 	unsigned k = b->min_order + c;
 
 	for (uint32_t j = from; j < to; j++)
-		shared_free(b, p->blk[c][j], k, park);
+		if (block_ok(b, p->blk[c][j], k)) /* an entry that is not a block is dropped */
+			shared_free(b, p->blk[c][j], k, park);
 	ctr_add(&p->cached, -((uint64_t)(to - from) << k));
 }
 
@@ -532,7 +554,7 @@ static void pcp_give_back(struct buddy *b, struct buddy_pcp *p, unsigned c, uint
 static void __pcp_flush(struct buddy *b, struct buddy_pcp *p, uint32_t keep)
 {
 	for (unsigned c = 0; c < b->pcp_orders; c++) {
-		uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
+		uint32_t n = pcp_n(b, p, c);
 
 		if (n <= keep)
 			continue;
@@ -585,13 +607,6 @@ static inline void track_set(struct buddy *b, uint64_t off, unsigned k)
 		atomic_fetch_or(&b->track[k][(off >> k) >> 6], bit(off >> k));
 }
 
-/* Is (off, order) a block of this heap: in range and aligned? */
-static inline bool block_ok(const struct buddy *b, uint64_t off, unsigned order)
-{
-	return order >= b->min_order && order <= b->heap_order &&
-	       !(off & ((1ull << order) - 1)) && off < (1ull << b->heap_order);
-}
-
 int64_t buddy_alloc(struct buddy *b, unsigned order)
 {
 	unsigned slot, c = order - b->min_order;
@@ -605,12 +620,14 @@ int64_t buddy_alloc(struct buddy *b, unsigned order)
 	p = &b->pcp[slot];
 	locked = pcp_trylock(p);
 	if (locked && c < b->pcp_orders) {
-		uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
+		uint32_t n = pcp_n(b, p, c);
 
 		if (n) {
 			off = (int64_t)p->blk[c][n - 1];
 			atomic_store_explicit(&p->n[c], n - 1, memory_order_relaxed);
 			ctr_add(&p->cached, -(1ull << order));
+			if (!block_ok(b, (uint64_t)off, order))
+				off = -ENOMEM; /* not a block: dropped, never handed out */
 		}
 	}
 	if (off < 0)
@@ -681,7 +698,7 @@ int buddy_free(struct buddy *b, uint64_t off, unsigned order)
 	    (atomic_load(&b->lv[order][0][i >> 6]) & bit(i)))
 		goto out;
 	if (locked && c < b->pcp_orders) {
-		uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
+		uint32_t n = pcp_n(b, p, c);
 
 		if (n == b->pcp_depth[c]) {
 			/* full: send the older half down in one go */
@@ -1002,7 +1019,7 @@ static int gather(struct buddy *b, struct blk_list *l)
 		if (!pcp_lock_wait(p))
 			continue;
 		for (unsigned c = 0; c < b->pcp_orders; c++) {
-			uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
+			uint32_t n = pcp_n(b, p, c);
 
 			for (uint32_t j = 0; j < n; j++)
 				blk_add(l, p->blk[c][j], b->min_order + c, BLK_CACHED);

@@ -229,7 +229,7 @@ int msrc_memfd_open(uint64_t size, int fd, uint64_t fd_offset, bool pin, const c
 	if (!s)
 		return -ENOMEM;
 	if (fd < 0) {
-		fd = memfd_create(name ? name : "heapfs", MFD_CLOEXEC);
+		fd = memfd_create(name ? name : "heapfs", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 		if (fd < 0) {
 			ret = -errno;
 			goto fail;
@@ -255,6 +255,13 @@ int msrc_memfd_open(uint64_t size, int fd, uint64_t fd_offset, bool pin, const c
 		goto fail_fd;
 	}
 	s->map_len = size;
+	/* our own memfd may be handed to other processes (direct_map clients): none may
+	 * change its size under our mapping (SIGBUS), nor seal it against our writes */
+	if (s->own_fd && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+		ret = -errno;
+		munmap(s->base, size);
+		goto fail_fd;
+	}
 	*out = s;
 	return 0;
 

@@ -2,7 +2,8 @@
  * heapfs.c — libheapfs: map ranges of heapfs files into this process (heapfs.h).
  *
  * How: a connection is a SOCK_SEQPACKET socket to the daemon's client socket (named in
- * MOUNT/.heapfs/stats; protocol in proto_i.h).  A map sends the file descriptor itself as
+ * MOUNT/.heapfs/stats; protocol in proto_i.h), made again if the daemon closed it before
+ * it ever answered (it closes silent connections).  A map sends the file descriptor itself as
  * the proof of access and gets the range's extents (heap offset, file offset, length);
  * the first time for a heap it also gets the heap's data and metadata memfds, which make a
  * registration (reg.c: the heap mapped once, the chunk generations read from the shared
@@ -43,6 +44,7 @@
 
 #include "heapfs.h"
 #include "img_i.h" /* the object segment's layout (docs/IMAGE.md) */
+#include "msg_i.h"
 #include "proto_i.h"
 #include "reg_i.h"
 
@@ -70,6 +72,9 @@ struct lease {
 
 struct heapfs {
 	int sock;
+	struct sockaddr_un sa;  /* the client socket's address */
+	socklen_t salen;
+	bool answered;          /* the daemon replied on this connection */
 	pthread_mutex_t lock;
 	struct hc_table t;
 	struct hfs_cl_rep *rep; /* reply buffer */
@@ -89,6 +94,24 @@ struct map_priv {
 	size_t own_len;
 	uint64_t key;    /* with l == NULL: the registration it holds active */
 };
+
+/* A new connection to the daemon in h->sock (the old one closed): 0 or -errno. */
+static int dial(struct heapfs *h)
+{
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), ret;
+
+	if (s < 0)
+		return -errno;
+	if (connect(s, (struct sockaddr *)&h->sa, h->salen) < 0) {
+		ret = -errno;
+		close(s);
+		return ret;
+	}
+	if (h->sock >= 0)
+		close(h->sock);
+	h->sock = s;
+	return 0;
+}
 
 int heapfs_connect(const char *mount, struct heapfs **out)
 {
@@ -121,11 +144,11 @@ int heapfs_connect(const char *mount, struct heapfs **out)
 		return -ENOMEM;
 	h->replen = sizeof(*h->rep) + HFS_CL_MAX_EXT * sizeof(struct hfs_cl_ext);
 	h->rep = malloc(h->replen);
-	h->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (!h->rep || h->sock < 0 || connect(h->sock, (struct sockaddr *)&sa, salen) < 0) {
-		ret = h->rep ? -errno : -ENOMEM;
-		if (h->sock >= 0)
-			close(h->sock);
+	h->sock = -1;
+	h->sa = sa;
+	h->salen = salen;
+	ret = h->rep ? dial(h) : -ENOMEM;
+	if (ret) {
 		free(h->rep);
 		free(h);
 		return ret;
@@ -206,9 +229,10 @@ void heapfs_disconnect(struct heapfs *h)
 	free(h);
 }
 
-/* One request and its reply; fds: where received descriptors go (up to 3). */
-static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *fds,
-		unsigned *nfds, size_t *replen)
+/* One request and its reply; fds: where received descriptors go (up to 3).  -ENOTCONN:
+ * the connection is gone. */
+static int exchange(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *fds,
+		    unsigned *nfds, size_t *replen)
 {
 	union {
 		char buf[CMSG_SPACE(3 * sizeof(int))];
@@ -218,6 +242,7 @@ static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *f
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	struct cmsghdr *cm;
 	ssize_t n;
+	int got;
 
 	if (sendfd >= 0) {
 		msg.msg_control = u.buf;
@@ -237,27 +262,34 @@ static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *f
 		n = recvmsg(h->sock, &msg, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
 	*nfds = 0;
-	for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
-		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-			unsigned k = (unsigned)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-
-			for (unsigned j = 0; j < k; j++) {
-				int fd;
-
-				memcpy(&fd, CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
-				if (*nfds < 3)
-					fds[(*nfds)++] = fd;
-				else
-					close(fd);
-			}
-		}
-	if (n < (ssize_t)sizeof(*h->rep) || h->rep->magic != HFS_CL_MAGIC) {
-		while (*nfds)
-			close(fds[--*nfds]);
+	if (n < 0)
+		return -ENOTCONN; /* u.buf still holds what we sent: sendfd is the caller's */
+	if (n == 0)
+		return -ENOTCONN; /* the daemon closed: nothing came with an end of file */
+	got = hfs_msg_fds(&msg, fds, 3);
+	if (got < 0 || n < (ssize_t)sizeof(*h->rep) || h->rep->magic != HFS_CL_MAGIC ||
+	    (msg.msg_flags & MSG_TRUNC)) {
+		hfs_msg_close(fds, got);
 		return -EPROTO;
 	}
+	*nfds = (unsigned)got;
 	*replen = (size_t)n;
 	return h->rep->err;
+}
+
+/* exchange(), once more on a new connection if this one never got a reply: such a
+ * connection holds nothing on either side, and the daemon closes one that stays silent
+ * (its FIRST_REQ_NS), so a program may connect long before its first map. */
+static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *fds,
+		unsigned *nfds, size_t *replen)
+{
+	int ret = exchange(h, q, sendfd, fds, nfds, replen);
+
+	if (ret == -ENOTCONN && !h->answered && dial(h) == 0)
+		ret = exchange(h, q, sendfd, fds, nfds, replen);
+	if (ret != -ENOTCONN && ret != -EPROTO)
+		h->answered = true;
+	return ret;
 }
 
 /* Tell the daemon to drop lease (idx, tag); errors do not matter (it may have dropped a

@@ -29,11 +29,13 @@
  *          reads the segment's name map in place, under the sequence counter at seq_off
  *          in the metadata memfd (odd while the daemon changes the map).
  * Every reply starts with struct hfs_cl_rep; err is 0 or -errno.
+ * The checks of a request are functions (proto.c) the daemon and the fuzzer share.
  * Locking: none (plain data).
  */
 #ifndef HEAPFS_CLIENT_PROTO_I_H
 #define HEAPFS_CLIENT_PROTO_I_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define HFS_CL_MAGIC   0x6c63666870616568ull /* "heapfhcl" */
@@ -82,5 +84,15 @@ struct hfs_cl_rep {
 	uint32_t fdmask;      /* HFS_CL_FD_* */
 	struct hfs_cl_ext ext[];
 };
+
+/* The daemon's checks of a request (proto.c, no other dependency: tests/fuzz/fuzz-client.c
+ * calls them as the daemon does).  A request message: n bytes of buf, the recvmsg flags,
+ * nfds descriptors attached (hfs_msg_fds, or -EBADMSG); 0 with the request in *q, or
+ * -EBADMSG. */
+int hfs_cl_req_parse(const void *buf, size_t n, int msg_flags, int nfds, struct hfs_cl_req *q);
+
+/* A MAP request's range against a file of size bytes: -EINVAL (empty, or past 2^64),
+ * -ENXIO (past size), or 0 (off + len <= size).  size UINT64_MAX checks the range alone. */
+int hfs_cl_range_check(const struct hfs_cl_req *q, uint64_t size);
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * dm.c — the direct_map memory mode of a heap (pol.direct_map): its buddy metadata (and
  * so its chunk descriptor table, with the generations) lives in a memfd that libheapfs
- * clients map read-only, its data in a memfd (BUDDY_F_MEMFD).  The client socket and the
+ * clients map read-only (sealed: only the daemon's own mapping, made before the seal,
+ * writes it), its data in a memfd (BUDDY_F_MEMFD).  The client socket and the
  * leases that hand these out are fs/direct/; this is only the heap's memory, which the
  * core creates with the heap (heap.c) and the object segment's map writer brackets with
  * the sequence counter (objects/).
@@ -9,6 +10,7 @@
  * sequence counter is bumped by the map's one writer (under its map mutex).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -37,7 +39,7 @@ int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp)
 		goto fail;
 	dm->seq_off = ((uint64_t)need + PAGE - 1) & ~(uint64_t)(PAGE - 1);
 	dm->meta_size = dm->seq_off + PAGE;
-	dm->meta_fd = memfd_create("heapfs-meta", MFD_CLOEXEC);
+	dm->meta_fd = memfd_create("heapfs-meta", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	ret = -errno;
 	if (dm->meta_fd < 0)
 		goto fail;
@@ -49,6 +51,14 @@ int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp)
 	if (dm->meta == MAP_FAILED) {
 		ret = -errno;
 		goto fail_fd;
+	}
+	/* every client of the heap gets this descriptor (read-only access is enough): from
+	 * now on only our mapping writes it — no writable mapping, write() or size change
+	 * through any descriptor (F_SEAL_FUTURE_WRITE keeps mappings made before it) */
+	if (fcntl(dm->meta_fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_SHRINK | F_SEAL_GROW |
+		  F_SEAL_SEAL) < 0) {
+		ret = -errno;
+		goto fail_map;
 	}
 	dm->seq = (_Atomic uint64_t *)((char *)dm->meta + dm->seq_off);
 	ret = buddy_create_at(bp, dm->meta, dm->seq_off, &h->b);

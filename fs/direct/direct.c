@@ -30,6 +30,16 @@
  * unlinked files every SWEEP_MS and after each request; a connection that closes (the
  * client exited or was killed) drops all its leases and registrations.
  *
+ * What is shared and sealed: the metadata memfd is sealed against writing (dm.c), the data
+ * and lease table memfds against size changes (a shrink under our mapping is a SIGBUS).
+ * The lease words are the client's to write, so nothing read from them is trusted: the
+ * daemon only CASes a word from the exact value it expects (__revoke), stores whole words,
+ * and reports the count in the status; indexes and tags come from its own table.
+ *
+ * Connections: at most MAX_CONNS, MAX_CONNS_UID of one uid; a connection that has not
+ * asked anything within FIRST_REQ_NS is closed, and when there is no room the silent one
+ * that waited longest makes room, so idle connections cannot keep a client out.
+ *
  * Threads and locking: one server thread polls the listening socket and every connection
  * and is the only one that adds or removes connections and leases; cl.lock guards the
  * connection list, the lease tables' pointers and `revoked`, and is taken after an inode
@@ -51,10 +61,13 @@
 #include <unistd.h>
 
 #include "chunk.h"
+#include "client/msg_i.h"
 #include "client/proto_i.h"
 #include "direct.h"
 
 #define MAX_CONNS 256
+#define MAX_CONNS_UID 192 /* one uid's share: the rest stays for other users */
+#define FIRST_REQ_NS (2ll * 1000000000) /* a connection that asked nothing by then goes */
 #define SWEEP_MS 100 /* idle leases of unlinked files go within this */
 #define PAGE 4096u
 
@@ -77,6 +90,8 @@ struct cl_conn {
 	int sock;
 	pid_t pid;
 	uid_t uid;
+	int64_t since;                /* accepted (monotonic ns) */
+	bool asked;                   /* a well-formed request came */
 	uint32_t nleases;
 	int lease_fd;                 /* the lease table memfd, -1 until the first map */
 	bool lease_sent;
@@ -293,10 +308,13 @@ static int lease_table(struct cl_conn *c)
 	c->tag = calloc(HFS_CL_MAX_LEASES, sizeof(*c->tag));
 	if (!c->lease || !c->tag)
 		return -ENOMEM;
-	c->lease_fd = memfd_create("heapfs-leases", MFD_CLOEXEC);
+	c->lease_fd = memfd_create("heapfs-leases", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (c->lease_fd < 0)
 		return -errno;
-	if (ftruncate(c->lease_fd, (off_t)sz) < 0)
+	/* the client writes the words (its counts: they cannot be sealed against writing),
+	 * but may not change the table's size under our mapping (SIGBUS) nor seal it */
+	if (ftruncate(c->lease_fd, (off_t)sz) < 0 ||
+	    fcntl(c->lease_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
 		return -errno;
 	p = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, c->lease_fd, 0);
 	if (p == MAP_FAILED)
@@ -346,8 +364,8 @@ static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 	ret = idx;
 	if (idx < 0)
 		goto fail;
-	ret = -EINVAL;
-	if (!q->len || q->off + q->len < q->off)
+	ret = hfs_cl_range_check(q, UINT64_MAX);
+	if (ret)
 		goto fail;
 	h = i->heap;
 	sendheap = !find_reg(c, h) || (q->flags & HFS_CL_RESEND);
@@ -355,7 +373,9 @@ static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 	if (ret)
 		goto fail;
 	pthread_rwlock_wrlock(&i->lock);
-	ret = q->off + q->len > i->size ? -ENXIO : __extents(i, q->off, q->len, rep->ext, &nx);
+	ret = hfs_cl_range_check(q, i->size);
+	if (!ret)
+		ret = __extents(i, q->off, q->len, rep->ext, &nx);
 	if (!ret)
 		__pin(i);
 	rep->size = i->size;
@@ -526,32 +546,26 @@ static int serve(struct cl_conn *c)
 	struct iovec iov = { .iov_base = &q, .iov_len = sizeof(q) };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
 			      .msg_controllen = sizeof(u.buf) };
-	int fds[4], nfds = 0, fd = -1;
+	int fds[4], nfds, fd = -1;
 	ssize_t n = recvmsg(c->sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-	bool garbage, wants_fd;
+	bool garbage;
 
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return 0;
-	if (n <= 0)
+	if (n < 0)
 		return -1;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-			int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-
-			for (int j = 0; j < k && nfds < 4; j++)
-				memcpy(&fds[nfds++], CMSG_DATA(cm) + j * sizeof(int), sizeof(int));
-		}
+	nfds = hfs_msg_fds(&msg, fds, 4); /* an empty message may carry descriptors too */
+	if (n == 0) {
+		hfs_msg_close(fds, nfds);
+		return -1;
 	}
-	wants_fd = q.op == HFS_CL_MAP || q.op == HFS_CL_SEGMENT;
-	garbage = n != sizeof(q) || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
-		  q.magic != HFS_CL_MAGIC || q.version != HFS_CL_VERSION ||
-		  q.op < HFS_CL_MAP || q.op > HFS_CL_WRITTEN_OP || nfds != (wants_fd ? 1 : 0);
-	if (!garbage && wants_fd) {
+	garbage = hfs_cl_req_parse(&q, (size_t)n, msg.msg_flags, nfds, &q) != 0;
+	c->asked |= !garbage;
+	if (!garbage && nfds == 1) {
 		fd = fds[0];
 		nfds = 0;
 	}
-	for (int j = 0; j < nfds; j++)
-		close(fds[j]);
+	hfs_msg_close(fds, nfds);
 	if (garbage) {
 		send_err(c, -EBADMSG); /* said why, then hang up: the stream is not ours */
 		return -1;
@@ -598,19 +612,60 @@ static void conn_close(struct cl_conn *c)
 	free(c);
 }
 
+/* The connection that waited longest without asking anything, of uid only if mine; NULL. */
+static struct cl_conn *oldest_silent(uid_t uid, bool mine)
+{
+	struct cl_conn *old = NULL;
+
+	for (struct cl_conn *c = cl.conns; c; c = c->next)
+		if (!c->asked && (!mine || c->uid == uid) && (!old || c->since < old->since))
+			old = c;
+	return old;
+}
+
+/* Room for one more connection of uid: past its share or the total, the silent connection
+ * that waited longest goes (a client asks right after connecting; libheapfs connects again
+ * when a connection it never used was closed).  0, or -EMFILE.  Server thread. */
+static int make_room(uid_t uid)
+{
+	struct cl_conn *v = NULL;
+	unsigned mine = 0;
+
+	for (struct cl_conn *c = cl.conns; c; c = c->next)
+		mine += c->uid == uid;
+	if (mine >= MAX_CONNS_UID && !(v = oldest_silent(uid, true)))
+		return -EMFILE;
+	if (!v && cl.nconns >= MAX_CONNS && !(v = oldest_silent(uid, false)))
+		return -EMFILE;
+	if (v)
+		conn_close(v);
+	return 0;
+}
+
+/* Connections that asked nothing within FIRST_REQ_NS go.  Server thread. */
+static void close_silent(void)
+{
+	int64_t now = hfs_now_ns();
+	struct cl_conn *c, *next;
+
+	for (c = cl.conns; c; c = next) {
+		next = c->next;
+		if (!c->asked && now - c->since > FIRST_REQ_NS)
+			conn_close(c);
+	}
+}
+
 static void accept_one(void)
 {
 	int s = accept4(cl.lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-	struct cl_conn *c;
+	struct cl_conn *c = NULL;
 	struct ucred cr;
 	socklen_t crlen = sizeof(cr);
 
 	if (s < 0)
 		return;
-	c = calloc(1, sizeof(*c));
-	if (!c || cl.nconns >= MAX_CONNS ||
-	    getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0) {
-		free(c);
+	if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0 || make_room(cr.uid) ||
+	    !(c = calloc(1, sizeof(*c)))) {
 		close(s);
 		return;
 	}
@@ -618,6 +673,7 @@ static void accept_one(void)
 	c->lease_fd = -1;
 	c->pid = cr.pid;
 	c->uid = cr.uid;
+	c->since = hfs_now_ns();
 	pthread_mutex_lock(&cl.lock);
 	c->next = cl.conns;
 	cl.conns = c;
@@ -660,6 +716,7 @@ static void *server(void *arg)
 				conn_close(cv[k - 2]);
 		for (struct cl_conn *c = cl.conns; c; c = c->next)
 			sweep(c);
+		close_silent();
 		if (pf[1].revents)
 			accept_one();
 	}

@@ -12,9 +12,11 @@
  *
  * How: growing a pool file past what the pool holds calls pool_room() (the heap's room
  * hook, file.c), which spawns heapfs-donor processes (at most max_donors slots, then the
- * growth fails with ENOSPC) and waits until they joined.  A thread serves the pool socket:
- * it checks each joining peer (SO_PEERCRED: same uid or root; a header and exactly one
- * memfd of at least the announced size, which it seals against shrinking), notices
+ * growth fails with ENOSPC) and waits until they joined.  A thread serves the pool socket
+ * and never waits for one peer: it takes each joining peer's credentials at accept and
+ * polls it for its offer for a second at most, among a bounded few (pend_*); it checks
+ * the offer (SO_PEERCRED: same uid or root; a header and exactly one memfd, sealed against
+ * shrinking before its size is checked: donor/proto.c), notices
  * donors that die (EOF: their memory stays, the daemon holds the descriptor), reaps the
  * donors it spawned, and every tick tells donors whose memory is entirely free again to
  * release (after they were used once; a spawned donor also after DONOR_IDLE_NS unused).
@@ -44,6 +46,7 @@
 #include <unistd.h>
 
 #include "chunk.h"
+#include "client/msg_i.h"
 #include "donor/proto_i.h"
 #include "core.h"
 #include "pool.h"
@@ -52,7 +55,9 @@
 #define POOL_MIN_BLOCK (4u << 10)
 #define POOL_CHUNK_ORDER 21                /* 2 MiB: sizes of donors are multiples */
 #define POOL_TICK_MS 200
-#define POOL_JOIN_TIMEOUT_S 1              /* a peer gets this long to send its header */
+#define POOL_JOIN_TIMEOUT_NS 1000000000ll /* a peer gets this long to send its offer */
+#define POOL_PENDING 32                    /* peers waiting to send their offer, at most */
+#define POOL_PENDING_OTHERS 4              /* of them, of a uid that will be refused */
 #define POOL_WAIT_NS (30ll * 1000000000)   /* how long a growth waits for donors */
 #define DONOR_IDLE_NS (10ll * 1000000000)  /* a spawned donor never used goes after this */
 #define POOL_QUIET_NS (1000000000ll)       /* no release within this long of a growth */
@@ -296,7 +301,94 @@ static void refuse(int cfd, const struct ucred *cr, const char *why)
 	close(cfd);
 }
 
-/* Receive the header and exactly one descriptor: 0, or a reason in why. */
+/* Peers that connected and have not sent their offer yet.  The socket thread never waits
+ * for one: it polls them with the donors.  A peer gets POOL_JOIN_TIMEOUT_NS; when the list
+ * (or the share of peers of a uid that will be refused) is full, the one that waited
+ * longest goes.  A real donor sends its offer right after connecting, so slow peers, however
+ * many, push out only each other.  Socket thread only. */
+static int join(int cfd, const struct ucred *pcr);
+
+static struct pend {
+	int fd;
+	struct ucred cr;
+	int64_t deadline;
+} pend[POOL_PENDING];
+static unsigned npend;
+
+static bool uid_ok(uid_t uid)
+{
+	return uid == getuid() || uid == 0;
+}
+
+static void pend_drop(unsigned j, const char *why)
+{
+	refuse(pend[j].fd, &pend[j].cr, why);
+	pend[j] = pend[--npend];
+}
+
+/* The pending peer that waited longest, of a refused uid only if others; npend if none. */
+static unsigned pend_oldest(bool others)
+{
+	unsigned old = npend;
+
+	for (unsigned j = 0; j < npend; j++)
+		if ((!others || !uid_ok(pend[j].cr.uid)) &&
+		    (old == npend || pend[j].deadline < pend[old].deadline))
+			old = j;
+	return old;
+}
+
+/* A peer just accepted: its credentials now, its offer once it sends one. */
+static void pend_add(int cfd)
+{
+	struct ucred cr = { 0 };
+	socklen_t crl = sizeof(cr);
+	unsigned others = 0, j;
+
+	if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cr, &crl) < 0) {
+		close(cfd);
+		return;
+	}
+	for (j = 0; j < npend; j++)
+		others += !uid_ok(pend[j].cr.uid);
+	j = !uid_ok(cr.uid) && others >= POOL_PENDING_OTHERS ? pend_oldest(true) :
+	    npend == POOL_PENDING ? pend_oldest(others > 0) : npend;
+	if (j < npend)
+		pend_drop(j, "no header: too many peers waiting to send theirs");
+	pend[npend++] = (struct pend){ .fd = cfd, .cr = cr,
+				       .deadline = now_ns() + POOL_JOIN_TIMEOUT_NS };
+}
+
+/* Poll entries for the pending peers at pf; how many. */
+static unsigned pend_poll(struct pollfd *pf)
+{
+	for (unsigned j = 0; j < npend; j++)
+		pf[j] = (struct pollfd){ .fd = pend[j].fd, .events = POLLIN };
+	return npend;
+}
+
+/* After the poll (pf, n: pend_poll's entries, before any pend_add): offers that came are
+ * taken or refused, peers past their time refused. */
+static void pend_serve(const struct pollfd *pf, unsigned n)
+{
+	int64_t now = now_ns();
+
+	for (unsigned k = 0; k < n; k++) {
+		unsigned j;
+
+		for (j = 0; j < npend && pend[j].fd != pf[k].fd; j++)
+			;
+		if (j == npend)
+			continue;
+		if (pf[k].revents && join(pend[j].fd, &pend[j].cr) != -EAGAIN)
+			pend[j] = pend[--npend]; /* kept as a donor's socket, or closed */
+		else if (now > pend[j].deadline)
+			pend_drop(j, "no header: timed out");
+	}
+}
+
+/* Receive the header and exactly one descriptor, without waiting: 0, -EAGAIN (nothing
+ * yet), or -EINVAL with a reason in why. */
 static int recv_offer(int cfd, struct donor_hdr *hdr, int *fd, char *why, size_t wl)
 {
 	union {
@@ -306,97 +398,57 @@ static int recv_offer(int cfd, struct donor_hdr *hdr, int *fd, char *why, size_t
 	struct iovec iov = { .iov_base = hdr, .iov_len = sizeof(*hdr) };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
 			     .msg_controllen = sizeof(u.buf) };
-	struct cmsghdr *c;
-	int nfds = 0, fds[4];
+	int nfds, fds[4];
 	ssize_t n;
 
 	*fd = -1;
-	n = recvmsg(cfd, &mh, MSG_CMSG_CLOEXEC);
-	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-			continue;
-		for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < 4; k++)
-			memcpy(&fds[nfds++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
-	}
-	if (n < 0)
-		snprintf(why, wl, "no header: %s", errno == EAGAIN ? "timed out" : strerror(errno));
-	else if (n == 0)
-		snprintf(why, wl, "closed before sending its header");
-	else if ((size_t)n != sizeof(*hdr) || memcmp(hdr->magic, DONOR_MAGIC, 8) ||
-		 hdr->version != DONOR_VERSION)
-		snprintf(why, wl, "not a heapfs-donor header (%zd bytes)", n);
-	else if (nfds != 1 || (mh.msg_flags & MSG_CTRUNC))
-		snprintf(why, wl, "expected one descriptor, got %d", nfds);
-	else {
-		*fd = fds[0];
-		return 0;
-	}
-	for (int k = 0; k < nfds; k++)
-		close(fds[k]);
-	return -EINVAL;
-}
-
-/* Is fd a memfd of at least size bytes we can keep?  Seals it against shrinking. */
-static int check_memfd(int fd, uint64_t size, char *why, size_t wl)
-{
-	struct stat st;
-	int seals = fcntl(fd, F_GET_SEALS);
-
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || seals < 0) {
-		snprintf(why, wl, "the descriptor is not a memfd");
+	n = recvmsg(cfd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return -EAGAIN;
+	if (n < 0) {
+		snprintf(why, wl, "no header: %s", strerror(errno));
 		return -EINVAL;
 	}
-	if ((uint64_t)st.st_size < size) {
-		snprintf(why, wl, "the memfd has %lld bytes, fewer than the %llu announced",
-			 (long long)st.st_size, (unsigned long long)size);
+	nfds = hfs_msg_fds(&mh, fds, 4); /* only now: the buffer is what came */
+	if (donor_offer_parse(hdr, (size_t)n, mh.msg_flags, nfds, hdr, why, wl)) {
+		hfs_msg_close(fds, nfds);
 		return -EINVAL;
 	}
-	if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) {
-		snprintf(why, wl, "the memfd is sealed against writing");
-		return -EINVAL;
-	}
-	/* nobody may shrink it under us, nor seal it against our writes later */
-	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
-		snprintf(why, wl, "cannot seal the memfd (create it with MFD_ALLOW_SEALING)");
-		return -EINVAL;
-	}
+	*fd = fds[0];
 	return 0;
 }
 
-static void join(int cfd)
+/* A pending peer (pend_*) that spoke: its offer, taken or refused; -EAGAIN: nothing yet. */
+static int join(int cfd, const struct ucred *pcr)
 {
-	struct timeval tv = { .tv_sec = POOL_JOIN_TIMEOUT_S };
-	struct ucred cr = { 0 };
-	socklen_t cl = sizeof(cr);
+	struct ucred cr = *pcr;
 	struct donor_hdr hdr;
 	char why[200], sz[CONF_SIZE_BUF], sz2[CONF_SIZE_BUF];
 	char ok = DONOR_ACCEPT;
 	unsigned k;
-	int fd;
+	int fd, ret;
 
-	if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
-		close(cfd);
-		return;
-	}
 	/* the offer is read even from a peer about to be refused: closing a socket with
 	 * unread data would reset it, and the peer would never read why */
-	setsockopt(cfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (recv_offer(cfd, &hdr, &fd, why, sizeof(why))) {
+	ret = recv_offer(cfd, &hdr, &fd, why, sizeof(why));
+	if (ret == -EAGAIN)
+		return ret;
+	if (ret) {
 		refuse(cfd, &cr, why);
-		return;
+		return 0;
 	}
-	if (cr.uid != getuid() && cr.uid != 0) {
+	if (!uid_ok(cr.uid)) {
 		snprintf(why, sizeof(why), "uid %u is neither the mount's uid %u nor root",
 			 (unsigned)cr.uid, (unsigned)getuid());
 		goto refuse_fd;
 	}
-	if (!hdr.size || hdr.size % pool.chunk || hdr.size > pool.ds) {
+	if (donor_size_check(&hdr, pool.chunk, pool.ds)) {
 		snprintf(why, sizeof(why), "size %llu is not a multiple of %s up to donor_size %s",
 			 (unsigned long long)hdr.size, conf_format_size(pool.chunk, sz),
 			 conf_format_size(pool.ds, sz2));
 		goto refuse_fd;
 	}
-	if (check_memfd(fd, hdr.size, why, sizeof(why)))
+	if (donor_memfd_check(fd, hdr.size, why, sizeof(why)))
 		goto refuse_fd;
 	pthread_mutex_lock(&pool.lock);
 	/* the slot we started it for, else the first free slot large enough */
@@ -421,11 +473,12 @@ static void join(int cfd)
 	pthread_cond_broadcast(&pool.changed);
 	pthread_mutex_unlock(&pool.lock);
 	send(cfd, &ok, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-	return;
+	return 0;
 
 refuse_fd:
 	close(fd);
 	refuse(cfd, &cr, why);
+	return 0;
 }
 
 /* A donor's socket closed or spoke: it died (its memory stays: we hold the memfd), or it
@@ -489,12 +542,12 @@ static void __release_idle(void)
 
 static void *pool_thread(void *arg)
 {
-	struct pollfd pf[2 + 1024];
+	struct pollfd pf[2 + 1024 + POOL_PENDING];
 	unsigned idx[2 + 1024];
 
 	(void)arg;
 	for (;;) {
-		unsigned n = 2;
+		unsigned n = 2, np;
 		int r;
 
 		pf[0] = (struct pollfd){ .fd = pool.stopfd, .events = POLLIN };
@@ -507,16 +560,18 @@ static void *pool_thread(void *arg)
 			pf[n++] = (struct pollfd){ .fd = pool.s[k].conn, .events = POLLIN };
 		}
 		pthread_mutex_unlock(&pool.lock);
-		r = poll(pf, n, POOL_TICK_MS);
+		np = pend_poll(pf + n);
+		r = poll(pf, n + np, POOL_TICK_MS);
 		if (r < 0 && errno != EINTR)
 			break;
 		if (pf[0].revents)
 			break;
+		pend_serve(pf + n, r < 0 ? 0 : np);
 		if (r > 0 && (pf[1].revents & POLLIN)) {
 			int cfd = accept4(pool.lfd, NULL, NULL, SOCK_CLOEXEC);
 
 			if (cfd >= 0)
-				join(cfd);
+				pend_add(cfd);
 		}
 		pthread_mutex_lock(&pool.lock);
 		for (unsigned j = 2; r > 0 && j < n; j++)
@@ -755,6 +810,8 @@ void hfs_pool_stop(void)
 		pthread_join(pool.thread, NULL);
 		pool.running = false;
 	}
+	while (npend) /* the socket thread is gone: its peers waiting to send an offer */
+		close(pend[--npend].fd);
 	/* release every donor: tell it, close its socket (EOF for a donor that missed it) */
 	pthread_mutex_lock(&pool.lock);
 	for (unsigned k = 1; k <= pool.nslots; k++) {

@@ -11,12 +11,14 @@ noticed after its chunk went back to the OS and was reused, two processes share 
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -440,3 +442,172 @@ print(n, bad, made, flush=True)
     n, bad, made = map(int, out.split())
     assert bad == 0 and n > 0 and ok > 0
     assert made >= 1
+
+
+# The client protocol (fs/client/proto_i.h), for a client that speaks it by hand.
+REQ = struct.Struct("<QIIIIQQQ")
+REP = struct.Struct("<QiIQQQQQQQIIQQII")
+CL_MAGIC, CL_MAP, CL_SEGMENT = 0x6c63666870616568, 1, 3
+
+HOSTILE_CLIENT = r"""
+import ctypes, errno, fcntl, os, socket, struct, sys
+REQ, REP = struct.Struct("<QIIIIQQQ"), struct.Struct("<QiIQQQQQQQIIQQII")
+sockname, path, objdir = sys.argv[1:4]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+PROT_READ, PROT_WRITE, MAP_SHARED, FAILED = 1, 2, 1, ctypes.c_void_p(-1).value
+F_SEAL_SEAL = 1
+
+def ask(op, fd):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect("\0" + sockname[1:])
+    socket.send_fds(s, [REQ.pack(0x6c63666870616568, 1, op, 0, 0, 0, 4096, 0)], [fd])
+    msg, fds, _, _ = socket.recv_fds(s, 65536, 4)
+    rep = REP.unpack_from(msg)
+    assert rep[1] == 0, rep
+    return s, rep, fds
+
+def refused(what, fn, *errs):
+    try:
+        fn()
+    except OSError as e:
+        assert e.errno in errs, (what, e)
+        return
+    raise AssertionError(what + " was allowed")
+
+def mmap_rw(fd, n):
+    p = libc.mmap(None, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    if p == FAILED:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    libc.munmap(p, n)
+
+def mprotect_rw(fd, n):
+    p = libc.mmap(None, n, PROT_READ, MAP_SHARED, fd, 0)
+    assert p != FAILED, os.strerror(ctypes.get_errno())
+    r = libc.mprotect(p, n, PROT_READ | PROT_WRITE)
+    e = ctypes.get_errno()
+    libc.munmap(p, n)
+    if r:
+        raise OSError(e, os.strerror(e))
+
+def sealed_size(what, fd):
+    n = os.fstat(fd).st_size
+    refused(what + " ftruncate down", lambda: os.ftruncate(fd, 0), errno.EPERM)
+    refused(what + " ftruncate up", lambda: os.ftruncate(fd, n + 4096), errno.EPERM)
+    refused(what + " more seals", lambda: fcntl.fcntl(fd, fcntl.F_ADD_SEALS, F_SEAL_SEAL),
+            errno.EPERM)
+    assert os.fstat(fd).st_size == n
+
+def read_only(what, fd):
+    n = os.fstat(fd).st_size
+    refused(what + " writable mapping", lambda: mmap_rw(fd, n), errno.EPERM, errno.EACCES)
+    refused(what + " mprotect to write", lambda: mprotect_rw(fd, n), errno.EACCES, errno.EPERM)
+    refused(what + " pwrite", lambda: os.pwrite(fd, b"\xff" * 64, 0), errno.EPERM)
+    sealed_size(what, fd)
+
+f = os.open(path, os.O_RDONLY)               # read access is all this client has
+s, rep, fds = ask(1, f)
+assert rep[15] == 3 and len(fds) == 3, rep   # data, metadata, lease table
+data, meta, leases = fds
+read_only("metadata", meta)
+sealed_size("data", data)                    # the heap is one trust domain: writable
+sealed_size("lease table", leases)           # the client's counts: writable
+d = os.open(objdir, os.O_RDONLY | os.O_DIRECTORY)
+s2, rep2, fds2 = ask(3, d)
+assert len(fds2) == 2, rep2
+read_only("objects metadata", fds2[1])
+sealed_size("objects data", fds2[0])
+print("ok")
+"""
+
+
+def test_shared_descriptors_are_sealed(dm):
+    """A client that may only read gets the heap's data, its metadata (the allocator's state,
+    per-CPU cache counts included) and its lease table.  None of them can change size or
+    take new seals; the metadata cannot be written at all (no writable mapping, no
+    mprotect to write, no pwrite), so the daemon alone writes what its allocator trusts."""
+    p = dm.heap("dm") / "f"
+    p.write_bytes(pattern(1 << 20, 7))
+    (dm.path / "objects" / "o").write_bytes(b"object")
+    out = run_child(HOSTILE_CLIENT, dm.stats()["client_socket"], p, dm.path / "objects")
+    assert out.strip() == "ok"
+    # the heap and the daemon are fine: allocation, the data, a real client
+    q = dm.heap("dm") / "g"
+    q.write_bytes(pattern(3 << 20, 8))
+    assert read_daemon(p) == pattern(1 << 20, 7)
+    assert read_daemon(q) == pattern(3 << 20, 8)
+    conn = heapfs.Connection(str(dm.path))
+    with open(q, "rb") as f, conn.map(f, 4096, 8192) as m:
+        assert bytes(m) == pattern(3 << 20, 8)[4096:4096 + 8192]
+    conn.close()
+    assert (dm.path / "objects" / "o").read_bytes() == b"object"
+    q.unlink()
+    wait_until(lambda: heap_used(dm, "dm") <= (1 << 20) + (64 << 10), 5, "g's blocks freed")
+
+
+def test_a_daemon_that_hangs_up_closes_none_of_our_descriptors(tmp_path):
+    """A peer that hangs up on a request without reading it (a reset: recvmsg fails):
+    libheapfs reports it and closes nothing (the control buffer still holds what it sent;
+    parsed as if received, it names the caller's own descriptor)."""
+    name = f"heapfs-test-hangup.{os.getpid()}"
+    (tmp_path / ".heapfs").mkdir()
+    (tmp_path / ".heapfs" / "stats").write_text(json.dumps({"client_socket": "@" + name}))
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    srv.bind("\0" + name)
+    srv.listen(1)
+    conn = heapfs.Connection(str(tmp_path))
+    s, _ = srv.accept()
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 4096)
+    def hang_up():
+        select.select([s], [], [], 5)   # the request is there: close without reading it
+        srv.close()                     # so that its one retry, on a new connection, fails
+        s.close()
+
+    with open(p, "rb") as f:
+        t = threading.Thread(target=hang_up)
+        t.start()
+        with pytest.raises(OSError):
+            conn.map(f, 0, 4096).__enter__()
+        t.join()
+        os.fstat(f.fileno())            # still ours, still open
+        assert f.read() == b"x" * 4096
+    conn.close()
+
+
+def test_idle_connections_do_not_keep_a_client_out(dm):
+    """300 connections that never ask anything: the daemon keeps at most 256 (the silent
+    one that waited longest makes room) and closes each within about two seconds; a real
+    client process maps and works meanwhile, and a connection made before them and used
+    only after they are gone connects again by itself."""
+    p = dm.heap("dm") / "f"
+    p.write_bytes(pattern(1 << 16, 3))
+    early = heapfs.Connection(str(dm.path))
+    path = "\0" + dm.stats()["client_socket"][1:]
+    idle = []
+    for _ in range(300):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(path)
+        idle.append(s)
+    t0 = time.monotonic()
+    out = run_child("""
+import sys, heapfs
+with open(sys.argv[1], 'rb') as f, heapfs.map(f, 4096, 8192) as m:
+    print(bytes(m).hex())
+""", p)
+    assert bytes.fromhex(out.strip()) == pattern(1 << 16, 3)[4096:4096 + 8192]
+    assert len(dm.stats()["clients"]) <= 256
+    for s in idle:
+        s.settimeout(10)
+        assert s.recv(16) == b""       # closed by the daemon
+        s.close()
+    assert time.monotonic() - t0 < 8
+    wait_until(lambda: not dm.stats()["clients"], 5, "every silent connection closed")
+    with open(p, "rb") as f, early.map(f, 0, 4096) as m:
+        assert bytes(m) == pattern(1 << 16, 3)[:4096]
+    early.close()

@@ -310,6 +310,92 @@ def test_bad_donors_are_refused_and_nothing_is_lost(mount_factory, tmp_path):
     check_blocks(f, 80)
 
 
+def connect(sock):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(sock)       # blocking: waits while the backlog is full
+    s.settimeout(5)
+    return s
+
+
+def test_a_donor_that_shrinks_its_memfd_is_refused_or_cannot(mount_factory):
+    """A donor shrinks its memfd right after sending it: the daemon seals it before it
+    looks at its size, so either the shrink came first (refused: fewer bytes than
+    announced) or it fails (EPERM) — never a mapping past the end.  Accepted donors'
+    memory then holds pool data, which stays intact while they try to shrink it again."""
+    sock = sock_path()
+    m = mount_factory(pool_conf(max_donors=2, own="2M", sock=sock))
+    kept, refused = [], 0
+
+    def offer_and_shrink(shrink_first):
+        fd = os.memfd_create("t", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, 32 * MIB)
+        s = connect(sock)
+        socket.send_fds(s, [hdr(32 * MIB)], [fd])
+        shrunk = None
+        if shrink_first:
+            try:
+                os.ftruncate(fd, 0)
+                shrunk = True
+            except PermissionError:
+                shrunk = False           # sealed before we got to it
+        answer = s.recv(256)
+        if answer == b"A":
+            assert not shrunk            # accepted: the memfd holds all it announced
+            kept.append((s, fd))
+            return 0
+        assert answer.startswith(b"E") and shrunk, (answer, shrunk)
+        s.close()
+        os.close(fd)
+        return 1
+
+    for _ in range(10):
+        if len(kept) == 2:
+            break                        # the pool is full
+        refused += offer_and_shrink(True)
+    while len(kept) < 2:                 # the pool has room for two: shrink after the answer
+        assert offer_and_shrink(False) == 0
+    assert "fewer than the" in m.stderr_text() or not refused
+    f = m.path / "pool" / "f"
+    write_blocks(f, 60)                  # 2 MiB of the daemon's own, the rest the donors'
+    assert sum(d["used"] for d in live_donors(m)) >= 58 * MIB
+    for s, fd in kept:
+        expect_errno(errno.EPERM, os.ftruncate, fd, 0)
+        assert os.fstat(fd).st_size == 32 * MIB
+    check_blocks(f, 60)
+    for s, fd in kept:                   # the donors go; their memory stays with the daemon
+        s.close()
+        os.close(fd)
+    wait_until(lambda: len(live_donors(m, "gone")) == 2, 5, "the donors are gone")
+    check_blocks(f, 60)
+
+
+def test_slow_peers_do_not_keep_a_donor_out(mount_factory):
+    """100 peers connect to the pool socket (mode 0666) and never send an offer: a real
+    donor still joins at once, each slow peer is let go with a reason within about a
+    second, and the daemon still serves."""
+    sock = sock_path()
+    m = mount_factory(pool_conf(max_donors=2, sock=sock))
+    slow = [connect(sock) for _ in range(100)]
+    t0 = time.monotonic()
+    ext = start_donor("--socket", sock, "--size", "32M")
+    try:
+        (d,) = wait_donors(m, 1, "the donor joined past 100 slow peers", deadline=5)
+        assert d["pid"] == ext.pid and time.monotonic() - t0 < 5
+        for s in slow:
+            answer = s.recv(256)
+            assert answer == b"" or answer.startswith(b"E"), answer
+            s.close()
+        assert time.monotonic() - t0 < 10
+        assert "timed out" in m.stderr_text()
+        f = m.path / "pool" / "f"
+        write_blocks(f, 60)              # own 32M + the donor's
+        check_blocks(f, 60)
+        assert live_donors(m)[0]["used"] == 28 * MIB
+    finally:
+        ext.terminate()
+        ext.wait(5)
+
+
 @pytest.mark.parametrize("size", ["abc", "0", "12Q", "-5M", "1000"])
 def test_heapfs_donor_bad_sizes_exit_2(size):
     r = subprocess.run([str(DONOR), "--socket", "/nonexistent", "--size", size],
