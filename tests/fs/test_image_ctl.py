@@ -338,6 +338,47 @@ def test_segment_wrong_version(tmp_path, seg):
             "unsupported segment version 2 (this reader knows 1)")
 
 
+def seal(d):
+    """Recompute a segment's checksum, as a writer of crafted images would."""
+    struct.pack_into("<Q", d, 72, 0)
+    struct.pack_into("<Q", d, 72, xxh3_64(bytes(d)))
+
+
+def slot_of(d, name):
+    """Offset of the map slot holding the object called name."""
+    map_off, _order, slots = struct.unpack_from("<QII", d, 40)
+    for i in range(slots):
+        at = map_off + i * SEG_SLOT.size
+        fields = SEG_SLOT.unpack_from(d, at)
+        if fields[0] and fields[11][:fields[8]] == name.encode():
+            return at
+    raise KeyError(name)
+
+
+def wrapped_map(d):
+    """map_off = 2^64 - 2^map_order: aligned, and its end wraps to 0 (inside, if added)."""
+    order = struct.unpack_from("<I", d, 48)[0]
+    struct.pack_into("<Q", d, 40, (1 << 64) - (1 << order))
+    seal(d)
+
+
+def wrapped_object(d):
+    """alpha's block at 2^64 - 2^order: its bytes would be read before the file."""
+    at = slot_of(d, "alpha")
+    order = struct.unpack_from("<I", d, at + 4)[0]
+    struct.pack_into("<Q", d, at + 8, (1 << 64) - (1 << order))
+    seal(d)
+
+
+@pytest.mark.parametrize("change,words", [
+    (wrapped_map, "bad name map position or size"),
+    (wrapped_object, "object 'alpha': block (offset 18446744073709551552"),
+], ids=["map", "object"])
+def test_segment_offsets_that_wrap(tmp_path, seg, change, words):
+    """Sealed images whose block ends pass 2^64: refused whole, never read out of bounds."""
+    refused(damaged(tmp_path, seg, "w.img", change), words)
+
+
 def test_bad_magic(tmp_path, seg):
     refused(damaged(tmp_path, seg, "m.img", lambda d: d.__setitem__(slice(0, 8), b"NOTHEAPF")),
             "not a heapfs image (bad magic)")
