@@ -75,7 +75,9 @@ struct img_shape {
 };
 const struct img_shape *img_shape(uint32_t type); /* NULL: not a record type (nor END) */
 /* Tail lengths of a record of this type whose fixed part is fixed and payload paylen
- * bytes; 0, or -EBADMSG with why when they do not add up or pass a limit. */
+ * bytes; 0, or -EBADMSG with why when they do not add up or pass a limit, or when a
+ * field of the fixed part is out of its set (INODE kind against mode, RENAME flags,
+ * SETATTR mask) or a size or DATA's end passes INT64_MAX (an off_t). */
 int img_rec_layout(uint32_t type, const void *fixed, uint64_t paylen, uint32_t tl[2],
 		   char *why, size_t whylen);
 /* The tails' contents follow the rules of their kind (names, targets). */

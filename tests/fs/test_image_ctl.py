@@ -523,3 +523,36 @@ def test_cat_refuses_data_out_of_order(tmp_path):
     r = cat(img, "f")
     assert r.returncode == 1
     assert r.stderr.decode().endswith(": DATA records out of offset order (inode 2)\n")
+
+
+def kind_of_inode_2_is_dir(d):
+    """Inode 2's INODE record says directory while its mode says regular file (resealed)."""
+    at = next(a for a in heap_record_starts(d)
+              if struct.unpack_from("<IIQQ", d, a)[::3] == (1, 2))
+    struct.pack_into("<I", d, at + 16 + 8, 2)
+    struct.pack_into("<Q", d, len(d) - 8, xxh3_64(bytes(d[:-8])))
+
+
+# Well-formed streams (valid checksums) whose fields say impossible things: refused whole
+# by the reader, with the reason, before any path is listed or any byte printed (a size of
+# 2^40 made `image cat` print a TiB of zeros).
+IMPOSSIBLE_FIELDS = [
+    ("size past the heap", [inode(2, size=1 << 40), link(1, 2, "a")], None,
+     "record at byte 408: size 1099511627776 past the heap (67108864 bytes)"),
+    ("data past the heap", [inode(2, size=5), link(1, 2, "a"), data(2, (64 << 20) - 2, "abc")],
+     None, "offset 67108862 + 3 bytes past the heap (67108864 bytes)"),
+    ("truncate past the heap", [inode(2), link(1, 2, "a"),
+                                {"raw": "truncate", "id": 2, "size": 1 << 62}], None,
+     "size 4611686018427387904 past the heap"),
+    ("kind against mode", [inode(2, size=5), link(1, 2, "a")], kind_of_inode_2_is_dir,
+     "INODE record: kind 2 and mode 0100644 disagree"),
+]
+
+
+@pytest.mark.parametrize("what,records,change,words", IMPOSSIBLE_FIELDS,
+                         ids=[b[0] for b in IMPOSSIBLE_FIELDS])
+def test_impossible_fields_are_refused(tmp_path, what, records, change, words):
+    img = raw_heap(tmp_path, records)
+    if change:
+        img = damaged(tmp_path, img, "k.img", change)
+    refused(img, words, name="a")
