@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "img_i.h"
 
@@ -176,7 +177,7 @@ int img_seg_lookup(const void *base, const char *name, struct img_obj *out)
 /* Is o a valid object for this segment (name, block, size)?  len: its name's length. */
 static bool obj_ok(const struct img_seg_hdr *sh, const struct img_obj *o, size_t len)
 {
-	return img_name_ok(o->name, len) && o->order >= sh->min_order &&
+	return img_name_ok(o->name, len) && S_ISREG(o->mode) && o->order >= sh->min_order &&
 	       o->order < sh->seg_order && blk_inside(o->off, o->order, sh->seg_size) &&
 	       o->off >= (1ull << sh->hdr_order) && o->size <= 1ull << o->order;
 }
@@ -373,6 +374,9 @@ static int check_slot(const struct img_seg_hdr *sh, const struct img_seg_slot *s
 	if (s->name_len > IMG_NAME_MAX || s->name[s->name_len] != 0 ||
 	    !img_name_ok(s->name, s->name_len))
 		return img_refuse(why, wl, "map slot %u: invalid object name", i);
+	if (!S_ISREG(s->mode)) /* objects/NAME is a regular file */
+		return img_refuse(why, wl, "object '%s': mode %#o is not a regular file's", s->name,
+				  s->mode);
 	if (s->order < sh->min_order || s->order >= sh->seg_order ||
 	    !blk_inside(s->off, s->order, sh->seg_size) || s->size > 1ull << s->order)
 		return img_refuse(why, wl, "object '%s': block (offset %llu, order %u, size %llu) "

@@ -370,12 +370,20 @@ def wrapped_object(d):
     seal(d)
 
 
+def directory_object(d):
+    """alpha's mode says directory: objects/alpha would be a directory holding bytes."""
+    struct.pack_into("<I", d, slot_of(d, "alpha") + 32, 0o40755)
+    seal(d)
+
+
 @pytest.mark.parametrize("change,words", [
     (wrapped_map, "bad name map position or size"),
     (wrapped_object, "object 'alpha': block (offset 18446744073709551552"),
-], ids=["map", "object"])
-def test_segment_offsets_that_wrap(tmp_path, seg, change, words):
-    """Sealed images whose block ends pass 2^64: refused whole, never read out of bounds."""
+    (directory_object, "object 'alpha': mode 040755 is not a regular file's"),
+], ids=["map", "object", "mode"])
+def test_segment_fields_that_lie(tmp_path, seg, change, words):
+    """Sealed images whose block ends pass 2^64 or whose objects are not files: refused
+    whole, never read out of bounds."""
     refused(damaged(tmp_path, seg, "w.img", change), words)
 
 

@@ -241,7 +241,7 @@ static void t_put_refusals(void)
 	struct seg s = { 0 };
 	unsigned char *copy = malloc(SEG_SIZE);
 	static const char *bad_names[] = { "", ".", "..", "a/b", "/" };
-	struct img_obj o = { .off = 1u << 16, .order = 16, .size = 10 };
+	struct img_obj o = { .off = 1u << 16, .order = 16, .size = 10, .mode = 0100644 };
 
 	T(seg_new(&s) == 0 && copy);
 	TEQ(seg_add(&s, "keep", 100), 0);
@@ -266,6 +266,9 @@ static void t_put_refusals(void)
 	o.order = 70; /* no shift takes it */
 	TEQ(img_seg_put(s.base, &o), -EINVAL);
 	o.order = 16;
+	o.mode = 020644; /* not a regular file */
+	TEQ(img_seg_put(s.base, &o), -EINVAL);
+	o.mode = 0100644;
 	o.off = 1u << 16;
 	o.size = (1u << 16) + 1; /* past its block */
 	TEQ(img_seg_put(s.base, &o), -EINVAL);
@@ -424,6 +427,9 @@ static void t_check_refusals(void)
 	FRESH();
 	sl->name_len = 300;
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "invalid object name"));
+	FRESH();
+	sl->mode = 040755; /* objects/beta would be a directory with a file's blocks */
+	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "object 'beta': mode 040755 is not a regular"));
 	FRESH();
 	sl->used = 2;
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "bad used flag"));
