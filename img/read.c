@@ -118,9 +118,7 @@ static int check_hdr(struct img_r *r, uint64_t expect)
 			      h->version, IMG_VERSION);
 	if (h->hdr_size != sizeof(*h) || h->flags || h->layout > 1 ||
 	    !img_zero(h->reserved, sizeof(h->reserved)) ||
-	    !h->heap_size || h->heap_size & (h->heap_size - 1) ||
-	    h->min_order < IMG_SEG_MIN_ORDER || h->min_order > IMG_SEG_MAX_MIN_ORDER ||
-	    h->heap_size < 1ull << h->min_order || h->heap_size > 1ull << IMG_HEAP_MAX_ORDER ||
+	    !img_heap_size_ok(h->heap_size, h->min_order) ||
 	    h->name_len > IMG_NAME_MAX || !img_name_ok(h->name, h->name_len) ||
 	    !img_zero(h->name + h->name_len, sizeof(h->name) - h->name_len))
 		return REFUSE(r, "bad image header (fields out of range)");

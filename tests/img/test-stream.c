@@ -534,6 +534,13 @@ static void t_writer_refusals(void)
 	T(fd >= 0);
 	bad.heap_size = 1000;
 	TEQ(img_w_open(fd, &bad, &w), -EINVAL);
+	bad.heap_size = 2048; /* below one min_block (4K) */
+	TEQ(img_w_open(fd, &bad, &w), -EINVAL);
+	bad.heap_size = 2ull << IMG_HEAP_MAX_ORDER;
+	TEQ(img_w_open(fd, &bad, &w), -EINVAL);
+	bad = hdr;
+	bad.min_order = 21;
+	TEQ(img_w_open(fd, &bad, &w), -EINVAL);
 	bad = hdr;
 	memcpy(bad.name, "a/b", 4);
 	TEQ(img_w_open(fd, &bad, &w), -EINVAL);
