@@ -421,7 +421,10 @@ static int size_value(cfg_t *sec, cfg_opt_t *opt, const char *value, void *resul
 	if (pow2 && !is_pow2(v))
 		return bad_value(sec, opt, value, "is not a power of two");
 	if (v < min || v > max) {
-		if (max == UINT64_MAX)
+		if (v > max && max == CONF_HEAP_MAX)
+			snprintf(why, sizeof(why), "is larger than the largest heap (%s)",
+				 conf_format_size(max, a));
+		else if (max == UINT64_MAX || max == CONF_HEAP_MAX)
 			snprintf(why, sizeof(why), "is smaller than %s", conf_format_size(min, a));
 		else
 			snprintf(why, sizeof(why), "is outside %s .. %s", conf_format_size(min, a),
@@ -444,7 +447,8 @@ static int cb_block(cfg_t *sec, cfg_opt_t *opt, const char *value, void *result)
 
 static int cb_chunk(cfg_t *sec, cfg_opt_t *opt, const char *value, void *result)
 {
-	return size_value(sec, opt, value, result, MIN_CHUNK, UINT64_MAX, true);
+	/* above the size a heap caps it, but the allocator takes no chunk past its largest heap */
+	return size_value(sec, opt, value, result, MIN_CHUNK, CONF_HEAP_MAX, true);
 }
 
 /* A whole number 0 .. max into a libconfuse number. */

@@ -46,7 +46,8 @@ struct conf_heap {
 	char name[CONF_NAME_MAX + 1];
 	uint64_t size;      /* bytes, already rounded up to a power of two */
 	uint64_t min_block; /* power of two, 64 .. 1M, <= size */
-	uint64_t chunk;     /* power of two, >= 4K; may exceed size (the allocator caps it) */
+	uint64_t chunk;     /* power of two, 4K .. CONF_HEAP_MAX; may exceed size (the
+			       allocator caps it) */
 	enum conf_layout layout;
 	enum conf_cache cache;
 	enum conf_writers writers;

@@ -379,6 +379,11 @@ static void test_hostile_values(void)
 		      "heapfs: t.conf:3: pool: donor_size = 9223372036854775807 is larger than "
 		      "the largest heap (1024G)\n");
 	conf_free(EXPECT_OK("pool { size = 1024G  donor_size = 1024G  max_donors = 4294967295 }\n"));
+	/* a chunk past the largest heap: buddy_create refused it at mount */
+	EXPECT_ERRORS("heap \"a\" {\n  chunk = 2048G\n}\n",
+		      "heapfs: t.conf:2: heap \"a\": chunk = 2048G is larger than the largest heap "
+		      "(1024G)\n");
+	conf_free(EXPECT_OK("heap \"a\" { size = 1M  chunk = 1024G }\n"));
 	EXPECT_ERRORS("partner {\n  node = \"a b\"  listen = :1  connect = :2  secret_file = s\n"
 		      "  timeout = 19ms\n}\n",
 		      "heapfs: t.conf:2: partner: node = \"a b\" must be 1 .. 64 printable "
