@@ -3,7 +3,8 @@
  * rules): what a mirror does with a record its partner sent over the link.  The input is
  * the message's bytes, exactly (the fuzzer's buffer ends where the message ends, so any
  * read past it is caught).  What the decoder accepts must agree with itself: DATA bytes
- * inside the message, strings NUL-terminated within their stated lengths.
+ * inside the message, strings NUL-terminated within their stated lengths, sizes and
+ * DATA's end within an off_t, INODE kinds in their set.
  * No locking: single-threaded.
  */
 #include <stdint.h>
@@ -27,6 +28,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (!bytes || (const uint8_t *)bytes < data || rec.data_len > size ||
 		    (const uint8_t *)bytes - data != (ptrdiff_t)(size - rec.data_len))
 			abort(); /* the bytes are the message's tail */
+		if (rec.u.data.off > (uint64_t)INT64_MAX - rec.data_len)
+			abort(); /* its end is an off_t */
+		break;
+	case IMG_INODE:
+		if (rec.u.inode.size > (uint64_t)INT64_MAX || rec.u.inode.kind < IMG_K_REG ||
+		    rec.u.inode.kind > IMG_K_SPECIAL)
+			abort();
+		break;
+	case IMG_TRUNCATE:
+		if (rec.u.truncate.size > (uint64_t)INT64_MAX)
+			abort();
 		break;
 	case IMG_XATTR:
 		if (strlen(rec.s1) != rec.u.xattr.name_len || rec.s2[rec.u.xattr.value_len])

@@ -4,7 +4,8 @@
  * anywhere.  The input is the whole stream, in a memfd (as a file is read); every record
  * is read to the end, DATA bytes into a buffer (the large ones straight into it, the path
  * a restore takes) or skipped, alternately.  What the reader hands out must agree with
- * itself: strings NUL-terminated within their stated lengths, DATA within its limit.
+ * itself: strings NUL-terminated within their stated lengths, DATA within its limit,
+ * sizes and DATA's end within the heap.
  * No locking: single-threaded.
  */
 #include <stdint.h>
@@ -17,10 +18,19 @@
 
 static unsigned char dst[IMG_DATA_MAX];
 
-/* The strings of a record the reader accepted are what its fields say. */
-static void check_rec(const struct img_rec *rec)
+/* The strings of a record the reader accepted are what its fields say; sizes and DATA's
+ * end lie within the heap (hs bytes). */
+static void check_rec(const struct img_rec *rec, uint64_t hs)
 {
 	switch (rec->type) {
+	case IMG_INODE:
+		if (rec->u.inode.size > hs)
+			abort();
+		break;
+	case IMG_TRUNCATE:
+		if (rec->u.truncate.size > hs)
+			abort();
+		break;
 	case IMG_LINK:
 		if (strlen(rec->s1) != rec->u.link.name_len)
 			abort();
@@ -35,7 +45,8 @@ static void check_rec(const struct img_rec *rec)
 			abort();
 		break;
 	case IMG_DATA:
-		if (!rec->data_len || rec->data_len > IMG_DATA_MAX)
+		if (!rec->data_len || rec->data_len > IMG_DATA_MAX || rec->data_len > hs ||
+		    rec->u.data.off > hs - rec->data_len)
 			abort();
 		break;
 	}
@@ -56,7 +67,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	if (!img_r_open(fd, 0, &r, why, sizeof(why))) {
 		while (img_r_next(r, &rec) == 1) {
-			check_rec(&rec);
+			check_rec(&rec, img_r_hdr(r)->heap_size);
 			if (rec.type == IMG_DATA && n++ % 2 && img_r_data(r, dst))
 				break;
 		}
