@@ -421,7 +421,10 @@ static int size_value(cfg_t *sec, cfg_opt_t *opt, const char *value, void *resul
 	if (pow2 && !is_pow2(v))
 		return bad_value(sec, opt, value, "is not a power of two");
 	if (v < min || v > max) {
-		if (max == UINT64_MAX)
+		if (v > max && max == CONF_HEAP_MAX)
+			snprintf(why, sizeof(why), "is larger than the largest heap (%s)",
+				 conf_format_size(max, a));
+		else if (max == UINT64_MAX || max == CONF_HEAP_MAX)
 			snprintf(why, sizeof(why), "is smaller than %s", conf_format_size(min, a));
 		else
 			snprintf(why, sizeof(why), "is outside %s .. %s", conf_format_size(min, a),
@@ -444,7 +447,8 @@ static int cb_block(cfg_t *sec, cfg_opt_t *opt, const char *value, void *result)
 
 static int cb_chunk(cfg_t *sec, cfg_opt_t *opt, const char *value, void *result)
 {
-	return size_value(sec, opt, value, result, MIN_CHUNK, UINT64_MAX, true);
+	/* above the size a heap caps it, but the allocator takes no chunk past its largest heap */
+	return size_value(sec, opt, value, result, MIN_CHUNK, CONF_HEAP_MAX, true);
 }
 
 /* A whole number 0 .. max into a libconfuse number. */
@@ -793,24 +797,27 @@ static int first_set_line(struct load_ctx *ctx, const cfg_t *sec, const char *co
 }
 
 /* Size, rounding and min_block of a heap-like section (heaps, objects).  size is what was
- * asked (0 only if set so); size_line where it came from. */
-static void check_heap_size(struct load_ctx *ctx, const cfg_t *sec, const char *lbl,
+ * asked (0 only if set so); size_line where it came from.  true when it reported. */
+static bool check_heap_size(struct load_ctx *ctx, const cfg_t *sec, const char *lbl,
 			    uint64_t size, int size_line, uint64_t min_block)
 {
 	static const char *const block_first[] = { "min_block", "size", NULL };
 	char a[CONF_SIZE_BUF], b[CONF_SIZE_BUF];
-	uint64_t rounded = round_pow2(size);
+	uint64_t rounded;
 
 	if (size == 0) {
 		report(ctx, size_line, "%ssize must not be 0", lbl);
-	} else if (size > CONF_HEAP_MAX) {
+	} else if (size > CONF_HEAP_MAX) { /* first: 2^63 < size would not round */
 		report(ctx, size_line, "%ssize = %s is larger than the largest heap (%s)", lbl,
 		       conf_format_size(size, a), conf_format_size(CONF_HEAP_MAX, b));
-	} else if (min_block > rounded) {
+	} else if (min_block > (rounded = round_pow2(size))) {
 		report(ctx, first_set_line(ctx, sec, block_first, size_line),
 		       "%smin_block = %s is larger than the heap (%s)", lbl,
 		       conf_format_size(min_block, a), conf_format_size(rounded, b));
+	} else {
+		return false;
 	}
+	return true;
 }
 
 /* def_size_ok: build() found default_heap_size fine (else it reported why). */
@@ -877,19 +884,26 @@ static void build_objects(struct load_ctx *ctx, cfg_t *o, struct conf_objects *o
 	const struct sec_info *s = sec_find(ctx, o);
 	uint64_t size = (uint64_t)cfg_getint(o, "size");
 
+	int line = first_set_line(ctx, o, size_first, set_line(ctx, ctx->root, "objects"));
+	char a[CONF_SIZE_BUF], b[CONF_SIZE_BUF];
+	uint64_t least;
+
 	out->size = round_pow2(size);
 	out->min_block = (uint64_t)cfg_getint(o, "min_block");
 	out->writers = (enum conf_writers)cfg_getint(o, "writers");
 	out->direct_map = cfg_getbool(o, "direct_map");
+	least = 2 * (out->min_block > CONF_SEG_HDR_BLOCK ? out->min_block : CONF_SEG_HDR_BLOCK);
 	out->image = dup_nonempty(cfg_getstr(o, "image"), ctx);
-	if (!(s && s->bad))
-		check_heap_size(ctx, o, "objects: ", size,
-				first_set_line(ctx, o, size_first, set_line(ctx, ctx->root, "objects")),
-				out->min_block);
+	if (!(s && s->bad) && !check_heap_size(ctx, o, "objects: ", size, line, out->min_block) &&
+	    out->size < least)
+		report(ctx, line, "objects: size = %s is too small for the segment: its header and "
+		       "name map take %s (two blocks of max(4K, min_block))",
+		       conf_format_size(size, a), conf_format_size(least, b));
 }
 static void build_pool(struct load_ctx *ctx, cfg_t *p, struct conf_pool *out)
 {
 	const char *sock = cfg_getstr(p, "socket");
+	char a[CONF_SIZE_BUF], b[CONF_SIZE_BUF];
 
 	out->size = (uint64_t)cfg_getint(p, "size");
 	out->donor_size = (uint64_t)cfg_getint(p, "donor_size");
@@ -898,6 +912,16 @@ static void build_pool(struct load_ctx *ctx, cfg_t *p, struct conf_pool *out)
 	out->socket = dup_nonempty(sock, ctx);
 	if (out->donor_size == 0 && !opt_bad(ctx, p, "donor_size"))
 		report(ctx, set_line(ctx, p, "donor_size"), "pool: donor_size must not be 0");
+	/* the pool is one heap of size (rounded up): no larger than any heap */
+	for (unsigned i = 0; i < 2; i++) {
+		static const char *const big[] = { "size", "donor_size" };
+		uint64_t v = (uint64_t)cfg_getint(p, big[i]);
+
+		if (v > CONF_HEAP_MAX)
+			report(ctx, set_line(ctx, p, big[i]), "pool: %s = %s is larger than the "
+			       "largest heap (%s)", big[i], conf_format_size(v, a),
+			       conf_format_size(CONF_HEAP_MAX, b));
+	}
 	if (!sock || !*sock)
 		report(ctx, set_line(ctx, p, "socket"), "pool: socket must not be empty");
 	else if (strlen(sock) > SUN_PATH_MAX)
@@ -913,6 +937,17 @@ static bool is_host_port(const char *s)
 
 	return colon && !parse_digits(colon + 1, &port, &end) && !*end && port >= 1 &&
 	       port <= 65535;
+}
+
+/* A node name the link can send: 1..CONF_NODE_MAX bytes, each '!'..'~'. */
+static bool is_node_name(const char *s)
+{
+	size_t n = strlen(s);
+
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < '!' || (unsigned char)s[i] > '~')
+			return false;
+	return n >= 1 && n <= CONF_NODE_MAX;
 }
 
 static void build_partner(struct load_ctx *ctx, cfg_t *p, struct conf_partner *out)
@@ -931,6 +966,10 @@ static void build_partner(struct load_ctx *ctx, cfg_t *p, struct conf_partner *o
 	out->auto_failover = cfg_getbool(p, "auto_failover");
 	if (!out->node)
 		report(ctx, line, "partner: node must be set");
+	else if (!is_node_name(out->node))
+		report(ctx, set_line(ctx, p, "node"), "partner: node = \"%.*s%s\" must be 1 .. %d "
+		       "printable characters, no spaces", CONF_NODE_MAX, out->node,
+		       strlen(out->node) > CONF_NODE_MAX ? "..." : "", CONF_NODE_MAX);
 	if (!out->secret_file)
 		report(ctx, line, "partner: secret_file must be set");
 	for (i = 0; i < 2; i++) {
@@ -944,6 +983,9 @@ static void build_partner(struct load_ctx *ctx, cfg_t *p, struct conf_partner *o
 	}
 	if (out->timeout_ms == 0 && !opt_bad(ctx, p, "timeout"))
 		report(ctx, set_line(ctx, p, "timeout"), "partner: timeout must not be 0");
+	else if (out->timeout_ms < CONF_TIMEOUT_MIN_MS && !opt_bad(ctx, p, "timeout"))
+		report(ctx, set_line(ctx, p, "timeout"), "partner: timeout = %ums is shorter than "
+		       "%ums", out->timeout_ms, CONF_TIMEOUT_MIN_MS);
 }
 
 static void build(struct load_ctx *ctx, cfg_t *root, struct conf *c)

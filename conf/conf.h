@@ -34,12 +34,20 @@ enum conf_replicate { CONF_REPLICATE_NONE, CONF_REPLICATE_ASYNC, CONF_REPLICATE_
 #define CONF_INODES_PER (UINT64_C(8) << 10)          /* like tmpfs: one per 2 pages */
 #define CONF_INODES_DERIVED_MIN UINT64_C(1024)
 #define CONF_INODES_DERIVED_MAX (UINT64_C(1) << 20)
+/* What the replication link takes (replica.h REP_NODE_MAX, rep_start): a node name of
+ * 1..64 bytes '!'..'~', a timeout of at least 20 ms. */
+#define CONF_NODE_MAX 64
+#define CONF_TIMEOUT_MIN_MS 20u
+/* The object segment's smallest size: its header block and its map block, each of
+ * max(4K, min_block) bytes (docs/IMAGE.md). */
+#define CONF_SEG_HDR_BLOCK (UINT64_C(4) << 10)
 
 struct conf_heap {
 	char name[CONF_NAME_MAX + 1];
 	uint64_t size;      /* bytes, already rounded up to a power of two */
 	uint64_t min_block; /* power of two, 64 .. 1M, <= size */
-	uint64_t chunk;     /* power of two, >= 4K; may exceed size (the allocator caps it) */
+	uint64_t chunk;     /* power of two, 4K .. CONF_HEAP_MAX; may exceed size (the
+			       allocator caps it) */
 	enum conf_layout layout;
 	enum conf_cache cache;
 	enum conf_writers writers;
@@ -52,7 +60,7 @@ struct conf_heap {
 };
 
 struct conf_objects {
-	uint64_t size;      /* power of two */
+	uint64_t size;      /* power of two, >= 2 * max(CONF_SEG_HDR_BLOCK, min_block) */
 	uint64_t min_block;
 	enum conf_writers writers;
 	bool direct_map;    /* libheapfs clients may map the segment (find without a round trip) */
@@ -60,7 +68,8 @@ struct conf_objects {
 };
 
 struct conf_pool {
-	uint64_t size;      /* as given (not rounded); donor_size > 0; socket <= 107 bytes */
+	uint64_t size;      /* as given (not rounded); size and donor_size 1 .. CONF_HEAP_MAX;
+			       socket <= 107 bytes */
 	uint64_t donor_size;
 	unsigned max_donors;
 	uint64_t max_process_memory;
@@ -72,9 +81,10 @@ struct conf_pool {
 struct conf_partner {
 	bool present;       /* a partner section was given */
 	char *node, *listen, *connect, *secret_file;
-	unsigned timeout_ms; /* > 0; 2000 when there is no partner section */
+	unsigned timeout_ms; /* >= CONF_TIMEOUT_MIN_MS; 2000 when there is no partner section */
 	bool auto_failover;
-};  /* when present: node, listen, connect (HOST:PORT), secret_file are all set */
+};  /* when present: node (CONF_NODE_MAX bytes '!'..'~'), listen, connect (HOST:PORT),
+       secret_file are all set */
 
 struct conf {
 	char *source;       /* file name, or "<default>" for the embedded default */

@@ -112,6 +112,7 @@ void img_seg_seal(void *base);
 
 #define IMG_MAGIC "HEAPFSIM"
 #define IMG_VERSION 1
+#define IMG_HEAP_MAX_ORDER 40   /* largest heap_size 2^40 (the allocator's BUDDY_MAX_ORDER) */
 #define IMG_ROOT_ID 1           /* the heap's root directory */
 #define IMG_DATA_MAX (1u << 20) /* bytes in one DATA record */
 #define IMG_REC_MAX (1u << 17)  /* payload of any other record */

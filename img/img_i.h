@@ -54,6 +54,15 @@ static inline bool img_name_ok(const char *s, size_t len)
 
 /* ---- the heap image stream: record shapes, shared by write.c and read.c ---- */
 
+/* The stream header's sizes agree: heap_size a power of two 2^min_order .. 2^40,
+ * min_order 6..20 (what the reader refuses, the writer does not write). */
+static inline bool img_heap_size_ok(uint64_t heap_size, uint32_t min_order)
+{
+	return min_order >= IMG_SEG_MIN_ORDER && min_order <= IMG_SEG_MAX_MIN_ORDER &&
+	       heap_size && !(heap_size & (heap_size - 1)) && heap_size >= 1ull << min_order &&
+	       heap_size <= 1ull << IMG_HEAP_MAX_ORDER;
+}
+
 /* The 16-byte record header, and the END record's payload. */
 struct img_rec_hdr { uint32_t type, flags; uint64_t len; };
 struct img_end { uint64_t nrecords, nbytes, checksum; };
@@ -75,7 +84,9 @@ struct img_shape {
 };
 const struct img_shape *img_shape(uint32_t type); /* NULL: not a record type (nor END) */
 /* Tail lengths of a record of this type whose fixed part is fixed and payload paylen
- * bytes; 0, or -EBADMSG with why when they do not add up or pass a limit. */
+ * bytes; 0, or -EBADMSG with why when they do not add up or pass a limit, or when a
+ * field of the fixed part is out of its set (INODE kind against mode, RENAME flags,
+ * SETATTR mask) or a size or DATA's end passes INT64_MAX (an off_t). */
 int img_rec_layout(uint32_t type, const void *fixed, uint64_t paylen, uint32_t tl[2],
 		   char *why, size_t whylen);
 /* The tails' contents follow the rules of their kind (names, targets). */

@@ -118,8 +118,7 @@ static int check_hdr(struct img_r *r, uint64_t expect)
 			      h->version, IMG_VERSION);
 	if (h->hdr_size != sizeof(*h) || h->flags || h->layout > 1 ||
 	    !img_zero(h->reserved, sizeof(h->reserved)) ||
-	    !h->heap_size || h->heap_size & (h->heap_size - 1) ||
-	    h->min_order < IMG_SEG_MIN_ORDER || h->min_order > IMG_SEG_MAX_MIN_ORDER ||
+	    !img_heap_size_ok(h->heap_size, h->min_order) ||
 	    h->name_len > IMG_NAME_MAX || !img_name_ok(h->name, h->name_len) ||
 	    !img_zero(h->name + h->name_len, sizeof(h->name) - h->name_len))
 		return REFUSE(r, "bad image header (fields out of range)");
@@ -168,6 +167,37 @@ void img_r_free(struct img_r *r)
 const struct img_hdr *img_r_hdr(const struct img_r *r)
 {
 	return &r->h;
+}
+
+/* A size or a DATA record's end past the heap: no file of this heap can hold it (the
+ * daemon refuses such a write or truncate with EFBIG), so no image of it says it. */
+static int r_in_heap(struct img_r *r, const struct img_rec *rec, uint64_t start)
+{
+	uint64_t hs = r->h.heap_size, size = 0;
+
+	switch (rec->type) {
+	case IMG_DATA:
+		if (rec->data_len > hs || rec->u.data.off > hs - rec->data_len)
+			return REFUSE(r, "DATA record at byte %llu: offset %llu + %u bytes past the "
+				      "heap (%llu bytes)", (unsigned long long)start,
+				      (unsigned long long)rec->u.data.off, rec->data_len,
+				      (unsigned long long)hs);
+		return 0;
+	case IMG_INODE:
+		size = rec->u.inode.size;
+		break;
+	case IMG_TRUNCATE:
+		size = rec->u.truncate.size;
+		break;
+	case IMG_SETATTR:
+		size = rec->u.setattr.mask & IMG_SET_SIZE ? rec->u.setattr.size : 0;
+		break;
+	}
+	if (size > hs)
+		return REFUSE(r, "record at byte %llu: size %llu past the heap (%llu bytes)",
+			      (unsigned long long)start, (unsigned long long)size,
+			      (unsigned long long)hs);
+	return 0;
 }
 
 /* END: counts, checksum, and nothing after it. */
@@ -236,9 +266,14 @@ int img_r_next(struct img_r *r, struct img_rec *rec)
 		return r_fail(r, -EBADMSG);
 	r->nrec++;
 	if (rh.type == IMG_DATA) {
-		rec->data_len = r->data_left = tl[0];
+		rec->data_len = tl[0];
+		if (r_in_heap(r, rec, start))
+			return r->err;
+		r->data_left = tl[0];
 		return 1;
 	}
+	if (r_in_heap(r, rec, start))
+		return r->err;
 	if (r_need(r, (size_t)tl[0] + tl[1]))
 		return r->err;
 	memcpy(r->str, r_take(r, tl[0], true), tl[0]);

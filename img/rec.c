@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "img_i.h"
 
@@ -69,6 +70,67 @@ static void tail_bounds(enum img_tail k, uint32_t *lo, uint32_t *hi)
 	*hi = b[k][1];
 }
 
+/* A file size or offset: an off_t (a size or an end past INT64_MAX is no file's). */
+#define FILE_MAX ((uint64_t)INT64_MAX)
+
+/* Does mode's file type (S_IFMT) agree with kind? */
+static bool kind_ok(uint32_t kind, uint32_t mode)
+{
+	switch (kind) {
+	case IMG_K_REG:
+		return S_ISREG(mode);
+	case IMG_K_DIR:
+		return S_ISDIR(mode);
+	case IMG_K_LNK:
+		return S_ISLNK(mode);
+	case IMG_K_SPECIAL:
+		return S_ISCHR(mode) || S_ISBLK(mode) || S_ISFIFO(mode) || S_ISSOCK(mode);
+	}
+	return false;
+}
+
+/* The fixed part's values: kinds, flags and masks in their sets, sizes and DATA's end
+ * within an off_t (so off + len cannot wrap).  tl: the tail lengths, already checked. */
+static int check_fields(uint32_t type, const void *fixed, const uint32_t tl[2], char *why,
+			size_t whylen)
+{
+	struct img_rec r; /* its union holds any fixed part, aligned */
+
+	memcpy(&r.u, fixed, img_shape(type)->fixed);
+	switch (type) {
+	case IMG_INODE:
+		if (!kind_ok(r.u.inode.kind, r.u.inode.mode))
+			return img_refuse(why, whylen, "INODE record: kind %u and mode %#o disagree",
+					  r.u.inode.kind, r.u.inode.mode);
+		if (r.u.inode.size > FILE_MAX)
+			return img_refuse(why, whylen, "INODE record: size %llu out of range",
+					  (unsigned long long)r.u.inode.size);
+		break;
+	case IMG_DATA:
+		if (r.u.data.off > FILE_MAX - tl[0])
+			return img_refuse(why, whylen, "DATA record: offset %llu + %u bytes out of range",
+					  (unsigned long long)r.u.data.off, tl[0]);
+		break;
+	case IMG_TRUNCATE:
+		if (r.u.truncate.size > FILE_MAX)
+			return img_refuse(why, whylen, "TRUNCATE record: size %llu out of range",
+					  (unsigned long long)r.u.truncate.size);
+		break;
+	case IMG_RENAME:
+		if (r.u.rename.flags > 2) /* 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2) */
+			return img_refuse(why, whylen, "RENAME record: flags %#x", r.u.rename.flags);
+		break;
+	case IMG_SETATTR:
+		if (r.u.setattr.mask & ~(2 * IMG_SET_CTIME - 1))
+			return img_refuse(why, whylen, "SETATTR record: mask %#x", r.u.setattr.mask);
+		if (r.u.setattr.mask & IMG_SET_SIZE && r.u.setattr.size > FILE_MAX)
+			return img_refuse(why, whylen, "SETATTR record: size %llu out of range",
+					  (unsigned long long)r.u.setattr.size);
+		break;
+	}
+	return 0;
+}
+
 int img_rec_layout(uint32_t type, const void *fixed, uint64_t paylen, uint32_t tl[2],
 		   char *why, size_t whylen)
 {
@@ -96,7 +158,7 @@ int img_rec_layout(uint32_t type, const void *fixed, uint64_t paylen, uint32_t t
 		return img_refuse(why, whylen, "%s record: payload of %llu bytes, its fields "
 				  "say %llu", type_names[type], (unsigned long long)paylen,
 				  (unsigned long long)sum);
-	return 0;
+	return check_fields(type, fixed, tl, why, whylen);
 }
 
 int img_rec_tails(uint32_t type, const char *const t[2], const uint32_t tl[2], char *why,

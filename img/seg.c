@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "img_i.h"
 
@@ -53,6 +54,18 @@ static unsigned hdr_order_for(unsigned min_order)
 static unsigned log2_exact(uint64_t v)
 {
 	return v && !(v & (v - 1)) ? (unsigned)__builtin_ctzll(v) : 0;
+}
+
+/* Block (off, order) is aligned and lies inside [0, size).  order is range-checked before
+ * any shift and the end is never computed (off + 2^order may wrap past 2^64). */
+static bool blk_inside(uint64_t off, unsigned order, uint64_t size)
+{
+	uint64_t bytes;
+
+	if (order > IMG_SEG_MAX_ORDER)
+		return false;
+	bytes = 1ull << order;
+	return !(off & (bytes - 1)) && bytes <= size && off <= size - bytes;
 }
 
 int img_refuse(char *why, size_t whylen, const char *fmt, ...)
@@ -164,10 +177,9 @@ int img_seg_lookup(const void *base, const char *name, struct img_obj *out)
 /* Is o a valid object for this segment (name, block, size)?  len: its name's length. */
 static bool obj_ok(const struct img_seg_hdr *sh, const struct img_obj *o, size_t len)
 {
-	return img_name_ok(o->name, len) && o->order >= sh->min_order &&
-	       o->order < sh->seg_order && !(o->off & ((1ull << o->order) - 1)) &&
-	       o->off + (1ull << o->order) <= sh->seg_size && o->off >= (1ull << sh->hdr_order) &&
-	       o->size <= 1ull << o->order;
+	return img_name_ok(o->name, len) && S_ISREG(o->mode) && o->order >= sh->min_order &&
+	       o->order < sh->seg_order && blk_inside(o->off, o->order, sh->seg_size) &&
+	       o->off >= (1ull << sh->hdr_order) && o->size <= 1ull << o->order;
 }
 
 /* Write o into slot i (used by the same name, or free). */
@@ -206,11 +218,13 @@ int img_seg_put(void *base, const struct img_obj *o)
 int img_seg_put_at(void *base, uint32_t slot, const struct img_obj *o)
 {
 	struct img_seg_hdr *sh = hdr(base);
-	struct img_seg_slot *s = slots(base) + slot;
+	struct img_seg_slot *s;
 	size_t len = strnlen(o->name, sizeof(o->name));
 
-	if (slot >= sh->map_slots || !obj_ok(sh, o, len) ||
-	    (s->used && (s->name_len != len || memcmp(s->name, o->name, len))))
+	if (slot >= sh->map_slots || !obj_ok(sh, o, len))
+		return -EINVAL;
+	s = slots(base) + slot;
+	if (s->used && (s->name_len != len || memcmp(s->name, o->name, len)))
 		return -EINVAL;
 	put_slot(sh, s, o, len);
 	return 0;
@@ -284,11 +298,13 @@ int img_seg_map_grow(void *base, uint64_t new_off, unsigned new_order, uint64_t 
 		     unsigned *old_order)
 {
 	struct img_seg_hdr *sh = hdr(base);
-	uint64_t old_bytes = 1ull << sh->map_order, new_bytes = 1ull << new_order;
+	uint64_t old_bytes, new_bytes;
 
 	if (new_order <= sh->map_order || new_order >= sh->seg_order ||
-	    new_off & (new_bytes - 1) || new_off + new_bytes > sh->seg_size || new_off == 0)
+	    !blk_inside(new_off, new_order, sh->seg_size) || new_off == 0)
 		return -EINVAL;
+	old_bytes = 1ull << sh->map_order;
+	new_bytes = 1ull << new_order;
 	memcpy((char *)base + new_off, slots(base), old_bytes);
 	memset((char *)base + new_off + old_bytes, 0, new_bytes - old_bytes);
 	*old_off = sh->map_off;
@@ -343,8 +359,7 @@ static int check_hdr(const struct img_seg_hdr *sh, uint64_t len, char *why, size
 	    sh->pad || !img_zero(sh->reserved, sizeof(sh->reserved)))
 		return img_refuse(why, wl, "bad segment header (fields out of range)");
 	if (sh->map_order < sh->hdr_order || sh->map_order >= sh->seg_order ||
-	    sh->map_off & ((1ull << sh->map_order) - 1) || sh->map_off == 0 ||
-	    sh->map_off + (1ull << sh->map_order) > sh->seg_size ||
+	    !blk_inside(sh->map_off, sh->map_order, sh->seg_size) || sh->map_off == 0 ||
 	    sh->map_slots != (1ull << sh->map_order) / SLOT_SIZE)
 		return img_refuse(why, wl, "bad name map position or size");
 	return 0;
@@ -359,9 +374,11 @@ static int check_slot(const struct img_seg_hdr *sh, const struct img_seg_slot *s
 	if (s->name_len > IMG_NAME_MAX || s->name[s->name_len] != 0 ||
 	    !img_name_ok(s->name, s->name_len))
 		return img_refuse(why, wl, "map slot %u: invalid object name", i);
+	if (!S_ISREG(s->mode)) /* objects/NAME is a regular file */
+		return img_refuse(why, wl, "object '%s': mode %#o is not a regular file's", s->name,
+				  s->mode);
 	if (s->order < sh->min_order || s->order >= sh->seg_order ||
-	    s->off & ((1ull << s->order) - 1) || s->off + (1ull << s->order) > sh->seg_size ||
-	    s->size > 1ull << s->order)
+	    !blk_inside(s->off, s->order, sh->seg_size) || s->size > 1ull << s->order)
 		return img_refuse(why, wl, "object '%s': block (offset %llu, order %u, size %llu) "
 				  "outside the segment or misaligned", s->name,
 				  (unsigned long long)s->off, s->order, (unsigned long long)s->size);
@@ -398,8 +415,9 @@ int img_seg_check(const void *base, uint64_t len, unsigned flags, char *why, siz
 	if (!(flags & IMG_CHECK_NOSUM) && seg_sum(base) != sh->checksum)
 		return img_refuse(why, whylen, "checksum mismatch (corrupt image)");
 	s = cslots(base);
-	b = malloc((sh->map_slots + 2) * sizeof(*b));
-	byname = malloc((sh->map_slots + 1) * sizeof(*byname));
+	/* map_slots * 320 <= 2^map_order <= len: the counts are what the buffer holds */
+	b = malloc(((size_t)sh->map_slots + 2) * sizeof(*b));
+	byname = malloc(((size_t)sh->map_slots + 1) * sizeof(*byname));
 	if (!b || !byname) {
 		ret = -ENOMEM;
 		goto out;

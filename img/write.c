@@ -119,7 +119,7 @@ int img_w_open(int fd, const struct img_hdr *h, struct img_w **out)
 
 	if (!w)
 		return -ENOMEM;
-	if (!img_name_ok(h->name, nl) || !h->heap_size || h->heap_size & (h->heap_size - 1) ||
+	if (!img_name_ok(h->name, nl) || !img_heap_size_ok(h->heap_size, h->min_order) ||
 	    h->layout > 1 || h->flags)
 		goto fail;
 	memcpy(hd.name, h->name, nl);

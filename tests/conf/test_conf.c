@@ -354,6 +354,51 @@ static void test_good(void)
 }
 
 /* inodes: a whole number; 0 derives the limit from the heap size, within bounds. */
+/* Values the daemon's parts cannot take, refused here with their line rather than at
+ * mount: an object segment too small for its header and map, a pool larger than any
+ * heap, a node name or timeout the replication link refuses. */
+static void test_hostile_values(void)
+{
+	char text[512];
+	struct conf *c;
+
+	EXPECT_ERRORS("objects {\n  size = 4K\n}\n",
+		      "heapfs: t.conf:2: objects: size = 4K is too small for the segment: its "
+		      "header and name map take 8K (two blocks of max(4K, min_block))\n");
+	EXPECT_ERRORS("objects {\n  min_block = 64K\n  size = 65536\n}\n",
+		      "heapfs: t.conf:3: objects: size = 64K is too small for the segment: its "
+		      "header and name map take 128K (two blocks of max(4K, min_block))\n");
+	c = EXPECT_OK("objects { size = 5K }\n"); /* rounded up to 8K: header and map */
+	if (c)
+		CHECK_INT(c->objects.size, 8 * K);
+	conf_free(c);
+	conf_free(EXPECT_OK("objects { size = 128K min_block = 64K }\n"));
+	EXPECT_ERRORS("pool {\n  size = 1025G\n  donor_size = 9223372036854775807\n}\n",
+		      "heapfs: t.conf:2: pool: size = 1025G is larger than the largest heap "
+		      "(1024G)\n"
+		      "heapfs: t.conf:3: pool: donor_size = 9223372036854775807 is larger than "
+		      "the largest heap (1024G)\n");
+	conf_free(EXPECT_OK("pool { size = 1024G  donor_size = 1024G  max_donors = 4294967295 }\n"));
+	/* a chunk past the largest heap: buddy_create refused it at mount */
+	EXPECT_ERRORS("heap \"a\" {\n  chunk = 2048G\n}\n",
+		      "heapfs: t.conf:2: heap \"a\": chunk = 2048G is larger than the largest heap "
+		      "(1024G)\n");
+	conf_free(EXPECT_OK("heap \"a\" { size = 1M  chunk = 1024G }\n"));
+	EXPECT_ERRORS("partner {\n  node = \"a b\"  listen = :1  connect = :2  secret_file = s\n"
+		      "  timeout = 19ms\n}\n",
+		      "heapfs: t.conf:2: partner: node = \"a b\" must be 1 .. 64 printable "
+		      "characters, no spaces\n"
+		      "heapfs: t.conf:3: partner: timeout = 19ms is shorter than 20ms\n");
+	snprintf(text, sizeof(text), "partner {\n  listen = :1  connect = :2  secret_file = s\n"
+		 "  node = %065d\n}\n", 0);
+	EXPECT_ERRORS(text, "heapfs: t.conf:3: partner: node = \"" /* 64 shown, then ... */
+		      "0000000000000000000000000000000000000000000000000000000000000000...\" must "
+		      "be 1 .. 64 printable characters, no spaces\n");
+	snprintf(text, sizeof(text), "partner {\n  listen = :1  connect = :2  secret_file = s\n"
+		 "  node = %064d  timeout = 20ms\n}\n", 0);
+	conf_free(EXPECT_OK(text)); /* the longest name, the shortest timeout */
+}
+
 static void test_inodes(void)
 {
 	static const struct {
@@ -935,6 +980,7 @@ int main(void)
 	test_default();
 	test_good();
 	test_errors();
+	test_hostile_values();
 	test_inodes();
 	test_utf8_names();
 	test_files();

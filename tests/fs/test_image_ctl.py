@@ -338,6 +338,55 @@ def test_segment_wrong_version(tmp_path, seg):
             "unsupported segment version 2 (this reader knows 1)")
 
 
+def seal(d):
+    """Recompute a segment's checksum, as a writer of crafted images would."""
+    struct.pack_into("<Q", d, 72, 0)
+    struct.pack_into("<Q", d, 72, xxh3_64(bytes(d)))
+
+
+def slot_of(d, name):
+    """Offset of the map slot holding the object called name."""
+    map_off, _order, slots = struct.unpack_from("<QII", d, 40)
+    for i in range(slots):
+        at = map_off + i * SEG_SLOT.size
+        fields = SEG_SLOT.unpack_from(d, at)
+        if fields[0] and fields[11][:fields[8]] == name.encode():
+            return at
+    raise KeyError(name)
+
+
+def wrapped_map(d):
+    """map_off = 2^64 - 2^map_order: aligned, and its end wraps to 0 (inside, if added)."""
+    order = struct.unpack_from("<I", d, 48)[0]
+    struct.pack_into("<Q", d, 40, (1 << 64) - (1 << order))
+    seal(d)
+
+
+def wrapped_object(d):
+    """alpha's block at 2^64 - 2^order: its bytes would be read before the file."""
+    at = slot_of(d, "alpha")
+    order = struct.unpack_from("<I", d, at + 4)[0]
+    struct.pack_into("<Q", d, at + 8, (1 << 64) - (1 << order))
+    seal(d)
+
+
+def directory_object(d):
+    """alpha's mode says directory: objects/alpha would be a directory holding bytes."""
+    struct.pack_into("<I", d, slot_of(d, "alpha") + 32, 0o40755)
+    seal(d)
+
+
+@pytest.mark.parametrize("change,words", [
+    (wrapped_map, "bad name map position or size"),
+    (wrapped_object, "object 'alpha': block (offset 18446744073709551552"),
+    (directory_object, "object 'alpha': mode 040755 is not a regular file's"),
+], ids=["map", "object", "mode"])
+def test_segment_fields_that_lie(tmp_path, seg, change, words):
+    """Sealed images whose block ends pass 2^64 or whose objects are not files: refused
+    whole, never read out of bounds."""
+    refused(damaged(tmp_path, seg, "w.img", change), words)
+
+
 def test_bad_magic(tmp_path, seg):
     refused(damaged(tmp_path, seg, "m.img", lambda d: d.__setitem__(slice(0, 8), b"NOTHEAPF")),
             "not a heapfs image (bad magic)")
@@ -482,3 +531,36 @@ def test_cat_refuses_data_out_of_order(tmp_path):
     r = cat(img, "f")
     assert r.returncode == 1
     assert r.stderr.decode().endswith(": DATA records out of offset order (inode 2)\n")
+
+
+def kind_of_inode_2_is_dir(d):
+    """Inode 2's INODE record says directory while its mode says regular file (resealed)."""
+    at = next(a for a in heap_record_starts(d)
+              if struct.unpack_from("<IIQQ", d, a)[::3] == (1, 2))
+    struct.pack_into("<I", d, at + 16 + 8, 2)
+    struct.pack_into("<Q", d, len(d) - 8, xxh3_64(bytes(d[:-8])))
+
+
+# Well-formed streams (valid checksums) whose fields say impossible things: refused whole
+# by the reader, with the reason, before any path is listed or any byte printed (a size of
+# 2^40 made `image cat` print a TiB of zeros).
+IMPOSSIBLE_FIELDS = [
+    ("size past the heap", [inode(2, size=1 << 40), link(1, 2, "a")], None,
+     "record at byte 408: size 1099511627776 past the heap (67108864 bytes)"),
+    ("data past the heap", [inode(2, size=5), link(1, 2, "a"), data(2, (64 << 20) - 2, "abc")],
+     None, "offset 67108862 + 3 bytes past the heap (67108864 bytes)"),
+    ("truncate past the heap", [inode(2), link(1, 2, "a"),
+                                {"raw": "truncate", "id": 2, "size": 1 << 62}], None,
+     "size 4611686018427387904 past the heap"),
+    ("kind against mode", [inode(2, size=5), link(1, 2, "a")], kind_of_inode_2_is_dir,
+     "INODE record: kind 2 and mode 0100644 disagree"),
+]
+
+
+@pytest.mark.parametrize("what,records,change,words", IMPOSSIBLE_FIELDS,
+                         ids=[b[0] for b in IMPOSSIBLE_FIELDS])
+def test_impossible_fields_are_refused(tmp_path, what, records, change, words):
+    img = raw_heap(tmp_path, records)
+    if change:
+        img = damaged(tmp_path, img, "k.img", change)
+    refused(img, words, name="a")

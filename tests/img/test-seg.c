@@ -224,6 +224,10 @@ static void t_map_grow_refusals(void)
 	TEQ(img_seg_map_grow(base, SEG_SIZE, 13, &oo, &oord), -EINVAL);    /* outside */
 	TEQ(img_seg_map_grow(base, 0, SEG_ORDER, &oo, &oord), -EINVAL);    /* the whole */
 	TEQ(img_seg_map_grow(base, 4096, 12, &oo, &oord), -EINVAL);        /* not larger */
+	/* an end past 2^64 that wraps to inside, and orders no shift may take */
+	TEQ(img_seg_map_grow(base, -(1ull << 13), 13, &oo, &oord), -EINVAL);
+	TEQ(img_seg_map_grow(base, 1ull << 13, 64, &oo, &oord), -EINVAL);
+	TEQ(img_seg_map_grow(base, 1ull << 13, 200, &oo, &oord), -EINVAL);
 	T(!memcmp(copy, base, SEG_SIZE));
 	TEQ(oo, 7);
 	TEQ(oord, 7);
@@ -237,7 +241,7 @@ static void t_put_refusals(void)
 	struct seg s = { 0 };
 	unsigned char *copy = malloc(SEG_SIZE);
 	static const char *bad_names[] = { "", ".", "..", "a/b", "/" };
-	struct img_obj o = { .off = 1u << 16, .order = 16, .size = 10 };
+	struct img_obj o = { .off = 1u << 16, .order = 16, .size = 10, .mode = 0100644 };
 
 	T(seg_new(&s) == 0 && copy);
 	TEQ(seg_add(&s, "keep", 100), 0);
@@ -255,6 +259,16 @@ static void t_put_refusals(void)
 	TEQ(img_seg_put(s.base, &o), -EINVAL);
 	o.off = 0; /* the header block */
 	TEQ(img_seg_put(s.base, &o), -EINVAL);
+	o.off = -(1ull << 16); /* its end wraps past 2^64 to 0 */
+	TEQ(img_seg_put(s.base, &o), -EINVAL);
+	TEQ(img_seg_put_at(s.base, 0, &o), -EINVAL);
+	o.off = 1u << 16;
+	o.order = 70; /* no shift takes it */
+	TEQ(img_seg_put(s.base, &o), -EINVAL);
+	o.order = 16;
+	o.mode = 020644; /* not a regular file */
+	TEQ(img_seg_put(s.base, &o), -EINVAL);
+	o.mode = 0100644;
 	o.off = 1u << 16;
 	o.size = (1u << 16) + 1; /* past its block */
 	TEQ(img_seg_put(s.base, &o), -EINVAL);
@@ -348,6 +362,20 @@ static void t_check_refusals(void)
 	FRESH();
 	h->map_slots++;
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "name map"));
+	/* a map whose end wraps past 2^64 to 0 (aligned, so only the bound can tell): it
+	 * would put the map before the segment's first byte; sealed, so the position itself
+	 * is refused, and also with the checksum skipped */
+	FRESH();
+	h->map_off = -(1ull << h->map_order);
+	img_seg_seal(bad);
+	T(refused(bad, SEG_SIZE, 0, "bad name map position or size"));
+	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "bad name map position or size"));
+	FRESH();
+	h->map_off = SEG_SIZE - (1ull << h->map_order) / 2; /* straddles the end */
+	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "name map"));
+	FRESH();
+	h->map_order = 64; /* no shift takes it */
+	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "name map"));
 	FRESH();
 	h->nobjects = 3;
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "counts 3 objects"));
@@ -380,6 +408,15 @@ static void t_check_refusals(void)
 	FRESH();
 	sl->size = (1ull << b.order) + 1;
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "outside the segment"));
+	/* an object whose end wraps past 2^64 to 0: sorted last, it overlaps nothing, and a
+	 * reader of its bytes would read before the segment; sealed, as a file would be */
+	FRESH();
+	sl->off = -(1ull << b.order);
+	img_seg_seal(bad);
+	T(refused(bad, SEG_SIZE, 0, "outside the segment"));
+	FRESH();
+	sl->order = 64;
+	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "outside the segment"));
 	FRESH();
 	memcpy(sl->name, "be/a", 4);
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "invalid object name"));
@@ -390,6 +427,9 @@ static void t_check_refusals(void)
 	FRESH();
 	sl->name_len = 300;
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "invalid object name"));
+	FRESH();
+	sl->mode = 040755; /* objects/beta would be a directory with a file's blocks */
+	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "object 'beta': mode 040755 is not a regular"));
 	FRESH();
 	sl->used = 2;
 	T(refused(bad, SEG_SIZE, IMG_CHECK_NOSUM, "bad used flag"));

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -384,6 +385,141 @@ static void t_refusals(void)
 	free(c);
 }
 
+/* Offset in the image of the fixed part of its first record of this type. */
+static size_t fixed_at(uint32_t type)
+{
+	for (int i = 0; i < nbounds; i++) {
+		uint32_t t;
+
+		memcpy(&t, img + bounds[i], sizeof(t));
+		if (t == type)
+			return bounds[i] + sizeof(struct img_rec_hdr);
+	}
+	abort();
+}
+
+/* Set a field of the first record of type in a copy of the image (fields are unaligned). */
+#define PATCH(c, type, st, field, v)                                                     \
+	do {                                                                             \
+		__typeof__(((struct st *)0)->field) v_ = (v);                             \
+		memcpy((c) + fixed_at(type) + offsetof(struct st, field), &v_, sizeof(v_)); \
+	} while (0)
+
+/* Records whose fields say impossible things, each with a valid checksum: kinds against
+ * modes, sizes and DATA ends that wrap or pass an off_t or the heap, flags, masks; and
+ * headers whose heap_size disagrees with min_order or passes the largest heap. */
+static void t_field_refusals(void)
+{
+	unsigned char *c = malloc(img_len);
+	struct img_hdr *h = (struct img_hdr *)c;
+	int fd;
+
+	T(img && c);
+#define FRESH() memcpy(c, img, img_len)
+	FRESH();
+	PATCH(c, IMG_INODE, img_inode, kind, IMG_K_REG); /* the root: a directory's mode */
+	T(refused_with(resealed(c), img_len, "INODE record: kind 1 and mode 040755 disagree"));
+	FRESH();
+	PATCH(c, IMG_INODE, img_inode, kind, 9);
+	T(refused_with(resealed(c), img_len, "INODE record: kind 9 and mode 040755 disagree"));
+	FRESH();
+	PATCH(c, IMG_INODE, img_inode, size, 1ull << 63);
+	T(refused_with(resealed(c), img_len, "INODE record: size 9223372036854775808 out of"));
+	FRESH();
+	PATCH(c, IMG_INODE, img_inode, size, HEAP_SIZE + 1);
+	T(refused_with(resealed(c), img_len, "size 67108865 past the heap (67108864 bytes)"));
+	/* the first DATA record holds IMG_DATA_MAX bytes: its end wraps past 2^64 */
+	FRESH();
+	PATCH(c, IMG_DATA, img_data, off, UINT64_MAX - 100);
+	T(refused_with(resealed(c), img_len, "DATA record: offset 18446744073709551515 + "
+		       "1048576 bytes out of range"));
+	FRESH();
+	PATCH(c, IMG_DATA, img_data, off, (uint64_t)INT64_MAX - IMG_DATA_MAX + 1);
+	T(refused_with(resealed(c), img_len, "out of range"));
+	FRESH();
+	PATCH(c, IMG_DATA, img_data, off, HEAP_SIZE - IMG_DATA_MAX + 1);
+	T(refused_with(resealed(c), img_len, "+ 1048576 bytes past the heap (67108864 bytes)"));
+	FRESH();
+	PATCH(c, IMG_TRUNCATE, img_truncate, size, UINT64_MAX);
+	T(refused_with(resealed(c), img_len, "TRUNCATE record: size 18446744073709551615 out"));
+	FRESH();
+	PATCH(c, IMG_TRUNCATE, img_truncate, size, 2 * HEAP_SIZE);
+	T(refused_with(resealed(c), img_len, "size 134217728 past the heap"));
+	FRESH();
+	PATCH(c, IMG_RENAME, img_rename, flags, 3); /* NOREPLACE and EXCHANGE */
+	T(refused_with(resealed(c), img_len, "RENAME record: flags 0x3"));
+	FRESH();
+	PATCH(c, IMG_SETATTR, img_setattr, mask, IMG_SET_MODE | 0x80);
+	T(refused_with(resealed(c), img_len, "SETATTR record: mask 0x81"));
+	FRESH();
+	PATCH(c, IMG_SETATTR, img_setattr, mask, IMG_SET_SIZE);
+	PATCH(c, IMG_SETATTR, img_setattr, size, 1ull << 63);
+	T(refused_with(resealed(c), img_len, "SETATTR record: size 9223372036854775808 out"));
+	FRESH();
+	PATCH(c, IMG_SETATTR, img_setattr, mask, IMG_SET_SIZE);
+	PATCH(c, IMG_SETATTR, img_setattr, size, HEAP_SIZE + 4096);
+	T(refused_with(resealed(c), img_len, "past the heap"));
+	FRESH();
+	PATCH(c, IMG_SETATTR, img_setattr, size, 1ull << 63); /* no SIZE in the mask: unused */
+	fd = fd_of(resealed(c), img_len);
+	TEQ(read_back(fd), -EDOM);
+	close(fd);
+	/* heap_size below one min_block, and past the largest heap */
+	FRESH();
+	h->heap_size = 2048;
+	T(refused_with(resealed(c), img_len, "bad image header"));
+	FRESH();
+	h->heap_size = 2ull << IMG_HEAP_MAX_ORDER;
+	T(refused_with(resealed(c), img_len, "bad image header"));
+#undef FRESH
+	free(c);
+}
+
+/* One record in memory (the link's messages): decoded as the reader reads it, refused
+ * when its lengths disagree with the message's or its fields are impossible. */
+static void t_decode(void)
+{
+	static char str[IMG_REC_STR];
+	unsigned char msg[IMG_REC_HDR + 64], hdrb[IMG_REC_HDR];
+	struct img_data d = { 3, 4096 };
+	struct img_xattr x = { 3, 6, 3 };
+	struct img_rec rec;
+	const void *bytes;
+	struct iovec iov[4];
+	size_t len;
+	int n;
+
+#define FLAT(type, fixed, t0, l0, t1, l1)                                              \
+	do {                                                                           \
+		n = img_rec_iov(hdrb, type, fixed, t0, l0, t1, l1, iov);               \
+		len = 0;                                                               \
+		for (int k = 0; k < n; k++, len += iov[k - 1].iov_len)                 \
+			memcpy(msg + len, iov[k].iov_base, iov[k].iov_len);            \
+	} while (0)
+	FLAT(IMG_DATA, &d, "hello", 5, NULL, 0);
+	TEQ(img_rec_decode(msg, len, &rec, &bytes, str, why, sizeof(why)), 0);
+	T(rec.type == IMG_DATA && rec.data_len == 5 && bytes == msg + len - 5);
+	TEQ(img_rec_decode(msg, len - 1, &rec, &bytes, str, why, sizeof(why)), -EBADMSG);
+	T(strstr(why, "record length 21 in a message of 36 bytes"));
+	TEQ(img_rec_decode(msg, 10, &rec, &bytes, str, why, sizeof(why)), -EBADMSG);
+	T(strstr(why, "a record of 10 bytes"));
+	d.off = UINT64_MAX - 2; /* off + 5 wraps */
+	FLAT(IMG_DATA, &d, "hello", 5, NULL, 0);
+	TEQ(img_rec_decode(msg, len, &rec, &bytes, str, why, sizeof(why)), -EBADMSG);
+	T(strstr(why, "DATA record: offset 18446744073709551613 + 5 bytes out of range"));
+	FLAT(IMG_XATTR, &x, "user.k", 6, xval, 3);
+	TEQ(img_rec_decode(msg, len, &rec, &bytes, str, why, sizeof(why)), 0);
+	T(!strcmp(rec.s1, "user.k") && !memcmp(rec.s2, xval, 3) && rec.s2[3] == 0);
+	x.value_len = 4; /* one byte more than the message holds */
+	FLAT(IMG_XATTR, &x, "user.k", 6, xval, 3);
+	memcpy(msg + 8, &(uint64_t){ 16 + 6 + 4 }, 8);
+	TEQ(img_rec_decode(msg, len, &rec, &bytes, str, why, sizeof(why)), -EBADMSG);
+	memcpy(msg, &(uint32_t){ IMG_END }, 4);
+	TEQ(img_rec_decode(msg, len, &rec, &bytes, str, why, sizeof(why)), -EBADMSG);
+	T(strstr(why, "unknown record type 65535"));
+#undef FLAT
+}
+
 /* The writer refuses bad records with -EINVAL and writes none of their bytes. */
 static void t_writer_refusals(void)
 {
@@ -397,6 +533,13 @@ static void t_writer_refusals(void)
 
 	T(fd >= 0);
 	bad.heap_size = 1000;
+	TEQ(img_w_open(fd, &bad, &w), -EINVAL);
+	bad.heap_size = 2048; /* below one min_block (4K) */
+	TEQ(img_w_open(fd, &bad, &w), -EINVAL);
+	bad.heap_size = 2ull << IMG_HEAP_MAX_ORDER;
+	TEQ(img_w_open(fd, &bad, &w), -EINVAL);
+	bad = hdr;
+	bad.min_order = 21;
 	TEQ(img_w_open(fd, &bad, &w), -EINVAL);
 	bad = hdr;
 	memcpy(bad.name, "a/b", 4);
@@ -427,6 +570,15 @@ static void t_writer_refusals(void)
 	TEQ(img_w_rename(w, 1, "..", 1, "ok", 0), -EINVAL);
 	TEQ(img_w_xattr(w, 1, "", "v", 1), -EINVAL);
 	TEQ(img_w_xattr(w, 1, "user.big", big, IMG_XATTR_MAX + 1), -EINVAL);
+	/* fields the reader refuses: kinds against modes, ends past an off_t, flags */
+	TEQ(img_w_inode(w, &(struct img_inode){ .id = 2, .kind = IMG_K_DIR, .mode = 0100644 }),
+	    -EINVAL);
+	TEQ(img_w_inode(w, &(struct img_inode){ .id = 2, .kind = IMG_K_SPECIAL, .mode = 0644 }),
+	    -EINVAL);
+	TEQ(img_w_data(w, 2, UINT64_MAX - 3, "abcd", 4), -EINVAL);
+	TEQ(img_w_truncate(w, 2, 1ull << 63), -EINVAL);
+	TEQ(img_w_rename(w, 1, "a", 1, "b", 4), -EINVAL);
+	TEQ(img_w_setattr(w, &(struct img_setattr){ .id = 2, .mask = 1u << 7 }), -EINVAL);
 	TEQ(img_w_link(w, 1, 2, "fine"), 0);
 	TEQ(img_w_data(w, 2, 0, big, 0), 0); /* nothing to write */
 	TEQ(img_w_finish(w), 0);
@@ -482,6 +634,8 @@ int main(void)
 	RUN(t_truncated);
 	RUN(t_bitflips);
 	RUN(t_refusals);
+	RUN(t_field_refusals);
+	RUN(t_decode);
 	RUN(t_writer_refusals);
 	RUN(t_write_error);
 	RUN(t_read_error);
