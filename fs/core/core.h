@@ -289,6 +289,9 @@ int hfs_statfs(struct hfs_inode *i, struct statvfs *st);
  * hfs_heap_settle() drains once a chunk's worth was freed; the housekeeper drains every
  * heap with anything freed once a second, so RSS follows what files hold. */
 void hfs_heap_settle(struct hfs_heap *h);
+/* A writer-preferring rwlock: a writer waits only for the readers already in, so a stream
+ * of readers cannot starve it (hfs.ns, a heap's quiesce, the object segment's lock). */
+void hfs_rwlock_init_writers(pthread_rwlock_t *l);
 int hfs_housekeeper_start(void);
 void hfs_housekeeper_stop(void);
 

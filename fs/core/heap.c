@@ -64,6 +64,16 @@ void hfs_heap_meta(struct hfs_heap *h, int64_t delta)
 		atomic_fetch_add(&h->meta, (uint_fast64_t)delta);
 }
 
+void hfs_rwlock_init_writers(pthread_rwlock_t *l)
+{
+	pthread_rwlockattr_t a;
+
+	pthread_rwlockattr_init(&a);
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(l, &a);
+	pthread_rwlockattr_destroy(&a);
+}
+
 static unsigned log2_of(uint64_t pow2)
 {
 	return (unsigned)__builtin_ctzll(pow2);
@@ -96,14 +106,7 @@ static int heap_new(const struct conf_heap *pol, bool from_config, struct msrc *
 	}
 	atomic_init(&h->refs, 1);
 	atomic_init(&h->next_id, 1); /* the heap directory, made first, is 1 (IMG_ROOT_ID) */
-	{
-		pthread_rwlockattr_t a; /* a snapshot must not starve behind a stream of writes */
-
-		pthread_rwlockattr_init(&a);
-		pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-		pthread_rwlock_init(&h->quiesce, &a);
-		pthread_rwlockattr_destroy(&a);
-	}
+	hfs_rwlock_init_writers(&h->quiesce); /* a snapshot must not starve behind writes */
 	*out = h;
 	return 0;
 }

@@ -198,14 +198,10 @@ static void *readahead_thread(void *arg)
 
 static int fs_init(void)
 {
-	pthread_rwlockattr_t a;
 	int ret;
 
 	/* writers first: a rename must not starve behind a stream of lookups */
-	pthread_rwlockattr_init(&a);
-	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&hfs.ns, &a);
-	pthread_rwlockattr_destroy(&a);
+	hfs_rwlock_init_writers(&hfs.ns);
 	hfs.uid = getuid();
 	hfs.gid = getgid();
 	ret = hfs_itable_init();

@@ -370,7 +370,6 @@ int hfs_objects_start(void)
 				 .chunk = 2u << 20, .layout = CONF_LAYOUT_CONTIGUOUS,
 				 .cache = CONF_CACHE_AUTO, .writers = c->writers,
 				 .direct_map = c->direct_map };
-	pthread_rwlockattr_t a;
 	int ret;
 
 	snprintf(pol.name, sizeof(pol.name), "objects");
@@ -387,10 +386,7 @@ int hfs_objects_start(void)
 	obj.base = buddy_ptr(obj.h->b, 0);
 	obj.size = c->size;
 	/* writers first: a snapshot must not starve behind a stream of writes */
-	pthread_rwlockattr_init(&a);
-	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&obj.seg, &a);
-	pthread_rwlockattr_destroy(&a);
+	hfs_rwlock_init_writers(&obj.seg);
 	ret = c->image ? load(c->image) : 1;
 	if (ret == 1)
 		ret = format();
