@@ -68,7 +68,24 @@ enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP, HFS_ST_PARTNER, HF
 		       HFS_ST_IMAGE /* .heapfs/images/NAME: a stream, not rendered */ };
 
 struct hfs_inode;
+struct hfs_heap;
 struct hfs_snap; /* status.c */
+
+/* What the feature behind a heap does around the core's changes to it: set by whoever
+ * creates the heap (h->ops, never NULL; a NULL member: nothing to do).  The core calls
+ * each as one indirect call, never a feature by name. */
+struct hfs_heap_ops {
+	/* pool/: make `bytes` more bytes available before a file grows (donors) */
+	void (*make_room)(struct hfs_heap *h, uint64_t bytes);
+	/* direct/: does a client map a range of i now?  Then its blocks must neither move
+	 * nor go (EBUSY).  i->lock held for writing. */
+	bool (*busy)(struct hfs_inode *i);
+	/* objects/: around every change of i's data or attributes (hfs_change_lock/unlock,
+	 * i->lock held for writing): hold the segment, then write i's slot when it changed
+	 * and let the segment go. */
+	void (*hold)(struct hfs_inode *i);
+	void (*release)(struct hfs_inode *i, bool changed);
+};
 
 struct hfs_heap {
 	struct conf_heap pol;
@@ -86,8 +103,7 @@ struct hfs_heap {
 	atomic_uint_fast64_t meta;       /* daemon bytes of its inodes, entries, targets, xattrs */
 	struct hfs_inode *dir;           /* heaps/NAME, NULL once removed (hfs.ns) */
 	struct hfs_inode *st_heap, *st_map, *st_image; /* .heapfs/{heaps,maps,images}/NAME */
-	/* pool/ (pool.c): make `bytes` more bytes available before a file grows (donors) */
-	void (*room)(struct hfs_heap *h, uint64_t bytes);
+	const struct hfs_heap_ops *ops; /* the feature's (heap.c: none, dm.c: direct_map) */
 	/* held shared by every change of file data or attributes in the heap (namespace
 	 * changes hold hfs.ns): an image snapshot holds it exclusive while it forks */
 	pthread_rwlock_t quiesce;
@@ -338,16 +354,21 @@ unsigned hfs_file_max_order(struct hfs_inode *i);
 
 /* Lock inode i of a heap for a change of its data or attributes: the heap's quiesce lock
  * shared (an image snapshot waits for changes in flight, and holds new ones off only while
- * it forks), then the inode lock. */
+ * it forks), then the inode lock, then what the heap's feature holds (ops->hold). */
 static inline void hfs_change_lock(struct hfs_inode *i)
 {
 	if (i->heap)
 		pthread_rwlock_rdlock(&i->heap->quiesce);
 	pthread_rwlock_wrlock(&i->lock);
+	if (i->heap && i->heap->ops->hold)
+		i->heap->ops->hold(i);
 }
 
-static inline void hfs_change_unlock(struct hfs_inode *i)
+/* changed: i's data or attributes changed (an object's slot is written again). */
+static inline void hfs_change_unlock(struct hfs_inode *i, bool changed)
 {
+	if (i->heap && i->heap->ops->release)
+		i->heap->ops->release(i, changed);
 	pthread_rwlock_unlock(&i->lock);
 	if (i->heap)
 		pthread_rwlock_unlock(&i->heap->quiesce);
@@ -427,10 +448,6 @@ struct hfs_heap *hfs_objects_heap(void);
 int hfs_obj_init(struct hfs_inode *i);
 int __hfs_obj_added(struct hfs_inode *i, const char *name);
 void __hfs_obj_removed(struct hfs_inode *i);
-/* Data/attribute mutations of object i (file.c): hold the segment lock shared around the
- * change, then write i's slot.  i->lock held for writing. */
-void __hfs_obj_hold(struct hfs_inode *i);
-void __hfs_obj_release(struct hfs_inode *i, bool sync);
 /* The segment for .heapfs/segment: size, and a sealed consistent copy into dst. */
 uint64_t hfs_objects_size(void);
 void hfs_objects_snapshot(void *dst);
@@ -457,6 +474,8 @@ struct buddy_params;
  * generations), its data in a memfd (BUDDY_F_MEMFD).  heap.c calls these for
  * pol.direct_map; 0 or -errno.  (dm.c) */
 int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp);
+/* The ops every direct_map heap starts with (fs/direct, before the heaps are made). */
+void hfs_dm_set_ops(const struct hfs_heap_ops *ops);
 void hfs_dm_heap_destroy(struct hfs_heap *h);
 /* Around every change of the object segment's name map (objects.c, under its map mutex):
  * the sequence counter clients read the map under (odd while it changes). */

@@ -16,8 +16,9 @@
  * Reads return iovecs pointing into heap memory (no copy here: fuse_reply_iov writes them
  * straight to the kernel) and hold the inode read lock until the reply is sent.
  * Objects (objects.c) are contiguous files that always hold one block (size 0 keeps a
- * min_block): every mutation below holds the segment lock shared and rewrites the object's
- * map slot before unlocking (lock_w/unlock_w), so the segment always describes itself.
+ * min_block): every mutation below goes through hfs_change_lock/unlock (lock_w/unlock_w),
+ * whose heap ops hold the segment lock shared and rewrite the object's map slot before
+ * unlocking, so the segment always describes itself.
  * Locking: inode.lock for everything here; __ functions expect it held for writing.
  */
 #include <errno.h>
@@ -26,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "direct.h"
 #include "core.h"
 #include "source.h"
 
@@ -211,6 +211,12 @@ static bool __room_for(struct hfs_inode *i, uint64_t need)
 	return held <= size && take <= size - held;
 }
 
+/* Does a client map a range of i now (direct/)?  Then its blocks neither move nor go. */
+static bool __busy(struct hfs_inode *i)
+{
+	return i->heap->ops->busy && i->heap->ops->busy(i);
+}
+
 /* Make cap >= want, or at least >= need (need <= want; need == want: all or nothing, and
  * a write passes the byte after its offset: it writes what fits).  Decided before any
  * block is taken: EFBIG when need lies past the heap (it can never fit; want is cut to the
@@ -231,12 +237,13 @@ static int __grow(struct hfs_inode *i, uint64_t want, uint64_t need)
 		return -EFBIG; /* a file never outgrows its heap */
 	if (want > blk(top))
 		want = blk(top);
-	if (i->heap->room) /* memory that arrives on demand (pool/: donors) */
-		i->heap->room(i->heap, (want - i->file.cap + blk(min) - 1) & ~(blk(min) - 1));
+	if (i->heap->ops->make_room) /* memory that arrives on demand (pool/: donors) */
+		i->heap->ops->make_room(i->heap, (want - i->file.cap + blk(min) - 1) &
+						 ~(blk(min) - 1));
 	if (need > i->file.cap && !__room_for(i, need))
 		return -ENOSPC;
 	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {
-		if (i->file.n && hfs_client_busy(i))
+		if (i->file.n && __busy(i))
 			return -EBUSY; /* a client maps the block: it must not move */
 		ret = buddy_order_of(want, min);
 		if (ret < 0)
@@ -332,17 +339,15 @@ static void __kill_suid(struct hfs_inode *i, uid_t who, bool always)
 		i->mode &= ~S_ISGID;
 }
 
-/* Lock i for a change of its data or attributes; unlock after one (sync: it changed). */
+/* Lock i for a change of its data or attributes; unlock after one (changed: it did). */
 static void lock_w(struct hfs_inode *i)
 {
 	hfs_change_lock(i);
-	__hfs_obj_hold(i);
 }
 
-static void unlock_w(struct hfs_inode *i, bool sync)
+static void unlock_w(struct hfs_inode *i, bool changed)
 {
-	__hfs_obj_release(i, sync);
-	hfs_change_unlock(i);
+	hfs_change_unlock(i, changed);
 	hfs_heap_settle(i->heap); /* contiguous files free their old block when they move */
 }
 
@@ -357,7 +362,7 @@ static int __truncate(struct hfs_inode *i, uint64_t size)
 		if (ret)
 			return ret;
 		i->size = size;
-	} else if (hfs_client_busy(i)) {
+	} else if (__busy(i)) {
 		if (size < i->size)
 			return -EBUSY; /* mapped blocks neither move nor go (README) */
 	} else if (size < i->size || i->file.cap > size) {

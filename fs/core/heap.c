@@ -79,6 +79,8 @@ static unsigned log2_of(uint64_t pow2)
 	return (unsigned)__builtin_ctzll(pow2);
 }
 
+static const struct hfs_heap_ops no_ops; /* a plain heap: nothing to do */
+
 static int heap_new(const struct conf_heap *pol, bool from_config, struct msrc *src,
 		    struct hfs_heap **out)
 {
@@ -91,6 +93,7 @@ static int heap_new(const struct conf_heap *pol, bool from_config, struct msrc *
 	h->pol = *pol;
 	h->pol.image = pol->image ? strdup(pol->image) : NULL;
 	h->from_config = from_config;
+	h->ops = &no_ops; /* a direct_map heap's are dm.c's; its creator may set its own */
 	h->max_inodes = conf_heap_inodes(pol);
 	bp.heap_order = log2_of(pol->size);
 	bp.min_order = h->min_order = log2_of(pol->min_block);

@@ -23,7 +23,7 @@
  * an open of the file (an unlink frees the blocks only when the last lease goes: file.c's
  * unlinked-but-open rule) and holds an inode reference; file.maps counts the file's live
  * leases.  A truncate that shrinks the file or a growth that would move a contiguous
- * file's block asks hfs_client_busy(): idle leases (count 0) are revoked there (CAS to
+ * file's block asks busy() (the heap op of every direct_map heap): idle leases (count 0) are revoked there (CAS to
  * REVOKED, so a client's concurrent map either wins, and the change gets EBUSY, or sees
  * REVOKED and asks again), mapped ones make it EBUSY.  So mapped blocks neither move nor
  * go back to the OS.  The server thread drops revoked leases and revokes idle leases of
@@ -106,12 +106,10 @@ void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
 void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len)
 {
 	hfs_change_lock(i);
-	__hfs_obj_hold(i);
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
 	/* replication: the write-range change record of [off, off + len) goes here */
-	__hfs_obj_release(i, true);
-	hfs_change_unlock(i);
+	hfs_change_unlock(i, true);
 	if (hfs_client_inval)
 		hfs_client_inval(i->ino, (int64_t)off, (int64_t)len);
 }
@@ -408,7 +406,11 @@ static bool __revoke(struct cl_conn *c, struct cl_map *m)
 	return true;
 }
 
-bool hfs_client_busy(struct hfs_inode *i)
+/* Is a range of i mapped by a client now?  Leases of i that no client maps at the moment
+ * are revoked on the way (their clients ask again at their next map).  The busy op of
+ * every direct_map heap (file.c: a truncate that shrinks, and moving a contiguous file's
+ * block, get EBUSY while it is).  i->lock held for writing. */
+static bool busy(struct hfs_inode *i)
 {
 	bool busy = false, any = false;
 
@@ -666,6 +668,13 @@ static void *server(void *arg)
 	while (cl.conns)
 		conn_close(cl.conns);
 	return NULL;
+}
+
+static const struct hfs_heap_ops dm_ops = { .busy = busy };
+
+void hfs_client_register(void)
+{
+	hfs_dm_set_ops(&dm_ops);
 }
 
 /* The socket is in Linux's abstract namespace ("@name" in .heapfs/stats): nothing is

@@ -364,6 +364,7 @@ int main(int argc, char *argv[])
 	hfs.readahead_kb = readahead_kb;
 	hfs.no_killpriv = o.no_killpriv;
 	hfs.io_uring = o.io_uring;
+	hfs_client_register(); /* before the heaps: what direct_map heaps do for clients */
 	ret = fs_init();
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));

@@ -7,8 +7,9 @@
  * is one block, and whose memory *is* the segment: offset 0 holds the header block and one
  * block the name map (img_seg_*), claimed with buddy_alloc_at at start.  Every change of a
  * named object — create, unlink, rename (dir.c's namespace hooks), write, truncate,
- * fallocate, setattr (file.c, through __hfs_obj_hold/__hfs_obj_release) — rewrites its map
- * slot, so the segment describes itself at every moment a snapshot can be taken.
+ * fallocate, setattr, xattrs (the heap ops hold/release around hfs_change_lock/unlock) —
+ * rewrites its map slot, so the segment describes itself at every moment a snapshot can
+ * be taken.
  *
  * How: start formats the segment, or loads objects.image (img_seg_load checks it whole)
  * and makes an inode per listed object; stop saves the image (img_seg_save: atomic).
@@ -36,6 +37,7 @@
 
 static struct {
 	struct hfs_heap *h;
+	struct hfs_heap_ops ops; /* h's */
 	char *base; /* buddy_ptr(h->b, 0): the segment */
 	uint64_t size;
 	pthread_rwlock_t seg;
@@ -163,17 +165,16 @@ static void __slot_give(struct hfs_inode *i)
 	i->file.oslot = 0;
 }
 
-void __hfs_obj_hold(struct hfs_inode *i)
+/* The segment heap's ops, around every change of an object's data or attributes. */
+static void hold(struct hfs_inode *i)
 {
-	if (i->heap->objects)
-		pthread_rwlock_rdlock(&obj.seg);
+	(void)i;
+	pthread_rwlock_rdlock(&obj.seg);
 }
 
-void __hfs_obj_release(struct hfs_inode *i, bool sync)
+static void release(struct hfs_inode *i, bool changed)
 {
-	if (!i->heap->objects)
-		return;
-	if (sync)
+	if (changed)
 		__put(i); /* its own slot: cannot fail */
 	pthread_rwlock_unlock(&obj.seg);
 }
@@ -383,6 +384,11 @@ int hfs_objects_start(void)
 		return ret;
 	}
 	obj.h->objects = true;
+	/* ours, and what the heap came with (direct_map: a range a client maps is busy) */
+	obj.ops = *obj.h->ops;
+	obj.ops.hold = hold;
+	obj.ops.release = release;
+	obj.h->ops = &obj.ops;
 	obj.base = buddy_ptr(obj.h->b, 0);
 	obj.size = c->size;
 	/* writers first: a snapshot must not starve behind a stream of writes */

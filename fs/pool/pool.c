@@ -10,8 +10,8 @@
  * back.  Reads and writes go through the source (pread/pwrite), so the daemon's address
  * space never holds donor memory.
  *
- * How: growing a pool file past what the pool holds calls pool_room() (the heap's room
- * hook, file.c), which spawns heapfs-donor processes (at most max_donors slots, then the
+ * How: growing a pool file past what the pool holds calls make_room() (the heap's op,
+ * file.c), which spawns heapfs-donor processes (at most max_donors slots, then the
  * growth fails with ENOSPC) and waits until they joined.  A thread serves the pool socket:
  * it checks each joining peer (SO_PEERCRED: same uid or root; a header and exactly one
  * memfd of at least the announced size, which it seals against shrinking), notices
@@ -19,8 +19,8 @@
  * donors it spawned, and every tick tells donors whose memory is entirely free again to
  * release (after they were used once; a spawned donor also after DONOR_IDLE_NS unused).
  *
- * Locking: pool.lock guards the slots; pool_room waits on pool.changed with it.  It is
- * taken under an inode lock (pool_room runs inside a write) and never the other way
+ * Locking: pool.lock guards the slots; make_room waits on pool.changed with it.  It is
+ * taken under an inode lock (make_room runs inside a write) and never the other way
  * round; the socket thread never takes inode locks.  A slot's range is added to the
  * source before its blocks are freed into the heap and removed only after they were all
  * claimed back, so no reader meets a range without memory.
@@ -238,10 +238,10 @@ static uint64_t __pending(void)
 	return n;
 }
 
-/* The heap's room hook (file.c __grow): make `bytes` more bytes available if donors can,
+/* The heap's make_room op (file.c __grow): make `bytes` more bytes available if donors can,
  * starting as many as needed and waiting until they joined.  Never fails: the growth
  * then takes what there is (ENOSPC past max_donors). */
-static void pool_room(struct hfs_heap *h, uint64_t bytes)
+static void make_room(struct hfs_heap *h, uint64_t bytes)
 {
 	int64_t deadline = now_ns() + POOL_WAIT_NS;
 	struct timespec until;
@@ -281,6 +281,8 @@ static void pool_room(struct hfs_heap *h, uint64_t bytes)
 	pool.growers--;
 	pthread_mutex_unlock(&pool.lock);
 }
+
+static const struct hfs_heap_ops pool_ops = { .make_room = make_room };
 
 /* ---- the socket -------------------------------------------------------------------- */
 
@@ -714,7 +716,7 @@ int hfs_pool_start(void)
 		goto fail;
 	if (pool.own < pool.size && (ret = claim(pool.own, pool.size - pool.own)))
 		goto fail;
-	pool.h->room = pool_room;
+	pool.h->ops = &pool_ops;
 	ret = sock_open(c->socket);
 	if (ret)
 		goto fail;
