@@ -249,6 +249,23 @@ static inline int64_t hfs_now_ns(void)
 
 /* dir.c — namespace. Entry-returning calls take one lookup reference for the kernel. */
 int hfs_mount_tree(void);
+/* What may happen in the directories of a namespace (a row of dir.c's table; NULL hooks:
+ * nothing to do).  The hooks run under hfs.ns exclusive, i->lock not held. */
+#define HFS_KIND(k) (1u << (k))
+struct hfs_ns_ops {
+	unsigned kinds; /* HFS_KIND()s hfs_create may make here (0: entries are fixed, EPERM) */
+	bool links;     /* hard links may be made here */
+	/* mkdir/rmdir of name in dir, instead of the generic directory ones */
+	int (*mkdir)(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
+	int (*rmdir)(struct hfs_inode *dir, struct hfs_inode *i);
+	struct hfs_heap *(*heap)(void); /* heap of new entries (else the directory's) */
+	int (*init)(struct hfs_inode *i);  /* a new inode before its first entry */
+	int (*added)(struct hfs_inode *i, const char *name); /* an entry now names i */
+	void (*removed)(struct hfs_inode *i);                /* i lost its entry */
+};
+/* A feature's namespace (HFS_R_OBJECTS, HFS_R_POOL): before its first entry is made, in
+ * one thread (before the mount).  Unregistered, its directory is fixed. */
+void hfs_ns_register(enum hfs_role role, const struct hfs_ns_ops *ops);
 int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
 int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out);
@@ -444,10 +461,8 @@ void hfs_snapshot_uncharge(size_t bytes);
 int hfs_objects_start(void);
 int hfs_objects_stop(void);
 struct hfs_heap *hfs_objects_heap(void);
-/* Namespace hooks (dir.c's table): under hfs.ns exclusive.  i->lock not held. */
-int hfs_obj_init(struct hfs_inode *i);
-int __hfs_obj_added(struct hfs_inode *i, const char *name);
-void __hfs_obj_removed(struct hfs_inode *i);
+/* Before the mount tree is made: objects/'s namespace. */
+void hfs_objects_register(void);
 /* The segment for .heapfs/segment: size, and a sealed consistent copy into dst. */
 uint64_t hfs_objects_size(void);
 void hfs_objects_snapshot(void *dst);

@@ -364,7 +364,10 @@ int main(int argc, char *argv[])
 	hfs.readahead_kb = readahead_kb;
 	hfs.no_killpriv = o.no_killpriv;
 	hfs.io_uring = o.io_uring;
-	hfs_client_register(); /* before the heaps: what direct_map heaps do for clients */
+	/* before the tree and the heaps: what the features add to them */
+	hfs_client_register();
+	hfs_objects_register();
+	hfs_pool_register();
 	ret = fs_init();
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));

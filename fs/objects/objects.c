@@ -179,12 +179,13 @@ static void release(struct hfs_inode *i, bool changed)
 	pthread_rwlock_unlock(&obj.seg);
 }
 
-int hfs_obj_init(struct hfs_inode *i)
+/* objects/'s namespace hooks (dir.c's table): under hfs.ns exclusive.  i->lock not held. */
+static int obj_init(struct hfs_inode *i)
 {
 	return hfs_file_reserve(i, obj.h->pol.min_block); /* an object always has its block */
 }
 
-int __hfs_obj_added(struct hfs_inode *i, const char *name)
+static int __obj_added(struct hfs_inode *i, const char *name)
 {
 	char *n = strdup(name);
 	uint32_t slot;
@@ -214,7 +215,7 @@ int __hfs_obj_added(struct hfs_inode *i, const char *name)
 	return ret;
 }
 
-void __hfs_obj_removed(struct hfs_inode *i)
+static void __obj_removed(struct hfs_inode *i)
 {
 	pthread_rwlock_wrlock(&i->lock);
 	pthread_rwlock_rdlock(&obj.seg);
@@ -223,6 +224,16 @@ void __hfs_obj_removed(struct hfs_inode *i)
 	i->file.oname = NULL;
 	pthread_rwlock_unlock(&obj.seg);
 	pthread_rwlock_unlock(&i->lock);
+}
+
+static const struct hfs_ns_ops objects_ns = {
+	.kinds = HFS_KIND(HFS_REG), .heap = hfs_objects_heap, .init = obj_init,
+	.added = __obj_added, .removed = __obj_removed,
+};
+
+void hfs_objects_register(void)
+{
+	hfs_ns_register(HFS_R_OBJECTS, &objects_ns);
 }
 
 void hfs_objects_snapshot(void *dst)

@@ -91,7 +91,8 @@ static struct {
 	bool running;
 } pool = { .lock = PTHREAD_MUTEX_INITIALIZER, .lfd = -1, .stopfd = -1 };
 
-struct hfs_heap *hfs_pool_heap(void)
+/* pool/'s namespace: regular files only, in the pool's heap */
+static struct hfs_heap *pool_heap(void)
 {
 	return pool.h;
 }
@@ -283,6 +284,12 @@ static void make_room(struct hfs_heap *h, uint64_t bytes)
 }
 
 static const struct hfs_heap_ops pool_ops = { .make_room = make_room };
+static const struct hfs_ns_ops pool_ns = { .kinds = HFS_KIND(HFS_REG), .heap = pool_heap };
+
+void hfs_pool_register(void)
+{
+	hfs_ns_register(HFS_R_POOL, &pool_ns);
+}
 
 /* ---- the socket -------------------------------------------------------------------- */
 

@@ -11,10 +11,11 @@
 
 #include "core.h"
 
+/* Before the mount tree is made: pool/'s namespace. */
+void hfs_pool_register(void);
 int hfs_pool_start(void);
 int hfs_pool_run(void);
 void hfs_pool_stop(void);
-struct hfs_heap *hfs_pool_heap(void);
 /* .heapfs/donors: {"socket", "size", "process_memory", "process_used", "donor_size",
  * "max_donors", "donors": [{"pid", "size", "used", "state", "external", "offset"}]} */
 json_t *hfs_pool_json(void);
