@@ -1,5 +1,5 @@
 /*
- * fs_i.h — the daemon's core (fs/): namespaces, inodes, file data, images, objects.
+ * core.h — the daemon's core (fs/core/): namespaces, inodes, file data, heaps, images, status.
  * No FUSE type appears here: images restore through these functions and a mirror will
  * apply a partner's changes through them.  The FUSE edge (edge_i.h: ops.c, io.c, uring.c,
  * main.c) is the only code that includes libfuse.
@@ -62,9 +62,8 @@ enum hfs_role {
 	HFS_R_N,
 };
 
-enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP, HFS_ST_PARTNER, HFS_ST_DONORS,
-		       HFS_ST_VERIFY, /* .heapfs/verify: replication, compared when opened */
-		       HFS_ST_SEGMENT, /* .heapfs/segment */
+enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP,
+		       HFS_ST_FEATURE, /* .heapfs/NAME a feature registered (status.c) */
 		       HFS_ST_IMAGE /* .heapfs/images/NAME: a stream, not rendered */ };
 
 struct hfs_inode;
@@ -177,6 +176,7 @@ struct hfs_inode {
 		struct { /* HFS_STATUS */
 			enum hfs_status_kind what;
 			struct hfs_heap *heap; /* HEAP and MAP files: holds a heap reference */
+			const struct hfs_status_file *file; /* FEATURE files */
 			struct hfs_snap *last;     /* lock: the newest snapshot while one is open */
 		} st;
 	};
@@ -303,6 +303,10 @@ int hfs_dir_entry(struct hfs_inode *dir, struct hfs_dirsnap *s, size_t idx, bool
 int hfs_heaps_init(void);
 /* A heap of policy pol, in no list (the object segment's): 0 or -errno. */
 int hfs_heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap **out);
+/* A copy of the heap list, each heap referenced (hfs_heaps_put() drops them); NULL when
+ * out of memory.  Takes hfs.ns shared only while it copies. */
+struct hfs_heap **hfs_heaps_get(unsigned *n);
+void hfs_heaps_put(struct hfs_heap **v, unsigned n);
 /* The same with its memory from the caller's source (alloc/source.h), kept by the caller. */
 struct msrc;
 int hfs_heap_new_src(const struct conf_heap *pol, struct msrc *src, struct hfs_heap **out);
@@ -447,6 +451,33 @@ void hfs_xattr_free(struct hfs_inode *i);
 /* status.c — JSON snapshots of .heapfs/ files: *buf is shared and read-only until
  * hfs_status_put(); -ENFILE when the snapshot budget is spent. */
 #define HFS_MAP_MAX_BLOCKS 16384 /* a map lists at most this many blocks */
+struct json_t;
+/* A .heapfs/NAME file of a feature, rendered when opened: its JSON, or (json NULL) size
+ * bytes that copy() writes (.heapfs/segment).  setxattr: a user.* name set on it (NULL:
+ * EPERM as on every status file).  Registered before hfs_mount_tree, which makes the
+ * files after .heapfs/stats in the order they were registered; in one thread. */
+struct hfs_status_file {
+	const char *name;
+	struct json_t *(*json)(void); /* a new value, the caller's; NULL: out of memory */
+	uint64_t size;
+	void (*copy)(void *dst);
+	int (*setxattr)(const char *name, const void *value, size_t size);
+	struct hfs_status_file *next; /* status.c's */
+};
+void hfs_status_register(struct hfs_status_file *f);
+/* A feature's part of .heapfs/stats: add() sets its keys in the object (0 or -ENOMEM),
+ * right after "heaps" or at the end (registration order within each). */
+enum hfs_stats_at { HFS_STATS_AFTER_HEAPS, HFS_STATS_AT_END };
+struct hfs_stats_part {
+	enum hfs_stats_at at;
+	int (*add)(struct json_t *stats);
+	struct hfs_stats_part *next; /* status.c's */
+};
+void hfs_stats_register(struct hfs_stats_part *p);
+/* The "role" of a heap in .heapfs/heaps/NAME and stats (replication's; else "owner"). */
+void hfs_status_role(const char *(*role)(const struct hfs_heap *h));
+/* Make the registered files in .heapfs/ (dir.c's hfs_mount_tree, hfs.ns exclusive). */
+int __hfs_status_files(struct hfs_inode *dot);
 int hfs_status_render(struct hfs_inode *i, char **buf, size_t *len);
 void hfs_status_put(struct hfs_inode *i, char *buf);
 /* The snapshot budget: bytes of distinct status snapshots and directory listings held by
@@ -454,23 +485,6 @@ void hfs_status_put(struct hfs_inode *i, char *buf);
 #define HFS_SNAPSHOT_BUDGET (64 * 1024 * 1024)
 int hfs_snapshot_charge(size_t bytes);
 void hfs_snapshot_uncharge(size_t bytes);
-
-/* objects.c — the object segment behind objects/.  Start: after the heaps, before the
- * mount (format, or load objects.image); 0, or -errno after printing why (exit 2).
- * Stop: after the session loop (save objects.image); 0 or -errno after printing why. */
-int hfs_objects_start(void);
-int hfs_objects_stop(void);
-struct hfs_heap *hfs_objects_heap(void);
-/* Before the mount tree is made: objects/'s namespace. */
-void hfs_objects_register(void);
-/* The segment for .heapfs/segment: size, and a sealed consistent copy into dst. */
-uint64_t hfs_objects_size(void);
-void hfs_objects_snapshot(void *dst);
-struct hfs_objects_stats {
-	uint64_t size, min_block, used, free, largest_free;
-	uint32_t objects, map_slots;
-};
-void hfs_objects_stats(struct hfs_objects_stats *st);
 
 /* dm.c — the direct_map memory of a heap.  The client socket that hands it out: fs/direct/. */
 struct hfs_dm {
@@ -500,6 +514,8 @@ void hfs_dm_seq_end(struct hfs_heap *h);
 /* repl.c — replication to the partner (SPEC "Replication").  init: before mounting (the
  * secret; -errno after printing why: exit 2); start: after daemonizing (the link). */
 int hfs_repl_init(void);
+/* Before the mount tree is made: .heapfs/partner and verify, and each heap's role. */
+void hfs_repl_register(void);
 int hfs_repl_start(void);
 void hfs_repl_stop(void);
 /* May users change heap h?  The one place that decides: -EROFS on a mirror (except for
@@ -546,22 +562,10 @@ void hfs_inval_entry(hfs_ino_t parent, const char *name);
 /* flush/fsync: async mode waits until the partner has everything (0 / -EIO). */
 int hfs_repl_flush(const struct hfs_heap *h);
 bool hfs_repl_flushes(const struct hfs_heap *h); /* an owned replicated heap */
-struct hfs_repl_status {
-	const char *state; /* none connected degraded resyncing */
-	char peer[65];
-	uint64_t epoch, lag_bytes, sent_bytes, recv_bytes, resync_done, resync_total;
-};
-void hfs_repl_status(struct hfs_repl_status *st);
 /* heapfsctl promote: this node owns heap (NULL or "": every replicated heap), with a higher
  * epoch.  -EBUSY while the partner is connected unless force (which drops the link) or
  * discard (--discard-peer: the partner's copy is replaced by ours, ending a split brain);
  * -ENOENT no such replicated heap; -ENOTCONN no partner section. */
 int hfs_repl_promote(const char *heap, bool force, bool discard);
-/* heapfsctl promote sets user.heapfs.promote[.force|.discard-peer] = HEAP on
- * .heapfs/partner (xattr.c hands such sets here). */
-int hfs_repl_setxattr(const char *name, const void *value, size_t size);
-/* .heapfs/verify: both copies compared (a jansson json_t *, the caller's). */
-struct json_t;
-struct json_t *hfs_repl_verify_json(void);
 
 #endif

@@ -30,6 +30,8 @@
 
 #include "core.h"
 
+struct hfs_fs hfs; /* the mount: its tree, its heaps, its settings (main.c fills them) */
+
 #define KIND(k) HFS_KIND(k)
 #define ALL_KINDS (KIND(HFS_DIR) | KIND(HFS_REG) | KIND(HFS_LNK) | KIND(HFS_SPECIAL))
 
@@ -611,7 +613,6 @@ struct hfs_inode *__hfs_fixed_add(struct hfs_inode *dir, const char *name, enum 
 int hfs_mount_tree(void)
 {
 	const mode_t dmode = S_IFDIR | 0755, rodir = S_IFDIR | 0555, rofile = S_IFREG | 0444;
-	struct hfs_inode *seg;
 	int ret = -ENOMEM;
 
 	pthread_rwlock_wrlock(&hfs.ns);
@@ -635,16 +636,9 @@ int hfs_mount_tree(void)
 	hfs.dot_maps = __hfs_fixed_add(hfs.dot, "maps", HFS_DIR, rodir, 0);
 	hfs.dot_images = __hfs_fixed_add(hfs.dot, "images", HFS_DIR, rodir, 0);
 	if (!hfs.dot_heaps || !hfs.dot_maps || !hfs.dot_images ||
-	    !__hfs_fixed_add(hfs.dot, "stats", HFS_STATUS, rofile, HFS_ST_STATS) ||
-	    !__hfs_fixed_add(hfs.dot, "partner", HFS_STATUS, rofile, HFS_ST_PARTNER) ||
-	    !__hfs_fixed_add(hfs.dot, "verify", HFS_STATUS, rofile, HFS_ST_VERIFY) ||
-	    !__hfs_fixed_add(hfs.dot, "donors", HFS_STATUS, rofile, HFS_ST_DONORS))
+	    !__hfs_fixed_add(hfs.dot, "stats", HFS_STATUS, rofile, HFS_ST_STATS))
 		goto out;
-	seg = __hfs_fixed_add(hfs.dot, "segment", HFS_STATUS, rofile, HFS_ST_SEGMENT);
-	if (!seg)
-		goto out;
-	seg->size = hfs.conf->objects.size; /* fixed: cp and sendfile go by st_size */
-	ret = 0;
+	ret = __hfs_status_files(hfs.dot);
 out:
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;

@@ -74,6 +74,28 @@ void hfs_rwlock_init_writers(pthread_rwlock_t *l)
 	pthread_rwlockattr_destroy(&a);
 }
 
+struct hfs_heap **hfs_heaps_get(unsigned *n)
+{
+	struct hfs_heap **v;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	*n = hfs.nheaps;
+	v = malloc((*n ? *n : 1) * sizeof(*v));
+	for (unsigned k = 0; v && k < *n; k++) {
+		v[k] = hfs.heapv[k];
+		hfs_heap_get(v[k]);
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	return v;
+}
+
+void hfs_heaps_put(struct hfs_heap **v, unsigned n)
+{
+	for (unsigned k = 0; v && k < n; k++)
+		hfs_heap_put(v[k]);
+	free(v);
+}
+
 static unsigned log2_of(uint64_t pow2)
 {
 	return (unsigned)__builtin_ctzll(pow2);

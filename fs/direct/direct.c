@@ -50,9 +50,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "chunk.h"
 #include "client/proto_i.h"
 #include "direct.h"
+#include "objects.h"
 
 #define MAX_CONNS 256
 #define SWEEP_MS 100 /* idle leases of unlinked files go within this */
@@ -671,10 +674,14 @@ static void *server(void *arg)
 }
 
 static const struct hfs_heap_ops dm_ops = { .busy = busy };
+static int stats_add(json_t *o);
 
 void hfs_client_register(void)
 {
+	static struct hfs_stats_part part = { .at = HFS_STATS_AT_END, .add = stats_add };
+
 	hfs_dm_set_ops(&dm_ops);
+	hfs_stats_register(&part);
 }
 
 /* The socket is in Linux's abstract namespace ("@name" in .heapfs/stats): nothing is
@@ -733,7 +740,9 @@ void hfs_client_stop(void)
 
 /* --- status --- */
 
-int hfs_client_status(json_t *o)
+/* .heapfs/stats: "client_socket" and "clients" [{pid, uid, heaps, leases, maps,
+ * mapped_bytes}]. */
+static int stats_add(json_t *o)
 {
 	json_t *a = json_array();
 	int bad = !a;

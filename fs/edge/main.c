@@ -30,9 +30,8 @@
 
 #include "direct.h"
 #include "edge_i.h"
+#include "objects.h"
 #include "pool.h"
-
-struct hfs_fs hfs;
 
 #define READAHEAD_KB_DEFAULT 1024
 #define READAHEAD_KB_MAX (1024 * 1024) /* 1 GiB */
@@ -364,10 +363,12 @@ int main(int argc, char *argv[])
 	hfs.readahead_kb = readahead_kb;
 	hfs.no_killpriv = o.no_killpriv;
 	hfs.io_uring = o.io_uring;
-	/* before the tree and the heaps: what the features add to them */
-	hfs_client_register();
-	hfs_objects_register();
+	/* before the tree and the heaps: what the features add to them (.heapfs/ lists the
+	 * files in this order: partner verify donors segment) */
+	hfs_repl_register();
 	hfs_pool_register();
+	hfs_objects_register();
+	hfs_client_register();
 	ret = fs_init();
 	if (ret) {
 		fprintf(stderr, "heapfs: cannot set up the heaps: %s\n", strerror(-ret));

@@ -31,9 +31,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "direct.h"
-#include "core.h"
+#include <jansson.h>
+
 #include "img.h"
+#include "objects.h"
 
 static struct {
 	struct hfs_heap *h;
@@ -50,11 +51,6 @@ static struct {
 struct hfs_heap *hfs_objects_heap(void)
 {
 	return obj.h;
-}
-
-uint64_t hfs_objects_size(void)
-{
-	return obj.size;
 }
 
 /* Room in the free-slot stack for every slot of a map of n slots.  obj.map. */
@@ -231,12 +227,8 @@ static const struct hfs_ns_ops objects_ns = {
 	.added = __obj_added, .removed = __obj_removed,
 };
 
-void hfs_objects_register(void)
-{
-	hfs_ns_register(HFS_R_OBJECTS, &objects_ns);
-}
-
-void hfs_objects_snapshot(void *dst)
+/* .heapfs/segment: a sealed consistent copy of the segment into dst. */
+static void snapshot(void *dst)
 {
 	pthread_rwlock_wrlock(&obj.seg);
 	memcpy(dst, obj.base, obj.size);
@@ -244,7 +236,9 @@ void hfs_objects_snapshot(void *dst)
 	img_seg_seal(dst);
 }
 
-void hfs_objects_stats(struct hfs_objects_stats *st)
+/* .heapfs/stats: "objects": {"size", "min_block", "used", "free", "largest_free",
+ * "objects", "map_slots"}. */
+static int stats_add(json_t *stats)
 {
 	struct img_seg_info si;
 	struct buddy_stats bs;
@@ -256,10 +250,23 @@ void hfs_objects_stats(struct hfs_objects_stats *st)
 	img_seg_info(obj.base, &si);
 	pthread_mutex_unlock(&obj.map);
 	pthread_rwlock_unlock(&obj.seg);
-	*st = (struct hfs_objects_stats){ .size = bs.size, .min_block = bs.min_block,
-					  .used = bs.used, .free = bs.free,
-					  .largest_free = bs.largest_free,
-					  .objects = si.nobjects, .map_slots = si.map_slots };
+	return json_object_set_new(stats, "objects",
+		json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "size", (json_int_t)bs.size,
+			  "min_block", (json_int_t)bs.min_block, "used", (json_int_t)bs.used,
+			  "free", (json_int_t)bs.free, "largest_free",
+			  (json_int_t)bs.largest_free, "objects", (json_int_t)si.nobjects,
+			  "map_slots", (json_int_t)si.map_slots)) ? -ENOMEM : 0;
+}
+
+void hfs_objects_register(void)
+{
+	static struct hfs_status_file segment = { .name = "segment", .copy = snapshot };
+	static struct hfs_stats_part part = { .at = HFS_STATS_AFTER_HEAPS, .add = stats_add };
+
+	segment.size = hfs.conf->objects.size;
+	hfs_ns_register(HFS_R_OBJECTS, &objects_ns);
+	hfs_status_register(&segment);
+	hfs_stats_register(&part);
 }
 
 static int claim_fn(uint64_t off, unsigned order, void *arg)

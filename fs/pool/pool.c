@@ -286,9 +286,14 @@ static void make_room(struct hfs_heap *h, uint64_t bytes)
 static const struct hfs_heap_ops pool_ops = { .make_room = make_room };
 static const struct hfs_ns_ops pool_ns = { .kinds = HFS_KIND(HFS_REG), .heap = pool_heap };
 
+static json_t *donors_json(void);
+
 void hfs_pool_register(void)
 {
+	static struct hfs_status_file donors = { .name = "donors", .json = donors_json };
+
 	hfs_ns_register(HFS_R_POOL, &pool_ns);
+	hfs_status_register(&donors);
 }
 
 /* ---- the socket -------------------------------------------------------------------- */
@@ -802,7 +807,9 @@ void hfs_pool_stop(void)
 	 * blocks (their memory is the daemon's own and the donors' descriptors) */
 }
 
-json_t *hfs_pool_json(void)
+/* .heapfs/donors: {"socket", "size", "process_memory", "process_used", "donor_size",
+ * "max_donors", "donors": [{"pid", "size", "used", "state", "external", "offset"}]} */
+static json_t *donors_json(void)
 {
 	json_t *donors = json_array(), *j;
 	uint64_t own_used;
