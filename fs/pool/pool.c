@@ -377,18 +377,68 @@ static int check_memfd(int fd, uint64_t size, char *why, size_t wl)
 	return 0;
 }
 
+/* May peer cr lend hdr->size bytes in memfd fd?  0, or -1 with why. */
+static int check_offer(const struct ucred *cr, const struct donor_hdr *hdr, int fd, char *why,
+		       size_t wl)
+{
+	char sz[CONF_SIZE_BUF], sz2[CONF_SIZE_BUF];
+
+	if (cr->uid != getuid() && cr->uid != 0) {
+		snprintf(why, wl, "uid %u is neither the mount's uid %u nor root",
+			 (unsigned)cr->uid, (unsigned)getuid());
+		return -1;
+	}
+	if (!hdr->size || hdr->size % pool.chunk || hdr->size > pool.ds) {
+		snprintf(why, wl, "size %llu is not a multiple of %s up to donor_size %s",
+			 (unsigned long long)hdr->size, conf_format_size(pool.chunk, sz),
+			 conf_format_size(pool.ds, sz2));
+		return -1;
+	}
+	return check_memfd(fd, hdr->size, why, wl) ? -1 : 0;
+}
+
+/* The slot for donor cr lending size bytes: the one we started it for, else the first
+ * free slot large enough; 0: none.  pool.lock. */
+static unsigned __slot_for(const struct ucred *cr, uint64_t size)
+{
+	unsigned k;
+
+	for (k = 1; k <= pool.nslots; k++)
+		if (pool.s[k].state == S_STARTING && pool.s[k].pid == cr->pid)
+			break;
+	if (k > pool.nslots)
+		for (k = 1; k <= pool.nslots; k++)
+			if (pool.s[k].state == S_FREE && slot_range(k) >= size)
+				break;
+	return k <= pool.nslots && slot_range(k) >= size ? k : 0;
+}
+
+/* Slot k's memory is now memfd fd of size bytes from donor cr on connection cfd: its
+ * blocks go into the heap.  pool.lock. */
+static void __activate(unsigned k, const struct ucred *cr, int cfd, int fd, uint64_t size)
+{
+	msrc_donor_add(pool.src, k, fd, size, false);
+	unclaim(slot_off(k), size);
+	buddy_drain(pool.h->b); /* the donor's chunks coalesce into large blocks */
+	pool.s[k] = (struct slot){ .state = S_ACTIVE, .pid = cr->pid, .conn = cfd, .len = size,
+				   .spawned = pool.s[k].state == S_STARTING, .since = now_ns() };
+	pthread_cond_broadcast(&pool.changed);
+}
+
+/* A peer on the pool socket: its offer read, checked, and taken into a slot (accepted)
+ * or refused with why. */
 static void join(int cfd)
 {
 	struct timeval tv = { .tv_sec = POOL_JOIN_TIMEOUT_S };
 	struct ucred cr = { 0 };
-	socklen_t cl = sizeof(cr);
+	socklen_t crlen = sizeof(cr);
 	struct donor_hdr hdr;
-	char why[200], sz[CONF_SIZE_BUF], sz2[CONF_SIZE_BUF];
+	char why[200], sz[CONF_SIZE_BUF];
 	char ok = DONOR_ACCEPT;
 	unsigned k;
 	int fd;
 
-	if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
+	if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0) {
 		close(cfd);
 		return;
 	}
@@ -399,40 +449,17 @@ static void join(int cfd)
 		refuse(cfd, &cr, why);
 		return;
 	}
-	if (cr.uid != getuid() && cr.uid != 0) {
-		snprintf(why, sizeof(why), "uid %u is neither the mount's uid %u nor root",
-			 (unsigned)cr.uid, (unsigned)getuid());
-		goto refuse_fd;
-	}
-	if (!hdr.size || hdr.size % pool.chunk || hdr.size > pool.ds) {
-		snprintf(why, sizeof(why), "size %llu is not a multiple of %s up to donor_size %s",
-			 (unsigned long long)hdr.size, conf_format_size(pool.chunk, sz),
-			 conf_format_size(pool.ds, sz2));
-		goto refuse_fd;
-	}
-	if (check_memfd(fd, hdr.size, why, sizeof(why)))
+	if (check_offer(&cr, &hdr, fd, why, sizeof(why)))
 		goto refuse_fd;
 	pthread_mutex_lock(&pool.lock);
-	/* the slot we started it for, else the first free slot large enough */
-	for (k = 1; k <= pool.nslots; k++)
-		if (pool.s[k].state == S_STARTING && pool.s[k].pid == cr.pid)
-			break;
-	if (k > pool.nslots)
-		for (k = 1; k <= pool.nslots; k++)
-			if (pool.s[k].state == S_FREE && slot_range(k) >= hdr.size)
-				break;
-	if (k > pool.nslots || slot_range(k) < hdr.size) {
+	k = __slot_for(&cr, hdr.size);
+	if (!k) {
 		pthread_mutex_unlock(&pool.lock);
 		snprintf(why, sizeof(why), "the pool is full (%u donors of %s)", pool.nslots,
 			 conf_format_size(pool.ds, sz));
 		goto refuse_fd;
 	}
-	msrc_donor_add(pool.src, k, fd, hdr.size, false);
-	unclaim(slot_off(k), hdr.size);
-	buddy_drain(pool.h->b); /* the donor's chunks coalesce into large blocks */
-	pool.s[k] = (struct slot){ .state = S_ACTIVE, .pid = cr.pid, .conn = cfd, .len = hdr.size,
-				   .spawned = pool.s[k].state == S_STARTING, .since = now_ns() };
-	pthread_cond_broadcast(&pool.changed);
+	__activate(k, &cr, cfd, fd, hdr.size);
 	pthread_mutex_unlock(&pool.lock);
 	send(cfd, &ok, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 	return;
@@ -586,31 +613,60 @@ static int sock_claim(const char *path)
 	return listen_on(path);
 }
 
+/* Make the directory path is in (/run/heapfs: the default's); failure shows at bind. */
+static void make_parent(const char *path)
+{
+	char dir[sizeof(pool.path)], *slash;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	if (slash && slash != dir) {
+		*slash = 0;
+		mkdir(dir, 0755);
+	}
+}
+
+/* pool.path may not be created by this user (err; the default is root's /run/heapfs):
+ * claim a path of the user's own, so the mount still works (.heapfs/donors names it).
+ * The socket, or -errno. */
+static int claim_own(int err)
+{
+	const char *rt = getenv("XDG_RUNTIME_DIR");
+	char want[sizeof(pool.path)];
+	int n;
+
+	if (rt && *rt)
+		n = snprintf(want, sizeof(want), "%s/heapfs-pool.%d.sock", rt, (int)getpid());
+	else
+		n = snprintf(want, sizeof(want), "/tmp/heapfs-pool.%u.%d.sock",
+			     (unsigned)getuid(), (int)getpid());
+	if (n >= (int)sizeof(want))
+		return err;
+	fprintf(stderr, "heapfs: pool: cannot create %s (%s); using %s\n", pool.path,
+		strerror(-err), want);
+	memcpy(pool.path, want, sizeof(pool.path));
+	return sock_claim(pool.path);
+}
+
 /* Bind the pool socket.  A configured path that exists and is not a socket is an error
  * (exit 2); a stale socket is replaced; one another mount serves stays theirs and this
  * mount uses PATH.PID (.heapfs/donors names it); a path this user may not create falls
  * back to one of the user's own. */
 static int sock_open(const char *want)
 {
-	char dir[sizeof(pool.path)], *slash;
 	struct stat st;
-	int fd, ret;
+	int fd;
 
 	snprintf(pool.path, sizeof(pool.path), "%s", want);
-	snprintf(dir, sizeof(dir), "%s", want);
-	slash = strrchr(dir, '/');
-	if (slash && slash != dir) {
-		*slash = 0;
-		mkdir(dir, 0755); /* /run/heapfs: the default's directory */
-	}
+	make_parent(want);
 	fd = sock_claim(pool.path);
 	if (fd == -EEXIST) {
 		fprintf(stderr, "heapfs: pool: socket %s exists and is not a socket\n", want);
 		return fd;
 	}
 	if (fd == -EADDRINUSE) {
-		ret = snprintf(pool.path, sizeof(pool.path), "%s.%d", want, (int)getpid());
-		if (ret >= (int)sizeof(pool.path)) {
+		if (snprintf(pool.path, sizeof(pool.path), "%s.%d", want, (int)getpid()) >=
+		    (int)sizeof(pool.path)) {
 			fprintf(stderr, "heapfs: pool: socket %s is in use and %s.PID is too long\n",
 				want, want);
 			return -ENAMETOOLONG;
@@ -619,25 +675,8 @@ static int sock_open(const char *want)
 			want, pool.path);
 		fd = sock_claim(pool.path);
 	}
-	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT) {
-		/* a user who may not create it (the default is root's /run/heapfs): a path of
-		 * this user's own, so the mount still works; .heapfs/donors names it */
-		const char *rt = getenv("XDG_RUNTIME_DIR");
-		char want2[sizeof(pool.path)];
-
-		if (rt && *rt)
-			ret = snprintf(want2, sizeof(want2), "%s/heapfs-pool.%d.sock", rt,
-				       (int)getpid());
-		else
-			ret = snprintf(want2, sizeof(want2), "/tmp/heapfs-pool.%u.%d.sock",
-				       (unsigned)getuid(), (int)getpid());
-		if (ret < (int)sizeof(want2)) {
-			fprintf(stderr, "heapfs: pool: cannot create %s (%s); using %s\n", pool.path,
-				strerror(-fd), want2);
-			memcpy(pool.path, want2, sizeof(pool.path));
-			fd = sock_claim(pool.path);
-		}
-	}
+	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT)
+		fd = claim_own(fd);
 	if (fd < 0) {
 		fprintf(stderr, "heapfs: pool: cannot listen on %s: %s\n", pool.path,
 			strerror(-fd));
