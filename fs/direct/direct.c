@@ -323,54 +323,53 @@ static void __pin(struct hfs_inode *i)
 	atomic_fetch_add(&i->file.maps, 1);
 }
 
-static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
+/* What a map request q with fd asks for: the file (*out) and a free lease index of c (the
+ * lease table made at c's first map); or -errno. */
+static int map_target(struct cl_conn *c, const struct hfs_cl_req *q, int fd,
+		      struct hfs_inode **out)
 {
-	bool write = q->flags & HFS_CL_WRITE;
-	size_t replen = sizeof(struct hfs_cl_rep) + HFS_CL_MAX_EXT * sizeof(struct hfs_cl_ext);
-	struct hfs_cl_rep *rep = calloc(1, replen);
-	struct cl_map *m = calloc(1, sizeof(*m));
-	int ret, idx, fds[3], nfds = 0;
-	struct hfs_inode *i;
-	bool sendheap;
-	struct hfs_heap *h;
-	uint32_t nx = 0;
+	int ret = check_fd(fd, q->flags & HFS_CL_WRITE, out);
 
-	ret = -ENOMEM;
-	if (!rep || !m)
-		goto fail;
-	ret = check_fd(fd, write, &i);
 	if (!ret)
 		ret = lease_table(c);
 	if (ret)
-		goto fail;
-	idx = lease_index(c);
-	ret = idx;
-	if (idx < 0)
-		goto fail;
-	ret = -EINVAL;
+		return ret;
+	ret = lease_index(c);
+	if (ret < 0)
+		return ret;
 	if (!q->len || q->off + q->len < q->off)
-		goto fail;
-	h = i->heap;
-	sendheap = !find_reg(c, h) || (q->flags & HFS_CL_RESEND);
-	ret = add_reg(c, h);
-	if (ret)
-		goto fail;
+		return -EINVAL;
+	return ret;
+}
+
+/* The extents of the range q asks for of i into rep (*nx of them, and the file's size),
+ * i pinned for the new lease; or -errno, nothing pinned. */
+static int pin_range(struct hfs_inode *i, const struct hfs_cl_req *q, struct hfs_cl_rep *rep,
+		     uint32_t *nx)
+{
+	int ret;
+
 	pthread_rwlock_wrlock(&i->lock);
-	ret = q->off + q->len > i->size ? -ENXIO : __extents(i, q->off, q->len, rep->ext, &nx);
+	ret = q->off + q->len > i->size ? -ENXIO : __extents(i, q->off, q->len, rep->ext, nx);
 	if (!ret)
 		__pin(i);
 	rep->size = i->size;
 	pthread_rwlock_unlock(&i->lock);
-	if (ret)
-		goto fail;
-	close(fd); /* the lease holds the file now */
-	*m = (struct cl_map){ .idx = (uint32_t)idx, .tag = c->tag[idx], .i = i, .off = q->off,
-			      .len = q->len, .write = write };
-	atomic_store(&c->word[idx], ((uint64_t)m->tag << 32) | 1);
+	return ret;
+}
+
+/* Lease m of c is granted, mapped once (the client's word: its tag, count 1): rep names
+ * it and the heap's geometry, fds the descriptors the client still lacks (the heap's when
+ * sendheap, the lease table's the first time).  How many fds. */
+static unsigned grant(struct cl_conn *c, struct cl_map *m, bool sendheap,
+		      struct hfs_cl_rep *rep, int fds[3])
+{
+	unsigned nfds = 0;
+
+	atomic_store(&c->word[m->idx], ((uint64_t)m->tag << 32) | 1);
 	rep->id = m->idx;
 	rep->tag = m->tag;
-	rep->next = nx;
-	geometry(h, rep, fds);
+	geometry(m->i->heap, rep, fds);
 	if (sendheap) {
 		rep->fdmask |= HFS_CL_FD_HEAP;
 		nfds = 2;
@@ -380,10 +379,41 @@ static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 		fds[nfds++] = c->lease_fd;
 	}
 	pthread_mutex_lock(&cl.lock);
-	c->lease[idx] = m;
+	c->lease[m->idx] = m;
 	c->nleases++;
 	pthread_mutex_unlock(&cl.lock);
-	ret = send_rep(c, rep, sizeof(*rep) + nx * sizeof(rep->ext[0]), fds, (unsigned)nfds);
+	return nfds;
+}
+
+static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
+{
+	size_t replen = sizeof(struct hfs_cl_rep) + HFS_CL_MAX_EXT * sizeof(struct hfs_cl_ext);
+	struct hfs_cl_rep *rep = calloc(1, replen);
+	struct cl_map *m = calloc(1, sizeof(*m));
+	struct hfs_inode *i;
+	unsigned nfds;
+	bool sendheap;
+	uint32_t nx = 0;
+	int ret, fds[3];
+
+	ret = -ENOMEM;
+	if (!rep || !m)
+		goto fail;
+	ret = map_target(c, q, fd, &i);
+	if (ret < 0)
+		goto fail;
+	*m = (struct cl_map){ .idx = (uint32_t)ret, .tag = c->tag[ret], .i = i, .off = q->off,
+			      .len = q->len, .write = q->flags & HFS_CL_WRITE };
+	sendheap = !find_reg(c, i->heap) || (q->flags & HFS_CL_RESEND);
+	ret = add_reg(c, i->heap);
+	if (!ret)
+		ret = pin_range(i, q, rep, &nx);
+	if (ret)
+		goto fail;
+	close(fd); /* the lease holds the file now */
+	rep->next = nx;
+	nfds = grant(c, m, sendheap, rep, fds);
+	ret = send_rep(c, rep, sizeof(*rep) + nx * sizeof(rep->ext[0]), fds, nfds);
 	if (!ret)
 		c->lease_sent = true;
 	free(rep);
