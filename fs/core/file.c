@@ -497,7 +497,7 @@ static int iov_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
 static __thread struct {
 	uint64_t off, len;
 	bool pinned;
-} rd;
+} read_pin;
 
 /* Unmap the first *left pieces of a span. */
 static int unmap_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
@@ -527,7 +527,7 @@ ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec 
 	char *dst;
 	int ret;
 
-	rd.pinned = false;
+	read_pin.pinned = false;
 	*bounce = NULL;
 	*niov = 0;
 	if (i->kind != HFS_REG)
@@ -540,7 +540,7 @@ ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec 
 	if (for_span(i, (uint64_t)off, len, iov_fn, &a) == 0) {
 		*niov = a.n;
 		if (msrc_map_pins(src_of(i)))
-			rd.off = (uint64_t)off, rd.len = len, rd.pinned = true;
+			read_pin.off = (uint64_t)off, read_pin.len = len, read_pin.pinned = true;
 		return (ssize_t)len;
 	}
 	if (a.mapped && msrc_map_pins(src_of(i)))
@@ -568,9 +568,9 @@ void hfs_read_end(struct hfs_inode *i)
 {
 	uint64_t all = UINT64_MAX;
 
-	if (rd.pinned) {
-		for_span(i, rd.off, rd.len, unmap_fn, &all);
-		rd.pinned = false;
+	if (read_pin.pinned) {
+		for_span(i, read_pin.off, read_pin.len, unmap_fn, &all);
+		read_pin.pinned = false;
 	}
 	pthread_rwlock_unlock(&i->lock);
 }

@@ -287,19 +287,19 @@ static struct {
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	bool stop, running;
-} hk = { .lock = PTHREAD_MUTEX_INITIALIZER };
+} keeper = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static void *housekeeper(void *arg)
 {
 	struct timespec until;
 
 	(void)arg;
-	pthread_mutex_lock(&hk.lock);
-	while (!hk.stop) {
+	pthread_mutex_lock(&keeper.lock);
+	while (!keeper.stop) {
 		clock_gettime(CLOCK_MONOTONIC, &until);
 		until.tv_sec += 1;
-		pthread_cond_timedwait(&hk.wake, &hk.lock, &until);
-		if (hk.stop)
+		pthread_cond_timedwait(&keeper.wake, &keeper.lock, &until);
+		if (keeper.stop)
 			break;
 		pthread_rwlock_rdlock(&hfs.ns);
 		for (unsigned k = 0; k < hfs.nheaps; k++)
@@ -307,7 +307,7 @@ static void *housekeeper(void *arg)
 				buddy_drain(hfs.heapv[k]->b);
 		pthread_rwlock_unlock(&hfs.ns);
 	}
-	pthread_mutex_unlock(&hk.lock);
+	pthread_mutex_unlock(&keeper.lock);
 	return NULL;
 }
 
@@ -318,24 +318,24 @@ int hfs_housekeeper_start(void)
 
 	pthread_condattr_init(&a);
 	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-	pthread_cond_init(&hk.wake, &a);
+	pthread_cond_init(&keeper.wake, &a);
 	pthread_condattr_destroy(&a);
-	ret = -pthread_create(&hk.thread, NULL, housekeeper, NULL);
-	hk.running = !ret;
+	ret = -pthread_create(&keeper.thread, NULL, housekeeper, NULL);
+	keeper.running = !ret;
 	return ret;
 }
 
 void hfs_housekeeper_stop(void)
 {
-	if (!hk.running)
+	if (!keeper.running)
 		return;
-	pthread_mutex_lock(&hk.lock);
-	hk.stop = true;
-	pthread_cond_signal(&hk.wake);
-	pthread_mutex_unlock(&hk.lock);
-	pthread_join(hk.thread, NULL);
-	pthread_cond_destroy(&hk.wake);
-	hk.running = false;
+	pthread_mutex_lock(&keeper.lock);
+	keeper.stop = true;
+	pthread_cond_signal(&keeper.wake);
+	pthread_mutex_unlock(&keeper.lock);
+	pthread_join(keeper.thread, NULL);
+	pthread_cond_destroy(&keeper.wake);
+	keeper.running = false;
 }
 
 int hfs_statfs(struct hfs_inode *i, struct statvfs *st)
