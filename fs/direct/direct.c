@@ -23,15 +23,16 @@
  * an open of the file (an unlink frees the blocks only when the last lease goes: file.c's
  * unlinked-but-open rule) and holds an inode reference; file.maps counts the file's live
  * leases.  A truncate that shrinks the file or a growth that would move a contiguous
- * file's block asks busy() (the heap op of every direct_map heap): idle leases (count 0) are revoked there (CAS to
- * REVOKED, so a client's concurrent map either wins, and the change gets EBUSY, or sees
- * REVOKED and asks again), mapped ones make it EBUSY.  So mapped blocks neither move nor
- * go back to the OS.  The server thread drops revoked leases and revokes idle leases of
- * unlinked files every SWEEP_MS and after each request; a connection that closes (the
- * client exited or was killed) drops all its leases and registrations.
+ * file's block asks busy() (the heap op of every direct_map heap): idle leases (count 0)
+ * are revoked there (CAS to REVOKED, so a client's concurrent map either wins, and the
+ * change gets EBUSY, or sees REVOKED and asks again), mapped ones make it EBUSY.  So
+ * mapped blocks neither move nor go back to the OS.  The server thread drops revoked
+ * leases and revokes idle leases of unlinked files every SWEEP_MS and after each request;
+ * a connection that closes (the client exited or was killed) drops all its leases and
+ * registrations.
  *
  * Threads and locking: one server thread polls the listening socket and every connection
- * and is the only one that adds or removes connections and leases; cl.lock guards the
+ * and is the only one that adds or removes connections and leases; clients.lock guards the
  * connection list, the lease tables' pointers and `revoked`, and is taken after an inode
  * lock, never before.  A map takes the inode's lock to copy the extents and pin; the
  * written-range accounting takes it as a write does.
@@ -67,7 +68,7 @@ struct cl_map {
 	struct hfs_inode *i; /* holds an inode reference and counts as an open of it */
 	uint64_t off, len;
 	bool write;
-	bool revoked; /* cl.lock: the word says REVOKED; file.maps no longer counts it */
+	bool revoked; /* clients.lock: the word says REVOKED; file.maps no longer counts it */
 };
 
 struct cl_reg {
@@ -84,7 +85,7 @@ struct cl_conn {
 	int lease_fd;                 /* the lease table memfd, -1 until the first map */
 	bool lease_sent;
 	_Atomic uint64_t *word;       /* HFS_CL_MAX_LEASES words, shared with the client */
-	struct cl_map **lease;        /* by index; cl.lock for additions and removals */
+	struct cl_map **lease;        /* by index; clients.lock for additions and removals */
 	uint32_t *tag;                /* next tag per index */
 	struct cl_reg *regs;
 };
@@ -99,7 +100,7 @@ static struct {
 	pthread_mutex_t lock; /* conns, their leases and counters; after any inode lock */
 	struct cl_conn *conns;
 	unsigned nconns;
-} cl = { .lsock = -1, .stop = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
+} clients = { .lsock = -1, .stop = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
 
 
 void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
@@ -159,14 +160,14 @@ static int check_fd(int fd, bool write, struct hfs_inode **out)
 	struct stat st;
 	int fl;
 
-	if (!cl.dev_ok)
+	if (!clients.dev_ok)
 		return -EAGAIN;
 	fl = fcntl(fd, F_GETFL);
 	if (fl < 0 || fstat(fd, &st) < 0)
 		return -EBADF;
 	if (fl & O_PATH)
 		return -EBADF; /* opens nothing: proves no access */
-	if (st.st_dev != cl.dev)
+	if (st.st_dev != clients.dev)
 		return -EXDEV; /* not a file of this mount */
 	if (S_ISDIR(st.st_mode))
 		return -EISDIR;
@@ -242,7 +243,7 @@ static void geometry(struct hfs_heap *h, struct hfs_cl_rep *rep, int fds[2])
 	fds[1] = h->dm->meta_fd;
 }
 
-/* Remember that c has h's descriptors (a heap reference); cl.lock not held. */
+/* Remember that c has h's descriptors (a heap reference); clients.lock not held. */
 static int add_reg(struct cl_conn *c, struct hfs_heap *h)
 {
 	struct cl_reg *reg;
@@ -254,10 +255,10 @@ static int add_reg(struct cl_conn *c, struct hfs_heap *h)
 		return -ENOMEM;
 	hfs_heap_get(h);
 	reg->h = h;
-	pthread_mutex_lock(&cl.lock);
+	pthread_mutex_lock(&clients.lock);
 	reg->next = c->regs;
 	c->regs = reg;
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_unlock(&clients.lock);
 	return 0;
 }
 
@@ -270,8 +271,8 @@ static int do_segment(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 	int ret, fds[2];
 
 	(void)q;
-	ret = !cl.dev_ok ? -EAGAIN : fstat(fd, &st) < 0 || (fcntl(fd, F_GETFL) & O_PATH) ? -EBADF :
-	      st.st_dev != cl.dev ? -EXDEV :
+	ret = !clients.dev_ok ? -EAGAIN : fstat(fd, &st) < 0 || (fcntl(fd, F_GETFL) & O_PATH) ? -EBADF :
+	      st.st_dev != clients.dev ? -EXDEV :
 	      st.st_ino != hfs.objects->ino ? -ENOTDIR : !h || !h->dm ? -EPERM : 0;
 	close(fd);
 	if (!ret)
@@ -378,10 +379,10 @@ static unsigned grant(struct cl_conn *c, struct cl_map *m, bool sendheap,
 		rep->fdmask |= HFS_CL_FD_LEASES;
 		fds[nfds++] = c->lease_fd;
 	}
-	pthread_mutex_lock(&cl.lock);
+	pthread_mutex_lock(&clients.lock);
 	c->lease[m->idx] = m;
 	c->nleases++;
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_unlock(&clients.lock);
 	return nfds;
 }
 
@@ -425,7 +426,7 @@ fail:
 	return send_err(c, ret);
 }
 
-/* Revoke lease m if idle: cl.lock and m->i->lock held.  true if revoked (or was). */
+/* Revoke lease m if idle: clients.lock and m->i->lock held.  true if revoked (or was). */
 static bool __revoke(struct cl_conn *c, struct cl_map *m)
 {
 	uint64_t idle = (uint64_t)m->tag << 32;
@@ -449,8 +450,8 @@ static bool busy(struct hfs_inode *i)
 
 	if (!atomic_load(&i->file.maps))
 		return false;
-	pthread_mutex_lock(&cl.lock);
-	for (struct cl_conn *c = cl.conns; c; c = c->next)
+	pthread_mutex_lock(&clients.lock);
+	for (struct cl_conn *c = clients.conns; c; c = c->next)
 		for (uint32_t k = 0; c->lease && k < HFS_CL_MAX_LEASES; k++)
 			if (c->lease[k] && c->lease[k]->i == i) {
 				if (__revoke(c, c->lease[k]))
@@ -458,29 +459,29 @@ static bool busy(struct hfs_inode *i)
 				else
 					busy = true;
 			}
-	pthread_mutex_unlock(&cl.lock);
-	if (any && write(cl.stop[1], "r", 1) < 0) {
+	pthread_mutex_unlock(&clients.lock);
+	if (any && write(clients.stop[1], "r", 1) < 0) {
 		/* never blocks: a full pipe means the server thread has wake-ups to read, and
 		 * it sweeps every SWEEP_MS anyway */
 	}
 	return busy;
 }
 
-/* Remove lease idx of c: unpin its file (cl.lock and the inode lock not held). */
+/* Remove lease idx of c: unpin its file (clients.lock and the inode lock not held). */
 static void lease_drop(struct cl_conn *c, uint32_t idx)
 {
 	struct cl_map *m = c->lease[idx];
 	struct hfs_inode *i = m->i;
 
 	pthread_rwlock_wrlock(&i->lock);
-	pthread_mutex_lock(&cl.lock);
+	pthread_mutex_lock(&clients.lock);
 	if (!m->revoked)
 		atomic_fetch_sub(&i->file.maps, 1);
 	c->lease[idx] = NULL;
 	c->nleases--;
 	c->tag[idx] = (c->tag[idx] + 1) & 0x7fffffffu;
 	atomic_store(&c->word[idx], ((uint64_t)c->tag[idx] << 32) | HFS_CL_REVOKED);
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_unlock(&clients.lock);
 	pthread_rwlock_unlock(&i->lock);
 	hfs_release(i, O_RDONLY); /* the lease's open: may free an unlinked file's blocks */
 	hfs_iput(i, 1);
@@ -498,11 +499,11 @@ static void sweep(struct cl_conn *c)
 		if (!m)
 			continue;
 		pthread_rwlock_rdlock(&m->i->lock);
-		pthread_mutex_lock(&cl.lock);
+		pthread_mutex_lock(&clients.lock);
 		if (!m->i->nlink)
 			__revoke(c, m);
 		gone = m->revoked;
-		pthread_mutex_unlock(&cl.lock);
+		pthread_mutex_unlock(&clients.lock);
 		pthread_rwlock_unlock(&m->i->lock);
 		if (gone)
 			lease_drop(c, k);
@@ -528,9 +529,9 @@ static int do_unmap(struct cl_conn *c, const struct hfs_cl_req *q)
 	if (!m)
 		return send_err(c, -ENOENT);
 	pthread_rwlock_wrlock(&m->i->lock);
-	pthread_mutex_lock(&cl.lock);
+	pthread_mutex_lock(&clients.lock);
 	idle = __revoke(c, m);
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_unlock(&clients.lock);
 	pthread_rwlock_unlock(&m->i->lock);
 	if (!idle)
 		return send_err(c, -EBUSY);
@@ -608,12 +609,12 @@ static void conn_close(struct cl_conn *c)
 	struct cl_conn **pp;
 	struct cl_reg *r;
 
-	pthread_mutex_lock(&cl.lock);
-	for (pp = &cl.conns; *pp != c; pp = &(*pp)->next)
+	pthread_mutex_lock(&clients.lock);
+	for (pp = &clients.conns; *pp != c; pp = &(*pp)->next)
 		;
 	*pp = c->next;
-	cl.nconns--;
-	pthread_mutex_unlock(&cl.lock);
+	clients.nconns--;
+	pthread_mutex_unlock(&clients.lock);
 	/* the client is gone: nothing maps its leases any more, whatever the words say */
 	for (uint32_t k = 0; c->lease && k < HFS_CL_MAX_LEASES; k++)
 		if (c->lease[k])
@@ -635,7 +636,7 @@ static void conn_close(struct cl_conn *c)
 
 static void accept_one(void)
 {
-	int s = accept4(cl.lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	int s = accept4(clients.lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	struct cl_conn *c;
 	struct ucred cr;
 	socklen_t crlen = sizeof(cr);
@@ -643,7 +644,7 @@ static void accept_one(void)
 	if (s < 0)
 		return;
 	c = calloc(1, sizeof(*c));
-	if (!c || cl.nconns >= MAX_CONNS ||
+	if (!c || clients.nconns >= MAX_CONNS ||
 	    getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0) {
 		free(c);
 		close(s);
@@ -653,11 +654,11 @@ static void accept_one(void)
 	c->lease_fd = -1;
 	c->pid = cr.pid;
 	c->uid = cr.uid;
-	pthread_mutex_lock(&cl.lock);
-	c->next = cl.conns;
-	cl.conns = c;
-	cl.nconns++;
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_lock(&clients.lock);
+	c->next = clients.conns;
+	clients.conns = c;
+	clients.nconns++;
+	pthread_mutex_unlock(&clients.lock);
 }
 
 static void *server(void *arg)
@@ -669,15 +670,15 @@ static void *server(void *arg)
 	(void)arg;
 	/* the session runs by now (we started after the mount): our own root answers */
 	if (stat(hfs.mountpoint, &st) == 0 && st.st_ino == HFS_ROOT_INO) {
-		cl.dev = st.st_dev;
-		cl.dev_ok = true;
+		clients.dev = st.st_dev;
+		clients.dev_ok = true;
 	}
 	for (;;) {
 		nfds_t n = 2;
 
-		pf[0] = (struct pollfd){ .fd = cl.stop[0], .events = POLLIN };
-		pf[1] = (struct pollfd){ .fd = cl.lsock, .events = POLLIN };
-		for (struct cl_conn *c = cl.conns; c; c = c->next) { /* only we change the list */
+		pf[0] = (struct pollfd){ .fd = clients.stop[0], .events = POLLIN };
+		pf[1] = (struct pollfd){ .fd = clients.lsock, .events = POLLIN };
+		for (struct cl_conn *c = clients.conns; c; c = c->next) { /* only we change the list */
 			cv[n - 2] = c;
 			pf[n++] = (struct pollfd){ .fd = c->sock, .events = POLLIN };
 		}
@@ -685,7 +686,7 @@ static void *server(void *arg)
 			continue;
 		if (pf[0].revents) {
 			char cmd[64];
-			ssize_t got = read(cl.stop[0], cmd, sizeof(cmd));
+			ssize_t got = read(clients.stop[0], cmd, sizeof(cmd));
 
 			if (got > 0 && memchr(cmd, 'x', (size_t)got))
 				break; /* else: "r", leases were revoked */
@@ -693,13 +694,13 @@ static void *server(void *arg)
 		for (nfds_t k = 2; k < n; k++)
 			if (pf[k].revents && serve(cv[k - 2]))
 				conn_close(cv[k - 2]);
-		for (struct cl_conn *c = cl.conns; c; c = c->next)
+		for (struct cl_conn *c = clients.conns; c; c = c->next)
 			sweep(c);
 		if (pf[1].revents)
 			accept_one();
 	}
-	while (cl.conns)
-		conn_close(cl.conns);
+	while (clients.conns)
+		conn_close(clients.conns);
 	return NULL;
 }
 
@@ -725,46 +726,46 @@ int hfs_client_start(void)
 
 	if (getrandom(&salt, sizeof(salt), GRND_NONBLOCK) < 0)
 		salt = (uint64_t)hfs_now_ns();
-	snprintf(cl.path, sizeof(cl.path), "@heapfs-client.%d.%016llx", (int)getpid(),
+	snprintf(clients.path, sizeof(clients.path), "@heapfs-client.%d.%016llx", (int)getpid(),
 		 (unsigned long long)salt);
-	memcpy(sa.sun_path + 1, cl.path + 1, strlen(cl.path) - 1); /* sun_path[0] = 0 */
-	cl.lsock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (cl.lsock < 0 ||
-	    bind(cl.lsock, (struct sockaddr *)&sa,
-		 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(cl.path))) < 0 ||
-	    listen(cl.lsock, 64) < 0 || pipe2(cl.stop, O_CLOEXEC | O_NONBLOCK) < 0)
+	memcpy(sa.sun_path + 1, clients.path + 1, strlen(clients.path) - 1); /* sun_path[0] = 0 */
+	clients.lsock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (clients.lsock < 0 ||
+	    bind(clients.lsock, (struct sockaddr *)&sa,
+		 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(clients.path))) < 0 ||
+	    listen(clients.lsock, 64) < 0 || pipe2(clients.stop, O_CLOEXEC | O_NONBLOCK) < 0)
 		goto fail;
-	ret = pthread_create(&cl.thr, NULL, server, NULL);
+	ret = pthread_create(&clients.thr, NULL, server, NULL);
 	if (ret) {
 		errno = ret;
 		goto fail;
 	}
-	cl.running = true;
+	clients.running = true;
 	return 0;
 fail:
 	ret = -errno;
-	fprintf(stderr, "heapfs: client socket %s: %s\n", cl.path, strerror(errno));
+	fprintf(stderr, "heapfs: client socket %s: %s\n", clients.path, strerror(errno));
 	hfs_client_stop();
 	return ret;
 }
 
 void hfs_client_stop(void)
 {
-	if (cl.running) {
+	if (clients.running) {
 		/* the pipe may be full of wake-ups: the server thread drains it */
-		while (write(cl.stop[1], "x", 1) < 0 && errno == EAGAIN)
+		while (write(clients.stop[1], "x", 1) < 0 && errno == EAGAIN)
 			usleep(1000);
-		pthread_join(cl.thr, NULL);
-		cl.running = false;
+		pthread_join(clients.thr, NULL);
+		clients.running = false;
 	}
 	for (int k = 0; k < 2; k++) {
-		if (cl.stop[k] >= 0)
-			close(cl.stop[k]);
-		cl.stop[k] = -1;
+		if (clients.stop[k] >= 0)
+			close(clients.stop[k]);
+		clients.stop[k] = -1;
 	}
-	if (cl.lsock >= 0) {
-		close(cl.lsock);
-		cl.lsock = -1;
+	if (clients.lsock >= 0) {
+		close(clients.lsock);
+		clients.lsock = -1;
 	}
 }
 
@@ -777,8 +778,8 @@ static int stats_add(json_t *o)
 	json_t *a = json_array();
 	int bad = !a;
 
-	pthread_mutex_lock(&cl.lock);
-	for (struct cl_conn *c = cl.conns; c && !bad; c = c->next) {
+	pthread_mutex_lock(&clients.lock);
+	for (struct cl_conn *c = clients.conns; c && !bad; c = c->next) {
 		json_t *e = json_object(), *hv = json_array();
 
 		bad |= !e || !hv;
@@ -805,9 +806,9 @@ static int stats_add(json_t *o)
 		bad |= json_object_set_new(e, "mapped_bytes", json_integer((json_int_t)bytes));
 		bad |= json_array_append_new(a, e);
 	}
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_unlock(&clients.lock);
 	bad |= json_object_set_new(o, "client_socket",
-				   cl.lsock >= 0 ? json_string(cl.path) : json_null());
+				   clients.lsock >= 0 ? json_string(clients.path) : json_null());
 	bad |= json_object_set_new(o, "clients", a);
 	return bad ? -ENOMEM : 0;
 }
