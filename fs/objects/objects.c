@@ -13,7 +13,7 @@
  *
  * How: start formats the segment, or loads objects.image (img_seg_load checks it whole)
  * and makes an inode per listed object; stop saves the image (img_seg_save: atomic).
- * .heapfs/segment is a sealed copy of all S bytes (hfs_objects_snapshot).
+ * .heapfs/segment is a sealed copy of all S bytes (snapshot(), registered with status.c).
  *
  * Locking: obj.seg (rwlock, writer-preferring) is held shared by every mutation of object
  * bytes or the map and exclusive by a snapshot, so a copy never holds a torn object or map.
