@@ -432,22 +432,22 @@ static int take_fds(struct heapfs *h, const struct hfs_cl_rep *rep, int *fds, un
 		close(lfd);
 	}
 	if (rep->fdmask & HFS_CL_FD_HEAP) {
-		struct hc_geom g = { .key = rep->heap_key, .heap_size = rep->heap_size,
+		struct hc_geom geom = { .key = rep->heap_key, .heap_size = rep->heap_size,
 				     .meta_size = rep->meta_size, .gen_off = rep->gen_off,
 				     .gen_stride = rep->gen_stride, .nchunks = rep->nchunks,
 				     .chunk_order = rep->chunk_order };
 
-		*reg = hc_find(&h->t, g.key);
+		*reg = hc_find(&h->t, geom.key);
 		if (*reg && (*reg)->active) { /* have it, in use: keep that one */
 			close(fds[0]);
 			close(fds[1]);
 		} else if (!ret) {
 			int d0 = dup(fds[0]), d1 = dup(fds[1]);
 
-			ret = hc_add(&h->t, &g, fds[0], fds[1], reg);
+			ret = hc_add(&h->t, &geom, fds[0], fds[1], reg);
 			if (ret == -EMFILE && d0 >= 0 && d1 >= 0) { /* every one holds leases */
 				lease_flush(h);
-				ret = hc_add(&h->t, &g, d0, d1, reg);
+				ret = hc_add(&h->t, &geom, d0, d1, reg);
 				d0 = d1 = -1;
 			}
 			if (d0 >= 0)
@@ -475,56 +475,53 @@ static struct map_priv *new_map(struct lease *l, uint32_t idx, uint32_t tag, cha
 	return m;
 }
 
-int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned flags,
-	       struct heapfs_map **out)
+/* A lease of ours on this very range of the file st (with flags), mapped again with no
+ * message: 0 with *out, 1 if there is none (ask the daemon), or -errno.  h->lock. */
+static int map_again(struct heapfs *h, const struct stat *st, uint64_t off, uint64_t len,
+		     unsigned flags, struct map_priv **out)
 {
-	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
-				.op = HFS_CL_MAP, .flags = flags & HEAPFS_WRITE ? HFS_CL_WRITE : 0,
-				.off = off, .len = len };
-	struct hfs_cl_rep *rep = NULL; /* our copy: lease_unmap's calls reuse h->rep */
-	struct map_priv *m = NULL;
-	struct lease *l = NULL;
-	struct hc_reg *reg;
-	void *own = NULL;
-	size_t own_len = 0, rl;
-	unsigned nfds;
-	int ret, fds[3];
-	char *addr = NULL;
-	struct stat st;
-
-	flags &= HEAPFS_WRITE;
-	if (fstat(fd, &st) < 0)
-		return -errno;
-	pthread_mutex_lock(&h->lock);
-	/* a lease on this very range: map it again with no message */
 	for (unsigned k = 0; h->word && k < LEASES; k++) {
 		struct lease *c = &h->lc[k];
+		struct hc_reg *reg;
 
-		if (!c->used || c->ino != st.st_ino || c->dev != st.st_dev || c->off != off ||
+		if (!c->used || c->ino != st->st_ino || c->dev != st->st_dev || c->off != off ||
 		    c->len != len || c->flags != flags)
 			continue;
 		if (lease_take(h, c)) {
 			lease_forget(h, c, false); /* revoked: the daemon drops it itself */
-			break;
+			return 1;
 		}
 		reg = hc_find(&h->t, c->key);
 		for (uint32_t e = 0; reg && e < c->nx; e++)
 			hc_check(&h->t, reg, c->ext[e].hoff, c->ext[e].len);
 		c->last_use = ++h->tick;
 		h->lease_hits++;
-		m = new_map(c, c->idx, c->tag, c->addr, len);
-		if (!m) {
+		*out = new_map(c, c->idx, c->tag, c->addr, len);
+		if (!*out) {
 			atomic_fetch_sub(&h->word[c->idx], 1);
-			ret = -ENOMEM;
-			goto out;
+			return -ENOMEM;
 		}
-		ret = 0;
-		goto out;
+		return 0;
 	}
+	return 1;
+}
+
+/* Ask the daemon for the lease q describes (fd: the file): 0 with *out, our copy of the
+ * reply (the caller frees it), and the heap's registration *reg; or -errno with the lease
+ * (if one was granted) refused.  A registration we had dropped is asked for once more
+ * (HFS_CL_RESEND).  h->lock. */
+static int ask(struct heapfs *h, struct hfs_cl_req *q, int fd, struct hfs_cl_rep **out,
+	       struct hc_reg **reg)
+{
+	struct hfs_cl_rep *rep = NULL; /* our copy: lease_unmap's calls reuse h->rep */
+	unsigned nfds;
+	int ret, fds[3];
+	size_t rl;
+
 	for (int tries = 0;; tries++) {
-		ret = call(h, &q, fd, fds, &nfds, &rl);
+		ret = call(h, q, fd, fds, &nfds, &rl);
 		if (ret)
-			goto out;
+			break;
 		free(rep);
 		rep = malloc(rl);
 		if (!rep) {
@@ -532,43 +529,66 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 			while (nfds)
 				close(fds[--nfds]);
 			lease_refuse(h, (uint32_t)h->rep->id, h->rep->tag);
-			goto out;
+			break;
 		}
 		memcpy(rep, h->rep, rl);
-		ret = take_fds(h, rep, fds, nfds, &reg);
+		ret = take_fds(h, rep, fds, nfds, reg);
 		if (!ret && (rep->next == 0 ||
 			     rl != sizeof(*rep) + rep->next * sizeof(rep->ext[0])))
 			ret = -EPROTO;
 		if (ret) {
 			lease_refuse(h, (uint32_t)rep->id, rep->tag);
-			goto out;
+			break;
 		}
-		if (reg)
+		if (*reg)
 			break;
 		/* we dropped this heap's registration (idle): ask for the descriptors again */
 		lease_refuse(h, (uint32_t)rep->id, rep->tag);
 		ret = -EPROTO;
 		if (tries)
-			goto out;
-		q.flags |= HFS_CL_RESEND;
+			break;
+		q->flags |= HFS_CL_RESEND;
 	}
+	*out = rep;
+	return ret;
+}
+
+/* Where the granted range lives in our address space: *addr (in the heap's mapping when
+ * it is one extent, else a placement of its own, *own of *own_len bytes).  Every extent
+ * must lie in the heap.  -errno with the lease refused.  h->lock. */
+static int locate(struct heapfs *h, const struct hfs_cl_rep *rep, struct hc_reg *reg,
+		  uint64_t len, char **addr, void **own, size_t *own_len)
+{
+	int ret;
+
 	for (uint32_t k = 0; k < rep->next; k++) {
-		if (rep->ext[k].hoff + rep->ext[k].len > reg->g.heap_size) {
+		if (rep->ext[k].len > reg->g.heap_size ||
+		    rep->ext[k].hoff > reg->g.heap_size - rep->ext[k].len) {
 			lease_refuse(h, (uint32_t)rep->id, rep->tag);
-			ret = -EPROTO;
-			goto out;
+			return -EPROTO;
 		}
 		hc_check(&h->t, reg, rep->ext[k].hoff, rep->ext[k].len);
 	}
 	if (rep->next == 1) {
-		addr = reg->data + rep->ext[0].hoff;
-	} else {
-		ret = place(reg->data_fd, rep, len, &addr, &own, &own_len);
-		if (ret) {
-			lease_refuse(h, (uint32_t)rep->id, rep->tag);
-			goto out;
-		}
+		*addr = reg->data + rep->ext[0].hoff;
+		return 0;
 	}
+	ret = place(reg->data_fd, rep, len, addr, own, own_len);
+	if (ret)
+		lease_refuse(h, (uint32_t)rep->id, rep->tag);
+	return ret;
+}
+
+/* The new mapping of the granted lease rep at addr, the lease remembered for later maps of
+ * the same range of file st when a slot is free; NULL (and the lease given back) when out
+ * of memory.  h->lock. */
+static struct map_priv *remember(struct heapfs *h, const struct stat *st, uint64_t off,
+				 uint64_t len, unsigned flags, const struct hfs_cl_rep *rep,
+				 struct hc_reg *reg, char *addr, void *own, size_t own_len)
+{
+	struct map_priv *m;
+	struct lease *l;
+
 	h->leases_made++;
 	l = lease_slot(h);
 	if (l) {
@@ -578,10 +598,11 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 	}
 	if (l) {
 		memcpy(l->ext, rep->ext, rep->next * sizeof(*l->ext));
-		*l = (struct lease){ .used = true, .dev = st.st_dev, .ino = st.st_ino, .off = off,
-				     .len = len, .flags = flags, .idx = (uint32_t)rep->id,
-				     .tag = rep->tag, .key = rep->heap_key, .nx = rep->next,
-				     .ext = l->ext, .addr = addr, .own = own, .own_len = own_len,
+		*l = (struct lease){ .used = true, .dev = st->st_dev, .ino = st->st_ino,
+				     .off = off, .len = len, .flags = flags,
+				     .idx = (uint32_t)rep->id, .tag = rep->tag,
+				     .key = rep->heap_key, .nx = rep->next, .ext = l->ext,
+				     .addr = addr, .own = own, .own_len = own_len,
 				     .last_use = ++h->tick };
 		reg->active++;
 	}
@@ -592,8 +613,7 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 		else if (own)
 			munmap(own, own_len);
 		lease_refuse(h, (uint32_t)rep->id, rep->tag);
-		ret = -ENOMEM;
-		goto out;
+		return NULL;
 	}
 	if (!l) {
 		m->own = own;
@@ -601,7 +621,36 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 		m->key = rep->heap_key;
 		reg->active++;
 	}
-out:
+	return m;
+}
+
+int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned flags,
+	       struct heapfs_map **out)
+{
+	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
+				.op = HFS_CL_MAP, .flags = flags & HEAPFS_WRITE ? HFS_CL_WRITE : 0,
+				.off = off, .len = len };
+	struct hfs_cl_rep *rep = NULL;
+	struct map_priv *m = NULL;
+	struct hc_reg *reg = NULL;
+	void *own = NULL;
+	size_t own_len = 0;
+	char *addr = NULL;
+	struct stat st;
+	int ret;
+
+	flags &= HEAPFS_WRITE;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	pthread_mutex_lock(&h->lock);
+	ret = map_again(h, &st, off, len, flags, &m);
+	if (ret == 1) {
+		ret = ask(h, &q, fd, &rep, &reg);
+		if (!ret)
+			ret = locate(h, rep, reg, len, &addr, &own, &own_len);
+		if (!ret && !(m = remember(h, &st, off, len, flags, rep, reg, addr, own, own_len)))
+			ret = -ENOMEM;
+	}
 	pthread_mutex_unlock(&h->lock);
 	free(rep);
 	if (!ret)
@@ -668,15 +717,15 @@ static struct hc_reg *segment(struct heapfs *h, int *err)
 		*err = -EPROTO;
 		return NULL;
 	}
-	struct hc_geom g = { .key = rep->heap_key, .heap_size = rep->heap_size,
+	struct hc_geom geom = { .key = rep->heap_key, .heap_size = rep->heap_size,
 			     .meta_size = rep->meta_size, .gen_off = rep->gen_off,
 			     .gen_stride = rep->gen_stride, .nchunks = rep->nchunks,
 			     .chunk_order = rep->chunk_order };
 
-	*err = hc_add(&h->t, &g, fds[0], fds[1], &r);
+	*err = hc_add(&h->t, &geom, fds[0], fds[1], &r);
 	if (*err)
 		return NULL;
-	h->seg_key = g.key;
+	h->seg_key = geom.key;
 	h->seq_off = rep->seq_off;
 	return r;
 }

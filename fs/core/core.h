@@ -1,5 +1,5 @@
 /*
- * fs_i.h — the daemon's core (fs/): namespaces, inodes, file data, images, objects.
+ * core.h — the daemon's core (fs/core/): namespaces, inodes, file data, heaps, images, status.
  * No FUSE type appears here: images restore through these functions and a mirror will
  * apply a partner's changes through them.  The FUSE edge (edge_i.h: ops.c, io.c, uring.c,
  * main.c) is the only code that includes libfuse.
@@ -63,13 +63,29 @@ enum hfs_role {
 	HFS_R_N,
 };
 
-enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP, HFS_ST_PARTNER, HFS_ST_DONORS,
-		       HFS_ST_VERIFY, /* .heapfs/verify: replication, compared when opened */
-		       HFS_ST_SEGMENT, /* .heapfs/segment */
+enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP,
+		       HFS_ST_FEATURE, /* .heapfs/NAME a feature registered (status.c) */
 		       HFS_ST_IMAGE /* .heapfs/images/NAME: a stream, not rendered */ };
 
 struct hfs_inode;
+struct hfs_heap;
 struct hfs_snap; /* status.c */
+
+/* What the feature behind a heap does around the core's changes to it: set by whoever
+ * creates the heap (h->ops, never NULL; a NULL member: nothing to do).  The core calls
+ * each as one indirect call, never a feature by name. */
+struct hfs_heap_ops {
+	/* pool/: make `bytes` more bytes available before a file grows (donors) */
+	void (*make_room)(struct hfs_heap *h, uint64_t bytes);
+	/* direct/: does a client map a range of i now?  Then its blocks must neither move
+	 * nor go (EBUSY).  i->lock held for writing. */
+	bool (*busy)(struct hfs_inode *i);
+	/* objects/: around every change of i's data or attributes (hfs_change_lock/unlock,
+	 * i->lock held for writing): hold the segment, then write i's slot when it changed
+	 * and let the segment go. */
+	void (*hold)(struct hfs_inode *i);
+	void (*release)(struct hfs_inode *i, bool changed);
+};
 
 struct hfs_heap {
 	struct conf_heap pol;
@@ -87,8 +103,7 @@ struct hfs_heap {
 	atomic_uint_fast64_t meta;       /* daemon bytes of its inodes, entries, targets, xattrs */
 	struct hfs_inode *dir;           /* heaps/NAME, NULL once removed (hfs.ns) */
 	struct hfs_inode *st_heap, *st_map, *st_image; /* .heapfs/{heaps,maps,images}/NAME */
-	/* pool/ (pool.c): make `bytes` more bytes available before a file grows (donors) */
-	void (*room)(struct hfs_heap *h, uint64_t bytes);
+	const struct hfs_heap_ops *ops; /* the feature's (heap.c: none, dm.c: direct_map) */
 	/* held shared by every change of file data or attributes in the heap (namespace
 	 * changes hold hfs.ns): an image snapshot holds it exclusive while it forks */
 	pthread_rwlock_t quiesce;
@@ -162,6 +177,7 @@ struct hfs_inode {
 		struct { /* HFS_STATUS */
 			enum hfs_status_kind what;
 			struct hfs_heap *heap; /* HEAP and MAP files: holds a heap reference */
+			const struct hfs_status_file *file; /* FEATURE files */
 			struct hfs_snap *last;     /* lock: the newest snapshot while one is open */
 		} st;
 	};
@@ -249,6 +265,23 @@ static inline int64_t hfs_now_ns(void)
 
 /* dir.c — namespace. Entry-returning calls take one lookup reference for the kernel. */
 int hfs_mount_tree(void);
+/* What may happen in the directories of a namespace (a row of dir.c's table; NULL hooks:
+ * nothing to do).  The hooks run under hfs.ns exclusive, i->lock not held. */
+#define HFS_KIND(k) (1u << (k))
+struct hfs_ns_ops {
+	unsigned kinds; /* HFS_KIND()s hfs_create may make here (0: entries are fixed, EPERM) */
+	bool links;     /* hard links may be made here */
+	/* mkdir/rmdir of name in dir, instead of the generic directory ones */
+	int (*mkdir)(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
+	int (*rmdir)(struct hfs_inode *dir, struct hfs_inode *i);
+	struct hfs_heap *(*heap)(void); /* heap of new entries (else the directory's) */
+	int (*init)(struct hfs_inode *i);  /* a new inode before its first entry */
+	int (*added)(struct hfs_inode *i, const char *name); /* an entry now names i */
+	void (*removed)(struct hfs_inode *i);                /* i lost its entry */
+};
+/* A feature's namespace (HFS_R_OBJECTS, HFS_R_POOL): before its first entry is made, in
+ * one thread (before the mount).  Unregistered, its directory is fixed. */
+void hfs_ns_register(enum hfs_role role, const struct hfs_ns_ops *ops);
 int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
 int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out);
@@ -286,6 +319,10 @@ int hfs_dir_entry(struct hfs_inode *dir, struct hfs_dirsnap *s, size_t idx, bool
 int hfs_heaps_init(void);
 /* A heap of policy pol, in no list (the object segment's): 0 or -errno. */
 int hfs_heap_new(const struct conf_heap *pol, bool from_config, struct hfs_heap **out);
+/* A copy of the heap list, each heap referenced (hfs_heaps_put() drops them); NULL when
+ * out of memory.  Takes hfs.ns shared only while it copies. */
+struct hfs_heap **hfs_heaps_get(unsigned *n);
+void hfs_heaps_put(struct hfs_heap **v, unsigned n);
 /* The same with its memory from the caller's source (alloc/source.h), kept by the caller. */
 struct msrc;
 int hfs_heap_new_src(const struct conf_heap *pol, struct msrc *src, struct hfs_heap **out);
@@ -305,6 +342,9 @@ int hfs_statfs(struct hfs_inode *i, struct statvfs *st);
  * hfs_heap_settle() drains once a chunk's worth was freed; the housekeeper drains every
  * heap with anything freed once a second, so RSS follows what files hold. */
 void hfs_heap_settle(struct hfs_heap *h);
+/* A writer-preferring rwlock: a writer waits only for the readers already in, so a stream
+ * of readers cannot starve it (hfs.ns, a heap's quiesce, the object segment's lock). */
+void hfs_rwlock_init_writers(pthread_rwlock_t *l);
 int hfs_housekeeper_start(void);
 void hfs_housekeeper_stop(void);
 
@@ -351,16 +391,21 @@ unsigned hfs_file_max_order(struct hfs_inode *i);
 
 /* Lock inode i of a heap for a change of its data or attributes: the heap's quiesce lock
  * shared (an image snapshot waits for changes in flight, and holds new ones off only while
- * it forks), then the inode lock. */
+ * it forks), then the inode lock, then what the heap's feature holds (ops->hold). */
 static inline void hfs_change_lock(struct hfs_inode *i)
 {
 	if (i->heap)
 		pthread_rwlock_rdlock(&i->heap->quiesce);
 	pthread_rwlock_wrlock(&i->lock);
+	if (i->heap && i->heap->ops->hold)
+		i->heap->ops->hold(i);
 }
 
-static inline void hfs_change_unlock(struct hfs_inode *i)
+/* changed: i's data or attributes changed (an object's slot is written again). */
+static inline void hfs_change_unlock(struct hfs_inode *i, bool changed)
 {
+	if (i->heap && i->heap->ops->release)
+		i->heap->ops->release(i, changed);
 	pthread_rwlock_unlock(&i->lock);
 	if (i->heap)
 		pthread_rwlock_unlock(&i->heap->quiesce);
@@ -422,6 +467,33 @@ void hfs_xattr_free(struct hfs_inode *i);
 /* status.c — JSON snapshots of .heapfs/ files: *buf is shared and read-only until
  * hfs_status_put(); -ENFILE when the snapshot budget is spent. */
 #define HFS_MAP_MAX_BLOCKS 16384 /* a map lists at most this many blocks */
+struct json_t;
+/* A .heapfs/NAME file of a feature, rendered when opened: its JSON, or (json NULL) size
+ * bytes that copy() writes (.heapfs/segment).  setxattr: a user.* name set on it (NULL:
+ * EPERM as on every status file).  Registered before hfs_mount_tree, which makes the
+ * files after .heapfs/stats in the order they were registered; in one thread. */
+struct hfs_status_file {
+	const char *name;
+	struct json_t *(*json)(void); /* a new value, the caller's; NULL: out of memory */
+	uint64_t size;
+	void (*copy)(void *dst);
+	int (*setxattr)(const char *name, const void *value, size_t size);
+	struct hfs_status_file *next; /* status.c's */
+};
+void hfs_status_register(struct hfs_status_file *f);
+/* A feature's part of .heapfs/stats: add() sets its keys in the object (0 or -ENOMEM),
+ * right after "heaps" or at the end (registration order within each). */
+enum hfs_stats_at { HFS_STATS_AFTER_HEAPS, HFS_STATS_AT_END };
+struct hfs_stats_part {
+	enum hfs_stats_at at;
+	int (*add)(struct json_t *stats);
+	struct hfs_stats_part *next; /* status.c's */
+};
+void hfs_stats_register(struct hfs_stats_part *p);
+/* The "role" of a heap in .heapfs/heaps/NAME and stats (replication's; else "owner"). */
+void hfs_status_role(const char *(*role)(const struct hfs_heap *h));
+/* Make the registered files in .heapfs/ (dir.c's hfs_mount_tree, hfs.ns exclusive). */
+int __hfs_status_files(struct hfs_inode *dot);
 int hfs_status_render(struct hfs_inode *i, char **buf, size_t *len);
 void hfs_status_put(struct hfs_inode *i, char *buf);
 /* The snapshot budget: bytes of distinct status snapshots and directory listings held by
@@ -429,29 +501,6 @@ void hfs_status_put(struct hfs_inode *i, char *buf);
 #define HFS_SNAPSHOT_BUDGET (64 * 1024 * 1024)
 int hfs_snapshot_charge(size_t bytes);
 void hfs_snapshot_uncharge(size_t bytes);
-
-/* objects.c — the object segment behind objects/.  Start: after the heaps, before the
- * mount (format, or load objects.image); 0, or -errno after printing why (exit 2).
- * Stop: after the session loop (save objects.image); 0 or -errno after printing why. */
-int hfs_objects_start(void);
-int hfs_objects_stop(void);
-struct hfs_heap *hfs_objects_heap(void);
-/* Namespace hooks (dir.c's table): under hfs.ns exclusive.  i->lock not held. */
-int hfs_obj_init(struct hfs_inode *i);
-int __hfs_obj_added(struct hfs_inode *i, const char *name);
-void __hfs_obj_removed(struct hfs_inode *i);
-/* Data/attribute mutations of object i (file.c): hold the segment lock shared around the
- * change, then write i's slot.  i->lock held for writing. */
-void __hfs_obj_hold(struct hfs_inode *i);
-void __hfs_obj_release(struct hfs_inode *i, bool sync);
-/* The segment for .heapfs/segment: size, and a sealed consistent copy into dst. */
-uint64_t hfs_objects_size(void);
-void hfs_objects_snapshot(void *dst);
-struct hfs_objects_stats {
-	uint64_t size, min_block, used, free, largest_free;
-	uint32_t objects, map_slots;
-};
-void hfs_objects_stats(struct hfs_objects_stats *st);
 
 /* dm.c — the direct_map memory of a heap.  The client socket that hands it out: fs/direct/. */
 struct hfs_dm {
@@ -470,6 +519,8 @@ struct buddy_params;
  * generations), its data in a memfd (BUDDY_F_MEMFD).  heap.c calls these for
  * pol.direct_map; 0 or -errno.  (dm.c) */
 int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp);
+/* The ops every direct_map heap starts with (fs/direct, before the heaps are made). */
+void hfs_dm_set_ops(const struct hfs_heap_ops *ops);
 void hfs_dm_heap_destroy(struct hfs_heap *h);
 /* Around every change of the object segment's name map (objects.c, under its map mutex):
  * the sequence counter clients read the map under (odd while it changes). */
@@ -479,6 +530,8 @@ void hfs_dm_seq_end(struct hfs_heap *h);
 /* repl.c — replication to the partner (SPEC "Replication").  init: before mounting (the
  * secret; -errno after printing why: exit 2); start: after daemonizing (the link). */
 int hfs_repl_init(void);
+/* Before the mount tree is made: .heapfs/partner and verify, and each heap's role. */
+void hfs_repl_register(void);
 int hfs_repl_start(void);
 void hfs_repl_stop(void);
 /* May users change heap h?  The one place that decides: -EROFS on a mirror (except for
@@ -525,22 +578,10 @@ void hfs_inval_entry(hfs_ino_t parent, const char *name);
 /* flush/fsync: async mode waits until the partner has everything (0 / -EIO). */
 int hfs_repl_flush(const struct hfs_heap *h);
 bool hfs_repl_flushes(const struct hfs_heap *h); /* an owned replicated heap */
-struct hfs_repl_status {
-	const char *state; /* none connected degraded resyncing */
-	char peer[65];
-	uint64_t epoch, lag_bytes, sent_bytes, recv_bytes, resync_done, resync_total;
-};
-void hfs_repl_status(struct hfs_repl_status *st);
 /* heapfsctl promote: this node owns heap (NULL or "": every replicated heap), with a higher
  * epoch.  -EBUSY while the partner is connected unless force (which drops the link) or
  * discard (--discard-peer: the partner's copy is replaced by ours, ending a split brain);
  * -ENOENT no such replicated heap; -ENOTCONN no partner section. */
 int hfs_repl_promote(const char *heap, bool force, bool discard);
-/* heapfsctl promote sets user.heapfs.promote[.force|.discard-peer] = HEAP on
- * .heapfs/partner (xattr.c hands such sets here). */
-int hfs_repl_setxattr(const char *name, const void *value, size_t size);
-/* .heapfs/verify: both copies compared (a jansson json_t *, the caller's). */
-struct json_t;
-struct json_t *hfs_repl_verify_json(void);
 
 #endif

@@ -16,8 +16,9 @@
  * directory's role): which kinds may be created, whether entries may be added/removed and
  * hard-linked, mkdir/rmdir handlers (heaps/ makes and removes heaps) and hooks run when an
  * entry is added or removed (objects/ keeps the segment's name map in step).  Heap
- * directories (heaps/NAME and below) hold any kind; objects/ regular files only; the fixed
- * directories refuse changes with EPERM.  No operation below asks which namespace it is in.
+ * directories (heaps/NAME and below) hold any kind; the fixed directories refuse changes
+ * with EPERM; objects/ and pool/ hold what their feature registered (hfs_ns_register:
+ * regular files only), fixed until it does.  No operation below asks which namespace it is in.
  *
  * Limits: a new inode takes one of its heap's inodes (hfs_inode_new: ENOSPC at the limit),
  * and so does each hard link beyond a file's first name (given back when such a name goes);
@@ -28,22 +29,11 @@
 #include <string.h>
 
 #include "core.h"
-#include "pool.h"
 
-#define KIND(k) (1u << (k))
+struct hfs_fs hfs; /* the mount: its tree, its heaps, its settings (main.c fills them) */
+
+#define KIND(k) HFS_KIND(k)
 #define ALL_KINDS (KIND(HFS_DIR) | KIND(HFS_REG) | KIND(HFS_LNK) | KIND(HFS_SPECIAL))
-
-struct hfs_ns_ops {
-	unsigned kinds; /* kinds hfs_create may make here (0: entries are fixed, EPERM) */
-	bool links;     /* hard links may be made here */
-	/* mkdir/rmdir of name in dir, instead of the generic directory ones */
-	int (*mkdir)(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
-	int (*rmdir)(struct hfs_inode *dir, struct hfs_inode *i);
-	struct hfs_heap *(*heap)(void); /* heap of new entries (else the directory's) */
-	int (*init)(struct hfs_inode *i);  /* a new inode before its first entry */
-	int (*added)(struct hfs_inode *i, const char *name); /* an entry now names i */
-	void (*removed)(struct hfs_inode *i);                /* i lost its entry */
-};
 
 static int heaps_mkdir(struct hfs_inode *dir, const char *name, struct hfs_inode **out)
 {
@@ -56,20 +46,29 @@ static int heaps_rmdir(struct hfs_inode *dir, struct hfs_inode *i)
 	return i ? __hfs_heap_rmdir(i) : -ENOENT;
 }
 
-static const struct hfs_ns_ops ns_table[HFS_R_N] = {
-	[HFS_R_PLAIN] = { .kinds = ALL_KINDS, .links = true },
-	[HFS_R_HEAPDIR] = { .kinds = ALL_KINDS, .links = true },
-	[HFS_R_HEAPS] = { .mkdir = heaps_mkdir, .rmdir = heaps_rmdir },
-	[HFS_R_FIXED] = { 0 },
-	[HFS_R_OBJECTS] = { .kinds = KIND(HFS_REG), .heap = hfs_objects_heap,
-			    .init = hfs_obj_init, .added = __hfs_obj_added,
-			    .removed = __hfs_obj_removed },
-	[HFS_R_POOL] = { .kinds = KIND(HFS_REG), .heap = hfs_pool_heap },
+static const struct hfs_ns_ops plain_ns = { .kinds = ALL_KINDS, .links = true };
+static const struct hfs_ns_ops heaps_ns = { .mkdir = heaps_mkdir, .rmdir = heaps_rmdir };
+static const struct hfs_ns_ops fixed_ns = { 0 };
+
+/* The namespaces of the core, and the features' rows (hfs_ns_register); a feature's
+ * directory whose feature registered nothing is fixed (EPERM). */
+static const struct hfs_ns_ops *ns_table[HFS_R_N] = {
+	[HFS_R_PLAIN] = &plain_ns,
+	[HFS_R_HEAPDIR] = &plain_ns,
+	[HFS_R_HEAPS] = &heaps_ns,
+	[HFS_R_FIXED] = &fixed_ns,
+	[HFS_R_OBJECTS] = &fixed_ns,
+	[HFS_R_POOL] = &fixed_ns,
 };
+
+void hfs_ns_register(enum hfs_role role, const struct hfs_ns_ops *ops)
+{
+	ns_table[role] = ops;
+}
 
 static const struct hfs_ns_ops *ns_of(const struct hfs_inode *dir)
 {
-	return &ns_table[dir->dir.role];
+	return ns_table[dir->dir.role];
 }
 
 struct hfs_heap *hfs_dir_heap(const struct hfs_inode *dir)
@@ -614,7 +613,6 @@ struct hfs_inode *__hfs_fixed_add(struct hfs_inode *dir, const char *name, enum 
 int hfs_mount_tree(void)
 {
 	const mode_t dmode = S_IFDIR | 0755, rodir = S_IFDIR | 0555, rofile = S_IFREG | 0444;
-	struct hfs_inode *seg;
 	int ret = -ENOMEM;
 
 	pthread_rwlock_wrlock(&hfs.ns);
@@ -638,16 +636,9 @@ int hfs_mount_tree(void)
 	hfs.dot_maps = __hfs_fixed_add(hfs.dot, "maps", HFS_DIR, rodir, 0);
 	hfs.dot_images = __hfs_fixed_add(hfs.dot, "images", HFS_DIR, rodir, 0);
 	if (!hfs.dot_heaps || !hfs.dot_maps || !hfs.dot_images ||
-	    !__hfs_fixed_add(hfs.dot, "stats", HFS_STATUS, rofile, HFS_ST_STATS) ||
-	    !__hfs_fixed_add(hfs.dot, "partner", HFS_STATUS, rofile, HFS_ST_PARTNER) ||
-	    !__hfs_fixed_add(hfs.dot, "verify", HFS_STATUS, rofile, HFS_ST_VERIFY) ||
-	    !__hfs_fixed_add(hfs.dot, "donors", HFS_STATUS, rofile, HFS_ST_DONORS))
+	    !__hfs_fixed_add(hfs.dot, "stats", HFS_STATUS, rofile, HFS_ST_STATS))
 		goto out;
-	seg = __hfs_fixed_add(hfs.dot, "segment", HFS_STATUS, rofile, HFS_ST_SEGMENT);
-	if (!seg)
-		goto out;
-	seg->size = hfs.conf->objects.size; /* fixed: cp and sendfile go by st_size */
-	ret = 0;
+	ret = __hfs_status_files(hfs.dot);
 out:
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;

@@ -5,7 +5,8 @@
  * writes it), its data in a memfd (BUDDY_F_MEMFD).  The client socket and the
  * leases that hand these out are fs/direct/; this is only the heap's memory, which the
  * core creates with the heap (heap.c) and the object segment's map writer brackets with
- * the sequence counter (objects/).
+ * the sequence counter (objects/).  Its heaps start with the ops fs/direct registered
+ * (hfs_dm_set_ops: a range a client maps must not move).
  * Locking: create/destroy run with the heap (no one else sees it yet / any more); the
  * sequence counter is bumped by the map's one writer (under its map mutex).
  */
@@ -22,6 +23,12 @@
 #define PAGE 4096u
 
 static atomic_uint_fast64_t next_key = 1;
+static const struct hfs_heap_ops *dm_ops; /* set once, before the first heap */
+
+void hfs_dm_set_ops(const struct hfs_heap_ops *ops)
+{
+	dm_ops = ops;
+}
 
 int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp)
 {
@@ -69,6 +76,8 @@ int hfs_dm_heap_create(struct hfs_heap *h, struct buddy_params *bp)
 		goto fail_buddy;
 	dm->key = atomic_fetch_add(&next_key, 1);
 	h->dm = dm;
+	if (dm_ops)
+		h->ops = dm_ops;
 	return 0;
 fail_buddy:
 	buddy_destroy(h->b);

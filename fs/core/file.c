@@ -16,8 +16,9 @@
  * Reads return iovecs pointing into heap memory (no copy here: fuse_reply_iov writes them
  * straight to the kernel) and hold the inode read lock until the reply is sent.
  * Objects (objects.c) are contiguous files that always hold one block (size 0 keeps a
- * min_block): every mutation below holds the segment lock shared and rewrites the object's
- * map slot before unlocking (lock_w/unlock_w), so the segment always describes itself.
+ * min_block): every mutation below goes through hfs_change_lock/unlock (lock_w/unlock_w),
+ * whose heap ops hold the segment lock shared and rewrite the object's map slot before
+ * unlocking, so the segment always describes itself.
  * Locking: inode.lock for everything here; __ functions expect it held for writing.
  */
 #include <errno.h>
@@ -26,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "direct.h"
 #include "core.h"
 #include "source.h"
 
@@ -211,6 +211,12 @@ static bool __room_for(struct hfs_inode *i, uint64_t need)
 	return held <= size && take <= size - held;
 }
 
+/* Does a client map a range of i now (direct/)?  Then its blocks neither move nor go. */
+static bool __busy(struct hfs_inode *i)
+{
+	return i->heap->ops->busy && i->heap->ops->busy(i);
+}
+
 /* Make cap >= want, or at least >= need (need <= want; need == want: all or nothing, and
  * a write passes the byte after its offset: it writes what fits).  Decided before any
  * block is taken: EFBIG when need lies past the heap (it can never fit; want is cut to the
@@ -231,12 +237,13 @@ static int __grow(struct hfs_inode *i, uint64_t want, uint64_t need)
 		return -EFBIG; /* a file never outgrows its heap */
 	if (want > blk(top))
 		want = blk(top);
-	if (i->heap->room) /* memory that arrives on demand (pool/: donors) */
-		i->heap->room(i->heap, (want - i->file.cap + blk(min) - 1) & ~(blk(min) - 1));
+	if (i->heap->ops->make_room) /* memory that arrives on demand (pool/: donors) */
+		i->heap->ops->make_room(i->heap, (want - i->file.cap + blk(min) - 1) &
+						 ~(blk(min) - 1));
 	if (need > i->file.cap && !__room_for(i, need))
 		return -ENOSPC;
 	if (i->heap->pol.layout == CONF_LAYOUT_CONTIGUOUS) {
-		if (i->file.n && hfs_client_busy(i))
+		if (i->file.n && __busy(i))
 			return -EBUSY; /* a client maps the block: it must not move */
 		ret = buddy_order_of(want, min);
 		if (ret < 0)
@@ -332,17 +339,15 @@ static void __kill_suid(struct hfs_inode *i, uid_t who, bool always)
 		i->mode &= ~S_ISGID;
 }
 
-/* Lock i for a change of its data or attributes; unlock after one (sync: it changed). */
+/* Lock i for a change of its data or attributes; unlock after one (changed: it did). */
 static void lock_w(struct hfs_inode *i)
 {
 	hfs_change_lock(i);
-	__hfs_obj_hold(i);
 }
 
-static void unlock_w(struct hfs_inode *i, bool sync)
+static void unlock_w(struct hfs_inode *i, bool changed)
 {
-	__hfs_obj_release(i, sync);
-	hfs_change_unlock(i);
+	hfs_change_unlock(i, changed);
 	hfs_heap_settle(i->heap); /* contiguous files free their old block when they move */
 }
 
@@ -357,7 +362,7 @@ static int __truncate(struct hfs_inode *i, uint64_t size)
 		if (ret)
 			return ret;
 		i->size = size;
-	} else if (hfs_client_busy(i)) {
+	} else if (__busy(i)) {
 		if (size < i->size)
 			return -EBUSY; /* mapped blocks neither move nor go (README) */
 	} else if (size < i->size || i->file.cap > size) {
@@ -492,7 +497,7 @@ static int iov_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
 static __thread struct {
 	uint64_t off, len;
 	bool pinned;
-} rd;
+} read_pin;
 
 /* Unmap the first *left pieces of a span. */
 static int unmap_fn(void *arg, struct msrc *s, uint64_t hoff, size_t n)
@@ -522,7 +527,7 @@ ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec 
 	char *dst;
 	int ret;
 
-	rd.pinned = false;
+	read_pin.pinned = false;
 	*bounce = NULL;
 	*niov = 0;
 	if (i->kind != HFS_REG)
@@ -535,7 +540,7 @@ ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec 
 	if (for_span(i, (uint64_t)off, len, iov_fn, &a) == 0) {
 		*niov = a.n;
 		if (msrc_map_pins(src_of(i)))
-			rd.off = (uint64_t)off, rd.len = len, rd.pinned = true;
+			read_pin.off = (uint64_t)off, read_pin.len = len, read_pin.pinned = true;
 		return (ssize_t)len;
 	}
 	if (a.mapped && msrc_map_pins(src_of(i)))
@@ -563,9 +568,9 @@ void hfs_read_end(struct hfs_inode *i)
 {
 	uint64_t all = UINT64_MAX;
 
-	if (rd.pinned) {
-		for_span(i, rd.off, rd.len, unmap_fn, &all);
-		rd.pinned = false;
+	if (read_pin.pinned) {
+		for_span(i, read_pin.off, read_pin.len, unmap_fn, &all);
+		read_pin.pinned = false;
 	}
 	pthread_rwlock_unlock(&i->lock);
 }

@@ -64,10 +64,44 @@ void hfs_heap_meta(struct hfs_heap *h, int64_t delta)
 		atomic_fetch_add(&h->meta, (uint_fast64_t)delta);
 }
 
+void hfs_rwlock_init_writers(pthread_rwlock_t *l)
+{
+	pthread_rwlockattr_t a;
+
+	pthread_rwlockattr_init(&a);
+	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(l, &a);
+	pthread_rwlockattr_destroy(&a);
+}
+
+struct hfs_heap **hfs_heaps_get(unsigned *n)
+{
+	struct hfs_heap **v;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	*n = hfs.nheaps;
+	v = malloc((*n ? *n : 1) * sizeof(*v));
+	for (unsigned k = 0; v && k < *n; k++) {
+		v[k] = hfs.heapv[k];
+		hfs_heap_get(v[k]);
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	return v;
+}
+
+void hfs_heaps_put(struct hfs_heap **v, unsigned n)
+{
+	for (unsigned k = 0; v && k < n; k++)
+		hfs_heap_put(v[k]);
+	free(v);
+}
+
 static unsigned log2_of(uint64_t pow2)
 {
 	return (unsigned)__builtin_ctzll(pow2);
 }
+
+static const struct hfs_heap_ops no_ops; /* a plain heap: nothing to do */
 
 static int heap_new(const struct conf_heap *pol, bool from_config, struct msrc *src,
 		    struct hfs_heap **out)
@@ -81,6 +115,7 @@ static int heap_new(const struct conf_heap *pol, bool from_config, struct msrc *
 	h->pol = *pol;
 	h->pol.image = pol->image ? strdup(pol->image) : NULL;
 	h->from_config = from_config;
+	h->ops = &no_ops; /* a direct_map heap's are dm.c's; its creator may set its own */
 	h->max_inodes = conf_heap_inodes(pol);
 	bp.heap_order = log2_of(pol->size);
 	bp.min_order = h->min_order = log2_of(pol->min_block);
@@ -96,14 +131,7 @@ static int heap_new(const struct conf_heap *pol, bool from_config, struct msrc *
 	}
 	atomic_init(&h->refs, 1);
 	atomic_init(&h->next_id, 1); /* the heap directory, made first, is 1 (IMG_ROOT_ID) */
-	{
-		pthread_rwlockattr_t a; /* a snapshot must not starve behind a stream of writes */
-
-		pthread_rwlockattr_init(&a);
-		pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-		pthread_rwlock_init(&h->quiesce, &a);
-		pthread_rwlockattr_destroy(&a);
-	}
+	hfs_rwlock_init_writers(&h->quiesce); /* a snapshot must not starve behind writes */
 	*out = h;
 	return 0;
 }
@@ -259,19 +287,19 @@ static struct {
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	bool stop, running;
-} hk = { .lock = PTHREAD_MUTEX_INITIALIZER };
+} keeper = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static void *housekeeper(void *arg)
 {
 	struct timespec until;
 
 	(void)arg;
-	pthread_mutex_lock(&hk.lock);
-	while (!hk.stop) {
+	pthread_mutex_lock(&keeper.lock);
+	while (!keeper.stop) {
 		clock_gettime(CLOCK_MONOTONIC, &until);
 		until.tv_sec += 1;
-		pthread_cond_timedwait(&hk.wake, &hk.lock, &until);
-		if (hk.stop)
+		pthread_cond_timedwait(&keeper.wake, &keeper.lock, &until);
+		if (keeper.stop)
 			break;
 		pthread_rwlock_rdlock(&hfs.ns);
 		for (unsigned k = 0; k < hfs.nheaps; k++)
@@ -279,7 +307,7 @@ static void *housekeeper(void *arg)
 				buddy_drain(hfs.heapv[k]->b);
 		pthread_rwlock_unlock(&hfs.ns);
 	}
-	pthread_mutex_unlock(&hk.lock);
+	pthread_mutex_unlock(&keeper.lock);
 	return NULL;
 }
 
@@ -290,24 +318,24 @@ int hfs_housekeeper_start(void)
 
 	pthread_condattr_init(&a);
 	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-	pthread_cond_init(&hk.wake, &a);
+	pthread_cond_init(&keeper.wake, &a);
 	pthread_condattr_destroy(&a);
-	ret = -pthread_create(&hk.thread, NULL, housekeeper, NULL);
-	hk.running = !ret;
+	ret = -pthread_create(&keeper.thread, NULL, housekeeper, NULL);
+	keeper.running = !ret;
 	return ret;
 }
 
 void hfs_housekeeper_stop(void)
 {
-	if (!hk.running)
+	if (!keeper.running)
 		return;
-	pthread_mutex_lock(&hk.lock);
-	hk.stop = true;
-	pthread_cond_signal(&hk.wake);
-	pthread_mutex_unlock(&hk.lock);
-	pthread_join(hk.thread, NULL);
-	pthread_cond_destroy(&hk.wake);
-	hk.running = false;
+	pthread_mutex_lock(&keeper.lock);
+	keeper.stop = true;
+	pthread_cond_signal(&keeper.wake);
+	pthread_mutex_unlock(&keeper.lock);
+	pthread_join(keeper.thread, NULL);
+	pthread_cond_destroy(&keeper.wake);
+	keeper.running = false;
 }
 
 int hfs_statfs(struct hfs_inode *i, struct statvfs *st)

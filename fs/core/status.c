@@ -1,8 +1,10 @@
 /*
- * status.c — the JSON of the .heapfs/ files (jansson): stats, heaps/NAME, maps/NAME,
- * partner, donors; and .heapfs/segment, the sealed bytes of the object segment.  Rendered once when the file is opened (a consistent snapshot served
- * from the file handle).  Each heap's per-CPU caches are drained first so the figures show
- * a coalesced heap.
+ * status.c — the JSON of the .heapfs/ files (jansson): stats and each heap's heaps/NAME and
+ * maps/NAME; and the files features register (hfs_status_register: partner, verify,
+ * donors, segment — JSON or bytes), with their parts of stats (hfs_stats_register:
+ * "objects", "clients").  Rendered once when the file is opened (a consistent snapshot
+ * served from the file handle).  Each heap's per-CPU caches are drained first so the
+ * figures show a coalesced heap.
  *
  * Bounds (README "Limits"): a map lists at most HFS_MAP_MAX_BLOCKS blocks (then
  * "truncated": true).  Snapshots are immutable and shared: an open whose rendering equals
@@ -12,9 +14,10 @@
  * past it an open gets ENFILE.
  *
  * Locking: rendering holds no namespace lock.  A heap's and map's file holds a reference
- * to its heap; stats and partner take hfs.ns shared only to copy the heap list (taking a
- * reference to each heap) and render from the copy.  A status inode's last snapshot
- * (st.last) and every snapshot's reference count are under that inode's lock.
+ * to its heap; stats takes hfs.ns shared only to copy the heap list (hfs_heaps_get) and
+ * renders from the copy.  A status inode's last snapshot (st.last) and every snapshot's
+ * reference count are under that inode's lock.  The registrations are made before the
+ * mount, in one thread, and only read after.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -23,11 +26,53 @@
 #include <unistd.h>
 #include <jansson.h>
 
-#include "direct.h"
 #include "core.h"
-#include "pool.h"
 
 static atomic_size_t held; /* bytes charged to the snapshot budget */
+static struct hfs_status_file *files, **files_end = &files; /* registration order */
+static struct hfs_stats_part *parts, **parts_end = &parts;
+
+static const char *owner_role(const struct hfs_heap *h)
+{
+	(void)h;
+	return "owner";
+}
+
+static const char *(*role_of)(const struct hfs_heap *h) = owner_role;
+
+void hfs_status_register(struct hfs_status_file *f)
+{
+	f->next = NULL;
+	*files_end = f;
+	files_end = &f->next;
+}
+
+void hfs_stats_register(struct hfs_stats_part *p)
+{
+	p->next = NULL;
+	*parts_end = p;
+	parts_end = &p->next;
+}
+
+void hfs_status_role(const char *(*role)(const struct hfs_heap *h))
+{
+	role_of = role;
+}
+
+int __hfs_status_files(struct hfs_inode *dot)
+{
+	for (struct hfs_status_file *f = files; f; f = f->next) {
+		struct hfs_inode *i = __hfs_fixed_add(dot, f->name, HFS_STATUS, S_IFREG | 0444,
+						      HFS_ST_FEATURE);
+
+		if (!i)
+			return -ENOMEM;
+		i->st.file = f;
+		if (!f->json)
+			i->size = f->size; /* fixed: cp and sendfile go by st_size */
+	}
+	return 0;
+}
 
 static int set(json_t *o, const char *key, json_t *v)
 {
@@ -72,7 +117,7 @@ static json_t *heap_json(struct hfs_heap *h)
 	bad |= set(o, "inodes_free", json_integer((json_int_t)(h->max_inodes - inodes)));
 	bad |= set(o, "inode_metadata_bytes", json_integer((json_int_t)atomic_load(&h->meta)));
 	bad |= set(o, "replicate", json_string(conf_replicate_name(p->replicate)));
-	bad |= set(o, "role", json_string(hfs_repl_role(h)));
+	bad |= set(o, "role", json_string(role_of(h)));
 	bad |= set(o, "layout", json_string(conf_layout_name(p->layout)));
 	bad |= set(o, "cache", json_string(conf_cache_name(p->cache)));
 	bad |= set(o, "writers", json_string(conf_writers_name(p->writers)));
@@ -87,49 +132,15 @@ static json_t *heap_json(struct hfs_heap *h)
 	return o;
 }
 
-/* A copy of the heap list, each heap referenced (heaps_put() drops them); NULL when out
- * of memory. */
-static struct hfs_heap **heaps_get(unsigned *n)
+/* The registered parts of stats that go at `at`: 0, or non-zero when one failed. */
+static int add_parts(json_t *o, enum hfs_stats_at at)
 {
-	struct hfs_heap **v;
+	int bad = 0;
 
-	pthread_rwlock_rdlock(&hfs.ns);
-	*n = hfs.nheaps;
-	v = malloc((*n ? *n : 1) * sizeof(*v));
-	for (unsigned k = 0; v && k < *n; k++) {
-		v[k] = hfs.heapv[k];
-		hfs_heap_get(v[k]);
-	}
-	pthread_rwlock_unlock(&hfs.ns);
-	return v;
-}
-
-static void heaps_put(struct hfs_heap **v, unsigned n)
-{
-	for (unsigned k = 0; v && k < n; k++)
-		hfs_heap_put(v[k]);
-	free(v);
-}
-
-static json_t *objects_json(void)
-{
-	struct hfs_objects_stats st;
-	json_t *o = json_object();
-	int bad = !o;
-
-	hfs_objects_stats(&st);
-	bad |= set(o, "size", json_integer((json_int_t)st.size));
-	bad |= set(o, "min_block", json_integer((json_int_t)st.min_block));
-	bad |= set(o, "used", json_integer((json_int_t)st.used));
-	bad |= set(o, "free", json_integer((json_int_t)st.free));
-	bad |= set(o, "largest_free", json_integer((json_int_t)st.largest_free));
-	bad |= set(o, "objects", json_integer(st.objects));
-	bad |= set(o, "map_slots", json_integer(st.map_slots));
-	if (bad) {
-		json_decref(o);
-		return NULL;
-	}
-	return o;
+	for (struct hfs_stats_part *p = parts; p; p = p->next)
+		if (p->at == at)
+			bad |= p->add(o) != 0;
+	return bad;
 }
 
 static json_t *stats_json(struct hfs_heap **v, unsigned n)
@@ -140,14 +151,14 @@ static json_t *stats_json(struct hfs_heap **v, unsigned n)
 	for (unsigned k = 0; k < n && !bad; k++)
 		bad |= json_array_append_new(a, heap_json(v[k]));
 	bad |= set(o, "heaps", a);
-	bad |= set(o, "objects", objects_json());
+	bad |= add_parts(o, HFS_STATS_AFTER_HEAPS);
 	bad |= set(o, "version", json_string(HEAPFS_VERSION));
 	bad |= set(o, "mount", json_string(hfs.mountpoint));
 	bad |= set(o, "pid", json_integer(getpid()));
 	bad |= set(o, "spin_us", json_integer(hfs.spin_ns / 1000)); /* in force, after main.c */
 	bad |= set(o, "snapshot_bytes", json_integer((json_int_t)atomic_load(&held)));
 	bad |= set(o, "snapshot_budget", json_integer(HFS_SNAPSHOT_BUDGET));
-	bad |= hfs_client_status(o) != 0;
+	bad |= add_parts(o, HFS_STATS_AT_END);
 	if (bad) {
 		json_decref(o);
 		return NULL;
@@ -196,36 +207,6 @@ static json_t *map_json(struct hfs_heap *h)
 			 "blocks", w.blocks);
 }
 
-static json_t *partner_json(struct hfs_heap **v, unsigned n)
-{
-	json_t *heaps = json_object();
-
-	struct hfs_repl_status rs;
-
-	hfs_repl_status(&rs);
-	/* the replicated heaps (no partner section: none) */
-	for (unsigned k = 0; heaps && k < n; k++)
-		if (v[k]->repl && set(heaps, v[k]->pol.name, json_string(hfs_repl_role(v[k])))) {
-			json_decref(heaps);
-			return NULL;
-		}
-	return json_pack("{s:s, s:s?, s:s?, s:s?, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
-			 "state", rs.state,
-			 "node", hfs.conf->partner.present ? hfs.conf->partner.node : NULL,
-			 "peer", rs.peer[0] ? rs.peer : NULL,
-			 "connect", hfs.conf->partner.present ? hfs.conf->partner.connect : NULL,
-			 "epoch", (json_int_t)rs.epoch, "lag_bytes", (json_int_t)rs.lag_bytes,
-			 "sent_bytes", (json_int_t)rs.sent_bytes,
-			 "recv_bytes", (json_int_t)rs.recv_bytes,
-			 "resync_done", (json_int_t)rs.resync_done,
-			 "resync_total", (json_int_t)rs.resync_total, "heaps", heaps);
-}
-
-static json_t *donors_json(void)
-{
-	return hfs_pool_json();
-}
-
 /* An immutable rendering, shared by the opens that saw the same bytes. */
 struct hfs_snap {
 	struct hfs_inode *owner; /* the status file; refs is under its lock */
@@ -261,68 +242,65 @@ static void __snap_free(struct hfs_snap *sn)
 	free(sn);
 }
 
-/* .heapfs/segment: a sealed copy of the object segment (objects.c).  Its S bytes are
- * charged while they are allocated and copied, so a burst of opens stays in the budget. */
-static int render_segment(struct hfs_inode *i, struct hfs_snap **out)
+/* A registered file of bytes (.heapfs/segment: a sealed copy of the object segment).  Its
+ * bytes are charged while they are allocated and copied, so a burst of opens stays in the
+ * budget. */
+static int render_bytes(struct hfs_inode *i, struct hfs_snap **out)
 {
-	uint64_t len = hfs_objects_size();
+	const struct hfs_status_file *f = i->st.file;
 	struct hfs_snap *sn;
-	int ret = hfs_snapshot_charge(len);
+	int ret = hfs_snapshot_charge(f->size);
 
 	if (ret)
 		return ret;
-	sn = malloc(sizeof(*sn) + len);
+	sn = malloc(sizeof(*sn) + f->size);
 	if (sn) {
-		*sn = (struct hfs_snap){ .owner = i, .refs = 1, .len = len };
-		hfs_objects_snapshot(sn->data);
+		*sn = (struct hfs_snap){ .owner = i, .refs = 1, .len = f->size };
+		f->copy(sn->data);
 	}
-	hfs_snapshot_uncharge(len);
+	hfs_snapshot_uncharge(f->size);
 	*out = sn;
 	return sn ? 0 : -ENOMEM;
 }
 
-/* The JSON of status file i as a new snapshot of it: 0 or -ENOMEM. */
-static int render(struct hfs_inode *i, struct hfs_snap **out)
+/* The JSON of status file i (a new value; NULL: out of memory), and how to print it. */
+static json_t *status_json(struct hfs_inode *i, size_t *flags)
 {
-	size_t flags = JSON_INDENT(2) | JSON_PRESERVE_ORDER, len;
-	struct hfs_heap **v = NULL;
-	unsigned n = 0;
-	struct hfs_snap *sn;
-	json_t *j = NULL;
-	char *s;
+	struct hfs_heap **v;
+	unsigned n;
+	json_t *j;
 
-	if (i->st.what == HFS_ST_SEGMENT)
-		return render_segment(i, out);
-	if (i->st.what == HFS_ST_STATS || i->st.what == HFS_ST_PARTNER) {
-		v = heaps_get(&n);
-		if (!v)
-			return -ENOMEM;
-	}
+	*flags = JSON_INDENT(2) | JSON_PRESERVE_ORDER;
 	switch (i->st.what) {
 	case HFS_ST_STATS:
-		j = stats_json(v, n);
-		break;
+		v = hfs_heaps_get(&n);
+		j = v ? stats_json(v, n) : NULL;
+		hfs_heaps_put(v, n);
+		return j;
 	case HFS_ST_HEAP:
-		j = heap_json(i->st.heap);
-		break;
+		return heap_json(i->st.heap);
 	case HFS_ST_MAP:
-		j = map_json(i->st.heap);
-		flags = JSON_COMPACT | JSON_PRESERVE_ORDER; /* can be long */
-		break;
-	case HFS_ST_PARTNER:
-		j = partner_json(v, n);
-		break;
-	case HFS_ST_DONORS:
-		j = donors_json();
-		break;
-	case HFS_ST_VERIFY:
-		j = hfs_repl_verify_json();
-		break;
-	case HFS_ST_SEGMENT:
+		*flags = JSON_COMPACT | JSON_PRESERVE_ORDER; /* can be long */
+		return map_json(i->st.heap);
+	case HFS_ST_FEATURE:
+		return i->st.file->json();
 	case HFS_ST_IMAGE: /* a stream (image.c), never rendered */
 		break;
 	}
-	heaps_put(v, n);
+	return NULL;
+}
+
+/* Status file i rendered as a new snapshot of it: 0 or -ENOMEM. */
+static int render(struct hfs_inode *i, struct hfs_snap **out)
+{
+	struct hfs_snap *sn;
+	size_t flags, len;
+	json_t *j;
+	char *s;
+
+	if (i->st.what == HFS_ST_FEATURE && !i->st.file->json)
+		return render_bytes(i, out);
+	j = status_json(i, &flags);
 	s = j ? json_dumps(j, flags) : NULL;
 	json_decref(j);
 	if (!s)

@@ -98,8 +98,8 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 	flags &= ~HFS_XATTR_RESTORE;
 	if (!is_user(name))
 		return -ENOTSUP;
-	if (i->kind == HFS_STATUS && i->st.what == HFS_ST_PARTNER)
-		return hfs_repl_setxattr(name, value, size); /* heapfsctl promote */
+	if (i->kind == HFS_STATUS && i->st.what == HFS_ST_FEATURE && i->st.file->setxattr)
+		return i->st.file->setxattr(name, value, size); /* partner: heapfsctl promote */
 	if (is_virt(name) && !(restore && !strcmp(name, HFS_XATTR_STATE)))
 		return -EPERM;
 	if (!i->heap)
@@ -143,7 +143,7 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 		if (HFS_REPL(i->heap))
 			__hfs_repl_xattr(i, name, value, size);
 	}
-	hfs_change_unlock(i);
+	hfs_change_unlock(i, !ret); /* ctime changed: an object's slot shows it */
 	if (ret) {
 		old = x;
 	}
@@ -232,7 +232,7 @@ int hfs_removexattr(struct hfs_inode *i, const char *name)
 		if (HFS_REPL(i->heap))
 			__hfs_repl_xattr(i, name, NULL, 0);
 	}
-	hfs_change_unlock(i);
+	hfs_change_unlock(i, x != NULL);
 	if (!x)
 		return -ENODATA;
 	free(x->value);

@@ -23,12 +23,13 @@
  * an open of the file (an unlink frees the blocks only when the last lease goes: file.c's
  * unlinked-but-open rule) and holds an inode reference; file.maps counts the file's live
  * leases.  A truncate that shrinks the file or a growth that would move a contiguous
- * file's block asks hfs_client_busy(): idle leases (count 0) are revoked there (CAS to
- * REVOKED, so a client's concurrent map either wins, and the change gets EBUSY, or sees
- * REVOKED and asks again), mapped ones make it EBUSY.  So mapped blocks neither move nor
- * go back to the OS.  The server thread drops revoked leases and revokes idle leases of
- * unlinked files every SWEEP_MS and after each request; a connection that closes (the
- * client exited or was killed) drops all its leases and registrations.
+ * file's block asks busy() (the heap op of every direct_map heap): idle leases (count 0)
+ * are revoked there (CAS to REVOKED, so a client's concurrent map either wins, and the
+ * change gets EBUSY, or sees REVOKED and asks again), mapped ones make it EBUSY.  So
+ * mapped blocks neither move nor go back to the OS.  The server thread drops revoked
+ * leases and revokes idle leases of unlinked files every SWEEP_MS and after each request;
+ * a connection that closes (the client exited or was killed) drops all its leases and
+ * registrations.
  *
  * What is shared and sealed: the metadata memfd is sealed against writing (dm.c), the data
  * and lease table memfds against size changes (a shrink under our mapping is a SIGBUS).
@@ -41,7 +42,7 @@
  * that waited longest makes room, so idle connections cannot keep a client out.
  *
  * Threads and locking: one server thread polls the listening socket and every connection
- * and is the only one that adds or removes connections and leases; cl.lock guards the
+ * and is the only one that adds or removes connections and leases; clients.lock guards the
  * connection list, the lease tables' pointers and `revoked`, and is taken after an inode
  * lock, never before.  A map takes the inode's lock to copy the extents and pin; the
  * written-range accounting takes it as a write does.
@@ -60,10 +61,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "chunk.h"
 #include "client/msg_i.h"
 #include "client/proto_i.h"
 #include "direct.h"
+#include "objects.h"
 
 #define MAX_CONNS 256
 #define MAX_CONNS_UID 192 /* one uid's share: the rest stays for other users */
@@ -77,7 +81,7 @@ struct cl_map {
 	struct hfs_inode *i; /* holds an inode reference and counts as an open of it */
 	uint64_t off, len;
 	bool write;
-	bool revoked; /* cl.lock: the word says REVOKED; file.maps no longer counts it */
+	bool revoked; /* clients.lock: the word says REVOKED; file.maps no longer counts it */
 };
 
 struct cl_reg {
@@ -96,7 +100,7 @@ struct cl_conn {
 	int lease_fd;                 /* the lease table memfd, -1 until the first map */
 	bool lease_sent;
 	_Atomic uint64_t *word;       /* HFS_CL_MAX_LEASES words, shared with the client */
-	struct cl_map **lease;        /* by index; cl.lock for additions and removals */
+	struct cl_map **lease;        /* by index; clients.lock for additions and removals */
 	uint32_t *tag;                /* next tag per index */
 	struct cl_reg *regs;
 };
@@ -111,7 +115,7 @@ static struct {
 	pthread_mutex_t lock; /* conns, their leases and counters; after any inode lock */
 	struct cl_conn *conns;
 	unsigned nconns;
-} cl = { .lsock = -1, .stop = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
+} clients = { .lsock = -1, .stop = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
 
 
 void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
@@ -121,12 +125,10 @@ void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
 void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len)
 {
 	hfs_change_lock(i);
-	__hfs_obj_hold(i);
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
 	/* replication: the write-range change record of [off, off + len) goes here */
-	__hfs_obj_release(i, true);
-	hfs_change_unlock(i);
+	hfs_change_unlock(i, true);
 	if (hfs_client_inval)
 		hfs_client_inval(i->ino, (int64_t)off, (int64_t)len);
 }
@@ -173,14 +175,14 @@ static int check_fd(int fd, bool write, struct hfs_inode **out)
 	struct stat st;
 	int fl;
 
-	if (!cl.dev_ok)
+	if (!clients.dev_ok)
 		return -EAGAIN;
 	fl = fcntl(fd, F_GETFL);
 	if (fl < 0 || fstat(fd, &st) < 0)
 		return -EBADF;
 	if (fl & O_PATH)
 		return -EBADF; /* opens nothing: proves no access */
-	if (st.st_dev != cl.dev)
+	if (st.st_dev != clients.dev)
 		return -EXDEV; /* not a file of this mount */
 	if (S_ISDIR(st.st_mode))
 		return -EISDIR;
@@ -256,7 +258,7 @@ static void geometry(struct hfs_heap *h, struct hfs_cl_rep *rep, int fds[2])
 	fds[1] = h->dm->meta_fd;
 }
 
-/* Remember that c has h's descriptors (a heap reference); cl.lock not held. */
+/* Remember that c has h's descriptors (a heap reference); clients.lock not held. */
 static int add_reg(struct cl_conn *c, struct hfs_heap *h)
 {
 	struct cl_reg *reg;
@@ -268,10 +270,10 @@ static int add_reg(struct cl_conn *c, struct hfs_heap *h)
 		return -ENOMEM;
 	hfs_heap_get(h);
 	reg->h = h;
-	pthread_mutex_lock(&cl.lock);
+	pthread_mutex_lock(&clients.lock);
 	reg->next = c->regs;
 	c->regs = reg;
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_unlock(&clients.lock);
 	return 0;
 }
 
@@ -284,8 +286,8 @@ static int do_segment(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 	int ret, fds[2];
 
 	(void)q;
-	ret = !cl.dev_ok ? -EAGAIN : fstat(fd, &st) < 0 || (fcntl(fd, F_GETFL) & O_PATH) ? -EBADF :
-	      st.st_dev != cl.dev ? -EXDEV :
+	ret = !clients.dev_ok ? -EAGAIN : fstat(fd, &st) < 0 || (fcntl(fd, F_GETFL) & O_PATH) ? -EBADF :
+	      st.st_dev != clients.dev ? -EXDEV :
 	      st.st_ino != hfs.objects->ino ? -ENOTDIR : !h || !h->dm ? -EPERM : 0;
 	close(fd);
 	if (!ret)
@@ -340,56 +342,51 @@ static void __pin(struct hfs_inode *i)
 	atomic_fetch_add(&i->file.maps, 1);
 }
 
-static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
+/* What a map request q with fd asks for: the file (*out) and a free lease index of c (the
+ * lease table made at c's first map); or -errno. */
+static int map_target(struct cl_conn *c, const struct hfs_cl_req *q, int fd,
+		      struct hfs_inode **out)
 {
-	bool write = q->flags & HFS_CL_WRITE;
-	size_t replen = sizeof(struct hfs_cl_rep) + HFS_CL_MAX_EXT * sizeof(struct hfs_cl_ext);
-	struct hfs_cl_rep *rep = calloc(1, replen);
-	struct cl_map *m = calloc(1, sizeof(*m));
-	int ret, idx, fds[3], nfds = 0;
-	struct hfs_inode *i;
-	bool sendheap;
-	struct hfs_heap *h;
-	uint32_t nx = 0;
+	int ret = check_fd(fd, q->flags & HFS_CL_WRITE, out);
 
-	ret = -ENOMEM;
-	if (!rep || !m)
-		goto fail;
-	ret = check_fd(fd, write, &i);
 	if (!ret)
 		ret = lease_table(c);
 	if (ret)
-		goto fail;
-	idx = lease_index(c);
-	ret = idx;
-	if (idx < 0)
-		goto fail;
-	ret = hfs_cl_range_check(q, UINT64_MAX);
-	if (ret)
-		goto fail;
-	h = i->heap;
-	sendheap = !find_reg(c, h) || (q->flags & HFS_CL_RESEND);
-	ret = add_reg(c, h);
-	if (ret)
-		goto fail;
+		return ret;
+	ret = hfs_cl_range_check(q, UINT64_MAX); /* the request alone: not empty, no wrap */
+	return ret ? ret : lease_index(c);
+}
+
+/* The extents of the range q asks for of i into rep (*nx of them, and the file's size),
+ * i pinned for the new lease; or -errno, nothing pinned. */
+static int pin_range(struct hfs_inode *i, const struct hfs_cl_req *q, struct hfs_cl_rep *rep,
+		     uint32_t *nx)
+{
+	int ret;
+
 	pthread_rwlock_wrlock(&i->lock);
 	ret = hfs_cl_range_check(q, i->size);
 	if (!ret)
-		ret = __extents(i, q->off, q->len, rep->ext, &nx);
+		ret = __extents(i, q->off, q->len, rep->ext, nx);
 	if (!ret)
 		__pin(i);
 	rep->size = i->size;
 	pthread_rwlock_unlock(&i->lock);
-	if (ret)
-		goto fail;
-	close(fd); /* the lease holds the file now */
-	*m = (struct cl_map){ .idx = (uint32_t)idx, .tag = c->tag[idx], .i = i, .off = q->off,
-			      .len = q->len, .write = write };
-	atomic_store(&c->word[idx], ((uint64_t)m->tag << 32) | 1);
+	return ret;
+}
+
+/* Lease m of c is granted, mapped once (the client's word: its tag, count 1): rep names
+ * it and the heap's geometry, fds the descriptors the client still lacks (the heap's when
+ * sendheap, the lease table's the first time).  How many fds. */
+static unsigned grant(struct cl_conn *c, struct cl_map *m, bool sendheap,
+		      struct hfs_cl_rep *rep, int fds[3])
+{
+	unsigned nfds = 0;
+
+	atomic_store(&c->word[m->idx], ((uint64_t)m->tag << 32) | 1);
 	rep->id = m->idx;
 	rep->tag = m->tag;
-	rep->next = nx;
-	geometry(h, rep, fds);
+	geometry(m->i->heap, rep, fds);
 	if (sendheap) {
 		rep->fdmask |= HFS_CL_FD_HEAP;
 		nfds = 2;
@@ -398,11 +395,42 @@ static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
 		rep->fdmask |= HFS_CL_FD_LEASES;
 		fds[nfds++] = c->lease_fd;
 	}
-	pthread_mutex_lock(&cl.lock);
-	c->lease[idx] = m;
+	pthread_mutex_lock(&clients.lock);
+	c->lease[m->idx] = m;
 	c->nleases++;
-	pthread_mutex_unlock(&cl.lock);
-	ret = send_rep(c, rep, sizeof(*rep) + nx * sizeof(rep->ext[0]), fds, (unsigned)nfds);
+	pthread_mutex_unlock(&clients.lock);
+	return nfds;
+}
+
+static int do_map(struct cl_conn *c, const struct hfs_cl_req *q, int fd)
+{
+	size_t replen = sizeof(struct hfs_cl_rep) + HFS_CL_MAX_EXT * sizeof(struct hfs_cl_ext);
+	struct hfs_cl_rep *rep = calloc(1, replen);
+	struct cl_map *m = calloc(1, sizeof(*m));
+	struct hfs_inode *i;
+	unsigned nfds;
+	bool sendheap;
+	uint32_t nx = 0;
+	int ret, fds[3];
+
+	ret = -ENOMEM;
+	if (!rep || !m)
+		goto fail;
+	ret = map_target(c, q, fd, &i);
+	if (ret < 0)
+		goto fail;
+	*m = (struct cl_map){ .idx = (uint32_t)ret, .tag = c->tag[ret], .i = i, .off = q->off,
+			      .len = q->len, .write = q->flags & HFS_CL_WRITE };
+	sendheap = !find_reg(c, i->heap) || (q->flags & HFS_CL_RESEND);
+	ret = add_reg(c, i->heap);
+	if (!ret)
+		ret = pin_range(i, q, rep, &nx);
+	if (ret)
+		goto fail;
+	close(fd); /* the lease holds the file now */
+	rep->next = nx;
+	nfds = grant(c, m, sendheap, rep, fds);
+	ret = send_rep(c, rep, sizeof(*rep) + nx * sizeof(rep->ext[0]), fds, nfds);
 	if (!ret)
 		c->lease_sent = true;
 	free(rep);
@@ -414,7 +442,7 @@ fail:
 	return send_err(c, ret);
 }
 
-/* Revoke lease m if idle: cl.lock and m->i->lock held.  true if revoked (or was). */
+/* Revoke lease m if idle: clients.lock and m->i->lock held.  true if revoked (or was). */
 static bool __revoke(struct cl_conn *c, struct cl_map *m)
 {
 	uint64_t idle = (uint64_t)m->tag << 32;
@@ -428,14 +456,18 @@ static bool __revoke(struct cl_conn *c, struct cl_map *m)
 	return true;
 }
 
-bool hfs_client_busy(struct hfs_inode *i)
+/* Is a range of i mapped by a client now?  Leases of i that no client maps at the moment
+ * are revoked on the way (their clients ask again at their next map).  The busy op of
+ * every direct_map heap (file.c: a truncate that shrinks, and moving a contiguous file's
+ * block, get EBUSY while it is).  i->lock held for writing. */
+static bool busy(struct hfs_inode *i)
 {
 	bool busy = false, any = false;
 
 	if (!atomic_load(&i->file.maps))
 		return false;
-	pthread_mutex_lock(&cl.lock);
-	for (struct cl_conn *c = cl.conns; c; c = c->next)
+	pthread_mutex_lock(&clients.lock);
+	for (struct cl_conn *c = clients.conns; c; c = c->next)
 		for (uint32_t k = 0; c->lease && k < HFS_CL_MAX_LEASES; k++)
 			if (c->lease[k] && c->lease[k]->i == i) {
 				if (__revoke(c, c->lease[k]))
@@ -443,29 +475,29 @@ bool hfs_client_busy(struct hfs_inode *i)
 				else
 					busy = true;
 			}
-	pthread_mutex_unlock(&cl.lock);
-	if (any && write(cl.stop[1], "r", 1) < 0) {
+	pthread_mutex_unlock(&clients.lock);
+	if (any && write(clients.stop[1], "r", 1) < 0) {
 		/* never blocks: a full pipe means the server thread has wake-ups to read, and
 		 * it sweeps every SWEEP_MS anyway */
 	}
 	return busy;
 }
 
-/* Remove lease idx of c: unpin its file (cl.lock and the inode lock not held). */
+/* Remove lease idx of c: unpin its file (clients.lock and the inode lock not held). */
 static void lease_drop(struct cl_conn *c, uint32_t idx)
 {
 	struct cl_map *m = c->lease[idx];
 	struct hfs_inode *i = m->i;
 
 	pthread_rwlock_wrlock(&i->lock);
-	pthread_mutex_lock(&cl.lock);
+	pthread_mutex_lock(&clients.lock);
 	if (!m->revoked)
 		atomic_fetch_sub(&i->file.maps, 1);
 	c->lease[idx] = NULL;
 	c->nleases--;
 	c->tag[idx] = (c->tag[idx] + 1) & 0x7fffffffu;
 	atomic_store(&c->word[idx], ((uint64_t)c->tag[idx] << 32) | HFS_CL_REVOKED);
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_unlock(&clients.lock);
 	pthread_rwlock_unlock(&i->lock);
 	hfs_release(i, O_RDONLY); /* the lease's open: may free an unlinked file's blocks */
 	hfs_iput(i, 1);
@@ -483,11 +515,11 @@ static void sweep(struct cl_conn *c)
 		if (!m)
 			continue;
 		pthread_rwlock_rdlock(&m->i->lock);
-		pthread_mutex_lock(&cl.lock);
+		pthread_mutex_lock(&clients.lock);
 		if (!m->i->nlink)
 			__revoke(c, m);
 		gone = m->revoked;
-		pthread_mutex_unlock(&cl.lock);
+		pthread_mutex_unlock(&clients.lock);
 		pthread_rwlock_unlock(&m->i->lock);
 		if (gone)
 			lease_drop(c, k);
@@ -513,9 +545,9 @@ static int do_unmap(struct cl_conn *c, const struct hfs_cl_req *q)
 	if (!m)
 		return send_err(c, -ENOENT);
 	pthread_rwlock_wrlock(&m->i->lock);
-	pthread_mutex_lock(&cl.lock);
+	pthread_mutex_lock(&clients.lock);
 	idle = __revoke(c, m);
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_unlock(&clients.lock);
 	pthread_rwlock_unlock(&m->i->lock);
 	if (!idle)
 		return send_err(c, -EBUSY);
@@ -587,12 +619,12 @@ static void conn_close(struct cl_conn *c)
 	struct cl_conn **pp;
 	struct cl_reg *r;
 
-	pthread_mutex_lock(&cl.lock);
-	for (pp = &cl.conns; *pp != c; pp = &(*pp)->next)
+	pthread_mutex_lock(&clients.lock);
+	for (pp = &clients.conns; *pp != c; pp = &(*pp)->next)
 		;
 	*pp = c->next;
-	cl.nconns--;
-	pthread_mutex_unlock(&cl.lock);
+	clients.nconns--;
+	pthread_mutex_unlock(&clients.lock);
 	/* the client is gone: nothing maps its leases any more, whatever the words say */
 	for (uint32_t k = 0; c->lease && k < HFS_CL_MAX_LEASES; k++)
 		if (c->lease[k])
@@ -617,7 +649,7 @@ static struct cl_conn *oldest_silent(uid_t uid, bool mine)
 {
 	struct cl_conn *old = NULL;
 
-	for (struct cl_conn *c = cl.conns; c; c = c->next)
+	for (struct cl_conn *c = clients.conns; c; c = c->next)
 		if (!c->asked && (!mine || c->uid == uid) && (!old || c->since < old->since))
 			old = c;
 	return old;
@@ -631,11 +663,11 @@ static int make_room(uid_t uid)
 	struct cl_conn *v = NULL;
 	unsigned mine = 0;
 
-	for (struct cl_conn *c = cl.conns; c; c = c->next)
+	for (struct cl_conn *c = clients.conns; c; c = c->next)
 		mine += c->uid == uid;
 	if (mine >= MAX_CONNS_UID && !(v = oldest_silent(uid, true)))
 		return -EMFILE;
-	if (!v && cl.nconns >= MAX_CONNS && !(v = oldest_silent(uid, false)))
+	if (!v && clients.nconns >= MAX_CONNS && !(v = oldest_silent(uid, false)))
 		return -EMFILE;
 	if (v)
 		conn_close(v);
@@ -648,7 +680,7 @@ static void close_silent(void)
 	int64_t now = hfs_now_ns();
 	struct cl_conn *c, *next;
 
-	for (c = cl.conns; c; c = next) {
+	for (c = clients.conns; c; c = next) {
 		next = c->next;
 		if (!c->asked && now - c->since > FIRST_REQ_NS)
 			conn_close(c);
@@ -657,7 +689,7 @@ static void close_silent(void)
 
 static void accept_one(void)
 {
-	int s = accept4(cl.lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	int s = accept4(clients.lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	struct cl_conn *c = NULL;
 	struct ucred cr;
 	socklen_t crlen = sizeof(cr);
@@ -674,11 +706,11 @@ static void accept_one(void)
 	c->pid = cr.pid;
 	c->uid = cr.uid;
 	c->since = hfs_now_ns();
-	pthread_mutex_lock(&cl.lock);
-	c->next = cl.conns;
-	cl.conns = c;
-	cl.nconns++;
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_lock(&clients.lock);
+	c->next = clients.conns;
+	clients.conns = c;
+	clients.nconns++;
+	pthread_mutex_unlock(&clients.lock);
 }
 
 static void *server(void *arg)
@@ -690,15 +722,15 @@ static void *server(void *arg)
 	(void)arg;
 	/* the session runs by now (we started after the mount): our own root answers */
 	if (stat(hfs.mountpoint, &st) == 0 && st.st_ino == HFS_ROOT_INO) {
-		cl.dev = st.st_dev;
-		cl.dev_ok = true;
+		clients.dev = st.st_dev;
+		clients.dev_ok = true;
 	}
 	for (;;) {
 		nfds_t n = 2;
 
-		pf[0] = (struct pollfd){ .fd = cl.stop[0], .events = POLLIN };
-		pf[1] = (struct pollfd){ .fd = cl.lsock, .events = POLLIN };
-		for (struct cl_conn *c = cl.conns; c; c = c->next) { /* only we change the list */
+		pf[0] = (struct pollfd){ .fd = clients.stop[0], .events = POLLIN };
+		pf[1] = (struct pollfd){ .fd = clients.lsock, .events = POLLIN };
+		for (struct cl_conn *c = clients.conns; c; c = c->next) { /* only we change the list */
 			cv[n - 2] = c;
 			pf[n++] = (struct pollfd){ .fd = c->sock, .events = POLLIN };
 		}
@@ -706,7 +738,7 @@ static void *server(void *arg)
 			continue;
 		if (pf[0].revents) {
 			char cmd[64];
-			ssize_t got = read(cl.stop[0], cmd, sizeof(cmd));
+			ssize_t got = read(clients.stop[0], cmd, sizeof(cmd));
 
 			if (got > 0 && memchr(cmd, 'x', (size_t)got))
 				break; /* else: "r", leases were revoked */
@@ -714,15 +746,26 @@ static void *server(void *arg)
 		for (nfds_t k = 2; k < n; k++)
 			if (pf[k].revents && serve(cv[k - 2]))
 				conn_close(cv[k - 2]);
-		for (struct cl_conn *c = cl.conns; c; c = c->next)
+		for (struct cl_conn *c = clients.conns; c; c = c->next)
 			sweep(c);
 		close_silent();
 		if (pf[1].revents)
 			accept_one();
 	}
-	while (cl.conns)
-		conn_close(cl.conns);
+	while (clients.conns)
+		conn_close(clients.conns);
 	return NULL;
+}
+
+static const struct hfs_heap_ops dm_ops = { .busy = busy };
+static int stats_add(json_t *o);
+
+void hfs_client_register(void)
+{
+	static struct hfs_stats_part part = { .at = HFS_STATS_AT_END, .add = stats_add };
+
+	hfs_dm_set_ops(&dm_ops);
+	hfs_stats_register(&part);
 }
 
 /* The socket is in Linux's abstract namespace ("@name" in .heapfs/stats): nothing is
@@ -736,58 +779,60 @@ int hfs_client_start(void)
 
 	if (getrandom(&salt, sizeof(salt), GRND_NONBLOCK) < 0)
 		salt = (uint64_t)hfs_now_ns();
-	snprintf(cl.path, sizeof(cl.path), "@heapfs-client.%d.%016llx", (int)getpid(),
+	snprintf(clients.path, sizeof(clients.path), "@heapfs-client.%d.%016llx", (int)getpid(),
 		 (unsigned long long)salt);
-	memcpy(sa.sun_path + 1, cl.path + 1, strlen(cl.path) - 1); /* sun_path[0] = 0 */
-	cl.lsock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (cl.lsock < 0 ||
-	    bind(cl.lsock, (struct sockaddr *)&sa,
-		 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(cl.path))) < 0 ||
-	    listen(cl.lsock, 64) < 0 || pipe2(cl.stop, O_CLOEXEC | O_NONBLOCK) < 0)
+	memcpy(sa.sun_path + 1, clients.path + 1, strlen(clients.path) - 1); /* sun_path[0] = 0 */
+	clients.lsock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (clients.lsock < 0 ||
+	    bind(clients.lsock, (struct sockaddr *)&sa,
+		 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(clients.path))) < 0 ||
+	    listen(clients.lsock, 64) < 0 || pipe2(clients.stop, O_CLOEXEC | O_NONBLOCK) < 0)
 		goto fail;
-	ret = pthread_create(&cl.thr, NULL, server, NULL);
+	ret = pthread_create(&clients.thr, NULL, server, NULL);
 	if (ret) {
 		errno = ret;
 		goto fail;
 	}
-	cl.running = true;
+	clients.running = true;
 	return 0;
 fail:
 	ret = -errno;
-	hfs_log(HFS_LOG_ERR, "client socket %s: %s", cl.path, strerror(errno));
+	hfs_log(HFS_LOG_ERR, "client socket %s: %s", clients.path, strerror(errno));
 	hfs_client_stop();
 	return ret;
 }
 
 void hfs_client_stop(void)
 {
-	if (cl.running) {
+	if (clients.running) {
 		/* the pipe may be full of wake-ups: the server thread drains it */
-		while (write(cl.stop[1], "x", 1) < 0 && errno == EAGAIN)
+		while (write(clients.stop[1], "x", 1) < 0 && errno == EAGAIN)
 			usleep(1000);
-		pthread_join(cl.thr, NULL);
-		cl.running = false;
+		pthread_join(clients.thr, NULL);
+		clients.running = false;
 	}
 	for (int k = 0; k < 2; k++) {
-		if (cl.stop[k] >= 0)
-			close(cl.stop[k]);
-		cl.stop[k] = -1;
+		if (clients.stop[k] >= 0)
+			close(clients.stop[k]);
+		clients.stop[k] = -1;
 	}
-	if (cl.lsock >= 0) {
-		close(cl.lsock);
-		cl.lsock = -1;
+	if (clients.lsock >= 0) {
+		close(clients.lsock);
+		clients.lsock = -1;
 	}
 }
 
 /* --- status --- */
 
-int hfs_client_status(json_t *o)
+/* .heapfs/stats: "client_socket" and "clients" [{pid, uid, heaps, leases, maps,
+ * mapped_bytes}]. */
+static int stats_add(json_t *o)
 {
 	json_t *a = json_array();
 	int bad = !a;
 
-	pthread_mutex_lock(&cl.lock);
-	for (struct cl_conn *c = cl.conns; c && !bad; c = c->next) {
+	pthread_mutex_lock(&clients.lock);
+	for (struct cl_conn *c = clients.conns; c && !bad; c = c->next) {
 		json_t *e = json_object(), *hv = json_array();
 
 		bad |= !e || !hv;
@@ -814,9 +859,9 @@ int hfs_client_status(json_t *o)
 		bad |= json_object_set_new(e, "mapped_bytes", json_integer((json_int_t)bytes));
 		bad |= json_array_append_new(a, e);
 	}
-	pthread_mutex_unlock(&cl.lock);
+	pthread_mutex_unlock(&clients.lock);
 	bad |= json_object_set_new(o, "client_socket",
-				   cl.lsock >= 0 ? json_string(cl.path) : json_null());
+				   clients.lsock >= 0 ? json_string(clients.path) : json_null());
 	bad |= json_object_set_new(o, "clients", a);
 	return bad ? -ENOMEM : 0;
 }

@@ -8,10 +8,12 @@
 #ifndef HEAPFS_DIRECT_H
 #define HEAPFS_DIRECT_H
 
-#include <jansson.h>
-
 #include "core.h"
 
+/* Before the mount tree and the heaps are made: what direct_map heaps do for the client
+ * socket (their heap ops: a range a client maps is busy), and the "clients" part of
+ * .heapfs/stats. */
+void hfs_client_register(void);
 /* The client socket: start after the mount exists (after daemonizing); stop after the
  * unmount (the server thread may be waiting on the mount), before the session and the
  * heaps go.  Start: 0 or -errno (said on stderr). */
@@ -25,14 +27,5 @@ extern void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
  * slot, the kernel's cached pages of the range invalidated.  Replication connects here
  * (the write-range change record: async queued, sync waited for). */
 void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len);
-
-/* Is a range of i mapped by a client now?  Leases of i that no client maps at the moment
- * are revoked on the way (their clients ask again at their next map).  file.c: a truncate
- * that shrinks, and moving a contiguous file's block, get EBUSY while it is.  i->lock
- * held for writing. */
-bool hfs_client_busy(struct hfs_inode *i);
-
-/* .heapfs/stats: "client_socket" and "clients" [{pid, heaps, maps, mapped_bytes}]. */
-int hfs_client_status(json_t *stats);
 
 #endif

@@ -17,6 +17,7 @@ _Static_assert(sizeof(fuse_ino_t) == sizeof(hfs_ino_t) && FUSE_ROOT_ID == HFS_RO
 
 /* io.c */
 int hfs_io_setup(struct fuse_session *se);
+void hfs_inval_inode(hfs_ino_t ino, int64_t off, int64_t len);
 
 /* uring.c — experimental FUSE-over-io_uring transport (-o io_uring). */
 int hfs_uring_enable(void);

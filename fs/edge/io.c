@@ -215,6 +215,14 @@ int hfs_io_setup(struct fuse_session *se)
 	return fuse_session_custom_io(se, &io, fd);
 }
 
+/* The kernel drops its cached pages (and attributes) of [off, off + len) of inode ino: a
+ * range a libheapfs client wrote through its mapping (direct/'s hfs_client_inval). */
+void hfs_inval_inode(hfs_ino_t ino, int64_t off, int64_t len)
+{
+	if (session)
+		fuse_lowlevel_notify_inval_inode(session, ino, off, len);
+}
+
 /* The kernel forgets what it cached of parent/name (a mirror's tree changed under it). */
 void hfs_inval_entry(hfs_ino_t parent, const char *name)
 {

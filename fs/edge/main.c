@@ -31,9 +31,8 @@
 
 #include "direct.h"
 #include "edge_i.h"
+#include "objects.h"
 #include "pool.h"
-
-struct hfs_fs hfs;
 
 #define READAHEAD_KB_DEFAULT 1024
 #define READAHEAD_KB_MAX (1024 * 1024) /* 1 GiB */
@@ -230,14 +229,10 @@ static void *readahead_thread(void *arg)
 
 static int fs_init(void)
 {
-	pthread_rwlockattr_t a;
 	int ret;
 
 	/* writers first: a rename must not starve behind a stream of lookups */
-	pthread_rwlockattr_init(&a);
-	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&hfs.ns, &a);
-	pthread_rwlockattr_destroy(&a);
+	hfs_rwlock_init_writers(&hfs.ns);
 	hfs.uid = getuid();
 	hfs.gid = getgid();
 	ret = hfs_itable_init();
@@ -277,13 +272,6 @@ static int loop(struct fuse_session *se, struct fuse_cmdline_opts *cmd)
 	return ret;
 }
 
-/* libheapfs: a range written through a client's mapping drops the kernel's pages of it */
-static struct fuse_session *session;
-static void client_inval(hfs_ino_t ino, int64_t off, int64_t len)
-{
-	fuse_lowlevel_notify_inval_inode(session, ino, off, len);
-}
-
 static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 {
 	struct fuse_session *se;
@@ -306,8 +294,8 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 	hfs_syslog_detached(); /* started: from now on syslog alone (stderr is /dev/null) */
 	if (hfs_housekeeper_start() || hfs_pool_run())
 		goto out_unmount;
-	session = se;
-	hfs_client_inval = client_inval;
+	/* libheapfs: a range written through a client's mapping drops the kernel's pages */
+	hfs_client_inval = hfs_inval_inode;
 	if (hfs_client_start()) {
 		hfs_housekeeper_stop();
 		goto out_unmount;
@@ -336,74 +324,83 @@ out_destroy:
 	return ret;
 }
 
-int main(int argc, char *argv[])
+/* The options that print something and exit (--help, --version, --print-default-config,
+ * --check-config): true, with *ret the exit status, if one was given. */
+static bool info_only(const struct opts *o, int *ret)
 {
-	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct fuse_cmdline_opts cmd = { 0 };
-	struct opts o = { 0 };
-	unsigned spin_us, readahead_kb;
-	const char *mnt;
-	int ret = 2;
-
-	if (fuse_opt_parse(&args, &o, opt_spec, opt_proc) == -1) {
-		usage(stderr);
-		goto out;
-	}
-	if (o.help) {
+	*ret = 0;
+	if (o->help) {
 		usage(stdout);
 		fuse_cmdline_help();
 		fuse_lowlevel_help();
-		ret = 0;
-		goto out;
-	}
-	if (o.version) {
+	} else if (o->version) {
 		printf("heapfs %s\nFUSE library version %s\n", HEAPFS_VERSION, fuse_pkgversion());
 		fflush(stdout);
 		fuse_lowlevel_version();
-		ret = 0;
-		goto out;
-	}
-	if (o.print_default) {
+	} else if (o->print_default) {
 		fputs(conf_default_text(), stdout);
-		ret = 0;
-		goto out;
+	} else if (o->check) {
+		*ret = conf_load_file(o->check, stderr, &hfs.conf) ? 2 : 0;
+		if (!*ret)
+			printf("%s: ok\n", o->check);
+	} else {
+		return false;
 	}
-	if (o.check) {
-		ret = conf_load_file(o.check, stderr, &hfs.conf) ? 2 : 0;
-		if (!ret)
-			printf("%s: ok\n", o.check);
-		goto out;
-	}
-	if (num_opt("spin_us", o.spin_us, SPIN_US_DEFAULT, SPIN_US_MAX, &spin_us) ||
-	    num_opt("readahead_kb", o.readahead_kb, READAHEAD_KB_DEFAULT, READAHEAD_KB_MAX,
-		    &readahead_kb))
-		goto out;
-	if (!o.npos) {
+	return true;
+}
+
+/* The mountpoint and our defaults added to what goes to libfuse, which parses it into
+ * cmd: 0, or -1 after saying why. */
+static int fuse_cmdline(struct opts *o, struct fuse_args *args, struct fuse_cmdline_opts *cmd)
+{
+	if (!o->npos) {
 		fprintf(stderr, "heapfs: no mountpoint given\n");
 		usage(stderr);
-		goto out;
+		return -1;
 	}
-	mnt = o.pos[o.npos - 1];
-	if (fuse_opt_add_arg(&args, mnt) ||
-	    (!o.defperm && fuse_opt_add_arg(&args, "-odefault_permissions")) ||
-	    (!o.fsname && fuse_opt_add_arg(&args, "-ofsname=heapfs")) ||
-	    (!o.subtype && fuse_opt_add_arg(&args, "-osubtype=heapfs")))
-		goto out;
-	if (fuse_parse_cmdline(&args, &cmd)) {
+	if (fuse_opt_add_arg(args, o->pos[o->npos - 1]) ||
+	    (!o->defperm && fuse_opt_add_arg(args, "-odefault_permissions")) ||
+	    (!o->fsname && fuse_opt_add_arg(args, "-ofsname=heapfs")) ||
+	    (!o->subtype && fuse_opt_add_arg(args, "-osubtype=heapfs")))
+		return -1;
+	if (fuse_parse_cmdline(args, cmd)) {
 		usage(stderr);
-		goto out;
+		return -1;
 	}
-	if (o.config ? conf_load_file(o.config, stderr, &hfs.conf) : conf_load_default(&hfs.conf))
-		goto out;
-	if (log_setup(&o, cmd.mountpoint, cmd.foreground))
-		goto out;
-	hfs.mountpoint = cmd.mountpoint;
+	return 0;
+}
+
+/* Our -o knobs into hfs (spin_us, readahead_kb checked first): 0, or -1 after saying why. */
+static int knobs(const struct opts *o)
+{
+	unsigned spin_us, readahead_kb;
+
+	if (num_opt("spin_us", o->spin_us, SPIN_US_DEFAULT, SPIN_US_MAX, &spin_us) ||
+	    num_opt("readahead_kb", o->readahead_kb, READAHEAD_KB_DEFAULT, READAHEAD_KB_MAX,
+		    &readahead_kb))
+		return -1;
 	/* on one CPU, spinning (device watcher or ring worker) would only steal the client's
 	 * CPU: count the CPUs this process may run on (taskset, cpusets), not the host's */
 	hfs.spin_ns = allowed_cpus() < 2 ? 0 : (int64_t)spin_us * 1000;
 	hfs.readahead_kb = readahead_kb;
-	hfs.no_killpriv = o.no_killpriv;
-	hfs.io_uring = o.io_uring;
+	hfs.no_killpriv = o->no_killpriv;
+	hfs.io_uring = o->io_uring;
+	return 0;
+}
+
+/* The configured filesystem: the features registered, the tree and heaps made, the
+ * features started, mounted and served until unmounted; then torn down.  The exit
+ * status. */
+static int mount_and_serve(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
+{
+	int ret;
+
+	/* before the tree and the heaps: what the features add to them (.heapfs/ lists the
+	 * files in this order: partner verify donors segment) */
+	hfs_repl_register();
+	hfs_pool_register();
+	hfs_objects_register();
+	hfs_client_register();
 	ret = fs_init();
 	if (ret) {
 		hfs_log(HFS_LOG_ERR, "cannot set up the heaps: %s", strerror(-ret));
@@ -412,12 +409,37 @@ int main(int argc, char *argv[])
 		   hfs_repl_init()) {
 		ret = 2; /* a bad image, pool socket or secret: said why; nothing mounted */
 	} else {
-		ret = run(&args, &cmd);
+		ret = run(args, cmd);
 		hfs_pool_stop(); /* releases the donors */
 		if (hfs_objects_stop() && !ret)
 			ret = 1;
 	}
 	fs_fini();
+	return ret;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts cmd = { 0 };
+	struct opts o = { 0 };
+	int ret = 2;
+
+	if (fuse_opt_parse(&args, &o, opt_spec, opt_proc) == -1) {
+		usage(stderr);
+		goto out;
+	}
+	if (info_only(&o, &ret))
+		goto out;
+	ret = 2;
+	if (knobs(&o) || fuse_cmdline(&o, &args, &cmd))
+		goto out;
+	if (o.config ? conf_load_file(o.config, stderr, &hfs.conf) : conf_load_default(&hfs.conf))
+		goto out;
+	if (log_setup(&o, cmd.mountpoint, cmd.foreground))
+		goto out;
+	hfs.mountpoint = cmd.mountpoint;
+	ret = mount_and_serve(&args, &cmd);
 out:
 	free(cmd.mountpoint);
 	if (hfs.conf)

@@ -7,12 +7,13 @@
  * is one block, and whose memory *is* the segment: offset 0 holds the header block and one
  * block the name map (img_seg_*), claimed with buddy_alloc_at at start.  Every change of a
  * named object — create, unlink, rename (dir.c's namespace hooks), write, truncate,
- * fallocate, setattr (file.c, through __hfs_obj_hold/__hfs_obj_release) — rewrites its map
- * slot, so the segment describes itself at every moment a snapshot can be taken.
+ * fallocate, setattr, xattrs (the heap ops hold/release around hfs_change_lock/unlock) —
+ * rewrites its map slot, so the segment describes itself at every moment a snapshot can
+ * be taken.
  *
  * How: start formats the segment, or loads objects.image (img_seg_load checks it whole)
  * and makes an inode per listed object; stop saves the image (img_seg_save: atomic).
- * .heapfs/segment is a sealed copy of all S bytes (hfs_objects_snapshot).
+ * .heapfs/segment is a sealed copy of all S bytes (snapshot(), registered with status.c).
  *
  * Locking: obj.seg (rwlock, writer-preferring) is held shared by every mutation of object
  * bytes or the map and exclusive by a snapshot, so a copy never holds a torn object or map.
@@ -30,12 +31,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "direct.h"
-#include "core.h"
+#include <jansson.h>
+
 #include "img.h"
+#include "objects.h"
 
 static struct {
 	struct hfs_heap *h;
+	struct hfs_heap_ops ops; /* h's */
 	char *base; /* buddy_ptr(h->b, 0): the segment */
 	uint64_t size;
 	pthread_rwlock_t seg;
@@ -48,11 +51,6 @@ static struct {
 struct hfs_heap *hfs_objects_heap(void)
 {
 	return obj.h;
-}
-
-uint64_t hfs_objects_size(void)
-{
-	return obj.size;
 }
 
 /* Room in the free-slot stack for every slot of a map of n slots.  obj.map. */
@@ -163,27 +161,27 @@ static void __slot_give(struct hfs_inode *i)
 	i->file.oslot = 0;
 }
 
-void __hfs_obj_hold(struct hfs_inode *i)
+/* The segment heap's ops, around every change of an object's data or attributes. */
+static void hold(struct hfs_inode *i)
 {
-	if (i->heap->objects)
-		pthread_rwlock_rdlock(&obj.seg);
+	(void)i;
+	pthread_rwlock_rdlock(&obj.seg);
 }
 
-void __hfs_obj_release(struct hfs_inode *i, bool sync)
+static void release(struct hfs_inode *i, bool changed)
 {
-	if (!i->heap->objects)
-		return;
-	if (sync)
+	if (changed)
 		__put(i); /* its own slot: cannot fail */
 	pthread_rwlock_unlock(&obj.seg);
 }
 
-int hfs_obj_init(struct hfs_inode *i)
+/* objects/'s namespace hooks (dir.c's table): under hfs.ns exclusive.  i->lock not held. */
+static int obj_init(struct hfs_inode *i)
 {
 	return hfs_file_reserve(i, obj.h->pol.min_block); /* an object always has its block */
 }
 
-int __hfs_obj_added(struct hfs_inode *i, const char *name)
+static int __obj_added(struct hfs_inode *i, const char *name)
 {
 	char *n = strdup(name);
 	uint32_t slot;
@@ -213,7 +211,7 @@ int __hfs_obj_added(struct hfs_inode *i, const char *name)
 	return ret;
 }
 
-void __hfs_obj_removed(struct hfs_inode *i)
+static void __obj_removed(struct hfs_inode *i)
 {
 	pthread_rwlock_wrlock(&i->lock);
 	pthread_rwlock_rdlock(&obj.seg);
@@ -224,7 +222,13 @@ void __hfs_obj_removed(struct hfs_inode *i)
 	pthread_rwlock_unlock(&i->lock);
 }
 
-void hfs_objects_snapshot(void *dst)
+static const struct hfs_ns_ops objects_ns = {
+	.kinds = HFS_KIND(HFS_REG), .heap = hfs_objects_heap, .init = obj_init,
+	.added = __obj_added, .removed = __obj_removed,
+};
+
+/* .heapfs/segment: a sealed consistent copy of the segment into dst. */
+static void snapshot(void *dst)
 {
 	pthread_rwlock_wrlock(&obj.seg);
 	memcpy(dst, obj.base, obj.size);
@@ -232,7 +236,9 @@ void hfs_objects_snapshot(void *dst)
 	img_seg_seal(dst);
 }
 
-void hfs_objects_stats(struct hfs_objects_stats *st)
+/* .heapfs/stats: "objects": {"size", "min_block", "used", "free", "largest_free",
+ * "objects", "map_slots"}. */
+static int stats_add(json_t *stats)
 {
 	struct img_seg_info si;
 	struct buddy_stats bs;
@@ -244,10 +250,23 @@ void hfs_objects_stats(struct hfs_objects_stats *st)
 	img_seg_info(obj.base, &si);
 	pthread_mutex_unlock(&obj.map);
 	pthread_rwlock_unlock(&obj.seg);
-	*st = (struct hfs_objects_stats){ .size = bs.size, .min_block = bs.min_block,
-					  .used = bs.used, .free = bs.free,
-					  .largest_free = bs.largest_free,
-					  .objects = si.nobjects, .map_slots = si.map_slots };
+	return json_object_set_new(stats, "objects",
+		json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "size", (json_int_t)bs.size,
+			  "min_block", (json_int_t)bs.min_block, "used", (json_int_t)bs.used,
+			  "free", (json_int_t)bs.free, "largest_free",
+			  (json_int_t)bs.largest_free, "objects", (json_int_t)si.nobjects,
+			  "map_slots", (json_int_t)si.map_slots)) ? -ENOMEM : 0;
+}
+
+void hfs_objects_register(void)
+{
+	static struct hfs_status_file segment = { .name = "segment", .copy = snapshot };
+	static struct hfs_stats_part part = { .at = HFS_STATS_AFTER_HEAPS, .add = stats_add };
+
+	segment.size = hfs.conf->objects.size;
+	hfs_ns_register(HFS_R_OBJECTS, &objects_ns);
+	hfs_status_register(&segment);
+	hfs_stats_register(&part);
 }
 
 static int claim_fn(uint64_t off, unsigned order, void *arg)
@@ -370,7 +389,6 @@ int hfs_objects_start(void)
 				 .chunk = 2u << 20, .layout = CONF_LAYOUT_CONTIGUOUS,
 				 .cache = CONF_CACHE_AUTO, .writers = c->writers,
 				 .direct_map = c->direct_map };
-	pthread_rwlockattr_t a;
 	int ret;
 
 	snprintf(pol.name, sizeof(pol.name), "objects");
@@ -384,13 +402,15 @@ int hfs_objects_start(void)
 		return ret;
 	}
 	obj.h->objects = true;
+	/* ours, and what the heap came with (direct_map: a range a client maps is busy) */
+	obj.ops = *obj.h->ops;
+	obj.ops.hold = hold;
+	obj.ops.release = release;
+	obj.h->ops = &obj.ops;
 	obj.base = buddy_ptr(obj.h->b, 0);
 	obj.size = c->size;
 	/* writers first: a snapshot must not starve behind a stream of writes */
-	pthread_rwlockattr_init(&a);
-	pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&obj.seg, &a);
-	pthread_rwlockattr_destroy(&a);
+	hfs_rwlock_init_writers(&obj.seg);
 	ret = c->image ? load(c->image) : 1;
 	if (ret == 1)
 		ret = format();

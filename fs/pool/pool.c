@@ -10,8 +10,8 @@
  * back.  Reads and writes go through the source (pread/pwrite), so the daemon's address
  * space never holds donor memory.
  *
- * How: growing a pool file past what the pool holds calls pool_room() (the heap's room
- * hook, file.c), which spawns heapfs-donor processes (at most max_donors slots, then the
+ * How: growing a pool file past what the pool holds calls make_room() (the heap's op,
+ * file.c), which spawns heapfs-donor processes (at most max_donors slots, then the
  * growth fails with ENOSPC) and waits until they joined.  A thread serves the pool socket
  * and never waits for one peer: it takes each joining peer's credentials at accept and
  * polls it for its offer for a second at most, among a bounded few (pend_*); it checks
@@ -21,8 +21,8 @@
  * donors it spawned, and every tick tells donors whose memory is entirely free again to
  * release (after they were used once; a spawned donor also after DONOR_IDLE_NS unused).
  *
- * Locking: pool.lock guards the slots; pool_room waits on pool.changed with it.  It is
- * taken under an inode lock (pool_room runs inside a write) and never the other way
+ * Locking: pool.lock guards the slots; make_room waits on pool.changed with it.  It is
+ * taken under an inode lock (make_room runs inside a write) and never the other way
  * round; the socket thread never takes inode locks.  A slot's range is added to the
  * source before its blocks are freed into the heap and removed only after they were all
  * claimed back, so no reader meets a range without memory.
@@ -96,7 +96,8 @@ static struct {
 	bool running;
 } pool = { .lock = PTHREAD_MUTEX_INITIALIZER, .lfd = -1, .stopfd = -1 };
 
-struct hfs_heap *hfs_pool_heap(void)
+/* pool/'s namespace: regular files only, in the pool's heap */
+static struct hfs_heap *pool_heap(void)
 {
 	return pool.h;
 }
@@ -243,10 +244,10 @@ static uint64_t __pending(void)
 	return n;
 }
 
-/* The heap's room hook (file.c __grow): make `bytes` more bytes available if donors can,
+/* The heap's make_room op (file.c __grow): make `bytes` more bytes available if donors can,
  * starting as many as needed and waiting until they joined.  Never fails: the growth
  * then takes what there is (ENOSPC past max_donors). */
-static void pool_room(struct hfs_heap *h, uint64_t bytes)
+static void make_room(struct hfs_heap *h, uint64_t bytes)
 {
 	int64_t deadline = now_ns() + POOL_WAIT_NS;
 	struct timespec until;
@@ -285,6 +286,19 @@ static void pool_room(struct hfs_heap *h, uint64_t bytes)
 	}
 	pool.growers--;
 	pthread_mutex_unlock(&pool.lock);
+}
+
+static const struct hfs_heap_ops pool_ops = { .make_room = make_room };
+static const struct hfs_ns_ops pool_ns = { .kinds = HFS_KIND(HFS_REG), .heap = pool_heap };
+
+static json_t *donors_json(void);
+
+void hfs_pool_register(void)
+{
+	static struct hfs_status_file donors = { .name = "donors", .json = donors_json };
+
+	hfs_ns_register(HFS_R_POOL, &pool_ns);
+	hfs_status_register(&donors);
 }
 
 /* ---- the socket -------------------------------------------------------------------- */
@@ -418,12 +432,61 @@ static int recv_offer(int cfd, struct donor_hdr *hdr, int *fd, char *why, size_t
 	return 0;
 }
 
+/* May peer cr lend hdr->size bytes in memfd fd (sealed by donor_memfd_check first)?  0,
+ * or -1 with why. */
+static int check_offer(const struct ucred *cr, const struct donor_hdr *hdr, int fd, char *why,
+		       size_t wl)
+{
+	char sz[CONF_SIZE_BUF], sz2[CONF_SIZE_BUF];
+
+	if (!uid_ok(cr->uid)) {
+		snprintf(why, wl, "uid %u is neither the mount's uid %u nor root",
+			 (unsigned)cr->uid, (unsigned)getuid());
+		return -1;
+	}
+	if (donor_size_check(hdr, pool.chunk, pool.ds)) {
+		snprintf(why, wl, "size %llu is not a multiple of %s up to donor_size %s",
+			 (unsigned long long)hdr->size, conf_format_size(pool.chunk, sz),
+			 conf_format_size(pool.ds, sz2));
+		return -1;
+	}
+	return donor_memfd_check(fd, hdr->size, why, wl) ? -1 : 0;
+}
+
+/* The slot for donor cr lending size bytes: the one we started it for, else the first
+ * free slot large enough; 0: none.  pool.lock. */
+static unsigned __slot_for(const struct ucred *cr, uint64_t size)
+{
+	unsigned k;
+
+	for (k = 1; k <= pool.nslots; k++)
+		if (pool.s[k].state == S_STARTING && pool.s[k].pid == cr->pid)
+			break;
+	if (k > pool.nslots)
+		for (k = 1; k <= pool.nslots; k++)
+			if (pool.s[k].state == S_FREE && slot_range(k) >= size)
+				break;
+	return k <= pool.nslots && slot_range(k) >= size ? k : 0;
+}
+
+/* Slot k's memory is now memfd fd of size bytes from donor cr on connection cfd: its
+ * blocks go into the heap.  pool.lock. */
+static void __activate(unsigned k, const struct ucred *cr, int cfd, int fd, uint64_t size)
+{
+	msrc_donor_add(pool.src, k, fd, size, false);
+	unclaim(slot_off(k), size);
+	buddy_drain(pool.h->b); /* the donor's chunks coalesce into large blocks */
+	pool.s[k] = (struct slot){ .state = S_ACTIVE, .pid = cr->pid, .conn = cfd, .len = size,
+				   .spawned = pool.s[k].state == S_STARTING, .since = now_ns() };
+	pthread_cond_broadcast(&pool.changed);
+}
+
 /* A pending peer (pend_*) that spoke: its offer, taken or refused; -EAGAIN: nothing yet. */
 static int join(int cfd, const struct ucred *pcr)
 {
 	struct ucred cr = *pcr;
 	struct donor_hdr hdr;
-	char why[200], sz[CONF_SIZE_BUF], sz2[CONF_SIZE_BUF];
+	char why[200], sz[CONF_SIZE_BUF];
 	char ok = DONOR_ACCEPT;
 	unsigned k;
 	int fd, ret;
@@ -437,40 +500,17 @@ static int join(int cfd, const struct ucred *pcr)
 		refuse(cfd, &cr, why);
 		return 0;
 	}
-	if (!uid_ok(cr.uid)) {
-		snprintf(why, sizeof(why), "uid %u is neither the mount's uid %u nor root",
-			 (unsigned)cr.uid, (unsigned)getuid());
-		goto refuse_fd;
-	}
-	if (donor_size_check(&hdr, pool.chunk, pool.ds)) {
-		snprintf(why, sizeof(why), "size %llu is not a multiple of %s up to donor_size %s",
-			 (unsigned long long)hdr.size, conf_format_size(pool.chunk, sz),
-			 conf_format_size(pool.ds, sz2));
-		goto refuse_fd;
-	}
-	if (donor_memfd_check(fd, hdr.size, why, sizeof(why)))
+	if (check_offer(&cr, &hdr, fd, why, sizeof(why)))
 		goto refuse_fd;
 	pthread_mutex_lock(&pool.lock);
-	/* the slot we started it for, else the first free slot large enough */
-	for (k = 1; k <= pool.nslots; k++)
-		if (pool.s[k].state == S_STARTING && pool.s[k].pid == cr.pid)
-			break;
-	if (k > pool.nslots)
-		for (k = 1; k <= pool.nslots; k++)
-			if (pool.s[k].state == S_FREE && slot_range(k) >= hdr.size)
-				break;
-	if (k > pool.nslots || slot_range(k) < hdr.size) {
+	k = __slot_for(&cr, hdr.size);
+	if (!k) {
 		pthread_mutex_unlock(&pool.lock);
 		snprintf(why, sizeof(why), "the pool is full (%u donors of %s)", pool.nslots,
 			 conf_format_size(pool.ds, sz));
 		goto refuse_fd;
 	}
-	msrc_donor_add(pool.src, k, fd, hdr.size, false);
-	unclaim(slot_off(k), hdr.size);
-	buddy_drain(pool.h->b); /* the donor's chunks coalesce into large blocks */
-	pool.s[k] = (struct slot){ .state = S_ACTIVE, .pid = cr.pid, .conn = cfd, .len = hdr.size,
-				   .spawned = pool.s[k].state == S_STARTING, .since = now_ns() };
-	pthread_cond_broadcast(&pool.changed);
+	__activate(k, &cr, cfd, fd, hdr.size);
 	pthread_mutex_unlock(&pool.lock);
 	send(cfd, &ok, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 	return 0;
@@ -627,31 +667,60 @@ static int sock_claim(const char *path)
 	return listen_on(path);
 }
 
+/* Make the directory path is in (/run/heapfs: the default's); failure shows at bind. */
+static void make_parent(const char *path)
+{
+	char dir[sizeof(pool.path)], *slash;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	if (slash && slash != dir) {
+		*slash = 0;
+		mkdir(dir, 0755);
+	}
+}
+
+/* pool.path may not be created by this user (err; the default is root's /run/heapfs):
+ * claim a path of the user's own, so the mount still works (.heapfs/donors names it).
+ * The socket, or -errno. */
+static int claim_own(int err)
+{
+	const char *rt = getenv("XDG_RUNTIME_DIR");
+	char want[sizeof(pool.path)];
+	int n;
+
+	if (rt && *rt)
+		n = snprintf(want, sizeof(want), "%s/heapfs-pool.%d.sock", rt, (int)getpid());
+	else
+		n = snprintf(want, sizeof(want), "/tmp/heapfs-pool.%u.%d.sock",
+			     (unsigned)getuid(), (int)getpid());
+	if (n >= (int)sizeof(want))
+		return err;
+	hfs_log(HFS_LOG_NOTICE, "pool: cannot create %s (%s); using %s", pool.path,
+		strerror(-err), want);
+	memcpy(pool.path, want, sizeof(pool.path));
+	return sock_claim(pool.path);
+}
+
 /* Bind the pool socket.  A configured path that exists and is not a socket is an error
  * (exit 2); a stale socket is replaced; one another mount serves stays theirs and this
  * mount uses PATH.PID (.heapfs/donors names it); a path this user may not create falls
  * back to one of the user's own. */
 static int sock_open(const char *want)
 {
-	char dir[sizeof(pool.path)], *slash;
 	struct stat st;
-	int fd, ret;
+	int fd;
 
 	snprintf(pool.path, sizeof(pool.path), "%s", want);
-	snprintf(dir, sizeof(dir), "%s", want);
-	slash = strrchr(dir, '/');
-	if (slash && slash != dir) {
-		*slash = 0;
-		mkdir(dir, 0755); /* /run/heapfs: the default's directory */
-	}
+	make_parent(want);
 	fd = sock_claim(pool.path);
 	if (fd == -EEXIST) {
 		hfs_log(HFS_LOG_ERR, "pool: socket %s exists and is not a socket", want);
 		return fd;
 	}
 	if (fd == -EADDRINUSE) {
-		ret = snprintf(pool.path, sizeof(pool.path), "%s.%d", want, (int)getpid());
-		if (ret >= (int)sizeof(pool.path)) {
+		if (snprintf(pool.path, sizeof(pool.path), "%s.%d", want, (int)getpid()) >=
+		    (int)sizeof(pool.path)) {
 			hfs_log(HFS_LOG_ERR, "pool: socket %s is in use and %s.PID is too long",
 				want, want);
 			return -ENAMETOOLONG;
@@ -660,25 +729,8 @@ static int sock_open(const char *want)
 			want, pool.path);
 		fd = sock_claim(pool.path);
 	}
-	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT) {
-		/* a user who may not create it (the default is root's /run/heapfs): a path of
-		 * this user's own, so the mount still works; .heapfs/donors names it */
-		const char *rt = getenv("XDG_RUNTIME_DIR");
-		char want2[sizeof(pool.path)];
-
-		if (rt && *rt)
-			ret = snprintf(want2, sizeof(want2), "%s/heapfs-pool.%d.sock", rt,
-				       (int)getpid());
-		else
-			ret = snprintf(want2, sizeof(want2), "/tmp/heapfs-pool.%u.%d.sock",
-				       (unsigned)getuid(), (int)getpid());
-		if (ret < (int)sizeof(want2)) {
-			hfs_log(HFS_LOG_NOTICE, "pool: cannot create %s (%s); using %s", pool.path,
-				strerror(-fd), want2);
-			memcpy(pool.path, want2, sizeof(pool.path));
-			fd = sock_claim(pool.path);
-		}
-	}
+	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT)
+		fd = claim_own(fd);
 	if (fd < 0) {
 		hfs_log(HFS_LOG_ERR, "pool: cannot listen on %s: %s", pool.path,
 			strerror(-fd));
@@ -770,7 +822,7 @@ int hfs_pool_start(void)
 		goto fail;
 	if (pool.own < pool.size && (ret = claim(pool.own, pool.size - pool.own)))
 		goto fail;
-	pool.h->room = pool_room;
+	pool.h->ops = &pool_ops;
 	ret = c->configured ? sock_open(c->socket) : 0;
 	if (ret)
 		goto fail;
@@ -851,7 +903,9 @@ void hfs_pool_stop(void)
 	 * blocks (their memory is the daemon's own and the donors' descriptors) */
 }
 
-json_t *hfs_pool_json(void)
+/* .heapfs/donors: {"socket", "size", "process_memory", "process_used", "donor_size",
+ * "max_donors", "donors": [{"pid", "size", "used", "state", "external", "offset"}]} */
+static json_t *donors_json(void)
 {
 	json_t *donors = json_array(), *j;
 	uint64_t own_used;

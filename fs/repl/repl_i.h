@@ -180,4 +180,17 @@ int verify_reply(const char *p, size_t len);
 void deferred_run(uint64_t seq);
 void no_room(uint64_t seq);
 
+/* status.c: .heapfs/partner (repl.c gathers the link's figures) */
+struct hfs_repl_status {
+	const char *state; /* none connected degraded resyncing */
+	char peer[65];
+	uint64_t epoch, lag_bytes, sent_bytes, recv_bytes, resync_done, resync_total;
+};
+void hfs_repl_status(struct hfs_repl_status *st);
+/* heapfsctl promote sets user.heapfs.promote[.force|.discard-peer] = HEAP on
+ * .heapfs/partner (verify.c). */
+int hfs_repl_setxattr(const char *name, const void *value, size_t size);
+/* .heapfs/verify: both copies compared (a new value, the caller's; verify.c). */
+json_t *hfs_repl_verify_json(void);
+
 #endif

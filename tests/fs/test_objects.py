@@ -196,6 +196,25 @@ def test_setattr_in_slot(mount_factory, tmp_path):
     assert int.from_bytes(slot[48:56], "little", signed=True) == 2_000_000_456
 
 
+def test_xattr_change_in_slot(mount_factory, tmp_path):
+    """setxattr and removexattr change an object's ctime: its slot shows the new one."""
+    m = mount_factory(CONF)
+    p = objs(m) / "a"
+    put(p, b"abc")
+    for n, change in enumerate((lambda: os.setxattr(p, "user.k", b"v"),
+                                lambda: os.removexattr(p, "user.k"))):
+        os.utime(p, ns=(1_000_000_000, 2_000_000_000))  # ctime: now, before the change
+        before = os.stat(p).st_ctime_ns
+        time.sleep(0.01)
+        change()
+        after = os.stat(p).st_ctime_ns
+        assert after > before
+        (o,) = ls_json(snapshot(m, tmp_path, f"seg{n}.img"))["objects"]
+        assert o["name"] == "a"
+        assert o["ctime_ns"] == after
+        assert o["mtime_ns"] == 2_000_000_000
+
+
 def test_writers_single_is_ebusy(mount_factory):
     m = mount_factory(CONF)
     p = objs(m) / "a"

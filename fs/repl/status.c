@@ -1,0 +1,56 @@
+/*
+ * status.c — what replication shows in .heapfs/ (registered with the core's status.c
+ * before the mount tree is made): partner (the link and the replicated heaps; setting
+ * user.heapfs.promote* on it is heapfsctl promote), verify (both copies compared, verify.c)
+ * and the "role" of each heap in heaps/NAME and stats.
+ * Locking: partner takes hfs.ns shared only to copy the heap list (hfs_heaps_get), the
+ * link's figures under rg.lock (hfs_repl_status).
+ */
+#include "repl_i.h"
+
+static json_t *partner_json(void)
+{
+	json_t *heaps = json_object(), *j = NULL;
+	struct hfs_repl_status rs;
+	struct hfs_heap **v;
+	unsigned n;
+
+	v = hfs_heaps_get(&n);
+	if (!v) {
+		json_decref(heaps);
+		return NULL;
+	}
+	hfs_repl_status(&rs);
+	/* the replicated heaps (no partner section: none) */
+	for (unsigned k = 0; heaps && k < n; k++)
+		if (v[k]->repl && json_object_set_new(heaps, v[k]->pol.name,
+						      json_string(hfs_repl_role(v[k])))) {
+			json_decref(heaps);
+			heaps = NULL;
+		}
+	if (heaps)
+		j = json_pack("{s:s, s:s?, s:s?, s:s?, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+			      "state", rs.state,
+			      "node", hfs.conf->partner.present ? hfs.conf->partner.node : NULL,
+			      "peer", rs.peer[0] ? rs.peer : NULL,
+			      "connect", hfs.conf->partner.present ? hfs.conf->partner.connect : NULL,
+			      "epoch", (json_int_t)rs.epoch, "lag_bytes", (json_int_t)rs.lag_bytes,
+			      "sent_bytes", (json_int_t)rs.sent_bytes,
+			      "recv_bytes", (json_int_t)rs.recv_bytes,
+			      "resync_done", (json_int_t)rs.resync_done,
+			      "resync_total", (json_int_t)rs.resync_total, "heaps", heaps);
+	hfs_heaps_put(v, n);
+	return j;
+}
+
+void hfs_repl_register(void)
+{
+	static struct hfs_status_file partner = { .name = "partner", .json = partner_json,
+						  .setxattr = hfs_repl_setxattr };
+	static struct hfs_status_file verify = { .name = "verify",
+						 .json = hfs_repl_verify_json };
+
+	hfs_status_register(&partner);
+	hfs_status_register(&verify);
+	hfs_status_role(hfs_repl_role);
+}
