@@ -28,7 +28,9 @@
 #define HEAPFS_IMG_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "img/: the on-disk structs are little-endian and used as is"
@@ -272,5 +274,19 @@ int img_seg_save(void *base, const char *path);
  * header is zeroed), so nothing of a bad image is ever used. */
 int img_seg_load(int fd, void *base, uint64_t size, unsigned min_order, char *why,
 		 size_t whylen);
+
+/* ---- progress.c: a bar for long image operations ------------------------------------ */
+
+/* Drawn on out only when it is a terminal and the operation has run a second: start,
+ * update with the bytes done so far, end (ok: drawn full) with a newline. */
+struct img_progress {
+	const char *what;
+	FILE *out;
+	int64_t total, start, last, after;
+	bool on, drawn;
+};
+void img_progress_start(struct img_progress *p, FILE *out, const char *what, int64_t total);
+void img_progress_update(struct img_progress *p, int64_t done);
+void img_progress_end(struct img_progress *p, int64_t done, bool ok);
 
 #endif

@@ -25,6 +25,9 @@
  * applier takes the locks its core calls take; one applier per heap at a time.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -576,6 +579,48 @@ out_r:
 
 /* ---- at mount and at unmount --------------------------------------------------------- */
 
+/* A restore at mount that takes over a second draws a bar on the terminal that started
+ * the daemon (it has not detached yet): a thread watches how far the restore has read
+ * the file (the file offset it shares) while this one restores. */
+struct watch {
+	int fd;
+	struct img_progress bar;
+	atomic_bool done;
+};
+
+static void *watch_thread(void *arg)
+{
+	struct watch *w = arg;
+
+	while (!atomic_load(&w->done)) {
+		off_t at = lseek(w->fd, 0, SEEK_CUR);
+
+		if (at > 0)
+			img_progress_update(&w->bar, at);
+		usleep(50 * 1000);
+	}
+	return NULL;
+}
+
+static int restore_showing(struct hfs_heap *h, int fd, char *why, size_t whylen)
+{
+	struct watch w = { .fd = fd };
+	struct stat st;
+	pthread_t th;
+	bool watching;
+	int ret;
+
+	img_progress_start(&w.bar, stderr, h->pol.name, fstat(fd, &st) ? 0 : st.st_size);
+	watching = w.bar.on && pthread_create(&th, NULL, watch_thread, &w) == 0;
+	ret = hfs_image_restore(h, fd, why, whylen);
+	if (watching) {
+		atomic_store(&w.done, true);
+		pthread_join(th, NULL);
+	}
+	img_progress_end(&w.bar, w.bar.total, ret == 0);
+	return ret;
+}
+
 int hfs_images_load(void)
 {
 	char why[256];
@@ -595,7 +640,7 @@ int hfs_images_load(void)
 			hfs_log(HFS_LOG_ERR, "%s: %s", h->pol.image, strerror(errno));
 			break;
 		}
-		ret = hfs_image_restore(h, fd, why, sizeof(why));
+		ret = restore_showing(h, fd, why, sizeof(why));
 		close(fd);
 		if (ret)
 			hfs_log(HFS_LOG_ERR, "%s: %s", h->pol.image, why);

@@ -28,17 +28,6 @@ int show(json_t *j, const struct ctl_opts *o, void (*human)(const json_t *));
 /* Binary size: "4K", "1.5M"; "?" for negative values.  Returns buf. */
 const char *fmt_size(int64_t v, char *buf, size_t len);
 
-/* progress.c — a bar on stderr for an operation that runs over a second on a terminal:
- * start, update with the bytes done so far, end (ok: drawn full) with a newline. */
-struct progress {
-	const char *what;
-	int64_t total, start, last, after;
-	bool on, drawn;
-};
-void progress_start(struct progress *p, const char *what, int64_t total);
-void progress_update(struct progress *p, int64_t done);
-void progress_end(struct progress *p, int64_t done, bool ok);
-
 /* image ls FILE | image cat FILE NAME: 0, -errno, or EXIT_USAGE. */
 int cmd_image(char **args, const struct ctl_opts *o);
 

@@ -957,7 +957,7 @@ static int cmd_donors(char **args, const struct ctl_opts *o)
 }
 
 /* Copy an image stream from fd into the save's temporary file: bytes copied, or -errno. */
-static int64_t copy_stream(int fd, int out, struct progress *p)
+static int64_t copy_stream(int fd, int out, struct img_progress *p)
 {
 	enum { BUF = 1 << 20 };
 	char *buf = malloc(BUF);
@@ -975,7 +975,7 @@ static int64_t copy_stream(int fd, int out, struct progress *p)
 			goto out;
 		}
 		total += n;
-		progress_update(p, total);
+		img_progress_update(p, total);
 	}
 	if (n < 0)
 		total = -errno;
@@ -990,7 +990,7 @@ static int cmd_save(char **args, const struct ctl_opts *o)
 {
 	const char *mount = args[0], *heap = args[1], *file = args[2];
 	struct img_save sv;
-	struct progress bar;
+	struct img_progress bar;
 	char *src = NULL;
 	int64_t n, used;
 	json_t *j;
@@ -1014,9 +1014,9 @@ static int cmd_save(char **args, const struct ctl_opts *o)
 		err_msg("%s: %s", file, strerror(-ret));
 		goto out_fd;
 	}
-	progress_start(&bar, "saving", used);
+	img_progress_start(&bar, stderr, "saving", used);
 	n = copy_stream(fd, sv.fd, &bar);
-	progress_end(&bar, n, n >= 0);
+	img_progress_end(&bar, n, n >= 0);
 	if (n < 0) {
 		img_save_abort(&sv);
 		ret = (int)n;

@@ -653,11 +653,13 @@ static int sock_claim(const char *path)
 	if (lstat(path, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode))
 			return -EEXIST;
-		fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		/* non-blocking: a live daemon whose backlog is full (its pool thread busy or
+		 * stuck) must not hold this mount's start forever; EAGAIN says it lives */
+		fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 		if (fd < 0)
 			return -errno;
 		snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
-		if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
+		if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0 || errno == EAGAIN) {
 			close(fd);
 			return -EADDRINUSE;
 		}

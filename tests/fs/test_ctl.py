@@ -110,7 +110,7 @@ def test_save_shows_progress_on_a_terminal_only(mount_factory, tmp_path):
     big = m.path / "heaps" / "alpha" / "big"
     big.write_bytes(pattern(8 * MIB, 3))
     status, out = _on_a_terminal("save", m.path, "alpha", tmp_path / "a.img",
-                                 env={"HEAPFSCTL_PROGRESS_AFTER_MS": "0"})
+                                 env={"HEAPFS_PROGRESS_AFTER_MS": "0"})
     assert status == 0, out
     assert out.startswith("\rsaving [") and "] 100%" in out, out
     assert out.count("\rsaving [") >= 1 and "saved heap alpha to" in out
@@ -118,7 +118,7 @@ def test_save_shows_progress_on_a_terminal_only(mount_factory, tmp_path):
     assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("saved heap alpha")
     assert (tmp_path / "a.img").read_bytes()[:8] == (tmp_path / "b.img").read_bytes()[:8]
     status, out = _on_a_terminal("save", m.path, "alpha", tmp_path / "c.img",
-                                 env={"HEAPFSCTL_PROGRESS_AFTER_MS": "600000"})
+                                 env={"HEAPFS_PROGRESS_AFTER_MS": "600000"})
     assert status == 0 and "saving [" not in out, out  # done before the threshold
 
 

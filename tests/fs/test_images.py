@@ -282,3 +282,35 @@ def test_change_records_in_an_image_are_applied_by_the_daemon(mount_factory, tmp
     assert sorted(os.listdir(h)) == sorted(CHANGED)
     assert {n: read_daemon(h / n) for n in CHANGED} == CHANGED
     assert stat.S_IMODE(os.stat(h / "b").st_mode) == 0o600
+
+
+def test_restore_at_mount_shows_progress_on_a_terminal(mount_factory, tmp_path):
+    """heapfs started from a terminal draws a bar while it restores a heap image at mount
+    (it has not detached yet), on one line ended with a newline; the restore is whole."""
+    import pty
+    img = tmp_path / "big.img"
+    conf = f'heap "big" {{ size = 64M  image = "{img}" }}\n'
+    m = mount_factory(conf)
+    (m.heap("big") / "f").write_bytes(pattern(24 * MIB, 7))
+    unmount(m)
+    mnt = tmp_path / "again"
+    mnt.mkdir()
+    cfg = tmp_path / "again.conf"
+    cfg.write_text(conf)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(str(HEAPFS), ["heapfs", "-f", "-c", str(cfg), str(mnt)],
+                  dict(os.environ, HEAPFS_PROGRESS_AFTER_MS="0"))
+    out = b""
+    try:
+        while b"100%" not in out or b"\n" not in out.split(b"100%", 1)[1]:
+            out += os.read(fd, 4096)  # the pty ends (EIO) if the daemon dies first
+        text = out.decode(errors="replace")
+        assert text.startswith("\rbig [") and "] 100%" in text, text
+        wait_until(lambda: os.path.ismount(mnt), 10, "the mount")
+        assert read_daemon(mnt / "heaps" / "big" / "f") == pattern(24 * MIB, 7)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], timeout=30)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

@@ -539,3 +539,32 @@ def test_no_pool_section_no_socket_and_no_noise(mount_factory):
     assert read_daemon(f) == pattern(MIB, 1)
     for mm in (m, m2):
         assert "pool:" not in mm.stderr_text(), mm.stderr_text()
+
+
+def test_a_live_socket_with_a_full_backlog_does_not_hold_the_start(mount_factory):
+    """Another live daemon's pool socket that accepts nothing (its backlog full: its pool
+    thread busy or stuck): this mount still starts, on PATH.PID, instead of waiting in
+    connect() for good."""
+    path = sock_path()
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stuck.bind(path)
+    stuck.listen(0)
+    queued = []
+    try:
+        while True:  # fill its backlog
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            c.setblocking(False)
+            try:
+                c.connect(path)
+            except BlockingIOError:
+                c.close()
+                break
+            queued.append(c)
+        m = mount_factory(pool_conf(sock=path))
+        assert m.status_json("donors")["socket"] == f"{path}.{m.pid}"
+        assert "is in use by another mount" in m.stderr_text()
+    finally:
+        for c in queued:
+            c.close()
+        stuck.close()
+        os.unlink(path)
