@@ -85,7 +85,8 @@ void img_progress_update(struct img_progress *p, int64_t done)
 
 void img_progress_end(struct img_progress *p, int64_t done, bool ok)
 {
-	if (!p->drawn)
+	/* one that ran past the threshold is shown done even if no update came in time */
+	if (!p->drawn && (!p->on || !ok || now_ms() - p->start < p->after))
 		return;
 	if (ok)
 		draw(p, done, true);

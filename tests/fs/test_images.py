@@ -292,7 +292,7 @@ def test_restore_at_mount_shows_progress_on_a_terminal(mount_factory, tmp_path):
     conf = f'heap "big" {{ size = 64M  image = "{img}" }}\n'
     m = mount_factory(conf)
     (m.heap("big") / "f").write_bytes(pattern(24 * MIB, 7))
-    unmount(m)
+    assert m.stop() == 0 and img.stat().st_size > 24 * MIB  # saved at unmount
     mnt = tmp_path / "again"
     mnt.mkdir()
     cfg = tmp_path / "again.conf"
