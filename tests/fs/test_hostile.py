@@ -25,7 +25,9 @@ def config(good, bad):
 def good(tmp_path_factory):
     """An image of another heap, listed first: restored before the bad one is refused."""
     t = tmp_path_factory.mktemp("good")
-    return raw_heap(t, [inode(2, size=5), link(1, 2, "kept"), data(2, 0, "kept!")],
+    return raw_heap(t, [inode(2, size=5), link(1, 2, "kept"), data(2, 0, "kept!"),
+                        inode(3) | {"kind": "symlink", "mode": 0o120777},
+                        symlink_rec(3, "kept"), link(1, 3, "s")],
                     name="good")
 
 
@@ -151,7 +153,8 @@ def test_the_good_image_still_mounts(mount_factory, tmp_path, good):
     """The refusals above left the good image as it was: it mounts and holds its file."""
     m = mount_factory(f'heap "good" {{ size = 64M  min_block = 4K  image = "{good}" }}\n')
     assert read_daemon(m.heap("good") / "kept") == b"kept!"
-    assert os.listdir(m.heap("good")) == ["kept"]
+    assert os.readlink(m.heap("good") / "s") == "kept"
+    assert sorted(os.listdir(m.heap("good"))) == ["kept", "s"]
 
 
 # ---- a tree as deep as the heap may hold (item 6) --------------------------------------

@@ -218,14 +218,14 @@ static int mk_entry(struct img_w *w, const json_t *entries, size_t i)
 		len = strlen(json_string_value(json_object_get(e, "target")));
 	in.size = len;
 	ret = img_w_inode(w, &in);
+	if (!ret && in.kind == IMG_K_LNK) /* before its name: a symlink is made with its target */
+		ret = img_w_symlink(w, in.id, json_string_value(json_object_get(e, "target")));
 	if (!ret)
 		ret = img_w_link(w, id_of(entries, i, parent), in.id, slash ? slash + 1 : path);
 	json_object_foreach((json_t *)json_object_get(e, "xattrs"), x, v)
 		if (!ret)
 			ret = img_w_xattr(w, in.id, x, json_string_value(v),
 					  (uint32_t)strlen(json_string_value(v)));
-	if (!ret && in.kind == IMG_K_LNK)
-		ret = img_w_symlink(w, in.id, json_string_value(json_object_get(e, "target")));
 	if (!ret && data)
 		ret = img_w_data(w, in.id, 0, data, len);
 	free(data);
