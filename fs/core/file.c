@@ -587,7 +587,8 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 	if (!len)
 		return 0;
 	/* bounds before arithmetic (an offset from a partner may be anything): no byte at
-	 * or past the heap's end can ever be written; a write across it writes what fits */
+	 * or past the heap's end can ever be written; a write across it writes what fits
+	 * (the applier refuses such a record whole before it gets here) */
 	if (off < 0 || (uint64_t)off >= heap_size(i))
 		return -EFBIG;
 	if (len > heap_size(i) - (uint64_t)off)
