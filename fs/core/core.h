@@ -290,6 +290,9 @@ int hfs_rmdir(struct hfs_inode *dir, const char *name);
 int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 	       const char *nname, unsigned flags);
 int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname);
+/* May name be a new entry?  0, -EINVAL ("", "." "..", a '/') or -ENAMETOOLONG.  create,
+ * link and rename check the names they add. */
+int hfs_name_check(const char *name);
 /* The heap whose files a directory holds (its namespace decides; NULL: none). */
 struct hfs_heap *hfs_dir_heap(const struct hfs_inode *dir);
 /* Fixed tree building and heap directories (called by heap.c under hfs.ns exclusive). */

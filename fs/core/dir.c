@@ -161,6 +161,13 @@ static int check_name(const char *name)
 	return strlen(name) > HFS_NAME_MAX ? -ENAMETOOLONG : 0;
 }
 
+int hfs_name_check(const char *name)
+{
+	if (!name[0] || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
+		return -EINVAL; /* the kernel never asks: an image or a partner may */
+	return check_name(name);
+}
+
 /* Remove the entry name of dir (which holds i); a name that was not i's last gives back
  * the inode it took at link time (hfs_link). */
 static int __unlink_name(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
@@ -222,10 +229,12 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	const struct hfs_ns_ops *ns;
 	struct hfs_inode *i = NULL;
 	gid_t gid = ctx->gid;
-	int ret = check_name(name);
+	int ret = hfs_name_check(name);
 
 	if (ret)
 		return ret;
+	if (kind == HFS_LNK && !target)
+		return -EINVAL; /* the mode says symlink, the caller gave no target */
 	pthread_rwlock_wrlock(&hfs.ns);
 	ns = dir->kind == HFS_DIR ? ns_of(dir) : NULL;
 	if (ns && ns->mkdir && kind == HFS_DIR) {
@@ -416,7 +425,7 @@ int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) ||
 	    (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE))
 		return -EINVAL;
-	ret = check_name(nname);
+	ret = hfs_name_check(nname);
 	if (ret)
 		return ret;
 	pthread_rwlock_wrlock(&hfs.ns);
@@ -479,7 +488,7 @@ out:
 
 int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname)
 {
-	int ret = check_name(nname);
+	int ret = hfs_name_check(nname);
 
 	if (ret)
 		return ret;

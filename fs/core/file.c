@@ -45,6 +45,12 @@ static struct buddy *heap_of(struct hfs_inode *i)
 	return i->heap->b;
 }
 
+/* The heap's size: no file offset or size reaches past it. */
+static uint64_t heap_size(struct hfs_inode *i)
+{
+	return blk(buddy_heap_order(heap_of(i)));
+}
+
 /* The heap's memory: every byte of file data is read, written and zeroed through it
  * (alloc/source.h), whatever backs the heap. */
 static struct msrc *src_of(struct hfs_inode *i)
@@ -578,13 +584,21 @@ void hfs_read_end(struct hfs_inode *i)
 int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who)
 {
 	struct copy_arg c = { .src = buf };
-	uint64_t end = (uint64_t)off + len, old;
+	uint64_t end, old;
 	int ret = 0;
 
 	if (i->kind != HFS_REG)
 		return -EINVAL;
 	if (!len)
 		return 0;
+	/* bounds before arithmetic (an offset from a partner may be anything): no byte at
+	 * or past the heap's end can ever be written; a write across it writes what fits
+	 * (the applier refuses such a record whole before it gets here) */
+	if (off < 0 || (uint64_t)off >= heap_size(i))
+		return -EFBIG;
+	if (len > heap_size(i) - (uint64_t)off)
+		len = heap_size(i) - (uint64_t)off;
+	end = (uint64_t)off + len;
 	ret = hfs_repl_writable(i->heap);
 	if (ret)
 		return ret;
@@ -644,7 +658,7 @@ int hfs_write_undo(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_
 
 int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 {
-	uint64_t end = (uint64_t)off + (uint64_t)len;
+	uint64_t end;
 	int ret;
 
 	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE))
@@ -653,6 +667,9 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 		return i->kind == HFS_DIR ? -EISDIR : -ENODEV;
 	if (off < 0 || len <= 0)
 		return -EINVAL;
+	if ((uint64_t)off > heap_size(i) || (uint64_t)len > heap_size(i) - (uint64_t)off)
+		return -EFBIG; /* can never fit: decided before anything is allocated */
+	end = (uint64_t)off + (uint64_t)len;
 	ret = hfs_repl_writable(i->heap);
 	if (ret)
 		return ret;

@@ -2,10 +2,11 @@
  * image.c — heap images (docs/IMAGE.md "heap image stream"): save a heap, restore one, and
  * the record applier that restores (and, later, a mirror) go through.
  *
- * Save walks the heap's tree depth first from its directory (id 1) and writes, for an
- * inode the first time a name of it is reached: INODE, SYMLINK (its target), LINK (that
- * name), its XATTRs, its DATA straight from heap memory; a later name of the same inode is
- * one more LINK.  So every record refers to inodes by their identity (hfs_inode.id), a
+ * Save walks the heap's tree depth first from its directory (id 1), with a stack of its
+ * own (never recursion: a tree may be as deep as the heap has directories), and writes,
+ * for an inode the first time a name of it is reached: INODE, SYMLINK (its target), LINK
+ * (that name), its XATTRs, its DATA straight from heap memory; a later name of the same
+ * inode is one more LINK.  So every record refers to inodes by their identity (hfs_inode.id), a
  * directory comes before what it holds, and a reader never needs to look ahead.
  *
  * Restore reads the stream in one pass and hands each record to the applier, which calls
@@ -30,6 +31,7 @@
 #include <stdatomic.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,36 +115,75 @@ static int save_rest(struct saver *s, struct hfs_inode *i)
 	return i->kind == HFS_REG ? save_data(s, i) : 0;
 }
 
-static int save_dir(struct saver *s, struct hfs_inode *dir)
+/* One directory being written: the entry to write next (a frame of save_tree's stack). */
+struct save_frame {
+	struct hfs_inode *dir;
+	struct hfs_dirent *next;
+};
+
+/* One entry of dir: 1 when its inode was new and is now written whole, 0 when this was
+ * one more LINK of an inode written before, or -errno. */
+static int save_entry(struct saver *s, struct hfs_inode *dir, struct hfs_dirent *de)
 {
-	struct hfs_dirent *de, *tmp;
+	struct hfs_inode *i = de->inode;
+	struct seen *sn;
+	int ret;
+
+	HASH_FIND(hh, s->seen, &i->id, sizeof(i->id), sn);
+	if (sn) /* one more name of an inode already written */
+		return img_w_link(s->w, dir->id, i->id, de->name);
+	sn = malloc(sizeof(*sn));
+	if (!sn)
+		return -ENOMEM;
+	sn->id = i->id;
+	HASH_ADD(hh, s->seen, id, sizeof(sn->id), sn);
+	ret = save_inode(s, i);
+	if (!ret)
+		ret = img_w_link(s->w, dir->id, i->id, de->name);
+	if (!ret)
+		ret = save_rest(s, i);
+	return ret ? ret : 1;
+}
+
+/* Everything below top, depth first.  The walk keeps its own stack of directories on the
+ * daemon's heap (one frame per level, so bounded by the directories the heap holds):
+ * however deep a tree is, it never recurses on a thread's stack. */
+static int save_tree(struct saver *s, struct hfs_inode *top)
+{
+	struct save_frame *st = malloc(sizeof(*st)), *f;
+	size_t n = 1, cap = 1;
 	int ret = 0;
 
-	HASH_ITER(hh, dir->dir.ents, de, tmp) {
-		struct hfs_inode *i = de->inode;
-		struct seen *sn;
+	if (!st)
+		return -ENOMEM;
+	st[0] = (struct save_frame){ .dir = top, .next = top->dir.ents };
+	while (n) {
+		struct hfs_dirent *de = st[n - 1].next;
 
-		HASH_FIND(hh, s->seen, &i->id, sizeof(i->id), sn);
-		if (sn) { /* one more name of an inode already written */
-			ret = img_w_link(s->w, dir->id, i->id, de->name);
-		} else {
-			sn = malloc(sizeof(*sn));
-			if (!sn)
-				return -ENOMEM;
-			sn->id = i->id;
-			HASH_ADD(hh, s->seen, id, sizeof(sn->id), sn);
-			ret = save_inode(s, i);
-			if (!ret)
-				ret = img_w_link(s->w, dir->id, i->id, de->name);
-			if (!ret)
-				ret = save_rest(s, i);
-			if (!ret && i->kind == HFS_DIR)
-				ret = save_dir(s, i);
+		if (!de) {
+			n--; /* this directory is done */
+			continue;
 		}
-		if (ret)
-			return ret;
+		st[n - 1].next = de->hh.next;
+		ret = save_entry(s, st[n - 1].dir, de);
+		if (ret < 0)
+			break;
+		if (!ret || de->inode->kind != HFS_DIR)
+			continue; /* a directory is entered once, when it is first written */
+		ret = 0;
+		if (n == cap) {
+			f = realloc(st, 2 * cap * sizeof(*st));
+			if (!f) {
+				ret = -ENOMEM;
+				break;
+			}
+			st = f;
+			cap *= 2;
+		}
+		st[n++] = (struct save_frame){ .dir = de->inode, .next = de->inode->dir.ents };
 	}
-	return 0;
+	free(st);
+	return ret < 0 ? ret : 0;
 }
 
 int hfs_image_write(struct hfs_heap *h, int fd)
@@ -162,7 +203,7 @@ int hfs_image_write(struct hfs_heap *h, int fd)
 	if (!ret)
 		ret = save_rest(&s, h->dir);
 	if (!ret)
-		ret = save_dir(&s, h->dir);
+		ret = save_tree(&s, h->dir);
 	if (!ret)
 		ret = img_w_finish(s.w);
 	img_w_free(s.w);
@@ -190,6 +231,16 @@ int hfs_image_save(struct hfs_heap *h, const char *path)
 
 /* ---- apply -------------------------------------------------------------------------- */
 
+/* Every record comes from outside (an image file, a partner) and is checked against the
+ * heap before anything is changed: ids, parents and names exist and are of the right kind,
+ * kind and mode agree, offsets and sizes lie inside the heap (bounds before arithmetic).
+ * A record that cannot apply is refused whole, with the reason in why: -EBADMSG, or
+ * -ENOSPC/-ENOMEM/-EIO when the record is sound but this heap or host cannot take it now. */
+
+/* Identities above this are refused: the heap's next new inode gets id + 1, which must
+ * never wrap to 0 (no heap) or to the root's 1.  No writer ever counts that far. */
+#define ID_MAX (UINT64_MAX >> 1)
+
 /* What the applier knows of one inode identity. */
 struct known {
 	UT_hash_handle hh;
@@ -208,10 +259,19 @@ struct hfs_apply {
 	size_t whylen;
 };
 
-static int refuse(struct hfs_apply *a, int ret, const char *fmt, unsigned long long id)
+/* Refuse the record: why says what (and, for an error of the core, its errno). */
+__attribute__((format(printf, 3, 4)))
+static int refuse(struct hfs_apply *a, int ret, const char *fmt, ...)
 {
-	snprintf(a->why, a->whylen, fmt, id);
-	return ret < 0 ? ret : -EBADMSG;
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(a->why, a->whylen, fmt, ap);
+	va_end(ap);
+	if (ret < 0 && n >= 0 && (size_t)n < a->whylen)
+		snprintf(a->why + n, a->whylen - (size_t)n, " (%s)", strerror(-ret));
+	return ret == -ENOSPC || ret == -ENOMEM || ret == -EIO ? ret : -EBADMSG;
 }
 
 static struct known *find(struct hfs_apply *a, uint64_t id)
@@ -253,13 +313,51 @@ int hfs_apply_begin(struct hfs_heap *h, char *why, size_t whylen, struct hfs_app
 	return 0;
 }
 
+/* Do an INODE record's kind and mode agree (and say something an inode can be)? */
+static bool kind_agrees(uint32_t kind, uint32_t mode)
+{
+	uint32_t fmt = mode & S_IFMT;
+
+	if (mode & ~(uint32_t)(S_IFMT | 07777))
+		return false;
+	switch (kind) {
+	case IMG_K_REG:
+		return fmt == S_IFREG;
+	case IMG_K_DIR:
+		return fmt == S_IFDIR;
+	case IMG_K_LNK:
+		return fmt == S_IFLNK;
+	case IMG_K_SPECIAL:
+		return fmt == S_IFCHR || fmt == S_IFBLK || fmt == S_IFIFO || fmt == S_IFSOCK;
+	default:
+		return false;
+	}
+}
+
 static int apply_inode(struct hfs_apply *a, const struct img_inode *in)
 {
+	unsigned long long id = in->id;
 	struct known *k = find(a, in->id);
 
-	if (k && k->i && in->id != IMG_ROOT_ID)
-		return refuse(a, 0, "inode %llu appears twice", (unsigned long long)in->id);
+	if (!in->id || in->id > ID_MAX)
+		return refuse(a, 0, "inode id %llu is out of range", id);
+	if (!kind_agrees(in->kind, in->mode))
+		return refuse(a, 0, "inode %llu: kind %u and mode 0%o disagree", id, in->kind,
+			      in->mode);
+	if (in->kind == IMG_K_REG && in->size > a->h->pol.size)
+		return refuse(a, 0, "inode %llu: a size of %llu, past the heap's end", id,
+			      (unsigned long long)in->size);
+	if (in->id == IMG_ROOT_ID && (in->kind != IMG_K_DIR || k->in.id))
+		return refuse(a, 0, in->kind != IMG_K_DIR ? "the root (inode %llu) is no directory"
+			      : "a second root (inode %llu)", id);
+	if (k && in->id != IMG_ROOT_ID)
+		return refuse(a, 0, "inode %llu appears twice", id);
 	if (!k) {
+		/* described but not yet named inodes hold daemon memory: no more of them
+		 * than the heap may have inodes */
+		if (HASH_COUNT(a->known) >= a->h->max_inodes)
+			return refuse(a, -ENOSPC, "inode %llu: more inodes than the heap may hold",
+				      id);
 		k = calloc(1, sizeof(*k));
 		if (!k)
 			return -ENOMEM;
@@ -270,70 +368,98 @@ static int apply_inode(struct hfs_apply *a, const struct img_inode *in)
 	return 0;
 }
 
-static int apply_link(struct hfs_apply *a, const struct img_rec *rec)
+/* need()'s kind for records that apply to inodes of any kind (the applier never makes a
+ * status file, so no made inode is of this kind). */
+#define ANY_KIND HFS_STATUS
+
+/* The made inode of id, of kind (or ANY_KIND); else NULL, and why says why not. */
+static struct hfs_inode *need(struct hfs_apply *a, uint64_t id, enum hfs_kind kind)
 {
-	struct hfs_inode *dir = made(a, rec->u.link.parent), *i;
-	struct known *k = find(a, rec->u.link.child);
+	struct hfs_inode *i = made(a, id);
+
+	if (!i) {
+		refuse(a, 0, "a record for inode %llu, which has no name yet",
+		       (unsigned long long)id);
+	} else if (kind != ANY_KIND && i->kind != kind) {
+		refuse(a, 0, "a record for inode %llu, which is no %s", (unsigned long long)id,
+		       kind == HFS_DIR ? "directory" : "regular file");
+		i = NULL;
+	}
+	return i;
+}
+
+/* A new inode of k, named name in dir, made as the records described it. */
+static int make(struct hfs_apply *a, struct known *k, struct hfs_inode *dir, const char *name)
+{
+	struct hfs_ctx ctx = { .uid = k->in.uid, .gid = k->in.gid };
+	struct hfs_inode *i;
 	int ret;
 
-	if (!dir || dir->kind != HFS_DIR)
-		return refuse(a, 0, "a name in %llu, which is no directory here",
-			      (unsigned long long)rec->u.link.parent);
+	if (k->in.kind == IMG_K_LNK && !k->target)
+		return refuse(a, 0, "symlink %llu without a target", (unsigned long long)k->id);
+	ret = hfs_create(dir, name, k->in.mode, (dev_t)k->in.rdev, k->target, &ctx, &i);
+	if (ret)
+		return ret;
+	k->i = i; /* hfs_create's lookup reference becomes ours */
+	hfs_inode_set_id(i, k->id);
+	/* the whole size at once: a contiguous file does not move at every power of two its
+	 * DATA records reach (apply_inode bounded the size by the heap's) */
+	if (i->kind == HFS_REG && k->in.size)
+		ret = hfs_fallocate(i, 0, 0, (off_t)k->in.size);
+	if (ret) { /* no room: the name goes again, so nothing of the record stays */
+		hfs_unlink(dir, name);
+		hfs_iput(i, 1);
+		k->i = NULL;
+	}
+	return ret;
+}
+
+static int apply_link(struct hfs_apply *a, const struct img_rec *rec)
+{
+	unsigned long long child = rec->u.link.child;
+	struct known *k = find(a, rec->u.link.child);
+	struct hfs_inode *dir = need(a, rec->u.link.parent, HFS_DIR);
+	int ret;
+
+	if (!dir)
+		return -EBADMSG;
 	if (!k)
-		return refuse(a, 0, "a name for inode %llu, never described",
-			      (unsigned long long)rec->u.link.child);
+		return refuse(a, 0, "a name for inode %llu, never described", child);
+	if (k->i && k->i->kind == HFS_DIR) /* the root too: a directory has one name */
+		return refuse(a, 0, "a second name for directory %llu", child);
 	if (k->i) {
 		ret = hfs_link(k->i, dir, rec->s1);
 		if (!ret)
 			hfs_iput(k->i, 1); /* hfs_link's lookup reference: ours is k->i's */
 	} else {
-		struct hfs_ctx ctx = { .uid = k->in.uid, .gid = k->in.gid };
-
-		if (k->in.kind == IMG_K_LNK && !k->target)
-			return refuse(a, 0, "symlink %llu without a target",
-				      (unsigned long long)k->id);
-		ret = hfs_create(dir, rec->s1, k->in.mode, (dev_t)k->in.rdev, k->target, &ctx, &i);
-		if (!ret) {
-			k->i = i; /* hfs_create's lookup reference becomes ours */
-			hfs_inode_set_id(i, k->id);
-			/* the whole size at once: a contiguous file does not move at every
-			 * power of two its DATA records reach */
-			if (i->kind == HFS_REG && k->in.size)
-				ret = hfs_fallocate(i, 0, 0, (off_t)k->in.size);
-		}
+		ret = make(a, k, dir, rec->s1);
 	}
-	if (ret)
-		return refuse(a, ret, "cannot add a name for inode %llu here",
-			      (unsigned long long)k->id);
-	return 0;
-}
-
-static struct hfs_inode *need(struct hfs_apply *a, uint64_t id)
-{
-	struct hfs_inode *i = made(a, id);
-
-	if (!i)
-		refuse(a, 0, "a record for inode %llu, which has no name yet",
-		       (unsigned long long)id);
-	return i;
+	if (ret && !a->why[0])
+		return refuse(a, ret, "cannot add the name '%s' for inode %llu in directory %llu",
+			      rec->s1, child, (unsigned long long)rec->u.link.parent);
+	return ret;
 }
 
 /* A DATA record's bytes: from the stream (r, into the bounce buffer) or from memory. */
 static int apply_data(struct hfs_apply *a, struct img_r *r, const struct img_rec *rec,
 		      const void *bytes)
 {
-	struct hfs_inode *i = need(a, rec->u.data.id);
+	struct hfs_inode *i = need(a, rec->u.data.id, HFS_REG);
+	uint64_t off = rec->u.data.off;
 	int ret;
 
 	if (!i)
 		return -EBADMSG;
+	if (off > a->h->pol.size || rec->data_len > a->h->pol.size - off)
+		return refuse(a, 0, "the data of inode %llu at %llu lies past the heap's end",
+			      (unsigned long long)rec->u.data.id, (unsigned long long)off);
 	if (!bytes) {
 		ret = img_r_data(r, a->buf);
 		if (ret)
 			return ret;
 		bytes = a->buf;
 	}
-	ret = hfs_write(i, bytes, rec->data_len, (off_t)rec->u.data.off, 0);
+	ret = hfs_write(i, bytes, rec->data_len, (off_t)off, 0);
 	if (ret >= 0 && (uint32_t)ret != rec->data_len)
 		ret = -ENOSPC;
 	return ret < 0 ? refuse(a, ret, "the data of inode %llu does not fit the heap",
@@ -361,6 +487,26 @@ static int apply_setattr(struct hfs_inode *i, const struct img_setattr *sa)
 	return hfs_setattr(i, &at, mask, 0);
 }
 
+#define IMG_SET_ALL (IMG_SET_MODE | IMG_SET_UID | IMG_SET_GID | IMG_SET_SIZE | IMG_SET_ATIME | \
+		     IMG_SET_MTIME | IMG_SET_CTIME)
+
+/* Can the SETATTR apply to i: its mask, its mode (type bits, if any, i's own), its size? */
+static int setattr_check(struct hfs_apply *a, struct hfs_inode *i, const struct img_setattr *sa)
+{
+	unsigned long long id = sa->id;
+
+	if (sa->mask & ~IMG_SET_ALL)
+		return refuse(a, 0, "SETATTR of inode %llu: mask 0x%x has unknown bits", id,
+			      sa->mask);
+	if (sa->mask & IMG_SET_MODE && (sa->mode & ~(uint32_t)(S_IFMT | 07777) ||
+					 (sa->mode & S_IFMT && (sa->mode & S_IFMT) != (i->mode & S_IFMT))))
+		return refuse(a, 0, "SETATTR of inode %llu: mode 0%o is not its kind's", id,
+			      sa->mode);
+	if (sa->mask & IMG_SET_SIZE && i->kind == HFS_REG && sa->size > a->h->pol.size)
+		return refuse(a, 0, "SETATTR of inode %llu: a size past the heap's end", id);
+	return 0;
+}
+
 /* A SETATTR changes what the end sets too (else the INODE record's values would win). */
 static void remember(struct known *k, const struct img_setattr *sa)
 {
@@ -378,7 +524,7 @@ static void remember(struct known *k, const struct img_setattr *sa)
 		k->in.ctime_ns = sa->ctime_ns;
 }
 
-/* What name in d refers to now, referenced (NULL: nothing). */
+/* What name in directory d refers to now, referenced (NULL: nothing). */
 static struct hfs_inode *victim(struct hfs_inode *d, const char *name)
 {
 	struct hfs_inode *i;
@@ -410,44 +556,82 @@ static void forget(struct hfs_apply *a, struct hfs_inode *i)
 	hfs_iput(i, 1);
 }
 
+static int apply_unlink(struct hfs_apply *a, const struct img_rec *rec)
+{
+	struct hfs_inode *d = need(a, rec->u.unlink.parent, HFS_DIR), *i;
+	int ret;
+
+	if (!d)
+		return -EBADMSG;
+	i = victim(d, rec->s1);
+	if (!i)
+		return refuse(a, 0, "UNLINK of '%s', which directory %llu does not have", rec->s1,
+			      (unsigned long long)rec->u.unlink.parent);
+	ret = i->kind == HFS_DIR ? hfs_rmdir(d, rec->s1) : hfs_unlink(d, rec->s1);
+	forget(a, i);
+	return ret ? refuse(a, ret, "UNLINK of '%s' in directory %llu", rec->s1,
+			    (unsigned long long)rec->u.unlink.parent) : 0;
+}
+
+static int apply_rename(struct hfs_apply *a, const struct img_rec *rec)
+{
+	const struct img_rename *rn = &rec->u.rename;
+	struct hfs_inode *d = need(a, rn->old_parent, HFS_DIR), *nd, *i;
+	int ret;
+
+	nd = d ? need(a, rn->new_parent, HFS_DIR) : NULL;
+	if (!nd)
+		return -EBADMSG;
+	i = victim(d, rec->s1);
+	if (!i)
+		return refuse(a, 0, "RENAME of '%s', which directory %llu does not have", rec->s1,
+			      (unsigned long long)rn->old_parent);
+	hfs_iput(i, 1);
+	i = rn->flags & RENAME_EXCHANGE ? NULL : victim(nd, rec->s2);
+	ret = hfs_rename(d, rec->s1, nd, rec->s2, rn->flags);
+	forget(a, i);
+	return ret ? refuse(a, ret, "RENAME of '%s' in directory %llu to '%s' in %llu", rec->s1,
+			    (unsigned long long)rn->old_parent, rec->s2,
+			    (unsigned long long)rn->new_parent) : 0;
+}
+
 /* The change records: what a mirror applies (a saved heap holds none, but a stream may). */
 static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
 {
-	struct hfs_inode *i, *d, *nd;
+	struct hfs_inode *i;
 	int ret;
 
 	switch (rec->type) {
 	case IMG_TRUNCATE:
-		i = need(a, rec->u.truncate.id);
-		return i ? hfs_truncate(i, rec->u.truncate.size) : -EBADMSG;
-	case IMG_SETATTR:
-		i = need(a, rec->u.setattr.id);
+		i = need(a, rec->u.truncate.id, HFS_REG);
 		if (!i)
 			return -EBADMSG;
-		remember(find(a, rec->u.setattr.id), &rec->u.setattr);
-		return apply_setattr(i, &rec->u.setattr);
+		if (rec->u.truncate.size > a->h->pol.size)
+			return refuse(a, 0, "TRUNCATE of inode %llu past the heap's end",
+				      (unsigned long long)rec->u.truncate.id);
+		ret = hfs_truncate(i, rec->u.truncate.size);
+		return ret ? refuse(a, ret, "TRUNCATE of inode %llu",
+				    (unsigned long long)rec->u.truncate.id) : 0;
+	case IMG_SETATTR:
+		i = need(a, rec->u.setattr.id, ANY_KIND);
+		ret = i ? setattr_check(a, i, &rec->u.setattr) : -EBADMSG;
+		if (!ret)
+			ret = apply_setattr(i, &rec->u.setattr);
+		if (!ret)
+			remember(find(a, rec->u.setattr.id), &rec->u.setattr);
+		return ret && !a->why[0] ? refuse(a, ret, "SETATTR of inode %llu",
+						  (unsigned long long)rec->u.setattr.id) : ret;
 	case IMG_REMOVEXATTR:
-		i = need(a, rec->u.removexattr.id);
-		return i ? hfs_removexattr(i, rec->s1) : -EBADMSG;
+		i = need(a, rec->u.removexattr.id, ANY_KIND);
+		ret = i ? hfs_removexattr(i, rec->s1) : -EBADMSG;
+		return ret && i ? refuse(a, ret, "REMOVEXATTR of '%s' from inode %llu", rec->s1,
+					 (unsigned long long)rec->u.removexattr.id) : ret;
 	case IMG_UNLINK:
-		d = need(a, rec->u.unlink.parent);
-		if (!d)
-			return -EBADMSG;
-		i = victim(d, rec->s1);
-		ret = i && i->kind == HFS_DIR ? hfs_rmdir(d, rec->s1) : hfs_unlink(d, rec->s1);
-		forget(a, i);
-		return ret;
+		return apply_unlink(a, rec);
 	case IMG_RENAME:
-		d = need(a, rec->u.rename.old_parent);
-		nd = need(a, rec->u.rename.new_parent);
-		if (!d || !nd)
-			return -EBADMSG;
-		i = rec->u.rename.flags & RENAME_EXCHANGE ? NULL : victim(nd, rec->s2);
-		ret = hfs_rename(d, rec->s1, nd, rec->s2, rec->u.rename.flags);
-		forget(a, i);
-		return ret;
+		return apply_rename(a, rec);
 	default:
-		return refuse(a, 0, "record type %llu cannot be applied", rec->type);
+		return refuse(a, 0, "record type %u cannot be applied", rec->type);
 	}
 }
 
@@ -482,12 +666,13 @@ int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 	     rec->type == IMG_XATTR || rec->type == IMG_REMOVEXATTR))
 		return 0;
 
+	a->why[0] = 0;
 	switch (rec->type) {
 	case IMG_INODE:
 		return apply_inode(a, &rec->u.inode);
 	case IMG_SYMLINK:
 		k = find(a, rec->u.symlink.id);
-		if (!k || k->i || k->target)
+		if (!k || k->i || k->target || k->in.kind != IMG_K_LNK)
 			return refuse(a, 0, "a symlink target for inode %llu out of place",
 				      (unsigned long long)rec->u.symlink.id);
 		k->target = strdup(rec->s1);
@@ -497,15 +682,15 @@ int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 	case IMG_DATA:
 		return apply_data(a, r, rec, data);
 	case IMG_XATTR:
-		i = need(a, rec->u.xattr.id);
+		i = need(a, rec->u.xattr.id, ANY_KIND);
 		if (!i)
 			return -EBADMSG;
 		ret = hfs_setxattr(i, rec->s1, rec->s2, rec->u.xattr.value_len, HFS_XATTR_RESTORE);
-		return ret ? refuse(a, ret, "xattr of inode %llu refused",
+		return ret ? refuse(a, ret, "xattr '%s' of inode %llu refused", rec->s1,
 				    (unsigned long long)rec->u.xattr.id) : 0;
 	default:
 		ret = apply_change(a, rec);
-		return ret && !a->why[0] ? refuse(a, ret, "a change record (type %llu) failed",
+		return ret && !a->why[0] ? refuse(a, ret, "a change record (type %u) failed",
 						  rec->type) : ret;
 	}
 }

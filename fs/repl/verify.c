@@ -76,37 +76,63 @@ static json_t *describe(struct hfs_inode *i)
 	return json_string(d);
 }
 
-static int walk(struct hfs_inode *dir, const char *prefix, json_t *out)
-{
-	struct hfs_dirent *de, *tmp;
+/* A directory being walked: its path prefix ("" or "a/b/") and its entry to describe next. */
+struct walk_frame {
+	struct hfs_dirent *next;
+	char *prefix;
+};
 
-	HASH_ITER(hh, dir->dir.ents, de, tmp) {
-		char *path;
+/* {path: description} of everything below top into out.  Its own stack of directories on
+ * the heap (one frame per level): however deep a tree is, no recursion.  hfs.ns shared. */
+static int walk(struct hfs_inode *top, json_t *out)
+{
+	struct walk_frame *st = malloc(sizeof(*st)), *f;
+	size_t n = 1, cap = 1;
+	int ret = 0;
+
+	if (!st || !(st[0].prefix = strdup(""))) {
+		free(st);
+		return -ENOMEM;
+	}
+	st[0].next = top->dir.ents;
+	while (n && !ret) {
+		struct hfs_dirent *de = st[n - 1].next;
+		char *path, *sub = NULL;
 		json_t *d;
 
-		if (asprintf(&path, "%s%s", prefix, de->name) < 0)
-			return -ENOMEM;
+		if (!de) {
+			free(st[--n].prefix); /* this directory is done */
+			continue;
+		}
+		st[n - 1].next = de->hh.next;
+		if (asprintf(&path, "%s%s", st[n - 1].prefix, de->name) < 0) {
+			ret = -ENOMEM;
+			break;
+		}
 		d = describe(de->inode);
-		if (!d || json_object_set_new(out, path, d)) {
-			free(path);
-			return -ENOMEM;
-		}
-		if (de->inode->kind == HFS_DIR) {
-			char *sub;
-			int ret = asprintf(&sub, "%s/", path) < 0 ? -ENOMEM : 0;
-
-			if (!ret)
-				ret = walk(de->inode, sub, out);
-			if (!ret)
-				free(sub);
-			if (ret) {
-				free(path);
-				return ret;
-			}
-		}
+		if (!d || json_object_set_new(out, path, d))
+			ret = -ENOMEM;
+		else if (de->inode->kind == HFS_DIR && asprintf(&sub, "%s/", path) < 0)
+			ret = -ENOMEM;
 		free(path);
+		if (!sub)
+			continue;
+		if (n == cap) {
+			f = realloc(st, 2 * cap * sizeof(*st));
+			if (!f) {
+				free(sub);
+				ret = -ENOMEM;
+				break;
+			}
+			st = f;
+			cap *= 2;
+		}
+		st[n++] = (struct walk_frame){ .next = de->inode->dir.ents, .prefix = sub };
 	}
-	return 0;
+	while (n)
+		free(st[--n].prefix);
+	free(st);
+	return ret;
 }
 
 /* heap name -> {path: description} for every replicated heap here. */
@@ -119,7 +145,7 @@ static json_t *checksums(void)
 		json_t *one = json_object();
 
 		pthread_rwlock_rdlock(&hfs.ns);
-		if (!one || !r->h->dir || walk(r->h->dir, "", one) ||
+		if (!one || !r->h->dir || walk(r->h->dir, one) ||
 		    json_object_set_new(all, r->h->pol.name, one)) {
 			pthread_rwlock_unlock(&hfs.ns);
 			json_decref(all);

@@ -15,7 +15,9 @@
  * one record with the fields given (ids as numbers; to build change streams and images
  * that are well-formed but say impossible things): inode {id, kind, mode}, link {parent,
  * child, name}, unlink {parent, name}, rename {old_parent, old, new_parent, new, flags},
- * (inode also takes size) data {id, off, text}, truncate {id, size}, setattr {id, mask, mode, size};
+ * (inode also takes size; its kind may be a number) data {id, off, text}, symlink {id,
+ * target}, xattr {id, name, value}, removexattr {id, name}, truncate {id, size},
+ * setattr {id, mask, mode, size};
  * "noroot": true leaves the root's INODE out.  A pattern's byte i is (i * 7 + strlen(name)) % 251,
  * the name being the object's name or the entry's path.  Exit 0, or 1 with a message.
  * Single-threaded.
@@ -151,7 +153,10 @@ static uint64_t id_of(const json_t *entries, size_t upto, const char *path)
 static int mk_raw(struct img_w *w, const json_t *e, const char *type)
 {
 	if (!strcmp(type, "inode")) {
-		struct img_inode in = { .id = num(e, "id"), .kind = kind_of(str(e, "kind")),
+		const json_t *kind = json_object_get(e, "kind");
+		struct img_inode in = { .id = num(e, "id"),
+					.kind = json_is_integer(kind) ? (uint32_t)num(e, "kind")
+								      : kind_of(str(e, "kind")),
 					.mode = (uint32_t)num(e, "mode"), .nlink = 1,
 					.size = num(e, "size") };
 		return img_w_inode(w, &in);
@@ -166,6 +171,13 @@ static int mk_raw(struct img_w *w, const json_t *e, const char *type)
 	if (!strcmp(type, "data"))
 		return img_w_data(w, num(e, "id"), num(e, "off"), str(e, "text"),
 				  strlen(str(e, "text")));
+	if (!strcmp(type, "symlink"))
+		return img_w_symlink(w, num(e, "id"), str(e, "target"));
+	if (!strcmp(type, "xattr"))
+		return img_w_xattr(w, num(e, "id"), str(e, "name"), str(e, "value"),
+				   (uint32_t)strlen(str(e, "value")));
+	if (!strcmp(type, "removexattr"))
+		return img_w_removexattr(w, num(e, "id"), str(e, "name"));
 	if (!strcmp(type, "truncate"))
 		return img_w_truncate(w, num(e, "id"), num(e, "size"));
 	if (!strcmp(type, "setattr")) {
@@ -206,14 +218,14 @@ static int mk_entry(struct img_w *w, const json_t *entries, size_t i)
 		len = strlen(json_string_value(json_object_get(e, "target")));
 	in.size = len;
 	ret = img_w_inode(w, &in);
+	if (!ret && in.kind == IMG_K_LNK) /* before its name: a symlink is made with its target */
+		ret = img_w_symlink(w, in.id, json_string_value(json_object_get(e, "target")));
 	if (!ret)
 		ret = img_w_link(w, id_of(entries, i, parent), in.id, slash ? slash + 1 : path);
 	json_object_foreach((json_t *)json_object_get(e, "xattrs"), x, v)
 		if (!ret)
 			ret = img_w_xattr(w, in.id, x, json_string_value(v),
 					  (uint32_t)strlen(json_string_value(v)));
-	if (!ret && in.kind == IMG_K_LNK)
-		ret = img_w_symlink(w, in.id, json_string_value(json_object_get(e, "target")));
 	if (!ret && data)
 		ret = img_w_data(w, in.id, 0, data, len);
 	free(data);
