@@ -216,6 +216,9 @@ int img_w_unlink(struct img_w *w, uint64_t parent, const char *name);
 int img_w_setattr(struct img_w *w, const struct img_setattr *sa);
 int img_w_removexattr(struct img_w *w, uint64_t id, const char *name);
 /* Write END (record count, byte count, checksum) and flush. */
+/* Tests only (img-mk): one record of type with payload as given, none of the checks the
+ * other writers make, so a test can craft what a reader must refuse. */
+int img_w_unchecked(struct img_w *w, uint32_t type, const void *payload, uint32_t len);
 int img_w_finish(struct img_w *w);
 void img_w_free(struct img_w *w);
 

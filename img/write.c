@@ -108,6 +108,19 @@ static int w_rec(struct img_w *w, uint32_t type, const void *fixed, const void *
 	return w->err;
 }
 
+int img_w_unchecked(struct img_w *w, uint32_t type, const void *payload, uint32_t len)
+{
+	struct img_rec_hdr rh = { type, 0, len };
+
+	if (w->err)
+		return w->err;
+	w_put(w, &rh, sizeof(rh), true);
+	if (len)
+		w_put(w, payload, len, true);
+	w->nrec++;
+	return w->err;
+}
+
 int img_w_open(int fd, const struct img_hdr *h, struct img_w **out)
 {
 	struct img_w *w = calloc(1, sizeof(*w));
