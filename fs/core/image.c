@@ -1,6 +1,6 @@
 /*
  * image.c — heap images (docs/IMAGE.md "heap image stream"): save a heap, restore one, and
- * the record applier that restores (and, later, a mirror) go through.
+ * the record applier that restores and a mirror (fs/repl) go through.
  *
  * Save walks the heap's tree depth first from its directory (id 1) and writes, for an
  * inode the first time a name of it is reached: INODE, SYMLINK (its target), LINK (that
@@ -10,7 +10,9 @@
  *
  * Restore reads the stream in one pass and hands each record to the applier, which calls
  * the same core functions the FUSE edge calls (hfs_create, hfs_link, hfs_write,
- * hfs_setxattr, hfs_setattr, hfs_truncate, hfs_rename, hfs_unlink, ...), never FUSE.
+ * hfs_setxattr, hfs_setattr, hfs_truncate, hfs_rename, hfs_unlink, ...), never FUSE, with
+ * its own completion saying it is the applier: the one caller that may change a mirror
+ * (hfs_writable).
  * Attributes an apply would disturb (modes, owners, times; a directory's mtime moves with
  * each entry) are set once at the end.  Any refusal (of the stream or of an apply) fails
  * the whole restore: the caller refuses to mount, so no half heap is ever served.
@@ -51,6 +53,16 @@ static uint32_t img_kind_of(enum hfs_kind k)
 	}
 }
 
+void hfs_img_inode(const struct hfs_inode *i, struct img_inode *in)
+{
+	*in = (struct img_inode){
+		.id = i->id, .kind = img_kind_of(i->kind), .mode = i->mode, .uid = i->uid,
+		.gid = i->gid, .rdev = i->rdev, .nlink = (uint32_t)i->nlink, .size = i->size,
+		.atime_ns = hfs_ts_ns(i->atime), .mtime_ns = hfs_ts_ns(i->mtime),
+		.ctime_ns = hfs_ts_ns(i->ctime),
+	};
+}
+
 /* ---- save --------------------------------------------------------------------------- */
 
 struct seen {
@@ -84,14 +96,11 @@ static int save_data(struct saver *s, struct hfs_inode *i)
 
 static int save_inode(struct saver *s, struct hfs_inode *i)
 {
-	struct img_inode in = {
-		.id = i->id, .kind = img_kind_of(i->kind), .mode = i->mode, .uid = i->uid,
-		.gid = i->gid, .rdev = i->rdev, .nlink = (uint32_t)i->nlink, .size = i->size,
-		.atime_ns = hfs_ts_ns(i->atime), .mtime_ns = hfs_ts_ns(i->mtime),
-		.ctime_ns = hfs_ts_ns(i->ctime),
-	};
-	int ret = img_w_inode(s->w, &in);
+	struct img_inode in;
+	int ret;
 
+	hfs_img_inode(i, &in);
+	ret = img_w_inode(s->w, &in);
 	if (!ret && i->kind == HFS_LNK)
 		ret = img_w_symlink(s->w, i->id, i->lnk.target);
 	return ret;
@@ -201,6 +210,7 @@ struct hfs_apply {
 	struct known *known;
 	char *buf;                /* DATA bounce buffer, IMG_DATA_MAX bytes */
 	bool live;                /* a mirror's: see hfs_apply_live */
+	struct hfs_completion c;  /* of every change it makes: the applier's */
 	char *why;
 	size_t whylen;
 };
@@ -240,6 +250,7 @@ int hfs_apply_begin(struct hfs_heap *h, char *why, size_t whylen, struct hfs_app
 		return -ENOMEM;
 	}
 	a->h = h;
+	a->c.applier = true;
 	a->why = why;
 	a->whylen = whylen;
 	root->id = IMG_ROOT_ID;
@@ -280,7 +291,7 @@ static int apply_link(struct hfs_apply *a, const struct img_rec *rec)
 		return refuse(a, 0, "a name for inode %llu, never described",
 			      (unsigned long long)rec->u.link.child);
 	if (k->i) {
-		ret = hfs_link(k->i, dir, rec->s1);
+		ret = hfs_link(k->i, dir, rec->s1, &a->c);
 		if (!ret)
 			hfs_iput(k->i, 1); /* hfs_link's lookup reference: ours is k->i's */
 	} else {
@@ -289,14 +300,15 @@ static int apply_link(struct hfs_apply *a, const struct img_rec *rec)
 		if (k->in.kind == IMG_K_LNK && !k->target)
 			return refuse(a, 0, "symlink %llu without a target",
 				      (unsigned long long)k->id);
-		ret = hfs_create(dir, rec->s1, k->in.mode, (dev_t)k->in.rdev, k->target, &ctx, &i);
+		ret = hfs_create(dir, rec->s1, k->in.mode, (dev_t)k->in.rdev, k->target, &ctx, &i,
+				 &a->c);
 		if (!ret) {
 			k->i = i; /* hfs_create's lookup reference becomes ours */
 			hfs_inode_set_id(i, k->id);
 			/* the whole size at once: a contiguous file does not move at every
 			 * power of two its DATA records reach */
 			if (i->kind == HFS_REG && k->in.size)
-				ret = hfs_fallocate(i, 0, 0, (off_t)k->in.size);
+				ret = hfs_fallocate(i, 0, 0, (off_t)k->in.size, &a->c);
 		}
 	}
 	if (ret)
@@ -330,14 +342,14 @@ static int apply_data(struct hfs_apply *a, struct img_r *r, const struct img_rec
 			return ret;
 		bytes = a->buf;
 	}
-	ret = hfs_write(i, bytes, rec->data_len, (off_t)rec->u.data.off, 0);
+	ret = hfs_write(i, bytes, rec->data_len, (off_t)rec->u.data.off, 0, &a->c);
 	if (ret >= 0 && (uint32_t)ret != rec->data_len)
 		ret = -ENOSPC;
 	return ret < 0 ? refuse(a, ret, "the data of inode %llu does not fit the heap",
 				(unsigned long long)rec->u.data.id) : 0;
 }
 
-static int apply_setattr(struct hfs_inode *i, const struct img_setattr *sa)
+static int apply_setattr(struct hfs_apply *a, struct hfs_inode *i, const struct img_setattr *sa)
 {
 	static const unsigned bits[][2] = {
 		{ IMG_SET_MODE, HFS_SET_MODE }, { IMG_SET_UID, HFS_SET_UID },
@@ -355,7 +367,7 @@ static int apply_setattr(struct hfs_inode *i, const struct img_setattr *sa)
 			mask |= bits[k][1];
 	if (i->kind != HFS_REG)
 		mask &= ~HFS_SET_SIZE;
-	return hfs_setattr(i, &at, mask, 0);
+	return hfs_setattr(i, &at, mask, 0, &a->c);
 }
 
 /* A SETATTR changes what the end sets too (else the INODE record's values would win). */
@@ -416,22 +428,23 @@ static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
 	switch (rec->type) {
 	case IMG_TRUNCATE:
 		i = need(a, rec->u.truncate.id);
-		return i ? hfs_truncate(i, rec->u.truncate.size) : -EBADMSG;
+		return i ? hfs_truncate(i, rec->u.truncate.size, &a->c) : -EBADMSG;
 	case IMG_SETATTR:
 		i = need(a, rec->u.setattr.id);
 		if (!i)
 			return -EBADMSG;
 		remember(find(a, rec->u.setattr.id), &rec->u.setattr);
-		return apply_setattr(i, &rec->u.setattr);
+		return apply_setattr(a, i, &rec->u.setattr);
 	case IMG_REMOVEXATTR:
 		i = need(a, rec->u.removexattr.id);
-		return i ? hfs_removexattr(i, rec->s1) : -EBADMSG;
+		return i ? hfs_removexattr(i, rec->s1, &a->c) : -EBADMSG;
 	case IMG_UNLINK:
 		d = need(a, rec->u.unlink.parent);
 		if (!d)
 			return -EBADMSG;
 		i = victim(d, rec->s1);
-		ret = i && i->kind == HFS_DIR ? hfs_rmdir(d, rec->s1) : hfs_unlink(d, rec->s1);
+		ret = i && i->kind == HFS_DIR ? hfs_rmdir(d, rec->s1, &a->c)
+					      : hfs_unlink(d, rec->s1, &a->c);
 		forget(a, i);
 		return ret;
 	case IMG_RENAME:
@@ -440,7 +453,7 @@ static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
 		if (!d || !nd)
 			return -EBADMSG;
 		i = rec->u.rename.flags & RENAME_EXCHANGE ? NULL : victim(nd, rec->s2);
-		ret = hfs_rename(d, rec->s1, nd, rec->s2, rec->u.rename.flags);
+		ret = hfs_rename(d, rec->s1, nd, rec->s2, rec->u.rename.flags, &a->c);
 		forget(a, i);
 		return ret;
 	default:
@@ -497,7 +510,8 @@ int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 		i = need(a, rec->u.xattr.id);
 		if (!i)
 			return -EBADMSG;
-		ret = hfs_setxattr(i, rec->s1, rec->s2, rec->u.xattr.value_len, HFS_XATTR_RESTORE);
+		ret = hfs_setxattr(i, rec->s1, rec->s2, rec->u.xattr.value_len, HFS_XATTR_RESTORE,
+				   &a->c);
 		return ret ? refuse(a, ret, "xattr of inode %llu refused",
 				    (unsigned long long)rec->u.xattr.id) : 0;
 	default:
@@ -523,7 +537,7 @@ int hfs_apply_settle(struct hfs_apply *a)
 				.ctime_ns = k->in.ctime_ns,
 			};
 
-			ret = apply_setattr(k->i, &sa);
+			ret = apply_setattr(a, k->i, &sa);
 		}
 	}
 	return ret;
@@ -545,6 +559,53 @@ int hfs_apply_end(struct hfs_apply *a, bool finish)
 	free(a->buf);
 	free(a);
 	return ret;
+}
+
+/* Remove everything below dir as the applier c. */
+static int clear_dir(struct hfs_inode *dir, struct hfs_completion *c)
+{
+	struct hfs_dirent *de, *tmp;
+	char **names = NULL;
+	size_t n = 0, k;
+	int ret = 0;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	names = calloc(dir->dir.nents + 1, sizeof(*names));
+	HASH_ITER(hh, dir->dir.ents, de, tmp) {
+		if (names && n < dir->dir.nents)
+			names[n++] = strdup(de->name);
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	if (!names)
+		return -ENOMEM;
+	for (k = 0; k < n; k++) {
+		struct hfs_inode *i;
+
+		if (!names[k] || hfs_lookup(dir, names[k], &i)) {
+			ret = ret ?: -ENOMEM;
+			continue;
+		}
+		if (i->kind == HFS_DIR) {
+			ret = clear_dir(i, c) ?: ret;
+			ret = hfs_rmdir(dir, names[k], c) ?: ret;
+		} else {
+			ret = hfs_unlink(dir, names[k], c) ?: ret;
+		}
+		/* it may have been cached while this heap was ours (a day's timeout) */
+		hfs_kcache_entry(dir->ino, names[k]);
+		hfs_iput(i, 1);
+	}
+	for (k = 0; k < n; k++)
+		free(names[k]);
+	free(names);
+	return ret;
+}
+
+int hfs_apply_clear(struct hfs_heap *h)
+{
+	struct hfs_completion c = { .applier = true };
+
+	return clear_dir(h->dir, &c);
 }
 
 int hfs_image_restore(struct hfs_heap *h, int fd, char *why, size_t whylen)

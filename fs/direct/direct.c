@@ -99,7 +99,6 @@ static struct {
 } cl = { .lsock = -1, .stop = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
 
 
-void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
 
 /* --- the written-range accounting --- */
 
@@ -109,11 +108,12 @@ void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len)
 	__hfs_obj_hold(i);
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
-	/* replication: the write-range change record of [off, off + len) goes here */
+	if (hfs_observed(i->heap)) /* the core's change seam: the range written */
+		__hfs_changed(&(struct hfs_change){ .kind = HFS_CH_RANGE, .heap = i->heap,
+						    .write = { .i = i, .off = off, .len = len } });
 	__hfs_obj_release(i, true);
 	hfs_change_unlock(i);
-	if (hfs_client_inval)
-		hfs_client_inval(i->ino, (int64_t)off, (int64_t)len);
+	hfs_kcache_range(i->ino, (int64_t)off, (int64_t)len);
 }
 
 /* --- requests --- */

@@ -245,13 +245,6 @@ static int loop(struct fuse_session *se, struct fuse_cmdline_opts *cmd)
 	return ret;
 }
 
-/* libheapfs: a range written through a client's mapping drops the kernel's pages of it */
-static struct fuse_session *session;
-static void client_inval(hfs_ino_t ino, int64_t off, int64_t len)
-{
-	fuse_lowlevel_notify_inval_inode(session, ino, off, len);
-}
-
 static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 {
 	struct fuse_session *se;
@@ -272,8 +265,6 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground) || hfs_housekeeper_start() ||
 	    hfs_pool_run())
 		goto out_unmount;
-	session = se;
-	hfs_client_inval = client_inval;
 	if (hfs_client_start()) {
 		hfs_housekeeper_stop();
 		goto out_unmount;

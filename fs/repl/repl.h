@@ -1,0 +1,21 @@
+/*
+ * repl.h — replication to the partner (SPEC "Replication"; the design: repl.c), as the
+ * edge starts, stops and flushes it.  Replication follows the core's changes as an
+ * observer (change.c) and keeps hfs_heap.mirror; nothing in the core calls it for that.
+ * Locking: repl.c's opening comment.
+ */
+#ifndef HEAPFS_REPL_H
+#define HEAPFS_REPL_H
+
+#include "core.h"
+
+/* init: before mounting (the secret; -errno after printing why: exit 2); start: after
+ * daemonizing (the link); stop: after the session loop. */
+int hfs_repl_init(void);
+int hfs_repl_start(void);
+void hfs_repl_stop(void);
+/* flush/fsync: async mode waits until the partner has everything (0 / -EIO). */
+int hfs_repl_flush(const struct hfs_heap *h);
+bool hfs_repl_flushes(const struct hfs_heap *h); /* an owned replicated heap */
+
+#endif
