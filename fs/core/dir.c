@@ -473,8 +473,10 @@ int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 		if (ret)
 			goto out;
 	}
-	/* Only the add's malloc can fail after the first change: keep src alive across
-	 * remove + add and put it back where it was if the add fails. */
+	/* Only the adds can fail after the first change (the entry's malloc, the namespace's
+	 * added hook): keep src alive across remove + add and put it back where it was if the
+	 * add fails.  What changed all the same is told as what it is: the overwritten target
+	 * gone, and src's name too if even the way back failed. */
 	hfs_iref(src, 1);
 	links = src->kind == HFS_DIR ? 2 : 1;
 	touch_links(src, links); /* never unlinked in between: its data must stay */
@@ -482,8 +484,10 @@ int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 		__unlink_name(ndir, nname, dst);
 	__hfs_dir_del(dir, name);
 	ret = __hfs_dir_add(ndir, nname, src);
-	if (ret)
-		__hfs_dir_add(dir, name, src);
+	if (ret && dst)
+		__entry_changed(HFS_CH_UNLINK, ndir, nname, NULL, c);
+	if (ret && __hfs_dir_add(dir, name, src))
+		__entry_changed(HFS_CH_UNLINK, dir, name, NULL, c);
 	touch_links(src, -links);
 	hfs_iput(src, 1);
 out:
