@@ -100,7 +100,7 @@ struct hfs_heap {
 	 * replication when it adopts the heap and at every takeover */
 	_Atomic bool mirror;
 	atomic_uint observers;           /* bit k: observer k watches it (change.c) */
-	struct hfs_dm *dm;               /* direct_map: shared metadata (client.c), else NULL */
+	struct hfs_dm *dm;               /* direct_map: shared metadata (dm.c), else NULL */
 };
 
 /* One buddy block of a file: file bytes [foff, foff + 2^order) live at heap offset hoff. */
@@ -161,7 +161,7 @@ struct hfs_inode {
 			char *oname;      /* an object's name in the segment map, NULL when
 					     unlinked or not an object */
 			uint32_t oslot;   /* its map slot + 1 (0: none) */
-			atomic_uint maps; /* ranges mapped by libheapfs clients (client.c) */
+			atomic_uint maps; /* ranges mapped by libheapfs clients (fs/direct) */
 		} file;
 		struct { /* HFS_LNK */
 			char *target;
