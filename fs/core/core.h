@@ -610,11 +610,6 @@ struct hfs_repl_status {
 	uint64_t epoch, lag_bytes, sent_bytes, recv_bytes, resync_done, resync_total;
 };
 void hfs_repl_status(struct hfs_repl_status *st);
-/* heapfsctl promote: this node owns heap (NULL or "": every replicated heap), with a higher
- * epoch.  -EBUSY while the partner is connected unless force (which drops the link) or
- * discard (--discard-peer: the partner's copy is replaced by ours, ending a split brain);
- * -ENOENT no such replicated heap; -ENOTCONN no partner section. */
-int hfs_repl_promote(const char *heap, bool force, bool discard);
 /* heapfsctl promote sets user.heapfs.promote[.force|.discard-peer] = HEAP on
  * .heapfs/partner (xattr.c hands such sets here). */
 int hfs_repl_setxattr(const char *name, const void *value, size_t size);

@@ -17,5 +17,10 @@ void hfs_repl_stop(void);
 /* flush/fsync: async mode waits until the partner has everything (0 / -EIO). */
 int hfs_repl_flush(const struct hfs_heap *h);
 bool hfs_repl_flushes(const struct hfs_heap *h); /* an owned replicated heap */
+/* heapfsctl promote: this node owns heap (NULL or "": every replicated heap), with a higher
+ * epoch.  -EBUSY while the partner is connected unless force (which drops the link) or
+ * discard (--discard-peer: the partner's copy is replaced by ours, ending a split brain);
+ * -ENOENT no such replicated heap; -ENOTCONN no partner section. */
+int hfs_repl_promote(const char *heap, bool force, bool discard);
 
 #endif
