@@ -7,6 +7,10 @@
  * References: every entry reply hands the kernel one lookup reference (taken by the hfs_*
  * call, dropped again here if the reply fails); an open handle holds one reference so an
  * unlinked open file keeps its blocks until the last release.
+ * Changes: an op that changes something passes a completion on its stack (struct
+ * hfs_completion) into the core call and, before replying, waits on it (sync replication:
+ * the partner has the change first) or, for a write, leaves the reply to it
+ * (hfs_complete_defer: sent from the link's thread once acknowledged).
  * Caching: everything changes only through this mount, so attributes, entries and
  * negative entries are cached for HFS_TIMEOUT, and file pages are kept across opens
  * (cache = auto/keep) or bypassed (cache = direct).  The exceptions are .heapfs/heaps/ and
