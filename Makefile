@@ -39,8 +39,7 @@ bench: build
 # to $(FUZZ_BUILD)/crashes/NAME/ (add each to tests/fuzz/corpus/NAME once fixed).
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 60
-# (apply: not built until the core links alone, issue 15; see tests/fuzz/meson.build)
-FUZZERS      ?= $(filter-out apply,$(patsubst tests/fuzz/fuzz-%.c,%,$(wildcard tests/fuzz/fuzz-*.c)))
+FUZZERS      ?= $(patsubst tests/fuzz/fuzz-%.c,%,$(wildcard tests/fuzz/fuzz-*.c))
 fuzz: deps
 	@[ -f $(FUZZ_BUILD)/build.ninja ] || CC=clang meson setup $(FUZZ_BUILD) -Dfuzzing=true -Dwerror=false
 	ninja -C $(FUZZ_BUILD) $(addprefix tests/fuzz/fuzz-,$(FUZZERS))

@@ -1,14 +1,17 @@
 /*
- * core.h — the daemon's core (fs/core/): namespaces, inodes, file data, heaps, images, status.
- * No FUSE type appears here: images restore through these functions and a mirror will
- * apply a partner's changes through them.  The FUSE edge (edge_i.h: ops.c, io.c, uring.c,
- * main.c) is the only code that includes libfuse.
+ * core.h — the daemon's core (fs/core/): namespaces, inodes, file data, heaps, images,
+ * status, the change seam.
+ * No FUSE type appears here: images restore through these functions and a mirror applies
+ * its partner's changes through them (the applier, image.c).  The FUSE edge (fs/edge/) is
+ * the only code that includes libfuse.
  *
  * Layers: ops.c translates FUSE requests (the only caller of fuse_reply_*) into the
  * hfs_* functions below; every mutation of file data or namespace is one hfs_* function
  * (hfs_write, hfs_truncate, hfs_create, hfs_unlink, hfs_rename, hfs_link, hfs_setattr, ...)
- * so replication can hook them later.  All functions return 0 / a non-negative value or
- * -errno.
+ * which, while it still holds the lock that orders the change, hands it as one value to
+ * the observers registered for the heap (change.c: replication's records, ...).  The
+ * caller passes a completion (struct hfs_completion) that comes back filled when an
+ * observer must be waited for.  All functions return 0 / a non-negative value or -errno.
  *
  * Locking rule (see docs/DESIGN.md "Filesystem"):
  *   - hfs.ns (rwlock): the namespace — every directory's entry table, dir.parent, the heap
@@ -22,6 +25,7 @@
  *     (frees its blocks), so nothing else may touch an inode it holds no reference to.
  *   - heap.refs (atomic): the heap list + every inode of the heap; the last put destroys
  *     the buddy heap.
+ * A name starting with __ expects the caller to hold the lock its comment names.
  */
 #ifndef HEAPFS_CORE_H
 #define HEAPFS_CORE_H
@@ -70,6 +74,7 @@ enum hfs_status_kind { HFS_ST_STATS, HFS_ST_HEAP, HFS_ST_MAP,
 struct hfs_inode;
 struct hfs_heap;
 struct hfs_snap; /* status.c */
+struct hfs_completion; /* change.c */
 
 /* What the feature behind a heap does around the core's changes to it: set by whoever
  * creates the heap (h->ops, never NULL; a NULL member: nothing to do).  The core calls
@@ -107,8 +112,12 @@ struct hfs_heap {
 	/* held shared by every change of file data or attributes in the heap (namespace
 	 * changes hold hfs.ns): an image snapshot holds it exclusive while it forks */
 	pthread_rwlock_t quiesce;
-	struct hfs_repl_heap *repl;      /* replicated (repl.c): owned here or a mirror */
-	struct hfs_dm *dm;               /* direct_map: shared metadata (client.c), else NULL */
+	struct hfs_repl_heap *repl;      /* replicated (fs/repl): owned here or a mirror */
+	/* changes come from the partner only: users get EROFS (hfs_writable); set by
+	 * replication when it adopts the heap and at every takeover */
+	_Atomic bool mirror;
+	atomic_uint observers;           /* bit k: observer k watches it (change.c) */
+	struct hfs_dm *dm;               /* direct_map: shared metadata (dm.c), else NULL */
 };
 
 /* One buddy block of a file: file bytes [foff, foff + 2^order) live at heap offset hoff. */
@@ -169,7 +178,7 @@ struct hfs_inode {
 			char *oname;      /* an object's name in the segment map, NULL when
 					     unlinked or not an object */
 			uint32_t oslot;   /* its map slot + 1 (0: none) */
-			atomic_uint maps; /* ranges mapped by libheapfs clients (client.c) */
+			atomic_uint maps; /* ranges mapped by libheapfs clients (fs/direct) */
 		} file;
 		struct { /* HFS_LNK */
 			char *target;
@@ -283,13 +292,16 @@ struct hfs_ns_ops {
  * one thread (before the mount).  Unregistered, its directory is fixed. */
 void hfs_ns_register(enum hfs_role role, const struct hfs_ns_ops *ops);
 int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
+/* The mutations take the caller's completion c last (NULL: nobody waits; change.c). */
 int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
-	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out);
-int hfs_unlink(struct hfs_inode *dir, const char *name);
-int hfs_rmdir(struct hfs_inode *dir, const char *name);
+	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out,
+	       struct hfs_completion *c);
+int hfs_unlink(struct hfs_inode *dir, const char *name, struct hfs_completion *c);
+int hfs_rmdir(struct hfs_inode *dir, const char *name, struct hfs_completion *c);
 int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
-	       const char *nname, unsigned flags);
-int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname);
+	       const char *nname, unsigned flags, struct hfs_completion *c);
+int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname,
+	     struct hfs_completion *c);
 /* May name be a new entry?  0, -EINVAL ("", "." "..", a '/') or -ENAMETOOLONG.  create,
  * link and rename check the names they add. */
 int hfs_name_check(const char *name);
@@ -353,16 +365,21 @@ void hfs_housekeeper_stop(void);
 
 /* file.c — file data in buddy blocks. */
 /* who: the caller's uid (root keeps suid/sgid bits on write, as with CAP_FSETID) */
-int hfs_open(struct hfs_inode *i, int flags, uid_t who);
+int hfs_open(struct hfs_inode *i, int flags, uid_t who, struct hfs_completion *c);
 void hfs_release(struct hfs_inode *i, int flags);
 /* Writes buf at off: the bytes written (short when the heap runs out part-way), or -errno. */
-int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who);
+int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who,
+	      struct hfs_completion *c);
+/* Give back a write an observer could not follow (the partner had no room): size back to
+ * old_size (when it is still end), the bytes below old_size written again.  -ESTALE: the
+ * file changed since. */
+int hfs_write_undo(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_t end);
 /* Read: fills iov (up to *niov entries; may point into a bounce buffer *bounce the caller
  * frees) with the bytes; hfs_read_end() drops the lock taken on success. */
 ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec *iov,
 		       int *niov, void **bounce);
 void hfs_read_end(struct hfs_inode *i);
-int hfs_truncate(struct hfs_inode *i, uint64_t size);
+int hfs_truncate(struct hfs_inode *i, uint64_t size, struct hfs_completion *c);
 /* Attribute changes, in the core's own terms (the FUSE edge translates its mask). */
 enum {
 	HFS_SET_MODE = 1u << 0,
@@ -382,8 +399,9 @@ struct hfs_attr {
 	uint64_t size;
 	struct timespec atime, mtime, ctime;
 };
-int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who);
-int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len);
+int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who,
+		struct hfs_completion *c);
+int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len, struct hfs_completion *c);
 void hfs_file_free(struct hfs_inode *i);
 /* Make the file hold blocks for at least cap bytes (an object always holds its block). */
 int hfs_file_reserve(struct hfs_inode *i, uint64_t cap);
@@ -438,6 +456,12 @@ struct hfs_inode *hfs_apply_inode(struct hfs_apply *a, uint64_t id);
 int hfs_apply_settle(struct hfs_apply *a);
 /* finish: set the attributes the applies disturbed; either way free the applier. */
 int hfs_apply_end(struct hfs_apply *a, bool finish);
+/* Remove everything in heap h as its applier (a mirror before a full image): 0, or the
+ * first -errno (what could be removed is).  The kernel drops its cached names of it. */
+int hfs_apply_clear(struct hfs_heap *h);
+/* An inode as the image (and its change records) describe it. */
+struct img_inode;
+void hfs_img_inode(const struct hfs_inode *i, struct img_inode *in);
 /* Every heap with image = PATH: restore from PATH if it exists (at mount; messages on
  * stderr as "heapfs: PATH: why") / save to PATH (at a clean unmount). */
 int hfs_images_load(void);
@@ -457,14 +481,14 @@ int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen
 #define HFS_XATTR_BUDGET (8 * 1024)
 #define HFS_XATTR_ENTRY 80
 int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_t size,
-		 int flags);
+		 int flags, struct hfs_completion *c);
 /* flags: the daemon itself sets (a restore, a takeover) HFS_XATTR_STATE, which users may
  * only read: "interrupted" on a file that was open for writing on a lost owner. */
 #define HFS_XATTR_RESTORE (1 << 30)
 #define HFS_XATTR_STATE "user.heapfs.state"
 ssize_t hfs_getxattr(struct hfs_inode *i, const char *name, void *buf, size_t size);
 ssize_t hfs_listxattr(struct hfs_inode *i, char *buf, size_t size);
-int hfs_removexattr(struct hfs_inode *i, const char *name);
+int hfs_removexattr(struct hfs_inode *i, const char *name, struct hfs_completion *c);
 void hfs_xattr_free(struct hfs_inode *i);
 
 /* status.c — JSON snapshots of .heapfs/ files: *buf is shared and read-only until
@@ -530,61 +554,121 @@ void hfs_dm_heap_destroy(struct hfs_heap *h);
 void hfs_dm_seq_begin(struct hfs_heap *h);
 void hfs_dm_seq_end(struct hfs_heap *h);
 
-/* repl.c — replication to the partner (SPEC "Replication").  init: before mounting (the
- * secret; -errno after printing why: exit 2); start: after daemonizing (the link). */
-int hfs_repl_init(void);
-/* Before the mount tree is made: .heapfs/partner and verify, and each heap's role. */
-void hfs_repl_register(void);
-int hfs_repl_start(void);
-void hfs_repl_stop(void);
-/* May users change heap h?  The one place that decides: -EROFS on a mirror (except for
- * the thread applying the partner's changes), else 0. */
-int hfs_repl_writable(const struct hfs_heap *h);
-const char *hfs_repl_role(const struct hfs_heap *h);
-bool hfs_repl_mirror(const struct hfs_heap *h); /* changes come from the partner only */
-/* The record-out hook: a change to a replicated heap, made and still locked by the caller
- * (hfs.ns for the namespace, the inode's lock for data/attributes), leaves as one image
- * change record.  Call only when HFS_REPL(heap); a mirror sends nothing. */
-#define HFS_REPL(h) ((h) && (h)->repl)
-void __hfs_repl_out(struct hfs_heap *h, uint32_t type, const void *fixed, const void *t0,
-		    uint32_t l0, const void *t1, uint32_t l1);
-void __hfs_repl_data(struct hfs_heap *h, uint64_t id, uint64_t off, const void *buf,
-		     uint64_t len);
-void __hfs_repl_inode(struct hfs_inode *i, const char *target);
-void __hfs_repl_created(struct hfs_inode *dir, const char *name, struct hfs_inode *i);
-void __hfs_repl_link(struct hfs_inode *dir, const char *name, struct hfs_inode *i);
-void __hfs_repl_unlink(struct hfs_inode *dir, const char *name);
-void __hfs_repl_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
-		       const char *nname, unsigned flags);
-void __hfs_repl_truncate(struct hfs_inode *i);
-void __hfs_repl_attr(struct hfs_inode *i);
-void __hfs_repl_xattr(struct hfs_inode *i, const char *name, const void *value, size_t size);
-/* i is now open for writing (or no longer): the mirror marks such files "interrupted" if
- * it takes over.  i->lock held. */
-void __hfs_repl_writers(struct hfs_inode *i, bool open);
-/* The FUSE edge, after a change and before replying: sync mode waits (at most timeout)
- * until the partner applied (or refused, or was lost before) what this thread sent. */
-int hfs_repl_wait(void); /* -ENOSPC: the partner had no room for this thread's write
-			  (it was given back here, repl.c "Room"); else 0 */
-/* hfs_write (owned, replicated): the write took the file from old_size to end. */
-void hfs_repl_wrote(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_t end);
-/* Give back a write the partner had no room for: size back to old_size (when it is still
- * end), the bytes below old_size sent again.  -ESTALE: the file changed since. */
-int hfs_write_undo(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_t end);
-/* Instead of waiting: fn(arg) runs on the link's receive thread once the partner has
- * acknowledged (or refused, or the link lost) what this thread last sent; true: deferred,
- * false: reply now (nothing to wait for, or it is acknowledged already). */
-bool hfs_repl_defer(void (*fn)(void *arg, int err), void *arg); /* err: as hfs_repl_wait */
-/* io.c (the edge): the kernel drops its cached entry parent/name (a heap that turned
- * mirror had names cached for a day). */
-void hfs_inval_entry(hfs_ino_t parent, const char *name);
-/* flush/fsync: async mode waits until the partner has everything (0 / -EIO). */
-int hfs_repl_flush(const struct hfs_heap *h);
-bool hfs_repl_flushes(const struct hfs_heap *h); /* an owned replicated heap */
-/* heapfsctl promote: this node owns heap (NULL or "": every replicated heap), with a higher
- * epoch.  -EBUSY while the partner is connected unless force (which drops the link) or
- * discard (--discard-peer: the partner's copy is replaced by ours, ending a split brain);
- * -ENOENT no such replicated heap; -ENOTCONN no partner section. */
-int hfs_repl_promote(const char *heap, bool force, bool discard);
+/* change.c — the change seam.  Every mutation of a heap's files or names is one value,
+ * struct hfs_change, handed to the observers registered for the heap while the core still
+ * holds the lock that orders the change (hfs.ns for the namespace, the inode's lock for
+ * data and attributes), so one heap's changes reach each observer in the order they were
+ * made.  An observer must not block on anything that takes a core lock. */
+enum hfs_change_kind {
+	HFS_CH_CREATE,   /* entry: the new inode i, named dir/name (a symlink's target in i) */
+	HFS_CH_LINK,     /* entry: one more name dir/name for i */
+	HFS_CH_UNLINK,   /* entry: the name dir/name is gone (a file's, an empty directory's) */
+	HFS_CH_RENAME,   /* rename: dir/name moved to ndir/nname, flags as renameat2 */
+	HFS_CH_WRITE,    /* write: bytes [off, off + len) of i are buf; the size was old */
+	HFS_CH_TRUNCATE, /* inode: i's size is now i->size */
+	HFS_CH_SETATTR,  /* inode: i's attributes (mode, owner, times; a file's size) */
+	HFS_CH_XATTR,    /* xattr: name of i set to value (NULL: removed) */
+	HFS_CH_WRITERS,  /* writers: i has its first writer now (open) or lost its last */
+	HFS_CH_RANGE,    /* write: [off, off + len) of i written by a direct client through
+			    its mapping (buf NULL) */
+};
+
+struct hfs_change {
+	enum hfs_change_kind kind;
+	struct hfs_heap *heap;
+	struct hfs_completion *done; /* the caller's (NULL: nobody waits) */
+	union {
+		struct {
+			struct hfs_inode *dir, *i; /* i: NULL for UNLINK */
+			const char *name;
+		} entry;
+		struct {
+			struct hfs_inode *dir, *ndir;
+			const char *name, *nname;
+			unsigned flags;
+		} rename;
+		struct {
+			struct hfs_inode *i;
+			const void *buf;
+			uint64_t off, len, old;
+		} write;
+		struct {
+			struct hfs_inode *i;
+		} inode;
+		struct {
+			struct hfs_inode *i;
+			const char *name;
+			const void *value;
+			size_t size;
+		} xattr;
+		struct {
+			struct hfs_inode *i;
+			bool open;
+		} writers;
+	};
+};
+
+typedef void (*hfs_observer_fn)(const struct hfs_change *ch, void *arg);
+#define HFS_OBSERVERS_MAX 8
+/* Register an observer (before any thread that changes heaps starts; never removed):
+ * its id (>= 0), or -ENOSPC.  Observers of one heap run in the order they registered. */
+int hfs_observer_add(hfs_observer_fn fn, void *arg);
+/* Observer id watches heap h from now on (on) / no longer. */
+void hfs_observe(struct hfs_heap *h, int id, bool on);
+/* Does anybody watch h?  The one test an unobserved heap's change costs. */
+static inline bool hfs_observed(const struct hfs_heap *h)
+{
+	return h && atomic_load_explicit(&h->observers, memory_order_relaxed);
+}
+/* Hand ch to every observer of ch->heap; the lock that orders the change is held.
+ * Callers test hfs_observed(heap) first. */
+void __hfs_changed(const struct hfs_change *ch);
+
+/* A change's completion: travels from the caller (the FUSE edge, on its stack) through
+ * the core call into the change value.  An observer whose work must be waited for before
+ * the caller replies (sync replication) fills it under the change's lock; the caller, with
+ * no lock held, then waits (hfs_complete_wait) or leaves a callback (hfs_complete_defer).
+ * One completion may gather several changes (an op of several core calls): it then stands
+ * for all of them.  applier: the change comes from image.c's applier (a restore, or a
+ * mirror applying its partner's changes), which alone may change a mirror. */
+struct hfs_wrote {
+	struct hfs_inode *i;
+	uint64_t old, off, end; /* the size was old; [off, end) written */
+};
+struct hfs_completion_ops {
+	int (*wait)(struct hfs_completion *c);
+	bool (*defer)(struct hfs_completion *c, void (*fn)(void *arg, int err), void *arg);
+};
+struct hfs_completion {
+	bool applier;
+	const struct hfs_completion_ops *ops; /* set by the observer: something to wait for */
+	uint64_t first, last, conn;           /* the observer's: what it sent, and where */
+	struct hfs_wrote wrote;               /* the last write of the change (i: none) */
+};
+/* Wait until the observer is done with the changes c stands for: 0, or its -errno
+ * (-ENOSPC: the partner had no room for the write, given back here).  c may be NULL. */
+int hfs_complete_wait(struct hfs_completion *c);
+/* Instead of waiting: fn(arg, err) runs (on another thread) once the observer is done;
+ * true: deferred; false: nothing to wait for (or done already), reply now. */
+bool hfs_complete_defer(struct hfs_completion *c, void (*fn)(void *arg, int err), void *arg);
+
+/* May this change touch heap h?  The one place that decides: -EROFS on a mirror unless
+ * the applier asks (c->applier), else 0.  c may be NULL (not the applier). */
+int hfs_writable(const struct hfs_heap *h, const struct hfs_completion *c);
+static inline bool hfs_mirror(const struct hfs_heap *h)
+{
+	return h && atomic_load(&h->mirror);
+}
+
+/* Kernel caches to drop: the edge registers at start how the kernel is told; the core
+ * and features call these when something changed behind the kernel's back (a mirror's
+ * tree, a range written through a client's mapping).  Before registration: nothing. */
+struct hfs_kcache_ops {
+	void (*entry)(hfs_ino_t parent, const char *name);
+	void (*range)(hfs_ino_t ino, int64_t off, int64_t len);
+};
+void hfs_kcache_register(const struct hfs_kcache_ops *ops);
+void hfs_kcache_entry(hfs_ino_t parent, const char *name);
+void hfs_kcache_range(hfs_ino_t ino, int64_t off, int64_t len);
 
 #endif

@@ -177,8 +177,9 @@ static int __unlink_name(struct hfs_inode *dir, const char *name, struct hfs_ino
 	return __hfs_dir_del(dir, name);
 }
 
-/* May users add entries to / remove entries from dir?  The one place that decides. */
-static int __dir_writable(struct hfs_inode *dir)
+/* May c add entries to / remove entries from dir?  The namespace decides, then the heap
+ * (hfs_writable). */
+static int __dir_writable(struct hfs_inode *dir, const struct hfs_completion *c)
 {
 	if (dir->kind != HFS_DIR)
 		return -ENOTDIR;
@@ -186,7 +187,20 @@ static int __dir_writable(struct hfs_inode *dir)
 		return -ENOENT; /* removed while someone sat in it */
 	if (!ns_of(dir)->kinds)
 		return -EPERM;
-	return hfs_repl_writable(dir->heap);
+	return hfs_writable(dir->heap, c);
+}
+
+/* hfs.ns held: tell the heap's observers that entry dir/name changed (kind: create, link,
+ * unlink; i the inode it names, NULL for unlink). */
+static void __entry_changed(enum hfs_change_kind kind, struct hfs_inode *dir, const char *name,
+			    struct hfs_inode *i, struct hfs_completion *c)
+{
+	struct hfs_heap *h = i ? i->heap : dir->heap;
+
+	if (hfs_observed(h))
+		__hfs_changed(&(struct hfs_change){ .kind = kind, .heap = h, .done = c,
+						    .entry = { .dir = dir, .i = i,
+							       .name = name } });
 }
 
 int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out)
@@ -223,7 +237,8 @@ static enum hfs_kind kind_of(mode_t mode)
 }
 
 int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
-	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out)
+	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out,
+	       struct hfs_completion *c)
 {
 	enum hfs_kind kind = kind_of(mode);
 	const struct hfs_ns_ops *ns;
@@ -241,7 +256,7 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 		ret = ns->mkdir(dir, name, &i);
 		goto out_ref;
 	}
-	ret = __dir_writable(dir);
+	ret = __dir_writable(dir, c);
 	if (!ret && !(ns->kinds & KIND(kind)))
 		ret = -EPERM;
 	if (ret)
@@ -275,8 +290,8 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 		ret = -ENOMEM;
 	else
 		ret = __hfs_dir_add(dir, name, i);
-	if (!ret && HFS_REPL(i->heap))
-		__hfs_repl_created(dir, name, i);
+	if (!ret)
+		__entry_changed(HFS_CH_CREATE, dir, name, i, c);
 out_discard:
 	if (ret) {
 		hfs_inode_discard(i);
@@ -291,13 +306,13 @@ out:
 	return ret;
 }
 
-int hfs_unlink(struct hfs_inode *dir, const char *name)
+int hfs_unlink(struct hfs_inode *dir, const char *name, struct hfs_completion *c)
 {
 	struct hfs_inode *i;
 	int ret;
 
 	pthread_rwlock_wrlock(&hfs.ns);
-	ret = __dir_writable(dir);
+	ret = __dir_writable(dir, c);
 	if (ret)
 		goto out;
 	i = __hfs_dir_find(dir, name);
@@ -307,14 +322,14 @@ int hfs_unlink(struct hfs_inode *dir, const char *name)
 		ret = -EISDIR;
 	else
 		ret = __unlink_name(dir, name, i);
-	if (!ret && HFS_REPL(dir->heap))
-		__hfs_repl_unlink(dir, name);
+	if (!ret)
+		__entry_changed(HFS_CH_UNLINK, dir, name, NULL, c);
 out:
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
 }
 
-int hfs_rmdir(struct hfs_inode *dir, const char *name)
+int hfs_rmdir(struct hfs_inode *dir, const char *name, struct hfs_completion *c)
 {
 	struct hfs_inode *i;
 	int ret = 0;
@@ -325,7 +340,7 @@ int hfs_rmdir(struct hfs_inode *dir, const char *name)
 		ret = ns_of(dir)->rmdir(dir, i);
 		goto out;
 	}
-	ret = __dir_writable(dir);
+	ret = __dir_writable(dir, c);
 	if (ret)
 		goto out;
 	if (!i)
@@ -336,8 +351,8 @@ int hfs_rmdir(struct hfs_inode *dir, const char *name)
 		ret = -ENOTEMPTY;
 	else
 		ret = __hfs_dir_del(dir, name);
-	if (!ret && HFS_REPL(dir->heap))
-		__hfs_repl_unlink(dir, name);
+	if (!ret)
+		__entry_changed(HFS_CH_UNLINK, dir, name, NULL, c);
 out:
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
@@ -417,7 +432,7 @@ static int __rename_exchange(struct hfs_inode *dir, const char *name, struct hfs
 }
 
 int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
-	       const char *nname, unsigned flags)
+	       const char *nname, unsigned flags, struct hfs_completion *c)
 {
 	struct hfs_inode *src, *dst;
 	int ret, links;
@@ -429,9 +444,9 @@ int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 	if (ret)
 		return ret;
 	pthread_rwlock_wrlock(&hfs.ns);
-	ret = __dir_writable(dir);
+	ret = __dir_writable(dir, c);
 	if (!ret)
-		ret = __dir_writable(ndir);
+		ret = __dir_writable(ndir, c);
 	if (!ret)
 		ret = same_heap(dir, ndir); /* renaming heaps/NAME itself got EPERM above */
 	if (ret)
@@ -466,8 +481,10 @@ int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 		if (ret)
 			goto out;
 	}
-	/* Only the add's malloc can fail after the first change: keep src alive across
-	 * remove + add and put it back where it was if the add fails. */
+	/* Only the adds can fail after the first change (the entry's malloc, the namespace's
+	 * added hook): keep src alive across remove + add and put it back where it was if the
+	 * add fails.  What changed all the same is told as what it is: the overwritten target
+	 * gone, and src's name too if even the way back failed. */
 	hfs_iref(src, 1);
 	links = src->kind == HFS_DIR ? 2 : 1;
 	touch_links(src, links); /* never unlinked in between: its data must stay */
@@ -475,18 +492,24 @@ int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 		__unlink_name(ndir, nname, dst);
 	__hfs_dir_del(dir, name);
 	ret = __hfs_dir_add(ndir, nname, src);
-	if (ret)
-		__hfs_dir_add(dir, name, src);
+	if (ret && dst)
+		__entry_changed(HFS_CH_UNLINK, ndir, nname, NULL, c);
+	if (ret && __hfs_dir_add(dir, name, src))
+		__entry_changed(HFS_CH_UNLINK, dir, name, NULL, c);
 	touch_links(src, -links);
 	hfs_iput(src, 1);
 out:
-	if (!ret && HFS_REPL(dir->heap))
-		__hfs_repl_rename(dir, name, ndir, nname, flags);
+	if (!ret && hfs_observed(dir->heap))
+		__hfs_changed(&(struct hfs_change){
+			.kind = HFS_CH_RENAME, .heap = dir->heap, .done = c,
+			.rename = { .dir = dir, .ndir = ndir, .name = name, .nname = nname,
+				    .flags = flags } });
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
 }
 
-int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname)
+int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname,
+	     struct hfs_completion *c)
 {
 	int ret = hfs_name_check(nname);
 
@@ -495,7 +518,7 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname)
 	if (i->kind == HFS_DIR)
 		return -EPERM;
 	pthread_rwlock_wrlock(&hfs.ns);
-	ret = __dir_writable(ndir);
+	ret = __dir_writable(ndir, c);
 	if (!ret && (i->kind == HFS_STATUS || !i->heap || !ns_of(ndir)->links ||
 		     i->heap->objects)) /* an object has one name */
 		ret = -EPERM;
@@ -514,8 +537,8 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname)
 	}
 	if (!ret)
 		hfs_iref(i, 1); /* the kernel's lookup */
-	if (!ret && HFS_REPL(i->heap))
-		__hfs_repl_link(ndir, nname, i);
+	if (!ret)
+		__entry_changed(HFS_CH_LINK, ndir, nname, i, c);
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
 }

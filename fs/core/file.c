@@ -115,7 +115,7 @@ static int64_t alloc_block(struct hfs_inode *i, unsigned order)
 	int64_t off = buddy_alloc(heap_of(i), order);
 
 	/* a mirror's room is the host's memory: ask for it now (repl.c "Room") */
-	if (off >= 0 && hfs_repl_mirror(i->heap) &&
+	if (off >= 0 && hfs_mirror(i->heap) &&
 	    msrc_populate(src_of(i), (uint64_t)off, blk(order)) < 0) {
 		buddy_free(heap_of(i), (uint64_t)off, order);
 		return -ENOSPC;
@@ -357,6 +357,34 @@ static void unlock_w(struct hfs_inode *i, bool changed)
 	hfs_heap_settle(i->heap); /* contiguous files free their old block when they move */
 }
 
+/* i->lock held: tell the heap's observers that i's size (TRUNCATE) or attributes
+ * (SETATTR) changed. */
+static void __inode_changed(enum hfs_change_kind kind, struct hfs_inode *i,
+			    struct hfs_completion *c)
+{
+	if (hfs_observed(i->heap))
+		__hfs_changed(&(struct hfs_change){ .kind = kind, .heap = i->heap, .done = c,
+						    .inode = { .i = i } });
+}
+
+/* i->lock held: bytes [off, off + len) of i are now buf (the size was old). */
+static void __write_changed(struct hfs_inode *i, const void *buf, uint64_t off, uint64_t len,
+			    uint64_t old, struct hfs_completion *c)
+{
+	if (hfs_observed(i->heap))
+		__hfs_changed(&(struct hfs_change){
+			.kind = HFS_CH_WRITE, .heap = i->heap, .done = c,
+			.write = { .i = i, .buf = buf, .off = off, .len = len, .old = old } });
+}
+
+/* i->lock held: i has its first writer (open) / lost its last. */
+static void __writers_changed(struct hfs_inode *i, bool open)
+{
+	if (hfs_observed(i->heap))
+		__hfs_changed(&(struct hfs_change){ .kind = HFS_CH_WRITERS, .heap = i->heap,
+						    .writers = { .i = i, .open = open } });
+}
+
 static int __truncate(struct hfs_inode *i, uint64_t size)
 {
 	int ret = 0;
@@ -380,19 +408,19 @@ static int __truncate(struct hfs_inode *i, uint64_t size)
 	return 0;
 }
 
-int hfs_truncate(struct hfs_inode *i, uint64_t size)
+int hfs_truncate(struct hfs_inode *i, uint64_t size, struct hfs_completion *c)
 {
 	int ret;
 
 	if (i->kind != HFS_REG)
 		return i->kind == HFS_DIR ? -EISDIR : -EINVAL;
-	ret = hfs_repl_writable(i->heap);
+	ret = hfs_writable(i->heap, c);
 	if (ret)
 		return ret;
 	lock_w(i);
 	ret = __truncate(i, size);
-	if (!ret && HFS_REPL(i->heap))
-		__hfs_repl_truncate(i);
+	if (!ret)
+		__inode_changed(HFS_CH_TRUNCATE, i, c);
 	unlock_w(i, true);
 	return ret;
 }
@@ -420,7 +448,7 @@ void hfs_file_reclaim(struct hfs_inode *i)
 	hfs_heap_settle(i->heap);
 }
 
-int hfs_open(struct hfs_inode *i, int flags, uid_t who)
+int hfs_open(struct hfs_inode *i, int flags, uid_t who, struct hfs_completion *c)
 {
 	bool wr = (flags & O_ACCMODE) != O_RDONLY;
 	int ret = 0;
@@ -428,7 +456,7 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 	if (i->kind != HFS_REG)
 		return 0;
 	if (wr || flags & O_TRUNC) {
-		ret = hfs_repl_writable(i->heap);
+		ret = hfs_writable(i->heap, c);
 		if (ret)
 			return ret;
 	}
@@ -445,14 +473,14 @@ int hfs_open(struct hfs_inode *i, int flags, uid_t who)
 	if (flags & O_TRUNC) {
 		ret = __truncate(i, 0);
 		__kill_suid(i, who, false);
-		if (!ret && HFS_REPL(i->heap))
-			__hfs_repl_attr(i); /* size 0, and the mode the kill may have changed */
+		if (!ret) /* size 0, and the mode the kill may have changed */
+			__inode_changed(HFS_CH_SETATTR, i, c);
 	}
 	if (!ret) {
 		i->file.writers += wr;
 		i->file.opens++;
-		if (wr && i->file.writers == 1 && HFS_REPL(i->heap))
-			__hfs_repl_writers(i, true);
+		if (wr && i->file.writers == 1)
+			__writers_changed(i, true);
 	}
 out:
 	unlock_w(i, flags & O_TRUNC);
@@ -466,8 +494,8 @@ void hfs_release(struct hfs_inode *i, int flags)
 	pthread_rwlock_wrlock(&i->lock);
 	i->file.writers -= (flags & O_ACCMODE) != O_RDONLY;
 	i->file.opens--;
-	if ((flags & O_ACCMODE) != O_RDONLY && !i->file.writers && HFS_REPL(i->heap))
-		__hfs_repl_writers(i, false);
+	if ((flags & O_ACCMODE) != O_RDONLY && !i->file.writers)
+		__writers_changed(i, false);
 	__maybe_drop(i);
 	pthread_rwlock_unlock(&i->lock);
 	hfs_heap_settle(i->heap);
@@ -581,9 +609,10 @@ void hfs_read_end(struct hfs_inode *i)
 	pthread_rwlock_unlock(&i->lock);
 }
 
-int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who)
+int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who,
+	      struct hfs_completion *c)
 {
-	struct copy_arg c = { .src = buf };
+	struct copy_arg ca = { .src = buf };
 	uint64_t end, old;
 	int ret = 0;
 
@@ -599,14 +628,14 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 	if (len > heap_size(i) - (uint64_t)off)
 		len = heap_size(i) - (uint64_t)off;
 	end = (uint64_t)off + len;
-	ret = hfs_repl_writable(i->heap);
+	ret = hfs_writable(i->heap, c);
 	if (ret)
 		return ret;
 	lock_w(i);
 	old = i->size;
 	if (end > i->file.cap) {
 		/* a short write when not all fits; the mirror applies a record whole or not */
-		ret = __grow(i, end, hfs_repl_mirror(i->heap) ? end : (uint64_t)off + 1);
+		ret = __grow(i, end, hfs_mirror(i->heap) ? end : (uint64_t)off + 1);
 		if (ret)
 			goto out;
 		if (end > i->file.cap)
@@ -616,7 +645,7 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 	if ((uint64_t)off > i->size)
 		ret = __zero(i, i->size, (uint64_t)off);
 	if (!ret)
-		ret = for_span(i, (uint64_t)off, len, copy_in_fn, &c);
+		ret = for_span(i, (uint64_t)off, len, copy_in_fn, &ca);
 	if (ret) /* the source failed (EIO): the size stays, the file holds its blocks */
 		goto out;
 	if (end > i->size)
@@ -625,10 +654,7 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
 	ret = (int)len;
-	if (HFS_REPL(i->heap)) {
-		__hfs_repl_data(i->heap, i->id, (uint64_t)off, buf, len);
-		hfs_repl_wrote(i, old, (uint64_t)off, end);
-	}
+	__write_changed(i, buf, (uint64_t)off, len, old, c);
 out:
 	unlock_w(i, ret > 0);
 	return ret;
@@ -645,18 +671,18 @@ int hfs_write_undo(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_
 	lock_w(i);
 	if (i->size == end && end > old_size) { /* else a later change touched the file */
 		ret = __truncate(i, old_size);
-		if (!ret)
-			__hfs_repl_truncate(i);
+		if (!ret) /* nobody waits for the give-back's changes */
+			__inode_changed(HFS_CH_TRUNCATE, i, NULL);
 		p = buf;
 		if (!ret && buf && !(ret = for_span(i, off, below - off, copy_out_fn, &p)))
-			__hfs_repl_data(i->heap, i->id, off, buf, below - off);
+			__write_changed(i, buf, off, below - off, i->size, NULL);
 	}
 	unlock_w(i, true);
 	free(buf);
 	return ret;
 }
 
-int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
+int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len, struct hfs_completion *c)
 {
 	uint64_t end;
 	int ret;
@@ -670,7 +696,7 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 	if ((uint64_t)off > heap_size(i) || (uint64_t)len > heap_size(i) - (uint64_t)off)
 		return -EFBIG; /* can never fit: decided before anything is allocated */
 	end = (uint64_t)off + (uint64_t)len;
-	ret = hfs_repl_writable(i->heap);
+	ret = hfs_writable(i->heap, c);
 	if (ret)
 		return ret;
 	lock_w(i);
@@ -688,21 +714,22 @@ int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len)
 		hfs_now(&i->mtime);
 	}
 	hfs_now(&i->ctime);
-	if (HFS_REPL(i->heap))
-		__hfs_repl_attr(i); /* size and times; the blocks are the mirror's business */
+	__inode_changed(HFS_CH_SETATTR, i, c); /* size and times; the blocks are the mirror's
+						 * business */
 out:
 	unlock_w(i, !ret);
 	return ret;
 }
 
-int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who)
+int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who,
+		struct hfs_completion *c)
 {
 	struct timespec now;
 	int ret = 0;
 
 	if (!i->heap)
 		return -EPERM; /* the fixed directories and .heapfs/ */
-	ret = hfs_repl_writable(i->heap);
+	ret = hfs_writable(i->heap, c);
 	if (ret)
 		return ret;
 	if (to_set & HFS_SET_SIZE && i->kind != HFS_REG)
@@ -733,8 +760,7 @@ int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_se
 	if (to_set & HFS_SET_MTIME_NOW)
 		i->mtime = now;
 	i->ctime = to_set & HFS_SET_CTIME ? attr->ctime : now;
-	if (HFS_REPL(i->heap))
-		__hfs_repl_attr(i);
+	__inode_changed(HFS_CH_SETATTR, i, c);
 out:
 	unlock_w(i, !ret);
 	return ret;

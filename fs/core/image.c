@@ -1,6 +1,6 @@
 /*
  * image.c — heap images (docs/IMAGE.md "heap image stream"): save a heap, restore one, and
- * the record applier that restores (and, later, a mirror) go through.
+ * the record applier that restores and a mirror (fs/repl) go through.
  *
  * Save walks the heap's tree depth first from its directory (id 1), with a stack of its
  * own (never recursion: a tree may be as deep as the heap has directories), and writes,
@@ -11,7 +11,9 @@
  *
  * Restore reads the stream in one pass and hands each record to the applier, which calls
  * the same core functions the FUSE edge calls (hfs_create, hfs_link, hfs_write,
- * hfs_setxattr, hfs_setattr, hfs_truncate, hfs_rename, hfs_unlink, ...), never FUSE.
+ * hfs_setxattr, hfs_setattr, hfs_truncate, hfs_rename, hfs_unlink, ...), never FUSE, with
+ * its own completion saying it is the applier: the one caller that may change a mirror
+ * (hfs_writable).
  * Attributes an apply would disturb (modes, owners, times; a directory's mtime moves with
  * each entry) are set once at the end.  Any refusal (of the stream or of an apply) fails
  * the whole restore: the caller refuses to mount, so no half heap is ever served.
@@ -56,6 +58,16 @@ static uint32_t img_kind_of(enum hfs_kind k)
 	}
 }
 
+void hfs_img_inode(const struct hfs_inode *i, struct img_inode *in)
+{
+	*in = (struct img_inode){
+		.id = i->id, .kind = img_kind_of(i->kind), .mode = i->mode, .uid = i->uid,
+		.gid = i->gid, .rdev = i->rdev, .nlink = (uint32_t)i->nlink, .size = i->size,
+		.atime_ns = hfs_ts_ns(i->atime), .mtime_ns = hfs_ts_ns(i->mtime),
+		.ctime_ns = hfs_ts_ns(i->ctime),
+	};
+}
+
 /* ---- save --------------------------------------------------------------------------- */
 
 struct seen {
@@ -89,14 +101,11 @@ static int save_data(struct saver *s, struct hfs_inode *i)
 
 static int save_inode(struct saver *s, struct hfs_inode *i)
 {
-	struct img_inode in = {
-		.id = i->id, .kind = img_kind_of(i->kind), .mode = i->mode, .uid = i->uid,
-		.gid = i->gid, .rdev = i->rdev, .nlink = (uint32_t)i->nlink, .size = i->size,
-		.atime_ns = hfs_ts_ns(i->atime), .mtime_ns = hfs_ts_ns(i->mtime),
-		.ctime_ns = hfs_ts_ns(i->ctime),
-	};
-	int ret = img_w_inode(s->w, &in);
+	struct img_inode in;
+	int ret;
 
+	hfs_img_inode(i, &in);
+	ret = img_w_inode(s->w, &in);
 	if (!ret && i->kind == HFS_LNK)
 		ret = img_w_symlink(s->w, i->id, i->lnk.target);
 	return ret;
@@ -255,6 +264,7 @@ struct hfs_apply {
 	struct known *known;
 	char *buf;                /* DATA bounce buffer, IMG_DATA_MAX bytes */
 	bool live;                /* a mirror's: see hfs_apply_live */
+	struct hfs_completion c;  /* of every change it makes: the applier's */
 	char *why;
 	size_t whylen;
 };
@@ -303,6 +313,7 @@ int hfs_apply_begin(struct hfs_heap *h, char *why, size_t whylen, struct hfs_app
 		return -ENOMEM;
 	}
 	a->h = h;
+	a->c.applier = true;
 	a->why = why;
 	a->whylen = whylen;
 	root->id = IMG_ROOT_ID;
@@ -397,7 +408,8 @@ static int make(struct hfs_apply *a, struct known *k, struct hfs_inode *dir, con
 
 	if (k->in.kind == IMG_K_LNK && !k->target)
 		return refuse(a, 0, "symlink %llu without a target", (unsigned long long)k->id);
-	ret = hfs_create(dir, name, k->in.mode, (dev_t)k->in.rdev, k->target, &ctx, &i);
+	ret = hfs_create(dir, name, k->in.mode, (dev_t)k->in.rdev, k->target, &ctx, &i,
+			 &a->c);
 	if (ret)
 		return ret;
 	k->i = i; /* hfs_create's lookup reference becomes ours */
@@ -405,9 +417,9 @@ static int make(struct hfs_apply *a, struct known *k, struct hfs_inode *dir, con
 	/* the whole size at once: a contiguous file does not move at every power of two its
 	 * DATA records reach (apply_inode bounded the size by the heap's) */
 	if (i->kind == HFS_REG && k->in.size)
-		ret = hfs_fallocate(i, 0, 0, (off_t)k->in.size);
+		ret = hfs_fallocate(i, 0, 0, (off_t)k->in.size, &a->c);
 	if (ret) { /* no room: the name goes again, so nothing of the record stays */
-		hfs_unlink(dir, name);
+		hfs_unlink(dir, name, &a->c);
 		hfs_iput(i, 1);
 		k->i = NULL;
 	}
@@ -428,7 +440,7 @@ static int apply_link(struct hfs_apply *a, const struct img_rec *rec)
 	if (k->i && k->i->kind == HFS_DIR) /* the root too: a directory has one name */
 		return refuse(a, 0, "a second name for directory %llu", child);
 	if (k->i) {
-		ret = hfs_link(k->i, dir, rec->s1);
+		ret = hfs_link(k->i, dir, rec->s1, &a->c);
 		if (!ret)
 			hfs_iput(k->i, 1); /* hfs_link's lookup reference: ours is k->i's */
 	} else {
@@ -459,14 +471,14 @@ static int apply_data(struct hfs_apply *a, struct img_r *r, const struct img_rec
 			return ret;
 		bytes = a->buf;
 	}
-	ret = hfs_write(i, bytes, rec->data_len, (off_t)off, 0);
+	ret = hfs_write(i, bytes, rec->data_len, (off_t)off, 0, &a->c);
 	if (ret >= 0 && (uint32_t)ret != rec->data_len)
 		ret = -ENOSPC;
 	return ret < 0 ? refuse(a, ret, "the data of inode %llu does not fit the heap",
 				(unsigned long long)rec->u.data.id) : 0;
 }
 
-static int apply_setattr(struct hfs_inode *i, const struct img_setattr *sa)
+static int apply_setattr(struct hfs_apply *a, struct hfs_inode *i, const struct img_setattr *sa)
 {
 	static const unsigned bits[][2] = {
 		{ IMG_SET_MODE, HFS_SET_MODE }, { IMG_SET_UID, HFS_SET_UID },
@@ -484,7 +496,7 @@ static int apply_setattr(struct hfs_inode *i, const struct img_setattr *sa)
 			mask |= bits[k][1];
 	if (i->kind != HFS_REG)
 		mask &= ~HFS_SET_SIZE;
-	return hfs_setattr(i, &at, mask, 0);
+	return hfs_setattr(i, &at, mask, 0, &a->c);
 }
 
 #define IMG_SET_ALL (IMG_SET_MODE | IMG_SET_UID | IMG_SET_GID | IMG_SET_SIZE | IMG_SET_ATIME | \
@@ -567,7 +579,7 @@ static int apply_unlink(struct hfs_apply *a, const struct img_rec *rec)
 	if (!i)
 		return refuse(a, 0, "UNLINK of '%s', which directory %llu does not have", rec->s1,
 			      (unsigned long long)rec->u.unlink.parent);
-	ret = i->kind == HFS_DIR ? hfs_rmdir(d, rec->s1) : hfs_unlink(d, rec->s1);
+	ret = i->kind == HFS_DIR ? hfs_rmdir(d, rec->s1, &a->c) : hfs_unlink(d, rec->s1, &a->c);
 	forget(a, i);
 	return ret ? refuse(a, ret, "UNLINK of '%s' in directory %llu", rec->s1,
 			    (unsigned long long)rec->u.unlink.parent) : 0;
@@ -588,7 +600,7 @@ static int apply_rename(struct hfs_apply *a, const struct img_rec *rec)
 			      (unsigned long long)rn->old_parent);
 	hfs_iput(i, 1);
 	i = rn->flags & RENAME_EXCHANGE ? NULL : victim(nd, rec->s2);
-	ret = hfs_rename(d, rec->s1, nd, rec->s2, rn->flags);
+	ret = hfs_rename(d, rec->s1, nd, rec->s2, rn->flags, &a->c);
 	forget(a, i);
 	return ret ? refuse(a, ret, "RENAME of '%s' in directory %llu to '%s' in %llu", rec->s1,
 			    (unsigned long long)rn->old_parent, rec->s2,
@@ -609,21 +621,21 @@ static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
 		if (rec->u.truncate.size > a->h->pol.size)
 			return refuse(a, 0, "TRUNCATE of inode %llu past the heap's end",
 				      (unsigned long long)rec->u.truncate.id);
-		ret = hfs_truncate(i, rec->u.truncate.size);
+		ret = hfs_truncate(i, rec->u.truncate.size, &a->c);
 		return ret ? refuse(a, ret, "TRUNCATE of inode %llu",
 				    (unsigned long long)rec->u.truncate.id) : 0;
 	case IMG_SETATTR:
 		i = need(a, rec->u.setattr.id, ANY_KIND);
 		ret = i ? setattr_check(a, i, &rec->u.setattr) : -EBADMSG;
 		if (!ret)
-			ret = apply_setattr(i, &rec->u.setattr);
+			ret = apply_setattr(a, i, &rec->u.setattr);
 		if (!ret)
 			remember(find(a, rec->u.setattr.id), &rec->u.setattr);
 		return ret && !a->why[0] ? refuse(a, ret, "SETATTR of inode %llu",
 						  (unsigned long long)rec->u.setattr.id) : ret;
 	case IMG_REMOVEXATTR:
 		i = need(a, rec->u.removexattr.id, ANY_KIND);
-		ret = i ? hfs_removexattr(i, rec->s1) : -EBADMSG;
+		ret = i ? hfs_removexattr(i, rec->s1, &a->c) : -EBADMSG;
 		return ret && i ? refuse(a, ret, "REMOVEXATTR of '%s' from inode %llu", rec->s1,
 					 (unsigned long long)rec->u.removexattr.id) : ret;
 	case IMG_UNLINK:
@@ -685,7 +697,8 @@ int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 		i = need(a, rec->u.xattr.id, ANY_KIND);
 		if (!i)
 			return -EBADMSG;
-		ret = hfs_setxattr(i, rec->s1, rec->s2, rec->u.xattr.value_len, HFS_XATTR_RESTORE);
+		ret = hfs_setxattr(i, rec->s1, rec->s2, rec->u.xattr.value_len, HFS_XATTR_RESTORE,
+				   &a->c);
 		return ret ? refuse(a, ret, "xattr '%s' of inode %llu refused", rec->s1,
 				    (unsigned long long)rec->u.xattr.id) : 0;
 	default:
@@ -711,7 +724,7 @@ int hfs_apply_settle(struct hfs_apply *a)
 				.ctime_ns = k->in.ctime_ns,
 			};
 
-			ret = apply_setattr(k->i, &sa);
+			ret = apply_setattr(a, k->i, &sa);
 		}
 	}
 	return ret;
@@ -733,6 +746,53 @@ int hfs_apply_end(struct hfs_apply *a, bool finish)
 	free(a->buf);
 	free(a);
 	return ret;
+}
+
+/* Remove everything below dir as the applier c. */
+static int clear_dir(struct hfs_inode *dir, struct hfs_completion *c)
+{
+	struct hfs_dirent *de, *tmp;
+	char **names = NULL;
+	size_t n = 0, k;
+	int ret = 0;
+
+	pthread_rwlock_rdlock(&hfs.ns);
+	names = calloc(dir->dir.nents + 1, sizeof(*names));
+	HASH_ITER(hh, dir->dir.ents, de, tmp) {
+		if (names && n < dir->dir.nents)
+			names[n++] = strdup(de->name);
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	if (!names)
+		return -ENOMEM;
+	for (k = 0; k < n; k++) {
+		struct hfs_inode *i;
+
+		if (!names[k] || hfs_lookup(dir, names[k], &i)) {
+			ret = ret ?: -ENOMEM;
+			continue;
+		}
+		if (i->kind == HFS_DIR) {
+			ret = clear_dir(i, c) ?: ret;
+			ret = hfs_rmdir(dir, names[k], c) ?: ret;
+		} else {
+			ret = hfs_unlink(dir, names[k], c) ?: ret;
+		}
+		/* it may have been cached while this heap was ours (a day's timeout) */
+		hfs_kcache_entry(dir->ino, names[k]);
+		hfs_iput(i, 1);
+	}
+	for (k = 0; k < n; k++)
+		free(names[k]);
+	free(names);
+	return ret;
+}
+
+int hfs_apply_clear(struct hfs_heap *h)
+{
+	struct hfs_completion c = { .applier = true };
+
+	return clear_dir(h->dir, &c);
 }
 
 int hfs_image_restore(struct hfs_heap *h, int fd, char *why, size_t whylen)

@@ -87,8 +87,19 @@ static struct hfs_xattr *__find(struct hfs_inode *i, const char *name)
 	return x;
 }
 
+/* i->lock held: tell the heap's observers that xattr name of i is now value (NULL:
+ * removed). */
+static void __xattr_changed(struct hfs_inode *i, const char *name, const void *value,
+			    size_t size, struct hfs_completion *c)
+{
+	if (hfs_observed(i->heap))
+		__hfs_changed(&(struct hfs_change){
+			.kind = HFS_CH_XATTR, .heap = i->heap, .done = c,
+			.xattr = { .i = i, .name = name, .value = value, .size = size } });
+}
+
 int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_t size,
-		 int flags)
+		 int flags, struct hfs_completion *c)
 {
 	struct hfs_xattr *x, *old;
 	size_t len = strlen(name);
@@ -104,7 +115,7 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 		return -EPERM;
 	if (!i->heap)
 		return -EPERM;
-	ret = hfs_repl_writable(i->heap);
+	ret = hfs_writable(i->heap, c);
 	if (ret)
 		return ret;
 	if (len > XATTR_NAME_MAX)
@@ -140,8 +151,7 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 		i->xattr_bytes += cost(x);
 		hfs_heap_meta(i->heap, (int64_t)cost(x));
 		hfs_now(&i->ctime);
-		if (HFS_REPL(i->heap))
-			__hfs_repl_xattr(i, name, value, size);
+		__xattr_changed(i, name, x->value, size, c);
 	}
 	hfs_change_unlock(i, !ret); /* ctime changed: an object's slot shows it */
 	if (ret) {
@@ -210,7 +220,7 @@ ssize_t hfs_listxattr(struct hfs_inode *i, char *buf, size_t size)
 	return ret;
 }
 
-int hfs_removexattr(struct hfs_inode *i, const char *name)
+int hfs_removexattr(struct hfs_inode *i, const char *name, struct hfs_completion *c)
 {
 	struct hfs_xattr *x;
 	int ret;
@@ -219,7 +229,7 @@ int hfs_removexattr(struct hfs_inode *i, const char *name)
 		return -ENOTSUP;
 	if (is_virt(name) || !i->heap)
 		return -EPERM;
-	ret = hfs_repl_writable(i->heap);
+	ret = hfs_writable(i->heap, c);
 	if (ret)
 		return ret;
 	hfs_change_lock(i);
@@ -229,8 +239,7 @@ int hfs_removexattr(struct hfs_inode *i, const char *name)
 		i->xattr_bytes -= cost(x);
 		hfs_heap_meta(i->heap, -(int64_t)cost(x));
 		hfs_now(&i->ctime);
-		if (HFS_REPL(i->heap))
-			__hfs_repl_xattr(i, name, NULL, 0);
+		__xattr_changed(i, name, NULL, 0, c);
 	}
 	hfs_change_unlock(i, x != NULL);
 	if (!x)

@@ -118,7 +118,6 @@ static struct {
 } clients = { .lsock = -1, .stop = { -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
 
 
-void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
 
 /* --- the written-range accounting --- */
 
@@ -127,10 +126,11 @@ void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len)
 	hfs_change_lock(i);
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
-	/* replication: the write-range change record of [off, off + len) goes here */
+	if (hfs_observed(i->heap)) /* the core's change seam: the range written */
+		__hfs_changed(&(struct hfs_change){ .kind = HFS_CH_RANGE, .heap = i->heap,
+						    .write = { .i = i, .off = off, .len = len } });
 	hfs_change_unlock(i, true);
-	if (hfs_client_inval)
-		hfs_client_inval(i->ino, (int64_t)off, (int64_t)len);
+	hfs_kcache_range(i->ino, (int64_t)off, (int64_t)len);
 }
 
 /* --- requests --- */

@@ -1,8 +1,7 @@
 /*
  * direct.h — libheapfs's daemon side (fs/direct/): the client socket and its leases (the
  * direct_map memory of a heap is the core's: fs/core/dm.c).  No FUSE type; the page-cache
- * invalidation a written range needs is an edge call, reached through hfs_client_inval
- * (set by main.c).
+ * invalidation a written range needs goes through the core (hfs_kcache_range).
  * Locking: see fs/direct/direct.c.
  */
 #ifndef HEAPFS_DIRECT_H
@@ -19,13 +18,10 @@ void hfs_client_register(void);
  * heaps go.  Start: 0 or -errno (said on stderr). */
 int hfs_client_start(void);
 void hfs_client_stop(void);
-/* Set by the edge: drop the kernel's cached pages of [off, off + len) of inode ino. */
-extern void (*hfs_client_inval)(hfs_ino_t ino, int64_t off, int64_t len);
-
 /* A client released range [off, off + len) of i after writing it through its mapping:
  * the one place such a write is accounted — mtime/ctime as for write(), the object's map
- * slot, the kernel's cached pages of the range invalidated.  Replication connects here
- * (the write-range change record: async queued, sync waited for). */
+ * slot, the kernel's cached pages of the range invalidated, and the change (HFS_CH_RANGE)
+ * handed to the heap's observers. */
 void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len);
 
 #endif

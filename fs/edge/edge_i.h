@@ -1,6 +1,6 @@
 /*
  * edge_i.h — the FUSE edge of the daemon: what ops.c, io.c, uring.c and main.c share.
- * The core (fs_i.h and the files that include only it: inode, dir, file, heap, status,
+ * The core (core.h and the files that include only it: inode, dir, file, heap, status,
  * xattr, image, objects) knows no FUSE type; this header is where libfuse comes in.
  * Locking: see each file.
  */
@@ -11,6 +11,7 @@
 #include <fuse_lowlevel.h>
 
 #include "core.h"
+#include "repl.h"
 
 _Static_assert(sizeof(fuse_ino_t) == sizeof(hfs_ino_t) && FUSE_ROOT_ID == HFS_ROOT_INO,
 	       "the core's inode numbers are the kernel's");

@@ -1,5 +1,6 @@
 /*
- * io.c — our own read/writev on /dev/fuse (fuse_session_custom_io), for two purposes.
+ * io.c — our own read/writev on /dev/fuse (fuse_session_custom_io), and the kernel's
+ * cache invalidations.
  *
  * 1. FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 (protocol 7.31) cannot ask for.  Without
  *    it the kernel asks GETXATTR("security.capability") before *every* write
@@ -26,6 +27,10 @@
  *    reply (libfuse 3.14's 7.31 reply is 64 bytes: flags2 sits in its unused words) and,
  *    once the kernel has taken the reply, starts the ring workers.  Replies made while a
  *    ring worker serves a request are handed to uring.c instead of the device.
+ *
+ * 4. The kernel caches to drop: io.c registers with the core (hfs_kcache_register) the
+ *    notifications that tell the kernel to forget a name or a range of pages, which the
+ *    core and the features call without naming the edge.
  *
  * Every message passes through otherwise untouched.
  *
@@ -197,12 +202,27 @@ static const struct fuse_custom_io io = {
 	.writev = io_writev,
 };
 
+/* The kernel forgets what it cached of parent/name (a mirror's tree changed under it). */
+static void inval_entry(hfs_ino_t parent, const char *name)
+{
+	fuse_lowlevel_notify_inval_entry(session, parent, name, strlen(name));
+}
+
+/* ... or of [off, off + len) of ino's pages (written through a client's mapping). */
+static void inval_range(hfs_ino_t ino, int64_t off, int64_t len)
+{
+	fuse_lowlevel_notify_inval_inode(session, ino, off, len);
+}
+
+static const struct hfs_kcache_ops kcache = { .entry = inval_entry, .range = inval_range };
+
 int hfs_io_setup(struct fuse_session *se)
 {
 	int fd = fuse_session_fd(se);
 
 	session = se;
 	dev_fd = fd;
+	hfs_kcache_register(&kcache);
 	/* with io_uring the ring workers spin (uring.c); the device then carries only
 	 * INIT, forgets and interrupts */
 	if (hfs.spin_ns && !hfs.io_uring) {
@@ -213,19 +233,4 @@ int hfs_io_setup(struct fuse_session *se)
 		budget = hfs.spin_ns;
 	}
 	return fuse_session_custom_io(se, &io, fd);
-}
-
-/* The kernel drops its cached pages (and attributes) of [off, off + len) of inode ino: a
- * range a libheapfs client wrote through its mapping (direct/'s hfs_client_inval). */
-void hfs_inval_inode(hfs_ino_t ino, int64_t off, int64_t len)
-{
-	if (session)
-		fuse_lowlevel_notify_inval_inode(session, ino, off, len);
-}
-
-/* The kernel forgets what it cached of parent/name (a mirror's tree changed under it). */
-void hfs_inval_entry(hfs_ino_t parent, const char *name)
-{
-	if (session)
-		fuse_lowlevel_notify_inval_entry(session, parent, name, strlen(name));
 }

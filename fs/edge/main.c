@@ -294,8 +294,6 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 	hfs_syslog_detached(); /* started: from now on syslog alone (stderr is /dev/null) */
 	if (hfs_housekeeper_start() || hfs_pool_run())
 		goto out_unmount;
-	/* libheapfs: a range written through a client's mapping drops the kernel's pages */
-	hfs_client_inval = hfs_inval_inode;
 	if (hfs_client_start()) {
 		hfs_housekeeper_stop();
 		goto out_unmount;

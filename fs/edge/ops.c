@@ -7,6 +7,10 @@
  * References: every entry reply hands the kernel one lookup reference (taken by the hfs_*
  * call, dropped again here if the reply fails); an open handle holds one reference so an
  * unlinked open file keeps its blocks until the last release.
+ * Changes: an op that changes something passes a completion on its stack (struct
+ * hfs_completion) into the core call and, before replying, waits on it (sync replication:
+ * the partner has the change first) or, for a write, leaves the reply to it
+ * (hfs_complete_defer: sent from the link's thread once acknowledged).
  * Caching: everything changes only through this mount, so attributes, entries and
  * negative entries are cached for HFS_TIMEOUT, and file pages are kept across opens
  * (cache = auto/keep) or bypassed (cache = direct).  The exceptions are .heapfs/heaps/ and
@@ -51,13 +55,13 @@ static struct hfs_inode *I(fuse_ino_t ino)
  * is cached. */
 static double attr_timeout(const struct hfs_inode *i)
 {
-	return hfs_repl_mirror(i->heap) ? 0.0 : HFS_TIMEOUT;
+	return hfs_mirror(i->heap) ? 0.0 : HFS_TIMEOUT;
 }
 
 static double entry_timeout(const struct hfs_inode *dir)
 {
 	return dir == hfs.dot_heaps || dir == hfs.dot_maps || dir == hfs.dot_images ||
-	       hfs_repl_mirror(dir->heap) ? 0.0 : HFS_TIMEOUT;
+	       hfs_mirror(dir->heap) ? 0.0 : HFS_TIMEOUT;
 }
 
 static void fill_entry(struct fuse_entry_param *e, struct hfs_inode *dir, struct hfs_inode *i,
@@ -71,12 +75,15 @@ static void fill_entry(struct fuse_entry_param *e, struct hfs_inode *dir, struct
 	e->entry_timeout = entry_timeout(dir);
 }
 
-static void reply_entry(fuse_req_t req, struct hfs_inode *dir, struct hfs_inode *i)
+/* The reply to a change whose completion is c: after waiting for it (sync replication:
+ * the partner has the change first). */
+static void reply_entry(fuse_req_t req, struct hfs_inode *dir, struct hfs_inode *i,
+			struct hfs_completion *c)
 {
 	struct fuse_entry_param e;
 	struct stat st;
 
-	hfs_repl_wait(); /* sync replication: the partner has the change first */
+	hfs_complete_wait(c);
 	hfs_stat(i, &st);
 	fill_entry(&e, dir, i, &st);
 	if (fuse_reply_entry(req, &e))
@@ -85,8 +92,13 @@ static void reply_entry(fuse_req_t req, struct hfs_inode *dir, struct hfs_inode 
 
 static void reply_err(fuse_req_t req, int ret)
 {
+	fuse_reply_err(req, -ret);
+}
+
+static void reply_change(fuse_req_t req, struct hfs_completion *c, int ret)
+{
 	if (!ret)
-		hfs_repl_wait();
+		hfs_complete_wait(c);
 	fuse_reply_err(req, -ret);
 }
 
@@ -130,7 +142,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	} else if (ret) {
 		reply_err(req, ret);
 	} else {
-		reply_entry(req, dir, i);
+		reply_entry(req, dir, i, NULL);
 	}
 }
 
@@ -168,6 +180,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		       struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
+	struct hfs_completion c = { 0 };
 	struct stat st;
 	int ret;
 
@@ -187,10 +200,10 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	for (size_t k = 0; k < sizeof(bits) / sizeof(bits[0]); k++)
 		if (to_set & bits[k].fuse)
 			mask |= bits[k].hfs;
-	ret = hfs_setattr(i, &a, mask, fuse_req_ctx(req)->uid);
+	ret = hfs_setattr(i, &a, mask, fuse_req_ctx(req)->uid, &c);
 	if (ret)
 		return reply_err(req, ret);
-	hfs_repl_wait();
+	hfs_complete_wait(&c);
 	hfs_stat(i, &st);
 	fuse_reply_attr(req, &st, attr_timeout(i));
 }
@@ -210,12 +223,13 @@ static void new_node(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	GET(req, dir, parent);
 	const struct fuse_ctx *c = fuse_req_ctx(req);
 	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid };
+	struct hfs_completion done = { 0 };
 	struct hfs_inode *i;
-	int ret = hfs_create(dir, name, mode, rdev, target, &ctx, &i);
+	int ret = hfs_create(dir, name, mode, rdev, target, &ctx, &i, &done);
 
 	if (ret)
 		return reply_err(req, ret);
-	reply_entry(req, dir, i);
+	reply_entry(req, dir, i, &done);
 }
 
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -237,15 +251,17 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	GET(req, dir, parent);
+	struct hfs_completion c = { 0 };
 
-	reply_err(req, hfs_unlink(dir, name));
+	reply_change(req, &c, hfs_unlink(dir, name, &c));
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	GET(req, dir, parent);
+	struct hfs_completion c = { 0 };
 
-	reply_err(req, hfs_rmdir(dir, name));
+	reply_change(req, &c, hfs_rmdir(dir, name, &c));
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
@@ -253,19 +269,21 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 {
 	GET(req, dir, parent);
 	GET(req, ndir, newparent);
+	struct hfs_completion c = { 0 };
 
-	reply_err(req, hfs_rename(dir, name, ndir, newname, flags));
+	reply_change(req, &c, hfs_rename(dir, name, ndir, newname, flags, &c));
 }
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
 	GET(req, i, ino);
 	GET(req, ndir, newparent);
-	int ret = hfs_link(i, ndir, newname);
+	struct hfs_completion c = { 0 };
+	int ret = hfs_link(i, ndir, newname, &c);
 
 	if (ret)
 		return reply_err(req, ret);
-	reply_entry(req, ndir, i);
+	reply_entry(req, ndir, i, &c);
 }
 
 /* Open flags for a regular file from its heap's cache policy. */
@@ -274,7 +292,7 @@ static void file_flags(struct hfs_inode *i, struct fuse_file_info *fi)
 	/* nothing to do at close(): data is in the heap already; a replicated heap's close
 	 * waits until the partner has everything (flush) */
 	fi->noflush = !hfs_repl_flushes(i->heap);
-	if (i->heap && (i->heap->pol.cache == CONF_CACHE_DIRECT || hfs_repl_mirror(i->heap)))
+	if (i->heap && (i->heap->pol.cache == CONF_CACHE_DIRECT || hfs_mirror(i->heap)))
 		fi->direct_io = 1;
 	else
 		fi->keep_cache = 1;
@@ -359,17 +377,18 @@ out:
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
+	struct hfs_completion c = { 0 };
 	int ret;
 
 	if (i->kind == HFS_STATUS) {
 		ret = status_open(i, fi);
 	} else {
-		ret = hfs_open(i, fi->flags, fuse_req_ctx(req)->uid);
+		ret = hfs_open(i, fi->flags, fuse_req_ctx(req)->uid, &c);
 		file_flags(i, fi);
 	}
 	if (ret)
 		return reply_err(req, ret);
-	hfs_repl_wait(); /* O_TRUNC */
+	hfs_complete_wait(&c); /* O_TRUNC */
 	hfs_iref(i, 1);
 	if (fuse_reply_open(req, fi)) {
 		if (i->kind == HFS_STATUS)
@@ -386,20 +405,21 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	GET(req, dir, parent);
 	const struct fuse_ctx *c = fuse_req_ctx(req);
 	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid };
+	struct hfs_completion done = { 0 };
 	struct fuse_entry_param e;
 	struct hfs_inode *i;
 	struct stat st;
-	int ret = hfs_create(dir, name, S_IFREG | (mode & 07777), 0, NULL, &ctx, &i);
+	int ret = hfs_create(dir, name, S_IFREG | (mode & 07777), 0, NULL, &ctx, &i, &done);
 
 	if (ret)
 		return reply_err(req, ret);
-	ret = hfs_open(i, fi->flags & ~O_TRUNC, c->uid);
+	ret = hfs_open(i, fi->flags & ~O_TRUNC, c->uid, &done);
 	if (ret) {
 		hfs_iput(i, 1);
 		return reply_err(req, ret);
 	}
 	file_flags(i, fi);
-	hfs_repl_wait();
+	hfs_complete_wait(&done);
 	hfs_iref(i, 1);
 	hfs_stat(i, &st);
 	fill_entry(&e, dir, i, &st);
@@ -477,10 +497,11 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		     struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
+	struct hfs_completion c = { 0 };
 	int ret, ret2;
 
 	(void)fi;
-	ret = hfs_write(i, buf, size, off, fuse_req_ctx(req)->uid);
+	ret = hfs_write(i, buf, size, off, fuse_req_ctx(req)->uid, &c);
 	if (ret < 0)
 		return reply_err(req, ret);
 	/* sync replication: the reply goes once the partner applied it (or is lost) — from
@@ -491,12 +512,12 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 		if (w) {
 			*w = (struct write_reply){ .req = req, .n = (size_t)ret };
-			if (hfs_repl_defer(write_reply_fn, w))
+			if (hfs_complete_defer(&c, write_reply_fn, w))
 				return;
 			free(w);
 		}
 	}
-	ret2 = hfs_repl_wait(); /* -ENOSPC: no room on the partner, given back here */
+	ret2 = hfs_complete_wait(&c); /* -ENOSPC: no room on the partner, given back here */
 	if (ret2)
 		return reply_err(req, ret2);
 	fuse_reply_write(req, (size_t)ret);
@@ -626,8 +647,9 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 			size_t size, int flags)
 {
 	GET(req, i, ino);
+	struct hfs_completion c = { 0 };
 
-	reply_err(req, hfs_setxattr(i, name, value, size, flags));
+	reply_change(req, &c, hfs_setxattr(i, name, value, size, flags, &c));
 }
 
 /* getxattr/listxattr: size 0 asks for the length, else the bytes. */
@@ -666,17 +688,19 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	GET(req, i, ino);
+	struct hfs_completion c = { 0 };
 
-	reply_err(req, hfs_removexattr(i, name));
+	reply_change(req, &c, hfs_removexattr(i, name, &c));
 }
 
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
 			 struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
+	struct hfs_completion c = { 0 };
 
 	(void)fi;
-	reply_err(req, hfs_fallocate(i, mode, offset, length));
+	reply_change(req, &c, hfs_fallocate(i, mode, offset, length, &c));
 }
 
 /* close() and fsync() of a file in an owned replicated heap: until the partner has

@@ -176,7 +176,7 @@ void mark_interrupted(struct hfs_repl_heap *r)
 	pthread_mutex_unlock(&r->lock);
 	for (size_t k = 0; k < n; k++) {
 		hfs_setxattr(m[k], HFS_XATTR_STATE, "interrupted", strlen("interrupted"),
-			     HFS_XATTR_RESTORE);
+			     HFS_XATTR_RESTORE, NULL);
 		hfs_iput(m[k], 1);
 	}
 	free(m);
@@ -203,7 +203,7 @@ void __become_owner(struct hfs_repl_heap *r, uint64_t above)
 	r->lost = true; /* what the other side holds is unknown: it gets a whole image */
 	pend_drop(r);
 	r->streaming = true;
-	r->mirror = false;
+	rh_set_mirror(r, false);
 }
 
 /* r->lock held: become the mirror (the partner won); its image replaces ours. */
@@ -214,7 +214,7 @@ static void __become_mirror(struct hfs_repl_heap *r, uint64_t epoch)
 	r->gen = r->recno = 0;
 	r->wrote_apart = r->discard = r->split = r->loaded = false;
 	r->streaming = false;
-	r->mirror = true;
+	rh_set_mirror(r, true);
 }
 
 /* The partner holds a copy of our heap (hh): resume from it, or it takes over when we
@@ -392,46 +392,6 @@ static int recv_heaps(const char *p, size_t len)
 	return 0;
 }
 
-/* Remove everything below dir (the mirror at RESET). */
-static int empty_dir(struct hfs_inode *dir)
-{
-	struct hfs_dirent *de, *tmp;
-	char **names = NULL;
-	size_t n = 0, k;
-	int ret = 0;
-
-	pthread_rwlock_rdlock(&hfs.ns);
-	names = calloc(dir->dir.nents + 1, sizeof(*names));
-	HASH_ITER(hh, dir->dir.ents, de, tmp) {
-		if (names && n < dir->dir.nents)
-			names[n++] = strdup(de->name);
-	}
-	pthread_rwlock_unlock(&hfs.ns);
-	if (!names)
-		return -ENOMEM;
-	for (k = 0; k < n; k++) {
-		struct hfs_inode *i;
-
-		if (!names[k] || hfs_lookup(dir, names[k], &i)) {
-			ret = ret ?: -ENOMEM;
-			continue;
-		}
-		if (i->kind == HFS_DIR) {
-			ret = empty_dir(i) ?: ret;
-			ret = hfs_rmdir(dir, names[k]) ?: ret;
-		} else {
-			ret = hfs_unlink(dir, names[k]) ?: ret;
-		}
-		/* it may have been cached while this heap was ours (a day's timeout) */
-		hfs_inval_entry(dir->ino, names[k]);
-		hfs_iput(i, 1);
-	}
-	for (k = 0; k < n; k++)
-		free(names[k]);
-	free(names);
-	return ret;
-}
-
 struct restore_arg {
 	struct hfs_repl_heap *r;
 	int fd;
@@ -445,7 +405,6 @@ static void *restore_thread(void *arg)
 	struct img_rec rec;
 	int ret;
 
-	applying = true;
 	ret = img_r_open(ra->fd, r->h->pol.size, &rd, r->why, sizeof(r->why));
 	if (!ret) {
 		ret = hfs_apply_begin(r->h, r->why, sizeof(r->why), &r->apply);
@@ -502,7 +461,7 @@ int mirror_reset(struct hfs_repl_heap *r)
 		hfs_apply_end(r->apply, false);
 		r->apply = NULL;
 	}
-	ret = empty_dir(r->h->dir);
+	ret = hfs_apply_clear(r->h);
 	if (ret)
 		return ret;
 	if (pipe2(p, O_CLOEXEC))

@@ -1,7 +1,8 @@
 /*
- * out.c — the owner's records out: every change to an owned heap leaves as one image
- * change record, logged until the partner acknowledges it (repl.c, "One mutation path").
- * Locking: repl.c's opening comment.
+ * out.c — the owner's records out: replication's observer of the core's changes
+ * (change.c) turns every change to an owned heap into image change records, logged until
+ * the partner acknowledges them (repl.c, "One mutation path").
+ * Locking: repl.c's opening comment; the observer runs under the change's core lock.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -50,8 +51,9 @@ int name_iov(struct hfs_heap *h, uint8_t *len, struct iovec *iov)
 }
 
 /* r->lock held: log the record message (unless the log is lost), send it unless a
- * resync holds records back. */
-static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n)
+ * resync holds records back.  sync mode: c (the change's completion, if any) is told what
+ * to wait for. */
+static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n, struct hfs_completion *c)
 {
 	struct pend *p = NULL;
 	size_t len = 0;
@@ -84,16 +86,13 @@ static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n)
 	seq = rep_sendv(rg.l, MSG_REC, iov, n);
 	if (seq > 0 && p)
 		p->seq = (uint64_t)seq;
-	if (seq > 0 && r->h->pol.replicate == CONF_REPLICATE_SYNC) {
-		if (!wait_seq)
-			wait_first = (uint64_t)seq;
-		wait_seq = (uint64_t)seq;
-		wait_conn = atomic_load(&rg.conn);
-	}
+	if (seq > 0 && c && r->h->pol.replicate == CONF_REPLICATE_SYNC)
+		repl_wait_for(c, (uint64_t)seq, atomic_load(&rg.conn));
 }
 
-void __hfs_repl_out(struct hfs_heap *h, uint32_t type, const void *fixed, const void *t0,
-		    uint32_t l0, const void *t1, uint32_t l1)
+/* One image change record of heap h out (the change's lock held). */
+static void out_rec(struct hfs_heap *h, struct hfs_completion *c, uint32_t type,
+		    const void *fixed, const void *t0, uint32_t l0, const void *t1, uint32_t l1)
 {
 	struct hfs_repl_heap *r = h->repl;
 	char hdr[IMG_REC_HDR];
@@ -102,86 +101,79 @@ void __hfs_repl_out(struct hfs_heap *h, uint32_t type, const void *fixed, const 
 	uint8_t nl;
 	int n;
 
-	if (!rg.l || r->mirror)
+	if (!rg.l || !r || r->mirror)
 		return;
 	n = name_iov(h, &nl, iov);
 	iov[n++] = (struct iovec){ .iov_base = &recno, .iov_len = sizeof(recno) };
 	n += img_rec_iov(hdr, type, fixed, t0, l0, t1, l1, iov + n);
 	pthread_mutex_lock(&r->lock);
 	recno = ++r->recno;
-	send_rec(r, iov, n);
+	send_rec(r, iov, n, c);
 	pthread_mutex_unlock(&r->lock);
 }
 
-void __hfs_repl_data(struct hfs_heap *h, uint64_t id, uint64_t off, const void *buf,
-		     uint64_t len)
+static void out_data(struct hfs_heap *h, struct hfs_completion *c, uint64_t id, uint64_t off,
+		     const void *buf, uint64_t len)
 {
 	while (len) {
 		uint32_t n = len > IMG_DATA_MAX ? IMG_DATA_MAX : (uint32_t)len;
 		struct img_data d = { .id = id, .off = off };
 
-		__hfs_repl_out(h, IMG_DATA, &d, buf, n, NULL, 0);
+		out_rec(h, c, IMG_DATA, &d, buf, n, NULL, 0);
 		buf = (const char *)buf + n;
 		off += n;
 		len -= n;
 	}
 }
 
-void __hfs_repl_inode(struct hfs_inode *i, const char *target)
+static void out_created(struct hfs_completion *c, struct hfs_inode *i)
 {
-	struct img_inode in = {
-		.id = i->id, .mode = i->mode, .uid = i->uid, .gid = i->gid, .rdev = i->rdev,
-		.nlink = (uint32_t)i->nlink, .size = i->size, .atime_ns = hfs_ts_ns(i->atime),
-		.mtime_ns = hfs_ts_ns(i->mtime), .ctime_ns = hfs_ts_ns(i->ctime),
-	};
+	struct img_inode in;
 	struct img_symlink sl = { .id = i->id };
 
-	in.kind = i->kind == HFS_DIR ? IMG_K_DIR : i->kind == HFS_REG ? IMG_K_REG
-		: i->kind == HFS_LNK ? IMG_K_LNK : IMG_K_SPECIAL;
-	__hfs_repl_out(i->heap, IMG_INODE, &in, NULL, 0, NULL, 0);
-	if (target)
-		__hfs_repl_out(i->heap, IMG_SYMLINK, &sl, target, (uint32_t)strlen(target), NULL, 0);
+	hfs_img_inode(i, &in);
+	out_rec(i->heap, c, IMG_INODE, &in, NULL, 0, NULL, 0);
+	if (i->kind == HFS_LNK)
+		out_rec(i->heap, c, IMG_SYMLINK, &sl, i->lnk.target,
+			(uint32_t)strlen(i->lnk.target), NULL, 0);
 }
 
-void __hfs_repl_created(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
-{
-	__hfs_repl_inode(i, i->kind == HFS_LNK ? i->lnk.target : NULL);
-	__hfs_repl_link(dir, name, i);
-}
-
-void __hfs_repl_link(struct hfs_inode *dir, const char *name, struct hfs_inode *i)
+static void out_link(struct hfs_completion *c, struct hfs_inode *dir, const char *name,
+		     struct hfs_inode *i)
 {
 	struct img_link l = { .parent = dir->id, .child = i->id,
 			      .name_len = (uint32_t)strlen(name) };
 
-	__hfs_repl_out(dir->heap, IMG_LINK, &l, name, l.name_len, NULL, 0);
+	out_rec(i->heap, c, IMG_LINK, &l, name, l.name_len, NULL, 0);
 }
 
-void __hfs_repl_unlink(struct hfs_inode *dir, const char *name)
+static void out_unlink(struct hfs_completion *c, struct hfs_inode *dir, const char *name)
 {
 	struct img_unlink u = { .parent = dir->id, .name_len = (uint32_t)strlen(name) };
 
-	__hfs_repl_out(dir->heap, IMG_UNLINK, &u, name, u.name_len, NULL, 0);
+	out_rec(dir->heap, c, IMG_UNLINK, &u, name, u.name_len, NULL, 0);
 }
 
-void __hfs_repl_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
-		       const char *nname, unsigned flags)
+static void out_rename(const struct hfs_change *ch)
 {
-	struct img_rename rn = { .old_parent = dir->id, .new_parent = ndir->id,
-				 .old_len = (uint32_t)strlen(name),
-				 .new_len = (uint32_t)strlen(nname), .flags = flags };
+	struct img_rename rn = { .old_parent = ch->rename.dir->id,
+				 .new_parent = ch->rename.ndir->id,
+				 .old_len = (uint32_t)strlen(ch->rename.name),
+				 .new_len = (uint32_t)strlen(ch->rename.nname),
+				 .flags = ch->rename.flags };
 
-	__hfs_repl_out(dir->heap, IMG_RENAME, &rn, name, rn.old_len, nname, rn.new_len);
+	out_rec(ch->heap, ch->done, IMG_RENAME, &rn, ch->rename.name, rn.old_len,
+		ch->rename.nname, rn.new_len);
 }
 
-void __hfs_repl_truncate(struct hfs_inode *i)
+static void out_truncate(struct hfs_completion *c, struct hfs_inode *i)
 {
 	struct img_truncate t = { .id = i->id, .size = i->size };
 
-	__hfs_repl_out(i->heap, IMG_TRUNCATE, &t, NULL, 0, NULL, 0);
+	out_rec(i->heap, c, IMG_TRUNCATE, &t, NULL, 0, NULL, 0);
 }
 
-void __hfs_repl_attr(struct hfs_inode *i)
+static void out_attr(struct hfs_completion *c, struct hfs_inode *i)
 {
 	struct img_setattr sa = {
 		.id = i->id, .mask = IMG_SET_MODE | IMG_SET_UID | IMG_SET_GID | IMG_SET_ATIME |
@@ -194,32 +186,35 @@ void __hfs_repl_attr(struct hfs_inode *i)
 		sa.mask |= IMG_SET_SIZE;
 		sa.size = i->size;
 	}
-	__hfs_repl_out(i->heap, IMG_SETATTR, &sa, NULL, 0, NULL, 0);
+	out_rec(i->heap, c, IMG_SETATTR, &sa, NULL, 0, NULL, 0);
 }
 
-void __hfs_repl_xattr(struct hfs_inode *i, const char *name, const void *value, size_t size)
+static void out_xattr(struct hfs_completion *c, struct hfs_inode *i, const char *name,
+		      const void *value, size_t size)
 {
 	uint32_t nl = (uint32_t)strlen(name);
 
 	if (value) {
 		struct img_xattr x = { .id = i->id, .name_len = nl, .value_len = (uint32_t)size };
 
-		__hfs_repl_out(i->heap, IMG_XATTR, &x, name, nl, value, x.value_len);
+		out_rec(i->heap, c, IMG_XATTR, &x, name, nl, value, x.value_len);
 	} else {
 		struct img_removexattr x = { .id = i->id, .name_len = nl };
 
-		__hfs_repl_out(i->heap, IMG_REMOVEXATTR, &x, name, nl, NULL, 0);
+		out_rec(i->heap, c, IMG_REMOVEXATTR, &x, name, nl, NULL, 0);
 	}
 }
 
-void __hfs_repl_writers(struct hfs_inode *i, bool open)
+/* Not a record: the mirror keeps which files are open for writing on the owner (to mark
+ * them "interrupted" if it takes over). */
+static void out_writers(struct hfs_inode *i, bool open)
 {
 	struct hfs_repl_heap *r = i->heap->repl;
 	uint8_t nl, o = open;
 	struct iovec iov[4];
 	int n;
 
-	if (!rg.l || r->mirror)
+	if (!rg.l || !r || r->mirror)
 		return;
 	n = name_iov(i->heap, &nl, iov);
 	iov[n++] = (struct iovec){ .iov_base = &i->id, .iov_len = sizeof(i->id) };
@@ -228,4 +223,51 @@ void __hfs_repl_writers(struct hfs_inode *i, bool open)
 	if (!r->streaming) /* best effort: what a resync sends does not include it */
 		rep_sendv(rg.l, MSG_WRITERS, iov, n);
 	pthread_mutex_unlock(&r->lock);
+}
+
+/* The observer (change.c) of every replicated heap, owned or mirrored (a mirror sends
+ * nothing: out_rec): each change leaves as the image change records that make it. */
+void repl_changed(const struct hfs_change *ch, void *arg)
+{
+	struct hfs_completion *c = ch->done;
+
+	(void)arg;
+	switch (ch->kind) {
+	case HFS_CH_CREATE:
+		out_created(c, ch->entry.i);
+		out_link(c, ch->entry.dir, ch->entry.name, ch->entry.i);
+		break;
+	case HFS_CH_LINK:
+		out_link(c, ch->entry.dir, ch->entry.name, ch->entry.i);
+		break;
+	case HFS_CH_UNLINK:
+		out_unlink(c, ch->entry.dir, ch->entry.name);
+		break;
+	case HFS_CH_RENAME:
+		out_rename(ch);
+		break;
+	case HFS_CH_WRITE:
+		out_data(ch->heap, c, ch->write.i->id, ch->write.off, ch->write.buf, ch->write.len);
+		if (c) /* what to give back if the partner has no room for it (wait.c) */
+			c->wrote = (struct hfs_wrote){ .i = ch->write.i, .old = ch->write.old,
+						       .off = ch->write.off,
+						       .end = ch->write.off + ch->write.len };
+		break;
+	case HFS_CH_TRUNCATE:
+		out_truncate(c, ch->inode.i);
+		break;
+	case HFS_CH_SETATTR:
+		out_attr(c, ch->inode.i);
+		break;
+	case HFS_CH_XATTR:
+		out_xattr(c, ch->xattr.i, ch->xattr.name, ch->xattr.value, ch->xattr.size);
+		break;
+	case HFS_CH_WRITERS:
+		out_writers(ch->writers.i, ch->writers.open);
+		break;
+	case HFS_CH_RANGE:
+		/* direct_map heaps are not replicated (refused at config time): nothing has
+		 * such a range to send yet */
+		break;
+	}
 }

@@ -6,14 +6,15 @@
  * the partner shows it as a MIRROR at the same path.  Mirrors appear when the pair
  * connects: each side sends HELLO listing the heaps it owns (name, size, min_block,
  * layout), the other makes the missing ones.  Whether a heap may be changed by users is
- * decided in one place, hfs_repl_writable() (EROFS on a mirror), which the core's entry
- * points for changes call (dir.c's __dir_writable for the namespace, file.c and xattr.c
- * for data and attributes); the mirror's own apply thread is exempt.
+ * decided in one place in the core, hfs_writable() (EROFS on a mirror), from the heap's
+ * mirror flag, which we keep (rh_set_mirror); the applier (image.c), through which the
+ * mirror applies the partner's changes, is exempt.
  *
  * One mutation path.  Every change to an owned heap is one image change record
- * (img/img.h): the core function that makes it calls hfs_repl_out() while it still holds
- * the lock that orders the change (hfs.ns for the namespace, the inode lock for data and
- * attributes), so the records of one heap leave in the order they were applied.  The
+ * (img/img.h): we observe every replicated heap (change.c), and the core hands us each
+ * change (out.c's repl_changed) while it still holds the lock that orders it (hfs.ns for
+ * the namespace, the inode lock for data and attributes), so the records of one heap
+ * leave in the order they were applied.  The
  * mirror decodes each with img_rec_decode (the image reader's checks) and applies it with
  * hfs_apply_mem, the applier image restores use, which calls the same core functions.
  * Records name inodes by their identity in the heap (hfs_inode.id), the same on both sides.
@@ -29,9 +30,11 @@
  * RESET and restores the stream through a pipe in a thread; that applier then stays for
  * the live records.  A sync thread sends only on the connection it was started for.
  *
- * Modes.  sync: op_write's reply is deferred (hfs_repl_defer) and sent from the link's
- * acked() on the receive thread (over io_uring, and for other changes, the worker waits in
- * hfs_repl_wait, at most `timeout`).  async: nothing waits on write; flush (close) and
+ * Modes.  sync: a change's completion (the caller's, struct hfs_completion) learns which
+ * records to wait for (wait.c's repl_wait_for); op_write's reply is deferred
+ * (hfs_complete_defer) and sent from the link's acked() on the receive thread (over
+ * io_uring, and for other changes, the worker waits in hfs_complete_wait, at most
+ * `timeout`).  async: nothing waits on write; flush (close) and
  * fsync call hfs_repl_flush.  A lost link costs a write at most `timeout` once; then the
  * owner goes on alone (`degraded`), logging.
  *
@@ -79,21 +82,7 @@
 
 struct repl_state rg = { .lock = PTHREAD_MUTEX_INITIALIZER };
 struct repl_deferq deferq = { .lock = PTHREAD_MUTEX_INITIALIZER };
-__thread bool applying;
-__thread uint64_t wait_seq;
-__thread uint64_t wait_conn;
-__thread uint64_t wait_first;
-__thread struct wnote wrote;
-
-int hfs_repl_writable(const struct hfs_heap *h)
-{
-	return h && h->repl && h->repl->mirror && !applying ? -EROFS : 0;
-}
-
-bool hfs_repl_mirror(const struct hfs_heap *h)
-{
-	return h && h->repl && h->repl->mirror;
-}
+static int observer = -1; /* ours (change.c): out.c's repl_changed */
 
 const char *hfs_repl_role(const struct hfs_heap *h)
 {
@@ -121,7 +110,17 @@ struct hfs_repl_heap *rh_new(struct hfs_heap *h, bool mirror)
 		r = NULL;
 	}
 	pthread_mutex_unlock(&rg.lock);
+	if (r) {
+		atomic_store(&h->mirror, mirror);
+		hfs_observe(h, observer, true);
+	}
 	return r;
+}
+
+void rh_set_mirror(struct hfs_repl_heap *r, bool mirror)
+{
+	r->mirror = mirror;
+	atomic_store(&r->h->mirror, mirror); /* the core's: hfs_writable */
 }
 
 
@@ -196,7 +195,6 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 	size_t nl;
 
 	(void)arg;
-	applying = true;
 	if (type == MSG_HELLO)
 		return recv_hello(p, len);
 	if (type == MSG_VERIFY)
@@ -332,6 +330,9 @@ int hfs_repl_init(void)
 
 	if (!pc->present)
 		return 0;
+	observer = hfs_observer_add(repl_changed, NULL);
+	if (observer < 0)
+		return observer;
 	ret = rep_secret_load(pc->secret_file, rg.key, why, sizeof(why));
 	if (ret) {
 		fprintf(stderr, "heapfs: %s:%d: secret_file \"%s\": %s\n", hfs.conf->source,
@@ -402,6 +403,8 @@ void hfs_repl_stop(void)
 		pend_drop(r);
 		wopen_clear(r);
 		free(r->marks); /* none: marked where they were collected */
+		hfs_observe(r->h, observer, false);
+		atomic_store(&r->h->mirror, false);
 		r->h->repl = NULL;
 		free(r);
 	}

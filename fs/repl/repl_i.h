@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "core.h"
+#include "repl.h"
 #include "img.h"
 #include "replica.h"
 
@@ -55,7 +56,7 @@ struct pend {
 
 struct hfs_repl_heap {
 	struct hfs_heap *h;
-	_Atomic bool mirror;        /* flips at a takeover */
+	_Atomic bool mirror;        /* flips at a takeover (rh_set_mirror) */
 	pthread_mutex_t lock;
 	/* takeover (r->lock): the epoch rises with every promotion; wrote_apart: changed
 	 * while the partner was away (both: split brain); discard: promote --discard-peer */
@@ -115,24 +116,11 @@ extern struct repl_state rg;
 #define FOR_EACH_REPL(r) \
 	for (unsigned k_ = 0, n_ = atomic_load(&rg.nr); k_ < n_ && ((r) = rg.rv[k_], 1); k_++)
 
-extern __thread bool applying;     /* this thread applies the partner's changes */
-extern __thread uint64_t wait_seq; /* sync mode: the last record this thread sent */
-extern __thread uint64_t wait_conn; /* and on which connection (rg.conn then) */
-extern __thread uint64_t wait_first; /* the first record sent since the last wait */
-
-/* The write this thread last made (hfs_repl_wrote): what to give back when the partner
- * had no room for it. */
-struct wnote {
-	struct hfs_inode *i; /* NULL: the last change was not a write */
-	uint64_t old, off, end;
-};
-extern __thread struct wnote wrote;
-
-/* Replies deferred until the partner acknowledged a seq (sync writes, hfs_repl_defer). */
+/* Replies deferred until the partner acknowledged a seq (sync writes, hfs_complete_defer). */
 struct deferred {
 	struct deferred *next;
 	uint64_t first, seq; /* the records of the change */
-	struct wnote w;
+	struct hfs_wrote w;
 	void (*fn)(void *arg, int err);
 	void *arg;
 };
@@ -162,12 +150,14 @@ void mark_interrupted(struct hfs_repl_heap *r);
 void wopen_clear(struct hfs_repl_heap *r);
 
 /* out.c */
+void repl_changed(const struct hfs_change *ch, void *arg);
 int name_iov(struct hfs_heap *h, uint8_t *len, struct iovec *iov);
 void pend_drop(struct hfs_repl_heap *r);
 void pend_pop(struct hfs_repl_heap *r);
 
 /* repl.c */
 struct hfs_repl_heap *rh_new(struct hfs_heap *h, bool mirror);
+void rh_set_mirror(struct hfs_repl_heap *r, bool mirror); /* and the core's hfs_heap.mirror */
 
 /* sync.c */
 void *sync_thread(void *arg);
@@ -177,6 +167,8 @@ int verify_answer(void);
 int verify_reply(const char *p, size_t len);
 
 /* wait.c */
+/* sync mode, the change's lock held: c waits for record seq sent on connection conn too */
+void repl_wait_for(struct hfs_completion *c, uint64_t seq, uint64_t conn);
 void deferred_run(uint64_t seq);
 void no_room(uint64_t seq);
 
@@ -187,6 +179,8 @@ struct hfs_repl_status {
 	uint64_t epoch, lag_bytes, sent_bytes, recv_bytes, resync_done, resync_total;
 };
 void hfs_repl_status(struct hfs_repl_status *st);
+/* "owner" or "mirror": each heap's role in .heapfs/ (registered with hfs_status_role) */
+const char *hfs_repl_role(const struct hfs_heap *h);
 /* heapfsctl promote sets user.heapfs.promote[.force|.discard-peer] = HEAP on
  * .heapfs/partner (verify.c). */
 int hfs_repl_setxattr(const char *name, const void *value, size_t size);

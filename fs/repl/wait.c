@@ -1,6 +1,7 @@
 /*
- * wait.c — waiting for the partner: sync writes' deferred replies and waits, async
- * flushes, and giving back a write the partner had no room for (repl.c, "Modes", "Room").
+ * wait.c — waiting for the partner: the completions of sync changes (their callers wait
+ * or defer their replies through hfs_complete_wait/defer), async flushes, and giving back
+ * a write the partner had no room for (repl.c, "Modes", "Room").
  * Locking: repl.c's opening comment.
  */
 #include <errno.h>
@@ -20,11 +21,6 @@
 #include "repl_i.h"
 
 /* ---- room: the partner could not apply a write (README "Space") ------------------- */
-
-void hfs_repl_wrote(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_t end)
-{
-	wrote = (struct wnote){ .i = i, .old = old_size, .off = off, .end = end };
-}
 
 /* deferq.lock held: was a record in [first, last] refused for room? */
 static bool __refused(uint64_t first, uint64_t last)
@@ -52,12 +48,11 @@ static bool refused(uint64_t first, uint64_t last)
  * the writer gets ENOSPC.  If the file changed meanwhile that is not possible: the
  * partner gets the whole heap again (the old way).  Never on the receive thread (it
  * takes the inode lock, and sends). */
-static int give_back(const struct wnote *w)
+static int give_back(const struct hfs_wrote *w)
 {
 	struct hfs_repl_heap *r = w->i->heap->repl;
-	int ret = hfs_write_undo(w->i, w->old, w->off, w->end);
+	int ret = hfs_write_undo(w->i, w->old, w->off, w->end); /* nobody waits for it */
 
-	wait_seq = 0; /* nobody waits for the undo's records */
 	if (!ret) {
 		hfs_log(HFS_LOG_WARNING, "partner: no room there for heap %s: a write of %llu "
 			"bytes is refused (ENOSPC) and undone here", r->h->pol.name,
@@ -110,23 +105,21 @@ void no_room(uint64_t seq)
 	}
 }
 
-bool hfs_repl_defer(void (*fn)(void *arg, int err), void *arg)
+/* The completion's defer (hfs_complete_defer): the reply waits in deferq for the
+ * acknowledgement of c's last record. */
+static bool c_defer(struct hfs_completion *c, void (*fn)(void *arg, int err), void *arg)
 {
-	uint64_t seq = wait_seq;
+	uint64_t seq = c->last;
 	struct deferred *d;
 	bool later = false;
 
-	if (!seq)
-		return false;
-	wait_seq = 0;
 	d = malloc(sizeof(*d));
 	pthread_mutex_lock(&deferq.lock);
-	/* acknowledged already, or that connection is gone: the caller replies now (and a
-	 * refusal it learns from hfs_repl_wait) */
-	if (d && deferq.conn == wait_conn && deferq.acked < seq) {
-		*d = (struct deferred){ .next = deferq.list, .first = wait_first, .seq = seq,
-					.w = wrote, .fn = fn, .arg = arg };
-		wrote.i = NULL;
+	/* acknowledged already, or that connection is gone: the caller replies now */
+	if (d && deferq.conn == c->conn && deferq.acked < seq) {
+		*d = (struct deferred){ .next = deferq.list, .first = c->first, .seq = seq,
+					.w = c->wrote, .fn = fn, .arg = arg };
+		c->wrote.i = NULL;
 		deferq.list = d;
 		later = true;
 	}
@@ -176,16 +169,17 @@ void deferred_run(uint64_t seq)
 	}
 }
 
-int hfs_repl_wait(void)
+/* The completion's wait (hfs_complete_wait): at most `timeout` until the partner applied
+ * (or refused, or was lost before) c's records. */
+static int c_wait(struct hfs_completion *c)
 {
-	uint64_t seq = wait_seq, first = wait_first;
-	struct wnote w = wrote;
+	uint64_t seq = c->last, first = c->first;
+	struct hfs_wrote w = c->wrote;
 	int ret;
 
-	wrote.i = NULL;
-	if (!seq || !rg.l)
+	c->wrote.i = NULL;
+	if (!rg.l)
 		return 0;
-	wait_seq = 0;
 	/* the change stands here: the partner gone or slow means degraded (a resync
 	 * later), a refusal kicks the link (on_acked: a full resync); only a write the
 	 * partner had no room for is given back */
@@ -193,6 +187,17 @@ int hfs_repl_wait(void)
 	if (w.i && (ret == -ENOSPC || refused(first, seq)))
 		return give_back(&w);
 	return 0;
+}
+
+static const struct hfs_completion_ops wait_ops = { .wait = c_wait, .defer = c_defer };
+
+void repl_wait_for(struct hfs_completion *c, uint64_t seq, uint64_t conn)
+{
+	if (!c->ops) /* the first record since the caller last waited */
+		c->first = seq;
+	c->ops = &wait_ops;
+	c->last = seq;
+	c->conn = conn;
 }
 
 int hfs_repl_flush(const struct hfs_heap *h)

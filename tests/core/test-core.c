@@ -75,8 +75,8 @@ static void check_tree_without_features(void)
 	hfs_iput(i, 1);
 	CHECK(hfs_lookup(hfs.dot, "partner", &i) == -ENOENT);
 	CHECK(hfs_lookup(hfs.dot, "segment", &i) == -ENOENT);
-	CHECK(hfs_create(hfs.objects, "o", S_IFREG | 0644, 0, NULL, &ctx, &i) == -EPERM);
-	CHECK(hfs_create(hfs.pool, "p", S_IFREG | 0644, 0, NULL, &ctx, &i) == -EPERM);
+	CHECK(hfs_create(hfs.objects, "o", S_IFREG | 0644, 0, NULL, &ctx, &i, NULL) == -EPERM);
+	CHECK(hfs_create(hfs.pool, "p", S_IFREG | 0644, 0, NULL, &ctx, &i, NULL) == -EPERM);
 }
 
 int main(void)
@@ -101,9 +101,9 @@ int main(void)
 	check_tree_without_features();
 
 	a = mkheap("a", &da);
-	CHECK(hfs_create(da, "f", S_IFREG | 0640, 0, NULL, &ctx, &f) == 0);
-	CHECK(hfs_open(f, O_WRONLY, ctx.uid) == 0);
-	CHECK(hfs_write(f, data, FILE_LEN, 0, ctx.uid) == FILE_LEN);
+	CHECK(hfs_create(da, "f", S_IFREG | 0640, 0, NULL, &ctx, &f, NULL) == 0);
+	CHECK(hfs_open(f, O_WRONLY, ctx.uid, NULL) == 0);
+	CHECK(hfs_write(f, data, FILE_LEN, 0, ctx.uid, NULL) == FILE_LEN);
 	hfs_release(f, O_WRONLY);
 	check_bytes(f, data, FILE_LEN);
 
@@ -121,7 +121,7 @@ int main(void)
 	check_bytes(g, data, FILE_LEN);
 
 	/* a change to the copy leaves the original as it was */
-	CHECK(hfs_write(g, "xyz", 3, 10, ctx.uid) == 3);
+	CHECK(hfs_write(g, "xyz", 3, 10, ctx.uid, NULL) == 3);
 	check_bytes(f, data, FILE_LEN);
 	memcpy(data + 10, "xyz", 3);
 	check_bytes(g, data, FILE_LEN);

@@ -19,7 +19,10 @@ import time
 
 import pytest
 
-from conftest import (HEAPFS, MIB, expect_errno, pattern, read_daemon, unmount, wait_until)
+from pathlib import Path
+
+from conftest import (HEAPFS, MIB, REPO, expect_errno, pattern, read_daemon, unmount,
+                      wait_until)
 
 _ports = itertools.count()
 
@@ -122,8 +125,9 @@ class Relay:
 
 class Pair:
     def __init__(self, factory, secret, mode="sync", size="64M", timeout="1s", relay=False,
-                 failover_b=False, extra_a=""):
+                 failover_b=False, extra_a="", prefix_a=()):
         self.factory, self.secret, self.timeout = factory, secret, timeout
+        self.prefix_a = prefix_a  # a's daemon runs behind it (env, prlimit, ...)
         self.pa, self.pb = port_pair()
         self.ca, self.cb = self.pb, self.pa  # where each one connects to
         self.relays = []
@@ -140,6 +144,7 @@ class Pair:
 
     def start_a(self, **kw):
         self.n += 1
+        kw.setdefault("prefix", self.prefix_a)
         return self.factory(config("a", self.pa, self.ca, self.secret, self.heaps_a,
                                    self.timeout), name=f"a{self.n}", **kw)
 
@@ -312,6 +317,44 @@ def test_every_change_replicated_sync(mount_factory, secret):
     assert os.getxattr(B / "dir", "user.bin") == bytes(range(256))
     assert read_daemon(B / "victim")[:10] == b"moved over"
     assert read_daemon(B / "trunc") == b"z"
+    p.clean()
+    p.verify()
+    p.verify(p.b)
+
+
+FAILMALLOC = Path(os.environ.get("FAILMALLOC", REPO / "build" / "tests" / "fs" /
+                                 "libfailmalloc.so")).resolve()
+
+
+@pytest.mark.skipif(any(s in HEAPFS.name for s in ("asan", "tsan")),
+                    reason="the sanitizers bring their own malloc: no LD_PRELOAD shim")
+def test_rename_whose_add_fails_tells_the_partner(mount_factory, secret, tmp_path):
+    """rename over an existing file: the target's name goes first, then the moved name is
+    added; when that add fails (an allocation: failmalloc.c) the target is gone all the
+    same, and the partner must be told so (dir.c hfs_rename) — else the copies differ."""
+    assert FAILMALLOC.exists(), FAILMALLOC
+    arm = tmp_path / "arm"
+    target = "t" * 200
+    # the size of the directory entry of the target name (dir.c __hfs_dir_add: struct
+    # hfs_dirent, 72 bytes, + the name + NUL); if that changes the rename below does not
+    # fail and the test says so
+    size = 72 + len(target) + 1
+    p = Pair(mount_factory, secret, mode="sync",
+             prefix_a=("env", f"LD_PRELOAD={FAILMALLOC}", f"FAILMALLOC_SIZE={size}",
+                       f"FAILMALLOC_ARM={arm}"))
+    A, B = p.a.heap("data"), p.b.heap("data")
+    (A / "src").write_bytes(b"moved")
+    (A / target).write_bytes(b"overwritten")
+    assert read_daemon(B / target) == b"overwritten"
+    arm.write_bytes(b"")
+    expect_errno(errno.ENOMEM, os.rename, A / "src", A / target)
+    assert not arm.exists()  # the rename's add took it
+    # here: the target is gone, the moved file is back where it was
+    assert sorted(os.listdir(A)) == ["src"]
+    assert read_daemon(A / "src") == b"moved"
+    # and the partner agrees, now (sync) and by verify
+    assert sorted(os.listdir(B)) == ["src"]
+    assert_same(A, B)
     p.clean()
     p.verify()
     p.verify(p.b)

@@ -19,7 +19,6 @@
  * the inputs that crashed the applier before issue 16, as images and as record runs.
  * No locking needed beyond what the core takes: single-threaded.
  */
-#define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +32,6 @@
 #define HEAP_ORDER 22 /* a 4 MiB heap: room for what an input's records ask */
 #define MIN_BLOCK 64
 
-struct hfs_fs hfs; /* the core's state (the FUSE edge, main.c, defines it in the daemon) */
 
 static const char config[] =
 	"objects { size = 64K  min_block = 64 }\n"
@@ -130,9 +128,9 @@ static void empty(struct hfs_heap *h)
 			push(&d, de->inode, de->name);
 		} else if (de) {
 			snprintf(name, sizeof(name), "%s", de->name);
-			if (hfs_unlink(f->dir, name))
+			if (hfs_unlink(f->dir, name, NULL))
 				abort();
-		} else if (--d.n && hfs_rmdir(d.v[d.n - 1].dir, d.v[d.n].name)) {
+		} else if (--d.n && hfs_rmdir(d.v[d.n - 1].dir, d.v[d.n].name, NULL)) {
 			abort(); /* an empty directory that would not go */
 		}
 	}
