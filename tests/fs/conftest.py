@@ -142,6 +142,18 @@ def mount_holders(mnt_id, dev):
         out += [f"{pid} ({comm}) {state}: {h}" for h in hits]
     with open("/proc/self/mountinfo") as f:
         out += [f"mounted: {line.strip()}" for line in f if line.split()[0] == mnt_id]
+    # the same filesystem mounted in another mount namespace (a copy made by unshare -m,
+    # `ip -n`, a container) keeps it alive after our unmount
+    own, seen = os.readlink("/proc/self/ns/mnt"), set()
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        with contextlib.suppress(OSError):
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            if ns == own or ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{pid}/mountinfo") as f:
+                out += [f"mounted in {ns} (pid {pid}): {line.strip()}" for line in f
+                        if line.split()[2] == dev]
     return out
 
 
