@@ -553,13 +553,17 @@ bool hfs_repl_defer(void (*fn)(void *arg, int err), void *arg)
 	d = malloc(sizeof(*d));
 	pthread_mutex_lock(&dq.lock);
 	/* acknowledged already, or that connection is gone: the caller replies now (and a
-	 * refusal it learns from hfs_repl_wait) */
+	 * refusal it learns from hfs_repl_wait, which must still see this record: an ack
+	 * that came before we got here - a fast partner, a writer the CPU left waiting - may
+	 * say "no room", and the write is then given back) */
 	if (d && dq.conn == wait_conn && dq.acked < seq) {
 		*d = (struct deferred){ .next = dq.list, .first = wait_first, .seq = seq,
 					.w = wrote, .fn = fn, .arg = arg };
 		wrote.i = NULL;
 		dq.list = d;
 		later = true;
+	} else if (dq.conn == wait_conn) {
+		wait_seq = seq;
 	}
 	pthread_mutex_unlock(&dq.lock);
 	if (!later)
