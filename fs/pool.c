@@ -605,9 +605,12 @@ static int sock_open(const char *want)
 			want, pool.path);
 		fd = sock_claim(pool.path);
 	}
-	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT) {
-		/* a user who may not create it (the default is root's /run/heapfs): a path of
-		 * this user's own, so the mount still works; .heapfs/donors names it */
+	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT ||
+	    fd == -EADDRINUSE) {
+		/* a user who may not create it (the default is root's /run/heapfs), or PATH.PID
+		 * taken too (a stale one of a dead daemon that had our pid, which this user may
+		 * not remove): a path of this user's own, so the mount still works;
+		 * .heapfs/donors names it */
 		const char *rt = getenv("XDG_RUNTIME_DIR");
 		char want2[sizeof(pool.path)];
 
