@@ -267,13 +267,15 @@ class Mount:
     def hang_report(self):
         """Why a daemon that should have ended has not: what still holds its mount (also
         once lazily detached), its threads' kernel stacks and, with gdb, their backtraces."""
-        out = ["holders of the mount:", *mount_holders(self.mnt_id, self.dev),
+        out = ["holders of the mount:",
+               *(mount_holders(self.mnt_id, self.dev) if self.dev else ["(not known)"]),
                "daemon threads:", *task_stacks(self.pid)]
-        if shutil.which("gdb"):
+        # gdb would wait for ever to stop a thread parked in a memory cgroup's OOM wait
+        if shutil.which("gdb") and not any("mem_cgroup_oom" in t for t in out):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 r = subprocess.run(["gdb", "-p", str(self.pid), "-batch", "-nx",
                                     "-ex", "thread apply all bt"], capture_output=True,
-                                   text=True, timeout=60, stdin=subprocess.DEVNULL)
+                                   text=True, timeout=30, stdin=subprocess.DEVNULL)
                 out += [ln for ln in r.stdout.splitlines() if ln.startswith(("Thread", "#"))]
         return "\n".join(out)
 
