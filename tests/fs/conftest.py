@@ -16,8 +16,11 @@ A daemon that does not end when told to (unmount, signal) fails with a report of
 still holds its mount and where its threads wait (Mount.hang_report).
 $HEAPFS_LOAD=N runs N processes that spin on the CPU beside the whole run (fs-load).
 Daemons start with SIGHUP, SIGINT and SIGTERM at their defaults, however the run started.
+As root the run makes its mounts in a private mount namespace of its own (see
+own_mount_namespace; HEAPFS_SHARED_MOUNT_NS=1 keeps the machine's).
 """
 import contextlib
+import ctypes
 import errno
 import json
 import mmap
@@ -374,6 +377,39 @@ def _left_to_other_runs(name):
     if not variant:
         return False
     return name in DAEMON_FREE or (variant in TRANSPORT_VARIANTS and name in TRANSPORT_FREE)
+
+
+CLONE_NEWNS, MS_REC, MS_PRIVATE, MNT_DETACH = 0x00020000, 0x4000, 1 << 18, 2
+
+
+def own_mount_namespace():
+    """Run the suite in a mount namespace of its own, private: None, or why not.
+
+    A mount namespace that any process on the machine creates (unshare -m, `ip -n`, a
+    container or sandbox) holds a copy of every mount there is at that moment; a FUSE
+    mount copied so stays alive after we unmount ours, and its daemon serves on until that
+    namespace goes ("no exit within 10s of unmount" on a busy host, the hang report
+    naming `mounted in mnt:[...]`).  Our mounts made in a private namespace of our own are
+    in no one else's copy.  Copies of other people's FUSE mounts that this new namespace
+    took are dropped at once, so that we hold none of theirs either."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}"
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return f"mount --make-rprivate /: {os.strerror(ctypes.get_errno())}"
+    with open("/proc/self/mountinfo") as f:
+        fuse = [_unescape_mountinfo(ln.split(" - ")[0].split()[4]) for ln in f
+                if ln.split(" - ")[1].split()[0].startswith("fuse")]
+    for path in reversed(fuse):  # the ones mounted last first
+        libc.umount2(os.fsencode(path), MNT_DETACH)
+    return None
+
+
+def pytest_configure(config):
+    if os.geteuid() == 0 and not os.environ.get("HEAPFS_SHARED_MOUNT_NS"):
+        why = own_mount_namespace()
+        if why:
+            print(f"tests/fs: mounts in the machine's namespace ({why})", file=sys.stderr)
 
 
 def pytest_collection_modifyitems(config, items):
