@@ -73,10 +73,12 @@ bool hfs_complete_defer(struct hfs_completion *c, void (*fn)(void *arg, int err)
 {
 	const struct hfs_completion_ops *ops = c ? c->ops : NULL;
 
-	if (!ops)
-		return false;
-	c->ops = NULL; /* deferred, or done already: either way not waited for again */
-	return ops->defer(c, fn, arg);
+	if (!ops || !ops->defer(c, fn, arg))
+		return false; /* done already: the caller waits now, and still learns a refusal
+				 (an ack that came before the defer - a fast partner, a writer
+				 the CPU left waiting - may have said "no room") */
+	c->ops = NULL; /* deferred: not waited for again */
+	return true;
 }
 
 int hfs_writable(const struct hfs_heap *h, const struct hfs_completion *c)

@@ -406,6 +406,7 @@ static int mount_and_serve(struct fuse_args *args, struct fuse_cmdline_opts *cmd
 	} else if (hfs_objects_start() || hfs_images_load() || hfs_pool_start() ||
 		   hfs_repl_init()) {
 		ret = 2; /* a bad image, pool socket or secret: said why; nothing mounted */
+		hfs_pool_stop(); /* a pool socket already bound goes (no stale PATH.PID left) */
 	} else {
 		ret = run(args, cmd);
 		hfs_pool_stop(); /* releases the donors */

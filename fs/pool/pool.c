@@ -682,8 +682,9 @@ static void make_parent(const char *path)
 	}
 }
 
-/* pool.path may not be created by this user (err; the default is root's /run/heapfs):
- * claim a path of the user's own, so the mount still works (.heapfs/donors names it).
+/* pool.path may not be created by this user (err; the default is root's /run/heapfs), or
+ * it and PATH.PID are taken: claim a path of the user's own, so the mount still works
+ * (.heapfs/donors names it).
  * The socket, or -errno. */
 static int claim_own(int err)
 {
@@ -731,7 +732,11 @@ static int sock_open(const char *want)
 			want, pool.path);
 		fd = sock_claim(pool.path);
 	}
-	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT)
+	/* a user who may not create it (the default is root's /run/heapfs), or PATH.PID
+	 * taken too (a stale one of a dead daemon that had our pid, which this user may not
+	 * remove): a path of this user's own */
+	if (fd == -EACCES || fd == -EPERM || fd == -EROFS || fd == -ENOENT ||
+	    fd == -EADDRINUSE)
 		fd = claim_own(fd);
 	if (fd < 0) {
 		hfs_log(HFS_LOG_ERR, "pool: cannot listen on %s: %s", pool.path,

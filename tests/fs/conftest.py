@@ -12,14 +12,23 @@ Binaries come from $HEAPFS and $HEAPFSCTL (else <repo>/build/fs/heapfs and
 $HEAPFS_PIPE_MAX (bytes) raises fs.pipe-max-size for the whole run and puts it back after:
 the setting of hosts where libfuse could grow its pipes (see fs/io.c, "No splice").
 A daemon whose stderr carries a sanitizer report fails the test like a bad exit status.
+A daemon that does not end when told to (unmount, signal) fails with a report of what
+still holds its mount and where its threads wait (Mount.hang_report).
+$HEAPFS_LOAD=N runs N processes that spin on the CPU beside the whole run (fs-load).
+Daemons start with SIGHUP, SIGINT and SIGTERM at their defaults, however the run started.
+As root the run makes its mounts in a private mount namespace of its own (see
+own_mount_namespace; HEAPFS_SHARED_MOUNT_NS=1 keeps the machine's).
 """
 import contextlib
+import ctypes
 import errno
 import json
 import mmap
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,6 +82,98 @@ def wait_until(cond, deadline, what, interval=0.05):
         time.sleep(interval)
 
 
+def mount_ids(path):
+    """(mount id, "major:minor") of the mount at exactly `path` (the last one stacked
+    there), or (None, None)."""
+    path = os.path.realpath(path)
+    found = (None, None)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" - ")[0].split()
+            if _unescape_mountinfo(fields[4]) == path:
+                found = (fields[0], fields[2])
+    return found
+
+
+def _mnt_id(fdinfo):
+    with contextlib.suppress(OSError), open(fdinfo) as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return line.split()[1]
+    return None
+
+
+def mount_holders(mnt_id, dev):
+    """What in the whole system still refers to the mount `mnt_id` (filesystem `dev`,
+    "major:minor"), also after a lazy unmount detached it: lines "PID (COMM) STATE: fd N /
+    cwd / root / map", then the mount itself if this namespace still shows it.  Nothing is
+    stat()ed: fds by their fdinfo's mnt_id, cwd and root through an O_PATH open, mappings
+    by device (another FUSE daemon that hangs cannot hang this)."""
+    major, minor = (int(x) for x in dev.split(":"))
+    out = []
+    for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+        base = f"/proc/{pid}"
+        hits = []
+        for link in ("cwd", "root"):
+            with contextlib.suppress(OSError):
+                fd = os.open(f"{base}/{link}", os.O_PATH)
+                try:
+                    if _mnt_id(f"/proc/self/fdinfo/{fd}") == mnt_id:
+                        hits.append(link)
+                finally:
+                    os.close(fd)
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"{base}/fd"):
+                if _mnt_id(f"{base}/fdinfo/{fd}") == mnt_id:
+                    with contextlib.suppress(OSError):
+                        hits.append(f"fd {fd} -> {os.readlink(f'{base}/fd/{fd}')}")
+        with contextlib.suppress(OSError), open(f"{base}/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4 and parts[3] == f"{major:02x}:{minor:02x}":
+                    hits.append(f"map {line.strip()}")
+        if not hits:
+            continue
+        comm, state = "?", "?"
+        with contextlib.suppress(OSError), open(f"{base}/stat") as f:
+            st = f.read()
+            comm = st[st.index("(") + 1:st.rindex(")")]
+            state = st.rsplit(")", 1)[1].split()[0]
+        with contextlib.suppress(OSError), open(f"{base}/cmdline", "rb") as f:
+            comm += " " + f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+        comm = comm.replace("\n", " ")
+        out += [f"{pid} ({comm}) {state}: {h}" for h in hits]
+    with open("/proc/self/mountinfo") as f:
+        out += [f"mounted: {line.strip()}" for line in f if line.split()[0] == mnt_id]
+    # the same filesystem mounted in another mount namespace (a copy made by unshare -m,
+    # `ip -n`, a container) keeps it alive after our unmount
+    own, seen = os.readlink("/proc/self/ns/mnt"), set()
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        with contextlib.suppress(OSError):
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            if ns == own or ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{pid}/mountinfo") as f:
+                out += [f"mounted in {ns} (pid {pid}): {line.strip()}" for line in f
+                        if line.split()[2] == dev]
+    return out
+
+
+def task_stacks(pid):
+    """Each thread of `pid`: tid, name, wchan and kernel stack (root only), for a report."""
+    out = []
+    with contextlib.suppress(OSError):
+        for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+            t = f"/proc/{pid}/task/{tid}"
+            parts = [tid]
+            for name in ("comm", "wchan", "stack"):
+                with contextlib.suppress(OSError), open(f"{t}/{name}") as f:
+                    parts.append(f.read().strip().replace("\n", " | "))
+            out.append("  ".join(parts))
+    return out
+
+
 def pid_alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -102,6 +203,9 @@ class Mount:
         self.stderr_path = stderr_path
         self.config_path = config_path
         self.expect_exit = 0
+        # to find what holds the mount after a lazy unmount
+        self.mnt_id, self.dev = mount_ids(path)
+        self.report = ""  # what held the mount, when the daemon did not end
 
     # ---- layout helpers
     @property
@@ -163,6 +267,31 @@ class Mount:
         return run_ctl(*args, check=check)
 
     # ---- teardown
+    def hang_report(self):
+        """Why a daemon that should have ended has not: what still holds its mount (also
+        once lazily detached), its threads' kernel stacks and, with gdb, their backtraces."""
+        out = ["holders of the mount:",
+               *(mount_holders(self.mnt_id, self.dev) if self.dev else ["(not known)"]),
+               "daemon threads:", *task_stacks(self.pid)]
+        # gdb would wait for ever to stop a thread parked in a memory cgroup's OOM wait
+        if shutil.which("gdb") and not any("mem_cgroup_oom" in t for t in out):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                r = subprocess.run(["gdb", "-p", str(self.pid), "-batch", "-nx",
+                                    "-ex", "thread apply all bt"], capture_output=True,
+                                   text=True, timeout=30, stdin=subprocess.DEVNULL)
+                out += [ln for ln in r.stdout.splitlines() if ln.startswith(("Thread", "#"))]
+        return "\n".join(out)
+
+    def wait_exit(self, deadline):
+        """The daemon's exit status once it ends (it was told to); fails with hang_report()
+        when it is still running after `deadline` seconds."""
+        try:
+            return self.proc.wait(deadline)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"heapfs still running {deadline}s after it was told to "
+                                 f"end; stderr: {self.stderr_text()[-2000:]}\n"
+                                 f"{self.hang_report()}") from None
+
     def stop(self):
         """Unmount and reap the daemon; returns its exit status (negative: signal)."""
         unmount(self.path)
@@ -171,6 +300,7 @@ class Mount:
         except subprocess.TimeoutExpired:
             pass
         # still serving: something keeps the (lazily detached) mount busy, or it hangs
+        self.report = self.hang_report()
         self.proc.send_signal(signal.SIGTERM)
         try:
             rc = f"exit {self.proc.wait(5)} after SIGTERM"
@@ -195,10 +325,16 @@ def run_ctl(*args, check=False):
                           check=check, timeout=60)
 
 
+DEFAULT_SIGNALS = ["env", "--default-signal=HUP,INT,TERM"]
+
+
 def start_heapfs(mountpoint, config_path=None, extra=(), stderr_path=None, prefix=()):
     """Start `heapfs -f` on mountpoint (behind `prefix`, e.g. taskset or prlimit) and wait
     until mounted; returns the Popen."""
-    cmd = [*prefix, str(HEAPFS), "-f"]
+    # the signals that end a daemon at their defaults, as from a login shell: a run started
+    # in the background (`make test &`, a CI job without a terminal) inherits SIGINT
+    # ignored, and libfuse keeps an ignored signal ignored (test_signal_unmounts_...)
+    cmd = [*DEFAULT_SIGNALS, *prefix, str(HEAPFS), "-f"]
     if config_path is not None:
         cmd += ["-c", str(config_path)]
     cmd += [*HEAPFS_OPTS, *extra, str(mountpoint)]
@@ -243,6 +379,39 @@ def _left_to_other_runs(name):
     return name in DAEMON_FREE or (variant in TRANSPORT_VARIANTS and name in TRANSPORT_FREE)
 
 
+CLONE_NEWNS, MS_REC, MS_PRIVATE, MNT_DETACH = 0x00020000, 0x4000, 1 << 18, 2
+
+
+def own_mount_namespace():
+    """Run the suite in a mount namespace of its own, private: None, or why not.
+
+    A mount namespace that any process on the machine creates (unshare -m, `ip -n`, a
+    container or sandbox) holds a copy of every mount there is at that moment; a FUSE
+    mount copied so stays alive after we unmount ours, and its daemon serves on until that
+    namespace goes ("no exit within 10s of unmount" on a busy host, the hang report
+    naming `mounted in mnt:[...]`).  Our mounts made in a private namespace of our own are
+    in no one else's copy.  Copies of other people's FUSE mounts that this new namespace
+    took are dropped at once, so that we hold none of theirs either."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}"
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return f"mount --make-rprivate /: {os.strerror(ctypes.get_errno())}"
+    with open("/proc/self/mountinfo") as f:
+        fuse = [_unescape_mountinfo(ln.split(" - ")[0].split()[4]) for ln in f
+                if ln.split(" - ")[1].split()[0].startswith("fuse")]
+    for path in reversed(fuse):  # the ones mounted last first
+        libc.umount2(os.fsencode(path), MNT_DETACH)
+    return None
+
+
+def pytest_configure(config):
+    if os.geteuid() == 0 and not os.environ.get("HEAPFS_SHARED_MOUNT_NS"):
+        why = own_mount_namespace()
+        if why:
+            print(f"tests/fs: mounts in the machine's namespace ({why})", file=sys.stderr)
+
+
 def pytest_collection_modifyitems(config, items):
     gone = [it for it in items if _left_to_other_runs(it.path.name)]
     if not gone:
@@ -283,6 +452,24 @@ def suite_pipe_max():
         yield
 
 
+LOAD_SPIN = "while True: pass"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_load():
+    """$HEAPFS_LOAD=N: N processes that spin on the CPU for the whole run (the fs-load
+    variant: a busy machine, as on a box where others build and test), stopped by pid after."""
+    n = int(os.environ.get("HEAPFS_LOAD") or 0)
+    spinners = [subprocess.Popen([sys.executable, "-c", LOAD_SPIN], stdin=subprocess.DEVNULL)
+                for _ in range(n)]
+    try:
+        yield spinners
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def restore_enable_uring():
     """`heapfs -o io_uring` turns the kernel's fuse.enable_uring on (a global knob) and
@@ -321,7 +508,7 @@ def mount_factory(tmp_path):
         err = m.stderr_text()
         if rc != m.expect_exit:
             problems.append(f"heapfs at {m.path} exit status {rc}, expected {m.expect_exit}; "
-                            f"stderr: {err[-2000:]}")
+                            f"stderr: {err[-2000:]}\n{m.report}")
         elif any(mark in err for mark in SANITIZER_MARKS):
             problems.append(f"heapfs at {m.path}: sanitizer report: {err[-4000:]}")
     if problems:

@@ -107,7 +107,7 @@ def test_statfs_counts_inodes(mount):
 def test_signal_unmounts_and_exits_zero(mount, sig):
     (mount.heap() / "f").write_bytes(b"x")
     mount.proc.send_signal(sig)
-    assert mount.proc.wait(10) == 0, mount.stderr_text()
+    assert mount.wait_exit(10) == 0, mount.stderr_text()
     wait_until(lambda: mount_fstype(mount.path) is None, 5, "mount gone after the signal")
 
 

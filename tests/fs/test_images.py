@@ -96,7 +96,7 @@ def test_sigterm_saves_too(mount_factory, tmp_path):
     m = mount_factory(config(img))
     (m.heap("h") / "f").write_bytes(pattern(3 * MIB, 5))
     m.proc.send_signal(signal.SIGTERM)
-    assert m.proc.wait(10) == 0, m.stderr_text()
+    assert m.wait_exit(10) == 0, m.stderr_text()
     unmount(m.path)
     m2 = mount_factory(config(img))
     assert read_daemon(m2.heap("h") / "f") == pattern(3 * MIB, 5)
