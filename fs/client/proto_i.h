@@ -1,5 +1,5 @@
 /*
- * proto_i.h — the libheapfs client protocol: what the daemon (fs/client.c) and libheapfs
+ * proto_i.h — the libheapfs client protocol: what the daemon (fs/direct/direct.c) and libheapfs
  * (fs/client/heapfs.c) say over the client socket.  Private to the two.
  *
  * Transport: a SOCK_SEQPACKET Unix socket (one message per request and per reply, so a

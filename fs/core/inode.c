@@ -8,7 +8,7 @@
  * that drops it to zero destroys the inode (file blocks, xattrs, symlink target, heap
  * reference) and frees its number.  An inode of a heap takes one of the heap's inodes
  * (hfs_heap_inode_take: NULL at the limit) and is charged to its metadata bytes.  See
- * fs_i.h for the locking rule.
+ * core.h for the locking rule.
  */
 #include <errno.h>
 #include <stdlib.h>

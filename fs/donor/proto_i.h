@@ -1,5 +1,5 @@
 /*
- * proto_i.h — the pool socket protocol between heapfs (fs/pool.c) and heapfs-donor.
+ * proto_i.h — the pool socket protocol between heapfs (fs/pool/pool.c) and heapfs-donor.
  *
  * A SOCK_SEQPACKET Unix socket (message boundaries kept, EOF when either side dies).
  * Donor -> daemon, once: struct donor_hdr with the memfd attached (SCM_RIGHTS, one fd).
