@@ -75,10 +75,15 @@ struct hfs_repl_heap {
 	bool noroom;                /* async mirror: refused a change for room, until RESET */
 	bool peer_owns;             /* (receive thread) the partner's HELLO claims it */
 	uint64_t peer_gen, peer_recno;
-	/* mirror: the image restore (a thread reading a pipe), then the live applier */
+	/* mirror: the image restore (a thread reading a pipe), then the live applier.
+	 * alock: the applier's lock (repl.c "Locking"): held to use r->apply, to replace
+	 * it and to flip r->mirror; r->apply is written under alock and r->lock. */
+	pthread_mutex_t alock;
 	int pipe_w;
 	pthread_t th;
 	bool th_on;
+	bool restoring;             /* r->lock: an image restore runs (r->apply is NULL) */
+	bool refused;               /* a record could not be applied: none more until RESET */
 	int th_ret;
 	struct hfs_apply *apply;
 	char why[256];
@@ -152,7 +157,7 @@ extern struct repl_deferq deferq;
 int mirror_img(struct hfs_repl_heap *r, const char *p, size_t len);
 int mirror_join(struct hfs_repl_heap *r, bool cut);
 int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len);
-int mirror_reset(struct hfs_repl_heap *r);
+int mirror_reset(struct hfs_repl_heap *r, uint64_t gen);
 int mirror_writers(struct hfs_repl_heap *r, const char *p, size_t len);
 int recv_hello(const char *p, size_t len);
 int send_hello(void);
