@@ -640,7 +640,9 @@ int hfs_mount_tree(void)
 	if (!hfs.dot_heaps || !hfs.dot_maps || !hfs.dot_images ||
 	    !__hfs_fixed_add(hfs.dot, "stats", HFS_STATUS, rofile, HFS_ST_STATS) ||
 	    !__hfs_fixed_add(hfs.dot, "partner", HFS_STATUS, rofile, HFS_ST_PARTNER) ||
-	    !__hfs_fixed_add(hfs.dot, "verify", HFS_STATUS, rofile, HFS_ST_VERIFY) ||
+	    /* opening it hashes every replicated file here and asks the partner to: the
+	     * mount's owner (and root) only */
+	    !__hfs_fixed_add(hfs.dot, "verify", HFS_STATUS, S_IFREG | 0400, HFS_ST_VERIFY) ||
 	    !__hfs_fixed_add(hfs.dot, "donors", HFS_STATUS, rofile, HFS_ST_DONORS))
 		goto out;
 	seg = __hfs_fixed_add(hfs.dot, "segment", HFS_STATUS, rofile, HFS_ST_SEGMENT);

@@ -58,19 +58,23 @@ static bool fresh(const struct hfs_repl_heap *r);
 
 int send_hello(void)
 {
-	char buf[8192];
-	size_t len = 0;
+	/* every heap, whatever their number (a heap left out would read as "the partner no
+	 * longer has it" there): REPL_MAX of them fit a message */
+	size_t len = 0, size = REPL_MAX * (sizeof(struct hello_heap) + CONF_NAME_MAX);
+	char *buf = malloc(size);
 	int64_t seq;
 
 	struct hfs_repl_heap *r;
 
+	if (!buf)
+		return -ENOMEM;
 	FOR_EACH_REPL(r) {
 		struct hfs_heap *h = r->h;
 		struct hello_heap hh = { .size = h->pol.size, .min_block = h->pol.min_block,
 					 .layout = h->pol.layout, .replicate = h->pol.replicate,
 					 .name_len = (uint32_t)strlen(h->pol.name) };
 
-		if (len + sizeof(hh) + hh.name_len > sizeof(buf))
+		if (hh.name_len > size - len - sizeof(hh)) /* cannot be: REPL_MAX, CONF_NAME_MAX */
 			break;
 		pthread_mutex_lock(&r->lock);
 		hh.mirror = r->mirror;
@@ -86,6 +90,7 @@ int send_hello(void)
 		len += sizeof(hh) + hh.name_len;
 	}
 	seq = rep_send(rg.l, MSG_HELLO, buf, len);
+	free(buf);
 	return seq < 0 ? (int)seq : 0;
 }
 
@@ -102,6 +107,14 @@ static int make_mirror(const struct hello_heap *hh, const char *name)
 		fprintf(stderr, "heapfs: partner: heap %s is declared on both nodes; "
 			"not mirrored\n", name);
 		return -EEXIST;
+	}
+	if (atomic_load(&rg.nr) >= REPL_MAX) { /* no heap made that could not be a mirror */
+		static atomic_bool said; /* a HELLO may list thousands */
+
+		if (!atomic_exchange(&said, true))
+			fprintf(stderr, "heapfs: partner: heap %s (and any more): no room for more "
+				"than %u replicated heaps; not mirrored\n", name, REPL_MAX);
+		return -ENOSPC;
 	}
 	if (conf_heap_defaults(hfs.conf, name, &pol))
 		return -EINVAL;
@@ -328,7 +341,9 @@ static void sync_start(void)
 	pthread_mutex_lock(&rg.lock);
 	rg.sync_conn = atomic_load(&rg.conn); /* this connection's: the receive thread's */
 	rg.syncing = true;
-	rg.sync_on = !pthread_create(&rg.sync_th, NULL, sync_thread, NULL);
+	/* not once hfs_repl_stop has looked for the last one (it sets stopping first) */
+	rg.sync_on = !atomic_load(&rg.stopping) &&
+		     !pthread_create(&rg.sync_th, NULL, sync_thread, NULL);
 	if (!rg.sync_on)
 		rg.syncing = false;
 	pthread_mutex_unlock(&rg.lock);
@@ -382,7 +397,8 @@ static int recv_heaps(const char *p, size_t len)
 		if (!hh.name_len || hh.name_len > CONF_NAME_MAX || len - sizeof(hh) < hh.name_len ||
 		    hh.size > CONF_HEAP_MAX || hh.size & (hh.size - 1) ||
 		    hh.min_block < CONF_MIN_BLOCK_MIN || hh.min_block > CONF_MIN_BLOCK_MAX ||
-		    hh.min_block & (hh.min_block - 1) || hh.min_block > hh.size)
+		    hh.min_block & (hh.min_block - 1) || hh.min_block > hh.size ||
+		    hh.epoch > INT64_MAX) /* epochs only rise by one: never near wrapping */
 			return -EBADMSG;
 		memcpy(name, p + sizeof(hh), hh.name_len);
 		name[hh.name_len] = 0;
@@ -593,7 +609,10 @@ int mirror_writers(struct hfs_repl_heap *r, const char *p, size_t len)
 	memcpy(&id, p, sizeof(id));
 	pthread_mutex_lock(&r->lock);
 	HASH_FIND(hh, r->wopen, &id, sizeof(id), w);
-	if (p[sizeof(id)] && !w && (w = calloc(1, sizeof(*w)))) {
+	/* no more than this copy may hold inodes: past that a peer only fills our memory (a
+	 * file this copy cannot hold is not marked anyway) */
+	if (p[sizeof(id)] && !w && HASH_COUNT(r->wopen) < conf_heap_inodes(&r->h->pol) &&
+	    (w = calloc(1, sizeof(*w)))) {
 		w->id = id;
 		HASH_ADD(hh, r->wopen, id, sizeof(w->id), w);
 	} else if (!p[sizeof(id)] && w) {

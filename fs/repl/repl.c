@@ -218,7 +218,7 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 	if (type == MSG_HELLO)
 		return recv_hello(p, len);
 	if (type == MSG_VERIFY)
-		return verify_answer();
+		return verify_answer(p, len);
 	if (type == MSG_VERIFY_REPLY)
 		return verify_reply(p, len);
 	nl = len ? (uint8_t)p[0] : 0;
@@ -422,6 +422,7 @@ void hfs_repl_stop(void)
 	pthread_mutex_unlock(&rg.lock);
 	if (on) /* not under rg.lock: it takes it at its end */
 		pthread_join(rg.sync_th, NULL);
+	verify_stop(); /* it uses the link too */
 	rep_stop(l); /* joins the receive thread: no callback runs after this */
 	rg.l = NULL;
 	deferred_run(UINT64_MAX); /* none should be left; never leave a request unanswered */

@@ -25,8 +25,9 @@ enum {
 	MSG_IMG,                   /* name, bytes of the image stream */
 	MSG_IMGEND,                /* name: the stream is complete */
 	MSG_REC,                   /* name, recno, one change record */
-	MSG_VERIFY,                /* send your checksums (heapfsctl verify) */
-	MSG_VERIFY_REPLY,          /* JSON: heap -> path -> "kind size mode xxh3" */
+	MSG_VERIFY,                /* request id: send your checksums (heapfsctl verify) */
+	MSG_VERIFY_REPLY,          /* JSON {id, end, heaps: heap -> path -> "kind size mode
+				      xxh3"}, in parts (verify.c) */
 	MSG_WRITERS,               /* name, id, open: a file is (no longer) open for writing */
 };
 
@@ -178,8 +179,9 @@ struct hfs_repl_heap *rh_new(struct hfs_heap *h, bool mirror);
 void *sync_thread(void *arg);
 
 /* verify.c */
-int verify_answer(void);
+int verify_answer(const char *p, size_t len);
 int verify_reply(const char *p, size_t len);
+void verify_stop(void);
 
 /* wait.c */
 void deferred_run(uint64_t seq);

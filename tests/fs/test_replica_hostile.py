@@ -98,3 +98,73 @@ def test_record_the_mirror_cannot_apply_resyncs(mount_factory, secret):
     wait_state(p.a, "connected", 30)
     p.verify()
     assert p.b.proc.poll() is None and p.a.proc.poll() is None
+
+
+def test_verify_any_name_any_size_and_only_for_the_owner(mount_factory, secret):
+    """File names are bytes: names that are not UTF-8, with backslashes, and paths past
+    the key limit (1024) verify clean on both sides (before, such a name dropped the
+    reply).  A heap whose checksums take more than one message (2 MiB) verifies too: the
+    answer goes in parts.  .heapfs/verify is for the mount's owner (mode 0400)."""
+    p = Pair(mount_factory, secret, mode="async", size="256M")
+    d = p.a.heap("data")
+    st = os.stat(p.a.path / ".heapfs" / "verify")
+    assert st.st_mode & 0o777 == 0o400 and st.st_uid == os.getuid()
+    odd = [b"caf\xe9", b"\xff\xfe", b"back\\slash", b"\\x41", b"A", b"\xc0\xaf", b"\xed\xa0\x80",
+           "ünï".encode()]
+    for n in odd:
+        with open(os.path.join(bytes(d), n), "wb") as f:
+            f.write(n)
+    deep = bytes(d)
+    for k in range(6):  # 6 x 201 bytes: past the key limit
+        deep = os.path.join(deep, b"%c" % (0x61 + k) * 200 + b"\xfe")
+        os.mkdir(deep)
+    with open(os.path.join(deep, b"leaf"), "wb") as f:
+        f.write(b"deep")
+    many = d / "many"
+    many.mkdir()
+    for k in range(9000):  # ~260 bytes of JSON each: 2.3 MiB of checksums
+        (many / (f"{k:05d}" + "x" * 200)).write_bytes(b"")
+    names = len(odd) + 6 + 1 + 1 + 9000
+    for m in (p.a, p.b):
+        j = p.verify(m)
+        assert j["heaps"]["data"]["files"] == names, j
+    # the mirror's copy really is compared: a refused verify would say "unreachable"
+    assert "cannot answer" not in p.a.stderr_text() + p.b.stderr_text()
+
+
+def test_verify_answers_are_rate_limited(mount_factory, secret):
+    """One verify request costs the answering side a hash of every heap: it answers at
+    most one a second, so three verifies in a row take two seconds at least."""
+    p = Pair(mount_factory, secret, mode="async")
+    (p.a.heap("data") / "f").write_bytes(b"x" * MIB)
+    t = time.monotonic()
+    for _ in range(3):
+        p.verify()
+    assert time.monotonic() - t >= 2.0
+
+
+def test_hello_lists_every_heap_and_mirrors_stop_at_the_limit(mount_factory, secret):
+    """A HELLO lists every replicated heap of the sender (before, the ones past 8 KiB
+    were left out: the partner then took over heaps it mirrored).  Past REPL_MAX (256)
+    replicated heaps on one node no mirror heap is made at all (before: made, left
+    unreplicated and writable)."""
+    from test_replica import config, port_pair
+    pa, pb = port_pair()
+    ha = "".join(f'heap "a{k:03d}{"n" * 60}" {{ size = 1M replicate = async }}\n'
+                 for k in range(200))
+    hb = "".join(f'heap "b{k:03d}" {{ size = 1M replicate = async }}\n' for k in range(100))
+    a = mount_factory(config("a", pa, pb, secret, ha), name="a")
+    b = mount_factory(config("b", pb, pa, secret, hb), name="b")
+    for m in (a, b):  # 300 heaps on a loaded host: give it time
+        wait_state(m, "connected", 90)
+
+    def mirrored(m, prefix):
+        return [n for n, role in partner(m)["heaps"].items()
+                if n.startswith(prefix) and role == "mirror"]
+    wait_until(lambda: len(mirrored(b, "a")) == 156 and len(mirrored(a, "b")) == 56, 90,
+               "mirrors up to the limit")
+    for m in (a, b):  # its own and its mirrors: 256, no stray unreplicated heap
+        assert len(os.listdir(m.path / "heaps")) == 256
+        assert "no room for more than 256 replicated heaps" in m.stderr_text()
+    (a.heap("a000" + "n" * 60) / "f").write_bytes(b"1")
+    wait_until(lambda: (b.heap("a000" + "n" * 60) / "f").exists(), 10, "replicated")
