@@ -60,10 +60,11 @@
  * longer a mirror, and no applier is freed under its user.  r->apply is written under
  * both locks (send_hello reads it under r->lock).  The restore thread applies with an
  * applier of its own and never takes r->alock while it reads the pipe the receive thread
- * fills; a promote while it runs (r->restoring) is refused (EAGAIN): half an image;
- * the link's callbacks run on its receive thread and walk rg.rv (append-only), not
- * hfs.heapv; rg.lock guards the state and the sync thread's handle (never joined under
- * it); deferq.lock the deferred replies; verif.lock one verify at a time.
+ * fills; a promote while it runs (r->restoring) is refused (EINPROGRESS: half an
+ * image).  The link's callbacks run on its receive thread and walk rg.rv (append-only),
+ * not hfs.heapv; rg.lock guards the state and the sync thread's handle (never joined
+ * under it); deferq.lock the deferred replies; verif.lock one verify at a time, ans.lock
+ * its answers to the partner (verify.c).
  *
  * Files: out.c (records out), wait.c (sync waits, flushes, room), sync.c (resync),
  * mirror.c (HELLO, mirrors, takeover decisions, the applier), verify.c; here the link's
@@ -332,7 +333,7 @@ int hfs_repl_promote(const char *heap, bool force, bool discard)
 		return -ENOENT;
 	if (up && rg.l)
 		rep_kick(rg.l); /* a new HELLO exchange settles who owns what */
-	return busy ? -EAGAIN : 0;
+	return busy ? -EINPROGRESS : 0;
 }
 
 /* ---- start, stop, status ------------------------------------------------------------ */

@@ -4,12 +4,11 @@ receives, a record the mirror cannot apply, what one verify request may cost, na
 are not UTF-8, and a HELLO listing more heaps than fit one buffer.  Run under the ASan and
 TSan daemons too (a sanitizer report fails the test)."""
 import errno
-import json
 import os
 import threading
 import time
 
-from conftest import MIB, wait_until
+from conftest import MIB, pattern, read_daemon, wait_until
 from test_replica import Pair, partner, secret, wait_state  # noqa: F401 (fixture)
 
 
@@ -168,3 +167,31 @@ def test_hello_lists_every_heap_and_mirrors_stop_at_the_limit(mount_factory, sec
         assert "no room for more than 256 replicated heaps" in m.stderr_text()
     (a.heap("a000" + "n" * 60) / "f").write_bytes(b"1")
     wait_until(lambda: (b.heap("a000" + "n" * 60) / "f").exists(), 10, "replicated")
+
+
+def test_no_promote_while_a_whole_image_arrives(mount_factory, secret):
+    """A mirror restoring a whole image holds half a copy: `promote --force` then is
+    refused (EINPROGRESS, "still arriving"; before, the restore went on writing into a heap
+    users could now change) and works once the image is in.  The relays are slowed down
+    (8 MiB/s) so the image takes seconds."""
+    p = Pair(mount_factory, secret, mode="async", size="128M", timeout="3s", relay=True)
+    try:
+        (p.a.heap("data") / "big").write_bytes(pattern(48 * MIB, seed=3))
+        for rl in p.relays:
+            rl.delay = 0.008
+        p.kill(p.b)
+        p.b = p.start_b()  # back empty: a sends the whole heap, slowly
+        wait_until(lambda: partner(p.b)["recv_bytes"] > 4 * MIB, 30, "image arriving")
+        r = p.b.ctl("promote", "--force", p.b.path, "data")
+        assert partner(p.b)["recv_bytes"] < 40 * MIB  # still arriving when refused
+        assert r.returncode == 1 and "still arriving" in r.stderr, (r.returncode, r.stderr)
+        assert p.b.heap_stats("data")["role"] == "mirror"
+        wait_state(p.a, "connected", 60)
+        r = p.b.ctl("promote", "--force", p.b.path, "data")
+        assert r.returncode == 0, r.stderr
+        settled(p, p.b, p.a)
+        assert read_daemon(p.b.heap("data") / "big") == pattern(48 * MIB, seed=3)
+        p.verify(p.b)
+    finally:
+        for rl in p.relays:
+            rl.close()
