@@ -227,10 +227,11 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 		return -EBADMSG;
 	memcpy(name, p + 1, nl);
 	name[nl] = 0;
+	/* not mirrored here (no room past REPL_MAX, ours too, or promoted here: the HELLO
+	 * after it settles that): "not here", which the owner takes like a lost partner for
+	 * the change; a refusal would resync the link over and over and fail its closes */
 	r = repl_named(name);
-	if (!r)
-		return -ENOENT;
-	if (!r->mirror) /* promoted here: the HELLO after it settles the heap, no refusal */
+	if (!r || !r->mirror)
 		return -ENOTCONN;
 	p += 1 + nl;
 	len -= 1 + nl;
