@@ -505,6 +505,7 @@ struct hfs_status_file {
 	uint64_t size;
 	void (*copy)(void *dst);
 	int (*setxattr)(const char *name, const void *value, size_t size);
+	mode_t mode;                  /* permission bits; 0: 0444 (readable by all) */
 	struct hfs_status_file *next; /* status.c's */
 };
 void hfs_status_register(struct hfs_status_file *f);

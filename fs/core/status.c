@@ -62,7 +62,8 @@ void hfs_status_role(const char *(*role)(const struct hfs_heap *h))
 int __hfs_status_files(struct hfs_inode *dot)
 {
 	for (struct hfs_status_file *f = files; f; f = f->next) {
-		struct hfs_inode *i = __hfs_fixed_add(dot, f->name, HFS_STATUS, S_IFREG | 0444,
+		struct hfs_inode *i = __hfs_fixed_add(dot, f->name, HFS_STATUS,
+						      S_IFREG | (f->mode ? f->mode : 0444),
 						      HFS_ST_FEATURE);
 
 		if (!i)

@@ -1071,6 +1071,9 @@ static int cmd_promote(char **args, const struct ctl_opts *o)
 		err_msg("%s: no replicated heap %s", args[0], heap);
 	else if (ret == -ENOTCONN)
 		err_msg("%s: no partner section in the config", args[0]);
+	else if (ret == -EINPROGRESS)
+		err_msg("%s: a whole image of %s is still arriving here; promote once it is in",
+			args[0], heap[0] ? heap : "a heap");
 	else if (ret)
 		err_msg("%s: %s", path, strerror(-ret));
 	else if (!o->json)

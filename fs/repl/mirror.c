@@ -58,19 +58,23 @@ static bool fresh(const struct hfs_repl_heap *r);
 
 int send_hello(void)
 {
-	char buf[8192];
-	size_t len = 0;
+	/* every heap, whatever their number (a heap left out would read as "the partner no
+	 * longer has it" there): REPL_MAX of them fit a message */
+	size_t len = 0, size = REPL_MAX * (sizeof(struct hello_heap) + CONF_NAME_MAX);
+	char *buf = malloc(size);
 	int64_t seq;
 
 	struct hfs_repl_heap *r;
 
+	if (!buf)
+		return -ENOMEM;
 	FOR_EACH_REPL(r) {
 		struct hfs_heap *h = r->h;
 		struct hello_heap hh = { .size = h->pol.size, .min_block = h->pol.min_block,
 					 .layout = h->pol.layout, .replicate = h->pol.replicate,
 					 .name_len = (uint32_t)strlen(h->pol.name) };
 
-		if (len + sizeof(hh) + hh.name_len > sizeof(buf))
+		if (hh.name_len > size - len - sizeof(hh)) /* cannot be: REPL_MAX, CONF_NAME_MAX */
 			break;
 		pthread_mutex_lock(&r->lock);
 		hh.mirror = r->mirror;
@@ -86,6 +90,7 @@ int send_hello(void)
 		len += sizeof(hh) + hh.name_len;
 	}
 	seq = rep_send(rg.l, MSG_HELLO, buf, len);
+	free(buf);
 	return seq < 0 ? (int)seq : 0;
 }
 
@@ -102,6 +107,14 @@ static int make_mirror(const struct hello_heap *hh, const char *name)
 		hfs_log(HFS_LOG_ERR, "partner: heap %s is declared on both nodes; "
 			"not mirrored", name);
 		return -EEXIST;
+	}
+	if (atomic_load(&rg.nr) >= REPL_MAX) { /* no heap made that could not be a mirror */
+		static atomic_bool said; /* a HELLO may list thousands */
+
+		if (!atomic_exchange(&said, true))
+			hfs_log(HFS_LOG_WARNING, "partner: heap %s (and any more): no room for more "
+				"than %u replicated heaps; not mirrored", name, REPL_MAX);
+		return -ENOSPC;
 	}
 	if (conf_heap_defaults(hfs.conf, name, &pol))
 		return -EINVAL;
@@ -142,7 +155,8 @@ void wopen_clear(struct hfs_repl_heap *r)
 	}
 }
 
-/* r->lock held: the files open for writing on the owner we take over from, referenced,
+/* r->alock and r->lock held: the files open for writing on the owner we take over from,
+ * referenced,
  * for mark_interrupted() (which cannot run under r->lock: it changes the heap). */
 static void __collect_marks(struct hfs_repl_heap *r)
 {
@@ -190,7 +204,9 @@ static void mark_all(void)
 		mark_interrupted(r);
 }
 
-/* r->lock held: become the owner (a promotion, or the partner came back with nothing). */
+/* r->alock and r->lock held: become the owner (a promotion, or the partner came back
+ * with nothing).  Not while an image restore runs (r->restoring): its thread would go on
+ * writing into a heap users now change. */
 void __become_owner(struct hfs_repl_heap *r, uint64_t above)
 {
 	if (r->mirror)
@@ -199,6 +215,7 @@ void __become_owner(struct hfs_repl_heap *r, uint64_t above)
 		hfs_apply_end(r->apply, false);
 		r->apply = NULL;
 	}
+	r->refused = r->noroom = false;
 	r->epoch = (above > r->epoch ? above : r->epoch) + 1;
 	r->lost = true; /* what the other side holds is unknown: it gets a whole image */
 	pend_drop(r);
@@ -206,7 +223,8 @@ void __become_owner(struct hfs_repl_heap *r, uint64_t above)
 	rh_set_mirror(r, false);
 }
 
-/* r->lock held: become the mirror (the partner won); its image replaces ours. */
+/* r->alock and r->lock held: become the mirror (the partner won); its image replaces
+ * ours. */
 static void __become_mirror(struct hfs_repl_heap *r, uint64_t epoch)
 {
 	pend_drop(r);
@@ -225,6 +243,7 @@ static void peer_holds(const char *name, const struct hello_heap *hh)
 
 	if (!r)
 		return;
+	pthread_mutex_lock(&r->alock);
 	pthread_mutex_lock(&r->lock);
 	if (r->mirror && hh->gen && r->apply && hh->epoch >= r->epoch) {
 		/* both mirrors: nobody owns it; nothing to do */
@@ -238,6 +257,7 @@ static void peer_holds(const char *name, const struct hello_heap *hh)
 		r->peer_recno = hh->recno;
 	}
 	pthread_mutex_unlock(&r->lock);
+	pthread_mutex_unlock(&r->alock);
 }
 
 /* Does our side win the heap both nodes own?  Both sides compute it from the same two
@@ -268,6 +288,7 @@ static int settle_owner(const char *name, const struct hello_heap *hh)
 
 	if (!r)
 		return 0;
+	pthread_mutex_lock(&r->alock);
 	pthread_mutex_lock(&r->lock);
 	if (r->mirror) {
 		if (r->apply && r->gen && hh->fresh) {
@@ -280,6 +301,7 @@ static int settle_owner(const char *name, const struct hello_heap *hh)
 			r->epoch = hh->epoch;
 		}
 		pthread_mutex_unlock(&r->lock);
+		pthread_mutex_unlock(&r->alock);
 		return 1;
 	}
 	win = owner_wins(r, hh);
@@ -298,6 +320,7 @@ static int settle_owner(const char *name, const struct hello_heap *hh)
 		__become_mirror(r, hh->epoch);
 	}
 	pthread_mutex_unlock(&r->lock);
+	pthread_mutex_unlock(&r->alock);
 	return 1;
 }
 
@@ -318,7 +341,9 @@ static void sync_start(void)
 	pthread_mutex_lock(&rg.lock);
 	rg.sync_conn = atomic_load(&rg.conn); /* this connection's: the receive thread's */
 	rg.syncing = true;
-	rg.sync_on = !pthread_create(&rg.sync_th, NULL, sync_thread, NULL);
+	/* not once hfs_repl_stop has looked for the last one (it sets stopping first) */
+	rg.sync_on = !atomic_load(&rg.stopping) &&
+		     !pthread_create(&rg.sync_th, NULL, sync_thread, NULL);
 	if (!rg.sync_on)
 		rg.syncing = false;
 	pthread_mutex_unlock(&rg.lock);
@@ -339,6 +364,7 @@ int recv_hello(const char *p, size_t len)
 	/* a heap we mirror, with data, that the partner no longer has at all: its owner came
 	 * back empty (a restart of a node whose config does not declare it): we own it */
 	FOR_EACH_REPL(r) {
+		pthread_mutex_lock(&r->alock);
 		pthread_mutex_lock(&r->lock);
 		if (!ret && r->mirror && !r->peer_owns && r->apply && r->gen) {
 			hfs_log(HFS_LOG_NOTICE, "partner: %s: the partner no longer has it: we own "
@@ -348,6 +374,7 @@ int recv_hello(const char *p, size_t len)
 			took = true;
 		}
 		pthread_mutex_unlock(&r->lock);
+		pthread_mutex_unlock(&r->alock);
 	}
 	mark_all();
 	if (took)
@@ -370,7 +397,8 @@ static int recv_heaps(const char *p, size_t len)
 		if (!hh.name_len || hh.name_len > CONF_NAME_MAX || len - sizeof(hh) < hh.name_len ||
 		    hh.size > CONF_HEAP_MAX || hh.size & (hh.size - 1) ||
 		    hh.min_block < CONF_MIN_BLOCK_MIN || hh.min_block > CONF_MIN_BLOCK_MAX ||
-		    hh.min_block & (hh.min_block - 1) || hh.min_block > hh.size)
+		    hh.min_block & (hh.min_block - 1) || hh.min_block > hh.size ||
+		    hh.epoch > INT64_MAX) /* epochs only rise by one: never near wrapping */
 			return -EBADMSG;
 		memcpy(name, p + sizeof(hh), hh.name_len);
 		name[hh.name_len] = 0;
@@ -397,29 +425,39 @@ struct restore_arg {
 	int fd;
 };
 
+/* The image restore: its own applier, which becomes r->apply (the live one) only when
+ * the whole image is in.  It never holds r->alock while it reads the pipe (the receive
+ * thread, which fills it, takes r->alock). */
 static void *restore_thread(void *arg)
 {
 	struct restore_arg *ra = arg;
 	struct hfs_repl_heap *r = ra->r;
+	struct hfs_apply *a = NULL;
 	struct img_r *rd;
 	struct img_rec rec;
 	int ret;
 
 	ret = img_r_open(ra->fd, r->h->pol.size, &rd, r->why, sizeof(r->why));
 	if (!ret) {
-		ret = hfs_apply_begin(r->h, r->why, sizeof(r->why), &r->apply);
+		ret = hfs_apply_begin(r->h, r->why, sizeof(r->why), &a);
 		while (!ret && (ret = img_r_next(rd, &rec)) == 1)
-			ret = hfs_apply_rec(r->apply, rd, &rec);
+			ret = hfs_apply_rec(a, rd, &rec);
 		if (!ret)
-			ret = hfs_apply_settle(r->apply);
-		if (!ret)
-			hfs_apply_live(r->apply);
+			ret = hfs_apply_settle(a);
 		img_r_free(rd);
 	}
-	if (ret && r->apply) {
-		hfs_apply_end(r->apply, false);
-		r->apply = NULL;
+	pthread_mutex_lock(&r->alock);
+	pthread_mutex_lock(&r->lock);
+	r->restoring = false;
+	if (!ret && r->mirror) { /* a promote waits for this (it refuses while restoring) */
+		hfs_apply_live(a);
+		r->apply = a;
+		a = NULL;
 	}
+	pthread_mutex_unlock(&r->lock);
+	if (a)
+		hfs_apply_end(a, false);
+	pthread_mutex_unlock(&r->alock);
 	/* read what is left so the writer never blocks on a dead reader */
 	while (read(ra->fd, r->why + sizeof(r->why) - 1, 1) > 0)
 		;
@@ -450,41 +488,57 @@ int mirror_join(struct hfs_repl_heap *r, bool cut)
 	return r->th_on ? -EIO : r->th_ret;
 }
 
-int mirror_reset(struct hfs_repl_heap *r)
+/* RESET (gen): empty the copy and start the restore of the image that follows.  Under
+ * r->alock throughout, so a promote either comes before (the heap is no longer a mirror:
+ * refused) or after (the restore runs: the promote is refused). */
+int mirror_reset(struct hfs_repl_heap *r, uint64_t gen)
 {
-	struct restore_arg *ra;
-	int p[2], ret;
+	struct restore_arg *ra = NULL;
+	int p[2] = { -1, -1 }, ret;
 
 	mirror_join(r, true);
-	r->noroom = false;
-	if (r->apply) {
-		hfs_apply_end(r->apply, false);
-		r->apply = NULL;
+	pthread_mutex_lock(&r->alock);
+	if (!r->mirror) { /* promoted since on_recv looked */
+		ret = -ENOTCONN;
+		goto out;
 	}
+	pthread_mutex_lock(&r->lock);
+	r->gen = gen;
+	r->recno = 0;
+	wopen_clear(r);
+	if (r->apply)
+		hfs_apply_end(r->apply, false);
+	r->apply = NULL;
+	pthread_mutex_unlock(&r->lock);
+	r->noroom = r->refused = false;
 	ret = hfs_apply_clear(r->h);
 	if (ret)
-		return ret;
-	if (pipe2(p, O_CLOEXEC))
-		return -errno;
-	ra = malloc(sizeof(*ra));
-	if (!ra) {
-		close(p[0]);
-		close(p[1]);
-		return -ENOMEM;
-	}
+		goto out;
+	ret = pipe2(p, O_CLOEXEC) ? -errno : (ra = malloc(sizeof(*ra))) ? 0 : -ENOMEM;
+	if (ret)
+		goto out;
 	ra->r = r;
 	ra->fd = p[0];
 	r->why[0] = 0;
 	r->th_ret = 0;
-	if (pthread_create(&r->th, NULL, restore_thread, ra)) {
-		close(p[0]);
-		close(p[1]);
-		free(ra);
-		return -EAGAIN;
+	pthread_mutex_lock(&r->lock);
+	r->restoring = !pthread_create(&r->th, NULL, restore_thread, ra);
+	ret = r->restoring ? 0 : -EAGAIN;
+	pthread_mutex_unlock(&r->lock);
+	if (!ret) {
+		r->th_on = true;
+		r->pipe_w = p[1];
+		ra = NULL;
+		p[0] = p[1] = -1;
 	}
-	r->th_on = true;
-	r->pipe_w = p[1];
-	return 0;
+out:
+	pthread_mutex_unlock(&r->alock);
+	if (p[0] >= 0)
+		close(p[0]);
+	if (p[1] >= 0)
+		close(p[1]);
+	free(ra);
+	return ret;
 }
 
 int mirror_img(struct hfs_repl_heap *r, const char *p, size_t len)
@@ -514,7 +568,10 @@ int mirror_writers(struct hfs_repl_heap *r, const char *p, size_t len)
 	memcpy(&id, p, sizeof(id));
 	pthread_mutex_lock(&r->lock);
 	HASH_FIND(hh, r->wopen, &id, sizeof(id), w);
-	if (p[sizeof(id)] && !w && (w = calloc(1, sizeof(*w)))) {
+	/* no more than this copy may hold inodes: past that a peer only fills our memory (a
+	 * file this copy cannot hold is not marked anyway) */
+	if (p[sizeof(id)] && !w && HASH_COUNT(r->wopen) < conf_heap_inodes(&r->h->pol) &&
+	    (w = calloc(1, sizeof(*w)))) {
 		w->id = id;
 		HASH_ADD(hh, r->wopen, id, sizeof(w->id), w);
 	} else if (!p[sizeof(id)] && w) {
@@ -549,19 +606,26 @@ static int no_room_here(struct hfs_repl_heap *r, uint64_t recno)
 	return -ENOSPC;
 }
 
-int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
+/* r->alock held: apply one record (recno, then the record) to the live copy.  A record
+ * refused here leaves the copy as it was before it (the applier checks before it changes)
+ * and none after it is applied: the owner is told (the ack's status; -ENOSPC and
+ * -ENOTCONN mean room and a lost link there, so never those) and resyncs the heap whole. */
+static int __mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
 {
 	static char str[IMG_REC_STR]; /* the receive thread is the only caller */
 	struct img_rec rec;
 	const void *data;
+	uint64_t recno;
 	int ret;
 
-	uint64_t recno;
-
+	if (!r->mirror)
+		return -ENOTCONN; /* promoted since on_recv looked: as there */
 	if (!r->apply)
 		return -EPROTO; /* no full image yet, or it failed */
 	if (r->noroom)
 		return -ENOSPC; /* async: this copy lacks a change until the next image */
+	if (r->refused)
+		return -ESTALE; /* said once: this copy waits for its image */
 	if (len < sizeof(recno))
 		return -EBADMSG;
 	memcpy(&recno, p, sizeof(recno));
@@ -575,17 +639,30 @@ int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
 		ret = hfs_apply_mem(r->apply, NULL, &rec, data);
 	if (ret == -ENOSPC && rec.type == IMG_DATA) /* whole or not at all (hfs_write) */
 		return no_room_here(r, recno);
-	if (ret) {
-		hfs_log(HFS_LOG_ERR, "partner: a change to %s failed: %s", r->h->pol.name,
-			r->why[0] ? r->why : strerror(-ret));
-		pthread_mutex_lock(&r->lock);
+	pthread_mutex_lock(&r->lock);
+	if (ret)
 		r->gen = 0; /* ask for a whole image next time */
-		pthread_mutex_unlock(&r->lock);
-	} else {
-		pthread_mutex_lock(&r->lock);
+	else
 		r->recno = recno;
-		pthread_mutex_unlock(&r->lock);
+	pthread_mutex_unlock(&r->lock);
+	if (ret) {
+		hfs_log(HFS_LOG_ERR, "partner: a change to %s (record %llu) failed: %s; the "
+			"copy waits for a whole image", r->h->pol.name, (unsigned long long)recno,
+			r->why[0] ? r->why : strerror(-ret));
+		r->refused = true;
+		if (ret == -ENOSPC || ret == -ENOTCONN)
+			ret = -EIO;
 	}
 	r->why[0] = 0;
+	return ret;
+}
+
+int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len)
+{
+	int ret;
+
+	pthread_mutex_lock(&r->alock);
+	ret = __mirror_rec(r, p, len);
+	pthread_mutex_unlock(&r->alock);
 	return ret;
 }

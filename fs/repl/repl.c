@@ -55,15 +55,24 @@
  *
  * Locking: per heap, r->lock orders "log, send or hold back" with the resync and guards
  * the takeover fields (taken under hfs.ns or an inode lock, never the other way round);
- * the link's callbacks run on its receive thread and walk rg.rv (append-only), not
- * hfs.heapv; rg.lock guards the state and the sync thread's handle (never joined under
- * it); deferq.lock the deferred replies; verif.lock one verify at a time.
+ * r->alock, the applier's lock, is outermost (r->alock, then hfs.ns, inode locks,
+ * r->lock): whoever uses r->apply holds it (the receive thread applying a record, RESET
+ * emptying the copy, the marks of a takeover), and so does whoever replaces or frees it or
+ * flips r->mirror (promote on a FUSE worker, the takeovers of HELLO and auto_failover, the
+ * restore thread publishing its applier); so no record is applied to a heap that is no
+ * longer a mirror, and no applier is freed under its user.  r->apply is written under
+ * both locks (send_hello reads it under r->lock).  The restore thread applies with an
+ * applier of its own and never takes r->alock while it reads the pipe the receive thread
+ * fills; a promote while it runs (r->restoring) is refused (EINPROGRESS: half an
+ * image).  The link's callbacks run on its receive thread and walk rg.rv (append-only),
+ * not hfs.heapv; rg.lock guards the state and the sync thread's handle (never joined
+ * under it); deferq.lock the deferred replies; verif.lock one verify at a time, ans.lock
+ * its answers to the partner (verify.c).
  *
  * Files: out.c (records out), wait.c (sync waits, flushes, room), sync.c (resync),
  * mirror.c (HELLO, mirrors, takeover decisions, the applier), verify.c; here the link's
  * callbacks, promote, start, stop and status.
  */
-#include <errno.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -101,6 +110,7 @@ struct hfs_repl_heap *rh_new(struct hfs_heap *h, bool mirror)
 	r->pend_tail = &r->pend;
 	r->streaming = true; /* until the partner says what it has */
 	pthread_mutex_init(&r->lock, NULL);
+	pthread_mutex_init(&r->alock, NULL);
 	pthread_mutex_lock(&rg.lock);
 	if (rg.nr < REPL_MAX) {
 		rg.rv[rg.nr] = r;
@@ -166,15 +176,24 @@ static void on_down(void *arg, const char *why)
 	hfs_log(HFS_LOG_NOTICE, "partner: link down (%s)", why);
 	FOR_EACH_REPL(r) {
 		if (r->mirror) {
+			bool took = false;
+			uint64_t epoch;
+
 			mirror_join(r, true); /* a half image: the next connect resets */
-			if (hfs.conf->partner.auto_failover && r->apply) {
-				pthread_mutex_lock(&r->lock);
+			pthread_mutex_lock(&r->alock);
+			pthread_mutex_lock(&r->lock);
+			if (hfs.conf->partner.auto_failover && r->mirror && r->apply) {
 				__become_owner(r, r->epoch);
-				pthread_mutex_unlock(&r->lock);
+				took = true;
+			}
+			epoch = r->epoch;
+			pthread_mutex_unlock(&r->lock);
+			pthread_mutex_unlock(&r->alock);
+			if (took) {
 				mark_interrupted(r);
 				hfs_log(HFS_LOG_NOTICE, "partner: %s: the owner is gone: we own it "
 					"now (auto_failover, epoch %llu)", r->h->pol.name,
-					(unsigned long long)r->epoch);
+					(unsigned long long)epoch);
 			}
 			continue;
 		}
@@ -198,7 +217,7 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 	if (type == MSG_HELLO)
 		return recv_hello(p, len);
 	if (type == MSG_VERIFY)
-		return verify_answer();
+		return verify_answer(p, len);
 	if (type == MSG_VERIFY_REPLY)
 		return verify_reply(p, len);
 	nl = len ? (uint8_t)p[0] : 0;
@@ -206,21 +225,23 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 		return -EBADMSG;
 	memcpy(name, p + 1, nl);
 	name[nl] = 0;
+	/* not mirrored here (no room past REPL_MAX, ours too, or promoted here: the HELLO
+	 * after it settles that): "not here", which the owner takes like a lost partner for
+	 * the change; a refusal would resync the link over and over and fail its closes */
 	r = repl_named(name);
 	if (!r || !r->mirror)
-		return -ENOENT;
+		return -ENOTCONN;
 	p += 1 + nl;
 	len -= 1 + nl;
 	switch (type) {
-	case MSG_RESET:
-		if (len != sizeof(r->gen))
+	case MSG_RESET: {
+		uint64_t gen;
+
+		if (len != sizeof(gen))
 			return -EBADMSG;
-		pthread_mutex_lock(&r->lock);
-		memcpy(&r->gen, p, sizeof(r->gen));
-		r->recno = 0;
-		wopen_clear(r);
-		pthread_mutex_unlock(&r->lock);
-		return mirror_reset(r);
+		memcpy(&gen, p, sizeof(gen));
+		return mirror_reset(r, gen);
+	}
 	case MSG_IMG:
 		return mirror_img(r, p, len);
 	case MSG_IMGEND:
@@ -234,6 +255,7 @@ static int on_recv(void *arg, uint32_t type, const void *payload, size_t len)
 
 static void on_acked(void *arg, uint64_t seq, int status)
 {
+	static atomic_uint_fast64_t kicked; /* the connection a refusal kicked */
 	struct hfs_repl_heap *r;
 
 	(void)arg;
@@ -255,8 +277,9 @@ static void on_acked(void *arg, uint64_t seq, int status)
 		}
 	}
 	/* the mirror could not apply a change: its copy is no longer ours; a reconnect
-	 * gives it a full image */
-	if (status < 0 && status != -ENOTCONN && status != -ENOSPC) {
+	 * gives it a full image.  Once per connection: it refuses the records after it too. */
+	if (status < 0 && status != -ENOTCONN && status != -ENOSPC &&
+	    atomic_exchange(&kicked, atomic_load(&rg.conn)) != atomic_load(&rg.conn)) {
 		hfs_log(HFS_LOG_WARNING, "partner: a change was refused (%s); resyncing",
 			strerror(-status));
 		rep_kick(rg.l);
@@ -269,7 +292,8 @@ static void on_acked(void *arg, uint64_t seq, int status)
 int hfs_repl_promote(const char *heap, bool force, bool discard)
 {
 	struct hfs_repl_heap *r;
-	bool up, any = false;
+	bool up, any = false, busy = false;
+	uint64_t epoch;
 
 	if (!rg.on)
 		return -ENOTCONN; /* no partner section */
@@ -282,7 +306,14 @@ int hfs_repl_promote(const char *heap, bool force, bool discard)
 		if (heap && heap[0] && strcmp(r->h->pol.name, heap))
 			continue;
 		any = true;
+		pthread_mutex_lock(&r->alock);
 		pthread_mutex_lock(&r->lock);
+		if (r->restoring) { /* half an image here: not a copy to own */
+			pthread_mutex_unlock(&r->lock);
+			pthread_mutex_unlock(&r->alock);
+			busy = true;
+			continue;
+		}
 		if (r->mirror)
 			__become_owner(r, r->epoch);
 		if (discard) {
@@ -290,16 +321,18 @@ int hfs_repl_promote(const char *heap, bool force, bool discard)
 			r->split = false;
 			r->epoch++;
 		}
+		epoch = r->epoch;
 		pthread_mutex_unlock(&r->lock);
+		pthread_mutex_unlock(&r->alock);
 		mark_interrupted(r);
 		hfs_log(HFS_LOG_NOTICE, "partner: %s: promoted (epoch %llu)%s", r->h->pol.name,
-			(unsigned long long)r->epoch, discard ? ", the partner's copy is discarded" : "");
+			(unsigned long long)epoch, discard ? ", the partner's copy is discarded" : "");
 	}
 	if (!any)
 		return -ENOENT;
 	if (up && rg.l)
 		rep_kick(rg.l); /* a new HELLO exchange settles who owns what */
-	return 0;
+	return busy ? -EINPROGRESS : 0;
 }
 
 /* ---- start, stop, status ------------------------------------------------------------ */
@@ -393,6 +426,7 @@ void hfs_repl_stop(void)
 	pthread_mutex_unlock(&rg.lock);
 	if (on) /* not under rg.lock: it takes it at its end */
 		pthread_join(rg.sync_th, NULL);
+	verify_stop(); /* it uses the link too */
 	rep_stop(l); /* joins the receive thread: no callback runs after this */
 	rg.l = NULL;
 	deferred_run(UINT64_MAX); /* none should be left; never leave a request unanswered */

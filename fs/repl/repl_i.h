@@ -26,8 +26,9 @@ enum {
 	MSG_IMG,                   /* name, bytes of the image stream */
 	MSG_IMGEND,                /* name: the stream is complete */
 	MSG_REC,                   /* name, recno, one change record */
-	MSG_VERIFY,                /* send your checksums (heapfsctl verify) */
-	MSG_VERIFY_REPLY,          /* JSON: heap -> path -> "kind size mode xxh3" */
+	MSG_VERIFY,                /* request id: send your checksums (heapfsctl verify) */
+	MSG_VERIFY_REPLY,          /* JSON {id, end, heaps: heap -> path -> "kind size mode
+				      xxh3"}, in parts (verify.c) */
 	MSG_WRITERS,               /* name, id, open: a file is (no longer) open for writing */
 };
 
@@ -76,10 +77,15 @@ struct hfs_repl_heap {
 	bool noroom;                /* async mirror: refused a change for room, until RESET */
 	bool peer_owns;             /* (receive thread) the partner's HELLO claims it */
 	uint64_t peer_gen, peer_recno;
-	/* mirror: the image restore (a thread reading a pipe), then the live applier */
+	/* mirror: the image restore (a thread reading a pipe), then the live applier.
+	 * alock: the applier's lock (repl.c "Locking"): held to use r->apply, to replace
+	 * it and to flip r->mirror; r->apply is written under alock and r->lock. */
+	pthread_mutex_t alock;
 	int pipe_w;
 	pthread_t th;
 	bool th_on;
+	bool restoring;             /* r->lock: an image restore runs (r->apply is NULL) */
+	bool refused;               /* a record could not be applied: none more until RESET */
 	int th_ret;
 	struct hfs_apply *apply;
 	char why[256];
@@ -140,7 +146,7 @@ extern struct repl_deferq deferq;
 int mirror_img(struct hfs_repl_heap *r, const char *p, size_t len);
 int mirror_join(struct hfs_repl_heap *r, bool cut);
 int mirror_rec(struct hfs_repl_heap *r, const char *p, size_t len);
-int mirror_reset(struct hfs_repl_heap *r);
+int mirror_reset(struct hfs_repl_heap *r, uint64_t gen);
 int mirror_writers(struct hfs_repl_heap *r, const char *p, size_t len);
 int recv_hello(const char *p, size_t len);
 int send_hello(void);
@@ -163,8 +169,9 @@ void rh_set_mirror(struct hfs_repl_heap *r, bool mirror); /* and the core's hfs_
 void *sync_thread(void *arg);
 
 /* verify.c */
-int verify_answer(void);
+int verify_answer(const char *p, size_t len);
 int verify_reply(const char *p, size_t len);
+void verify_stop(void);
 
 /* wait.c */
 /* sync mode, the change's lock held: c waits for record seq sent on connection conn too */

@@ -47,8 +47,10 @@ void hfs_repl_register(void)
 {
 	static struct hfs_status_file partner = { .name = "partner", .json = partner_json,
 						  .setxattr = hfs_repl_setxattr };
+	/* opening it hashes every replicated file here and asks the partner to: the mount's
+	 * owner (and root) only */
 	static struct hfs_status_file verify = { .name = "verify",
-						 .json = hfs_repl_verify_json };
+						 .json = hfs_repl_verify_json, .mode = 0400 };
 
 	hfs_status_register(&partner);
 	hfs_status_register(&verify);

@@ -43,7 +43,9 @@ static int send_named(struct hfs_heap *h, uint32_t type, const void *buf, size_t
 }
 
 /* Called with the heap frozen (hfs.ns and its quiesce lock held): what was queued is in
- * the image, what comes next goes after it. */
+ * the image, what comes next goes after it (held back: streaming).  Nothing is sent here:
+ * waiting for room in the link's queue under hfs.ns would stop every change on this node
+ * for up to a timeout; sync_heap sends RESET once the heap thaws. */
 static void frozen(void *arg)
 {
 	struct hfs_repl_heap *r = arg;
@@ -57,7 +59,6 @@ static void frozen(void *arg)
 	r->gen = gen | 1; /* 0: "no copy" */
 	r->recno = 0;
 	r->streaming = true;
-	send_named(r->h, MSG_RESET, &r->gen, sizeof(r->gen));
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -104,6 +105,7 @@ static int resume_heap(struct hfs_repl_heap *r)
 
 static int sync_heap(struct hfs_repl_heap *r, char *buf)
 {
+	uint64_t gen;
 	int fd, ret;
 	pid_t pid;
 	ssize_t n;
@@ -113,8 +115,12 @@ static int sync_heap(struct hfs_repl_heap *r, char *buf)
 		return ret;
 	pthread_mutex_lock(&r->lock);
 	r->behind = false; /* the partner gets all of it again */
+	gen = r->gen;
 	pthread_mutex_unlock(&r->lock);
-	while ((n = read(fd, buf, CHUNK)) > 0 || (n < 0 && errno == EINTR)) {
+	/* first on the link for this heap: records wait in the log (streaming), WRITERS are
+	 * not sent while streaming */
+	ret = send_named(r->h, MSG_RESET, &gen, sizeof(gen));
+	while (!ret && ((n = read(fd, buf, CHUNK)) > 0 || (n < 0 && errno == EINTR))) {
 		if (n < 0)
 			continue;
 		ret = send_named(r->h, MSG_IMG, buf, (size_t)n);

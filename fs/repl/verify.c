@@ -21,14 +21,160 @@
 
 /* ---- verify ------------------------------------------------------------------------ */
 
+/* What one verify may cost (issue 16): the partner's requests are answered on a thread of
+ * their own (never the receive thread), one at a time, at most one per VERIFY_GAP_MS; a
+ * request that comes while one is answered or waits is folded into the next answer.  An
+ * answer goes in messages of at most about VERIFY_CHUNK of JSON, so a big heap verifies
+ * however many files it holds.  Paths are keys of at most KEY_MAX bytes: a longer one is
+ * named by the hash of its parent's key and its name (both sides derive it alike). */
+#define VERIFY_GAP_MS 1000
+#define VERIFY_CHUNK (1u << 20)
+#define KEY_MAX 1024
+
 static struct {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	bool busy, have;
-	json_t *peer;
+	uint64_t id;     /* of the request in flight */
+	json_t *peer;    /* heap -> path -> description, merged from the reply's parts */
+	size_t limit;    /* the most entries a heap of the reply may have */
 } verif = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
 
-/* "kind size mode hash" of one inode; hfs.ns held shared. */
+/* The answering thread's state: started at the first request, joined by verify_stop. */
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	pthread_t th;
+	bool on, stop, pending;
+	uint64_t id;     /* the latest request */
+	int64_t last;    /* when the last answer began (hfs_now_ns) */
+} ans = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+
+/* One name of a heap: taken (with a reference) under hfs.ns, described without it. */
+struct ent {
+	struct hfs_inode *i;
+	char *key;
+};
+
+struct walk {
+	struct ent *v;
+	size_t n, cap;
+};
+
+/* The length of the strict UTF-8 sequence at s (what jansson accepts), 0 if none. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+	size_t len, k;
+	uint32_t c;
+
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		len = 2, c = s[0] & 0x1f;
+	else if ((s[0] & 0xf0) == 0xe0)
+		len = 3, c = s[0] & 0x0f;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		len = 4, c = s[0] & 0x07;
+	else
+		return 0;
+	if (len > n)
+		return 0;
+	for (k = 1; k < len; k++) {
+		if ((s[k] & 0xc0) != 0x80)
+			return 0;
+		c = c << 6 | (s[k] & 0x3f);
+	}
+	if ((len == 3 && c < 0x800) || (len == 4 && (c < 0x10000 || c > 0x10ffff)) ||
+	    (c >= 0xd800 && c <= 0xdfff))
+		return 0;
+	return len;
+}
+
+/* A file name is bytes: its key keeps valid UTF-8 as it is, writes a byte that is not
+ * part of any as \xHH and a backslash as \\, so every name has one key and back. */
+static size_t name_enc(char *out, const char *name, size_t len)
+{
+	const unsigned char *s = (const unsigned char *)name;
+	size_t o = 0;
+
+	for (size_t k = 0; k < len;) {
+		size_t n = s[k] == '\\' ? 0 : utf8_seq(s + k, len - k);
+
+		if (s[k] == '\\') {
+			out[o++] = '\\';
+			out[o++] = '\\';
+			k++;
+		} else if (!n) {
+			o += (size_t)sprintf(out + o, "\\x%02x", s[k]);
+			k++;
+		} else {
+			memcpy(out + o, s + k, n);
+			o += n;
+			k += n;
+		}
+	}
+	out[o] = 0;
+	return o;
+}
+
+/* hfs.ns held shared: add i, named name in the directory whose key is pkey (NULL: the
+ * heap's root), with a reference. */
+static int __ent_add(struct walk *w, struct hfs_inode *i, const char *pkey, const char *name,
+		     size_t nlen)
+{
+	size_t plen = pkey ? strlen(pkey) + 1 : 0;
+	char *key = malloc(plen + 4 * nlen + 1); /* \xHH: four bytes for one */
+
+	if (!key)
+		return -ENOMEM;
+	if (pkey)
+		sprintf(key, "%s/", pkey);
+	if (name_enc(key + plen, name, nlen) + plen > KEY_MAX) {
+		XXH128_hash_t x = XXH3_128bits(key, strlen(key));
+
+		/* no encoded path starts with \l (a backslash is \\ there) */
+		snprintf(key, plen + 4 * nlen + 1, "\\long:%016llx%016llx",
+			 (unsigned long long)x.high64, (unsigned long long)x.low64);
+	}
+	if (w->n == w->cap) {
+		size_t cap = w->cap ? 2 * w->cap : 256;
+		struct ent *v = realloc(w->v, cap * sizeof(*v));
+
+		if (!v) {
+			free(key);
+			return -ENOMEM;
+		}
+		w->v = v;
+		w->cap = cap;
+	}
+	hfs_iref(i, 1);
+	w->v[w->n++] = (struct ent){ .i = i, .key = key };
+	return 0;
+}
+
+/* hfs.ns held shared: every name below root, breadth first (w->v is the queue of the
+ * directories still to read: no recursion, whatever the depth). */
+static int __collect(struct hfs_inode *root, struct walk *w)
+{
+	struct hfs_dirent *de, *tmp;
+	int ret = 0;
+
+	HASH_ITER(hh, root->dir.ents, de, tmp)
+		if (!ret)
+			ret = __ent_add(w, de->inode, NULL, de->name, de->len);
+	for (size_t k = 0; k < w->n && !ret; k++) {
+		struct hfs_inode *dir = w->v[k].i;
+
+		if (dir->kind != HFS_DIR)
+			continue;
+		HASH_ITER(hh, dir->dir.ents, de, tmp)
+			if (!ret)
+				ret = __ent_add(w, de->inode, w->v[k].key, de->name, de->len);
+	}
+	return ret;
+}
+
+/* "kind size mode hash" of one inode (referenced), under its own lock. */
 static json_t *describe(struct hfs_inode *i)
 {
 	char d[128];
@@ -76,117 +222,250 @@ static json_t *describe(struct hfs_inode *i)
 	return json_string(d);
 }
 
-/* A directory being walked: its path prefix ("" or "a/b/") and its entry to describe next. */
-struct walk_frame {
-	struct hfs_dirent *next;
-	char *prefix;
-};
+/* Where the descriptions of the heaps go: fn(arg, heap, NULL, NULL) as a heap begins,
+ * then fn(arg, heap, key, description) for each name (fn takes the description). */
+typedef int (*sum_fn)(void *arg, const char *heap, const char *key, json_t *d);
 
-/* {path: description} of everything below top into out.  Its own stack of directories on
- * the heap (one frame per level): however deep a tree is, no recursion.  hfs.ns shared. */
-static int walk(struct hfs_inode *top, json_t *out)
+/* Every replicated heap here, described name by name.  hfs.ns is held only to take the
+ * names (with references); each file is hashed under its own lock. */
+static int sums(sum_fn fn, void *arg)
 {
-	struct walk_frame *st = malloc(sizeof(*st)), *f;
-	size_t n = 1, cap = 1;
+	struct hfs_repl_heap *r;
 	int ret = 0;
 
-	if (!st || !(st[0].prefix = strdup(""))) {
-		free(st);
-		return -ENOMEM;
-	}
-	st[0].next = top->dir.ents;
-	while (n && !ret) {
-		struct hfs_dirent *de = st[n - 1].next;
-		char *path, *sub = NULL;
-		json_t *d;
+	FOR_EACH_REPL(r) {
+		struct walk w = { 0 };
+		size_t k;
 
-		if (!de) {
-			free(st[--n].prefix); /* this directory is done */
+		if (ret || !r->h->dir)
 			continue;
+		ret = fn(arg, r->h->pol.name, NULL, NULL);
+		pthread_rwlock_rdlock(&hfs.ns);
+		if (!ret)
+			ret = __collect(r->h->dir, &w);
+		pthread_rwlock_unlock(&hfs.ns);
+		for (k = 0; k < w.n; k++) {
+			json_t *d = ret ? NULL : describe(w.v[k].i);
+
+			if (!ret)
+				ret = d ? fn(arg, r->h->pol.name, w.v[k].key, d) : -ENOMEM;
+			hfs_iput(w.v[k].i, 1);
+			free(w.v[k].key);
 		}
-		st[n - 1].next = de->hh.next;
-		if (asprintf(&path, "%s%s", st[n - 1].prefix, de->name) < 0) {
-			ret = -ENOMEM;
-			break;
-		}
-		d = describe(de->inode);
-		if (!d || json_object_set_new(out, path, d))
-			ret = -ENOMEM;
-		else if (de->inode->kind == HFS_DIR && asprintf(&sub, "%s/", path) < 0)
-			ret = -ENOMEM;
-		free(path);
-		if (!sub)
-			continue;
-		if (n == cap) {
-			f = realloc(st, 2 * cap * sizeof(*st));
-			if (!f) {
-				free(sub);
-				ret = -ENOMEM;
-				break;
-			}
-			st = f;
-			cap *= 2;
-		}
-		st[n++] = (struct walk_frame){ .next = de->inode->dir.ents, .prefix = sub };
+		free(w.v);
 	}
-	while (n)
-		free(st[--n].prefix);
-	free(st);
 	return ret;
 }
 
-/* heap name -> {path: description} for every replicated heap here. */
+/* sum_fn: into heap name -> {key: description}. */
+static int sum_json(void *arg, const char *heap, const char *key, json_t *d)
+{
+	json_t *all = arg, *one = json_object_get(all, heap);
+
+	if (!one && json_object_set_new(all, heap, one = json_object()))
+		one = NULL;
+	if (!key)
+		return one ? 0 : -ENOMEM;
+	return one && !json_object_set_new(one, key, d) ? 0 : -ENOMEM;
+}
+
+/* This node's: heap name -> {path: description} for every replicated heap here. */
 static json_t *checksums(void)
 {
 	json_t *all = json_object();
-	struct hfs_repl_heap *r;
 
-	FOR_EACH_REPL(r) {
-		json_t *one = json_object();
-
-		pthread_rwlock_rdlock(&hfs.ns);
-		if (!one || !r->h->dir || walk(r->h->dir, one) ||
-		    json_object_set_new(all, r->h->pol.name, one)) {
-			pthread_rwlock_unlock(&hfs.ns);
-			json_decref(all);
-			return NULL;
-		}
-		pthread_rwlock_unlock(&hfs.ns);
+	if (all && sums(sum_json, all)) {
+		json_decref(all);
+		all = NULL;
 	}
 	return all;
 }
 
-/* The partner asks (receive thread): answer with ours, in order after every change it
- * sent before (so an owner's copy is compared with everything applied here). */
-int verify_answer(void)
+/* An answer in parts: {"id", "end", "heaps": {heap: {key: description}}}. */
+struct chunk {
+	uint64_t id;
+	json_t *heaps;
+	size_t bytes; /* what the JSON of heaps may take, from above */
+};
+
+static int chunk_send(struct chunk *c, bool end)
 {
-	json_t *j = checksums();
+	json_t *j = json_pack("{s:I, s:b, s:O}", "id", (json_int_t)c->id, "end", end,
+			      "heaps", c->heaps);
 	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-	int64_t seq;
+	int64_t seq = -ENOMEM;
 
 	json_decref(j);
-	if (!s)
-		return -ENOMEM;
-	seq = strlen(s) <= REP_PAYLOAD_MAX ? rep_send(rg.l, MSG_VERIFY_REPLY, s, strlen(s))
-					   : -EMSGSIZE;
+	if (s)
+		seq = strlen(s) <= REP_PAYLOAD_MAX ? rep_send(rg.l, MSG_VERIFY_REPLY, s, strlen(s))
+						   : -EMSGSIZE;
 	free(s);
+	json_object_clear(c->heaps);
+	c->bytes = 0;
 	return seq < 0 ? (int)seq : 0;
+}
+
+/* sum_fn: into the answer, sent whenever the next entry might not fit.  An entry's JSON
+ * takes at most six bytes per byte of its key (\u00XX) and its description's. */
+static int sum_chunk(void *arg, const char *heap, const char *key, json_t *d)
+{
+	struct chunk *c = arg;
+	size_t est = 6 * (strlen(heap) + (key ? strlen(key) : 0)) + 160;
+	int ret = 0;
+
+	if (c->bytes + est > VERIFY_CHUNK)
+		ret = chunk_send(c, false);
+	c->bytes += est;
+	if (ret) {
+		json_decref(d);
+		return ret;
+	}
+	return sum_json(c->heaps, heap, key, d);
+}
+
+static void *answer_thread(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&ans.lock);
+	while (!ans.stop) {
+		struct timespec dl;
+		int64_t at = ans.last + (int64_t)VERIFY_GAP_MS * 1000000;
+		struct chunk c;
+		int ret;
+
+		if (!ans.pending) {
+			pthread_cond_wait(&ans.cond, &ans.lock);
+			continue;
+		}
+		if (hfs_now_ns() < at) { /* the last answer was too recent: wait for its gap */
+			clock_gettime(CLOCK_REALTIME, &dl);
+			at -= hfs_now_ns();
+			dl.tv_sec += at / 1000000000;
+			dl.tv_nsec += at % 1000000000;
+			if (dl.tv_nsec >= 1000000000) {
+				dl.tv_sec++;
+				dl.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&ans.cond, &ans.lock, &dl);
+			continue;
+		}
+		ans.pending = false;
+		ans.last = hfs_now_ns();
+		c = (struct chunk){ .id = ans.id, .heaps = json_object() };
+		pthread_mutex_unlock(&ans.lock);
+		ret = c.heaps ? sums(sum_chunk, &c) : -ENOMEM;
+		if (!ret)
+			ret = chunk_send(&c, true);
+		if (ret && ret != -ENOTCONN)
+			hfs_log(HFS_LOG_ERR, "partner: cannot answer its verify: %s",
+				strerror(-ret));
+		json_decref(c.heaps);
+		pthread_mutex_lock(&ans.lock);
+	}
+	pthread_mutex_unlock(&ans.lock);
+	return NULL;
+}
+
+/* The partner asks (receive thread; p: the request's id): answered by answer_thread,
+ * after every change it sent before (applied here by now), and maybe some after. */
+int verify_answer(const char *p, size_t len)
+{
+	int ret = 0;
+
+	if (len != sizeof(ans.id))
+		return -EBADMSG;
+	pthread_mutex_lock(&ans.lock);
+	memcpy(&ans.id, p, sizeof(ans.id));
+	ans.pending = true;
+	if (!ans.on && !ans.stop)
+		ans.on = !(ret = -pthread_create(&ans.th, NULL, answer_thread, NULL));
+	pthread_cond_signal(&ans.cond);
+	pthread_mutex_unlock(&ans.lock);
+	return ret;
+}
+
+/* Before the link stops: no answer is sent after this. */
+void verify_stop(void)
+{
+	bool on;
+
+	pthread_mutex_lock(&ans.lock);
+	ans.stop = true;
+	on = ans.on;
+	ans.on = false;
+	pthread_cond_signal(&ans.cond);
+	pthread_mutex_unlock(&ans.lock);
+	if (on)
+		pthread_join(ans.th, NULL);
+}
+
+/* verif.lock held: merge one part of the partner's answer.  A heap of it may not hold
+ * more names than verif.limit: a peer cannot make this side keep what it likes. */
+static int __merge(json_t *heaps)
+{
+	const char *name;
+	json_t *files;
+
+	if (!json_is_object(heaps))
+		return -EBADMSG;
+	json_object_foreach(heaps, name, files) {
+		json_t *have = json_object_get(verif.peer, name);
+
+		if (!repl_named(name) || !json_is_object(files))
+			return -EBADMSG;
+		if (!have && json_object_set_new(verif.peer, name, have = json_object()))
+			return -ENOMEM;
+		if (json_object_size(files) > verif.limit - json_object_size(have))
+			return -EFBIG;
+		if (json_object_update(have, files))
+			return -ENOMEM;
+	}
+	return 0;
 }
 
 int verify_reply(const char *p, size_t len)
 {
 	json_t *j = json_loadb(p, len, 0, NULL);
+	json_int_t id = json_integer_value(json_object_get(j, "id"));
+	int ret = 0;
 
 	pthread_mutex_lock(&verif.lock);
-	if (verif.busy && !verif.have) {
-		verif.peer = j;
-		verif.have = true;
-		j = NULL;
-		pthread_cond_broadcast(&verif.cond);
+	if (verif.busy && !verif.have && verif.peer && (uint64_t)id == verif.id) {
+		ret = __merge(json_object_get(j, "heaps"));
+		if (ret) {
+			hfs_log(HFS_LOG_WARNING, "partner: its verify answer is refused: %s",
+				strerror(-ret));
+			json_decref(verif.peer);
+			verif.peer = NULL;
+		}
+		if (ret || json_is_true(json_object_get(j, "end"))) {
+			verif.have = true;
+			pthread_cond_broadcast(&verif.cond);
+		}
 	}
-	pthread_mutex_unlock(&verif.lock);
+	/* under the lock: its values are shared with verif.peer, whose last reference the
+	 * asking thread drops (jansson's reference counts are not seen by TSan) */
 	json_decref(j);
+	pthread_mutex_unlock(&verif.lock);
 	return 0;
+}
+
+/* The most names a heap of the partner's answer may have: the inode limit of that heap
+ * here (it mirrors or owns the same heap), or twice what this side holds (hard links),
+ * and some slack. */
+static size_t reply_limit(json_t *mine)
+{
+	struct hfs_repl_heap *r;
+	size_t most = 0;
+
+	FOR_EACH_REPL(r) {
+		size_t n = conf_heap_inodes(&r->h->pol);
+		size_t m = 2 * json_object_size(json_object_get(mine, r->h->pol.name));
+
+		n = n > m ? n : m;
+		most = n > most ? n : most;
+	}
+	return most + 1024;
 }
 
 /* Both copies of every replicated heap, compared file by file (xxh3 of the data, size,
@@ -205,6 +484,8 @@ json_t *hfs_repl_verify_json(void)
 	if (!heaps)
 		return NULL;
 	if (rg.on && rg.l) {
+		uint64_t id;
+
 		pthread_mutex_lock(&verif.lock);
 		while (verif.busy) /* one verify at a time */
 			pthread_cond_wait(&verif.cond, &verif.lock);
@@ -213,13 +494,23 @@ json_t *hfs_repl_verify_json(void)
 		pthread_mutex_unlock(&verif.lock);
 		rep_flush(rg.l, hfs.conf->partner.timeout_ms); /* what we sent is applied there */
 		mine = checksums();
-		ret = rep_send(rg.l, MSG_VERIFY, "", 0) < 0 ? -ENOTCONN : 0;
+		if (getrandom(&id, sizeof(id), 0) != sizeof(id))
+			id = (uint64_t)hfs_now_ns();
+		id &= INT64_MAX; /* a JSON integer */
+		pthread_mutex_lock(&verif.lock);
+		verif.id = id;
+		verif.limit = reply_limit(mine);
+		verif.peer = json_object();
+		pthread_mutex_unlock(&verif.lock);
+		ret = rep_send(rg.l, MSG_VERIFY, &id, sizeof(id)) < 0 ? -ENOTCONN : 0;
 		clock_gettime(CLOCK_REALTIME, &dl);
 		dl.tv_sec += 30 + hfs.conf->partner.timeout_ms / 1000;
 		pthread_mutex_lock(&verif.lock);
 		while (!ret && !verif.have)
 			ret = pthread_cond_timedwait(&verif.cond, &verif.lock, &dl) ? -ETIMEDOUT : 0;
-		peer = verif.peer;
+		peer = ret ? NULL : verif.peer; /* not half an answer */
+		if (ret)
+			json_decref(verif.peer);
 		verif.peer = NULL;
 		verif.busy = false;
 		pthread_cond_broadcast(&verif.cond);

@@ -56,7 +56,10 @@ def wait_state(m, state, deadline=10.0):
 
 class Relay:
     """A TCP relay on 127.0.0.1 between the two daemons: cut() drops every connection and
-    refuses new ones (the network is gone), heal() lets them through again."""
+    refuses new ones (the network is gone), heal() lets them through again.  delay: seconds
+    to wait after each 64 KiB it passes on (a slow network), for connections made after."""
+
+    delay = 0
 
     def __init__(self, port, target):
         self.target, self.open, self.conns = target, True, []
@@ -84,10 +87,11 @@ class Relay:
             with self.lock:
                 self.conns += [c, t]
             for a, b in ((c, t), (t, c)):
-                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self.pump, args=(a, b, self.delay),
+                                 daemon=True).start()
 
     @staticmethod
-    def pump(a, b):
+    def pump(a, b, delay):
         try:
             a.settimeout(None)
             while True:
@@ -95,6 +99,8 @@ class Relay:
                 if not d:
                     break
                 b.sendall(d)
+                if delay:
+                    time.sleep(delay)
         except OSError:
             pass
         for x in (a, b):
