@@ -135,8 +135,9 @@ int rep_hello_parse(const void *p, size_t len, unsigned want_role, const char *o
 		}
 	if (strnlen(own, REP_NODE_MAX) == out->name_len &&
 	    !memcmp(own, out->name, out->name_len)) {
-		snprintf(why, whylen, "peer claims our own node name \"%s\"", own);
-		return -EBADMSG;
+		snprintf(why, whylen, "peer claims our own node name \"%s\" (both configs say "
+			 "node = \"%s\")", own, own);
+		return -ENOTUNIQ; /* a configuration, not a frame, is wrong */
 	}
 	return 0;
 }

@@ -1321,12 +1321,17 @@ static void *conn_main(void *arg)
 		snprintf(why, sizeof(why), "pushed out by newer unauthenticated connections");
 	}
 	c->authed = !rc;
-	if (rc == -EACCES)
+	if (rc == -EACCES || rc == -ENOTUNIQ)
 		l->stats.drops_auth++;
 	else if (rc == -EBADMSG)
 		l->stats.drops_frame++;
+	/* what the operator must fix in a config, shown until a connection authenticates */
+	if (rc == -EACCES || rc == -ENOTUNIQ)
+		snprintf(l->stats.misconfigured, sizeof(l->stats.misconfigured), "%s", why);
+	else if (!rc)
+		l->stats.misconfigured[0] = 0;
 	pthread_mutex_unlock(&l->mu);
-	if (rc == -EACCES || rc == -EBADMSG || rc == -ETIME) {
+	if (rc == -EACCES || rc == -EBADMSG || rc == -ETIME || rc == -ENOTUNIQ) {
 		char addr[INET_ADDRSTRLEN + 8] = "?", ip[INET_ADDRSTRLEN];
 		struct sockaddr_in sa;
 		socklen_t sl = sizeof(sa);

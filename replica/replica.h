@@ -120,6 +120,9 @@ struct rep_stats {
 	uint64_t last_seq, acked_seq;
 	uint64_t connects, drops_auth, drops_frame;  /* refused peers, bad frames */
 	uint64_t last_down_ms;           /* how long the last failure took to notice */
+	/* addition: why the last handshake failed for a reason in the configs (a wrong
+	 * secret, both nodes with one name), "" once a connection authenticated */
+	char misconfigured[160];
 };
 void rep_get_stats(struct rep_link *l, struct rep_stats *st);
 void rep_stop(struct rep_link *l);       /* closes, joins threads, frees */

@@ -899,6 +899,8 @@ static void print_partner(const json_t *j)
 	const char *k;
 
 	printf("state    %s\n", jstr(j, "state", "?"));
+	if (json_object_get(j, "reason"))
+		printf("reason   %s\n", jstr(j, "reason", "?"));
 	if (!strcmp(jstr(j, "state", "?"), "none"))
 		return;
 	printf("node     %s\npeer     %s\nepoch    %" PRId64 "\nlag      %" PRId64 " bytes\n",

@@ -51,10 +51,57 @@ struct hello_heap {
 	uint32_t layout, replicate, name_len, mirror;
 	uint64_t gen, recno, epoch;
 	uint32_t wrote_apart, discard;
-	uint32_t fresh, pad;        /* an owner back empty (restarted, nothing written) */
+	uint32_t fresh;             /* an owner back empty (restarted, nothing written) */
+	uint32_t flags;             /* HH_* */
 }; /* + name */
+#define HH_DECLARED 1u /* the sender's config declares the heap (not only a takeover) */
+#define HH_LOCAL 2u    /* declared there and not replicated: listed so a clash shows */
 
 static bool fresh(const struct hfs_repl_heap *r);
+
+/* The heap of our config named name, or NULL. */
+static const struct conf_heap *declared(const char *name)
+{
+	for (unsigned k = 0; k < hfs.conf->nheaps; k++)
+		if (!strcmp(hfs.conf->heaps[k].name, name))
+			return &hfs.conf->heaps[k];
+	return NULL;
+}
+
+static const char *mode_name(uint32_t replicate)
+{
+	return replicate == CONF_REPLICATE_SYNC ? "sync" : replicate == CONF_REPLICATE_ASYNC ?
+	       "async" : "not replicated";
+}
+
+/* The partner's config declares heap name (hh) too: the configs clash.  Said once, on
+ * this side (the partner finds the same in our HELLO); r (NULL: we do not replicate it)
+ * stops replicating the heap until the configs agree; .heapfs/partner says why. */
+static void clash(struct hfs_repl_heap *r, const char *name, const struct hello_heap *hh,
+		  const struct conf_heap *ours)
+{
+	char why[sizeof(r->misconf)], a[CONF_SIZE_BUF], b[CONF_SIZE_BUF];
+	bool said;
+
+	/* (a long name is cut: the reason fits the status; the log says as much) */
+	snprintf(why, sizeof(why), "heap %.64s is declared on both nodes (here: %s %s, at %.32s: "
+		 "%s %s); declare it on one", name, conf_format_size(ours->size, a),
+		 mode_name(ours->replicate), rg.peer, conf_format_size(hh->size, b),
+		 mode_name(hh->flags & HH_LOCAL ? CONF_REPLICATE_NONE : hh->replicate));
+	if (r) {
+		pthread_mutex_lock(&r->lock);
+		said = !strcmp(r->misconf, why);
+		snprintf(r->misconf, sizeof(r->misconf), "%s", why);
+		pthread_mutex_unlock(&r->lock);
+	}
+	pthread_mutex_lock(&rg.lock);
+	said = !strcmp(rg.misconf, why) || (r && said);
+	if (!rg.misconf[0])
+		snprintf(rg.misconf, sizeof(rg.misconf), "%s", why);
+	pthread_mutex_unlock(&rg.lock);
+	if (!said)
+		hfs_log(HFS_LOG_ERR, "partner: %s", why);
+}
 
 int send_hello(void)
 {
@@ -85,8 +132,24 @@ int send_hello(void)
 		hh.discard = r->discard;
 		hh.fresh = fresh(r);
 		pthread_mutex_unlock(&r->lock);
+		hh.flags = declared(h->pol.name) ? HH_DECLARED : 0;
 		memcpy(buf + len, &hh, sizeof(hh));
 		memcpy(buf + len + sizeof(hh), h->pol.name, hh.name_len);
+		len += sizeof(hh) + hh.name_len;
+	}
+	/* the heaps of our config that we do not replicate: a partner that does replicate
+	 * one of them learns that the two configs clash (it would mirror it over ours) */
+	for (unsigned k = 0; k < hfs.conf->nheaps; k++) {
+		const struct conf_heap *c = &hfs.conf->heaps[k];
+		struct hello_heap hh = { .size = c->size, .min_block = c->min_block,
+					 .layout = c->layout, .replicate = c->replicate,
+					 .name_len = (uint32_t)strlen(c->name), .flags = HH_LOCAL };
+
+		if (c->replicate != CONF_REPLICATE_NONE ||
+		    hh.name_len > size - len - sizeof(hh))
+			continue;
+		memcpy(buf + len, &hh, sizeof(hh));
+		memcpy(buf + len + sizeof(hh), c->name, hh.name_len);
 		len += sizeof(hh) + hh.name_len;
 	}
 	seq = rep_send(rg.l, MSG_HELLO, buf, len);
@@ -104,8 +167,8 @@ static int make_mirror(const struct hello_heap *hh, const char *name)
 	if (r || heap_exists(name)) { /* made at an earlier connect, or ours */
 		if (r && r->mirror && r->h->pol.size == hh->size)
 			return 0;
-		hfs_log(HFS_LOG_ERR, "partner: heap %s is declared on both nodes; "
-			"not mirrored", name);
+		hfs_log(HFS_LOG_ERR, "partner: heap %s exists here and there (made with mkdir "
+			"here?); not mirrored", name);
 		return -EEXIST;
 	}
 	if (atomic_load(&rg.nr) >= REPL_MAX) { /* no heap made that could not be a mirror */
@@ -388,6 +451,7 @@ int recv_hello(const char *p, size_t len)
 static int recv_heaps(const char *p, size_t len)
 {
 	while (len) {
+		const struct conf_heap *ours;
 		struct hello_heap hh;
 		char name[CONF_NAME_MAX + 1];
 
@@ -398,13 +462,24 @@ static int recv_heaps(const char *p, size_t len)
 		    hh.size > CONF_HEAP_MAX || hh.size & (hh.size - 1) ||
 		    hh.min_block < CONF_MIN_BLOCK_MIN || hh.min_block > CONF_MIN_BLOCK_MAX ||
 		    hh.min_block & (hh.min_block - 1) || hh.min_block > hh.size ||
-		    hh.epoch > INT64_MAX) /* epochs only rise by one: never near wrapping */
+		    hh.epoch > INT64_MAX || /* epochs only rise by one: never near wrapping */
+		    hh.flags & ~(HH_DECLARED | HH_LOCAL))
 			return -EBADMSG;
 		memcpy(name, p + sizeof(hh), hh.name_len);
 		name[hh.name_len] = 0;
 		if (conf_check_heap_name(name))
 			return -EBADMSG;
-		if (hh.mirror) {
+		ours = declared(name);
+		if (ours && (hh.flags & HH_DECLARED || (hh.flags & HH_LOCAL &&
+							 ours->replicate != CONF_REPLICATE_NONE))) {
+			struct hfs_repl_heap *r = repl_named(name);
+
+			if (r && !r->mirror)
+				r->peer_owns = true; /* it is there: no takeover for "gone" */
+			clash(r, name, &hh, ours);
+		} else if (hh.flags & HH_LOCAL) {
+			/* theirs alone, unreplicated: nothing to do here */
+		} else if (hh.mirror) {
 			peer_holds(name, &hh);
 		} else {
 			struct hfs_repl_heap *r = repl_named(name);

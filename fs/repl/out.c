@@ -61,6 +61,12 @@ static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n, struct h
 
 	for (int k = 0; k < n; k++)
 		len += iov[k].iov_len;
+	if (r->misconf[0]) { /* the configs clash over this heap: nothing goes there */
+		if (!r->lost)
+			pend_drop(r);
+		r->lost = true; /* once they agree, the partner gets it whole */
+		return;
+	}
 	if (r->streaming && !rg.up)
 		r->wrote_apart = true;
 	if (!r->lost && r->log_bytes + len <= LOG_MAX(r->h))

@@ -139,6 +139,8 @@ void rh_set_mirror(struct hfs_repl_heap *r, bool mirror)
 
 static void on_up(void *arg, const char *peer)
 {
+	struct hfs_repl_heap *r;
+
 	(void)arg;
 	/* the link may come up before rep_start() has stored it: it is about to */
 	for (int k = 0; k < 5000 && !atomic_load(&rg.l); k++)
@@ -155,9 +157,32 @@ static void on_up(void *arg, const char *peer)
 	rg.up = true;
 	rg.syncing = true;
 	rg.sync_until = 0;
+	rg.said_connected = false;
+	rg.misconf[0] = 0; /* this connection's HELLOs say again what clashes */
 	snprintf(rg.peer, sizeof(rg.peer), "%s", peer);
 	pthread_mutex_unlock(&rg.lock);
+	FOR_EACH_REPL(r) {
+		pthread_mutex_lock(&r->lock);
+		r->misconf[0] = 0;
+		pthread_mutex_unlock(&r->lock);
+	}
+	hfs_log(HFS_LOG_NOTICE, "partner: link up to %s; resyncing", peer);
 	send_hello();
+}
+
+/* resyncing -> connected: said once per connection, when the partner has applied all of
+ * the resync (the sync thread, or the ack that completes it) */
+void repl_say_connected(uint64_t acked)
+{
+	bool say;
+
+	pthread_mutex_lock(&rg.lock);
+	say = rg.up && !rg.syncing && !rg.said_connected && acked >= rg.sync_until;
+	if (say)
+		rg.said_connected = true;
+	pthread_mutex_unlock(&rg.lock);
+	if (say)
+		hfs_log(HFS_LOG_NOTICE, "partner: %s has everything: connected", rg.peer);
 }
 
 static void on_down(void *arg, const char *why)
@@ -266,6 +291,7 @@ static void on_acked(void *arg, uint64_t seq, int status)
 		deferq.acked = seq;
 	pthread_mutex_unlock(&deferq.lock);
 	deferred_run(seq); /* sync writes waiting for this: applied there, refused or lost */
+	repl_say_connected(seq);
 	if (status == 0) { /* applied there: the log need not keep it */
 		FOR_EACH_REPL(r) {
 			if (r->mirror)
@@ -460,9 +486,16 @@ void hfs_repl_status(struct hfs_repl_status *st)
 	pthread_mutex_lock(&rg.lock);
 	st->state = !rg.up ? "degraded"
 		    : rg.syncing || rs.acked_seq < rg.sync_until ? "resyncing" : "connected";
+	if (rg.misconf[0] || rs.misconfigured[0]) {
+		st->state = "misconfigured"; /* what only the operator can fix, first */
+		snprintf(st->reason, sizeof(st->reason), "%s",
+			 rg.misconf[0] ? rg.misconf : rs.misconfigured);
+	}
 	FOR_EACH_REPL(r) {
 		pthread_mutex_lock(&r->lock);
-		if (r->split)
+		if (st->reason[0])
+			; /* misconfigured: said above */
+		else if (r->split)
 			st->state = "split-brain";
 		else if (r->behind && rg.up && !strcmp(st->state, "connected"))
 			st->state = "behind";

@@ -64,6 +64,9 @@ struct hfs_repl_heap {
 	uint64_t epoch;
 	bool wrote_apart, split, discard;
 	bool loaded;                /* an owner that started with data (an image) */
+	/* (r->lock) the two configs clash over this heap (declared on both nodes): nothing
+	 * of it moves between them until they agree; why, as .heapfs/partner shows it */
+	char misconf[200];
 	/* owner */
 	bool streaming;             /* not connected, or a resync in flight: records wait */
 	struct pend *pend, **pend_tail; /* the change log, oldest first */
@@ -96,6 +99,10 @@ struct hfs_repl_heap {
 
 struct repl_state {
 	bool on;
+	/* (lock) the first clash of the two configs this connection found (a heap declared
+	 * on both nodes); "" when none */
+	char misconf[200];
+	bool said_connected; /* (lock) "connected" logged for this connection */
 	struct rep_link *_Atomic l;
 	uint8_t key[REP_KEY_BYTES];
 	pthread_mutex_t lock;
@@ -162,6 +169,7 @@ void pend_drop(struct hfs_repl_heap *r);
 void pend_pop(struct hfs_repl_heap *r);
 
 /* repl.c */
+void repl_say_connected(uint64_t acked);
 struct hfs_repl_heap *rh_new(struct hfs_heap *h, bool mirror);
 void rh_set_mirror(struct hfs_repl_heap *r, bool mirror); /* and the core's hfs_heap.mirror */
 
@@ -181,7 +189,9 @@ void no_room(uint64_t seq);
 
 /* status.c: .heapfs/partner (repl.c gathers the link's figures) */
 struct hfs_repl_status {
-	const char *state; /* none connected degraded resyncing */
+	const char *state; /* none connected degraded resyncing behind split-brain
+			      misconfigured */
+	char reason[200];  /* misconfigured: why ("" otherwise) */
 	char peer[65];
 	uint64_t epoch, lag_bytes, sent_bytes, recv_bytes, resync_done, resync_total;
 };

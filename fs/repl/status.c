@@ -39,6 +39,11 @@ static json_t *partner_json(void)
 			      "recv_bytes", (json_int_t)rs.recv_bytes,
 			      "resync_done", (json_int_t)rs.resync_done,
 			      "resync_total", (json_int_t)rs.resync_total, "heaps", heaps);
+	/* only when there is one, so the JSON of every other state stays as it was */
+	if (j && rs.reason[0] && json_object_set_new(j, "reason", json_string(rs.reason))) {
+		json_decref(j);
+		j = NULL;
+	}
 	hfs_heaps_put(v, n);
 	return j;
 }

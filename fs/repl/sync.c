@@ -152,7 +152,8 @@ void *sync_thread(void *arg)
 		if (r->mirror)
 			continue;
 		pthread_mutex_lock(&r->lock);
-		r->skip = r->split; /* split brain: nothing moves until an operator decides */
+		/* split brain, or configs that clash: nothing moves until an operator decides */
+		r->skip = r->split || r->misconf[0];
 		r->resume = can_resume(r);
 		r->peer_has = false;
 		total += r->resume ? r->log_bytes : atomic_load(&r->h->held) + 4096;
@@ -184,5 +185,6 @@ void *sync_thread(void *arg)
 		rg.syncing = false;
 	}
 	pthread_mutex_unlock(&rg.lock);
+	repl_say_connected(rs.acked_seq); /* everything acknowledged already: now */
 	return NULL;
 }

@@ -517,8 +517,10 @@ def test_wrong_secret_refused(mount_factory, secret, tmp_path):
     a = mount_factory(config("a", p_a, p_b, secret, 'heap "data" { replicate = sync }'), name="a")
     b = mount_factory(config("b", p_b, p_a, other), name="b")
     (a.heap("data") / "f").write_bytes(b"secret data")
-    time.sleep(1.5)
-    assert partner(a)["state"] == "degraded" and partner(b)["state"] == "degraded"
+    # a clear error on both nodes, which the state says until a connection authenticates
+    for m in (a, b):
+        wait_until(lambda: partner(m)["state"] == "misconfigured", 10, "misconfigured")
+        assert "failed authentication (wrong secret)" in partner(m)["reason"], partner(m)
     assert not b.heap("data").exists()
 
 
@@ -762,3 +764,66 @@ def test_change_log_overflow_sends_the_whole_heap(mount_factory, secret):
     assert 4 * MIB <= st["resync_total"] < 8 * MIB, st  # the image, not 24 MiB of log
     p.verify()
     p.clean()
+
+
+def _no_flapping(*mounts, seconds=3.0):
+    """The link stays as it is: no 'link up' or 'link down' said during the wait."""
+    before = [m.stderr_text().count("partner: link") for m in mounts]
+    time.sleep(seconds)
+    assert [m.stderr_text().count("partner: link") for m in mounts] == before
+
+
+@pytest.mark.parametrize("b_heap", ['heap "data" { size = 32M  replicate = async }',
+                                    'heap "data" { size = 16M }'])
+def test_a_heap_declared_on_both_nodes_is_refused_on_both(mount_factory, secret, b_heap):
+    """The natural first mistake: both configs declare heap data (replicated on both, or
+    on one of them).  Both nodes say so once, both show misconfigured with the reason, the
+    link stays up without flapping, nothing of data moves, and each keeps its own."""
+    p_a, p_b = port_pair()
+    a = mount_factory(config("a", p_a, p_b, secret,
+                             'heap "data" { size = 16M  replicate = sync }\n'
+                             'heap "ok" { size = 16M  replicate = sync }'), name="a")
+    b = mount_factory(config("b", p_b, p_a, secret, b_heap), name="b")
+    for m in (a, b):
+        wait_until(lambda: partner(m)["state"] == "misconfigured", 10, "misconfigured")
+        why = partner(m)["reason"]
+        assert "heap data is declared on both nodes" in why and "declare it on one" in why
+    assert "here: 16M sync" in partner(a)["reason"]
+    (a.heap("data") / "mine").write_bytes(b"a's own")
+    (b.heap("data") / "theirs").write_bytes(b"b's own")
+    (a.heap("ok") / "f").write_bytes(b"this one replicates")   # the other heap still does
+    wait_until(lambda: (b.heap("ok") / "f").exists(), 10, "the other heap mirrored")
+    _no_flapping(a, b)
+    assert sorted(os.listdir(a.heap("data"))) == ["mine"]
+    assert sorted(os.listdir(b.heap("data"))) == ["theirs"]
+    for m in (a, b):
+        assert m.stderr_text().count("is declared on both nodes") == 1, m.stderr_text()
+        assert "a change was refused" not in m.stderr_text()
+
+
+def test_two_nodes_with_one_name_are_refused_on_both(mount_factory, secret):
+    p_a, p_b = port_pair()
+    a = mount_factory(config("same", p_a, p_b, secret, 'heap "data" { replicate = sync }'),
+                      name="a")
+    b = mount_factory(config("same", p_b, p_a, secret), name="b")
+    for m in (a, b):
+        wait_until(lambda: partner(m)["state"] == "misconfigured", 10, "misconfigured")
+        assert 'own node name "same"' in partner(m)["reason"], partner(m)
+        assert 'own node name' in m.stderr_text()
+    assert not b.heap("data").exists()
+
+
+def test_each_change_of_the_pair_is_logged_once_at_notice(mount_factory, secret):
+    """Link up, connected (the resync applied), link down: one line each, on each side."""
+    p = Pair(mount_factory, secret, mode="sync")
+    for m in (p.a, p.b):
+        wait_until(lambda: "has everything: connected" in m.stderr_text(), 10, "connected")
+    (p.a.heap("data") / "f").write_bytes(b"x" * 10000)  # changes say nothing
+    _no_flapping(p.a, p.b, seconds=1.0)
+    for m in (p.a, p.b):
+        err = m.stderr_text()
+        assert err.count("partner: link up to") == 1, err
+        assert err.count("has everything: connected") == 1, err
+    p.b.stop()
+    wait_until(lambda: "partner: link down" in p.a.stderr_text(), 10, "link down said")
+    assert p.a.stderr_text().count("partner: link down") == 1
