@@ -749,42 +749,103 @@ int hfs_apply_end(struct hfs_apply *a, bool finish)
 }
 
 /* Remove everything below dir as the applier c. */
-static int clear_dir(struct hfs_inode *dir, struct hfs_completion *c)
+/* The names in dir now (copies; *n of them), or NULL. */
+static char **names_of(struct hfs_inode *dir, size_t *n)
 {
 	struct hfs_dirent *de, *tmp;
-	char **names = NULL;
-	size_t n = 0, k;
-	int ret = 0;
+	char **names;
 
+	*n = 0;
 	pthread_rwlock_rdlock(&hfs.ns);
 	names = calloc(dir->dir.nents + 1, sizeof(*names));
 	HASH_ITER(hh, dir->dir.ents, de, tmp) {
-		if (names && n < dir->dir.nents)
-			names[n++] = strdup(de->name);
+		if (names && *n < dir->dir.nents)
+			names[(*n)++] = strdup(de->name);
 	}
 	pthread_rwlock_unlock(&hfs.ns);
-	if (!names)
-		return -ENOMEM;
-	for (k = 0; k < n; k++) {
-		struct hfs_inode *i;
+	return names;
+}
 
-		if (!names[k] || hfs_lookup(dir, names[k], &i)) {
-			ret = ret ?: -ENOMEM;
+/* A directory being emptied: its names then, and the next one to remove. */
+struct clear_frame {
+	struct hfs_inode *dir; /* referenced (but the top one: the caller's) */
+	char **names;
+	size_t n, k;
+};
+
+/* Remove everything below top, deepest first, with a stack of its own on the heap (one
+ * frame per level: however deep a tree is, no recursion).  A name that goes away meanwhile
+ * is skipped; the first error is returned after the rest was tried. */
+static int clear_dir(struct hfs_inode *top, struct hfs_completion *c)
+{
+	struct clear_frame *st = malloc(16 * sizeof(*st)), *f;
+	size_t depth = 0, cap = 16;
+	int ret = 0;
+
+	if (!st || !(st[0].names = names_of(top, &st[0].n))) {
+		free(st);
+		return -ENOMEM;
+	}
+	st[0].dir = top;
+	st[0].k = 0;
+	depth = 1;
+	while (depth) {
+		struct hfs_inode *i;
+		const char *name;
+
+		f = &st[depth - 1];
+		if (f->k == f->n) { /* this directory is empty now: it goes from its parent */
+			for (size_t k = 0; k < f->n; k++)
+				free(f->names[k]);
+			free(f->names);
+			if (--depth) {
+				struct clear_frame *up = &st[depth - 1];
+
+				ret = hfs_rmdir(up->dir, up->names[up->k], c) ?: ret;
+				hfs_kcache_entry(up->dir->ino, up->names[up->k]);
+				hfs_iput(f->dir, 1);
+				up->k++;
+			}
 			continue;
 		}
-		if (i->kind == HFS_DIR) {
-			ret = clear_dir(i, c) ?: ret;
-			ret = hfs_rmdir(dir, names[k], c) ?: ret;
-		} else {
-			ret = hfs_unlink(dir, names[k], c) ?: ret;
+		name = f->names[f->k];
+		if (!name || hfs_lookup(f->dir, name, &i)) {
+			ret = ret ?: (name ? 0 : -ENOMEM);
+			f->k++;
+			continue;
 		}
-		/* it may have been cached while this heap was ours (a day's timeout) */
-		hfs_kcache_entry(dir->ino, names[k]);
-		hfs_iput(i, 1);
+		if (i->kind != HFS_DIR) {
+			ret = hfs_unlink(f->dir, name, c) ?: ret;
+			/* it may have been cached while this heap was ours (a day's timeout) */
+			hfs_kcache_entry(f->dir->ino, name);
+			hfs_iput(i, 1);
+			f->k++;
+			continue;
+		}
+		if (depth == cap) {
+			struct clear_frame *more = realloc(st, 2 * cap * sizeof(*st));
+
+			if (!more) {
+				hfs_iput(i, 1);
+				ret = -ENOMEM;
+				f->k++;
+				continue;
+			}
+			st = more;
+			cap *= 2;
+			f = &st[depth - 1];
+		}
+		st[depth] = (struct clear_frame){ .dir = i };
+		st[depth].names = names_of(i, &st[depth].n);
+		if (!st[depth].names) { /* (the lookup's reference goes with it) */
+			hfs_iput(i, 1);
+			ret = -ENOMEM;
+			f->k++;
+			continue;
+		}
+		depth++;
 	}
-	for (k = 0; k < n; k++)
-		free(names[k]);
-	free(names);
+	free(st);
 	return ret;
 }
 

@@ -4,9 +4,12 @@
  * one, writes that heap's image and restores it into the other, and reads the bytes back
  * through the core.  That it links at all is half the test: a call from the core into a
  * feature or into libfuse is an undefined symbol here.  Without features, .heapfs/ holds
- * only the core's files and objects/ and pool/ are fixed (EPERM).
+ * only the core's files and objects/ and pool/ are fixed (EPERM).  Last, a tree 20,000
+ * levels deep is emptied (what a mirror does before a whole image) on a thread with a
+ * 256 KiB stack: no walk of the core recurses once per level.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +82,52 @@ static void check_tree_without_features(void)
 	CHECK(hfs_create(hfs.pool, "p", S_IFREG | 0644, 0, NULL, &ctx, &i, NULL) == -EPERM);
 }
 
+#define DEPTH 20000
+
+static void *clear_thread(void *arg)
+{
+	return (void *)(intptr_t)hfs_apply_clear(arg);
+}
+
+/* A tree DEPTH levels deep, emptied on a thread whose stack holds a few hundred frames at
+ * most: it must not recurse once per level. */
+static void check_deep_clear(void)
+{
+	const struct hfs_ctx ctx = { .uid = getuid(), .gid = getgid() };
+	struct hfs_inode *top, *d, *next;
+	struct conf_heap pol;
+	pthread_attr_t at;
+	pthread_t th;
+	void *res;
+	int ret;
+
+	CHECK(conf_heap_defaults(hfs.conf, "deep", &pol) == 0);
+	pol.size = 64u << 20;
+	pol.inodes = DEPTH + 16;
+	pthread_rwlock_wrlock(&hfs.ns);
+	ret = __hfs_heap_mkdir("deep", &pol, false, &top);
+	pthread_rwlock_unlock(&hfs.ns);
+	CHECK(ret == 0);
+	d = top;
+	for (int k = 0; k < DEPTH; k++) {
+		CHECK(hfs_create(d, "d", S_IFDIR | 0755, 0, NULL, &ctx, &next, NULL) == 0);
+		if (d != top)
+			hfs_iput(d, 1);
+		d = next;
+	}
+	CHECK(hfs_create(d, "bottom", S_IFREG | 0644, 0, NULL, &ctx, &next, NULL) == 0);
+	hfs_iput(next, 1);
+	hfs_iput(d, 1);
+	CHECK(atomic_load(&top->heap->files) == 1);
+	pthread_attr_init(&at);
+	CHECK(pthread_attr_setstacksize(&at, 256 * 1024) == 0);
+	CHECK(pthread_create(&th, &at, clear_thread, top->heap) == 0);
+	CHECK(pthread_join(th, &res) == 0);
+	pthread_attr_destroy(&at);
+	CHECK(res == NULL); /* 0: everything removed */
+	CHECK(top->dir.nents == 0);
+}
+
 int main(void)
 {
 	const struct hfs_ctx ctx = { .uid = getuid(), .gid = getgid() };
@@ -129,6 +178,8 @@ int main(void)
 	hfs_iput(g, 1);
 	hfs_iput(f, 1);
 	free(data);
-	printf("core alone: heap a written, its image restored into b, bytes equal\n");
+	check_deep_clear();
+	printf("core alone: heap a written, its image restored into b, bytes equal; a tree "
+	       "%d deep emptied on a 256 KiB stack\n", DEPTH);
 	return 0;
 }
