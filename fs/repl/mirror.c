@@ -81,7 +81,7 @@ static void clash(struct hfs_repl_heap *r, const char *name, const struct hello_
 		  const struct conf_heap *ours)
 {
 	char why[sizeof(r->misconf)], a[CONF_SIZE_BUF], b[CONF_SIZE_BUF];
-	bool said;
+	bool said = false;
 
 	/* (a long name is cut: the reason fits the status; the log says as much) */
 	snprintf(why, sizeof(why), "heap %.64s is declared on both nodes (here: %s %s, at %.32s: "

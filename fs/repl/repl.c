@@ -417,8 +417,7 @@ int hfs_repl_start(void)
 {
 	const struct conf_partner *pc = &hfs.conf->partner;
 	struct rep_config c = { .node = pc->node, .listen = pc->listen, .connect = pc->connect,
-				.timeout_ms = pc->timeout_ms,
-				.log = hfs_log_stream(HFS_LOG_WARNING) };
+				.timeout_ms = pc->timeout_ms };
 	static const struct rep_callbacks cb = { .up = on_up, .down = on_down,
 						 .recv = on_recv, .acked = on_acked };
 	struct rep_link *l;
@@ -426,13 +425,17 @@ int hfs_repl_start(void)
 
 	if (!rg.on)
 		return 0;
+	/* the link's own lines (refusals, drops) become log messages */
+	c.log = rg.log = hfs_log_stream(HFS_LOG_WARNING);
 	memcpy(c.key, rg.key, sizeof(c.key));
 	ret = rep_start(&c, &cb, NULL, &l);
-	if (!ret)
+	if (!ret) {
 		atomic_store(&rg.l, l);
-	if (ret)
-		hfs_log(HFS_LOG_ERR, "partner: cannot listen on %s: %s", pc->listen,
-			strerror(-ret));
+		return 0;
+	}
+	fclose(rg.log);
+	rg.log = NULL;
+	hfs_log(HFS_LOG_ERR, "partner: cannot listen on %s: %s", pc->listen, strerror(-ret));
 	return ret;
 }
 
@@ -455,6 +458,9 @@ void hfs_repl_stop(void)
 	verify_stop(); /* it uses the link too */
 	rep_stop(l); /* joins the receive thread: no callback runs after this */
 	rg.l = NULL;
+	if (rg.log) /* after the link's threads: nobody writes it any more */
+		fclose(rg.log);
+	rg.log = NULL;
 	deferred_run(UINT64_MAX); /* none should be left; never leave a request unanswered */
 	FOR_EACH_REPL(r) {
 		mirror_join(r, true);

@@ -103,6 +103,7 @@ struct repl_state {
 	 * on both nodes); "" when none */
 	char misconf[200];
 	bool said_connected; /* (lock) "connected" logged for this connection */
+	FILE *log;           /* the link's log stream (hfs_log_stream): closed at stop */
 	struct rep_link *_Atomic l;
 	uint8_t key[REP_KEY_BYTES];
 	pthread_mutex_t lock;
