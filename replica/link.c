@@ -1266,10 +1266,10 @@ static void conn_down(struct conn *c, const char *reason)
 	pthread_mutex_unlock(&l->mu);
 
 	pthread_join(c->tx, NULL);
-	c->tx_started = false;
 	/* a direct writer may still be in sendmsg on this socket: it must be out before the
 	 * socket is closed (it never waits there: MSG_DONTWAIT) */
 	pthread_mutex_lock(&l->mu);
+	c->tx_started = false; /* under l->mu: the manager reads this conn's flags */
 	while (l->writing)
 		pthread_cond_wait(&l->cv, &l->mu);
 	if (l->partial) {

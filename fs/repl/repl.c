@@ -166,7 +166,7 @@ static void on_up(void *arg, const char *peer)
 		r->misconf[0] = 0;
 		pthread_mutex_unlock(&r->lock);
 	}
-	hfs_log(HFS_LOG_NOTICE, "partner: link up to %s; resyncing", peer);
+	hfs_log(HFS_LOG_NOTICE, "partner: link up to %s", peer);
 	send_hello();
 }
 
@@ -174,15 +174,17 @@ static void on_up(void *arg, const char *peer)
  * the resync (the sync thread, or the ack that completes it) */
 void repl_say_connected(uint64_t acked)
 {
+	char peer[sizeof(rg.peer)];
 	bool say;
 
 	pthread_mutex_lock(&rg.lock);
 	say = rg.up && !rg.syncing && !rg.said_connected && acked >= rg.sync_until;
 	if (say)
 		rg.said_connected = true;
+	memcpy(peer, rg.peer, sizeof(peer)); /* the sync thread calls this too */
 	pthread_mutex_unlock(&rg.lock);
 	if (say)
-		hfs_log(HFS_LOG_NOTICE, "partner: %s has everything: connected", rg.peer);
+		hfs_log(HFS_LOG_NOTICE, "partner: %s has everything: connected", peer);
 }
 
 static void on_down(void *arg, const char *why)

@@ -17,8 +17,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fs"))
+from waiting import wait_until  # noqa: E402  (the suites' one polling helper)
 
 HOLDER = r"""
 set -e
@@ -74,15 +78,19 @@ CIB = """<cib validate-with="pacemaker-3.9" epoch="1" num_updates="0" admin_epoc
 """
 
 
-def wait_for(cond, deadline, what, interval=0.25):
-    end = time.monotonic() + deadline
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        time.sleep(interval)
+def wait_for(cond, deadline, what):
+    return wait_until(cond, deadline, what, interval=0.25)
+
+
+def _reap(proc, timeout):
+    """Wait for proc (if any) to end, killing it after timeout seconds."""
+    if not proc:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Node:
@@ -216,20 +224,11 @@ class Cluster:
             if n.pacemakerd and n.pacemakerd.poll() is None:
                 n.pacemakerd.send_signal(signal.SIGTERM)
         for n in self.nodes:
-            if n.pacemakerd:
-                try:
-                    n.pacemakerd.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    n.pacemakerd.kill()
-                    n.pacemakerd.wait()
+            _reap(n.pacemakerd, 60)
         for n in self.nodes:
             if n.corosync and n.corosync.poll() is None:
                 n.corosync.send_signal(signal.SIGTERM)
-                try:
-                    n.corosync.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    n.corosync.kill()
-                    n.corosync.wait()
+            _reap(n.corosync, 30)
         for n in self.nodes:
             if n.holder and n.holder.poll() is None:
                 # pacemaker's children that outlived pacemakerd live in the holder's

@@ -70,16 +70,7 @@ def mount_fstype(path):
     return found
 
 
-def wait_until(cond, deadline, what, interval=0.05):
-    """Poll cond() until it returns a true value or `deadline` seconds pass; return it."""
-    end = time.monotonic() + deadline
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        time.sleep(interval)
+from waiting import wait_until  # noqa: E402,F401  (tests/cluster shares it)
 
 
 def mount_ids(path):
