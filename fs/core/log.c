@@ -6,10 +6,11 @@
  * and hands over: it opens no socket.
  * hfs_log_stream() makes a stdio stream whose lines become messages, for libraries that
  * log to a FILE * (replica/).
- * Locking: none; the threshold and sink are set once by main() before any thread starts
+ * Locking: a log stream has its own mutex (several threads write one); the threshold and sink are set once by main() before any thread starts
  * (and when it detaches, before the threads that log are started).  A sink must accept
  * calls from any thread.
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,8 @@ int hfs_log_level(const char *name)
 /* A stdio stream whose lines become messages (for a library that logs to a FILE *, such
  * as replica/): each complete line is one hfs_log(level, ...) call. */
 struct line_log {
+	pthread_mutex_t lock; /* several threads write one stream (the link's): stdio's own
+				 lock is libc's, which the sanitizers cannot see */
 	int level;
 	size_t n;
 	char buf[HFS_LOG_MAX];
@@ -90,6 +93,7 @@ static ssize_t line_write(void *cookie, const char *p, size_t len)
 {
 	struct line_log *ll = cookie;
 
+	pthread_mutex_lock(&ll->lock);
 	for (size_t k = 0; k < len; k++) {
 		if (p[k] != '\n' && ll->n < sizeof(ll->buf) - 1) {
 			ll->buf[ll->n++] = p[k];
@@ -101,11 +105,15 @@ static ssize_t line_write(void *cookie, const char *p, size_t len)
 		hfs_log(ll->level, "%s", ll->buf);
 		ll->n = 0;
 	}
+	pthread_mutex_unlock(&ll->lock);
 	return (ssize_t)len;
 }
 
 static int line_close(void *cookie)
 {
+	struct line_log *ll = cookie;
+
+	pthread_mutex_destroy(&ll->lock);
 	free(cookie);
 	return 0;
 }
@@ -119,8 +127,10 @@ FILE *hfs_log_stream(int level)
 	if (!ll)
 		return NULL;
 	ll->level = level;
+	pthread_mutex_init(&ll->lock, NULL);
 	f = fopencookie(ll, "w", io);
 	if (!f) {
+		pthread_mutex_destroy(&ll->lock);
 		free(ll);
 		return NULL;
 	}

@@ -92,12 +92,14 @@ static void clash(struct hfs_repl_heap *r, const char *name, const struct hello_
 		pthread_mutex_lock(&r->lock);
 		said = !strcmp(r->misconf, why);
 		snprintf(r->misconf, sizeof(r->misconf), "%s", why);
+		r->clash_seen = true;
 		pthread_mutex_unlock(&r->lock);
 	}
 	pthread_mutex_lock(&rg.lock);
 	said = !strcmp(rg.misconf, why) || (r && said);
-	if (!rg.misconf[0])
+	if (!rg.clash_seen) /* the first clash of this HELLO is the one the status shows */
 		snprintf(rg.misconf, sizeof(rg.misconf), "%s", why);
+	rg.clash_seen = true;
 	pthread_mutex_unlock(&rg.lock);
 	if (!said)
 		hfs_log(HFS_LOG_ERR, "partner: %s", why);
@@ -420,9 +422,27 @@ int recv_hello(const char *p, size_t len)
 	bool took = false;
 	int ret;
 
-	FOR_EACH_REPL(r)
+	FOR_EACH_REPL(r) {
 		r->peer_owns = false;
+		pthread_mutex_lock(&r->lock);
+		r->clash_seen = false;
+		pthread_mutex_unlock(&r->lock);
+	}
+	pthread_mutex_lock(&rg.lock);
+	rg.clash_seen = false;
+	pthread_mutex_unlock(&rg.lock);
 	ret = recv_heaps(p, len);
+	/* what this HELLO no longer clashes over replicates again (and is not said again) */
+	FOR_EACH_REPL(r) {
+		pthread_mutex_lock(&r->lock);
+		if (!r->clash_seen)
+			r->misconf[0] = 0;
+		pthread_mutex_unlock(&r->lock);
+	}
+	pthread_mutex_lock(&rg.lock);
+	if (!rg.clash_seen)
+		rg.misconf[0] = 0;
+	pthread_mutex_unlock(&rg.lock);
 	mark_all(); /* a takeover in settle_owner */
 	/* a heap we mirror, with data, that the partner no longer has at all: its owner came
 	 * back empty (a restart of a node whose config does not declare it): we own it */

@@ -139,8 +139,6 @@ void rh_set_mirror(struct hfs_repl_heap *r, bool mirror)
 
 static void on_up(void *arg, const char *peer)
 {
-	struct hfs_repl_heap *r;
-
 	(void)arg;
 	/* the link may come up before rep_start() has stored it: it is about to */
 	for (int k = 0; k < 5000 && !atomic_load(&rg.l); k++)
@@ -158,14 +156,10 @@ static void on_up(void *arg, const char *peer)
 	rg.syncing = true;
 	rg.sync_until = 0;
 	rg.said_connected = false;
-	rg.misconf[0] = 0; /* this connection's HELLOs say again what clashes */
 	snprintf(rg.peer, sizeof(rg.peer), "%s", peer);
 	pthread_mutex_unlock(&rg.lock);
-	FOR_EACH_REPL(r) {
-		pthread_mutex_lock(&r->lock);
-		r->misconf[0] = 0;
-		pthread_mutex_unlock(&r->lock);
-	}
+	/* (what clashes stays as it was until this connection's HELLO says otherwise: a
+	 * reconnect repeats no message) */
 	hfs_log(HFS_LOG_NOTICE, "partner: link up to %s", peer);
 	send_hello();
 }

@@ -67,6 +67,7 @@ struct hfs_repl_heap {
 	/* (r->lock) the two configs clash over this heap (declared on both nodes): nothing
 	 * of it moves between them until they agree; why, as .heapfs/partner shows it */
 	char misconf[200];
+	bool clash_seen;            /* (r->lock) the HELLO being read clashes over it */
 	/* owner */
 	bool streaming;             /* not connected, or a resync in flight: records wait */
 	struct pend *pend, **pend_tail; /* the change log, oldest first */
@@ -103,6 +104,7 @@ struct repl_state {
 	 * on both nodes); "" when none */
 	char misconf[200];
 	bool said_connected; /* (lock) "connected" logged for this connection */
+	bool clash_seen;     /* (lock) the HELLO being read found a clash */
 	FILE *log;           /* the link's log stream (hfs_log_stream): closed at stop */
 	struct rep_link *_Atomic l;
 	uint8_t key[REP_KEY_BYTES];
