@@ -185,6 +185,10 @@ void *sync_thread(void *arg)
 		rg.syncing = false;
 	}
 	pthread_mutex_unlock(&rg.lock);
-	repl_say_connected(rs.acked_seq); /* everything acknowledged already: now */
+	/* everything acknowledged already: now.  Asked again, not taken from before: the
+	 * last ack may have come between the two, and its on_acked saw us still syncing
+	 * (the link stores acked_seq before it calls on_acked, so one of the two sees it) */
+	rep_get_stats(rg.l, &rs);
+	repl_say_connected(rs.acked_seq);
 	return NULL;
 }

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from conftest import KIB, MIB, expect_errno, pattern, read_daemon
+from waiting import open_when_free
 
 HEAP = 'heap "h" { size = 64M  min_block = 4K }\n'
 
@@ -181,7 +182,9 @@ def test_rdonly_otrunc_on_a_single_writer_file_open_for_writing(mount_factory):
         assert read_daemon(f) == b"data"
     finally:
         os.close(wfd)
-    os.close(os.open(f, os.O_RDONLY | os.O_TRUNC))  # no writer now: it truncates
+
+    # no writer now (once its release has reached the daemon): it truncates
+    os.close(open_when_free(f, os.O_RDONLY | os.O_TRUNC, "O_TRUNC open after the writer's close"))
     assert read_daemon(f) == b""
     wfd = os.open(f, os.O_WRONLY)  # and it left no writer slot behind
     os.close(wfd)

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import (KIB, MIB, expect_errno, held_bytes, next_pow2, pattern,
                       proc_status_kib, round_up, wait_until)
+from waiting import open_when_free
 
 SPEC_HEAP_KEYS = {"name", "size", "min_block", "used", "free", "largest_free", "free_blocks",
                   "nonempty_orders", "chunks_committed", "chunks_released", "files",
@@ -172,22 +173,15 @@ def test_writers_single(mount_factory):
     finally:
         os.close(w)
     # once the writer has closed (release is asynchronous), a new writer gets in
-
-    def try_open():
-        try:
-            return os.open(f, os.O_WRONLY | os.O_APPEND)
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            return None
-    w = wait_until(try_open, 5, "second writer after close")
+    w = open_when_free(f, os.O_WRONLY | os.O_APPEND, "second writer after close")
     os.write(w, b"!")
     os.close(w)
     assert f.read_bytes() == b"two!"
     # a writer of another file of the heap does not block this one
     a = os.open(m.heap("s") / "g", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        os.close(wait_until(try_open, 5, "writer of f while g is open for writing"))
+        os.close(open_when_free(f, os.O_WRONLY | os.O_APPEND,
+                                "writer of f while g is open for writing"))
     finally:
         os.close(a)
 
