@@ -122,6 +122,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	/* Lookups and listings of one directory may run at once: hfs.ns orders them. */
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* POSIX ACLs: the kernel enforces them and asks us for system.posix_acl_*; the umask
+	 * comes to us unapplied (a default ACL replaces it: hfs_acl_inherit). */
+	if ((conn->capable & (FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK)) ==
+	    (FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK))
+		conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
 	/* Readahead and async direct I/O run as background requests: allow many at once. */
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
@@ -222,7 +227,7 @@ static void new_node(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 {
 	GET(req, dir, parent);
 	const struct fuse_ctx *c = fuse_req_ctx(req);
-	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid };
+	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid, .umask = c->umask, .acl = true };
 	struct hfs_completion done = { 0 };
 	struct hfs_inode *i;
 	int ret = hfs_create(dir, name, mode, rdev, target, &ctx, &i, &done);
@@ -404,7 +409,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 {
 	GET(req, dir, parent);
 	const struct fuse_ctx *c = fuse_req_ctx(req);
-	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid };
+	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid, .umask = c->umask, .acl = true };
 	struct hfs_completion done = { 0 };
 	struct fuse_entry_param e;
 	struct hfs_inode *i;
@@ -681,7 +686,8 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 
 	if (size && !buf)
 		return reply_err(req, -ENOMEM);
-	reply_xattr(req, hfs_listxattr(i, buf, size), buf, size);
+	/* trusted.* names are root's to see (tmpfs: CAP_SYS_ADMIN) */
+	reply_xattr(req, hfs_listxattr(i, buf, size, fuse_req_ctx(req)->uid == 0), buf, size);
 	free(buf);
 }
 
