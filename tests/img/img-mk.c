@@ -4,7 +4,7 @@
  *
  *   img-mk seg DESC.json OUT    {"size": S, "min_block": B,
  *                                "objects": [{"name": N, "text": T | "pattern": LEN}, ...]}
- *   img-mk heap DESC.json OUT   {"name": N, "size": S, "min_block": B,
+ *   img-mk heap DESC.json OUT   {"name": N, "size": S, "min_block": B, "contiguous": true?,
  *                                "entries": [{"path": P, "kind": "dir"|"file"|"symlink",
  *                                 "mode": M, "text": T | "pattern": LEN, "target": T,
  *                                 "link": EXISTING_PATH, "xattrs": {NAME: VALUE}}, ...]}
@@ -294,7 +294,8 @@ static int mk_heap(const json_t *d, int fd)
 {
 	struct img_hdr h = { .heap_size = (uint64_t)json_integer_value(json_object_get(d, "size")),
 			     .min_order = (uint32_t)__builtin_ctzll((uint64_t)json_integer_value(
-				     json_object_get(d, "min_block"))) };
+				     json_object_get(d, "min_block"))),
+			     .layout = json_is_true(json_object_get(d, "contiguous")) };
 	struct img_inode root = { .id = IMG_ROOT_ID, .kind = IMG_K_DIR, .mode = 040755,
 				  .nlink = 2 };
 	const json_t *entries = json_object_get(d, "entries");
