@@ -161,7 +161,7 @@ static void __ext_pop(struct hfs_inode *i, bool keep)
  * now, as an unlinked file's do, whatever else its chunk still holds. */
 static void release_block(struct hfs_inode *i, uint64_t hoff, unsigned order)
 {
-	if (order >= 12 && !hfs_mirror(i->heap)) /* whole pages; a mirror keeps its room */
+	if (order >= 12) /* whole pages (a block is aligned to its size) */
 		msrc_release(src_of(i), hoff, blk(order));
 	free_block(i, hoff, order);
 }
@@ -437,10 +437,10 @@ static int __back(struct hfs_inode *i, uint64_t from, uint64_t to, uint64_t wfro
 		return -ENOSPC;
 	__for_gaps(i, a, b, fill_gap, &f);
 	ret = f.err;
-	if (!ret)
-		ret = __ext_reserve(i, f.n);
-	else if (!all && f.failed_at > from && __ext_reserve(i, f.n))
-		f.failed_at = a; /* nothing to keep the blocks in: give them all back */
+	if ((!ret || (!all && f.failed_at > from)) && __ext_reserve(i, f.n)) {
+		ret = -ENOMEM; /* nothing to keep the blocks in: give them all back */
+		f.failed_at = a;
+	}
 	if (ret && (all || f.failed_at <= from)) {
 		for (size_t k = 0; k < f.n; k++)
 			free_block(i, f.v[k].hoff, f.v[k].order);
@@ -872,8 +872,9 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 	if (!len)
 		return 0;
 	/* bounds before arithmetic (an offset from a partner may be anything): no byte at
-	 * or past the heap's end can ever be written; a write across it writes what fits
-	 * (the applier refuses such a record whole before it gets here) */
+	 * or past the largest file (a contiguous heap's end) can ever be written; a write
+	 * across it writes what fits (the applier refuses such a record whole before it gets
+	 * here) */
 	if (off < 0 || (uint64_t)off >= hfs_file_max(i->heap))
 		return -EFBIG;
 	if (len > hfs_file_max(i->heap) - (uint64_t)off)
@@ -884,10 +885,6 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 		return ret;
 	lock_w(i);
 	old = i->size;
-	if ((uint64_t)off > i->size) /* allocated bytes past the size are undefined */
-		ret = __zero(i, i->size, (uint64_t)off);
-	if (ret)
-		goto out;
 	if (sparse(i)) {
 		/* a short write when not all fits; the mirror applies a record whole or not */
 		ret = __back(i, (uint64_t)off, end, (uint64_t)off, end, hfs_mirror(i->heap), &end);
@@ -899,6 +896,8 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 		if (ret)
 			goto out;
 	}
+	if ((uint64_t)off > i->size) /* allocated bytes past the size are undefined */
+		ret = __zero(i, i->size, (uint64_t)off);
 	if (!ret)
 		ret = for_span(i, (uint64_t)off, len, copy_in_fn, &ca);
 	if (ret) /* the source failed (EIO): the size stays, the file holds its blocks */

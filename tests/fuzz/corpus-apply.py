@@ -34,6 +34,11 @@ SEEDS = {
                                   "new_parent": 2, "new": "b"}],
     "xattrs": FILE2 + [{"raw": "xattr", "id": 2, "name": "user.a", "value": "1"},
                        {"raw": "removexattr", "id": 2, "name": "user.a"}],
+    # a sparse file past the 4 MiB heap, punched (extents; contiguous refuses it)
+    "sparse-punch": [inode(2, size=1 << 40), link(1, 2, "f"), data(2, 5 << 30, "far"),
+                     data(2, 4096, "x" * 9000),
+                     {"raw": "punch", "id": 2, "off": 4000, "len": 6000},
+                     {"raw": "punch", "id": 2, "off": 5 << 30, "len": 1}],
 }
 
 OUT.mkdir(parents=True, exist_ok=True)
