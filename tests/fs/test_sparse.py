@@ -394,6 +394,15 @@ def test_replicated_punches_and_sparse_writes_verify_clean(mount_factory, tmp_pa
     want = read_daemon(A / "s")
     assert read_daemon(B / "s") == want
     assert blocks(B / "s") <= blocks(A / "s") < 2 * MIB // 512
+    # the mirror is read-only to punches and copies too; nothing changed there
+    fd = os.open(B / "s", os.O_RDONLY)
+    try:
+        expect_errno((errno.EBADF, errno.EROFS), fallocate, fd, PUNCH_HOLE | KEEP_SIZE, 0, MIB)
+    finally:
+        os.close(fd)
+    expect_errno(errno.EROFS, open, B / "s", "r+b")
+    expect_errno(errno.EROFS, os.open, B / "new", os.O_WRONLY | os.O_CREAT)
+    assert read_daemon(B / "s") == want
     p.clean()
     p.verify()
     p.verify(p.b)
@@ -443,3 +452,33 @@ def test_direct_client_refuses_a_hole(mount_factory):
             mm[MIB - 3:MIB] = b"end"
         conn.close()
     assert read_daemon(f)[-3:] == b"end"
+
+
+def test_copy_into_a_full_heap_is_short_then_enospc(mount_factory):
+    """copy_file_range into a heap that fills: the bytes that fit, then ENOSPC; the source
+    and the other files keep every byte.  A status file (no copy_file_range here) is still
+    copied by the kernel's own read/write."""
+    m = mount_factory(HEAP + 'heap "small" { size = 4M  min_block = 4K }\n')
+    src = m.heap("h") / "src"
+    data = pattern(6 * MIB, 9)
+    src.write_bytes(data)
+    (m.heap("small") / "keep").write_bytes(b"k" * 4096)
+    dst = m.heap("small") / "dst"
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        n = os.copy_file_range(fi.fileno(), fo.fileno(), len(data))
+        assert 0 < n < 4 * MIB
+        expect_errno(errno.ENOSPC, os.copy_file_range, fi.fileno(), fo.fileno(), len(data))
+    assert read_daemon(dst) == data[:n]
+    assert read_daemon(src) == data
+    assert read_daemon(m.heap("small") / "keep") == b"k" * 4096
+    # a copy that reaches the largest file copies what fits below it (as a write)
+    with open(src, "rb") as fi, open(m.heap("h") / "d2", "wb") as fo:
+        assert os.copy_file_range(fi.fileno(), fo.fileno(), 10, 0, (1 << 63) - 5) == 4
+        assert os.fstat(fo.fileno()).st_size == (1 << 63) - 1
+    fd = os.open(m.heap("h") / "d2", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 5, (1 << 63) - 6) == b"\0" + data[:4]
+    finally:
+        os.close(fd)
+    run("cp", m.path / ".heapfs" / "stats", m.heap("h") / "stats.json")
+    assert json.loads((m.heap("h") / "stats.json").read_text())["heaps"]
