@@ -722,6 +722,25 @@ out:
 	return ret;
 }
 
+int buddy_split(struct buddy *b, uint64_t off, unsigned order)
+{
+	uint64_t i;
+
+	if (!block_ok(b, off, order) || order == b->min_order)
+		return -EINVAL;
+	if (!(b->flags & BUDDY_F_TRACK))
+		return 0; /* nothing records the order an allocated block has */
+	i = off >> order;
+	if (!(atomic_load(&b->track[order][i >> 6]) & bit(i)))
+		return -EINVAL; /* not allocated at that order (the caller owns the block, so
+				   nothing changes it meanwhile) */
+	/* the halves are allocated before the whole stops being: a walk never sees a gap */
+	track_set(b, off, order - 1);
+	track_set(b, off + (1ull << (order - 1)), order - 1);
+	atomic_fetch_and(&b->track[order][i >> 6], ~bit(i));
+	return 0;
+}
+
 /* ---- creation --------------------------------------------------------------------- */
 
 /* A handle on laid-out metadata: map the data (fd: see chunk_map_open). */

@@ -79,6 +79,11 @@ int buddy_alloc_at(struct buddy *b, uint64_t off, unsigned order);
 /* Free a block: 0, or -EINVAL for a misaligned/out-of-range block, and (BUDDY_F_TRACK)
  * for a block that is not allocated at that order (never allocated, or freed twice). */
 int buddy_free(struct buddy *b, uint64_t off, unsigned order);
+/* The allocated block (off, order) becomes two allocated blocks of order - 1, its halves,
+ * each to be freed on its own (a file punching a hole frees the half it no longer needs,
+ * with no copy).  0, or -EINVAL for a block of min_order or a bad block, and
+ * (BUDDY_F_TRACK) for a block that is not allocated at that order. */
+int buddy_split(struct buddy *b, uint64_t off, unsigned order);
 
 void *buddy_ptr(const struct buddy *b, uint64_t off);
 int buddy_data_fd(const struct buddy *b); /* memfd/fd of the data, or -1 for anonymous */

@@ -124,6 +124,7 @@ void img_seg_seal(void *base);
 enum img_rec_type {
 	IMG_INODE = 1, IMG_LINK, IMG_DATA, IMG_SYMLINK, IMG_XATTR,
 	IMG_TRUNCATE, IMG_RENAME, IMG_UNLINK, IMG_SETATTR, IMG_REMOVEXATTR,
+	IMG_PUNCH,
 	IMG_NTYPES,
 	IMG_END = 0xffff,
 };
@@ -174,6 +175,7 @@ struct img_setattr {
 	int64_t atime_ns, mtime_ns, ctime_ns;
 };
 struct img_removexattr { uint64_t id; uint32_t name_len, pad; };            /* + name */
+struct img_punch { uint64_t id, off, len; }; /* [off, off + len) reads as zeros (a hole) */
 
 /* A record as the reader returns it.  The strings point into the reader (NUL-terminated,
  * valid until the next img_r_next); a DATA record's bytes come from img_r_data. */
@@ -190,6 +192,7 @@ struct img_rec {
 		struct img_unlink unlink;
 		struct img_setattr setattr;
 		struct img_removexattr removexattr;
+		struct img_punch punch;
 	} u;
 	const char *s1, *s2; /* LINK/UNLINK/REMOVEXATTR name; SYMLINK target; XATTR name and
 				value (s2, value_len bytes, may hold NULs); RENAME old, new */
@@ -215,6 +218,7 @@ int img_w_rename(struct img_w *w, uint64_t old_parent, const char *old_name,
 int img_w_unlink(struct img_w *w, uint64_t parent, const char *name);
 int img_w_setattr(struct img_w *w, const struct img_setattr *sa);
 int img_w_removexattr(struct img_w *w, uint64_t id, const char *name);
+int img_w_punch(struct img_w *w, uint64_t id, uint64_t off, uint64_t len);
 /* Write END (record count, byte count, checksum) and flush. */
 /* Tests only (img-mk): one record of type with payload as given, none of the checks the
  * other writers make, so a test can craft what a reader must refuse. */

@@ -169,11 +169,15 @@ const struct img_hdr *img_r_hdr(const struct img_r *r)
 	return &r->h;
 }
 
-/* A size or a DATA record's end past the heap: no file of this heap can hold it (the
- * daemon refuses such a write or truncate with EFBIG), so no image of it says it. */
+/* A size or a DATA record's end past the heap of a contiguous layout: no file of this
+ * heap can hold it (the daemon refuses such a write or truncate with EFBIG), so no image
+ * of it says it.  An extents heap's files are sparse: any off_t (check_fields). */
 static int r_in_heap(struct img_r *r, const struct img_rec *rec, uint64_t start)
 {
 	uint64_t hs = r->h.heap_size, size = 0;
+
+	if (r->h.layout != 1)
+		return 0;
 
 	switch (rec->type) {
 	case IMG_DATA:

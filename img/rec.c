@@ -33,6 +33,7 @@ static const struct img_shape shapes[IMG_NTYPES] = {
 	[IMG_REMOVEXATTR] = { sizeof(struct img_removexattr),
 			      { offsetof(struct img_removexattr, name_len), 0 },
 			      { IMG_T_XNAME, IMG_T_NONE } },
+	[IMG_PUNCH] = { sizeof(struct img_punch), NOTAIL },
 };
 
 _Static_assert(sizeof(struct img_hdr) == 320, "stream header");
@@ -44,6 +45,7 @@ _Static_assert(sizeof(struct img_rename) == 32, "RENAME");
 _Static_assert(sizeof(struct img_unlink) == 16, "UNLINK");
 _Static_assert(sizeof(struct img_setattr) == 56, "SETATTR");
 _Static_assert(sizeof(struct img_removexattr) == 16, "REMOVEXATTR");
+_Static_assert(sizeof(struct img_punch) == 24, "PUNCH");
 
 const struct img_shape *img_shape(uint32_t type)
 {
@@ -54,7 +56,7 @@ static const char *const type_names[IMG_NTYPES] = {
 	[IMG_INODE] = "INODE", [IMG_LINK] = "LINK", [IMG_DATA] = "DATA",
 	[IMG_SYMLINK] = "SYMLINK", [IMG_XATTR] = "XATTR", [IMG_TRUNCATE] = "TRUNCATE",
 	[IMG_RENAME] = "RENAME", [IMG_UNLINK] = "UNLINK", [IMG_SETATTR] = "SETATTR",
-	[IMG_REMOVEXATTR] = "REMOVEXATTR",
+	[IMG_REMOVEXATTR] = "REMOVEXATTR", [IMG_PUNCH] = "PUNCH",
 };
 
 /* Smallest and largest length of a tail of this kind. */
@@ -115,6 +117,12 @@ static int check_fields(uint32_t type, const void *fixed, const uint32_t tl[2], 
 		if (r.u.truncate.size > FILE_MAX)
 			return img_refuse(why, whylen, "TRUNCATE record: size %llu out of range",
 					  (unsigned long long)r.u.truncate.size);
+		break;
+	case IMG_PUNCH:
+		if (!r.u.punch.len || r.u.punch.off > FILE_MAX || r.u.punch.len > FILE_MAX - r.u.punch.off)
+			return img_refuse(why, whylen, "PUNCH record: offset %llu + %llu bytes out of "
+					  "range", (unsigned long long)r.u.punch.off,
+					  (unsigned long long)r.u.punch.len);
 		break;
 	case IMG_RENAME:
 		if (r.u.rename.flags > 2) /* 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2) */

@@ -213,6 +213,13 @@ int img_w_truncate(struct img_w *w, uint64_t id, uint64_t size)
 	return w_rec(w, IMG_TRUNCATE, &t, NULL, 0, NULL, 0);
 }
 
+int img_w_punch(struct img_w *w, uint64_t id, uint64_t off, uint64_t len)
+{
+	struct img_punch p = { id, off, len };
+
+	return w_rec(w, IMG_PUNCH, &p, NULL, 0, NULL, 0);
+}
+
 int img_w_rename(struct img_w *w, uint64_t old_parent, const char *old_name,
 		 uint64_t new_parent, const char *new_name, uint32_t flags)
 {

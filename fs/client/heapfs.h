@@ -45,7 +45,8 @@ void heapfs_disconnect(struct heapfs *h);
 
 /* Map bytes [off, off + len) of the open file fd (inside its size).  Errors: EPERM (the
  * heap has direct_map = false), EACCES (a write-only descriptor, or HEAPFS_WRITE on a read-only one),
- * EXDEV (not a file of this mount), EISDIR, ENXIO (past the end), EINVAL. */
+ * EXDEV (not a file of this mount), EISDIR, ENXIO (past the end), ENODATA (the range holds a
+ * hole of a sparse file: write or fallocate it first, then map), EINVAL. */
 int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned flags,
 	       struct heapfs_map **out);
 /* Release a mapping; written: the range was written (counts as a write of it). */

@@ -414,6 +414,19 @@ struct hfs_attr {
 int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who,
 		struct hfs_completion *c);
 int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len, struct hfs_completion *c);
+/* The largest file of heap h: its size for layout = contiguous (one block), else
+ * HFS_FILE_MAX (files are sparse: holes hold no block). */
+#define HFS_FILE_MAX ((uint64_t)INT64_MAX)
+uint64_t hfs_file_max(const struct hfs_heap *h);
+/* SEEK_DATA / SEEK_HOLE (whence) from off: the offset, or -ENXIO (off at or past the
+ * size), -EINVAL. */
+int64_t hfs_lseek(struct hfs_inode *i, int64_t off, int whence);
+/* copy_file_range: up to len bytes of in from ioff to out at ooff (any heaps of the mount;
+ * in may be out), through the same core calls a write and a punch make, so replication
+ * sees ordinary changes; a hole of in stays a hole in out.  The bytes copied (short at
+ * in's end, or when out's heap fills after the first byte), or -errno. */
+int64_t hfs_copy_range(struct hfs_inode *in, uint64_t ioff, struct hfs_inode *out, uint64_t ooff,
+		       uint64_t len, uid_t who, struct hfs_completion *c);
 void hfs_file_free(struct hfs_inode *i);
 /* Make the file hold blocks for at least cap bytes (an object always holds its block). */
 int hfs_file_reserve(struct hfs_inode *i, uint64_t cap);
@@ -614,6 +627,8 @@ enum hfs_change_kind {
 	HFS_CH_WRITERS,  /* writers: i has its first writer now (open) or lost its last */
 	HFS_CH_RANGE,    /* write: [off, off + len) of i written by a direct client through
 			    its mapping (buf NULL) */
+	HFS_CH_PUNCH,    /* punch: [off, off + len) of i reads as zeros now (a hole punched,
+			    or a range zeroed), within the size */
 };
 
 struct hfs_change {
@@ -648,6 +663,10 @@ struct hfs_change {
 			struct hfs_inode *i;
 			bool open;
 		} writers;
+		struct {
+			struct hfs_inode *i;
+			uint64_t off, len;
+		} punch;
 	};
 };
 

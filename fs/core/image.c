@@ -32,6 +32,7 @@
 #include <sys/stat.h>
 #include <stdatomic.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -355,8 +356,8 @@ static int apply_inode(struct hfs_apply *a, const struct img_inode *in)
 	if (!kind_agrees(in->kind, in->mode))
 		return refuse(a, 0, "inode %llu: kind %u and mode 0%o disagree", id, in->kind,
 			      in->mode);
-	if (in->kind == IMG_K_REG && in->size > a->h->pol.size)
-		return refuse(a, 0, "inode %llu: a size of %llu, past the heap's end", id,
+	if (in->kind == IMG_K_REG && in->size > hfs_file_max(a->h))
+		return refuse(a, 0, "inode %llu: a size of %llu, past the largest file", id,
 			      (unsigned long long)in->size);
 	if (in->id == IMG_ROOT_ID && (in->kind != IMG_K_DIR || k->in.id))
 		return refuse(a, 0, in->kind != IMG_K_DIR ? "the root (inode %llu) is no directory"
@@ -415,9 +416,12 @@ static int make(struct hfs_apply *a, struct known *k, struct hfs_inode *dir, con
 	k->i = i; /* hfs_create's lookup reference becomes ours */
 	hfs_inode_set_id(i, k->id);
 	/* the whole size at once: a contiguous file does not move at every power of two its
-	 * DATA records reach (apply_inode bounded the size by the heap's) */
+	 * DATA records reach (apply_inode bounded the size by the heap's); an extents file
+	 * only takes its size, its DATA records take the blocks (what they skip is a hole) */
 	if (i->kind == HFS_REG && k->in.size)
-		ret = hfs_fallocate(i, 0, 0, (off_t)k->in.size, &a->c);
+		ret = a->h->pol.layout == CONF_LAYOUT_CONTIGUOUS ?
+		      hfs_fallocate(i, 0, 0, (off_t)k->in.size, &a->c) :
+		      hfs_truncate(i, k->in.size, &a->c);
 	if (ret) { /* no room: the name goes again, so nothing of the record stays */
 		hfs_unlink(dir, name, &a->c);
 		hfs_iput(i, 1);
@@ -462,8 +466,8 @@ static int apply_data(struct hfs_apply *a, struct img_r *r, const struct img_rec
 
 	if (!i)
 		return -EBADMSG;
-	if (off > a->h->pol.size || rec->data_len > a->h->pol.size - off)
-		return refuse(a, 0, "the data of inode %llu at %llu lies past the heap's end",
+	if (off > hfs_file_max(a->h) || rec->data_len > hfs_file_max(a->h) - off)
+		return refuse(a, 0, "the data of inode %llu at %llu lies past the largest file",
 			      (unsigned long long)rec->u.data.id, (unsigned long long)off);
 	if (!bytes) {
 		ret = img_r_data(r, a->buf);
@@ -514,8 +518,8 @@ static int setattr_check(struct hfs_apply *a, struct hfs_inode *i, const struct 
 					 (sa->mode & S_IFMT && (sa->mode & S_IFMT) != (i->mode & S_IFMT))))
 		return refuse(a, 0, "SETATTR of inode %llu: mode 0%o is not its kind's", id,
 			      sa->mode);
-	if (sa->mask & IMG_SET_SIZE && i->kind == HFS_REG && sa->size > a->h->pol.size)
-		return refuse(a, 0, "SETATTR of inode %llu: a size past the heap's end", id);
+	if (sa->mask & IMG_SET_SIZE && i->kind == HFS_REG && sa->size > hfs_file_max(a->h))
+		return refuse(a, 0, "SETATTR of inode %llu: a size past the largest file", id);
 	return 0;
 }
 
@@ -618,8 +622,8 @@ static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
 		i = need(a, rec->u.truncate.id, HFS_REG);
 		if (!i)
 			return -EBADMSG;
-		if (rec->u.truncate.size > a->h->pol.size)
-			return refuse(a, 0, "TRUNCATE of inode %llu past the heap's end",
+		if (rec->u.truncate.size > hfs_file_max(a->h))
+			return refuse(a, 0, "TRUNCATE of inode %llu past the largest file",
 				      (unsigned long long)rec->u.truncate.id);
 		ret = hfs_truncate(i, rec->u.truncate.size, &a->c);
 		return ret ? refuse(a, ret, "TRUNCATE of inode %llu",
@@ -633,6 +637,17 @@ static int apply_change(struct hfs_apply *a, const struct img_rec *rec)
 			remember(find(a, rec->u.setattr.id), &rec->u.setattr);
 		return ret && !a->why[0] ? refuse(a, ret, "SETATTR of inode %llu",
 						  (unsigned long long)rec->u.setattr.id) : ret;
+	case IMG_PUNCH:
+		i = need(a, rec->u.punch.id, HFS_REG);
+		if (!i)
+			return -EBADMSG;
+		if (rec->u.punch.off > HFS_FILE_MAX || rec->u.punch.len > HFS_FILE_MAX - rec->u.punch.off)
+			return refuse(a, 0, "PUNCH of inode %llu past the largest file",
+				      (unsigned long long)rec->u.punch.id);
+		ret = hfs_fallocate(i, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				    (off_t)rec->u.punch.off, (off_t)rec->u.punch.len, &a->c);
+		return ret ? refuse(a, ret, "PUNCH of inode %llu",
+				    (unsigned long long)rec->u.punch.id) : 0;
 	case IMG_REMOVEXATTR:
 		i = need(a, rec->u.removexattr.id, ANY_KIND);
 		ret = i ? hfs_removexattr(i, rec->s1, &a->c) : -EBADMSG;
@@ -675,6 +690,7 @@ int hfs_apply_mem(struct hfs_apply *a, struct img_r *r, const struct img_rec *re
 	memcpy(&id, &rec->u, sizeof(id)); /* each of these records starts with the id */
 	if (a->live && !made(a, id) &&
 	    (rec->type == IMG_DATA || rec->type == IMG_TRUNCATE || rec->type == IMG_SETATTR ||
+	     rec->type == IMG_PUNCH ||
 	     rec->type == IMG_XATTR || rec->type == IMG_REMOVEXATTR))
 		return 0;
 

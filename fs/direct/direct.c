@@ -203,7 +203,10 @@ static int check_fd(int fd, bool write, struct hfs_inode **out)
 }
 
 /* Extents of [off, off + len) of i, adjacent blocks merged; i->lock held.  Interior joins
- * must fall on page boundaries, or the client could not map the pieces side by side. */
+ * must fall on page boundaries, or the client could not map the pieces side by side.  A
+ * hole in the range (no block holds it: extents layout) is refused with ENODATA: a client
+ * stores through its mapping without the daemon seeing it, so nothing could give the hole
+ * a block then; the client writes or fallocates the range first (README, heapfs.h). */
 static int __extents(struct hfs_inode *i, uint64_t off, uint64_t len, struct hfs_cl_ext *x,
 		     uint32_t *nx)
 {
@@ -216,6 +219,8 @@ static int __extents(struct hfs_inode *i, uint64_t off, uint64_t len, struct hfs
 
 		if (eend <= off)
 			continue;
+		if (e->foff > off)
+			return -ENODATA; /* a hole */
 		from = off;
 		to = eend < end ? eend : end;
 		if (n && x[n - 1].hoff + x[n - 1].len == e->hoff + (from - e->foff)) {
@@ -232,7 +237,7 @@ static int __extents(struct hfs_inode *i, uint64_t off, uint64_t len, struct hfs
 		off = to;
 	}
 	*nx = n;
-	return off < end ? -ENXIO : 0;
+	return off < end ? -ENODATA : 0; /* a hole up to the end (the size was checked) */
 }
 
 static struct cl_reg *find_reg(struct cl_conn *c, struct hfs_heap *h)

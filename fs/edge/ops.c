@@ -738,6 +738,48 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 	reply_change(req, &c, hfs_fallocate(i, mode, offset, length, &c));
 }
 
+/* SEEK_DATA / SEEK_HOLE: the extents (SEEK_SET/CUR/END never come here). */
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	GET(req, i, ino);
+	int64_t ret = hfs_lseek(i, off, whence);
+
+	(void)fi;
+	if (ret < 0)
+		return reply_err(req, (int)ret);
+	fuse_reply_lseek(req, ret);
+}
+
+/* copy_file_range between two files of the mount: the daemon copies block to block (holes
+ * stay holes); the kernel has written back in's cached pages and dropped out's. */
+static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+			       struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+			       struct fuse_file_info *fi_out, size_t len, int flags)
+{
+	GET(req, in, ino_in);
+	GET(req, out, ino_out);
+	struct hfs_completion c = { 0 };
+	int64_t n;
+	int ret;
+
+	(void)fi_in, (void)fi_out;
+	if (flags)
+		return reply_err(req, -EINVAL);
+	if (in->kind == HFS_STATUS || out->kind == HFS_STATUS)
+		return reply_err(req, -EOPNOTSUPP); /* the kernel copies it through read/write */
+	if (off_in < 0 || off_out < 0)
+		return reply_err(req, -EINVAL);
+	n = hfs_copy_range(in, (uint64_t)off_in, out, (uint64_t)off_out, len,
+			   fuse_req_ctx(req)->uid, &c);
+	if (n < 0)
+		return reply_err(req, (int)n);
+	ret = hfs_complete_wait(&c); /* sync replication: the partner has it */
+	if (ret)
+		return reply_err(req, ret);
+	fuse_reply_write(req, (size_t)n);
+}
+
 /* close() and fsync() of a file in an owned replicated heap: until the partner has
  * everything sent so far (async mode; in sync mode it already has). */
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -784,6 +826,8 @@ const struct fuse_lowlevel_ops hfs_ops = {
 	.listxattr = op_listxattr,
 	.removexattr = op_removexattr,
 	.fallocate = op_fallocate,
+	.lseek = op_lseek,
+	.copy_file_range = op_copy_file_range,
 	.flush = op_flush,
 	.fsync = op_fsync,
 };

@@ -179,6 +179,13 @@ static void out_truncate(struct hfs_completion *c, struct hfs_inode *i)
 	out_rec(i->heap, c, IMG_TRUNCATE, &t, NULL, 0, NULL, 0);
 }
 
+static void out_punch(struct hfs_completion *c, struct hfs_inode *i, uint64_t off, uint64_t len)
+{
+	struct img_punch p = { .id = i->id, .off = off, .len = len };
+
+	out_rec(i->heap, c, IMG_PUNCH, &p, NULL, 0, NULL, 0);
+}
+
 static void out_attr(struct hfs_completion *c, struct hfs_inode *i)
 {
 	struct img_setattr sa = {
@@ -264,6 +271,9 @@ void repl_changed(const struct hfs_change *ch, void *arg)
 		break;
 	case HFS_CH_SETATTR:
 		out_attr(c, ch->inode.i);
+		break;
+	case HFS_CH_PUNCH:
+		out_punch(c, ch->punch.i, ch->punch.off, ch->punch.len);
 		break;
 	case HFS_CH_XATTR:
 		out_xattr(c, ch->xattr.i, ch->xattr.name, ch->xattr.value, ch->xattr.size);

@@ -125,6 +125,37 @@ static void test_split_merge_all(void)
 	test_split_merge(BUDDY_F_TRACK | BUDDY_F_NOCACHE);
 }
 
+/* buddy_split: a 64K block becomes two 32K halves, freed one at a time (a hole punched
+ * in a file's block); a bad or double split is refused under tracking. */
+static void test_split_block(void)
+{
+	struct buddy_params p = { .heap_order = 20, .min_order = 12,
+				  .flags = BUDDY_F_TRACK | BUDDY_F_NOCACHE };
+	struct buddy *b = NULL;
+	struct buddy_stats st;
+	int64_t a;
+
+	TEQ(buddy_create(&p, &b), 0);
+	a = buddy_alloc(b, 16);
+	T(a >= 0);
+	TEQ(buddy_split(b, (uint64_t)a, 12), -EINVAL);      /* min_order: no halves */
+	TEQ(buddy_split(b, (uint64_t)a + 4096, 16), -EINVAL); /* misaligned */
+	TEQ(buddy_split(b, (uint64_t)a, 17), -EINVAL);      /* not allocated at 17 */
+	TEQ(buddy_split(b, (uint64_t)a, 16), 0);
+	TEQ(buddy_split(b, (uint64_t)a, 16), -EINVAL);      /* not any more */
+	TEQ(buddy_free(b, (uint64_t)a, 16), -EINVAL);       /* the whole is gone */
+	TEQ(buddy_free(b, (uint64_t)a + 32768, 15), 0);
+	buddy_stats(b, &st);
+	TEQ(st.used, 32768);
+	T(buddy_check(b) == 0);
+	TEQ(buddy_split(b, (uint64_t)a, 15), 0);
+	TEQ(buddy_free(b, (uint64_t)a, 14), 0);
+	TEQ(buddy_free(b, (uint64_t)a + 16384, 14), 0);
+	T(pristine(b));
+	T(buddy_check(b) == 0);
+	buddy_destroy(b);
+}
+
 /* Fill the heap with blocks of one order, check exhaustion, free in a scrambled order. */
 static void fill_order(struct buddy *b, unsigned k)
 {
@@ -793,6 +824,7 @@ int main(void)
 	RUN(test_create_at_attach);
 	RUN(test_attach_bad_chunk_table);
 	RUN(test_metadata_size);
+	RUN(test_split_block);
 	RUN(test_random_model);
 	RUN(test_big_blocks_many_slots);
 	RUN(test_full_heap_waits_for_busy_slot);

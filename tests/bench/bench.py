@@ -85,7 +85,8 @@ def fam_fs(b, quick, opts=""):
     if opts:
         cmd += ["--heapfs-opts", opts, "--only", "rand,files"]
     if quick:
-        cmd += ["--files", "500", "--repeat", "1"]  # (its warm-up writes 1 GiB: size stays)
+        cmd += ["--files", "500", "--repeat", "1", "--cp-size", "64M"]  # (its warm-up
+        # writes 1 GiB: size stays)
     j = json.loads(run(cmd))
     rows = [row(r["job"], r["unit"], r["heapfs"], r["tmpfs"], "tmpfs", r["target"])
             for r in j["jobs"]]

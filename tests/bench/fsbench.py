@@ -2,7 +2,8 @@
 """fsbench — heapfs against a kernel tmpfs of the same size, same jobs, one run.
 
     fsbench.py --heapfs build/fs/heapfs [--size 2G] [--files 20000] [--repeat 3]
-               [--only seq,rand,files] [--heapfs-opts OPTS] [--json] [--strict]
+               [--only seq,rand,files,cp] [--cp-size 1G] [--heapfs-opts OPTS] [--json]
+               [--strict]
 
 Mounts heapfs (a config with one heap `bench` of --size, min_block 4K) and a tmpfs of the
 same size under one temporary directory in /tmp, runs on each:
@@ -18,6 +19,10 @@ same size under one temporary directory in /tmp, runs on each:
   4k randwrite fio, 4 KiB random writes over that file (same passes)
   create       fs-filerate (C): files/s for open(O_CREAT)+4 KiB write+close of 20,000 files
   unlink       fs-filerate: files/s unlinking them
+  cp           cp of a --cp-size file (laid out by fio, not timed; heapfs: evicted from
+               the page cache) to a new file in the same directory: MiB/s of the copy
+               (coreutils cp uses copy_file_range: the kernel copies tmpfs pages itself;
+               heapfs copies block to block in the daemon); target 0.5 (issue 20)
   objects      (heapfs only) fs-filerate with 64-byte files: objects/s for
                create + 64 B write + close in objects/ against the same in the heap
                directory, same daemon, same run, interleaved; target ratio 0.9
@@ -55,6 +60,7 @@ TARGETS = [  # job, unit, target ratio heapfs/tmpfs
     ("4k randwrite", "MiB/s", 0.25),
     ("create 4K files", "files/s", 0.12),
     ("unlink files", "files/s", 0.12),
+    ("cp within the mount", "MiB/s", 0.5),
 ]
 OBJ_TARGETS = [  # job, unit, target ratio objects/ : heap directory
     ("create 64B objects", "files/s", 0.90),
@@ -132,6 +138,19 @@ def rand_jobs(label, d, before_read, loops):
     return res
 
 
+def cp_jobs(label, d, before_read, size):
+    res, src, dst = {}, d / "cp-src.dat", d / "cp-dst.dat"
+    fio("cpsrc", src, "write", "1M", size)
+    before_read(src)
+    log(f"{label}: cp")
+    t = time.monotonic()
+    subprocess.run(["cp", str(src), str(dst)], check=True)
+    res["cp within the mount"] = parse_size(size) / MIB / (time.monotonic() - t)
+    src.unlink()
+    dst.unlink()
+    return res
+
+
 def filerate_run(filerate, fdir, nfiles, size):
     r = subprocess.run([str(filerate), str(fdir), str(nfiles), str(size)], capture_output=True,
                        text=True)
@@ -166,10 +185,10 @@ def object_jobs(label, hdir, odir, filerate, nfiles, objects_first):
             {"create 64B objects": o["create_per_s"], "unlink objects": o["unlink_per_s"]})
 
 
-GROUPS = ("seq", "rand", "files", "objects")
+GROUPS = ("seq", "rand", "files", "cp", "objects")
 
 
-def run_jobs(label, d, filerate, nfiles, cold, groups=GROUPS):
+def run_jobs(label, d, filerate, nfiles, cold, groups=GROUPS, cp_size="1G"):
     """The jobs of `groups` on directory d; returns {job: figure}.  cold (heapfs): evict
     the file from the page cache before each read job so every read reaches the daemon,
     and run the random jobs once; not cold (tmpfs, whose store is the page cache): nothing
@@ -186,6 +205,8 @@ def run_jobs(label, d, filerate, nfiles, cold, groups=GROUPS):
         res.update(rand_jobs(label, d, before_read, loops))
     if "files" in groups:
         res.update(file_jobs(label, d, filerate, nfiles))
+    if "cp" in groups:
+        res.update(cp_jobs(label, d, before_read, cp_size))
     return res
 
 
@@ -292,11 +313,14 @@ def main():
     ap.add_argument("--files", type=int, default=20000, help="files for create/unlink")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of every job per filesystem; the median counts (default 3)")
+    ap.add_argument("--cp-size", default="1G", help="file size of the cp job (default 1G; "
+                    "twice it must fit --size)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--only", default=",".join(GROUPS),
                     help="job groups to run, comma-separated: seq (write, read, mmap read), "
-                         "rand (4k randread, randwrite), files (create, unlink), objects "
+                         "rand (4k randread, randwrite), files (create, unlink), cp (cp "
+                         "of a file within the mount), objects "
                          "(64-byte objects against 64-byte heap files); default all")
     a = ap.parse_args()
     groups = a.only.split(",")
@@ -327,9 +351,9 @@ def main():
         for rep in range(a.repeat):
             if set(groups) - {"objects"}:
                 runs_t.append(run_jobs(f"tmpfs #{rep + 1}", tdir, filerate, a.files, False,
-                                       groups))
+                                       groups, a.cp_size))
                 runs_h.append(run_jobs(f"heapfs #{rep + 1}", hdir, filerate, a.files, True,
-                                       groups))
+                                       groups, a.cp_size))
             if "objects" in groups:
                 hs, o = object_jobs(f"heapfs #{rep + 1}", hdir, m.heapfs / "objects",
                                     filerate, a.files, rep % 2 == 1)

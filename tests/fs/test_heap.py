@@ -73,8 +73,15 @@ def test_enospc_keeps_earlier_bytes_and_neighbour(mount_factory):
     r = subprocess.run(["dd", "if=/dev/zero", f"of={d / 'dd'}", "bs=64k", "count=10"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "No space left on device" in r.stderr
-    expect_errno(errno.ENOSPC, os.truncate, d / "neighbour", 300000)
+    nfd = os.open(d / "neighbour", os.O_RDWR)
+    try:
+        expect_errno(errno.ENOSPC, os.posix_fallocate, nfd, 0, 300000)
+    finally:
+        os.close(nfd)
     assert (d / "neighbour").read_bytes() == neighbour
+    os.truncate(d / "neighbour", 300000)  # a hole takes no room: it grows, sparse
+    assert (d / "neighbour").read_bytes() == neighbour + bytes(100000)
+    os.truncate(d / "neighbour", 200000)
     # freeing space makes writes work again
     os.unlink(d / "big")
     os.unlink(d / "dd")

@@ -16,9 +16,10 @@ from test_image_ctl import inode, link, data, raw_heap
 HEAP = 64 << 20  # raw_heap's heap size
 
 
-def config(good, bad):
+def config(good, bad, layout="extents"):
     return (f'heap "good" {{ size = 64M  min_block = 4K  image = "{good}" }}\n'
-            f'heap "scratch" {{ size = 64M  min_block = 4K  image = "{bad}" }}\n')
+            f'heap "scratch" {{ size = 64M  min_block = 4K  image = "{bad}"'
+            f'  layout = {layout} }}\n')
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,26 @@ def setattr_rec(i, mask, mode=0, size=0):
 FILE2 = [inode(2, size=4096), link(1, 2, "f")]
 DIR2 = [inode(2, "dir"), link(1, 2, "d")]
 
+# Offsets and sizes against the heap, when its files are contiguous (a file of an extents
+# heap may be larger than the heap: sparse, test_sparse_sizes_past_the_heap_are_legal).
+# The image reader (img/read.c) refuses these before the applier sees them when the image
+# says it is contiguous; the applier refuses them in a contiguous heap whatever the image
+# says; its own checks: tests/fuzz/fuzz-apply.c.  what, records, reader's, applier's words
+PAST_THE_HEAP = [
+    ("data at the heap's end", FILE2 + [data(2, HEAP, "x")],
+     f"DATA record at byte 537: offset {HEAP} + 1 bytes past the heap ({HEAP} bytes)",
+     f"the data of inode 2 at {HEAP} lies past the largest file"),
+    ("data across the heap's end", FILE2 + [data(2, HEAP - 2, "xyz")],
+     f"DATA record at byte 537: offset {HEAP - 2} + 3 bytes past the heap ({HEAP} bytes)",
+     f"the data of inode 2 at {HEAP - 2} lies past the largest file"),
+    ("a size past the heap", [inode(2, size=HEAP + 1), link(1, 2, "f")],
+     f"record at byte 408: size {HEAP + 1} past the heap ({HEAP} bytes)",
+     f"inode 2: a size of {HEAP + 1}, past the largest file"),
+    ("truncate past the heap", FILE2 + [{"raw": "truncate", "id": 2, "size": 1 << 40}],
+     f"record at byte 537: size {1 << 40} past the heap ({HEAP} bytes)",
+     "TRUNCATE of inode 2 past the largest file"),
+]
+
 # what, records (after the root's INODE), noroot, the words of the reason
 HOSTILE = [
     # the two crashes the review found (SIGSEGV at mount before)
@@ -49,16 +70,6 @@ HOSTILE = [
      "INODE record: kind 1 and mode 0120777 disagree"),
     ("data offset that wraps", FILE2 + [data(2, -4, "boom boom")], False,
      "DATA record: offset 18446744073709551612 + 9 bytes out of range"),
-    # offsets and sizes against the heap (the image reader, img/read.c, refuses these
-    # before the applier sees them; the applier's own checks: tests/fuzz/fuzz-apply.c)
-    ("data at the heap's end", FILE2 + [data(2, HEAP, "x")], False,
-     f"DATA record at byte 537: offset {HEAP} + 1 bytes past the heap ({HEAP} bytes)"),
-    ("data across the heap's end", FILE2 + [data(2, HEAP - 2, "xyz")], False,
-     f"DATA record at byte 537: offset {HEAP - 2} + 3 bytes past the heap ({HEAP} bytes)"),
-    ("a size past the heap", [inode(2, size=HEAP + 1), link(1, 2, "f")], False,
-     f"record at byte 408: size {HEAP + 1} past the heap ({HEAP} bytes)"),
-    ("truncate past the heap", FILE2 + [{"raw": "truncate", "id": 2, "size": 1 << 40}],
-     False, f"record at byte 537: size {1 << 40} past the heap ({HEAP} bytes)"),
     ("setattr size past the heap", FILE2 + [setattr_rec(2, 8, size=-1)], False,
      "SETATTR record: size 18446744073709551615 out of range"),
     # kinds and modes
@@ -152,6 +163,22 @@ def test_hostile_image_is_refused_at_mount(tmp_path, good, what, records, noroot
     with open("/proc/self/mountinfo") as f:
         assert str(mnt) not in f.read()
     assert {p: p.read_bytes() for p in (good, bad)} == before  # nothing saved over either
+
+
+@pytest.mark.parametrize("what,records,reader,applier", PAST_THE_HEAP,
+                         ids=[h[0] for h in PAST_THE_HEAP])
+@pytest.mark.parametrize("said", ["contiguous", "extents"])
+def test_past_the_heap_refused_by_a_contiguous_heap(tmp_path, good, what, records, reader,
+                                                    applier, said):
+    bad = raw_heap(tmp_path, records, name="bad", contiguous=said == "contiguous")
+    before = {p: p.read_bytes() for p in (good, bad)}
+    r, mnt = start(tmp_path, config(good, bad, "contiguous"))
+    assert r.returncode == 2, (what, r.returncode, r.stderr)
+    words = reader if said == "contiguous" else applier
+    assert f"heapfs: {bad}: {words}" in r.stderr, r.stderr
+    with open("/proc/self/mountinfo") as f:
+        assert str(mnt) not in f.read()
+    assert {p: p.read_bytes() for p in (good, bad)} == before
 
 
 def test_the_good_image_still_mounts(mount_factory, tmp_path, good):

@@ -449,9 +449,9 @@ def test_missing_file_and_usage(tmp_path, seg):
 
 # ---- change records, and images that are well-formed but say impossible things -----------
 
-def raw_heap(tmp_path, records, noroot=False, name="raw"):
+def raw_heap(tmp_path, records, noroot=False, name="raw", contiguous=False):
     desc = {"name": "scratch", "size": 64 << 20, "min_block": 4096, "noroot": noroot,
-            "entries": records}
+            "entries": records, "contiguous": contiguous}
     d = tmp_path / f"{name}.json"
     d.write_text(json.dumps(desc))
     out = tmp_path / f"{name}.img"

@@ -51,9 +51,12 @@ def test_user_heapfs_xattrs_read_only(mount_factory):
     m = mount_factory('heap "h" { size = 64M  min_block = 4K }\n')
     f = m.heap("h") / "f"
     f.touch()
-    # one allocation for MIB + 1 bytes (a write could be split into several FUSE requests):
-    # extents take one 1M block and one 4K block
+    # one allocation for MIB + 1 bytes (a write could be split into several FUSE requests,
+    # a truncate leaves a hole): extents take one 1M block and one 4K block
     os.truncate(f, MIB + 1)
+    fd = os.open(f, os.O_RDWR)
+    os.posix_fallocate(fd, 0, MIB + 1)
+    os.close(fd)
     with open(f, "r+b") as fh:
         fh.write(pattern(MIB + 1))
     assert os.stat(f).st_blocks * 512 == MIB + 4096
@@ -70,7 +73,9 @@ def test_user_heapfs_xattrs_read_only(mount_factory):
     assert os.getxattr(f, "user.heapfs.order") == b"12"
     assert os.getxattr(f, "user.heapfs.blocks") == b"1"
     # values follow the file when it grows
-    os.truncate(f, 3 * MIB)
+    fd = os.open(f, os.O_RDWR)
+    os.posix_fallocate(fd, 0, 3 * MIB)
+    os.close(fd)
     assert os.getxattr(f, "user.heapfs.order") == b"21"  # 4K + 2M + 512K + ... + 4K
     held = os.stat(f).st_blocks * 512
     assert held == 3 * MIB

@@ -59,6 +59,11 @@ SEEDS = {
              {"raw": "xattr", "id": 2, "name": "system.posix_acl_access",
               "value": acl((0x20, 0, 0), (1, 7, 0), (4, 5, 0))},
              {"raw": "xattr", "id": 2, "name": "system.posix_acl_default", "value": ACL}],
+    # a sparse file past the 4 MiB heap, punched (extents; contiguous refuses it)
+    "sparse-punch": [inode(2, size=1 << 40), link(1, 2, "f"), data(2, 5 << 30, "far"),
+                     data(2, 4096, "x" * 9000),
+                     {"raw": "punch", "id": 2, "off": 4000, "len": 6000},
+                     {"raw": "punch", "id": 2, "off": 5 << 30, "len": 1}],
 }
 
 OUT.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,7 @@ static void check_tree(struct hfs_heap *h)
 
 		HASH_ITER(hh, dir->dir.ents, de, tmp) {
 			struct hfs_inode *i = de->inode;
-			uint64_t cap = 0;
+			uint64_t cap = 0, held = 0;
 
 			if (i->heap != h || !i->nlink)
 				abort();
@@ -101,12 +101,15 @@ static void check_tree(struct hfs_heap *h)
 			}
 			if (i->kind != HFS_REG)
 				continue;
+			/* sorted, apart, min_block aligned; holes between them allowed */
 			for (size_t k = 0; k < i->file.n; k++) {
-				if (i->file.ext[k].foff != cap || i->file.ext[k].order > HEAP_ORDER)
+				if (i->file.ext[k].foff < cap || i->file.ext[k].order > HEAP_ORDER ||
+				    i->file.ext[k].foff % h->pol.min_block)
 					abort();
-				cap += 1ull << i->file.ext[k].order;
+				cap = i->file.ext[k].foff + (1ull << i->file.ext[k].order);
+				held += 1ull << i->file.ext[k].order;
 			}
-			if (cap != i->file.cap || cap != i->file.held || i->size > cap)
+			if (cap != i->file.cap || held != i->file.held)
 				abort();
 		}
 	}

@@ -40,6 +40,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (rec.u.truncate.size > (uint64_t)INT64_MAX)
 			abort();
 		break;
+	case IMG_PUNCH:
+		if (!rec.u.punch.len || rec.u.punch.off > (uint64_t)INT64_MAX ||
+		    rec.u.punch.len > (uint64_t)INT64_MAX - rec.u.punch.off)
+			abort();
+		break;
 	case IMG_XATTR:
 		if (strlen(rec.s1) != rec.u.xattr.name_len || rec.s2[rec.u.xattr.value_len])
 			abort();

@@ -19,7 +19,7 @@
 static unsigned char dst[IMG_DATA_MAX];
 
 /* The strings of a record the reader accepted are what its fields say; sizes and DATA's
- * end lie within the heap (hs bytes). */
+ * end lie within the largest file (hs bytes: the heap's for a contiguous layout). */
 static void check_rec(const struct img_rec *rec, uint64_t hs)
 {
 	switch (rec->type) {
@@ -29,6 +29,10 @@ static void check_rec(const struct img_rec *rec, uint64_t hs)
 		break;
 	case IMG_TRUNCATE:
 		if (rec->u.truncate.size > hs)
+			abort();
+		break;
+	case IMG_PUNCH:
+		if (!rec->u.punch.len || rec->u.punch.len > (uint64_t)INT64_MAX - rec->u.punch.off)
 			abort();
 		break;
 	case IMG_LINK:
@@ -67,7 +71,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	if (!img_r_open(fd, 0, &r, why, sizeof(why))) {
 		while (img_r_next(r, &rec) == 1) {
-			check_rec(&rec, img_r_hdr(r)->heap_size);
+			check_rec(&rec, img_r_hdr(r)->layout == 1 ? img_r_hdr(r)->heap_size
+								  : (uint64_t)INT64_MAX);
 			if (rec.type == IMG_DATA && n++ % 2 && img_r_data(r, dst))
 				break;
 		}

@@ -77,6 +77,7 @@ CHANGES = {"name": "changes", "size": 1 << 16, "min_block": 64, "entries": [
     {"raw": "data", "id": 2, "off": 0, "text": "hello world"},
     {"raw": "rename", "old_parent": 1, "old": "a", "new_parent": 1, "new": "b", "flags": 1},
     {"raw": "truncate", "id": 2, "size": 5},
+    {"raw": "punch", "id": 2, "off": 1, "len": 3},
     {"raw": "setattr", "id": 2, "mask": 9, "mode": 0o100600, "size": 7},
     {"raw": "unlink", "parent": 1, "name": "b"},
 ]}
@@ -88,7 +89,7 @@ put("stream", "empty-heap", img_mk("heap", {"name": "e", "size": 1 << 16, "min_b
                                              "entries": []}))
 
 TYPES = {1: "inode", 2: "link", 3: "data", 4: "symlink", 5: "xattr", 6: "truncate",
-         7: "rename", 8: "unlink", 9: "setattr", 10: "removexattr"}
+         7: "rename", 8: "unlink", 9: "setattr", 10: "removexattr", 11: "punch"}
 seen = set()
 for img in (heap, changes):
     at = 320

@@ -4,7 +4,7 @@
  *
  *   img-mk seg DESC.json OUT    {"size": S, "min_block": B,
  *                                "objects": [{"name": N, "text": T | "pattern": LEN}, ...]}
- *   img-mk heap DESC.json OUT   {"name": N, "size": S, "min_block": B,
+ *   img-mk heap DESC.json OUT   {"name": N, "size": S, "min_block": B, "contiguous": true?,
  *                                "entries": [{"path": P, "kind": "dir"|"file"|"symlink",
  *                                 "mode": M, "text": T | "pattern": LEN, "target": T,
  *                                 "link": EXISTING_PATH, "xattrs": {NAME: VALUE}}, ...]}
@@ -17,6 +17,7 @@
  * child, name}, unlink {parent, name}, rename {old_parent, old, new_parent, new, flags},
  * (inode also takes size; its kind may be a number) data {id, off, text}, symlink {id,
  * target}, xattr {id, name, value}, removexattr {id, name}, truncate {id, size},
+ * punch {id, off, len},
  * setattr {id, mask, mode, size};
  * "noroot": true leaves the root's INODE out.  A pattern's byte i is (i * 7 + strlen(name)) % 251,
  * the name being the object's name or the entry's path.  Exit 0, or 1 with a message.
@@ -183,6 +184,11 @@ static int mk_unchecked(struct img_w *w, const json_t *e, const char *type)
 
 		return img_w_unchecked(w, IMG_TRUNCATE, &t, sizeof(t));
 	}
+	if (!strcmp(type, "punch")) {
+		struct img_punch p = { num(e, "id"), num(e, "off"), num(e, "len") };
+
+		return img_w_unchecked(w, IMG_PUNCH, &p, sizeof(p));
+	}
 	if (!strcmp(type, "setattr")) {
 		struct img_setattr sa = { .id = num(e, "id"), .mask = (uint32_t)num(e, "mask"),
 					  .mode = (uint32_t)num(e, "mode"), .size = num(e, "size") };
@@ -230,6 +236,8 @@ static int mk_checked(struct img_w *w, const json_t *e, const char *type)
 		return img_w_removexattr(w, num(e, "id"), str(e, "name"));
 	if (!strcmp(type, "truncate"))
 		return img_w_truncate(w, num(e, "id"), num(e, "size"));
+	if (!strcmp(type, "punch"))
+		return img_w_punch(w, num(e, "id"), num(e, "off"), num(e, "len"));
 	if (!strcmp(type, "setattr")) {
 		struct img_setattr sa = { .id = num(e, "id"), .mask = (uint32_t)num(e, "mask"),
 					  .mode = (uint32_t)num(e, "mode"), .size = num(e, "size") };
@@ -286,7 +294,8 @@ static int mk_heap(const json_t *d, int fd)
 {
 	struct img_hdr h = { .heap_size = (uint64_t)json_integer_value(json_object_get(d, "size")),
 			     .min_order = (uint32_t)__builtin_ctzll((uint64_t)json_integer_value(
-				     json_object_get(d, "min_block"))) };
+				     json_object_get(d, "min_block"))),
+			     .layout = json_is_true(json_object_get(d, "contiguous")) };
 	struct img_inode root = { .id = IMG_ROOT_ID, .kind = IMG_K_DIR, .mode = 040755,
 				  .nlink = 2 };
 	const json_t *entries = json_object_get(d, "entries");

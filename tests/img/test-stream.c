@@ -68,6 +68,7 @@ static void make_sample(void)
 	struct img_unlink ul = { 1, 4, 0 };
 	struct img_setattr sa = { 3, IMG_SET_MODE | IMG_SET_MTIME, 0100600, 0, 0, 0, 0, 42, 0 };
 	struct img_removexattr rx = { 3, 10, 0 };
+	struct img_punch pu = { 3, 10, 20 };
 
 	for (uint32_t i = 0; i < BIG; i++)
 		big[i] = (unsigned char)(i * 2654435761u >> 13);
@@ -97,6 +98,7 @@ static void make_sample(void)
 	ADD(IMG_UNLINK, ul, "hard", NULL, NULL, 0);
 	ADD(IMG_SETATTR, sa, NULL, NULL, NULL, 0);
 	ADD(IMG_REMOVEXATTR, rx, "user.three", NULL, NULL, 0);
+	ADD(IMG_PUNCH, pu, NULL, NULL, NULL, 0);
 }
 
 static int emit(struct img_w *w, const struct img_rec *r, const void *data)
@@ -114,11 +116,14 @@ static int emit(struct img_w *w, const struct img_rec *r, const void *data)
 	case IMG_UNLINK: return img_w_unlink(w, r->u.unlink.parent, r->s1);
 	case IMG_SETATTR: return img_w_setattr(w, &r->u.setattr);
 	case IMG_REMOVEXATTR: return img_w_removexattr(w, r->u.removexattr.id, r->s1);
+	case IMG_PUNCH: return img_w_punch(w, r->u.punch.id, r->u.punch.off, r->u.punch.len);
 	}
 	return -EINVAL;
 }
 
-static const struct img_hdr hdr = { .heap_size = HEAP_SIZE, .min_order = 12, .name = "scratch" };
+/* contiguous (layout 1): the reader bounds sizes by the heap (t_field_refusals) */
+static const struct img_hdr hdr = { .heap_size = HEAP_SIZE, .min_order = 12, .layout = 1,
+				    .name = "scratch" };
 
 /* The sample as an image in a memfd; its length in *len. */
 static int write_sample(size_t *len)
@@ -459,6 +464,21 @@ static void t_field_refusals(void)
 	PATCH(c, IMG_SETATTR, img_setattr, mask, IMG_SET_SIZE);
 	PATCH(c, IMG_SETATTR, img_setattr, size, HEAP_SIZE + 4096);
 	T(refused_with(resealed(c), img_len, "past the heap"));
+	/* an extents heap's files are sparse: a size or DATA past the heap is any file's */
+	FRESH();
+	h->layout = 0;
+	PATCH(c, IMG_TRUNCATE, img_truncate, size, 2 * HEAP_SIZE);
+	PATCH(c, IMG_DATA, img_data, off, 5 * HEAP_SIZE);
+	fd = fd_of(resealed(c), img_len);
+	TEQ(read_back(fd), -EDOM); /* read whole, and not the records written */
+	close(fd);
+	/* a PUNCH that is empty or whose end passes an off_t */
+	FRESH();
+	PATCH(c, IMG_PUNCH, img_punch, len, 0);
+	T(refused_with(resealed(c), img_len, "PUNCH record: offset 10 + 0 bytes out of range"));
+	FRESH();
+	PATCH(c, IMG_PUNCH, img_punch, len, (uint64_t)INT64_MAX - 9);
+	T(refused_with(resealed(c), img_len, "PUNCH record: offset 10 + 9223372036854775798"));
 	FRESH();
 	PATCH(c, IMG_SETATTR, img_setattr, size, 1ull << 63); /* no SIZE in the mask: unused */
 	fd = fd_of(resealed(c), img_len);
