@@ -220,6 +220,9 @@ int img_w_removexattr(struct img_w *w, uint64_t id, const char *name);
  * other writers make, so a test can craft what a reader must refuse. */
 int img_w_unchecked(struct img_w *w, uint32_t type, const void *payload, uint32_t len);
 int img_w_finish(struct img_w *w);
+/* Flush what is buffered to the current descriptor, then go on writing to fd (one stream
+ * in two places: a live save writes its frozen part to memory, the rest to a pipe). */
+int img_w_redirect(struct img_w *w, int fd);
 void img_w_free(struct img_w *w);
 
 /* Reader: expect_size 0 accepts any heap size, else a different one is refused.  why

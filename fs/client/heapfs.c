@@ -658,20 +658,40 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 	return ret;
 }
 
-int heapfs_release(struct heapfs *h, struct heapfs_map *pub, bool written)
+/* WRITTEN for m's range (h->lock held): the daemon accounts the write while the range is
+ * still pinned, and in a sync-replicated heap answers once the partner has the bytes. */
+static int __written(struct heapfs *h, const struct map_priv *m)
 {
-	struct map_priv *m = (struct map_priv *)pub;
 	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
 				.op = HFS_CL_WRITTEN_OP, .id = m->idx, .tag = m->tag };
 	unsigned nfds = 0;
-	int ret = 0, fds[3];
+	int ret, fds[3];
 	size_t rl;
 
-	pthread_mutex_lock(&h->lock);
-	if (written) /* the daemon accounts the write while the range is still pinned */
-		ret = call(h, &q, -1, fds, &nfds, &rl);
+	ret = call(h, &q, -1, fds, &nfds, &rl);
 	while (nfds)
 		close(fds[--nfds]);
+	return ret;
+}
+
+int heapfs_sync(struct heapfs *h, struct heapfs_map *pub)
+{
+	int ret;
+
+	pthread_mutex_lock(&h->lock);
+	ret = __written(h, (struct map_priv *)pub);
+	pthread_mutex_unlock(&h->lock);
+	return ret;
+}
+
+int heapfs_release(struct heapfs *h, struct heapfs_map *pub, bool written)
+{
+	struct map_priv *m = (struct map_priv *)pub;
+	int ret = 0;
+
+	pthread_mutex_lock(&h->lock);
+	if (written)
+		ret = __written(h, m);
 	atomic_fetch_sub(&h->word[m->idx], 1);
 	if (!m->l) { /* not kept: drop it now */
 		struct hc_reg *r = hc_find(&h->t, m->key);

@@ -54,6 +54,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -121,13 +122,15 @@ static struct {
 
 /* --- the written-range accounting --- */
 
-void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len)
+void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len,
+			      struct hfs_completion *done)
 {
 	hfs_change_lock(i);
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
 	if (hfs_observed(i->heap)) /* the core's change seam: the range written */
 		__hfs_changed(&(struct hfs_change){ .kind = HFS_CH_RANGE, .heap = i->heap,
+						    .done = done,
 						    .write = { .i = i, .off = off, .len = len } });
 	hfs_change_unlock(i, true);
 	hfs_kcache_range(i->ino, (int64_t)off, (int64_t)len);
@@ -349,6 +352,9 @@ static int map_target(struct cl_conn *c, const struct hfs_cl_req *q, int fd,
 {
 	int ret = check_fd(fd, q->flags & HFS_CL_WRITE, out);
 
+	/* a mirror's memory is the applier's: a client reads it, never writes */
+	if (!ret && (q->flags & HFS_CL_WRITE))
+		ret = hfs_writable((*out)->heap, NULL);
 	if (!ret)
 		ret = lease_table(c);
 	if (ret)
@@ -555,16 +561,36 @@ static int do_unmap(struct cl_conn *c, const struct hfs_cl_req *q)
 	return send_err(c, 0);
 }
 
+/* The reply to a WRITTEN whose range the partner must have first (replicate = sync),
+ * sent from the link's thread once it has: on a descriptor of its own (the connection
+ * may be gone by then; the client waits for this reply before its next request). */
+static void written_done(void *arg, int err)
+{
+	struct hfs_cl_rep rep = { .magic = HFS_CL_MAGIC, .err = err };
+	int sock = (int)(intptr_t)arg;
+
+	send(sock, &rep, sizeof(rep), MSG_DONTWAIT | MSG_NOSIGNAL);
+	close(sock);
+}
+
 static int do_written(struct cl_conn *c, const struct hfs_cl_req *q)
 {
 	struct cl_map *m = lease_of(c, q);
+	struct hfs_completion done = { 0 };
+	int sock;
 
 	if (!m)
 		return send_err(c, -ENOENT);
 	if (!m->write)
 		return send_err(c, -EBADF); /* a read lease was not written */
-	hfs_client_range_written(m->i, m->off, m->len);
-	return send_err(c, 0);
+	hfs_client_range_written(m->i, m->off, m->len, &done);
+	/* sync: the reply waits for the partner, but this thread serves every client */
+	sock = done.ops ? fcntl(c->sock, F_DUPFD_CLOEXEC, 0) : -1;
+	if (sock >= 0 && hfs_complete_defer(&done, written_done, (void *)(intptr_t)sock))
+		return 0;
+	if (sock >= 0)
+		close(sock);
+	return send_err(c, hfs_complete_wait(&done)); /* acknowledged already, or gone */
 }
 
 /* One message from c: 0, or -1 when the connection is to go (EOF, error, garbage). */

@@ -132,6 +132,42 @@ static void out_data(struct hfs_heap *h, struct hfs_completion *c, uint64_t id, 
 	}
 }
 
+/* A direct client's written range (HFS_CH_RANGE, sent at its release or heapfs_sync):
+ * the bytes as they are now, read from the heap (the client wrote them in place and the
+ * range is still pinned), out as DATA records through the same path as a write()'s.
+ * Nothing to give back if the partner has no room (the bytes are written here): c->wrote
+ * stays empty.  What cannot be read (no memory for the bounce) costs a full resync. */
+static void out_range(struct hfs_heap *h, struct hfs_completion *c, struct hfs_inode *i,
+		      uint64_t off, uint64_t len)
+{
+	struct hfs_repl_heap *r = h->repl;
+	uint64_t cap = IMG_DATA_MAX;
+	char *buf;
+
+	if (!rg.l || !r || r->mirror || off >= i->size)
+		return;
+	if (len > i->size - off)
+		len = i->size - off; /* shrunk since the map: its truncate went out already */
+	buf = malloc(len < cap ? len : cap);
+	while (buf && len) {
+		uint64_t n = len < cap ? len : cap;
+
+		if (__hfs_file_read(i, off, n, buf))
+			break;
+		out_data(h, c, i->id, off, buf, n);
+		off += n;
+		len -= n;
+	}
+	free(buf);
+	if (!len)
+		return;
+	pthread_mutex_lock(&r->lock);
+	r->lost = true;
+	pend_drop(r);
+	pthread_mutex_unlock(&r->lock);
+	rep_kick(rg.l);
+}
+
 static void out_created(struct hfs_completion *c, struct hfs_inode *i)
 {
 	struct img_inode in;
@@ -272,8 +308,7 @@ void repl_changed(const struct hfs_change *ch, void *arg)
 		out_writers(ch->writers.i, ch->writers.open);
 		break;
 	case HFS_CH_RANGE:
-		/* direct_map heaps are not replicated (refused at config time): nothing has
-		 * such a range to send yet */
+		out_range(ch->heap, c, ch->write.i, ch->write.off, ch->write.len);
 		break;
 	}
 }

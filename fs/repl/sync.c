@@ -21,6 +21,13 @@
 
 /* ---- the owner: full sync ----------------------------------------------------------- */
 
+/* Which image a full resync of an ordinary heap sends: false, the live pre-copy
+ * (hfs_image_live); true, the fork's frozen snapshot.  docs/DESIGN.md "Resync" has the
+ * figures that chose it. */
+#ifndef RESYNC_FORK
+#define RESYNC_FORK false
+#endif
+
 /* The sync thread's connection is gone (or the daemon stops): it must not send. */
 static bool stale(void)
 {
@@ -103,14 +110,38 @@ static int resume_heap(struct hfs_repl_heap *r)
 	return ret;
 }
 
+/* The image a full resync sends: pre-copied (hfs_image_live; RESYNC_FORK picks the
+ * frozen fork, which a direct_map heap cannot have). */
+struct image_src {
+	struct hfs_live *lv;
+	pid_t pid;
+};
+
+static bool by_fork(const struct hfs_repl_heap *r)
+{
+	return RESYNC_FORK && !r->h->dm;
+}
+
+static int image_begin(struct hfs_repl_heap *r, int *fd, struct image_src *src)
+{
+	if (by_fork(r))
+		return hfs_image_snapshot_at(r->h, fd, &src->pid, frozen, r);
+	return hfs_image_live(r->h, fd, &src->lv, frozen, r);
+}
+
+static int image_end(struct hfs_repl_heap *r, struct image_src *src)
+{
+	return by_fork(r) ? hfs_image_snapshot_end(src->pid) : hfs_image_live_end(src->lv);
+}
+
 static int sync_heap(struct hfs_repl_heap *r, char *buf)
 {
+	struct image_src src;
 	uint64_t gen;
 	int fd, ret;
-	pid_t pid;
 	ssize_t n;
 
-	ret = hfs_image_snapshot_at(r->h, &fd, &pid, frozen, r);
+	ret = image_begin(r, &fd, &src);
 	if (ret)
 		return ret;
 	pthread_mutex_lock(&r->lock);
@@ -129,7 +160,7 @@ static int sync_heap(struct hfs_repl_heap *r, char *buf)
 		atomic_fetch_add(&rg.resync_done, (uint64_t)n);
 	}
 	close(fd);
-	ret = hfs_image_snapshot_end(pid) ?: ret;
+	ret = image_end(r, &src) ?: ret;
 	if (!ret)
 		ret = send_named(r->h, MSG_IMGEND, NULL, 0);
 	/* the changes made meanwhile, in order, then records go straight out again */
