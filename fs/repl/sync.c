@@ -21,12 +21,23 @@
 
 /* ---- the owner: full sync ----------------------------------------------------------- */
 
-/* Which image a full resync of an ordinary heap sends: false, the live pre-copy
- * (hfs_image_live); true, the fork's frozen snapshot.  docs/DESIGN.md "Resync" has the
- * figures that chose it. */
-#ifndef RESYNC_FORK
-#define RESYNC_FORK false
-#endif
+/* Which image a full resync of an ordinary heap sends: the live pre-copy
+ * (hfs_image_live), or with HEAPFS_RESYNC_FORK=1 in the daemon's environment the fork's
+ * frozen snapshot (kept for tests/bench/replbench.py, which compares the two;
+ * docs/DESIGN.md "Resync" has the figures that chose the default). */
+static bool resync_fork(void)
+{
+	static int fork_env = -1; /* read once; the same answer from any sync thread */
+	int v = __atomic_load_n(&fork_env, __ATOMIC_RELAXED);
+
+	if (v < 0) {
+		const char *e = getenv("HEAPFS_RESYNC_FORK");
+
+		v = e && !strcmp(e, "1");
+		__atomic_store_n(&fork_env, v, __ATOMIC_RELAXED);
+	}
+	return v;
+}
 
 /* The sync thread's connection is gone (or the daemon stops): it must not send. */
 static bool stale(void)
@@ -42,10 +53,13 @@ static int send_named(struct hfs_heap *h, uint32_t type, const void *buf, size_t
 	int n = name_iov(h, &nl, iov);
 	int64_t seq;
 
-	if (stale())
-		return -ECANCELED;
 	iov[n++] = (struct iovec){ .iov_base = (void *)buf, .iov_len = len };
-	seq = rep_sendv(rg.l, type, iov, n);
+	/* no lock is held here: a partner that applies more slowly than the link's timeout
+	 * (a loaded host) is waited for while the link stays up (its liveness drops a dead
+	 * one), or a whole image could never be sent to it */
+	do
+		seq = stale() ? -ECANCELED : rep_sendv(rg.l, type, iov, n);
+	while (seq == -ETIMEDOUT);
 	return seq < 0 ? (int)seq : 0;
 }
 
@@ -119,7 +133,7 @@ struct image_src {
 
 static bool by_fork(const struct hfs_repl_heap *r)
 {
-	return RESYNC_FORK && !r->h->dm;
+	return !r->h->dm && resync_fork();
 }
 
 static int image_begin(struct hfs_repl_heap *r, int *fd, struct image_src *src)
@@ -199,9 +213,14 @@ void *sync_thread(void *arg)
 			continue;
 		ret = r->resume ? resume_heap(r) : sync_heap(r, buf);
 		/* the link went (its down() may not have run yet): the next connect resyncs */
-		if (ret && ret != -ENOTCONN && ret != -ECANCELED && !stale())
-			hfs_log(HFS_LOG_ERR, "partner: resync of %s failed: %s",
+		if (ret && ret != -ENOTCONN && ret != -ECANCELED && !stale()) {
+			hfs_log(HFS_LOG_ERR, "partner: resync of %s failed: %s; reconnecting",
 				r->h->pol.name, strerror(-ret));
+			/* never "connected" with a copy that lacks it: the next connect resyncs */
+			free(buf);
+			rep_kick(rg.l);
+			return NULL;
+		}
 		if (ret)
 			break;
 	}
