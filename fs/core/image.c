@@ -21,10 +21,15 @@
  * A live heap is saved as Redis saves: hfs_image_snapshot forks while it holds hfs.ns and
  * the heap's quiesce lock exclusive (so no change is half done), and the child writes the
  * image from its copy-on-write view into a pipe while the daemon goes on serving; writers
- * wait only for the fork.
+ * wait only for the fork.  A resync pre-copies instead (hfs_image_live): under the same
+ * locks the tree without the files' bytes goes into a memfd; then a thread streams it and
+ * copies each file's bytes under the file's read lock as they are by then (the caller
+ * replays the changes made since, which makes them right).
  *
  * Locking: save reads the tree without locks, so its caller guarantees that nothing
- * changes the heap meanwhile (the session loop has ended, or the snapshot child).  The
+ * changes the heap meanwhile (the session loop has ended, the snapshot child, or
+ * hfs_image_live holding hfs.ns and the quiesce lock exclusive); the live copy's thread
+ * reads each file under its read lock.  The
  * applier takes the locks its core calls take; one applier per heap at a time.
  */
 #include <errno.h>

@@ -1,6 +1,7 @@
 /*
  * sync.c — the owner's (re)sync at each connect: only the log the partner lacks, or
- * the whole heap from a frozen snapshot followed by the log (repl.c, "Resync").
+ * the whole heap pre-copied live (hfs_image_live: frozen only while its tree is written
+ * to memory) followed by the log of what changed meanwhile (repl.c, "Resync").
  * Locking: repl.c's opening comment.
  */
 #include <errno.h>
