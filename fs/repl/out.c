@@ -30,7 +30,30 @@ void pend_pop(struct hfs_repl_heap *r)
 	if (!r->pend)
 		r->pend_tail = &r->pend;
 	r->log_bytes -= p->len;
+	if (p->cap == PEND_BIG && r->nspare < PEND_SPARE) {
+		p->next = r->spare;
+		r->spare = p;
+		r->nspare++;
+		return;
+	}
 	free(p);
+}
+
+/* r->lock held: a log entry for len bytes (a spare one for a DATA record's), or NULL. */
+static struct pend *pend_new(struct hfs_repl_heap *r, size_t len)
+{
+	bool big = len > PEND_BIG / 2 && len <= PEND_BIG;
+	struct pend *p = big ? r->spare : NULL;
+
+	if (p) {
+		r->spare = p->next;
+		r->nspare--;
+		return p;
+	}
+	p = malloc(sizeof(*p) + (big ? PEND_BIG : len));
+	if (p)
+		p->cap = big ? PEND_BIG : len;
+	return p;
 }
 
 void pend_drop(struct hfs_repl_heap *r)
@@ -70,7 +93,7 @@ static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n, struct h
 	if (r->streaming && !rg.up)
 		r->wrote_apart = true;
 	if (!r->lost && r->log_bytes + len <= LOG_MAX(r->h))
-		p = malloc(sizeof(*p) + len);
+		p = pend_new(r, len);
 	if (p) {
 		p->next = NULL;
 		p->recno = r->recno;
