@@ -170,6 +170,9 @@ print(worst)
 """
 
 
+SLACK = 1.0
+
+
 def test_full_resync_of_a_direct_heap_under_writes(mount_factory, secret, tmp_path):
     """The mirror comes back empty and gets the whole heap while a client maps, writes
     and releases one file and shell writers rewrite others: the owner says resyncing,
@@ -209,8 +212,11 @@ def test_full_resync_of_a_direct_heap_under_writes(mount_factory, secret, tmp_pa
     assert client.returncode == 0, err
     lines = out.split()
     assert lines[-2] == "worst"
-    assert float(lines[-1]) < 3.0, lines[-1]  # the link's timeout
-    assert timed_worst < 3.0, timed_worst  # each system call of the writer
+    # a wait for the partner is cut at the link's timeout (3 s); SLACK is the return to
+    # the caller on a loaded host (TSan builds run the mirror several times slower, and
+    # then a sync change does wait the whole timeout)
+    assert float(lines[-1]) < 3.0 + SLACK, lines[-1]
+    assert timed_worst < 3.0 + SLACK, timed_worst  # each system call of the writer
     assert "resyncing" in seen, seen
     assert all(s.returncode == 0 for s in shells)
     last = int(lines[-3])
