@@ -58,6 +58,15 @@ int heapfs_release(struct heapfs *h, struct heapfs_map *m, bool written);
  * partner, waited for in sync mode), and stays mapped.  EBADF: a read-only mapping. */
 int heapfs_sync(struct heapfs *h, struct heapfs_map *m);
 
+/* An image of a live heap (what heapfsctl save writes): image_fd is a descriptor of
+ * MOUNT/.heapfs/images/HEAP (O_PATH is enough; the caller's uid must be one that may
+ * read that file: its owner, or root), out_fd a file open for writing; the daemon's
+ * snapshot writes the image straight into out_fd from where its offset is, and the call
+ * returns when it is complete, with *bytes written.  The caller fsyncs and renames.
+ * Errors: EACCES, EXDEV, EINVAL (not an image file), EBADF (out_fd not writable),
+ * EOPNOTSUPP (a direct_map heap: no frozen snapshot of it), EIO (the snapshot failed). */
+int heapfs_save(struct heapfs *h, int image_fd, int out_fd, uint64_t *bytes);
+
 /* Named objects (MOUNT/objects/NAME, with objects { direct_map = true }).  find reads the
  * segment's name map in this process, with no round trip (the first call registers the
  * segment), retrying while the daemon changes the map; *ptr is the object's first byte,

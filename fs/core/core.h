@@ -475,6 +475,9 @@ int hfs_images_save(void);
  * image, else -EIO. */
 int hfs_image_snapshot(struct hfs_heap *h, int *fd, pid_t *pid);
 int hfs_image_snapshot_end(pid_t pid);
+/* The same written by the child straight into out (a file the caller opened: no pipe,
+ * no copy in this process); hfs_image_snapshot_end says whether it was written whole. */
+int hfs_image_snapshot_to(struct hfs_heap *h, int out, pid_t *pid);
 /* The same, calling frozen(arg) after the fork while the heap is still held still. */
 int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen)(void *),
 			  void *arg);

@@ -1029,29 +1029,27 @@ int hfs_image_snapshot(struct hfs_heap *h, int *fd, pid_t *pid)
 	return hfs_image_snapshot_at(h, fd, pid, NULL, NULL);
 }
 
-int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen)(void *),
-			  void *arg)
+/* Fork a child that writes h's image, frozen at the fork, into out (and closes shut
+ * first, -1: none): its pid, or -errno. */
+static pid_t fork_image(struct hfs_heap *h, int out, int shut, void (*frozen)(void *),
+			void *arg)
 {
 	pid_t parent = getpid(), c;
-	int p[2], ret = 0;
+	int ret = 0;
 
 	if (buddy_data_fd(h->b) >= 0)
 		return -EOPNOTSUPP; /* shared memory: a fork would not freeze it */
-	if (pipe2(p, O_CLOEXEC))
-		return -errno;
-	/* as large as allowed: the stream crosses it in FUSE reads of up to 1 MiB */
-	for (int sz = 1 << 20; sz >= 1 << 16 && fcntl(p[1], F_SETPIPE_SZ, sz) < 0; sz >>= 1)
-		;
 	pthread_rwlock_wrlock(&hfs.ns);
 	pthread_rwlock_wrlock(&h->quiesce);
 	c = h->dir ? fork() : (errno = ENOENT, -1); /* rmdir'd meanwhile */
 	if (c == 0) {
 		/* the child: this thread alone, the heap as it was; die with the daemon */
-		close(p[0]);
+		if (shut >= 0)
+			close(shut);
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(1);
-		_exit(hfs_image_write(h, p[1]) ? 1 : 0);
+		_exit(hfs_image_write(h, out) ? 1 : 0);
 	}
 	if (c > 0 && frozen)
 		frozen(arg); /* still frozen: what changes next comes after the image */
@@ -1059,12 +1057,37 @@ int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen
 		ret = -errno;
 	pthread_rwlock_unlock(&h->quiesce);
 	pthread_rwlock_unlock(&hfs.ns);
+	return ret ? ret : c;
+}
+
+int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen)(void *),
+			  void *arg)
+{
+	int p[2];
+	pid_t c;
+
+	if (pipe2(p, O_CLOEXEC))
+		return -errno;
+	/* as large as allowed: the stream crosses it in FUSE reads of up to 1 MiB */
+	for (int sz = 1 << 20; sz >= 1 << 16 && fcntl(p[1], F_SETPIPE_SZ, sz) < 0; sz >>= 1)
+		;
+	c = fork_image(h, p[1], p[0], frozen, arg);
 	close(p[1]);
-	if (ret) {
+	if (c < 0) {
 		close(p[0]);
-		return ret;
+		return (int)c;
 	}
 	*fd = p[0];
+	*pid = c;
+	return 0;
+}
+
+int hfs_image_snapshot_to(struct hfs_heap *h, int out, pid_t *pid)
+{
+	pid_t c = fork_image(h, out, -1, NULL, NULL);
+
+	if (c < 0)
+		return (int)c;
 	*pid = c;
 	return 0;
 }

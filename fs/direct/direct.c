@@ -60,6 +60,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -593,6 +594,99 @@ static int do_written(struct cl_conn *c, const struct hfs_cl_req *q)
 	return send_err(c, hfs_complete_wait(&done)); /* acknowledged already, or gone */
 }
 
+/* A save (heapfsctl save): the snapshot child writes the image straight into the asker's
+ * output; this thread waits for it and answers on a descriptor of its own (the server
+ * thread serves everyone meanwhile; the asker sends nothing before the reply). */
+struct save_job {
+	int sock, out;
+	pid_t pid;
+	off_t start;
+};
+
+static void *save_wait(void *arg)
+{
+	struct save_job *j = arg;
+	struct hfs_cl_rep rep = { .magic = HFS_CL_MAGIC };
+	off_t end;
+	int st;
+
+	while (waitpid(j->pid, &st, 0) < 0 && errno == EINTR)
+		;
+	rep.err = WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EIO;
+	end = lseek(j->out, 0, SEEK_CUR); /* the child wrote through the same open file */
+	rep.size = end > j->start ? (uint64_t)(end - j->start) : 0;
+	send(j->sock, &rep, sizeof(rep), MSG_DONTWAIT | MSG_NOSIGNAL);
+	close(j->sock);
+	close(j->out);
+	free(j);
+	return NULL;
+}
+
+/* The heap whose .heapfs/images/NAME fd names, if c's uid may open that file (0400: its
+ * owner, or root): 0 and *h, or -errno. */
+static int save_heap_of(struct cl_conn *c, int fd, struct hfs_heap **h)
+{
+	struct hfs_inode *i;
+	struct stat st;
+	int ret;
+
+	if (!clients.dev_ok)
+		return -EAGAIN;
+	if (fstat(fd, &st) < 0)
+		return -EBADF;
+	if (st.st_dev != clients.dev)
+		return -EXDEV;
+	pthread_rwlock_rdlock(&hfs.ns);
+	i = hfs_iget((hfs_ino_t)st.st_ino);
+	ret = !i || i->kind != HFS_STATUS || i->st.what != HFS_ST_IMAGE || !i->st.heap ? -EINVAL :
+	      c->uid != 0 && c->uid != i->uid ? -EACCES : 0;
+	if (!ret) {
+		*h = i->st.heap;
+		hfs_heap_get(*h); /* until the fork is done */
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	return ret;
+}
+
+static int do_save(struct cl_conn *c, int proof, int out)
+{
+	struct save_job *j = NULL;
+	struct hfs_heap *h = NULL;
+	pthread_attr_t a;
+	pthread_t t;
+	int fl, ret;
+
+	ret = save_heap_of(c, proof, &h);
+	close(proof);
+	fl = fcntl(out, F_GETFL);
+	if (!ret && (fl < 0 || fl & O_PATH || (fl & O_ACCMODE) == O_RDONLY))
+		ret = -EBADF; /* nothing to write the image into */
+	if (!ret && !(j = calloc(1, sizeof(*j))))
+		ret = -ENOMEM;
+	if (!ret) {
+		*j = (struct save_job){ .out = out, .start = lseek(out, 0, SEEK_CUR) };
+		j->sock = fcntl(c->sock, F_DUPFD_CLOEXEC, 0);
+		ret = j->sock < 0 ? -errno : hfs_image_snapshot_to(h, out, &j->pid);
+	}
+	if (h)
+		hfs_heap_put(h);
+	if (!ret) {
+		pthread_attr_init(&a);
+		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+		ret = -pthread_create(&t, &a, save_wait, j);
+		pthread_attr_destroy(&a);
+		if (!ret)
+			return 0;
+		save_wait(j); /* no thread: wait here (and answer) */
+		return 0;
+	}
+	if (j && j->sock >= 0)
+		close(j->sock);
+	free(j);
+	close(out);
+	return send_err(c, ret);
+}
+
 /* One message from c: 0, or -1 when the connection is to go (EOF, error, garbage). */
 static int serve(struct cl_conn *c)
 {
@@ -619,6 +713,8 @@ static int serve(struct cl_conn *c)
 	}
 	garbage = hfs_cl_req_parse(&q, (size_t)n, msg.msg_flags, nfds, &q) != 0;
 	c->asked |= !garbage;
+	if (!garbage && q.op == HFS_CL_SAVE) /* parse saw exactly two */
+		return do_save(c, fds[0], fds[1]) ? -1 : 0;
 	if (!garbage && nfds == 1) {
 		fd = fds[0];
 		nfds = 0;
