@@ -60,6 +60,7 @@ void pend_drop(struct hfs_repl_heap *r)
 {
 	while (r->pend)
 		pend_pop(r);
+	r->drops++; /* a resync sending the log lets go of r->lock: it learns of this */
 }
 
 /* The heap's name as the first part of a message: one length byte, then the name. */

@@ -79,6 +79,7 @@ struct hfs_repl_heap {
 	bool streaming;             /* not connected, or a resync in flight: records wait */
 	struct pend *pend, **pend_tail; /* the change log, oldest first */
 	struct pend *spare;         /* (r->lock) PEND_BIG buffers to reuse, nspare of them */
+	uint64_t drops;             /* (r->lock) times the log was dropped (send_log) */
 	unsigned nspare;
 	uint64_t log_bytes;
 	bool lost;                  /* the log overflowed: the next sync is a full one */

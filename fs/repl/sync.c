@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,15 +89,34 @@ static void frozen(void *arg)
  * has), then let records go straight out again. */
 static int send_log(struct hfs_repl_heap *r)
 {
+	uint64_t drops = r->drops, after = 0;
+	bool any = false;
 	int ret = 0;
 
-	for (struct pend *p = r->pend; p && !ret; p = p->next) {
+	for (struct pend *p = r->pend; p && !ret;) {
 		int64_t seq = stale() ? -ECANCELED : rep_send(rg.l, MSG_REC, p->data, p->len);
 
+		if (seq == -ETIMEDOUT) {
+			/* a slow partner, the link still up: let this heap's writers in (they
+			 * only log while we stream), then go on after the last record sent; a
+			 * log dropped meanwhile (overflow, takeover) ends this resync */
+			pthread_mutex_unlock(&r->lock);
+			sched_yield();
+			pthread_mutex_lock(&r->lock);
+			if (r->drops != drops || r->mirror)
+				return -EAGAIN; /* not all sent: the next connect resyncs */
+			for (p = r->pend; p && any && p->recno <= after; p = p->next)
+				;
+			continue;
+		}
 		ret = seq < 0 ? (int)seq : 0;
 		p->seq = seq > 0 ? (uint64_t)seq : 0;
-		if (!ret)
+		if (!ret) {
 			atomic_fetch_add(&rg.resync_done, p->len);
+			after = p->recno;
+			any = true;
+			p = p->next;
+		}
 	}
 	if (!ret) {
 		r->streaming = false;
