@@ -58,8 +58,16 @@ static struct pend *pend_new(struct hfs_repl_heap *r, size_t len)
 
 void pend_drop(struct hfs_repl_heap *r)
 {
+	struct pend *p;
+
 	while (r->pend)
 		pend_pop(r);
+	while ((p = r->spare)) { /* a drop is rare (overflow, a full resync, stop): the
+				    spares come back with the next stream of writes */
+		r->spare = p->next;
+		free(p);
+	}
+	r->nspare = 0;
 	r->drops++; /* a resync sending the log lets go of r->lock: it learns of this */
 }
 
