@@ -870,12 +870,6 @@ static void build_heap(struct load_ctx *ctx, struct conf *c, cfg_t *h, bool part
 		report(ctx, set_line(ctx, h, "replicate"),
 		       "%sreplicate = %s needs a partner section", lbl,
 		       conf_replicate_name(out->replicate));
-	/* a direct_map heap's memory is shared with clients, so the fork that freezes a heap
-	 * for a full resync would not freeze it (fs/image.c): not replicable yet */
-	if (out->replicate != CONF_REPLICATE_NONE && out->direct_map)
-		report(ctx, set_line(ctx, h, "direct_map"),
-		       "%sdirect_map = true cannot be replicated yet (replicate = %s)", lbl,
-		       conf_replicate_name(out->replicate));
 }
 
 static void build_objects(struct load_ctx *ctx, cfg_t *o, struct conf_objects *out)

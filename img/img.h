@@ -95,6 +95,23 @@ int img_seg_del(void *base, const char *name); /* 0 or -ENOENT */
  * otherwise, or for what img_seg_put refuses); del_at empties a used slot (-ENOENT). */
 int img_seg_put_at(void *base, uint32_t slot, const struct img_obj *o);
 int img_seg_del_at(void *base, uint32_t slot);
+/* The _h forms take the header from hdr (IMG_SEG_HDR_SIZE bytes, the caller's own copy)
+ * instead of base's first bytes, and change it there: a writer whose segment memory
+ * others may write (the daemon with objects { direct_map = true }: every client that maps
+ * an object for writing can store into the segment) keeps the header private, trusts only
+ * that, and copies it to base for readers after each change.  The map's slots stay in
+ * base; only those of the header's map block are touched. */
+#define IMG_SEG_HDR_SIZE 128
+int img_seg_put_at_h(void *hdr, void *base, uint32_t slot, const struct img_obj *o);
+int img_seg_del_at_h(void *hdr, void *base, uint32_t slot);
+int img_seg_map_next_order_h(const void *hdr);
+int img_seg_map_grow_h(void *hdr, void *base, uint64_t new_off, unsigned new_order,
+		       uint64_t *old_off, unsigned *old_order);
+void img_seg_info_h(const void *hdr, const void *base, struct img_seg_info *out);
+/* Seal / save the segment whose header is hdr (sealed there) and whose other bytes are
+ * base's: the image written is hdr followed by base's bytes after the header. */
+void img_seg_seal_h(void *hdr, const void *base);
+int img_seg_save_h(void *hdr, const void *base, const char *path);
 /* Calls fn for each object in map order; stops at and returns fn's first non-zero. */
 int img_seg_foreach(const void *base, int (*fn)(const struct img_obj *o, void *arg), void *arg);
 /* Calls fn for every used block: the header, the map, each object (a restore claims each
@@ -224,6 +241,9 @@ int img_w_punch(struct img_w *w, uint64_t id, uint64_t off, uint64_t len);
  * other writers make, so a test can craft what a reader must refuse. */
 int img_w_unchecked(struct img_w *w, uint32_t type, const void *payload, uint32_t len);
 int img_w_finish(struct img_w *w);
+/* Flush what is buffered to the current descriptor, then go on writing to fd (one stream
+ * in two places: a live save writes its frozen part to memory, the rest to a pipe). */
+int img_w_redirect(struct img_w *w, int fd);
 void img_w_free(struct img_w *w);
 
 /* Reader: expect_size 0 accepts any heap size, else a different one is refused.  why

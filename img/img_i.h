@@ -33,7 +33,7 @@ struct img_seg_hdr {
 	uint64_t checksum;
 	uint8_t reserved[48];
 };
-_Static_assert(sizeof(struct img_seg_hdr) == 128, "segment header is 128 bytes");
+_Static_assert(sizeof(struct img_seg_hdr) == IMG_SEG_HDR_SIZE, "segment header is 128 bytes");
 
 struct img_seg_slot {
 	uint32_t used, order;

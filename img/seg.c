@@ -103,23 +103,36 @@ int img_seg_format(void *base, uint64_t size, unsigned min_order)
 	return 0;
 }
 
-static uint64_t seg_sum(const void *base)
+/* The checksum of the segment whose header is sh and whose other bytes are base's. */
+static uint64_t seg_sum_h(const struct img_seg_hdr *sh, const void *base)
 {
 	static const uint64_t zero;
-	const struct img_seg_hdr *sh = chdr(base);
 	size_t at = offsetof(struct img_seg_hdr, checksum);
 	XXH3_state_t st;
 
 	XXH3_64bits_reset(&st);
-	XXH3_64bits_update(&st, base, at);
+	XXH3_64bits_update(&st, sh, at);
 	XXH3_64bits_update(&st, &zero, sizeof(zero));
-	XXH3_64bits_update(&st, (const char *)base + at + 8, sh->seg_size - at - 8);
+	XXH3_64bits_update(&st, (const char *)sh + at + 8, sizeof(*sh) - at - 8);
+	XXH3_64bits_update(&st, (const char *)base + sizeof(*sh), sh->seg_size - sizeof(*sh));
 	return XXH3_64bits_digest(&st);
+}
+
+static uint64_t seg_sum(const void *base)
+{
+	return seg_sum_h(chdr(base), base);
 }
 
 void img_seg_seal(void *base)
 {
 	hdr(base)->checksum = seg_sum(base);
+}
+
+void img_seg_seal_h(void *hdrp, const void *base)
+{
+	struct img_seg_hdr *sh = hdrp;
+
+	sh->checksum = seg_sum_h(sh, base);
 }
 
 static void slot_to_obj(const struct img_seg_slot *s, uint32_t slot, struct img_obj *o)
@@ -140,8 +153,13 @@ static void slot_to_obj(const struct img_seg_slot *s, uint32_t slot, struct img_
 
 void img_seg_info(const void *base, struct img_seg_info *out)
 {
-	const struct img_seg_hdr *sh = chdr(base);
-	const struct img_seg_slot *s = cslots(base);
+	img_seg_info_h(base, base, out);
+}
+
+void img_seg_info_h(const void *hdrp, const void *base, struct img_seg_info *out)
+{
+	const struct img_seg_hdr *sh = hdrp;
+	const struct img_seg_slot *s = (const void *)((const char *)base + sh->map_off);
 
 	*out = (struct img_seg_info){ .size = sh->seg_size, .seg_order = sh->seg_order,
 		.min_order = sh->min_order, .hdr_order = sh->hdr_order, .map_off = sh->map_off,
@@ -149,7 +167,7 @@ void img_seg_info(const void *base, struct img_seg_info *out)
 		.generation = sh->generation, .checksum = sh->checksum };
 	out->used = (1ull << sh->hdr_order) + (1ull << sh->map_order);
 	for (uint32_t i = 0; i < sh->map_slots; i++)
-		if (s[i].used)
+		if (s[i].used && s[i].order < 64) /* a slot's bytes may be anyone's (direct_map) */
 			out->used += 1ull << s[i].order;
 }
 
@@ -217,24 +235,29 @@ int img_seg_put(void *base, const struct img_obj *o)
 
 int img_seg_put_at(void *base, uint32_t slot, const struct img_obj *o)
 {
-	struct img_seg_hdr *sh = hdr(base);
+	return img_seg_put_at_h(base, base, slot, o);
+}
+
+int img_seg_put_at_h(void *hdrp, void *base, uint32_t slot, const struct img_obj *o)
+{
+	struct img_seg_hdr *sh = hdrp;
 	struct img_seg_slot *s;
 	size_t len = strnlen(o->name, sizeof(o->name));
 
 	if (slot >= sh->map_slots || !obj_ok(sh, o, len))
 		return -EINVAL;
-	s = slots(base) + slot;
+	s = (struct img_seg_slot *)((char *)base + sh->map_off) + slot;
 	if (s->used && (s->name_len != len || memcmp(s->name, o->name, len)))
 		return -EINVAL;
 	put_slot(sh, s, o, len);
 	return 0;
 }
 
-static void del_slot(void *base, uint32_t i)
+static void del_slot(struct img_seg_hdr *sh, void *base, uint32_t i)
 {
-	memset(&slots(base)[i], 0, SLOT_SIZE);
-	hdr(base)->nobjects--;
-	hdr(base)->generation++;
+	memset((char *)base + sh->map_off + (uint64_t)i * SLOT_SIZE, 0, SLOT_SIZE);
+	sh->nobjects--;
+	sh->generation++;
 }
 
 int img_seg_del(void *base, const char *name)
@@ -243,15 +266,23 @@ int img_seg_del(void *base, const char *name)
 
 	if (i < 0)
 		return i;
-	del_slot(base, (uint32_t)i);
+	del_slot(hdr(base), base, (uint32_t)i);
 	return 0;
 }
 
 int img_seg_del_at(void *base, uint32_t slot)
 {
-	if (slot >= hdr(base)->map_slots || !slots(base)[slot].used)
+	return img_seg_del_at_h(base, base, slot);
+}
+
+int img_seg_del_at_h(void *hdrp, void *base, uint32_t slot)
+{
+	struct img_seg_hdr *sh = hdrp;
+	const struct img_seg_slot *s = (const void *)((char *)base + sh->map_off);
+
+	if (slot >= sh->map_slots || !s[slot].used)
 		return -ENOENT;
-	del_slot(base, slot);
+	del_slot(sh, base, slot);
 	return 0;
 }
 
@@ -291,13 +322,26 @@ int img_seg_map_next_order(const void *base)
 {
 	const struct img_seg_hdr *sh = chdr(base);
 
+	return img_seg_map_next_order_h(sh);
+}
+
+int img_seg_map_next_order_h(const void *hdrp)
+{
+	const struct img_seg_hdr *sh = hdrp;
+
 	return sh->map_order + 1 < sh->seg_order ? (int)sh->map_order + 1 : -E2BIG;
 }
 
 int img_seg_map_grow(void *base, uint64_t new_off, unsigned new_order, uint64_t *old_off,
 		     unsigned *old_order)
 {
-	struct img_seg_hdr *sh = hdr(base);
+	return img_seg_map_grow_h(base, base, new_off, new_order, old_off, old_order);
+}
+
+int img_seg_map_grow_h(void *hdrp, void *base, uint64_t new_off, unsigned new_order,
+		       uint64_t *old_off, unsigned *old_order)
+{
+	struct img_seg_hdr *sh = hdrp;
 	uint64_t old_bytes, new_bytes;
 
 	if (new_order <= sh->map_order || new_order >= sh->seg_order ||
@@ -305,7 +349,7 @@ int img_seg_map_grow(void *base, uint64_t new_off, unsigned new_order, uint64_t 
 		return -EINVAL;
 	old_bytes = 1ull << sh->map_order;
 	new_bytes = 1ull << new_order;
-	memcpy((char *)base + new_off, slots(base), old_bytes);
+	memcpy((char *)base + new_off, (char *)base + sh->map_off, old_bytes);
 	memset((char *)base + new_off + old_bytes, 0, new_bytes - old_bytes);
 	*old_off = sh->map_off;
 	*old_order = sh->map_order;

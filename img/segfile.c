@@ -19,17 +19,23 @@
 
 int img_seg_save(void *base, const char *path)
 {
+	return img_seg_save_h(base, base, path);
+}
+
+int img_seg_save_h(void *hdr, const void *base, const char *path)
+{
 	struct img_seg_info in;
 	struct img_save s;
-	struct iovec iov;
+	struct iovec iov[2];
 	int ret = img_save_open(path, &s);
 
 	if (ret)
 		return ret;
-	img_seg_seal(base);
-	img_seg_info(base, &in);
-	iov = (struct iovec){ base, in.size };
-	ret = img_writev_all(s.fd, &iov, 1);
+	img_seg_seal_h(hdr, base);
+	img_seg_info_h(hdr, base, &in);
+	iov[0] = (struct iovec){ hdr, IMG_SEG_HDR_SIZE };
+	iov[1] = (struct iovec){ (char *)base + IMG_SEG_HDR_SIZE, in.size - IMG_SEG_HDR_SIZE };
+	ret = img_writev_all(s.fd, iov, 2);
 	if (ret) {
 		img_save_abort(&s);
 		return ret;

@@ -248,6 +248,14 @@ int img_w_removexattr(struct img_w *w, uint64_t id, const char *name)
 	return w_rec(w, IMG_REMOVEXATTR, &x, name, x.name_len, NULL, 0);
 }
 
+int img_w_redirect(struct img_w *w, int fd)
+{
+	int ret = w_flush(w, NULL, 0);
+
+	w->fd = fd;
+	return ret;
+}
+
 int img_w_finish(struct img_w *w)
 {
 	struct img_rec_hdr rh = { IMG_END, 0, sizeof(struct img_end) };

@@ -231,8 +231,8 @@ void heapfs_disconnect(struct heapfs *h)
 
 /* One request and its reply; fds: where received descriptors go (up to 3).  -ENOTCONN:
  * the connection is gone. */
-static int exchange(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *fds,
-		    unsigned *nfds, size_t *replen)
+static int exchange(struct heapfs *h, const struct hfs_cl_req *q, const int *send, int nsend,
+		    int *fds, unsigned *nfds, size_t *replen)
 {
 	union {
 		char buf[CMSG_SPACE(3 * sizeof(int))];
@@ -244,14 +244,14 @@ static int exchange(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, in
 	ssize_t n;
 	int got;
 
-	if (sendfd >= 0) {
+	if (nsend) { /* at most 2: a proof, and SAVE's output */
 		msg.msg_control = u.buf;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int));
+		msg.msg_controllen = CMSG_SPACE(nsend * sizeof(int));
 		cm = CMSG_FIRSTHDR(&msg);
 		cm->cmsg_level = SOL_SOCKET;
 		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cm), &sendfd, sizeof(int));
+		cm->cmsg_len = CMSG_LEN(nsend * sizeof(int));
+		memcpy(CMSG_DATA(cm), send, nsend * sizeof(int));
 	}
 	if (sendmsg(h->sock, &msg, MSG_NOSIGNAL) != sizeof(*q))
 		return -ENOTCONN;
@@ -263,7 +263,7 @@ static int exchange(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, in
 	while (n < 0 && errno == EINTR);
 	*nfds = 0;
 	if (n < 0)
-		return -ENOTCONN; /* u.buf still holds what we sent: sendfd is the caller's */
+		return -ENOTCONN; /* u.buf still holds what we sent: send[] is the caller's */
 	if (n == 0)
 		return -ENOTCONN; /* the daemon closed: nothing came with an end of file */
 	got = hfs_msg_fds(&msg, fds, 3);
@@ -280,13 +280,13 @@ static int exchange(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, in
 /* exchange(), once more on a new connection if this one never got a reply: such a
  * connection holds nothing on either side, and the daemon closes one that stays silent
  * (its FIRST_REQ_NS), so a program may connect long before its first map. */
-static int call(struct heapfs *h, const struct hfs_cl_req *q, int sendfd, int *fds,
-		unsigned *nfds, size_t *replen)
+static int call(struct heapfs *h, const struct hfs_cl_req *q, const int *send, int nsend,
+		int *fds, unsigned *nfds, size_t *replen)
 {
-	int ret = exchange(h, q, sendfd, fds, nfds, replen);
+	int ret = exchange(h, q, send, nsend, fds, nfds, replen);
 
 	if (ret == -ENOTCONN && !h->answered && dial(h) == 0)
-		ret = exchange(h, q, sendfd, fds, nfds, replen);
+		ret = exchange(h, q, send, nsend, fds, nfds, replen);
 	if (ret != -ENOTCONN && ret != -EPROTO)
 		h->answered = true;
 	return ret;
@@ -302,7 +302,7 @@ static void lease_unmap(struct heapfs *h, uint32_t idx, uint32_t tag)
 	size_t rl;
 	int fds[3];
 
-	call(h, &q, -1, fds, &nfds, &rl);
+	call(h, &q, NULL, 0, fds, &nfds, &rl);
 	while (nfds)
 		close(fds[--nfds]);
 }
@@ -519,7 +519,7 @@ static int ask(struct heapfs *h, struct hfs_cl_req *q, int fd, struct hfs_cl_rep
 	size_t rl;
 
 	for (int tries = 0;; tries++) {
-		ret = call(h, q, fd, fds, &nfds, &rl);
+		ret = call(h, q, &fd, 1, fds, &nfds, &rl);
 		if (ret)
 			break;
 		free(rep);
@@ -658,20 +658,58 @@ int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned fl
 	return ret;
 }
 
-int heapfs_release(struct heapfs *h, struct heapfs_map *pub, bool written)
+/* WRITTEN for m's range (h->lock held): the daemon accounts the write while the range is
+ * still pinned, and in a sync-replicated heap answers once the partner has the bytes. */
+static int __written(struct heapfs *h, const struct map_priv *m)
 {
-	struct map_priv *m = (struct map_priv *)pub;
 	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
 				.op = HFS_CL_WRITTEN_OP, .id = m->idx, .tag = m->tag };
 	unsigned nfds = 0;
-	int ret = 0, fds[3];
+	int ret, fds[3];
+	size_t rl;
+
+	ret = call(h, &q, NULL, 0, fds, &nfds, &rl);
+	while (nfds)
+		close(fds[--nfds]);
+	return ret;
+}
+
+int heapfs_sync(struct heapfs *h, struct heapfs_map *pub)
+{
+	int ret;
+
+	pthread_mutex_lock(&h->lock);
+	ret = __written(h, (struct map_priv *)pub);
+	pthread_mutex_unlock(&h->lock);
+	return ret;
+}
+
+int heapfs_save(struct heapfs *h, int image_fd, int out_fd, uint64_t *bytes)
+{
+	struct hfs_cl_req q = { .magic = HFS_CL_MAGIC, .version = HFS_CL_VERSION,
+				.op = HFS_CL_SAVE };
+	int send[2] = { image_fd, out_fd }, ret, fds[3];
+	unsigned nfds = 0;
 	size_t rl;
 
 	pthread_mutex_lock(&h->lock);
-	if (written) /* the daemon accounts the write while the range is still pinned */
-		ret = call(h, &q, -1, fds, &nfds, &rl);
+	ret = call(h, &q, send, 2, fds, &nfds, &rl);
 	while (nfds)
 		close(fds[--nfds]);
+	if (!ret && bytes)
+		*bytes = h->rep->size;
+	pthread_mutex_unlock(&h->lock);
+	return ret;
+}
+
+int heapfs_release(struct heapfs *h, struct heapfs_map *pub, bool written)
+{
+	struct map_priv *m = (struct map_priv *)pub;
+	int ret = 0;
+
+	pthread_mutex_lock(&h->lock);
+	if (written)
+		ret = __written(h, m);
 	atomic_fetch_sub(&h->word[m->idx], 1);
 	if (!m->l) { /* not kept: drop it now */
 		struct hc_reg *r = hc_find(&h->t, m->key);
@@ -707,7 +745,7 @@ static struct hc_reg *segment(struct heapfs *h, int *err)
 		*err = -errno;
 		return NULL;
 	}
-	*err = call(h, &q, fd, fds, &nfds, &rl);
+	*err = call(h, &q, &fd, 1, fds, &nfds, &rl);
 	close(fd);
 	if (*err)
 		return NULL;

@@ -11,6 +11,7 @@
  *   heapfs_connect_fd(fd, &h);                 // or heapfs_connect("/mnt", &h)
  *   heapfs_map(h, fd, 0, len, HEAPFS_WRITE, &m);
  *   memcpy(m->addr, "hello", 5);
+ *   heapfs_sync(h, m);                         // optional: written so far, kept mapped
  *   heapfs_release(h, m, true);                // written: mtime, page cache, replication
  *   heapfs_disconnect(h);
  *
@@ -49,8 +50,23 @@ void heapfs_disconnect(struct heapfs *h);
  * hole of a sparse file: write or fallocate it first, then map), EINVAL. */
 int heapfs_map(struct heapfs *h, int fd, uint64_t off, uint64_t len, unsigned flags,
 	       struct heapfs_map **out);
-/* Release a mapping; written: the range was written (counts as a write of it). */
+/* Release a mapping; written: the range was written (counts as a write of it: mtime,
+ * the page cache, and in a replicated heap the range's bytes go to the partner, as a
+ * write() would; with replicate = sync the call returns once the partner has them).
+ * Until then, bytes stored through the mapping are like unsynced data in an mmap. */
 int heapfs_release(struct heapfs *h, struct heapfs_map *m, bool written);
+/* The same for a mapping kept: the whole mapped range counts as written now (sent to the
+ * partner, waited for in sync mode), and stays mapped.  EBADF: a read-only mapping. */
+int heapfs_sync(struct heapfs *h, struct heapfs_map *m);
+
+/* An image of a live heap (what heapfsctl save writes): image_fd is a descriptor of
+ * MOUNT/.heapfs/images/HEAP (O_PATH is enough; the caller's uid must be one that may
+ * read that file: its owner, or root), out_fd a file open for writing; the daemon's
+ * snapshot writes the image straight into out_fd from where its offset is, and the call
+ * returns when it is complete, with *bytes written.  The caller fsyncs and renames.
+ * Errors: EACCES, EXDEV, EINVAL (not an image file), EBADF (out_fd not writable),
+ * EOPNOTSUPP (a direct_map heap: no frozen snapshot of it), EIO (the snapshot failed). */
+int heapfs_save(struct heapfs *h, int image_fd, int out_fd, uint64_t *bytes);
 
 /* Named objects (MOUNT/objects/NAME, with objects { direct_map = true }).  find reads the
  * segment's name map in this process, with no round trip (the first call registers the

@@ -21,8 +21,10 @@ int hfs_cl_req_parse(const void *buf, size_t n, int msg_flags, int nfds, struct 
 		return -EBADMSG;
 	memmove(q, buf, sizeof(*q)); /* buf may be q itself */
 	if (q->magic != HFS_CL_MAGIC || q->version != HFS_CL_VERSION || q->op < HFS_CL_MAP ||
-	    q->op > HFS_CL_WRITTEN_OP)
+	    q->op > HFS_CL_SAVE)
 		return -EBADMSG;
+	if (q->op == HFS_CL_SAVE)
+		return nfds == 2 ? 0 : -EBADMSG;
 	wants_fd = q->op == HFS_CL_MAP || q->op == HFS_CL_SEGMENT;
 	return nfds == (wants_fd ? 1 : 0) ? 0 : -EBADMSG;
 }

@@ -28,6 +28,11 @@
  *          object segment's registration (geometry, seq_off, both memfds); find() then
  *          reads the segment's name map in place, under the sequence counter at seq_off
  *          in the metadata memfd (odd while the daemon changes the map).
+ *   SAVE   SCM_RIGHTS: [a descriptor of MOUNT/.heapfs/images/HEAP (O_PATH is enough: it
+ *          names the heap; the asker's uid must be one that may open that 0400 file),
+ *          the output (open for writing)].  The daemon writes the heap's image (a frozen
+ *          snapshot, as that file streams) straight into the output and replies once it
+ *          is complete: err, and size = the bytes written.  (heapfsctl save)
  * Every reply starts with struct hfs_cl_rep; err is 0 or -errno.
  * The checks of a request are functions (proto.c) the daemon and the fuzzer share.
  * Locking: none (plain data).
@@ -42,7 +47,8 @@
 #define HFS_CL_VERSION 1u
 #define HFS_CL_MAX_EXT 512 /* extents in one reply (adjacent blocks merged first) */
 
-enum { HFS_CL_MAP = 1, HFS_CL_UNMAP = 2, HFS_CL_SEGMENT = 3, HFS_CL_WRITTEN_OP = 4 };
+enum { HFS_CL_MAP = 1, HFS_CL_UNMAP = 2, HFS_CL_SEGMENT = 3, HFS_CL_WRITTEN_OP = 4,
+       HFS_CL_SAVE = 5 };
 enum { HFS_CL_FD_HEAP = 1u << 0, HFS_CL_FD_LEASES = 1u << 1 };
 
 #define HFS_CL_MAX_LEASES 4096

@@ -386,6 +386,9 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
  * old_size (when it is still end), the bytes below old_size written again.  -ESTALE: the
  * file changed since. */
 int hfs_write_undo(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_t end);
+/* Copy bytes [off, off + len) of regular file i (inside its size) into dst; i->lock held
+ * (either way).  0 or -errno (-EINVAL: not a file, or past its size). */
+int __hfs_file_read(struct hfs_inode *i, uint64_t off, uint64_t len, void *dst);
 /* Read: fills iov (up to *niov entries; may point into a bounce buffer *bounce the caller
  * frees) with the bytes; hfs_read_end() drops the lock taken on success. */
 ssize_t hfs_read_begin(struct hfs_inode *i, size_t len, off_t off, struct iovec *iov,
@@ -497,9 +500,25 @@ int hfs_images_save(void);
  * image, else -EIO. */
 int hfs_image_snapshot(struct hfs_heap *h, int *fd, pid_t *pid);
 int hfs_image_snapshot_end(pid_t pid);
+/* The same written by the child straight into out (a file the caller opened: no pipe,
+ * no copy in this process); hfs_image_snapshot_end says whether it was written whole. */
+int hfs_image_snapshot_to(struct hfs_heap *h, int out, pid_t *pid);
 /* The same, calling frozen(arg) after the fork while the heap is still held still. */
 int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen)(void *),
 			  void *arg);
+/* A live image of heap h, pre-copied (no fork: also for a direct_map heap, whose memory
+ * clients share): frozen (hfs.ns and the quiesce lock held) only while the tree without
+ * the files' bytes is written into memory and frozen(arg) runs; then a thread streams that
+ * into the pipe whose read end is *fd, and each file's bytes as they are at the moment it
+ * copies them (under the file's lock, up to its size at the freeze).  So the stream is not
+ * one instant's heap: replayed after it, the changes made since frozen() make it the
+ * heap's (bytes are overwritten, sizes set, names changed by the same records).  The
+ * files are held (a reference each) until hfs_image_live_end, which the caller calls after
+ * closing *fd: 0 if the whole stream was written, or -errno. */
+struct hfs_live;
+int hfs_image_live(struct hfs_heap *h, int *fd, struct hfs_live **lv, void (*frozen)(void *),
+		   void *arg);
+int hfs_image_live_end(struct hfs_live *lv);
 
 /* xattr.c — user.*, trusted.*, security.* and the POSIX ACL names, stored per inode;
  * each costs HFS_XATTR_ENTRY (its struct hfs_xattr) + name + NUL + value of its heap's

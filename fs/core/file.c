@@ -861,6 +861,15 @@ void hfs_read_end(struct hfs_inode *i)
 	pthread_rwlock_unlock(&i->lock);
 }
 
+int __hfs_file_read(struct hfs_inode *i, uint64_t off, uint64_t len, void *dst)
+{
+	char *p = dst;
+
+	if (i->kind != HFS_REG || off > i->size || len > i->size - off)
+		return -EINVAL;
+	return for_span(i, off, len, copy_out_fn, &p);
+}
+
 int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who,
 	      struct hfs_completion *c)
 {

@@ -21,10 +21,15 @@
  * A live heap is saved as Redis saves: hfs_image_snapshot forks while it holds hfs.ns and
  * the heap's quiesce lock exclusive (so no change is half done), and the child writes the
  * image from its copy-on-write view into a pipe while the daemon goes on serving; writers
- * wait only for the fork.
+ * wait only for the fork.  A resync pre-copies instead (hfs_image_live): under the same
+ * locks the tree without the files' bytes goes into a memfd; then a thread streams it and
+ * copies each file's bytes under the file's read lock as they are by then (the caller
+ * replays the changes made since, which makes them right).
  *
  * Locking: save reads the tree without locks, so its caller guarantees that nothing
- * changes the heap meanwhile (the session loop has ended, or the snapshot child).  The
+ * changes the heap meanwhile (the session loop has ended, the snapshot child, or
+ * hfs_image_live holding hfs.ns and the quiesce lock exclusive); the live copy's thread
+ * reads each file under its read lock.  The
  * applier takes the locks its core calls take; one applier per heap at a time.
  */
 #include <errno.h>
@@ -39,7 +44,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/sendfile.h>
 #include <sys/wait.h>
 
 #include "core.h"
@@ -76,11 +83,40 @@ struct seen {
 	uint64_t id;
 };
 
+/* A regular file whose bytes a live save copies after the thaw: its size at the freeze. */
+struct live_file {
+	struct hfs_inode *i; /* one reference of the save's */
+	uint64_t size;
+};
+
 struct saver {
 	struct img_w *w;
 	struct buddy *b;
 	struct seen *seen;
+	/* a live save (hfs_image_live): files' bytes are not written now but listed here */
+	bool live;
+	struct live_file *files;
+	size_t nfiles, cap;
 };
+
+/* A live save: note i's bytes to copy after the thaw (and hold i until then). */
+static int live_note(struct saver *s, struct hfs_inode *i)
+{
+	if (!i->size)
+		return 0;
+	if (s->nfiles == s->cap) {
+		size_t cap = s->cap ? 2 * s->cap : 64;
+		struct live_file *f = realloc(s->files, cap * sizeof(*f));
+
+		if (!f)
+			return -ENOMEM;
+		s->files = f;
+		s->cap = cap;
+	}
+	hfs_iref(i, 1);
+	s->files[s->nfiles++] = (struct live_file){ .i = i, .size = i->size };
+	return 0;
+}
 
 static int save_data(struct saver *s, struct hfs_inode *i)
 {
@@ -122,7 +158,9 @@ static int save_rest(struct saver *s, struct hfs_inode *i)
 		if (ret)
 			return ret;
 	}
-	return i->kind == HFS_REG ? save_data(s, i) : 0;
+	if (i->kind != HFS_REG)
+		return 0;
+	return s->live ? live_note(s, i) : save_data(s, i);
 }
 
 /* One directory being written: the entry to write next (a frame of save_tree's stack). */
@@ -196,31 +234,41 @@ static int save_tree(struct saver *s, struct hfs_inode *top)
 	return ret < 0 ? ret : 0;
 }
 
-int hfs_image_write(struct hfs_heap *h, int fd)
+/* The stream up to its end: the header, the heap directory, its tree (s->live: without
+ * the files' bytes); s->w is open on fd afterwards, also after an error. */
+static int save_heap(struct hfs_heap *h, int fd, struct saver *s)
 {
 	struct img_hdr hd = { .heap_size = h->pol.size, .min_order = h->min_order,
 			      .layout = h->pol.layout == CONF_LAYOUT_CONTIGUOUS };
-	struct saver s = { .b = h->b };
 	struct seen *sn, *tmp;
 	int ret;
 
+	s->b = h->b;
 	snprintf(hd.name, sizeof(hd.name), "%s", h->pol.name);
-	ret = img_w_open(fd, &hd, &s.w);
+	ret = img_w_open(fd, &hd, &s->w);
 	if (ret)
 		return ret;
 	/* the heap directory: its own attributes and xattrs, under id 1 */
-	ret = save_inode(&s, h->dir);
+	ret = save_inode(s, h->dir);
 	if (!ret)
-		ret = save_rest(&s, h->dir);
+		ret = save_rest(s, h->dir);
 	if (!ret)
-		ret = save_tree(&s, h->dir);
+		ret = save_tree(s, h->dir);
+	HASH_ITER(hh, s->seen, sn, tmp) {
+		HASH_DEL(s->seen, sn);
+		free(sn);
+	}
+	return ret;
+}
+
+int hfs_image_write(struct hfs_heap *h, int fd)
+{
+	struct saver s = { 0 };
+	int ret = save_heap(h, fd, &s);
+
 	if (!ret)
 		ret = img_w_finish(s.w);
 	img_w_free(s.w);
-	HASH_ITER(hh, s.seen, sn, tmp) {
-		HASH_DEL(s.seen, sn);
-		free(sn);
-	}
 	return ret;
 }
 
@@ -997,29 +1045,27 @@ int hfs_image_snapshot(struct hfs_heap *h, int *fd, pid_t *pid)
 	return hfs_image_snapshot_at(h, fd, pid, NULL, NULL);
 }
 
-int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen)(void *),
-			  void *arg)
+/* Fork a child that writes h's image, frozen at the fork, into out (and closes shut
+ * first, -1: none): its pid, or -errno. */
+static pid_t fork_image(struct hfs_heap *h, int out, int shut, void (*frozen)(void *),
+			void *arg)
 {
 	pid_t parent = getpid(), c;
-	int p[2], ret = 0;
+	int ret = 0;
 
 	if (buddy_data_fd(h->b) >= 0)
 		return -EOPNOTSUPP; /* shared memory: a fork would not freeze it */
-	if (pipe2(p, O_CLOEXEC))
-		return -errno;
-	/* as large as allowed: the stream crosses it in FUSE reads of up to 1 MiB */
-	for (int sz = 1 << 20; sz >= 1 << 16 && fcntl(p[1], F_SETPIPE_SZ, sz) < 0; sz >>= 1)
-		;
 	pthread_rwlock_wrlock(&hfs.ns);
 	pthread_rwlock_wrlock(&h->quiesce);
 	c = h->dir ? fork() : (errno = ENOENT, -1); /* rmdir'd meanwhile */
 	if (c == 0) {
 		/* the child: this thread alone, the heap as it was; die with the daemon */
-		close(p[0]);
+		if (shut >= 0)
+			close(shut);
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(1);
-		_exit(hfs_image_write(h, p[1]) ? 1 : 0);
+		_exit(hfs_image_write(h, out) ? 1 : 0);
 	}
 	if (c > 0 && frozen)
 		frozen(arg); /* still frozen: what changes next comes after the image */
@@ -1027,14 +1073,168 @@ int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen
 		ret = -errno;
 	pthread_rwlock_unlock(&h->quiesce);
 	pthread_rwlock_unlock(&hfs.ns);
+	return ret ? ret : c;
+}
+
+int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen)(void *),
+			  void *arg)
+{
+	int p[2];
+	pid_t c;
+
+	if (pipe2(p, O_CLOEXEC))
+		return -errno;
+	/* as large as allowed: the stream crosses it in FUSE reads of up to 1 MiB */
+	for (int sz = 1 << 20; sz >= 1 << 16 && fcntl(p[1], F_SETPIPE_SZ, sz) < 0; sz >>= 1)
+		;
+	c = fork_image(h, p[1], p[0], frozen, arg);
 	close(p[1]);
-	if (ret) {
+	if (c < 0) {
 		close(p[0]);
-		return ret;
+		return (int)c;
 	}
 	*fd = p[0];
 	*pid = c;
 	return 0;
+}
+
+int hfs_image_snapshot_to(struct hfs_heap *h, int out, pid_t *pid)
+{
+	pid_t c = fork_image(h, out, -1, NULL, NULL);
+
+	if (c < 0)
+		return (int)c;
+	*pid = c;
+	return 0;
+}
+
+/* ---- a live heap, pre-copied ----------------------------------------------------- */
+
+/* A live save: its thread, what it writes into the pipe, and the files to copy. */
+struct hfs_live {
+	pthread_t th;
+	int fd;                /* the pipe's write end (the thread's) */
+	int meta;              /* memfd: the stream as written frozen (all but the bytes) */
+	struct saver s;        /* s.w: the stream's writer, now on fd */
+	int ret;
+};
+
+static void live_free(struct hfs_live *lv)
+{
+	for (size_t k = 0; k < lv->s.nfiles; k++)
+		hfs_iput(lv->s.files[k].i, 1);
+	free(lv->s.files);
+	img_w_free(lv->s.w);
+	if (lv->meta >= 0)
+		close(lv->meta);
+	if (lv->fd >= 0)
+		close(lv->fd);
+	free(lv);
+}
+
+/* The bytes of file f as they are now, up to its size at the freeze (less, when it
+ * shrank since), a CHUNK at a time under its lock; the lock is never held across a write
+ * into the pipe (the reader may wait for the link). */
+static int live_file(struct hfs_live *lv, const struct live_file *f, char *buf)
+{
+	enum { CHUNK = 1 << 20 };
+
+	for (uint64_t off = 0, n; off < f->size; off += n) {
+		int ret;
+
+		pthread_rwlock_rdlock(&f->i->lock);
+		n = f->i->size < f->size ? f->i->size : f->size;
+		n = off < n ? (n - off < CHUNK ? n - off : CHUNK) : 0;
+		ret = n ? __hfs_file_read(f->i, off, n, buf) : 0;
+		pthread_rwlock_unlock(&f->i->lock);
+		if (!n || ret)
+			return ret;
+		ret = img_w_data(lv->s.w, f->i->id, off, buf, n);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+static void *live_thread(void *arg)
+{
+	struct hfs_live *lv = arg;
+	char *buf = malloc(1 << 20);
+	sigset_t pipe_sig;
+	off_t at = 0;
+	int ret = buf ? 0 : -ENOMEM;
+
+	/* a reader that stops early: EPIPE here, not a signal to the daemon */
+	sigemptyset(&pipe_sig);
+	sigaddset(&pipe_sig, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_sig, NULL);
+	for (struct stat st; !ret && !fstat(lv->meta, &st) && at < st.st_size;) {
+		ssize_t n = sendfile(lv->fd, lv->meta, &at, (size_t)(st.st_size - at));
+
+		if (n <= 0 && errno != EINTR)
+			ret = n < 0 ? -errno : -EIO;
+	}
+	for (size_t k = 0; !ret && k < lv->s.nfiles; k++)
+		ret = live_file(lv, &lv->s.files[k], buf);
+	if (!ret)
+		ret = img_w_finish(lv->s.w);
+	free(buf);
+	lv->ret = ret;
+	close(lv->fd); /* the reader's end of file */
+	lv->fd = -1;
+	return NULL;
+}
+
+int hfs_image_live(struct hfs_heap *h, int *fd, struct hfs_live **out, void (*frozen)(void *),
+		   void *arg)
+{
+	struct hfs_live *lv = calloc(1, sizeof(*lv));
+	int p[2] = { -1, -1 }, ret;
+
+	if (!lv)
+		return -ENOMEM;
+	lv->fd = lv->meta = -1;
+	lv->s.live = true;
+	lv->meta = memfd_create("heapfs-live", MFD_CLOEXEC);
+	if (lv->meta < 0 || pipe2(p, O_CLOEXEC)) {
+		ret = -errno;
+		goto fail;
+	}
+	lv->fd = p[1];
+	for (int sz = 1 << 20; sz >= 1 << 16 && fcntl(p[1], F_SETPIPE_SZ, sz) < 0; sz >>= 1)
+		;
+	/* frozen only while the tree (no file's bytes) is written into memory */
+	pthread_rwlock_wrlock(&hfs.ns);
+	pthread_rwlock_wrlock(&h->quiesce);
+	ret = h->dir ? save_heap(h, lv->meta, &lv->s) : -ENOENT; /* rmdir'd meanwhile */
+	if (!ret && frozen)
+		frozen(arg); /* what changes next comes after the image */
+	pthread_rwlock_unlock(&h->quiesce);
+	pthread_rwlock_unlock(&hfs.ns);
+	if (!ret)
+		ret = img_w_redirect(lv->s.w, lv->fd);
+	if (!ret)
+		ret = -pthread_create(&lv->th, NULL, live_thread, lv);
+	if (ret)
+		goto fail;
+	*fd = p[0];
+	*out = lv;
+	return 0;
+fail:
+	if (p[0] >= 0)
+		close(p[0]);
+	live_free(lv);
+	return ret;
+}
+
+int hfs_image_live_end(struct hfs_live *lv)
+{
+	int ret;
+
+	pthread_join(lv->th, NULL); /* the caller closed the read end: it cannot block */
+	ret = lv->ret;
+	live_free(lv);
+	return ret;
 }
 
 int hfs_image_snapshot_end(pid_t pid)

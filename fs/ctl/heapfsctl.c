@@ -36,6 +36,7 @@
 #include <jansson.h>
 
 #include "ctl_i.h"
+#include "heapfs.h"
 #include "img.h"
 
 #ifndef HEAPFS_VERSION
@@ -986,8 +987,29 @@ out:
 	return total;
 }
 
-/* save MOUNT HEAP FILE: a consistent image of a live heap, from .heapfs/images/HEAP (the
- * daemon snapshots the heap when it is opened), written atomically to FILE. */
+/* The daemon writes the image into out itself: out's descriptor goes to it over the
+ * client socket (libheapfs heapfs_save, SCM_RIGHTS) with one of src naming the heap, and
+ * its snapshot child writes the stream straight into the file (no copy through FUSE).
+ * Bytes written, -errno, or 1 when the daemon's client socket cannot be reached. */
+static int64_t save_direct(const char *mount, const char *src, int out)
+{
+	struct heapfs *h;
+	uint64_t n = 0;
+	int pfd, ret;
+
+	if (heapfs_connect(mount, &h))
+		return 1;
+	pfd = open(src, O_PATH | O_CLOEXEC);
+	ret = pfd < 0 ? -errno : heapfs_save(h, pfd, out, &n);
+	if (pfd >= 0)
+		close(pfd);
+	heapfs_disconnect(h);
+	return ret ? ret : (int64_t)n;
+}
+
+/* save MOUNT HEAP FILE: a consistent image of a live heap, written atomically to FILE by
+ * the daemon (save_direct), or read from .heapfs/images/HEAP (the daemon snapshots the
+ * heap when it is opened) when its client socket cannot be reached. */
 static int cmd_save(char **args, const struct ctl_opts *o)
 {
 	const char *mount = args[0], *heap = args[1], *file = args[2];
@@ -1005,19 +1027,18 @@ static int cmd_save(char **args, const struct ctl_opts *o)
 	json_decref(j);
 	if (asprintf(&src, "%s/.heapfs/images/%s", mount, heap) < 0)
 		return -ENOMEM;
-	fd = open(src, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		ret = -errno;
-		err_msg("%s: %s", src, strerror(errno));
-		goto out;
-	}
+	fd = -1;
 	ret = img_save_open(file, &sv);
 	if (ret) {
 		err_msg("%s: %s", file, strerror(-ret));
-		goto out_fd;
+		goto out;
 	}
 	img_progress_start(&bar, stderr, "saving", used);
-	n = copy_stream(fd, sv.fd, &bar);
+	n = save_direct(mount, src, sv.fd);
+	if (n == 1) { /* no client socket: through the file system */
+		fd = open(src, O_RDONLY | O_CLOEXEC);
+		n = fd < 0 ? -errno : copy_stream(fd, sv.fd, &bar);
+	}
 	img_progress_end(&bar, n, n >= 0);
 	if (n < 0) {
 		img_save_abort(&sv);
@@ -1038,7 +1059,8 @@ static int cmd_save(char **args, const struct ctl_opts *o)
 		printf("saved heap %s to %s (%" PRId64 " bytes)\n", heap, file, n);
 	}
 out_fd:
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 out:
 	free(src);
 	return ret;

@@ -54,11 +54,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -121,13 +123,15 @@ static struct {
 
 /* --- the written-range accounting --- */
 
-void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len)
+void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len,
+			      struct hfs_completion *done)
 {
 	hfs_change_lock(i);
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
 	if (hfs_observed(i->heap)) /* the core's change seam: the range written */
 		__hfs_changed(&(struct hfs_change){ .kind = HFS_CH_RANGE, .heap = i->heap,
+						    .done = done,
 						    .write = { .i = i, .off = off, .len = len } });
 	hfs_change_unlock(i, true);
 	hfs_kcache_range(i->ino, (int64_t)off, (int64_t)len);
@@ -354,6 +358,9 @@ static int map_target(struct cl_conn *c, const struct hfs_cl_req *q, int fd,
 {
 	int ret = check_fd(fd, q->flags & HFS_CL_WRITE, out);
 
+	/* a mirror's memory is the applier's: a client reads it, never writes */
+	if (!ret && (q->flags & HFS_CL_WRITE))
+		ret = hfs_writable((*out)->heap, NULL);
 	if (!ret)
 		ret = lease_table(c);
 	if (ret)
@@ -560,16 +567,129 @@ static int do_unmap(struct cl_conn *c, const struct hfs_cl_req *q)
 	return send_err(c, 0);
 }
 
+/* The reply to a WRITTEN whose range the partner must have first (replicate = sync),
+ * sent from the link's thread once it has: on a descriptor of its own (the connection
+ * may be gone by then; the client waits for this reply before its next request). */
+static void written_done(void *arg, int err)
+{
+	struct hfs_cl_rep rep = { .magic = HFS_CL_MAGIC, .err = err };
+	int sock = (int)(intptr_t)arg;
+
+	send(sock, &rep, sizeof(rep), MSG_DONTWAIT | MSG_NOSIGNAL);
+	close(sock);
+}
+
 static int do_written(struct cl_conn *c, const struct hfs_cl_req *q)
 {
 	struct cl_map *m = lease_of(c, q);
+	struct hfs_completion done = { 0 };
+	int sock;
 
 	if (!m)
 		return send_err(c, -ENOENT);
 	if (!m->write)
 		return send_err(c, -EBADF); /* a read lease was not written */
-	hfs_client_range_written(m->i, m->off, m->len);
-	return send_err(c, 0);
+	hfs_client_range_written(m->i, m->off, m->len, &done);
+	/* sync: the reply waits for the partner, but this thread serves every client */
+	sock = done.ops ? fcntl(c->sock, F_DUPFD_CLOEXEC, 0) : -1;
+	if (sock >= 0 && hfs_complete_defer(&done, written_done, (void *)(intptr_t)sock))
+		return 0;
+	if (sock >= 0)
+		close(sock);
+	return send_err(c, hfs_complete_wait(&done)); /* acknowledged already, or gone */
+}
+
+/* A save (heapfsctl save): the snapshot child writes the image straight into the asker's
+ * output; this thread waits for it and answers on a descriptor of its own (the server
+ * thread serves everyone meanwhile; the asker sends nothing before the reply). */
+struct save_job {
+	int sock, out;
+	pid_t pid;
+	off_t start;
+};
+
+static void *save_wait(void *arg)
+{
+	struct save_job *j = arg;
+	struct hfs_cl_rep rep = { .magic = HFS_CL_MAGIC };
+	off_t end;
+	int st;
+
+	while (waitpid(j->pid, &st, 0) < 0 && errno == EINTR)
+		;
+	rep.err = WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EIO;
+	end = lseek(j->out, 0, SEEK_CUR); /* the child wrote through the same open file */
+	rep.size = end > j->start ? (uint64_t)(end - j->start) : 0;
+	send(j->sock, &rep, sizeof(rep), MSG_DONTWAIT | MSG_NOSIGNAL);
+	close(j->sock);
+	close(j->out);
+	free(j);
+	return NULL;
+}
+
+/* The heap whose .heapfs/images/NAME fd names, if c's uid may open that file (0400: its
+ * owner, or root): 0 and *h, or -errno. */
+static int save_heap_of(struct cl_conn *c, int fd, struct hfs_heap **h)
+{
+	struct hfs_inode *i;
+	struct stat st;
+	int ret;
+
+	if (!clients.dev_ok)
+		return -EAGAIN;
+	if (fstat(fd, &st) < 0)
+		return -EBADF;
+	if (st.st_dev != clients.dev)
+		return -EXDEV;
+	pthread_rwlock_rdlock(&hfs.ns);
+	i = hfs_iget((hfs_ino_t)st.st_ino);
+	ret = !i || i->kind != HFS_STATUS || i->st.what != HFS_ST_IMAGE || !i->st.heap ? -EINVAL :
+	      c->uid != 0 && c->uid != i->uid ? -EACCES : 0;
+	if (!ret) {
+		*h = i->st.heap;
+		hfs_heap_get(*h); /* until the fork is done */
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	return ret;
+}
+
+static int do_save(struct cl_conn *c, int proof, int out)
+{
+	struct save_job *j = NULL;
+	struct hfs_heap *h = NULL;
+	pthread_attr_t a;
+	pthread_t t;
+	int fl, ret;
+
+	ret = save_heap_of(c, proof, &h);
+	close(proof);
+	fl = fcntl(out, F_GETFL);
+	if (!ret && (fl < 0 || fl & O_PATH || (fl & O_ACCMODE) == O_RDONLY))
+		ret = -EBADF; /* nothing to write the image into */
+	if (!ret && !(j = calloc(1, sizeof(*j))))
+		ret = -ENOMEM;
+	if (!ret) {
+		*j = (struct save_job){ .out = out, .start = lseek(out, 0, SEEK_CUR) };
+		j->sock = fcntl(c->sock, F_DUPFD_CLOEXEC, 0);
+		ret = j->sock < 0 ? -errno : hfs_image_snapshot_to(h, out, &j->pid);
+	}
+	if (h)
+		hfs_heap_put(h);
+	if (!ret) {
+		pthread_attr_init(&a);
+		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+		ret = -pthread_create(&t, &a, save_wait, j);
+		pthread_attr_destroy(&a);
+		if (!ret)
+			return 0;
+		save_wait(j); /* no thread: wait here (and answer) */
+		return 0;
+	}
+	if (j && j->sock >= 0)
+		close(j->sock);
+	free(j);
+	close(out);
+	return send_err(c, ret);
 }
 
 /* One message from c: 0, or -1 when the connection is to go (EOF, error, garbage). */
@@ -598,6 +718,8 @@ static int serve(struct cl_conn *c)
 	}
 	garbage = hfs_cl_req_parse(&q, (size_t)n, msg.msg_flags, nfds, &q) != 0;
 	c->asked |= !garbage;
+	if (!garbage && q.op == HFS_CL_SAVE) /* parse saw exactly two */
+		return do_save(c, fds[0], fds[1]) ? -1 : 0;
 	if (!garbage && nfds == 1) {
 		fd = fds[0];
 		nfds = 0;

@@ -21,7 +21,9 @@ void hfs_client_stop(void);
 /* A client released range [off, off + len) of i after writing it through its mapping:
  * the one place such a write is accounted — mtime/ctime as for write(), the object's map
  * slot, the kernel's cached pages of the range invalidated, and the change (HFS_CH_RANGE)
- * handed to the heap's observers. */
-void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len);
+ * handed to the heap's observers (replication: DATA records of the range's bytes; done,
+ * the caller's, says what to wait for in sync mode). */
+void hfs_client_range_written(struct hfs_inode *i, uint64_t off, uint64_t len,
+			      struct hfs_completion *done);
 
 #endif

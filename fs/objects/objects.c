@@ -41,6 +41,10 @@ static struct {
 	struct hfs_heap_ops ops; /* h's */
 	char *base; /* buddy_ptr(h->b, 0): the segment */
 	uint64_t size;
+	/* obj.map: the segment's header as we made it, the only one we trust (with
+	 * direct_map = true a client that maps an object for writing can store into base's
+	 * header); published to base after each change (map_unlock) for clients and copies */
+	_Alignas(8) char hdr[IMG_SEG_HDR_SIZE];
 	pthread_rwlock_t seg;
 	pthread_mutex_t map;
 	uint32_t *free_slots; /* obj.map: slots below hw that are free, as a stack */
@@ -67,7 +71,7 @@ static int stack_fit(uint32_t n)
 /* Move the map to a block twice as large; ENOSPC when the segment has none.  obj.map. */
 static int __map_grow(void)
 {
-	int order = img_seg_map_next_order(obj.base);
+	int order = img_seg_map_next_order_h(obj.hdr);
 	uint64_t old_off;
 	unsigned old_order;
 	int64_t off;
@@ -81,7 +85,8 @@ static int __map_grow(void)
 	off = buddy_alloc(obj.h->b, (unsigned)order);
 	if (off < 0)
 		return -ENOSPC;
-	ret = img_seg_map_grow(obj.base, (uint64_t)off, (unsigned)order, &old_off, &old_order);
+	ret = img_seg_map_grow_h(obj.hdr, obj.base, (uint64_t)off, (unsigned)order, &old_off,
+				 &old_order);
 	if (ret) {
 		buddy_free(obj.h->b, (uint64_t)off, (unsigned)order);
 		return ret;
@@ -102,6 +107,7 @@ static void map_lock(void)
 
 static void map_unlock(void)
 {
+	memcpy(obj.base, obj.hdr, sizeof(obj.hdr)); /* whatever a client stored there */
 	hfs_dm_seq_end(obj.h);
 	pthread_mutex_unlock(&obj.map);
 }
@@ -144,7 +150,7 @@ static int __put(struct hfs_inode *i)
 	o.mtime_ns = hfs_ts_ns(i->mtime);
 	o.ctime_ns = hfs_ts_ns(i->ctime);
 	map_lock();
-	ret = img_seg_put_at(obj.base, i->file.oslot - 1, &o);
+	ret = img_seg_put_at_h(obj.hdr, obj.base, i->file.oslot - 1, &o);
 	map_unlock();
 	return ret;
 }
@@ -155,7 +161,7 @@ static void __slot_give(struct hfs_inode *i)
 	if (!i->file.oslot)
 		return;
 	map_lock();
-	img_seg_del_at(obj.base, i->file.oslot - 1);
+	img_seg_del_at_h(obj.hdr, obj.base, i->file.oslot - 1);
 	obj.free_slots[obj.nfree++] = i->file.oslot - 1;
 	map_unlock();
 	i->file.oslot = 0;
@@ -232,6 +238,9 @@ static void snapshot(void *dst)
 {
 	pthread_rwlock_wrlock(&obj.seg);
 	memcpy(dst, obj.base, obj.size);
+	pthread_mutex_lock(&obj.map);
+	memcpy(dst, obj.hdr, sizeof(obj.hdr)); /* ours: the seal reads it */
+	pthread_mutex_unlock(&obj.map);
 	pthread_rwlock_unlock(&obj.seg);
 	img_seg_seal(dst);
 }
@@ -247,7 +256,7 @@ static int stats_add(json_t *stats)
 	buddy_stats(obj.h->b, &bs);
 	pthread_rwlock_rdlock(&obj.seg);
 	pthread_mutex_lock(&obj.map);
-	img_seg_info(obj.base, &si);
+	img_seg_info_h(obj.hdr, obj.base, &si);
 	pthread_mutex_unlock(&obj.map);
 	pthread_rwlock_unlock(&obj.seg);
 	return json_object_set_new(stats, "objects",
@@ -317,6 +326,8 @@ static int free_slots_init(void)
 	bool *used;
 	int ret;
 
+	memcpy(obj.hdr, obj.base, sizeof(obj.hdr)); /* formatted or checked whole: before any
+						      client can reach the segment */
 	img_seg_info(obj.base, &si);
 	used = calloc(si.map_slots, sizeof(*used));
 	ret = used ? stack_fit(si.map_slots) : -ENOMEM;
@@ -426,7 +437,9 @@ int hfs_objects_stop(void)
 		return 0;
 	if (path) {
 		pthread_rwlock_wrlock(&obj.seg);
-		ret = img_seg_save(obj.base, path);
+		pthread_mutex_lock(&obj.map);
+		ret = img_seg_save_h(obj.hdr, obj.base, path); /* the header we trust */
+		pthread_mutex_unlock(&obj.map);
 		pthread_rwlock_unlock(&obj.seg);
 		if (ret)
 			hfs_log(HFS_LOG_ERR, "%s: cannot save the object segment: %s", path,

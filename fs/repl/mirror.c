@@ -56,6 +56,7 @@ struct hello_heap {
 }; /* + name */
 #define HH_DECLARED 1u /* the sender's config declares the heap (not only a takeover) */
 #define HH_LOCAL 2u    /* declared there and not replicated: listed so a clash shows */
+#define HH_DIRECT 4u   /* direct_map: the mirror's heap is one too (clients after a takeover) */
 
 static bool fresh(const struct hfs_repl_heap *r);
 
@@ -134,7 +135,8 @@ int send_hello(void)
 		hh.discard = r->discard;
 		hh.fresh = fresh(r);
 		pthread_mutex_unlock(&r->lock);
-		hh.flags = declared(h->pol.name) ? HH_DECLARED : 0;
+		hh.flags = (declared(h->pol.name) ? HH_DECLARED : 0) |
+			   (h->pol.direct_map ? HH_DIRECT : 0);
 		memcpy(buf + len, &hh, sizeof(hh));
 		memcpy(buf + len + sizeof(hh), h->pol.name, hh.name_len);
 		len += sizeof(hh) + hh.name_len;
@@ -188,6 +190,7 @@ static int make_mirror(const struct hello_heap *hh, const char *name)
 	pol.layout = hh->layout ? CONF_LAYOUT_CONTIGUOUS : CONF_LAYOUT_EXTENTS;
 	pol.replicate = hh->replicate == CONF_REPLICATE_SYNC ? CONF_REPLICATE_SYNC
 							      : CONF_REPLICATE_ASYNC;
+	pol.direct_map = hh->flags & HH_DIRECT;
 	pthread_rwlock_wrlock(&hfs.ns);
 	ret = __hfs_heap_mkdir(name, &pol, true, &dir);
 	if (!ret) {
@@ -483,7 +486,7 @@ static int recv_heaps(const char *p, size_t len)
 		    hh.min_block < CONF_MIN_BLOCK_MIN || hh.min_block > CONF_MIN_BLOCK_MAX ||
 		    hh.min_block & (hh.min_block - 1) || hh.min_block > hh.size ||
 		    hh.epoch > INT64_MAX || /* epochs only rise by one: never near wrapping */
-		    hh.flags & ~(HH_DECLARED | HH_LOCAL))
+		    hh.flags & ~(HH_DECLARED | HH_LOCAL | HH_DIRECT))
 			return -EBADMSG;
 		memcpy(name, p + sizeof(hh), hh.name_len);
 		name[hh.name_len] = 0;

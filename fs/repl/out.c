@@ -30,13 +30,45 @@ void pend_pop(struct hfs_repl_heap *r)
 	if (!r->pend)
 		r->pend_tail = &r->pend;
 	r->log_bytes -= p->len;
+	if (p->cap == PEND_BIG && r->nspare < PEND_SPARE) {
+		p->next = r->spare;
+		r->spare = p;
+		r->nspare++;
+		return;
+	}
 	free(p);
+}
+
+/* r->lock held: a log entry for len bytes (a spare one for a DATA record's), or NULL. */
+static struct pend *pend_new(struct hfs_repl_heap *r, size_t len)
+{
+	bool big = len > PEND_BIG / 2 && len <= PEND_BIG;
+	struct pend *p = big ? r->spare : NULL;
+
+	if (p) {
+		r->spare = p->next;
+		r->nspare--;
+		return p;
+	}
+	p = malloc(sizeof(*p) + (big ? PEND_BIG : len));
+	if (p)
+		p->cap = big ? PEND_BIG : len;
+	return p;
 }
 
 void pend_drop(struct hfs_repl_heap *r)
 {
+	struct pend *p;
+
 	while (r->pend)
 		pend_pop(r);
+	while ((p = r->spare)) { /* a drop is rare (overflow, a full resync, stop): the
+				    spares come back with the next stream of writes */
+		r->spare = p->next;
+		free(p);
+	}
+	r->nspare = 0;
+	r->drops++; /* a resync sending the log lets go of r->lock: it learns of this */
 }
 
 /* The heap's name as the first part of a message: one length byte, then the name. */
@@ -70,7 +102,7 @@ static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n, struct h
 	if (r->streaming && !rg.up)
 		r->wrote_apart = true;
 	if (!r->lost && r->log_bytes + len <= LOG_MAX(r->h))
-		p = malloc(sizeof(*p) + len);
+		p = pend_new(r, len);
 	if (p) {
 		p->next = NULL;
 		p->recno = r->recno;
@@ -130,6 +162,42 @@ static void out_data(struct hfs_heap *h, struct hfs_completion *c, uint64_t id, 
 		off += n;
 		len -= n;
 	}
+}
+
+/* A direct client's written range (HFS_CH_RANGE, sent at its release or heapfs_sync):
+ * the bytes as they are now, read from the heap (the client wrote them in place and the
+ * range is still pinned), out as DATA records through the same path as a write()'s.
+ * Nothing to give back if the partner has no room (the bytes are written here): c->wrote
+ * stays empty.  What cannot be read (no memory for the bounce) costs a full resync. */
+static void out_range(struct hfs_heap *h, struct hfs_completion *c, struct hfs_inode *i,
+		      uint64_t off, uint64_t len)
+{
+	struct hfs_repl_heap *r = h->repl;
+	uint64_t cap = IMG_DATA_MAX;
+	char *buf;
+
+	if (!rg.l || !r || r->mirror || off >= i->size)
+		return;
+	if (len > i->size - off)
+		len = i->size - off; /* shrunk since the map: its truncate went out already */
+	buf = malloc(len < cap ? len : cap);
+	while (buf && len) {
+		uint64_t n = len < cap ? len : cap;
+
+		if (__hfs_file_read(i, off, n, buf))
+			break;
+		out_data(h, c, i->id, off, buf, n);
+		off += n;
+		len -= n;
+	}
+	free(buf);
+	if (!len)
+		return;
+	pthread_mutex_lock(&r->lock);
+	r->lost = true;
+	pend_drop(r);
+	pthread_mutex_unlock(&r->lock);
+	rep_kick(rg.l);
 }
 
 static void out_created(struct hfs_completion *c, struct hfs_inode *i)
@@ -282,8 +350,7 @@ void repl_changed(const struct hfs_change *ch, void *arg)
 		out_writers(ch->writers.i, ch->writers.open);
 		break;
 	case HFS_CH_RANGE:
-		/* direct_map heaps are not replicated (refused at config time): nothing has
-		 * such a range to send yet */
+		out_range(ch->heap, c, ch->write.i, ch->write.off, ch->write.len);
 		break;
 	}
 }

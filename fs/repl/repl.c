@@ -24,9 +24,10 @@
  * send HELLO (per heap: owned or mirrored, epoch, image generation, last applied record
  * number, "wrote while apart", "discard", "fresh"); a partner whose copy has our generation
  * and whose record number the log reaches back to gets only the records it lacks,
- * otherwise the heap goes whole: a forked snapshot (hfs_image_snapshot_at) sends RESET
- * while the heap is frozen (what the log held is in the image), the image stream follows
- * (IMG ... IMGEND), then the log of what changed meanwhile.  The mirror empties its copy at
+ * otherwise the heap goes whole: a live pre-copy (hfs_image_live, sync.c) drops the log
+ * while the heap is frozen for its tree (what the log held is in the image), RESET and the
+ * image stream follow (IMG ... IMGEND; files' bytes copied as they are by then), then the
+ * log of what changed meanwhile, which makes the copy consistent.  The mirror empties its copy at
  * RESET and restores the stream through a pipe in a thread; that applier then stays for
  * the live records.  A sync thread sends only on the connection it was started for.
  *

@@ -48,8 +48,15 @@ struct pend {
 	uint64_t recno;
 	uint64_t seq; /* on the current connection; 0: not sent there */
 	size_t len;
+	size_t cap;   /* bytes of data: PEND_BIG (kept for reuse, out.c) or len */
 	char data[];
 };
+/* A log entry this large or larger is a DATA record's: its buffer has room for the largest
+ * and is kept for the next one when the partner acknowledged it (PEND_SPARE per heap), so
+ * a stream of writes reuses memory already touched instead of a malloc (and fresh pages
+ * the kernel zeroes) per record. */
+#define PEND_BIG (IMG_DATA_MAX + 1024)
+#define PEND_SPARE 16
 
 /* The change log's bound per heap: past it the log is dropped and the partner gets a full
  * image when it returns. */
@@ -71,6 +78,9 @@ struct hfs_repl_heap {
 	/* owner */
 	bool streaming;             /* not connected, or a resync in flight: records wait */
 	struct pend *pend, **pend_tail; /* the change log, oldest first */
+	struct pend *spare;         /* (r->lock) PEND_BIG buffers to reuse, nspare of them */
+	uint64_t drops;             /* (r->lock) times the log was dropped (send_log) */
+	unsigned nspare;
 	uint64_t log_bytes;
 	bool lost;                  /* the log overflowed: the next sync is a full one */
 	uint64_t gen, recno;        /* the image generation and its last record (the mirror:

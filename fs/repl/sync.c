@@ -1,11 +1,13 @@
 /*
  * sync.c — the owner's (re)sync at each connect: only the log the partner lacks, or
- * the whole heap from a frozen snapshot followed by the log (repl.c, "Resync").
+ * the whole heap pre-copied live (hfs_image_live: frozen only while its tree is written
+ * to memory) followed by the log of what changed meanwhile (repl.c, "Resync").
  * Locking: repl.c's opening comment.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,24 @@
 
 /* ---- the owner: full sync ----------------------------------------------------------- */
 
+/* Which image a full resync of an ordinary heap sends: the live pre-copy
+ * (hfs_image_live), or with HEAPFS_RESYNC_FORK=1 in the daemon's environment the fork's
+ * frozen snapshot (kept for tests/bench/replbench.py, which compares the two;
+ * docs/DESIGN.md "Resync" has the figures that chose the default). */
+static bool resync_fork(void)
+{
+	static int fork_env = -1; /* read once; the same answer from any sync thread */
+	int v = __atomic_load_n(&fork_env, __ATOMIC_RELAXED);
+
+	if (v < 0) {
+		const char *e = getenv("HEAPFS_RESYNC_FORK");
+
+		v = e && !strcmp(e, "1");
+		__atomic_store_n(&fork_env, v, __ATOMIC_RELAXED);
+	}
+	return v;
+}
+
 /* The sync thread's connection is gone (or the daemon stops): it must not send. */
 static bool stale(void)
 {
@@ -35,10 +55,13 @@ static int send_named(struct hfs_heap *h, uint32_t type, const void *buf, size_t
 	int n = name_iov(h, &nl, iov);
 	int64_t seq;
 
-	if (stale())
-		return -ECANCELED;
 	iov[n++] = (struct iovec){ .iov_base = (void *)buf, .iov_len = len };
-	seq = rep_sendv(rg.l, type, iov, n);
+	/* no lock is held here: a partner that applies more slowly than the link's timeout
+	 * (a loaded host) is waited for while the link stays up (its liveness drops a dead
+	 * one), or a whole image could never be sent to it */
+	do
+		seq = stale() ? -ECANCELED : rep_sendv(rg.l, type, iov, n);
+	while (seq == -ETIMEDOUT);
 	return seq < 0 ? (int)seq : 0;
 }
 
@@ -66,15 +89,34 @@ static void frozen(void *arg)
  * has), then let records go straight out again. */
 static int send_log(struct hfs_repl_heap *r)
 {
+	uint64_t drops = r->drops, after = 0;
+	bool any = false;
 	int ret = 0;
 
-	for (struct pend *p = r->pend; p && !ret; p = p->next) {
+	for (struct pend *p = r->pend; p && !ret;) {
 		int64_t seq = stale() ? -ECANCELED : rep_send(rg.l, MSG_REC, p->data, p->len);
 
+		if (seq == -ETIMEDOUT) {
+			/* a slow partner, the link still up: let this heap's writers in (they
+			 * only log while we stream), then go on after the last record sent; a
+			 * log dropped meanwhile (overflow, takeover) ends this resync */
+			pthread_mutex_unlock(&r->lock);
+			sched_yield();
+			pthread_mutex_lock(&r->lock);
+			if (r->drops != drops || r->mirror)
+				return -EAGAIN; /* not all sent: the next connect resyncs */
+			for (p = r->pend; p && any && p->recno <= after; p = p->next)
+				;
+			continue;
+		}
 		ret = seq < 0 ? (int)seq : 0;
 		p->seq = seq > 0 ? (uint64_t)seq : 0;
-		if (!ret)
+		if (!ret) {
 			atomic_fetch_add(&rg.resync_done, p->len);
+			after = p->recno;
+			any = true;
+			p = p->next;
+		}
 	}
 	if (!ret) {
 		r->streaming = false;
@@ -103,14 +145,38 @@ static int resume_heap(struct hfs_repl_heap *r)
 	return ret;
 }
 
+/* The image a full resync sends: pre-copied (hfs_image_live; RESYNC_FORK picks the
+ * frozen fork, which a direct_map heap cannot have). */
+struct image_src {
+	struct hfs_live *lv;
+	pid_t pid;
+};
+
+static bool by_fork(const struct hfs_repl_heap *r)
+{
+	return !r->h->dm && resync_fork();
+}
+
+static int image_begin(struct hfs_repl_heap *r, int *fd, struct image_src *src)
+{
+	if (by_fork(r))
+		return hfs_image_snapshot_at(r->h, fd, &src->pid, frozen, r);
+	return hfs_image_live(r->h, fd, &src->lv, frozen, r);
+}
+
+static int image_end(struct hfs_repl_heap *r, struct image_src *src)
+{
+	return by_fork(r) ? hfs_image_snapshot_end(src->pid) : hfs_image_live_end(src->lv);
+}
+
 static int sync_heap(struct hfs_repl_heap *r, char *buf)
 {
+	struct image_src src;
 	uint64_t gen;
 	int fd, ret;
-	pid_t pid;
 	ssize_t n;
 
-	ret = hfs_image_snapshot_at(r->h, &fd, &pid, frozen, r);
+	ret = image_begin(r, &fd, &src);
 	if (ret)
 		return ret;
 	pthread_mutex_lock(&r->lock);
@@ -129,7 +195,7 @@ static int sync_heap(struct hfs_repl_heap *r, char *buf)
 		atomic_fetch_add(&rg.resync_done, (uint64_t)n);
 	}
 	close(fd);
-	ret = hfs_image_snapshot_end(pid) ?: ret;
+	ret = image_end(r, &src) ?: ret;
 	if (!ret)
 		ret = send_named(r->h, MSG_IMGEND, NULL, 0);
 	/* the changes made meanwhile, in order, then records go straight out again */
@@ -168,9 +234,14 @@ void *sync_thread(void *arg)
 			continue;
 		ret = r->resume ? resume_heap(r) : sync_heap(r, buf);
 		/* the link went (its down() may not have run yet): the next connect resyncs */
-		if (ret && ret != -ENOTCONN && ret != -ECANCELED && !stale())
-			hfs_log(HFS_LOG_ERR, "partner: resync of %s failed: %s",
+		if (ret && ret != -ENOTCONN && ret != -ECANCELED && !stale()) {
+			hfs_log(HFS_LOG_ERR, "partner: resync of %s failed: %s; reconnecting",
 				r->h->pol.name, strerror(-ret));
+			/* never "connected" with a copy that lacks it: the next connect resyncs */
+			free(buf);
+			rep_kick(rg.l);
+			return NULL;
+		}
 		if (ret)
 			break;
 	}

@@ -138,6 +138,25 @@ def fam_repl(b, quick):
                 "replicate = none", t) for m, t in (("async", 0.8), ("sync", 0.6))]
     notice = grab(r"failure noticed after ([\d.]+) s", out, "failure")[0]
     rows.append(row("failure noticed", "s", notice, 1.0, "timeout", note="lower is better"))
+    base = grab(r"cpu s/GiB: none owner ([\d.]+)", out, "cpu none")[0]
+    for m in ("async", "sync"):
+        ow, mi = grab(rf"cpu s/GiB: {m} owner ([\d.]+) .* mirror ([\d.]+)", out, f"cpu {m}")
+        rows += [row(f"{m} owner CPU per GiB", "s/GiB", ow, base, "unreplicated daemon", 1.5,
+                     note="lower is better"),
+                 row(f"{m} mirror CPU per GiB", "s/GiB", mi, base, "unreplicated daemon", 1.0,
+                     note="lower is better")]
+    ds, dn = grab(r"direct release of 1 MiB: sync ([\d.]+) ms, unreplicated ([\d.]+) ms", out,
+                  "direct release")
+    rows.append(row("direct release of 1 MiB, sync", "ms", ds, dn, "unreplicated release",
+                    note="lower is better"))
+    fork = grab(r"resync fork: .* = ([\d.]+) MiB/s, longest write beside ([\d.]+) ms", out,
+                "resync fork")
+    live = grab(r"resync live: .* = ([\d.]+) MiB/s, longest write beside ([\d.]+) ms", out,
+                "resync live")
+    rows += [row("full resync under writes (live pre-copy)", "MiB/s", live[0], fork[0],
+                 "fork snapshot"),
+             row("longest write during it (live pre-copy)", "ms", live[1], fork[1],
+                 "fork snapshot", note="lower is better")]
     return "Replication against an unreplicated heap (replbench)", rows
 
 

@@ -12,6 +12,14 @@
 3. Resync after an 8 MiB change to a 128 MiB heap while the partner was stopped: bytes
    sent on the link once it is back, against the bytes changed (target <= 1.25x).
 4. Full resync: the partner restarts empty and gets the whole --size heap; MiB/s.
+5. CPU seconds per GiB written (utime + stime from /proc/PID/stat of each daemon over the
+   rounds of 1.): the owner's and the mirror's for async and sync, against the owner's
+   for the unreplicated heap (targets: owner <= 1.5x, mirror <= 1.0x).
+6. A libheapfs client's release of a written 1 MiB range: median time per release in a
+   `replicate = sync` direct_map heap, against one that is not replicated.
+7. The two ways of a full resync (issue 21), each on freshly started daemons: the live
+   pre-copy (the default) and the fork's frozen snapshot (HEAPFS_RESYNC_FORK=1): MiB/s,
+   and the longest 1 MiB write() to another heap of the owner while it ran.
 Needs root (mount).  Everything is unmounted and removed on the way out.
 """
 import argparse
@@ -21,6 +29,7 @@ import signal
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import sys
 from pathlib import Path
@@ -38,7 +47,8 @@ def wait(cond, deadline, what):
 
 
 class Node:
-    def __init__(self, heapfs, tmp, name, text):
+    def __init__(self, heapfs, tmp, name, text, env=None):
+        self.env = env
         self.mnt = os.path.join(tmp, name)
         os.makedirs(self.mnt, exist_ok=True)
         self.cfg = os.path.join(tmp, name + ".conf")
@@ -50,7 +60,8 @@ class Node:
     def start(self):
         self.proc = subprocess.Popen([self.heapfs, "-f", "-c", self.cfg, self.mnt],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL,
+                                     env=dict(os.environ, **(self.env or {})))
         wait(lambda: is_mounted(self.mnt), 60, f"mount {self.mnt}")
 
     def partner(self):
@@ -67,6 +78,29 @@ class Node:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def cpu_s(pid):
+    """utime + stime of process pid, in seconds (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def release_times(heapfs_mod, path, n, rounds):
+    """Median seconds of heapfs_release(written) of a mapped, written n-byte range."""
+    data = os.urandom(n)
+    with open(path, "wb") as f:
+        f.truncate(n)
+    times = []
+    with open(path, "r+b") as f:
+        for _ in range(rounds):
+            m = heapfs_mod.Mapping(heapfs_mod.connection(f), f, 0, n, True)
+            m.__enter__()[:] = data
+            t0 = time.monotonic()
+            m.release(True)
+            times.append(time.monotonic() - t0)
+    return statistics.median(times)
 
 
 def write_seq(path, size, fsync):
@@ -104,6 +138,8 @@ def main():
     heaps = "".join(f'heap "{m}" {{ size = {heap} replicate = {m} }}\n'
                     for m in ("none", "async", "sync"))
     heaps += 'heap "small" { size = 128M replicate = sync }\n'
+    heaps += 'heap "dsync" { size = 64M replicate = sync direct_map = true }\n'
+    heaps += 'heap "dnone" { size = 64M direct_map = true }\n'
     a = Node(o.heapfs, tmp, "a", heaps + partner("a", pa, pb))
     b = Node(o.heapfs, tmp, "b", partner("b", pb, pa))
     nodes = [a, b]
@@ -114,12 +150,18 @@ def main():
         # (the kernel zeroing pages the host backs lazily: ~30 % of all CPU in a profile),
         # and the mirror touches its own copy too.  Then interleaved rounds, medians.
         runs = {m: [] for m in ("none", "async", "sync")}
+        cpu = {m: [0.0, 0.0] for m in runs}  # owner, mirror: seconds over the rounds
         for rnd in range(o.rounds + 1):
             for m in runs:
                 f = os.path.join(a.mnt, "heaps", m, "f")
+                c0 = (cpu_s(a.proc.pid), cpu_s(b.proc.pid))
                 r = write_seq(f, size, m == "async")
+                if m != "none":  # the mirror's work may trail the last write a little
+                    wait(lambda: a.partner()["lag_bytes"] == 0, 60, "mirror caught up")
                 if rnd:
                     runs[m].append(r)
+                    cpu[m][0] += cpu_s(a.proc.pid) - c0[0]
+                    cpu[m][1] += cpu_s(b.proc.pid) - c0[1]
                 os.unlink(f)
         rate = {m: statistics.median(v) for m, v in runs.items()}
         print(f"replbench: 1 MiB writes of {size // MIB} MiB, median of {o.rounds} "
@@ -131,6 +173,22 @@ def main():
                 target = 0.8 if m == "async" else 0.6
                 line += f"  ratio {rate[m] / rate['none']:.2f}x (target >= {target}x)"
             print(line)
+
+        gib = o.rounds * size / (1 << 30)
+        base = cpu["none"][0] / gib
+        print(f"  cpu s/GiB: none owner {base:.3f}")
+        for m in ("async", "sync"):
+            ow, mi = cpu[m][0] / gib, cpu[m][1] / gib
+            print(f"  cpu s/GiB: {m} owner {ow:.3f} ({ow / base:.2f}x, target <= 1.5x) "
+                  f"mirror {mi:.3f} ({mi / base:.2f}x, target <= 1.0x)")
+
+        # 6: a libheapfs client's release of a written 1 MiB range
+        sys.path.insert(0, str(Path(o.heapfs).resolve().parent.parent / "python"))
+        import heapfs as heapfs_mod  # noqa: E402  (build/python: ctypes over libheapfs)
+        rel = {h: release_times(heapfs_mod, os.path.join(a.mnt, "heaps", h, "r"), MIB,
+                                 10 if o.rounds == 1 else 50) for h in ("dnone", "dsync")}
+        print(f"  direct release of 1 MiB: sync {rel['dsync'] * 1e3:.3f} ms, unreplicated "
+              f"{rel['dnone'] * 1e3:.3f} ms ({rel['dsync'] / rel['dnone']:.1f}x)")
 
         # 3 (with 2 inside): an 8 MiB change while the partner is stopped
         small = os.path.join(a.mnt, "heaps", "small", "f")
@@ -166,6 +224,47 @@ def main():
         st = a.partner()
         print(f"  full resync: {st['resync_done'] / MIB:.0f} MiB in {took:.2f} s = "
               f"{st['resync_done'] / MIB / took:.1f} MiB/s (from the partner's start)")
+
+        # 7: live pre-copy against the fork's snapshot, with a writer beside
+        for how, env in (("live", {}), ("fork", {"HEAPFS_RESYNC_FORK": "1"})):
+            for n in nodes:
+                n.stop(kill=True)
+            a.env = env
+            a.start()
+            b.start()
+            wait(lambda: a.partner()["state"] == "connected", 60, "pairing")
+            write_seq(os.path.join(a.mnt, "heaps", "sync", "f"), size, False)
+            b.stop(kill=True)
+            wait(lambda: a.partner()["state"] == "degraded", 60, "degraded")
+            worst, done = [0.0], [False]
+
+            def writer():
+                buf = os.urandom(MIB)
+                fd = os.open(os.path.join(a.mnt, "heaps", "async", "w"),
+                             os.O_WRONLY | os.O_CREAT, 0o644)
+                k = 0
+                while not done[0]:
+                    t = time.monotonic()
+                    os.pwrite(fd, buf, (k % 64) * MIB)
+                    worst[0] = max(worst[0], time.monotonic() - t)
+                    k += 1
+                os.close(fd)
+            th = threading.Thread(target=writer)
+            th.start()
+            time.sleep(0.2)
+            worst[0] = 0.0
+            b.start()
+            t0 = time.monotonic()
+            wait(lambda: a.partner()["state"] == "resyncing" or
+                 a.partner()["resync_total"] >= size, 60, "resync start")
+            wait(lambda: a.partner()["state"] == "connected", 600, "full resync")
+            took = time.monotonic() - t0
+            done[0] = True
+            th.join()
+            st = a.partner()
+            print(f"  resync {how}: {st['resync_done'] / MIB:.0f} MiB in {took:.2f} s = "
+                  f"{st['resync_done'] / MIB / took:.1f} MiB/s, longest write beside "
+                  f"{worst[0] * 1e3:.1f} ms")
     finally:
         for n in nodes:
             n.stop(kill=True)

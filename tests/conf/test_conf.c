@@ -567,13 +567,17 @@ static void test_errors(void)
 		      "heapfs: t.conf:3: heap \"a\": replicate = async needs a partner section\n");
 	EXPECT_ERRORS("heap \"a\" { replicate = sync }\n",
 		      "heapfs: t.conf:1: heap \"a\": replicate = sync needs a partner section\n");
-	/* a direct_map heap is not replicable yet (its shared memory defeats the freezing
-	 * fork of a full resync) */
-	EXPECT_ERRORS("partner { node = \"a\" listen = \"127.0.0.1:1\" connect = \"127.0.0.1:2\"\n"
-		      "  secret_file = \"/s\" }\n"
-		      "heap \"a\" {\n  replicate = sync\n  direct_map = true\n}\n",
-		      "heapfs: t.conf:5: heap \"a\": direct_map = true cannot be replicated yet "
-		      "(replicate = sync)\n");
+	/* a direct_map heap is replicable (issue 21: its resync freezes no memory, its
+	 * clients' released ranges are records) */
+	{
+		struct conf *dc = EXPECT_OK("partner { node = \"a\" listen = \"127.0.0.1:1\" "
+					    "connect = \"127.0.0.1:2\"\n  secret_file = \"/s\" }\n"
+					    "heap \"a\" {\n  replicate = sync\n  direct_map = true\n}\n");
+
+		CHECK(dc && dc->heaps[0].direct_map &&
+		      dc->heaps[0].replicate == CONF_REPLICATE_SYNC, "direct_map + sync");
+		conf_free(dc);
+	}
 
 	/* enum values */
 	EXPECT_ERRORS("heap \"a\" {\n  layout = packed\n}\n",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import expect_errno, pattern, read_daemon, wait_until
+from conftest import HEAPFSCTL, expect_errno, pattern, read_daemon, wait_until
 
 PYDIR = os.environ.get("HEAPFS_PYTHON") or str(Path(os.environ["HEAPFS"]).parent.parent / "python")
 sys.path.insert(0, PYDIR)
@@ -242,6 +242,44 @@ with open(sys.argv[1], 'r+b') as f, heapfs.map(f, 0, 4096, write=True) as m:
     data = read_daemon(o)
     assert data[0:4] == b"mine" and data[100:110] == b"from child"
     conn.close()
+
+
+def test_a_client_that_writes_the_segment_header_harms_nothing(dm, tmp_path):
+    """With objects { direct_map = true } a client that maps an object for writing can
+    store into the whole segment, its header included: the daemon trusts only its own
+    copy of the header (and of nothing else it reads there goes past the segment), so
+    after a client filled the header with 0xff the map still grows, objects are made,
+    written and removed, and .heapfs/segment is a whole, sealed segment (heapfsctl image
+    ls checks all of it) listing exactly ls objects/."""
+    o = dm.path / "objects"
+    (o / "victim").write_bytes(bytes(4096))
+    off = int(os.getxattr(o / "victim", "user.heapfs.offset"))
+    run_child("""
+import ctypes, sys, heapfs
+path, off = sys.argv[1], int(sys.argv[2])
+with open(path, 'r+b') as f, heapfs.map(f, 0, 4096, write=True) as m:
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m)) - off  # the segment's byte 0
+    ctypes.memset(base, 0xff, 128)                                # its whole header
+    m[0:4] = b"evil"
+""", o / "victim", off)
+    slots0 = dm.stats()["objects"]["map_slots"]
+    for k in range(40):  # more than the first map holds: it moves to a larger block
+        (o / f"n{k}").write_bytes(bytes([k]) * (100 + k))
+    for k in range(0, 40, 3):
+        os.unlink(o / f"n{k}")
+    st = dm.stats()["objects"]
+    names = sorted(os.listdir(o))
+    assert st["objects"] == len(names) and st["map_slots"] > slots0
+    img = tmp_path / "seg.img"
+    with open(dm.path / ".heapfs" / "segment", "rb") as src:
+        img.write_bytes(src.read())
+    r = subprocess.run([str(HEAPFSCTL), "--json", "image", "ls", str(img)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert sorted(x["name"] for x in json.loads(r.stdout)["objects"]) == names
+    for k in range(1, 40, 3):
+        assert read_daemon(o / f"n{k}") == bytes([k]) * (100 + k)
+    assert read_daemon(o / "victim")[0:4] == b"evil"
 
 
 def test_objects_find_without_a_round_trip(dm, mount_factory):

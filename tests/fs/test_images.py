@@ -314,3 +314,86 @@ def test_restore_at_mount_shows_progress_on_a_terminal(mount_factory, tmp_path):
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_save_through_the_client_socket(mount_factory, tmp_path):
+    """heapfs_save (what heapfsctl save uses): the output's descriptor goes to the daemon
+    over the client socket and its snapshot writes the image into it, from the file's
+    offset on; the image restores the heap.  Refused: an output not open for writing
+    (EBADF), a proof that is not an image file (EINVAL) or not of this mount (EXDEV), a
+    user who may not read .heapfs/images/HEAP (EACCES), a direct_map heap (EOPNOTSUPP:
+    no frozen snapshot of shared memory); nothing is written then."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, os.environ.get("HEAPFS_PYTHON") or
+                    str(Path(os.environ["HEAPFS"]).parent.parent / "python"))
+    import heapfs
+    m = mount_factory(config(tmp_path / "unused.img") +
+                      'heap "dm" { size = 16M  direct_map = true }\n')
+    build_tree(m.heap("h"))
+    tree = listing(m.heap("h"))
+    conn = heapfs.Connection(str(m.path))
+    proof = os.open(m.path / ".heapfs/images/h", os.O_PATH)
+    try:
+        _save_checks(m, conn, proof, tmp_path, mount_factory, tree)
+    finally:
+        os.close(proof)
+        conn.close()
+    _save_refused_to_another_user(m, tmp_path)
+
+
+def _save_checks(m, conn, proof, tmp_path, mount_factory, tree):
+    out = tmp_path / "sock.img"
+    with open(out, "wb") as f:
+        f.write(b"PREFIX")  # the image goes after it: from the file's offset
+        f.flush()
+        n = conn.save(proof, f.fileno())
+    data = out.read_bytes()
+    assert data[:6] == b"PREFIX" and len(data) == 6 + n and data[6:14] == b"HEAPFSIM"
+    out.write_bytes(data[6:])
+    m2 = mount_factory(config(out), name="restored")
+    assert listing(m2.heap("h")) == tree
+    assert m2.stop() == 0
+    bad = tmp_path / "bad.img"
+    bad.write_bytes(b"")
+    with open(bad, "rb") as f:
+        expect_errno(errno.EBADF, conn.save, proof, f.fileno())
+    with open(bad, "wb") as f:
+        plain = os.open(m.heap("h") / "a/f63", os.O_RDONLY)  # a file, not an image
+        expect_errno(errno.EINVAL, conn.save, plain, f.fileno())
+        os.close(plain)
+        other = os.open(tmp_path, os.O_PATH)
+        expect_errno(errno.EXDEV, conn.save, other, f.fileno())
+        os.close(other)
+        dmproof = os.open(m.path / ".heapfs/images/dm", os.O_PATH)
+        expect_errno(errno.EOPNOTSUPP, conn.save, dmproof, f.fileno())
+        os.close(dmproof)
+    assert bad.read_bytes() == b""
+
+
+def _save_refused_to_another_user(m, tmp_path):
+    """The socket lets another user connect (it proves nothing); its uid is refused even
+    with descriptors root opened: it asks SAVE itself, with root's proof and output."""
+    bad = tmp_path / "bad.img"
+    name = m.stats()["client_socket"]  # "@...": abstract (the child puts the NUL back)
+    proof = os.open(m.path / ".heapfs/images/h", os.O_PATH)
+    out = os.open(bad, os.O_WRONLY)
+    code = """
+import socket, struct, sys
+name, proof, out = sys.argv[1].replace('@', '\\0', 1), int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(name)
+socket.send_fds(s, [struct.pack('<QIIIIQQQ', 0x6c63666870616568, 1, 5, 0, 0, 0, 0, 0)],
+                [proof, out])
+rep = s.recv(4096)
+print(struct.unpack_from('<Qi', rep)[1])
+"""
+    try:
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            "/usr/bin/python3", "-c", code, name, str(proof), str(out)],
+                           pass_fds=(proof, out), capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(proof)
+        os.close(out)
+    assert r.returncode == 0 and int(r.stdout) == -errno.EACCES, (r.stdout, r.stderr)
+    assert bad.read_bytes() == b""

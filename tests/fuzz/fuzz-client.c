@@ -73,7 +73,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	/* what serve() lets through: a whole request, the descriptor only where one belongs */
 	if (size != sizeof(q) || flags || q.magic != HFS_CL_MAGIC || q.version != HFS_CL_VERSION ||
-	    q.op < HFS_CL_MAP || q.op > HFS_CL_WRITTEN_OP ||
+	    q.op < HFS_CL_MAP || q.op > HFS_CL_SAVE ||
+	    (nfds == 2) != (q.op == HFS_CL_SAVE) ||
 	    (nfds == 1) != (q.op == HFS_CL_MAP || q.op == HFS_CL_SEGMENT))
 		abort();
 	if (hfs_cl_range_check(&q, UINT64_MAX) == 0 && (!q.len || q.off > UINT64_MAX - q.len))
