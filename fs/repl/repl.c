@@ -190,7 +190,9 @@ static void on_down(void *arg, const char *why)
 	bool hooked;
 
 	(void)arg;
-	hooked = ha_down(); /* first: no writer may see the link down with the gate open */
+	/* first: no writer may see the link down with the gate open (a kick of ours, which
+	 * reconnects at once, asks nobody) */
+	hooked = strcmp(why, "kicked") && ha_down();
 	pthread_mutex_lock(&rg.lock);
 	atomic_fetch_add(&rg.conn, 1);
 	rg.up = false;
