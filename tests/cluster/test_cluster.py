@@ -179,13 +179,15 @@ def hcluster(cluster):
     yield cluster
     n = next((n for n in cluster.nodes if n.holder.poll() is None), None)
     t0 = time.monotonic()
-    if n:
-        n.run("cibadmin", "-D", "-o", "resources", "-X", '<clone id="hfs-clone"/>', check=False)
+    if n:  # stopped first (as an operator does), then deleted
+        n.run("crm_resource", "-r", "hfs-clone", "--meta", "-p", "target-role", "-v", "Stopped",
+              check=False)
         n.run("cibadmin", "-D", "-o", "resources", "-X", '<primitive id="fence"/>', check=False)
         try:
             wait_for(lambda: not cluster.roles("hfs"), 60, "the heapfs clone stopped")
         except AssertionError:
             pass
+        n.run("cibadmin", "-D", "-o", "resources", "-X", '<clone id="hfs-clone"/>', check=False)
     print(f"the heapfs clone stopped in {time.monotonic() - t0:.1f} s")
     for k, v in FIGURES.items():
         print(f"FAILOVER {k}: {v:.1f} s")
