@@ -367,11 +367,12 @@ int ha_gate_wait(uint64_t seq, uint64_t conn)
 			ret = 0;
 			break;
 		}
-		/* the connection it went out on is gone: the program's answer decides; back
-		 * before it answered: acknowledged by nobody, so it fails */
+		/* the connection it went out on (or was not sent on) is gone: the program's
+		 * answer decides; back before it answered: acknowledged by nobody, it fails */
 		if (atomic_load(&rg.conn) != conn && atomic_load(&rg.up))
 			break;
-		if (atomic_load(&rg.conn) != conn && gate != GATE_PENDING) {
+		if ((atomic_load(&rg.conn) != conn || !atomic_load(&rg.up)) &&
+		    gate != GATE_PENDING) {
 			ret = gate == GATE_OPEN ? 0 : -EIO;
 			break;
 		}
@@ -390,7 +391,7 @@ int ha_gate_wait(uint64_t seq, uint64_t conn)
 static int gate_c_wait(struct hfs_completion *c)
 {
 	c->wrote.i = NULL;
-	return ha_gate_wait(0, 0);
+	return ha_gate_wait(0, c->conn);
 }
 
 static bool gate_c_defer(struct hfs_completion *c, void (*fn)(void *arg, int err), void *arg)
@@ -402,11 +403,15 @@ static bool gate_c_defer(struct hfs_completion *c, void (*fn)(void *arg, int err
 static const struct hfs_completion_ops gate_ops = { .wait = gate_c_wait,
 						    .defer = gate_c_defer };
 
-void ha_gate(struct hfs_repl_heap *r, struct hfs_completion *c)
+void ha_gate(struct hfs_repl_heap *r, struct hfs_completion *c, bool failed)
 {
-	if (c && !c->ops && r->h->pol.replicate == CONF_REPLICATE_SYNC &&
-	    atomic_load(&ha.gate) != GATE_OPEN)
-		c->ops = &gate_ops;
+	if (!c || c->ops || r->h->pol.replicate != CONF_REPLICATE_SYNC || !hook_set())
+		return;
+	if (!failed && atomic_load(&ha.gate) == GATE_OPEN)
+		return; /* alone, and allowed (or connected, resyncing) */
+	c->ops = &gate_ops;
+	c->first = c->last = 0;
+	c->conn = atomic_load(&rg.conn); /* the wait ends once this one is gone */
 }
 
 void ha_stop(void)

@@ -195,7 +195,9 @@ bool ha_down(void);          /* the link went down: true if the hook has the rep
 void ha_up(void);
 void ha_connected(void);
 void ha_promoted_alone(void);
-void ha_gate(struct hfs_repl_heap *r, struct hfs_completion *c); /* r->lock, streaming */
+/* r->lock: a sync change not sent (streaming, or failed: the link just went) waits for
+ * the on_peer_lost answer */
+void ha_gate(struct hfs_repl_heap *r, struct hfs_completion *c, bool failed);
 int ha_gate_wait(uint64_t seq, uint64_t conn);
 bool ha_mirror_empty(struct hfs_repl_heap *r); /* takes hfs.ns shared */
 bool ha_peer_owns(const char *heap);

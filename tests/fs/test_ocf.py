@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HEAPFS, HEAPFSCTL, unmount, wait_until
+from conftest import HEAPFS, HEAPFSCTL, SANITIZER_MARKS, unmount, wait_until
 from test_replica import port_pair
 
 AGENT_SRC = HEAPFS.parent / "ha" / "heapfs"
@@ -55,6 +55,9 @@ def agent(tmp_path):
     run("stop")
     unmount(mnt)
     shutil.rmtree(pub)
+    log = d / "heapfs.log"  # the daemons the agent started (under a sanitizer: clean)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    assert not any(m in text for m in SANITIZER_MARKS), text[-4000:]
 
 
 def test_ocf_tester_passes(agent):
@@ -104,7 +107,7 @@ def daemon_pid(mnt):
                 cmd = open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")
             except OSError:
                 continue
-            if cmd and cmd[0].endswith(b"heapfs") and str(mnt).encode() in cmd:
+            if cmd and cmd[0] == bytes(HEAPFS) and str(mnt).encode() in cmd:
                 return int(p)
     return None
 

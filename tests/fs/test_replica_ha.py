@@ -185,7 +185,7 @@ def test_on_peer_lost_waits_the_sync_write(pairs, tmp_path):
     wait_until(lambda: log.exists(), 10, "the hook started")
     out = {}
     timed_write(A / "during", b"x" * 4096, out)
-    assert out["err"] == 0 and out["took"] > 0.5, out
+    assert out["err"] == 0 and out["took"] > 0.5, (out, p.a.stderr_text()[-3000:])
     p.heal()
     wait_state(p.a, "connected", 20)
     p.verify()
