@@ -133,14 +133,16 @@ def test_managed_refuses_auto_failover(tmp_path, secret):
     assert r.returncode == 2 and "on_peer_lost_timeout = 10ms is shorter" in r.stderr, r.stderr
 
 
-def hook_pair(pairs, tmp_path, code, delay=1.5):
+def hook_pair(pairs, tmp_path, code, delay=1.5, timeout="20s"):
+    """A pair whose owner a has an on_peer_lost program: it logs its arguments, answers
+    `code` after `delay` seconds (0 at once for "connected")."""
     log = tmp_path / "hook.log"
     hook = tmp_path / "hook.sh"
     hook.write_text(f'#!/bin/sh\necho "$@" >> {log}\n'
                     f'[ "$3" = connected ] && exit 0\nsleep {delay}\nexit {code}\n')
     hook.chmod(0o755)
     p = pairs(mode="sync", relay=True,
-              extra_partner_a=f'on_peer_lost = "{hook}" on_peer_lost_timeout = 20s')
+              extra_partner_a=f'on_peer_lost = "{hook}" on_peer_lost_timeout = {timeout}')
     return p, log
 
 
@@ -216,16 +218,40 @@ def test_on_peer_lost_refuses_the_owner_stops(pairs, tmp_path):
 
 
 def test_on_peer_lost_timeout_kills_the_program(pairs, tmp_path):
-    log = tmp_path / "hook.log"
-    hook = tmp_path / "hook.sh"
-    hook.write_text(f'#!/bin/sh\necho "$@" >> {log}\n[ "$3" = connected ] && exit 0\n'
-                    f'sleep 100\nexit 4\n')
-    hook.chmod(0o755)
-    p = pairs(mode="sync", relay=True,
-              extra_partner_a=f'on_peer_lost = "{hook}" on_peer_lost_timeout = 1s')
+    p, log = hook_pair(pairs, tmp_path, 4, delay=100, timeout="1s")
     p.cut()
     wait_until(lambda: p.a.heap_stats("data")["role"] == "mirror", 15,
                "a demoted itself after the timeout")
     assert "no answer in 1000ms" in p.a.stderr_text()
     p.heal()
     wait_state(p.a, "connected", 20)
+
+
+def test_restarted_empty_mirror_has_no_score(mount_factory, secret):
+    """A managed node that comes back empty is not promotable until it is whole again; a
+    whole mirror whose owner is gone scores 10 (sync)."""
+    pa, pb = port_pair()
+    a = mount_factory(managed_cfg("a", pa, pb, secret), name="ma")
+    b = mount_factory(managed_cfg("b", pb, pa, secret), name="mb")
+    for m in (a, b):
+        wait_state(m, "connected")
+    assert a.ctl("promote", a.path, "data").returncode == 0
+    write(a.heap("data") / "f", b"x" * 100000)
+    wait_until(lambda: score(b) == 75, 15, "b whole")
+    # b goes and comes back empty, its partner away (a's link cut by b's absence)
+    b.stop()
+    wait_state(a, "degraded")
+    assert score(a) == 100
+    lone, nobody = port_pair()  # b2 reaches nobody, and nobody reaches it
+    b2 = mount_factory(managed_cfg("b", lone, nobody, secret), name="mb2")
+    assert partner(b2)["heaps"] == {"data": "mirror"} and score(b2) == 0
+    b2.stop()
+    b3 = mount_factory(managed_cfg("b", pb, pa, secret), name="mb3")
+    wait_until(lambda: score(b3) == 75, 20, "b whole again")
+    assert read_daemon(b3.heap("data") / "f") == b"x" * 100000
+    # a's daemon killed: b, a whole sync mirror without its owner, scores 10
+    a.proc.kill()
+    a.proc.wait(10)
+    a.expect_exit = -9
+    wait_until(lambda: partner(b3)["state"] == "degraded", 10, "b sees a gone")
+    assert score(b3) == 10
