@@ -21,9 +21,11 @@
  * (the partner has everything), the program is run with STATE "connected" so it can lift
  * what it placed.
  *
- * Locking: ha.mu guards the gate and the hook's thread handle; it is a leaf (taken under
- * nothing of ours and nothing is taken under it but deferq.lock, read-only).  Demote
- * takes r->alock then r->lock like every takeover (repl.c).
+ * Locking: ha.mu guards the round, the hook's thread handle and the gate's changes (the
+ * gate itself is atomic: send_rec reads it under r->lock); it is taken under nothing of
+ * ours, and under it only r->lock (to list the owned heaps) and deferq.lock (to read what
+ * is acknowledged).  The hook's thread is joined with ha.mu released.  Demote takes
+ * r->alock then r->lock like every takeover (repl.c).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -48,7 +50,6 @@ static struct {
 	/* bumped at each loss and reconnect: an old answer is dropped */
 	atomic_uint_fast64_t round;
 	bool fenced;        /* the hook ran for this absence: say "connected" when back */
-	bool allowed;       /* its last answer let the owner go on */
 	pthread_t th;
 	bool th_on;
 	atomic_int child;   /* the running program's pid (its group), 0: none */
@@ -222,7 +223,6 @@ static void *hook_thread(void *arg)
 	current = ha.round == j->round && !atomic_load(&ha.stopping);
 	if (current) {
 		atomic_store(&ha.gate, ok ? GATE_OPEN : GATE_REFUSED);
-		ha.allowed = ok;
 		pthread_cond_broadcast(&ha.cv);
 	}
 	pthread_mutex_unlock(&ha.mu);

@@ -1,8 +1,12 @@
 """The cluster the Pacemaker tests run in (tests/cluster/cluster.py): two nodes, each in
 namespaces of its own, form a cluster; a promotable clone (Pacemaker's own test agent,
 ocf:pacemaker:Stateful) gets exactly one promoted instance; a ban moves promotion (demote
-there, promote here); cutting Corosync's link is noticed by both sides.  The heapfs
-resource agent's scenarios build on this."""
+there, promote here); cutting Corosync's link is noticed by both sides.  Then the heapfs
+resource agent (ocf:heapfs:heapfs, issue 19) in the same cluster, its six scenarios:
+both start (one owner), the owner's daemon killed (the mirror promoted, nothing
+acknowledged lost, the node rejoins as mirror and is not preferred while empty), only
+heapfs's link cut (never two owners), a ban (demote, then promote), both links cut with a
+fence device (one owner after the fence).  The cluster starts once for the module."""
 import json
 import os
 import subprocess
