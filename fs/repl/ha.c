@@ -58,11 +58,13 @@ static struct {
 
 /* ---- demote ------------------------------------------------------------------------ */
 
-/* r->alock and r->lock held: the owner becomes a mirror with its data as it is. */
-static void __demote(struct hfs_repl_heap *r)
+/* r->alock and r->lock held: the owner becomes a mirror with its data as it is (empty:
+ * read before r->lock). */
+static void __demote(struct hfs_repl_heap *r, bool empty)
 {
 	pend_drop(r);
 	r->gen = r->recno = 0; /* no image of the next owner's: it sends one whole */
+	r->loaded = !empty;    /* promoted again, it is not an owner "back empty" */
 	r->streaming = false;
 	r->peer_has = r->resume = r->discard = r->behind = false;
 	if (!r->split)
@@ -74,6 +76,7 @@ static void __demote(struct hfs_repl_heap *r)
 static int demote(const char *heap, bool *any)
 {
 	struct hfs_repl_heap *r;
+	bool empty;
 	int n = 0;
 
 	FOR_EACH_REPL(r) {
@@ -81,9 +84,10 @@ static int demote(const char *heap, bool *any)
 			continue;
 		*any = true;
 		pthread_mutex_lock(&r->alock);
+		empty = ha_mirror_empty(r); /* hfs.ns: inside r->alock, outside r->lock */
 		pthread_mutex_lock(&r->lock);
 		if (!r->mirror) {
-			__demote(r);
+			__demote(r, empty);
 			n++;
 			hfs_log(HFS_LOG_NOTICE, "partner: %s: demoted: a read-only mirror now "
 				"(epoch %llu)%s", r->h->pol.name, (unsigned long long)r->epoch,

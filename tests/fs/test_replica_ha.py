@@ -212,7 +212,14 @@ def test_on_peer_lost_refuses_the_owner_stops(pairs, tmp_path):
     wait_state(p.a, "connected", 20)
     r = p.a.ctl("promote", p.a.path, "data")
     assert r.returncode == 0, r.stderr
-    wait_state(p.a, "connected", 20)
+    # (the promote reconnects: the pair is whole once b mirrors a again)
+    try:
+        wait_until(lambda: p.b.heap_stats("data")["role"] == "mirror" and
+                   partner(p.a)["state"] == "connected" and
+                   p.a.ctl("verify", p.a.path).returncode == 0, 20, "the pair whole again")
+    except AssertionError:
+        raise AssertionError((partner(p.a), partner(p.b), p.a.ctl("verify", p.a.path).stdout,
+                              p.a.stderr_text()[-1500:], p.b.stderr_text()[-1500:]))
     assert read_daemon(p.b.heap("data") / "before") == b"acknowledged before the cut"
     p.verify()
 
@@ -255,3 +262,26 @@ def test_restarted_empty_mirror_has_no_score(mount_factory, secret):
     a.expect_exit = -9
     wait_until(lambda: partner(b3)["state"] == "degraded", 10, "b sees a gone")
     assert score(b3) == 10
+
+
+def test_promoted_alone_asks_on_peer_lost_first(mount_factory, secret, tmp_path):
+    """A mirror promoted with no partner connected goes on alone only once on_peer_lost
+    said so: a sync write meanwhile waits for it."""
+    log = tmp_path / "hook.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$@" >> {log}\nsleep 1.5\nexit 7\n')
+    hook.chmod(0o755)
+    lone, nobody = port_pair()
+    b = mount_factory(managed_cfg("b", lone, nobody, secret,
+                                  f'on_peer_lost = "{hook}"'), name="alone")
+    assert b.heap_stats("data")["role"] == "mirror"
+    assert partner(b)["on_peer_lost"] == "open"
+    r = b.ctl("promote", b.path, "data")
+    assert r.returncode == 0, r.stderr
+    assert partner(b)["on_peer_lost"] == "pending"
+    out = {}
+    timed_write(b.heap("data") / "f", b"after the answer", out)
+    assert out["err"] == 0 and out["took"] > 0.5, out
+    assert log.read_text().split() == ["data", "2", "degraded"]
+    assert partner(b)["on_peer_lost"] == "open" and score(b) == 100
+    assert "on_peer_lost data 2 degraded: exit 7" in b.stderr_text()
