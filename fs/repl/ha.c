@@ -509,11 +509,20 @@ const char *ha_gate_name(void)
 	return names[atomic_load(&ha.gate)];
 }
 
-/* Does the partner say it owns heap (NULL or "": any)?  promote refuses then. */
+/* the connection (rg.conn) whose HELLO was read last */
+static atomic_uint_fast64_t hello_conn;
+
+void ha_hello(void)
+{
+	atomic_store(&hello_conn, atomic_load(&rg.conn));
+}
+
+/* Does the partner say it owns heap (NULL or "": any)?  promote refuses then, and while
+ * a connection's HELLO has not been read yet (it may say so). */
 bool ha_peer_owns(const char *heap)
 {
 	struct hfs_repl_heap *r;
-	bool owns = false;
+	bool owns = atomic_load(&rg.up) && atomic_load(&hello_conn) != atomic_load(&rg.conn);
 
 	FOR_EACH_REPL(r) {
 		if (heap && heap[0] && strcmp(r->h->pol.name, heap))

@@ -441,6 +441,7 @@ int recv_hello(const char *p, size_t len)
 	rg.clash_seen = false;
 	pthread_mutex_unlock(&rg.lock);
 	ret = recv_heaps(p, len);
+	ha_hello(); /* what the partner owns is known (a promote may go ahead, ha.c) */
 	/* what this HELLO no longer clashes over replicates again (and is not said again) */
 	FOR_EACH_REPL(r) {
 		pthread_mutex_lock(&r->lock);

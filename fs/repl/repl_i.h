@@ -201,6 +201,7 @@ void ha_gate(struct hfs_repl_heap *r, struct hfs_completion *c, bool failed);
 int ha_gate_wait(uint64_t seq, uint64_t conn);
 bool ha_mirror_empty(struct hfs_repl_heap *r); /* takes hfs.ns shared */
 bool ha_peer_owns(const char *heap);
+void ha_hello(void);         /* a HELLO was read on this connection */
 const char *ha_gate_name(void); /* NULL: no on_peer_lost */
 void ha_stop(void);
 int hfs_repl_demote(const char *heap);
