@@ -50,6 +50,7 @@
 #define DEF_MAX_PROC_MEM (256 * MiB)
 #define DEF_SOCKET "/run/heapfs/pool.sock"
 #define DEF_TIMEOUT_MS 2000
+#define DEF_PEER_LOST_TIMEOUT_MS 60000
 
 #define MIN_CHUNK (4 * KiB)
 #define SUN_PATH_MAX 107 /* sizeof(sockaddr_un.sun_path) - 1 */
@@ -103,6 +104,9 @@ static const char default_text[] =
 	"#   secret_file = \"/etc/heapfs/secret\"\n"
 	"#   timeout     = 2s\n"
 	"#   auto_failover = false\n"
+	"#   managed     = false  # true: roles only by promote/demote (Pacemaker)\n"
+	"#   on_peer_lost = \"\"  # asked whether an owner may go on alone\n"
+	"#   on_peer_lost_timeout = 60s\n"
 	"# }\n";
 
 /* ---- the load in progress ---------------------------------------------------------- */
@@ -678,6 +682,9 @@ static cfg_opt_t partner_opts[] = {
 	OPT_STR("secret_file", ""),
 	OPT_NUM("timeout", DEF_TIMEOUT_MS, cb_duration),
 	OPT_BOOL("auto_failover", cfg_false),
+	OPT_BOOL("managed", cfg_false),
+	OPT_STR("on_peer_lost", ""),
+	OPT_NUM("on_peer_lost_timeout", DEF_PEER_LOST_TIMEOUT_MS, cb_duration),
 	CFG_END()
 };
 
@@ -958,6 +965,16 @@ static void build_partner(struct load_ctx *ctx, cfg_t *p, struct conf_partner *o
 	out->secret_file = dup_nonempty(cfg_getstr(p, "secret_file"), ctx);
 	out->timeout_ms = (unsigned)cfg_getint(p, "timeout");
 	out->auto_failover = cfg_getbool(p, "auto_failover");
+	out->managed = cfg_getbool(p, "managed");
+	out->on_peer_lost = dup_nonempty(cfg_getstr(p, "on_peer_lost"), ctx);
+	out->on_peer_lost_timeout_ms = (unsigned)cfg_getint(p, "on_peer_lost_timeout");
+	if (out->managed && out->auto_failover)
+		report(ctx, set_line(ctx, p, "auto_failover"), "partner: auto_failover = true "
+		       "and managed = true: a cluster manager decides failover; drop one");
+	if (out->on_peer_lost_timeout_ms < 1000 && !opt_bad(ctx, p, "on_peer_lost_timeout"))
+		report(ctx, set_line(ctx, p, "on_peer_lost_timeout"), "partner: "
+		       "on_peer_lost_timeout = %ums is shorter than 1000ms",
+		       out->on_peer_lost_timeout_ms);
 	if (!out->node)
 		report(ctx, line, "partner: node must be set");
 	else if (!is_node_name(out->node))
@@ -1168,6 +1185,7 @@ void conf_free(struct conf *c)
 	free(c->partner.listen);
 	free(c->partner.connect);
 	free(c->partner.secret_file);
+	free(c->partner.on_peer_lost);
 	free(c->source);
 	free(c);
 }

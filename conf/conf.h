@@ -83,6 +83,13 @@ struct conf_partner {
 	char *node, *listen, *connect, *secret_file;
 	unsigned timeout_ms; /* >= CONF_TIMEOUT_MIN_MS; 2000 when there is no partner section */
 	bool auto_failover;
+	/* Pacemaker (issue 19): managed: every replicated heap starts as a mirror, only
+	 * promote/demote change roles (auto_failover is refused); on_peer_lost: a program
+	 * asked whether an owner that lost its partner may go on alone (NULL: none), given
+	 * on_peer_lost_timeout_ms to answer */
+	bool managed;
+	char *on_peer_lost;
+	unsigned on_peer_lost_timeout_ms;
 };  /* when present: node (CONF_NODE_MAX bytes '!'..'~'), listen, connect (HOST:PORT),
        secret_file are all set */
 

@@ -74,6 +74,8 @@ static void usage(FILE *out)
 	      "                            this node owns HEAP (all replicated heaps) from now on;\n"
 	      "                            --force: even while the partner is connected;\n"
 	      "                            --discard-peer: end a split brain, this side wins\n"
+	      "  demote MOUNT [HEAP]       this node's HEAP (all) becomes a read-only mirror,\n"
+	      "                            keeping its data (a cluster manager moves ownership)\n"
 	      "  verify MOUNT [HEAP]       compare this copy with the partner's (exit 1: differ)\n"
 	      "\n"
 	      "options:\n"
@@ -908,6 +910,10 @@ static void print_partner(const json_t *j)
 	       jstr(j, "node", "?"), jstr(j, "peer", "?"), jint(j, "epoch"),
 	       jint(j, "lag_bytes"));
 	print_resync(jint(j, "resync_done"), jint(j, "resync_total"));
+	printf("score    %" PRId64 "%s\n", jint(j, "score"),
+	       json_is_true(json_object_get(j, "managed")) ? " (managed)" : "");
+	if (json_object_get(j, "on_peer_lost"))
+		printf("fence    %s\n", jstr(j, "on_peer_lost", "?"));
 	json_object_foreach((json_t *)json_object_get(j, "heaps"), k, v)
 		printf("heap     %-16s %s\n", k, json_string_value(v) ? json_string_value(v) : "?");
 }
@@ -1074,14 +1080,12 @@ static int cmd_partner(char **args, const struct ctl_opts *o)
 	return ret ? ret : show(j, o, print_partner);
 }
 
-/* promote MOUNT [HEAP] [--force | --discard-peer]: a request set as an xattr on
- * .heapfs/partner (the daemon's control point; nothing else can set one there). */
-static int cmd_promote(char **args, const struct ctl_opts *o)
+/* promote/demote MOUNT [HEAP]: a request set as an xattr on .heapfs/partner (the
+ * daemon's control point; nothing else can set one there). */
+static int role_request(char **args, const struct ctl_opts *o, const char *name,
+			const char *done)
 {
 	const char *heap = args[1] ? args[1] : "";
-	const char *name = o->discard_peer ? "user.heapfs.promote.discard-peer"
-			   : o->force      ? "user.heapfs.promote.force"
-					   : "user.heapfs.promote";
 	char *path;
 	int ret;
 
@@ -1101,9 +1105,23 @@ static int cmd_promote(char **args, const struct ctl_opts *o)
 	else if (ret)
 		err_msg("%s: %s", path, strerror(-ret));
 	else if (!o->json)
-		printf("promoted %s\n", heap[0] ? heap : "every replicated heap");
+		printf("%s %s\n", done, heap[0] ? heap : "every replicated heap");
 	free(path);
 	return ret;
+}
+
+/* promote MOUNT [HEAP] [--force | --discard-peer] */
+static int cmd_promote(char **args, const struct ctl_opts *o)
+{
+	return role_request(args, o, o->discard_peer ? "user.heapfs.promote.discard-peer"
+				     : o->force      ? "user.heapfs.promote.force"
+						     : "user.heapfs.promote", "promoted");
+}
+
+/* demote MOUNT [HEAP]: an owner becomes a read-only mirror and keeps its data */
+static int cmd_demote(char **args, const struct ctl_opts *o)
+{
+	return role_request(args, o, "user.heapfs.demote", "demoted");
 }
 
 static void print_verify(const json_t *j)
@@ -1175,6 +1193,7 @@ static const struct command commands[] = {
 	{ "partner", 1, 1, cmd_partner }, { "image", 2, 3, cmd_image },
 	{ "save", 3, 3, cmd_save },       { "promote", 1, 2, cmd_promote },
 	{ "verify", 1, 2, cmd_verify },   { "clients", 1, 1, cmd_clients },
+	{ "demote", 1, 2, cmd_demote },
 };
 
 int main(int argc, char **argv)

@@ -124,8 +124,11 @@ int send_hello(void)
 					 .layout = h->pol.layout, .replicate = h->pol.replicate,
 					 .name_len = (uint32_t)strlen(h->pol.name) };
 
+		bool empty;
+
 		if (hh.name_len > size - len - sizeof(hh)) /* cannot be: REPL_MAX, CONF_NAME_MAX */
 			break;
+		empty = r->mirror && ha_mirror_empty(r); /* hfs.ns: before r->lock */
 		pthread_mutex_lock(&r->lock);
 		hh.mirror = r->mirror;
 		hh.gen = !r->mirror || r->apply ? r->gen : 0;
@@ -133,7 +136,8 @@ int send_hello(void)
 		hh.epoch = r->epoch;
 		hh.wrote_apart = r->wrote_apart;
 		hh.discard = r->discard;
-		hh.fresh = fresh(r);
+		/* a mirror says it holds nothing the same way (the promotion score, ha.c) */
+		hh.fresh = fresh(r) || (empty && !r->apply && !r->gen && !r->restoring);
 		pthread_mutex_unlock(&r->lock);
 		hh.flags = (declared(h->pol.name) ? HH_DECLARED : 0) |
 			   (h->pol.direct_map ? HH_DIRECT : 0);
@@ -313,6 +317,8 @@ static void peer_holds(const char *name, const struct hello_heap *hh)
 		return;
 	pthread_mutex_lock(&r->alock);
 	pthread_mutex_lock(&r->lock);
+	r->peer_empty = hh->fresh;
+	r->peer_listed = true; /* mirrored there (demoted): not "gone" */
 	if (r->mirror && hh->gen && r->apply && hh->epoch >= r->epoch) {
 		/* both mirrors: nobody owns it; nothing to do */
 	} else if (!r->mirror && fresh(r) && hh->gen) {
@@ -358,8 +364,11 @@ static int settle_owner(const char *name, const struct hello_heap *hh)
 		return 0;
 	pthread_mutex_lock(&r->alock);
 	pthread_mutex_lock(&r->lock);
+	r->peer_empty = false;
+	if (hh->discard)
+		r->split = false; /* --discard-peer there: our copy goes (a demoted split side) */
 	if (r->mirror) {
-		if (r->apply && r->gen && hh->fresh) {
+		if (r->apply && r->gen && hh->fresh && !hfs.conf->partner.managed) {
 			/* the owner came back empty; we hold its data: we own it now */
 			hfs_log(HFS_LOG_NOTICE, "partner: %s: the owner came back empty: we own it "
 				"now", name);
@@ -426,8 +435,8 @@ int recv_hello(const char *p, size_t len)
 	int ret;
 
 	FOR_EACH_REPL(r) {
-		r->peer_owns = false;
 		pthread_mutex_lock(&r->lock);
+		r->peer_owns = r->peer_listed = false;
 		r->clash_seen = false;
 		pthread_mutex_unlock(&r->lock);
 	}
@@ -435,6 +444,7 @@ int recv_hello(const char *p, size_t len)
 	rg.clash_seen = false;
 	pthread_mutex_unlock(&rg.lock);
 	ret = recv_heaps(p, len);
+	ha_hello(); /* what the partner owns is known (a promote may go ahead, ha.c) */
 	/* what this HELLO no longer clashes over replicates again (and is not said again) */
 	FOR_EACH_REPL(r) {
 		pthread_mutex_lock(&r->lock);
@@ -452,7 +462,8 @@ int recv_hello(const char *p, size_t len)
 	FOR_EACH_REPL(r) {
 		pthread_mutex_lock(&r->alock);
 		pthread_mutex_lock(&r->lock);
-		if (!ret && r->mirror && !r->peer_owns && r->apply && r->gen) {
+		if (!ret && r->mirror && !r->peer_owns && !r->peer_listed && r->apply && r->gen &&
+		    !hfs.conf->partner.managed) { /* managed: promote alone changes roles */
 			hfs_log(HFS_LOG_NOTICE, "partner: %s: the partner no longer has it: we own "
 				"it now", r->h->pol.name);
 			__become_owner(r, r->epoch);
@@ -469,6 +480,14 @@ int recv_hello(const char *p, size_t len)
 	/* what the partner holds is known: resync what it lacks */
 	sync_start();
 	return ret;
+}
+
+/* managed (ha.c): both nodes run one config, so each declares the heap; alike, that is
+ * no clash */
+static bool managed_twin(const struct conf_heap *ours, const struct hello_heap *hh)
+{
+	return hfs.conf->partner.managed && hh->flags & HH_DECLARED && !(hh->flags & HH_LOCAL) &&
+	       ours->size == hh->size && ours->replicate == hh->replicate;
 }
 
 static int recv_heaps(const char *p, size_t len)
@@ -493,12 +512,15 @@ static int recv_heaps(const char *p, size_t len)
 		if (conf_check_heap_name(name))
 			return -EBADMSG;
 		ours = declared(name);
-		if (ours && (hh.flags & HH_DECLARED || (hh.flags & HH_LOCAL &&
+		if (ours && !managed_twin(ours, &hh) && (hh.flags & HH_DECLARED || (hh.flags & HH_LOCAL &&
 							 ours->replicate != CONF_REPLICATE_NONE))) {
 			struct hfs_repl_heap *r = repl_named(name);
 
-			if (r && !r->mirror)
-				r->peer_owns = true; /* it is there: no takeover for "gone" */
+			if (r && !r->mirror) { /* it is there: no takeover for "gone" */
+				pthread_mutex_lock(&r->lock);
+				r->peer_owns = true;
+				pthread_mutex_unlock(&r->lock);
+			}
 			clash(r, name, &hh, ours);
 		} else if (hh.flags & HH_LOCAL) {
 			/* theirs alone, unreplicated: nothing to do here */
@@ -507,10 +529,17 @@ static int recv_heaps(const char *p, size_t len)
 		} else {
 			struct hfs_repl_heap *r = repl_named(name);
 
-			if (r)
+			if (r) {
+				pthread_mutex_lock(&r->lock);
 				r->peer_owns = true;
-			if (!settle_owner(name, &hh))
-				make_mirror(&hh, name);
+				pthread_mutex_unlock(&r->lock);
+			}
+			if (!settle_owner(name, &hh) && !make_mirror(&hh, name) &&
+			    (r = repl_named(name))) { /* made now: it owns it */
+				pthread_mutex_lock(&r->lock);
+				r->peer_owns = true;
+				pthread_mutex_unlock(&r->lock);
+			}
 		}
 		p += sizeof(hh) + hh.name_len;
 		len -= sizeof(hh) + hh.name_len;

@@ -119,9 +119,13 @@ static void send_rec(struct hfs_repl_heap *r, struct iovec *iov, int n, struct h
 		r->lost = true; /* too much to keep: the partner will need a full image */
 		pend_drop(r);
 	}
-	if (r->streaming)
+	if (r->streaming) {
+		ha_gate(r, c, false); /* no partner: an on_peer_lost answer first (ha.c) */
 		return;
+	}
 	seq = rep_sendv(rg.l, MSG_REC, iov, n);
+	if (seq <= 0)
+		ha_gate(r, c, true); /* the link just went: as if it were down already */
 	if (seq > 0 && p)
 		p->seq = (uint64_t)seq;
 	if (seq > 0 && c && r->h->pol.replicate == CONF_REPLICATE_SYNC)

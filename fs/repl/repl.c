@@ -159,6 +159,7 @@ static void on_up(void *arg, const char *peer)
 	rg.said_connected = false;
 	snprintf(rg.peer, sizeof(rg.peer), "%s", peer);
 	pthread_mutex_unlock(&rg.lock);
+	ha_up();
 	/* (what clashes stays as it was until this connection's HELLO says otherwise: a
 	 * reconnect repeats no message) */
 	hfs_log(HFS_LOG_NOTICE, "partner: link up to %s", peer);
@@ -178,15 +179,21 @@ void repl_say_connected(uint64_t acked)
 		rg.said_connected = true;
 	memcpy(peer, rg.peer, sizeof(peer)); /* the sync thread calls this too */
 	pthread_mutex_unlock(&rg.lock);
-	if (say)
+	if (say) {
 		hfs_log(HFS_LOG_NOTICE, "partner: %s has everything: connected", peer);
+		ha_connected();
+	}
 }
 
 static void on_down(void *arg, const char *why)
 {
 	struct hfs_repl_heap *r;
+	bool hooked;
 
 	(void)arg;
+	/* first: no writer may see the link down with the gate open (a kick of ours, which
+	 * reconnects at once, asks nobody) */
+	hooked = strcmp(why, "kicked") && ha_down();
 	pthread_mutex_lock(&rg.lock);
 	atomic_fetch_add(&rg.conn, 1);
 	rg.up = false;
@@ -194,7 +201,8 @@ static void on_down(void *arg, const char *why)
 	pthread_mutex_lock(&deferq.lock);
 	deferq.conn = atomic_load(&rg.conn);
 	pthread_mutex_unlock(&deferq.lock);
-	deferred_run(UINT64_MAX); /* the owner goes on alone: reply to every waiting write */
+	if (!hooked) /* the owner goes on alone: reply to every waiting write */
+		deferred_run(UINT64_MAX); /* (with on_peer_lost: once it answers, ha.c) */
 	hfs_log(HFS_LOG_NOTICE, "partner: link down (%s)", why);
 	FOR_EACH_REPL(r) {
 		if (r->mirror) {
@@ -323,7 +331,7 @@ int hfs_repl_promote(const char *heap, bool force, bool discard)
 	pthread_mutex_lock(&rg.lock);
 	up = rg.up;
 	pthread_mutex_unlock(&rg.lock);
-	if (up && !force && !discard)
+	if (up && !force && !discard && ha_peer_owns(heap))
 		return -EBUSY; /* the owner is alive and connected */
 	FOR_EACH_REPL(r) {
 		if (heap && heap[0] && strcmp(r->h->pol.name, heap))
@@ -355,6 +363,8 @@ int hfs_repl_promote(const char *heap, bool force, bool discard)
 		return -ENOENT;
 	if (up && rg.l)
 		rep_kick(rg.l); /* a new HELLO exchange settles who owns what */
+	else
+		ha_promoted_alone(); /* on_peer_lost is asked before it goes on alone */
 	return busy ? -EINPROGRESS : 0;
 }
 
@@ -398,7 +408,9 @@ int hfs_repl_init(void)
 	for (unsigned k = 0; k < hfs.nheaps; k++) {
 		struct hfs_heap *h = hfs.heapv[k];
 
-		if (h->pol.replicate != CONF_REPLICATE_NONE && !(h->repl = rh_new(h, false)))
+		/* managed: a cluster manager promotes one of the two (ha.c) */
+		if (h->pol.replicate != CONF_REPLICATE_NONE &&
+		    !(h->repl = rh_new(h, pc->managed)))
 			return -ENOMEM;
 		if (h->repl) {
 			h->repl->epoch = 1;
@@ -453,6 +465,7 @@ void hfs_repl_stop(void)
 	if (on) /* not under rg.lock: it takes it at its end */
 		pthread_join(rg.sync_th, NULL);
 	verify_stop(); /* it uses the link too */
+	ha_stop();     /* the on_peer_lost program's thread (it demotes) */
 	rep_stop(l); /* joins the receive thread: no callback runs after this */
 	rg.l = NULL;
 	if (rg.log) /* after the link's threads: nobody writes it any more */

@@ -89,7 +89,9 @@ struct hfs_repl_heap {
 	bool resume, skip;          /* (the sync thread's) send only the log / nothing */
 	bool behind;                /* async owner: the partner had no room ("Room") */
 	bool noroom;                /* async mirror: refused a change for room, until RESET */
-	bool peer_owns;             /* (receive thread) the partner's HELLO claims it */
+	bool peer_owns;             /* (r->lock) the partner's HELLO claims it */
+	bool peer_empty;            /* (r->lock) it mirrors it and holds nothing (ha.c) */
+	bool peer_listed;           /* (r->lock) its HELLO lists it as mirrored there */
 	uint64_t peer_gen, peer_recno;
 	/* mirror: the image restore (a thread reading a pipe), then the live applier.
 	 * alock: the applier's lock (repl.c "Locking"): held to use r->apply, to replace
@@ -194,7 +196,29 @@ int verify_answer(const char *p, size_t len);
 int verify_reply(const char *p, size_t len);
 void verify_stop(void);
 
+/* ha.c: demote, the on_peer_lost gate, the promotion score */
+#define HA_SCORE_OWNER 100   /* owns it: current data */
+#define HA_SCORE_MIRROR 75   /* a whole copy, connected, nothing unacknowledged */
+#define HA_SCORE_EMPTY 50    /* both sides started empty and nobody owns it */
+#define HA_SCORE_DEGRADED 10 /* a whole sync copy whose owner is gone */
+bool ha_down(void);          /* the link went down: true if the hook has the replies */
+void ha_up(void);
+void ha_connected(void);
+void ha_promoted_alone(void);
+/* r->lock: a sync change not sent (streaming, or failed: the link just went) waits for
+ * the on_peer_lost answer */
+void ha_gate(struct hfs_repl_heap *r, struct hfs_completion *c, bool failed);
+int ha_gate_wait(uint64_t seq, uint64_t conn);
+bool ha_mirror_empty(struct hfs_repl_heap *r); /* takes hfs.ns shared */
+bool ha_peer_owns(const char *heap);
+void ha_hello(void);         /* a HELLO was read on this connection */
+const char *ha_gate_name(void); /* NULL: no on_peer_lost */
+void ha_stop(void);
+int hfs_repl_demote(const char *heap);
+int hfs_repl_score(void);
+
 /* wait.c */
+void deferred_fail(int err); /* every deferred reply, with err */
 /* sync mode, the change's lock held: c waits for record seq sent on connection conn too */
 void repl_wait_for(struct hfs_completion *c, uint64_t seq, uint64_t conn);
 void deferred_run(uint64_t seq);
@@ -212,7 +236,7 @@ void hfs_repl_status(struct hfs_repl_status *st);
 /* "owner" or "mirror": each heap's role in .heapfs/ (registered with hfs_status_role) */
 const char *hfs_repl_role(const struct hfs_heap *h);
 /* heapfsctl promote sets user.heapfs.promote[.force|.discard-peer] = HEAP on
- * .heapfs/partner (verify.c). */
+ * .heapfs/partner, heapfsctl demote user.heapfs.demote = HEAP (verify.c). */
 int hfs_repl_setxattr(const char *name, const void *value, size_t size);
 /* .heapfs/verify: both copies compared (a new value, the caller's; verify.c). */
 json_t *hfs_repl_verify_json(void);

@@ -1,7 +1,7 @@
 /*
  * status.c — what replication shows in .heapfs/ (registered with the core's status.c
  * before the mount tree is made): partner (the link and the replicated heaps; setting
- * user.heapfs.promote* on it is heapfsctl promote), verify (both copies compared, verify.c)
+ * user.heapfs.promote* on it is heapfsctl promote, user.heapfs.demote demote), verify (both copies compared, verify.c)
  * and the "role" of each heap in heaps/NAME and stats.
  * Locking: partner takes hfs.ns shared only to copy the heap list (hfs_heaps_get), the
  * link's figures under rg.lock (hfs_repl_status).
@@ -39,6 +39,14 @@ static json_t *partner_json(void)
 			      "recv_bytes", (json_int_t)rs.recv_bytes,
 			      "resync_done", (json_int_t)rs.resync_done,
 			      "resync_total", (json_int_t)rs.resync_total, "heaps", heaps);
+	/* under a cluster manager (ha.c): this node's promotion score, and the gate */
+	if (j && (json_object_set_new(j, "score", json_integer(hfs_repl_score())) ||
+		  json_object_set_new(j, "managed", json_boolean(hfs.conf->partner.managed)) ||
+		  (ha_gate_name() && json_object_set_new(j, "on_peer_lost",
+							 json_string(ha_gate_name()))))) {
+		json_decref(j);
+		j = NULL;
+	}
 	/* only when there is one, so the JSON of every other state stays as it was */
 	if (j && rs.reason[0] && json_object_set_new(j, "reason", json_string(rs.reason))) {
 		json_decref(j);

@@ -599,5 +599,7 @@ int hfs_repl_setxattr(const char *name, const void *value, size_t size)
 		return hfs_repl_promote(heap, true, false);
 	if (!strcmp(name, "user.heapfs.promote.discard-peer"))
 		return hfs_repl_promote(heap, false, true);
+	if (!strcmp(name, "user.heapfs.demote"))
+		return hfs_repl_demote(heap);
 	return -EPERM;
 }

@@ -169,6 +169,22 @@ void deferred_run(uint64_t seq)
 	}
 }
 
+/* Every deferred reply now, with err (ha.c: the owner may not go on alone). */
+void deferred_fail(int err)
+{
+	struct deferred *run, *d;
+
+	pthread_mutex_lock(&deferq.lock);
+	run = deferq.list;
+	deferq.list = NULL;
+	pthread_mutex_unlock(&deferq.lock);
+	while ((d = run)) {
+		run = d->next;
+		d->fn(d->arg, err);
+		free(d);
+	}
+}
+
 /* The completion's wait (hfs_complete_wait): at most `timeout` until the partner applied
  * (or refused, or was lost before) c's records. */
 static int c_wait(struct hfs_completion *c)
@@ -184,6 +200,9 @@ static int c_wait(struct hfs_completion *c)
 	 * later), a refusal kicks the link (on_acked: a full resync); only a write the
 	 * partner had no room for is given back */
 	ret = rep_wait(rg.l, seq, hfs.conf->partner.timeout_ms);
+	/* not acknowledged: with on_peer_lost, only its answer lets the owner go on (ha.c) */
+	if ((ret == -ETIMEDOUT || ret == -ENOTCONN) && (ret = ha_gate_wait(seq, c->conn)))
+		return ret;
 	if (w.i && (ret == -ENOSPC || refused(first, seq)))
 		return give_back(&w);
 	return 0;

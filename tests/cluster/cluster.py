@@ -10,6 +10,14 @@ corosync and pacemakerd are started in the holder's namespaces (nsenter -t HOLDE
 CLI tool (Node.run).  The CIB is seeded before the start: no fencing device (so
 stonith-enabled=false), two_node quorum, a short dc-deadtime so the nodes elect at once.
 
+Inside each node only, two folders are replaced by copies that add to them (a bind
+over the original, whose entries are symlinks to the original bound elsewhere): /usr/sbin
+gains the test fence agent fence_heapfs_test (fence_heapfs_test.py: it kills every
+process of the victim's network namespace), /usr/lib/ocf/resource.d gains heapfs/heapfs
+(the resource agent from the build; the host's providers are bound into the copy).  /run/heapfs-test holds the node's heapfs config and
+secret (copied from its state directory at each start of the node).  A node that was
+fenced is started again with restart().
+
 Everything is stopped by pid and removed on close(): the daemons, the holders, the
 namespaces (and with them the veths), the state directories.
 """
@@ -22,6 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fs"))
+BUILD = Path(os.environ.get("HEAPFS_BUILD", Path(__file__).resolve().parents[2] / "build"))
+AGENT = BUILD / "fs" / "ha" / "heapfs"  # ocf:heapfs:heapfs, in the nodes only
 from waiting import wait_until  # noqa: E402  (the suites' one polling helper)
 
 HOLDER = r"""
@@ -33,6 +43,18 @@ mount --bind "$2/pacemaker" /var/lib/pacemaker
 mount --bind "$2/corosync" /var/lib/corosync
 mount --bind "$2/log" /var/log
 mount --bind "$2/etc-corosync" /etc/corosync
+# the node's own /usr/sbin: the original bound where the copy's symlinks point, the copy
+# over it; its own OCF agents: each provider of the host bound into a copy that adds
+# heapfs (Pacemaker does not follow a provider that is a symlink)
+mount --bind /usr/sbin "$2/sbin-real"
+mount --bind "$2/sbin" /usr/sbin
+for d in /usr/lib/ocf/resource.d/*; do
+  mkdir -p "$2/rd/${d##*/}"
+  mount --bind "$d" "$2/rd/${d##*/}"
+done
+mount --rbind "$2/rd" /usr/lib/ocf/resource.d
+mkdir -p /run/heapfs-test
+for f in "$2"/run-heapfs/*; do [ -e "$f" ] && cp -p "$f" /run/heapfs-test/; done
 echo ready > "$2/ready"
 exec sleep infinity
 """
@@ -103,8 +125,18 @@ class Node:
         self.holder = self.corosync = self.pacemakerd = None
 
     def prepare(self, conf):
-        for d in ("corosync", "log", "etc-corosync"):
+        for d in ("corosync", "log", "etc-corosync", "sbin", "sbin-real", "rd", "run-heapfs"):
             (self.state / d).mkdir(parents=True)
+        here = Path(__file__).resolve().parent
+        for name in os.listdir("/usr/sbin"):
+            (self.state / "sbin" / name).symlink_to(self.state / "sbin-real" / name)
+        fence = self.state / "sbin" / "fence_heapfs_test"
+        shutil.copy(here / "fence_heapfs_test.py", fence)
+        os.chmod(fence, 0o755)
+        if AGENT.exists():
+            (self.state / "rd" / "heapfs").mkdir()
+            shutil.copy(AGENT, self.state / "rd" / "heapfs" / "heapfs")
+            os.chmod(self.state / "rd" / "heapfs" / "heapfs", 0o755)
         shutil.copytree("/var/lib/pacemaker", self.state / "pacemaker", symlinks=True)
         shutil.chown(self.state / "pacemaker", "root", "root")
         (self.state / "log" / "pacemaker").mkdir()
@@ -115,13 +147,31 @@ class Node:
         os.chmod(cib, 0o600)
         (self.state / "etc-corosync" / "corosync.conf").write_text(conf)
 
+    def netns_inode(self):
+        return os.stat(f"/run/netns/{self.netns}").st_ino
+
+    def start_holder(self, script):
+        (self.state / "ready").unlink(missing_ok=True)
+        self.holder = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.netns}", "unshare",
+                                        "--mount", "--uts", "--propagation", "private",
+                                        "bash", str(script), self.name, str(self.state)])
+
+    def start_daemons(self):
+        self.corosync = self.spawn("corosync", "-f", log=self.state / "corosync.out")
+        self.pacemakerd = self.spawn("pacemakerd", log=self.state / "pacemakerd.out")
+
+    def pids(self):
+        """Every process in the node's network namespace."""
+        return [int(p) for p in subprocess.run(["ip", "netns", "pids", self.netns],
+                                               capture_output=True, text=True).stdout.split()]
+
     def nsenter(self, *cmd):
         return ["nsenter", "-t", str(self.holder.pid), "-n", "-m", "-u", *map(str, cmd)]
 
-    def run(self, *cmd, check=True, timeout=60):
+    def run(self, *cmd, check=True, timeout=60, input=None):
         """A command inside the node (its network, mounts and hostname)."""
         return subprocess.run(self.nsenter(*cmd), capture_output=True, text=True, check=check,
-                              timeout=timeout)
+                              timeout=timeout, input=input)
 
     def spawn(self, *cmd, log):
         """A daemon inside the node: nsenter execs into it, so the pid is the daemon's."""
@@ -135,7 +185,10 @@ class Cluster:
 
     def __init__(self, top):
         self.top = Path(top)
-        self.tag = f"hfc{os.getpid() % 100000}n"
+        # unique per test run on this host (other suites make namespaces and veths too):
+        # the pid, whole; veth names fit IFNAMSIZ (15)
+        self.tag = f"hfc{os.getpid()}n"
+        self.vtag = f"hf{os.getpid() % 1000000:06d}"
         self.nodes = [Node(self, 1), Node(self, 2)]
         self.links = []
 
@@ -145,7 +198,7 @@ class Cluster:
 
     def _link(self, kind, attr):
         a, b = self.nodes
-        ea, eb = f"{self.tag[:6]}{kind}1", f"{self.tag[:6]}{kind}2"
+        ea, eb = f"{self.vtag}{kind}1", f"{self.vtag}{kind}2"
         self._ip("link", "add", ea, "netns", a.netns, "type", "veth", "peer", "name", eb,
                  "netns", b.netns)
         for n, e in ((a, ea), (b, eb)):
@@ -154,7 +207,9 @@ class Cluster:
         self.links.append((kind, ea, eb))
         return ea, eb
 
-    def start(self, deadline=60):
+    def start(self, deadline=60, before=None):
+        """before(node): called for each node once its state directory exists, before its
+        holder starts (files for run-heapfs/)."""
         t0 = time.monotonic()
         nodes = "\n".join(f"  node {{\n    ring0_addr: {n.ring_ip}\n    name: {n.name}\n"
                           f"    nodeid: {k + 1}\n  }}" for k, n in enumerate(self.nodes))
@@ -163,22 +218,30 @@ class Cluster:
             self._ip("netns", "add", n.netns)
             self._ip("-n", n.netns, "link", "set", "lo", "up")
             n.prepare(conf)
+            if before:
+                before(n)
         self.ring = self._link("c", "ring_ip")
         self.data = self._link("d", "data_ip")
-        script = self.top / "holder.sh"
-        script.write_text(HOLDER)
+        self.script = self.top / "holder.sh"
+        self.script.write_text(HOLDER)
         for n in self.nodes:
-            n.holder = subprocess.Popen(["nsenter", f"--net=/run/netns/{n.netns}", "unshare",
-                                         "--mount", "--uts", "--propagation", "private",
-                                         "bash", str(script), n.name, str(n.state)])
+            n.start_holder(self.script)
         for n in self.nodes:
             wait_for(lambda: (n.state / "ready").exists(), 10, f"{n.name}'s holder")
         for n in self.nodes:
-            n.corosync = n.spawn("corosync", "-f", log=n.state / "corosync.out")
-        for n in self.nodes:
-            n.pacemakerd = n.spawn("pacemakerd", log=n.state / "pacemakerd.out")
+            n.start_daemons()
         wait_for(lambda: self.online() == {"n1", "n2"}, deadline, "both nodes online")
         self.started_in = time.monotonic() - t0
+
+    def restart(self, n, deadline=60):
+        """Start node n again after it was fenced (all of its processes killed): holder,
+        corosync, pacemaker; until both nodes are online."""
+        for p in (n.pacemakerd, n.corosync, n.holder):
+            _reap(p, 10)
+        n.start_holder(self.script)
+        wait_for(lambda: (n.state / "ready").exists(), 10, f"{n.name}'s holder")
+        n.start_daemons()
+        wait_for(lambda: self.online() == {"n1", "n2"}, deadline, "both nodes online")
 
     # -- looking -------------------------------------------------------------------------
     def mon(self, node=None):
@@ -220,29 +283,35 @@ class Cluster:
 
     # -- tear-down -----------------------------------------------------------------------
     def close(self):
+        t0 = time.monotonic()
         for n in self.nodes:
             if n.pacemakerd and n.pacemakerd.poll() is None:
                 n.pacemakerd.send_signal(signal.SIGTERM)
         for n in self.nodes:
             _reap(n.pacemakerd, 60)
+            print(f"{n.name}: pacemakerd stopped after {time.monotonic() - t0:.1f} s")
         for n in self.nodes:
             if n.corosync and n.corosync.poll() is None:
                 n.corosync.send_signal(signal.SIGTERM)
             _reap(n.corosync, 30)
         for n in self.nodes:
+            # pacemaker's children that outlived pacemakerd (and whatever a test left) live
+            # in the node's namespaces only: kill them by the pids the namespace holds
+            for pid in n.pids():
+                if not n.holder or pid != n.holder.pid:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
             if n.holder and n.holder.poll() is None:
-                # pacemaker's children that outlived pacemakerd live in the holder's
-                # namespaces only: kill them by the pids the namespace holds
-                leftovers = subprocess.run(["ip", "netns", "pids", n.netns], capture_output=True,
-                                           text=True).stdout.split()
-                for pid in leftovers:
-                    if int(pid) != n.holder.pid:
-                        try:
-                            os.kill(int(pid), signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
                 n.holder.kill()
-                n.holder.wait()
+            _reap(n.holder, 10)
         for n in self.nodes:
             subprocess.run(["ip", "netns", "del", n.netns], capture_output=True)
+        keep = os.environ.get("HEAPFS_CLUSTER_KEEP")  # a folder: the logs go there
+        if keep:
+            shutil.copytree(self.top, keep, symlinks=True, dirs_exist_ok=True,
+                            ignore=lambda d, names: [x for x in names if x in (
+                                "sbin", "sbin-real", "rd") or (x == "pacemaker" and
+                                                              Path(d).parent == self.top)])
         shutil.rmtree(self.top, ignore_errors=True)

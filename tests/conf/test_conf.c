@@ -335,6 +335,20 @@ static void test_good(void)
 		CHECK_INT(c->partner.present, true);
 		CHECK_INT(c->partner.timeout_ms, 2000);
 		CHECK_INT(c->partner.auto_failover, false);
+		CHECK_INT(c->partner.managed, false);
+		CHECK_INT(c->partner.on_peer_lost == NULL, true);
+		CHECK_INT(c->partner.on_peer_lost_timeout_ms, 60000);
+	}
+	conf_free(c);
+
+	/* under a cluster manager (issue 19) */
+	c = EXPECT_OK("partner { node = b  listen = :7411  connect = host:7410  secret_file = s\n"
+		      "  managed = true  on_peer_lost = \"/bin/fence --clone=x\"\n"
+		      "  on_peer_lost_timeout = 90s }\n");
+	if (c) {
+		CHECK_INT(c->partner.managed, true);
+		CHECK_STR(c->partner.on_peer_lost, "/bin/fence --clone=x");
+		CHECK_INT(c->partner.on_peer_lost_timeout_ms, 90000);
 	}
 	conf_free(c);
 
@@ -520,6 +534,14 @@ static void test_errors(void)
 	EXPECT_ERRORS("heap = 1M\n", "heapfs: t.conf:1: missing title for section 'heap'\n");
 	EXPECT_ERRORS("heap \"a\" {\n  size {\n}\n}\n",
 		      "heapfs: t.conf:2: heap \"a\": missing equal sign after option 'size'\n");
+	EXPECT_ERRORS("partner {\n node = a listen = :1 connect = :2 secret_file = s\n"
+		      " managed = true\n auto_failover = true\n}\n",
+		      "heapfs: t.conf:4: partner: auto_failover = true and managed = true: a "
+		      "cluster manager decides failover; drop one\n");
+	EXPECT_ERRORS("partner {\n node = a listen = :1 connect = :2 secret_file = s\n"
+		      " on_peer_lost_timeout = 500ms\n}\n",
+		      "heapfs: t.conf:3: partner: on_peer_lost_timeout = 500ms is shorter than "
+		      "1000ms\n");
 	EXPECT_ERRORS("partner {\n node = a listen = :1 connect = :2 secret_file = s\n"
 		      " auto_failover = sometimes\n}\n",
 		      "heapfs: t.conf:3: partner: auto_failover = sometimes is not a boolean "

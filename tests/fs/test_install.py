@@ -43,6 +43,19 @@ def test_installed_files(dest):
     assert r.returncode == 0 and "heapfs" in r.stdout + r.stderr
 
 
+def test_ocf_agent_installed(dest):
+    """ocf:heapfs:heapfs where Pacemaker looks (OCF_ROOT, not the prefix), executable, with
+    the installed programs as its defaults; heapfs-fence-peer beside OCF's libraries."""
+    agent = dest / "usr/lib/ocf/resource.d/heapfs/heapfs"
+    fence = dest / "usr/lib/ocf/lib/heapfs/heapfs-fence-peer"
+    for f in (agent, fence):
+        assert f.is_file() and os.stat(f).st_mode & 0o777 == 0o755, f
+    text = agent.read_text()
+    assert f"{PREFIX}/bin/heapfsctl" in text and "@BINDIR@" not in text
+    r = subprocess.run([str(agent), "meta-data"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and '<resource-agent name="heapfs"' in r.stdout
+
+
 def test_unit_verifies(dest, tmp_path):
     root = dest / PREFIX.lstrip("/")
     unit = (root / "lib/systemd/system/heapfs@.service").read_text()

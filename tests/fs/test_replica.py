@@ -131,7 +131,7 @@ class Relay:
 
 class Pair:
     def __init__(self, factory, secret, mode="sync", size="64M", timeout="1s", relay=False,
-                 failover_b=False, extra_a="", prefix_a=()):
+                 failover_b=False, extra_a="", prefix_a=(), extra_partner_a=""):
         self.factory, self.secret, self.timeout = factory, secret, timeout
         self.prefix_a = prefix_a  # a's daemon runs behind it (env, prlimit, ...)
         self.pa, self.pb = port_pair()
@@ -142,6 +142,7 @@ class Pair:
             self.relays = [Relay(ra, self.pb), Relay(rb, self.pa)]
             self.ca, self.cb = ra, rb
         self.failover_b = failover_b
+        self.extra_partner_a = extra_partner_a  # more partner options for a
         self.heaps_a = f'heap "data" {{ size = {size} replicate = {mode} {extra_a} }}'
         self.n = 0
         self.a = self.start_a()
@@ -151,8 +152,10 @@ class Pair:
     def start_a(self, **kw):
         self.n += 1
         kw.setdefault("prefix", self.prefix_a)
-        return self.factory(config("a", self.pa, self.ca, self.secret, self.heaps_a,
-                                   self.timeout), name=f"a{self.n}", **kw)
+        cfg = config("a", self.pa, self.ca, self.secret, self.heaps_a, self.timeout)
+        if self.extra_partner_a:
+            cfg = cfg[:cfg.rindex("}")] + f" {self.extra_partner_a} }}\n"
+        return self.factory(cfg, name=f"a{self.n}", **kw)
 
     def start_b(self, **kw):
         self.n += 1

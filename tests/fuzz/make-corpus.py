@@ -132,6 +132,13 @@ heap "b" { replicate = async cache = direct writers = single inodes = 100 }
 partner { node = "a"  listen = "127.0.0.1:7410"  connect = "[::1]:7411"
           secret_file = "/etc/heapfs/secret"  timeout = 500ms  auto_failover = true }
 """,
+    "partner-managed": """// under Pacemaker (issue 19): the same config on both nodes
+heap "d" { size = 8M replicate = sync }
+partner { node = "n1"  listen = "10.0.2.1:7410"  connect = "10.0.2.2:7410"
+          secret_file = "/run/secret"  managed = true
+          on_peer_lost = "/usr/lib/ocf/lib/heapfs/heapfs-fence-peer --clone=d-clone"
+          on_peer_lost_timeout = 45s }
+""",
     "small": 'default_heap_size = 1G\nheap "x" { size = 100 min_block = 64 '
              'chunk = 4K pin = true image = "/tmp/x.img" }\n'
              'objects { size = 8K min_block = 1K image = \'/tmp/o.img\' }\n',
