@@ -236,6 +236,9 @@ void hfs_itable_fini(void);
 struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_t gid,
 				struct hfs_heap *heap);
 struct hfs_inode *hfs_iget(hfs_ino_t ino); /* caller knows the kernel holds a reference */
+/* Inode number ino if it is still alive, with one reference taken for the caller, else
+ * NULL: for a file handle, whose inode the kernel may have forgotten (export lookups). */
+struct hfs_inode *hfs_iget_ref(hfs_ino_t ino);
 void hfs_iref(struct hfs_inode *i, uint64_t n);
 void hfs_iput(struct hfs_inode *i, uint64_t n);
 /* Destroy an inode made by hfs_inode_new that nothing references yet. */
@@ -292,6 +295,9 @@ struct hfs_ns_ops {
  * one thread (before the mount).  Unregistered, its directory is fixed. */
 void hfs_ns_register(enum hfs_role role, const struct hfs_ns_ops *ops);
 int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
+/* The directory that holds directory dir (the root's: itself), referenced for the kernel:
+ * -ENOENT once dir is removed, -ENOTDIR. */
+int hfs_lookup_parent(struct hfs_inode *dir, struct hfs_inode **out);
 /* The mutations take the caller's completion c last (NULL: nobody waits; change.c). */
 int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out,

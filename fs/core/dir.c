@@ -222,6 +222,22 @@ int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out)
 	return i ? 0 : -ENOENT;
 }
 
+int hfs_lookup_parent(struct hfs_inode *dir, struct hfs_inode **out)
+{
+	struct hfs_inode *p = NULL;
+
+	if (dir->kind != HFS_DIR)
+		return -ENOTDIR;
+	pthread_rwlock_rdlock(&hfs.ns);
+	if (dir->nlink && dir->dir.parent) { /* the root's is itself */
+		p = dir->dir.parent;
+		hfs_iref(p, 1);
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	*out = p;
+	return p ? 0 : -ENOENT;
+}
+
 static enum hfs_kind kind_of(mode_t mode)
 {
 	switch (mode & S_IFMT) {

@@ -119,6 +119,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS;
+	/* File handles outlive the kernel's inode cache (export_lookup). */
+	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
+		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	/* Lookups and listings of one directory may run at once: hfs.ns orders them. */
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
@@ -128,8 +131,38 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->time_gran = 1;
 }
 
+/* Export lookups (FUSE_CAP_EXPORT_SUPPORT): the kernel decodes a file handle (node id +
+ * generation, open_by_handle_at, NFS) whose inode it has forgotten by asking for "." of the
+ * node id, and a directory's parent by "..".  The kernel holds no reference to that node
+ * id, so it is looked up with hfs_iget_ref; a number gone or reused gives ESTALE (the
+ * kernel compares the generation of a reused one). */
+static void export_lookup(fuse_req_t req, fuse_ino_t ino, bool dotdot)
+{
+	struct hfs_inode *i = hfs_iget_ref(ino), *p;
+	struct fuse_entry_param e;
+	struct stat st;
+	int ret;
+
+	if (!i)
+		return reply_err(req, -ESTALE);
+	if (dotdot) {
+		ret = hfs_lookup_parent(i, &p);
+		hfs_iput(i, 1);
+		if (ret)
+			return reply_err(req, ret == -ENOENT ? -ESTALE : ret);
+		i = p;
+	}
+	hfs_stat(i, &st);
+	fill_entry(&e, i, i, &st);
+	e.entry_timeout = 0; /* no name to cache */
+	if (fuse_reply_entry(req, &e))
+		hfs_iput(i, 1);
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	if (!strcmp(name, ".") || !strcmp(name, ".."))
+		return export_lookup(req, parent, name[1] == '.');
 	GET(req, dir, parent);
 	struct hfs_inode *i;
 	int ret = hfs_lookup(dir, name, &i);
