@@ -306,6 +306,11 @@ int hfs_unlink(struct hfs_inode *dir, const char *name, struct hfs_completion *c
 int hfs_rmdir(struct hfs_inode *dir, const char *name, struct hfs_completion *c);
 int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 	       const char *nname, unsigned flags, struct hfs_completion *c);
+/* renameat2's RENAME_WHITEOUT (flags: RENAME_NOREPLACE or 0): as hfs_rename, and dir/name
+ * then names a whiteout, a character device 0:0 of ctx's (overlayfs's upper layer). */
+int hfs_rename_whiteout(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+			const char *nname, unsigned flags, const struct hfs_ctx *ctx,
+			struct hfs_completion *c);
 int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname,
 	     struct hfs_completion *c);
 /* May name be a new entry?  0, -EINVAL ("", "." "..", a '/') or -ENAMETOOLONG.  create,

@@ -302,8 +302,14 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 {
 	GET(req, dir, parent);
 	GET(req, ndir, newparent);
+	const struct fuse_ctx *fc = fuse_req_ctx(req);
+	struct hfs_ctx ctx = { .uid = fc->uid, .gid = fc->gid };
 	struct hfs_completion c = { 0 };
 
+	if (flags & RENAME_WHITEOUT)
+		return reply_change(req, &c, hfs_rename_whiteout(dir, name, ndir, newname,
+								 flags & ~RENAME_WHITEOUT, &ctx,
+								 &c));
 	reply_change(req, &c, hfs_rename(dir, name, ndir, newname, flags, &c));
 }
 

@@ -5,6 +5,7 @@ atime, RENAME_WHITEOUT and overlayfs with a heap as its upper layer."""
 import ctypes
 import errno
 import os
+import stat
 
 import pytest
 
@@ -85,3 +86,63 @@ def test_file_handles_outlive_the_inode_cache_as_on_tmpfs(mount, tmpfs):
     want = handles_after_drop_caches(tmpfs)
     assert want == (b"by handle\n", ["f"], ["d"], errno.ESTALE, errno.ESTALE)
     assert handles_after_drop_caches(mount.heap()) == want
+
+
+# ---- RENAME_WHITEOUT
+
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+
+def renameat2(old, new, flags):
+    if libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags):
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(old))
+
+
+def node(p):
+    """What a name is: type, permissions, rdev, owner, and a file's bytes."""
+    st = os.lstat(p)
+    data = p.read_bytes() if stat.S_ISREG(st.st_mode) else None
+    return stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_rdev, st.st_uid, \
+        st.st_gid, data
+
+
+def whiteouts(top):
+    """renameat2(RENAME_WHITEOUT) leaves a character device 0:0 at the old name; with
+    NOREPLACE onto an existing name, EEXIST and nothing changes; with EXCHANGE, EINVAL."""
+    d = top / "wd"
+    d.mkdir()
+    os.chown(d, 0, 4242)
+    os.chmod(d, 0o2775)  # a setgid directory: the whiteout takes its group
+    (d / "a").write_bytes(b"a's")
+    (d / "b").write_bytes(b"b's")
+    (d / "c").write_bytes(b"c's")
+    renameat2(d / "a", d / "moved", RENAME_WHITEOUT)
+    e1 = expect_errno(errno.EEXIST, renameat2, d / "b", d / "c",
+                      RENAME_WHITEOUT | RENAME_NOREPLACE).errno
+    e2 = expect_errno(errno.EINVAL, renameat2, d / "b", d / "c",
+                      RENAME_WHITEOUT | RENAME_EXCHANGE).errno
+    renameat2(d / "b", d / "c", RENAME_WHITEOUT)  # over an existing name
+    return {n: node(d / n) for n in sorted(os.listdir(d))}, e1, e2, os.stat(d).st_nlink
+
+
+def test_rename_whiteout_as_on_tmpfs(mount, tmpfs):
+    want = whiteouts(tmpfs)
+    wh = (stat.S_IFCHR, 0, 0, 0, 4242, None)
+    assert want[0] == {"a": wh, "b": wh, "c": (stat.S_IFREG, 0o644, 0, 0, 4242, b"b's"),
+                       "moved": (stat.S_IFREG, 0o644, 0, 0, 4242, b"a's")}
+    assert whiteouts(mount.heap()) == want
+
+
+def test_rename_whiteout_without_a_free_inode_changes_nothing(mount_factory):
+    # the heap directory + wd + 3 files = 5 inodes: the whiteout has none left
+    m = mount_factory('heap "h" { size = 16M  inodes = 5 }\n')
+    d = m.heap("h") / "wd"
+    d.mkdir()
+    for n in "abc":
+        (d / n).write_bytes(n.encode())
+    expect_errno(errno.ENOSPC, renameat2, d / "a", d / "z", RENAME_WHITEOUT)
+    assert sorted(os.listdir(d)) == ["a", "b", "c"] and (d / "a").read_bytes() == b"a"
+    os.unlink(d / "c")  # one free: now it works
+    renameat2(d / "a", d / "z", RENAME_WHITEOUT)
+    assert stat.S_ISCHR(os.lstat(d / "a").st_mode) and (d / "z").read_bytes() == b"a"
