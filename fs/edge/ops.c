@@ -325,16 +325,22 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	reply_entry(req, ndir, i, &c);
 }
 
+/* Does the kernel keep i's pages (across opens)?  Not for cache = direct, nor a mirror. */
+static bool keeps_pages(const struct hfs_inode *i)
+{
+	return !(i->heap && (i->heap->pol.cache == CONF_CACHE_DIRECT || hfs_mirror(i->heap)));
+}
+
 /* Open flags for a regular file from its heap's cache policy. */
 static void file_flags(struct hfs_inode *i, struct fuse_file_info *fi)
 {
 	/* nothing to do at close(): data is in the heap already; a replicated heap's close
 	 * waits until the partner has everything (flush) */
 	fi->noflush = !hfs_repl_flushes(i->heap);
-	if (i->heap && (i->heap->pol.cache == CONF_CACHE_DIRECT || hfs_mirror(i->heap)))
-		fi->direct_io = 1;
-	else
+	if (keeps_pages(i))
 		fi->keep_cache = 1;
+	else
+		fi->direct_io = 1;
 }
 
 static int status_open(struct hfs_inode *i, struct fuse_file_info *fi)
@@ -539,10 +545,14 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	struct hfs_completion c = { 0 };
 	int ret, ret2;
 
-	(void)fi;
 	ret = hfs_write(i, buf, size, off, fuse_req_ctx(req)->uid, &c);
 	if (ret < 0)
 		return reply_err(req, ret);
+	/* An O_DIRECT write bypassed the pages the kernel keeps; it drops them before an
+	 * asynchronous one (AIO, io_uring) but not after, so a buffered read meanwhile could
+	 * have cached the old bytes again: drop the range now the new ones are in. */
+	if (fi->flags & O_DIRECT && ret > 0 && keeps_pages(i))
+		hfs_kcache_range(i->ino, off, ret);
 	/* sync replication: the reply goes once the partner applied it (or is lost) — from
 	 * the link's receive thread, so this worker is free meanwhile; over io_uring replies
 	 * belong to the ring's worker, which waits instead */
