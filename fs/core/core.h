@@ -209,10 +209,15 @@ struct hfs_fs {
 };
 extern struct hfs_fs hfs;
 
-/* Who asks: credentials for new inodes. */
+/* Who asks: credentials for new inodes, and whose write may clear suid/sgid (NULL where
+ * a function takes one: the daemon itself, a restore or a partner's change).  in_group:
+ * is the caller in group gid beyond its own gid (supplementary groups; NULL: no)?  Asked
+ * only in the rare case that decides something (file.c, __kill_suid). */
 struct hfs_ctx {
 	uid_t uid;
 	gid_t gid;
+	bool (*in_group)(const struct hfs_ctx *ctx, gid_t gid);
+	void *arg; /* in_group's */
 };
 
 /* log.c — the daemon's one logging call, with syslog's levels (the numbers are
@@ -375,12 +380,14 @@ int hfs_housekeeper_start(void);
 void hfs_housekeeper_stop(void);
 
 /* file.c — file data in buddy blocks. */
-/* who: the caller's uid (root keeps suid/sgid bits on write, as with CAP_FSETID) */
-int hfs_open(struct hfs_inode *i, int flags, uid_t who, struct hfs_completion *c);
+/* who: the caller (root keeps suid/sgid bits on write, as with CAP_FSETID; NULL: the
+ * daemon) */
+int hfs_open(struct hfs_inode *i, int flags, const struct hfs_ctx *who,
+	     struct hfs_completion *c);
 void hfs_release(struct hfs_inode *i, int flags);
 /* Writes buf at off: the bytes written (short when the heap runs out part-way), or -errno. */
-int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who,
-	      struct hfs_completion *c);
+int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off,
+	      const struct hfs_ctx *who, struct hfs_completion *c);
 /* Give back a write an observer could not follow (the partner had no room): size back to
  * old_size (when it is still end), the bytes below old_size written again.  -ESTALE: the
  * file changed since. */
@@ -410,8 +417,11 @@ struct hfs_attr {
 	uint64_t size;
 	struct timespec atime, mtime, ctime;
 };
-int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who,
-		struct hfs_completion *c);
+int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set,
+		const struct hfs_ctx *who, struct hfs_completion *c);
+/* What a change of i's data by who (fallocate) clears first, as a write does: suid, and
+ * sgid unless it is the group-exec-less kind and who is in the file's group. */
+int hfs_kill_priv(struct hfs_inode *i, const struct hfs_ctx *who, struct hfs_completion *c);
 int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len, struct hfs_completion *c);
 void hfs_file_free(struct hfs_inode *i);
 /* Make the file hold blocks for at least cap bytes (an object always holds its block). */

@@ -331,18 +331,27 @@ static void __shrink(struct hfs_inode *i)
 }
 
 /* With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us: a write or truncate by
- * someone without CAP_FSETID (we take: not root), and any chown, clears suid and the
- * sgid that means "executable setgid" (not the group-exec-less mandatory-lock bit). */
-static void __kill_suid(struct hfs_inode *i, uid_t who, bool always)
+ * someone without CAP_FSETID (we take: not root), and any chown, clears suid, and sgid
+ * unless it is the group-exec-less kind and the writer is in the file's group (the
+ * kernel's setattr_should_drop_sgid, as tmpfs clears them).  The kernel keeps the mode it
+ * cached across a write: it is told to drop it.  who NULL: the daemon (nothing to clear
+ * but on chown). */
+static void __kill_suid(struct hfs_inode *i, const struct hfs_ctx *who, bool always)
 {
-	/* who first: the mirror's apply thread (who 0) never reads the flag the INIT reply
+	mode_t was = i->mode;
+
+	/* who first: the mirror's apply thread (who NULL) never reads the flag the INIT reply
 	 * sets on a FUSE thread */
-	if ((!always && who == 0) || !hfs.killpriv)
+	if ((!always && (!who || who->uid == 0)) || !hfs.killpriv)
 		return;
 	if (i->mode & S_ISUID)
 		i->mode &= ~S_ISUID;
-	if ((i->mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP))
+	if (i->mode & S_ISGID &&
+	    (i->mode & S_IXGRP || (who && who->gid != i->gid &&
+				   !(who->in_group && who->in_group(who, i->gid)))))
 		i->mode &= ~S_ISGID;
+	if (i->mode != was)
+		hfs_kcache_range(i->ino, -1, 0); /* attributes only: no page is touched */
 }
 
 /* Lock i for a change of its data or attributes; unlock after one (changed: it did). */
@@ -448,7 +457,8 @@ void hfs_file_reclaim(struct hfs_inode *i)
 	hfs_heap_settle(i->heap);
 }
 
-int hfs_open(struct hfs_inode *i, int flags, uid_t who, struct hfs_completion *c)
+int hfs_open(struct hfs_inode *i, int flags, const struct hfs_ctx *who,
+	     struct hfs_completion *c)
 {
 	bool wr = (flags & O_ACCMODE) != O_RDONLY;
 	int ret = 0;
@@ -609,11 +619,12 @@ void hfs_read_end(struct hfs_inode *i)
 	pthread_rwlock_unlock(&i->lock);
 }
 
-int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who,
-	      struct hfs_completion *c)
+int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off,
+	      const struct hfs_ctx *who, struct hfs_completion *c)
 {
 	struct copy_arg ca = { .src = buf };
 	uint64_t end, old;
+	mode_t was;
 	int ret = 0;
 
 	if (i->kind != HFS_REG)
@@ -650,11 +661,14 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 		goto out;
 	if (end > i->size)
 		i->size = end;
+	was = i->mode;
 	__kill_suid(i, who, false);
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
 	ret = (int)len;
 	__write_changed(i, buf, (uint64_t)off, len, old, c);
+	if (i->mode != was) /* a write record carries no mode */
+		__inode_changed(HFS_CH_SETATTR, i, c);
 out:
 	unlock_w(i, ret > 0);
 	return ret;
@@ -680,6 +694,27 @@ int hfs_write_undo(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_
 	unlock_w(i, true);
 	free(buf);
 	return ret;
+}
+
+int hfs_kill_priv(struct hfs_inode *i, const struct hfs_ctx *who, struct hfs_completion *c)
+{
+	mode_t was;
+	int ret;
+
+	if (i->kind != HFS_REG)
+		return 0;
+	ret = hfs_writable(i->heap, c);
+	if (ret)
+		return ret;
+	lock_w(i);
+	was = i->mode;
+	__kill_suid(i, who, false);
+	if (i->mode != was) {
+		hfs_now(&i->ctime);
+		__inode_changed(HFS_CH_SETATTR, i, c);
+	}
+	unlock_w(i, i->mode != was);
+	return 0;
 }
 
 int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len, struct hfs_completion *c)
@@ -721,8 +756,8 @@ out:
 	return ret;
 }
 
-int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who,
-		struct hfs_completion *c)
+int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set,
+		const struct hfs_ctx *who, struct hfs_completion *c)
 {
 	struct timespec now;
 	int ret = 0;

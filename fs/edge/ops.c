@@ -90,6 +90,34 @@ static void reply_entry(fuse_req_t req, struct hfs_inode *dir, struct hfs_inode 
 		hfs_iput(i, 1);
 }
 
+/* Is the caller of req in group gid (a supplementary group)?  Read from /proc by libfuse:
+ * asked only when it decides something. */
+static bool req_in_group(const struct hfs_ctx *ctx, gid_t gid)
+{
+	gid_t small[64], *list = small;
+	int n = fuse_req_getgroups(ctx->arg, 64, small);
+	bool in = false;
+
+	if (n > 64) {
+		list = malloc((size_t)n * sizeof(*list));
+		n = list ? fuse_req_getgroups(ctx->arg, n, list) : -ENOMEM;
+	}
+	for (int k = 0; k < n && !in; k++)
+		in = list[k] == gid;
+	if (list != small)
+		free(list);
+	return in;
+}
+
+/* Who sends req, for the core. */
+static struct hfs_ctx ctx_of(fuse_req_t req)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+
+	return (struct hfs_ctx){ .uid = c->uid, .gid = c->gid, .in_group = req_in_group,
+				 .arg = req };
+}
+
 static void reply_err(fuse_req_t req, int ret)
 {
 	fuse_reply_err(req, -ret);
@@ -227,13 +255,14 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct hfs_attr a = { .mode = attr->st_mode, .uid = attr->st_uid, .gid = attr->st_gid,
 			      .size = (uint64_t)attr->st_size, .atime = attr->st_atim,
 			      .mtime = attr->st_mtim, .ctime = attr->st_ctim };
+	struct hfs_ctx who = ctx_of(req);
 	unsigned mask = 0;
 
 	(void)fi;
 	for (size_t k = 0; k < sizeof(bits) / sizeof(bits[0]); k++)
 		if (to_set & bits[k].fuse)
 			mask |= bits[k].hfs;
-	ret = hfs_setattr(i, &a, mask, fuse_req_ctx(req)->uid, &c);
+	ret = hfs_setattr(i, &a, mask, &who, &c);
 	if (ret)
 		return reply_err(req, ret);
 	hfs_complete_wait(&c);
@@ -254,8 +283,7 @@ static void new_node(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		     dev_t rdev, const char *target)
 {
 	GET(req, dir, parent);
-	const struct fuse_ctx *c = fuse_req_ctx(req);
-	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid };
+	struct hfs_ctx ctx = ctx_of(req);
 	struct hfs_completion done = { 0 };
 	struct hfs_inode *i;
 	int ret = hfs_create(dir, name, mode, rdev, target, &ctx, &i, &done);
@@ -302,8 +330,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 {
 	GET(req, dir, parent);
 	GET(req, ndir, newparent);
-	const struct fuse_ctx *fc = fuse_req_ctx(req);
-	struct hfs_ctx ctx = { .uid = fc->uid, .gid = fc->gid };
+	struct hfs_ctx ctx = ctx_of(req);
 	struct hfs_completion c = { 0 };
 
 	if (flags & RENAME_WHITEOUT)
@@ -428,7 +455,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (i->kind == HFS_STATUS) {
 		ret = status_open(i, fi);
 	} else {
-		ret = hfs_open(i, fi->flags, fuse_req_ctx(req)->uid, &c);
+		struct hfs_ctx who = ctx_of(req);
+
+		ret = hfs_open(i, fi->flags, &who, &c);
 		file_flags(i, fi);
 	}
 	if (ret)
@@ -448,8 +477,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		      struct fuse_file_info *fi)
 {
 	GET(req, dir, parent);
-	const struct fuse_ctx *c = fuse_req_ctx(req);
-	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid };
+	struct hfs_ctx ctx = ctx_of(req);
 	struct hfs_completion done = { 0 };
 	struct fuse_entry_param e;
 	struct hfs_inode *i;
@@ -458,7 +486,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 
 	if (ret)
 		return reply_err(req, ret);
-	ret = hfs_open(i, fi->flags & ~O_TRUNC, c->uid, &done);
+	ret = hfs_open(i, fi->flags & ~O_TRUNC, &ctx, &done);
 	if (ret) {
 		hfs_iput(i, 1);
 		return reply_err(req, ret);
@@ -542,10 +570,11 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		     struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
+	struct hfs_ctx who = ctx_of(req);
 	struct hfs_completion c = { 0 };
 	int ret, ret2;
 
-	ret = hfs_write(i, buf, size, off, fuse_req_ctx(req)->uid, &c);
+	ret = hfs_write(i, buf, size, off, &who, &c);
 	if (ret < 0)
 		return reply_err(req, ret);
 	/* An O_DIRECT write bypassed the pages the kernel keeps; it drops them before an
@@ -746,10 +775,17 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 			 struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
+	struct hfs_ctx who = ctx_of(req);
 	struct hfs_completion c = { 0 };
+	int ret;
 
 	(void)fi;
-	reply_change(req, &c, hfs_fallocate(i, mode, offset, length, &c));
+	/* as a write: the kernel leaves clearing suid/sgid to us (FUSE_HANDLE_KILLPRIV_V2);
+	 * first, as tmpfs does (file_modified) */
+	ret = hfs_kill_priv(i, &who, &c);
+	if (!ret)
+		ret = hfs_fallocate(i, mode, offset, length, &c);
+	reply_change(req, &c, ret);
 }
 
 /* close() and fsync() of a file in an owned replicated heap: until the partner has

@@ -358,3 +358,75 @@ def test_async_direct_writes_invalidate_the_kept_page_cache_as_on_tmpfs(mount, t
     assert async_dio_rounds(tmpfs / "f") == []
     assert async_dio_rounds(mount.heap() / "f") == []
     assert read_daemon(mount.heap() / "f") == bytes([63 % 250 + 1]) * 64 * 1024
+
+
+# ---- suid/sgid: what a write, truncate or fallocate by another user clears
+
+SUID_OPS = {
+    "write": "os.pwrite(fd, b'x', 0)",
+    "truncate": "os.ftruncate(fd, 10)",
+    "fallocate": "os.posix_fallocate(fd, 0, 8192)",
+}
+
+
+def as_nobody(path, op, groups=None):
+    """op on path (opened for writing here, handed down) by uid/gid 65534 (and the
+    supplementary groups, if any) in a child; the mode `stat -c %a` shows right after
+    (statx for the mode alone: the kernel answers it from what it cached unless told the
+    mode changed)."""
+    fd = os.open(path, os.O_WRONLY)
+    grp = [f"--groups={groups}"] if groups else ["--clear-groups"]
+    try:
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", *grp,
+                            "/usr/bin/python3", "-c", f"import os\nfd = {fd}\n{SUID_OPS[op]}\n"],
+                           pass_fds=(fd,), capture_output=True, text=True)
+    finally:
+        os.close(fd)
+    assert r.returncode == 0, r.stderr
+    return int(subprocess.run(["stat", "-c", "%a", str(path)], capture_output=True, text=True,
+                              check=True).stdout, 8)
+
+
+# (mode, the file's group, the writer's supplementary groups)
+SUID_FILES = ((0o6777, 0, None), (0o2666, 0, None), (0o2666, 65534, None),
+              (0o2666, 4242, "4242"), (0o2666, 4243, "4242"), (0o4766, 0, None))
+
+
+def suid_cases(d):
+    """(mode, group, groups, op) -> the mode stat -c %a shows right after, and the one
+    stat() shows later."""
+    out = {}
+    for mode, gid, groups in SUID_FILES:
+        for op in SUID_OPS:
+            f = d / f"f{mode:o}-{gid}-{op}"
+            f.write_bytes(b"0123456789")
+            os.chown(f, 0, gid)
+            os.chmod(f, mode)
+            seen = as_nobody(f, op, groups)
+            out[(oct(mode), gid, groups, op)] = (oct(seen),
+                                                 oct(stat.S_IMODE(os.stat(f).st_mode)))
+    return out
+
+
+def test_suid_sgid_cleared_as_on_tmpfs(mount_factory, tmpfs):
+    want = suid_cases(tmpfs)
+    assert want[("0o6777", 0, None, "write")] == ("0o777", "0o777")
+    assert want[("0o6777", 0, None, "fallocate")] == ("0o777", "0o777")
+    assert want[("0o2666", 0, None, "write")] == ("0o666", "0o666")  # not in its group
+    assert want[("0o2666", 65534, None, "write")] == ("0o2666", "0o2666")  # in it
+    assert want[("0o2666", 4242, "4242", "truncate")] == ("0o2666", "0o2666")
+    assert want[("0o2666", 4243, "4242", "truncate")] == ("0o666", "0o666")
+    m = mount_factory(extra=("-o", "allow_other"))
+    assert suid_cases(m.heap()) == want
+
+
+def test_suid_sgid_clearing_replicates(pairs):
+    p = pairs(opts=("-o", "allow_other"))
+    A, B = p.a.heap("data"), p.b.heap("data")
+    got = suid_cases(A)
+    assert got[("0o6777", 0, None, "fallocate")] == ("0o777", "0o777")
+    p.verify()
+    p.clean()
+    for rel in os.listdir(A):
+        wait_until(lambda: os.stat(B / rel).st_mode == os.stat(A / rel).st_mode, 10,
+                   f"{rel}'s mode on the mirror")
