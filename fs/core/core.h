@@ -192,6 +192,13 @@ struct hfs_inode {
 	};
 };
 
+/* When a read updates atime (the kernel leaves it to us: FUSE inodes are S_NOATIME). */
+enum hfs_atime_mode {
+	HFS_ATIME_REL,    /* when atime is not after mtime or ctime, or a day old (relatime) */
+	HFS_ATIME_STRICT, /* every access */
+	HFS_ATIME_NO,     /* never */
+};
+
 struct hfs_fs {
 	struct conf *conf;
 	char *mountpoint;
@@ -206,6 +213,8 @@ struct hfs_fs {
 	unsigned readahead_kb; /* -o readahead_kb=N, 0: leave the kernel's */
 	int64_t spin_ns; /* how long an idle worker polls the device before sleeping (io.c) */
 	bool io_uring; /* -o io_uring: serve requests over FUSE-over-io_uring (uring.c) */
+	enum hfs_atime_mode atime; /* -o relatime (default), strictatime, noatime */
+	bool nodiratime;           /* -o nodiratime: directories keep their atime */
 };
 extern struct hfs_fs hfs;
 
@@ -419,6 +428,10 @@ struct hfs_attr {
 };
 int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set,
 		const struct hfs_ctx *who, struct hfs_completion *c);
+/* i (a file, directory or symlink of a heap) was read: its atime becomes now when the
+ * mount's atime mode says so (hfs.atime), told to the partner and to the kernel's cache.
+ * Nothing on a mirror. */
+void hfs_accessed(struct hfs_inode *i);
 /* What a change of i's data by who (fallocate) clears first, as a write does: suid, and
  * sgid unless it is the group-exec-less kind and who is in the file's group. */
 int hfs_kill_priv(struct hfs_inode *i, const struct hfs_ctx *who, struct hfs_completion *c);

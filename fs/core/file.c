@@ -696,6 +696,49 @@ int hfs_write_undo(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_
 	return ret;
 }
 
+static int ts_cmp(struct timespec a, struct timespec b)
+{
+	return a.tv_sec != b.tv_sec ? (a.tv_sec < b.tv_sec ? -1 : 1) :
+	       a.tv_nsec != b.tv_nsec ? (a.tv_nsec < b.tv_nsec ? -1 : 1) : 0;
+}
+
+/* i->lock held: does a read at now update i's atime?  The kernel's rule (atime_needs_update,
+ * relatime_need_update), which tmpfs follows. */
+static bool __atime_due(const struct hfs_inode *i, struct timespec now)
+{
+	if (hfs.atime == HFS_ATIME_NO || (hfs.nodiratime && i->kind == HFS_DIR))
+		return false;
+	if (hfs.atime == HFS_ATIME_STRICT)
+		return ts_cmp(i->atime, now) != 0;
+	return ts_cmp(i->mtime, i->atime) >= 0 || ts_cmp(i->ctime, i->atime) >= 0 ||
+	       now.tv_sec - i->atime.tv_sec >= 24 * 60 * 60;
+}
+
+void hfs_accessed(struct hfs_inode *i)
+{
+	struct timespec now;
+	bool due;
+
+	if (hfs.atime == HFS_ATIME_NO || !i->heap || hfs_mirror(i->heap))
+		return;
+	hfs_now(&now);
+	/* shared first: with relatime, almost every read finds nothing to do */
+	pthread_rwlock_rdlock(&i->lock);
+	due = __atime_due(i, now);
+	pthread_rwlock_unlock(&i->lock);
+	if (!due)
+		return;
+	lock_w(i);
+	due = __atime_due(i, now) && !hfs_writable(i->heap, NULL);
+	if (due) {
+		i->atime = now;
+		__inode_changed(HFS_CH_SETATTR, i, NULL); /* nobody waits for an atime */
+	}
+	unlock_w(i, false); /* nothing an object's slot keeps changed */
+	if (due) /* the kernel caches attributes: they changed behind it */
+		hfs_kcache_range(i->ino, -1, 0);
+}
+
 int hfs_kill_priv(struct hfs_inode *i, const struct hfs_ctx *who, struct hfs_completion *c)
 {
 	mode_t was;

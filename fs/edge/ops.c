@@ -277,6 +277,7 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 	if (i->kind != HFS_LNK)
 		return reply_err(req, -EINVAL);
 	fuse_reply_readlink(req, i->lnk.target);
+	hfs_accessed(i);
 }
 
 static void new_node(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -463,6 +464,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (ret)
 		return reply_err(req, ret);
 	hfs_complete_wait(&c); /* O_TRUNC */
+	/* The kernel serves kept pages without asking us: an open for reading counts as the
+	 * read that updates atime (a read that reaches us counts again, op_read). */
+	if (i->kind != HFS_STATUS && (fi->flags & O_ACCMODE) != O_WRONLY)
+		hfs_accessed(i);
 	hfs_iref(i, 1);
 	if (fuse_reply_open(req, fi)) {
 		if (i->kind == HFS_STATUS)
@@ -547,6 +552,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	fuse_reply_iov(req, iov, niov);
 	hfs_read_end(i);
 	free(bounce);
+	hfs_accessed(i);
 }
 
 struct write_reply {
@@ -645,8 +651,10 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (!buf)
 		return reply_err(req, -ENOMEM);
 	pthread_mutex_lock(&s->lock);
-	if (off == 0)
+	if (off == 0) {
 		ret = hfs_dir_snapshot(dir, s); /* also what rewinddir() asks for */
+		hfs_accessed(dir);
+	}
 	for (size_t idx = (size_t)off; !ret; idx++) {
 		struct hfs_inode *i;
 		const char *name;

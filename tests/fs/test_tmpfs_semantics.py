@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -430,3 +431,59 @@ def test_suid_sgid_clearing_replicates(pairs):
     for rel in os.listdir(A):
         wait_until(lambda: os.stat(B / rel).st_mode == os.stat(A / rel).st_mode, 10,
                    f"{rel}'s mode on the mirror")
+
+
+# ---- atime: relatime (the default), strictatime, noatime
+
+def atime_cases(top):
+    """For files and directories whose atime is before their mtime, and after both mtime
+    and ctime (utime sets ctime to now: that atime is a minute ahead): was atime updated
+    by a read (cat: open + read, served from kept pages) and by a listing?"""
+    now = time.time_ns()
+    cases = {"before": (now - 20 * 10**9, now - 10 * 10**9),
+             "after": (now + 60 * 10**9, now - 20 * 10**9)}
+    out = {}
+    for name, (at, mt) in cases.items():
+        f, d = top / f"f-{name}", top / f"d-{name}"
+        f.write_bytes(b"some bytes\n")
+        f.read_bytes()  # the pages are cached now
+        d.mkdir()
+        (d / "x").write_bytes(b"")
+        for p in (f, d):
+            os.utime(p, ns=(at, mt))
+        subprocess.run(["cat", str(f)], check=True, capture_output=True)
+        os.listdir(d)
+        out[name] = (os.stat(f).st_atime_ns != at, os.stat(d).st_atime_ns != at)
+    return out
+
+
+@pytest.mark.parametrize("opt", ["relatime", "strictatime", "noatime"])
+def test_atime_as_on_tmpfs(mount_factory, tmpfs, opt):
+    subprocess.run(["mount", "-o", f"remount,{opt}", str(tmpfs)], check=True)
+    want = atime_cases(tmpfs)
+    every = opt == "strictatime"
+    assert want == {"before": (opt != "noatime",) * 2, "after": (every,) * 2}
+    m = mount_factory(extra=() if opt == "relatime" else ("-o", opt))
+    assert atime_cases(m.heap()) == want
+
+
+def test_default_is_relatime_and_nodiratime(mount_factory):
+    m = mount_factory(extra=("-o", "nodiratime"))
+    got = atime_cases(m.heap())
+    assert got == {"before": (True, False), "after": (False, False)}
+
+
+def test_atime_replicates_and_survives_an_image(pairs, tmp_path):
+    img = tmp_path / "a.img"
+    p = pairs(extra_a=f'image = "{img}"')
+    A, B = p.a.heap("data"), p.b.heap("data")
+    atime_cases(A)
+    p.verify()
+    p.clean()
+    want = {n: os.stat(A / n).st_atime_ns for n in os.listdir(A)}
+    wait_until(lambda: {n: os.stat(B / n).st_atime_ns for n in os.listdir(B)} == want, 10,
+               "the mirror's atimes")
+    assert p.a.stop() == 0
+    p.a = p.start_a()
+    assert {n: os.stat(p.a.heap("data") / n).st_atime_ns
+            for n in os.listdir(p.a.heap("data"))} == want
