@@ -105,6 +105,8 @@ struct hfs_heap {
 	atomic_uint_fast64_t next_id;    /* identity of the next inode (the heap dir is 1) */
 	uint64_t max_inodes;             /* the inode limit (conf_heap_inodes) */
 	atomic_uint_fast64_t inodes;     /* charged: its inodes + extra hard links (as tmpfs) */
+	atomic_uint_fast64_t ispace;     /* bytes of inode space taken: HFS_INODE_SPACE per
+					  * inode or extra link, plus what its xattrs cost */
 	atomic_uint_fast64_t meta;       /* daemon bytes of its inodes, entries, targets, xattrs */
 	struct hfs_inode *dir;           /* heaps/NAME, NULL once removed (hfs.ns) */
 	struct hfs_inode *st_heap, *st_map, *st_image; /* .heapfs/{heaps,maps,images}/NAME */
@@ -159,7 +161,7 @@ struct hfs_inode {
 	dev_t rdev;
 	struct timespec atime, mtime, ctime;
 	struct hfs_xattr *xattrs;
-	size_t xattr_bytes; /* what xattrs cost, against HFS_XATTR_BUDGET */
+	size_t xattr_bytes; /* what its xattrs cost (charged to the heap's inode space) */
 
 	union {
 		struct { /* HFS_DIR: hfs.ns */
@@ -227,6 +229,8 @@ struct hfs_ctx {
 	gid_t gid;
 	bool (*in_group)(const struct hfs_ctx *ctx, gid_t gid);
 	void *arg; /* in_group's */
+	mode_t umask; /* with acl */
+	bool acl;     /* a user's create: the parent's default ACL or else umask applies */
 };
 
 /* log.c — the daemon's one logging call, with syslog's levels (the numbers are
@@ -375,6 +379,14 @@ void hfs_heap_put(struct hfs_heap *h);
  * a heap takes one, and so does every hard link beyond a file's first name. */
 int hfs_heap_inode_take(struct hfs_heap *h);
 void hfs_heap_inode_give(struct hfs_heap *h);
+/* The heap's inode space (max_inodes * HFS_INODE_SPACE bytes, as tmpfs's ispace): an
+ * inode or link takes HFS_INODE_SPACE of it, an xattr its cost (xattr.c); -ENOSPC when
+ * full. */
+#define HFS_INODE_SPACE 1024
+int hfs_heap_space_take(struct hfs_heap *h, uint64_t bytes);
+void hfs_heap_space_give(struct hfs_heap *h, uint64_t bytes);
+/* Whole inodes still free in h's inode space (what `df -i` shows free). */
+uint64_t hfs_heap_ifree(struct hfs_heap *h);
 /* Charge (delta > 0) or credit daemon memory used for the heap's metadata; h may be NULL. */
 void hfs_heap_meta(struct hfs_heap *h, int64_t delta);
 int hfs_statfs(struct hfs_inode *i, struct statvfs *st);
@@ -432,8 +444,9 @@ int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_se
  * mount's atime mode says so (hfs.atime), told to the partner and to the kernel's cache.
  * Nothing on a mirror. */
 void hfs_accessed(struct hfs_inode *i);
-/* What a change of i's data by who (fallocate) clears first, as a write does: suid, and
- * sgid unless it is the group-exec-less kind and who is in the file's group. */
+/* What a change of i's data by who (fallocate) clears first, as a write does: suid, sgid
+ * unless it is the group-exec-less kind and who is in the file's group, and
+ * security.capability. */
 int hfs_kill_priv(struct hfs_inode *i, const struct hfs_ctx *who, struct hfs_completion *c);
 int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len, struct hfs_completion *c);
 void hfs_file_free(struct hfs_inode *i);
@@ -510,10 +523,13 @@ int hfs_image_snapshot_end(pid_t pid);
 int hfs_image_snapshot_at(struct hfs_heap *h, int *fd, pid_t *pid, void (*frozen)(void *),
 			  void *arg);
 
-/* xattr.c — at most HFS_XATTR_BUDGET bytes of user.* xattrs per inode, each counted as
- * name + NUL + value + HFS_XATTR_ENTRY (its struct hfs_xattr); past that, ENOSPC. */
-#define HFS_XATTR_BUDGET (8 * 1024)
+/* xattr.c — user.*, trusted.*, security.* and the POSIX ACL names, stored per inode;
+ * each costs HFS_XATTR_ENTRY (its struct hfs_xattr) + name + NUL + value of its heap's
+ * inode space (hfs_heap_space_take: ENOSPC when full).  The kernel decides who may set
+ * which namespace (trusted.*: CAP_SYS_ADMIN; security.capability: CAP_SETFCAP). */
 #define HFS_XATTR_ENTRY 80
+#define HFS_ACL_ACCESS "system.posix_acl_access"
+#define HFS_ACL_DEFAULT "system.posix_acl_default"
 int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_t size,
 		 int flags, struct hfs_completion *c);
 /* flags: the daemon itself sets (a restore, a takeover) HFS_XATTR_STATE, which users may
@@ -521,7 +537,31 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 #define HFS_XATTR_RESTORE (1 << 30)
 #define HFS_XATTR_STATE "user.heapfs.state"
 ssize_t hfs_getxattr(struct hfs_inode *i, const char *name, void *buf, size_t size);
-ssize_t hfs_listxattr(struct hfs_inode *i, char *buf, size_t size);
+/* The names, sorted (as tmpfs lists them), without the virtual user.heapfs.* ones (read
+ * them by name) and, unless trusted (the caller is root), without trusted.*. */
+ssize_t hfs_listxattr(struct hfs_inode *i, char *buf, size_t size, bool trusted);
+/* i->lock held, i's mode just changed (chmod): its access ACL follows (as
+ * posix_acl_chmod). */
+void __hfs_acl_chmod(struct hfs_inode *i, struct hfs_completion *c);
+/* i->lock held, i written, truncated or chowned: its file capability goes (the kernel
+ * leaves that to us under FUSE_HANDLE_KILLPRIV_V2, hfs.killpriv); not on the applier's
+ * changes (the owner's record says it). */
+void __hfs_xattr_kill_priv(struct hfs_inode *i, struct hfs_completion *c);
+/* A user's new inode i (not yet named) in dir: dir's default ACL makes i's access ACL
+ * (and a directory's default) and masks its mode, else the umask does (posix_acl_create).
+ * hfs.ns held.  0 or -ENOSPC/-ENOMEM (i unchanged but its mode). */
+int hfs_acl_inherit(struct hfs_inode *dir, struct hfs_inode *i, mode_t umask);
+/* After the CREATE change of i: tell the observers of the xattrs i was created with. */
+void hfs_xattr_announce(struct hfs_inode *i, struct hfs_completion *c);
+
+/* acl.c — the xattr form of a POSIX ACL (little-endian version 2, {tag, perm, id}s). */
+int hfs_acl_valid(const void *v, size_t size); /* 0, or -EINVAL: malformed */
+/* The mode's rwx bits as the (valid) access ACL v says them; true when v says no more. */
+bool hfs_acl_equiv(const void *v, size_t size, mode_t *mode);
+void hfs_acl_chmod(void *v, size_t size, mode_t mode); /* v's owner/mask/other := mode */
+/* A default ACL v (a copy) becomes a new inode's access ACL for the requested mode,
+ * which it masks; true when the result says no more than the mode. */
+bool hfs_acl_create(void *v, size_t size, mode_t *mode);
 int hfs_removexattr(struct hfs_inode *i, const char *name, struct hfs_completion *c);
 void hfs_xattr_free(struct hfs_inode *i);
 

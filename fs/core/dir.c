@@ -291,6 +291,8 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	if (!i)
 		goto out;
 	ret = ns->init ? ns->init(i) : 0;
+	if (!ret && ctx->acl)
+		ret = hfs_acl_inherit(dir, i, ctx->umask);
 	if (ret)
 		goto out_discard;
 	if (kind == HFS_DIR)
@@ -306,8 +308,10 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 		ret = -ENOMEM;
 	else
 		ret = __hfs_dir_add(dir, name, i);
-	if (!ret)
+	if (!ret) {
 		__entry_changed(HFS_CH_CREATE, dir, name, i, c);
+		hfs_xattr_announce(i, c); /* an inherited ACL */
+	}
 out_discard:
 	if (ret) {
 		hfs_inode_discard(i);

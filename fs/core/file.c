@@ -483,6 +483,7 @@ int hfs_open(struct hfs_inode *i, int flags, const struct hfs_ctx *who,
 	if (flags & O_TRUNC) {
 		ret = __truncate(i, 0);
 		__kill_suid(i, who, false);
+		__hfs_xattr_kill_priv(i, c);
 		if (!ret) /* size 0, and the mode the kill may have changed */
 			__inode_changed(HFS_CH_SETATTR, i, c);
 	}
@@ -663,6 +664,7 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off,
 		i->size = end;
 	was = i->mode;
 	__kill_suid(i, who, false);
+	__hfs_xattr_kill_priv(i, c);
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
 	ret = (int)len;
@@ -752,6 +754,7 @@ int hfs_kill_priv(struct hfs_inode *i, const struct hfs_ctx *who, struct hfs_com
 	lock_w(i);
 	was = i->mode;
 	__kill_suid(i, who, false);
+	__hfs_xattr_kill_priv(i, c); /* file capabilities go too, as a write's */
 	if (i->mode != was) {
 		hfs_now(&i->ctime);
 		__inode_changed(HFS_CH_SETATTR, i, c);
@@ -819,9 +822,12 @@ int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_se
 		if (ret)
 			goto out;
 		__kill_suid(i, who, false);
+		__hfs_xattr_kill_priv(i, c);
 	}
-	if (to_set & HFS_SET_MODE)
+	if (to_set & HFS_SET_MODE) {
 		i->mode = (i->mode & S_IFMT) | (attr->mode & 07777);
+		__hfs_acl_chmod(i, c); /* the access ACL follows the mode */
+	}
 	if (to_set & HFS_SET_UID)
 		i->uid = attr->uid;
 	if (to_set & HFS_SET_GID)
@@ -829,6 +835,8 @@ int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_se
 	if (to_set & (HFS_SET_UID | HFS_SET_GID) && i->kind != HFS_DIR &&
 	    !(to_set & HFS_SET_MODE))
 		__kill_suid(i, who, true);
+	if (to_set & (HFS_SET_UID | HFS_SET_GID) && i->kind != HFS_DIR)
+		__hfs_xattr_kill_priv(i, c); /* any chown, as chown_common's ATTR_KILL_PRIV */
 	if (to_set & HFS_SET_ATIME)
 		i->atime = attr->atime;
 	if (to_set & HFS_SET_ATIME_NOW)

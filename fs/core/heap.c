@@ -8,6 +8,10 @@
  * Limits: a heap's inode limit (max_inodes, `inodes` in the config) is taken by every
  * inode of the heap and every hard link beyond a file's first name (as tmpfs charges
  * links, so names are bounded too); it and the metadata byte count (meta) are atomics.
+ * As tmpfs's "ispace", that limit is a space of max_inodes * HFS_INODE_SPACE bytes
+ * (h->ispace, one atomic taken by compare-and-swap): an inode or link takes
+ * HFS_INODE_SPACE of it, an xattr what it costs the daemon (xattr.c), so xattrs are
+ * bounded by what `df -i` shows and fill it as tmpfs's do.
  *
  * Memory: freed blocks park in the allocator's per-CPU caches and empty chunks stay
  * committed until a drain; hfs_heap_settle() drains once a chunk's worth has been freed,
@@ -42,20 +46,49 @@ void hfs_heap_put(struct hfs_heap *h)
 	}
 }
 
-int hfs_heap_inode_take(struct hfs_heap *h)
+/* The heap's inode space in bytes (saturated: a huge `inodes` is no limit). */
+static uint64_t ispace_max(const struct hfs_heap *h)
 {
-	uint_fast64_t n = atomic_load(&h->inodes);
+	return h->max_inodes > UINT64_MAX / HFS_INODE_SPACE ? UINT64_MAX
+							     : h->max_inodes * HFS_INODE_SPACE;
+}
+
+int hfs_heap_space_take(struct hfs_heap *h, uint64_t bytes)
+{
+	uint_fast64_t n = atomic_load(&h->ispace), max = ispace_max(h);
 
 	do {
-		if (n >= h->max_inodes)
+		if (bytes > max || n > max - bytes)
 			return -ENOSPC;
-	} while (!atomic_compare_exchange_weak(&h->inodes, &n, n + 1));
+	} while (!atomic_compare_exchange_weak(&h->ispace, &n, n + bytes));
 	return 0;
+}
+
+void hfs_heap_space_give(struct hfs_heap *h, uint64_t bytes)
+{
+	atomic_fetch_sub(&h->ispace, bytes);
+}
+
+uint64_t hfs_heap_ifree(struct hfs_heap *h)
+{
+	uint64_t used = (atomic_load(&h->ispace) + HFS_INODE_SPACE - 1) / HFS_INODE_SPACE;
+
+	return h->max_inodes > used ? h->max_inodes - used : 0;
+}
+
+int hfs_heap_inode_take(struct hfs_heap *h)
+{
+	int ret = hfs_heap_space_take(h, HFS_INODE_SPACE);
+
+	if (!ret)
+		atomic_fetch_add(&h->inodes, 1);
+	return ret;
 }
 
 void hfs_heap_inode_give(struct hfs_heap *h)
 {
 	atomic_fetch_sub(&h->inodes, 1);
+	hfs_heap_space_give(h, HFS_INODE_SPACE);
 }
 
 void hfs_heap_meta(struct hfs_heap *h, int64_t delta)
@@ -341,7 +374,7 @@ void hfs_housekeeper_stop(void)
 int hfs_statfs(struct hfs_inode *i, struct statvfs *st)
 {
 	struct buddy_stats bs;
-	uint64_t bsize = 4096, size = 0, free_b = 0, files = 0, used = 0;
+	uint64_t bsize = 4096, size = 0, free_b = 0, files = 0, ffree = 0;
 	struct hfs_heap *h = i->heap, **v = &h;
 	unsigned n = 1;
 
@@ -364,7 +397,7 @@ int hfs_statfs(struct hfs_inode *i, struct statvfs *st)
 		size += bs.size;
 		free_b += bs.free;
 		files += v[k]->max_inodes;
-		used += atomic_load(&v[k]->inodes);
+		ffree += hfs_heap_ifree(v[k]); /* inodes and xattrs */
 	}
 	if (h)
 		bsize = bs.min_block;
@@ -374,7 +407,7 @@ int hfs_statfs(struct hfs_inode *i, struct statvfs *st)
 	st->f_blocks = size / bsize;
 	st->f_bfree = st->f_bavail = free_b / bsize;
 	st->f_files = files;
-	st->f_ffree = st->f_favail = files - used;
+	st->f_ffree = st->f_favail = ffree;
 	st->f_namemax = HFS_NAME_MAX;
 	return 0;
 }

@@ -115,7 +115,7 @@ static json_t *heap_json(struct hfs_heap *h)
 	bad |= set(o, "files", json_integer((json_int_t)atomic_load(&h->files)));
 	bad |= set(o, "inodes", json_integer((json_int_t)inodes));
 	bad |= set(o, "inodes_max", json_integer((json_int_t)h->max_inodes));
-	bad |= set(o, "inodes_free", json_integer((json_int_t)(h->max_inodes - inodes)));
+	bad |= set(o, "inodes_free", json_integer((json_int_t)hfs_heap_ifree(h)));
 	bad |= set(o, "inode_metadata_bytes", json_integer((json_int_t)atomic_load(&h->meta)));
 	bad |= set(o, "replicate", json_string(conf_replicate_name(p->replicate)));
 	bad |= set(o, "role", json_string(role_of(h)));

@@ -109,13 +109,14 @@ static bool req_in_group(const struct hfs_ctx *ctx, gid_t gid)
 	return in;
 }
 
-/* Who sends req, for the core. */
-static struct hfs_ctx ctx_of(fuse_req_t req)
+/* Who sends req, for the core; create: a user's create (the parent's default ACL or else
+ * the umask applies). */
+static struct hfs_ctx ctx_of(fuse_req_t req, bool create)
 {
 	const struct fuse_ctx *c = fuse_req_ctx(req);
 
 	return (struct hfs_ctx){ .uid = c->uid, .gid = c->gid, .in_group = req_in_group,
-				 .arg = req };
+				 .arg = req, .umask = c->umask, .acl = create };
 }
 
 static void reply_err(fuse_req_t req, int ret)
@@ -153,6 +154,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	/* Lookups and listings of one directory may run at once: hfs.ns orders them. */
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* POSIX ACLs: the kernel enforces them and asks us for system.posix_acl_*; the umask
+	 * comes to us unapplied (a default ACL replaces it: hfs_acl_inherit). */
+	if ((conn->capable & (FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK)) ==
+	    (FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK))
+		conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
 	/* Readahead and async direct I/O run as background requests: allow many at once. */
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
@@ -255,7 +261,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct hfs_attr a = { .mode = attr->st_mode, .uid = attr->st_uid, .gid = attr->st_gid,
 			      .size = (uint64_t)attr->st_size, .atime = attr->st_atim,
 			      .mtime = attr->st_mtim, .ctime = attr->st_ctim };
-	struct hfs_ctx who = ctx_of(req);
+	struct hfs_ctx who = ctx_of(req, false);
 	unsigned mask = 0;
 
 	(void)fi;
@@ -284,7 +290,7 @@ static void new_node(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		     dev_t rdev, const char *target)
 {
 	GET(req, dir, parent);
-	struct hfs_ctx ctx = ctx_of(req);
+	struct hfs_ctx ctx = ctx_of(req, true);
 	struct hfs_completion done = { 0 };
 	struct hfs_inode *i;
 	int ret = hfs_create(dir, name, mode, rdev, target, &ctx, &i, &done);
@@ -331,7 +337,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 {
 	GET(req, dir, parent);
 	GET(req, ndir, newparent);
-	struct hfs_ctx ctx = ctx_of(req);
+	struct hfs_ctx ctx = ctx_of(req, false);
 	struct hfs_completion c = { 0 };
 
 	if (flags & RENAME_WHITEOUT)
@@ -456,7 +462,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (i->kind == HFS_STATUS) {
 		ret = status_open(i, fi);
 	} else {
-		struct hfs_ctx who = ctx_of(req);
+		struct hfs_ctx who = ctx_of(req, false);
 
 		ret = hfs_open(i, fi->flags, &who, &c);
 		file_flags(i, fi);
@@ -482,7 +488,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		      struct fuse_file_info *fi)
 {
 	GET(req, dir, parent);
-	struct hfs_ctx ctx = ctx_of(req);
+	struct hfs_ctx ctx = ctx_of(req, true);
 	struct hfs_completion done = { 0 };
 	struct fuse_entry_param e;
 	struct hfs_inode *i;
@@ -576,7 +582,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		     struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
-	struct hfs_ctx who = ctx_of(req);
+	struct hfs_ctx who = ctx_of(req, false);
 	struct hfs_completion c = { 0 };
 	int ret, ret2;
 
@@ -767,7 +773,8 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 
 	if (size && !buf)
 		return reply_err(req, -ENOMEM);
-	reply_xattr(req, hfs_listxattr(i, buf, size), buf, size);
+	/* trusted.* names are root's to see (tmpfs: CAP_SYS_ADMIN) */
+	reply_xattr(req, hfs_listxattr(i, buf, size, fuse_req_ctx(req)->uid == 0), buf, size);
 	free(buf);
 }
 
@@ -783,7 +790,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 			 struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
-	struct hfs_ctx who = ctx_of(req);
+	struct hfs_ctx who = ctx_of(req, false);
 	struct hfs_completion c = { 0 };
 	int ret;
 

@@ -174,11 +174,40 @@ static int __collect(struct hfs_inode *root, struct walk *w)
 	return ret;
 }
 
-/* "kind size mode hash" of one inode (referenced), under its own lock. */
+/* A hash of i's xattrs (the listed ones, trusted.* and ACLs included: names in order,
+ * each with its value); 0: none.  Each call takes i's lock on its own: a value that
+ * changes in between shows as a difference, and the next verify settles it. */
+static XXH64_hash_t xattrs_hash(struct hfs_inode *i)
+{
+	ssize_t n = hfs_listxattr(i, NULL, 0, true), len;
+	XXH64_hash_t hash = 0;
+	char *names, *value = NULL;
+
+	if (n <= 0)
+		return 0;
+	names = malloc((size_t)n);
+	if (!names)
+		return 1; /* differs from a copy that could say */
+	len = hfs_listxattr(i, names, (size_t)n, true);
+	for (char *p = names; len > 0 && p < names + len; p += strlen(p) + 1) {
+		ssize_t v = hfs_getxattr(i, p, NULL, 0);
+
+		free(value);
+		value = v >= 0 ? malloc((size_t)v + 1) : NULL;
+		v = value ? hfs_getxattr(i, p, value, (size_t)v + 1) : -ENOMEM;
+		hash = XXH3_64bits_withSeed(p, strlen(p) + 1, hash);
+		hash = v >= 0 ? XXH3_64bits_withSeed(value, (size_t)v, hash) : hash + 1;
+	}
+	free(value);
+	free(names);
+	return len < 0 ? 1 : hash;
+}
+
+/* "kind size mode hash xattrs" of one inode (referenced), under its own lock. */
 static json_t *describe(struct hfs_inode *i)
 {
-	char d[128];
-	XXH64_hash_t hash = 0;
+	char d[160];
+	XXH64_hash_t hash = 0, xhash = xattrs_hash(i);
 
 	if (i->kind == HFS_REG) {
 		XXH3_state_t *st = XXH3_createState();
@@ -214,10 +243,10 @@ static json_t *describe(struct hfs_inode *i)
 		hash = XXH3_64bits(i->lnk.target, strlen(i->lnk.target));
 	}
 	pthread_rwlock_rdlock(&i->lock);
-	snprintf(d, sizeof(d), "%s %llu %o %016llx", i->kind == HFS_DIR ? "dir" :
+	snprintf(d, sizeof(d), "%s %llu %o %016llx %016llx", i->kind == HFS_DIR ? "dir" :
 		 i->kind == HFS_REG ? "file" : i->kind == HFS_LNK ? "symlink" : "special",
 		 (unsigned long long)(i->kind == HFS_DIR ? 0 : i->size), (unsigned)i->mode,
-		 (unsigned long long)hash);
+		 (unsigned long long)hash, (unsigned long long)xhash);
 	pthread_rwlock_unlock(&i->lock);
 	return json_string(d);
 }
@@ -468,8 +497,8 @@ static size_t reply_limit(json_t *mine)
 	return most + 1024;
 }
 
-/* Both copies of every replicated heap, compared file by file (xxh3 of the data, size,
- * mode, kind): {"state", "differences": N, "heaps": {name: {"role", "files",
+/* Both copies of every replicated heap, compared file by file (xxh3 of the data and of
+ * the xattrs, size, mode, kind): {"state", "differences": N, "heaps": {name: {"role", "files",
  * "differences": [{"path", "here", "partner"}]}}}.  Online: changes in flight while it
  * runs may show up as differences. */
 json_t *hfs_repl_verify_json(void)

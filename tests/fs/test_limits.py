@@ -1,6 +1,6 @@
 """Limits on what an ordinary user can make the daemon hold (issue 6, item 4; SPEC
 "Semantics: Files", docs/GUIDE.md "Limits"): heapfs's own -o options are range-checked at start;
-a heap has an inode limit (`inodes`, `df -i`) and every inode an xattr budget, past
+a heap has an inode limit (`inodes`, `df -i`) that xattrs take their room from too, past
 which ENOSPC leaves everything as it was; each heap's JSON charges it the daemon memory
 its inodes, names, symlink targets and xattrs use; status snapshots are bounded and
 rendered without holding the namespace lock; a heap name that is not UTF-8 is refused.
@@ -181,47 +181,51 @@ def test_hard_links_and_open_unlinked_files(mount_factory):
     wait_inodes(m, "h", (4, 2))
 
 
-# ---- the xattr budget
+# ---- xattrs take the inode space (as tmpfs's ispace: nr_inodes * 1 KiB)
 
-XATTR_BUDGET, XATTR_ENTRY = 8192, 80
+INODE_SPACE, XATTR_ENTRY = 1024, 80
 
 
 def xattr_cost(name, value):
     return XATTR_ENTRY + len(name) + 1 + len(value)
 
 
-def test_xattr_budget(mount):
-    f, g = mount.heap() / "f", mount.heap() / "g"
+def test_xattrs_take_the_inode_space(mount_factory):
+    m = mount_factory('heap "h" { size = 16M  min_block = 4K  inodes = 8 }\n')
+    h = m.heap("h")
+    f, g = h / "f", h / "g"
     f.write_bytes(b"content")
-    g.write_bytes(b"")
-    meta0 = mount.heap_stats()["inode_metadata_bytes"]
+    assert os.statvfs(h).f_ffree == 6  # the heap directory and f
+    meta0 = m.heap_stats("h")["inode_metadata_bytes"]
     name = "user.big"
-    fill = pattern(XATTR_BUDGET - xattr_cost(name, b""), 1)
-    os.setxattr(f, name, fill)  # exactly the budget
-    assert mount.heap_stats()["inode_metadata_bytes"] == meta0 + XATTR_BUDGET
-    # one byte more, a new name, or an empty one: ENOSPC and the old value stays
-    expect_errno(errno.ENOSPC, os.setxattr, f, name, fill + b"x")
+    fill = pattern(5 * INODE_SPACE - xattr_cost(name, b""), 1)
+    os.setxattr(f, name, fill)  # five inodes' worth, to the byte
+    assert os.statvfs(h).f_ffree == 1 == m.heap_stats("h")["inodes_free"]
+    assert m.heap_stats("h")["inode_metadata_bytes"] == meta0 + 5 * INODE_SPACE
+    os.setxattr(f, "user.s", b"v" * (INODE_SPACE - xattr_cost("user.s", b"")))
+    assert os.statvfs(h).f_ffree == 0
+    # full: a new name, an empty one, a larger value, a new file; the old values stay
     expect_errno(errno.ENOSPC, os.setxattr, f, "user.x", b"")
+    expect_errno(errno.ENOSPC, os.setxattr, f, name, fill + b"x")
     expect_errno(errno.ENOSPC, os.setxattr, f, name, fill + b"x", os.XATTR_REPLACE)
+    expect_errno(errno.ENOSPC, os.mknod, g)
     assert os.getxattr(f, name) == fill
-    assert sorted(n for n in os.listxattr(f) if not n.startswith("user.heapfs.")) == [name]
-    assert mount.heap_stats()["inode_metadata_bytes"] == meta0 + XATTR_BUDGET
-    # a smaller value in place is fine; what it frees is usable
-    os.setxattr(f, name, fill[:-200])
-    small = b"v" * (200 - xattr_cost("user.s", b""))
-    os.setxattr(f, "user.s", small)
-    expect_errno(errno.ENOSPC, os.setxattr, f, "user.t", b"")
-    assert os.getxattr(f, "user.s") == small and os.getxattr(f, name) == fill[:-200]
-    # the budget is per inode: another file has all of its own
-    os.setxattr(g, name, fill)
-    assert mount.heap_stats()["inode_metadata_bytes"] == meta0 + 2 * XATTR_BUDGET
-    # removing gives it back, to the byte, and the whole budget is there again
-    os.removexattr(f, name)
+    assert sorted(os.listxattr(f)) == [name, "user.s"]
+    # a replacement takes its whole room before the old value's comes back, as on tmpfs
     os.removexattr(f, "user.s")
-    os.removexattr(g, name)
-    assert mount.heap_stats()["inode_metadata_bytes"] == meta0
+    assert os.statvfs(h).f_ffree == 1
+    expect_errno(errno.ENOSPC, os.setxattr, f, name, fill[:-200])
+    assert os.getxattr(f, name) == fill
+    os.setxattr(f, name, b"small")
+    assert os.statvfs(h).f_ffree == 5
+    # removing gives it back, to the byte; so does removing the file
+    os.removexattr(f, name)
+    assert m.heap_stats("h")["inode_metadata_bytes"] == meta0
+    assert os.statvfs(h).f_ffree == 6
     os.setxattr(f, name, fill)
-    assert f.read_bytes() == b"content"
+    os.unlink(f)
+    wait_until(lambda: os.statvfs(h).f_ffree == 7, 5, "f and its xattrs given back")
+    assert m.heap_stats("h")["inode_metadata_bytes"] < meta0
 
 
 def test_metadata_bytes_follow_names_targets_and_xattrs(mount):

@@ -237,17 +237,10 @@ def expected_view():
             "odir": (*d, None), "odir/fresh": (*r, b"fresh\n")}
 
 
-OVERLAYS = {"userxattr": ["userxattr"], "trusted": []}
-# overlayfs copies every listed xattr of an upper directory it makes opaque; the listed
-# read-only user.heapfs.* names refuse the copy (EPERM at rmdir of a lower directory).
-# Issue 23 item 1 (stop listing them) is branch xattr's: strict, so this fails loudly
-# once that is merged and the mark must go.
-NEEDS_UNLISTED = pytest.mark.xfail(strict=True, raises=PermissionError,
-                                   reason="issue 23 item 1: user.heapfs.* still listed")
+OVERLAYS = {"userxattr": ["userxattr"], "trusted": []}  # trusted.overlay.* (root)
 
 
-@NEEDS_UNLISTED
-@pytest.mark.parametrize("kind", ["userxattr"])
+@pytest.mark.parametrize("kind", ["userxattr", "trusted"])
 def test_overlay_upper_layer_as_on_tmpfs(mount_factory, tmpfs, tmp_path, kind):
     lower = tmp_path / "lower"
     make_lower(lower)
@@ -272,8 +265,7 @@ def test_overlay_upper_layer_as_on_tmpfs(mount_factory, tmpfs, tmp_path, kind):
         subprocess.run(["umount", str(tmp_path / "m3")], check=True)
 
 
-@NEEDS_UNLISTED
-@pytest.mark.parametrize("kind", ["userxattr"])
+@pytest.mark.parametrize("kind", ["userxattr", "trusted"])
 def test_overlay_upper_layer_replicates(pairs, tmp_path, kind):
     lower = tmp_path / "lower"
     make_lower(lower)
