@@ -479,3 +479,24 @@ def test_atime_replicates_and_survives_an_image(pairs, tmp_path):
     p.a = p.start_a()
     assert {n: os.stat(p.a.heap("data") / n).st_atime_ns
             for n in os.listdir(p.a.heap("data"))} == want
+
+
+def caps_after(d):
+    """setcap on a file, then each op by another user: what getcap shows after."""
+    out = {}
+    for op in SUID_OPS:
+        f = d / f"cap-{op}"
+        f.write_bytes(b"0123456789")
+        os.chmod(f, 0o777)
+        subprocess.run(["setcap", "cap_net_raw+ep", str(f)], check=True)
+        as_nobody(f, op)
+        out[op] = subprocess.run(["getcap", str(f)], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+    return out
+
+
+def test_file_capabilities_dropped_by_another_users_change_as_on_tmpfs(mount_factory, tmpfs):
+    want = caps_after(tmpfs)
+    assert want == {op: "" for op in SUID_OPS}
+    m = mount_factory(extra=("-o", "allow_other"))
+    assert caps_after(m.heap()) == want
