@@ -347,10 +347,17 @@ def async_dio_rounds(path, rounds=64, size=64 * 1024):
     return stale
 
 
-def test_async_direct_writes_invalidate_the_kept_page_cache_as_on_tmpfs(mount, tmpfs):
-    assert async_dio_rounds(tmpfs / "f") == []
-    assert async_dio_rounds(mount.heap() / "f") == []
-    assert read_daemon(mount.heap() / "f") == bytes([63 % 250 + 1]) * 64 * 1024
+# Over FUSE-over-io_uring the daemon cannot drop the range (docs/DESIGN.md): a known gap
+# of the experimental transport, so a race there may or may not show.
+URING = "io_uring" in os.environ.get("HEAPFS_OPTS", "")
+
+
+@pytest.mark.xfail(URING, strict=False, reason="no O_DIRECT invalidation over io_uring")
+@pytest.mark.parametrize("size", [4096, 64 * 1024])  # small: the request keeps io.c's token
+def test_async_direct_writes_invalidate_the_kept_page_cache_as_on_tmpfs(mount, tmpfs, size):
+    assert async_dio_rounds(tmpfs / "f", size=size) == []
+    assert async_dio_rounds(mount.heap() / "f", size=size) == []
+    assert read_daemon(mount.heap() / "f") == bytes([63 % 250 + 1]) * size
 
 
 # ---- suid/sgid: what a write, truncate or fallocate by another user clears
