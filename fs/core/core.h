@@ -535,6 +535,9 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 /* flags: the daemon itself sets (a restore, a takeover) HFS_XATTR_STATE, which users may
  * only read: "interrupted" on a file that was open for writing on a lost owner. */
 #define HFS_XATTR_RESTORE (1 << 30)
+/* flags: the caller setting an access ACL is neither in the file's group nor privileged:
+ * setgid goes (posix_acl_update_mode; the edge knows the caller's groups). */
+#define HFS_XATTR_KILL_SGID (1 << 29)
 #define HFS_XATTR_STATE "user.heapfs.state"
 ssize_t hfs_getxattr(struct hfs_inode *i, const char *name, void *buf, size_t size);
 /* The names, sorted (as tmpfs lists them), without the virtual user.heapfs.* ones (read

@@ -18,7 +18,7 @@
  * bytes and in the inode's xattr_bytes.
  *
  * ACLs: setting an access ACL moves the mode to it (and one the mode says whole is not
- * stored: posix_acl_update_mode), a chmod moves the ACL (__hfs_acl_chmod), a user's new
+ * stored; setgid goes when the edge says the caller may not keep it: posix_acl_update_mode), a chmod moves the ACL (__hfs_acl_chmod), a user's new
  * inode takes its directory's default ACL (hfs_acl_inherit); the FUSE kernel side leaves
  * all three to the filesystem.  A restore (image, partner) stores names verbatim: its
  * records carry the modes.
@@ -209,11 +209,11 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 		 int flags, struct hfs_completion *c)
 {
 	struct hfs_xattr *x, *old;
-	bool restore = flags & HFS_XATTR_RESTORE;
+	bool restore = flags & HFS_XATTR_RESTORE, kill_sgid = flags & HFS_XATTR_KILL_SGID;
 	mode_t mode;
 	int ret = 0;
 
-	flags &= ~HFS_XATTR_RESTORE;
+	flags &= ~(HFS_XATTR_RESTORE | HFS_XATTR_KILL_SGID);
 	if (!stored(name))
 		return -ENOTSUP;
 	if (is_user(name) && i->kind == HFS_STATUS && i->st.what == HFS_ST_FEATURE &&
@@ -227,6 +227,8 @@ int hfs_setxattr(struct hfs_inode *i, const char *name, const void *value, size_
 		return -ENOMEM;
 	hfs_change_lock(i);
 	mode = i->mode;
+	if (kill_sgid && !restore && !strcmp(name, HFS_ACL_ACCESS))
+		mode &= ~(mode_t)S_ISGID;
 	old = __find(i, name);
 	if (old && flags & XATTR_CREATE)
 		ret = -EEXIST;

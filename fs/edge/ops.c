@@ -737,11 +737,40 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &st);
 }
 
+/* Does setting an access ACL on i take its setgid bit away?  When the caller is neither
+ * root nor in i's group (posix_acl_update_mode; the kernel says so only through
+ * FUSE_SETXATTR_EXT, which libfuse 3.14 does not negotiate). */
+static bool acl_kills_sgid(fuse_req_t req, struct hfs_inode *i)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+	gid_t some[64], *groups = some;
+	bool kill = true;
+	struct stat st;
+	int n;
+
+	hfs_stat(i, &st);
+	if (!(st.st_mode & S_ISGID) || c->uid == 0 || c->gid == st.st_gid)
+		return false;
+	n = fuse_req_getgroups(req, 64, groups);
+	if (n > 64) { /* more than that: ask again with room for them all */
+		groups = malloc((size_t)n * sizeof(*groups));
+		n = groups ? fuse_req_getgroups(req, n, groups) : -ENOMEM;
+	}
+	for (int k = 0; k < n && kill; k++)
+		kill = groups[k] != st.st_gid;
+	if (groups != some)
+		free(groups);
+	return kill;
+}
+
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			size_t size, int flags)
 {
 	GET(req, i, ino);
 	struct hfs_completion c = { 0 };
+
+	if (!strcmp(name, HFS_ACL_ACCESS) && acl_kills_sgid(req, i))
+		flags |= HFS_XATTR_KILL_SGID;
 
 	reply_change(req, &c, hfs_setxattr(i, name, value, size, flags, &c));
 }

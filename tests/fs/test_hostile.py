@@ -116,12 +116,16 @@ HOSTILE = [
     ("data of a described, unnamed inode", [inode(2), data(2, 0, "x")], False,
      "a record for inode 2, which has no name yet"),
     # xattrs
-    ("an xattr past the budget", FILE2 + [{"raw": "xattr", "id": 2, "name": "user.big",
-                                          "value": "v" * 9000}], False,
-     "xattr 'user.big' of inode 2 refused (No space left on device)"),
-    ("an xattr outside user.", FILE2 + [{"raw": "xattr", "id": 2, "name": "trusted.x",
-                                        "value": "v"}], False,
-     "xattr 'trusted.x' of inode 2 refused"),
+    ("xattrs past the inode space", FILE2 + [
+        {"raw": "xattr", "id": 2, "name": f"user.{k:03}", "value": "v" * 65536}
+        for k in range(130)], False,  # 8192 inodes * 1 KiB: the 128th does not fit
+     "xattr 'user.127' of inode 2 refused (No space left on device)"),
+    ("an xattr in no namespace tmpfs has", FILE2 + [{"raw": "xattr", "id": 2,
+                                                     "name": "system.x", "value": "v"}],
+     False, "xattr 'system.x' of inode 2 refused"),
+    ("a malformed ACL", FILE2 + [{"raw": "xattr", "id": 2, "name": "system.posix_acl_access",
+                                  "value": "garbage"}], False,
+     "xattr 'system.posix_acl_access' of inode 2 refused (Invalid argument)"),
     ("removexattr of nothing", FILE2 + [{"raw": "removexattr", "id": 2, "name": "user.no"}],
      False, "REMOVEXATTR of 'user.no' from inode 2 (No data available)"),
 ]

@@ -363,3 +363,29 @@ def test_image_round_trip_keeps_xattrs_and_acls(mount_factory, tmp_path, tmpfs):
     for d in (tmpfs, m2.heap("h")):
         run("sh", "-c", "umask 077 && echo n > share/new", cwd=d)
     assert facl(tmpfs, "share/new") == facl(m2.heap("h"), "share/new")
+
+
+def test_acl_set_by_a_non_member_clears_setgid_as_tmpfs(mount, tmpfs):
+    """The owner of a setgid file who is not in its group loses setgid by setting an ACL
+    (root, or a member, keeps it)."""
+    def steps(d):
+        out = []
+        for name, group in (("other", 12345), ("member", NOBODY)):
+            f = d / name
+            f.write_bytes(b"x")
+            os.chown(f, NOBODY, group)
+            os.chmod(f, 0o2775)
+            run("setfacl", "-m", "u:4242:r", name, cwd=d, user=NOBODY)
+            out.append(stat_modes(d, name))
+        f = d / "root"
+        f.write_bytes(b"x")
+        os.chown(f, NOBODY, 12345)
+        os.chmod(f, 0o2775)
+        run("setfacl", "-m", "u:4242:r", "root", cwd=d)
+        out.append(stat_modes(d, "root"))
+        return out
+
+    want, got = both(tmpfs, mount.heap(), steps)
+    assert want == got
+    assert want == [{"other": oct(0o100775)}, {"member": oct(0o102775)},
+                    {"root": oct(0o102775)}]

@@ -223,9 +223,9 @@ static int mk_checked(struct img_w *w, const json_t *e, const char *type)
 				  strlen(str(e, "text")));
 	if (!strcmp(type, "symlink"))
 		return img_w_symlink(w, num(e, "id"), str(e, "target"));
-	if (!strcmp(type, "xattr"))
+	if (!strcmp(type, "xattr")) /* a value may hold NULs (\u0000: an ACL's bytes) */
 		return img_w_xattr(w, num(e, "id"), str(e, "name"), str(e, "value"),
-				   (uint32_t)strlen(str(e, "value")));
+				   (uint32_t)json_string_length(json_object_get(e, "value")));
 	if (!strcmp(type, "removexattr"))
 		return img_w_removexattr(w, num(e, "id"), str(e, "name"));
 	if (!strcmp(type, "truncate"))
@@ -313,7 +313,7 @@ int main(int argc, char **argv)
 
 	if (argc != 4 || (strcmp(argv[1], "seg") && strcmp(argv[1], "heap")))
 		return fail("usage: img-mk seg|heap DESC.json OUT");
-	d = json_load_file(argv[2], 0, &jerr);
+	d = json_load_file(argv[2], JSON_ALLOW_NUL, &jerr);
 	if (!d)
 		return fail(jerr.text);
 	fd = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0644);
