@@ -194,6 +194,13 @@ struct hfs_inode {
 	};
 };
 
+/* When a read updates atime (the kernel leaves it to us: FUSE inodes are S_NOATIME). */
+enum hfs_atime_mode {
+	HFS_ATIME_REL,    /* when atime is not after mtime or ctime, or a day old (relatime) */
+	HFS_ATIME_STRICT, /* every access */
+	HFS_ATIME_NO,     /* never */
+};
+
 struct hfs_fs {
 	struct conf *conf;
 	char *mountpoint;
@@ -208,13 +215,20 @@ struct hfs_fs {
 	unsigned readahead_kb; /* -o readahead_kb=N, 0: leave the kernel's */
 	int64_t spin_ns; /* how long an idle worker polls the device before sleeping (io.c) */
 	bool io_uring; /* -o io_uring: serve requests over FUSE-over-io_uring (uring.c) */
+	enum hfs_atime_mode atime; /* -o relatime (default), strictatime, noatime */
+	bool nodiratime;           /* -o nodiratime: directories keep their atime */
 };
 extern struct hfs_fs hfs;
 
-/* Who asks: credentials for new inodes. */
+/* Who asks: credentials for new inodes, and whose write may clear suid/sgid (NULL where
+ * a function takes one: the daemon itself, a restore or a partner's change).  in_group:
+ * is the caller in group gid beyond its own gid (supplementary groups; NULL: no)?  Asked
+ * only in the rare case that decides something (file.c, __kill_suid). */
 struct hfs_ctx {
 	uid_t uid;
 	gid_t gid;
+	bool (*in_group)(const struct hfs_ctx *ctx, gid_t gid);
+	void *arg; /* in_group's */
 	mode_t umask; /* with acl */
 	bool acl;     /* a user's create: the parent's default ACL or else umask applies */
 };
@@ -240,6 +254,9 @@ void hfs_itable_fini(void);
 struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_t gid,
 				struct hfs_heap *heap);
 struct hfs_inode *hfs_iget(hfs_ino_t ino); /* caller knows the kernel holds a reference */
+/* Inode number ino if it is still alive, with one reference taken for the caller, else
+ * NULL: for a file handle, whose inode the kernel may have forgotten (export lookups). */
+struct hfs_inode *hfs_iget_ref(hfs_ino_t ino);
 void hfs_iref(struct hfs_inode *i, uint64_t n);
 void hfs_iput(struct hfs_inode *i, uint64_t n);
 /* Destroy an inode made by hfs_inode_new that nothing references yet. */
@@ -296,6 +313,9 @@ struct hfs_ns_ops {
  * one thread (before the mount).  Unregistered, its directory is fixed. */
 void hfs_ns_register(enum hfs_role role, const struct hfs_ns_ops *ops);
 int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out);
+/* The directory that holds directory dir (the root's: itself), referenced for the kernel:
+ * -ENOENT once dir is removed, -ENOTDIR. */
+int hfs_lookup_parent(struct hfs_inode *dir, struct hfs_inode **out);
 /* The mutations take the caller's completion c last (NULL: nobody waits; change.c). */
 int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out,
@@ -304,6 +324,11 @@ int hfs_unlink(struct hfs_inode *dir, const char *name, struct hfs_completion *c
 int hfs_rmdir(struct hfs_inode *dir, const char *name, struct hfs_completion *c);
 int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
 	       const char *nname, unsigned flags, struct hfs_completion *c);
+/* renameat2's RENAME_WHITEOUT (flags: RENAME_NOREPLACE or 0): as hfs_rename, and dir/name
+ * then names a whiteout, a character device 0:0 of ctx's (overlayfs's upper layer). */
+int hfs_rename_whiteout(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+			const char *nname, unsigned flags, const struct hfs_ctx *ctx,
+			struct hfs_completion *c);
 int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname,
 	     struct hfs_completion *c);
 /* May name be a new entry?  0, -EINVAL ("", "." "..", a '/') or -ENAMETOOLONG.  create,
@@ -376,12 +401,14 @@ int hfs_housekeeper_start(void);
 void hfs_housekeeper_stop(void);
 
 /* file.c — file data in buddy blocks. */
-/* who: the caller's uid (root keeps suid/sgid bits on write, as with CAP_FSETID) */
-int hfs_open(struct hfs_inode *i, int flags, uid_t who, struct hfs_completion *c);
+/* who: the caller (root keeps suid/sgid bits on write, as with CAP_FSETID; NULL: the
+ * daemon) */
+int hfs_open(struct hfs_inode *i, int flags, const struct hfs_ctx *who,
+	     struct hfs_completion *c);
 void hfs_release(struct hfs_inode *i, int flags);
 /* Writes buf at off: the bytes written (short when the heap runs out part-way), or -errno. */
-int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who,
-	      struct hfs_completion *c);
+int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off,
+	      const struct hfs_ctx *who, struct hfs_completion *c);
 /* Give back a write an observer could not follow (the partner had no room): size back to
  * old_size (when it is still end), the bytes below old_size written again.  -ESTALE: the
  * file changed since. */
@@ -414,8 +441,16 @@ struct hfs_attr {
 	uint64_t size;
 	struct timespec atime, mtime, ctime;
 };
-int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who,
-		struct hfs_completion *c);
+int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set,
+		const struct hfs_ctx *who, struct hfs_completion *c);
+/* i (a file, directory or symlink of a heap) was read: its atime becomes now when the
+ * mount's atime mode says so (hfs.atime), told to the partner and to the kernel's cache.
+ * Nothing on a mirror. */
+void hfs_accessed(struct hfs_inode *i);
+/* What a change of i's data by who (fallocate) clears first, as a write does: suid, sgid
+ * unless it is the group-exec-less kind and who is in the file's group, and
+ * security.capability. */
+int hfs_kill_priv(struct hfs_inode *i, const struct hfs_ctx *who, struct hfs_completion *c);
 int hfs_fallocate(struct hfs_inode *i, int mode, off_t off, off_t len, struct hfs_completion *c);
 /* The largest file of heap h: its size for layout = contiguous (one block), else
  * HFS_FILE_MAX (files are sparse: holes hold no block). */
@@ -429,7 +464,7 @@ int64_t hfs_lseek(struct hfs_inode *i, int64_t off, int whence);
  * sees ordinary changes; a hole of in stays a hole in out.  The bytes copied (short at
  * in's end, or when out's heap fills after the first byte), or -errno. */
 int64_t hfs_copy_range(struct hfs_inode *in, uint64_t ioff, struct hfs_inode *out, uint64_t ooff,
-		       uint64_t len, uid_t who, struct hfs_completion *c);
+		       uint64_t len, const struct hfs_ctx *who, struct hfs_completion *c);
 void hfs_file_free(struct hfs_inode *i);
 /* Make the file hold blocks for at least cap bytes (an object always holds its block). */
 int hfs_file_reserve(struct hfs_inode *i, uint64_t cap);

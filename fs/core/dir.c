@@ -222,6 +222,22 @@ int hfs_lookup(struct hfs_inode *dir, const char *name, struct hfs_inode **out)
 	return i ? 0 : -ENOENT;
 }
 
+int hfs_lookup_parent(struct hfs_inode *dir, struct hfs_inode **out)
+{
+	struct hfs_inode *p = NULL;
+
+	if (dir->kind != HFS_DIR)
+		return -ENOTDIR;
+	pthread_rwlock_rdlock(&hfs.ns);
+	if (dir->nlink && dir->dir.parent) { /* the root's is itself */
+		p = dir->dir.parent;
+		hfs_iref(p, 1);
+	}
+	pthread_rwlock_unlock(&hfs.ns);
+	*out = p;
+	return p ? 0 : -ENOENT;
+}
+
 static enum hfs_kind kind_of(mode_t mode)
 {
 	switch (mode & S_IFMT) {
@@ -435,19 +451,13 @@ static int __rename_exchange(struct hfs_inode *dir, const char *name, struct hfs
 	return 0;
 }
 
-int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
-	       const char *nname, unsigned flags, struct hfs_completion *c)
+/* hfs.ns held exclusive: the rename of hfs_rename, told to the observers. */
+static int __rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+		    const char *nname, unsigned flags, struct hfs_completion *c)
 {
 	struct hfs_inode *src, *dst;
 	int ret, links;
 
-	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) ||
-	    (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE))
-		return -EINVAL;
-	ret = hfs_name_check(nname);
-	if (ret)
-		return ret;
-	pthread_rwlock_wrlock(&hfs.ns);
 	ret = __dir_writable(dir, c);
 	if (!ret)
 		ret = __dir_writable(ndir, c);
@@ -508,6 +518,70 @@ out:
 			.kind = HFS_CH_RENAME, .heap = dir->heap, .done = c,
 			.rename = { .dir = dir, .ndir = ndir, .name = name, .nname = nname,
 				    .flags = flags } });
+	return ret;
+}
+
+int hfs_rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+	       const char *nname, unsigned flags, struct hfs_completion *c)
+{
+	int ret;
+
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) ||
+	    (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE))
+		return -EINVAL;
+	ret = hfs_name_check(nname);
+	if (ret)
+		return ret;
+	pthread_rwlock_wrlock(&hfs.ns);
+	ret = __rename(dir, name, ndir, nname, flags, c);
+	pthread_rwlock_unlock(&hfs.ns);
+	return ret;
+}
+
+/* The whiteout is made first (the one failure that is likely: no inode left), so a refused
+ * rename changes nothing; it is named only once the rename is done, and observers see a
+ * rename and then a create of a character device 0:0: images and partners need nothing new.
+ * Only the entry's malloc can fail after the rename: the rename then stands, unwhited. */
+int hfs_rename_whiteout(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+			const char *nname, unsigned flags, const struct hfs_ctx *ctx,
+			struct hfs_completion *c)
+{
+	struct hfs_inode *wh = NULL;
+	struct hfs_heap *h;
+	gid_t gid = ctx->gid;
+	int ret;
+
+	if (flags & ~RENAME_NOREPLACE)
+		return -EINVAL; /* the kernel refuses RENAME_EXCHANGE with it already */
+	ret = hfs_name_check(nname);
+	if (ret)
+		return ret;
+	pthread_rwlock_wrlock(&hfs.ns);
+	ret = __dir_writable(dir, c);
+	if (!ret && !(ns_of(dir)->kinds & KIND(HFS_SPECIAL)))
+		ret = -EPERM;
+	if (ret)
+		goto out;
+	if (dir->mode & S_ISGID)
+		gid = dir->gid;
+	h = hfs_dir_heap(dir);
+	wh = h ? hfs_inode_new(HFS_SPECIAL, S_IFCHR, ctx->uid, gid, h) : NULL;
+	if (!wh) {
+		ret = h ? -ENOSPC : -EPERM;
+		goto out;
+	}
+	ret = __rename(dir, name, ndir, nname, flags, c);
+	if (ret || __hfs_dir_find(dir, name)) /* failed, or two names of one inode: no-op */
+		goto out_discard;
+	ret = __hfs_dir_add(dir, name, wh);
+	if (ret)
+		goto out_discard;
+	__entry_changed(HFS_CH_CREATE, dir, name, wh, c);
+	wh = NULL;
+out_discard:
+	if (wh)
+		hfs_inode_discard(wh);
+out:
 	pthread_rwlock_unlock(&hfs.ns);
 	return ret;
 }

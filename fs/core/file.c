@@ -551,18 +551,27 @@ static void __shrink(struct hfs_inode *i)
 }
 
 /* With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us: a write or truncate by
- * someone without CAP_FSETID (we take: not root), and any chown, clears suid and the
- * sgid that means "executable setgid" (not the group-exec-less mandatory-lock bit). */
-static void __kill_suid(struct hfs_inode *i, uid_t who, bool always)
+ * someone without CAP_FSETID (we take: not root), and any chown, clears suid, and sgid
+ * unless it is the group-exec-less kind and the writer is in the file's group (the
+ * kernel's setattr_should_drop_sgid, as tmpfs clears them).  The kernel keeps the mode it
+ * cached across a write: it is told to drop it.  who NULL: the daemon (nothing to clear
+ * but on chown). */
+static void __kill_suid(struct hfs_inode *i, const struct hfs_ctx *who, bool always)
 {
-	/* who first: the mirror's apply thread (who 0) never reads the flag the INIT reply
+	mode_t was = i->mode;
+
+	/* who first: the mirror's apply thread (who NULL) never reads the flag the INIT reply
 	 * sets on a FUSE thread */
-	if ((!always && who == 0) || !hfs.killpriv)
+	if ((!always && (!who || who->uid == 0)) || !hfs.killpriv)
 		return;
 	if (i->mode & S_ISUID)
 		i->mode &= ~S_ISUID;
-	if ((i->mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP))
+	if (i->mode & S_ISGID &&
+	    (i->mode & S_IXGRP || (who && who->gid != i->gid &&
+				   !(who->in_group && who->in_group(who, i->gid)))))
 		i->mode &= ~S_ISGID;
+	if (i->mode != was)
+		hfs_kcache_range(i->ino, -1, 0); /* attributes only: no page is touched */
 }
 
 /* Lock i for a change of its data or attributes; unlock after one (changed: it did). */
@@ -671,7 +680,8 @@ void hfs_file_reclaim(struct hfs_inode *i)
 	hfs_heap_settle(i->heap);
 }
 
-int hfs_open(struct hfs_inode *i, int flags, uid_t who, struct hfs_completion *c)
+int hfs_open(struct hfs_inode *i, int flags, const struct hfs_ctx *who,
+	     struct hfs_completion *c)
 {
 	bool wr = (flags & O_ACCMODE) != O_RDONLY;
 	int ret = 0;
@@ -870,11 +880,12 @@ int __hfs_file_read(struct hfs_inode *i, uint64_t off, uint64_t len, void *dst)
 	return for_span(i, off, len, copy_out_fn, &p);
 }
 
-int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t who,
-	      struct hfs_completion *c)
+int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off,
+	      const struct hfs_ctx *who, struct hfs_completion *c)
 {
 	struct copy_arg ca = { .src = buf };
 	uint64_t end, old;
+	mode_t was;
 	int ret = 0;
 
 	if (i->kind != HFS_REG)
@@ -914,12 +925,15 @@ int hfs_write(struct hfs_inode *i, const void *buf, size_t len, off_t off, uid_t
 		goto out;
 	if (end > i->size)
 		i->size = end;
+	was = i->mode;
 	__kill_suid(i, who, false);
 	__hfs_xattr_kill_priv(i, c);
 	hfs_now(&i->mtime);
 	i->ctime = i->mtime;
 	ret = (int)len;
 	__write_changed(i, buf, (uint64_t)off, len, old, c);
+	if (i->mode != was) /* a write record carries no mode */
+		__inode_changed(HFS_CH_SETATTR, i, c);
 out:
 	unlock_w(i, ret > 0);
 	return ret;
@@ -945,6 +959,71 @@ int hfs_write_undo(struct hfs_inode *i, uint64_t old_size, uint64_t off, uint64_
 	unlock_w(i, true);
 	free(buf);
 	return ret;
+}
+
+static int ts_cmp(struct timespec a, struct timespec b)
+{
+	return a.tv_sec != b.tv_sec ? (a.tv_sec < b.tv_sec ? -1 : 1) :
+	       a.tv_nsec != b.tv_nsec ? (a.tv_nsec < b.tv_nsec ? -1 : 1) : 0;
+}
+
+/* i->lock held: does a read at now update i's atime?  The kernel's rule (atime_needs_update,
+ * relatime_need_update), which tmpfs follows. */
+static bool __atime_due(const struct hfs_inode *i, struct timespec now)
+{
+	if (hfs.atime == HFS_ATIME_NO || (hfs.nodiratime && i->kind == HFS_DIR))
+		return false;
+	if (hfs.atime == HFS_ATIME_STRICT)
+		return ts_cmp(i->atime, now) != 0;
+	return ts_cmp(i->mtime, i->atime) >= 0 || ts_cmp(i->ctime, i->atime) >= 0 ||
+	       now.tv_sec - i->atime.tv_sec >= 24 * 60 * 60;
+}
+
+void hfs_accessed(struct hfs_inode *i)
+{
+	struct timespec now;
+	bool due;
+
+	if (hfs.atime == HFS_ATIME_NO || !i->heap || hfs_mirror(i->heap))
+		return;
+	hfs_now(&now);
+	/* shared first: with relatime, almost every read finds nothing to do */
+	pthread_rwlock_rdlock(&i->lock);
+	due = __atime_due(i, now);
+	pthread_rwlock_unlock(&i->lock);
+	if (!due)
+		return;
+	lock_w(i);
+	due = __atime_due(i, now) && !hfs_writable(i->heap, NULL);
+	if (due) {
+		i->atime = now;
+		__inode_changed(HFS_CH_SETATTR, i, NULL); /* nobody waits for an atime */
+	}
+	unlock_w(i, false); /* nothing an object's slot keeps changed */
+	if (due) /* the kernel caches attributes: they changed behind it */
+		hfs_kcache_range(i->ino, -1, 0);
+}
+
+int hfs_kill_priv(struct hfs_inode *i, const struct hfs_ctx *who, struct hfs_completion *c)
+{
+	mode_t was;
+	int ret;
+
+	if (i->kind != HFS_REG)
+		return 0;
+	ret = hfs_writable(i->heap, c);
+	if (ret)
+		return ret;
+	lock_w(i);
+	was = i->mode;
+	__kill_suid(i, who, false);
+	__hfs_xattr_kill_priv(i, c); /* file capabilities go too, as a write's */
+	if (i->mode != was) {
+		hfs_now(&i->ctime);
+		__inode_changed(HFS_CH_SETATTR, i, c);
+	}
+	unlock_w(i, i->mode != was);
+	return 0;
 }
 
 /* i->lock held: bytes [off, off + len) of i were punched (read as zeros now). */
@@ -1046,8 +1125,8 @@ out:
 	return ret;
 }
 
-int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set, uid_t who,
-		struct hfs_completion *c)
+int hfs_setattr(struct hfs_inode *i, const struct hfs_attr *attr, unsigned to_set,
+		const struct hfs_ctx *who, struct hfs_completion *c)
 {
 	struct timespec now;
 	int ret = 0;
@@ -1190,7 +1269,7 @@ static uint64_t size_of(struct hfs_inode *i)
 /* One run of a round into out at ooff: data is written (short: what fit), a hole below
  * out's size punched (past it, the size moves later).  The bytes done, or -errno. */
 static int64_t put_seg(struct hfs_inode *out, const struct copy_round *r, const struct copy_seg *sg,
-		       uint64_t ooff, uid_t who, struct hfs_completion *c)
+		       uint64_t ooff, const struct hfs_ctx *who, struct hfs_completion *c)
 {
 	uint64_t osize;
 	int64_t done = 0;
@@ -1219,7 +1298,7 @@ static int64_t put_seg(struct hfs_inode *out, const struct copy_round *r, const 
 }
 
 int64_t hfs_copy_range(struct hfs_inode *in, uint64_t ioff, struct hfs_inode *out, uint64_t ooff,
-		       uint64_t len, uid_t who, struct hfs_completion *c)
+		       uint64_t len, const struct hfs_ctx *who, struct hfs_completion *c)
 {
 	struct copy_round *r;
 	uint64_t done = 0, isize;

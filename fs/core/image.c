@@ -523,7 +523,7 @@ static int apply_data(struct hfs_apply *a, struct img_r *r, const struct img_rec
 			return ret;
 		bytes = a->buf;
 	}
-	ret = hfs_write(i, bytes, rec->data_len, (off_t)off, 0, &a->c);
+	ret = hfs_write(i, bytes, rec->data_len, (off_t)off, NULL, &a->c);
 	if (ret >= 0 && (uint32_t)ret != rec->data_len)
 		ret = -ENOSPC;
 	return ret < 0 ? refuse(a, ret, "the data of inode %llu does not fit the heap",
@@ -548,7 +548,7 @@ static int apply_setattr(struct hfs_apply *a, struct hfs_inode *i, const struct 
 			mask |= bits[k][1];
 	if (i->kind != HFS_REG)
 		mask &= ~HFS_SET_SIZE;
-	return hfs_setattr(i, &at, mask, 0, &a->c);
+	return hfs_setattr(i, &at, mask, NULL, &a->c);
 }
 
 #define IMG_SET_ALL (IMG_SET_MODE | IMG_SET_UID | IMG_SET_GID | IMG_SET_SIZE | IMG_SET_ATIME | \

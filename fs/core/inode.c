@@ -172,6 +172,26 @@ struct hfs_inode *hfs_iget(hfs_ino_t ino)
 	return sl ? atomic_load_explicit(&sl->inode, memory_order_acquire) : NULL;
 }
 
+struct hfs_inode *hfs_iget_ref(hfs_ino_t ino)
+{
+	struct slot *sl = slot_of(ino);
+	struct hfs_inode *i;
+	uint_fast64_t r;
+
+	if (!sl)
+		return NULL;
+	/* inode_destroy empties the slot under tab_lock before it frees the inode: while we
+	 * hold it, an inode in the slot is memory we may read.  One whose count reached 0 is
+	 * being destroyed: gone. */
+	pthread_mutex_lock(&tab_lock);
+	i = atomic_load_explicit(&sl->inode, memory_order_acquire);
+	r = i ? atomic_load(&i->refs) : 0;
+	while (r && !atomic_compare_exchange_weak(&i->refs, &r, r + 1))
+		;
+	pthread_mutex_unlock(&tab_lock);
+	return r ? i : NULL;
+}
+
 void hfs_iref(struct hfs_inode *i, uint64_t n)
 {
 	atomic_fetch_add_explicit(&i->refs, n, memory_order_relaxed);

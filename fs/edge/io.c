@@ -208,9 +208,16 @@ static void inval_entry(hfs_ino_t parent, const char *name)
 	fuse_lowlevel_notify_inval_entry(session, parent, name, strlen(name));
 }
 
-/* ... or of [off, off + len) of ino's pages (written through a client's mapping). */
+/* ... or of [off, off + len) of ino's pages (written through a client's mapping, or by
+ * an O_DIRECT write: ops.c), or (off < 0) only its attributes.  Dropping pages waits for
+ * the page locks of reads in flight, whose READs may wait for the token this thread holds
+ * while it serves a small request: give it up first, as a bulk request does. */
 static void inval_range(hfs_ino_t ino, int64_t off, int64_t len)
 {
+	if (off >= 0 && main_fd >= 0 && pthread_getspecific(holder)) {
+		pthread_setspecific(holder, NULL);
+		sem_post(&token);
+	}
 	fuse_lowlevel_notify_inval_inode(session, ino, off, len);
 }
 

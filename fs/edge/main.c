@@ -5,7 +5,8 @@
  *
  * Our options are taken out of the argument vector first (fuse_opt_parse): -c FILE and
  * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 / io_uring (speed knobs, see
- * docs/DESIGN.md), -o log=stderr|syslog and log_level=LEVEL (where messages go: the
+ * docs/DESIGN.md), -o relatime / strictatime / noatime / nodiratime (hfs.atime; noatime
+ * also goes on to libfuse, which sets the mount flag), -o log=stderr|syslog and log_level=LEVEL (where messages go: the
  * daemon's one logging call is hfs_log, fs/core/log.c; syslog.c is its syslog sink), --help, --version, --print-default-config, --check-config FILE, and the
  * positional arguments (an optional SOURCE, ignored, so mount.fuse3 and fstab lines work).
  * The rest goes to fuse_parse_cmdline / fuse_session_new, so standard FUSE options pass
@@ -46,6 +47,10 @@ enum {
 	KEY_DEFPERM,
 	KEY_FSNAME,
 	KEY_SUBTYPE,
+	KEY_RELATIME,
+	KEY_STRICTATIME,
+	KEY_NOATIME,
+	KEY_NODIRATIME,
 };
 
 struct opts {
@@ -57,6 +62,8 @@ struct opts {
 	char *spin_us, *readahead_kb; /* as given: checked by num_opt() */
 	char *log, *log_level;        /* as given: checked by log_setup() */
 	int no_killpriv, io_uring;
+	enum hfs_atime_mode atime; /* the last of relatime, strictatime, noatime given */
+	bool nodiratime;
 };
 
 static const struct fuse_opt opt_spec[] = {
@@ -78,6 +85,10 @@ static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_KEY("default_permissions", KEY_DEFPERM),
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
 	FUSE_OPT_KEY("subtype=", KEY_SUBTYPE),
+	FUSE_OPT_KEY("relatime", KEY_RELATIME),
+	FUSE_OPT_KEY("strictatime", KEY_STRICTATIME),
+	FUSE_OPT_KEY("noatime", KEY_NOATIME),
+	FUSE_OPT_KEY("nodiratime", KEY_NODIRATIME),
 	FUSE_OPT_END
 };
 
@@ -112,6 +123,20 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	case KEY_SUBTYPE:
 		o->subtype = 1;
 		return 1;
+	/* atime: the kernel leaves it to us (hfs_accessed); libfuse knows only noatime (a
+	 * mount flag it sets, shown in /proc/mounts) and refuses the others */
+	case KEY_RELATIME:
+		o->atime = HFS_ATIME_REL;
+		return 0;
+	case KEY_STRICTATIME:
+		o->atime = HFS_ATIME_STRICT;
+		return 0;
+	case KEY_NOATIME:
+		o->atime = HFS_ATIME_NO;
+		return 1;
+	case KEY_NODIRATIME:
+		o->nodiratime = true;
+		return 0;
 	default:
 		return 1;
 	}
@@ -196,6 +221,8 @@ static void usage(FILE *f)
 		"    -o log=stderr|syslog     where messages go (default: stderr with -f, syslog\n"
 		"                             (facility daemon) when the daemon detaches)\n"
 		"    -o log_level=LEVEL       error, warning, notice, info (default) or debug\n"
+		"    -o relatime|strictatime|noatime, -o nodiratime\n"
+		"                             when a read updates atime (default relatime)\n"
 		"    -h, --help               this help\n"
 		"    -V, --version            print versions\n"
 		"    SOURCE                   ignored (for mount -t fuse.heapfs and fstab)\n"
@@ -383,6 +410,8 @@ static int knobs(const struct opts *o)
 	hfs.readahead_kb = readahead_kb;
 	hfs.no_killpriv = o->no_killpriv;
 	hfs.io_uring = o->io_uring;
+	hfs.atime = o->atime;
+	hfs.nodiratime = o->nodiratime;
 	return 0;
 }
 

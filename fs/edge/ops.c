@@ -90,6 +90,35 @@ static void reply_entry(fuse_req_t req, struct hfs_inode *dir, struct hfs_inode 
 		hfs_iput(i, 1);
 }
 
+/* Is the caller of req in group gid (a supplementary group)?  Read from /proc by libfuse:
+ * asked only when it decides something. */
+static bool req_in_group(const struct hfs_ctx *ctx, gid_t gid)
+{
+	gid_t small[64], *list = small;
+	int n = fuse_req_getgroups(ctx->arg, 64, small);
+	bool in = false;
+
+	if (n > 64) {
+		list = malloc((size_t)n * sizeof(*list));
+		n = list ? fuse_req_getgroups(ctx->arg, n, list) : -ENOMEM;
+	}
+	for (int k = 0; k < n && !in; k++)
+		in = list[k] == gid;
+	if (list != small)
+		free(list);
+	return in;
+}
+
+/* Who sends req, for the core; create: a user's create (the parent's default ACL or else
+ * the umask applies). */
+static struct hfs_ctx ctx_of(fuse_req_t req, bool create)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+
+	return (struct hfs_ctx){ .uid = c->uid, .gid = c->gid, .in_group = req_in_group,
+				 .arg = req, .umask = c->umask, .acl = create };
+}
+
 static void reply_err(fuse_req_t req, int ret)
 {
 	fuse_reply_err(req, -ret);
@@ -119,6 +148,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS;
+	/* File handles outlive the kernel's inode cache (export_lookup). */
+	if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
+		conn->want |= FUSE_CAP_EXPORT_SUPPORT;
 	/* Lookups and listings of one directory may run at once: hfs.ns orders them. */
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
@@ -133,8 +165,38 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->time_gran = 1;
 }
 
+/* Export lookups (FUSE_CAP_EXPORT_SUPPORT): the kernel decodes a file handle (node id +
+ * generation, open_by_handle_at, NFS) whose inode it has forgotten by asking for "." of the
+ * node id, and a directory's parent by "..".  The kernel holds no reference to that node
+ * id, so it is looked up with hfs_iget_ref; a number gone or reused gives ESTALE (the
+ * kernel compares the generation of a reused one). */
+static void export_lookup(fuse_req_t req, fuse_ino_t ino, bool dotdot)
+{
+	struct hfs_inode *i = hfs_iget_ref(ino), *p;
+	struct fuse_entry_param e;
+	struct stat st;
+	int ret;
+
+	if (!i)
+		return reply_err(req, -ESTALE);
+	if (dotdot) {
+		ret = hfs_lookup_parent(i, &p);
+		hfs_iput(i, 1);
+		if (ret)
+			return reply_err(req, ret == -ENOENT ? -ESTALE : ret);
+		i = p;
+	}
+	hfs_stat(i, &st);
+	fill_entry(&e, i, i, &st);
+	e.entry_timeout = 0; /* no name to cache */
+	if (fuse_reply_entry(req, &e))
+		hfs_iput(i, 1);
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	if (!strcmp(name, ".") || !strcmp(name, ".."))
+		return export_lookup(req, parent, name[1] == '.');
 	GET(req, dir, parent);
 	struct hfs_inode *i;
 	int ret = hfs_lookup(dir, name, &i);
@@ -199,13 +261,14 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct hfs_attr a = { .mode = attr->st_mode, .uid = attr->st_uid, .gid = attr->st_gid,
 			      .size = (uint64_t)attr->st_size, .atime = attr->st_atim,
 			      .mtime = attr->st_mtim, .ctime = attr->st_ctim };
+	struct hfs_ctx who = ctx_of(req, false);
 	unsigned mask = 0;
 
 	(void)fi;
 	for (size_t k = 0; k < sizeof(bits) / sizeof(bits[0]); k++)
 		if (to_set & bits[k].fuse)
 			mask |= bits[k].hfs;
-	ret = hfs_setattr(i, &a, mask, fuse_req_ctx(req)->uid, &c);
+	ret = hfs_setattr(i, &a, mask, &who, &c);
 	if (ret)
 		return reply_err(req, ret);
 	hfs_complete_wait(&c);
@@ -220,14 +283,14 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 	if (i->kind != HFS_LNK)
 		return reply_err(req, -EINVAL);
 	fuse_reply_readlink(req, i->lnk.target);
+	hfs_accessed(i);
 }
 
 static void new_node(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 		     dev_t rdev, const char *target)
 {
 	GET(req, dir, parent);
-	const struct fuse_ctx *c = fuse_req_ctx(req);
-	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid, .umask = c->umask, .acl = true };
+	struct hfs_ctx ctx = ctx_of(req, true);
 	struct hfs_completion done = { 0 };
 	struct hfs_inode *i;
 	int ret = hfs_create(dir, name, mode, rdev, target, &ctx, &i, &done);
@@ -274,8 +337,13 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 {
 	GET(req, dir, parent);
 	GET(req, ndir, newparent);
+	struct hfs_ctx ctx = ctx_of(req, false);
 	struct hfs_completion c = { 0 };
 
+	if (flags & RENAME_WHITEOUT)
+		return reply_change(req, &c, hfs_rename_whiteout(dir, name, ndir, newname,
+								 flags & ~RENAME_WHITEOUT, &ctx,
+								 &c));
 	reply_change(req, &c, hfs_rename(dir, name, ndir, newname, flags, &c));
 }
 
@@ -291,16 +359,22 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	reply_entry(req, ndir, i, &c);
 }
 
+/* Does the kernel keep i's pages (across opens)?  Not for cache = direct, nor a mirror. */
+static bool keeps_pages(const struct hfs_inode *i)
+{
+	return !(i->heap && (i->heap->pol.cache == CONF_CACHE_DIRECT || hfs_mirror(i->heap)));
+}
+
 /* Open flags for a regular file from its heap's cache policy. */
 static void file_flags(struct hfs_inode *i, struct fuse_file_info *fi)
 {
 	/* nothing to do at close(): data is in the heap already; a replicated heap's close
 	 * waits until the partner has everything (flush) */
 	fi->noflush = !hfs_repl_flushes(i->heap);
-	if (i->heap && (i->heap->pol.cache == CONF_CACHE_DIRECT || hfs_mirror(i->heap)))
-		fi->direct_io = 1;
-	else
+	if (keeps_pages(i))
 		fi->keep_cache = 1;
+	else
+		fi->direct_io = 1;
 }
 
 static int status_open(struct hfs_inode *i, struct fuse_file_info *fi)
@@ -388,12 +462,18 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (i->kind == HFS_STATUS) {
 		ret = status_open(i, fi);
 	} else {
-		ret = hfs_open(i, fi->flags, fuse_req_ctx(req)->uid, &c);
+		struct hfs_ctx who = ctx_of(req, false);
+
+		ret = hfs_open(i, fi->flags, &who, &c);
 		file_flags(i, fi);
 	}
 	if (ret)
 		return reply_err(req, ret);
 	hfs_complete_wait(&c); /* O_TRUNC */
+	/* The kernel serves kept pages without asking us: an open for reading counts as the
+	 * read that updates atime (a read that reaches us counts again, op_read). */
+	if (i->kind != HFS_STATUS && (fi->flags & O_ACCMODE) != O_WRONLY)
+		hfs_accessed(i);
 	hfs_iref(i, 1);
 	if (fuse_reply_open(req, fi)) {
 		if (i->kind == HFS_STATUS)
@@ -408,8 +488,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		      struct fuse_file_info *fi)
 {
 	GET(req, dir, parent);
-	const struct fuse_ctx *c = fuse_req_ctx(req);
-	struct hfs_ctx ctx = { .uid = c->uid, .gid = c->gid, .umask = c->umask, .acl = true };
+	struct hfs_ctx ctx = ctx_of(req, true);
 	struct hfs_completion done = { 0 };
 	struct fuse_entry_param e;
 	struct hfs_inode *i;
@@ -418,7 +497,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 
 	if (ret)
 		return reply_err(req, ret);
-	ret = hfs_open(i, fi->flags & ~O_TRUNC, c->uid, &done);
+	ret = hfs_open(i, fi->flags & ~O_TRUNC, &ctx, &done);
 	if (ret) {
 		hfs_iput(i, 1);
 		return reply_err(req, ret);
@@ -479,6 +558,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	fuse_reply_iov(req, iov, niov);
 	hfs_read_end(i);
 	free(bounce);
+	hfs_accessed(i);
 }
 
 struct write_reply {
@@ -502,13 +582,20 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		     struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
+	struct hfs_ctx who = ctx_of(req, false);
 	struct hfs_completion c = { 0 };
 	int ret, ret2;
 
-	(void)fi;
-	ret = hfs_write(i, buf, size, off, fuse_req_ctx(req)->uid, &c);
+	ret = hfs_write(i, buf, size, off, &who, &c);
 	if (ret < 0)
 		return reply_err(req, ret);
+	/* An O_DIRECT write bypassed the pages the kernel keeps; it drops them before an
+	 * asynchronous one (AIO, io_uring) but not after, so a buffered read meanwhile could
+	 * have cached the old bytes again: drop the range now the new ones are in.  Not over
+	 * FUSE-over-io_uring: dropping waits for the page lock of that read, whose READ may
+	 * be queued behind this very request on the ring worker (a deadlock). */
+	if (fi->flags & O_DIRECT && ret > 0 && keeps_pages(i) && !hfs.io_uring)
+		hfs_kcache_range(i->ino, off, ret);
 	/* sync replication: the reply goes once the partner applied it (or is lost) — from
 	 * the link's receive thread, so this worker is free meanwhile; over io_uring replies
 	 * belong to the ring's worker, which waits instead */
@@ -572,8 +659,10 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (!buf)
 		return reply_err(req, -ENOMEM);
 	pthread_mutex_lock(&s->lock);
-	if (off == 0)
+	if (off == 0) {
 		ret = hfs_dir_snapshot(dir, s); /* also what rewinddir() asks for */
+		hfs_accessed(dir);
+	}
 	for (size_t idx = (size_t)off; !ret; idx++) {
 		struct hfs_inode *i;
 		const char *name;
@@ -732,10 +821,17 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 			 struct fuse_file_info *fi)
 {
 	GET(req, i, ino);
+	struct hfs_ctx who = ctx_of(req, false);
 	struct hfs_completion c = { 0 };
+	int ret;
 
 	(void)fi;
-	reply_change(req, &c, hfs_fallocate(i, mode, offset, length, &c));
+	/* as a write: the kernel leaves clearing suid/sgid to us (FUSE_HANDLE_KILLPRIV_V2);
+	 * first, as tmpfs does (file_modified) */
+	ret = hfs_kill_priv(i, &who, &c);
+	if (!ret)
+		ret = hfs_fallocate(i, mode, offset, length, &c);
+	reply_change(req, &c, ret);
 }
 
 /* SEEK_DATA / SEEK_HOLE: the extents (SEEK_SET/CUR/END never come here). */
@@ -759,6 +855,7 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 {
 	GET(req, in, ino_in);
 	GET(req, out, ino_out);
+	struct hfs_ctx who = ctx_of(req, false);
 	struct hfs_completion c = { 0 };
 	int64_t n;
 	int ret;
@@ -771,7 +868,7 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 	if (off_in < 0 || off_out < 0)
 		return reply_err(req, -EINVAL);
 	n = hfs_copy_range(in, (uint64_t)off_in, out, (uint64_t)off_out, len,
-			   fuse_req_ctx(req)->uid, &c);
+			   &who, &c);
 	if (n < 0)
 		return reply_err(req, (int)n);
 	ret = hfs_complete_wait(&c); /* sync replication: the partner has it */

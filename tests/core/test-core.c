@@ -151,8 +151,8 @@ int main(void)
 
 	a = mkheap("a", &da);
 	CHECK(hfs_create(da, "f", S_IFREG | 0640, 0, NULL, &ctx, &f, NULL) == 0);
-	CHECK(hfs_open(f, O_WRONLY, ctx.uid, NULL) == 0);
-	CHECK(hfs_write(f, data, FILE_LEN, 0, ctx.uid, NULL) == FILE_LEN);
+	CHECK(hfs_open(f, O_WRONLY, &ctx, NULL) == 0);
+	CHECK(hfs_write(f, data, FILE_LEN, 0, &ctx, NULL) == FILE_LEN);
 	hfs_release(f, O_WRONLY);
 	check_bytes(f, data, FILE_LEN);
 
@@ -170,7 +170,7 @@ int main(void)
 	check_bytes(g, data, FILE_LEN);
 
 	/* a change to the copy leaves the original as it was */
-	CHECK(hfs_write(g, "xyz", 3, 10, ctx.uid, NULL) == 3);
+	CHECK(hfs_write(g, "xyz", 3, 10, &ctx, NULL) == 3);
 	check_bytes(f, data, FILE_LEN);
 	memcpy(data + 10, "xyz", 3);
 	check_bytes(g, data, FILE_LEN);

@@ -513,6 +513,16 @@ def mount(mount_factory):
 
 
 @pytest.fixture
+def tmpfs(tmp_path):
+    """A real tmpfs (16 MiB) to compare heapfs with in the same test."""
+    d = tmp_path / "tmpfs"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(d)], check=True)
+    yield d
+    subprocess.run(["umount", str(d)], check=True)
+
+
+@pytest.fixture
 def write_config(tmp_path):
     """write_config(text, name='extra.conf') -> Path of a config file under tmp_path."""
     def write(text, name="extra.conf"):

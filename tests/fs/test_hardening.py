@@ -129,15 +129,6 @@ def test_impossible_writes_never_starve_a_concurrent_writer(mount_factory):
 
 # ---- open(O_RDONLY | O_TRUNC): both sides agree, as on tmpfs
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    d = tmp_path / "tmpfs"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(d)], check=True)
-    yield d
-    subprocess.run(["umount", str(d)], check=True)
-
-
 def rdonly_trunc_then_append(d, read):
     f = d / "f"
     f.write_bytes(b"hello world\n")

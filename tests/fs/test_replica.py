@@ -131,8 +131,9 @@ class Relay:
 
 class Pair:
     def __init__(self, factory, secret, mode="sync", size="64M", timeout="1s", relay=False,
-                 failover_b=False, extra_a="", prefix_a=(), extra_partner_a=""):
+                 failover_b=False, extra_a="", prefix_a=(), extra_partner_a="", opts=()):
         self.factory, self.secret, self.timeout = factory, secret, timeout
+        self.opts = opts  # more command-line arguments of both daemons (-o allow_other)
         self.prefix_a = prefix_a  # a's daemon runs behind it (env, prlimit, ...)
         self.pa, self.pb = port_pair()
         self.ca, self.cb = self.pb, self.pa  # where each one connects to
@@ -152,6 +153,7 @@ class Pair:
     def start_a(self, **kw):
         self.n += 1
         kw.setdefault("prefix", self.prefix_a)
+        kw.setdefault("extra", self.opts)
         cfg = config("a", self.pa, self.ca, self.secret, self.heaps_a, self.timeout)
         if self.extra_partner_a:
             cfg = cfg[:cfg.rindex("}")] + f" {self.extra_partner_a} }}\n"
@@ -159,6 +161,7 @@ class Pair:
 
     def start_b(self, **kw):
         self.n += 1
+        kw.setdefault("extra", self.opts)
         cfg = config("b", self.pb, self.cb, self.secret, 'heap "local" { size = 16M }',
                      self.timeout)
         if self.failover_b:
