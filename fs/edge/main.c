@@ -4,7 +4,7 @@
  *   heapfs [-c FILE] [-o opt,...] [-f] [-d] [-s] [SOURCE] MOUNTPOINT
  *
  * Our options are taken out of the argument vector first (fuse_opt_parse): -c FILE and
- * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 / io_uring (speed knobs, see
+ * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 / io_uring=on|off (speed knobs, see
  * docs/DESIGN.md), -o log=stderr|syslog and log_level=LEVEL (where messages go: the
  * daemon's one logging call is hfs_log, fs/core/log.c; syslog.c is its syslog sink), --help, --version, --print-default-config, --check-config FILE, and the
  * positional arguments (an optional SOURCE, ignored, so mount.fuse3 and fstab lines work).
@@ -56,6 +56,7 @@ struct opts {
 	int npos;
 	char *spin_us, *readahead_kb; /* as given: checked by num_opt() */
 	char *log, *log_level;        /* as given: checked by log_setup() */
+	char *io_uring_val;           /* -o io_uring=on|off as given: checked by knobs() */
 	int no_killpriv, io_uring;
 };
 
@@ -66,6 +67,7 @@ static const struct fuse_opt opt_spec[] = {
 	{ "readahead_kb=%s", offsetof(struct opts, readahead_kb), 0 },
 	{ "no_killpriv_v2", offsetof(struct opts, no_killpriv), 1 },
 	{ "io_uring", offsetof(struct opts, io_uring), 1 },
+	{ "io_uring=%s", offsetof(struct opts, io_uring_val), 0 },
 	{ "log=%s", offsetof(struct opts, log), 0 },
 	{ "log_level=%s", offsetof(struct opts, log_level), 0 },
 	{ "--check-config=%s", offsetof(struct opts, check), 0 },
@@ -190,9 +192,9 @@ static void usage(FILE *f)
 		"    -o readahead_kb=N        the mount's readahead (default 1024; 0 = kernel's;\n"
 		"                             at most 1048576)\n"
 		"    -o no_killpriv_v2        let the kernel check security.capability on writes\n"
-		"    -o io_uring              experimental: serve requests over FUSE-over-io_uring,\n"
-		"                             one worker per CPU (Linux 6.14+; sets the fuse\n"
-		"                             module's enable_uring; spin_us then applies to them)\n"
+		"    -o io_uring=on|off       FUSE over io_uring, one worker per CPU (default on\n"
+		"                             where the kernel offers it, Linux 6.14+, else\n"
+		"                             /dev/fuse; off: always /dev/fuse)\n"
 		"    -o log=stderr|syslog     where messages go (default: stderr with -f, syslog\n"
 		"                             (facility daemon) when the daemon detaches)\n"
 		"    -o log_level=LEVEL       error, warning, notice, info (default) or debug\n"
@@ -284,9 +286,18 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 	if (fuse_set_signal_handlers(se))
 		goto out_destroy;
 	/* the kernel offers io_uring in INIT, sent at mount, only when enabled; when it cannot
-	 * be enabled the mount simply stays on /dev/fuse */
-	if (hfs.io_uring && hfs_uring_enable())
-		hfs_log(HFS_LOG_WARNING, "cannot enable FUSE over io_uring; using /dev/fuse");
+	 * be enabled the mount simply stays on /dev/fuse (said only when asked for by name) */
+	if (hfs.io_uring) {
+		int err = hfs_uring_enable();
+
+		if (err) {
+			hfs_log(hfs.io_uring == HFS_URING_ASKED ? HFS_LOG_WARNING : HFS_LOG_DEBUG,
+				"FUSE over io_uring is not available (%s); using /dev/fuse",
+				strerror(-err));
+			hfs.io_uring = HFS_URING_OFF;
+			hfs_uring_settle();
+		}
+	}
 	if (fuse_session_mount(se, cmd->mountpoint))
 		goto out_signals;
 	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground))
@@ -316,6 +327,7 @@ out_unmount:
 	if (ret == 0 && hfs_images_save()) /* nothing changes the heaps any more */
 		ret = 1;
 out_signals:
+	hfs_uring_settle(); /* the kernel's switch as found, if INIT never came */
 	fuse_remove_signal_handlers(se);
 out_destroy:
 	fuse_session_destroy(se);
@@ -382,7 +394,15 @@ static int knobs(const struct opts *o)
 	hfs.spin_ns = allowed_cpus() < 2 ? 0 : (int64_t)spin_us * 1000;
 	hfs.readahead_kb = readahead_kb;
 	hfs.no_killpriv = o->no_killpriv;
-	hfs.io_uring = o->io_uring;
+	hfs.io_uring = o->io_uring ? HFS_URING_ASKED : HFS_URING_OFFERED;
+	if (o->io_uring_val && !strcmp(o->io_uring_val, "off"))
+		hfs.io_uring = HFS_URING_OFF;
+	else if (o->io_uring_val && !strcmp(o->io_uring_val, "on"))
+		hfs.io_uring = HFS_URING_ASKED;
+	else if (o->io_uring_val) {
+		fprintf(stderr, "heapfs: -o io_uring=%s: on or off\n", o->io_uring_val);
+		return -1;
+	}
 	return 0;
 }
 
@@ -447,6 +467,7 @@ out:
 	free(o.check);
 	free(o.spin_us);
 	free(o.readahead_kb);
+	free(o.io_uring_val);
 	free(o.log);
 	free(o.log_level);
 	hfs_syslog_stop();
