@@ -315,6 +315,10 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 		pthread_detach(ra);
 	/* a positive value is the signal that ended the loop: a clean stop */
 	ret = loop(se, cmd) < 0 ? 1 : 0;
+	/* the ring workers end with libfuse's loop, as its workers did: nothing serves
+	 * requests while the features stop (a request queued meanwhile waits for the
+	 * unmount, which fails it) */
+	hfs_uring_stop();
 	hfs_repl_stop();
 out_housekeeper:
 	hfs_housekeeper_stop();
@@ -323,7 +327,7 @@ out_unmount:
 	/* after the unmount: a request of ours to the mount (fstat, stat) that nobody serves
 	 * any more fails now instead of hanging the join; before the session goes */
 	hfs_client_stop();
-	hfs_uring_stop();
+	hfs_uring_stop(); /* if the loop never ran */
 	if (ret == 0 && hfs_images_save()) /* nothing changes the heaps any more */
 		ret = 1;
 out_signals:
