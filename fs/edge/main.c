@@ -56,7 +56,7 @@ struct opts {
 	int npos;
 	char *spin_us, *readahead_kb; /* as given: checked by num_opt() */
 	char *log, *log_level;        /* as given: checked by log_setup() */
-	char *io_uring_val;           /* -o io_uring=on|off as given: checked by knobs() */
+	char *io_uring_val;           /* -o io_uring=auto|on|off as given: checked by knobs() */
 	int no_killpriv, io_uring;
 };
 
@@ -192,9 +192,10 @@ static void usage(FILE *f)
 		"    -o readahead_kb=N        the mount's readahead (default 1024; 0 = kernel's;\n"
 		"                             at most 1048576)\n"
 		"    -o no_killpriv_v2        let the kernel check security.capability on writes\n"
-		"    -o io_uring=on|off       FUSE over io_uring, one worker per CPU (default on\n"
-		"                             where the kernel offers it, Linux 6.14+, else\n"
-		"                             /dev/fuse; off: always /dev/fuse)\n"
+		"    -o io_uring=auto|on|off  FUSE over io_uring, one worker per CPU (Linux 6.14+)\n"
+		"                             or /dev/fuse; auto (default): io_uring where the\n"
+		"                             kernel offers it, unless a heap is for big files\n"
+		"                             (min_block >= 64K or layout = contiguous)\n"
 		"    -o log=stderr|syslog     where messages go (default: stderr with -f, syslog\n"
 		"                             (facility daemon) when the daemon detaches)\n"
 		"    -o log_level=LEVEL       error, warning, notice, info (default) or debug\n"
@@ -274,8 +275,26 @@ static int loop(struct fuse_session *se, struct fuse_cmdline_opts *cmd)
 	return ret;
 }
 
+/* The transport by the heap policies (issue 22).  FUSE over io_uring shortens every
+ * round trip (small requests 1.2-1.5x of /dev/fuse), but serves 1 MiB reads and writes at
+ * about 0.55x of /dev/fuse on a quiet machine (make bench, docs/DESIGN.md "Transports"):
+ * the kernel reads replies only from the ring's buffers, one more copy.  A heap made for
+ * big files (min_block >= 64 KiB: no file is smaller; or layout = contiguous: a file is
+ * one block) makes the mount a mount of big files, served over /dev/fuse; any other mount
+ * is one of small files, served over io_uring.  The heap's name, or NULL. */
+static const char *big_file_heap(const struct conf *c)
+{
+	for (unsigned k = 0; k < c->nheaps; k++)
+		if (c->heaps[k].min_block >= HFS_BULK_BYTES ||
+		    c->heaps[k].layout == CONF_LAYOUT_CONTIGUOUS)
+			return c->heaps[k].name;
+	return NULL;
+}
+
 static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 {
+	const char *big = big_file_heap(hfs.conf);
+
 	struct fuse_session *se;
 	pthread_t ra;
 	int ret = 1;
@@ -287,6 +306,11 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 		goto out_destroy;
 	/* the kernel offers io_uring in INIT, sent at mount, only when enabled; when it cannot
 	 * be enabled the mount simply stays on /dev/fuse (said only when asked for by name) */
+	if (hfs.io_uring == HFS_URING_OFFERED && big) {
+		hfs_log(HFS_LOG_INFO, "heap %s is for big files (min_block >= 64K or layout = "
+			"contiguous): serving over /dev/fuse (-o io_uring=on: io_uring)", big);
+		hfs.io_uring = HFS_URING_OFF;
+	}
 	if (hfs.io_uring) {
 		int err = hfs_uring_enable();
 
@@ -403,8 +427,10 @@ static int knobs(const struct opts *o)
 		hfs.io_uring = HFS_URING_OFF;
 	else if (o->io_uring_val && !strcmp(o->io_uring_val, "on"))
 		hfs.io_uring = HFS_URING_ASKED;
+	else if (o->io_uring_val && !strcmp(o->io_uring_val, "auto"))
+		hfs.io_uring = HFS_URING_OFFERED;
 	else if (o->io_uring_val) {
-		fprintf(stderr, "heapfs: -o io_uring=%s: on or off\n", o->io_uring_val);
+		fprintf(stderr, "heapfs: -o io_uring=%s: auto, on or off\n", o->io_uring_val);
 		return -1;
 	}
 	return 0;

@@ -1,6 +1,7 @@
 /*
- * uring.c — the FUSE-over-io_uring transport (Linux 6.14+): the default wherever the kernel
- * offers it, -o io_uring=off for /dev/fuse (io.c).
+ * uring.c — the FUSE-over-io_uring transport (Linux 6.14+): the default for mounts of small
+ * files where the kernel offers it (main.c picks, -o io_uring=auto|on|off; else io.c's
+ * /dev/fuse).
  *
  * With it the kernel queues each request on the queue of the CPU its caller runs on, and a
  * worker pinned to that CPU serves it: the wake-up stays on one CPU (no cross-CPU wake-up

@@ -118,7 +118,7 @@ def test_io_uring_off_and_bad_values(mount_factory, tmp_path):
         r = subprocess.run([str(conftest.HEAPFS), "-f", "-o", f"io_uring={bad}",
                             str(mnt)], capture_output=True, text=True, timeout=30)
         assert r.returncode == 2, (bad, r.stderr)
-        assert "on or off" in r.stderr, r.stderr
+        assert "auto, on or off" in r.stderr, r.stderr
         assert not os.path.ismount(mnt)
 
 
@@ -150,7 +150,8 @@ os.execvp(sys.argv[1], sys.argv[1:])
 """
 
 
-@pytest.mark.parametrize("opts", [(), ("-o", "io_uring=on")], ids=["default", "asked"])
+@pytest.mark.parametrize("opts", [("-o", "io_uring=auto"), ("-o", "io_uring=on")],
+                         ids=["default", "asked"])
 def test_falls_back_to_devfuse_where_io_uring_cannot_be_had(mount_factory, opts):
     """A daemon that cannot make rings serves over /dev/fuse: silently by default, with a
     warning when -o io_uring was asked for; stats say /dev/fuse; the kernel's switch is
@@ -165,7 +166,38 @@ def test_falls_back_to_devfuse_where_io_uring_cannot_be_had(mount_factory, opts)
     serve_through_idle(m)
     assert m.stats()["transport"] == "/dev/fuse"
     err = m.stderr_text()
-    if opts:
+    if opts[1] == "io_uring=on":
         assert "FUSE over io_uring is not available" in err and "using /dev/fuse" in err, err
     else:
         assert "io_uring" not in err, err
+
+
+@pytest.mark.parametrize("heap", ['min_block = 64K', 'min_block = 1M',
+                                  'min_block = 4K  layout = contiguous'])
+def test_a_mount_of_big_files_is_served_over_devfuse(mount_factory, heap):
+    """The rule by heap policy: a heap made for big files (min_block of 64 KiB or more,
+    or one block a file) puts its mount on /dev/fuse, where bulk transfers are faster;
+    -o io_uring=on overrides it.  Big files written and read back either way."""
+    if not ENABLE_URING.exists():
+        pytest.skip("this kernel's fuse has no enable_uring switch: no FUSE over io_uring")
+    conf = ('heap "small" { size = 16M  min_block = 4K }\n'
+            f'heap "big" {{ size = 64M  {heap} }}\n')
+    data = pattern(4 * MIB, seed=3)
+    for extra, want in ((("-o", "io_uring=auto"), "/dev/fuse"),
+                        (("-o", "io_uring=on"), "io_uring")):
+        m = mount_factory(conf, extra=extra)
+        assert m.stats()["transport"] == want, (extra, m.stderr_text())
+        (m.heap("big") / "f").write_bytes(data)
+        assert read_daemon(m.heap("big") / "f") == data
+        if want == "/dev/fuse":
+            assert "heap big is for big files" in m.stderr_text()
+
+
+def test_a_mount_of_small_files_is_served_over_io_uring(mount_factory):
+    """Heaps of small blocks only (the default config's kind): io_uring."""
+    if not ENABLE_URING.exists():
+        pytest.skip("this kernel's fuse has no enable_uring switch: no FUSE over io_uring")
+    m = mount_factory('heap "a" { size = 16M  min_block = 64 }\n'
+                      'heap "b" { size = 64M  min_block = 32K }\n',
+                      extra=("-o", "io_uring=auto"))
+    assert m.stats()["transport"] == "io_uring", m.stderr_text()
