@@ -22,7 +22,7 @@
  *    fds as usual), and off on one CPU, with -o spin_us=0 and with io_uring (the ring
  *    workers spin instead, uring.c).
  *
- * 3. FUSE over io_uring (uring.c; the default, -o io_uring=off: not): read() also notes
+ * 3. FUSE over io_uring (uring.c; main.c decides, -o io_uring=auto|on|off): read() notes
  *    whether the kernel offers FUSE_OVER_IO_URING; writev() then sets FUSE_INIT_EXT and
  *    the flags2 bit in the INIT reply (libfuse 3.14's 7.31 reply is 64 bytes: flags2 sits
  *    in its unused words) and, once the kernel has taken the reply, puts the kernel's

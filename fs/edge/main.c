@@ -4,8 +4,8 @@
  *   heapfs [-c FILE] [-o opt,...] [-f] [-d] [-s] [SOURCE] MOUNTPOINT
  *
  * Our options are taken out of the argument vector first (fuse_opt_parse): -c FILE and
- * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 / io_uring=on|off (speed knobs, see
- * docs/DESIGN.md), -o log=stderr|syslog and log_level=LEVEL (where messages go: the
+ * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 (speed knobs) and
+ * io_uring=auto|on|off (the transport, chosen in run(); see docs/DESIGN.md "Speed"), -o log=stderr|syslog and log_level=LEVEL (where messages go: the
  * daemon's one logging call is hfs_log, fs/core/log.c; syslog.c is its syslog sink), --help, --version, --print-default-config, --check-config FILE, and the
  * positional arguments (an optional SOURCE, ignored, so mount.fuse3 and fstab lines work).
  * The rest goes to fuse_parse_cmdline / fuse_session_new, so standard FUSE options pass
