@@ -214,7 +214,9 @@ struct hfs_fs {
 	bool no_killpriv; /* -o no_killpriv_v2: do not ask for it */
 	unsigned readahead_kb; /* -o readahead_kb=N, 0: leave the kernel's */
 	int64_t spin_ns; /* how long an idle worker polls the device before sleeping (io.c) */
-	bool io_uring; /* -o io_uring: serve requests over FUSE-over-io_uring (uring.c) */
+	enum { HFS_URING_OFF, HFS_URING_OFFERED, HFS_URING_ASKED } io_uring; /* FUSE over io_uring:
+		* -o io_uring=off, where the kernel offers it (default), -o io_uring[=on] (main.c) */
+	_Atomic bool uring_live; /* the ring workers serve requests: .heapfs/stats "transport" */
 	enum hfs_atime_mode atime; /* -o relatime (default), strictatime, noatime */
 	bool nodiratime;           /* -o nodiratime: directories keep their atime */
 };

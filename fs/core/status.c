@@ -157,6 +157,8 @@ static json_t *stats_json(struct hfs_heap **v, unsigned n)
 	bad |= set(o, "mount", json_string(hfs.mountpoint));
 	bad |= set(o, "pid", json_integer(getpid()));
 	bad |= set(o, "spin_us", json_integer(hfs.spin_ns / 1000)); /* in force, after main.c */
+	bad |= set(o, "transport",
+		   json_string(atomic_load(&hfs.uring_live) ? "io_uring" : "/dev/fuse"));
 	bad |= set(o, "snapshot_bytes", json_integer((json_int_t)atomic_load(&held)));
 	bad |= set(o, "snapshot_budget", json_integer(HFS_SNAPSHOT_BUDGET));
 	bad |= add_parts(o, HFS_STATS_AT_END);

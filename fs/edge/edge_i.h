@@ -20,10 +20,16 @@ _Static_assert(sizeof(fuse_ino_t) == sizeof(hfs_ino_t) && FUSE_ROOT_ID == HFS_RO
 int hfs_io_setup(struct fuse_session *se);
 void hfs_inval_inode(hfs_ino_t ino, int64_t off, int64_t len);
 
-/* uring.c — experimental FUSE-over-io_uring transport (-o io_uring). */
+/* Reads and writes at least this big are bulk: /dev/fuse workers hand them off (io.c),
+ * ring workers serve bulk reads off the caller's CPU (uring.c). */
+#define HFS_BULK_BYTES (64 * 1024)
+
+/* uring.c — the FUSE-over-io_uring transport (default; -o io_uring=off). */
 int hfs_uring_enable(void);
+void hfs_uring_settle(void);
 void hfs_uring_start(struct fuse_session *se, int fd, size_t payload);
 bool hfs_uring_reply(const struct iovec *iov, int count, ssize_t *res);
+bool hfs_uring_serving(void);
 void hfs_uring_stop(void);
 
 /* syslog.c — the syslog sink of the log: start (0 or -errno, said on stderr) makes every

@@ -19,13 +19,14 @@
  *    to watching right after its reply: a synchronous client (one request at a time) then
  *    meets a thread that is already awake.  Bulk reads and writes give the token up first,
  *    so they run in parallel.  Only on the main device fd (clone_fd workers read their own
- *    fds as usual), and off on one CPU, with -o spin_us=0 and with -o io_uring (the ring
+ *    fds as usual), and off on one CPU, with -o spin_us=0 and with io_uring (the ring
  *    workers spin instead, uring.c).
  *
- * 3. -o io_uring (experimental, uring.c): read() also notes whether the kernel offers
- *    FUSE_OVER_IO_URING; writev() then sets FUSE_INIT_EXT and the flags2 bit in the INIT
- *    reply (libfuse 3.14's 7.31 reply is 64 bytes: flags2 sits in its unused words) and,
- *    once the kernel has taken the reply, starts the ring workers.  Replies made while a
+ * 3. FUSE over io_uring (uring.c; main.c decides, -o io_uring=auto|on|off): read() notes
+ *    whether the kernel offers FUSE_OVER_IO_URING; writev() then sets FUSE_INIT_EXT and
+ *    the flags2 bit in the INIT reply (libfuse 3.14's 7.31 reply is 64 bytes: flags2 sits
+ *    in its unused words) and, once the kernel has taken the reply, puts the kernel's
+ *    enable_uring back as found and starts the ring workers.  Replies made while a
  *    ring worker serves a request are handed to uring.c instead of the device.
  *
  * 4. The kernel caches to drop: io.c registers with the core (hfs_kcache_register) the
@@ -59,8 +60,6 @@
 #include "edge_i.h"
 #include "uring_i.h"
 
-#define BULK_BYTES (64 * 1024) /* reads/writes at least this big are handed off */
-
 static _Atomic uint64_t init_unique; /* INIT request to patch the reply of; 0: none */
 static uint32_t init_flags, init_flags2; /* what to OR into that reply */
 static struct fuse_session *session;
@@ -87,9 +86,9 @@ static bool bulk(const void *buf, ssize_t n)
 	if (n < (ssize_t)sizeof(*h))
 		return true;
 	if (h->opcode == FUSE_WRITE)
-		return h->len >= BULK_BYTES;
+		return h->len >= HFS_BULK_BYTES;
 	if (h->opcode == FUSE_READ && n >= (ssize_t)(sizeof(*h) + sizeof(struct fuse_read_in)))
-		return ((const struct fuse_read_in *)(h + 1))->size >= BULK_BYTES;
+		return ((const struct fuse_read_in *)(h + 1))->size >= HFS_BULK_BYTES;
 	return false;
 }
 
@@ -147,17 +146,16 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 					  sizeof(uint32_t));
 
 		init_flags = init_flags2 = 0;
+		atomic_store(&init_unique, h->unique); /* its reply is patched, then settle */
 		if (in->flags & FUSE_HANDLE_KILLPRIV_V2 && !hfs.no_killpriv)
 			init_flags |= FUSE_HANDLE_KILLPRIV_V2;
 		if (hfs.io_uring && ext && in->flags2 & HFS_FUSE_OVER_IO_URING2) {
 			init_flags |= FUSE_INIT_EXT;
 			init_flags2 |= HFS_FUSE_OVER_IO_URING2;
 		} else if (hfs.io_uring) {
-			hfs_log(HFS_LOG_WARNING, "the kernel does not offer FUSE over io_uring; "
-					"using /dev/fuse");
+			hfs_log(hfs.io_uring == HFS_URING_ASKED ? HFS_LOG_WARNING : HFS_LOG_DEBUG,
+				"the kernel does not offer FUSE over io_uring; using /dev/fuse");
 		}
-		if (init_flags)
-			atomic_store(&init_unique, h->unique);
 	}
 	return n;
 }
@@ -166,6 +164,7 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	uint64_t u = atomic_load(&init_unique);
 	size_t payload = 0;
+	bool init = false;
 	ssize_t n;
 
 	(void)userdata;
@@ -189,9 +188,12 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 				payload = MAX(payload, MAX((size_t)o->max_write, FUSE_MIN_READ_BUFFER));
 			}
 			atomic_store(&init_unique, 0);
+			init = true;
 		}
 	}
 	n = writev(fd, iov, count);
+	if (init) /* the kernel has read enable_uring for this mount: put it back */
+		hfs_uring_settle();
 	if (payload && n >= 0) /* the kernel has taken the INIT reply: rings may register */
 		hfs_uring_start(session, dev_fd, payload);
 	return n;

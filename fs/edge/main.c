@@ -4,9 +4,10 @@
  *   heapfs [-c FILE] [-o opt,...] [-f] [-d] [-s] [SOURCE] MOUNTPOINT
  *
  * Our options are taken out of the argument vector first (fuse_opt_parse): -c FILE and
- * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 / io_uring (speed knobs, see
- * docs/DESIGN.md), -o relatime / strictatime / noatime / nodiratime (hfs.atime; noatime
- * also goes on to libfuse, which sets the mount flag), -o log=stderr|syslog and log_level=LEVEL (where messages go: the
+ * -o config=FILE, -o spin_us=N / readahead_kb=N / no_killpriv_v2 (speed knobs) and
+ * io_uring=auto|on|off (the transport, chosen in run(); see docs/DESIGN.md "Speed"),
+ * -o relatime / strictatime / noatime / nodiratime (hfs.atime; noatime also goes on to
+ * libfuse, which sets the mount flag), -o log=stderr|syslog and log_level=LEVEL (where messages go: the
  * daemon's one logging call is hfs_log, fs/core/log.c; syslog.c is its syslog sink), --help, --version, --print-default-config, --check-config FILE, and the
  * positional arguments (an optional SOURCE, ignored, so mount.fuse3 and fstab lines work).
  * The rest goes to fuse_parse_cmdline / fuse_session_new, so standard FUSE options pass
@@ -61,6 +62,7 @@ struct opts {
 	int npos;
 	char *spin_us, *readahead_kb; /* as given: checked by num_opt() */
 	char *log, *log_level;        /* as given: checked by log_setup() */
+	char *io_uring_val;           /* -o io_uring=auto|on|off as given: checked by knobs() */
 	int no_killpriv, io_uring;
 	enum hfs_atime_mode atime; /* the last of relatime, strictatime, noatime given */
 	bool nodiratime;
@@ -73,6 +75,7 @@ static const struct fuse_opt opt_spec[] = {
 	{ "readahead_kb=%s", offsetof(struct opts, readahead_kb), 0 },
 	{ "no_killpriv_v2", offsetof(struct opts, no_killpriv), 1 },
 	{ "io_uring", offsetof(struct opts, io_uring), 1 },
+	{ "io_uring=%s", offsetof(struct opts, io_uring_val), 0 },
 	{ "log=%s", offsetof(struct opts, log), 0 },
 	{ "log_level=%s", offsetof(struct opts, log_level), 0 },
 	{ "--check-config=%s", offsetof(struct opts, check), 0 },
@@ -215,9 +218,10 @@ static void usage(FILE *f)
 		"    -o readahead_kb=N        the mount's readahead (default 1024; 0 = kernel's;\n"
 		"                             at most 1048576)\n"
 		"    -o no_killpriv_v2        let the kernel check security.capability on writes\n"
-		"    -o io_uring              experimental: serve requests over FUSE-over-io_uring,\n"
-		"                             one worker per CPU (Linux 6.14+; sets the fuse\n"
-		"                             module's enable_uring; spin_us then applies to them)\n"
+		"    -o io_uring=auto|on|off  FUSE over io_uring, one worker per CPU (Linux 6.14+)\n"
+		"                             or /dev/fuse; auto (default): io_uring where the\n"
+		"                             kernel offers it, unless a heap is for big files\n"
+		"                             (min_block >= 64K or layout = contiguous)\n"
 		"    -o log=stderr|syslog     where messages go (default: stderr with -f, syslog\n"
 		"                             (facility daemon) when the daemon detaches)\n"
 		"    -o log_level=LEVEL       error, warning, notice, info (default) or debug\n"
@@ -299,8 +303,26 @@ static int loop(struct fuse_session *se, struct fuse_cmdline_opts *cmd)
 	return ret;
 }
 
+/* The transport by the heap policies (issue 22).  FUSE over io_uring shortens every
+ * round trip (small requests 1.2-1.5x of /dev/fuse), but serves 1 MiB reads and writes at
+ * about 0.55x of /dev/fuse on a quiet machine (make bench, docs/DESIGN.md "Transports"):
+ * the kernel reads replies only from the ring's buffers, one more copy.  A heap made for
+ * big files (min_block >= 64 KiB: no file is smaller; or layout = contiguous: a file is
+ * one block) makes the mount a mount of big files, served over /dev/fuse; any other mount
+ * is one of small files, served over io_uring.  The heap's name, or NULL. */
+static const char *big_file_heap(const struct conf *c)
+{
+	for (unsigned k = 0; k < c->nheaps; k++)
+		if (c->heaps[k].min_block >= HFS_BULK_BYTES ||
+		    c->heaps[k].layout == CONF_LAYOUT_CONTIGUOUS)
+			return c->heaps[k].name;
+	return NULL;
+}
+
 static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 {
+	const char *big = big_file_heap(hfs.conf);
+
 	struct fuse_session *se;
 	pthread_t ra;
 	int ret = 1;
@@ -311,9 +333,23 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 	if (fuse_set_signal_handlers(se))
 		goto out_destroy;
 	/* the kernel offers io_uring in INIT, sent at mount, only when enabled; when it cannot
-	 * be enabled the mount simply stays on /dev/fuse */
-	if (hfs.io_uring && hfs_uring_enable())
-		hfs_log(HFS_LOG_WARNING, "cannot enable FUSE over io_uring; using /dev/fuse");
+	 * be enabled the mount simply stays on /dev/fuse (said only when asked for by name) */
+	if (hfs.io_uring == HFS_URING_OFFERED && big) {
+		hfs_log(HFS_LOG_INFO, "heap %s is for big files (min_block >= 64K or layout = "
+			"contiguous): serving over /dev/fuse (-o io_uring=on: io_uring)", big);
+		hfs.io_uring = HFS_URING_OFF;
+	}
+	if (hfs.io_uring) {
+		int err = hfs_uring_enable();
+
+		if (err) {
+			hfs_log(hfs.io_uring == HFS_URING_ASKED ? HFS_LOG_WARNING : HFS_LOG_DEBUG,
+				"FUSE over io_uring is not available (%s); using /dev/fuse",
+				strerror(-err));
+			hfs.io_uring = HFS_URING_OFF;
+			hfs_uring_settle();
+		}
+	}
 	if (fuse_session_mount(se, cmd->mountpoint))
 		goto out_signals;
 	if (hfs_io_setup(se) || fuse_daemonize(cmd->foreground))
@@ -331,6 +367,10 @@ static int run(struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 		pthread_detach(ra);
 	/* a positive value is the signal that ended the loop: a clean stop */
 	ret = loop(se, cmd) < 0 ? 1 : 0;
+	/* the ring workers end with libfuse's loop, as its workers did: nothing serves
+	 * requests while the features stop (a request queued meanwhile waits for the
+	 * unmount, which fails it) */
+	hfs_uring_stop();
 	hfs_repl_stop();
 out_housekeeper:
 	hfs_housekeeper_stop();
@@ -339,10 +379,11 @@ out_unmount:
 	/* after the unmount: a request of ours to the mount (fstat, stat) that nobody serves
 	 * any more fails now instead of hanging the join; before the session goes */
 	hfs_client_stop();
-	hfs_uring_stop();
+	hfs_uring_stop(); /* if the loop never ran */
 	if (ret == 0 && hfs_images_save()) /* nothing changes the heaps any more */
 		ret = 1;
 out_signals:
+	hfs_uring_settle(); /* the kernel's switch as found, if INIT never came */
 	fuse_remove_signal_handlers(se);
 out_destroy:
 	fuse_session_destroy(se);
@@ -409,7 +450,17 @@ static int knobs(const struct opts *o)
 	hfs.spin_ns = allowed_cpus() < 2 ? 0 : (int64_t)spin_us * 1000;
 	hfs.readahead_kb = readahead_kb;
 	hfs.no_killpriv = o->no_killpriv;
-	hfs.io_uring = o->io_uring;
+	hfs.io_uring = o->io_uring ? HFS_URING_ASKED : HFS_URING_OFFERED;
+	if (o->io_uring_val && !strcmp(o->io_uring_val, "off"))
+		hfs.io_uring = HFS_URING_OFF;
+	else if (o->io_uring_val && !strcmp(o->io_uring_val, "on"))
+		hfs.io_uring = HFS_URING_ASKED;
+	else if (o->io_uring_val && !strcmp(o->io_uring_val, "auto"))
+		hfs.io_uring = HFS_URING_OFFERED;
+	else if (o->io_uring_val) {
+		fprintf(stderr, "heapfs: -o io_uring=%s: auto, on or off\n", o->io_uring_val);
+		return -1;
+	}
 	hfs.atime = o->atime;
 	hfs.nodiratime = o->nodiratime;
 	return 0;
@@ -476,6 +527,7 @@ out:
 	free(o.check);
 	free(o.spin_us);
 	free(o.readahead_kb);
+	free(o.io_uring_val);
 	free(o.log);
 	free(o.log_level);
 	hfs_syslog_stop();

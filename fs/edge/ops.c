@@ -599,7 +599,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	/* sync replication: the reply goes once the partner applied it (or is lost) — from
 	 * the link's receive thread, so this worker is free meanwhile; over io_uring replies
 	 * belong to the ring's worker, which waits instead */
-	if (!hfs.io_uring) {
+	if (!hfs_uring_serving()) {
 		struct write_reply *w = malloc(sizeof(*w));
 
 		if (w) {

@@ -356,11 +356,11 @@ def start_heapfs(mountpoint, config_path=None, extra=(), stderr_path=None, prefi
 DAEMON_FREE = {"test_image_ctl.py", "test_manual.py"}
 # Modules whose subject does not pass through the FUSE transport (donor sockets, the
 # partner link, libheapfs clients): they run in the default run and under the sanitizer
-# daemons; the transport variants (nospin, uring, bigpipe) leave them out, which keeps the
+# daemons; the transport variants (nospin, devfuse, bigpipe) leave them out, which keeps the
 # whole suite inside its time.  A module that does depend on the transport is not listed.
 TRANSPORT_FREE = {"test_client.py", "test_pool.py", "test_replica_room.py", "test_install.py",
                   "test_transport.py"}  # mounts every transport itself
-TRANSPORT_VARIANTS = {"fs-nospin", "fs-uring", "fs-bigpipe"}
+TRANSPORT_VARIANTS = {"fs-nospin", "fs-devfuse", "fs-bigpipe"}
 
 
 def _left_to_other_runs(name):
