@@ -103,6 +103,7 @@ static const char default_text[] =
 	"#   secret_file = \"/etc/heapfs/secret\"\n"
 	"#   timeout     = 2s\n"
 	"#   auto_failover = false\n"
+	"#   encrypt     = true    # false: frames in the clear (a link private already)\n"
 	"# }\n";
 
 /* ---- the load in progress ---------------------------------------------------------- */
@@ -678,6 +679,7 @@ static cfg_opt_t partner_opts[] = {
 	OPT_STR("secret_file", ""),
 	OPT_NUM("timeout", DEF_TIMEOUT_MS, cb_duration),
 	OPT_BOOL("auto_failover", cfg_false),
+	OPT_BOOL("encrypt", cfg_true),
 	CFG_END()
 };
 
@@ -964,6 +966,7 @@ static void build_partner(struct load_ctx *ctx, cfg_t *p, struct conf_partner *o
 	out->secret_file = dup_nonempty(cfg_getstr(p, "secret_file"), ctx);
 	out->timeout_ms = (unsigned)cfg_getint(p, "timeout");
 	out->auto_failover = cfg_getbool(p, "auto_failover");
+	out->encrypt = cfg_getbool(p, "encrypt");
 	if (!out->node)
 		report(ctx, line, "partner: node must be set");
 	else if (!is_node_name(out->node))

@@ -83,6 +83,7 @@ struct conf_partner {
 	char *node, *listen, *connect, *secret_file;
 	unsigned timeout_ms; /* >= CONF_TIMEOUT_MIN_MS; 2000 when there is no partner section */
 	bool auto_failover;
+	bool encrypt;       /* seal every frame of the link (default true) */
 };  /* when present: node (CONF_NODE_MAX bytes '!'..'~'), listen, connect (HOST:PORT),
        secret_file are all set */
 

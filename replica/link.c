@@ -1275,7 +1275,8 @@ static int activate(struct conn *c)
 	}
 	c->tx_started = true;
 	l->cipher = c->cipher;
-	key_changed(l, false);
+	if (c->cipher != REP_C_NONE)
+		key_changed(l, false);
 	pthread_mutex_unlock(&l->mu);
 	lg(l, "link up with \"%s\" (%s, %s)", l->peer, c->initiator ? "we connected" : "accepted",
 	   c->cipher == REP_C_NONE ? "not encrypted" : rep_cipher_name(c->cipher));
@@ -1431,8 +1432,9 @@ static void *conn_main(void *arg)
 		l->stats.drops_auth++;
 	else if (rc == -EBADMSG)
 		l->stats.drops_frame++;
-	/* what the operator must fix in a config, shown until a connection authenticates */
-	if (rc == -EACCES || rc == -ENOTUNIQ || rc == -ENOPROTOOPT)
+	/* what the operator must fix in a config, shown until a connection authenticates
+	 * (not while one is up: then it is someone else, a replay or a stray node, logged) */
+	if ((rc == -EACCES || rc == -ENOTUNIQ || rc == -ENOPROTOOPT) && !l->active)
 		snprintf(l->stats.misconfigured, sizeof(l->stats.misconfigured), "%s", why);
 	else if (!rc)
 		l->stats.misconfigured[0] = 0;

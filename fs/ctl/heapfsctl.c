@@ -907,6 +907,9 @@ static void print_partner(const json_t *j)
 	       jstr(j, "node", "?"), jstr(j, "peer", "?"), jint(j, "epoch"),
 	       jint(j, "lag_bytes"));
 	print_resync(jint(j, "resync_done"), jint(j, "resync_total"));
+	if (json_object_get(j, "cipher"))
+		printf("cipher   %s\nrekeyed  %s (%" PRId64 " rekeys since start)\n",
+		       jstr(j, "cipher", "?"), jstr(j, "key_rotated", "never"), jint(j, "rekeys"));
 	json_object_foreach((json_t *)json_object_get(j, "heaps"), k, v)
 		printf("heap     %-16s %s\n", k, json_string_value(v) ? json_string_value(v) : "?");
 }
