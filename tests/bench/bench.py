@@ -124,9 +124,15 @@ def fam_link(b, quick):
     out = run([b / "tests/replica/rep-bench"] + (["--size", "64"] if quick else []))
     lp, tp = grab(r"pipelined.*link\s+([\d.]+) MB/s.*memcpy\s+([\d.]+) MB/s", out, "pipelined")
     ls, ts = grab(r"one at a time.*link\s+([\d.]+) MB/s.*reply\s+([\d.]+) MB/s", out, "sync")
+    ep, lp2 = grab(r"pipelined encrypted.*link\s+([\d.]+) MB/s.*plain link\s+([\d.]+) MB/s", out,
+                   "pipelined encrypted")
+    es, ls2 = grab(r"one at a time encrypted.*link\s+([\d.]+) MB/s.*plain link\s+([\d.]+) MB/s",
+                   out, "sync encrypted")
     return "Partner link (rep-bench)", [
         row("pipelined", "MB/s", lp, tp, "plain TCP + memcpy"),
-        row("one at a time", "MB/s", ls, ts, "plain TCP + reply")]
+        row("one at a time", "MB/s", ls, ts, "plain TCP + reply"),
+        row("pipelined, encrypted", "MB/s", ep, lp2, "the plain link", 0.8),
+        row("one at a time, encrypted", "MB/s", es, ls2, "the plain link", 0.8)]
 
 
 def fam_repl(b, quick):
@@ -135,6 +141,9 @@ def fam_repl(b, quick):
     none = grab(r"^\s+none\s*:\s+([\d.]+) MiB/s", out, "none")[0]
     rows = [row(f"{m} 1M writes", "MiB/s", grab(rf"^\s+{m}\s*:\s+([\d.]+) MiB/s", out, m)[0], none,
                 "replicate = none", t) for m, t in (("async", 0.8), ("sync", 0.6))]
+    enc, plain = grab(r"sync writes encrypted .*\s([\d.]+) MiB/s, encrypt = false\s+([\d.]+) MiB/s",
+                      out, "sync encrypted")
+    rows.append(row("sync 1M writes, encrypted", "MiB/s", enc, plain, "encrypt = false", 0.9))
     notice = grab(r"failure noticed after ([\d.]+) s", out, "failure")[0]
     rows.append(row("failure noticed", "s", notice, 1.0, "timeout", note="lower is better"))
     return "Replication against an unreplicated heap (replbench)", rows

@@ -99,7 +99,8 @@ def main():
 
     def partner(node, me, peer, extra=""):
         return (f'partner {{ node = "{node}" listen = "127.0.0.1:{me}" '
-                f'connect = "127.0.0.1:{peer}" secret_file = "{secret}" timeout = 1s }}\n')
+                f'connect = "127.0.0.1:{peer}" secret_file = "{secret}" timeout = 1s '
+                f'{extra} }}\n')
 
     heaps = "".join(f'heap "{m}" {{ size = {heap} replicate = {m} }}\n'
                     for m in ("none", "async", "sync"))
@@ -107,16 +108,24 @@ def main():
     a = Node(o.heapfs, tmp, "a", heaps + partner("a", pa, pb))
     b = Node(o.heapfs, tmp, "b", partner("b", pb, pa))
     nodes = [a, b]
+    # a second pair with encrypt = false: the sync writes of the (encrypted) first pair
+    # against it, in the same rounds
+    pc, pd = pa + 2, pa + 3
+    c = Node(o.heapfs, tmp, "c", f'heap "sync" {{ size = {heap} replicate = sync }}\n' +
+             partner("c", pc, pd, "encrypt = false"))
+    nodes.append(c)
+    d = Node(o.heapfs, tmp, "d", partner("d", pd, pc, "encrypt = false"))
+    nodes.append(d)
     try:
-        wait(lambda: a.partner()["state"] == "connected" and
-             b.partner()["state"] == "connected", 60, "pairing")
+        wait(lambda: all(n.partner()["state"] == "connected" for n in nodes), 60, "pairing")
         # A warm-up pass first: on this VM the first touch of guest memory is what costs
         # (the kernel zeroing pages the host backs lazily: ~30 % of all CPU in a profile),
         # and the mirror touches its own copy too.  Then interleaved rounds, medians.
-        runs = {m: [] for m in ("none", "async", "sync")}
+        runs = {m: [] for m in ("none", "async", "sync", "plain")}
         for rnd in range(o.rounds + 1):
             for m in runs:
-                f = os.path.join(a.mnt, "heaps", m, "f")
+                f = os.path.join(a.mnt, "heaps", m, "f") if m != "plain" else \
+                    os.path.join(c.mnt, "heaps", "sync", "f")
                 r = write_seq(f, size, m == "async")
                 if rnd:
                     runs[m].append(r)
@@ -131,6 +140,14 @@ def main():
                 target = 0.8 if m == "async" else 0.6
                 line += f"  ratio {rate[m] / rate['none']:.2f}x (target >= {target}x)"
             print(line)
+        enc = a.partner()["cipher"]
+        print(f"  sync writes encrypted ({enc}) {rate['sync']:8.1f} MiB/s, encrypt = false "
+              f"{rate['plain']:8.1f} MiB/s: ratio {rate['sync'] / rate['plain']:.2f}x "
+              f"(target >= 0.9x)")
+        for n in (c, d):
+            n.stop()
+        nodes.remove(c)
+        nodes.remove(d)
 
         # 3 (with 2 inside): an 8 MiB change while the partner is stopped
         small = os.path.join(a.mnt, "heaps", "small", "f")
