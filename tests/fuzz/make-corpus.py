@@ -129,7 +129,8 @@ heap "a" { size = 3M min_block = 64 layout = contiguous replicate = sync }
 heap "b" { replicate = async cache = direct writers = single inodes = 100 }
 /* the link */
 partner { node = "a"  listen = "127.0.0.1:7410"  connect = "[::1]:7411"
-          secret_file = "/etc/heapfs/secret"  timeout = 500ms  auto_failover = true }
+          secret_file = "/etc/heapfs/secret"  timeout = 500ms  auto_failover = true
+          encrypt = false }
 """,
     "small": 'default_heap_size = 1G\nheap "x" { size = 100 min_block = 64 '
              'chunk = 4K pin = true image = "/tmp/x.img" }\n'
