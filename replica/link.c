@@ -38,6 +38,14 @@
  * one queued while it has room for their statuses) up to CTRL_MAX queued; past either
  * the peer is dropped — it does not acknowledge, or does not read.
  *
+ * Sealing (encryption on, the default).  The handshake (initiator proves first, see
+ * handshake()) gives the connection a key per direction (seal.c).  A frame is sealed
+ * where it goes to the socket, by whoever holds l->writing: a direct writer into the
+ * connection's sbuf (the caller's memory is read-only), the sender thread in place in its
+ * queue nodes (allocated with room for the tag), so frame counters, the nonces, follow
+ * wire order.  The reader opens each frame whole before anything uses it; one that does
+ * not open drops the connection.
+ *
  * Seqs increase over the link's life; a HELLO tells the peer where ours start on this
  * connection, later MSG frames must follow one by one.  When the active connection
  * drops, its receive thread (and only it) makes the link "cleaning": rep_send fails, the
