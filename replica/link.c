@@ -662,14 +662,20 @@ static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h
 		l->tx_seq = h->seq; /* before the unlock: the peer may ack it at once */
 	pthread_mutex_unlock(&l->mu);
 	if (c->cipher != REP_C_NONE) {
-		/* sealed into the connection's buffer (the caller's memory stays as it is);
-		 * from here on that is the payload */
-		if (rep_sealv(&c->txk, l->rekey_bytes, h, c->sbuf, iov, iovcnt))
+		/* sealed into the connection's buffer (the caller's memory stays as it is):
+		 * encrypting is the copy; from here on that is the payload */
+		int sr = rep_sealv(&c->txk, l->rekey_bytes, h, c->sbuf, iov, iovcnt);
+
+		if (sr > 0)
 			key_changed(l, true);
 		sv = (struct iovec){ c->sbuf, h->len + REP_TAG_BYTES };
 		iov = &sv;
 		iovcnt = 1;
 		total += REP_TAG_BYTES;
+		if (sr < 0) {
+			err = -sr; /* nothing of the frame went out: the connection drops */
+			total = 0;
+		}
 	}
 	v[n++] = (struct iovec){ h, sizeof(*h) };
 	for (int i = 0; i < iovcnt; i++)
@@ -927,15 +933,22 @@ static void *tx_main(void *arg)
 				/* sealed here, in wire order (the nonce is the frame count), a
 				 * writev's worth at a time so the socket is never idle long */
 				if (c->cipher != REP_C_NONE && m != pm) {
-					if (rep_seal(&c->txk, l->rekey_bytes, &m->hdr, m->payload,
-						     m->payload))
+					int sr = rep_seal(&c->txk, l->rekey_bytes, &m->hdr,
+							  m->payload, m->payload);
+
+					if (sr < 0) {
+						rc = sr;
+						break;
+					}
+					if (sr)
 						key_changed(l, true);
 					m->len += REP_TAG_BYTES;
 				}
 				iov[n] = (struct iovec){ (char *)&m->hdr + skip, m->len - skip };
 				skip = 0;
 			}
-			rc = rep_writev_all(c->fd, iov, n);
+			if (!rc)
+				rc = rep_writev_all(c->fd, iov, n);
 			while (batch != m) {
 				struct rep_msg *d = batch;
 
@@ -1217,8 +1230,13 @@ static int handshake(struct conn *c, char *why, size_t whylen)
 	}
 	c->cipher = (unsigned)cipher;
 	if (cipher != REP_C_NONE) {
-		rep_session_keys(c->initiator ? &c->txk : &c->rxk, c->initiator ? &c->rxk : &c->txk,
-				 (unsigned)cipher, l->key, hi, li, ha, la);
+		if ((rc = rep_session_keys(c->initiator ? &c->txk : &c->rxk,
+					   c->initiator ? &c->rxk : &c->txk, (unsigned)cipher,
+					   l->key, hi, li, ha, la))) {
+			snprintf(why, whylen, "cannot set up the session's cipher: %s",
+				 strerror(-rc));
+			goto out;
+		}
 		c->rx_sealed = true; /* what follows the AUTHs */
 	}
 out:

@@ -153,35 +153,41 @@ int rep_auth_verify(const uint8_t mac[REP_MAC_BYTES], const uint8_t key[REP_KEY_
 bool rep_auth_is_refusal(const uint8_t mac[REP_MAC_BYTES]);
 
 /* seal.c: the session's keys and the AEAD of every frame after the handshake. */
-enum rep_cipher { REP_C_NONE, REP_C_XCHACHA, REP_C_AESGCM };
+enum rep_cipher { REP_C_NONE, REP_C_CHACHA, REP_C_AESGCM };
 const char *rep_cipher_name(unsigned cipher);
 /* The cipher two HELLOs' flags agree on: REP_C_NONE when neither encrypts, -1 when one
  * does and the other does not (a configuration to fix). */
 int rep_cipher_pick(unsigned flags_a, unsigned flags_b);
 /* One direction of a session: its key (ratcheted by each rekey), how many frames and
- * bytes it sealed (or opened) under it. */
+ * bytes it sealed (or opened) under it, and the OpenSSL context holding the expanded key
+ * (made by rep_session_keys, freed by rep_dir_wipe). */
+struct evp_cipher_ctx_st;
 struct rep_dir {
 	unsigned cipher;
+	uint8_t dir; /* REP_ROLE_* of the sender: in every nonce */
 	uint64_t ctr, bytes;
 	uint8_t key[REP_KEY_BYTES];
-	crypto_aead_aes256gcm_state aes; /* the expanded AES key (REP_C_AESGCM) */
+	struct evp_cipher_ctx_st *ctx;
 };
 /* The keys of both directions of a session: a keyed BLAKE2b (the shared secret the key)
  * over a context, the direction and both HELLO payloads (both nonces, names, roles,
- * instances, flags), so each connection and each direction has keys of its own. */
-void rep_session_keys(struct rep_dir *i2a, struct rep_dir *a2i, unsigned cipher,
-		      const uint8_t key[REP_KEY_BYTES], const void *hello_i, size_t len_i,
-		      const void *hello_a, size_t len_a);
+ * instances, flags), so each connection and each direction has keys of its own.  0, or
+ * -ENOMEM / -EIO with both left wiped.  Both are overwritten: wipe them first if used. */
+int rep_session_keys(struct rep_dir *i2a, struct rep_dir *a2i, unsigned cipher,
+		     const uint8_t key[REP_KEY_BYTES], const void *hello_i, size_t len_i,
+		     const void *hello_a, size_t len_a);
 /* Rekey limits: a direction moves to its next key after this many frames or bytes
  * (REP_REKEY_BYTES; the environment's HEAPFS_REP_REKEY_BYTES overrides it, for tests). */
 #define REP_REKEY_FRAMES (1ull << 32)
 #define REP_REKEY_BYTES (64ull << 30)
 /* Seal h's frame: src (len = h->len bytes; src == dst allowed) into dst, the tag after it
  * at dst + len; sets h->flags (REP_F_SEALED, REP_F_REKEY when it moved to the next key
- * first: returns 1 then, else 0) and h->sum = 0.  The caller is the only one sealing d. */
+ * first: returns 1 then, else 0) and h->sum = 0; -EIO if OpenSSL fails (drop the
+ * connection).  The caller is the only one sealing d. */
 int rep_seal(struct rep_dir *d, uint64_t rekey_bytes, struct rep_hdr *h, unsigned char *dst,
 	     const unsigned char *src);
-/* Same as rep_seal for a payload in pieces: gathered into dst first, then sealed there. */
+/* Same as rep_seal for a payload in pieces (h->len bytes in all), each encrypted straight
+ * into its place in dst (no gathering copy). */
 int rep_sealv(struct rep_dir *d, uint64_t rekey_bytes, struct rep_hdr *h, unsigned char *dst,
 	      const struct iovec *iov, int n);
 /* Open the frame h whose h->len + REP_TAG_BYTES wire bytes are at buf, in place: 0 (the

@@ -82,7 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memcpy(&h, data + off, sizeof(h));
 		off += sizeof(h);
 		if (rep_frame_check(&h, why, sizeof(why)) || !(kinds & 1u << h.kind))
-			return 0;
+			goto out;
 		if (h.len > REP_PAYLOAD_MAX || (h.kind != REP_K_MSG && h.len > CTRL_MAX) ||
 		    (h.kind == REP_K_MSG && (!h.seq || h.seq > REP_SEQ_MAX)))
 			abort();
@@ -90,10 +90,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		 * with the session's key, the verdict ignored like the checksum's */
 		wl = h.len + (h.flags & REP_F_SEALED ? REP_TAG_BYTES : 0);
 		if (wl > size - off)
-			return 0; /* truncated */
+			goto out; /* truncated */
 		p = rf_copy(data + off, wl);
 		if (!p)
-			return 0;
+			goto out;
 		off += wl;
 		if (h.flags & REP_F_SEALED)
 			(void)rep_open(&rx, &h, p, why, sizeof(why));
@@ -102,7 +102,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		go = take(&h, p, &kinds, &first, &next, &acked);
 		free(p);
 		if (!go)
-			return 0;
+			break;
 	}
+out:
+	rep_dir_wipe(&rx);
 	return 0;
 }

@@ -15,7 +15,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const uint8_t key[REP_KEY_BYTES] = { 7 };
-	struct rep_dir rx, tx, rx2, before;
+	struct rep_dir rx, tx = { 0 }, rx2 = { 0 }, other = { 0 }, before;
 	unsigned char *p = NULL, *q = NULL;
 	struct rep_hdr h;
 	char why[160];
@@ -29,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	n = size - sizeof(h);
 	p = rf_copy(data + sizeof(h), n);
 	if (!p)
-		return 0;
+		goto out;
 	before = rx;
 	/* the reader opens only what it read whole: len + tag bytes */
 	if (h.len <= REP_PAYLOAD_MAX && h.len + (size_t)REP_TAG_BYTES == n) {
@@ -41,16 +41,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 	}
 	free(p);
+	p = NULL;
 	/* the round trip */
 	if (n > 65536)
-		return 0;
+		goto out;
 	{
 		static const char hi[] = "initiator hello", ha[] = "acceptor hello";
 		unsigned cipher = rx.cipher;
 
 		/* the initiator's sending key, and the acceptor's copy of it */
-		rep_session_keys(&tx, &rx2, cipher, key, hi, sizeof(hi), ha, sizeof(ha));
-		rep_session_keys(&rx2, &before, cipher, key, hi, sizeof(hi), ha, sizeof(ha));
+		if (rep_session_keys(&tx, &other, cipher, key, hi, sizeof(hi), ha, sizeof(ha)))
+			abort();
+		rep_dir_wipe(&other);
+		if (rep_session_keys(&rx2, &other, cipher, key, hi, sizeof(hi), ha, sizeof(ha)))
+			abort();
+		rep_dir_wipe(&other);
 	}
 	p = malloc(n + REP_TAG_BYTES);
 	q = malloc(n + REP_TAG_BYTES);

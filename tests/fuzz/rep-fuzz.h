@@ -33,12 +33,13 @@ static inline void rf_session(struct rep_dir *rx, const uint8_t *data, size_t si
 	static const char hi[] = "initiator hello", ha[] = "acceptor hello";
 	struct rep_dir other;
 	unsigned cipher = size % 2 && crypto_aead_aes256gcm_is_available() ? REP_C_AESGCM
-									  : REP_C_XCHACHA;
+									  : REP_C_CHACHA;
 
 	(void)data;
 	if (sodium_init() < 0)
 		abort();
-	rep_session_keys(rx, &other, cipher, key, hi, sizeof(hi), ha, sizeof(ha));
+	if (rep_session_keys(rx, &other, cipher, key, hi, sizeof(hi), ha, sizeof(ha)))
+		abort();
 	rep_dir_wipe(&other);
 }
 

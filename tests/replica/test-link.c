@@ -562,7 +562,7 @@ static void test_rekey(void)
 	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
 	rep_get_stats(a.l, &st);
 	CHECK(!strcmp(st.cipher, crypto_aead_aes256gcm_is_available() ? "aes256gcm"
-								      : "xchacha20poly1305"));
+								      : "chacha20poly1305"));
 	pthread_create(&ta, NULL, sender_main, &sa);
 	pthread_create(&tb, NULL, sender_main, &sb);
 	pthread_join(ta, NULL);
@@ -770,9 +770,13 @@ static int raw_auth_seq(int fd, const char *name, const char *secret, uint64_t n
 		return -1;
 	raw_s.fd = fd;
 	raw_s.cipher = (unsigned)cipher;
-	if (cipher != REP_C_NONE)
-		rep_session_keys(&raw_s.tx, &raw_s.rx, (unsigned)cipher, key, &mine, mlen, &peer,
-				 plen);
+	/* the last raw connection's contexts go first */
+	rep_dir_wipe(&raw_s.tx);
+	rep_dir_wipe(&raw_s.rx);
+	if (cipher != REP_C_NONE &&
+	    rep_session_keys(&raw_s.tx, &raw_s.rx, (unsigned)cipher, key, &mine, mlen, &peer,
+			     plen))
+		return -1;
 	return 0;
 }
 
