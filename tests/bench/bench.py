@@ -128,11 +128,22 @@ def fam_link(b, quick):
                    "pipelined encrypted")
     es, ls2 = grab(r"one at a time encrypted.*link\s+([\d.]+) MB/s.*plain link\s+([\d.]+) MB/s",
                    out, "sync encrypted")
-    return "Partner link (rep-bench)", [
-        row("pipelined", "MB/s", lp, tp, "plain TCP + memcpy"),
-        row("one at a time", "MB/s", ls, ts, "plain TCP + reply"),
-        row("pipelined, encrypted", "MB/s", ep, lp2, "the plain link", 0.8),
-        row("one at a time, encrypted", "MB/s", es, ls2, "the plain link", 0.8)]
+    rows = [row("pipelined", "MB/s", lp, tp, "plain TCP + memcpy"),
+            row("one at a time", "MB/s", ls, ts, "plain TCP + reply"),
+            row("pipelined, encrypted", "MB/s", ep, lp2, "the plain link", 0.8),
+            row("one at a time, encrypted", "MB/s", es, ls2, "the plain link", 0.8)]
+    # the AEAD alone (seal-bench): replica/seal.c (OpenSSL) against libsodium, 1 MiB frames
+    out = run([b / "tests/replica/seal-bench"] + (["--size", "16"] if quick else []))
+    for c in ("aes256gcm", "chacha20poly1305"):
+        m = re.search(rf"^\s+1024 KiB {c}\s+OpenSSL seal\s+([\d.]+) open\s+([\d.]+)\s+"
+                      rf"libsodium.*seal\s+([\d.]+) open\s+([\d.]+)", out, re.M)
+        if m or c == "chacha20poly1305":  # (AES-GCM only where the CPU has AES-NI)
+            if not m:
+                raise RuntimeError(f"no figure for seal {c} in the output")
+            os_, oo, ss, so = map(float, m.groups())
+            rows.append(row(f"seal+open 1 MiB frames, {c}", "MB/s", 2 / (1 / os_ + 1 / oo),
+                            2 / (1 / ss + 1 / so), "libsodium"))
+    return "Partner link (rep-bench, seal-bench)", rows
 
 
 def fam_repl(b, quick):
