@@ -92,8 +92,6 @@
 #define HS_BUF 512              /* the receive buffer before authentication (HELLO, AUTH) */
 #define TX_BATCH_BYTES (8u << 20)
 #define TX_IOV 64
-#define SEAL_CHUNK (128u << 10) /* a large frame is sealed and sent in pieces this large */
-#define OPEN_CHUNK (64u << 10)  /* ... and opened as pieces this large arrive */
 #define ST_RING REP_WAIT_STATUSES
 #define FAIL_RING 64            /* seq ranges lost with a connection, for rep_wait */
 #define BACKOFF_MIN_MS 20u
@@ -522,11 +520,8 @@ static int rx_frame(struct conn *c, unsigned kinds, struct rep_hdr *h, unsigned 
 		c->rstart += wl;
 	} else {
 		/* a large payload is read straight into its own buffer (h->len was checked
-		 * against REP_PAYLOAD_MAX by rep_frame_check above); sealed, it is decrypted
-		 * as it arrives (the sender seals and sends it in pieces too), so a frame's
-		 * time is not sealing + wire + opening but about the longest of the three;
-		 * nothing of it is used before its tag is checked at the end */
-		size_t have = c->rend - c->rstart, opened = 0;
+		 * against REP_PAYLOAD_MAX by rep_frame_check above) */
+		size_t have = c->rend - c->rstart;
 
 		if (c->big_cap < wl) {
 			unsigned char *nb = realloc(c->big, REP_PAYLOAD_MAX + REP_TAG_BYTES);
@@ -536,47 +531,23 @@ static int rx_frame(struct conn *c, unsigned kinds, struct rep_hdr *h, unsigned 
 			c->big = nb;
 			c->big_cap = REP_PAYLOAD_MAX + REP_TAG_BYTES;
 		}
-		if (c->rx_sealed && (rc = rep_open_begin(&c->rxk, h, why, whylen)))
-			return rc;
 		if (have > wl)
 			have = wl;
 		memcpy(c->big, c->rb + c->rstart, have);
 		c->rstart += have;
-		for (;;) {
-			ssize_t got;
+		while (have < wl) {
+			ssize_t got = rx_some(c, c->big + have, wl - have);
 
-			if (c->rx_sealed && have - opened >= OPEN_CHUNK) {
-				size_t upto = have < h->len ? have : h->len;
-
-				if (rep_open_update(&c->rxk, c->big + opened, upto - opened)) {
-					rep_open_abort(&c->rxk);
-					snprintf(why, whylen, "the cipher failed");
-					return -EBADMSG;
-				}
-				opened = upto;
-			}
-			if (have == wl)
-				break;
-			got = rx_some(c, c->big + have, wl - have);
-			if (got < 0) {
-				if (c->rx_sealed)
-					rep_open_abort(&c->rxk);
+			if (got < 0)
 				return truncated((int)got, h, have, why, whylen);
-			}
 			have += (size_t)got;
 		}
 		*payload = c->big;
-		if (c->rx_sealed && rep_open_update(&c->rxk, c->big + opened, h->len - opened)) {
-			rep_open_abort(&c->rxk);
-			snprintf(why, whylen, "the cipher failed");
-			return -EBADMSG;
-		}
 	}
 	if (c->rstart == c->rend)
 		c->rstart = c->rend = 0;
 	if (c->rx_sealed) {
-		rc = wl <= c->rb_cap / 2 ? rep_open(&c->rxk, h, *payload, why, whylen)
-					 : rep_open_end(&c->rxk, h, *payload, why, whylen);
+		rc = rep_open(&c->rxk, h, *payload, why, whylen);
 		if (rc > 0)
 			key_changed(c->l, true);
 		return rc < 0 ? rc : 0;
@@ -669,57 +640,6 @@ static int __lens_room(struct rep_link *l)
 	return 0;
 }
 
-/* Past the first got bytes of mh's iovecs (a partial sendmsg). */
-static void msg_advance(struct msghdr *mh, size_t got)
-{
-	while (mh->msg_iovlen && got >= mh->msg_iov->iov_len) {
-		got -= mh->msg_iov->iov_len;
-		mh->msg_iov++;
-		mh->msg_iovlen--;
-	}
-	if (mh->msg_iovlen) {
-		mh->msg_iov->iov_base = (char *)mh->msg_iov->iov_base + got;
-		mh->msg_iov->iov_len -= got;
-	}
-}
-
-/* Seal h + iov into c->sbuf a SEAL_CHUNK at a time, offering the socket what is sealed
- * after each piece without waiting (the receiver decrypts as it reads: rx_frame), so the
- * sealing, the wire and the opening of one large frame overlap instead of adding up —
- * what a sync write waits for.  *done: the frame's bytes (header first) on the wire.
- * 0 with the whole frame sealed, tag included, or an errno (the connection drops). */
-static int seal_and_push(struct rep_link *l, struct conn *c, struct rep_hdr *h,
-			 const struct iovec *iov, int iovcnt, size_t *done)
-{
-	int sr = rep_seal_begin(&c->txk, l->rekey_bytes, h);
-	size_t sealed = 0;
-
-	if (sr < 0)
-		return -sr;
-	if (sr)
-		key_changed(l, true);
-	while (sealed < h->len) {
-		size_t n = h->len - sealed < SEAL_CHUNK ? h->len - sealed : SEAL_CHUNK;
-		struct iovec v[2] = { { h, sizeof(*h) }, { c->sbuf, 0 } };
-		struct msghdr mh = { .msg_iov = v, .msg_iovlen = 2 };
-		ssize_t got;
-
-		if (rep_seal_updatev(&c->txk, c->sbuf + sealed, iov, iovcnt, sealed, n))
-			return EIO;
-		sealed += n;
-		if (sealed == h->len)
-			break; /* the rest, tag and all, goes by the caller's loop */
-		v[1].iov_len = sealed;
-		msg_advance(&mh, *done);
-		got = sendmsg(c->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-		if (got > 0)
-			*done += (size_t)got;
-		else if (got < 0 && errno != EAGAIN && errno != EINTR)
-			return errno;
-	}
-	return rep_seal_end(&c->txk, h, c->sbuf + h->len) ? EIO : 0;
-}
-
 /* Write the frame h + iov straight from the caller's memory (the socket is ours:
  * l->writing).  With `wait` (a sender streaming while more than WAIT_LAG is already
  * unacknowledged) it waits for the socket, at most timeout_ms; otherwise (and always on
@@ -744,20 +664,24 @@ static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h
 	if (c->cipher != REP_C_NONE) {
 		/* sealed into the connection's buffer (the caller's memory stays as it is):
 		 * encrypting is the copy; from here on that is the payload */
-		if ((err = seal_and_push(l, c, h, iov, iovcnt, &done)))
-			total = done; /* the connection drops: nothing more goes out */
+		int sr = rep_sealv(&c->txk, l->rekey_bytes, h, c->sbuf, iov, iovcnt);
+
+		if (sr > 0)
+			key_changed(l, true);
 		sv = (struct iovec){ c->sbuf, h->len + REP_TAG_BYTES };
 		iov = &sv;
 		iovcnt = 1;
-		if (!err)
-			total += REP_TAG_BYTES;
+		total += REP_TAG_BYTES;
+		if (sr < 0) {
+			err = -sr; /* nothing of the frame went out: the connection drops */
+			total = 0;
+		}
 	}
 	v[n++] = (struct iovec){ h, sizeof(*h) };
 	for (int i = 0; i < iovcnt; i++)
 		if (iov[i].iov_len)
 			v[n++] = iov[i];
 	mh.msg_iovlen = (size_t)n;
-	msg_advance(&mh, done); /* what seal_and_push sent already */
 	while (done < total) {
 		ssize_t got = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
 
@@ -779,7 +703,15 @@ static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h
 			break;
 		}
 		done += (size_t)got;
-		msg_advance(&mh, (size_t)got);
+		while (mh.msg_iovlen && (size_t)got >= mh.msg_iov->iov_len) {
+			got -= (ssize_t)mh.msg_iov->iov_len;
+			mh.msg_iov++;
+			mh.msg_iovlen--;
+		}
+		if (mh.msg_iovlen) {
+			mh.msg_iov->iov_base = (char *)mh.msg_iov->iov_base + got;
+			mh.msg_iov->iov_len -= (size_t)got;
+		}
 	}
 	if (done < total) {
 		/* copy only the bytes not yet on the wire, each to its place in the frame */

@@ -168,10 +168,6 @@ struct rep_dir {
 	uint64_t ctr, bytes;
 	uint8_t key[REP_KEY_BYTES];
 	struct evp_cipher_ctx_st *ctx;
-	/* a frame being opened (rep_open_begin .. _end): what to go back to if it fails */
-	bool rekeying;
-	uint64_t saved_ctr, saved_bytes;
-	uint8_t old[REP_KEY_BYTES];
 };
 /* The keys of both directions of a session: a keyed BLAKE2b (the shared secret the key)
  * over a context, the direction and both HELLO payloads (both nonces, names, roles,
@@ -194,30 +190,12 @@ int rep_seal(struct rep_dir *d, uint64_t rekey_bytes, struct rep_hdr *h, unsigne
  * into its place in dst (no gathering copy). */
 int rep_sealv(struct rep_dir *d, uint64_t rekey_bytes, struct rep_hdr *h, unsigned char *dst,
 	      const struct iovec *iov, int n);
-/* rep_sealv in steps, so a large frame goes on the wire while the rest is sealed: begin
- * (as rep_seal: sets h->flags, 1 when it rekeyed, or -EIO), then the payload in order,
- * len bytes from payload offset off of iov into dst (0, -EIO; -EINVAL past the pieces),
- * then end (the tag into tag; 0 / -EIO).  Any -EIO: drop the connection. */
-int rep_seal_begin(struct rep_dir *d, uint64_t rekey_bytes, struct rep_hdr *h);
-int rep_seal_updatev(struct rep_dir *d, unsigned char *dst, const struct iovec *iov, int n,
-		     size_t off, size_t len);
-int rep_seal_end(struct rep_dir *d, const struct rep_hdr *h, unsigned char *tag);
 /* Open the frame h whose h->len + REP_TAG_BYTES wire bytes are at buf, in place: 0 (the
  * plaintext at buf; 1 when it moved to the next key), or -EBADMSG (why filled): not
  * sealed, or it fails to authenticate (tampered, replayed, dropped one before it, wrong
  * key).  A frame that fails leaves d as it was. */
 int rep_open(struct rep_dir *d, const struct rep_hdr *h, unsigned char *buf, char *why,
 	     size_t whylen);
-/* rep_open in steps, so a large frame is decrypted as it arrives: begin (the checks of
- * rep_open; 0 or -EBADMSG), the payload's bytes in order, in place (0, -EIO), then end
- * (with the whole frame at buf: the tag checked; rep_open's results, the plaintext
- * usable only now).  A frame given up between begin and end (the connection broke, or
- * update failed): abort, which leaves d as it was before begin. */
-int rep_open_begin(struct rep_dir *d, const struct rep_hdr *h, char *why, size_t whylen);
-int rep_open_update(struct rep_dir *d, unsigned char *buf, size_t len);
-int rep_open_end(struct rep_dir *d, const struct rep_hdr *h, unsigned char *buf, char *why,
-		 size_t whylen);
-void rep_open_abort(struct rep_dir *d);
 void rep_dir_wipe(struct rep_dir *d);
 
 /* link.c helpers the tests use too */

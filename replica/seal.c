@@ -140,9 +140,11 @@ static int begin(struct rep_dir *d, const struct rep_hdr *h, int enc)
 	return 0;
 }
 
-int rep_seal_begin(struct rep_dir *d, uint64_t rekey_bytes, struct rep_hdr *h)
+int rep_sealv(struct rep_dir *d, uint64_t rekey_bytes, struct rep_hdr *h, unsigned char *dst,
+	      const struct iovec *iov, int n)
 {
-	int rekeyed = 0;
+	size_t off = 0;
+	int rekeyed = 0, outl;
 
 	if (d->ctr >= REP_REKEY_FRAMES || d->bytes >= rekey_bytes) {
 		if (ratchet(d))
@@ -151,58 +153,22 @@ int rep_seal_begin(struct rep_dir *d, uint64_t rekey_bytes, struct rep_hdr *h)
 	}
 	h->flags = (uint16_t)(REP_F_SEALED | (rekeyed ? REP_F_REKEY : 0));
 	h->sum = 0;
-	return begin(d, h, 1) ? -EIO : rekeyed;
-}
+	if (begin(d, h, 1))
+		return -EIO;
+	/* each piece encrypted straight into its place in dst: no gathering copy first */
+	for (int i = 0; i < n && off < h->len; i++) {
+		size_t len = iov[i].iov_len < h->len - off ? iov[i].iov_len : h->len - off;
 
-/* Through d's context: len bytes from src to dst (in place when equal). */
-static int update(struct rep_dir *d, unsigned char *dst, const unsigned char *src, size_t len)
-{
-	int outl;
-
-	return !len || EVP_CipherUpdate(d->ctx, dst, &outl, src, (int)len) == 1 ? 0 : -EIO;
-}
-
-int rep_seal_updatev(struct rep_dir *d, unsigned char *dst, const struct iovec *iov, int n,
-		     size_t off, size_t len)
-{
-	size_t pos = 0; /* where piece i starts in the payload */
-
-	for (int i = 0; i < n && len; pos += iov[i].iov_len, i++) {
-		size_t il = iov[i].iov_len, skip, take;
-
-		if (off >= pos + il)
-			continue;
-		skip = off - pos;
-		take = il - skip < len ? il - skip : len;
-		if (update(d, dst, (const unsigned char *)iov[i].iov_base + skip, take))
+		if (len && EVP_CipherUpdate(d->ctx, dst + off, &outl, iov[i].iov_base,
+					    (int)len) != 1)
 			return -EIO;
-		dst += take;
-		off += take;
-		len -= take;
+		off += len;
 	}
-	return len ? -EINVAL : 0;
-}
-
-int rep_seal_end(struct rep_dir *d, const struct rep_hdr *h, unsigned char *tag)
-{
-	int outl;
-
-	if (EVP_CipherFinal_ex(d->ctx, tag, &outl) != 1 ||
-	    EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_GET_TAG, REP_TAG_BYTES, tag) != 1)
+	if (off != h->len || EVP_CipherFinal_ex(d->ctx, dst + off, &outl) != 1 ||
+	    EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_GET_TAG, REP_TAG_BYTES, dst + off) != 1)
 		return -EIO;
 	d->ctr++;
 	d->bytes += h->len;
-	return 0;
-}
-
-int rep_sealv(struct rep_dir *d, uint64_t rekey_bytes, struct rep_hdr *h, unsigned char *dst,
-	      const struct iovec *iov, int n)
-{
-	int rekeyed = rep_seal_begin(d, rekey_bytes, h);
-
-	if (rekeyed < 0 || rep_seal_updatev(d, dst, iov, n, 0, h->len) ||
-	    rep_seal_end(d, h, dst + h->len))
-		return -EIO;
 	return rekeyed;
 }
 
@@ -214,87 +180,50 @@ int rep_seal(struct rep_dir *d, uint64_t rekey_bytes, struct rep_hdr *h, unsigne
 	return rep_sealv(d, rekey_bytes, h, dst, &v, 1);
 }
 
-int rep_open_begin(struct rep_dir *d, const struct rep_hdr *h, char *why, size_t whylen)
+int rep_open(struct rep_dir *d, const struct rep_hdr *h, unsigned char *buf, char *why,
+	     size_t whylen)
 {
+	uint8_t old[REP_KEY_BYTES];
+	uint64_t ctr = d->ctr, bytes = d->bytes;
+	bool rekey = h->flags & REP_F_REKEY;
+	int outl, ok;
+
 	if (!(h->flags & REP_F_SEALED) || h->sum || h->len > REP_PAYLOAD_MAX) {
 		snprintf(why, whylen, "a frame of kind %u not sealed on an encrypted link",
 			 h->kind);
 		return -EBADMSG;
 	}
-	d->saved_ctr = d->ctr;
-	d->saved_bytes = d->bytes;
-	d->rekeying = h->flags & REP_F_REKEY;
-	if (d->rekeying) {
+	if (rekey) {
 		/* the old key kept: a frame that fails to open must leave the key as it was */
-		memcpy(d->old, d->key, sizeof(d->old));
-		if (ratchet(d))
-			goto fail;
+		memcpy(old, d->key, sizeof(old));
+		ok = !ratchet(d);
+	} else {
+		ok = 1;
 	}
-	if (begin(d, h, 0))
-		goto fail;
-	return 0;
-fail:
-	rep_open_abort(d);
-	snprintf(why, whylen, "the cipher failed on a frame of kind %u", h->kind);
-	return -EBADMSG;
-}
-
-int rep_open_update(struct rep_dir *d, unsigned char *buf, size_t len)
-{
-	return update(d, buf, buf, len);
-}
-
-void rep_open_abort(struct rep_dir *d)
-{
-	if (d->rekeying) {
-		memcpy(d->key, d->old, sizeof(d->old));
-		dir_key(d);
-	}
-	d->ctr = d->saved_ctr;
-	d->bytes = d->saved_bytes;
-	sodium_memzero(d->old, sizeof(d->old));
-	d->saved_ctr = d->saved_bytes = 0;
-	d->rekeying = false;
-}
-
-int rep_open_end(struct rep_dir *d, const struct rep_hdr *h, unsigned char *buf, char *why,
-		 size_t whylen)
-{
-	bool rekeyed = d->rekeying;
-	int outl;
-
-	if (EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_SET_TAG, REP_TAG_BYTES,
-				buf + h->len) != 1 ||
-	    EVP_CipherFinal_ex(d->ctx, buf + h->len, &outl) != 1) {
+	ok = ok && !begin(d, h, 0) &&
+	     EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_SET_TAG, REP_TAG_BYTES,
+				 buf + h->len) == 1 &&
+	     (!h->len || EVP_CipherUpdate(d->ctx, buf, &outl, buf, (int)h->len) == 1) &&
+	     EVP_CipherFinal_ex(d->ctx, buf + h->len, &outl) == 1;
+	if (!ok) {
 		/* nothing of a frame that did not authenticate is left to read */
 		sodium_memzero(buf, h->len);
-		rep_open_abort(d);
+		if (rekey) {
+			memcpy(d->key, old, sizeof(old));
+			dir_key(d);
+		}
+		d->ctr = ctr;
+		d->bytes = bytes;
 		snprintf(why, whylen, "a sealed frame of kind %u, %u bytes, failed to "
 			 "authenticate (changed, replayed or dropped on the way)", h->kind, h->len);
-		return -EBADMSG;
 	}
-	sodium_memzero(d->old, sizeof(d->old));
-	d->saved_ctr = d->saved_bytes = 0;
-	d->rekeying = false;
+	if (rekey)
+		sodium_memzero(old, sizeof(old));
+	if (!ok)
+		return -EBADMSG;
 	d->ctr++;
 	d->bytes += h->len;
-	return rekeyed;
-}
-
-int rep_open(struct rep_dir *d, const struct rep_hdr *h, unsigned char *buf, char *why,
-	     size_t whylen)
-{
-	int rc = rep_open_begin(d, h, why, whylen);
-
-	if (rc)
-		return rc;
-	if (rep_open_update(d, buf, h->len)) {
-		rep_open_abort(d);
-		sodium_memzero(buf, h->len);
-		snprintf(why, whylen, "the cipher failed on a frame of kind %u", h->kind);
-		return -EBADMSG;
-	}
-	return rep_open_end(d, h, buf, why, whylen);
+	return rekey;
 }
 
 void rep_dir_wipe(struct rep_dir *d)

@@ -393,84 +393,6 @@ done:
 	return;
 }
 
-/* A large frame sealed and opened in steps (link.c: sent while being sealed, decrypted as
- * it arrives) is the same frame as one sealed whole: pieces of any size, in any split,
- * open with rep_open and the other way round; a frame given up halfway (abort) leaves
- * the key where it was, with and without a rekey; one bit flipped is found only at the
- * end, and the buffer is wiped then. */
-static void steps_one(unsigned cipher)
-{
-	enum { LEN = (300 << 10) + 7 };
-	static unsigned char text[LEN], a[LEN + REP_TAG_BYTES], b[LEN + REP_TAG_BYTES];
-	static const uint8_t key[REP_KEY_BYTES] = { 3 };
-	struct rep_dir tx = { 0 }, tx2 = { 0 }, rx = { 0 }, other = { 0 }, before;
-	struct iovec iov[3] = { { text, 1000 }, { text + 1000, 200000 },
-				{ text + 201000, LEN - 201000 } };
-	struct rep_hdr h, h2;
-	size_t off;
-	char why[160];
-
-	randombytes_buf(text, sizeof(text));
-	CHECK_EQ(rep_session_keys(&tx, &other, cipher, key, "i", 1, "a", 1), 0);
-	rep_dir_wipe(&other);
-	CHECK_EQ(rep_session_keys(&tx2, &other, cipher, key, "i", 1, "a", 1), 0);
-	rep_dir_wipe(&other);
-	CHECK_EQ(rep_session_keys(&rx, &other, cipher, key, "i", 1, "a", 1), 0);
-	rep_dir_wipe(&other);
-	/* whole, and in steps of 64 KiB + 3 across the pieces: the same bytes */
-	rep_frame_fill(&h, REP_K_MSG, REP_TYPE_USER, 1, NULL, 0, LEN);
-	h2 = h;
-	CHECK_EQ(rep_sealv(&tx, REP_REKEY_BYTES, &h, a, iov, 3), 0);
-	CHECK_EQ(rep_seal_begin(&tx2, REP_REKEY_BYTES, &h2), 0);
-	for (off = 0; off < LEN; off += (64 << 10) + 3) {
-		size_t n = LEN - off < (64 << 10) + 3 ? LEN - off : (64 << 10) + 3;
-
-		CHECK_EQ(rep_seal_updatev(&tx2, b + off, iov, 3, off, n), 0);
-	}
-	CHECK_EQ(rep_seal_updatev(&tx2, b, iov, 3, LEN, 1), -EINVAL); /* past the pieces */
-	CHECK_EQ(rep_seal_end(&tx2, &h2, b + LEN), 0);
-	CHECK(!memcmp(&h, &h2, sizeof(h)) && !memcmp(a, b, sizeof(a)));
-	/* given up halfway: as before */
-	before = rx;
-	CHECK_EQ(rep_open_begin(&rx, &h, why, sizeof(why)), 0);
-	CHECK_EQ(rep_open_update(&rx, b, 4096), 0);
-	rep_open_abort(&rx);
-	CHECK(!memcmp(&before, &rx, sizeof(rx)));
-	/* one bit flipped near the end: every step goes, the end does not, nothing left */
-	b[LEN - 5] ^= 1;
-	CHECK_EQ(rep_open_begin(&rx, &h, why, sizeof(why)), 0);
-	CHECK_EQ(rep_open_update(&rx, b, 70000), 0);
-	CHECK_EQ(rep_open_update(&rx, b + 70000, LEN - 70000), 0);
-	CHECK_EQ(rep_open_end(&rx, &h, b, why, sizeof(why)), -EBADMSG);
-	CHECK(!memcmp(&before, &rx, sizeof(rx)));
-	CHECK(sodium_is_zero(b, LEN));
-	/* the real one in odd steps: the text */
-	CHECK_EQ(rep_open_begin(&rx, &h, why, sizeof(why)), 0);
-	for (off = 0; off < LEN; off += 12345)
-		CHECK_EQ(rep_open_update(&rx, a + off, LEN - off < 12345 ? LEN - off : 12345), 0);
-	CHECK_EQ(rep_open_end(&rx, &h, a, why, sizeof(why)), 0);
-	CHECK(!memcmp(a, text, LEN) && rx.ctr == 1);
-	/* a rekeyed frame given up halfway, then opened whole */
-	CHECK_EQ(rep_seal(&tx, 1, &h, a, text), 1);
-	before = rx;
-	CHECK_EQ(rep_open_begin(&rx, &h, why, sizeof(why)), 0);
-	rep_open_abort(&rx);
-	CHECK(!memcmp(&before, &rx, sizeof(rx)));
-	CHECK_EQ(rep_open(&rx, &h, a, why, sizeof(why)), 1);
-	CHECK(!memcmp(a, text, LEN));
-done:
-	rep_dir_wipe(&tx);
-	rep_dir_wipe(&tx2);
-	rep_dir_wipe(&rx);
-}
-
-static void test_steps(void)
-{
-	steps_one(REP_C_CHACHA);
-	if (crypto_aead_aes256gcm_is_available())
-		steps_one(REP_C_AESGCM);
-}
-
 int main(void)
 {
 	if (sodium_init() < 0)
@@ -481,7 +403,6 @@ int main(void)
 	RUN(test_ack);
 	RUN(test_mac);
 	RUN(test_seal);
-	RUN(test_steps);
 	RUN(test_addr);
 	return rt_failed != 0;
 }
