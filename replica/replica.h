@@ -129,7 +129,7 @@ struct rep_stats {
 	/* addition: why the last handshake failed for a reason in the configs (a wrong
 	 * secret, both nodes with one name), "" once a connection authenticated */
 	char misconfigured[160];
-	/* addition: the AEAD sealing frames ("aes256gcm", "xchacha20poly1305"; "none" with
+	/* addition: the AEAD sealing frames ("aes256gcm", "chacha20poly1305"; "none" with
 	 * plaintext, "pending" before the first connection), when a key of the session last
 	 * changed (wall clock, ms; 0 never: a handshake or a rekey) and how many rekeys */
 	char cipher[24];

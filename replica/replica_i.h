@@ -71,7 +71,7 @@ struct rep_hello {
 #define REP_HELLO_FIXED (sizeof(struct rep_hello) - REP_NODE_MAX)
 enum { REP_ROLE_INITIATOR = 1, REP_ROLE_ACCEPTOR = 2 };
 /* HELLO flags: encryption on (partner.encrypt), the CPU seals AES-256-GCM in hardware
- * (then the link uses it when both have it, XChaCha20-Poly1305 otherwise) */
+ * (then the link uses it when both have it, ChaCha20-Poly1305 otherwise) */
 #define REP_HF_ENCRYPT 1u
 #define REP_HF_AES 2u
 #define REP_HF_ALL (REP_HF_ENCRYPT | REP_HF_AES)

@@ -8,9 +8,9 @@
  * two connections (nor the two directions of one) share a key, and a capture replayed
  * into a new connection meets keys it was not sealed with.  A frame is sealed with
  * AES-256-GCM when both CPUs have AES-NI, else ChaCha20-Poly1305, both through OpenSSL's
- * EVP (docs/DESIGN.md says why OpenSSL and not libsodium's AEADs: measured, 4-8x faster
- * on the same CPU); each direction keeps one EVP_CIPHER_CTX holding its expanded key, set
- * up once per key, and a frame only sets its nonce in it.  The 32-byte header is the
+ * EVP (docs/DESIGN.md says why OpenSSL and not libsodium's AEADs: measured, 2-2.5x
+ * faster on the same CPU); each direction keeps one EVP_CIPHER_CTX holding its expanded
+ * key, set up once per key, and a frame only sets its nonce in it.  The 32-byte header is the
  * associated data (kind, type, len, seq and flags cannot be changed); the 96-bit nonce is
  * the direction byte and the count of frames this direction sealed under its key, which
  * both sides keep: a frame dropped, replayed or reordered fails to open, as does one
