@@ -5,8 +5,8 @@ MNT     ?= $(CURDIR)/mnt
 PYTHON  := /usr/bin/python3
 PKGS    := gcc libc6-dev make libfuse3-dev fuse3 libconfuse-dev libjansson-dev libjemalloc-dev liburing-dev \
            meson ninja-build pkg-config python3-pytest fio attr psmisc procps uthash-dev \
-           libxxhash-dev libsodium-dev clang libclang-rt-14-dev scdoc systemd python3-matplotlib \
-           pacemaker corosync pacemaker-cli-utils resource-agents iproute2 acl libcap2-bin
+           libxxhash-dev libsodium-dev libssl-dev clang libclang-rt-14-dev scdoc systemd python3-matplotlib \
+           pacemaker corosync pacemaker-cli-utils resource-agents iproute2 acl libcap2-bin tcpdump
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all build deps setup test bench fuzz run stop clean

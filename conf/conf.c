@@ -107,6 +107,7 @@ static const char default_text[] =
 	"#   managed     = false  # true: roles only by promote/demote (Pacemaker)\n"
 	"#   on_peer_lost = \"\"  # asked whether an owner may go on alone\n"
 	"#   on_peer_lost_timeout = 60s\n"
+	"#   encrypt     = true    # false: frames in the clear (a link private already)\n"
 	"# }\n";
 
 /* ---- the load in progress ---------------------------------------------------------- */
@@ -685,6 +686,7 @@ static cfg_opt_t partner_opts[] = {
 	OPT_BOOL("managed", cfg_false),
 	OPT_STR("on_peer_lost", ""),
 	OPT_NUM("on_peer_lost_timeout", DEF_PEER_LOST_TIMEOUT_MS, cb_duration),
+	OPT_BOOL("encrypt", cfg_true),
 	CFG_END()
 };
 
@@ -975,6 +977,7 @@ static void build_partner(struct load_ctx *ctx, cfg_t *p, struct conf_partner *o
 		report(ctx, set_line(ctx, p, "on_peer_lost_timeout"), "partner: "
 		       "on_peer_lost_timeout = %ums is shorter than 1000ms",
 		       out->on_peer_lost_timeout_ms);
+	out->encrypt = cfg_getbool(p, "encrypt");
 	if (!out->node)
 		report(ctx, line, "partner: node must be set");
 	else if (!is_node_name(out->node))

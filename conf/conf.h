@@ -90,6 +90,7 @@ struct conf_partner {
 	bool managed;
 	char *on_peer_lost;
 	unsigned on_peer_lost_timeout_ms;
+	bool encrypt;       /* seal every frame of the link (default true) */
 };  /* when present: node (CONF_NODE_MAX bytes '!'..'~'), listen, connect (HOST:PORT),
        secret_file are all set */
 

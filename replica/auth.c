@@ -3,13 +3,17 @@
  *
  * How: the key is crypto_generichash (BLAKE2b, 32 bytes) of the whole secret file, so any
  * text works; a file anyone but its owner may read is refused, like ssh refuses such a
- * private key.  The handshake (link.c runs it) is: the initiator sends HELLO (name,
- * random instance, first seq, a fresh 32-byte nonce), the acceptor answers with its own
- * HELLO, then each side sends AUTH = crypto_auth(key, context | its role | HELLO_i |
- * HELLO_a) and checks the other's with crypto_auth_verify.  Both nonces and both names
- * are inside both HELLOs, so a MAC proves the secret for this connection only; the role
+ * private key, and so is one owned by another user than the one reading it (who could
+ * replace it).  The handshake (link.c runs it) is: the initiator sends HELLO (name,
+ * random instance, first seq, flags, a fresh 32-byte nonce), the acceptor answers with
+ * its own HELLO, the initiator sends AUTH = crypto_auth(key, context | its role | HELLO_i
+ * | HELLO_a); only when that checks (crypto_auth_verify) does the acceptor send its own
+ * AUTH (else an all-zero one: a refusal that reveals nothing), which the initiator
+ * checks.  Both nonces and both names are inside both HELLOs, so a MAC proves the secret
+ * for this connection only (a recorded handshake replayed meets a fresh nonce); the role
  * byte keeps a MAC from being reflected back to its maker, and a peer that claims our
- * own name is refused before any MAC is computed.
+ * own name is refused before any MAC is computed.  The session keys (seal.c) come from
+ * the same transcript.
  *
  * Locking: none (pure functions; libsodium is thread-safe after sodium_init()).
  */
@@ -58,6 +62,12 @@ int rep_secret_load(const char *path, uint8_t key[REP_KEY_BYTES], char *why, siz
 		snprintf(why, whylen, "%s: not a regular file", path);
 		goto out;
 	}
+	if (sb.st_uid != geteuid()) {
+		err = -EPERM;
+		snprintf(why, whylen, "%s: owned by uid %u, not by uid %u that runs heapfs "
+			 "(chown it)", path, (unsigned)sb.st_uid, (unsigned)geteuid());
+		goto out;
+	}
 	if (sb.st_mode & (S_IRWXG | S_IRWXO)) {
 		err = -EPERM;
 		snprintf(why, whylen,
@@ -97,7 +107,7 @@ out:
 }
 
 void rep_hello_make(struct rep_hello *h, size_t *len, unsigned role, const char *node,
-		    uint64_t instance, uint64_t next_seq)
+		    uint64_t instance, uint64_t next_seq, unsigned flags)
 {
 	size_t n = strnlen(node, REP_NODE_MAX);
 
@@ -105,6 +115,7 @@ void rep_hello_make(struct rep_hello *h, size_t *len, unsigned role, const char 
 	h->proto = REP_VERSION;
 	h->role = (uint8_t)role;
 	h->name_len = (uint8_t)n;
+	h->flags = (uint16_t)flags;
 	h->instance = instance;
 	h->next_seq = next_seq;
 	randombytes_buf(h->nonce, sizeof(h->nonce));
@@ -121,7 +132,7 @@ int rep_hello_parse(const void *p, size_t len, unsigned want_role, const char *o
 	}
 	memset(out, 0, sizeof(*out));
 	memcpy(out, p, len);
-	if (out->proto != REP_VERSION || out->role != want_role || out->pad ||
+	if (out->proto != REP_VERSION || out->role != want_role || (out->flags & ~REP_HF_ALL) ||
 	    REP_HELLO_FIXED + out->name_len != len || !out->next_seq ||
 	    out->next_seq > REP_SEQ_MAX) {
 		snprintf(why, whylen, "malformed hello (proto %u role %u)", out->proto, out->role);
@@ -158,6 +169,11 @@ void rep_auth_mac(uint8_t mac[REP_MAC_BYTES], const uint8_t key[REP_KEY_BYTES], 
 	crypto_auth_hmacsha512256_update(&st, hello_a, len_a);
 	crypto_auth_hmacsha512256_final(&st, mac);
 	sodium_memzero(&st, sizeof(st));
+}
+
+bool rep_auth_is_refusal(const uint8_t mac[REP_MAC_BYTES])
+{
+	return sodium_is_zero(mac, REP_MAC_BYTES);
 }
 
 int rep_auth_verify(const uint8_t mac[REP_MAC_BYTES], const uint8_t key[REP_KEY_BYTES],

@@ -72,7 +72,9 @@ int rep_frame_check(const struct rep_hdr *h, char *why, size_t whylen)
 		snprintf(why, whylen, "bad magic 0x%08x", h->magic);
 		return -EBADMSG;
 	}
-	if (h->version != REP_VERSION || h->flags) {
+	if (h->version != REP_VERSION || (h->flags & ~(REP_F_SEALED | REP_F_REKEY)) ||
+	    (h->flags && (h->kind == REP_K_HELLO || h->kind == REP_K_AUTH)) ||
+	    h->flags == REP_F_REKEY) {
 		snprintf(why, whylen, "version %u flags 0x%x not spoken", h->version, h->flags);
 		return -EBADMSG;
 	}

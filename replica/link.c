@@ -38,6 +38,14 @@
  * one queued while it has room for their statuses) up to CTRL_MAX queued; past either
  * the peer is dropped — it does not acknowledge, or does not read.
  *
+ * Sealing (encryption on, the default).  The handshake (initiator proves first, see
+ * handshake()) gives the connection a key per direction (seal.c).  A frame is sealed
+ * where it goes to the socket, by whoever holds l->writing: a direct writer into the
+ * connection's sbuf (the caller's memory is read-only), the sender thread in place in its
+ * queue nodes (allocated with room for the tag), so frame counters, the nonces, follow
+ * wire order.  The reader opens each frame whole before anything uses it; one that does
+ * not open drops the connection.
+ *
  * Seqs increase over the link's life; a HELLO tells the peer where ours start on this
  * connection, later MSG frames must follow one by one.  When the active connection
  * drops, its receive thread (and only it) makes the link "cleaning": rep_send fails, the
@@ -102,7 +110,8 @@
 
 struct rep_msg {
 	struct rep_msg *next;
-	size_t len;  /* header + payload */
+	size_t len;  /* header + payload (+ tag, sealed) */
+	bool cached; /* a REP_PAYLOAD_MAX buffer of the cache (msg_alloc) */
 	struct rep_hdr hdr;
 	unsigned char payload[];
 };
@@ -123,6 +132,12 @@ struct conn {
 	char why[96];       /* l->mu: first reason this connection was dropped */
 	struct rep_hello mine, peer;
 	size_t mine_len, peer_len;
+	/* the session (REP_C_NONE: encrypt = false on both nodes).  tx: whoever holds
+	 * l->writing for this connection seals with it; rx: the connection's thread opens */
+	unsigned cipher;
+	bool rx_sealed;     /* the connection's thread: frames from the peer are sealed now */
+	struct rep_dir txk, rxk;
+	unsigned char *sbuf; /* l->writing: a direct write's sealed payload (+ tag) */
 	/* receive side, the connection's thread only */
 	uint64_t deadline;  /* handshake: absolute; afterwards last byte + timeout */
 	bool active;
@@ -146,6 +161,11 @@ struct rep_link {
 	struct sockaddr_in laddr, caddr;
 	bool do_listen, do_connect;
 	uint8_t key[REP_KEY_BYTES];
+	unsigned hello_flags;     /* REP_HF_*: encryption on, AES-GCM in hardware */
+	unsigned cipher;          /* l->mu: the last active connection's */
+	uint64_t rekey_bytes;
+	_Atomic uint64_t key_at;  /* wall clock ms when a key of the active session changed */
+	_Atomic uint64_t rekeys;
 	unsigned timeout_ms, hb_ms;
 	FILE *log;
 	struct rep_callbacks cb;
@@ -204,6 +224,17 @@ static uint64_t now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A key of the active session changed (a handshake or a rekey): .heapfs/partner says when */
+static void key_changed(struct rep_link *l, bool rekey)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	atomic_store(&l->key_at, (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+	if (rekey)
+		atomic_fetch_add(&l->rekeys, 1);
 }
 
 static void deadline_ts(struct timespec *ts, uint64_t at_ms)
@@ -445,12 +476,14 @@ static int truncated(int rc, const struct rep_hdr *h, size_t have, char *why, si
 }
 
 /* Read one frame of a kind in `kinds` (a mask of 1 << kind): header checked before its
- * payload is read (so before authentication no MSG length sizes a buffer), checksum
- * after.  *payload points into the connection's buffers until the next call.  0,
- * -EBADMSG (why filled), or a transport error. */
+ * payload is read (so before authentication no MSG length sizes a buffer), then opened
+ * (a sealed link: the AEAD, seal.c) or its checksum checked, before anything uses it.
+ * *payload points into the connection's buffers until the next call.  0, -EBADMSG (why
+ * filled), or a transport error. */
 static int rx_frame(struct conn *c, unsigned kinds, struct rep_hdr *h, unsigned char **payload,
 		    char *why, size_t whylen)
 {
+	size_t wl;
 	int rc = rx_fill(c, sizeof(*h));
 
 	if (rc == -ECONNRESET && c->rend > c->rstart) {
@@ -469,32 +502,41 @@ static int rx_frame(struct conn *c, unsigned kinds, struct rep_hdr *h, unsigned 
 			 c->authed ? "after the handshake" : "during the handshake");
 		return -EBADMSG;
 	}
+	if (!c->rx_sealed != !h->flags) {
+		/* (before the length is trusted: a sealed one has a tag after its payload) */
+		snprintf(why, whylen, c->rx_sealed ? "a frame of kind %u not sealed on an "
+			 "encrypted link" : "a sealed frame of kind %u on a link without encryption",
+			 h->kind);
+		return -EBADMSG;
+	}
+	/* on the wire: the payload, and the tag when sealed */
+	wl = h->len + (c->rx_sealed ? REP_TAG_BYTES : 0);
 	c->rstart += sizeof(*h);
-	if (h->len <= c->rb_cap / 2) {
-		rc = rx_fill(c, h->len);
+	if (wl <= c->rb_cap / 2) {
+		rc = rx_fill(c, wl);
 		if (rc)
 			return truncated(rc, h, c->rend - c->rstart, why, whylen);
 		*payload = c->rb + c->rstart;
-		c->rstart += h->len;
+		c->rstart += wl;
 	} else {
 		/* a large payload is read straight into its own buffer (h->len was checked
 		 * against REP_PAYLOAD_MAX by rep_frame_check above) */
 		size_t have = c->rend - c->rstart;
 
-		if (c->big_cap < h->len) {
-			unsigned char *nb = realloc(c->big, REP_PAYLOAD_MAX);
+		if (c->big_cap < wl) {
+			unsigned char *nb = realloc(c->big, REP_PAYLOAD_MAX + REP_TAG_BYTES);
 
 			if (!nb)
 				return -ENOMEM;
 			c->big = nb;
-			c->big_cap = REP_PAYLOAD_MAX;
+			c->big_cap = REP_PAYLOAD_MAX + REP_TAG_BYTES;
 		}
-		if (have > h->len)
-			have = h->len;
+		if (have > wl)
+			have = wl;
 		memcpy(c->big, c->rb + c->rstart, have);
 		c->rstart += have;
-		while (have < h->len) {
-			ssize_t got = rx_some(c, c->big + have, h->len - have);
+		while (have < wl) {
+			ssize_t got = rx_some(c, c->big + have, wl - have);
 
 			if (got < 0)
 				return truncated((int)got, h, have, why, whylen);
@@ -504,6 +546,12 @@ static int rx_frame(struct conn *c, unsigned kinds, struct rep_hdr *h, unsigned 
 	}
 	if (c->rstart == c->rend)
 		c->rstart = c->rend = 0;
+	if (c->rx_sealed) {
+		rc = rep_open(&c->rxk, h, *payload, why, whylen);
+		if (rc > 0)
+			key_changed(c->l, true);
+		return rc < 0 ? rc : 0;
+	}
 	if (rep_frame_sum_ok(h, *payload)) {
 		snprintf(why, whylen, "checksum mismatch in a frame of kind %u, %u bytes", h->kind,
 			 h->len);
@@ -522,18 +570,27 @@ static struct rep_msg *msg_alloc(struct rep_link *l, size_t len)
 {
 	struct rep_msg *m = NULL;
 
-	if (len < MSG_BIG)
-		return malloc(sizeof(*m) + len);
+	/* (room for the tag after the payload: the sender seals in place) */
+	if (len < MSG_BIG) {
+		m = malloc(sizeof(*m) + len + REP_TAG_BYTES);
+		if (m)
+			m->cached = false;
+		return m;
+	}
 	pthread_mutex_lock(&l->cache_mu);
 	if (l->ncache)
 		m = l->cache[--l->ncache];
 	pthread_mutex_unlock(&l->cache_mu);
-	return m ? m : malloc(sizeof(*m) + REP_PAYLOAD_MAX);
+	if (!m)
+		m = malloc(sizeof(*m) + REP_PAYLOAD_MAX + REP_TAG_BYTES);
+	if (m)
+		m->cached = true;
+	return m;
 }
 
 static void msg_free(struct rep_link *l, struct rep_msg *m)
 {
-	if (m->len - sizeof(m->hdr) >= MSG_BIG) {
+	if (m->cached) {
 		pthread_mutex_lock(&l->cache_mu);
 		if (l->ncache < MSG_CACHE) {
 			l->cache[l->ncache++] = m;
@@ -594,7 +651,7 @@ static int __lens_room(struct rep_link *l)
 static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h,
 			   const struct iovec *iov, int iovcnt, bool wait)
 {
-	struct iovec v[TX_IOV];
+	struct iovec v[TX_IOV], sv;
 	struct msghdr mh = { .msg_iov = v };
 	size_t total = sizeof(*h) + h->len, done = 0;
 	uint64_t deadline = now_ms() + l->timeout_ms;
@@ -603,12 +660,28 @@ static void __direct_write(struct rep_link *l, struct conn *c, struct rep_hdr *h
 
 	if (h->kind == REP_K_MSG)
 		l->tx_seq = h->seq; /* before the unlock: the peer may ack it at once */
+	pthread_mutex_unlock(&l->mu);
+	if (c->cipher != REP_C_NONE) {
+		/* sealed into the connection's buffer (the caller's memory stays as it is):
+		 * encrypting is the copy; from here on that is the payload */
+		int sr = rep_sealv(&c->txk, l->rekey_bytes, h, c->sbuf, iov, iovcnt);
+
+		if (sr > 0)
+			key_changed(l, true);
+		sv = (struct iovec){ c->sbuf, h->len + REP_TAG_BYTES };
+		iov = &sv;
+		iovcnt = 1;
+		total += REP_TAG_BYTES;
+		if (sr < 0) {
+			err = -sr; /* nothing of the frame went out: the connection drops */
+			total = 0;
+		}
+	}
 	v[n++] = (struct iovec){ h, sizeof(*h) };
 	for (int i = 0; i < iovcnt; i++)
 		if (iov[i].iov_len)
 			v[n++] = iov[i];
 	mh.msg_iovlen = (size_t)n;
-	pthread_mutex_unlock(&l->mu);
 	while (done < total) {
 		ssize_t got = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
 
@@ -709,7 +782,9 @@ int64_t rep_sendv(struct rep_link *l, uint32_t type, const struct iovec *iov, in
 		if (len > REP_PAYLOAD_MAX)
 			return -EMSGSIZE;
 	}
-	rep_frame_fill(&h, REP_K_MSG, type, 0, iov, iovcnt, len);
+	/* (a sealed frame has the AEAD's tag instead of the checksum) */
+	rep_frame_fill(&h, REP_K_MSG, type, 0, iov, l->hello_flags & REP_HF_ENCRYPT ? 0 : iovcnt,
+		       len);
 
 	pthread_mutex_lock(&l->mu);
 	deadline = now_ms() + l->timeout_ms;
@@ -800,7 +875,7 @@ static void *tx_main(void *arg)
 
 	pthread_mutex_lock(&l->mu);
 	for (;;) {
-		struct rep_msg *batch = NULL, **tail = &batch, *hb = NULL;
+		struct rep_msg *batch = NULL, **tail = &batch, *hb = NULL, *pm = NULL;
 		size_t bytes = 0, skip = 0;
 		int rc = 0;
 
@@ -817,7 +892,7 @@ static void *tx_main(void *arg)
 		l->writing = true;
 		/* the rest of a frame begun by a direct write, control frames, then data */
 		if (l->partial) {
-			batch = l->partial;
+			batch = pm = l->partial; /* sealed already: its bytes as they go */
 			tail = &batch->next;
 			skip = l->partial_off;
 			l->partial = NULL;
@@ -842,7 +917,7 @@ static void *tx_main(void *arg)
 		pthread_mutex_unlock(&l->mu);
 
 		if (!batch) {
-			hb = calloc(1, sizeof(*hb));
+			hb = calloc(1, sizeof(*hb) + REP_TAG_BYTES);
 			if (hb) {
 				rep_frame_fill(&hb->hdr, REP_K_HB, 0, 0, NULL, 0, 0);
 				hb->len = sizeof(hb->hdr);
@@ -855,10 +930,25 @@ static void *tx_main(void *arg)
 			int n = 0;
 
 			for (; m && n < TX_IOV; m = m->next, n++) {
+				/* sealed here, in wire order (the nonce is the frame count), a
+				 * writev's worth at a time so the socket is never idle long */
+				if (c->cipher != REP_C_NONE && m != pm) {
+					int sr = rep_seal(&c->txk, l->rekey_bytes, &m->hdr,
+							  m->payload, m->payload);
+
+					if (sr < 0) {
+						rc = sr;
+						break;
+					}
+					if (sr)
+						key_changed(l, true);
+					m->len += REP_TAG_BYTES;
+				}
 				iov[n] = (struct iovec){ (char *)&m->hdr + skip, m->len - skip };
 				skip = 0;
 			}
-			rc = rep_writev_all(c->fd, iov, n);
+			if (!rc)
+				rc = rep_writev_all(c->fd, iov, n);
 			while (batch != m) {
 				struct rep_msg *d = batch;
 
@@ -961,7 +1051,7 @@ static void ack_flush(struct conn *c)
 		}
 		/* room for the ACKs that may merge into it later; then everything again */
 		pthread_mutex_unlock(&l->mu);
-		m = malloc(sizeof(*m) + ACK_BYTES);
+		m = malloc(sizeof(*m) + ACK_BYTES + REP_TAG_BYTES);
 		pthread_mutex_lock(&l->mu);
 		if (!m) {
 			/* acks we cannot send would stall the peer until its timeout: drop now */
@@ -972,6 +1062,7 @@ static void ack_flush(struct conn *c)
 		}
 		m->hdr = h;
 		m->len = sizeof(h) + plen;
+		m->cached = false;
 		memcpy(m->payload, buf, plen);
 	}
 	pthread_mutex_unlock(&l->mu);
@@ -1068,8 +1159,10 @@ static int do_connect(struct conn *c)
 	return -err;
 }
 
-/* HELLO both ways, then AUTH both ways.  0, -EBADMSG (garbage), -EACCES (wrong MAC),
- * or a transport error; why filled for the first two. */
+/* HELLO both ways; the initiator's AUTH, checked by the acceptor before it says anything
+ * more; the acceptor's AUTH (or a refusal), checked by the initiator; then the session's
+ * keys (seal.c).  0, -EBADMSG (garbage), -EACCES (wrong MAC), -ENOPROTOOPT (encrypt set
+ * differently on the two nodes), or a transport error; why filled for the first three. */
 static int handshake(struct conn *c, char *why, size_t whylen)
 {
 	struct rep_link *l = c->l;
@@ -1081,12 +1174,12 @@ static int handshake(struct conn *c, char *why, size_t whylen)
 	struct rep_hdr h;
 	unsigned char *p;
 	uint64_t next;
-	int rc;
+	int rc, cipher;
 
 	pthread_mutex_lock(&l->mu);
 	next = l->last_seq + 1;
 	pthread_mutex_unlock(&l->mu);
-	rep_hello_make(&c->mine, &c->mine_len, role, l->node, l->instance, next);
+	rep_hello_make(&c->mine, &c->mine_len, role, l->node, l->instance, next, l->hello_flags);
 	if (c->initiator && (rc = send_frame(c, REP_K_HELLO, &c->mine, c->mine_len)))
 		return rc;
 	if ((rc = rx_frame(c, REP_KINDS_HELLO, &h, &p, why, whylen)))
@@ -1094,25 +1187,61 @@ static int handshake(struct conn *c, char *why, size_t whylen)
 	if ((rc = rep_hello_parse(p, h.len, peer_role, l->node, &c->peer, why, whylen)))
 		return rc;
 	c->peer_len = h.len;
+	/* (the acceptor answers even when the settings differ: so both nodes can say so) */
 	if (!c->initiator && (rc = send_frame(c, REP_K_HELLO, &c->mine, c->mine_len)))
 		return rc;
+	cipher = rep_cipher_pick(c->mine.flags, c->peer.flags);
+	if (cipher < 0) {
+		snprintf(why, whylen, "encrypt = %s here but node \"%.*s\" has encrypt = %s: "
+			 "set the same on both nodes", c->mine.flags & REP_HF_ENCRYPT ? "true" : "false",
+			 c->peer.name_len, c->peer.name,
+			 c->peer.flags & REP_HF_ENCRYPT ? "true" : "false");
+		return -ENOPROTOOPT;
+	}
 	hi = c->initiator ? (const void *)&c->mine : (const void *)&c->peer;
 	li = c->initiator ? c->mine_len : c->peer_len;
 	ha = c->initiator ? (const void *)&c->peer : (const void *)&c->mine;
 	la = c->initiator ? c->peer_len : c->mine_len;
-	/* both sides send their proof before checking the other's, so a wrong secret is
-	 * seen (and logged) on both sides */
-	rep_auth_mac(mac, l->key, role, hi, li, ha, la);
-	if ((rc = send_frame(c, REP_K_AUTH, mac, sizeof(mac))))
-		return rc;
-	if ((rc = rx_frame(c, REP_KINDS_AUTH, &h, &p, why, whylen)))
-		return rc;
-	if (rep_auth_verify(p, l->key, peer_role, hi, li, ha, la)) {
-		snprintf(why, whylen, "node \"%.*s\" failed authentication (wrong secret)",
-			 c->peer.name_len, c->peer.name);
-		return -EACCES;
+	if (c->initiator) {
+		rep_auth_mac(mac, l->key, role, hi, li, ha, la);
+		if ((rc = send_frame(c, REP_K_AUTH, mac, sizeof(mac))))
+			goto out;
 	}
-	return 0;
+	if ((rc = rx_frame(c, REP_KINDS_AUTH, &h, &p, why, whylen)))
+		goto out;
+	if (rep_auth_verify(p, l->key, peer_role, hi, li, ha, la)) {
+		snprintf(why, whylen, "node \"%.*s\" %s (wrong secret: the secret files differ)",
+			 c->peer.name_len, c->peer.name,
+			 c->initiator && rep_auth_is_refusal(p) ? "refused our proof"
+								 : "failed authentication");
+		/* the acceptor refuses with nothing but zeros: the initiator learns that its
+		 * proof failed, and nothing about the secret */
+		if (!c->initiator) {
+			sodium_memzero(mac, sizeof(mac));
+			send_frame(c, REP_K_AUTH, mac, sizeof(mac));
+		}
+		rc = -EACCES;
+		goto out;
+	}
+	if (!c->initiator) {
+		rep_auth_mac(mac, l->key, role, hi, li, ha, la);
+		if ((rc = send_frame(c, REP_K_AUTH, mac, sizeof(mac))))
+			goto out;
+	}
+	c->cipher = (unsigned)cipher;
+	if (cipher != REP_C_NONE) {
+		if ((rc = rep_session_keys(c->initiator ? &c->txk : &c->rxk,
+					   c->initiator ? &c->rxk : &c->txk, (unsigned)cipher,
+					   l->key, hi, li, ha, la))) {
+			snprintf(why, whylen, "cannot set up the session's cipher: %s",
+				 strerror(-rc));
+			goto out;
+		}
+		c->rx_sealed = true; /* what follows the AUTHs */
+	}
+out:
+	sodium_memzero(mac, sizeof(mac));
+	return rc;
 }
 
 /* Was this connection initiated by the node with the smaller name? */
@@ -1171,8 +1300,12 @@ static int activate(struct conn *c)
 		return -EAGAIN;
 	}
 	c->tx_started = true;
+	l->cipher = c->cipher;
+	if (c->cipher != REP_C_NONE)
+		key_changed(l, false);
 	pthread_mutex_unlock(&l->mu);
-	lg(l, "link up with \"%s\" (%s)", l->peer, c->initiator ? "we connected" : "accepted");
+	lg(l, "link up with \"%s\" (%s, %s)", l->peer, c->initiator ? "we connected" : "accepted",
+	   c->cipher == REP_C_NONE ? "not encrypted" : rep_cipher_name(c->cipher));
 	if (l->cb.up)
 		l->cb.up(l->arg, l->peer);
 	return 0;
@@ -1321,17 +1454,19 @@ static void *conn_main(void *arg)
 		snprintf(why, sizeof(why), "pushed out by newer unauthenticated connections");
 	}
 	c->authed = !rc;
-	if (rc == -EACCES || rc == -ENOTUNIQ)
+	if (rc == -EACCES || rc == -ENOTUNIQ || rc == -ENOPROTOOPT)
 		l->stats.drops_auth++;
 	else if (rc == -EBADMSG)
 		l->stats.drops_frame++;
-	/* what the operator must fix in a config, shown until a connection authenticates */
-	if (rc == -EACCES || rc == -ENOTUNIQ)
+	/* what the operator must fix in a config, shown until a connection authenticates
+	 * (not while one is up: then it is someone else, a replay or a stray node, logged) */
+	if ((rc == -EACCES || rc == -ENOTUNIQ || rc == -ENOPROTOOPT) && !l->active)
 		snprintf(l->stats.misconfigured, sizeof(l->stats.misconfigured), "%s", why);
 	else if (!rc)
 		l->stats.misconfigured[0] = 0;
 	pthread_mutex_unlock(&l->mu);
-	if (rc == -EACCES || rc == -EBADMSG || rc == -ETIME || rc == -ENOTUNIQ) {
+	if (rc == -EACCES || rc == -EBADMSG || rc == -ETIME || rc == -ENOTUNIQ ||
+	    rc == -ENOPROTOOPT) {
 		char addr[INET_ADDRSTRLEN + 8] = "?", ip[INET_ADDRSTRLEN];
 		struct sockaddr_in sa;
 		socklen_t sl = sizeof(sa);
@@ -1350,12 +1485,18 @@ static void *conn_main(void *arg)
 		goto out;
 	c->rb = nb;
 	c->rb_cap = RBUF_SIZE;
+	if (c->cipher != REP_C_NONE &&
+	    !(c->sbuf = malloc(REP_PAYLOAD_MAX + REP_TAG_BYTES)))
+		goto out;
 	if (activate(c))
 		goto out;
 	conn_down(c, run(c));
 out:
 	free(c->rb);
 	free(c->big);
+	free(c->sbuf);
+	rep_dir_wipe(&c->txk);
+	rep_dir_wipe(&c->rxk);
 	pthread_mutex_lock(&l->mu);
 	/* closed under the lock (a socket's close does not wait): whoever gets the same fd
 	 * number next, gets it after everyone who used this one let go of the lock */
@@ -1597,6 +1738,18 @@ int rep_start(const struct rep_config *c, const struct rep_callbacks *cb, void *
 		return -EINVAL;
 	}
 	memcpy(l->key, c->key, REP_KEY_BYTES);
+	l->hello_flags = c->plaintext ? 0 : REP_HF_ENCRYPT |
+		(crypto_aead_aes256gcm_is_available() ? REP_HF_AES : 0);
+	l->rekey_bytes = REP_REKEY_BYTES;
+	{
+		/* tests prove a rekey under traffic with a small limit */
+		const char *e = getenv("HEAPFS_REP_REKEY_BYTES");
+		char *end;
+		unsigned long long v = e ? strtoull(e, &end, 10) : 0;
+
+		if (e && *e && !*end && v)
+			l->rekey_bytes = v;
+	}
 	l->timeout_ms = c->timeout_ms;
 	l->hb_ms = c->timeout_ms / 4;
 	l->log = c->log;
@@ -1737,6 +1890,10 @@ void rep_get_stats(struct rep_link *l, struct rep_stats *st)
 	st->up = l->active != NULL;
 	memcpy(st->peer, l->active ? l->peer : l->last_peer, sizeof(st->peer));
 	st->unacked_bytes = l->unacked_bytes;
+	snprintf(st->cipher, sizeof(st->cipher), "%s", l->hello_flags & REP_HF_ENCRYPT ?
+		 (l->cipher ? rep_cipher_name(l->cipher) : "pending") : "none");
+	st->key_rotated_ms = atomic_load(&l->key_at);
+	st->rekeys = atomic_load(&l->rekeys);
 	st->last_seq = l->last_seq;
 	st->acked_seq = l->acked_seq;
 	pthread_mutex_unlock(&l->mu);

@@ -3,13 +3,17 @@
  * frames, ordering, acknowledgements, liveness, and resync bookkeeping (a dirty bitmap).
  * It knows nothing of FUSE, inodes or heaps: payloads are opaque bytes with a message
  * type chosen by the caller.  Static library `replica`, prefix rep_, depends on libsodium
- * (crypto_auth, crypto_generichash) and libxxhash (XXH3-64 frame checksums).
+ * (crypto_auth, crypto_generichash, the AEADs) and libxxhash (XXH3-64 frame checksums of
+ * a plaintext link).
  *
  * This header is the interface agreed with the fs integration (docs/DESIGN.md, "The
  * replica/ link"); additions beyond the agreed text are marked "addition".
  *
  * Rules the link guarantees: both sides prove the secret with a challenge-response MAC
- * (crypto_auth over both nonces and both node names) before any message; a peer that
+ * (crypto_auth over both nonces and both node names; the initiator first, the acceptor
+ * only after checking it) before any message; unless plaintext, every frame after that
+ * is sealed with an AEAD under per-connection, per-direction keys and rekeyed before its
+ * limits (seal.c); a frame that fails to open drops the connection; a peer that
  * fails, speaks garbage, sends a malformed/oversized/out-of-order frame is dropped and
  * logged, and nothing is allocated from a length before it is checked against
  * REP_PAYLOAD_MAX; heartbeats keep an idle link alive and a peer silent for timeout_ms
@@ -41,7 +45,7 @@
 #define REP_QUEUE_MAX (64u << 20)
 
 /* Read the shared secret file: refuses (-EPERM, why filled) a file that is group- or
- * world-readable or not a regular file, -EINVAL for an empty one; the key is a hash
+ * world-readable, owned by another user than the effective one, or not a regular file, -EINVAL for an empty one; the key is a hash
  * (crypto_generichash) of the whole contents, so any text works.  (Any group or world
  * permission bit is refused, like ssh does for private keys: 0600 and 0400 pass.) */
 int rep_secret_load(const char *path, uint8_t key[REP_KEY_BYTES], char *why, size_t whylen);
@@ -52,6 +56,8 @@ struct rep_config {
 	const char *connect;    /* "HOST:PORT" of the partner */
 	uint8_t key[REP_KEY_BYTES];
 	unsigned timeout_ms;    /* no frame from the peer for this long: link down */
+	/* addition: frames go unsealed (partner.encrypt = false); both nodes must agree */
+	bool plaintext;
 	FILE *log;              /* where refusals and drops are logged (one line each), or NULL */
 };
 /* (listen or connect NULL or "": that side is not done; HOST may be an IPv4 literal or a
@@ -123,6 +129,11 @@ struct rep_stats {
 	/* addition: why the last handshake failed for a reason in the configs (a wrong
 	 * secret, both nodes with one name), "" once a connection authenticated */
 	char misconfigured[160];
+	/* addition: the AEAD sealing frames ("aes256gcm", "chacha20poly1305"; "none" with
+	 * plaintext, "pending" before the first connection), when a key of the session last
+	 * changed (wall clock, ms; 0 never: a handshake or a rekey) and how many rekeys */
+	char cipher[24];
+	uint64_t key_rotated_ms, rekeys;
 };
 void rep_get_stats(struct rep_link *l, struct rep_stats *st);
 void rep_stop(struct rep_link *l);       /* closes, joins threads, frees */

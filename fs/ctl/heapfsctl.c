@@ -914,6 +914,9 @@ static void print_partner(const json_t *j)
 	       json_is_true(json_object_get(j, "managed")) ? " (managed)" : "");
 	if (json_object_get(j, "on_peer_lost"))
 		printf("fence    %s\n", jstr(j, "on_peer_lost", "?"));
+	if (json_object_get(j, "cipher"))
+		printf("cipher   %s\nrekeyed  %s (%" PRId64 " rekeys since start)\n",
+		       jstr(j, "cipher", "?"), jstr(j, "key_rotated", "never"), jint(j, "rekeys"));
 	json_object_foreach((json_t *)json_object_get(j, "heaps"), k, v)
 		printf("heap     %-16s %s\n", k, json_string_value(v) ? json_string_value(v) : "?");
 }

@@ -437,6 +437,10 @@ int hfs_repl_start(void)
 	/* the link's own lines (refusals, drops) become log messages */
 	c.log = rg.log = hfs_log_stream(HFS_LOG_WARNING);
 	memcpy(c.key, rg.key, sizeof(c.key));
+	c.plaintext = !pc->encrypt;
+	if (c.plaintext)
+		hfs_log(HFS_LOG_WARNING, "partner: encrypt = false: the link's frames go in the "
+			"clear (only for a link that is private already)");
 	ret = rep_start(&c, &cb, NULL, &l);
 	if (!ret) {
 		atomic_store(&rg.l, l);
@@ -522,6 +526,9 @@ void hfs_repl_status(struct hfs_repl_status *st)
 	snprintf(st->peer, sizeof(st->peer), "%s", rg.up ? rg.peer : "");
 	pthread_mutex_unlock(&rg.lock);
 	st->lag_bytes = rs.unacked_bytes;
+	snprintf(st->cipher, sizeof(st->cipher), "%s", rs.cipher);
+	st->key_rotated_ms = rs.key_rotated_ms;
+	st->rekeys = rs.rekeys;
 	st->sent_bytes = rs.sent_bytes;
 	st->recv_bytes = rs.recv_bytes;
 	st->resync_done = atomic_load(&rg.resync_done);

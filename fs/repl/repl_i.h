@@ -231,6 +231,9 @@ struct hfs_repl_status {
 	char reason[200];  /* misconfigured: why ("" otherwise) */
 	char peer[65];
 	uint64_t epoch, lag_bytes, sent_bytes, recv_bytes, resync_done, resync_total;
+	char cipher[24];          /* the link's AEAD, "none" (encrypt = false) */
+	uint64_t key_rotated_ms;  /* wall clock of the last handshake or rekey, 0 never */
+	uint64_t rekeys;
 };
 void hfs_repl_status(struct hfs_repl_status *st);
 /* "owner" or "mirror": each heap's role in .heapfs/ (registered with hfs_status_role) */

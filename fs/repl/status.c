@@ -6,6 +6,8 @@
  * Locking: partner takes hfs.ns shared only to copy the heap list (hfs_heaps_get), the
  * link's figures under rg.lock (hfs_repl_status).
  */
+#include <time.h>
+
 #include "repl_i.h"
 
 static json_t *partner_json(void)
@@ -46,6 +48,26 @@ static json_t *partner_json(void)
 							 json_string(ha_gate_name()))))) {
 		json_decref(j);
 		j = NULL;
+	}
+	/* the link's privacy: its cipher, when its key last changed (UTC, a handshake or a
+	 * rekey; null before the first connection) */
+	if (j && rs.cipher[0]) {
+		json_t *at = json_null();
+
+		if (rs.key_rotated_ms) {
+			char buf[32];
+			time_t t = (time_t)(rs.key_rotated_ms / 1000);
+			struct tm tm;
+
+			strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+			at = json_string(buf);
+		}
+		if (json_object_set_new(j, "cipher", json_string(rs.cipher)) ||
+		    json_object_set_new(j, "key_rotated", at) ||
+		    json_object_set_new(j, "rekeys", json_integer((json_int_t)rs.rekeys))) {
+			json_decref(j);
+			j = NULL;
+		}
 	}
 	/* only when there is one, so the JSON of every other state stays as it was */
 	if (j && rs.reason[0] && json_object_set_new(j, "reason", json_string(rs.reason))) {

@@ -128,9 +128,26 @@ def fam_link(b, quick):
     out = run([b / "tests/replica/rep-bench"] + (["--size", "64"] if quick else []))
     lp, tp = grab(r"pipelined.*link\s+([\d.]+) MB/s.*memcpy\s+([\d.]+) MB/s", out, "pipelined")
     ls, ts = grab(r"one at a time.*link\s+([\d.]+) MB/s.*reply\s+([\d.]+) MB/s", out, "sync")
-    return "Partner link (rep-bench)", [
-        row("pipelined", "MB/s", lp, tp, "plain TCP + memcpy"),
-        row("one at a time", "MB/s", ls, ts, "plain TCP + reply")]
+    ep, lp2 = grab(r"pipelined encrypted.*link\s+([\d.]+) MB/s.*plain link\s+([\d.]+) MB/s", out,
+                   "pipelined encrypted")
+    es, ls2 = grab(r"one at a time encrypted.*link\s+([\d.]+) MB/s.*plain link\s+([\d.]+) MB/s",
+                   out, "sync encrypted")
+    rows = [row("pipelined", "MB/s", lp, tp, "plain TCP + memcpy"),
+            row("one at a time", "MB/s", ls, ts, "plain TCP + reply"),
+            row("pipelined, encrypted", "MB/s", ep, lp2, "the plain link", 0.8),
+            row("one at a time, encrypted", "MB/s", es, ls2, "the plain link", 0.8)]
+    # the AEAD alone (seal-bench): replica/seal.c (OpenSSL) against libsodium, 1 MiB frames
+    out = run([b / "tests/replica/seal-bench"] + (["--size", "16"] if quick else []))
+    for c in ("aes256gcm", "chacha20poly1305"):
+        m = re.search(rf"^\s+1024 KiB {c}\s+OpenSSL seal\s+([\d.]+) open\s+([\d.]+)\s+"
+                      rf"libsodium.*seal\s+([\d.]+) open\s+([\d.]+)", out, re.M)
+        if m or c == "chacha20poly1305":  # (AES-GCM only where the CPU has AES-NI)
+            if not m:
+                raise RuntimeError(f"no figure for seal {c} in the output")
+            os_, oo, ss, so = map(float, m.groups())
+            rows.append(row(f"seal+open 1 MiB frames, {c}", "MB/s", 2 / (1 / os_ + 1 / oo),
+                            2 / (1 / ss + 1 / so), "libsodium"))
+    return "Partner link (rep-bench, seal-bench)", rows
 
 
 def fam_repl(b, quick):
@@ -139,6 +156,9 @@ def fam_repl(b, quick):
     none = grab(r"^\s+none\s*:\s+([\d.]+) MiB/s", out, "none")[0]
     rows = [row(f"{m} 1M writes", "MiB/s", grab(rf"^\s+{m}\s*:\s+([\d.]+) MiB/s", out, m)[0], none,
                 "replicate = none", t) for m, t in (("async", 0.8), ("sync", 0.6))]
+    enc, plain = grab(r"sync writes encrypted .*\s([\d.]+) MiB/s, encrypt = false\s+([\d.]+) MiB/s",
+                      out, "sync encrypted")
+    rows.append(row("sync 1M writes, encrypted", "MiB/s", enc, plain, "encrypt = false", 0.9))
     notice = grab(r"failure noticed after ([\d.]+) s", out, "failure")[0]
     rows.append(row("failure noticed", "s", notice, 1.0, "timeout", note="lower is better"))
     base = grab(r"cpu s/GiB: none owner ([\d.]+)", out, "cpu none")[0]

@@ -10,7 +10,9 @@
  *  - one at a time (what sync replication does): rep_send + rep_wait per message,
  *    against write + wait for an 8-byte reply per message on a plain socket.
  * Both run two threads' worth of work on the same machine (sender and receiver); each
- * figure is the best of 3 runs, baseline and link taking turns.
+ * figure is the best of 3 runs, baseline and link taking turns.  The link is measured
+ * twice: with plaintext frames (the rows above, against TCP) and encrypted (partner.encrypt
+ * = true, the default: every frame sealed), the latter as a ratio to the plain link.
  *
  * Usage: rep-bench [--size MIB] [--msg KIB]   (defaults: 1024 MiB of 1024 KiB messages)
  */
@@ -206,14 +208,40 @@ static double link_run(struct rep_link *a, bool each)
 	return (double)total_bytes / t0 / 1e6;
 }
 
+/* Start a pair of links (a listens, b connects), plaintext or sealed; wait until both
+ * are up. */
+static void pair_start(bool plaintext, struct rep_link **a, struct rep_link **b)
+{
+	static const struct rep_callbacks cbs = { .up = cb_up, .recv = cb_recv };
+	struct rep_config ca = { .node = "a", .listen = "127.0.0.1:0", .timeout_ms = 5000,
+				 .plaintext = plaintext };
+	struct rep_config cb = ca;
+	char connect[32];
+	int want;
+
+	randombytes_buf(ca.key, sizeof(ca.key));
+	memcpy(cb.key, ca.key, sizeof(ca.key));
+	if (rep_start(&ca, &cbs, NULL, a))
+		die("rep_start a");
+	snprintf(connect, sizeof(connect), "127.0.0.1:%d", rep_port(*a));
+	cb.node = "b";
+	cb.connect = connect;
+	pthread_mutex_lock(&mu);
+	want = ups + 2;
+	pthread_mutex_unlock(&mu);
+	if (rep_start(&cb, &cbs, NULL, b))
+		die("rep_start b");
+	pthread_mutex_lock(&mu);
+	while (ups < want)
+		pthread_cond_wait(&cv, &mu);
+	pthread_mutex_unlock(&mu);
+}
+
 int main(int argc, char **argv)
 {
-	struct rep_callbacks cbs = { .up = cb_up, .recv = cb_recv };
-	struct rep_config ca = { .node = "a", .listen = "127.0.0.1:0", .timeout_ms = 5000 };
-	struct rep_config cb = ca;
-	struct rep_link *a, *b;
-	char connect[32];
-	double lp, tp, ls, ts;
+	struct rep_link *a, *b, *ea, *eb;
+	struct rep_stats st;
+	double lp, tp, ls, ts, ep, es;
 
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (!strcmp(argv[i], "--size"))
@@ -230,35 +258,33 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (sodium_init() < 0)
 		return 1;
-	randombytes_buf(ca.key, sizeof(ca.key));
-	memcpy(cb.key, ca.key, sizeof(ca.key));
-	if (rep_start(&ca, &cbs, NULL, &a))
-		die("rep_start a");
-	snprintf(connect, sizeof(connect), "127.0.0.1:%d", rep_port(a));
-	cb.node = "b";
-	cb.connect = connect;
-	if (rep_start(&cb, &cbs, NULL, &b))
-		die("rep_start b");
-	pthread_mutex_lock(&mu);
-	while (ups < 2)
-		pthread_cond_wait(&cv, &mu);
-	pthread_mutex_unlock(&mu);
+	pair_start(true, &a, &b);
+	pair_start(false, &ea, &eb);
+	rep_get_stats(ea, &st);
 
 	printf("rep-bench: %llu MiB in %zu KiB messages over 127.0.0.1, acknowledged\n",
 	       (unsigned long long)(total_bytes >> 20), msg_bytes >> 10);
 	/* best of 3, baseline and link taking turns, so a burst of load from elsewhere on a
 	 * shared machine hits one run, not one side */
-	tp = lp = ts = ls = 0;
+	tp = lp = ts = ls = ep = es = 0;
 	for (int r = 0; r < 3; r++) {
 		tp = fmax(tp, tcp_run(false));
 		lp = fmax(lp, link_run(a, false));
+		ep = fmax(ep, link_run(ea, false));
 		ts = fmax(ts, tcp_run(true));
 		ls = fmax(ls, link_run(a, true));
+		es = fmax(es, link_run(ea, true));
 	}
 	printf("  pipelined (async):     link %7.0f MB/s   plain TCP + memcpy %7.0f MB/s   %.2fx\n",
 	       lp, tp, lp / tp);
 	printf("  one at a time (sync):  link %7.0f MB/s   plain TCP + reply  %7.0f MB/s   %.2fx\n",
 	       ls, ts, ls / ts);
+	printf("  pipelined encrypted:   link %7.0f MB/s   plain link         %7.0f MB/s   %.2fx  (%s)\n",
+	       ep, lp, ep / lp, st.cipher);
+	printf("  one at a time encrypted: link %5.0f MB/s   plain link         %7.0f MB/s   %.2fx  (%s)\n",
+	       es, ls, es / ls, st.cipher);
+	rep_stop(eb);
+	rep_stop(ea);
 	rep_stop(b);
 	rep_stop(a);
 	return 0;

@@ -133,7 +133,8 @@ def main():
 
     def partner(node, me, peer, extra=""):
         return (f'partner {{ node = "{node}" listen = "127.0.0.1:{me}" '
-                f'connect = "127.0.0.1:{peer}" secret_file = "{secret}" timeout = 1s }}\n')
+                f'connect = "127.0.0.1:{peer}" secret_file = "{secret}" timeout = 1s '
+                f'{extra} }}\n')
 
     heaps = "".join(f'heap "{m}" {{ size = {heap} replicate = {m} }}\n'
                     for m in ("none", "async", "sync"))
@@ -143,25 +144,35 @@ def main():
     a = Node(o.heapfs, tmp, "a", heaps + partner("a", pa, pb))
     b = Node(o.heapfs, tmp, "b", partner("b", pb, pa))
     nodes = [a, b]
+    # a second pair with encrypt = false: the sync writes of the (encrypted) first pair
+    # against it, in the same rounds
+    pc, pd = pa + 2, pa + 3
+    c = Node(o.heapfs, tmp, "c", f'heap "sync" {{ size = {heap} replicate = sync }}\n' +
+             partner("c", pc, pd, "encrypt = false"))
+    nodes.append(c)
+    d = Node(o.heapfs, tmp, "d", partner("d", pd, pc, "encrypt = false"))
+    nodes.append(d)
     try:
-        wait(lambda: a.partner()["state"] == "connected" and
-             b.partner()["state"] == "connected", 60, "pairing")
+        wait(lambda: all(n.partner()["state"] == "connected" for n in nodes), 60, "pairing")
         # A warm-up pass first: on this VM the first touch of guest memory is what costs
         # (the kernel zeroing pages the host backs lazily: ~30 % of all CPU in a profile),
         # and the mirror touches its own copy too.  Then interleaved rounds, medians.
-        runs = {m: [] for m in ("none", "async", "sync")}
-        cpu = {m: [0.0, 0.0] for m in runs}  # owner, mirror: seconds over the rounds
+        runs = {m: [] for m in ("none", "async", "sync", "plain")}
+        cpu = {m: [0.0, 0.0] for m in ("none", "async", "sync")}  # owner, mirror: seconds
         for rnd in range(o.rounds + 1):
             for m in runs:
-                f = os.path.join(a.mnt, "heaps", m, "f")
+                f = os.path.join(a.mnt, "heaps", m, "f") if m != "plain" else \
+                    os.path.join(c.mnt, "heaps", "sync", "f")
                 c0 = (cpu_s(a.proc.pid), cpu_s(b.proc.pid))
                 r = write_seq(f, size, m == "async")
                 if m != "none":  # the mirror's work may trail the last write a little
-                    wait(lambda: a.partner()["lag_bytes"] == 0, 60, "mirror caught up")
+                    own = c if m == "plain" else a
+                    wait(lambda: own.partner()["lag_bytes"] == 0, 60, "mirror caught up")
                 if rnd:
                     runs[m].append(r)
-                    cpu[m][0] += cpu_s(a.proc.pid) - c0[0]
-                    cpu[m][1] += cpu_s(b.proc.pid) - c0[1]
+                    if m in cpu:
+                        cpu[m][0] += cpu_s(a.proc.pid) - c0[0]
+                        cpu[m][1] += cpu_s(b.proc.pid) - c0[1]
                 os.unlink(f)
         rate = {m: statistics.median(v) for m, v in runs.items()}
         print(f"replbench: 1 MiB writes of {size // MIB} MiB, median of {o.rounds} "
@@ -173,6 +184,14 @@ def main():
                 target = 0.8 if m == "async" else 0.6
                 line += f"  ratio {rate[m] / rate['none']:.2f}x (target >= {target}x)"
             print(line)
+        enc = a.partner()["cipher"]
+        print(f"  sync writes encrypted ({enc}) {rate['sync']:8.1f} MiB/s, encrypt = false "
+              f"{rate['plain']:8.1f} MiB/s: ratio {rate['sync'] / rate['plain']:.2f}x "
+              f"(target >= 0.9x)")
+        for n in (c, d):
+            n.stop()
+        nodes.remove(c)
+        nodes.remove(d)
 
         gib = o.rounds * size / (1 << 30)
         base = cpu["none"][0] / gib

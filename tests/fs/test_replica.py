@@ -526,7 +526,7 @@ def test_wrong_secret_refused(mount_factory, secret, tmp_path):
     # a clear error on both nodes, which the state says until a connection authenticates
     for m in (a, b):
         wait_until(lambda: partner(m)["state"] == "misconfigured", 10, "misconfigured")
-        assert "failed authentication (wrong secret)" in partner(m)["reason"], partner(m)
+        assert "(wrong secret: the secret files differ)" in partner(m)["reason"], partner(m)
     assert not b.heap("data").exists()
 
 

@@ -7,7 +7,8 @@
  * either role), each MSG seq through rep_msg_seq_check, each ACK through rep_ack_parse
  * against what "we" sent (seqs 1..64) and acknowledged so far.  The checksum's and the
  * AUTH MAC's verdicts are ignored so the fuzzer reaches what lies behind them (like
- * fuzz-seg's IMG_CHECK_NOSUM).  The first refusal ends the connection, as in link.c.
+ * fuzz-seg's IMG_CHECK_NOSUM); a sealed frame (flags) is read with its tag and opened
+ * (rep_open) under a fixed session's key, its verdict ignored too.  The first refusal ends the connection, as in link.c.
  * What the checks accept must keep their promises (rep-fuzz.h; here: a length the reader
  * may size a buffer from, MSG seqs from the HELLO's on and one by one).
  * No locking: single-threaded.
@@ -68,8 +69,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	unsigned kinds = REP_KINDS_HELLO;
 	uint64_t first = 0, next = 0, acked = 0;
-	size_t off = 0;
+	struct rep_dir rx;
+	size_t off = 0, wl;
 
+	rf_session(&rx, data, size);
 	while (size - off >= sizeof(struct rep_hdr)) {
 		struct rep_hdr h;
 		char why[160];
@@ -79,21 +82,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memcpy(&h, data + off, sizeof(h));
 		off += sizeof(h);
 		if (rep_frame_check(&h, why, sizeof(why)) || !(kinds & 1u << h.kind))
-			return 0;
+			goto out;
 		if (h.len > REP_PAYLOAD_MAX || (h.kind != REP_K_MSG && h.len > CTRL_MAX) ||
 		    (h.kind == REP_K_MSG && (!h.seq || h.seq > REP_SEQ_MAX)))
 			abort();
-		if (h.len > size - off)
-			return 0; /* truncated */
-		p = rf_copy(data + off, h.len);
+		/* a sealed frame (after the AUTHs) has its tag after the payload; it is opened
+		 * with the session's key, the verdict ignored like the checksum's */
+		wl = h.len + (h.flags & REP_F_SEALED ? REP_TAG_BYTES : 0);
+		if (wl > size - off)
+			goto out; /* truncated */
+		p = rf_copy(data + off, wl);
 		if (!p)
-			return 0;
-		off += h.len;
-		(void)rep_frame_sum_ok(&h, p);
+			goto out;
+		off += wl;
+		if (h.flags & REP_F_SEALED)
+			(void)rep_open(&rx, &h, p, why, sizeof(why));
+		else
+			(void)rep_frame_sum_ok(&h, p);
 		go = take(&h, p, &kinds, &first, &next, &acked);
 		free(p);
 		if (!go)
-			return 0;
+			break;
 	}
+out:
+	rep_dir_wipe(&rx);
 	return 0;
 }

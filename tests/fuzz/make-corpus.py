@@ -130,7 +130,8 @@ heap "a" { size = 3M min_block = 64 layout = contiguous replicate = sync }
 heap "b" { replicate = async cache = direct writers = single inodes = 100 }
 /* the link */
 partner { node = "a"  listen = "127.0.0.1:7410"  connect = "[::1]:7411"
-          secret_file = "/etc/heapfs/secret"  timeout = 500ms  auto_failover = true }
+          secret_file = "/etc/heapfs/secret"  timeout = 500ms  auto_failover = true
+          encrypt = false }
 """,
     "partner-managed": """// under Pacemaker (issue 19): the same config on both nodes
 heap "d" { size = 8M replicate = sync }

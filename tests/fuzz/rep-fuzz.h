@@ -1,5 +1,6 @@
 /*
- * rep-fuzz.h — what the partner link's harnesses (fuzz-frame, fuzz-hello, fuzz-ack)
+ * rep-fuzz.h — what the partner link's harnesses (fuzz-frame, fuzz-hello, fuzz-ack,
+ * fuzz-open)
  * share: each parser of replica/ run on a payload, and the promises an accepted one must
  * keep checked (abort() when one is broken, which libFuzzer reports as a crash).  Every
  * payload is a private copy of exactly its bytes, so ASan sees a read past it.
@@ -22,6 +23,24 @@ static inline void *rf_copy(const uint8_t *data, size_t len)
 	if (p)
 		memcpy(p, data, len);
 	return p;
+}
+
+/* A session's receiving direction with fixed HELLOs and secret (no randomness: a crash
+ * replays); the cipher from the input's length (both are fuzzed). */
+static inline void rf_session(struct rep_dir *rx, const uint8_t *data, size_t size)
+{
+	static const uint8_t key[REP_KEY_BYTES] = { 7 };
+	static const char hi[] = "initiator hello", ha[] = "acceptor hello";
+	struct rep_dir other;
+	unsigned cipher = size % 2 && crypto_aead_aes256gcm_is_available() ? REP_C_AESGCM
+									  : REP_C_CHACHA;
+
+	(void)data;
+	if (sodium_init() < 0)
+		abort();
+	if (rep_session_keys(rx, &other, cipher, key, hi, sizeof(hi), ha, sizeof(ha)))
+		abort();
+	rep_dir_wipe(&other);
 }
 
 /* p as a HELLO from either role, to a node named "a". */

@@ -115,6 +115,15 @@ static void test_secret(void)
 	crypto_generichash(want, sizeof(want), (const unsigned char *)text, sizeof(text) - 1,
 			   NULL, 0);
 	CHECK(!memcmp(key, want, sizeof(key)));
+	/* mode 0600 but another user's file (who could rewrite it): refused too.  (Giving a
+	 * file away takes root, which the test suite runs as.) */
+	if (!geteuid()) {
+		CHECK(!chown(path, 65534, 65534));
+		CHECK_EQ(rep_secret_load(path, key, why, sizeof(why)), -EPERM);
+		CHECK(strstr(why, "owned by uid 65534, not by uid 0"));
+		CHECK(!chown(path, 0, 0));
+		CHECK_EQ(rep_secret_load(path, key, why, sizeof(why)), 0);
+	}
 	CHECK_EQ(rep_secret_load(dir, key, why, sizeof(why)), -EPERM); /* a directory */
 	CHECK(!truncate(path, 0));
 	CHECK_EQ(rep_secret_load(path, key, why, sizeof(why)), -EINVAL);

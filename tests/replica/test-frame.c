@@ -1,11 +1,13 @@
 /*
  * test-frame.c — the wire format's checks and the handshake's proof, without sockets:
  * rep_frame_check refuses each malformed header, rep_hello_parse each malformed HELLO,
- * and a MAC is bound to the key, the role of its maker and every HELLO byte.
+ * a MAC is bound to the key, the role of its maker and every HELLO byte, and a sealed frame
+ * opens once, in order, unchanged, under its own direction's and connection's key.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sodium.h>
+#include <stddef.h>
 
 #include "replica_i.h"
 #include "rtest.h"
@@ -25,9 +27,15 @@ static void test_frame_check(void)
 	h = good, h.magic ^= 1;
 	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
 	CHECK(strstr(why, "magic"));
-	h = good, h.version = 2;
+	h = good, h.version = REP_VERSION - 1; /* version 1 had no sealed frames */
 	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
-	h = good, h.flags = 1;
+	h = good, h.flags = 4;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	h = good, h.flags = REP_F_SEALED; /* sealed frames: the reader opens them */
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), 0);
+	h = good, h.flags = REP_F_SEALED | REP_F_REKEY;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), 0);
+	h = good, h.flags = REP_F_REKEY; /* a rekey of a frame that is not sealed */
 	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
 	h = good, h.kind = 0;
 	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
@@ -67,6 +75,13 @@ static void test_frame_check(void)
 	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
 	rep_frame_fill(&h, REP_K_HELLO, 0, 0, NULL, 0, 0);
 	h.len = sizeof(struct rep_hello) + 1;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	/* the handshake is never sealed */
+	rep_frame_fill(&h, REP_K_HELLO, 0, 0, NULL, 0, 0);
+	h.flags = REP_F_SEALED;
+	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
+	rep_frame_fill(&h, REP_K_AUTH, 0, 0, &iov, 1, REP_MAC_BYTES);
+	h.flags = REP_F_SEALED;
 	CHECK_EQ(rep_frame_check(&h, why, sizeof(why)), -EBADMSG);
 done:
 	return;
@@ -173,10 +188,14 @@ static void test_hello(void)
 	size_t len;
 	char why[128];
 
-	rep_hello_make(&mine, &len, REP_ROLE_INITIATOR, "node-a", 77, 5);
+	rep_hello_make(&mine, &len, REP_ROLE_INITIATOR, "node-a", 77, 5, REP_HF_ENCRYPT);
 	CHECK_EQ(len, REP_HELLO_FIXED + 6);
 	CHECK_EQ(rep_hello_parse(&mine, len, REP_ROLE_INITIATOR, "node-b", &out, why, sizeof(why)), 0);
-	CHECK(out.instance == 77 && out.next_seq == 5 && out.name_len == 6);
+	CHECK(out.instance == 77 && out.next_seq == 5 && out.name_len == 6 &&
+	      out.flags == REP_HF_ENCRYPT);
+	bad = mine, bad.flags = 4; /* a flag this version does not know */
+	CHECK_EQ(rep_hello_parse(&bad, len, REP_ROLE_INITIATOR, "node-b", &out, why, sizeof(why)),
+		 -EBADMSG);
 	CHECK(!memcmp(out.name, "node-a", 6));
 	/* wrong role, our own name, a length that disagrees with name_len, a bad byte */
 	CHECK_EQ(rep_hello_parse(&mine, len, REP_ROLE_ACCEPTOR, "node-b", &out, why, sizeof(why)),
@@ -201,7 +220,7 @@ static void test_hello(void)
 	CHECK_EQ(rep_hello_parse(&bad, len, REP_ROLE_INITIATOR, "node-b", &out, why, sizeof(why)),
 		 -EBADMSG);
 	/* two HELLOs never carry the same nonce */
-	rep_hello_make(&bad, &len, REP_ROLE_INITIATOR, "node-a", 77, 5);
+	rep_hello_make(&bad, &len, REP_ROLE_INITIATOR, "node-a", 77, 5, REP_HF_ENCRYPT);
 	CHECK(memcmp(bad.nonce, mine.nonce, REP_NONCE_BYTES));
 done:
 	return;
@@ -216,8 +235,8 @@ static void test_mac(void)
 	randombytes_buf(key, sizeof(key));
 	memcpy(other, key, sizeof(key));
 	other[0] ^= 1;
-	rep_hello_make(&hi, &li, REP_ROLE_INITIATOR, "a", 1, 1);
-	rep_hello_make(&ha, &la, REP_ROLE_ACCEPTOR, "b", 2, 1);
+	rep_hello_make(&hi, &li, REP_ROLE_INITIATOR, "a", 1, 1, REP_HF_ALL);
+	rep_hello_make(&ha, &la, REP_ROLE_ACCEPTOR, "b", 2, 1, REP_HF_ALL);
 	rep_auth_mac(mac, key, REP_ROLE_INITIATOR, &hi, li, &ha, la);
 	CHECK_EQ(rep_auth_verify(mac, key, REP_ROLE_INITIATOR, &hi, li, &ha, la), 0);
 	/* another key, the other role (a reflected MAC), either HELLO changed in one bit */
@@ -229,6 +248,126 @@ static void test_mac(void)
 	hi.nonce[5] ^= 0x10;
 	ha.name[0] = 'c';
 	CHECK_EQ(rep_auth_verify(mac, key, REP_ROLE_INITIATOR, &hi, li, &ha, la), -EACCES);
+done:
+	return;
+}
+
+/* Seal frames one way and open them the other: each frame opens once, in order, under
+ * the key of its direction and connection; one bit changed anywhere (payload, tag, any
+ * header field), a replay, a frame left out, or a forged rekey mark: it does not open. */
+static void seal_one(unsigned cipher)
+{
+	uint8_t key[REP_KEY_BYTES];
+	struct rep_hello hi, ha, hi2;
+	struct rep_dir i2a = { 0 }, a2i = { 0 }, ri2a = { 0 }, ra2i = { 0 }, o2 = { 0 }, save = { 0 },
+		       before;
+	uint8_t old_key[REP_KEY_BYTES];
+	size_t li, la, li2;
+	unsigned char buf[3][64 + REP_TAG_BYTES], tmp[64 + REP_TAG_BYTES], replay[64 + REP_TAG_BYTES];
+	const char text[] = "the marker: sealed-payload-42";
+	struct rep_hdr h[3], t;
+	struct iovec iov[2] = { { (void *)text, 10 }, { (void *)(text + 10), sizeof(text) - 10 } };
+	char why[160];
+
+	randombytes_buf(key, sizeof(key));
+	rep_hello_make(&hi, &li, REP_ROLE_INITIATOR, "a", 1, 1, REP_HF_ALL);
+	rep_hello_make(&ha, &la, REP_ROLE_ACCEPTOR, "b", 2, 1, REP_HF_ALL);
+	CHECK_EQ(rep_session_keys(&i2a, &a2i, cipher, key, &hi, li, &ha, la), 0);
+	CHECK_EQ(rep_session_keys(&ri2a, &ra2i, cipher, key, &hi, li, &ha, la), 0);
+	CHECK(memcmp(i2a.key, a2i.key, REP_KEY_BYTES)); /* a key per direction */
+	for (int k = 0; k < 3; k++) {
+		rep_frame_fill(&h[k], REP_K_MSG, REP_TYPE_USER, (uint64_t)k + 1, NULL, 0,
+			       sizeof(text));
+		CHECK_EQ(rep_sealv(&i2a, REP_REKEY_BYTES, &h[k], buf[k], iov, 2), 0);
+		CHECK(h[k].flags == REP_F_SEALED && !h[k].sum);
+		CHECK(!memmem(buf[k], sizeof(text), "marker", 6)); /* not in the clear */
+	}
+	/* the other direction's key, another connection's keys (a new nonce): no */
+	memcpy(tmp, buf[0], sizeof(tmp));
+	before = ra2i;
+	CHECK_EQ(rep_open(&ra2i, &h[0], tmp, why, sizeof(why)), -EBADMSG);
+	CHECK(!memcmp(&before, &ra2i, sizeof(before))); /* a failure leaves the key as it was */
+	rep_hello_make(&hi2, &li2, REP_ROLE_INITIATOR, "a", 1, 1, REP_HF_ALL);
+	CHECK_EQ(rep_session_keys(&o2, &save, cipher, key, &hi2, li2, &ha, la), 0);
+	memcpy(tmp, buf[0], sizeof(tmp));
+	CHECK_EQ(rep_open(&o2, &h[0], tmp, why, sizeof(why)), -EBADMSG);
+	/* one bit in the payload, in the tag, in each header field */
+	for (size_t bit = 0; bit < (sizeof(text) + REP_TAG_BYTES) * 8; bit += 7) {
+		memcpy(tmp, buf[0], sizeof(tmp));
+		tmp[bit / 8] ^= (unsigned char)(1u << bit % 8);
+		CHECK_EQ(rep_open(&ri2a, &h[0], tmp, why, sizeof(why)), -EBADMSG);
+	}
+	for (size_t bit = 0; bit < sizeof(t) * 8; bit++) {
+		/* (len: one less, which stays inside the buffer; the reader reads len + tag) */
+		if (bit / 8 >= offsetof(struct rep_hdr, len) &&
+		    bit / 8 < offsetof(struct rep_hdr, len) + sizeof(t.len))
+			continue;
+		t = h[0];
+		((unsigned char *)&t)[bit / 8] ^= (unsigned char)(1u << bit % 8);
+		memcpy(tmp, buf[0], sizeof(tmp));
+		CHECK_EQ(rep_open(&ri2a, &t, tmp, why, sizeof(why)), -EBADMSG);
+	}
+	t = h[0];
+	t.len--;
+	memcpy(tmp, buf[0], sizeof(tmp));
+	CHECK_EQ(rep_open(&ri2a, &t, tmp, why, sizeof(why)), -EBADMSG);
+	CHECK(strstr(why, "failed to authenticate"));
+	/* the second frame before the first (the first dropped on the way): no */
+	memcpy(tmp, buf[1], sizeof(tmp));
+	CHECK_EQ(rep_open(&ri2a, &h[1], tmp, why, sizeof(why)), -EBADMSG);
+	/* in order: yes, and the text is back */
+	memcpy(replay, buf[0], sizeof(replay));
+	CHECK_EQ(rep_open(&ri2a, &h[0], buf[0], why, sizeof(why)), 0);
+	CHECK(!memcmp(buf[0], text, sizeof(text)));
+	/* the first again (a replay): no; the second: yes */
+	CHECK_EQ(rep_open(&ri2a, &h[0], replay, why, sizeof(why)), -EBADMSG);
+	CHECK_EQ(rep_open(&ri2a, &h[1], buf[1], why, sizeof(why)), 0);
+	/* a rekey mark forged onto the third: no; the real third: yes */
+	t = h[2];
+	t.flags |= REP_F_REKEY;
+	memcpy(tmp, buf[2], sizeof(tmp));
+	before = ri2a;
+	CHECK_EQ(rep_open(&ri2a, &t, tmp, why, sizeof(why)), -EBADMSG);
+	CHECK(!memcmp(&before, &ri2a, sizeof(before))); /* back on the old key */
+	CHECK_EQ(rep_open(&ri2a, &h[2], buf[2], why, sizeof(why)), 0);
+	/* a rekey: past the byte limit the sender ratchets, marks the frame, and the
+	 * receiver follows; the old key no longer opens what comes after */
+	memcpy(buf[0], text, sizeof(text));
+	rep_frame_fill(&h[0], REP_K_ACK, 0, 0, NULL, 0, sizeof(text));
+	memcpy(old_key, ri2a.key, sizeof(old_key));
+	CHECK_EQ(rep_seal(&i2a, 2 * sizeof(text), &h[0], buf[0], buf[0]), 1);
+	CHECK(h[0].flags == (REP_F_SEALED | REP_F_REKEY) && i2a.ctr == 1);
+	memcpy(tmp, buf[0], sizeof(tmp));
+	t = h[0];
+	t.flags = REP_F_SEALED; /* the mark taken off: the old key does not open it */
+	CHECK_EQ(rep_open(&ri2a, &t, tmp, why, sizeof(why)), -EBADMSG);
+	CHECK_EQ(rep_open(&ri2a, &h[0], buf[0], why, sizeof(why)), 1);
+	CHECK(!memcmp(buf[0], text, sizeof(text)) && ri2a.ctr == 1);
+	CHECK(memcmp(old_key, ri2a.key, REP_KEY_BYTES));
+	/* a sealed frame read as plaintext, a plaintext one read as sealed */
+	rep_frame_fill(&t, REP_K_HB, 0, 0, NULL, 0, 0);
+	CHECK_EQ(rep_open(&ri2a, &t, tmp, why, sizeof(why)), -EBADMSG);
+	CHECK(strstr(why, "not sealed"));
+done:
+	rep_dir_wipe(&i2a);
+	rep_dir_wipe(&a2i);
+	rep_dir_wipe(&ri2a);
+	rep_dir_wipe(&ra2i);
+	rep_dir_wipe(&o2);
+	rep_dir_wipe(&save);
+}
+
+static void test_seal(void)
+{
+	seal_one(REP_C_CHACHA);
+	if (crypto_aead_aes256gcm_is_available())
+		seal_one(REP_C_AESGCM);
+	/* what two HELLOs agree on */
+	CHECK_EQ(rep_cipher_pick(0, 0), REP_C_NONE);
+	CHECK_EQ(rep_cipher_pick(REP_HF_ENCRYPT, 0), -1);
+	CHECK_EQ(rep_cipher_pick(0, REP_HF_ALL), -1);
+	CHECK_EQ(rep_cipher_pick(REP_HF_ENCRYPT, REP_HF_ALL), REP_C_CHACHA);
+	CHECK_EQ(rep_cipher_pick(REP_HF_ALL, REP_HF_ALL), REP_C_AESGCM);
 done:
 	return;
 }
@@ -263,6 +402,7 @@ int main(void)
 	RUN(test_seq);
 	RUN(test_ack);
 	RUN(test_mac);
+	RUN(test_seal);
 	RUN(test_addr);
 	return rt_failed != 0;
 }

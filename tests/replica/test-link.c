@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sodium.h>
+#include <stddef.h>
 #include <spawn.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
@@ -173,6 +174,7 @@ static void key_of(uint8_t key[REP_KEY_BYTES], const char *secret)
  * and a loaded CI host (two suites at once, ASan) may pause a thread longer than TMO. */
 #define STEADY_TMO 10000
 static unsigned node_tmo = TMO;
+static bool node_plain; /* the next node_start: encrypt = false */
 
 /* Start node n; listen on lport (0: any), connect to cport (0: do not connect). */
 static int node_start(struct node *n, const char *name, int lport, int cport,
@@ -194,6 +196,7 @@ static int node_start(struct node *n, const char *name, int lport, int cport,
 	else
 		connect[0] = 0;
 	key_of(c.key, secret);
+	c.plaintext = node_plain;
 	return rep_start(&c, &cbs, n, &n->l);
 }
 
@@ -495,6 +498,95 @@ done:
 	}
 }
 
+/* encrypt = true on one node and false on the other: neither pairs, and both say why
+ * (it is in their status until fixed).  Both false: they pair, nothing sealed. */
+static void test_encrypt_mismatch(void)
+{
+	struct node a, b;
+	struct rep_stats sa, sb;
+	bool started = false;
+
+	node_plain = true;
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	node_plain = false;
+	if (node_start(&b, "b", 0, rep_port(a.l), "k")) {
+		node_stop(&a);
+		goto done;
+	}
+	started = true;
+	usleep(1500 * 1000);
+	rep_get_stats(a.l, &sa);
+	rep_get_stats(b.l, &sb);
+	CHECK(NOW(&a, !a.ups) && NOW(&b, !b.ups));
+	CHECK(strstr(sa.misconfigured, "encrypt = false here but node \"b\" has encrypt = true"));
+	CHECK(strstr(sb.misconfigured, "encrypt = true here but node \"a\" has encrypt = false"));
+	CHECK(log_has(&a, "set the same on both nodes") && log_has(&b, "set the same on both"));
+	CHECK(!strcmp(sa.cipher, "none") && !strcmp(sb.cipher, "pending"));
+	node_stop(&a);
+	node_stop(&b);
+	started = false;
+	/* both plaintext: they pair, and say so */
+	node_plain = true;
+	CHECK(!pair(&a, &b, "k", "k"));
+	node_plain = false;
+	started = true;
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	CHECK(rep_send(b.l, REP_TYPE_USER, &(uint64_t){ 0 }, 8) > 0 && !rep_flush(b.l, 3000));
+	rep_get_stats(a.l, &sa);
+	CHECK(!strcmp(sa.cipher, "none") && !sa.misconfigured[0]);
+	CHECK(log_has(&a, "not encrypted"));
+done:
+	node_plain = false;
+	if (started) {
+		node_stop(&a);
+		node_stop(&b);
+	}
+}
+
+/* With a rekey limit of 64 KiB (HEAPFS_REP_REKEY_BYTES), messages both ways move each
+ * direction to new keys many times under traffic: all arrive, in order and intact, no
+ * drop; the stats count the rekeys and the time of the last. */
+static void test_rekey(void)
+{
+	struct node a, b;
+	struct sender sa = { &a, 3000, 600, 0, 0, NULL }, sb = { &b, 3000, 600, 0, 0, NULL };
+	pthread_t ta, tb;
+	struct rep_stats st, st2;
+	struct timespec now;
+	bool started = false;
+
+	setenv("HEAPFS_REP_REKEY_BYTES", "65536", 1);
+	CHECK(!pair_tmo(&a, &b, "k", "k", STEADY_TMO));
+	unsetenv("HEAPFS_REP_REKEY_BYTES");
+	started = true;
+	CHECK(WAIT_FOR(&a, a.ups == 1, 3) && WAIT_FOR(&b, b.ups == 1, 3));
+	rep_get_stats(a.l, &st);
+	CHECK(!strcmp(st.cipher, crypto_aead_aes256gcm_is_available() ? "aes256gcm"
+								      : "chacha20poly1305"));
+	pthread_create(&ta, NULL, sender_main, &sa);
+	pthread_create(&tb, NULL, sender_main, &sb);
+	pthread_join(ta, NULL);
+	pthread_join(tb, NULL);
+	CHECK_EQ(sa.err, 0);
+	CHECK_EQ(sb.err, 0);
+	CHECK(WAIT_FOR(&a, a.recvd == 3000, 10) && WAIT_FOR(&b, b.recvd == 3000, 10));
+	CHECK(WAIT_FOR(&a, a.acks == 3000, 10) && WAIT_FOR(&b, b.acks == 3000, 10));
+	CHECK(NOW(&a, !a.order_errs && !a.corrupt && !a.downs));
+	CHECK(NOW(&b, !b.order_errs && !b.corrupt && !b.downs));
+	rep_get_stats(a.l, &st2);
+	clock_gettime(CLOCK_REALTIME, &now);
+	fprintf(stderr, "  %llu rekeys seen by a\n", (unsigned long long)st2.rekeys);
+	CHECK(st2.rekeys >= 10 && st2.key_rotated_ms >= st.key_rotated_ms);
+	CHECK(st2.key_rotated_ms <= (uint64_t)now.tv_sec * 1000 + 1000 &&
+	      st2.key_rotated_ms + 60000 >= (uint64_t)now.tv_sec * 1000);
+done:
+	unsetenv("HEAPFS_REP_REKEY_BYTES");
+	if (started) {
+		node_stop(&a);
+		node_stop(&b);
+	}
+}
+
 /* rep_start refuses what it cannot run with, before starting anything. */
 static void test_config(void)
 {
@@ -528,6 +620,15 @@ done:
 
 /* ---- raw sockets ---------------------------------------------------------------------- */
 
+/* The raw peer's session once raw_auth passed on fd (one socket at a time): what it
+ * sends is sealed and what it reads opened with the keys the link derived too, so the
+ * hostile frames below reach the link's checks behind the AEAD. */
+static struct {
+	int fd;
+	unsigned cipher;
+	struct rep_dir tx, rx;
+} raw_s = { .fd = -1 };
+
 /* A socket connected to 127.0.0.1:port from the address src (host order; 0: any). */
 static int raw_connect_from(int port, uint32_t src)
 {
@@ -541,6 +642,8 @@ static int raw_connect_from(int port, uint32_t src)
 		close(fd);
 		fd = -1;
 	}
+	if (fd == raw_s.fd)
+		raw_s.fd = -1; /* the number of a socket closed since: a new one, not sealed */
 	return fd;
 }
 
@@ -562,6 +665,8 @@ static int raw_connect_small(int port)
 		close(fd);
 		fd = -1;
 	}
+	if (fd == raw_s.fd)
+		raw_s.fd = -1;
 	return fd;
 }
 
@@ -590,14 +695,28 @@ static int raw_frame(int fd, unsigned kind, uint32_t type, uint64_t seq, const v
 	struct rep_hdr h;
 	struct iovec pi = { (void *)p, len };
 	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)p, len } };
+	unsigned char *sealed = NULL;
+	int rc;
 
 	rep_frame_fill(&h, kind, type, seq, &pi, 1, len);
-	return rep_writev_all(fd, iov, len ? 2 : 1);
+	if (fd == raw_s.fd && raw_s.cipher != REP_C_NONE) {
+		sealed = malloc(len + REP_TAG_BYTES);
+		if (!sealed)
+			return -1;
+		rep_sealv(&raw_s.tx, REP_REKEY_BYTES, &h, sealed, &pi, len ? 1 : 0);
+		iov[1] = (struct iovec){ sealed, len + REP_TAG_BYTES };
+		len += REP_TAG_BYTES;
+	}
+	rc = rep_writev_all(fd, iov, len ? 2 : 1);
+	free(sealed);
+	return rc;
 }
 
 static int raw_read_frame(int fd, struct rep_hdr *h, unsigned char *buf, size_t cap)
 {
-	size_t have = 0;
+	bool sealed = fd == raw_s.fd && raw_s.cipher != REP_C_NONE;
+	size_t have = 0, wl;
+	char why[160];
 
 	while (have < sizeof(*h)) {
 		ssize_t got = read(fd, (char *)h + have, sizeof(*h) - have);
@@ -606,15 +725,18 @@ static int raw_read_frame(int fd, struct rep_hdr *h, unsigned char *buf, size_t 
 			return -1;
 		have += (size_t)got;
 	}
-	if (h->len > cap)
+	wl = h->len + (sealed ? REP_TAG_BYTES : 0);
+	if (wl > cap)
 		return -1;
-	for (have = 0; have < h->len;) {
-		ssize_t got = read(fd, buf + have, h->len - have);
+	for (have = 0; have < wl;) {
+		ssize_t got = read(fd, buf + have, wl - have);
 
 		if (got <= 0)
 			return -1;
 		have += (size_t)got;
 	}
+	if (sealed && rep_open(&raw_s.rx, h, buf, why, sizeof(why)) < 0)
+		return -1;
 	return 0;
 }
 
@@ -629,15 +751,31 @@ static int raw_auth_seq(int fd, const char *name, const char *secret, uint64_t n
 	uint8_t key[REP_KEY_BYTES], mac[REP_MAC_BYTES];
 	char why[128];
 
+	size_t plen;
+	int cipher;
+
 	key_of(key, secret);
-	rep_hello_make(&mine, &mlen, REP_ROLE_INITIATOR, name, 42, next_seq);
+	raw_s.fd = -1;
+	rep_hello_make(&mine, &mlen, REP_ROLE_INITIATOR, name, 42, next_seq, REP_HF_ALL);
 	if (raw_frame(fd, REP_K_HELLO, 0, 0, &mine, mlen) || raw_read_frame(fd, &h, buf, sizeof(buf)) ||
 	    h.kind != REP_K_HELLO ||
 	    rep_hello_parse(buf, h.len, REP_ROLE_ACCEPTOR, name, &peer, why, sizeof(why)))
 		return -1;
-	rep_auth_mac(mac, key, REP_ROLE_INITIATOR, &mine, mlen, buf, h.len);
-	if (raw_frame(fd, REP_K_AUTH, 0, 0, mac, sizeof(mac)) ||
-	    raw_read_frame(fd, &h, buf, sizeof(buf)) || h.kind != REP_K_AUTH)
+	plen = h.len;
+	cipher = rep_cipher_pick(mine.flags, peer.flags);
+	rep_auth_mac(mac, key, REP_ROLE_INITIATOR, &mine, mlen, &peer, plen);
+	if (cipher < 0 || raw_frame(fd, REP_K_AUTH, 0, 0, mac, sizeof(mac)) ||
+	    raw_read_frame(fd, &h, buf, sizeof(buf)) || h.kind != REP_K_AUTH ||
+	    rep_auth_verify(buf, key, REP_ROLE_ACCEPTOR, &mine, mlen, &peer, plen))
+		return -1;
+	raw_s.fd = fd;
+	raw_s.cipher = (unsigned)cipher;
+	/* the last raw connection's contexts go first */
+	rep_dir_wipe(&raw_s.tx);
+	rep_dir_wipe(&raw_s.rx);
+	if (cipher != REP_C_NONE &&
+	    rep_session_keys(&raw_s.tx, &raw_s.rx, (unsigned)cipher, key, &mine, mlen, &peer,
+			     plen))
 		return -1;
 	return 0;
 }
@@ -650,7 +788,7 @@ static int raw_auth(int fd, const char *name, const char *secret)
 /* Read frames from a raw socket until a MSG comes (heartbeats skipped): its seq, or 0. */
 static uint64_t raw_read_msg(int fd)
 {
-	static unsigned char buf[REP_PAYLOAD_MAX];
+	static unsigned char buf[REP_PAYLOAD_MAX + REP_TAG_BYTES];
 	struct rep_hdr h;
 
 	while (!raw_read_frame(fd, &h, buf, sizeof(buf)))
@@ -669,6 +807,140 @@ static void *big_sends_main(void *arg)
 	for (int i = 0; i < BIG_SENDS; i++)
 		rep_send(arg, REP_TYPE_USER, big, sizeof(big));
 	return NULL;
+}
+
+/* A sealed MSG frame of the raw session (seq, an 8-byte counter) in out (header +
+ * ciphertext + tag); its length. */
+static size_t raw_sealed_msg(unsigned char *out, uint64_t seq, uint64_t cnt)
+{
+	struct rep_hdr h;
+
+	rep_frame_fill(&h, REP_K_MSG, REP_TYPE_USER, seq, NULL, 0, sizeof(cnt));
+	memcpy(out + sizeof(h), &cnt, sizeof(cnt));
+	rep_seal(&raw_s.tx, REP_REKEY_BYTES, &h, out + sizeof(h), out + sizeof(h));
+	memcpy(out, &h, sizeof(h));
+	return sizeof(h) + sizeof(cnt) + REP_TAG_BYTES;
+}
+
+/* What is on the wire between two authenticated peers cannot be changed, replayed, left
+ * out, or sent in the clear: each drops the connection before the message reaches
+ * recv().  And a recorded handshake (an initiator's HELLO and AUTH) replayed on a new
+ * connection does not pair: the acceptor's nonce is new. */
+static void test_tamper(void)
+{
+	struct node a;
+	bool started = false;
+	unsigned char f1[128], f2[128], rec[512];
+	size_t l1, l2, reclen = 0;
+	int fd = -1, port, kase;
+	struct rep_stats st;
+	uint64_t drops;
+
+	node_tmo = STEADY_TMO;
+	CHECK(!node_start(&a, "a", 0, 0, "k"));
+	node_tmo = TMO;
+	started = true;
+	port = rep_port(a.l);
+	for (kase = 0; kase < 4; kase++) {
+		uint64_t got;
+
+		fd = raw_connect(port);
+		CHECK(fd >= 0 && !raw_auth(fd, "mallory", "k"));
+		CHECK(WAIT_FOR(&a, a.ups == kase + 1, 3));
+		pthread_mutex_lock(&a.mu);
+		got = a.recvd;
+		pthread_mutex_unlock(&a.mu);
+		l1 = raw_sealed_msg(f1, 1, 10);
+		l2 = raw_sealed_msg(f2, 2, 20);
+		CHECK(write(fd, f1, l1) == (ssize_t)l1);
+		CHECK(WAIT_FOR(&a, a.recvd == got + 1, 3));
+		switch (kase) {
+		case 0: /* one bit of the ciphertext */
+			f2[sizeof(struct rep_hdr) + 3] ^= 0x20;
+			break;
+		case 1: /* one bit of the header (its type) */
+			f2[offsetof(struct rep_hdr, type)] ^= 1;
+			break;
+		case 2: /* the first frame again instead of the second */
+			memcpy(f2, f1, l1);
+			break;
+		case 3: /* the second frame left out: the third in its place */
+			l2 = raw_sealed_msg(f2, 3, 30);
+			break;
+		}
+		CHECK(write(fd, f2, l2) == (ssize_t)l2);
+		CHECK(raw_closed(fd, 3));
+		close(fd);
+		fd = -1;
+		CHECK(WAIT_FOR(&a, a.downs == kase + 1, 3));
+		CHECK(NOW(&a, a.recvd == got + 1)); /* nothing of it reached recv() */
+		CHECK(log_has(&a, kase == 3 ? "out of order" : "failed to authenticate") ||
+		      log_has(&a, "failed to authenticate"));
+	}
+	/* a plaintext frame on the encrypted link */
+	fd = raw_connect(port);
+	CHECK(fd >= 0 && !raw_auth(fd, "mallory", "k"));
+	CHECK(WAIT_FOR(&a, a.ups == 5, 3));
+	raw_s.fd = -1; /* written as a plaintext peer would */
+	CHECK(!raw_frame(fd, REP_K_MSG, REP_TYPE_USER, 1, &(uint64_t){ 10 }, 8));
+	CHECK(raw_closed(fd, 3));
+	close(fd);
+	fd = -1;
+	CHECK(log_has(&a, "not sealed on an encrypted link"));
+	/* a recorded handshake: record what an initiator sends, replay it */
+	{
+		struct rep_hello mine;
+		size_t mlen;
+		struct rep_hdr h;
+		unsigned char buf[256];
+		uint8_t key[REP_KEY_BYTES], mac[REP_MAC_BYTES];
+		char why[128];
+
+		fd = raw_connect(port);
+		CHECK(fd >= 0);
+		key_of(key, "k");
+		rep_hello_make(&mine, &mlen, REP_ROLE_INITIATOR, "mallory", 42, 1, REP_HF_ALL);
+		rep_frame_fill(&h, REP_K_HELLO, 0, 0, &(struct iovec){ &mine, mlen }, 1, mlen);
+		memcpy(rec, &h, sizeof(h));
+		memcpy(rec + sizeof(h), &mine, mlen);
+		reclen = sizeof(h) + mlen;
+		CHECK(write(fd, rec, reclen) == (ssize_t)reclen);
+		CHECK(!raw_read_frame(fd, &h, buf, sizeof(buf)) && h.kind == REP_K_HELLO);
+		CHECK(!rep_hello_parse(buf, h.len, REP_ROLE_ACCEPTOR, "mallory",
+				       &(struct rep_hello){ 0 }, why, sizeof(why)));
+		rep_auth_mac(mac, key, REP_ROLE_INITIATOR, &mine, mlen, buf, h.len);
+		rep_frame_fill(&h, REP_K_AUTH, 0, 0, &(struct iovec){ mac, sizeof(mac) }, 1,
+			       sizeof(mac));
+		memcpy(rec + reclen, &h, sizeof(h));
+		memcpy(rec + reclen + sizeof(h), mac, sizeof(mac));
+		CHECK(write(fd, rec + reclen, sizeof(h) + sizeof(mac)) ==
+		      (ssize_t)(sizeof(h) + sizeof(mac)));
+		reclen += sizeof(h) + sizeof(mac);
+		CHECK(WAIT_FOR(&a, a.ups == 6, 3)); /* the real one pairs */
+		close(fd);
+		CHECK(WAIT_FOR(&a, a.downs == 6, 3));
+		rep_get_stats(a.l, &st);
+		drops = st.drops_auth;
+		/* the same bytes again, on a new connection */
+		fd = raw_connect(port);
+		CHECK(fd >= 0 && write(fd, rec, reclen) == (ssize_t)reclen);
+		CHECK(!raw_read_frame(fd, &h, buf, sizeof(buf)) && h.kind == REP_K_HELLO);
+		/* the acceptor's answer: a refusal, all zeros */
+		CHECK(!raw_read_frame(fd, &h, buf, sizeof(buf)) && h.kind == REP_K_AUTH &&
+		      rep_auth_is_refusal(buf));
+		CHECK(raw_closed(fd, 3));
+		close(fd);
+		fd = -1;
+		rep_get_stats(a.l, &st);
+		CHECK(st.drops_auth == drops + 1 && !st.up);
+		CHECK(NOW(&a, a.ups == 6));
+	}
+done:
+	if (fd >= 0)
+		close(fd);
+	raw_s.fd = -1;
+	if (started)
+		node_stop(&a);
 }
 
 /* An authenticated peer's bad seqs and ACKs, each on a connection of its own: the link
@@ -882,7 +1154,7 @@ static void test_garbage(void)
 			CHECK(write(fd, junk, sizeof(junk)) == sizeof(junk));
 			break;
 		case 1: /* a truncated hello: the header promises more than comes */
-			rep_hello_make(&hello, &hl, REP_ROLE_INITIATOR, "x", 1, 1);
+			rep_hello_make(&hello, &hl, REP_ROLE_INITIATOR, "x", 1, 1, REP_HF_ALL);
 			rep_frame_fill(&h, REP_K_HELLO, 0, 0, &(struct iovec){ &hello, hl }, 1, hl);
 			CHECK(write(fd, &h, sizeof(h)) == sizeof(h));
 			CHECK(write(fd, &hello, 10) == 10);
@@ -897,7 +1169,7 @@ static void test_garbage(void)
 			CHECK(!raw_frame(fd, REP_K_MSG, REP_TYPE_USER, 1, &cnt, sizeof(cnt)));
 			break;
 		case 4: /* a hello with a wrong checksum */
-			rep_hello_make(&hello, &hl, REP_ROLE_INITIATOR, "x", 1, 1);
+			rep_hello_make(&hello, &hl, REP_ROLE_INITIATOR, "x", 1, 1, REP_HF_ALL);
 			rep_frame_fill(&h, REP_K_HELLO, 0, 0, &(struct iovec){ &hello, hl }, 1, hl);
 			h.sum ^= 1;
 			CHECK(write(fd, &h, sizeof(h)) == sizeof(h) && write(fd, &hello, hl) == (ssize_t)hl);
@@ -967,22 +1239,27 @@ done:
  * batches; how many went out before the socket failed. */
 static uint64_t raw_flood(int fd, uint64_t first, uint64_t count, uint64_t (*counter)(uint64_t))
 {
-	enum { BATCH = 1024, FRAME = sizeof(struct rep_hdr) + sizeof(uint64_t) };
-	static unsigned char buf[BATCH * FRAME];
+	enum { BATCH = 1024, MAXF = sizeof(struct rep_hdr) + sizeof(uint64_t) + REP_TAG_BYTES };
+	static unsigned char buf[BATCH * MAXF];
+	bool sealed = fd == raw_s.fd && raw_s.cipher != REP_C_NONE;
+	size_t frame = MAXF - (sealed ? 0 : REP_TAG_BYTES);
 	uint64_t done = 0;
 
 	while (done < count) {
 		unsigned n = count - done < BATCH ? (unsigned)(count - done) : BATCH;
-		struct iovec iov = { buf, (size_t)n * FRAME };
+		struct iovec iov = { buf, (size_t)n * frame };
 
 		for (unsigned i = 0; i < n; i++) {
 			uint64_t cnt = counter(done + i);
+			unsigned char *f = buf + i * frame;
 			struct rep_hdr h;
 
 			rep_frame_fill(&h, REP_K_MSG, REP_TYPE_USER, first + done + i,
 				       &(struct iovec){ &cnt, sizeof(cnt) }, 1, sizeof(cnt));
-			memcpy(buf + i * FRAME, &h, sizeof(h));
-			memcpy(buf + i * FRAME + sizeof(h), &cnt, sizeof(cnt));
+			memcpy(f + sizeof(h), &cnt, sizeof(cnt));
+			if (sealed)
+				rep_seal(&raw_s.tx, REP_REKEY_BYTES, &h, f + sizeof(h), f + sizeof(h));
+			memcpy(f, &h, sizeof(h));
 		}
 		if (rep_writev_all(fd, &iov, 1))
 			break;
@@ -1090,7 +1367,7 @@ static void *loris_main(void *arg)
 	size_t hl, sent[LORIS] = { 0 };
 	double next_drip = rt_now() + 1;
 
-	rep_hello_make(&hello, &hl, REP_ROLE_INITIATOR, "loris", 1, 1);
+	rep_hello_make(&hello, &hl, REP_ROLE_INITIATOR, "loris", 1, 1, REP_HF_ALL);
 	rep_frame_fill(&h, REP_K_HELLO, 0, 0, &(struct iovec){ &hello, hl }, 1, hl);
 	memcpy(frame, &h, sizeof(h));
 	memcpy(frame + sizeof(h), &hello, hl);
@@ -1520,6 +1797,9 @@ int main(int argc, char **argv)
 	RUN(test_concurrent_senders);
 	RUN(test_reply_under_load);
 	RUN(test_wrong_secret);
+	RUN(test_encrypt_mismatch);
+	RUN(test_rekey);
+	RUN(test_tamper);
 	RUN(test_garbage);
 	RUN(test_hostile_acks);
 	RUN(test_slowloris);
