@@ -154,7 +154,8 @@ static void serve(struct ent *e)
 	memcpy(start + sizeof(*in), e->hdr->op_in, oplen);
 	buf.mem = start;
 	cur = e;
-	fuse_session_process_buf(ur.se, &buf);
+	if (!hfs_raw_dispatch(ur.fd, start, in->len)) /* what libfuse 3.14 cannot answer */
+		fuse_session_process_buf(ur.se, &buf);
 	cur = NULL;
 check:
 	if (!e->replied) {
