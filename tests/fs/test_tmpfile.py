@@ -275,3 +275,30 @@ def test_btime_is_made_anew_on_a_mirror(pairs):
     assert a <= b < t  # made on the mirror after the owner made it
     assert ns(statx(A / "g").btime) == a
     p.verify()
+
+
+def test_btime_is_made_anew_by_a_restore(mount_factory, tmp_path):
+    """An image keeps mtime but no btime: a restored file was created at the restore."""
+    img = tmp_path / "h.img"
+    cfg = f'heap "kept" {{ size = 16M image = "{img}" }}\n'
+    m = mount_factory(cfg)
+    (m.heap("kept") / "f").write_bytes(b"kept\n")
+    before = statx(m.heap("kept") / "f")
+    assert m.stop() == 0
+    t = time.time_ns()
+    m2 = mount_factory(cfg)
+    after = statx(m2.heap("kept") / "f")
+    assert (m2.heap("kept") / "f").read_bytes() == b"kept\n"
+    assert ns(after.mtime) == ns(before.mtime)  # the image keeps mtime
+    assert after.mask & STATX_BTIME and ns(after.btime) >= t > ns(before.btime)
+
+
+def test_no_tmpfile_among_objects(mount_factory):
+    """An object has exactly one name: objects/ makes no nameless file (tmpfs has no such
+    directory); the heap beside it still does."""
+    m = mount_factory('heap "scratch" { size = 1M }\nobjects { size = 1M  min_block = 64 }\n')
+    o = m.path / "objects"
+    expect_errno(errno.EOPNOTSUPP, os.open, o, os.O_TMPFILE | os.O_RDWR, 0o600)
+    assert os.listdir(o) == []
+    fd = os.open(m.heap(), os.O_TMPFILE | os.O_RDWR, 0o600)
+    os.close(fd)
