@@ -15,6 +15,8 @@
  * negative entries are cached for HFS_TIMEOUT, and file pages are kept across opens
  * (cache = auto/keep) or bypassed (cache = direct).  The exceptions are .heapfs/heaps/ and
  * .heapfs/maps/, whose entries change as a side effect of mkdir/rmdir in heaps/.
+ * Two requests libfuse 3.14 does not know (FUSE_TMPFILE, FUSE_STATX) are answered here
+ * without it (hfs_raw_dispatch, at the end): the transports hand every request to it first.
  */
 #include <errno.h>
 #include <fcntl.h>

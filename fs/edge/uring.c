@@ -13,7 +13,8 @@
  * the header buffer at its start, the payload buffer one page in, so a request becomes a
  * /dev/fuse-style message (fuse_in_header + op header + payload, contiguous) by copying
  * the two headers just in front of the payload, without moving the payload.  The worker
- * hands that to fuse_session_process_buf; every heapfs op replies synchronously in the
+ * hands that to hfs_raw_dispatch (FUSE_TMPFILE, FUSE_STATX: ops.c) or else to
+ * fuse_session_process_buf; every heapfs op replies synchronously in the
  * calling thread, so the reply reaches io.c's writev hook in this same thread, which
  * gives it to hfs_uring_reply(): it matches the thread's current entry by unique and
  * copies header and payload into the entry.  The worker then queues COMMIT_AND_FETCH.

@@ -235,16 +235,18 @@ def test_statx_btime_of_a_directory_and_a_tmpfile(mount):
     assert d.mask & STATX_BTIME and ns(d.btime) >= t0 - 10**7
 
 
-def test_tmpfile_replicates_when_named(pairs):
-    p = pairs()
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_tmpfile_replicates_when_named(pairs, mode):
+    """Named after 3 MiB were written (more than one DATA record), then written more."""
+    p = pairs(mode=mode)
     A, B = p.a.heap("data"), p.b.heap("data")
-    data = pattern(200_000, seed=9)
+    data = pattern(3_200_000, seed=9)
     fd = os.open(A, os.O_TMPFILE | os.O_RDWR, 0o640)
     try:
-        os.write(fd, data[:100_000])
+        os.write(fd, data[:3_100_000])
         os.setxattr(f"/proc/self/fd/{fd}", "user.k", b"v")
         link_fd(fd, A / "named")
-        os.write(fd, data[100_000:])  # after the name: an ordinary write
+        os.write(fd, data[3_100_000:])  # after the name: an ordinary write
     finally:
         os.close(fd)
     gone = os.open(A, os.O_TMPFILE | os.O_RDWR, 0o600)
@@ -255,6 +257,9 @@ def test_tmpfile_replicates_when_named(pairs):
     assert os.getxattr(B / "named", "user.k") == b"v"
     assert oct(os.stat(B / "named").st_mode) == "0o100640"
     assert sorted(os.listdir(B)) == ["named"]
+    # the mirror makes none (a create there: EROFS), and nothing changed
+    expect_errno(errno.EROFS, os.open, B, os.O_TMPFILE | os.O_RDWR, 0o600)
+    assert sorted(os.listdir(B)) == ["named"] and read_daemon(B / "named") == data
     p.verify()
     p.clean()
 
