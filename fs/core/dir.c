@@ -616,6 +616,7 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname,
 		ret = __hfs_dir_add(ndir, nname, i);
 		if (ret && !named)
 			hfs_heap_inode_give(i->heap);
+		named = named && !ret; /* still nameless: nothing to tell below */
 	}
 	if (!ret)
 		hfs_iref(i, 1); /* the kernel's lookup */
