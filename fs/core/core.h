@@ -160,6 +160,8 @@ struct hfs_inode {
 	uint64_t size;
 	dev_t rdev;
 	struct timespec atime, mtime, ctime;
+	struct timespec btime; /* creation on this node (statx); set once, read without lock */
+	bool tmpfile; /* hfs.ns: made by O_TMPFILE and never named yet (hfs_link may name it) */
 	struct hfs_xattr *xattrs;
 	size_t xattr_bytes; /* what its xattrs cost (charged to the heap's inode space) */
 
@@ -333,6 +335,11 @@ int hfs_rename_whiteout(struct hfs_inode *dir, const char *name, struct hfs_inod
 			struct hfs_completion *c);
 int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname,
 	     struct hfs_completion *c);
+/* O_TMPFILE: a new regular file of mode (umask/ACL as hfs_create) in dir's heap with no
+ * name (nlink 0), counted against the heap while it lives, freed at its last release
+ * unless hfs_link names it first; *out holds the kernel's lookup reference. */
+int hfs_tmpfile(struct hfs_inode *dir, mode_t mode, const struct hfs_ctx *ctx,
+		struct hfs_inode **out, struct hfs_completion *c);
 /* May name be a new entry?  0, -EINVAL ("", "." "..", a '/') or -ENAMETOOLONG.  create,
  * link and rename check the names they add. */
 int hfs_name_check(const char *name);

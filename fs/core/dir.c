@@ -590,6 +590,7 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname,
 	     struct hfs_completion *c)
 {
 	int ret = hfs_name_check(nname);
+	bool named = false; /* an O_TMPFILE file gets its first name */
 
 	if (ret)
 		return ret;
@@ -604,20 +605,77 @@ int hfs_link(struct hfs_inode *i, struct hfs_inode *ndir, const char *nname,
 		ret = -EXDEV;
 	if (!ret && __hfs_dir_find(ndir, nname))
 		ret = -EEXIST;
-	if (!ret && i->nlink == 0)
+	/* a file whose names all went stays nameless; an O_TMPFILE file may get its first
+	 * (the kernel lets only a linkable one, opened without O_EXCL, come here) */
+	if (!ret && i->nlink == 0 && !i->tmpfile)
 		ret = -ENOENT;
-	if (!ret) /* no new inode, but a name: charged like one, as tmpfs does */
+	named = !ret && i->tmpfile;
+	if (!ret && !named) /* no new inode, but a name: charged like one, as tmpfs does */
 		ret = hfs_heap_inode_take(i->heap);
 	if (!ret) {
 		ret = __hfs_dir_add(ndir, nname, i);
-		if (ret)
+		if (ret && !named)
 			hfs_heap_inode_give(i->heap);
+		named = named && !ret; /* still nameless: nothing to tell below */
 	}
 	if (!ret)
 		hfs_iref(i, 1); /* the kernel's lookup */
-	if (!ret)
+	if (!ret && named) {
+		/* a partner never heard of it (its changes so far were for an inode it did not
+		 * know, and dropped): to it this is a create, then the bytes and attributes */
+		i->tmpfile = false;
+		__entry_changed(HFS_CH_CREATE, ndir, nname, i, c);
+		hfs_xattr_announce(i, c);
+	} else if (!ret) {
 		__entry_changed(HFS_CH_LINK, ndir, nname, i, c);
+	}
 	pthread_rwlock_unlock(&hfs.ns);
+	if (named && hfs_observed(i->heap)) {
+		hfs_change_lock(i);
+		__hfs_changed(&(struct hfs_change){ .kind = HFS_CH_RANGE, .heap = i->heap,
+						    .done = c,
+						    .write = { .i = i, .off = 0, .len = i->size } });
+		__hfs_changed(&(struct hfs_change){ .kind = HFS_CH_SETATTR, .heap = i->heap,
+						    .done = c, .inode = { .i = i } });
+		hfs_change_unlock(i, false);
+	}
+	return ret;
+}
+
+int hfs_tmpfile(struct hfs_inode *dir, mode_t mode, const struct hfs_ctx *ctx,
+		struct hfs_inode **out, struct hfs_completion *c)
+{
+	struct hfs_inode *i = NULL;
+	gid_t gid = ctx->gid;
+	int ret;
+
+	if ((mode & S_IFMT) != S_IFREG)
+		return -EINVAL;
+	pthread_rwlock_wrlock(&hfs.ns);
+	ret = __dir_writable(dir, c);
+	/* only where a file may get names later (not objects/, pool/, an objects heap) */
+	if (!ret && (!ns_of(dir)->links || !(ns_of(dir)->kinds & KIND(HFS_REG)) ||
+		     !hfs_dir_heap(dir) || hfs_dir_heap(dir)->objects))
+		ret = -EOPNOTSUPP;
+	if (ret)
+		goto out;
+	if (dir->mode & S_ISGID)
+		gid = dir->gid;
+	ret = -ENOSPC;
+	i = hfs_inode_new(HFS_REG, mode, ctx->uid, gid, hfs_dir_heap(dir));
+	if (!i)
+		goto out;
+	ret = ctx->acl ? hfs_acl_inherit(dir, i, ctx->umask) : 0;
+	if (ret) {
+		hfs_inode_discard(i);
+		i = NULL;
+		goto out;
+	}
+	i->tmpfile = true;
+	hfs_iref(i, 1); /* the kernel's lookup */
+out:
+	pthread_rwlock_unlock(&hfs.ns);
+	*out = i;
 	return ret;
 }
 

@@ -137,7 +137,7 @@ struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_
 	i->gid = gid;
 	i->nlink = 0; /* directory entries add links (__hfs_dir_add) */
 	hfs_now(&i->ctime);
-	i->atime = i->mtime = i->ctime;
+	i->atime = i->mtime = i->btime = i->ctime;
 	pthread_mutex_lock(&tab_lock);
 	sl = __slot_take(&i->ino);
 	if (sl) {

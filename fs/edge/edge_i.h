@@ -18,6 +18,9 @@ _Static_assert(sizeof(fuse_ino_t) == sizeof(hfs_ino_t) && FUSE_ROOT_ID == HFS_RO
 
 /* io.c */
 int hfs_io_setup(struct fuse_session *se);
+/* A reply made outside libfuse (hfs_raw_dispatch) for a request read from fd: into the
+ * ring entry this thread serves, else written to fd.  writev's result. */
+ssize_t hfs_io_reply(int fd, struct iovec *iov, int count);
 void hfs_inval_inode(hfs_ino_t ino, int64_t off, int64_t len);
 
 /* Reads and writes at least this big are bulk: /dev/fuse workers hand them off (io.c),
@@ -41,5 +44,8 @@ void hfs_syslog_stop(void);
 
 /* ops.c */
 extern const struct fuse_lowlevel_ops hfs_ops;
+/* Answer the request buf (n bytes, read from fd) if libfuse cannot (FUSE_TMPFILE,
+ * FUSE_STATX: raw.c): true when it was one of those (answered, or refused as malformed). */
+bool hfs_raw_dispatch(int fd, const void *buf, size_t n);
 
 #endif

@@ -33,6 +33,10 @@
  *    notifications that tell the kernel to forget a name or a range of pages, which the
  *    core and the features call without naming the edge.
  *
+ * 5. FUSE_TMPFILE and FUSE_STATX, which libfuse 3.14 answers ENOSYS: read() hands every
+ *    request to hfs_raw_dispatch (ops.c) first, which answers those two itself
+ *    (hfs_io_reply) and makes read() fetch the next request instead.
+ *
  * Every message passes through otherwise untouched.
  *
  * No splice.  libfuse 3.14 reads requests with splice() into a pipe when the custom I/O
@@ -137,7 +141,11 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	ssize_t n;
 
 	(void)userdata;
-	n = fd == main_fd ? watch_read(fd, buf, len) : read(fd, buf, len); /* main_fd: spinning on */
+	/* main_fd: spinning on.  What libfuse cannot answer is answered here, and the next
+	 * request read in its place. */
+	do
+		n = fd == main_fd ? watch_read(fd, buf, len) : read(fd, buf, len);
+	while (n > 0 && hfs_raw_dispatch(fd, buf, (size_t)n));
 	if (n >= (ssize_t)(sizeof(*h) + offsetof(struct fuse_init_in, flags) + sizeof(uint32_t)) &&
 	    h->opcode == FUSE_INIT) {
 		const struct fuse_init_in *in = (const void *)(h + 1);
@@ -197,6 +205,15 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 	if (payload && n >= 0) /* the kernel has taken the INIT reply: rings may register */
 		hfs_uring_start(session, dev_fd, payload);
 	return n;
+}
+
+ssize_t hfs_io_reply(int fd, struct iovec *iov, int count)
+{
+	ssize_t n;
+
+	if (hfs_uring_reply(iov, count, &n))
+		return n;
+	return writev(fd, iov, count);
 }
 
 static const struct fuse_custom_io io = {

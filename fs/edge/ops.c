@@ -15,15 +15,21 @@
  * negative entries are cached for HFS_TIMEOUT, and file pages are kept across opens
  * (cache = auto/keep) or bypassed (cache = direct).  The exceptions are .heapfs/heaps/ and
  * .heapfs/maps/, whose entries change as a side effect of mkdir/rmdir in heaps/.
+ * Two requests libfuse 3.14 does not know (FUSE_TMPFILE, FUSE_STATX) are answered here
+ * without it (hfs_raw_dispatch, at the end): the transports hand every request to it first.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "edge_i.h"
+#include "raw_i.h"
 
 struct status_fh {
 	char *buf;
@@ -928,3 +934,131 @@ const struct fuse_lowlevel_ops hfs_ops = {
 	.flush = op_flush,
 	.fsync = op_fsync,
 };
+
+/* ---- FUSE_TMPFILE and FUSE_STATX: libfuse 3.14 has neither, so io.c and uring.c hand
+ * every request to hfs_raw_dispatch first; raw.c parses it, the answer is made here and
+ * goes back through hfs_io_reply (the device, or the ring entry being served). ---- */
+
+static int raw_reply(int fd, uint64_t unique, int err, const void *a, size_t al,
+		     const void *b, size_t bl)
+{
+	struct fuse_out_header oh = { .len = (uint32_t)(sizeof(oh) + (err ? 0 : al + bl)),
+				      .error = err, .unique = unique };
+	struct iovec iov[3] = { { &oh, sizeof(oh) }, { (void *)a, al }, { (void *)b, bl } };
+
+	return hfs_io_reply(fd, iov, err ? 1 : bl ? 3 : 2) < 0 ? -errno : 0;
+}
+
+static void raw_valid(double t, uint64_t *sec, uint32_t *nsec)
+{
+	*sec = (uint64_t)t;
+	*nsec = (uint32_t)((t - (double)*sec) * 1e9);
+}
+
+/* The kernel's attributes of st, as libfuse's convert_stat makes them. */
+static void raw_attr(struct fuse_attr *a, const struct stat *st)
+{
+	*a = (struct fuse_attr){
+		.ino = st->st_ino, .size = (uint64_t)st->st_size, .blocks = (uint64_t)st->st_blocks,
+		.atime = (uint64_t)st->st_atim.tv_sec, .mtime = (uint64_t)st->st_mtim.tv_sec,
+		.ctime = (uint64_t)st->st_ctim.tv_sec, .atimensec = (uint32_t)st->st_atim.tv_nsec,
+		.mtimensec = (uint32_t)st->st_mtim.tv_nsec,
+		.ctimensec = (uint32_t)st->st_ctim.tv_nsec, .mode = st->st_mode,
+		.nlink = (uint32_t)st->st_nlink, .uid = st->st_uid, .gid = st->st_gid,
+		.rdev = (uint32_t)st->st_rdev, .blksize = (uint32_t)st->st_blksize,
+	};
+}
+
+/* O_TMPFILE: as op_create, without a name (hfs_tmpfile). */
+static void raw_tmpfile(int fd, const struct hfs_raw *r)
+{
+	struct hfs_inode *dir = I(r->nodeid), *i;
+	struct hfs_ctx ctx = { .uid = r->uid, .gid = r->gid, .umask = r->create.umask,
+			       .acl = true }; /* no groups: nothing on this path asks */
+	struct fuse_file_info fi = { .flags = (int)r->create.flags };
+	struct hfs_completion done = { 0 };
+	struct fuse_entry_out eo = { 0 };
+	struct fuse_open_out oo = { 0 };
+	struct stat st;
+	int ret;
+
+	if (!dir) {
+		raw_reply(fd, r->unique, -ESTALE, NULL, 0, NULL, 0);
+		return;
+	}
+	ret = hfs_tmpfile(dir, S_IFREG | (r->create.mode & 07777), &ctx, &i, &done);
+	if (!ret) {
+		ret = hfs_open(i, fi.flags & ~O_TRUNC, &ctx, &done);
+		if (ret)
+			hfs_iput(i, 1);
+	}
+	if (ret) {
+		raw_reply(fd, r->unique, ret, NULL, 0, NULL, 0);
+		return;
+	}
+	file_flags(i, &fi);
+	hfs_complete_wait(&done);
+	hfs_iref(i, 1); /* the open handle's */
+	hfs_stat(i, &st);
+	eo.nodeid = i->ino;
+	eo.generation = i->gen;
+	raw_valid(entry_timeout(dir), &eo.entry_valid, &eo.entry_valid_nsec);
+	raw_valid(attr_timeout(i), &eo.attr_valid, &eo.attr_valid_nsec);
+	raw_attr(&eo.attr, &st);
+	oo.open_flags = (fi.direct_io ? FOPEN_DIRECT_IO : 0) | (fi.keep_cache ? FOPEN_KEEP_CACHE : 0) |
+			(fi.noflush ? FOPEN_NOFLUSH : 0);
+	if (raw_reply(fd, r->unique, 0, &eo, sizeof(eo), &oo, sizeof(oo))) {
+		hfs_release(i, fi.flags);
+		hfs_iput(i, 2);
+	}
+}
+
+static struct hfs_fuse_sx_time raw_sx_time(struct timespec t)
+{
+	return (struct hfs_fuse_sx_time){ .tv_sec = t.tv_sec, .tv_nsec = (uint32_t)t.tv_nsec };
+}
+
+/* statx: what getattr says (hfs_stat), and the creation time. */
+static void raw_statx(int fd, const struct hfs_raw *r)
+{
+	struct hfs_inode *i = I(r->nodeid);
+	struct hfs_fuse_statx_out o = { 0 };
+	struct stat st;
+
+	if (!i) {
+		raw_reply(fd, r->unique, -ESTALE, NULL, 0, NULL, 0);
+		return;
+	}
+	hfs_stat(i, &st);
+	raw_valid(attr_timeout(i), &o.attr_valid, &o.attr_valid_nsec);
+	o.stat = (struct hfs_fuse_statx){
+		.mask = STATX_BASIC_STATS | STATX_BTIME, .blksize = (uint32_t)st.st_blksize,
+		.nlink = (uint32_t)st.st_nlink, .uid = st.st_uid, .gid = st.st_gid,
+		.mode = (uint16_t)st.st_mode, .ino = st.st_ino, .size = (uint64_t)st.st_size,
+		.blocks = (uint64_t)st.st_blocks, .atime = raw_sx_time(st.st_atim),
+		.btime = raw_sx_time(i->btime), .ctime = raw_sx_time(st.st_ctim),
+		.mtime = raw_sx_time(st.st_mtim), .rdev_major = major(st.st_rdev),
+		.rdev_minor = minor(st.st_rdev),
+	};
+	raw_reply(fd, r->unique, 0, &o, sizeof(o), NULL, 0);
+}
+
+bool hfs_raw_dispatch(int fd, const void *buf, size_t n)
+{
+	struct hfs_raw r;
+	int ret = hfs_raw_parse(buf, n, &r);
+
+	if (!ret)
+		return false;
+	if (ret < 0) {
+		hfs_log(HFS_LOG_WARNING, "a malformed request (opcode %u, %zu bytes): refused",
+			r.opcode, n);
+		if (r.unique)
+			raw_reply(fd, r.unique, ret, NULL, 0, NULL, 0);
+	} else if (r.opcode == HFS_FUSE_TMPFILE) {
+		raw_tmpfile(fd, &r);
+	} else {
+		raw_statx(fd, &r);
+	}
+	return true;
+}

@@ -18,7 +18,8 @@
  * huge pages where there are any), so a request becomes a
  * /dev/fuse-style message (fuse_in_header + op header + payload, contiguous) by copying
  * the two headers just in front of the payload, without moving the payload.  The worker
- * hands that to fuse_session_process_buf; every heapfs op replies synchronously in the
+ * hands that to hfs_raw_dispatch (FUSE_TMPFILE, FUSE_STATX: ops.c) or else to
+ * fuse_session_process_buf; every heapfs op replies synchronously in the
  * calling thread, so the reply reaches io.c's writev hook in this same thread, which
  * gives it to hfs_uring_reply(): it matches the thread's current entry by unique and
  * copies header and payload into the entry.  The worker then queues COMMIT_AND_FETCH.
@@ -179,7 +180,8 @@ static void serve(struct ent *e)
 	memcpy(start + sizeof(*in), e->hdr->op_in, oplen);
 	buf.mem = start;
 	cur = e;
-	fuse_session_process_buf(ur.se, &buf);
+	if (!hfs_raw_dispatch(ur.fd, start, in->len)) /* what libfuse 3.14 cannot answer */
+		fuse_session_process_buf(ur.se, &buf);
 	cur = NULL;
 check:
 	if (!e->replied) {

@@ -6,7 +6,8 @@
  * feature or into libfuse is an undefined symbol here.  Without features, .heapfs/ holds
  * only the core's files and objects/ and pool/ are fixed (EPERM).  Last, a tree 20,000
  * levels deep is emptied (what a mirror does before a whole image) on a thread with a
- * 256 KiB stack: no walk of the core recurses once per level.
+ * 256 KiB stack: no walk of the core recurses once per level.  Between, O_TMPFILE's
+ * nameless inodes and their first name (check_tmpfile).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -80,6 +81,66 @@ static void check_tree_without_features(void)
 	CHECK(hfs_lookup(hfs.dot, "segment", &i) == -ENOENT);
 	CHECK(hfs_create(hfs.objects, "o", S_IFREG | 0644, 0, NULL, &ctx, &i, NULL) == -EPERM);
 	CHECK(hfs_create(hfs.pool, "p", S_IFREG | 0644, 0, NULL, &ctx, &i, NULL) == -EPERM);
+}
+
+/* What the observer of heap "t" saw: one letter per change (C create, L link, R range,
+ * S setattr, W write, X xattr, others '?'), in order. */
+static char seen[32];
+
+static void note(const struct hfs_change *ch, void *arg)
+{
+	size_t n = strlen(seen);
+
+	(void)arg;
+	if (n + 1 < sizeof(seen))
+		seen[n] = ch->kind == HFS_CH_CREATE ? 'C' : ch->kind == HFS_CH_LINK ? 'L' :
+			  ch->kind == HFS_CH_RANGE ? 'R' : ch->kind == HFS_CH_SETATTR ? 'S' :
+			  ch->kind == HFS_CH_WRITE ? 'W' : ch->kind == HFS_CH_XATTR ? 'X' : '?';
+}
+
+/* O_TMPFILE: a nameless inode counted in its heap; its first name is a create to the
+ * observers (then its bytes and attributes), a second one an ordinary link; one without
+ * a name goes whole at its last release. */
+static void check_tmpfile(void)
+{
+	const struct hfs_ctx ctx = { .uid = getuid(), .gid = getgid(), .umask = 022,
+				     .acl = true };
+	struct hfs_inode *dt, *t, *u;
+	struct hfs_heap *h = mkheap("t", &dt);
+	uint64_t inodes = atomic_load(&h->inodes);
+	int obs = hfs_observer_add(note, NULL);
+
+	CHECK(obs >= 0);
+	hfs_observe(h, obs, true);
+	CHECK(hfs_tmpfile(dt, S_IFDIR | 0700, &ctx, &t, NULL) == -EINVAL);
+	CHECK(hfs_tmpfile(hfs.objects, S_IFREG | 0600, &ctx, &t, NULL) == -EPERM);
+	CHECK(hfs_tmpfile(dt, S_IFREG | 0666, &ctx, &t, NULL) == 0);
+	CHECK(t->nlink == 0 && (t->mode & 07777) == 0644 && t->heap == h);
+	CHECK(atomic_load(&h->inodes) == inodes + 1 && dt->dir.nents == 0);
+	CHECK(hfs_open(t, O_RDWR, &ctx, NULL) == 0);
+	CHECK(hfs_write(t, "nameless", 8, 0, &ctx, NULL) == 8);
+	CHECK(strcmp(seen, "?W") == 0); /* the first writer, the write */
+	memset(seen, 0, sizeof(seen));
+	CHECK(hfs_link(t, dt, "now", NULL) == 0);
+	CHECK(strcmp(seen, "CRS") == 0); /* not a link: the observers never heard of it */
+	CHECK(t->nlink == 1 && !t->tmpfile && atomic_load(&h->inodes) == inodes + 1);
+	memset(seen, 0, sizeof(seen));
+	CHECK(hfs_link(t, dt, "again", NULL) == 0);
+	CHECK(strcmp(seen, "L") == 0 && atomic_load(&h->inodes) == inodes + 2);
+	check_bytes(t, (const unsigned char *)"nameless", 8);
+	hfs_release(t, O_RDWR);
+	hfs_iput(t, 3); /* the tmpfile's lookup, the two links' */
+	/* unlinked again: no name may come back */
+	CHECK(hfs_unlink(dt, "now", NULL) == 0 && hfs_unlink(dt, "again", NULL) == 0);
+	/* never named: gone at its release and last reference, inode and all */
+	CHECK(hfs_tmpfile(dt, S_IFREG | 0600, &ctx, &u, NULL) == 0);
+	CHECK(hfs_open(u, O_WRONLY, &ctx, NULL) == 0);
+	CHECK(hfs_write(u, "gone", 4, 0, &ctx, NULL) == 4);
+	hfs_release(u, O_WRONLY);
+	CHECK(u->file.held == 0); /* its bytes went at the release */
+	hfs_iput(u, 1);
+	CHECK(atomic_load(&h->inodes) == inodes);
+	hfs_observe(h, obs, false);
 }
 
 #define DEPTH 20000
@@ -178,6 +239,7 @@ int main(void)
 	hfs_iput(g, 1);
 	hfs_iput(f, 1);
 	free(data);
+	check_tmpfile();
 	check_deep_clear();
 	printf("core alone: heap a written, its image restored into b, bytes equal; a tree "
 	       "%d deep emptied on a 256 KiB stack\n", DEPTH);

@@ -150,4 +150,24 @@ for name, text in CONFS.items():
     subprocess.run([str(HEAPFS), "--check-config", str(p)], check=True)
     put("conf", name, text.encode())
 
+# raw: FUSE_TMPFILE (51) and FUSE_STATX (52) requests as the kernel sends them (and a few
+# it never does), for fs/edge/raw.c
+def fuse_req(op, body, length=None):
+    n = 40 + len(body) if length is None else length
+    return struct.pack("<IIQQIIIHH", n, op, 77, 5, 0, 0, 1234, 0, 0) + body
+
+
+RAW = {
+    "tmpfile": fuse_req(51, struct.pack("<IIII", 0o100002, 0o644, 0o22, 0) + b"/\0"),
+    "tmpfile-noname": fuse_req(51, struct.pack("<IIII", 2, 0o600, 0, 0)),
+    "tmpfile-unterminated": fuse_req(51, struct.pack("<IIII", 2, 0o600, 0, 0) + b"abc"),
+    "statx": fuse_req(52, struct.pack("<IIQII", 0, 0, 0, 0, 0x800 | 0x7FF)),
+    "statx-short": fuse_req(52, struct.pack("<II", 0, 0)),
+    "statx-badlen": fuse_req(52, struct.pack("<IIQII", 0, 0, 0, 0, 0xFFF), length=4000),
+    "getattr": fuse_req(3, struct.pack("<IIQ", 0, 0, 0)),
+    "short": b"\x28\0\0\0\x33\0",
+}
+for name, data in RAW.items():
+    put("raw", name, data)
+
 print(f"seeds written under {CORPUS}")
