@@ -115,6 +115,16 @@ def write_seq(path, size, fsync):
     return size / MIB / (time.monotonic() - t0)
 
 
+def timed_resync(a, size):
+    """Seconds from the partner's start until owner a says connected again after a full
+    resync of about size bytes, and a's partner status then."""
+    t0 = time.monotonic()
+    wait(lambda: a.partner()["state"] == "resyncing" or
+         a.partner()["resync_total"] >= size, 60, "resync start")
+    wait(lambda: a.partner()["state"] == "connected", 600, "full resync")
+    return time.monotonic() - t0, a.partner()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--heapfs", required=True)
@@ -235,12 +245,7 @@ def main():
         write_seq(os.path.join(a.mnt, "heaps", "sync", "f"), size, False)
         b.stop(kill=True)
         b.start()
-        t0 = time.monotonic()
-        wait(lambda: a.partner()["state"] == "resyncing" or
-             a.partner()["resync_total"] >= size, 60, "resync start")
-        wait(lambda: a.partner()["state"] == "connected", 600, "full resync")
-        took = time.monotonic() - t0
-        st = a.partner()
+        took, st = timed_resync(a, size)
         print(f"  full resync: {st['resync_done'] / MIB:.0f} MiB in {took:.2f} s = "
               f"{st['resync_done'] / MIB / took:.1f} MiB/s (from the partner's start)")
 
@@ -273,14 +278,9 @@ def main():
             time.sleep(0.2)
             worst[0] = 0.0
             b.start()
-            t0 = time.monotonic()
-            wait(lambda: a.partner()["state"] == "resyncing" or
-                 a.partner()["resync_total"] >= size, 60, "resync start")
-            wait(lambda: a.partner()["state"] == "connected", 600, "full resync")
-            took = time.monotonic() - t0
+            took, st = timed_resync(a, size)
             done[0] = True
             th.join()
-            st = a.partner()
             print(f"  resync {how}: {st['resync_done'] / MIB:.0f} MiB in {took:.2f} s = "
                   f"{st['resync_done'] / MIB / took:.1f} MiB/s, longest write beside "
                   f"{worst[0] * 1e3:.1f} ms")

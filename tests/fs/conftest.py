@@ -512,14 +512,55 @@ def mount(mount_factory):
     return mount_factory()
 
 
+@contextlib.contextmanager
+def tmpfs_at(d, opts):
+    """A real tmpfs mounted at d (made here) with mount options opts, unmounted after."""
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=True)
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """A real tmpfs (16 MiB) to compare heapfs with in the same test."""
-    d = tmp_path / "tmpfs"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(d)], check=True)
-    yield d
-    subprocess.run(["umount", str(d)], check=True)
+    with tmpfs_at(tmp_path / "tmpfs", "size=16m") as d:
+        yield d
+
+
+_veths = iter(range(1 << 30))
+
+
+@contextlib.contextmanager
+def veth_namespaces(prefix, net):
+    """Two network namespaces (names: prefix, our pid, a count) joined by a veth pair,
+    addresses net.X.1 and net.X.2 (/30), removed after.  Yields (namespaces, devices,
+    addresses, run) where run(*args) runs `ip`.  Tests reach them with nsenter --net=
+    (`ip netns exec` would make a fresh mount namespace)."""
+    n = next(_veths)
+    tag = f"{prefix}{os.getpid() % 100000}n{n}"
+    ns = (tag + "a", tag + "b")
+    dev = (f"{prefix[:3]}{os.getpid() % 100000}{n}a", f"{prefix[:3]}{os.getpid() % 100000}{n}b")
+    sub = f"{net}.{(os.getpid() + n) % 250}"
+    ip = (f"{sub}.1", f"{sub}.2")
+
+    def run(*args):
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+    try:
+        for k in (0, 1):
+            run("netns", "add", ns[k])
+        run("link", "add", dev[0], "netns", ns[0], "type", "veth", "peer", "name", dev[1],
+            "netns", ns[1])
+        for k in (0, 1):
+            run("-n", ns[k], "addr", "add", ip[k] + "/30", "dev", dev[k])
+            run("-n", ns[k], "link", "set", dev[k], "up")
+            run("-n", ns[k], "link", "set", "lo", "up")
+        yield ns, dev, ip, run
+    finally:
+        for k in (0, 1):
+            subprocess.run(["ip", "netns", "del", ns[k]], capture_output=True)
 
 
 @pytest.fixture

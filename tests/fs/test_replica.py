@@ -22,7 +22,7 @@ import pytest
 from pathlib import Path
 
 from conftest import (HEAPFS, MIB, REPO, expect_errno, pattern, read_daemon, unmount,
-                      wait_until)
+                      veth_namespaces, wait_until)
 
 _ports = itertools.count()
 
@@ -672,31 +672,8 @@ def test_partner_ctl_table_and_json(mount_factory, secret):
 @pytest.fixture
 def netns_pair():
     """Two network namespaces joined by a veth pair (10.233.X.1 and .2), removed after."""
-    n = next(_ports)
-    tag = f"hfs{os.getpid() % 100000}n{n}"
-    ns = (tag + "a", tag + "b")
-    dev = (f"hv{os.getpid() % 100000}{n}a", f"hv{os.getpid() % 100000}{n}b")
-    net = f"10.233.{(os.getpid() + n) % 250}"
-    ip = (f"{net}.1", f"{net}.2")
-
-    def run(*args):
-        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-    try:
-        run("netns", "add", ns[0])
-        run("netns", "add", ns[1])
-        run("link", "add", dev[0], "netns", ns[0], "type", "veth", "peer", "name", dev[1],
-            "netns", ns[1])
-        for k in (0, 1):
-            run("-n", ns[k], "addr", "add", ip[k] + "/30", "dev", dev[k])
-            run("-n", ns[k], "link", "set", dev[k], "up")
-            run("-n", ns[k], "link", "set", "lo", "up")
-    except (subprocess.CalledProcessError, FileNotFoundError) as e:
-        for k in (0, 1):
-            subprocess.run(["ip", "netns", "del", ns[k]], capture_output=True)
-        pytest.skip(f"no network namespaces here: {e}")
-    yield ns, dev, ip, run
-    for k in (0, 1):
-        subprocess.run(["ip", "netns", "del", ns[k]], capture_output=True)
+    with veth_namespaces("hfs", "10.233") as v:
+        yield v
 
 
 def test_veth_link_cut(mount_factory, secret, netns_pair):

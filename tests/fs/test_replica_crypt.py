@@ -6,7 +6,6 @@ nothing of it, the pair resyncs and `heapfsctl verify` is clean; a recorded hand
 replayed to either side does not pair, nor do two handshakes spliced at a relay; a wrong
 secret, a secret file owned by another user and encrypt set differently each give a clear
 error on both nodes; a small rekey limit rotates keys under traffic."""
-import itertools
 import json
 import os
 import select
@@ -19,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HEAPFS, MIB, pattern, read_daemon, unmount, wait_until
+from conftest import HEAPFS, MIB, pattern, read_daemon, unmount, veth_namespaces, wait_until
 from test_replica import config, partner, port_pair, same, secret, wait_state  # noqa: F401
 
 RELAY = Path(__file__).with_name("crypt_relay.py")
 MARKER = b"CRYPT-MARKER-7f3a9c-the-owner-wrote-this"
-_n = itertools.count()
 
 
 def no_encrypt(cfg):
@@ -34,28 +32,8 @@ def no_encrypt(cfg):
 @pytest.fixture
 def crypt_netns():
     """Two network namespaces (names with "crypt" and our pid) joined by a veth pair."""
-    n = next(_n)
-    tag = f"crypt{os.getpid() % 100000}n{n}"
-    ns = (tag + "a", tag + "b")
-    dev = (f"crypt{os.getpid() % 10000}{n}a", f"crypt{os.getpid() % 10000}{n}b")
-    net = f"10.234.{(os.getpid() + n) % 250}"
-    ip = (f"{net}.1", f"{net}.2")
-
-    def run(*args):
-        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-    try:
-        for k in (0, 1):
-            run("netns", "add", ns[k])
-        run("link", "add", dev[0], "netns", ns[0], "type", "veth", "peer", "name", dev[1],
-            "netns", ns[1])
-        for k in (0, 1):
-            run("-n", ns[k], "addr", "add", ip[k] + "/30", "dev", dev[k])
-            run("-n", ns[k], "link", "set", dev[k], "up")
-            run("-n", ns[k], "link", "set", "lo", "up")
+    with veth_namespaces("crypt", "10.234") as (ns, dev, ip, _):
         yield ns, dev, ip
-    finally:
-        for k in (0, 1):
-            subprocess.run(["ip", "netns", "del", ns[k]], capture_output=True)
 
 
 def ns_pair(mount_factory, secret, ns, ip, encrypt=True, gen=0):

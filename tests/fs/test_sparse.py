@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GIB, KIB, MIB, expect_errno, pattern, read_daemon, wait_until
+from conftest import GIB, KIB, MIB, expect_errno, pattern, read_daemon, tmpfs_at, wait_until
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -40,12 +40,8 @@ def run(*cmd):
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    d = tmp_path / "tmpfs-sparse"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,huge=never", "tmpfs", str(d)],
-                   check=True)
-    yield d
-    subprocess.run(["umount", "-l", str(d)], check=True)
+    with tmpfs_at(tmp_path / "tmpfs-sparse", "size=64m,huge=never") as d:
+        yield d
 
 
 HEAP = 'heap "h" { size = 64M  min_block = 4K }\n'

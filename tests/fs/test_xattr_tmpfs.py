@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import expect_errno, pattern, wait_until
+from conftest import expect_errno, pattern, tmpfs_at, wait_until
 from test_replica import Pair, secret  # noqa: F401 (fixture)
 
 NOBODY = 65534
@@ -22,12 +22,8 @@ def mount(mount_factory):
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    d = tmp_path / "tmpfs-xattr"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=16384", "tmpfs", str(d)],
-                   check=True)
-    yield d
-    subprocess.run(["umount", str(d)], check=True)
+    with tmpfs_at(tmp_path / "tmpfs-xattr", "size=64m,nr_inodes=16384") as d:
+        yield d
 
 
 def run(*cmd, cwd=None, user=None, check=True):
