@@ -312,6 +312,12 @@ static int apply(struct model *m, const struct img_rec *r)
 	}
 	if (r->type == IMG_TRUNCATE)
 		n->in.size = r->u.truncate.size;
+	else if (r->type == IMG_DATA && r->data_len > UINT64_MAX - r->u.data.off)
+		return bad(m, "DATA past the largest file", id); /* (the reader bounds it) */
+	else if (r->type == IMG_DATA && r->u.data.off + r->data_len > n->in.size)
+		/* past the end: the file grows, as the daemon's applier writes it (a sparse file
+		 * of an extents heap) */
+		n->in.size = r->u.data.off + r->data_len;
 	else if (r->type == IMG_SETATTR)
 		setattr(n, &r->u.setattr);
 	return 0;

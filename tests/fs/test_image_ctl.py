@@ -560,7 +560,27 @@ IMPOSSIBLE_FIELDS = [
 @pytest.mark.parametrize("what,records,change,words", IMPOSSIBLE_FIELDS,
                          ids=[b[0] for b in IMPOSSIBLE_FIELDS])
 def test_impossible_fields_are_refused(tmp_path, what, records, change, words):
-    img = raw_heap(tmp_path, records)
+    # a contiguous heap: one block per file, so no size past the heap (an extents heap's
+    # files may be sparse and larger than the heap, below)
+    img = raw_heap(tmp_path, records, contiguous=True)
     if change:
         img = damaged(tmp_path, img, "k.img", change)
     refused(img, words, name="a")
+
+
+def test_sizes_past_the_heap_are_sparse_files_in_an_extents_image(tmp_path):
+    """The same records in an extents heap are sparse files, as tmpfs allows: listed with
+    their size, the bytes read back where they were written, zeros elsewhere."""
+    img = raw_heap(tmp_path, IMPOSSIBLE_FIELDS[1][1])  # data at 64 MiB - 2 of a 64 MiB heap
+    r = run_ctl("--json", "image", "ls", img)
+    assert r.returncode == 0, r.stderr
+    files = {e["path"]: e for e in json.loads(r.stdout)["files"]}
+    assert files["a"]["size"] == (64 << 20) + 1, files
+    r = run_ctl("image", "cat", img, "a")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) == (64 << 20) + 1 and r.stdout.endswith("abc")
+    assert r.stdout[:5] == "\0" * 5
+    big = raw_heap(tmp_path, IMPOSSIBLE_FIELDS[0][1], name="big")  # size 1 TiB
+    r = run_ctl("--json", "image", "ls", big)
+    assert r.returncode == 0, r.stderr
+    assert {e["path"]: e["size"] for e in json.loads(r.stdout)["files"]}["a"] == 1 << 40
