@@ -138,6 +138,10 @@ struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_
 	i->nlink = 0; /* directory entries add links (__hfs_dir_add) */
 	hfs_now(&i->ctime);
 	i->atime = i->mtime = i->btime = i->ctime;
+	if (heap) { /* before the slot publishes i: a reader of the slot sees it whole */
+		i->heap = heap;
+		i->id = atomic_fetch_add(&heap->next_id, 1);
+	}
 	pthread_mutex_lock(&tab_lock);
 	sl = __slot_take(&i->ino);
 	if (sl) {
@@ -148,8 +152,6 @@ struct hfs_inode *hfs_inode_new(enum hfs_kind kind, mode_t mode, uid_t uid, gid_
 	if (!sl)
 		goto fail_free;
 	if (heap) {
-		i->heap = heap;
-		i->id = atomic_fetch_add(&heap->next_id, 1);
 		hfs_heap_get(heap);
 		hfs_heap_meta(heap, sizeof(*i));
 		if (kind == HFS_REG)

@@ -52,6 +52,7 @@ enum {
 	KEY_STRICTATIME,
 	KEY_NOATIME,
 	KEY_NODIRATIME,
+	KEY_IO_URING,
 };
 
 struct opts {
@@ -63,7 +64,7 @@ struct opts {
 	char *spin_us, *readahead_kb; /* as given: checked by num_opt() */
 	char *log, *log_level;        /* as given: checked by log_setup() */
 	char *io_uring_val;           /* -o io_uring=auto|on|off as given: checked by knobs() */
-	int no_killpriv, io_uring;
+	int no_killpriv;
 	enum hfs_atime_mode atime; /* the last of relatime, strictatime, noatime given */
 	bool nodiratime;
 };
@@ -74,7 +75,7 @@ static const struct fuse_opt opt_spec[] = {
 	{ "spin_us=%s", offsetof(struct opts, spin_us), 0 },
 	{ "readahead_kb=%s", offsetof(struct opts, readahead_kb), 0 },
 	{ "no_killpriv_v2", offsetof(struct opts, no_killpriv), 1 },
-	{ "io_uring", offsetof(struct opts, io_uring), 1 },
+	FUSE_OPT_KEY("io_uring", KEY_IO_URING), /* = io_uring=on, in its place among them */
 	{ "io_uring=%s", offsetof(struct opts, io_uring_val), 0 },
 	{ "log=%s", offsetof(struct opts, log), 0 },
 	{ "log_level=%s", offsetof(struct opts, log_level), 0 },
@@ -128,6 +129,10 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		return 1;
 	/* atime: the kernel leaves it to us (hfs_accessed); libfuse knows only noatime (a
 	 * mount flag it sets, shown in /proc/mounts) and refuses the others */
+	case KEY_IO_URING: /* the last of -o io_uring[=...] given wins, as mount options do */
+		free(o->io_uring_val);
+		o->io_uring_val = strdup("on");
+		return o->io_uring_val ? 0 : -1;
 	case KEY_RELATIME:
 		o->atime = HFS_ATIME_REL;
 		return 0;
@@ -450,7 +455,7 @@ static int knobs(const struct opts *o)
 	hfs.spin_ns = allowed_cpus() < 2 ? 0 : (int64_t)spin_us * 1000;
 	hfs.readahead_kb = readahead_kb;
 	hfs.no_killpriv = o->no_killpriv;
-	hfs.io_uring = o->io_uring ? HFS_URING_ASKED : HFS_URING_OFFERED;
+	hfs.io_uring = HFS_URING_OFFERED;
 	if (o->io_uring_val && !strcmp(o->io_uring_val, "off"))
 		hfs.io_uring = HFS_URING_OFF;
 	else if (o->io_uring_val && !strcmp(o->io_uring_val, "on"))

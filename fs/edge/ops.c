@@ -598,9 +598,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	/* An O_DIRECT write bypassed the pages the kernel keeps; it drops them before an
 	 * asynchronous one (AIO, io_uring) but not after, so a buffered read meanwhile could
 	 * have cached the old bytes again: drop the range now the new ones are in.  Not over
-	 * FUSE-over-io_uring: dropping waits for the page lock of that read, whose READ may
-	 * be queued behind this very request on the ring worker (a deadlock). */
-	if (fi->flags & O_DIRECT && ret > 0 && keeps_pages(i) && !hfs.io_uring)
+	 * FUSE-over-io_uring (what serves, not what was asked: -o io_uring=auto may have
+	 * fallen back to /dev/fuse): dropping waits for the page lock of that read, whose
+	 * READ may be queued behind this very request on the ring worker (a deadlock). */
+	if (fi->flags & O_DIRECT && ret > 0 && keeps_pages(i) && !atomic_load(&hfs.uring_live))
 		hfs_kcache_range(i->ino, off, ret);
 	/* sync replication: the reply goes once the partner applied it (or is lost) — from
 	 * the link's receive thread, so this worker is free meanwhile; over io_uring replies

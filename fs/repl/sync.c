@@ -206,6 +206,20 @@ static int sync_heap(struct hfs_repl_heap *r, char *buf)
 	return ret;
 }
 
+/* Is ret the link going away under the resync?  A connection replaced by a newer one (both
+ * nodes connect at once at the start) fails its sends with EPIPE before its down() has
+ * run: wait for that down() a moment rather than call it a failed resync. */
+static bool link_went(int ret)
+{
+	if (ret == -ENOTCONN || ret == -ECANCELED || stale())
+		return true;
+	if (ret != -EPIPE && ret != -ECONNRESET)
+		return false;
+	for (int k = 0; k < 200 && !stale(); k++)
+		usleep(10000);
+	return stale();
+}
+
 void *sync_thread(void *arg)
 {
 	struct rep_stats rs;
@@ -234,7 +248,7 @@ void *sync_thread(void *arg)
 			continue;
 		ret = r->resume ? resume_heap(r) : sync_heap(r, buf);
 		/* the link went (its down() may not have run yet): the next connect resyncs */
-		if (ret && ret != -ENOTCONN && ret != -ECANCELED && !stale()) {
+		if (ret && !link_went(ret)) {
 			hfs_log(HFS_LOG_ERR, "partner: resync of %s failed: %s; reconnecting",
 				r->h->pol.name, strerror(-ret));
 			/* never "connected" with a copy that lacks it: the next connect resyncs */

@@ -356,11 +356,13 @@ def start_heapfs(mountpoint, config_path=None, extra=(), stderr_path=None, prefi
 DAEMON_FREE = {"test_image_ctl.py", "test_manual.py"}
 # Modules whose subject does not pass through the FUSE transport (donor sockets, the
 # partner link, libheapfs clients): they run in the default run and under the sanitizer
-# daemons; the transport variants (nospin, devfuse, bigpipe) leave them out, which keeps the
+# daemons; the transport variants (nospin, devfuse) leave them out, which keeps the
 # whole suite inside its time.  A module that does depend on the transport is not listed.
 TRANSPORT_FREE = {"test_client.py", "test_pool.py", "test_replica_room.py", "test_install.py",
-                  "test_transport.py"}  # mounts every transport itself
-TRANSPORT_VARIANTS = {"fs-nospin", "fs-devfuse", "fs-bigpipe"}
+                  "test_transport.py",  # mounts every transport itself
+                  "test_replica_crypt.py", "test_replica_ha.py", "test_ocf.py",
+                  "test_replica_direct.py"}
+TRANSPORT_VARIANTS = {"fs-nospin", "fs-devfuse"}
 
 
 def _left_to_other_runs(name):

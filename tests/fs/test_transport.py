@@ -201,3 +201,15 @@ def test_a_mount_of_small_files_is_served_over_io_uring(mount_factory):
                       'heap "b" { size = 64M  min_block = 32K }\n',
                       extra=("-o", "io_uring=auto"))
     assert m.stats()["transport"] == "io_uring", m.stderr_text()
+
+
+def test_the_last_io_uring_option_given_wins(mount_factory):
+    """As with any mount option, the last -o io_uring[=...] decides (an fstab line and a
+    command line, or HEAPFS_OPTS and a test's own): off after on is /dev/fuse, a bare
+    io_uring after off is io_uring."""
+    if not ENABLE_URING.exists():
+        pytest.skip("this kernel's fuse has no enable_uring switch: no FUSE over io_uring")
+    m = mount_factory(extra=("-o", "io_uring", "-o", "io_uring=off"))
+    assert m.stats()["transport"] == "/dev/fuse", m.stderr_text()
+    m = mount_factory(extra=("-o", "io_uring=off", "-o", "io_uring"))
+    assert m.stats()["transport"] == "io_uring", m.stderr_text()
