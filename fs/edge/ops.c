@@ -288,8 +288,8 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 
 	if (i->kind != HFS_LNK)
 		return reply_err(req, -EINVAL);
+	hfs_accessed(i); /* before the reply: once it lands, a forget may free i */
 	fuse_reply_readlink(req, i->lnk.target);
-	hfs_accessed(i);
 }
 
 static void new_node(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -558,13 +558,15 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		free(copy);
 		return;
 	}
+	/* before the reply (once it lands the reader may close, and a forget free an unlinked
+	 * i) and before hfs_read_begin, whose read lock hfs_accessed's write lock would wait on */
+	hfs_accessed(i);
 	n = hfs_read_begin(i, size, off, iov, &niov, &bounce);
 	if (n < 0)
 		return reply_err(req, (int)n);
 	fuse_reply_iov(req, iov, niov);
 	hfs_read_end(i);
 	free(bounce);
-	hfs_accessed(i);
 }
 
 struct write_reply {
