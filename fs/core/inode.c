@@ -196,7 +196,10 @@ struct hfs_inode *hfs_iget_ref(hfs_ino_t ino)
 
 void hfs_iref(struct hfs_inode *i, uint64_t n)
 {
-	atomic_fetch_add_explicit(&i->refs, n, memory_order_relaxed);
+	/* release: what this thread read of i before it took the reference comes before the
+	 * hfs_iput (acq_rel) that frees i, even when what orders them is the kernel (a reply
+	 * on one transport, the forget on another: TSan sees only this) */
+	atomic_fetch_add_explicit(&i->refs, n, memory_order_release);
 }
 
 static void inode_destroy(struct hfs_inode *i)

@@ -1001,7 +1001,6 @@ static void raw_tmpfile(int fd, const struct hfs_raw *r)
 	}
 	file_flags(i, &fi);
 	hfs_complete_wait(&done);
-	hfs_iref(i, 1); /* the open handle's */
 	hfs_stat(i, &st);
 	eo.nodeid = i->ino;
 	eo.generation = i->gen;
@@ -1010,6 +1009,9 @@ static void raw_tmpfile(int fd, const struct hfs_raw *r)
 	raw_attr(&eo.attr, &st);
 	oo.open_flags = (fi.direct_io ? FOPEN_DIRECT_IO : 0) | (fi.keep_cache ? FOPEN_KEEP_CACHE : 0) |
 			(fi.noflush ? FOPEN_NOFLUSH : 0);
+	/* the open handle's, after the last look at i: the forget and release that follow the
+	 * reply come in on other threads (hfs_iref) */
+	hfs_iref(i, 1);
 	if (raw_reply(fd, r->unique, 0, &eo, sizeof(eo), &oo, sizeof(oo))) {
 		hfs_release(i, fi.flags);
 		hfs_iput(i, 2);

@@ -99,10 +99,11 @@ struct hfs_repl_heap {
 	pthread_mutex_t alock;
 	int pipe_w;
 	pthread_t th;
-	bool th_on;
 	bool restoring;             /* r->lock: an image restore runs (r->apply is NULL) */
 	bool refused;               /* a record could not be applied: none more until RESET */
 	int th_ret;
+	bool th_on;                 /* (the receive thread's; apart from the two above: a
+				     * reader of both under r->lock loads their word whole) */
 	struct hfs_apply *apply;
 	char why[256];
 	struct wid *wopen;          /* r->lock: open for writing on the owner */
