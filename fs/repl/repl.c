@@ -193,7 +193,11 @@ static void on_down(void *arg, const char *why)
 	(void)arg;
 	/* first: no writer may see the link down with the gate open (a kick of ours, which
 	 * reconnects at once, asks nobody) */
-	hooked = strcmp(why, "kicked") && ha_down();
+	/* (a connection replaced by a newer one, both nodes connecting at once: the partner
+	 * is not lost, the newer connection is already up or coming; link.c's words) */
+	bool replaced = strstr(why, "replaced by a newer connection") != NULL;
+
+	hooked = strcmp(why, "kicked") && !replaced && ha_down();
 	pthread_mutex_lock(&rg.lock);
 	atomic_fetch_add(&rg.conn, 1);
 	rg.up = false;
@@ -212,7 +216,7 @@ static void on_down(void *arg, const char *why)
 			mirror_join(r, true); /* a half image: the next connect resets */
 			pthread_mutex_lock(&r->alock);
 			pthread_mutex_lock(&r->lock);
-			if (hfs.conf->partner.auto_failover && r->mirror && r->apply) {
+			if (hfs.conf->partner.auto_failover && !replaced && r->mirror && r->apply) {
 				__become_owner(r, r->epoch);
 				took = true;
 			}
