@@ -498,21 +498,28 @@ def test_degraded_write_does_not_wait(mount_factory, secret):
     wait_until(lambda: same(A, p.b.heap("data")), 10, "mirror matches the owner")
 
 
-def test_secret_file_readable_by_others_refused(tmp_path, secret):
-    secret.chmod(0o640)
+def start_with_bad_secret(tmp_path, secret):
+    """heapfs -f with a replicated heap and this secret file: it must exit 2, nothing
+    mounted; the finished process (its stderr says why)."""
     cfg = tmp_path / "a.conf"
     cfg.write_text(config("a", 21000, 21001, secret, 'heap "data" { replicate = sync }'))
     mnt = tmp_path / "m"
     mnt.mkdir()
     r = subprocess.run([str(HEAPFS), "-f", "-c", str(cfg), str(mnt)], capture_output=True,
                        text=True, timeout=30)
-    assert r.returncode == 2
+    assert r.returncode == 2, r.stderr
+    assert not os.path.ismount(mnt)
+    return r
+
+
+def test_secret_file_readable_by_others_refused(tmp_path, secret):
+    secret.chmod(0o640)
+    r = start_with_bad_secret(tmp_path, secret)
     # the first word is the config's FILE:LINE; only the pool's notice may come before it
     # (another mount on this machine, e.g. another test run, serves the default pool socket)
     lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("heapfs: pool: ")]
-    assert lines and lines[0].startswith(f"heapfs: {cfg}:2: ") and str(secret) in lines[0], \
-        r.stderr
-    assert not os.path.ismount(mnt)
+    assert lines and lines[0].startswith(f"heapfs: {tmp_path / 'a.conf'}:2: ") and \
+        str(secret) in lines[0], r.stderr
 
 
 def test_wrong_secret_refused(mount_factory, secret, tmp_path):

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import HEAPFS, MIB, pattern, read_daemon, unmount, veth_namespaces, wait_until
-from test_replica import config, partner, port_pair, same, secret, wait_state  # noqa: F401
+from test_replica import (config, partner, port_pair, same, secret,  # noqa: F401
+                          start_with_bad_secret, wait_state)
 
 RELAY = Path(__file__).with_name("crypt_relay.py")
 MARKER = b"CRYPT-MARKER-7f3a9c-the-owner-wrote-this"
@@ -231,15 +232,8 @@ def test_encrypt_mismatch_is_a_clear_error_on_both(mount_factory, secret):
 
 def test_secret_owned_by_another_user_refused(tmp_path, secret):
     os.chown(secret, 65534, 65534)
-    cfg = tmp_path / "a.conf"
-    cfg.write_text(config("a", 21000, 21001, secret, 'heap "data" { replicate = sync }'))
-    mnt = tmp_path / "m"
-    mnt.mkdir()
-    r = subprocess.run([str(HEAPFS), "-f", "-c", str(cfg), str(mnt)], capture_output=True,
-                       text=True, timeout=30)
-    assert r.returncode == 2
+    r = start_with_bad_secret(tmp_path, secret)
     assert f"{secret}: owned by uid 65534, not by uid {os.geteuid()}" in r.stderr, r.stderr
-    assert not os.path.ismount(mnt)
 
 
 def test_keys_rotate_under_traffic(mount_factory, secret):
