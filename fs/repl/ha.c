@@ -118,7 +118,7 @@ int hfs_repl_demote(const char *heap)
 
 /* ---- the gate ----------------------------------------------------------------------- */
 
-static bool hook_set(void)
+bool ha_hooked(void)
 {
 	return hfs.conf->partner.present && hfs.conf->partner.on_peer_lost;
 }
@@ -286,7 +286,7 @@ bool ha_down(void)
 	struct hfs_repl_heap *r;
 	bool owns = false;
 
-	if (!hook_set())
+	if (!ha_hooked())
 		return false;
 	FOR_EACH_REPL(r)
 		owns = owns || !r->mirror;
@@ -314,7 +314,7 @@ void ha_up(void)
 {
 	bool pending;
 
-	if (!hook_set())
+	if (!ha_hooked())
 		return;
 	pthread_mutex_lock(&ha.mu);
 	ha.round++;
@@ -329,7 +329,7 @@ void ha_up(void)
 /* The partner has everything again: the program may lift what it placed. */
 void ha_connected(void)
 {
-	if (!hook_set())
+	if (!ha_hooked())
 		return;
 	pthread_mutex_lock(&ha.mu);
 	if (ha.fenced) {
@@ -360,7 +360,7 @@ int ha_gate_wait(uint64_t seq, uint64_t conn)
 					hfs.conf->partner.timeout_ms + 1000) * 1000000;
 	int ret = -EIO;
 
-	if (!hook_set())
+	if (!ha_hooked())
 		return 0;
 	pthread_mutex_lock(&ha.mu);
 	while (hfs_now_ns() < until) {
@@ -409,7 +409,7 @@ static const struct hfs_completion_ops gate_ops = { .wait = gate_c_wait,
 
 void ha_gate(struct hfs_repl_heap *r, struct hfs_completion *c, bool failed)
 {
-	if (!c || c->ops || r->h->pol.replicate != CONF_REPLICATE_SYNC || !hook_set())
+	if (!c || c->ops || r->h->pol.replicate != CONF_REPLICATE_SYNC || !ha_hooked())
 		return;
 	if (!failed && atomic_load(&ha.gate) == GATE_OPEN)
 		return; /* alone, and allowed (or connected, resyncing) */
@@ -504,7 +504,7 @@ const char *ha_gate_name(void)
 {
 	static const char *const names[] = { "open", "pending", "refused" };
 
-	if (!hook_set())
+	if (!ha_hooked())
 		return NULL;
 	return names[atomic_load(&ha.gate)];
 }

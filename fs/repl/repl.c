@@ -445,11 +445,14 @@ int hfs_repl_start(void)
 	if (c.plaintext)
 		hfs_log(HFS_LOG_WARNING, "partner: encrypt = false: the link's frames go in the "
 			"clear (only for a link that is private already)");
-	ret = rep_start(&c, &cb, NULL, &l);
+	ret = deferq_start();
+	if (!ret)
+		ret = rep_start(&c, &cb, NULL, &l);
 	if (!ret) {
 		atomic_store(&rg.l, l);
 		return 0;
 	}
+	deferq_stop();
 	fclose(rg.log);
 	rg.log = NULL;
 	hfs_log(HFS_LOG_ERR, "partner: cannot listen on %s: %s", pc->listen, strerror(-ret));
@@ -479,6 +482,7 @@ void hfs_repl_stop(void)
 	if (rg.log) /* after the link's threads: nobody writes it any more */
 		fclose(rg.log);
 	rg.log = NULL;
+	deferq_stop();
 	deferred_run(UINT64_MAX); /* none should be left; never leave a request unanswered */
 	FOR_EACH_REPL(r) {
 		mirror_join(r, true);

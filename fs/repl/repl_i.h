@@ -152,6 +152,8 @@ struct deferred {
 	struct hfs_wrote w;
 	void (*fn)(void *arg, int err);
 	void *arg;
+	int64_t due; /* hfs_now_ns(): still unanswered then, the reply goes with err */
+	int err;     /* (0: the owner goes on alone; -EIO: on_peer_lost never answered) */
 };
 #define REFUSED_MAX 64
 struct repl_deferq {
@@ -161,6 +163,10 @@ struct repl_deferq {
 	/* the latest records of this connection the partner refused for room (a ring) */
 	uint64_t refused[REFUSED_MAX];
 	unsigned nref;
+	/* the thread that answers replies past their due time (wait.c, deferq_start) */
+	pthread_cond_t cv; /* CLOCK_MONOTONIC; signalled when the list was empty */
+	pthread_t th;
+	bool th_on, stop;
 };
 extern struct repl_deferq deferq;
 
@@ -215,6 +221,7 @@ bool ha_peer_owns(const char *heap);
 void ha_hello(void);         /* a HELLO was read on this connection */
 const char *ha_gate_name(void); /* NULL: no on_peer_lost */
 void ha_stop(void);
+bool ha_hooked(void);        /* on_peer_lost is set */
 int hfs_repl_demote(const char *heap);
 int hfs_repl_score(void);
 
@@ -223,6 +230,8 @@ void deferred_fail(int err); /* every deferred reply, with err */
 /* sync mode, the change's lock held: c waits for record seq sent on connection conn too */
 void repl_wait_for(struct hfs_completion *c, uint64_t seq, uint64_t conn);
 void deferred_run(uint64_t seq);
+int deferq_start(void); /* the thread that answers replies past due */
+void deferq_stop(void);
 void no_room(uint64_t seq);
 
 /* status.c: .heapfs/partner (repl.c gathers the link's figures) */

@@ -105,8 +105,24 @@ void no_room(uint64_t seq)
 	}
 }
 
+/* When a deferred reply goes unanswered: what c_wait would return by then.  With no
+ * on_peer_lost the wait is cut at the link's timeout and the change stands (0); with one,
+ * ha_gate_wait waits on for the program's answer and fails the change once that wait is
+ * over too. */
+static void due_of(struct deferred *d)
+{
+	int64_t ms = hfs.conf->partner.timeout_ms;
+
+	d->err = 0;
+	if (ha_hooked()) {
+		ms += (int64_t)hfs.conf->partner.on_peer_lost_timeout_ms + ms + 1000;
+		d->err = -EIO;
+	}
+	d->due = hfs_now_ns() + ms * 1000000;
+}
+
 /* The completion's defer (hfs_complete_defer): the reply waits in deferq for the
- * acknowledgement of c's last record. */
+ * acknowledgement of c's last record, or its due time (expire_thread). */
 static bool c_defer(struct hfs_completion *c, void (*fn)(void *arg, int err), void *arg)
 {
 	uint64_t seq = c->last;
@@ -116,10 +132,15 @@ static bool c_defer(struct hfs_completion *c, void (*fn)(void *arg, int err), vo
 	d = malloc(sizeof(*d));
 	pthread_mutex_lock(&deferq.lock);
 	/* acknowledged already, or that connection is gone: the caller replies now */
-	if (d && deferq.conn == c->conn && deferq.acked < seq) {
+	if (d && deferq.conn == c->conn && deferq.acked < seq && deferq.th_on) {
 		*d = (struct deferred){ .next = deferq.list, .first = c->first, .seq = seq,
 					.w = c->wrote, .fn = fn, .arg = arg };
+		due_of(d);
 		c->wrote.i = NULL;
+		/* the list is newest first and every due time is now + the same span: only
+		 * an empty list leaves the thread waiting for nothing in particular */
+		if (!deferq.list)
+			pthread_cond_signal(&deferq.cv);
 		deferq.list = d;
 		later = true;
 	}
@@ -129,22 +150,12 @@ static bool c_defer(struct hfs_completion *c, void (*fn)(void *arg, int err), vo
 	return later;
 }
 
-/* Run the deferred replies up to seq (all: UINT64_MAX), outside deferq.lock. */
-void deferred_run(uint64_t seq)
+/* Send the replies on run (taken off deferq.list), each with its err; a write the
+ * partner refused (part of) for room is given back first. */
+static void answer(struct deferred *run)
 {
-	struct deferred *run = NULL, **pp, *d;
+	struct deferred *d;
 
-	pthread_mutex_lock(&deferq.lock);
-	for (pp = &deferq.list; (d = *pp);) {
-		if (d->seq <= seq) {
-			*pp = d->next;
-			d->next = run;
-			run = d;
-		} else {
-			pp = &d->next;
-		}
-	}
-	pthread_mutex_unlock(&deferq.lock);
 	while ((d = run)) {
 		pthread_t t;
 
@@ -164,9 +175,105 @@ void deferred_run(uint64_t seq)
 			free(d);
 			continue;
 		}
-		d->fn(d->arg, 0);
+		d->fn(d->arg, d->err);
 		free(d);
 	}
+}
+
+/* Run the deferred replies up to seq (all: UINT64_MAX), outside deferq.lock. */
+void deferred_run(uint64_t seq)
+{
+	struct deferred *run = NULL, **pp, *d;
+
+	pthread_mutex_lock(&deferq.lock);
+	for (pp = &deferq.list; (d = *pp);) {
+		if (d->seq <= seq) {
+			*pp = d->next;
+			d->next = run;
+			d->err = 0; /* applied there, refused (answer) or lost */
+			run = d;
+		} else {
+			pp = &d->next;
+		}
+	}
+	pthread_mutex_unlock(&deferq.lock);
+	answer(run);
+}
+
+/* The replies nobody answered by their due time (a partner that is connected but slower
+ * than the link's timeout: bytes still arrive, so the link is not down) get what a
+ * waiting writer would have got then: a sync change waits at most the timeout, whether
+ * its reply waits on a thread or in deferq. */
+static void *expire_thread(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&deferq.lock);
+	while (!deferq.stop) {
+		struct deferred *run = NULL, **pp, *d;
+		int64_t now = hfs_now_ns(), next = now + 1000000000;
+		struct timespec ts;
+
+		for (pp = &deferq.list; (d = *pp);) {
+			if (d->due <= now) {
+				*pp = d->next;
+				d->next = run;
+				run = d;
+			} else {
+				next = d->due < next ? d->due : next;
+				pp = &d->next;
+			}
+		}
+		if (run) {
+			pthread_mutex_unlock(&deferq.lock);
+			answer(run);
+			pthread_mutex_lock(&deferq.lock);
+			continue;
+		}
+		ts = (struct timespec){ .tv_sec = next / 1000000000, .tv_nsec = next % 1000000000 };
+		pthread_cond_timedwait(&deferq.cv, &deferq.lock, &ts);
+	}
+	pthread_mutex_unlock(&deferq.lock);
+	return NULL;
+}
+
+int deferq_start(void)
+{
+	pthread_condattr_t a;
+	int ret;
+
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	ret = -pthread_cond_init(&deferq.cv, &a);
+	pthread_condattr_destroy(&a);
+	if (ret)
+		return ret;
+	deferq.stop = false;
+	ret = -pthread_create(&deferq.th, NULL, expire_thread, NULL);
+	if (ret) {
+		pthread_cond_destroy(&deferq.cv);
+		return ret;
+	}
+	pthread_mutex_lock(&deferq.lock);
+	deferq.th_on = true; /* from now on replies may wait in deferq */
+	pthread_mutex_unlock(&deferq.lock);
+	return 0;
+}
+
+/* After the link stopped (no acknowledgement comes any more); what is left is answered
+ * by the caller's deferred_run. */
+void deferq_stop(void)
+{
+	pthread_mutex_lock(&deferq.lock);
+	if (!deferq.th_on) {
+		pthread_mutex_unlock(&deferq.lock);
+		return;
+	}
+	deferq.th_on = false;
+	deferq.stop = true;
+	pthread_cond_signal(&deferq.cv);
+	pthread_mutex_unlock(&deferq.lock);
+	pthread_join(deferq.th, NULL);
+	pthread_cond_destroy(&deferq.cv);
 }
 
 /* Every deferred reply now, with err (ha.c: the owner may not go on alone). */

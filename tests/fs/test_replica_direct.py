@@ -226,3 +226,50 @@ def test_full_resync_of_a_direct_heap_under_writes(mount_factory, secret, tmp_pa
     p.verify()
     assert_same(A, p.b.heap("data"))
     p.clean()
+
+
+def test_sync_reply_to_a_slow_but_connected_partner_waits_at_most_the_timeout(
+        mount_factory, secret, monkeypatch):
+    """A partner that is connected but slower than the link's timeout (bytes keep
+    arriving, 64 KiB per 0.1 s: the link stays up): a sync change's reply is cut at the
+    timeout whichever way it waits — a client's release (its reply deferred on the
+    daemon's client thread) and a shell write over /dev/fuse (its reply deferred from the
+    FUSE worker), both behind 4 MiB still on their way.  The link never goes down, and the
+    mirror gets everything once the backlog is through."""
+    monkeypatch.setattr(Relay, "delay", 0.1)
+    p = Pair(mount_factory, secret, mode="sync", size="64M", timeout="1s", relay=True,
+             extra_a="direct_map = true", opts=("-o", "io_uring=off"))
+    A = p.a.heap("data")
+    (A / "d").write_bytes(b"\0" * 4 * MIB)
+    wait_until(lambda: read_daemon(p.b.heap("data") / "d") == b"\0" * 4 * MIB, 60,
+               "the mirror has the file")
+    downs = p.a.stderr_text().count("partner: link down")
+    c = _spawn(ONE, A / "d", 4 * MIB, 5, "release")
+    try:
+        t = time.monotonic()
+        line = c.stdout.readline()
+        took = time.monotonic() - t
+        assert line == "released\n", (line, c.stderr.read() if c.poll() else "")
+        # 4 MiB through the relay take 6.4 s; the release is cut at 1 s (the rest is the
+        # client's start, its 4 MiB of stores and a loaded host)
+        assert took < 1.0 + 3.0, took
+        # each system call of a writer (TIMED's loop: open, write, close of files t<k>)
+        stop = A.parent / "stop-not-here"
+        timed = subprocess.run([sys.executable, "-c", TIMED.replace(
+            "while not os.path.exists(stop):", "for _ in range(3):"), str(A), str(stop)],
+            capture_output=True, text=True, timeout=60)
+        assert timed.returncode == 0, timed.stderr
+        assert float(timed.stdout) < 1.0 + SLACK, timed.stdout
+    finally:
+        c.stdin.close()
+        c.wait(10)
+    want = pattern(4 * MIB, seed=5)
+    wait_until(lambda: read_daemon(p.b.heap("data") / "d") == want, 60,
+               "the mirror got the release")
+    for k in range(3):
+        wait_until(lambda: read_daemon(p.b.heap("data") / f"t{k}") == read_daemon(A / f"t{k}"),
+                   30, "the mirror got the writes")
+    assert p.a.stderr_text().count("partner: link down") == downs
+    assert partner(p.a)["state"] == "connected"
+    p.verify()
+    p.clean()
