@@ -22,7 +22,7 @@
  *              unmap) or fall back to pread, so the process never maps more than the budget.
  *
  * Locking: the ops are safe from any thread.  A donor range is added before any block in
- * it is handed out and removed only once none is (the caller's rule, see fs/pool.c): the
+ * it is handed out and removed only once none is (the caller's rule, see fs/pool/pool.c): the
  * descriptor is published with release/acquire atomics.  Functions return 0 / a count,
  * or -errno.
  */

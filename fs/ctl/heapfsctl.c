@@ -308,7 +308,7 @@ static double pct(int64_t part, int64_t whole)
 
 /* ---- status -------------------------------------------------------------------------- */
 
-/* A status file that later issues fill (partner, donors): NULL when absent or unreadable,
+/* A status file a feature adds (partner, donors): NULL when absent or unreadable,
  * so the summary still shows what there is. */
 static json_t *load_optional(const char *mount, const char *rel)
 {

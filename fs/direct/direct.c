@@ -1,14 +1,15 @@
 /*
- * client.c — libheapfs's daemon side: direct_map heaps and the client socket.
+ * direct.c — libheapfs's daemon side: the client socket and the leases of direct_map heaps.
  *
  * What: a heap with direct_map = true keeps its buddy metadata (and so its chunk
  * descriptor table, with the generations) in a memfd and its data in a memfd
- * (BUDDY_F_MEMFD).  A client process connects to the client socket (its path is
- * "client_socket" in .heapfs/stats), passes an open file of this mount with SCM_RIGHTS and
- * asks to map a range of it; the daemon answers with the range's extents in the heap and,
- * once per connection and heap (the registration), the two memfds: the data to map
- * read-write, the metadata to map read-only and read the chunk generations from.  The
- * protocol is in fs/client/proto_i.h.
+ * (BUDDY_F_MEMFD; that memory is the core's, fs/core/dm.c).  A client process connects
+ * to the client socket (its path is "client_socket" in .heapfs/stats), passes an open
+ * file of this mount with SCM_RIGHTS and asks to map a range of it; the daemon answers
+ * with the range's extents in the heap and, once per connection and heap (the
+ * registration), the two memfds: the data to map read-write, the metadata to map
+ * read-only and read the chunk generations from.  The protocol is in
+ * fs/client/proto_i.h.
  *
  * How the proof is checked: fstat of the received descriptor gives st_dev, which must be
  * the mount's (stat of the mountpoint, whose inode must be the FUSE root, taken by the

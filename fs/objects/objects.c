@@ -98,7 +98,7 @@ static int __map_grow(void)
 }
 
 /* The map mutex, and libheapfs's sequence counter around the changes made under it
- * (clients read the map in place: client.c). */
+ * (libheapfs clients read the map in place: fs/client/heapfs.c). */
 static void map_lock(void)
 {
 	pthread_mutex_lock(&obj.map);

@@ -10,7 +10,7 @@ Binaries come from $HEAPFS and $HEAPFSCTL (else <repo>/build/fs/heapfs and
 <repo>/build/fs/ctl/heapfsctl).  $HEAPFS_OPTS (e.g. `io_uring`) is passed as one more
 `-o` to every daemon the suite starts, so the whole suite can run with a speed knob on.
 $HEAPFS_PIPE_MAX (bytes) raises fs.pipe-max-size for the whole run and puts it back after:
-the setting of hosts where libfuse could grow its pipes (see fs/io.c, "No splice").
+the setting of hosts where libfuse could grow its pipes (see fs/edge/io.c, "No splice").
 A daemon whose stderr carries a sanitizer report fails the test like a bad exit status.
 A daemon that does not end when told to (unmount, signal) fails with a report of what
 still holds its mount and where its threads wait (Mount.hang_report).
@@ -619,6 +619,15 @@ def next_pow2(n):
     while p < n:
         p <<= 1
     return p
+
+
+def guide_example(name):
+    """The code of docs/GUIDE.md's example NAME (the block after `<!-- example: NAME -->`),
+    as a user would copy it."""
+    text = (REPO / "docs" / "GUIDE.md").read_text()
+    start = text.index(f"<!-- example: {name} -->")
+    body = text[text.index("\n", text.index("```", start)) + 1:]
+    return body[:body.index("```")]
 
 
 def expect_errno(code, fn, *args, **kw):

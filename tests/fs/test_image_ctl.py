@@ -1,8 +1,8 @@
 """`heapfsctl image ls FILE [--json]` and `heapfsctl image cat FILE NAME` on image files,
 with no daemon running.
 
-Until the daemon writes images, the test-only program $IMG_MK (tests/img/img-mk.c) writes
-a sample object segment and a sample heap image from a JSON description.  Checked: the
+The test-only program $IMG_MK (tests/img/img-mk.c) writes a sample object segment and a
+sample heap image from a JSON description, so no daemon runs.  Checked: the
 listings (table and JSON), the bytes `cat` prints, and that a truncated, bit-flipped,
 wrong-version or bad-magic copy makes heapfsctl exit 1 with `heapfsctl: FILE: what is
 wrong` and leaves the file as it was; usage errors exit 2.  Small readers written from

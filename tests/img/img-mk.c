@@ -1,6 +1,6 @@
 /*
- * img-mk.c — test-only: write an image file from a JSON description, until the daemon
- * writes real ones (tests/fs/test_image_ctl.py runs it through $IMG_MK).
+ * img-mk.c — test-only: write an image file from a JSON description, with no daemon
+ * (tests/fs/test_image_ctl.py runs it through $IMG_MK; the fuzz seeds come from it).
  *
  *   img-mk seg DESC.json OUT    {"size": S, "min_block": B,
  *                                "objects": [{"name": N, "text": T | "pattern": LEN}, ...]}
