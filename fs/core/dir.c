@@ -252,6 +252,68 @@ static enum hfs_kind kind_of(mode_t mode)
 	}
 }
 
+/* hfs.ns held exclusive: may c add a name of that kind to dir (no mkdir handler)? */
+static int __may_create(struct hfs_inode *dir, const char *name, enum hfs_kind kind,
+			const struct hfs_completion *c)
+{
+	int ret = __dir_writable(dir, c);
+
+	if (!ret && !(ns_of(dir)->kinds & KIND(kind)))
+		ret = -EPERM;
+	if (!ret && __hfs_dir_find(dir, name))
+		ret = -EEXIST;
+	return ret;
+}
+
+/* What only a new inode of i's kind holds: a symlink's target (charged to the heap's
+ * metadata), a node's device number, a directory's namespace. */
+static int init_kind(struct hfs_inode *i, dev_t rdev, const char *target)
+{
+	if (i->kind == HFS_DIR)
+		i->dir.role = HFS_R_PLAIN;
+	else if (i->kind == HFS_LNK) {
+		i->lnk.target = strdup(target);
+		i->size = strlen(target);
+		if (!i->lnk.target)
+			return -ENOMEM;
+		hfs_heap_meta(i->heap, (int64_t)i->size + 1);
+	} else if (i->kind == HFS_SPECIAL)
+		i->rdev = rdev;
+	return 0;
+}
+
+/* hfs.ns held exclusive: a new inode for dir, not named yet, owned by ctx (the group
+ * dir's if it is set-group-ID, which a new directory inherits), with dir's namespace's
+ * set-up, dir's default ACL and its kind's own fields; or -errno and nothing made. */
+static int __new_inode(struct hfs_inode *dir, enum hfs_kind kind, mode_t mode, dev_t rdev,
+		       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out)
+{
+	const struct hfs_ns_ops *ns = ns_of(dir);
+	struct hfs_inode *i;
+	gid_t gid = ctx->gid;
+	int ret;
+
+	if (dir->mode & S_ISGID) {
+		gid = dir->gid;
+		if (kind == HFS_DIR)
+			mode |= S_ISGID;
+	}
+	i = hfs_dir_heap(dir) ? hfs_inode_new(kind, mode, ctx->uid, gid, hfs_dir_heap(dir)) : NULL;
+	if (!i)
+		return -ENOSPC;
+	ret = ns->init ? ns->init(i) : 0;
+	if (!ret && ctx->acl)
+		ret = hfs_acl_inherit(dir, i, ctx->umask);
+	if (!ret)
+		ret = init_kind(i, rdev, target);
+	if (ret) {
+		hfs_inode_discard(i);
+		return ret;
+	}
+	*out = i;
+	return 0;
+}
+
 int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	       const char *target, const struct hfs_ctx *ctx, struct hfs_inode **out,
 	       struct hfs_completion *c)
@@ -259,7 +321,6 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	enum hfs_kind kind = kind_of(mode);
 	const struct hfs_ns_ops *ns;
 	struct hfs_inode *i = NULL;
-	gid_t gid = ctx->gid;
 	int ret = hfs_name_check(name);
 
 	if (ret)
@@ -270,57 +331,21 @@ int hfs_create(struct hfs_inode *dir, const char *name, mode_t mode, dev_t rdev,
 	ns = dir->kind == HFS_DIR ? ns_of(dir) : NULL;
 	if (ns && ns->mkdir && kind == HFS_DIR) {
 		ret = ns->mkdir(dir, name, &i);
-		goto out_ref;
+	} else {
+		ret = __may_create(dir, name, kind, c) ?:
+		      __new_inode(dir, kind, mode, rdev, target, ctx, &i);
+		if (!ret)
+			ret = __hfs_dir_add(dir, name, i);
+		if (!ret) {
+			__entry_changed(HFS_CH_CREATE, dir, name, i, c);
+			hfs_xattr_announce(i, c); /* an inherited ACL */
+		} else if (i) { /* made, but the name could not be added */
+			hfs_inode_discard(i);
+			i = NULL;
+		}
 	}
-	ret = __dir_writable(dir, c);
-	if (!ret && !(ns->kinds & KIND(kind)))
-		ret = -EPERM;
-	if (ret)
-		goto out;
-	if (__hfs_dir_find(dir, name)) {
-		ret = -EEXIST;
-		goto out;
-	}
-	if (dir->mode & S_ISGID) {
-		gid = dir->gid;
-		if (kind == HFS_DIR)
-			mode |= S_ISGID;
-	}
-	ret = -ENOSPC;
-	i = hfs_dir_heap(dir) ? hfs_inode_new(kind, mode, ctx->uid, gid, hfs_dir_heap(dir)) : NULL;
-	if (!i)
-		goto out;
-	ret = ns->init ? ns->init(i) : 0;
-	if (!ret && ctx->acl)
-		ret = hfs_acl_inherit(dir, i, ctx->umask);
-	if (ret)
-		goto out_discard;
-	if (kind == HFS_DIR)
-		i->dir.role = HFS_R_PLAIN;
-	else if (kind == HFS_LNK) {
-		i->lnk.target = strdup(target);
-		i->size = strlen(target);
-		if (i->lnk.target)
-			hfs_heap_meta(i->heap, (int64_t)i->size + 1);
-	} else if (kind == HFS_SPECIAL)
-		i->rdev = rdev;
-	if (kind == HFS_LNK && !i->lnk.target)
-		ret = -ENOMEM;
-	else
-		ret = __hfs_dir_add(dir, name, i);
-	if (!ret) {
-		__entry_changed(HFS_CH_CREATE, dir, name, i, c);
-		hfs_xattr_announce(i, c); /* an inherited ACL */
-	}
-out_discard:
-	if (ret) {
-		hfs_inode_discard(i);
-		i = NULL;
-	}
-out_ref:
 	if (!ret)
 		hfs_iref(i, 1); /* the kernel's lookup */
-out:
 	pthread_rwlock_unlock(&hfs.ns);
 	*out = i;
 	return ret;
@@ -451,56 +476,43 @@ static int __rename_exchange(struct hfs_inode *dir, const char *name, struct hfs
 	return 0;
 }
 
-/* hfs.ns held exclusive: the rename of hfs_rename, told to the observers. */
-static int __rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
-		    const char *nname, unsigned flags, struct hfs_completion *c)
+/* hfs.ns held: may src (NULL: no such name) take the name of dst (NULL: none) in ndir?
+ * src == dst is allowed: two names of one inode, and the rename does nothing. */
+static int __may_replace(struct hfs_inode *src, struct hfs_inode *dst, struct hfs_inode *ndir,
+			 unsigned flags)
 {
-	struct hfs_inode *src, *dst;
-	int ret, links;
-
-	ret = __dir_writable(dir, c);
-	if (!ret)
-		ret = __dir_writable(ndir, c);
-	if (!ret)
-		ret = same_heap(dir, ndir); /* renaming heaps/NAME itself got EPERM above */
-	if (ret)
-		goto out;
-	if (flags & RENAME_EXCHANGE) {
-		ret = __rename_exchange(dir, name, ndir, nname);
-		goto out;
-	}
-	src = __hfs_dir_find(dir, name);
-	dst = __hfs_dir_find(ndir, nname);
-	if (!src) {
-		ret = -ENOENT;
-		goto out;
-	}
+	if (!src)
+		return -ENOENT;
 	if (src == dst)
-		goto out; /* two links to one inode: POSIX says do nothing */
-	if (dst && flags & RENAME_NOREPLACE) {
-		ret = -EEXIST;
-		goto out;
-	}
-	if (src->kind == HFS_DIR && __is_within(ndir, src)) {
-		ret = -EINVAL;
-		goto out;
-	}
-	if (dst) {
-		if (src->kind == HFS_DIR && dst->kind != HFS_DIR)
-			ret = -ENOTDIR;
-		else if (src->kind != HFS_DIR && dst->kind == HFS_DIR)
-			ret = -EISDIR;
-		else if (dst->kind == HFS_DIR && dst->dir.nents)
-			ret = -ENOTEMPTY;
-		if (ret)
-			goto out;
-	}
-	/* Only the adds can fail after the first change (the entry's malloc, the namespace's
-	 * added hook): keep src alive across remove + add and put it back where it was if the
-	 * add fails.  What changed all the same is told as what it is: the overwritten target
-	 * gone, and src's name too if even the way back failed. */
+		return 0;
+	if (dst && flags & RENAME_NOREPLACE)
+		return -EEXIST;
+	if (src->kind == HFS_DIR && __is_within(ndir, src))
+		return -EINVAL;
+	if (!dst)
+		return 0;
+	if (src->kind == HFS_DIR && dst->kind != HFS_DIR)
+		return -ENOTDIR;
+	if (src->kind != HFS_DIR && dst->kind == HFS_DIR)
+		return -EISDIR;
+	if (dst->kind == HFS_DIR && dst->dir.nents)
+		return -ENOTEMPTY;
+	return 0;
+}
+
+/* hfs.ns held exclusive, the rename allowed (__may_replace): src's name dir/name becomes
+ * ndir/nname, over dst (NULL: none).  Only the adds can fail after the first change (the
+ * entry's malloc, the namespace's added hook): src stays alive across remove + add and is
+ * put back where it was if the add fails.  What changed all the same is told as what it
+ * is: the overwritten target gone, and src's name too if even the way back failed. */
+static int __rename_move(struct hfs_inode *dir, const char *name, struct hfs_inode *src,
+			 struct hfs_inode *ndir, const char *nname, struct hfs_inode *dst,
+			 struct hfs_completion *c)
+{
+	int links = src->kind == HFS_DIR ? 2 : 1;
+	int ret;
+
 	hfs_iref(src, 1);
-	links = src->kind == HFS_DIR ? 2 : 1;
 	touch_links(src, links); /* never unlinked in between: its data must stay */
 	if (dst)
 		__unlink_name(ndir, nname, dst);
@@ -512,7 +524,32 @@ static int __rename(struct hfs_inode *dir, const char *name, struct hfs_inode *n
 		__entry_changed(HFS_CH_UNLINK, dir, name, NULL, c);
 	touch_links(src, -links);
 	hfs_iput(src, 1);
-out:
+	return ret;
+}
+
+/* hfs.ns held exclusive: the rename of hfs_rename, told to the observers. */
+static int __rename(struct hfs_inode *dir, const char *name, struct hfs_inode *ndir,
+		    const char *nname, unsigned flags, struct hfs_completion *c)
+{
+	struct hfs_inode *src, *dst;
+	int ret;
+
+	ret = __dir_writable(dir, c);
+	if (!ret)
+		ret = __dir_writable(ndir, c);
+	if (!ret)
+		ret = same_heap(dir, ndir); /* renaming heaps/NAME itself got EPERM above */
+	if (ret)
+		return ret;
+	if (flags & RENAME_EXCHANGE) {
+		ret = __rename_exchange(dir, name, ndir, nname);
+	} else {
+		src = __hfs_dir_find(dir, name);
+		dst = __hfs_dir_find(ndir, nname);
+		ret = __may_replace(src, dst, ndir, flags);
+		if (!ret && src != dst) /* the same inode: POSIX says do nothing */
+			ret = __rename_move(dir, name, src, ndir, nname, dst, c);
+	}
 	if (!ret && hfs_observed(dir->heap))
 		__hfs_changed(&(struct hfs_change){
 			.kind = HFS_CH_RENAME, .heap = dir->heap, .done = c,

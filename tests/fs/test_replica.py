@@ -193,7 +193,7 @@ class Pair:
         """Neither side refused or failed a change (a refusal would heal itself by a
         full resync and hide the bug)."""
         for m in (self.a, self.b):
-            marks = ("was refused", "a change to", "resync of")  # repl.c's own complaints
+            marks = ("was refused", "a change to", "resync of")  # fs/repl/'s own complaints
             bad = [ln for ln in m.stderr_text().splitlines()
                    if ln.startswith("heapfs: partner:") and any(k in ln for k in marks)]
             assert not bad, bad
@@ -343,7 +343,7 @@ FAILMALLOC = Path(os.environ.get("FAILMALLOC", REPO / "build" / "tests" / "fs" /
 def test_rename_whose_add_fails_tells_the_partner(mount_factory, secret, tmp_path):
     """rename over an existing file: the target's name goes first, then the moved name is
     added; when that add fails (an allocation: failmalloc.c) the target is gone all the
-    same, and the partner must be told so (dir.c hfs_rename) — else the copies differ."""
+    same, and the partner must be told so (dir.c __rename_move) — else the copies differ."""
     assert FAILMALLOC.exists(), FAILMALLOC
     arm = tmp_path / "arm"
     target = "t" * 200
