@@ -497,80 +497,103 @@ static size_t reply_limit(json_t *mine)
 	return most + 1024;
 }
 
+/* Ask the partner for its checksums and wait for the whole answer (one verify at a time;
+ * mine: this side's, which bound how big the answer may be): the partner's, or NULL. */
+static json_t *ask_partner(json_t *mine)
+{
+	struct timespec dl;
+	json_t *peer;
+	uint64_t id;
+	int ret;
+
+	if (getrandom(&id, sizeof(id), 0) != sizeof(id))
+		id = (uint64_t)hfs_now_ns();
+	id &= INT64_MAX; /* a JSON integer */
+	pthread_mutex_lock(&verif.lock);
+	verif.id = id;
+	verif.limit = reply_limit(mine);
+	verif.peer = json_object();
+	pthread_mutex_unlock(&verif.lock);
+	ret = rep_send(rg.l, MSG_VERIFY, &id, sizeof(id)) < 0 ? -ENOTCONN : 0;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 30 + hfs.conf->partner.timeout_ms / 1000;
+	pthread_mutex_lock(&verif.lock);
+	while (!ret && !verif.have)
+		ret = pthread_cond_timedwait(&verif.cond, &verif.lock, &dl) ? -ETIMEDOUT : 0;
+	peer = ret ? NULL : verif.peer; /* not half an answer */
+	if (ret)
+		json_decref(verif.peer);
+	verif.peer = NULL;
+	verif.busy = false;
+	pthread_cond_broadcast(&verif.cond);
+	pthread_mutex_unlock(&verif.lock);
+	return peer;
+}
+
+/* This side's checksums and the partner's (*mine, *peer; NULL: none): "compared", or
+ * "unreachable" when either is missing. */
+static const char *exchange(json_t **mine, json_t **peer)
+{
+	pthread_mutex_lock(&verif.lock);
+	while (verif.busy) /* one verify at a time */
+		pthread_cond_wait(&verif.cond, &verif.lock);
+	verif.busy = true;
+	verif.have = false;
+	pthread_mutex_unlock(&verif.lock);
+	rep_flush(rg.l, hfs.conf->partner.timeout_ms); /* what we sent is applied there */
+	*mine = checksums();
+	*peer = ask_partner(*mine);
+	return !*mine || !*peer ? "unreachable" : "compared";
+}
+
+/* One heap's copies, a (here) and b (the partner's), path -> description: the paths
+ * whose descriptions differ or that one side lacks, [{"path", "here", "partner"}]. */
+static json_t *differences(json_t *a, json_t *b)
+{
+	json_t *diffs = json_array(), *v;
+	const char *path;
+	void *iter;
+
+	json_object_foreach(a, path, v) {
+		json_t *w = json_object_get(b, path);
+
+		if (!w || !json_equal(v, w))
+			json_array_append_new(diffs, json_pack("{s:s, s:O, s:O?}", "path", path,
+							       "here", v, "partner", w));
+	}
+	for (iter = json_object_iter(b); iter; iter = json_object_iter_next(b, iter)) {
+		path = json_object_iter_key(iter);
+		if (!json_object_get(a, path))
+			json_array_append_new(diffs, json_pack("{s:s, s:n, s:O}", "path", path,
+							       "here", "partner",
+							       json_object_iter_value(iter)));
+	}
+	return diffs;
+}
+
 /* Both copies of every replicated heap, compared file by file (xxh3 of the data and of
  * the xattrs, size, mode, kind): {"state", "differences": N, "heaps": {name: {"role", "files",
  * "differences": [{"path", "here", "partner"}]}}}.  Online: changes in flight while it
  * runs may show up as differences. */
 json_t *hfs_repl_verify_json(void)
 {
-	json_t *mine = NULL, *peer = NULL, *heaps = json_object(), *out = NULL;
+	json_t *mine = NULL, *peer = NULL, *heaps = json_object(), *out;
 	struct hfs_repl_heap *r;
-	struct timespec dl;
 	uint64_t total = 0;
-	int ret = 0;
 	const char *state = "none";
 
 	if (!heaps)
 		return NULL;
-	if (rg.on && rg.l) {
-		uint64_t id;
-
-		pthread_mutex_lock(&verif.lock);
-		while (verif.busy) /* one verify at a time */
-			pthread_cond_wait(&verif.cond, &verif.lock);
-		verif.busy = true;
-		verif.have = false;
-		pthread_mutex_unlock(&verif.lock);
-		rep_flush(rg.l, hfs.conf->partner.timeout_ms); /* what we sent is applied there */
-		mine = checksums();
-		if (getrandom(&id, sizeof(id), 0) != sizeof(id))
-			id = (uint64_t)hfs_now_ns();
-		id &= INT64_MAX; /* a JSON integer */
-		pthread_mutex_lock(&verif.lock);
-		verif.id = id;
-		verif.limit = reply_limit(mine);
-		verif.peer = json_object();
-		pthread_mutex_unlock(&verif.lock);
-		ret = rep_send(rg.l, MSG_VERIFY, &id, sizeof(id)) < 0 ? -ENOTCONN : 0;
-		clock_gettime(CLOCK_REALTIME, &dl);
-		dl.tv_sec += 30 + hfs.conf->partner.timeout_ms / 1000;
-		pthread_mutex_lock(&verif.lock);
-		while (!ret && !verif.have)
-			ret = pthread_cond_timedwait(&verif.cond, &verif.lock, &dl) ? -ETIMEDOUT : 0;
-		peer = ret ? NULL : verif.peer; /* not half an answer */
-		if (ret)
-			json_decref(verif.peer);
-		verif.peer = NULL;
-		verif.busy = false;
-		pthread_cond_broadcast(&verif.cond);
-		pthread_mutex_unlock(&verif.lock);
-		state = ret || !mine || !peer ? "unreachable" : "compared";
-	}
+	if (rg.on && rg.l)
+		state = exchange(&mine, &peer);
 	FOR_EACH_REPL(r) {
 		json_t *a = json_object_get(mine, r->h->pol.name);
 		json_t *b = json_object_get(peer, r->h->pol.name);
-		json_t *diffs = json_array(), *h, *v;
-		const char *path;
-		void *iter;
+		json_t *diffs, *h;
 
-		if (!a || !b) {
-			json_decref(diffs);
+		if (!a || !b)
 			continue;
-		}
-		json_object_foreach(a, path, v) {
-			json_t *w = json_object_get(b, path);
-
-			if (!w || !json_equal(v, w))
-				json_array_append_new(diffs, json_pack("{s:s, s:O, s:O?}", "path", path,
-								       "here", v, "partner", w));
-		}
-		for (iter = json_object_iter(b); iter; iter = json_object_iter_next(b, iter)) {
-			path = json_object_iter_key(iter);
-			if (!json_object_get(a, path))
-				json_array_append_new(diffs, json_pack("{s:s, s:n, s:O}", "path", path,
-								       "here", "partner",
-								       json_object_iter_value(iter)));
-		}
+		diffs = differences(a, b);
 		total += json_array_size(diffs);
 		h = json_pack("{s:s, s:I, s:o}", "role", hfs_repl_role(r->h), "files",
 			      (json_int_t)json_object_size(a), "differences", diffs);
