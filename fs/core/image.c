@@ -812,7 +812,6 @@ int hfs_apply_end(struct hfs_apply *a, bool finish)
 	return ret;
 }
 
-/* Remove everything below dir as the applier c. */
 /* The names in dir now (copies; *n of them), or NULL. */
 static char **names_of(struct hfs_inode *dir, size_t *n)
 {
@@ -837,79 +836,98 @@ struct clear_frame {
 	size_t n, k;
 };
 
+/* clear_dir's stack of directories being emptied, the deepest last. */
+struct clear_stack {
+	struct clear_frame *f;
+	size_t depth, cap;
+};
+
+/* The deepest directory is empty now: it goes from its parent (if it has a frame; the
+ * top one stays), whose next name is then due.  What the rmdir said. */
+static int clear_pop(struct clear_stack *s, struct hfs_completion *c)
+{
+	struct clear_frame *f = &s->f[--s->depth], *up;
+	int ret;
+
+	for (size_t k = 0; k < f->n; k++)
+		free(f->names[k]);
+	free(f->names);
+	if (!s->depth)
+		return 0;
+	up = &s->f[s->depth - 1];
+	ret = hfs_rmdir(up->dir, up->names[up->k], c);
+	hfs_kcache_entry(up->dir->ino, up->names[up->k]);
+	hfs_iput(f->dir, 1);
+	up->k++;
+	return ret;
+}
+
+/* Directory i (the lookup's reference) is emptied next: a frame of its own, or -ENOMEM
+ * (i's reference put back). */
+static int clear_push(struct clear_stack *s, struct hfs_inode *i)
+{
+	struct clear_frame *f;
+
+	if (s->depth == s->cap) {
+		struct clear_frame *more = realloc(s->f, 2 * s->cap * sizeof(*more));
+
+		if (!more)
+			goto fail;
+		s->f = more;
+		s->cap *= 2;
+	}
+	f = &s->f[s->depth];
+	*f = (struct clear_frame){ .dir = i };
+	f->names = names_of(i, &f->n);
+	if (!f->names)
+		goto fail;
+	s->depth++;
+	return 0;
+fail:
+	hfs_iput(i, 1);
+	return -ENOMEM;
+}
+
 /* Remove everything below top, deepest first, with a stack of its own on the heap (one
  * frame per level: however deep a tree is, no recursion).  A name that goes away meanwhile
  * is skipped; the first error is returned after the rest was tried. */
 static int clear_dir(struct hfs_inode *top, struct hfs_completion *c)
 {
-	struct clear_frame *st = malloc(16 * sizeof(*st)), *f;
-	size_t depth = 0, cap = 16;
+	struct clear_stack s = { .f = malloc(16 * sizeof(*s.f)), .cap = 16 };
 	int ret = 0;
 
-	if (!st || !(st[0].names = names_of(top, &st[0].n))) {
-		free(st);
+	if (!s.f || !(s.f[0].names = names_of(top, &s.f[0].n))) {
+		free(s.f);
 		return -ENOMEM;
 	}
-	st[0].dir = top;
-	st[0].k = 0;
-	depth = 1;
-	while (depth) {
+	s.f[0].dir = top;
+	s.f[0].k = 0;
+	s.depth = 1;
+	while (s.depth) {
+		struct clear_frame *f = &s.f[s.depth - 1];
 		struct hfs_inode *i;
 		const char *name;
 
-		f = &st[depth - 1];
-		if (f->k == f->n) { /* this directory is empty now: it goes from its parent */
-			for (size_t k = 0; k < f->n; k++)
-				free(f->names[k]);
-			free(f->names);
-			if (--depth) {
-				struct clear_frame *up = &st[depth - 1];
-
-				ret = hfs_rmdir(up->dir, up->names[up->k], c) ?: ret;
-				hfs_kcache_entry(up->dir->ino, up->names[up->k]);
-				hfs_iput(f->dir, 1);
-				up->k++;
-			}
+		if (f->k == f->n) {
+			ret = clear_pop(&s, c) ?: ret;
 			continue;
 		}
 		name = f->names[f->k];
 		if (!name || hfs_lookup(f->dir, name, &i)) {
 			ret = ret ?: (name ? 0 : -ENOMEM);
 			f->k++;
-			continue;
-		}
-		if (i->kind != HFS_DIR) {
+		} else if (i->kind != HFS_DIR) {
 			ret = hfs_unlink(f->dir, name, c) ?: ret;
 			/* it may have been cached while this heap was ours (a day's timeout) */
 			hfs_kcache_entry(f->dir->ino, name);
 			hfs_iput(i, 1);
 			f->k++;
-			continue;
-		}
-		if (depth == cap) {
-			struct clear_frame *more = realloc(st, 2 * cap * sizeof(*st));
-
-			if (!more) {
-				hfs_iput(i, 1);
-				ret = -ENOMEM;
-				f->k++;
-				continue;
-			}
-			st = more;
-			cap *= 2;
-			f = &st[depth - 1];
-		}
-		st[depth] = (struct clear_frame){ .dir = i };
-		st[depth].names = names_of(i, &st[depth].n);
-		if (!st[depth].names) { /* (the lookup's reference goes with it) */
-			hfs_iput(i, 1);
+		} else if (clear_push(&s, i)) {
 			ret = -ENOMEM;
-			f->k++;
-			continue;
+			s.f[s.depth - 1].k++; /* f may have moved with the stack */
 		}
-		depth++;
 	}
-	free(st);
+	free(s.f);
 	return ret;
 }
 

@@ -10,26 +10,60 @@
 
 #include "repl_i.h"
 
-static json_t *partner_json(void)
+/* The replicated heaps of v, name -> role (no partner section: none), or NULL. */
+static json_t *roles_json(struct hfs_heap **v, unsigned n)
 {
-	json_t *heaps = json_object(), *j = NULL;
-	struct hfs_repl_status rs;
-	struct hfs_heap **v;
-	unsigned n;
+	json_t *heaps = json_object();
 
-	v = hfs_heaps_get(&n);
-	if (!v) {
-		json_decref(heaps);
-		return NULL;
-	}
-	hfs_repl_status(&rs);
-	/* the replicated heaps (no partner section: none) */
 	for (unsigned k = 0; heaps && k < n; k++)
 		if (v[k]->repl && json_object_set_new(heaps, v[k]->pol.name,
 						      json_string(hfs_repl_role(v[k])))) {
 			json_decref(heaps);
 			heaps = NULL;
 		}
+	return heaps;
+}
+
+/* Under a cluster manager (ha.c): this node's promotion score, and the gate. */
+static int add_ha(json_t *j)
+{
+	return json_object_set_new(j, "score", json_integer(hfs_repl_score())) ||
+	       json_object_set_new(j, "managed", json_boolean(hfs.conf->partner.managed)) ||
+	       (ha_gate_name() &&
+		json_object_set_new(j, "on_peer_lost", json_string(ha_gate_name())));
+}
+
+/* The link's privacy: its cipher, when its key last changed (UTC, a handshake or a
+ * rekey; null before the first connection). */
+static int add_privacy(json_t *j, const struct hfs_repl_status *rs)
+{
+	json_t *at = json_null();
+
+	if (rs->key_rotated_ms) {
+		char buf[32];
+		time_t t = (time_t)(rs->key_rotated_ms / 1000);
+		struct tm tm;
+
+		strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+		at = json_string(buf);
+	}
+	return json_object_set_new(j, "cipher", json_string(rs->cipher)) ||
+	       json_object_set_new(j, "key_rotated", at) ||
+	       json_object_set_new(j, "rekeys", json_integer((json_int_t)rs->rekeys));
+}
+
+static json_t *partner_json(void)
+{
+	json_t *heaps, *j = NULL;
+	struct hfs_repl_status rs;
+	struct hfs_heap **v;
+	unsigned n;
+
+	v = hfs_heaps_get(&n);
+	if (!v)
+		return NULL;
+	hfs_repl_status(&rs);
+	heaps = roles_json(v, n);
 	if (heaps)
 		j = json_pack("{s:s, s:s?, s:s?, s:s?, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
 			      "state", rs.state,
@@ -41,36 +75,10 @@ static json_t *partner_json(void)
 			      "recv_bytes", (json_int_t)rs.recv_bytes,
 			      "resync_done", (json_int_t)rs.resync_done,
 			      "resync_total", (json_int_t)rs.resync_total, "heaps", heaps);
-	/* under a cluster manager (ha.c): this node's promotion score, and the gate */
-	if (j && (json_object_set_new(j, "score", json_integer(hfs_repl_score())) ||
-		  json_object_set_new(j, "managed", json_boolean(hfs.conf->partner.managed)) ||
-		  (ha_gate_name() && json_object_set_new(j, "on_peer_lost",
-							 json_string(ha_gate_name()))))) {
-		json_decref(j);
-		j = NULL;
-	}
-	/* the link's privacy: its cipher, when its key last changed (UTC, a handshake or a
-	 * rekey; null before the first connection) */
-	if (j && rs.cipher[0]) {
-		json_t *at = json_null();
-
-		if (rs.key_rotated_ms) {
-			char buf[32];
-			time_t t = (time_t)(rs.key_rotated_ms / 1000);
-			struct tm tm;
-
-			strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
-			at = json_string(buf);
-		}
-		if (json_object_set_new(j, "cipher", json_string(rs.cipher)) ||
-		    json_object_set_new(j, "key_rotated", at) ||
-		    json_object_set_new(j, "rekeys", json_integer((json_int_t)rs.rekeys))) {
-			json_decref(j);
-			j = NULL;
-		}
-	}
-	/* only when there is one, so the JSON of every other state stays as it was */
-	if (j && rs.reason[0] && json_object_set_new(j, "reason", json_string(rs.reason))) {
+	/* the privacy only with a cipher, the reason only when there is one, so the JSON of
+	 * every other state stays as it was */
+	if (j && (add_ha(j) || (rs.cipher[0] && add_privacy(j, &rs)) ||
+		  (rs.reason[0] && json_object_set_new(j, "reason", json_string(rs.reason))))) {
 		json_decref(j);
 		j = NULL;
 	}
