@@ -562,8 +562,8 @@ static int locate(struct heapfs *h, const struct hfs_cl_rep *rep, struct hc_reg 
 	int ret;
 
 	for (uint32_t k = 0; k < rep->next; k++) {
-		if (rep->ext[k].len > reg->g.heap_size ||
-		    rep->ext[k].hoff > reg->g.heap_size - rep->ext[k].len) {
+		if (rep->ext[k].len > reg->geom.heap_size ||
+		    rep->ext[k].hoff > reg->geom.heap_size - rep->ext[k].len) {
 			lease_refuse(h, (uint32_t)rep->id, rep->tag);
 			return -EPROTO;
 		}
@@ -818,7 +818,7 @@ int heapfs_find(struct heapfs *h, const char *name, void **ptr, size_t *size)
 		s1 = atomic_load_explicit(seq, memory_order_acquire);
 		if (s1 & 1)
 			continue; /* the daemon is changing the map */
-		ret = scan(r->data, r->g.heap_size, name, nlen, &off, &sz);
+		ret = scan(r->data, r->geom.heap_size, name, nlen, &off, &sz);
 		atomic_thread_fence(memory_order_acquire);
 		if (atomic_load_explicit(seq, memory_order_relaxed) == s1 && ret != -EAGAIN)
 			break;

@@ -15,7 +15,7 @@
 struct hc_reg *hc_find(struct hc_table *t, uint64_t key)
 {
 	for (unsigned k = 0; k < HC_MAX_REGS; k++)
-		if (t->r[k].used && t->r[k].g.key == key) {
+		if (t->r[k].used && t->r[k].geom.key == key) {
 			t->r[k].last_use = ++t->tick;
 			return &t->r[k];
 		}
@@ -34,9 +34,9 @@ unsigned hc_count(const struct hc_table *t)
 static void release(struct hc_reg *r)
 {
 	if (r->data && r->data != MAP_FAILED)
-		munmap(r->data, r->g.heap_size);
+		munmap(r->data, r->geom.heap_size);
 	if (r->meta && r->meta != MAP_FAILED)
-		munmap((void *)r->meta, r->g.meta_size);
+		munmap((void *)r->meta, r->geom.meta_size);
 	free(r->seen);
 	close(r->data_fd);
 	close(r->meta_fd);
@@ -103,7 +103,7 @@ int hc_add(struct hc_table *t, const struct hc_geom *g, int data_fd, int meta_fd
 	ret = -EMFILE;
 	if (!r)
 		goto fail;
-	r->g = *g;
+	r->geom = *g;
 	r->data_fd = data_fd;
 	r->meta_fd = meta_fd;
 	r->seen = malloc(g->nchunks * sizeof(*r->seen));
@@ -129,7 +129,7 @@ fail:
 uint64_t hc_gen(const struct hc_reg *r, uint64_t chunk)
 {
 	const _Atomic uint64_t *p =
-		(const _Atomic uint64_t *)(r->meta + r->g.gen_off + chunk * r->g.gen_stride);
+		(const _Atomic uint64_t *)(r->meta + r->geom.gen_off + chunk * r->geom.gen_stride);
 
 	return atomic_load_explicit(p, memory_order_acquire);
 }
@@ -139,21 +139,21 @@ unsigned hc_check(struct hc_table *t, struct hc_reg *r, uint64_t hoff, uint64_t 
 	uint64_t first, last;
 	unsigned stale = 0;
 
-	if (!len || hoff >= r->g.heap_size)
+	if (!len || hoff >= r->geom.heap_size)
 		return 0;
-	first = hoff >> r->g.chunk_order;
-	last = (hoff + len - 1) >> r->g.chunk_order;
-	for (uint64_t c = first; c <= last && c < r->g.nchunks; c++) {
+	first = hoff >> r->geom.chunk_order;
+	last = (hoff + len - 1) >> r->geom.chunk_order;
+	for (uint64_t c = first; c <= last && c < r->geom.nchunks; c++) {
 		uint64_t gen = hc_gen(r, c);
 
 		if (r->seen[c] == gen)
 			continue;
 		if (r->seen[c] != UINT64_MAX) {
 			/* went back to the OS since: drop whatever this view kept of it */
-			uint64_t csz = 1ull << r->g.chunk_order;
+			uint64_t csz = 1ull << r->geom.chunk_order;
 
-			madvise(r->data + (c << r->g.chunk_order),
-				csz < r->g.heap_size ? csz : r->g.heap_size, MADV_DONTNEED);
+			madvise(r->data + (c << r->geom.chunk_order),
+				csz < r->geom.heap_size ? csz : r->geom.heap_size, MADV_DONTNEED);
 			stale++;
 		}
 		r->seen[c] = gen;

@@ -27,7 +27,7 @@ struct hc_geom {
 };
 
 struct hc_reg {
-	struct hc_geom g;
+	struct hc_geom geom;   /* the heap as the daemon described it */
 	int data_fd, meta_fd;
 	char *data;            /* the heap view: heap_size bytes, read-write */
 	const char *meta;      /* read-only */

@@ -43,13 +43,10 @@ struct status_fh {
 
 #define READ_IOV 256
 
-static struct hfs_inode *I(fuse_ino_t ino)
-{
-	return hfs_iget(ino);
-}
-
+/* var: the inode the kernel's ino names (the kernel holds a reference to it); a number
+ * the table no longer has ends the request with ESTALE. */
 #define GET(req, var, ino)                          \
-	struct hfs_inode *var = I(ino);             \
+	struct hfs_inode *var = hfs_iget(ino);      \
 	do {                                        \
 		if (!var) {                         \
 			fuse_reply_err(req, ESTALE); \
@@ -221,7 +218,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	struct hfs_inode *i = I(ino);
+	struct hfs_inode *i = hfs_iget(ino);
 
 	if (i)
 		hfs_iput(i, nlookup);
@@ -231,7 +228,7 @@ static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
 	for (size_t k = 0; k < count; k++) {
-		struct hfs_inode *i = I(forgets[k].ino);
+		struct hfs_inode *i = hfs_iget(forgets[k].ino);
 
 		if (i)
 			hfs_iput(i, forgets[k].nlookup);
@@ -975,7 +972,7 @@ static void raw_attr(struct fuse_attr *a, const struct stat *st)
 /* O_TMPFILE: as op_create, without a name (hfs_tmpfile). */
 static void raw_tmpfile(int fd, const struct hfs_raw *r)
 {
-	struct hfs_inode *dir = I(r->nodeid), *i;
+	struct hfs_inode *dir = hfs_iget(r->nodeid), *i;
 	struct hfs_ctx ctx = { .uid = r->uid, .gid = r->gid, .umask = r->create.umask,
 			       .acl = true }; /* no groups: nothing on this path asks */
 	struct fuse_file_info fi = { .flags = (int)r->create.flags };
@@ -1026,7 +1023,7 @@ static struct hfs_fuse_sx_time raw_sx_time(struct timespec t)
 /* statx: what getattr says (hfs_stat), and the creation time. */
 static void raw_statx(int fd, const struct hfs_raw *r)
 {
-	struct hfs_inode *i = I(r->nodeid);
+	struct hfs_inode *i = hfs_iget(r->nodeid);
 	struct hfs_fuse_statx_out o = { 0 };
 	struct stat st;
 

@@ -560,18 +560,18 @@ static void *restore_thread(void *arg)
 	struct restore_arg *ra = arg;
 	struct hfs_repl_heap *r = ra->r;
 	struct hfs_apply *a = NULL;
-	struct img_r *rd;
+	struct img_r *stream;
 	struct img_rec rec;
 	int ret;
 
-	ret = img_r_open(ra->fd, r->h->pol.size, &rd, r->why, sizeof(r->why));
+	ret = img_r_open(ra->fd, r->h->pol.size, &stream, r->why, sizeof(r->why));
 	if (!ret) {
 		ret = hfs_apply_begin(r->h, r->why, sizeof(r->why), &a);
-		while (!ret && (ret = img_r_next(rd, &rec)) == 1)
-			ret = hfs_apply_rec(a, rd, &rec);
+		while (!ret && (ret = img_r_next(stream, &rec)) == 1)
+			ret = hfs_apply_rec(a, stream, &rec);
 		if (!ret)
 			ret = hfs_apply_settle(a);
-		img_r_free(rd);
+		img_r_free(stream);
 	}
 	pthread_mutex_lock(&r->alock);
 	pthread_mutex_lock(&r->lock);

@@ -18,7 +18,7 @@ struct heap {
 	int meta_fd;
 	void *meta;
 	size_t meta_size;
-	struct hc_geom g;
+	struct hc_geom geom;
 };
 
 static int mkheap(struct heap *h, uint64_t key)
@@ -36,9 +36,10 @@ static int mkheap(struct heap *h, uint64_t key)
 	h->meta = mmap(NULL, h->meta_size, PROT_READ | PROT_WRITE, MAP_SHARED, h->meta_fd, 0);
 	if (h->meta == MAP_FAILED || buddy_create_at(&p, h->meta, h->meta_size, &h->b))
 		return -1;
-	h->g = (struct hc_geom){ .key = key, .heap_size = 1ull << 24, .meta_size = h->meta_size,
-				 .nchunks = chunk_count(h->b), .chunk_order = chunk_order(h->b) };
-	return chunk_gen_layout(h->b, &h->g.gen_off, &h->g.gen_stride);
+	h->geom = (struct hc_geom){ .key = key, .heap_size = 1ull << 24,
+				    .meta_size = h->meta_size, .nchunks = chunk_count(h->b),
+				    .chunk_order = chunk_order(h->b) };
+	return chunk_gen_layout(h->b, &h->geom.gen_off, &h->geom.gen_stride);
 }
 
 static void rmheap(struct heap *h)
@@ -50,7 +51,7 @@ static void rmheap(struct heap *h)
 
 static int reg(struct hc_table *t, struct heap *h, uint64_t key, struct hc_reg **r)
 {
-	struct hc_geom g = h->g;
+	struct hc_geom g = h->geom;
 
 	g.key = key;
 	return hc_add(t, &g, dup(buddy_data_fd(h->b)), dup(h->meta_fd), r);
@@ -65,7 +66,7 @@ static void test_generations(void)
 	int64_t off;
 
 	T(mkheap(&h, 1) == 0);
-	T(chunk_gen_layout(h.b, &h.g.gen_off, &h.g.gen_stride) == 0);
+	T(chunk_gen_layout(h.b, &h.geom.gen_off, &h.geom.gen_stride) == 0);
 	TEQ(reg(&t, &h, 1, &r), 0);
 	off = buddy_alloc(h.b, 12);
 	T(off >= 0);
@@ -120,8 +121,8 @@ static void test_bound(void)
 	for (unsigned k = 0; k < HC_MAX_REGS; k++)
 		t.r[k].active = 1;
 	fd = dup(h.meta_fd);
-	h.g.key = 200; /* new: a slot is needed */
-	TEQ(hc_add(&t, &h.g, dup(h.meta_fd), fd, &r), -EMFILE);
+	h.geom.key = 200; /* new: a slot is needed */
+	TEQ(hc_add(&t, &h.geom, dup(h.meta_fd), fd, &r), -EMFILE);
 	T(fcntl(fd, F_GETFD) < 0 && errno == EBADF); /* the descriptors were closed */
 	for (unsigned k = 0; k < HC_MAX_REGS; k++)
 		t.r[k].active = 0;
@@ -139,10 +140,10 @@ static void test_bad_geometry(void)
 	struct heap h;
 
 	T(mkheap(&h, 1) == 0);
-	h.g.meta_size = h.g.gen_off; /* the generations would lie past it */
+	h.geom.meta_size = h.geom.gen_off; /* the generations would lie past it */
 	TEQ(reg(&t, &h, 1, &r), -EINVAL);
-	h.g.meta_size = h.meta_size;
-	h.g.nchunks++;
+	h.geom.meta_size = h.meta_size;
+	h.geom.nchunks++;
 	TEQ(reg(&t, &h, 1, &r), -EINVAL);
 	TEQ(hc_count(&t), 0);
 	rmheap(&h);
