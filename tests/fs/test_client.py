@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HEAPFSCTL, expect_errno, pattern, read_daemon, wait_until
+from conftest import HEAPFSCTL, expect_errno, guide_example, pattern, read_daemon, wait_until
 
 PYDIR = os.environ.get("HEAPFS_PYTHON") or str(Path(os.environ["HEAPFS"]).parent.parent / "python")
 sys.path.insert(0, PYDIR)
@@ -323,18 +323,11 @@ assert len(v2) == 256 and bytes(v2[:7]) == b"made it"
     c2.close()
 
 
-def _readme_example(name):
-    text = (Path(__file__).resolve().parents[2] / "docs" / "GUIDE.md").read_text()
-    start = text.index(f"<!-- example: {name} -->")
-    body = text[text.index("\n", text.index("```", start)) + 1:]
-    return body[:body.index("```")]
-
-
-def test_readme_examples_run_as_written(dm, tmp_path):
+def test_guide_examples_run_as_written(dm, tmp_path):
     """docs/GUIDE.md's C and Python examples, with its /mnt/heapfs replaced by this mount."""
     build = Path(os.environ["HEAPFS"]).resolve().parent.parent  # build/fs/heapfs[-asan]
     src = tmp_path / "hello.c"
-    src.write_text(_readme_example("hello.c"))
+    src.write_text(guide_example("hello.c"))
     env = dict(os.environ, PKG_CONFIG_PATH=str(build / "meson-uninstalled"))
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "heapfs"], env=env, check=True,
                            capture_output=True, text=True).stdout.split()
@@ -344,7 +337,7 @@ def test_readme_examples_run_as_written(dm, tmp_path):
     target = dm.heap("dm") / "hello"
     subprocess.run([str(exe), str(target)], check=True, timeout=60)
     assert read_daemon(target) == b"hello" + bytes(4091)
-    run_child(_readme_example("hello.py").replace("/mnt/heapfs", str(dm.path)))
+    run_child(guide_example("hello.py").replace("/mnt/heapfs", str(dm.path)))
     assert read_daemon(target)[:5] == b"HELLO"
     assert read_daemon(dm.path / "objects" / "counter") == b"\x01" + bytes(7)
 

@@ -4,11 +4,10 @@ Python's path and maps heap memory, the guide's C example compiles against the i
 heapfs.pc and runs on a direct_map heap."""
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from conftest import HEAPFS, read_daemon
+from conftest import HEAPFS, guide_example, read_daemon
 
 BUILD = HEAPFS.parents[1]
 PREFIX = "/usr/local"
@@ -92,14 +91,11 @@ def test_python_module_from_the_system_path(dest, mount_factory):
     assert read_daemon(target)[:4] == b"inst"
 
 
-def test_readme_c_example_against_installed_pc(dest, mount_factory, tmp_path):
+def test_guide_c_example_against_installed_pc(dest, mount_factory, tmp_path):
     root = dest / PREFIX.lstrip("/")
     pc = only(root.glob("lib/*/pkgconfig/heapfs.pc"), "heapfs.pc")
-    text = (Path(__file__).resolve().parents[2] / "docs" / "GUIDE.md").read_text()
-    start = text.index("<!-- example: hello.c -->")
-    body = text[text.index("\n", text.index("```", start)) + 1:]
     src = tmp_path / "hello.c"
-    src.write_text(body[:body.index("```")])
+    src.write_text(guide_example("hello.c"))
     env = dict(os.environ, PKG_CONFIG_PATH=str(pc.parent), PKG_CONFIG_SYSROOT_DIR=str(dest))
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "heapfs"], env=env, check=True,
                            capture_output=True, text=True).stdout.split()
