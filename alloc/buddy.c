@@ -30,7 +30,10 @@
  * Statistics counters sit in the slots too (changed only under the slot's lock), so no
  * operation writes a heap-wide cache line.  The metadata may be a memfd other processes
  * hold (direct_map, sealed against their writes): even so a stack's count is clamped to
- * its depth and an entry that is not a block of the heap is dropped, never used.
+ * its depth, an entry that is not a block of the heap is dropped, never used, and so are a
+ * parked chunk past the table (chunk.c) and a nonempty bit past the heap's orders; the
+ * bitmaps' lengths come from the handle, never from the shared header.  buddy_check()
+ * reports what is out of range.
  *
  * Where a block comes from (issue 11).  Scalability wants threads on different CPUs on
  * different bitmap words and chunks; keeping big blocks whole wants a sequential buddy's
@@ -76,6 +79,17 @@
 static inline uint64_t bit(uint64_t i)
 {
 	return 1ull << (i & 63);
+}
+
+/* The words of level l of order k's bitmap, from the handle's geometry: never read back
+ * from the metadata, which may be shared (the header's copy was checked once, at attach). */
+static uint64_t lv_words(const struct buddy *b, unsigned k, unsigned l)
+{
+	uint64_t w = ((1ull << (b->heap_order - k)) + 63) / 64;
+
+	while (l--)
+		w = (w + 63) / 64;
+	return w;
 }
 
 /* ---- geometry --------------------------------------------------------------------- */
@@ -371,7 +385,10 @@ static int64_t shared_alloc(struct buddy *b, unsigned k, unsigned slot)
 	uint64_t lo0 = nk * slot / b->nslots, hi0 = nk * (slot + 1) / b->nslots;
 
 	for (int pass = 0; pass < 3; pass++) {
-		uint64_t mask = atomic_load(&b->meta->nonempty) & (~0ull << k);
+		/* (a bit past the heap's orders, which only a writer of shared metadata could
+		 * set, names no bitmap) */
+		uint64_t mask = atomic_load(&b->meta->nonempty) & (~0ull << k) &
+				((2ull << b->heap_order) - 1);
 
 		while (mask) {
 			unsigned j = (unsigned)__builtin_ctzll(mask), top = b->nlev[j] - 1;
@@ -948,7 +965,7 @@ void buddy_stats(struct buddy *b, struct buddy_stats *st)
 	st->used = used;
 	st->free = st->size - used;
 	for (unsigned k = b->min_order; k <= b->heap_order; k++) {
-		st->free_blocks[k] = popcount_level(b->lv[k][0], m->ord[k].lv_words[0]);
+		st->free_blocks[k] = popcount_level(b->lv[k][0], lv_words(b, k, 0));
 		if (st->free_blocks[k]) {
 			st->nonempty_orders |= 1ull << k;
 			st->largest_free = 1ull << k;
@@ -1013,13 +1030,12 @@ static void add_bitmap(struct blk_list *l, const _Atomic uint64_t *w, uint64_t w
 /* Every free (shared and cached) and, with tracking, allocated block, sorted by offset. */
 static int gather(struct buddy *b, struct blk_list *l)
 {
-	struct buddy_meta *m = b->meta;
 	size_t count = 0;
 
 	for (unsigned k = b->min_order; k <= b->heap_order; k++) {
-		count += popcount_level(b->lv[k][0], m->ord[k].lv_words[0]);
+		count += popcount_level(b->lv[k][0], lv_words(b, k, 0));
 		if (b->track[k])
-			count += popcount_level(b->track[k], m->ord[k].lv_words[0]);
+			count += popcount_level(b->track[k], lv_words(b, k, 0));
 	}
 	count += (size_t)b->nslots * PCP_ORDERS * PCP_DEPTH;
 	l->cap = count + count / 8 + 64; /* room for concurrent changes */
@@ -1028,9 +1044,9 @@ static int gather(struct buddy *b, struct blk_list *l)
 	if (!l->v)
 		return -ENOMEM;
 	for (unsigned k = b->min_order; k <= b->heap_order; k++) {
-		add_bitmap(l, b->lv[k][0], m->ord[k].lv_words[0], k, BLK_FREE);
+		add_bitmap(l, b->lv[k][0], lv_words(b, k, 0), k, BLK_FREE);
 		if (b->track[k])
-			add_bitmap(l, b->track[k], m->ord[k].lv_words[0], k, BLK_USED);
+			add_bitmap(l, b->track[k], lv_words(b, k, 0), k, BLK_USED);
 	}
 	for (unsigned s = 0; s < b->nslots && b->pcp_orders; s++) {
 		struct buddy_pcp *p = &b->pcp[s];
@@ -1040,8 +1056,9 @@ static int gather(struct buddy *b, struct blk_list *l)
 		for (unsigned c = 0; c < b->pcp_orders; c++) {
 			uint32_t n = pcp_n(b, p, c);
 
-			for (uint32_t j = 0; j < n; j++)
-				blk_add(l, p->blk[c][j], b->min_order + c, BLK_CACHED);
+			for (uint32_t j = 0; j < n; j++) /* (an entry that is no block: dropped) */
+				if (block_ok(b, p->blk[c][j], b->min_order + c))
+					blk_add(l, p->blk[c][j], b->min_order + c, BLK_CACHED);
 		}
 		pcp_unlock(p);
 	}
@@ -1104,16 +1121,21 @@ int buddy_walk(struct buddy *b, buddy_walk_fn fn, void *arg)
 static int check_hints(struct buddy *b)
 {
 	uint64_t nonempty = atomic_load(&b->meta->nonempty);
+	uint64_t orders = ((2ull << b->heap_order) - 1) & (~0ull << b->min_order);
 	int ret = 0;
 
+	CHECK(!(nonempty & ~orders), "nonempty_orders %#lx names orders the heap has not",
+	      (unsigned long)nonempty);
 	for (unsigned k = b->min_order; k <= b->heap_order; k++) {
-		const struct buddy_order *o = &b->meta->ord[k];
+		uint64_t nblocks = 1ull << (b->heap_order - k);
 
-		for (unsigned l = 0; l < o->nlev; l++)
-			for (uint64_t i = 0; i < o->lv_words[l]; i++) {
+		for (unsigned l = 0; l < b->nlev[k]; l++) {
+			uint64_t words = lv_words(b, k, l);
+
+			for (uint64_t i = 0; i < words; i++) {
 				if (!atomic_load(&b->lv[k][l][i]))
 					continue;
-				if (l + 1 == o->nlev)
+				if (l + 1 == b->nlev[k])
 					CHECK(nonempty & (1ull << k),
 					      "order %u has free blocks but no bit in nonempty_orders", k);
 				else
@@ -1121,10 +1143,42 @@ static int check_hints(struct buddy *b)
 					      "order %u level %u word %lu unreachable", k, l,
 					      (unsigned long)i);
 			}
+		}
 		/* bits past the last block of a short level-0 word never get set */
-		if (o->nblocks < 64)
-			CHECK(!(atomic_load(&b->lv[k][0][0]) & (~0ull << o->nblocks)),
+		if (nblocks < 64)
+			CHECK(!(atomic_load(&b->lv[k][0][0]) & (~0ull << nblocks)),
 			      "order %u: bit beyond the heap", k);
+	}
+out:
+	return ret;
+}
+
+/* The per-CPU slots, which the metadata may share with other processes (see the top of
+ * this file): each stack's count within its depth, each entry a block of the heap, each
+ * parked chunk one of the heap's.  The operations never trust them; this reports them. */
+static int check_slots(struct buddy *b)
+{
+	int ret = 0;
+
+	for (unsigned s = 0; s < b->nslots; s++) {
+		struct buddy_pcp *p = &b->pcp[s];
+
+		for (unsigned c = 0; c < b->pcp_orders; c++) {
+			uint32_t n = atomic_load_explicit(&p->n[c], memory_order_relaxed);
+			unsigned k = b->min_order + c;
+
+			CHECK(n <= b->pcp_depth[c], "slot %u: %u blocks cached of order %u, "
+			      "its stack holds %u", s, n, k, b->pcp_depth[c]);
+			for (uint32_t j = 0; j < n; j++)
+				CHECK(block_ok(b, p->blk[c][j], k), "slot %u: cached %#lx is no "
+				      "block of order %u", s, (unsigned long)p->blk[c][j], k);
+		}
+		for (unsigned j = 0; j < CHUNK_PARK; j++) {
+			uint64_t w = atomic_load(&p->park[j]);
+
+			CHECK(w <= b->cm.nchunks, "slot %u: parked chunk %lu of %lu", s,
+			      (unsigned long)w - 1, (unsigned long)b->cm.nchunks);
+		}
 	}
 out:
 	return ret;
@@ -1138,6 +1192,8 @@ int buddy_check(struct buddy *b)
 	struct blk_list l = { 0 };
 	int ret = check_hints(b);
 
+	if (!ret)
+		ret = check_slots(b);
 	if (ret < 0)
 		return ret;
 	buddy_stats(b, &st);

@@ -125,7 +125,9 @@ struct buddy_stats {
 void buddy_stats(struct buddy *b, struct buddy_stats *st);
 
 /* Verify every invariant (no overlap, no mergeable free buddies, counts add up, chunk
- * counts match).  Call with no concurrent users.  0, or -EUCLEAN with a message on stderr. */
+ * counts match, per-CPU caches and parked chunks within their bounds: shared metadata
+ * another process wrote out of range is reported, not followed).  Call with no concurrent
+ * users.  0, or -EUCLEAN with a message on stderr. */
 int buddy_check(struct buddy *b);
 
 /* Visit every block in offset order: free blocks with their order; allocated blocks with

@@ -139,11 +139,16 @@ void chunk_hold(struct chunk_map *cm, uint64_t off, uint64_t len)
 	}
 }
 
-/* Give chunk idx back to the OS if its state is still `from` (0 held bytes). */
+/* Give chunk idx back to the OS if its state is still `from` (0 held bytes).  A parked
+ * index comes from a CPU slot's park word, in the metadata (which may be shared, buddy.c):
+ * one past the table names no chunk and is dropped. */
 static void chunk_release_if(struct chunk_map *cm, uint64_t idx, uint64_t from)
 {
-	struct chunk_slot *cs = &cm->t->slot[idx];
+	struct chunk_slot *cs;
 
+	if (idx >= cm->nchunks)
+		return;
+	cs = &cm->t->slot[idx];
 	if (!atomic_compare_exchange_strong(&cs->state, &from, CHUNK_RELEASING))
 		return;
 	chunk_release(cm, idx);

@@ -22,6 +22,11 @@ int hfs_io_setup(struct fuse_session *se);
  * ring entry this thread serves, else written to fd.  writev's result. */
 ssize_t hfs_io_reply(int fd, struct iovec *iov, int count);
 void hfs_inval_inode(hfs_ino_t ino, int64_t off, int64_t len);
+/* This worker is about to wait in a handler (a status file renders, .heapfs/verify asks
+ * the partner for seconds) or for a page lock a READ holds: it gives the watcher's token
+ * up, as a bulk request does, so the other workers read the device meanwhile (io.c, 2).
+ * Nothing to give with io_uring: a ring worker serves its CPU's requests one at a time. */
+void hfs_io_will_wait(void);
 
 /* Reads and writes at least this big are bulk: /dev/fuse workers hand them off (io.c),
  * ring workers serve bulk reads off the caller's CPU (uring.c). */

@@ -18,7 +18,9 @@
  *    needlessly.  A worker keeps the token while it handles a small request and goes back
  *    to watching right after its reply: a synchronous client (one request at a time) then
  *    meets a thread that is already awake.  Bulk reads and writes give the token up first,
- *    so they run in parallel.  Only on the main device fd (clone_fd workers read their own
+ *    so they run in parallel, and so does a handler about to wait (hfs_io_will_wait: a
+ *    status file's rendering, which for .heapfs/verify lasts as long as the partner takes;
+ *    a page invalidation): the other workers go on reading the device meanwhile.  Only on the main device fd (clone_fd workers read their own
  *    fds as usual), and off on one CPU, with -o spin_us=0 and with io_uring (the ring
  *    workers spin instead, uring.c).
  *
@@ -227,16 +229,22 @@ static void inval_entry(hfs_ino_t parent, const char *name)
 	fuse_lowlevel_notify_inval_entry(session, parent, name, strlen(name));
 }
 
+void hfs_io_will_wait(void)
+{
+	if (main_fd >= 0 && pthread_getspecific(holder)) {
+		pthread_setspecific(holder, NULL);
+		sem_post(&token);
+	}
+}
+
 /* ... or of [off, off + len) of ino's pages (written through a client's mapping, or by
  * an O_DIRECT write: ops.c), or (off < 0) only its attributes.  Dropping pages waits for
  * the page locks of reads in flight, whose READs may wait for the token this thread holds
  * while it serves a small request: give it up first, as a bulk request does. */
 static void inval_range(hfs_ino_t ino, int64_t off, int64_t len)
 {
-	if (off >= 0 && main_fd >= 0 && pthread_getspecific(holder)) {
-		pthread_setspecific(holder, NULL);
-		sem_post(&token);
-	}
+	if (off >= 0)
+		hfs_io_will_wait();
 	fuse_lowlevel_notify_inval_inode(session, ino, off, len);
 }
 

@@ -387,6 +387,9 @@ static int status_open(struct hfs_inode *i, struct fuse_file_info *fi)
 
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || fi->flags & O_TRUNC)
 		return -EACCES;
+	/* rendering may take long (a big heap's map, a snapshot's fork, a verify waits for
+	 * the partner's hashes): the other workers go on serving meanwhile */
+	hfs_io_will_wait();
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;

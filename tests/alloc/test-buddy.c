@@ -806,6 +806,276 @@ static void test_random_model(void)
 	}
 }
 
+/* ---- a hostile writer of the metadata ---------------------------------------------- */
+
+/* A direct_map heap's metadata is a memfd every client of the heap holds, sealed against
+ * their writes (fs/core/dm.c).  Had a client a writable mapping anyway, it could put any
+ * value in a CPU slot (a stack's count, its entries, the parked chunks) or in the header's
+ * words.  Here the metadata is one memfd mapped twice: as the daemon's, its last byte just
+ * before a PROT_NONE guard page (another one before it), and as the hostile client's
+ * writable mapping.  Whatever that one writes, the allocator reads and writes nothing
+ * outside the metadata (a step past it is a SIGSEGV, plain or under ASan), hands out only
+ * blocks of the heap, and buddy_check() reports what is wrong instead of following it. */
+struct hostile {
+	struct buddy *b;
+	char *region;   /* guard page, the daemon's mapping, guard page */
+	size_t len;     /* of the mapping: whole pages */
+	size_t need;    /* of the metadata, which ends where the mapping ends */
+	char *meta;     /* the daemon's view */
+	char *client;   /* the client's view: its own mapping of the same memfd */
+	char *guard;    /* the first byte past the daemon's mapping */
+	int fd;
+};
+
+#define H_SLOT   1u  /* the slot the test acts as (of 2): the last one */
+#define H_ORDER  12u /* min_order: cached order c = 0 */
+
+/* The client's view of a word the daemon's handle points at. */
+#define CLIENT(h, ptr) ((__typeof__(ptr))((h)->client + ((char *)(ptr) - (h)->meta)))
+
+static void hostile_close(struct hostile *h)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+
+	buddy_destroy(h->b);
+	if (h->client)
+		munmap(h->client - (h->len - h->need), h->len);
+	if (h->region)
+		munmap(h->region, h->len + 2 * (size_t)pg);
+	if (h->fd >= 0)
+		close(h->fd);
+	*h = (struct hostile){ .fd = -1 };
+	buddy_set_slot(-1);
+}
+
+/* A 16 MiB heap (4 KiB blocks, 64 KiB chunks, 2 slots, tracked as the daemon's heaps are)
+ * whose slot H_SLOT caches 8 blocks of order 12: h->b, or NULL. */
+static void hostile_open(struct hostile *h)
+{
+	struct buddy_params p = { .heap_order = 24, .min_order = H_ORDER, .chunk_order = 16,
+				  .flags = BUDDY_F_MEMFD | BUDDY_F_TRACK, .fd = -1,
+				  .nslots = 2 };
+	long pg = sysconf(_SC_PAGESIZE);
+	int64_t need = buddy_meta_size(&p), o[8];
+	char *c;
+
+	*h = (struct hostile){ .fd = -1 };
+	T(need > 0 && pg > 0);
+	h->need = (size_t)need;
+	h->len = (h->need + (size_t)pg - 1) & ~((size_t)pg - 1);
+	h->fd = memfd_create("heapfs-test-meta", MFD_CLOEXEC);
+	T(h->fd >= 0 && ftruncate(h->fd, (off_t)h->len) == 0);
+	h->region = mmap(NULL, h->len + 2 * (size_t)pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+	T(h->region != MAP_FAILED);
+	T(mmap(h->region + pg, h->len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, h->fd,
+	       0) != MAP_FAILED);
+	h->guard = h->region + pg + h->len;
+	h->meta = h->guard - h->need; /* need is a multiple of 64: aligned as it must be */
+	c = mmap(NULL, h->len, PROT_READ | PROT_WRITE, MAP_SHARED, h->fd, 0);
+	T(c != MAP_FAILED);
+	h->client = c + (h->len - h->need);
+	TEQ(buddy_create_at(&p, h->meta, h->need, &h->b), 0);
+	buddy_set_slot((int)H_SLOT);
+	for (int i = 0; i < 8; i++)
+		T((o[i] = buddy_alloc(h->b, H_ORDER)) >= 0);
+	for (int i = 0; i < 8; i++)
+		TEQ(buddy_free(h->b, (uint64_t)o[i], H_ORDER), 0);
+	TEQ(atomic_load(&h->b->pcp[H_SLOT].n[0]), 8);
+	T(h->b->pcp_depth[0] == 32 && buddy_check(h->b) == 0);
+}
+
+/* An offset buddy_alloc returned: a block of the heap, whose bytes are in the mapping. */
+static int is_block(struct buddy *b, int64_t off, unsigned k)
+{
+	char *p;
+
+	if (off < 0 || (off & ((1ll << k) - 1)) || (uint64_t)off >= 1ull << buddy_heap_order(b))
+		return 0;
+	p = buddy_ptr(b, (uint64_t)off);
+	if (!p || !buddy_ptr(b, (uint64_t)off + (1ull << k) - 1))
+		return 0;
+	memset(p, 0xa5, 1ull << k);
+	return 1;
+}
+
+/* Counts a client could write into the stack of order 12 of slot H_SLOT: one past its
+ * depth (inside the array), the array's size and one past it (into the next order's
+ * entries), the entry just past the metadata and the one after it (the guard page: read
+ * by a pop of count g + 1, written by a push at count g), and the largest. */
+static void hostile_counts(uint32_t v[7])
+{
+	struct hostile h;
+	uint64_t g;
+
+	hostile_open(&h);
+	if (!h.b)
+		return;
+	g = (uint64_t)(h.guard - (char *)&h.b->pcp[H_SLOT].blk[0][0]) / 8;
+
+	v[0] = 33;
+	v[1] = PCP_DEPTH;
+	v[2] = PCP_DEPTH + 1;
+	v[3] = (uint32_t)g;
+	v[4] = (uint32_t)g + 1;
+	v[5] = 0x80000000u;
+	v[6] = UINT32_MAX;
+	hostile_close(&h);
+}
+
+static void test_hostile_stack_counts(void)
+{
+	uint32_t v[7] = { 0 };
+
+	hostile_counts(v);
+	T(v[3] > PCP_DEPTH);
+	for (unsigned i = 0; i < 7; i++) {
+		struct hostile h;
+		_Atomic uint32_t *n;
+		int64_t off, mine;
+
+		/* buddy_check: reports the count, follows it nowhere; the right count back:
+		 * the heap is as it was */
+		hostile_open(&h);
+		T(h.b && !tc_cur_failed);
+		n = CLIENT(&h, &h.b->pcp[H_SLOT].n[0]);
+		atomic_store(n, v[i]);
+		TEQ(buddy_check(h.b), -EUCLEAN);
+		atomic_store(n, 8);
+		TEQ(buddy_check(h.b), 0);
+		hostile_close(&h);
+
+		/* allocations: pops read inside the stack only, and what they hand out is a
+		 * block of the heap (stale entries the clamp exposes may repeat: a writer of
+		 * the metadata owns the allocator's state, not the process's memory) */
+		hostile_open(&h);
+		T(h.b && !tc_cur_failed);
+		atomic_store(CLIENT(&h, &h.b->pcp[H_SLOT].n[0]), v[i]);
+		for (int j = 0; j < 40; j++)
+			T(is_block(h.b, buddy_alloc(h.b, H_ORDER), H_ORDER));
+		TEQ(buddy_check(h.b), -EUCLEAN);
+		hostile_close(&h);
+
+		/* a free pushes inside the stack only (a full one sends half down first) */
+		hostile_open(&h);
+		T(h.b && !tc_cur_failed);
+		mine = buddy_alloc(h.b, H_ORDER + 1); /* not cached at order 12 */
+		T(is_block(h.b, mine, H_ORDER + 1));
+		off = mine + (1 << H_ORDER);
+		TEQ(buddy_split(h.b, (uint64_t)mine, H_ORDER + 1), 0);
+		atomic_store(CLIENT(&h, &h.b->pcp[H_SLOT].n[0]), v[i]);
+		TEQ(buddy_free(h.b, (uint64_t)off, H_ORDER), 0);
+		T(atomic_load(&h.b->pcp[H_SLOT].n[0]) <= h.b->pcp_depth[0]);
+		buddy_drain(h.b); /* and a drain gives back no more than the stack holds */
+		TEQ(atomic_load(&h.b->pcp[H_SLOT].n[0]), 0);
+		hostile_close(&h);
+	}
+}
+
+/* Entries that are no block of the heap (past it, misaligned, the largest values): a pop
+ * drops them and takes a block from the shared bitmaps; a drain drops them too, and no
+ * bitmap word past the heap is written; buddy_check names them. */
+static void test_hostile_stack_entries(void)
+{
+	const uint64_t bad[8] = { 1ull << 24, 1, UINT64_MAX, (1ull << 24) - 4095,
+				  1ull << 40, 4096 + 8, UINT64_MAX - 4095, 1ull << 63 };
+
+	for (int drain = 0; drain < 2; drain++) {
+		struct hostile h;
+		uint64_t *e;
+
+		hostile_open(&h);
+		T(h.b && !tc_cur_failed);
+		e = CLIENT(&h, &h.b->pcp[H_SLOT].blk[0][0]);
+		memcpy(e, bad, sizeof(bad));
+		TEQ(buddy_check(h.b), -EUCLEAN);
+		if (drain) {
+			buddy_drain(h.b);
+			TEQ(atomic_load(&h.b->pcp[H_SLOT].n[0]), 0);
+		} else {
+			for (int j = 0; j < 8; j++) {
+				int64_t off = buddy_alloc(h.b, H_ORDER);
+
+				T(is_block(h.b, off, H_ORDER));
+				for (int x = 0; x < 8; x++)
+					T((uint64_t)off != bad[x]);
+			}
+		}
+		hostile_close(&h);
+	}
+}
+
+/* Parked chunks (index + 1 in a slot's park words) past the chunk table: one whose state
+ * word would lie in the guard page, and the largest (whose index wraps to just before the
+ * table).  A drain or a chunk that empties (retiring what was parked there) ignores them;
+ * buddy_check names them.  And a bit of nonempty_orders past the heap's orders: a full
+ * heap's allocation finds no bitmap of that order to walk (-ENOMEM), buddy_check names it. */
+static void test_hostile_park_and_orders(void)
+{
+	struct hostile h;
+	_Atomic uint64_t *park, *nonempty;
+	struct chunk_table *t;
+	uint64_t g;
+	int64_t whole, o;
+
+	hostile_open(&h);
+	T(h.b && !tc_cur_failed);
+	t = h.b->cm.t;
+	g = (uint64_t)(h.guard - (char *)&t->slot[0]) / sizeof(t->slot[0]);
+	T(g > t->nchunks);
+	park = CLIENT(&h, &h.b->pcp[H_SLOT].park[0]);
+	atomic_store(&park[0], g + 1);
+	atomic_store(&park[1], UINT64_MAX);
+	TEQ(buddy_check(h.b), -EUCLEAN);
+	o = buddy_alloc(h.b, 18); /* four chunks, not cached: their free parks them, each
+				     retiring what park[index % 2] held */
+	T(is_block(h.b, o, 18));
+	TEQ(buddy_free(h.b, (uint64_t)o, 18), 0);
+	atomic_store(&park[0], g + 1);
+	atomic_store(&park[1], UINT64_MAX);
+	buddy_drain(h.b);
+	T(pristine(h.b));
+	hostile_close(&h);
+
+	hostile_open(&h);
+	T(h.b && !tc_cur_failed);
+	buddy_drain(h.b);
+	whole = buddy_alloc(h.b, 24);
+	TEQ(whole, 0);
+	nonempty = CLIENT(&h, &h.b->meta->nonempty);
+	atomic_fetch_or(nonempty, (1ull << 63) | (1ull << 41) | (1ull << 25));
+	TEQ(buddy_alloc(h.b, H_ORDER), -ENOMEM);
+	TEQ(buddy_check(h.b), -EUCLEAN);
+	TEQ(buddy_free(h.b, 0, 24), 0);
+	atomic_fetch_and(nonempty, (1ull << 25) - 1);
+	T(pristine(h.b));
+	hostile_close(&h);
+}
+
+/* The header's words are read once, checked (attach) or made (create_at): a client that
+ * changes a bitmap's length there changes nothing the allocator reads. */
+static void test_hostile_header(void)
+{
+	struct hostile h;
+	struct buddy_stats st0, st;
+	struct buddy_meta *m;
+
+	hostile_open(&h);
+	T(h.b && !tc_cur_failed);
+	buddy_stats(h.b, &st0);
+	m = CLIENT(&h, h.b->meta);
+	for (unsigned k = H_ORDER; k <= 24; k++)
+		m->ord[k].lv_words[0] = m->ord[k].lv_words[1] = UINT64_MAX / 16;
+	m->ord[H_ORDER].nblocks = 1ull << 40;
+	m->ord[H_ORDER].nlev = 7;
+	buddy_stats(h.b, &st);
+	T(!memcmp(st.free_blocks, st0.free_blocks, sizeof(st.free_blocks)));
+	TEQ(st.free, st0.free);
+	TEQ(buddy_check(h.b), 0);
+	T(pristine(h.b));
+	hostile_close(&h);
+}
+
 int main(void)
 {
 	RUN(test_order_of);
@@ -828,5 +1098,9 @@ int main(void)
 	RUN(test_random_model);
 	RUN(test_big_blocks_many_slots);
 	RUN(test_full_heap_waits_for_busy_slot);
+	RUN(test_hostile_stack_counts);
+	RUN(test_hostile_stack_entries);
+	RUN(test_hostile_park_and_orders);
+	RUN(test_hostile_header);
 	return tc_failed != 0;
 }

@@ -6,7 +6,9 @@ heap, the page cache and mtime after a written release, the refusals (another mo
 directory, read-only asking for write, direct_map = false, past the end, garbage on the
 socket), pins (truncate below: EBUSY, growth moving a contiguous file: EBUSY, unlink:
 freed at the release), a killed client leaves nothing pinned, a stale registration is
-noticed after its chunk went back to the OS and was reused, two processes share an object.
+noticed after its chunk went back to the OS and was reused, two processes share an object,
+the shared descriptors are sealed, and garbage a client writes into its lease table is
+never believed.
 """
 import errno
 import json
@@ -579,6 +581,85 @@ def test_shared_descriptors_are_sealed(dm):
     assert (dm.path / "objects" / "o").read_bytes() == b"object"
     q.unlink()
     wait_until(lambda: heap_used(dm, "dm") <= (1 << 20) + (64 << 10), 5, "g's blocks freed")
+
+
+# A client that maps one range (by hand, as HOSTILE_CLIENT asks), then fills its whole lease
+# table with garbage and writes the words the parent sends on stdin.
+GARBAGE_LEASES = r"""
+import mmap, os, random, socket, struct, sys
+REQ, REP = struct.Struct("<QIIIIQQQ"), struct.Struct("<QiIQQQQQQQIIQQII")
+sockname, path = sys.argv[1:3]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect("\0" + sockname[1:])
+f = os.open(path, os.O_RDONLY)
+socket.send_fds(s, [REQ.pack(0x6c63666870616568, 1, 1, 0, 0, 0, 65536, 0)], [f])
+msg, fds, _, _ = socket.recv_fds(s, 65536, 4)
+rep = REP.unpack_from(msg)
+assert rep[1] == 0 and rep[15] == 3 and len(fds) == 3, rep
+idx, tag = rep[3], rep[14]
+words = mmap.mmap(fds[2], 4096 * 8)       # shared and writable: the client's counts
+rnd = random.Random(16)
+for k in range(4096):                      # every word garbage
+    struct.pack_into("<Q", words, 8 * k, rnd.getrandbits(64))
+struct.pack_into("<Q", words, 8 * idx, (tag ^ 0x55) << 32 | 0xdeadbeef)  # a wrong tag too
+print(idx, tag, flush=True)
+while line := sys.stdin.readline():
+    struct.pack_into("<Q", words, 8 * int(line), int(sys.stdin.readline()))
+    print("ok", flush=True)
+"""
+
+
+def test_garbage_in_the_lease_table_is_never_believed(dm):
+    """The lease table is the one descriptor a client may write (its counts: a map and a
+    release of a leased range are its atomic adds there), so it is sealed against size
+    changes only.  A client that fills all 4096 words with garbage (its lease's word with
+    a wrong tag and a count of 0xdeadbeef): the daemon counts only its own leases' words,
+    the low 32 bits (the status says maps = 0xdeadbeef, the largest count 0xffffffff, a
+    word without a lease nothing), believes no count beyond the revoke's exact compare
+    (a truncate is EBUSY as for a mapped range until the word says exactly "this tag,
+    count 0"; then the lease is revoked and dropped), and when the connection closes every
+    lease goes, whatever the words say: the file truncates and frees its blocks."""
+    p = dm.heap("dm") / "f"
+    p.write_bytes(pattern(1 << 20, 9))
+    proc = subprocess.Popen([sys.executable, "-c", GARBAGE_LEASES, dm.stats()["client_socket"],
+                             p], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def me():
+        return [c for c in dm.stats()["clients"] if c["pid"] == proc.pid]
+
+    def word(k, w):
+        proc.stdin.write(f"{k}\n{w}\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "ok"
+
+    try:
+        idx, tag = map(int, proc.stdout.readline().split())
+        c = me()
+        assert c and (c[0]["leases"], c[0]["maps"], c[0]["mapped_bytes"]) == \
+            (1, 0xdeadbeef, 65536), c
+        r = dm.ctl("clients", dm.path)
+        assert r.returncode == 0 and str(proc.pid) in r.stdout, r.stderr
+        expect_errno(errno.EBUSY, os.truncate, p, 0)         # "mapped": not revoked
+        word(idx, 1 << 63 | tag << 32 | 0xffffffff)          # REVOKED set by the client
+        assert me()[0]["maps"] == 0xffffffff
+        expect_errno(errno.EBUSY, os.truncate, p, 0)
+        word(idx, (tag + 1) << 32)                           # idle, but another tag
+        expect_errno(errno.EBUSY, os.truncate, p, 0)
+        assert read_daemon(p) == pattern(1 << 20, 9)
+        word(idx, tag << 32)                                 # exactly idle: revoked
+        os.truncate(p, 4096)
+        wait_until(lambda: me()[0]["leases"] == 0, 5, "the revoked lease dropped")
+        word(idx, 0xffffffff)                                # no lease there now
+        assert (me()[0]["maps"], me()[0]["mapped_bytes"]) == (0, 0)
+        assert read_daemon(p) == pattern(4096, 9)
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+    assert proc.returncode == 0, proc.stderr.read()
+    wait_until(lambda: not me(), 5, "its connection closed")
+    os.unlink(p)
+    wait_until(lambda: heap_used(dm, "dm") == 0, 5, "nothing pinned")
 
 
 def test_a_daemon_that_hangs_up_closes_none_of_our_descriptors(tmp_path):

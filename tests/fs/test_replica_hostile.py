@@ -1,14 +1,16 @@
 """Replication facing a hostile or broken partner (issue 16, "Every input is hostile"): the
 fs side of the link (fs/repl/) with two real daemons.  A promote racing the records it
-receives, a record the mirror cannot apply, what one verify request may cost, names that
-are not UTF-8, and a HELLO listing more heaps than fit one buffer.  Run under the ASan and
-TSan daemons too (a sanitizer report fails the test)."""
+receives, a record the mirror cannot apply, what one verify request may cost, writers
+during a verify, names that are not UTF-8, and a HELLO listing more heaps than fit one
+buffer.  Run under the ASan and TSan daemons too (a sanitizer report fails the test)."""
 import errno
+import json
 import os
+import subprocess
 import threading
 import time
 
-from conftest import MIB, pattern, read_daemon, wait_until
+from conftest import HEAPFSCTL, MIB, pattern, read_daemon, wait_until
 from test_replica import Pair, partner, secret, wait_state  # noqa: F401 (fixture)
 
 
@@ -129,6 +131,56 @@ def test_verify_any_name_any_size_and_only_for_the_owner(mount_factory, secret):
         assert j["heaps"]["data"]["files"] == names, j
     # the mirror's copy really is compared: a refused verify would say "unreachable"
     assert "cannot answer" not in p.a.stderr_text() + p.b.stderr_text()
+
+
+def test_writers_go_on_while_the_partner_hashes_for_a_verify(mount_factory, secret):
+    """.heapfs/verify hashes each file under its own lock; the namespace is held only while
+    the names are listed.  Asked by the mirror, the owner hashes its heap for the answer:
+    2000 files, a 64 GiB sparse file (seconds of hashing), 4000 more files, in that order.
+    The answer goes to the mirror in parts of about 190 KB as it is hashed, and the link
+    keeps order.  Once the parts before the big file arrived, a create, a write and a
+    rename in the same heap complete, and reach the mirror, while that verify is still in
+    progress and before the 1.2 MB of the parts after the big file: an order, not a speed.
+    (With the namespace held for the whole answer, the changes waited for all of it but its
+    last part.)  The verify itself is clean: the names each side listed did not change.
+    The mirror's status is read while its verify runs: over /dev/fuse, where the open of
+    .heapfs/verify gives the watcher's token up (before, every request to the mirror waited
+    for the verify); over io_uring a ring worker serves its CPU's requests one at a time,
+    so a read from the verify's CPU would wait (GUIDE)."""
+    p = Pair(mount_factory, secret, mode="async", size="64M", opts=("-o", "io_uring=off"))
+    d, mirror = p.a.heap("data"), p.b.heap("data")
+    pad = "x" * 240  # a key of 246 bytes: 299 bytes of answer, a part every 631 names
+    for k in range(2000):
+        (d / f"a{k:05d}{pad}").write_bytes(b"")
+    with open(d / "sparse", "wb") as f:
+        f.truncate(64 << 30)
+    for k in range(4000):
+        (d / f"b{k:05d}{pad}").write_bytes(b"")
+    wait_until(lambda: (mirror / f"b03999{pad}").exists(), 60, "all of it mirrored")
+    before = partner(p.b)["recv_bytes"]
+    v = subprocess.Popen([str(HEAPFSCTL), "--json", "verify", str(p.b.path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # the mirror hashes its copy first, then the owner answers: two parts are there
+        wait_until(lambda: partner(p.b)["recv_bytes"] - before > 2 * 189000, 300,
+                   "the answer's first parts")
+        with open(d / "w.new", "wb") as f:
+            f.write(b"w" * 4096)
+        os.rename(d / "w.new", d / "w")
+        wait_until(lambda: (mirror / "w").exists(), 60, "the writer's changes mirrored")
+        assert read_daemon(mirror / "w") == b"w" * 4096
+        during = partner(p.b)["recv_bytes"]
+        assert v.poll() is None, "the verify ended before the writer's changes"
+        out, err = v.communicate(timeout=300)
+    finally:
+        if v.poll() is None:
+            v.kill()
+            v.wait()
+    j = json.loads(out)
+    assert v.returncode == 0 and j["state"] == "compared" and j["differences"] == 0, (out, err)
+    assert j["heaps"]["data"]["files"] == 6001
+    after = partner(p.b)["recv_bytes"]
+    assert after - during > 600000, (before, during, after)
 
 
 def test_verify_answers_are_rate_limited(mount_factory, secret):
