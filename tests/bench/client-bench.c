@@ -141,7 +141,8 @@ int main(int argc, char **argv)
 	rss0 = daemon_rss(pid);
 	snprintf(path, sizeof(path), "%s/heaps/bench/big", mnt);
 	hfd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-	if (hfd < 0 || ftruncate(hfd, (off_t)size) < 0)
+	/* blocks, not a hole (a range that holds a hole maps as ENODATA) */
+	if (hfd < 0 || fallocate(hfd, 0, 0, (off_t)size) < 0)
 		die(path, errno);
 	ret = heapfs_connect_fd(hfd, &h);
 	if (ret)
