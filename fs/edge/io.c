@@ -20,9 +20,9 @@
  *    meets a thread that is already awake.  Bulk reads and writes give the token up first,
  *    so they run in parallel, and so does a handler about to wait (hfs_io_will_wait: a
  *    status file's rendering, which for .heapfs/verify lasts as long as the partner takes;
- *    a page invalidation): the other workers go on reading the device meanwhile.  Only on the main device fd (clone_fd workers read their own
- *    fds as usual), and off on one CPU, with -o spin_us=0 and with io_uring (the ring
- *    workers spin instead, uring.c).
+ *    a page invalidation): the other workers go on reading the device meanwhile.  Only on
+ *    the main device fd (clone_fd workers read their own fds as usual), and off on one
+ *    CPU, with -o spin_us=0 and with io_uring (the ring workers spin instead, uring.c).
  *
  * 3. FUSE over io_uring (uring.c; main.c decides, -o io_uring=auto|on|off): read() notes
  *    whether the kernel offers FUSE_OVER_IO_URING; writev() then sets FUSE_INIT_EXT and
