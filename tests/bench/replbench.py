@@ -115,6 +115,13 @@ def write_seq(path, size, fsync):
     return size / MIB / (time.monotonic() - t0)
 
 
+# The writer beside a full resync (7): a steady 16 MiB/s.  An unthrottled async writer
+# (1 GiB/s and more into the owner) outruns the link: the change log kept while the heap
+# is copied overflows (LOG_MAX, 128 MiB) and the resync starts over, again and again
+# (README "Replication": a resync finishes only while the link outpaces the writes).
+WRITER_MIBS = 16
+
+
 def timed_resync(a, size):
     """Seconds from the partner's start until owner a says connected again after a full
     resync of about size bytes, and a's partner status then."""
@@ -262,16 +269,17 @@ def main():
             wait(lambda: a.partner()["state"] == "degraded", 60, "degraded")
             worst, done = [0.0], [False]
 
-            def writer():
+            def writer():  # 1 MiB writes at WRITER_MIBS MiB/s
                 buf = os.urandom(MIB)
                 fd = os.open(os.path.join(a.mnt, "heaps", "async", "w"),
                              os.O_WRONLY | os.O_CREAT, 0o644)
-                k = 0
+                k, t0 = 0, time.monotonic()
                 while not done[0]:
                     t = time.monotonic()
                     os.pwrite(fd, buf, (k % 64) * MIB)
                     worst[0] = max(worst[0], time.monotonic() - t)
                     k += 1
+                    time.sleep(max(0.0, t0 + k / WRITER_MIBS - time.monotonic()))
                 os.close(fd)
             th = threading.Thread(target=writer)
             th.start()
