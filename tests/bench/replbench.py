@@ -116,7 +116,7 @@ def write_seq(path, size, fsync):
 
 
 # The writer beside a full resync (7): a steady 16 MiB/s.  An unthrottled async writer
-# (1 GiB/s and more into the owner) outruns the link: the change log kept while the heap
+# (about 250 MiB/s onto the link here) outruns it: the change log kept while the heap
 # is copied overflows (LOG_MAX, 128 MiB) and the resync starts over, again and again
 # (README "Replication": a resync finishes only while the link outpaces the writes).
 WRITER_MIBS = 16
