@@ -49,6 +49,18 @@ def row(job, unit, ours, base, base_name, target=None, note=""):
             "target": target, "note": note}
 
 
+def lower(r):
+    """A row whose ratio is better low (times, CPU): its target is a ceiling."""
+    return r["note"] == "lower is better"
+
+
+def met(r):
+    """None (no target), or whether r meets it."""
+    if r["target"] is None:
+        return None
+    return r["ratio"] <= r["target"] if lower(r) else r["ratio"] >= r["target"]
+
+
 def grab(pattern, text, what):
     m = re.search(pattern, text, re.M)
     if not m:
@@ -220,8 +232,7 @@ def picture(path, title, rows):
     ratios = [r["ratio"] for r in rows]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.4))
     y = range(len(rows))
-    colours = ["#4c9a2a" if r["target"] is None or r["ratio"] >= r["target"] else "#c8553d"
-               for r in rows]
+    colours = ["#c8553d" if met(r) is False else "#4c9a2a" for r in rows]
     ax.barh(list(y), ratios, color=colours)
     for k, r in enumerate(rows):
         if r["target"] is not None:
@@ -263,12 +274,12 @@ def report(out, results, meta):
                "| job | heapfs | baseline | ratio | target | |",
                "| --- | --- | --- | --- | --- | --- |"]
         for r in rows:
-            met = "" if r["target"] is None else ("met" if r["ratio"] >= r["target"]
-                                                  else "**missed**")
+            ok = {None: "", True: "met", False: "**missed**"}[met(r)]
+            bound = "" if r["target"] is None else \
+                f"{'<=' if lower(r) else '>='} {format(r['target'], 'g')}x"
             md.append(f"| {r['job']} | {r['heapfs']:.4g} {r['unit']} | {r['baseline']:.4g} "
-                      f"{r['unit']} ({r['baseline_name']}) | {r['ratio']:.2f}x | "
-                      f"{'' if r['target'] is None else '>= ' + format(r['target'], 'g') + 'x'} "
-                      f"| {met} {r['note']} |")
+                      f"{r['unit']} ({r['baseline_name']}) | {r['ratio']:.2f}x | {bound} "
+                      f"| {ok} {r['note']} |")
         md.append("")
     (out / "BENCHMARKS.md").write_text("\n".join(md))
 
@@ -280,7 +291,14 @@ def main():
     ap.add_argument("--only", default=",".join(FAMILIES))
     ap.add_argument("--quick", action="store_true", help="small sizes: checks the harness")
     ap.add_argument("--note", default="", help="a sentence about the run (e.g. the load)")
+    ap.add_argument("--render", action="store_true",
+                    help="only write BENCHMARKS.md and the pictures again from "
+                    "OUT/bench/results.json (no run)")
     a = ap.parse_args()
+    if a.render:
+        j = json.loads((a.out / "bench" / "results.json").read_text())
+        report(a.out, j["families"], j["meta"])
+        return 0
     names = a.only.split(",")
     if set(names) - set(FAMILIES):
         ap.error(f"--only takes a subset of {','.join(FAMILIES)}")
