@@ -406,6 +406,9 @@ void hfs_heap_settle(struct hfs_heap *h);
 /* A writer-preferring rwlock: a writer waits only for the readers already in, so a stream
  * of readers cannot starve it (hfs.ns, a heap's quiesce, the object segment's lock). */
 void hfs_rwlock_init_writers(pthread_rwlock_t *l);
+/* A condition variable whose timed waits take CLOCK_MONOTONIC deadlines (hfs_now_ns), so a
+ * change of the wall clock neither shortens nor stretches them; 0 or -errno. */
+int hfs_cond_init_monotonic(pthread_cond_t *cv);
 int hfs_housekeeper_start(void);
 void hfs_housekeeper_stop(void);
 

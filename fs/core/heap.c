@@ -107,6 +107,18 @@ void hfs_rwlock_init_writers(pthread_rwlock_t *l)
 	pthread_rwlockattr_destroy(&a);
 }
 
+int hfs_cond_init_monotonic(pthread_cond_t *cv)
+{
+	pthread_condattr_t a;
+	int ret;
+
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	ret = -pthread_cond_init(cv, &a);
+	pthread_condattr_destroy(&a);
+	return ret;
+}
+
 struct hfs_heap **hfs_heaps_get(unsigned *n)
 {
 	struct hfs_heap **v;
@@ -346,13 +358,10 @@ static void *housekeeper(void *arg)
 
 int hfs_housekeeper_start(void)
 {
-	pthread_condattr_t a;
-	int ret;
+	int ret = hfs_cond_init_monotonic(&keeper.wake);
 
-	pthread_condattr_init(&a);
-	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-	pthread_cond_init(&keeper.wake, &a);
-	pthread_condattr_destroy(&a);
+	if (ret)
+		return ret;
 	ret = -pthread_create(&keeper.thread, NULL, housekeeper, NULL);
 	keeper.running = !ret;
 	return ret;

@@ -354,10 +354,15 @@ static bool acked(uint64_t seq, uint64_t conn)
 /* A sync change not acknowledged by the partner (its record seq of connection conn, or
  * none: 0): 0 once it is, or once the program let the owner go on alone; -EIO when it
  * did not or the wait is over (the change stands here, unacknowledged). */
+int64_t ha_gate_wait_ms(void)
+{
+	return (int64_t)hfs.conf->partner.on_peer_lost_timeout_ms +
+	       hfs.conf->partner.timeout_ms + 1000;
+}
+
 int ha_gate_wait(uint64_t seq, uint64_t conn)
 {
-	int64_t until = hfs_now_ns() + ((int64_t)hfs.conf->partner.on_peer_lost_timeout_ms +
-					hfs.conf->partner.timeout_ms + 1000) * 1000000;
+	int64_t until = hfs_now_ns() + ha_gate_wait_ms() * 1000000;
 	int ret = -EIO;
 
 	if (!ha_hooked())

@@ -166,7 +166,7 @@ struct repl_deferq {
 	/* the thread that answers replies past their due time (wait.c, deferq_start) */
 	pthread_cond_t cv; /* CLOCK_MONOTONIC; signalled when the list was empty */
 	pthread_t th;
-	bool th_on, stop;
+	bool th_on; /* it runs (replies may wait in deferq); false: it ends */
 };
 extern struct repl_deferq deferq;
 
@@ -216,6 +216,7 @@ void ha_promoted_alone(void);
  * the on_peer_lost answer */
 void ha_gate(struct hfs_repl_heap *r, struct hfs_completion *c, bool failed);
 int ha_gate_wait(uint64_t seq, uint64_t conn);
+int64_t ha_gate_wait_ms(void); /* the longest ha_gate_wait, after the link's timeout */
 bool ha_mirror_empty(struct hfs_repl_heap *r); /* takes hfs.ns shared */
 bool ha_peer_owns(const char *heap);
 void ha_hello(void);         /* a HELLO was read on this connection */

@@ -115,7 +115,7 @@ static void due_of(struct deferred *d)
 
 	d->err = 0;
 	if (ha_hooked()) {
-		ms += (int64_t)hfs.conf->partner.on_peer_lost_timeout_ms + ms + 1000;
+		ms += ha_gate_wait_ms();
 		d->err = -EIO;
 	}
 	d->due = hfs_now_ns() + ms * 1000000;
@@ -180,22 +180,36 @@ static void answer(struct deferred *run)
 	}
 }
 
-/* Run the deferred replies up to seq (all: UINT64_MAX), outside deferq.lock. */
-void deferred_run(uint64_t seq)
+/* deferq.lock held: take off the list the replies acknowledged up to seq (applied there,
+ * refused, or lost: err 0) and those due by now (their own err); *next (if asked): the
+ * earliest due time left, if sooner. */
+static struct deferred *__take(uint64_t seq, int64_t now, int64_t *next)
 {
 	struct deferred *run = NULL, **pp, *d;
 
-	pthread_mutex_lock(&deferq.lock);
 	for (pp = &deferq.list; (d = *pp);) {
-		if (d->seq <= seq) {
+		if (d->seq <= seq || d->due <= now) {
+			if (d->seq <= seq)
+				d->err = 0;
 			*pp = d->next;
 			d->next = run;
-			d->err = 0; /* applied there, refused (answer) or lost */
 			run = d;
 		} else {
+			if (next && d->due < *next)
+				*next = d->due;
 			pp = &d->next;
 		}
 	}
+	return run;
+}
+
+/* Run the deferred replies up to seq (all: UINT64_MAX), outside deferq.lock. */
+void deferred_run(uint64_t seq)
+{
+	struct deferred *run;
+
+	pthread_mutex_lock(&deferq.lock);
+	run = __take(seq, INT64_MIN, NULL);
 	pthread_mutex_unlock(&deferq.lock);
 	answer(run);
 }
@@ -208,21 +222,11 @@ static void *expire_thread(void *arg)
 {
 	(void)arg;
 	pthread_mutex_lock(&deferq.lock);
-	while (!deferq.stop) {
-		struct deferred *run = NULL, **pp, *d;
+	while (deferq.th_on) {
 		int64_t now = hfs_now_ns(), next = now + 1000000000;
+		struct deferred *run = __take(0, now, &next); /* (seqs start at 1) */
 		struct timespec ts;
 
-		for (pp = &deferq.list; (d = *pp);) {
-			if (d->due <= now) {
-				*pp = d->next;
-				d->next = run;
-				run = d;
-			} else {
-				next = d->due < next ? d->due : next;
-				pp = &d->next;
-			}
-		}
 		if (run) {
 			pthread_mutex_unlock(&deferq.lock);
 			answer(run);
@@ -236,27 +240,25 @@ static void *expire_thread(void *arg)
 	return NULL;
 }
 
+/* Before the link starts (no record is sent yet, so no reply can be deferred before the
+ * thread runs). */
 int deferq_start(void)
 {
-	pthread_condattr_t a;
-	int ret;
+	int ret = hfs_cond_init_monotonic(&deferq.cv);
 
-	pthread_condattr_init(&a);
-	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-	ret = -pthread_cond_init(&deferq.cv, &a);
-	pthread_condattr_destroy(&a);
 	if (ret)
 		return ret;
-	deferq.stop = false;
+	pthread_mutex_lock(&deferq.lock);
+	deferq.th_on = true; /* the thread's loop condition, and c_defer's */
+	pthread_mutex_unlock(&deferq.lock);
 	ret = -pthread_create(&deferq.th, NULL, expire_thread, NULL);
 	if (ret) {
+		pthread_mutex_lock(&deferq.lock);
+		deferq.th_on = false;
+		pthread_mutex_unlock(&deferq.lock);
 		pthread_cond_destroy(&deferq.cv);
-		return ret;
 	}
-	pthread_mutex_lock(&deferq.lock);
-	deferq.th_on = true; /* from now on replies may wait in deferq */
-	pthread_mutex_unlock(&deferq.lock);
-	return 0;
+	return ret;
 }
 
 /* After the link stopped (no acknowledgement comes any more); what is left is answered
@@ -269,7 +271,6 @@ void deferq_stop(void)
 		return;
 	}
 	deferq.th_on = false;
-	deferq.stop = true;
 	pthread_cond_signal(&deferq.cv);
 	pthread_mutex_unlock(&deferq.lock);
 	pthread_join(deferq.th, NULL);
