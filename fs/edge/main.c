@@ -127,12 +127,12 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	case KEY_SUBTYPE:
 		o->subtype = 1;
 		return 1;
-	/* atime: the kernel leaves it to us (hfs_accessed); libfuse knows only noatime (a
-	 * mount flag it sets, shown in /proc/mounts) and refuses the others */
 	case KEY_IO_URING: /* the last of -o io_uring[=...] given wins, as mount options do */
 		free(o->io_uring_val);
 		o->io_uring_val = strdup("on");
 		return o->io_uring_val ? 0 : -1;
+	/* atime: the kernel leaves it to us (hfs_accessed); libfuse knows only noatime (a
+	 * mount flag it sets, shown in /proc/mounts) and refuses the others */
 	case KEY_RELATIME:
 		o->atime = HFS_ATIME_REL;
 		return 0;
